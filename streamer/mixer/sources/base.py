@@ -1,0 +1,24 @@
+"""The one interface every audio source has: samples addressed by position.
+
+A source is 48 kHz mono float32 in [-1, 1], read by absolute sample position, so that one
+broadcast can be paused in one channel and keep playing in another (each program keeps its own
+cursor) and so that a preempted item resumes exactly where it paused. ``read`` never blocks and
+never allocates more than the frame it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+RATE_HZ = 48_000
+
+
+class Source(Protocol):
+    #: total samples, or None for an endless source (a live input, a pulled stream)
+    length: int | None
+
+    def read(self, pos: int, n: int) -> np.ndarray:
+        """``n`` float32 samples starting at ``pos``; zeros past the end."""
+        ...

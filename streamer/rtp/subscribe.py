@@ -1,0 +1,399 @@
+"""The subscribe handshake (speaker→relay, relay→relay, relay→streamer), sans-IO.
+
+HELLO → COOKIE → SUBSCRIBE (echoing the cookie) → SUBACK, then media; KEEPALIVE refreshes,
+BYE leaves, REJECT says why not. The cookie is stateless: an HMAC over the source address,
+channel, identity and issue time, so the upstream keeps no state for a HELLO and a spoofed
+source address never receives media. The upstream never answers with more bytes than it
+received (no amplification). ``docs/protocol.md`` has the byte tables.
+
+This module never touches a socket or reads a clock: callers pass bytes, addresses and ``now``
+(seconds, any monotonic origin for the server; cookies use whole seconds of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .packet import MalformedPacket
+
+MAGIC = b"LOA1"
+HELLO_MIN_LEN = 96  # HELLOs are padded so that no reply is larger than its request
+COOKIE_LEN = 24  # 4-byte issue time + 20-byte truncated HMAC-SHA256
+COOKIE_TTL_S = 30
+MAX_NAME = 128
+MAX_TOKEN = 1024
+
+Addr = tuple[str, int]
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    COOKIE = 2
+    SUBSCRIBE = 3
+    SUBACK = 4
+    KEEPALIVE = 5
+    BYE = 6
+    REJECT = 7
+
+
+class RejectReason(IntEnum):
+    UNKNOWN_CHANNEL = 1
+    BAD_COOKIE = 2
+    BAD_TOKEN = 3
+    NOT_SUBSCRIBED = 4
+    FULL = 5
+
+
+def is_control(data: bytes) -> bool:
+    return data[:4] == MAGIC
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    type: MsgType
+    channel: str
+    identity: str = ""
+    token: bytes = b""
+    cookie: bytes = b""
+    ssrc: int = 0
+    keepalive_s: int = 0
+    ptime_ms: int = 0
+    reason: int = 0
+
+    def build(self) -> bytes:
+        ch = _str8(self.channel)
+        head = MAGIC + bytes((self.type, 0))
+        t = self.type
+        if t is MsgType.HELLO:
+            body = head + ch + _str8(self.identity) + _bytes16(self.token)
+            # pad so that the COOKIE (or REJECT) answer is never larger than this request
+            floor = max(HELLO_MIN_LEN, len(head) + len(ch) + COOKIE_LEN)
+            return body + bytes(max(0, floor - len(body)))
+        if t is MsgType.COOKIE:
+            return head + ch + _fixed(self.cookie, COOKIE_LEN)
+        if t is MsgType.SUBSCRIBE:
+            return (head + ch + _str8(self.identity) + _bytes16(self.token)
+                    + _fixed(self.cookie, COOKIE_LEN))
+        if t is MsgType.SUBACK:
+            return head + ch + struct.pack("!IHH", self.ssrc, self.keepalive_s, self.ptime_ms)
+        if t is MsgType.REJECT:
+            return head + ch + bytes((self.reason,))
+        return head + ch + bytes(4)  # KEEPALIVE, BYE: 4 reserved bytes so a REJECT fits
+
+
+def parse(data: bytes) -> Message:
+    """Parse a control message; raise :class:`MalformedPacket` on anything off."""
+    if len(data) < 7 or data[:4] != MAGIC:
+        raise MalformedPacket("not a Loa control message")
+    try:
+        t = MsgType(data[4])
+    except ValueError:
+        raise MalformedPacket(f"unknown control type {data[4]}") from None
+    r = _Reader(data, 6)
+    channel = r.str8()
+    if t is MsgType.HELLO:
+        return Message(t, channel, identity=r.str8(), token=r.bytes16())
+    if t is MsgType.COOKIE:
+        return Message(t, channel, cookie=r.take(COOKIE_LEN))
+    if t is MsgType.SUBSCRIBE:
+        return Message(t, channel, identity=r.str8(), token=r.bytes16(), cookie=r.take(COOKIE_LEN))
+    if t is MsgType.SUBACK:
+        ssrc, keepalive_s, ptime_ms = struct.unpack("!IHH", r.take(8))
+        return Message(t, channel, ssrc=ssrc, keepalive_s=keepalive_s, ptime_ms=ptime_ms)
+    if t is MsgType.REJECT:
+        return Message(t, channel, reason=r.take(1)[0])
+    return Message(t, channel)
+
+
+def _str8(s: str) -> bytes:
+    b = s.encode()
+    if len(b) > MAX_NAME:
+        raise ValueError(f"name longer than {MAX_NAME} bytes")
+    return bytes((len(b),)) + b
+
+
+def _bytes16(b: bytes) -> bytes:
+    if len(b) > MAX_TOKEN:
+        raise ValueError(f"token longer than {MAX_TOKEN} bytes")
+    return struct.pack("!H", len(b)) + b
+
+
+def _fixed(b: bytes, n: int) -> bytes:
+    if len(b) != n:
+        raise ValueError(f"expected {n} bytes")
+    return b
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise MalformedPacket("truncated control message")
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def str8(self) -> str:
+        n = self.take(1)[0]
+        if n > MAX_NAME:
+            raise MalformedPacket("name too long")
+        try:
+            return self.take(n).decode()
+        except UnicodeDecodeError:
+            raise MalformedPacket("name is not UTF-8") from None
+
+    def bytes16(self) -> bytes:
+        n = int.from_bytes(self.take(2), "big")
+        if n > MAX_TOKEN:
+            raise MalformedPacket("token too long")
+        return self.take(n)
+
+
+# --------------------------------------------------------------------------- upstream side
+
+
+def make_cookie(secret: bytes, addr: Addr, channel: str, identity: str, now_s: int) -> bytes:
+    t = struct.pack("!I", now_s & 0xFFFF_FFFF)
+    msg = b"|".join((t, addr[0].encode(), str(addr[1]).encode(), channel.encode(), identity.encode()))
+    return t + hmac.new(secret, msg, hashlib.sha256).digest()[:20]
+
+
+def check_cookie(
+    secret: bytes, cookie: bytes, addr: Addr, channel: str, identity: str, now_s: int
+) -> bool:
+    if len(cookie) != COOKIE_LEN:
+        return False
+    issued = int.from_bytes(cookie[:4], "big")
+    if not 0 <= (now_s - issued) & 0xFFFF_FFFF <= COOKIE_TTL_S:
+        return False
+    return hmac.compare_digest(cookie, make_cookie(secret, addr, channel, identity, issued))
+
+
+@dataclass(slots=True, frozen=True)
+class Subscribed:
+    addr: Addr
+    channel: str
+    identity: str
+
+
+@dataclass(slots=True, frozen=True)
+class Unsubscribed:
+    addr: Addr
+    channel: str
+    why: str  # "bye" | "expired"
+
+
+Event = Subscribed | Unsubscribed
+
+
+@dataclass(slots=True)
+class _Sub:
+    identity: str
+    last_seen: float
+
+
+@dataclass
+class SubscribeServer:
+    """Upstream half of the handshake: who is subscribed to which channel, and what to answer.
+
+    ``channel_ssrc`` says whether a channel exists (its SSRC) or not (None). ``verify_token``
+    is the seam for streamer-signed tokens; it accepts everything until the control plane lands.
+    """
+
+    secret: bytes
+    channel_ssrc: Callable[[str], int | None]
+    keepalive_s: int = 5
+    ptime_ms: int = 20
+    expire_s: float = 15.0
+    max_subscribers: int = 100_000
+    verify_token: Callable[[str, str, bytes], bool] = lambda identity, channel, token: True
+    subscribers: dict[str, dict[Addr, _Sub]] = field(default_factory=dict)
+    count: int = 0
+
+    def handle(self, data: bytes, addr: Addr, now: float) -> tuple[bytes | None, Event | None]:
+        """One control datagram in; the reply to send back (or None) and what changed."""
+        msg = parse(data)
+        reply: bytes | None = None
+        event: Event | None = None
+        ch = msg.channel
+        if msg.type is MsgType.HELLO:
+            if self.channel_ssrc(ch) is None:
+                reply = Message(MsgType.REJECT, ch, reason=RejectReason.UNKNOWN_CHANNEL).build()
+            else:
+                cookie = make_cookie(self.secret, addr, ch, msg.identity, int(now))
+                reply = Message(MsgType.COOKIE, ch, cookie=cookie).build()
+        elif msg.type is MsgType.SUBSCRIBE:
+            reply, event = self._subscribe(msg, addr, now)
+        elif msg.type is MsgType.KEEPALIVE:
+            sub = self.subscribers.get(ch, {}).get(addr)
+            if sub is None:
+                reply = Message(MsgType.REJECT, ch, reason=RejectReason.NOT_SUBSCRIBED).build()
+            else:
+                sub.last_seen = now
+        elif msg.type is MsgType.BYE:
+            subs = self.subscribers.get(ch)
+            if subs is not None and subs.pop(addr, None) is not None:
+                self.count -= 1
+                event = Unsubscribed(addr, ch, "bye")
+        # COOKIE, SUBACK and REJECT are for subscribers: an upstream ignores them.
+        if reply is not None and len(reply) > len(data):
+            reply = None  # never amplify
+        return reply, event
+
+    def _subscribe(self, msg: Message, addr: Addr, now: float) -> tuple[bytes, Event | None]:
+        ch = msg.channel
+        ssrc = self.channel_ssrc(ch)
+        if ssrc is None:
+            return Message(MsgType.REJECT, ch, reason=RejectReason.UNKNOWN_CHANNEL).build(), None
+        if not check_cookie(self.secret, msg.cookie, addr, ch, msg.identity, int(now)):
+            return Message(MsgType.REJECT, ch, reason=RejectReason.BAD_COOKIE).build(), None
+        if not self.verify_token(msg.identity, ch, msg.token):
+            return Message(MsgType.REJECT, ch, reason=RejectReason.BAD_TOKEN).build(), None
+        subs = self.subscribers.setdefault(ch, {})
+        event: Event | None = None
+        if addr in subs:
+            subs[addr].last_seen = now
+        else:
+            if self.count >= self.max_subscribers:
+                return Message(MsgType.REJECT, ch, reason=RejectReason.FULL).build(), None
+            subs[addr] = _Sub(msg.identity, now)
+            self.count += 1
+            event = Subscribed(addr, ch, msg.identity)
+        ack = Message(MsgType.SUBACK, ch, ssrc=ssrc, keepalive_s=self.keepalive_s,
+                      ptime_ms=self.ptime_ms)
+        return ack.build(), event
+
+    def expire(self, now: float) -> list[Unsubscribed]:
+        """Drop subscribers silent for longer than ``expire_s``."""
+        gone: list[Unsubscribed] = []
+        for ch, subs in self.subscribers.items():
+            stale = [a for a, s in subs.items() if now - s.last_seen > self.expire_s]
+            for a in stale:
+                del subs[a]
+                gone.append(Unsubscribed(a, ch, "expired"))
+        self.count -= len(gone)
+        return gone
+
+    def addresses(self, channel: str) -> list[Addr]:
+        return list(self.subscribers.get(channel, ()))
+
+
+# --------------------------------------------------------------------------- subscriber side
+
+
+class ClientState(IntEnum):
+    HELLO = 1
+    SUBSCRIBING = 2
+    SUBSCRIBED = 3
+
+
+@dataclass
+class SubscribeClient:
+    """Subscriber half: handshake, keepalives, and failover along an ordered upstream list.
+
+    It moves to the next upstream when a handshake makes no progress for ``failover_s`` or
+    media stops for ``media_timeout_s``; after the last upstream it starts again at the first.
+    """
+
+    identity: str
+    channel: str
+    upstreams: list[Addr]
+    token: bytes = b""
+    retry_s: float = 0.5
+    failover_s: float = 3.0
+    media_timeout_s: float = 3.0
+    state: ClientState = ClientState.HELLO
+    index: int = 0
+    ssrc: int | None = None
+    ptime_ms: int = 20
+    keepalive_s: float = 5.0
+    failovers: int = 0
+    _cookie: bytes = b""
+    _phase_since: float = 0.0
+    _last_sent: float = float("-inf")
+    _last_media: float = 0.0
+
+    @property
+    def upstream(self) -> Addr:
+        return self.upstreams[self.index]
+
+    def start(self, now: float) -> list[tuple[bytes, Addr]]:
+        self.state = ClientState.HELLO
+        self._phase_since = now
+        return self._send_hello(now)
+
+    def handle(self, data: bytes, addr: Addr, now: float) -> list[tuple[bytes, Addr]]:
+        """A control message from an upstream; returns what to send."""
+        if addr != self.upstream:
+            return []
+        msg = parse(data)
+        if msg.channel != self.channel:
+            return []
+        if msg.type is MsgType.COOKIE and self.state is ClientState.HELLO:
+            self._cookie = msg.cookie
+            self.state = ClientState.SUBSCRIBING
+            self._phase_since = now
+            return self._send_subscribe(now)
+        if msg.type is MsgType.SUBACK and self.state is not ClientState.SUBSCRIBED:
+            self.state = ClientState.SUBSCRIBED
+            self.ssrc = msg.ssrc
+            self.ptime_ms = msg.ptime_ms or self.ptime_ms
+            self.keepalive_s = float(msg.keepalive_s or self.keepalive_s)
+            self._phase_since = now
+            self._last_media = now
+            return []
+        if msg.type is MsgType.REJECT:
+            if msg.reason in (RejectReason.NOT_SUBSCRIBED, RejectReason.BAD_COOKIE):
+                return self.start(now)  # upstream restarted or cookie aged: handshake again
+            return self._failover(now)
+        return []
+
+    def on_media(self, now: float) -> None:
+        self._last_media = now
+
+    def tick(self, now: float) -> list[tuple[bytes, Addr]]:
+        """Call every few hundred ms: retries, keepalives, failover."""
+        if self.state is ClientState.SUBSCRIBED:
+            if now - self._last_media > self.media_timeout_s:
+                return self._failover(now)
+            if now - self._last_sent >= self.keepalive_s:
+                self._last_sent = now
+                return [(Message(MsgType.KEEPALIVE, self.channel).build(), self.upstream)]
+            return []
+        if now - self._phase_since > self.failover_s:
+            return self._failover(now)
+        if now - self._last_sent >= self.retry_s:
+            if self.state is ClientState.HELLO:
+                return self._send_hello(now)
+            return self._send_subscribe(now)
+        return []
+
+    def close(self) -> list[tuple[bytes, Addr]]:
+        return [(Message(MsgType.BYE, self.channel).build(), self.upstream)]
+
+    def _failover(self, now: float) -> list[tuple[bytes, Addr]]:
+        out = self.close() if self.state is ClientState.SUBSCRIBED else []
+        self.index = (self.index + 1) % len(self.upstreams)
+        self.failovers += 1
+        self.ssrc = None
+        return out + self.start(now)
+
+    def _send_hello(self, now: float) -> list[tuple[bytes, Addr]]:
+        self._last_sent = now
+        msg = Message(MsgType.HELLO, self.channel, identity=self.identity, token=self.token)
+        return [(msg.build(), self.upstream)]
+
+    def _send_subscribe(self, now: float) -> list[tuple[bytes, Addr]]:
+        self._last_sent = now
+        msg = Message(MsgType.SUBSCRIBE, self.channel, identity=self.identity, token=self.token,
+                      cookie=self._cookie)
+        return [(msg.build(), self.upstream)]
