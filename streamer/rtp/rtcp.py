@@ -90,6 +90,7 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
             if size < 12:
                 raise MalformedPacket("short APP packet")
             ssrc = int.from_bytes(data[i + 4 : i + 8], "big")
-            out.append(App(ssrc, bytes(data[i + 8 : i + 12]), b0 & 0x1F, bytes(data[i + 12 : i + size])))
+            name, body = bytes(data[i + 8 : i + 12]), bytes(data[i + 12 : i + size])
+            out.append(App(ssrc, name, b0 & 0x1F, body))
         i += size
     return out

@@ -163,7 +163,8 @@ class _Reader:
 
 def make_cookie(secret: bytes, addr: Addr, channel: str, identity: str, now_s: int) -> bytes:
     t = struct.pack("!I", now_s & 0xFFFF_FFFF)
-    msg = b"|".join((t, addr[0].encode(), str(addr[1]).encode(), channel.encode(), identity.encode()))
+    parts = (addr[0], str(addr[1]), channel, identity)
+    msg = b"|".join((t, *(p.encode() for p in parts)))
     return t + hmac.new(secret, msg, hashlib.sha256).digest()[:20]
 
 

@@ -1,0 +1,127 @@
+"""The streamer process: zone tree → mixer → fan-out endpoint, the frame loop, and HTTP.
+
+Wiring only. The mixer runs on the event loop between awaits, one ``tick`` per frame, woken at
+each monotonic deadline; slow work (TTS, decoding uploads) runs in worker threads so it never
+holds a frame back. The streamer's media socket answers the same subscribe handshake as a
+relay, so relays (and, on a small site, speakers) subscribe to it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from relay.fanout import FanoutEndpoint
+from relay.http import add_media_routes
+from streamer.control.api import add_api_routes
+from streamer.control.broadcasts import Broadcasts, ClipLibrary
+from streamer.mixer.clock import FrameClock
+from streamer.mixer.mixer import Mixer
+from streamer.rtp.packet import ssrc_for
+from streamer.zones import ZoneTree
+
+log = logging.getLogger("loa.streamer")
+
+
+@dataclass
+class StreamerConfig:
+    media_host: str = "0.0.0.0"
+    media_port: int = 5004
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    public_host: str = "127.0.0.1"
+    zones: str | None = None  # path of a zone TOML file; None = the sample tree
+    ptime_ms: int = 20
+    bitrate: int = 32_000
+    var_dir: str = "var"
+
+
+class FrameLoop:
+    """Wakes at each frame deadline and runs the mixer; exports deadline misses."""
+
+    def __init__(self, clock: FrameClock, mixer: Mixer, registry: CollectorRegistry) -> None:
+        self.clock = clock
+        self.mixer = mixer
+        self.misses = Counter("loa_frame_deadline_misses_total",
+                              "Frames produced later than their deadline plus 10 ms",
+                              registry=registry)
+        self.skipped = Counter("loa_frames_skipped_total",
+                               "Frames skipped after a stall (the stream jumped)",
+                               registry=registry)
+        self.lag = Gauge("loa_frame_lag_seconds", "How late the last frame was produced",
+                         registry=registry)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = self.clock
+        while True:
+            delay = clock.deadline() - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            misses, skipped = clock.misses, clock.skipped
+            now = loop.time()
+            for k in clock.due(now):
+                try:
+                    self.mixer.tick(k)
+                except Exception:  # a bad frame must not stop every speaker in the province
+                    log.exception("frame %d failed", k)
+            self.lag.set(max(0.0, now - clock.deadline(clock.frame - 1)))
+            self.misses.inc(clock.misses - misses)
+            self.skipped.inc(clock.skipped - skipped)
+
+
+async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    registry = CollectorRegistry()
+    zones = ZoneTree.load(cfg.zones)
+    channels = zones.channels()
+    known = frozenset(channels)
+    fanout = FanoutEndpoint(
+        channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
+        registry=registry, process="streamer", ptime_ms=cfg.ptime_ms,
+    )
+    media = await fanout.start(cfg.media_host, cfg.media_port)
+    clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
+    mixer = Mixer(channels, clock, fanout.publish, bitrate=cfg.bitrate, registry=registry)
+    broadcasts = Broadcasts(mixer, zones, ClipLibrary(Path(cfg.var_dir) / "clips"))
+    app = web.Application()
+    add_api_routes(app, broadcasts, registry)
+    add_media_routes(app, fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
+                     health=lambda: {"process": "streamer", "channels": len(channels),
+                                     "frame": clock.frame, "programs": len(mixer.programs)})
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.http_host, cfg.http_port)
+    await site.start()
+    http_port = runner.addresses[0][1]
+    frames = asyncio.create_task(FrameLoop(clock, mixer, registry).run())
+    print(json.dumps({"process": "streamer", "media": f"{cfg.public_host}:{media[1]}",
+                      "http": f"http://{cfg.public_host}:{http_port}"}), flush=True)
+    log.info("streamer: %d channels, media %s:%d, http %d", len(channels), *media, http_port)
+    try:
+        await stop.wait()
+    finally:
+        frames.cancel()
+        fanout.close()
+        await runner.cleanup()
+
+
+def run(cfg: StreamerConfig) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,85 @@
+"""``loa``: one entry point, one subcommand per process; each dispatches to its package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streamer.config import ConfigError
+
+
+def _streamer(argv: list[str]) -> int:
+    from streamer import app
+    from streamer.config import load
+
+    p = argparse.ArgumentParser(prog="loa streamer", description="Run the Loa streamer.")
+    p.add_argument("--config", help="TOML file (keys as below, with underscores)")
+    p.add_argument("--media-host")
+    p.add_argument("--media-port", type=int, help="UDP port for subscribers (default 5004)")
+    p.add_argument("--http-host")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any)")
+    p.add_argument("--public-host", help="host name written into URLs and SDP")
+    p.add_argument("--zones", help="zone tree TOML (default: the Bà Rịa – Vũng Tàu sample)")
+    p.add_argument("--ptime-ms", type=int, choices=(20, 40, 60))
+    p.add_argument("--bitrate", type=int)
+    p.add_argument("--var-dir")
+    a = p.parse_args(argv)
+    flags = {k: v for k, v in vars(a).items() if k != "config"}
+    cfg = load(app.StreamerConfig, a.config, "LOA_STREAMER_", flags)
+    return app.run(cfg)
+
+
+def _relay(argv: list[str]) -> int:
+    from relay.main import run
+
+    return run(argv)
+
+
+def _speaker(argv: list[str]) -> int:
+    from clients.speaker.main import run
+
+    return run(argv)
+
+
+def _up(argv: list[str]) -> int:
+    from streamer.up import run
+
+    return run(argv)
+
+
+def _ctl(argv: list[str]) -> int:
+    from clients.ctl import run
+
+    return run(argv)
+
+
+COMMANDS = {
+    "up": (_up, "the whole stack on this machine (streamer, relay, simulated speakers)"),
+    "streamer": (_streamer, "the central mixer and API"),
+    "relay": (_relay, "a fan-out relay"),
+    "speaker": (_speaker, "a software IP speaker"),
+    "ctl": (_ctl, "operator commands over the HTTP API"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: loa COMMAND [options]\n\ncommands:")
+        for name, (_, what) in COMMANDS.items():
+            print(f"  {name:<10} {what}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return COMMANDS[argv[0]][0](argv[1:])
+    except ConfigError as e:
+        print(f"loa {argv[0]}: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The mixer: every leaf channel's program, rendered, limited, encoded and packetized per frame.
+
+``start``/``stop`` change which items reach which channels; ``tick(k)`` produces frame ``k``
+of every channel and hands each RTP datagram to ``publish``. Channels that play the same thing
+share one :class:`Program` and so one mix and one Opus encode; only the 32-byte RTP header is
+written per channel, into a buffer reused every frame. Sans-IO: the caller owns the clock and
+the sockets (``streamer/app.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streamer.rtp.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
+from streamer.rtp.rtcp import SenderReport
+
+from .clock import FrameClock
+from .encoder import OpusEncoder
+from .loudness import Limiter
+from .program import Item, Program
+
+Publish = Callable[[str, bytes], None]
+SR_INTERVAL_FRAMES = 50
+
+
+@dataclass(eq=False, slots=True)
+class Channel:
+    id: str
+    ssrc: int
+    program: Program
+    ts0: int
+    seq: int = 0
+    packets: int = 0
+    octets: int = 0
+    header: bytearray = field(default_factory=lambda: bytearray(HEADER_LEN))
+
+
+class MixerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.frames = Counter("loa_mixer_frames_total", "Frames produced", registry=registry)
+        self.encodes = Counter("loa_mixer_encodes_total", "Opus encodes", registry=registry)
+        self.encodes_per_frame = Gauge(
+            "loa_mixer_encodes_per_frame", "Distinct programs encoded in the last frame",
+            registry=registry)
+        self.programs = Gauge("loa_mixer_programs", "Distinct programs", registry=registry)
+        self.items = Gauge("loa_mixer_items", "Broadcast items in the mixer", registry=registry)
+
+
+class Mixer:
+    def __init__(
+        self,
+        channels: Iterable[str],
+        clock: FrameClock,
+        publish: Publish,
+        *,
+        bitrate: int = 32_000,
+        fade_ms: int = 10,
+        registry: CollectorRegistry | None = None,
+        on_finished: Callable[[int], None] = lambda item_id: None,
+    ) -> None:
+        self.clock = clock
+        self.publish = publish
+        self.bitrate = bitrate
+        self.on_finished = on_finished
+        self.metrics = MixerMetrics(registry or CollectorRegistry())
+        silence = Program(fade_samples=48 * fade_ms)
+        self.programs: list[Program] = [silence]
+        self._encoders: dict[Program, OpusEncoder] = {}
+        self._limiters: dict[Program, Limiter] = {}
+        self.channels: dict[str, Channel] = {}
+        for cid in channels:
+            ssrc = ssrc_for(cid)
+            self.channels[cid] = Channel(cid, ssrc, silence, ts0=ssrc * 7919 & 0xFFFF_FFFF)
+            silence.channels.add(cid)
+        self.items: dict[int, Item] = {}
+
+    # ------------------------------------------------------------------ commands
+
+    def start(self, item: Item, channel_ids: Iterable[str]) -> int:
+        """Put ``item`` into the given channels; returns how many channels it reached."""
+        by_program: dict[int, tuple[Program, list[Channel]]] = {}
+        for cid in channel_ids:
+            ch = self.channels[cid]
+            by_program.setdefault(id(ch.program), (ch.program, []))[1].append(ch)
+        for program, chans in by_program.values():
+            if len(chans) == len(program.channels):
+                program.add(item)  # every channel of the program: change it in place
+                continue
+            forked = program.fork()
+            forked.add(item)
+            for ch in chans:
+                program.channels.discard(ch.id)
+                forked.channels.add(ch.id)
+                ch.program = forked
+            self.programs.append(forked)
+        if by_program:
+            self.items[item.id] = item
+        return sum(len(c) for _, c in by_program.values())
+
+    def stop(self, item_id: int) -> bool:
+        """Take an item out of every channel (it fades out where it was playing)."""
+        if item_id not in self.items:
+            return False
+        for program in self.programs:
+            program.remove(item_id)
+        del self.items[item_id]
+        return True
+
+    def on_air(self, item_id: int) -> list[str]:
+        """Channels where the item is the one playing now."""
+        return sorted(c for p in self.programs if p.current == item_id for c in p.channels)
+
+    # ------------------------------------------------------------------ frames
+
+    def tick(self, k: int) -> None:
+        n = self.clock.frame_samples
+        finished: list[int] = []
+        capture_ntp = unix_to_ntp64(self.clock.capture_wall(k))
+        ts_offset = k * n
+        send_sr = k % SR_INTERVAL_FRAMES == 0
+        for program in self.programs:
+            pcm = program.render(n, finished)
+            limiter = self._limiters.get(program)
+            if limiter is None:
+                limiter = self._limiters[program] = Limiter()
+            encoder = self._encoders.get(program)
+            if encoder is None:
+                encoder = self._encoders[program] = OpusEncoder(n, self.bitrate)
+            payload = encoder.encode(limiter.process(pcm))
+            bid = program.current or 0
+            for cid in program.channels:
+                ch = self.channels[cid]
+                buf = ch.header
+                ts = (ch.ts0 + ts_offset) & 0xFFFF_FFFF
+                write_header(buf, ch.ssrc, ch.seq, ts, capture_ntp, bid)
+                ch.seq = (ch.seq + 1) & 0xFFFF
+                ch.packets += 1
+                ch.octets += len(payload)
+                self.publish(cid, bytes(buf) + payload)
+                if send_sr:
+                    sr = SenderReport(ch.ssrc, capture_ntp, ts, ch.packets, ch.octets)
+                    self.publish(cid, sr.build())
+        self.metrics.frames.inc()
+        self.metrics.encodes.inc(len(self.programs))
+        self.metrics.encodes_per_frame.set(len(self.programs))
+        self._merge()
+        self.metrics.programs.set(len(self.programs))
+        self.metrics.items.set(len(self.items))
+        if finished:
+            self._settle(finished)
+
+    def _merge(self) -> None:
+        """Programs that became identical (e.g. all back to silence) share one encode again."""
+        alive = [p for p in self.programs if p.channels]
+        by_sig: dict[tuple[object, ...], Program] = {}
+        keep: list[Program] = []
+        for p in sorted(alive, key=lambda p: -len(p.channels)):
+            sig = p.signature()
+            into = by_sig.get(sig)
+            if into is None:
+                by_sig[sig] = p
+                keep.append(p)
+                continue
+            for cid in p.channels:
+                self.channels[cid].program = into
+            into.channels |= p.channels
+            p.channels.clear()
+        if len(keep) != len(self.programs):
+            for gone in set(self.programs) - set(keep):
+                self._encoders.pop(gone, None)
+                self._limiters.pop(gone, None)
+            self.programs = keep
+
+    def _settle(self, finished: list[int]) -> None:
+        still = {i for p in self.programs for i in p.items}
+        for item_id in set(finished):
+            if item_id not in still and self.items.pop(item_id, None) is not None:
+                self.on_finished(item_id)

@@ -1,0 +1,103 @@
+"""The zone tree (province → … → cluster group, any depth), loaded from data.
+
+A zone id is the dotted path of keys from the root ("brvt.chau-duc.kim-long.ap-1"), so "is X
+inside Y" is a prefix test. Every leaf zone has one channel, whose id is the leaf's zone id.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MAX_ZONES = 100_000
+
+
+class ZoneError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Zone:
+    id: str
+    name: str
+    parent: str | None
+    children: list[str] = field(default_factory=list)
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+
+class ZoneTree:
+    def __init__(self, zones: dict[str, Zone]) -> None:
+        self.zones = zones
+        self.roots = [z.id for z in zones.values() if z.parent is None]
+
+    @classmethod
+    def from_toml(cls, text: str) -> ZoneTree:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ZoneError(f"zone file is not valid TOML: {e}") from None
+        zones: dict[str, Zone] = {}
+
+        def walk(table: dict[str, object], zid: str, parent: str | None) -> None:
+            name = table.get("name", zid.rsplit(".", 1)[-1])
+            if not isinstance(name, str):
+                raise ZoneError(f"zone {zid}: name must be a string")
+            zones[zid] = Zone(zid, name, parent)
+            if len(zones) > MAX_ZONES:
+                raise ZoneError(f"more than {MAX_ZONES} zones")
+            for key, value in table.items():
+                if key == "name":
+                    continue
+                if not isinstance(value, dict):
+                    raise ZoneError(f"zone {zid}: unexpected key {key!r}")
+                if not _KEY.match(key):
+                    raise ZoneError(f"zone {zid}: bad child key {key!r} (a-z, 0-9, '-')")
+                child = f"{zid}.{key}"
+                zones[zid].children.append(child)
+                walk(value, child, zid)
+
+        for key, value in data.items():
+            if not isinstance(value, dict) or not _KEY.match(key):
+                raise ZoneError(f"top-level key {key!r} must be a zone table")
+            walk(value, key, None)
+        if not zones:
+            raise ZoneError("zone file defines no zone")
+        return cls(zones)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> ZoneTree:
+        if path is None:
+            text = resources.files("streamer").joinpath("data/zones-brvt.toml").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+        return cls.from_toml(text)
+
+    def leaves(self, zone_id: str | None = None) -> list[str]:
+        """Leaf zones (channels) under ``zone_id`` (itself if it is a leaf); all when None."""
+        if zone_id is None:
+            return [z.id for z in self.zones.values() if z.is_leaf]
+        zone = self.zones[zone_id]
+        if zone.is_leaf:
+            return [zone_id]
+        out: list[str] = []
+        for child in zone.children:
+            out.extend(self.leaves(child))
+        return out
+
+    def channels(self) -> list[str]:
+        return self.leaves()
+
+    def contains(self, ancestor: str, zone_id: str) -> bool:
+        return zone_id == ancestor or zone_id.startswith(ancestor + ".")
+
+    def as_dict(self, zone_id: str) -> dict[str, object]:
+        z = self.zones[zone_id]
+        return {"id": z.id, "name": z.name,
+                "children": [self.as_dict(c) for c in z.children]}

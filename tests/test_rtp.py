@@ -1,0 +1,177 @@
+"""Wire format: RTP with Loa's header extensions, RTCP, and the subscribe handshake."""
+
+import os
+import random
+
+import pytest
+
+from streamer.rtp import packet, rtcp
+from streamer.rtp import subscribe as sub
+from streamer.rtp.packet import MalformedPacket
+
+
+def test_rtp_roundtrip_with_extensions():
+    p = packet.RtpPacket(ssrc=0xDEADBEEF, seq=65535, ts=2**32 - 1, payload=b"\xfc\x01\x02",
+                         capture_ntp=packet.unix_to_ntp64(1_790_000_000.25), broadcast_id=42)
+    data = p.build()
+    assert len(data) == packet.HEADER_LEN + 3
+    q = packet.parse(data)
+    assert (q.ssrc, q.seq, q.ts, q.payload, q.broadcast_id) == (0xDEADBEEF, 65535, 2**32 - 1,
+                                                                 b"\xfc\x01\x02", 42)
+    assert abs(q.capture_time - 1_790_000_000.25) < 1e-6
+    assert packet.peek_ssrc(data) == 0xDEADBEEF
+
+
+def test_parse_foreign_rtp_without_extension_and_with_csrc_and_padding():
+    # V=2, P=1, X=0, CC=1; PT 96; one CSRC; payload 'ab'; 2 bytes of padding
+    data = bytes([0xA1, 96, 0, 7, 0, 0, 0, 9, 0, 0, 0, 5, 0, 0, 0, 1]) + b"ab" + b"\x00\x02"
+    q = packet.parse(data)
+    assert (q.pt, q.seq, q.ts, q.ssrc, q.payload, q.capture_ntp) == (96, 7, 9, 5, b"ab", None)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80", bytes(11), b"\x40" + bytes(20),
+                                  bytes([0xB0, 111]) + bytes(10) + b"\xbe\xde\x00\x09",
+                                  bytes([0xA0, 111]) + bytes(10) + b"\x00"])
+def test_malformed_rtp_raises(data):
+    with pytest.raises(MalformedPacket):
+        packet.parse(data)
+
+
+def test_random_bytes_never_raise_anything_but_malformed():
+    rng = random.Random(1)
+    for size in range(0, 200):
+        data = bytes([0x80 | rng.randrange(64)]) + rng.randbytes(size)
+        try:
+            packet.parse(data)
+        except MalformedPacket:
+            pass
+
+
+def test_ssrc_is_stable_and_distinct():
+    assert packet.ssrc_for("brvt.a") == packet.ssrc_for("brvt.a")
+    assert packet.ssrc_for("brvt.a") != packet.ssrc_for("brvt.b")
+
+
+def test_opus_samples_from_toc():
+    assert packet.opus_samples(bytes([0xFC])) == 960  # CELT FB 20 ms, code 0
+    assert packet.opus_samples(bytes([0x78 | 1])) == 1920  # hybrid 20 ms x2
+    assert packet.opus_samples(bytes([0x1B, 2])) == 2 * 2880  # SILK 60 ms, code 3 x2
+    for bad in (b"", bytes([0x1B, 3]), bytes([0x1B, 0])):  # empty, 180 ms, zero frames
+        with pytest.raises(MalformedPacket):
+            packet.opus_samples(bad)
+
+
+def test_rtcp_compound_roundtrip():
+    sr = rtcp.SenderReport(7, packet.unix_to_ntp64(1e9), 1234, 10, 1000)
+    app = rtcp.App(7, b"LOAS", 1, bytes(8))
+    parsed = rtcp.parse_compound(sr.build() + app.build() + rtcp.Bye(7).build())
+    assert parsed == [sr, app, rtcp.Bye(7)]
+    assert packet.is_rtcp(sr.build()) and not packet.is_rtcp(
+        packet.RtpPacket(1, 1, 1, b"x").build())
+    with pytest.raises(MalformedPacket):
+        rtcp.parse_compound(sr.build()[:20])
+
+
+SECRET = b"s" * 32
+UP = ("127.0.0.1", 5000)
+ME = ("10.1.2.3", 40000)
+
+
+def server(**kw):
+    return sub.SubscribeServer(secret=SECRET, channel_ssrc=lambda c: 77 if c == "ch" else None,
+                               **kw)
+
+
+def handshake(srv, cl, addr=ME, now=0.0):
+    (hello, _), = cl.start(now)
+    reply, _ = srv.handle(hello, addr, now)
+    (subscribe, _), = cl.handle(reply, cl.upstream, now)
+    reply, event = srv.handle(subscribe, addr, now)
+    assert cl.handle(reply, cl.upstream, now) == []
+    return event
+
+
+def test_handshake_subscribes_and_acks():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    event = handshake(srv, cl)
+    assert event == sub.Subscribed(ME, "ch", "spk-1")
+    assert cl.state is sub.ClientState.SUBSCRIBED and cl.ssrc == 77
+    assert srv.addresses("ch") == [ME]
+
+
+def test_cookie_is_bound_to_source_address():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    (hello, _), = cl.start(0)
+    cookie, _ = srv.handle(hello, ME, 0)
+    (subscribe, _), = cl.handle(cookie, UP, 0)
+    reply, event = srv.handle(subscribe, ("10.9.9.9", 40000), 0)  # another source
+    assert event is None and sub.parse(reply).reason == sub.RejectReason.BAD_COOKIE
+    reply, event = srv.handle(subscribe, ME, sub.COOKIE_TTL_S + 5)  # too old
+    assert event is None and sub.parse(reply).type is sub.MsgType.REJECT
+    assert srv.addresses("ch") == []
+
+
+def test_server_never_replies_larger_than_the_request():
+    srv = server()
+    for msg in [sub.Message(sub.MsgType.HELLO, "ch", identity="x"),
+                sub.Message(sub.MsgType.HELLO, "c" * 120),
+                sub.Message(sub.MsgType.KEEPALIVE, "ch"),
+                sub.Message(sub.MsgType.SUBSCRIBE, "ch", cookie=bytes(24))]:
+        data = msg.build()
+        reply, _ = srv.handle(data, ME, 0)
+        assert reply is not None and len(reply) <= len(data)
+    # a hand-made HELLO without padding gets no answer at all
+    short = sub.MAGIC + bytes((1, 0, 2)) + b"ch" + bytes((0, 0, 0))
+    assert srv.handle(short, ME, 0) == (None, None)
+
+
+def test_keepalive_expiry_and_bye():
+    srv, cl = server(expire_s=15), sub.SubscribeClient("spk-1", "ch", [UP])
+    handshake(srv, cl)
+    cl.on_media(10)
+    (ka, _), = cl.tick(10)
+    assert sub.parse(ka).type is sub.MsgType.KEEPALIVE
+    srv.handle(ka, ME, 10)
+    assert srv.expire(20) == []
+    assert srv.expire(26) == [sub.Unsubscribed(ME, "ch", "expired")]
+    handshake(srv, cl, now=30)
+    (bye, _), = cl.close()
+    assert srv.handle(bye, ME, 31) == (None, sub.Unsubscribed(ME, "ch", "bye"))
+    assert srv.count == 0
+
+
+def test_unknown_keepalive_makes_client_handshake_again():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    handshake(srv, cl)
+    restarted = server()
+    reject, _ = restarted.handle(sub.Message(sub.MsgType.KEEPALIVE, "ch").build(), ME, 1)
+    (again, _), = cl.handle(reject, UP, 1)
+    assert sub.parse(again).type is sub.MsgType.HELLO
+
+
+def test_client_fails_over_on_silence_and_on_dead_upstream():
+    other = ("127.0.0.2", 5000)
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, other], failover_s=3, media_timeout_s=3)
+    cl.start(0)
+    assert cl.tick(1) and cl.upstream == UP  # retries HELLO
+    out = cl.tick(3.5)  # no answer for 3 s: next upstream
+    assert cl.upstream == other and sub.parse(out[-1][0]).type is sub.MsgType.HELLO
+    srv = server()
+    handshake(srv, cl, now=4)
+    cl.on_media(5)
+    assert cl.upstream == other
+    out = cl.tick(8.5)  # media stopped for 3.5 s
+    assert cl.upstream == UP and cl.failovers == 2
+    assert [sub.parse(d).type for d, _ in out] == [sub.MsgType.BYE, sub.MsgType.HELLO]
+
+
+def test_unknown_channel_rejected_and_garbage_is_malformed():
+    srv = server()
+    reply, _ = srv.handle(sub.Message(sub.MsgType.HELLO, "nope").build(), ME, 0)
+    assert sub.parse(reply).reason == sub.RejectReason.UNKNOWN_CHANNEL
+    for n in range(0, 300):
+        data = sub.MAGIC + os.urandom(n)
+        try:
+            srv.handle(data, ME, 0)
+        except MalformedPacket:
+            pass
