@@ -1,0 +1,157 @@
+"""``loa up``: the whole stack on one machine, for a first run, demos and end-to-end tests.
+
+Starts the streamer, one relay and simulated speakers on the sample zone tree as child
+processes, each of which prints one JSON line with its addresses; writes ``var/loa-up.json``
+(documented in the README) for scripts and ops tools; on Ctrl-C or SIGTERM stops every child
+and waits for it. A child that dies takes the stack down rather than leaving it half-alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
+SAMPLE_SPEAKERS = [
+    ("spk-thang-tam-1", "brvt.vung-tau.thang-tam.kp-1"),
+    ("spk-thang-tam-2", "brvt.vung-tau.thang-tam.kp-1"),
+    ("spk-thang-tam-3", "brvt.vung-tau.thang-tam.kp-2"),
+    ("spk-kim-long-1", "brvt.chau-duc.kim-long.ap-tay"),
+    ("spk-kim-long-2", "brvt.chau-duc.kim-long.ap-dong"),
+    ("spk-con-dao-1", "brvt.con-dao.cum-1"),
+]
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    proc: asyncio.subprocess.Process
+    info: dict[str, object]
+
+
+async def _spawn(name: str, args: list[str], logs: Path) -> Child:
+    log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamer.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+    )
+    log.close()
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        info = json.loads(line)
+    except (TimeoutError, json.JSONDecodeError):
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"{name} did not start; see {logs / (name + '.log')}") from None
+    return Child(name, proc, info)
+
+
+async def _stop(children: list[Child]) -> None:
+    for c in reversed(children):
+        if c.proc.returncode is None:
+            c.proc.send_signal(signal.SIGTERM)
+    for c in reversed(children):
+        try:
+            await asyncio.wait_for(c.proc.wait(), 5.0)
+        except TimeoutError:
+            c.proc.kill()
+            await c.proc.wait()
+
+
+async def up(args: argparse.Namespace) -> int:
+    var = Path(args.var_dir).resolve()
+    logs, spk_dir = var / "logs", var / "speakers"
+    for d in (logs, spk_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    host = args.host
+    children: list[Child] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        streamer = await _spawn("streamer", [
+            "streamer", "--http-host", host, "--http-port", str(args.http_port),
+            "--media-host", host, "--media-port", "0", "--public-host", host,
+            "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
+        ], logs)
+        children.append(streamer)
+        relay = await _spawn("relay-1", [
+            "relay", "--id", "relay-1", "--media", f"{host}:0", "--http", f"{host}:0",
+            "--upstream", str(streamer.info["media"]), "--public-host", host,
+            "--ptime-ms", str(args.ptime_ms),
+        ], logs)
+        children.append(relay)
+        speakers = []
+        for sid, zone in SAMPLE_SPEAKERS[: args.speakers]:
+            wav, play_log = spk_dir / f"{sid}.wav", spk_dir / f"{sid}.jsonl"
+            child = await _spawn(sid, [
+                "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
+                # the relay first; the streamer itself if the relay is down
+                "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
+                "--wav", str(wav), "--log", str(play_log), "--delay-ms", str(args.delay_ms),
+            ], logs)
+            children.append(child)
+            speakers.append({"id": sid, "zone": zone, "channel": zone, "pid": child.proc.pid,
+                             "wav": str(wav), "log": str(play_log),
+                             "media_addr": child.info["media"]})
+    except RuntimeError as e:
+        print(f"loa up: {e}", file=sys.stderr)
+        await _stop(children)
+        return 1
+    state = {
+        "streamer_url": streamer.info["http"],
+        "streamer_media": streamer.info["media"],
+        "relay_urls": [relay.info["http"]],
+        "relays": [{"id": "relay-1", "url": relay.info["http"], "media": relay.info["media"],
+                    "pid": relay.proc.pid}],
+        "speakers": speakers,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "logs": str(logs),
+    }
+    state_file = var / "loa-up.json"
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False))
+    tmp.replace(state_file)
+    url = state["streamer_url"]
+    print(f"Loa is up.\n  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
+          f"  relay      {relay.info['http']}\n  speakers   {len(speakers)}, recording to "
+          f"{spk_dir}\n  state      {state_file}\n  listen     {url}/listen/"
+          f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl broadcast --zone "
+          f"brvt.vung-tau.thang-tam --tone 1000 --seconds 5\nCtrl-C stops everything.",
+          flush=True)
+    waits = [asyncio.create_task(c.proc.wait()) for c in children]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if stopper not in done:
+        dead = [c.name for c in children if c.proc.returncode is not None]
+        print(f"loa up: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+        code = 1
+    await _stop(children)
+    stopper.cancel()
+    state_file.unlink(missing_ok=True)
+    print("Loa stopped.", flush=True)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loa up", description="Run the whole stack on this machine.")
+    p.add_argument("--var-dir", default="var", help="state, logs and recordings (default var/)")
+    p.add_argument("--host", default="127.0.0.1", help="address every process binds")
+    p.add_argument("--http-port", type=int, default=8000, help="streamer HTTP port (0 = any)")
+    p.add_argument("--speakers", type=int, default=len(SAMPLE_SPEAKERS),
+                   choices=range(0, len(SAMPLE_SPEAKERS) + 1), metavar="N")
+    p.add_argument("--ptime-ms", type=int, default=20, choices=(20, 40, 60))
+    p.add_argument("--delay-ms", type=int, default=300, help="speaker playout delay")
+    return asyncio.run(up(p.parse_args(argv)))
