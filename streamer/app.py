@@ -78,41 +78,63 @@ class FrameLoop:
             self.skipped.inc(clock.skipped - skipped)
 
 
+class Streamer:
+    """The wired process; ``start`` binds everything, ``close`` releases it."""
+
+    def __init__(self, cfg: StreamerConfig) -> None:
+        self.cfg = cfg
+        self.registry = CollectorRegistry()
+        self.zones = ZoneTree.load(cfg.zones)
+        self.http_url = ""
+        self.media_addr = ""
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        channels = self.zones.channels()
+        known = frozenset(channels)
+        self.fanout = FanoutEndpoint(
+            channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
+            registry=self.registry, process="streamer", ptime_ms=cfg.ptime_ms,
+        )
+        media = await self.fanout.start(cfg.media_host, cfg.media_port)
+        self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
+        self.mixer = Mixer(channels, self.clock, self.fanout.publish, bitrate=cfg.bitrate,
+                           registry=self.registry)
+        self.broadcasts = Broadcasts(self.mixer, self.zones,
+                                     ClipLibrary(Path(cfg.var_dir) / "clips"))
+        app = web.Application()
+        add_api_routes(app, self.broadcasts, self.registry)
+        add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
+                         health=lambda: {"process": "streamer", "channels": len(channels),
+                                         "frame": self.clock.frame,
+                                         "programs": len(self.mixer.programs)})
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, cfg.http_host, cfg.http_port).start()
+        http_port = self.runner.addresses[0][1]
+        self.frames = asyncio.create_task(FrameLoop(self.clock, self.mixer, self.registry).run())
+        self.http_url = f"http://{cfg.public_host}:{http_port}"
+        self.media_addr = f"{cfg.public_host}:{media[1]}"
+        log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
+                 self.http_url)
+
+    async def close(self) -> None:
+        self.frames.cancel()
+        self.fanout.close()
+        await self.runner.cleanup()
+
+
 async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    registry = CollectorRegistry()
-    zones = ZoneTree.load(cfg.zones)
-    channels = zones.channels()
-    known = frozenset(channels)
-    fanout = FanoutEndpoint(
-        channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
-        registry=registry, process="streamer", ptime_ms=cfg.ptime_ms,
-    )
-    media = await fanout.start(cfg.media_host, cfg.media_port)
-    clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-    mixer = Mixer(channels, clock, fanout.publish, bitrate=cfg.bitrate, registry=registry)
-    broadcasts = Broadcasts(mixer, zones, ClipLibrary(Path(cfg.var_dir) / "clips"))
-    app = web.Application()
-    add_api_routes(app, broadcasts, registry)
-    add_media_routes(app, fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
-                     health=lambda: {"process": "streamer", "channels": len(channels),
-                                     "frame": clock.frame, "programs": len(mixer.programs)})
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.http_host, cfg.http_port)
-    await site.start()
-    http_port = runner.addresses[0][1]
-    frames = asyncio.create_task(FrameLoop(clock, mixer, registry).run())
-    print(json.dumps({"process": "streamer", "media": f"{cfg.public_host}:{media[1]}",
-                      "http": f"http://{cfg.public_host}:{http_port}"}), flush=True)
-    log.info("streamer: %d channels, media %s:%d, http %d", len(channels), *media, http_port)
+    streamer = Streamer(cfg)
+    await streamer.start()
+    print(json.dumps({"process": "streamer", "media": streamer.media_addr,
+                      "http": streamer.http_url}), flush=True)
     try:
         await stop.wait()
     finally:
-        frames.cancel()
-        fanout.close()
-        await runner.cleanup()
+        await streamer.close()
 
 
 def run(cfg: StreamerConfig) -> int:

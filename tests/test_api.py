@@ -1,0 +1,98 @@
+"""The streamer's HTTP API: broadcasts, clips, zones; bad input refused with the field named."""
+
+import asyncio
+import subprocess
+
+import aiohttp
+import pytest
+
+
+async def req(method, url, **kw):
+    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:
+        return r.status, await r.json()
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"zones": [], "source": {"kind": "tone"}}, "zones"),
+    ({"zones": "brvt", "source": {"kind": "tone"}}, "zones"),
+    ({"zones": ["brvt.nowhere"], "source": {"kind": "tone"}}, "zones"),
+    ({"zones": ["brvt"], "priority": "loud", "source": {"kind": "tone"}}, "priority"),
+    ({"zones": ["brvt"], "priority": 3, "source": {"kind": "tone"}}, "priority"),
+    ({"zones": ["brvt"]}, "source"),
+    ({"zones": ["brvt"], "source": {"kind": "radio"}}, "source.kind"),
+    ({"zones": ["brvt"], "source": {"kind": "tone", "hz": "loud"}}, "source.hz"),
+    ({"zones": ["brvt"], "source": {"kind": "tone", "hz": 1e9}}, "source.hz"),
+    ({"zones": ["brvt"], "source": {"kind": "tone", "seconds": -1}}, "source.seconds"),
+    ({"zones": ["brvt"], "source": {"kind": "tts", "text": "  "}}, "source.text"),
+    ({"zones": ["brvt"], "source": {"kind": "tts", "text": "a" * 5001}}, "source.text"),
+    ({"zones": ["brvt"], "source": {"kind": "clip", "clip": "feedbeef"}}, "source.clip"),
+    ({"zones": ["brvt"], "source": {"kind": "tone"}, "label": 5}, "label"),
+    ([1, 2], "body"),
+])
+async def test_bad_broadcast_bodies_get_400_naming_the_field(streamer, body, field):
+    status, err = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json=body)
+    assert status == 400 and err["field"] == field and err["error"]
+    assert streamer.broadcasts.records == {} and streamer.mixer.items == {}
+
+
+async def test_not_json_and_oversized_bodies(streamer):
+    url = f"{streamer.http_url}/api/v1/broadcasts"
+    status, err = await req("POST", url, data=b"{nope")
+    assert (status, err["field"]) == (400, "body")
+    status, err = await req("POST", url, data=b" " * (300 * 1024))
+    assert (status, err["field"]) == (400, "body")
+    async with aiohttp.ClientSession() as s, s.get(f"{streamer.http_url}/metrics") as m:
+        text = await m.text()
+    assert 'loa_api_bad_requests_total{field="body"} 2.0' in text
+
+
+async def test_broadcast_lifecycle(streamer):
+    base = f"{streamer.http_url}/api/v1/broadcasts"
+    status, b = await req("POST", base, json={"zones": ["brvt.chau-duc.kim-long"],
+                                              "source": {"kind": "tone", "hz": 440,
+                                                         "seconds": 30}})
+    assert status == 201 and b["channels"] == 3 and b["priority"] == "normal"
+    await asyncio.sleep(0.1)
+    status, got = await req("GET", f"{base}/{b['id']}")
+    assert got["state"] == "on_air" and got["on_air_channels"] == 3
+    status, e = await req("POST", base, json={"zones": ["brvt.chau-duc.kim-long.ap-tay"],
+                                              "priority": "emergency",
+                                              "source": {"kind": "tone", "seconds": 30}})
+    await asyncio.sleep(0.1)
+    _, got = await req("GET", f"{base}/{b['id']}")
+    assert got["on_air_channels"] == 2  # preempted in one of its three channels
+    status, stopped = await req("DELETE", f"{base}/{e['id']}")
+    assert status == 200 and stopped["state"] == "stopped"
+    await asyncio.sleep(0.1)
+    _, got = await req("GET", f"{base}/{b['id']}")
+    assert got["on_air_channels"] == 3  # resumed
+    _, listing = await req("GET", base)
+    assert [x["id"] for x in listing["broadcasts"]] == [b["id"], e["id"]]
+    assert (await req("GET", f"{base}/999"))[0] == 404
+    assert (await req("DELETE", f"{base}/abc"))[1]["field"] == "id"
+
+
+async def test_clip_upload_plays_and_garbage_is_refused(streamer, tmp_path):
+    wav = tmp_path / "a.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=f=700:d=1",
+                    "-ac", "2", "-ar", "44100", str(wav)], check=True)
+    url = f"{streamer.http_url}/api/v1/clips"
+    status, clip = await req("POST", url, data=wav.read_bytes())
+    assert status == 201 and abs(clip["seconds"] - 1.0) < 0.05
+    status, b = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json={
+        "zones": ["brvt.con-dao"], "source": {"kind": "clip", "clip": clip["id"]}})
+    assert status == 201 and b["channels"] == 3
+    status, err = await req("POST", url, data=b"this is not audio" * 100)
+    assert status == 400 and err["field"] == "body"
+    status, err = await req("POST", url, data=b"")
+    assert status == 400 and err["field"] == "body"
+    status, err = await req("POST", url, data=b"x" * 10,
+                            headers={"Content-Length": str(65 * 1024 * 1024)})
+    assert status == 413
+
+
+async def test_zones_and_channels(streamer):
+    _, z = await req("GET", f"{streamer.http_url}/api/v1/zones")
+    assert z["zones"][0]["id"] == "brvt" and len(z["zones"][0]["children"]) == 8
+    _, c = await req("GET", f"{streamer.http_url}/api/v1/channels")
+    assert len(c["channels"]) == 30
