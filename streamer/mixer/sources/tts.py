@@ -1,0 +1,105 @@
+"""Text to speech: Vietnamese bulletins turned into clips by a pluggable voice provider.
+
+A provider takes text and returns a normalised ``Clip``; ``EspeakProvider`` is the offline
+default (``espeak-ng``), and HTTP voices for production can be added behind the same
+``TtsProvider`` protocol. Text is spelled out by ``normalize_vi`` first so that every voice
+reads numbers and dates the same way. The synthesiser is never run through a shell and never
+gets the text on its command line (it arrives on stdin, so no text can become an option), it
+is never waited on without a timeout, and every failure surfaces as ``TtsError``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Protocol
+
+import numpy as np
+
+from streamer.mixer.loudness import TARGET_LUFS, normalize_limited
+from streamer.mixer.sources.clip import Clip, ClipError, decode_bytes
+from streamer.mixer.vi_text import normalize_vi
+
+MAX_TEXT_CHARS = 5000
+
+
+class TtsError(RuntimeError):
+    """The text could not be synthesised (empty, too long, or the voice failed)."""
+
+
+class TtsProvider(Protocol):
+    def synthesize(self, text: str) -> Clip:
+        """Speech for ``text`` as a clip normalised to the system loudness target."""
+        ...
+
+
+def check_text(text: str) -> str:
+    """``text`` if it can be synthesised, else ``TtsError`` saying why."""
+    if not text or not text.strip():
+        raise TtsError("the text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TtsError(f"the text is {len(text)} characters, over the {MAX_TEXT_CHARS} limit")
+    return text
+
+
+class EspeakProvider:
+    """Offline Vietnamese voice from ``espeak-ng``: robotic but always available."""
+
+    def __init__(
+        self,
+        voice: str = "vi",
+        rate_wpm: int = 150,
+        timeout_s: float = 60.0,
+        binary: str = "espeak-ng",
+        target_lufs: float = TARGET_LUFS,
+    ) -> None:
+        if not 80 <= rate_wpm <= 450:
+            raise ValueError(f"rate_wpm must be between 80 and 450, got {rate_wpm}")
+        self.voice = voice
+        self.rate_wpm = rate_wpm
+        self.timeout_s = timeout_s
+        self.binary = binary
+        self.target_lufs = target_lufs
+
+    def synthesize(self, text: str) -> Clip:
+        spoken = normalize_vi(check_text(text))
+        # -b 1: the input is UTF-8 whatever the locale of the service; --stdout: one WAV.
+        argv = [self.binary, "-v", self.voice, "-s", str(self.rate_wpm), "-b", "1", "--stdout"]
+        try:
+            done = subprocess.run(
+                argv,
+                input=spoken.encode("utf-8"),
+                capture_output=True,
+                timeout=self.timeout_s,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise TtsError(f"{self.binary} is not installed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise TtsError(f"{self.binary} took longer than {self.timeout_s:g} s") from exc
+        except OSError as exc:
+            raise TtsError(f"{self.binary} could not be started: {exc}") from exc
+        if done.returncode != 0:
+            stderr = done.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise TtsError(f"{self.binary} failed with exit code {done.returncode}: {stderr}")
+        try:
+            samples = decode_bytes(done.stdout)
+        except ClipError as exc:
+            raise TtsError(f"{self.binary} produced no usable audio: {exc}") from exc
+        # Text with nothing to pronounce ("...") gives a valid but silent WAV.
+        if not np.any(samples):
+            raise TtsError("the text has nothing to pronounce")
+        # espeak-ng's peaks are too high to reach the target by gain alone; limit them.
+        return Clip(normalize_limited(samples, self.target_lufs))
+
+
+_default_provider: TtsProvider | None = None
+
+
+def tts_source(text: str, provider: TtsProvider | None = None) -> Clip:
+    """Speech for ``text`` from ``provider``, or from the offline espeak-ng voice."""
+    global _default_provider
+    if provider is None:
+        if _default_provider is None:
+            _default_provider = EspeakProvider()
+        provider = _default_provider
+    return provider.synthesize(text)
