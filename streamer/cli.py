@@ -31,9 +31,9 @@ def _streamer(argv: list[str]) -> int:
 
 
 def _relay(argv: list[str]) -> int:
-    from relay.main import run
+    from relay.main import main
 
-    return run(argv)
+    return main(argv)
 
 
 def _speaker(argv: list[str]) -> int:

@@ -1,0 +1,173 @@
+"""HTTP routes every media process serves (streamer and relay): SDP, listen-in, health, metrics.
+
+``GET /channels/{id}.sdp`` describes a channel for plain RTP receivers. Such a receiver cannot
+do the subscribe handshake, so it can only play a channel that this process pushes to it: a
+static destination (``--static CHANNEL=host:port`` on a relay). Without ``?addr=&port=`` the
+SDP names the channel's first static destination; with them it names that address (which
+must then be configured as a static destination for media to arrive). ``GET
+/listen/{channel}.ogg`` streams the channel's Opus packets as Ogg/Opus, unchanged. Listen-in
+runs off the fan-out path: the listener only enqueues, and a client that cannot keep up is
+dropped rather than buffered without bound. Errors are JSON naming the offending field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamer.rtp.ogg import OggOpusWriter
+from streamer.rtp.packet import MalformedPacket, is_rtcp, opus_samples
+from streamer.rtp.packet import parse as parse_rtp
+from streamer.rtp.sdp import channel_sdp
+
+from .fanout import FanoutEndpoint
+
+log = logging.getLogger(__name__)
+
+LISTEN_QUEUE_PACKETS = 250  # 5 s of 20 ms packets: past that the client is too slow
+LISTEN_IDLE_CHECK_S = 5.0
+MAX_LISTENERS = 200
+
+
+def _error(status: int, message: str, field: str) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
+
+
+class _ListenQueue:
+    """The fan-out side of one listen-in client: enqueue, or mark the client as too slow."""
+
+    __slots__ = ("queue", "overflowed")
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+        self.overflowed = False
+
+    def __call__(self, packet: bytes) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+def add_media_routes(
+    app: web.Application,
+    fanout: FanoutEndpoint,
+    *,
+    ptime_ms: int,
+    public_host: str,
+    health: Any = None,
+) -> None:
+    """Add ``/channels/{id}.sdp``, ``/listen/{channel}.ogg``, ``/healthz`` and ``/metrics``.
+
+    ``health`` is an optional callable returning extra JSON fields for ``/healthz``.
+    """
+    listeners = {"n": 0}
+
+    async def sdp(request: web.Request) -> web.Response:
+        channel = request.match_info["id"]
+        if not fanout.channel_known(channel):
+            return _error(404, f"unknown channel {channel!r}", "channel")
+        q = request.query
+        if "addr" in q or "port" in q:
+            host = q.get("addr", "")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                return _error(400, "addr must be a numeric IPv4 or IPv6 address", "addr")
+            try:
+                port = int(q.get("port", ""))
+                if not 0 < port < 65536:
+                    raise ValueError
+            except ValueError:
+                return _error(400, "port must be an integer in 1..65535", "port")
+        else:
+            statics = fanout.statics(channel)
+            if not statics:
+                return _error(
+                    404,
+                    f"channel {channel!r} has no static destination: a plain RTP receiver "
+                    "cannot subscribe, so configure one (relay --static CHANNEL=host:port) "
+                    "or ask for ?addr=HOST&port=N of an existing static destination",
+                    "channel",
+                )
+            host, port = statics[0]
+        text = channel_sdp(channel, host, port, ptime_ms=ptime_ms, origin=public_host,
+                           session_name=f"Loa {channel}")
+        return web.Response(text=text, content_type="application/sdp")
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        channel = request.match_info["channel"]
+        if not fanout.channel_known(channel):
+            return _error(404, f"unknown channel {channel!r}", "channel")
+        if listeners["n"] >= MAX_LISTENERS:
+            return _error(503, "too many listen-in clients", "channel")
+        resp = web.StreamResponse(headers={
+            "Content-Type": "audio/ogg",
+            "Cache-Control": "no-cache, no-store",
+            "X-Content-Type-Options": "nosniff",
+        })
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        writer = OggOpusWriter(random.getrandbits(32), title=channel)
+        await resp.write(writer.headers())
+        q = _ListenQueue(LISTEN_QUEUE_PACKETS)
+        listeners["n"] += 1
+        fanout.add_listener(channel, q)
+        try:
+            while not q.overflowed:
+                try:
+                    packet = await asyncio.wait_for(q.queue.get(), LISTEN_IDLE_CHECK_S)
+                except TimeoutError:
+                    # No media for a while: notice a client that went away meanwhile, or a
+                    # channel that upstream has since said does not exist.
+                    closing = request.transport is None or request.transport.is_closing()
+                    if closing or not fanout.channel_known(channel):
+                        break
+                    continue
+                if is_rtcp(packet):
+                    continue
+                try:
+                    payload = parse_rtp(packet).payload
+                    samples = opus_samples(payload)
+                except MalformedPacket:
+                    continue
+                await resp.write(writer.packet(payload, samples))
+            if q.overflowed:
+                log.info("listen-in client %s on %s too slow: dropped", request.remote, channel)
+        except ConnectionError:
+            pass  # the client went away mid-write
+        finally:
+            fanout.remove_listener(channel, q)
+            listeners["n"] -= 1
+        return resp
+
+    async def healthz(request: web.Request) -> web.Response:
+        media = fanout.local_addr
+        body: dict[str, Any] = {
+            "status": "ok",
+            "process": fanout.process,
+            "media": f"{media[0]}:{media[1]}" if media else None,
+            "channels": len(fanout.channels()),
+            "subscribers": fanout.server.count,
+            "listeners": listeners["n"],
+        }
+        if health is not None:
+            body.update(health())
+        return web.json_response(body)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(fanout.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/channels/{id}.sdp", sdp)
+    app.router.add_get("/listen/{channel}.ogg", listen)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

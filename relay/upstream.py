@@ -1,0 +1,281 @@
+"""The upstream half of a relay: one UDP socket, one subscription per wanted channel.
+
+For every channel that has a consumer downstream, a ``SubscribeClient`` handshakes with the
+first live upstream of an ordered list (streamer or another relay) and fails over along it.
+All subscriptions share ONE socket; incoming RTP and RTCP are demultiplexed by SSRC (every
+process derives a channel's SSRC from its name, so no lookup table needs to be exchanged) and
+handed, unchanged, to :meth:`relay.fanout.FanoutEndpoint.publish`. A channel is unsubscribed
+(BYE) ``linger_s`` after its last consumer leaves, so that a speaker rebooting does not churn
+the upstream. When every upstream rejects a channel as unknown, the relay remembers it for
+``unknown_ttl_s`` and rejects it downstream too. The media path (``datagram_received``) must
+never parse more than the SSRC, allocate per packet or log; datagrams from anyone but the
+channel's current upstream are dropped, so nobody can inject through this socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streamer.rtp import subscribe
+from streamer.rtp.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
+from streamer.rtp.subscribe import Addr, ClientState, SubscribeClient
+
+from .fanout import FanoutEndpoint
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.2
+
+
+@dataclass
+class _Subscription:
+    client: SubscribeClient
+    ssrc: int
+    unwanted_since: float | None = None
+    unknown_rejects: int = 0
+
+
+class Upstream(asyncio.DatagramProtocol):
+    """Subscriptions to the upstream list, feeding ``fanout``. Call :meth:`want` from
+    ``FanoutEndpoint.on_change``."""
+
+    def __init__(
+        self,
+        fanout: FanoutEndpoint,
+        upstreams: list[Addr],
+        *,
+        identity: str,
+        registry: CollectorRegistry,
+        process: str = "relay",
+        token: bytes = b"",
+        linger_s: float = 3.0,
+        failover_s: float = 3.0,
+        media_timeout_s: float = 3.0,
+        unknown_ttl_s: float = 60.0,
+        on_unknown: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not upstreams:
+            raise ValueError("at least one upstream is needed")
+        self.fanout = fanout
+        self.upstreams = list(upstreams)
+        self.identity = identity
+        self.token = token
+        self.linger_s = linger_s
+        self.failover_s = failover_s
+        self.media_timeout_s = media_timeout_s
+        self.unknown_ttl_s = unknown_ttl_s
+        self.on_unknown = on_unknown
+        self._clock = clock
+        self._wanted: set[str] = set()
+        self._subs: dict[str, _Subscription] = {}
+        self._by_ssrc: dict[int, _Subscription] = {}
+        self._unknown_until: dict[str, float] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        p = (process,)
+        self._m_packets = Counter("loa_upstream_packets_in", "Datagrams received from upstream",
+                                  ("process",), registry=registry).labels(*p)
+        self._m_octets = Counter("loa_upstream_bytes_in", "Bytes received from upstream",
+                                 ("process",), registry=registry).labels(*p)
+        self._m_failovers = Counter("loa_upstream_failovers", "Moves to the next upstream",
+                                    ("process",), registry=registry).labels(*p)
+        self._m_subscribed = Gauge("loa_upstream_channels", "Channels subscribed upstream, "
+                                   "by handshake state", ("process", "state"), registry=registry)
+        self._process = process
+        self._bad = fanout.metrics.bad.labels(process)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str | None = None) -> Addr:
+        """Resolve the upstream list, bind the shared socket, start ticking."""
+        loop = asyncio.get_running_loop()
+        resolved: list[Addr] = []
+        for h, port in self.upstreams:
+            infos = await loop.getaddrinfo(h, port, type=socket.SOCK_DGRAM)
+            infos.sort(key=lambda i: i[0] != socket.AF_INET)
+            sa = infos[0][4]
+            resolved.append((str(sa[0]), int(sa[1])))
+        # Addresses must compare equal to what recvfrom reports, hence numeric hosts.
+        self.upstreams = resolved
+        family = socket.AF_INET6 if ":" in resolved[0][0] else socket.AF_INET
+        bind = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(bind, 0))
+        name = transport.get_extra_info("sockname")
+        self._tick_task = asyncio.create_task(self._tick_loop())
+        return (name[0], name[1])
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # _SelectorDatagramTransport does not subclass DatagramTransport: cast, not assert
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def close(self) -> None:
+        """BYE every upstream subscription and close the socket."""
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            self._tick_task = None
+        for ch in list(self._subs):
+            self._drop(ch)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # ------------------------------------------------------------------ demand
+
+    def want(self, channel: str, n_consumers: int) -> None:
+        """Fan-out demand changed: subscribe now, or schedule the BYE after ``linger_s``."""
+        now = self._clock()
+        if n_consumers > 0:
+            self._wanted.add(channel)
+            sub = self._subs.get(channel)
+            if sub is not None:
+                sub.unwanted_since = None
+            elif not self.is_unknown(channel, now):
+                self._subscribe(channel, now)
+        else:
+            self._wanted.discard(channel)
+            sub = self._subs.get(channel)
+            if sub is not None and sub.unwanted_since is None:
+                sub.unwanted_since = now
+
+    def is_unknown(self, channel: str, now: float | None = None) -> bool:
+        """Upstream said recently that ``channel`` does not exist."""
+        until = self._unknown_until.get(channel)
+        if until is None:
+            return False
+        if (self._clock() if now is None else now) >= until:
+            del self._unknown_until[channel]
+            return False
+        return True
+
+    def subscribed(self) -> dict[str, str]:
+        """Channel → handshake state, for health reports."""
+        return {ch: s.client.state.name.lower() for ch, s in self._subs.items()}
+
+    # ------------------------------------------------------------------ socket input
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            if is_rtp(data):
+                # RTCP carries its sender SSRC at offset 4, RTP at offset 8.
+                off = 4 if is_rtcp(data) else 8
+                sub = self._by_ssrc.get(int.from_bytes(data[off : off + 4], "big"))
+                if sub is None:
+                    self._bad.inc()
+                    return
+                up = sub.client.upstream
+                if addr[0] != up[0] or addr[1] != up[1]:
+                    self._bad.inc()  # not our upstream for this channel: no injection
+                    return
+                sub.client.on_media(self._clock())
+                self._m_packets.inc()
+                self._m_octets.inc(len(data))
+                self.fanout.publish(sub.client.channel, data)
+            elif subscribe.is_control(data):
+                self._control(data, (addr[0], addr[1]))
+            else:
+                self._bad.inc()
+        except (MalformedPacket, ValueError, struct.error, IndexError):
+            self._bad.inc()
+        except Exception:
+            log.exception("unexpected error on an upstream datagram from %s", addr)
+            self._bad.inc()
+
+    def _control(self, data: bytes, addr: Addr) -> None:
+        msg = subscribe.parse(data)
+        sub = self._subs.get(msg.channel)
+        if sub is None or addr != sub.client.upstream:
+            return
+        now = self._clock()
+        unknown = subscribe.RejectReason.UNKNOWN_CHANNEL
+        if msg.type is subscribe.MsgType.REJECT and msg.reason == unknown:
+            sub.unknown_rejects += 1
+            if sub.unknown_rejects >= len(self.upstreams):
+                # Every upstream in turn said so: believe it for a while, and tell downstream.
+                log.info("upstream does not know channel %s", msg.channel)
+                self._unknown_until[msg.channel] = now + self.unknown_ttl_s
+                self._drop(msg.channel, bye=False)
+                if self.on_unknown is not None:
+                    self.on_unknown(msg.channel)
+                return
+        before = sub.client.failovers
+        out = sub.client.handle(data, addr, now)
+        if sub.client.state is ClientState.SUBSCRIBED:
+            sub.unknown_rejects = 0
+        self._m_failovers.inc(sub.client.failovers - before)
+        self._send_all(out)
+
+    def error_received(self, exc: Exception) -> None:
+        # An unreachable upstream (ICMP port unreachable): the client's timers fail over.
+        log.debug("upstream socket error: %s", exc)
+
+    # ------------------------------------------------------------------ internals
+
+    def _subscribe(self, channel: str, now: float) -> None:
+        client = SubscribeClient(
+            identity=self.identity, channel=channel, upstreams=self.upstreams, token=self.token,
+            failover_s=self.failover_s, media_timeout_s=self.media_timeout_s,
+        )
+        sub = _Subscription(client, ssrc_for(channel))
+        self._subs[channel] = sub
+        self._by_ssrc[sub.ssrc] = sub
+        self._send_all(client.start(now))
+
+    def _drop(self, channel: str, bye: bool = True) -> None:
+        sub = self._subs.pop(channel, None)
+        if sub is None:
+            return
+        self._by_ssrc.pop(sub.ssrc, None)
+        if bye and sub.client.state is ClientState.SUBSCRIBED:
+            self._send_all(sub.client.close())
+
+    def _send_all(self, out: list[tuple[bytes, Addr]]) -> None:
+        t = self._transport
+        if t is None:
+            return
+        for data, addr in out:
+            try:
+                t.sendto(data, addr)
+            except (OSError, RuntimeError) as e:
+                log.debug("send to upstream %s failed: %s", addr, e)
+
+    def tick(self) -> None:
+        """Retries, keepalives, failover, lingering BYEs; called every ``TICK_S``."""
+        now = self._clock()
+        for ch, sub in list(self._subs.items()):
+            if sub.unwanted_since is not None and now - sub.unwanted_since >= self.linger_s:
+                self._drop(ch)
+                continue
+            before = sub.client.failovers
+            self._send_all(sub.client.tick(now))
+            if sub.client.failovers != before:
+                self._m_failovers.inc(sub.client.failovers - before)
+                log.info("channel %s: failing over to upstream %s:%d", ch, *sub.client.upstream)
+        # Wanted channels whose "unknown" mark has run out: try again.
+        for ch in self._wanted:
+            if ch not in self._subs and not self.is_unknown(ch, now):
+                self._subscribe(ch, now)
+        states: dict[str, int] = {}
+        for sub in self._subs.values():
+            k = sub.client.state.name.lower()
+            states[k] = states.get(k, 0) + 1
+        for st in ClientState:
+            k = st.name.lower()
+            self._m_subscribed.labels(self._process, k).set(states.get(k, 0))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick()
+            except Exception:  # a bug in one tick must not stop keepalives forever
+                log.exception("upstream tick failed")

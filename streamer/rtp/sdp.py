@@ -1,0 +1,83 @@
+"""The SDP (RFC 4566, Opus per RFC 7587) that lets a plain RTP receiver play one channel.
+
+GStreamer, ffmpeg, VLC and hardware IP speakers cannot do Loa's subscribe handshake; they play
+a channel that a relay or the streamer pushes to a static destination, described by this SDP.
+The description is declarative: ``c=`` and ``m=`` name where the receiver listens, not where
+the sender is. Pure code: no sockets, no clock reads, no name resolution; the same inputs give
+the same text, so receivers and caches see a stable document.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .packet import EXT_URI_BROADCAST, EXT_URI_CAPTURE_TIME, OPUS_PT, ssrc_for
+
+DEFAULT_MULTICAST_TTL = 16
+
+
+def channel_sdp(
+    channel: str,
+    addr: str,
+    port: int,
+    ptime_ms: int = 20,
+    pt: int = OPUS_PT,
+    session_name: str = "Loa channel",
+    *,
+    origin: str = "0.0.0.0",
+    ttl: int = DEFAULT_MULTICAST_TTL,
+) -> str:
+    """SDP for ``channel`` arriving at ``addr:port`` (unicast or multicast), CRLF-terminated.
+
+    ``origin`` is the sender's public address for the ``o=`` line (informational only).
+    """
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    if not 0 <= pt < 128:
+        raise ValueError(f"payload type {pt} out of range")
+    ssrc = ssrc_for(channel)
+    ip = _ip(addr)
+    net = "IP6" if ":" in addr else "IP4"
+    conn = addr
+    # RFC 4566 section 5.7: an IPv4 multicast address carries a TTL; IPv6 multicast does not.
+    if ip is not None and ip.version == 4 and ip.is_multicast:
+        conn = f"{addr}/{ttl}"
+    onet = "IP6" if ":" in origin else "IP4"
+    # One channel, one SSRC, one description: derive the session id from the SSRC so that
+    # fetching the SDP twice gives the same document (version bumps are not needed).
+    lines = [
+        "v=0",
+        f"o=- {ssrc} 1 IN {onet} {origin}",
+        f"s={_line_safe(session_name)}",
+        f"i={_line_safe(channel)}",
+        f"c=IN {net} {conn}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {pt}",
+        # RFC 7587 section 7: always "opus/48000/2", whatever the real channel count.
+        f"a=rtpmap:{pt} opus/48000/2",
+        f"a=fmtp:{pt} useinbandfec=1; stereo=0; sprop-stereo=0",
+        f"a=ptime:{ptime_ms}",
+        "a=recvonly",
+        "a=rtcp-mux",  # sender reports ride on the media port (RFC 5761)
+        f"a=extmap:1 {EXT_URI_CAPTURE_TIME}",
+        f"a=extmap:2 {EXT_URI_BROADCAST}",
+        f"a=ssrc:{ssrc} cname:loa-{_token(channel)}",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(addr)
+    except ValueError:
+        return None  # a host name: allowed in c= (RFC 4566 section 5.7), no TTL added
+
+
+def _line_safe(s: str) -> str:
+    # A CR or LF in a channel name would start a new SDP line: never let input do that.
+    return s.replace("\r", " ").replace("\n", " ") or "-"
+
+
+def _token(s: str) -> str:
+    # cname is a token (no spaces); keep it readable and unambiguous.
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s) or "_"
