@@ -291,8 +291,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
     def reject_channel(self, channel: str) -> None:
         """Drop every subscriber of ``channel`` with REJECT(unknown channel), e.g. when the
         relay learns from upstream that the channel does not exist."""
-        subs = self.server.subscribers.pop(channel, {})
-        self.server.count -= len(subs)
+        self.server.drop_channel(channel)
         reject = subscribe.Message(subscribe.MsgType.REJECT, channel,
                                    reason=subscribe.RejectReason.UNKNOWN_CHANNEL).build()
         for addr in self.table.clear_subscribers(channel):

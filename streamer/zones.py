@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from streamer.rtp.packet import ssrc_for
+
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAX_ZONES = 100_000
 
@@ -69,7 +71,15 @@ class ZoneTree:
             walk(value, key, None)
         if not zones:
             raise ZoneError("zone file defines no zone")
-        return cls(zones)
+        tree = cls(zones)
+        # Relays demultiplex channels by SSRC, a 32-bit hash of the channel id: refuse a tree
+        # in which two channels would share one (rename a zone key to fix it).
+        seen: dict[int, str] = {}
+        for leaf in tree.leaves():
+            other = seen.setdefault(ssrc_for(leaf), leaf)
+            if other != leaf:
+                raise ZoneError(f"channels {other} and {leaf} hash to the same SSRC")
+        return tree
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ZoneTree:

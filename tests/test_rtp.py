@@ -175,3 +175,9 @@ def test_unknown_channel_rejected_and_garbage_is_malformed():
             srv.handle(data, ME, 0)
         except MalformedPacket:
             pass
+
+
+def test_drop_channel_forgets_its_subscribers():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    handshake(srv, cl)
+    assert srv.drop_channel("ch") == [ME] and srv.count == 0 and srv.addresses("ch") == []

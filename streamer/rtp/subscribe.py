@@ -284,6 +284,12 @@ class SubscribeServer:
         self.count -= len(gone)
         return gone
 
+    def drop_channel(self, channel: str) -> list[Addr]:
+        """Forget every subscriber of ``channel`` (e.g. upstream says it does not exist)."""
+        subs = self.subscribers.pop(channel, {})
+        self.count -= len(subs)
+        return list(subs)
+
     def addresses(self, channel: str) -> list[Addr]:
         return list(self.subscribers.get(channel, ()))
 
