@@ -35,6 +35,7 @@ Listener = Callable[[bytes], None]
 # Past this many bytes queued in the transport the kernel is not keeping up: drop, never grow.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
 EXPIRE_EVERY_S = 1.0
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class DestinationTable:
@@ -192,6 +193,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         sock = transport.get_extra_info("socket")
+        set_receive_buffer(sock)
         if sock.family == socket.AF_INET:
             # Static multicast destinations: a TTL that crosses a few routers on a LAN, and
             # loopback on so that a receiver on the same host (and the tests) hears it.
@@ -373,6 +375,17 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
                 self.table.remove_subscriber(ev.channel, ev.addr)
             for ch in {ev.channel for ev in gone}:
                 self._changed(ch)
+
+
+def set_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
+    """Ask for a large receive buffer: handshakes and keepalives of thousands of subscribers
+    arrive in bursts (after a relay restart they all start together) and the default ~208 KB
+    overflows, silently expiring live subscribers. Returns what the kernel granted."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:
+        pass  # the kernel caps it at net.core.rmem_max; what we get is still better
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
 def _numeric(addr: Addr) -> Addr:

@@ -29,7 +29,7 @@ from streamer.rtp import subscribe
 from streamer.rtp.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
 from streamer.rtp.subscribe import Addr, ClientState, SubscribeClient
 
-from .fanout import FanoutEndpoint
+from .fanout import FanoutEndpoint, set_receive_buffer
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Upstream(asyncio.DatagramProtocol):
         family = socket.AF_INET6 if ":" in resolved[0][0] else socket.AF_INET
         bind = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(bind, 0))
+        set_receive_buffer(transport.get_extra_info("socket"))  # every channel arrives here
         name = transport.get_extra_info("sockname")
         self._tick_task = asyncio.create_task(self._tick_loop())
         return (name[0], name[1])

@@ -181,3 +181,18 @@ def test_drop_channel_forgets_its_subscribers():
     srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
     handshake(srv, cl)
     assert srv.drop_channel("ch") == [ME] and srv.count == 0 and srv.addresses("ch") == []
+
+
+def test_keepalives_are_jittered_so_bursts_spread_out():
+    due = []
+    for seed in range(20):
+        srv, cl = server(), sub.SubscribeClient("spk", "ch", [UP], rng=random.Random(seed))
+        handshake(srv, cl)
+        t = 0.0
+        while True:
+            t += 0.05
+            cl.on_media(t)
+            if cl.tick(t):
+                due.append(t)
+                break
+    assert all(3.7 <= t <= 5.05 for t in due) and max(due) - min(due) > 0.5

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -324,6 +325,10 @@ class SubscribeClient:
     ptime_ms: int = 20
     keepalive_s: float = 5.0
     failovers: int = 0
+    #: keepalives go out after 75-100 % of the interval, so that subscribers that started
+    #: together (after a relay restart) do not hit the upstream in one burst forever
+    rng: random.Random = field(default_factory=random.Random)
+    _keepalive_due: float = 0.0
     _cookie: bytes = b""
     _phase_since: float = 0.0
     _last_sent: float = float("-inf")
@@ -355,6 +360,7 @@ class SubscribeClient:
             self.ssrc = msg.ssrc
             self.ptime_ms = msg.ptime_ms or self.ptime_ms
             self.keepalive_s = float(msg.keepalive_s or self.keepalive_s)
+            self._keepalive_due = self.keepalive_s * self.rng.uniform(0.75, 1.0)
             self._phase_since = now
             self._last_media = now
             return []
@@ -372,8 +378,9 @@ class SubscribeClient:
         if self.state is ClientState.SUBSCRIBED:
             if now - self._last_media > self.media_timeout_s:
                 return self._failover(now)
-            if now - self._last_sent >= self.keepalive_s:
+            if now - self._last_sent >= self._keepalive_due:
                 self._last_sent = now
+                self._keepalive_due = self.keepalive_s * self.rng.uniform(0.75, 1.0)
                 return [(Message(MsgType.KEEPALIVE, self.channel).build(), self.upstream)]
             return []
         if now - self._phase_since > self.failover_s:
