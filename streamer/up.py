@@ -91,19 +91,24 @@ async def up(args: argparse.Namespace) -> int:
             "--ptime-ms", str(args.ptime_ms),
         ], logs)
         children.append(relay)
-        speakers = []
-        for sid, zone in SAMPLE_SPEAKERS[: args.speakers]:
-            wav, play_log = spk_dir / f"{sid}.wav", spk_dir / f"{sid}.jsonl"
-            child = await _spawn(sid, [
-                "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
-                # the relay first; the streamer itself if the relay is down
-                "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
-                "--wav", str(wav), "--log", str(play_log), "--delay-ms", str(args.delay_ms),
-            ], logs)
-            children.append(child)
-            speakers.append({"id": sid, "zone": zone, "channel": zone, "pid": child.proc.pid,
-                             "wav": str(wav), "log": str(play_log),
-                             "media_addr": child.info["media"]})
+        chosen = SAMPLE_SPEAKERS[: args.speakers]
+        # speakers start in parallel: each takes a second to import numpy, opus and friends
+        spawned = await asyncio.gather(*(_spawn(sid, [
+            "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
+            # the relay first; the streamer itself if the relay is down
+            "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
+            "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
+            "--delay-ms", str(args.delay_ms),
+        ], logs) for sid, zone in chosen), return_exceptions=True)
+        children += [c for c in spawned if isinstance(c, Child)]
+        failed = [c for c in spawned if isinstance(c, BaseException)]
+        if failed:
+            raise RuntimeError(str(failed[0]))
+        speakers = [{"id": sid, "zone": zone, "channel": zone, "pid": c.proc.pid,
+                     "wav": str(spk_dir / f"{sid}.wav"), "log": str(spk_dir / f"{sid}.jsonl"),
+                     "media_addr": c.info["udp"]}
+                    for (sid, zone), c in zip(chosen, spawned, strict=True)
+                    if isinstance(c, Child)]
     except RuntimeError as e:
         print(f"loa up: {e}", file=sys.stderr)
         await _stop(children)

@@ -120,7 +120,8 @@ def test_packets_carry_capture_time_broadcast_and_decode_to_the_tone():
     assert {p.broadcast_id for p in a} == {9} and {p.broadcast_id for p in b} == {0}
     assert [p.seq for p in a] == list(range(50))
     assert a[10].ts - a[9].ts == N and a[0].ssrc == packet.ssrc_for("a")
-    assert abs(a[10].capture_time - (1_800_000_000.0 + 0.2)) < 1e-6
+    # capture time of the decoded audio: frame start minus the encoder lookahead (312)
+    assert abs(a[10].capture_time - (1_800_000_000.0 + 0.2 - 312 / 48000)) < 1e-6
     dec = opuslib.Decoder(48000, 1)
     pcm = np.concatenate([np.frombuffer(dec.decode(p.payload, N), np.int16) for p in a])
     spec = np.abs(np.fft.rfft(pcm[4800:].astype(np.float64)))

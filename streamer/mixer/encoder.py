@@ -27,6 +27,11 @@ class OpusEncoder:
         # FEC is only emitted when the encoder expects loss; 10 % suits 4G links.
         self._enc.packet_loss_perc = loss_perc
 
+    @property
+    def lookahead_samples(self) -> int:
+        """Samples by which decoded audio lags the input (312 at 48 kHz, RFC 7845 pre-skip)."""
+        return int(self._enc.lookahead)
+
     def encode(self, pcm: np.ndarray) -> bytes:
         if pcm.dtype != np.float32 or len(pcm) != self.frame_samples:
             raise ValueError("encode wants one frame of float32 samples")

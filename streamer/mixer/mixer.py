@@ -76,6 +76,7 @@ class Mixer:
             self.channels[cid] = Channel(cid, ssrc, silence, ts0=ssrc * 7919 & 0xFFFF_FFFF)
             silence.channels.add(cid)
         self.items: dict[int, Item] = {}
+        self.codec_delay_s = OpusEncoder(clock.frame_samples).lookahead_samples / 48_000
 
     # ------------------------------------------------------------------ commands
 
@@ -118,7 +119,10 @@ class Mixer:
     def tick(self, k: int) -> None:
         n = self.clock.frame_samples
         finished: list[int] = []
-        capture_ntp = unix_to_ntp64(self.clock.capture_wall(k))
+        # Stamp what a packet *decodes* to: the decoder's output lags the encoder's input by
+        # the lookahead, so its first sample was captured that much earlier. Speakers (and any
+        # abs-capture-time receiver) then place audio exactly, with no codec knowledge.
+        capture_ntp = unix_to_ntp64(self.clock.capture_wall(k) - self.codec_delay_s)
         ts_offset = k * n
         send_sr = k % SR_INTERVAL_FRAMES == 0
         for program in self.programs:

@@ -1,0 +1,194 @@
+"""The speaker's jitter buffer: RTP packets in by sequence number, frames out in play order.
+
+Packets are kept in preallocated slot arrays indexed by extended sequence number modulo the
+capacity, so that storing a packet allocates nothing beyond the payload the parser already made.
+``pop`` hands out the next frame in sequence: the packet itself, or, when it is missing, what
+the decoder should do instead (Opus in-band FEC from the following packet, or PLC). Late and
+duplicate packets are dropped and counted. A jump in sequence or a new SSRC (upstream restart or
+failover to a relay with its own numbering) is believed only when the next packet confirms it
+(RFC 3550 appendix A.1 probation), so that one stray packet cannot flush the buffer.
+
+Sans-IO: no sockets, no clock reads; times are whatever the caller stores (capture times).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+SEQ_MOD = 1 << 16
+_HALF = 1 << 15
+_EMPTY = -1
+
+
+class Arrival(IntEnum):
+    """What ``push`` did with a packet."""
+
+    STORED = 0
+    DUPLICATE = 1  # already buffered: dropped
+    LATE = 2  # its frame was already played or concealed: dropped
+    HELD = 3  # sequence jump or new SSRC, waiting for the next packet to confirm it
+    RESET = 4  # a confirmed jump: buffer cleared and restarted at this stream
+
+
+class FrameKind(IntEnum):
+    PACKET = 0  # decode ``payload``
+    FEC = 1  # missing; decode ``payload`` (the following packet) with decode_fec=True
+    PLC = 2  # missing and no following packet: decode with an empty payload (concealment)
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: FrameKind
+    seq: int  # extended sequence number (no 16-bit wrap)
+    payload: bytes
+    broadcast_id: int
+    capture_time: float | None  # None for concealed frames
+
+
+@dataclass(slots=True)
+class _Held:
+    ssrc: int
+    seq: int
+    ts: int
+    capture_time: float
+    payload: bytes
+    broadcast_id: int
+
+
+class JitterBuffer:
+    """Reorders one RTP stream; ``capacity`` packets at most (size it well above the delay)."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self.capacity = capacity
+        self._seq = [_EMPTY] * capacity  # extended seq held by each slot, or _EMPTY
+        self._ts = [0] * capacity
+        self._capture = [0.0] * capacity
+        self._payload: list[bytes] = [b""] * capacity
+        self._broadcast = [0] * capacity
+        self.ssrc: int | None = None
+        self.next_seq = 0  # extended seq of the next frame to hand out
+        self.highest = 0  # highest extended seq received: the reference for unwrapping
+        self.depth = 0  # packets buffered
+        self.started = False  # a frame has been handed out since the last reset
+        self.last_broadcast_id = 0
+        self._held: _Held | None = None
+        # counters (exported as metrics by the edge)
+        self.received = 0
+        self.duplicates = 0
+        self.late = 0
+        self.lost = 0  # frames handed out as FEC/PLC or skipped
+        self.resets = 0
+        self.held = 0
+
+    # ------------------------------------------------------------------ input
+
+    def push(
+        self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes,
+        broadcast_id: int,
+    ) -> Arrival:
+        self.received += 1
+        if self.ssrc is None:
+            self._restart(ssrc, seq)
+            self._store(self.next_seq, ts, capture_time, payload, broadcast_id)
+            return Arrival.STORED
+        if ssrc != self.ssrc:
+            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+        ext = self._extend(seq)
+        if ext < self.next_seq:
+            if not self.started and self.highest - ext < self.capacity:
+                self.next_seq = ext  # reordered before the first frame played: start earlier
+            elif self.next_seq - ext <= self.capacity:
+                self.late += 1
+                return Arrival.LATE
+            else:
+                return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+        elif ext - self.next_seq >= self.capacity:
+            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+        if self._seq[ext % self.capacity] == ext:
+            self.duplicates += 1
+            return Arrival.DUPLICATE
+        self._store(ext, ts, capture_time, payload, broadcast_id)
+        return Arrival.STORED
+
+    def _extend(self, seq: int) -> int:
+        """16-bit seq to the extended seq nearest the highest one seen."""
+        delta = (seq - self.highest) % SEQ_MOD
+        if delta >= _HALF:
+            delta -= SEQ_MOD
+        return self.highest + delta
+
+    def _store(self, ext: int, ts: int, capture_time: float, payload: bytes, bid: int) -> None:
+        i = ext % self.capacity
+        self._seq[i] = ext
+        self._ts[i] = ts
+        self._capture[i] = capture_time
+        self._payload[i] = payload
+        self._broadcast[i] = bid
+        self.depth += 1
+        if ext > self.highest:
+            self.highest = ext
+
+    def _probation(
+        self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes, bid: int
+    ) -> Arrival:
+        held = self._held
+        if held is not None and held.ssrc == ssrc and (seq - held.seq) % SEQ_MOD == 1:
+            self._held = None
+            self.resets += 1
+            self._restart(ssrc, held.seq)
+            self._store(self.next_seq, held.ts, held.capture_time, held.payload,
+                        held.broadcast_id)
+            self._store(self.next_seq + 1, ts, capture_time, payload, bid)
+            return Arrival.RESET
+        self._held = _Held(ssrc, seq, ts, capture_time, payload, bid)
+        self.held += 1
+        return Arrival.HELD
+
+    def _restart(self, ssrc: int, seq: int) -> None:
+        if self.depth:
+            for i in range(self.capacity):
+                self._seq[i] = _EMPTY
+                self._payload[i] = b""
+        self.ssrc = ssrc
+        self.next_seq = self.highest = seq  # extended numbering restarts at the raw seq
+        self.depth = 0
+        self.started = False
+
+    # ------------------------------------------------------------------ output
+
+    def next_present(self) -> tuple[int, float] | None:
+        """(missing frames before the next buffered packet, its capture time), or None if empty."""
+        if not self.depth:
+            return None
+        ext = self.next_seq
+        while self._seq[ext % self.capacity] != ext:  # depth > 0: ends within capacity
+            ext += 1
+        return ext - self.next_seq, self._capture[ext % self.capacity]
+
+    def pop(self) -> Frame:
+        """Hand out the next frame in sequence (always; a missing packet becomes FEC or PLC)."""
+        ext = self.next_seq
+        self.next_seq = ext + 1
+        self.started = True
+        i = ext % self.capacity
+        if self._seq[i] == ext:
+            self._seq[i] = _EMPTY
+            payload, self._payload[i] = self._payload[i], b""
+            self.depth -= 1
+            self.last_broadcast_id = self._broadcast[i]
+            return Frame(FrameKind.PACKET, ext, payload, self._broadcast[i], self._capture[i])
+        self.lost += 1
+        j = (ext + 1) % self.capacity
+        if self._seq[j] == ext + 1:
+            return Frame(FrameKind.FEC, ext, self._payload[j], self._broadcast[j], None)
+        return Frame(FrameKind.PLC, ext, b"", self.last_broadcast_id, None)
+
+    def skip(self) -> int:
+        """Jump over a hole to the next buffered packet; returns how many frames were skipped."""
+        head = self.next_present()
+        if head is None:
+            return 0
+        self.next_seq += head[0]
+        self.lost += head[0]
+        return head[0]

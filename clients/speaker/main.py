@@ -1,0 +1,430 @@
+"""``loa speaker``: the software IP speaker process (sockets, clocks, signals, HTTP).
+
+One UDP socket carries the subscribe handshake and the media from the current upstream; every
+datagram is demultiplexed here (control, RTCP, RTP) and handed to the sans-IO parts
+(:class:`~streamer.rtp.subscribe.SubscribeClient`, :class:`~clients.speaker.playout.Playout`).
+This edge must never let a datagram, however malformed, stop the process: each one is counted
+under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
+
+Configuration, lowest precedence first: defaults, ``--config FILE.toml`` (same keys with
+underscores), environment ``LOA_SPEAKER_<KEY>`` (``LOA_SPEAKER_UPSTREAM`` comma-separated),
+command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamer.rtp import packet, rtcp, subscribe
+from streamer.rtp.packet import MalformedPacket
+
+from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
+from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
+
+log = logging.getLogger("loa.speaker")
+
+Addr = tuple[str, int]
+TICK_S = 0.2
+BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time", "error")
+# A capture time further than this from our wall clock cannot be placed on the timeline: the
+# sender is broken or hostile (clocks are NTP-disciplined to well under a second).
+CAPTURE_WINDOW_S = 10.0
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the field."""
+
+
+@dataclass
+class SpeakerConfig:
+    id: str
+    channel: str
+    upstream: list[Addr]
+    bind: Addr = ("0.0.0.0", 0)
+    delay_ms: int = 300
+    wav: str | None = None
+    log: str | None = None
+    volume: float = 100.0
+    http: Addr | None = None
+    failover_s: float = 3.0
+
+
+def parse_hostport(value: str, name: str) -> Addr:
+    """``host:port`` or ``[v6]:port``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+_KEYS = ("id", "channel", "upstream", "bind", "delay_ms", "wav", "log", "volume", "http",
+         "failover_s")
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loa speaker", description="Software IP speaker.")
+    p.add_argument("--config", help="TOML file with the same keys (underscores)")
+    p.add_argument("--id", help="speaker identity (default: host name)")
+    p.add_argument("--channel", help="channel to play")
+    p.add_argument("--upstream", action="append", metavar="HOST:PORT",
+                   help="relay or streamer; repeat for failover, in order of preference")
+    p.add_argument("--bind", metavar="HOST:PORT", help="local UDP address (default 0.0.0.0:0)")
+    p.add_argument("--delay-ms", type=int, help="playout delay after capture time (default 300)")
+    p.add_argument("--wav", metavar="PATH", help="write the output to this WAV file")
+    p.add_argument("--log", metavar="PATH", help="proof-of-play log (JSON lines)")
+    p.add_argument("--volume", type=float, help="0-100 %%, dB law: 100 = 0 dB, 0.5 dB per %%")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    p.add_argument("--failover-s", type=float,
+                   help="move to the next upstream after this long without progress (default 3)")
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None,
+                env: Mapping[str, str] | None = None) -> SpeakerConfig:
+    args = _arg_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    config_path = args.config or env.get("LOA_SPEAKER_CONFIG")
+    if config_path:
+        try:
+            with open(config_path, "rb") as f:
+                raw.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config: {config_path}: {e}") from None
+        unknown = set(raw) - set(_KEYS)
+        if unknown:
+            raise ConfigError(f"config: unknown keys {sorted(unknown)}")
+    for key in _KEYS:
+        value = env.get(f"LOA_SPEAKER_{key.upper()}")
+        if value is not None:
+            raw[key] = value.split(",") if key == "upstream" else value
+    for key in _KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    return _validate(raw)
+
+
+def _validate(raw: dict[str, Any]) -> SpeakerConfig:
+    def number(key: str, kind: type, lo: float, hi: float, default: float) -> Any:
+        try:
+            v = kind(raw.get(key, default))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: not a number: {raw[key]!r}") from None
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key}: {v} is outside {lo}..{hi}")
+        return v
+
+    channel = str(raw.get("channel") or "")
+    if not channel:
+        raise ConfigError("channel: required")
+    ups = raw.get("upstream") or []
+    if isinstance(ups, str):
+        ups = [ups]
+    if not ups:
+        raise ConfigError("upstream: at least one host:port required")
+    http = raw.get("http")
+    return SpeakerConfig(
+        id=str(raw.get("id") or socket.gethostname()),
+        channel=channel,
+        upstream=[parse_hostport(str(u).strip(), "upstream") for u in ups],
+        bind=parse_hostport(str(raw.get("bind", "0.0.0.0:0")), "bind"),
+        delay_ms=number("delay_ms", int, 0, 10_000, 300),
+        wav=raw.get("wav") or None,
+        log=raw.get("log") or None,
+        volume=number("volume", float, 0, 100, 100.0),
+        http=parse_hostport(str(http), "http") if http else None,
+        failover_s=number("failover_s", float, 0.2, 3600, 3.0),
+    )
+
+
+# --------------------------------------------------------------------------- the UDP edge
+
+
+class Speaker(asyncio.DatagramProtocol):
+    """Demultiplexes the speaker's socket into the handshake and the playout."""
+
+    def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
+                 latency: Histogram) -> None:
+        self.client = client
+        self.playout = playout
+        self.latency = latency
+        self.ssrc = packet.ssrc_for(client.channel)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.bad = dict.fromkeys(BAD_REASONS, 0)
+        self.control = 0
+        self.rtcp = 0
+        self._error_logged = float("-inf")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def send(self, out: Iterable[tuple[bytes, Addr]]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for data, addr in out:
+            self.transport.sendto(data, addr)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._receive(data, (addr[0], addr[1]))
+        except MalformedPacket:
+            self.bad["malformed"] += 1
+        except Exception:
+            # A bug, not bad input: an exception escaping here would make asyncio close the
+            # socket, i.e. silence the speaker. Count it and log at most once a minute.
+            self.bad["error"] += 1
+            now = time.monotonic()
+            if now - self._error_logged > 60:
+                self._error_logged = now
+                log.exception("datagram from %s failed", addr)
+
+    def _receive(self, data: bytes, addr: Addr) -> None:
+        client = self.client
+        if addr != client.upstream:  # cheapest filter first: only the current upstream talks
+            self.bad["foreign_source"] += 1
+            return
+        if subscribe.is_control(data):
+            self.control += 1
+            before = client.index
+            self.send(client.handle(data, addr, time.monotonic()))
+            if client.index != before:
+                log.warning("upstream %s refused us; trying %s", addr, client.upstream)
+            return
+        if packet.is_rtcp(data):
+            rtcp.parse_compound(data)  # sender reports are not needed: capture times are
+            self.rtcp += 1
+            return
+        if not packet.is_rtp(data):
+            raise MalformedPacket("neither control, RTCP nor RTP")
+        pkt = packet.parse(data)
+        if pkt.ssrc != self.ssrc:
+            self.bad["foreign_ssrc"] += 1
+            return
+        capture_time = pkt.capture_time
+        now = time.time()
+        if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
+            self.bad["bad_capture_time"] += 1
+            return
+        client.on_media(time.monotonic())
+        self.latency.observe(max(0.0, now - capture_time))
+        self.playout.receive(pkt, capture_time)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("socket error (ICMP from a dead upstream?): %s", exc)
+
+
+async def tick_forever(speaker: Speaker) -> None:
+    """Handshake retries, keepalives and failover, every 200 ms."""
+    client = speaker.client
+    while True:
+        before = client.index
+        speaker.send(client.tick(time.monotonic()))
+        if client.index != before:
+            log.warning("failing over to upstream %s:%d", *client.upstream)
+        await asyncio.sleep(TICK_S)
+
+
+# --------------------------------------------------------------------------- metrics, HTTP
+
+
+class SpeakerCollector(Collector):
+    """Reads the counters the sans-IO parts keep, at scrape time."""
+
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.speaker
+        jb, p = s.playout.jitter, s.playout
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            return CounterMetricFamily(f"loa_speaker_{name}", doc, value=value)
+
+        yield counter("packets_received", "RTP packets of our channel received", jb.received)
+        yield counter("packets_lost", "Frames missing at play time (FEC, PLC or skipped)",
+                      jb.lost)
+        yield counter("packets_late", "Packets arriving after their frame was played", jb.late)
+        yield counter("packets_duplicate", "Duplicate packets dropped", jb.duplicates)
+        yield counter("jitter_resets", "Sequence restarts accepted (upstream restart)",
+                      jb.resets)
+        yield counter("fec_recoveries", "Frames recovered with Opus in-band FEC", p.fec)
+        yield counter("plc_frames", "Frames concealed with Opus PLC", p.plc)
+        yield counter("late_samples", "Samples trimmed because they came after their time",
+                      p.late_samples)
+        yield counter("control_messages", "Handshake messages from the upstream", s.control)
+        yield counter("rtcp_packets", "RTCP datagrams received (ignored)", s.rtcp)
+        yield counter("failovers", "Moves to another upstream", s.client.failovers)
+        bad = CounterMetricFamily("loa_speaker_bad_datagrams", "Datagrams dropped, by reason",
+                                  labels=["reason"])
+        for reason, n in s.bad.items():
+            bad.add_metric([reason], n)
+        bad.add_metric(["bad_opus"], p.bad_payloads)
+        yield bad
+        yield GaugeMetricFamily("loa_speaker_buffer_depth_packets", "Packets in the jitter buffer",
+                                value=jb.depth)
+        yield GaugeMetricFamily("loa_speaker_subscribed", "1 when media is subscribed",
+                                value=float(s.client.state is subscribe.ClientState.SUBSCRIBED))
+        yield GaugeMetricFamily("loa_speaker_broadcast_id", "Broadcast on air (0 = none)",
+                                value=p.broadcast_id)
+
+
+def health(cfg: SpeakerConfig, speaker: Speaker) -> dict[str, Any]:
+    c, p = speaker.client, speaker.playout
+    return {
+        "speaker": cfg.id,
+        "channel": cfg.channel,
+        "state": c.state.name.lower(),
+        "upstream": f"{c.upstream[0]}:{c.upstream[1]}",
+        "failovers": c.failovers,
+        "buffer_depth": p.jitter.depth,
+        "broadcast": p.broadcast_id,
+        "t0": p.timeline.t0,
+        "packets_received": p.jitter.received,
+    }
+
+
+async def start_http(cfg: SpeakerConfig, speaker: Speaker,
+                     registry: CollectorRegistry) -> tuple[web.AppRunner, Addr]:
+    assert cfg.http is not None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response(health(cfg, speaker))
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.http[0], cfg.http[1])
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else cfg.http  # the real port when :0
+    return runner, (str(bound[0]), int(bound[1]))
+
+
+# --------------------------------------------------------------------------- process
+
+
+async def _resolve(addr: Addr, family: int) -> Addr:
+    """SubscribeClient compares source addresses, so names must become the IPs replies use."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            addr[0], addr[1], family=family, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"upstream: cannot resolve {addr[0]}: {e}") from None
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+def open_sink(cfg: SpeakerConfig, t0: float) -> Sink:
+    if cfg.wav:
+        return WavSink(cfg.wav, t0)
+    if SoundcardSink.available():
+        return SoundcardSink()
+    return NullSink()
+
+
+async def serve(cfg: SpeakerConfig) -> int:
+    """Run a speaker until SIGINT/SIGTERM; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in cfg.bind[0] else socket.AF_INET
+    upstreams = [await _resolve(u, family) for u in cfg.upstream]
+
+    t0 = time.time()
+    sink = open_sink(cfg, t0)
+    play_log = PlayLog(cfg.log) if cfg.log else None
+    playout = Playout(
+        sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume,
+        capacity=max(512, cfg.delay_ms // 5),
+        on_event=play_log.write if play_log else None,
+    )
+    if play_log:
+        play_log.write({"event": "start", "t0": playout.timeline.t0, "rate_hz": RATE_HZ,
+                        "channel": cfg.channel, "speaker": cfg.id})
+    client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
+                                       failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s)
+    registry = CollectorRegistry()
+    latency = Histogram("loa_speaker_latency_seconds", "Capture to arrival time of RTP packets",
+                        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+                        registry=registry)
+    speaker = Speaker(client, playout, latency)
+    registry.register(SpeakerCollector(speaker))
+
+    transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
+                                                       family=family)
+    bound = transport.get_extra_info("sockname")
+    listening: dict[str, Any] = {"event": "listening", "speaker": cfg.id,
+                                 "udp": f"{bound[0]}:{bound[1]}"}
+    runner = None
+    if cfg.http:
+        runner, http_bound = await start_http(cfg, speaker, registry)
+        listening["http"] = f"{http_bound[0]}:{http_bound[1]}"
+    print(json.dumps(listening), flush=True)  # tests and supervisors read the bound ports here
+    log.info("speaker %s on %s, channel %s, upstreams %s", cfg.id, listening["udp"],
+             cfg.channel, upstreams)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    speaker.send(client.start(time.monotonic()))
+    tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker))]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if client.state is subscribe.ClientState.SUBSCRIBED:
+            speaker.send(client.close())  # BYE: the upstream stops sending at once
+        playout.close(time.time())
+        sink.close()
+        if play_log:
+            play_log.close()
+        transport.close()
+        if runner:
+            await runner.cleanup()
+    log.info("speaker %s stopped", cfg.id)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``loa speaker``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(argv)
+        return asyncio.run(serve(cfg))
+    except ConfigError as e:
+        print(f"loa speaker: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # address in use, unwritable WAV or log path
+        print(f"loa speaker: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(run())

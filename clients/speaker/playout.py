@@ -1,0 +1,296 @@
+"""Synchronised playout: every sample plays at its capture time + playout delay on the wall clock.
+
+All speakers of a channel receive the same capture times (RTP header extension) and add the
+same delay, so, with NTP-disciplined wall clocks, they play in step and neighbouring horns do not
+echo. The output is one timeline anchored at wall time ``t0``: sample ``i`` plays at
+``t0 + i / rate_hz``; a frame goes to ``round((capture_time + delay - t0) * rate_hz)`` (snapped to
+the end of the previous frame when within ``slack`` samples, so stamp rounding never clicks),
+holes are filled with zeros and audio arriving too late for its place is trimmed, never shifted.
+
+The core (:class:`Timeline`, :class:`Playout`) is sans-IO: wall times come in as arguments and it
+never reads a clock, blocks, or lets a bad payload stop playback. :func:`play_forever` is the
+thin asyncio edge that wakes it every packet time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamer.rtp.packet import MalformedPacket, RtpPacket
+
+from .jitter import Arrival, Frame, FrameKind, JitterBuffer
+from .output import Sink
+
+RATE_HZ = 48_000
+MAX_FRAME = 5_760  # 120 ms, the longest Opus packet
+LEVEL_FLOOR_DBFS = -120.0
+VOLUME_RANGE_DB = 50.0
+
+
+class Decoder(Protocol):
+    def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
+        """int16 PCM; an empty payload asks for concealment; raises MalformedPacket."""
+        ...
+
+
+class OpusDecoder:
+    """libopus (via opuslib), mono 48 kHz, with its errors turned into MalformedPacket."""
+
+    def __init__(self, rate_hz: int = RATE_HZ) -> None:
+        import opuslib  # type: ignore[import-untyped]
+
+        self._error = opuslib.OpusError
+        self._dec = opuslib.Decoder(rate_hz, 1)
+
+    def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
+        try:
+            return bytes(self._dec.decode(payload, frame_size, decode_fec=fec))
+        except self._error as e:
+            raise MalformedPacket(f"opus: {e}") from None
+
+
+def volume_gain(volume_pct: float) -> float:
+    """Volume percent to linear gain, dB law: 100 % is 0 dB, each percent below it 0.5 dB less
+    (50 % = -25 dB, 1 % = -49.5 dB), 0 % is silence. Ears hear loudness in dB, so equal steps of
+    the knob sound like equal steps."""
+    v = min(max(volume_pct, 0.0), 100.0)
+    if v == 0.0:
+        return 0.0
+    return float(10.0 ** ((v - 100.0) * (VOLUME_RANGE_DB / 100.0) / 20.0))
+
+
+class Timeline:
+    """Wall time to output sample index, and the write cursor of the sink."""
+
+    def __init__(self, t0: float, rate_hz: int = RATE_HZ, slack: int = 24) -> None:
+        self.rate_hz = rate_hz
+        self.t0 = round(t0 * rate_hz) / rate_hz  # on a sample, so two files align exactly
+        self.slack = slack
+        self.cursor = 0  # next sample index the sink will receive
+
+    def index(self, t: float) -> int:
+        return round((t - self.t0) * self.rate_hz)
+
+    def time(self, index: int) -> float:
+        return self.t0 + index / self.rate_hz
+
+    def place(self, t: float, n: int) -> tuple[int, int]:
+        """For ``n`` samples due at wall time ``t``: (zeros to write first, samples to trim)."""
+        d = self.index(t) - self.cursor
+        if abs(d) <= self.slack:
+            return 0, 0
+        if d > 0:
+            return d, 0
+        return 0, min(-d, n)
+
+
+class Playout:
+    """Jitter buffer + Opus decoder + volume + timeline + broadcast tracking for one channel.
+
+    ``on_event`` receives play-log records: ``play_start`` when a broadcast id starts playing and
+    ``play`` (start, end, RMS level) when it stops, changes, or the stream goes quiet for
+    ``broadcast_gap_s``. Broadcast 0 (nothing on air) is not logged. The level is measured after
+    volume, i.e. what the speaker really played, in dB relative to a full-scale square wave (a
+    full-scale sine reads -3 dBFS).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        decoder: Decoder,
+        t0: float,
+        delay_ms: float = 300.0,
+        rate_hz: int = RATE_HZ,
+        volume_pct: float = 100.0,
+        muted: bool = False,
+        max_conceal: int = 5,
+        capacity: int = 512,
+        slack: int = 24,
+        broadcast_gap_s: float = 1.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.decoder = decoder
+        self.delay_s = delay_ms / 1000.0
+        self.rate_hz = rate_hz
+        self.timeline = Timeline(t0, rate_hz, slack)
+        self.jitter = JitterBuffer(capacity)
+        self.max_conceal = max_conceal
+        self.broadcast_gap_s = broadcast_gap_s
+        self.on_event = on_event or (lambda event: None)
+        self.muted = muted
+        self.volume_pct = volume_pct
+        self._gain = volume_gain(volume_pct)
+        self.frame_samples = rate_hz // 50  # 20 ms until a packet says otherwise
+        self._next_play: float | None = None  # nominal play time after the last frame
+        self._concealed = 0  # consecutive concealed frames
+        self._work = np.zeros(MAX_FRAME, dtype=np.float64)
+        self._out = np.zeros(MAX_FRAME, dtype=np.int16)
+        # the broadcast on air and its running level
+        self.broadcast_id = 0
+        self._bc_start = 0.0
+        self._bc_end = 0.0
+        self._bc_sumsq = 0.0
+        self._bc_samples = 0
+        # counters
+        self.frames = 0
+        self.fec = 0
+        self.plc = 0
+        self.bad_payloads = 0
+        self.late_samples = 0
+
+    @property
+    def ptime_s(self) -> float:
+        return self.frame_samples / self.rate_hz
+
+    def set_volume(self, volume_pct: float) -> None:
+        self.volume_pct = volume_pct
+        self._gain = volume_gain(volume_pct)
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, pkt: RtpPacket, capture_time: float) -> Arrival:
+        return self.jitter.push(pkt.ssrc, pkt.seq, pkt.ts, capture_time, pkt.payload,
+                                pkt.broadcast_id)
+
+    # ------------------------------------------------------------------ output
+
+    def tick(self, now: float) -> int:
+        """Emit every frame whose play time is within one packet time of ``now``; returns the
+        number of frames emitted. Then pads the output with silence up to ``now``."""
+        horizon = now + self.ptime_s  # written one period ahead so the sink never starves
+        emitted = 0
+        jb = self.jitter
+        while True:
+            head = jb.next_present()
+            if head is None:
+                # Nothing buffered: conceal a few frames (the stream may only have hiccuped),
+                # then fall silent; a stopped stream must not be "concealed" for ever.
+                if (self._next_play is None or self._concealed >= self.max_conceal
+                        or self._next_play > horizon):
+                    break
+                self._play(jb.pop(), self._next_play)
+            else:
+                gap, capture_time = head
+                if gap and (self._next_play is None or gap + self._concealed > self.max_conceal):
+                    jb.skip()  # a long hole is silence, not minutes of PLC
+                    continue
+                play_time = capture_time + self.delay_s - gap * self.ptime_s
+                if play_time > horizon:
+                    break
+                self._play(jb.pop(), play_time)
+            emitted += 1
+        pad = self.timeline.index(now) - self.timeline.cursor
+        if pad > 0:
+            self.sink.write_silence(pad)
+            self.timeline.cursor += pad
+        if self.broadcast_id and now - self._bc_end > self.broadcast_gap_s:
+            self._end_broadcast()
+        return emitted
+
+    def close(self, now: float) -> None:
+        """Stop playing: pad to ``now`` and log the broadcast on air. The caller closes the sink."""
+        pad = self.timeline.index(now) - self.timeline.cursor
+        if pad > 0:
+            self.sink.write_silence(pad)
+            self.timeline.cursor += pad
+        self._end_broadcast()
+
+    def _decode(self, frame: Frame) -> bytes:
+        n = self.frame_samples
+        if frame.kind is FrameKind.PACKET:
+            try:
+                pcm = self.decoder.decode(frame.payload, MAX_FRAME)
+                if pcm:
+                    self.frame_samples = len(pcm) // 2
+                    self._concealed = 0
+                    return pcm
+            except MalformedPacket:
+                pass
+            self.bad_payloads += 1
+        elif frame.kind is FrameKind.FEC:
+            try:
+                pcm = self.decoder.decode(frame.payload, n, fec=True)
+                if pcm:
+                    self.fec += 1
+                    self._concealed += 1
+                    return pcm
+            except MalformedPacket:
+                pass
+        self.plc += 1
+        self._concealed += 1
+        try:
+            return self.decoder.decode(b"", n) or bytes(2 * n)
+        except MalformedPacket:
+            return bytes(2 * n)
+
+    def _play(self, frame: Frame, play_time: float) -> None:
+        pcm = np.frombuffer(self._decode(frame), dtype="<i2")
+        n = min(len(pcm), MAX_FRAME)
+        work = self._work[:n]
+        np.multiply(pcm[:n], 0.0 if self.muted else self._gain, out=work)
+        out = self._out[:n]
+        np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
+        zeros, trim = self.timeline.place(play_time, n)
+        if zeros:
+            self.sink.write_silence(zeros)
+        if trim < n:
+            self.sink.write(out[trim:])
+        self.timeline.cursor += zeros + n - trim
+        self.late_samples += trim
+        self.frames += 1
+        self._next_play = play_time + n / self.rate_hz
+        self._track(frame.broadcast_id, play_time, n, float(np.dot(work, work)))
+
+    # ------------------------------------------------------------------ play log
+
+    def _track(self, broadcast_id: int, start: float, n: int, sumsq: float) -> None:
+        if broadcast_id != self.broadcast_id or (
+            broadcast_id and start - self._bc_end > self.broadcast_gap_s
+        ):
+            self._end_broadcast()
+            if broadcast_id:
+                self.broadcast_id = broadcast_id
+                self._bc_start = start
+                self._bc_sumsq, self._bc_samples = 0.0, 0
+                self.on_event({"event": "play_start", "broadcast": broadcast_id, "start": start})
+        if self.broadcast_id:
+            self._bc_end = start + n / self.rate_hz
+            self._bc_sumsq += sumsq
+            self._bc_samples += n
+
+    def _end_broadcast(self) -> None:
+        if not self.broadcast_id:
+            return
+        self.on_event({
+            "event": "play", "broadcast": self.broadcast_id, "start": self._bc_start,
+            "end": self._bc_end, "level_dbfs": level_dbfs(self._bc_sumsq, self._bc_samples),
+        })
+        self.broadcast_id = 0
+
+
+def level_dbfs(sumsq: float, samples: int) -> float:
+    """RMS level of int16 samples in dBFS (full-scale square wave = 0 dB), floored."""
+    if samples <= 0 or sumsq <= 0.0:
+        return LEVEL_FLOOR_DBFS
+    db = 10.0 * math.log10(sumsq / samples / (32768.0 * 32768.0))
+    return round(max(db, LEVEL_FLOOR_DBFS), 2)
+
+
+async def play_forever(playout: Playout, clock: Callable[[], float] = time.time) -> None:
+    """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop."""
+    loop = asyncio.get_running_loop()
+    wake = loop.time()
+    while True:
+        playout.tick(clock())
+        wake += playout.ptime_s
+        delay = wake - loop.time()
+        if delay < 0:  # the loop stalled: resume the rhythm from now instead of bursting
+            wake, delay = loop.time(), 0.0
+        await asyncio.sleep(delay)

@@ -1,0 +1,187 @@
+"""End to end through `loa up`: streamer → relay → speaker processes, checked by what the
+speakers recorded (their WAVs are anchored to wall time, see the README)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import correlate
+
+from clients.ctl import call
+from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
+from tests.conftest import peak_hz, rms_dbfs
+
+RATE = 48_000
+DELAY_S = 0.3
+LOOKAHEAD = 312  # Opus encoder lookahead at 48 kHz
+
+
+class Speaker:
+    def __init__(self, info: dict) -> None:
+        self.id, self.zone = info["id"], info["zone"]
+        self.wav, self.log = Path(info["wav"]), Path(info["log"])
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    @property
+    def t0(self) -> float:
+        return next(e["t0"] for e in self.events() if e["event"] == "start")
+
+    def plays(self, bid: int) -> list[dict]:
+        return [e for e in self.events() if e["event"] == "play" and e["broadcast"] == bid]
+
+    def samples(self) -> np.ndarray:
+        data = self.wav.read_bytes()
+        i = 12  # walk the RIFF chunks: the header may still be growing
+        while i + 8 <= len(data):
+            cid, size = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], "little")
+            if cid == b"data":
+                body = data[i + 8:]
+                return np.frombuffer(body[: len(body) // 2 * 2], "<i2").astype(np.float32) / 32768
+            i += 8 + size
+        raise AssertionError(f"{self.wav} has no data chunk")
+
+    def window(self, start: float, end: float) -> np.ndarray:
+        x = self.samples()
+        a, b = round((start - self.t0) * RATE), round((end - self.t0) * RATE)
+        assert 0 <= a < b <= len(x), f"{self.id}: window not recorded yet"
+        return x[a:b]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    var = tmp_path_factory.mktemp("up")
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "up", "--var-dir", str(var),
+                             "--http-port", "0"], stdout=subprocess.PIPE, text=True)
+    state_file = var / "loa-up.json"
+    deadline = time.monotonic() + 60
+    while not state_file.exists():
+        assert proc.poll() is None, "loa up exited"
+        assert time.monotonic() < deadline, "loa up did not write its state file"
+        time.sleep(0.1)
+    state = json.loads(state_file.read_text())
+    time.sleep(1.0)  # speakers complete their handshakes
+    yield state
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert not state_file.exists()
+    for spk in state["speakers"]:  # every child was stopped
+        with pytest.raises(ProcessLookupError):
+            import os
+
+            os.kill(spk["pid"], 0)
+
+
+def speakers(state, zone_prefix=""):
+    return [Speaker(s) for s in state["speakers"] if s["zone"].startswith(zone_prefix)]
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def broadcast(state, **body):
+    return call(state["streamer_url"], "POST", "/api/v1/broadcasts", body)
+
+
+def test_state_file_lists_the_stack(stack):
+    assert stack["streamer_url"].startswith("http://") and len(stack["relay_urls"]) == 1
+    assert len(stack["speakers"]) == 6
+    for s in stack["speakers"]:
+        assert {"id", "zone", "channel", "pid", "wav", "media_addr"} <= set(s)
+
+
+def test_tone_to_one_commune_reaches_only_its_speakers(stack):
+    b = broadcast(stack, zones=["brvt.vung-tau.thang-tam"], source={
+        "kind": "tone", "hz": 1000, "seconds": 2})
+    inside = speakers(stack, "brvt.vung-tau.thang-tam")
+    outside = [s for s in speakers(stack) if not s.zone.startswith("brvt.vung-tau.thang-tam")]
+    assert len(inside) == 3 and len(outside) == 3
+    wait_for(lambda: all(s.plays(b["id"]) for s in inside), timeout=8)
+    for s in inside:
+        (play,) = s.plays(b["id"])
+        assert 1.95 < play["end"] - play["start"] < 2.1
+        x = s.window(play["start"] + 0.1, play["end"] - 0.1)
+        assert abs(peak_hz(x) - 1000) < 5, s.id
+        assert abs(integrated_lufs(x) - TARGET_LUFS) < 1.0, s.id
+    time.sleep(0.5)
+    for s in outside:
+        assert s.plays(b["id"]) == []
+        x = s.window(play["start"], play["end"])
+        assert rms_dbfs(x) < -60, s.id
+
+
+def best_lag(window: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """Offset in ``reference`` where ``window`` fits best, and the correlation there."""
+    c = correlate(reference, window, mode="valid", method="fft")
+    lag = int(np.argmax(c))
+    seg = reference[lag : lag + len(window)]
+    return lag, float(c[lag] / (np.linalg.norm(seg) * np.linalg.norm(window) + 1e-12))
+
+
+def test_emergency_preempts_and_the_bulletin_resumes_where_it_paused(stack):
+    from streamer.mixer.sources import EspeakProvider
+
+    text = ("Thông báo của Ủy ban nhân dân xã Kim Long: ngày 25/11/2026 lúc 7:30 sáng, "
+            "toàn thể bà con ấp Tây và ấp Đông tham gia tổng vệ sinh môi trường.")
+    clip = EspeakProvider().synthesize(text)
+    ref = clip.read(0, clip.length)
+    zone = "brvt.chau-duc.kim-long"
+    b = broadcast(stack, zones=[zone], source={"kind": "tts", "text": text})
+    time.sleep(2.0)
+    t_req = time.time()
+    e = broadcast(stack, zones=[zone], priority="emergency",
+                  source={"kind": "tone", "hz": 1000, "seconds": 1.5})
+    t_ok = time.time()
+    spks = speakers(stack, zone)
+    assert len(spks) == 2
+    wait_for(lambda: all(len(s.plays(b["id"])) == 2 for s in spks), timeout=clip.length / RATE + 6)
+    starts = []
+    for s in spks:
+        first, second = s.plays(b["id"])
+        (emerg,) = s.plays(e["id"])
+        starts.append(emerg["start"])
+        # Switched within one frame plus the fade of the request (after the playout delay).
+        # A play line starts with the first packet carrying the broadcast id; that packet's
+        # decoded audio starts LOOKAHEAD samples before the frame it was mixed in.
+        switch = emerg["start"] + LOOKAHEAD / RATE - DELAY_S
+        assert t_req - 0.025 <= switch <= t_ok + 0.020 + 0.010 + 0.030, (s.id, switch - t_req)
+        x = s.window(emerg["start"] + 0.03, emerg["end"] - 0.02)
+        assert abs(peak_hz(x) - 1000) < 5
+        # before: the bulletin from its beginning
+        lag0, corr0 = best_lag(s.window(first["start"] + 0.02, first["start"] + 1.02), ref)
+        assert corr0 > 0.8 and abs(lag0 - (0.02 * RATE - LOOKAHEAD)) <= 96, (s.id, lag0, corr0)
+        # after: from where it paused (bulletin time played + the 10 ms fade-out), not from 0.
+        # The 1.5 s tone began after that fade-out, so it ends 480 samples into a frame, where
+        # the bulletin resumes.
+        paused_at = (emerg["start"] - first["start"]) * RATE + 480
+        lag1, corr1 = best_lag(s.window(second["start"] + 0.03, second["start"] + 1.03), ref)
+        assert corr1 > 0.8, (s.id, corr1)
+        expected = paused_at + 0.03 * RATE - LOOKAHEAD - 480
+        assert abs(lag1 - expected) <= 96, (s.id, lag1, expected)
+    assert max(starts) - min(starts) < 0.001  # every speaker of the zone at once
+
+
+def test_speakers_of_one_channel_play_in_sync(stack):
+    a, b = (s for s in speakers(stack, "brvt.vung-tau.thang-tam.kp-1"))
+    bid = broadcast(stack, zones=["brvt.vung-tau.thang-tam.kp-1"],
+                    source={"kind": "tts", "text": "Kiểm tra đồng bộ loa 1, 2, 3."})["id"]
+    wait_for(lambda: a.plays(bid) and b.plays(bid), timeout=10)
+    p = a.plays(bid)[0]
+    xa = a.window(p["start"], p["end"])
+    xb = b.window(p["start"] - 0.05, p["end"] + 0.05)
+    lag, corr = best_lag(xa, xb)
+    assert corr > 0.95 and abs(lag - 0.05 * RATE) <= 48, (lag, corr)  # ≤ 1 ms apart

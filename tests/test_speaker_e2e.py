@@ -1,0 +1,368 @@
+"""End-to-end tests of ``loa speaker`` as a real process against an in-test upstream.
+
+The upstream is built from the same wire code as the streamer (``SubscribeServer``, Loa RTP
+headers) and sends a 1 kHz tone, gated on and off by a pseudo-random frame pattern so that two
+recordings can be aligned by cross-correlation (a pure tone repeats every millisecond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import numpy as np
+import opuslib
+import opuslib.api.ctl
+import opuslib.api.encoder
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamer.rtp.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
+from streamer.rtp.subscribe import Event, Subscribed, SubscribeServer, Unsubscribed, is_control
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNEL = "ba-ria-vung-tau/long-hai/cum-1"
+BROADCAST = 5
+RATE = 48_000
+FRAME = 960
+_rng = random.Random(1234)
+# Which 20 ms frames carry the tone: random, except that every 10th frame is an onset after
+# two silent frames, a landmark for checking where audio lands in the WAV.
+GATE = [k % 10 == 0 or (k % 10 < 8 and _rng.random() < 0.75) for k in range(4000)]
+TONE = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)).astype("<i2")
+SILENCE = np.zeros(FRAME, dtype="<i2")
+
+
+# --------------------------------------------------------------------------- in-test upstream
+
+
+class ToneUpstream(asyncio.DatagramProtocol):
+    """A minimal streamer: the subscribe handshake, then Loa RTP/Opus every 20 ms."""
+
+    def __init__(self) -> None:
+        self.server = SubscribeServer(
+            secret=os.urandom(16),
+            channel_ssrc=lambda ch: ssrc_for(ch) if ch == CHANNEL else None,
+        )
+        self.events: list[Event] = []
+        self.start_wall = time.time()  # frame n is captured at start_wall + n * 20 ms
+        self.first_frame: dict[tuple[str, int], int] = {}  # per subscriber
+        self.transport: asyncio.DatagramTransport | None = None
+        enc = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
+        enc.bitrate = 64_000
+        # opuslib's ``inband_fec`` setter drops its value (opuslib 3.0.1): call the ctl directly
+        opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_inband_fec, 1)
+        enc.packet_loss_perc = 10
+        self.encoder = enc
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not is_control(data):
+            return
+        reply, event = self.server.handle(data, addr, time.monotonic())
+        if reply and self.transport:
+            self.transport.sendto(reply, addr)
+        if event:
+            self.events.append(event)
+
+    def capture_time(self, n: int) -> float:
+        return self.start_wall + n * 0.02
+
+    async def send_forever(self) -> None:
+        """Frame n is captured at wall time start + n * 20 ms and sent then (a frame clock)."""
+        ssrc = ssrc_for(CHANNEL)
+        loop = asyncio.get_running_loop()
+        self.start_wall, start_mono = time.time(), loop.time()
+        n = 0
+        while True:
+            await asyncio.sleep(max(0.0, start_mono + n * 0.02 - loop.time()))
+            capture = self.capture_time(n)
+            pcm = TONE if GATE[n % len(GATE)] else SILENCE
+            payload = self.encoder.encode(pcm.tobytes(), FRAME)
+            data = RtpPacket(ssrc, n & 0xFFFF, n * FRAME, payload,
+                             capture_ntp=unix_to_ntp64(capture), broadcast_id=BROADCAST).build()
+            for addr in self.server.addresses(CHANNEL):
+                self.first_frame.setdefault(addr, n)
+                assert self.transport is not None
+                self.transport.sendto(data, addr)
+            n += 1
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ToneUpstream]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        ToneUpstream, local_addr=("127.0.0.1", 0))
+    task = asyncio.create_task(proto.send_forever())
+    yield proto
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    transport.close()
+
+
+# --------------------------------------------------------------------------- speaker process
+
+
+@dataclass
+class SpeakerProc:
+    proc: asyncio.subprocess.Process
+    info: dict[str, Any]
+    wav: Path
+    log: Path
+    stderr: Path
+    session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
+
+    @property
+    def udp_port(self) -> int:
+        return int(self.info["udp"].rpartition(":")[2])
+
+    async def health(self) -> dict[str, Any]:
+        async with self.session.get(f"http://{self.info['http']}/healthz") as r:
+            assert r.status == 200
+            return dict(await r.json())
+
+    async def metrics(self) -> dict[str, float]:
+        async with self.session.get(f"http://{self.info['http']}/metrics") as r:
+            text = await r.text()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                key = s.name + "".join(f"[{v}]" for v in s.labels.values())
+                out[key] = s.value
+        return out
+
+    async def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(self.proc.wait(), 5)
+        assert rc == 0, self.stderr.read_text()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def pcm(self) -> np.ndarray:
+        with wave.open(str(self.wav), "rb") as w:  # also proves the header is valid
+            assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, RATE)
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+
+
+@contextlib.asynccontextmanager
+async def speaker(tmp_path: Path, name: str, upstreams: list[tuple[str, int]],
+                  *extra: str) -> AsyncIterator[SpeakerProc]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
+    args = ["--id", name, "--channel", CHANNEL, "--wav", str(tmp_path / f"{name}.wav"),
+            "--log", str(tmp_path / f"{name}.jsonl"), "--http", "127.0.0.1:0", *extra]
+    for host, port in upstreams:
+        args += ["--upstream", f"{host}:{port}"]
+    stderr = tmp_path / f"{name}.stderr"
+    with open(stderr, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=err)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line, stderr.read_text()
+        sp = SpeakerProc(proc, json.loads(line), tmp_path / f"{name}.wav",
+                         tmp_path / f"{name}.jsonl", stderr)
+        try:
+            yield sp
+        finally:
+            await sp.session.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 4.0,
+                every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not await pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(every)
+
+
+async def subscribed(sp: SpeakerProc) -> None:
+    async def ok() -> bool:
+        return (await sp.health())["state"] == "subscribed"
+
+    await until(ok)
+
+
+def peak_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.argmax(spectrum) * RATE / len(pcm))
+
+
+def last_playing(pcm: np.ndarray, seconds: float) -> np.ndarray:
+    """The last ``seconds`` before the end of the audio (trailing silence cut)."""
+    end = int(np.flatnonzero(np.abs(pcm) > 100)[-1])
+    return pcm[max(0, end - int(seconds * RATE)) : end]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_speaker_plays_the_tone_on_time_and_logs_the_broadcast(
+    upstream: ToneUpstream, tmp_path: Path
+) -> None:
+    async with speaker(tmp_path, "s1", [upstream.addr]) as sp:
+        await subscribed(sp)
+        await asyncio.sleep(1.2)
+        await sp.stop()
+    pcm = sp.pcm()
+    assert abs(peak_hz(last_playing(pcm, 0.5)) - 1000) < 5
+    events = sp.events()
+    start = events[0]
+    assert start["event"] == "start" and start["rate_hz"] == RATE
+    assert (start["channel"], start["speaker"]) == (CHANNEL, "s1")
+    plays = [e for e in events if e["event"] == "play"]
+    assert [e["broadcast"] for e in plays] == [BROADCAST]
+    first = next(iter(upstream.first_frame.values()))
+    assert plays[0]["start"] == pytest.approx(upstream.capture_time(first) + 0.3, abs=1e-3)
+    assert plays[0]["end"] > plays[0]["start"] + 0.8
+    assert -30 < plays[0]["level_dbfs"] < -10  # 0.3 FS sine, gated: about -14 dBFS
+    # The WAV is anchored at t0: a tone onset captured at c sits at (c + delay - t0) * rate.
+    # Use an onset after two silent frames (the codec carries a few ms of tail over), and 200 ms
+    # after the first frame: a decoder joining mid-stream needs that long to converge (CELT
+    # predicts band energies from the previous frames).
+    k = (first + 10) + (-(first + 10)) % 10
+    onset = round((upstream.capture_time(k) + 0.3 - start["t0"]) * RATE)
+
+    def rms(a: int, b: int) -> float:
+        return float(np.sqrt(np.mean(pcm[onset + a : onset + b] ** 2)))
+
+    assert rms(-600, -100) < 50 and rms(200, 900) > 3000
+    assert any(isinstance(e, Unsubscribed) and e.why == "bye" for e in upstream.events)
+
+
+async def test_two_speakers_play_in_sync(upstream: ToneUpstream, tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = await asyncio.gather(  # start both at once: the test stays short
+            stack.enter_async_context(speaker(tmp_path, "a", [upstream.addr])),
+            stack.enter_async_context(speaker(tmp_path, "b", [upstream.addr])))
+        await asyncio.gather(subscribed(a), subscribed(b))
+        await asyncio.sleep(1.5)
+        await asyncio.gather(a.stop(), b.stop())
+    t0a, t0b = a.events()[0]["t0"], b.events()[0]["t0"]
+    pa, pb = a.pcm(), b.pcm()
+    # sample i of a plays at t0a + i / RATE; shift b onto a's index
+    shift = round((t0b - t0a) * RATE)
+    assert shift >= 0 or -shift < len(pb)
+    if shift >= 0:
+        pa = pa[shift:]
+    else:
+        pb = pb[-shift:]
+    n = min(len(pa), len(pb))
+    pa, pb = pa[:n], pb[:n]
+    both = np.flatnonzero((np.abs(pa) > 100) & (np.abs(pb) > 100))
+    begin, end = both[0] + RATE // 5, both[-1] - RATE // 10  # let the decoders converge
+    assert end - begin > RATE // 2, "the two speakers did not play together long enough"
+    window = pa[begin:end]
+    maxlag = 20 * 48
+    corr = np.correlate(pb[begin - maxlag : end + maxlag], window, mode="valid")
+    lag = int(np.argmax(corr)) - maxlag
+    assert abs(lag) <= 48, f"speakers are {lag} samples apart"
+    peak = corr[lag + maxlag] / np.sqrt(np.dot(window, window)
+                                        * np.dot(pb[begin + lag : end + lag],
+                                                 pb[begin + lag : end + lag]))
+    assert peak > 0.9
+
+
+async def test_random_datagrams_are_counted_and_never_stop_playback(
+    upstream: ToneUpstream, tmp_path: Path
+) -> None:
+    rng = random.Random(99)
+    loop = asyncio.get_running_loop()
+    stranger, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                      local_addr=("127.0.0.1", 0))
+    async with speaker(tmp_path, "fuzzed", [upstream.addr]) as sp:
+        await subscribed(sp)
+        target = ("127.0.0.1", sp.udp_port)
+
+        async def foreign() -> float:
+            m = await sp.metrics()
+            return m.get("loa_speaker_bad_datagrams_total[foreign_source]", 0)
+
+        # In batches, each one counted before the next is sent: a burst larger than the
+        # socket's receive buffer would be dropped by the kernel, not by the speaker.
+        for batch in range(40):
+            for _ in range(50):
+                stranger.sendto(rng.randbytes(rng.randint(0, 2000)), target)
+
+            async def counted(expected: int = 50 * (batch + 1)) -> bool:
+                return await foreign() >= expected
+
+            await until(counted, every=0.005)
+        # the same from the upstream's own address, where the parsers see it
+        assert upstream.transport is not None
+        for i in range(600):
+            if i % 3:
+                junk = rng.randbytes(rng.randint(0, 2000))
+            else:  # a valid Loa header with our SSRC and garbage after it
+                good = RtpPacket(ssrc_for(CHANNEL), rng.randrange(65536), 0, b"\x00",
+                                 capture_ntp=unix_to_ntp64(time.time()),
+                                 broadcast_id=BROADCAST).build()
+                junk = good[: rng.randint(0, HEADER_LEN)] + rng.randbytes(rng.randint(0, 500))
+            upstream.transport.sendto(junk, target)
+            if i % 25 == 24:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.8)  # keep playing after the storm
+        metrics = await sp.metrics()
+        assert (await sp.health())["state"] == "subscribed"
+        await sp.stop()
+    assert metrics["loa_speaker_bad_datagrams_total[foreign_source]"] == 2000
+    assert metrics["loa_speaker_bad_datagrams_total[malformed]"] > 100
+    assert metrics["loa_speaker_bad_datagrams_total[error]"] == 0
+    stranger.close()
+    assert abs(peak_hz(last_playing(sp.pcm(), 0.5)) - 1000) < 5
+
+
+async def test_speaker_fails_over_past_a_dead_upstream(
+    upstream: ToneUpstream, tmp_path: Path
+) -> None:
+    heard: list[bytes] = []
+
+    class Dead(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            heard.append(data)
+
+    loop = asyncio.get_running_loop()
+    dead, _ = await loop.create_datagram_endpoint(Dead, local_addr=("127.0.0.1", 0))
+    dead_addr = dead.get_extra_info("sockname")[:2]
+    async with speaker(tmp_path, "fo", [dead_addr, upstream.addr], "--failover-s", "1") as sp:
+        async def on_live() -> bool:
+            h = await sp.health()
+            return h["state"] == "subscribed" and h["upstream"].endswith(f":{upstream.addr[1]}")
+
+        await until(on_live)
+        await asyncio.sleep(1.0)
+        metrics = await sp.metrics()
+        await sp.stop()
+    dead.close()
+    assert heard and all(is_control(d) for d in heard)  # it tried the first upstream first
+    assert metrics["loa_speaker_failovers_total"] >= 1
+    assert any(isinstance(e, Subscribed) for e in upstream.events)
+    assert abs(peak_hz(last_playing(sp.pcm(), 0.5)) - 1000) < 5

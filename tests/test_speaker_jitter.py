@@ -1,0 +1,329 @@
+"""Unit tests of the speaker: jitter buffer, playout placement, WAV sink and configuration."""
+
+from __future__ import annotations
+
+import math
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clients.speaker.jitter import Arrival, FrameKind, JitterBuffer
+from clients.speaker.main import ConfigError, load_config, open_sink
+from clients.speaker.output import NullSink, SoundcardSink, WavSink
+from clients.speaker.playout import Playout, Timeline, level_dbfs, volume_gain
+from streamer.rtp.packet import MalformedPacket, RtpPacket
+
+SSRC = 0x1234
+
+
+def push(jb: JitterBuffer, seq: int, ssrc: int = SSRC, bid: int = 0) -> Arrival:
+    return jb.push(ssrc, seq, seq * 960, 1000.0 + seq * 0.02, bytes([seq & 0xFF]), bid)
+
+
+def pop_all(jb: JitterBuffer) -> list[tuple[FrameKind, int]]:
+    out = []
+    while jb.next_present() is not None:
+        f = jb.pop()
+        out.append((f.kind, f.seq & 0xFFFF))
+    return out
+
+
+# --------------------------------------------------------------------------- jitter buffer
+
+
+def test_reordered_packets_come_out_in_sequence() -> None:
+    jb = JitterBuffer()
+    for s in (10, 12, 11, 14, 13):
+        assert push(jb, s) is Arrival.STORED
+    assert pop_all(jb) == [(FrameKind.PACKET, s) for s in range(10, 15)]
+
+
+def test_reordering_before_first_frame_starts_earlier() -> None:
+    jb = JitterBuffer()
+    push(jb, 5)
+    push(jb, 4)
+    assert [s for _, s in pop_all(jb)] == [4, 5]
+
+
+def test_single_loss_asks_for_fec_from_the_following_packet() -> None:
+    jb = JitterBuffer()
+    push(jb, 1)
+    push(jb, 3)
+    assert jb.pop().kind is FrameKind.PACKET
+    assert jb.next_present() == (1, 1000.0 + 3 * 0.02)  # one missing before seq 3
+    f = jb.pop()
+    assert (f.kind, f.seq, f.payload) == (FrameKind.FEC, 2, bytes([3]))
+    assert f.capture_time is None
+    f = jb.pop()
+    assert (f.kind, f.seq) == (FrameKind.PACKET, 3)
+    assert jb.lost == 1
+
+
+def test_double_loss_is_plc_then_fec() -> None:
+    jb = JitterBuffer()
+    push(jb, 1, bid=7)
+    push(jb, 4, bid=7)
+    kinds = [(f.kind, f.broadcast_id) for f in (jb.pop() for _ in range(4))]
+    assert kinds == [(FrameKind.PACKET, 7), (FrameKind.PLC, 7), (FrameKind.FEC, 7),
+                     (FrameKind.PACKET, 7)]
+
+
+def test_sequence_wraps_at_16_bits() -> None:
+    jb = JitterBuffer()
+    for s in (65534, 0, 65535, 1, 2):
+        assert push(jb, s) is Arrival.STORED
+    assert [s for _, s in pop_all(jb)] == [65534, 65535, 0, 1, 2]
+    assert push(jb, 3) is Arrival.STORED
+    assert jb.pop().seq == 65536 + 3  # extended numbering keeps counting
+
+
+def test_duplicates_and_late_packets_are_dropped_and_counted() -> None:
+    jb = JitterBuffer()
+    push(jb, 1)
+    push(jb, 2)
+    assert push(jb, 2) is Arrival.DUPLICATE
+    jb.pop()
+    assert push(jb, 1) is Arrival.LATE  # already played
+    jb.pop()
+    jb.pop()  # seq 3 concealed as PLC
+    assert push(jb, 3) is Arrival.LATE  # already concealed
+    assert (jb.duplicates, jb.late) == (1, 2)
+
+
+def test_big_jump_resets_only_when_the_next_packet_confirms_it() -> None:
+    jb = JitterBuffer()
+    for s in (100, 101):
+        push(jb, s)
+    jb.pop()
+    assert push(jb, 40_000) is Arrival.HELD  # a stray packet must not flush the buffer
+    assert push(jb, 102) is Arrival.STORED
+    assert push(jb, 40_001) is Arrival.RESET  # upstream restarted: believe it
+    assert jb.resets == 1
+    assert [s for _, s in pop_all(jb)] == [40_000, 40_001]
+
+
+def test_ssrc_change_resets_the_buffer() -> None:
+    jb = JitterBuffer()
+    for s in (1, 2, 3):
+        push(jb, s)
+    jb.pop()
+    assert push(jb, 500, ssrc=0x9999) is Arrival.HELD
+    assert push(jb, 501, ssrc=0x9999) is Arrival.RESET
+    assert jb.ssrc == 0x9999 and jb.depth == 2
+    assert [s for _, s in pop_all(jb)] == [500, 501]
+
+
+def test_skip_jumps_a_hole() -> None:
+    jb = JitterBuffer()
+    push(jb, 1)
+    push(jb, 9)
+    jb.pop()
+    assert jb.skip() == 7
+    assert jb.pop().seq == 9
+    assert jb.lost == 7
+
+
+# --------------------------------------------------------------------------- playout
+
+
+class FakeDecoder:
+    """Each packet decodes to 960 samples of value 100 * payload[0]; FEC 2000, PLC 1000."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, int, bool]] = []
+
+    def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
+        self.calls.append((payload, frame_size, fec))
+        if payload == b"\xff":
+            raise MalformedPacket("corrupt")
+        value = 1000 if not payload else 2000 if fec else 100 * payload[0]
+        return np.full(960, value, dtype="<i2").tobytes()
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+
+    def write(self, pcm: np.ndarray) -> None:
+        self.chunks.append(pcm.copy())
+
+    def write_silence(self, n: int) -> None:
+        self.chunks.append(np.zeros(n, dtype=np.int16))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
+
+T0 = 1_700_000_000.0
+
+
+def make_playout(**kw: Any) -> tuple[Playout, RecordingSink, FakeDecoder, list[dict[str, Any]]]:
+    sink, dec, events = RecordingSink(), FakeDecoder(), []
+    p = Playout(sink, dec, T0, on_event=events.append, **kw)
+    return p, sink, dec, events
+
+
+def rtp(seq: int, bid: int = 5, payload: bytes | None = None) -> RtpPacket:
+    if payload is None:
+        payload = bytes([seq % 100 + 1])
+    return RtpPacket(SSRC, seq, seq * 960, payload, broadcast_id=bid)
+
+
+def test_timeline_anchor_and_placement() -> None:
+    tl = Timeline(T0 + 0.123456789, slack=24)
+    assert tl.t0 * 48_000 == round(tl.t0 * 48_000)  # anchored on a sample
+    assert tl.index(tl.t0 + 1.0) == 48_000
+    assert tl.place(tl.t0 + 0.01, 960) == (480, 0)  # hole before the frame: zeros
+    tl.cursor = 480
+    assert tl.place(tl.t0 + 0.01 + 20 / 48_000, 960) == (0, 0)  # within slack: contiguous
+    assert tl.place(tl.t0 + 0.005, 960) == (0, 240)  # too late for its place: trimmed
+
+
+def test_frame_plays_at_capture_time_plus_delay() -> None:
+    p, sink, _, _ = make_playout(delay_ms=300)
+    capture = T0 + 1.0
+    p.receive(rtp(1), capture)
+    assert p.tick(capture + 0.1) == 0  # not due before capture + delay - ptime
+    assert p.tick(capture + 0.29) == 1
+    pcm = sink.pcm
+    first = int(np.flatnonzero(pcm)[0])
+    assert first == round((capture + 0.3 - p.timeline.t0) * 48_000)
+    assert np.all(pcm[first : first + 960] == 200)
+
+
+def test_output_is_padded_with_silence_to_now() -> None:
+    p, sink, _, _ = make_playout()
+    p.tick(T0 + 0.5)
+    assert len(sink.pcm) == 24_000 and not sink.pcm.any()
+
+
+def test_consecutive_frames_are_contiguous_and_loss_uses_fec() -> None:
+    p, sink, dec, _ = make_playout(delay_ms=300)
+    capture = T0 + 1.0
+    for seq in (1, 2, 4):  # 3 lost
+        p.receive(rtp(seq), capture + (seq - 1) * 0.02)
+    assert p.tick(capture + 0.35) == 4  # the last frame plays at capture + 0.36
+    assert dec.calls[2] == (rtp(4).payload, 960, True)  # FEC from the following packet
+    assert (p.fec, p.plc) == (1, 0)
+    start = round((capture + 0.3 - p.timeline.t0) * 48_000)
+    pcm = sink.pcm
+    values = [int(pcm[start + k * 960 + 480]) for k in range(4)]
+    assert values == [200, 300, 2000, 500]
+    assert pcm[start - 1] == 0 and pcm[start + 4 * 960 - 1] == 500
+
+
+def test_stream_stop_conceals_briefly_then_falls_silent() -> None:
+    p, sink, _, _ = make_playout(max_conceal=3)
+    p.receive(rtp(1), T0 + 1.0)
+    p.tick(T0 + 3.0)
+    assert (p.frames, p.plc) == (4, 3)  # one packet, three PLC frames, then silence
+    assert len(sink.pcm) == 3 * 48_000
+
+
+def test_long_hole_is_skipped_not_concealed() -> None:
+    p, _, _, _ = make_playout(max_conceal=5)
+    p.receive(rtp(1), T0 + 1.0)
+    p.receive(rtp(50), T0 + 1.0 + 49 * 0.02)
+    p.tick(T0 + 3.0)
+    assert p.jitter.lost == 48 + 5  # the hole, then the PLC tail after seq 50
+    assert p.plc == 5 and p.fec == 0
+
+
+def test_corrupt_payload_is_concealed_and_counted() -> None:
+    p, sink, _, _ = make_playout()
+    p.receive(rtp(1, payload=b"\xff"), T0 + 1.0)
+    p.tick(T0 + 1.29)
+    assert p.bad_payloads == 1 and p.plc == 1
+    assert sink.pcm.max() == 1000
+
+
+def test_volume_is_db_law_and_mute_silences() -> None:
+    assert volume_gain(100) == 1.0
+    assert volume_gain(0) == 0.0
+    assert 20 * math.log10(volume_gain(50)) == pytest.approx(-25.0)
+    p, sink, _, _ = make_playout(volume_pct=50)
+    p.receive(rtp(99), T0 + 1.0)  # decodes to 10000
+    p.tick(T0 + 1.29)
+    assert sink.pcm.max() == int(10_000 * volume_gain(50))
+    p.muted = True
+    p.receive(rtp(100), T0 + 1.02)
+    p.tick(T0 + 1.4)
+    assert sink.pcm[-960:].max() == 0
+
+
+def test_play_log_events_per_broadcast() -> None:
+    p, _, _, events = make_playout(broadcast_gap_s=1.0)
+    for seq in range(1, 6):
+        p.receive(rtp(seq, bid=0 if seq == 1 else 5 if seq < 4 else 6), T0 + 1.0 + seq * 0.02)
+    p.tick(T0 + 2.0)
+    assert [(e["event"], e["broadcast"]) for e in events] == [
+        ("play_start", 5), ("play", 5), ("play_start", 6)]
+    play5 = events[1]
+    assert play5["start"] == pytest.approx(T0 + 1.0 + 0.04 + 0.3)
+    assert play5["end"] == pytest.approx(play5["start"] + 0.04)
+    expected_level = level_dbfs(960 * (300**2 + 400**2), 2 * 960)
+    assert play5["level_dbfs"] == pytest.approx(expected_level, abs=0.01)
+    p.tick(T0 + 5.0)  # quiet for longer than broadcast_gap_s: broadcast 6 ended
+    assert events[-1]["event"] == "play" and events[-1]["broadcast"] == 6
+
+
+def test_level_dbfs() -> None:
+    assert level_dbfs(0.0, 0) == -120.0
+    assert level_dbfs(32768.0**2 * 10, 10) == 0.0
+
+
+# --------------------------------------------------------------------------- output, config
+
+
+def test_wav_is_valid_while_growing(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+    sink = WavSink(str(path), T0)
+    sink.write(np.arange(100, dtype=np.int16))
+    sink.write_silence(48_000)  # crosses one second: the header is patched without a flush
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (48_000, 2, 1)
+        assert w.getnframes() == 48_100
+        assert np.frombuffer(w.readframes(100), "<i2").tolist() == list(range(100))
+    sink.write_silence(10)
+    sink.close()
+    with wave.open(str(path), "rb") as w:
+        assert w.getnframes() == 48_110
+
+
+def test_config_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
+    toml = tmp_path / "speaker.toml"
+    toml.write_text('channel = "c1"\nupstream = ["relay-a:5004", "10.0.0.2:5004"]\n'
+                    'delay_ms = 250\nvolume = 80\n')
+    env = {"LOA_SPEAKER_DELAY_MS": "400", "LOA_SPEAKER_VOLUME": "70"}
+    cfg = load_config(["--config", str(toml), "--volume", "60", "--id", "sp1"], env)
+    assert cfg.channel == "c1" and cfg.id == "sp1"
+    assert cfg.upstream == [("relay-a", 5004), ("10.0.0.2", 5004)]
+    assert (cfg.delay_ms, cfg.volume) == (400, 60.0)  # env beats the file, the flag beats env
+    assert cfg.bind == ("0.0.0.0", 0) and cfg.http is None and cfg.wav is None
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--upstream", "h:1"], "channel"),
+    (["--channel", "c"], "upstream"),
+    (["--channel", "c", "--upstream", "nohost"], "upstream"),
+    (["--channel", "c", "--upstream", "h:1", "--volume", "150"], "volume"),
+])
+def test_bad_config_names_the_field(argv: list[str], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        load_config(argv, {})
+
+
+def test_without_wav_or_sound_card_the_output_is_null() -> None:
+    cfg = load_config(["--channel", "c", "--upstream", "h:1"], {})
+    if not SoundcardSink.available():
+        assert isinstance(open_sink(cfg, T0), NullSink)
