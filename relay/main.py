@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from streamer.config import ConfigError, parse_hostport
 from streamer.rtp.packet import ssrc_for
 from streamer.rtp.subscribe import Addr
 
@@ -34,12 +35,6 @@ from .http import add_media_routes
 from .upstream import Upstream
 
 log = logging.getLogger("loa.relay")
-
-
-class ConfigError(ValueError):
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 @dataclass
@@ -56,24 +51,6 @@ class RelayConfig:
     failover_s: float = 3.0
     linger_s: float = 3.0
     log_level: str = "INFO"
-
-
-def parse_hostport(text: str, field_name: str) -> Addr:
-    """``host:port`` or ``[v6]:port``."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]:")
-    else:
-        host, sep, rest = text.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(field_name, f"{text!r} is not host:port")
-    try:
-        port = int(rest)
-    except ValueError:
-        raise ConfigError(field_name, f"port in {text!r} is not a number") from None
-    if not 0 <= port < 65536:
-        raise ConfigError(field_name, f"port {port} out of range")
-    return (host, port)
 
 
 def parse_static(text: str, field_name: str = "static") -> tuple[str, Addr]:

@@ -14,7 +14,32 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    pass
+    """A bad setting; ``field`` names the key so the operator knows what to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+Addr = tuple[str, int]
+
+
+def parse_hostport(text: str, field: str) -> Addr:
+    """``host:port`` or ``[v6]:port``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]:")
+    else:
+        host, sep, rest = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(field, f"{text!r} is not host:port")
+    try:
+        port = int(rest)
+    except ValueError:
+        raise ConfigError(field, f"port in {text!r} is not a number") from None
+    if not 0 <= port < 65536:
+        raise ConfigError(field, f"port {port} out of range")
+    return (host, port)
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -28,11 +53,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(key, f"expected true or false, got {value!r}")
     try:
         return want(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {want.__name__}, got {value!r}") from None
+        raise ConfigError(key, f"expected {want.__name__}, got {value!r}") from None
 
 
 def load(cls: type[T], path: str | None, env_prefix: str, flags: dict[str, Any]) -> T:
@@ -43,11 +68,11 @@ def load(cls: type[T], path: str | None, env_prefix: str, flags: dict[str, Any])
         try:
             data = tomllib.loads(Path(path).read_text("utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"config file {path}: {e}") from None
+            raise ConfigError("config", f"{path}: {e}") from None
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in fields:
-                raise ConfigError(f"config file {path}: unknown key {key!r}")
+                raise ConfigError("config", f"{path}: unknown key {key!r}")
             values[name] = value
     for name in fields:
         env = os.environ.get(f"{env_prefix}{name.upper()}")

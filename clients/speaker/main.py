@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streamer.config import ConfigError, parse_hostport
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
@@ -49,10 +50,6 @@ BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time"
 CAPTURE_WINDOW_S = 10.0
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the field."""
-
-
 @dataclass
 class SpeakerConfig:
     id: str
@@ -65,14 +62,6 @@ class SpeakerConfig:
     volume: float = 100.0
     http: Addr | None = None
     failover_s: float = 3.0
-
-
-def parse_hostport(value: str, name: str) -> Addr:
-    """``host:port`` or ``[v6]:port``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{name}: expected host:port, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 _KEYS = ("id", "channel", "upstream", "bind", "delay_ms", "wav", "log", "volume", "http",
@@ -108,10 +97,10 @@ def load_config(argv: Sequence[str] | None = None,
             with open(config_path, "rb") as f:
                 raw.update(tomllib.load(f))
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"config: {config_path}: {e}") from None
+            raise ConfigError("config", f"{config_path}: {e}") from None
         unknown = set(raw) - set(_KEYS)
         if unknown:
-            raise ConfigError(f"config: unknown keys {sorted(unknown)}")
+            raise ConfigError("config", f"unknown keys {sorted(unknown)}")
     for key in _KEYS:
         value = env.get(f"LOA_SPEAKER_{key.upper()}")
         if value is not None:
@@ -128,19 +117,19 @@ def _validate(raw: dict[str, Any]) -> SpeakerConfig:
         try:
             v = kind(raw.get(key, default))
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: not a number: {raw[key]!r}") from None
+            raise ConfigError(key, f"not a number: {raw[key]!r}") from None
         if not lo <= v <= hi:
-            raise ConfigError(f"{key}: {v} is outside {lo}..{hi}")
+            raise ConfigError(key, f"{v} is outside {lo}..{hi}")
         return v
 
     channel = str(raw.get("channel") or "")
     if not channel:
-        raise ConfigError("channel: required")
+        raise ConfigError("channel", "required")
     ups = raw.get("upstream") or []
     if isinstance(ups, str):
         ups = [ups]
     if not ups:
-        raise ConfigError("upstream: at least one host:port required")
+        raise ConfigError("upstream", "at least one host:port required")
     http = raw.get("http")
     return SpeakerConfig(
         id=str(raw.get("id") or socket.gethostname()),
@@ -334,7 +323,7 @@ async def _resolve(addr: Addr, family: int) -> Addr:
         infos = await asyncio.get_running_loop().getaddrinfo(
             addr[0], addr[1], family=family, type=socket.SOCK_DGRAM)
     except socket.gaierror as e:
-        raise ConfigError(f"upstream: cannot resolve {addr[0]}: {e}") from None
+        raise ConfigError("upstream", f"cannot resolve {addr[0]}: {e}") from None
     sockaddr = infos[0][4]
     return str(sockaddr[0]), int(sockaddr[1])
 
