@@ -7,17 +7,15 @@ DEBS := libopus0 espeak-ng ffmpeg sox gstreamer1.0-tools gstreamer1.0-plugins-ba
 MISSING = $(shell for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
             | grep -q 'install ok installed' || echo $$p; done)
 
-.PHONY: run test deps debs lint bench clean
+.PHONY: run test deps debs bench clean
 
 run: deps
 	$(BIN)/loa up
 
 test: deps
-	$(BIN)/python -m pytest -q
-
-lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
 
 bench: deps
 	$(BIN)/python -m loadtest.bench_mixer
