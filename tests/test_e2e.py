@@ -50,9 +50,14 @@ class Speaker:
         raise AssertionError(f"{self.wav} has no data chunk")
 
     def window(self, start: float, end: float) -> np.ndarray:
-        x = self.samples()
+        """Samples played between two wall times; waits for the WAV (flushed every second)
+        to reach ``end``."""
         a, b = round((start - self.t0) * RATE), round((end - self.t0) * RATE)
-        assert 0 <= a < b <= len(x), f"{self.id}: window not recorded yet"
+        assert 0 <= a < b
+        deadline = time.monotonic() + 5
+        while len(x := self.samples()) < b:
+            assert time.monotonic() < deadline, f"{self.id}: window not recorded"
+            time.sleep(0.1)
         return x[a:b]
 
 
