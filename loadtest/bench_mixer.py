@@ -182,10 +182,10 @@ That is about {per_leaf_us:.1f} µs of CPU per leaf channel per frame.
 
 What limits it: per program, the Opus encode plus the numpy work of rendering a source and
 the limiter, all on one core; the real-time factor is roughly how many distinct programs one
-core can carry. Per leaf channel, `Mixer.tick` runs a Python loop: a 32-byte RTP header
-packed into the channel's buffer (`write_header`), header + payload copied into a new
-`bytes`, `publish` called (a no-op here) and a sender report every 50 frames; that loop, not
-the encode, is what a province-wide broadcast pays for."""
+core can carry. Per leaf channel, `Mixer.tick` runs a Python loop over the program's one
+packet: sequence number, timestamp and SSRC patched in (10 bytes), the datagram copied into a
+new `bytes`, `publish` called (a no-op here) and a sender report every 50 frames; that loop,
+not the encode, is what a province-wide broadcast pays for (the scale issue can batch it)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,15 +2,16 @@
 
 ``start``/``stop`` change which items reach which channels; ``tick(k)`` produces frame ``k``
 of every channel and hands each RTP datagram to ``publish``. Channels that play the same thing
-share one :class:`Program` and so one mix and one Opus encode; only the 32-byte RTP header is
-written per channel, into a buffer reused every frame. Sans-IO: the caller owns the clock and
-the sockets (``streamer/app.py``).
+share one :class:`Program` and so one mix, one Opus encode and one packet; per channel only
+the sequence number, timestamp and SSRC are patched in before the datagram is copied out.
+Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -24,6 +25,7 @@ from .program import Item, Program
 
 Publish = Callable[[str, bytes], None]
 SR_INTERVAL_FRAMES = 50
+_SEQ_TS_SSRC = struct.Struct("!HII")  # bytes 2-11 of the RTP header
 
 
 @dataclass(eq=False, slots=True)
@@ -35,7 +37,6 @@ class Channel:
     seq: int = 0
     packets: int = 0
     octets: int = 0
-    header: bytearray = field(default_factory=lambda: bytearray(HEADER_LEN))
 
 
 class MixerMetrics:
@@ -134,19 +135,26 @@ class Mixer:
             if encoder is None:
                 encoder = self._encoders[program] = OpusEncoder(n, self.bitrate)
             payload = encoder.encode(limiter.process(pcm))
-            bid = program.current or 0
+            # One packet per program: only sequence number, timestamp and SSRC differ between
+            # its channels, so those 10 bytes are all that is written per channel.
+            packet = bytearray(HEADER_LEN + len(payload))
+            write_header(packet, 0, 0, 0, capture_ntp, program.current or 0)
+            packet[HEADER_LEN:] = payload
+            octets = len(payload)
+            channels, publish, pack = self.channels, self.publish, _SEQ_TS_SSRC.pack_into
             for cid in program.channels:
-                ch = self.channels[cid]
-                buf = ch.header
-                ts = (ch.ts0 + ts_offset) & 0xFFFF_FFFF
-                write_header(buf, ch.ssrc, ch.seq, ts, capture_ntp, bid)
+                ch = channels[cid]
+                pack(packet, 2, ch.seq, (ch.ts0 + ts_offset) & 0xFFFF_FFFF, ch.ssrc)
                 ch.seq = (ch.seq + 1) & 0xFFFF
                 ch.packets += 1
-                ch.octets += len(payload)
-                self.publish(cid, bytes(buf) + payload)
-                if send_sr:
-                    sr = SenderReport(ch.ssrc, capture_ntp, ts, ch.packets, ch.octets)
-                    self.publish(cid, sr.build())
+                ch.octets += octets
+                publish(cid, bytes(packet))
+            if send_sr:
+                for cid in program.channels:
+                    ch = channels[cid]
+                    ts = (ch.ts0 + ts_offset) & 0xFFFF_FFFF
+                    publish(cid, SenderReport(ch.ssrc, capture_ntp, ts, ch.packets,
+                                              ch.octets).build())
         self.metrics.frames.inc()
         self.metrics.encodes.inc(len(self.programs))
         self.metrics.encodes_per_frame.set(len(self.programs))
