@@ -310,6 +310,9 @@ def test_config_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
     assert cfg.upstream == [("relay-a", 5004), ("10.0.0.2", 5004)]
     assert (cfg.delay_ms, cfg.volume) == (400, 60.0)  # env beats the file, the flag beats env
     assert cfg.bind == ("0.0.0.0", 0) and cfg.http is None and cfg.wav is None
+    assert cfg.mute is False
+    assert load_config(["--config", str(toml), "--mute"], {}).mute is True
+    assert load_config(["--config", str(toml)], {"LOA_SPEAKER_MUTE": "yes"}).mute is True
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -321,6 +324,11 @@ def test_config_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
 def test_bad_config_names_the_field(argv: list[str], field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}"):
         load_config(argv, {})
+
+
+def test_bad_mute_value_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="^mute"):
+        load_config(["--channel", "c", "--upstream", "h:1"], {"LOA_SPEAKER_MUTE": "maybe"})
 
 
 def test_without_wav_or_sound_card_the_output_is_null() -> None:

@@ -60,12 +60,13 @@ class SpeakerConfig:
     wav: str | None = None
     log: str | None = None
     volume: float = 100.0
+    mute: bool = False
     http: Addr | None = None
     failover_s: float = 3.0
 
 
-_KEYS = ("id", "channel", "upstream", "bind", "delay_ms", "wav", "log", "volume", "http",
-         "failover_s")
+_KEYS = ("id", "channel", "upstream", "bind", "delay_ms", "wav", "log", "volume", "mute",
+         "http", "failover_s")
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav", metavar="PATH", help="write the output to this WAV file")
     p.add_argument("--log", metavar="PATH", help="proof-of-play log (JSON lines)")
     p.add_argument("--volume", type=float, help="0-100 %%, dB law: 100 = 0 dB, 0.5 dB per %%")
+    p.add_argument("--mute", action="store_true", default=None,
+                   help="start muted (keeps receiving and logging, plays silence)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /metrics here")
     p.add_argument("--failover-s", type=float,
                    help="move to the next upstream after this long without progress (default 3)")
@@ -112,6 +115,16 @@ def load_config(argv: Sequence[str] | None = None,
     return _validate(raw)
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError("mute", f"expected true or false, got {value!r}")
+
+
 def _validate(raw: dict[str, Any]) -> SpeakerConfig:
     def number(key: str, kind: type, lo: float, hi: float, default: float) -> Any:
         try:
@@ -140,6 +153,7 @@ def _validate(raw: dict[str, Any]) -> SpeakerConfig:
         wav=raw.get("wav") or None,
         log=raw.get("log") or None,
         volume=number("volume", float, 0, 100, 100.0),
+        mute=_flag(raw.get("mute", False)),
         http=parse_hostport(str(http), "http") if http else None,
         failover_s=number("failover_s", float, 0.2, 3600, 3.0),
     )
@@ -346,7 +360,7 @@ async def serve(cfg: SpeakerConfig) -> int:
     sink = open_sink(cfg, t0)
     play_log = PlayLog(cfg.log) if cfg.log else None
     playout = Playout(
-        sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume,
+        sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
         capacity=max(512, cfg.delay_ms // 5),
         on_event=play_log.write if play_log else None,
     )
