@@ -75,28 +75,24 @@ def _broadcast_id(request: web.Request) -> int:
     return int(raw)
 
 
-async def get_broadcast(request: web.Request) -> web.Response:
+async def _one_broadcast(request: web.Request, stop: bool) -> web.Response:
     b = request.app[BROADCASTS_KEY]
     try:
         bid = _broadcast_id(request)
     except BadRequest as e:
         return _bad(request, e)
-    rec = b.records.get(bid)
+    rec = b.stop(bid) if stop else b.records.get(bid)
     if rec is None:
         return error(404, f"no broadcast {bid}", "id")
     return web.json_response(b.as_json(rec))
+
+
+async def get_broadcast(request: web.Request) -> web.Response:
+    return await _one_broadcast(request, stop=False)
 
 
 async def stop_broadcast(request: web.Request) -> web.Response:
-    b = request.app[BROADCASTS_KEY]
-    try:
-        bid = _broadcast_id(request)
-    except BadRequest as e:
-        return _bad(request, e)
-    rec = b.stop(bid)
-    if rec is None:
-        return error(404, f"no broadcast {bid}", "id")
-    return web.json_response(b.as_json(rec))
+    return await _one_broadcast(request, stop=True)
 
 
 async def upload_clip(request: web.Request) -> web.Response:
