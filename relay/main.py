@@ -14,11 +14,9 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import socket
 import sys
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +24,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from streamer.config import ConfigError, parse_hostport
+from streamer.config import Addr, ConfigError, Static, load
 from streamer.rtp.packet import ssrc_for
-from streamer.rtp.subscribe import Addr
 
 from .fanout import FanoutEndpoint
 from .http import add_media_routes
@@ -43,7 +40,7 @@ class RelayConfig:
     media: Addr = ("0.0.0.0", 5004)
     http: Addr = ("0.0.0.0", 8081)
     upstream: list[Addr] = field(default_factory=list)
-    static: list[tuple[str, Addr]] = field(default_factory=list)
+    static: list[Static] = field(default_factory=list)
     public_host: str = ""
     ptime_ms: int = 20
     keepalive_s: int = 5
@@ -52,60 +49,25 @@ class RelayConfig:
     linger_s: float = 3.0
     log_level: str = "INFO"
 
-
-def parse_static(text: str, field_name: str = "static") -> tuple[str, Addr]:
-    channel, sep, dest = text.partition("=")
-    if not sep or not channel.strip():
-        raise ConfigError(field_name, f"{text!r} is not CHANNEL=host:port")
-    addr = parse_hostport(dest, field_name)
-    if addr[1] == 0:
-        raise ConfigError(field_name, "a static destination needs a port")
-    return (channel.strip(), addr)
-
-
-_SCALARS = {"ptime_ms": int, "keepalive_s": int, "expire_s": float, "failover_s": float,
-            "linger_s": float}
-
-
-def _apply(cfg: RelayConfig, key: str, value: Any, source: str) -> None:
-    name = f"{source}{key}"
-    if key in ("id", "public_host", "log_level"):
-        if not isinstance(value, str) or (key == "id" and not value):
-            raise ConfigError(name, "must be a non-empty string")
-        if key == "log_level" and value.upper() not in logging.getLevelNamesMapping():
-            raise ConfigError(name, f"{value!r} is not a log level")
-        setattr(cfg, key, value)
-    elif key in ("media", "http"):
-        if not isinstance(value, str):
-            raise ConfigError(name, "must be a host:port string")
-        setattr(cfg, key, parse_hostport(value, name))
-    elif key == "upstream":
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(name, "must be a list of host:port strings")
-        cfg.upstream = [parse_hostport(i, name) for i in items if i.strip()]
-    elif key == "static":
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(name, "must be a list of CHANNEL=host:port strings")
-        cfg.static = [parse_static(i, name) for i in items if i.strip()]
-    elif key in _SCALARS:
-        try:
-            v = _SCALARS[key](value)
-        except (TypeError, ValueError):
-            raise ConfigError(name, f"{value!r} is not a number") from None
-        if isinstance(value, bool) or v <= 0:
-            raise ConfigError(name, "must be a positive number")
-        setattr(cfg, key, v)
-    else:
-        raise ConfigError(name, "unknown setting")
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ConfigError("id", "must be a non-empty string")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise ConfigError("log_level", f"{self.log_level!r} is not a log level")
+        for key in ("ptime_ms", "keepalive_s", "expire_s", "failover_s", "linger_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "must be a positive number")
+        if not self.upstream:
+            raise ConfigError("upstream", "at least one upstream host:port is required")
+        if any(port == 0 for _, port in self.upstream):
+            raise ConfigError("upstream", "an upstream needs a port")
 
 
 def load_config(
     argv: Sequence[str] | None = None, env: dict[str, str] | None = None
 ) -> RelayConfig:
     ap = argparse.ArgumentParser(prog="loa relay", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="TOML file")
+    ap.add_argument("--config", help="TOML file (keys as below, at the top or in [relay])")
     ap.add_argument("--id", help="relay identity, used in handshakes and metrics")
     ap.add_argument("--media", help="UDP host:port to listen on for subscribers (port 0: any)")
     ap.add_argument("--http", help="HTTP host:port (SDP, listen-in, health, metrics)")
@@ -118,37 +80,9 @@ def load_config(
     ap.add_argument("--failover-s", type=float)
     ap.add_argument("--linger-s", type=float)
     ap.add_argument("--log-level")
-    args = ap.parse_args(argv)
-    env = dict(os.environ) if env is None else env
-
-    cfg = RelayConfig()
-    path = args.config or env.get("LOA_RELAY_CONFIG")
-    if path:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("config", f"{path}: {e}") from None
-        data = data.get("relay", data)  # a [relay] table or top-level keys
-        for k, v in data.items():
-            _apply(cfg, k, v, f"{path}: ")
-    for k in ("id", "media", "http", "upstream", "static", "public_host", "log_level",
-              *_SCALARS):
-        v = env.get(f"LOA_RELAY_{k.upper()}")
-        if v is not None:
-            _apply(cfg, k, v, "LOA_RELAY_")
-    for k in ("id", "media", "http", "upstream", "static", "public_host", "ptime_ms",
-              "failover_s", "linger_s", "log_level"):
-        v = getattr(args, k)
-        if v is not None:
-            _apply(cfg, k, v, "--")
-    if not cfg.upstream:
-        raise ConfigError("upstream", "at least one upstream host:port is required")
-    if any(port == 0 for _, port in cfg.upstream):
-        raise ConfigError("upstream", "an upstream needs a port")
-    return cfg
+    args = vars(ap.parse_args(argv))
+    return load(RelayConfig, args, env_prefix="LOA_RELAY_", path=args.pop("config"), env=env,
+                section="relay")
 
 
 async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:

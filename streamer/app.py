@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay.fanout import FanoutEndpoint
 from relay.http import add_media_routes
+from streamer.config import ConfigError, check_range
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.mixer.clock import FrameClock
@@ -42,6 +43,13 @@ class StreamerConfig:
     ptime_ms: int = 20
     bitrate: int = 32_000
     var_dir: str = "var"
+
+    def __post_init__(self) -> None:
+        if self.ptime_ms not in (20, 40, 60):
+            raise ConfigError("ptime_ms", "must be 20, 40 or 60")
+        check_range("bitrate", self.bitrate, 6_000, 510_000)
+        check_range("media_port", self.media_port, 0, 65_535)
+        check_range("http_port", self.http_port, 0, 65_535)
 
 
 class FrameLoop:

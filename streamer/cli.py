@@ -26,7 +26,8 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--var-dir")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
-    cfg = load(app.StreamerConfig, a.config, "LOA_STREAMER_", flags)
+    cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,
+               section="streamer")
     return app.run(cfg)
 
 

@@ -18,14 +18,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 import sys
 import time
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
@@ -33,7 +31,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streamer.config import ConfigError, parse_hostport
+from streamer.config import Addr, ConfigError, check_range, load
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
@@ -42,7 +40,6 @@ from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
 
 log = logging.getLogger("loa.speaker")
 
-Addr = tuple[str, int]
 TICK_S = 0.2
 BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time", "error")
 # A capture time further than this from our wall clock cannot be placed on the timeline: the
@@ -52,9 +49,9 @@ CAPTURE_WINDOW_S = 10.0
 
 @dataclass
 class SpeakerConfig:
-    id: str
-    channel: str
-    upstream: list[Addr]
+    channel: str = ""
+    upstream: list[Addr] = field(default_factory=list)
+    id: str = ""
     bind: Addr = ("0.0.0.0", 0)
     delay_ms: int = 300
     wav: str | None = None
@@ -64,9 +61,15 @@ class SpeakerConfig:
     http: Addr | None = None
     failover_s: float = 3.0
 
-
-_KEYS = ("id", "channel", "upstream", "bind", "delay_ms", "wav", "log", "volume", "mute",
-         "http", "failover_s")
+    def __post_init__(self) -> None:
+        if not self.channel:
+            raise ConfigError("channel", "required")
+        if not self.upstream:
+            raise ConfigError("upstream", "at least one host:port required")
+        self.id = self.id or socket.gethostname()
+        check_range("delay_ms", self.delay_ms, 0, 10_000)
+        check_range("volume", self.volume, 0, 100)
+        check_range("failover_s", self.failover_s, 0.2, 3600)
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -91,72 +94,9 @@ def _arg_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str] | None = None,
                 env: Mapping[str, str] | None = None) -> SpeakerConfig:
-    args = _arg_parser().parse_args(argv)
-    env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    config_path = args.config or env.get("LOA_SPEAKER_CONFIG")
-    if config_path:
-        try:
-            with open(config_path, "rb") as f:
-                raw.update(tomllib.load(f))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError("config", f"{config_path}: {e}") from None
-        unknown = set(raw) - set(_KEYS)
-        if unknown:
-            raise ConfigError("config", f"unknown keys {sorted(unknown)}")
-    for key in _KEYS:
-        value = env.get(f"LOA_SPEAKER_{key.upper()}")
-        if value is not None:
-            raw[key] = value.split(",") if key == "upstream" else value
-    for key in _KEYS:
-        value = getattr(args, key)
-        if value is not None:
-            raw[key] = value
-    return _validate(raw)
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(value).lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError("mute", f"expected true or false, got {value!r}")
-
-
-def _validate(raw: dict[str, Any]) -> SpeakerConfig:
-    def number(key: str, kind: type, lo: float, hi: float, default: float) -> Any:
-        try:
-            v = kind(raw.get(key, default))
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"not a number: {raw[key]!r}") from None
-        if not lo <= v <= hi:
-            raise ConfigError(key, f"{v} is outside {lo}..{hi}")
-        return v
-
-    channel = str(raw.get("channel") or "")
-    if not channel:
-        raise ConfigError("channel", "required")
-    ups = raw.get("upstream") or []
-    if isinstance(ups, str):
-        ups = [ups]
-    if not ups:
-        raise ConfigError("upstream", "at least one host:port required")
-    http = raw.get("http")
-    return SpeakerConfig(
-        id=str(raw.get("id") or socket.gethostname()),
-        channel=channel,
-        upstream=[parse_hostport(str(u).strip(), "upstream") for u in ups],
-        bind=parse_hostport(str(raw.get("bind", "0.0.0.0:0")), "bind"),
-        delay_ms=number("delay_ms", int, 0, 10_000, 300),
-        wav=raw.get("wav") or None,
-        log=raw.get("log") or None,
-        volume=number("volume", float, 0, 100, 100.0),
-        mute=_flag(raw.get("mute", False)),
-        http=parse_hostport(str(http), "http") if http else None,
-        failover_s=number("failover_s", float, 0.2, 3600, 3.0),
-    )
+    args = vars(_arg_parser().parse_args(argv))
+    return load(SpeakerConfig, args, env_prefix="LOA_SPEAKER_", path=args.pop("config"), env=env,
+                section="speaker")
 
 
 # --------------------------------------------------------------------------- the UDP edge

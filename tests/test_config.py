@@ -1,0 +1,37 @@
+"""The one configuration loader every process uses: file < environment < flags, typed."""
+
+from pathlib import Path
+
+import pytest
+
+from streamer.app import StreamerConfig
+from streamer.config import ConfigError, load
+
+
+def test_precedence_and_types(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text('[streamer]\nhttp_port = 9000\nptime_ms = 40\nzones = "z.toml"\n')
+    cfg = load(StreamerConfig, {"ptime_ms": None}, env_prefix="LOA_STREAMER_", path=str(f),
+               env={"LOA_STREAMER_HTTP_PORT": "9100"}, section="streamer")
+    assert (cfg.http_port, cfg.ptime_ms, cfg.zones) == (9100, 40, "z.toml")
+    cfg = load(StreamerConfig, {"http_port": 9200}, env_prefix="LOA_STREAMER_",
+               env={"LOA_STREAMER_CONFIG": str(f), "LOA_STREAMER_HTTP_PORT": "9100"},
+               section="streamer")
+    assert cfg.http_port == 9200 and cfg.ptime_ms == 40
+
+
+@pytest.mark.parametrize("text, env, field", [
+    ("nope = 1\n", {}, "config"),
+    ("ptime_ms = 30\n", {}, "ptime_ms"),
+    ("http_port = true\n", {}, "http_port"),
+    ("media_host = 5\n", {}, "media_host"),
+    ("", {"LOA_STREAMER_BITRATE": "fast"}, "bitrate"),
+    ("[streamer\n", {}, "config"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict, field: str) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(StreamerConfig, {}, env_prefix="LOA_STREAMER_", path=str(f), env=env,
+             section="streamer")
+    assert e.value.field == field
