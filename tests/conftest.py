@@ -36,3 +36,19 @@ async def streamer(tmp_path):
     await s.start()
     yield s
     await s.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port, AOF on, data in the test's tmp dir."""
+    from streamer.control.services import RedisServer
+
+    srv = RedisServer(tmp_path / "redis")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    return redis_server.url

@@ -1,0 +1,117 @@
+"""Private instances of the real servers Loa depends on, run as child processes.
+
+``loa up`` starts its own ``redis-server`` (and Mosquitto, ``broker.py``) under ``var/`` when
+no ``LOA_REDIS_URL`` / ``LOA_MQTT_URL`` is configured, and the tests start them on free ports.
+One code path for both, so the tests exercise what an operator runs. In production these
+point at existing servers and nothing here runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+class Service:
+    """A server binary started with one generated config file; ready once its port accepts."""
+
+    binary = ""
+
+    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.directory = Path(directory).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        raise NotImplementedError
+
+    def argv(self, conf: Path) -> list[str]:
+        return [self.binary, str(conf)]
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{Path(self.binary).name}.log"
+
+    def start(self) -> None:
+        exe = shutil.which(self.binary) or shutil.which(self.binary, path="/usr/sbin:/sbin")
+        if exe is None:
+            raise ServiceError(f"{self.binary} is not installed (make deps installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / f"{Path(self.binary).name}.conf"
+        conf.write_text(self.config())
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([exe, *self.argv(conf)[1:]], stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.directory)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(f"{self.binary} exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                log.info("%s listening on %s:%d", self.binary, self.host, self.port)
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"{self.binary} did not listen on {self.port}; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """Die the hard way (tests of crash recovery)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class RedisServer(Service):
+    """``redis-server`` with append-only persistence (fsync every second) under ``directory``."""
+
+    binary = "redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def config(self) -> str:
+        return "\n".join([
+            f"bind {self.host}",
+            f"port {self.port}",
+            f"dir {self.directory}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 300 1",
+            "protected-mode yes",
+            "daemonize no",
+            "loglevel notice",
+            "",
+        ])
