@@ -32,11 +32,14 @@ def default_url(var_dir: str = "var") -> str:
     return "http://127.0.0.1:8000"
 
 
-def call(url: str, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
+def call(url: str, method: str, path: str, body: Any = None, raw: bytes | None = None, *,
+         token: str | None = None) -> Any:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     if body is not None:
         req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read() or b"null")

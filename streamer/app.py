@@ -24,6 +24,8 @@ from relay.http import add_media_routes
 from streamer.config import ConfigError, check_range
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
+from streamer.control.plane import Plane
+from streamer.control.state import State
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.rtp.packet import ssrc_for
@@ -43,8 +45,14 @@ class StreamerConfig:
     ptime_ms: int = 20
     bitrate: int = 32_000
     var_dir: str = "var"
+    #: Redis holding all control-plane state (required; ``loa up`` starts a private one)
+    redis_url: str = ""
+    #: where the first admin's credentials are written when the store has no user yet
+    admin_credentials: str = ""
 
     def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
         if self.ptime_ms not in (20, 40, 60):
             raise ConfigError("ptime_ms", "must be 20, 40 or 60")
         check_range("bitrate", self.bitrate, 6_000, 510_000)
@@ -109,10 +117,17 @@ class Streamer:
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
         self.mixer = Mixer(channels, self.clock, self.fanout.publish, bitrate=cfg.bitrate,
                            registry=self.registry)
-        self.broadcasts = Broadcasts(self.mixer, self.zones,
-                                     ClipLibrary(Path(cfg.var_dir) / "clips"))
-        app = web.Application()
-        add_api_routes(app, self.broadcasts, self.registry)
+        self.state = State(cfg.redis_url)
+        clips = ClipLibrary(Path(cfg.var_dir) / "clips")
+        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state)
+        self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
+                           self.mixer, self.registry)
+        await self.plane.load()
+        await self.broadcasts.recover()
+        await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
+                                              Path(cfg.var_dir) / "admin-credentials.json"))
+        app = web.Application(client_max_size=80 * 1024 * 1024)
+        add_api_routes(app, self.plane, self.registry)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
@@ -131,6 +146,7 @@ class Streamer:
         self.frames.cancel()
         self.fanout.close()
         await self.runner.cleanup()
+        await self.state.close()
 
 
 async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:

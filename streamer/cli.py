@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from streamer.config import ConfigError
@@ -24,11 +25,23 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--ptime-ms", type=int, choices=(20, 40, 60))
     p.add_argument("--bitrate", type=int)
     p.add_argument("--var-dir")
+    p.add_argument("--redis-url", help="state store (default: $LOA_REDIS_URL)")
+    p.add_argument("--admin-credentials", help="file for the first admin's password")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,
-               section="streamer")
+               section="streamer", env=shared_env())
     return app.run(cfg)
+
+
+def shared_env() -> dict[str, str]:
+    """The environment, with the deployment-wide ``LOA_REDIS_URL`` / ``LOA_MQTT_URL`` standing
+    in for the streamer's own keys when those are not set."""
+    env = dict(os.environ)
+    for key in ("REDIS_URL", "MQTT_URL"):
+        if f"LOA_{key}" in env:
+            env.setdefault(f"LOA_STREAMER_{key}", env[f"LOA_{key}"])
+    return env
 
 
 def _relay(argv: list[str]) -> int:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamer.control.services import RedisServer, Service, ServiceError
+
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
 SAMPLE_SPEAKERS = [
     ("spk-thang-tam-1", "brvt.vung-tau.thang-tam.kp-1"),
@@ -73,6 +75,18 @@ async def up(args: argparse.Namespace) -> int:
     for d in (logs, spk_dir):
         d.mkdir(parents=True, exist_ok=True)
     host = args.host
+    services: list[Service] = []
+    redis_url = os.environ.get("LOA_REDIS_URL", "")
+    if not redis_url:  # a private redis-server, its data kept under var/ across runs
+        redis = RedisServer(var / "redis")
+        try:
+            await asyncio.to_thread(redis.start)
+        except ServiceError as e:
+            print(f"loa up: {e}", file=sys.stderr)
+            return 1
+        services.append(redis)
+        redis_url = redis.url
+    credentials = var / "admin-credentials.json"
     children: list[Child] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,6 +97,7 @@ async def up(args: argparse.Namespace) -> int:
             "streamer", "--http-host", host, "--http-port", str(args.http_port),
             "--media-host", host, "--media-port", "0", "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
+            "--redis-url", redis_url, "--admin-credentials", str(credentials),
         ], logs)
         children.append(streamer)
         relay = await _spawn("relay-1", [
@@ -112,6 +127,7 @@ async def up(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"loa up: {e}", file=sys.stderr)
         await _stop(children)
+        _stop_services(services)
         return 1
     state = {
         "streamer_url": streamer.info["http"],
@@ -123,6 +139,10 @@ async def up(args: argparse.Namespace) -> int:
         "pid": os.getpid(),
         "started": time.time(),
         "logs": str(logs),
+        "redis_url": redis_url,
+        # written by the streamer when it created the first admin (mode 0600); absent when
+        # the state store already had users
+        "admin_credentials": str(credentials),
     }
     state_file = var / "loa-up.json"
     tmp = state_file.with_suffix(".tmp")
@@ -133,7 +153,8 @@ async def up(args: argparse.Namespace) -> int:
           f"  relay      {relay.info['http']}\n  speakers   {len(speakers)}, recording to "
           f"{spk_dir}\n  state      {state_file}\n  listen     {url}/listen/"
           f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl broadcast --zone "
-          f"brvt.vung-tau.thang-tam --tone 1000 --seconds 5\nCtrl-C stops everything.",
+          f"brvt.vung-tau.thang-tam --tone 1000 --seconds 5\n  admin      credentials "
+          f"in {credentials}\nCtrl-C stops everything.",
           flush=True)
     waits = [asyncio.create_task(c.proc.wait()) for c in children]
     stopper = asyncio.create_task(stop.wait())
@@ -144,10 +165,16 @@ async def up(args: argparse.Namespace) -> int:
         print(f"loa up: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
         code = 1
     await _stop(children)
+    _stop_services(services)
     stopper.cancel()
     state_file.unlink(missing_ok=True)
     print("Loa stopped.", flush=True)
     return code
+
+
+def _stop_services(services: list[Service]) -> None:
+    for srv in reversed(services):
+        srv.stop()
 
 
 def run(argv: list[str]) -> int:

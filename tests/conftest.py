@@ -7,6 +7,9 @@ import socket
 import numpy as np
 import pytest
 
+#: 2026-11-23 10:00 in Asia/Ho_Chi_Minh: outside the default quiet hours
+DAYTIME = 1795402800.0
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
@@ -27,13 +30,26 @@ def rms_dbfs(x: np.ndarray) -> float:
 
 
 @pytest.fixture
-async def streamer(tmp_path):
+async def streamer(tmp_path, redis_url):
+    """An in-process streamer on a real redis-server; ``streamer.admin`` holds the
+    Authorization headers of the first admin (signed in through the API)."""
+    import json
+
+    import aiohttp
+
     from streamer.app import Streamer, StreamerConfig
 
     cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                         http_port=0, var_dir=str(tmp_path / "var"))
+                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url)
     s = Streamer(cfg)
     await s.start()
+    s.plane.now = lambda: DAYTIME  # quiet hours (22:00-05:00) must not depend on when CI runs
+    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{s.http_url}/api/v1/login",
+            json={"user": creds["user"], "password": creds["password"]}) as r:
+        assert r.status == 200, await r.text()
+        s.admin = {"Authorization": f"Bearer {(await r.json())['token']}"}
     yield s
     await s.close()
 
@@ -52,3 +68,15 @@ def redis_server(tmp_path):
 @pytest.fixture
 def redis_url(redis_server):
     return redis_server.url
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real mosquitto on a free port, not started: no anonymous access, persistence in the
+    test's tmp dir. Call ``set_accounts([...])`` then ``start()``; ``set_accounts`` on a
+    running broker re-reads logins and ACL (SIGHUP)."""
+    from streamer.control.broker import Mosquitto
+
+    srv = Mosquitto(tmp_path / "mosquitto")
+    yield srv
+    srv.stop()

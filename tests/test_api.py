@@ -7,9 +7,26 @@ import aiohttp
 import pytest
 
 
-async def req(method, url, **kw):
-    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:
+async def req(method, url, *, headers=None, **kw):
+    """A request as the first admin (the ``streamer`` fixture's token) unless headers given."""
+    async with aiohttp.ClientSession() as s, s.request(
+            method, url, headers=ADMIN if headers is None else headers, **kw) as r:
         return r.status, await r.json()
+
+
+ADMIN: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _admin(streamer):
+    ADMIN.clear()
+    ADMIN.update(streamer.admin)
+
+
+def clip_form(data: bytes, name: str = "a.wav") -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    return form
 
 
 @pytest.mark.parametrize("body, field", [
@@ -32,7 +49,8 @@ async def req(method, url, **kw):
 async def test_bad_broadcast_bodies_get_400_naming_the_field(streamer, body, field):
     status, err = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json=body)
     assert status == 400 and err["field"] == field and err["error"]
-    assert streamer.broadcasts.records == {} and streamer.mixer.items == {}
+    assert streamer.broadcasts.live == {} and streamer.mixer.items == {}
+    assert await streamer.state.broadcasts.count() == 0
 
 
 async def test_not_json_and_oversized_bodies(streamer):
@@ -40,7 +58,7 @@ async def test_not_json_and_oversized_bodies(streamer):
     status, err = await req("POST", url, data=b"{nope")
     assert (status, err["field"]) == (400, "body")
     status, err = await req("POST", url, data=b" " * (300 * 1024))
-    assert (status, err["field"]) == (400, "body")
+    assert (status, err["field"]) == (413, "body")
     async with aiohttp.ClientSession() as s, s.get(f"{streamer.http_url}/metrics") as m:
         text = await m.text()
     assert 'loa_api_bad_requests_total{field="body"} 2.0' in text
@@ -67,7 +85,7 @@ async def test_broadcast_lifecycle(streamer):
     _, got = await req("GET", f"{base}/{b['id']}")
     assert got["on_air_channels"] == 3  # resumed
     _, listing = await req("GET", base)
-    assert [x["id"] for x in listing["broadcasts"]] == [b["id"], e["id"]]
+    assert [x["id"] for x in listing["broadcasts"]] == [e["id"], b["id"]]  # newest first
     assert (await req("GET", f"{base}/999"))[0] == 404
     assert (await req("DELETE", f"{base}/abc"))[1]["field"] == "id"
 
@@ -77,18 +95,21 @@ async def test_clip_upload_plays_and_garbage_is_refused(streamer, tmp_path):
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=f=700:d=1",
                     "-ac", "2", "-ar", "44100", str(wav)], check=True)
     url = f"{streamer.http_url}/api/v1/clips"
-    status, clip = await req("POST", url, data=wav.read_bytes())
-    assert status == 201 and abs(clip["seconds"] - 1.0) < 0.05
+    status, clip = await req("POST", url, data=clip_form(wav.read_bytes()))
+    assert status == 201 and abs(clip["seconds"] - 1.0) < 0.05 and clip["name"] == "a.wav"
     status, b = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json={
         "zones": ["brvt.con-dao"], "source": {"kind": "clip", "clip": clip["id"]}})
     assert status == 201 and b["channels"] == 3
-    status, err = await req("POST", url, data=b"this is not audio" * 100)
+    status, err = await req("POST", url, data=clip_form(b"this is not audio" * 100))
+    assert status == 400 and err["field"] == "file"
+    status, err = await req("POST", url, data=clip_form(b""))
+    assert status == 400 and err["field"] == "file"
+    status, err = await req("POST", url, data=b"raw body")
     assert status == 400 and err["field"] == "body"
-    status, err = await req("POST", url, data=b"")
-    assert status == 400 and err["field"] == "body"
-    status, err = await req("POST", url, data=b"x" * 10,
-                            headers={"Content-Length": str(65 * 1024 * 1024)})
-    assert status == 413
+    status, err = await req("POST", url, data=clip_form(b"\0" * (64 * 1024 * 1024 + 1)))
+    assert status == 413 and err["field"] == "file"
+    _, listing = await req("GET", url)
+    assert [c["id"] for c in listing["clips"]] == [clip["id"]]
 
 
 async def test_zones_and_channels(streamer):

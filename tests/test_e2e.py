@@ -73,6 +73,12 @@ def stack(tmp_path_factory):
         assert time.monotonic() < deadline, "loa up did not write its state file"
         time.sleep(0.1)
     state = json.loads(state_file.read_text())
+    creds = json.loads(Path(state["admin_credentials"]).read_text())
+    state["token"] = call(state["streamer_url"], "POST", "/api/v1/login", {
+        "user": creds["user"], "password": creds["password"]})["token"]
+    # the tests air normal bulletins whatever the hour CI runs at
+    call(state["streamer_url"], "PATCH", "/api/v1/zones/brvt", {"quiet_hours": ""},
+         token=state["token"])
     time.sleep(1.0)  # speakers complete their handshakes
     yield state
     proc.send_signal(signal.SIGINT)
@@ -99,7 +105,7 @@ def wait_for(cond, timeout=10.0):
 
 
 def broadcast(state, **body):
-    return call(state["streamer_url"], "POST", "/api/v1/broadcasts", body)
+    return call(state["streamer_url"], "POST", "/api/v1/broadcasts", body, token=state["token"])
 
 
 def test_state_file_lists_the_stack(stack):

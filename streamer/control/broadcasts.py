@@ -1,8 +1,11 @@
 """Broadcasts: what operators asked to air, turned into mixer items, and what became of them.
 
-Building a source can be slow (TTS runs espeak-ng, a clip may be long) so it runs in a worker
-thread; only the hand-over to the mixer happens on the event loop, between two frames. State
-lives in memory for now; the control-plane issue moves it to Redis behind this same class.
+Records live in Redis (``state.py``); this class is the single writer. Building a source can
+be slow (TTS runs espeak-ng, a clip may be long) so it runs in a worker thread; only the
+hand-over to the mixer happens on the event loop, between two frames. Nothing is recorded
+until its input has been validated and its source built, so a refused request leaves no
+trace but the audit entry. A broadcast that needs approval is validated the same way, stored
+as ``pending_approval`` and rebuilt from its stored description when an approver releases it.
 """
 
 from __future__ import annotations
@@ -14,43 +17,29 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
 from streamer.mixer.sources.base import Source
-from streamer.zones import ZoneTree
 
-from .schemas import BadRequest, BroadcastRequest, ClipSource, ToneSource, TtsSource
+from .models import BroadcastRecord, BroadcastState
+from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
+from .state import State
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Broadcast:
-    id: int
-    zones: tuple[str, ...]
-    priority: Priority
-    source: dict[str, object]
-    label: str
-    created: float
-    channels: int = 0
-    state: str = "queued"  # queued | on_air | waiting | done | stopped
-    ended: float | None = None
-
-    def as_json(self, on_air: list[str]) -> dict[str, object]:
-        state = self.state
-        if state == "queued":
-            state = "on_air" if on_air else "waiting"
-        return {"id": self.id, "zones": list(self.zones), "priority": self.priority.name.lower(),
-                "source": self.source, "label": self.label, "created": self.created,
-                "channels": self.channels, "on_air_channels": len(on_air), "state": state,
-                "ended": self.ended}
+SourceIn = ToneSource | TtsSource | ClipSource
 
 
 @dataclass
 class ClipLibrary:
-    """Uploaded clips, content-addressed (sha256 of the upload) and decoded once at ingest."""
+    """Uploaded clips, content-addressed (sha256 of the upload) and decoded once at ingest.
+
+    Audio is kept on disk under its content hash; metadata in Redis (``State.clips``). After
+    a restart a clip is decoded again from disk the first time it is used.
+    """
 
     directory: Path
     clips: dict[str, Clip] = field(default_factory=dict)
@@ -67,33 +56,86 @@ class ClipLibrary:
             self.clips[cid] = clip
         return cid, clip
 
+    def get(self, cid: str) -> Clip | None:
+        clip = self.clips.get(cid)
+        path = self.directory / cid
+        if clip is None and len(cid) == 32 and path.is_file():
+            clip = self.clips[cid] = Clip.from_file(path)
+        return clip
+
 
 class Broadcasts:
-    def __init__(self, mixer: Mixer, zones: ZoneTree, clips: ClipLibrary,
+    def __init__(self, mixer: Mixer, leaves: Any, clips: ClipLibrary, state: State,
                  tts: TtsProvider | None = None) -> None:
+        """``leaves(zone_id) -> list[channel id]`` (the zone tree's leaf channels)."""
         self.mixer = mixer
-        self.zones = zones
+        self.leaves = leaves
         self.clips = clips
+        self.state = state
         self.tts = tts or EspeakProvider()
-        self.records: dict[int, Broadcast] = {}
-        self._ids = itertools.count(1)
+        self.live: dict[int, BroadcastRecord] = {}  # handed to the mixer, not finished yet
         self._order = itertools.count(1)
+        self._writes: set[asyncio.Task[None]] = set()
         mixer.on_finished = self._finished
 
-    async def create(self, req: BroadcastRequest) -> Broadcast:
-        source, desc = await asyncio.to_thread(self._build_source, req)
-        channels = sorted({c for z in req.zones for c in self.zones.leaves(z)})
-        bid = next(self._ids)
-        rec = Broadcast(bid, req.zones, req.priority, desc, req.label, time.time())
-        self.records[bid] = rec
-        rec.channels = self.mixer.start(Item(bid, req.priority, source, next(self._order)),
-                                        channels)
-        log.info("broadcast %d: %s %s to %d channels", bid, req.priority.name.lower(),
-                 desc["kind"], rec.channels)
+    async def recover(self) -> int:
+        """After a restart: broadcasts that were on air when the streamer stopped are over."""
+        n = 0
+        for rec in await self.state.recent_broadcasts(limit=1000):
+            if rec.state == BroadcastState.QUEUED:
+                rec.state, rec.ended = BroadcastState.INTERRUPTED, time.time()
+                await self.state.put_broadcast(rec)
+                n += 1
+        if n:
+            log.warning("%d broadcasts were on air when the streamer stopped: interrupted", n)
+        return n
+
+    def channels_of(self, zones: list[str]) -> list[str]:
+        return sorted({c for z in zones for c in self.leaves(z)})
+
+    async def build(self, source: SourceIn) -> tuple[Source, dict[str, Any]]:
+        return await asyncio.to_thread(self._build_source, source)
+
+    async def create(self, zones: list[str], priority: str, source: SourceIn, *, label: str = "",
+                     user: str = "", pending: bool = False, schedule: str | None = None,
+                     override_quiet_hours: bool = False,
+                     at_frame: int | None = None) -> BroadcastRecord:
+        built, desc = await self.build(source)
+        rec = BroadcastRecord(
+            id=await self.state.next_broadcast_id(), zones=zones, priority=priority,
+            source=desc, label=label, created=time.time(), created_by=user,
+            channels=len(self.channels_of(zones)), schedule=schedule,
+            override_quiet_hours=override_quiet_hours,
+            state=BroadcastState.PENDING_APPROVAL if pending else BroadcastState.QUEUED)
+        if not pending:
+            self._start(rec, built, at_frame)
+        await self.state.put_broadcast(rec)
+        log.info("broadcast %d: %s %s to %d channels%s", rec.id, priority, desc["kind"],
+                 rec.channels, " (waiting for approval)" if pending else "")
         return rec
 
-    def _build_source(self, req: BroadcastRequest) -> tuple[Source, dict[str, object]]:
-        s = req.source
+    async def approve(self, rec: BroadcastRecord, approver: str) -> BroadcastRecord:
+        from .schemas import source_from_record
+
+        built, _ = await self.build(source_from_record(rec.source))
+        rec.approved_by, rec.state = approver, BroadcastState.QUEUED
+        self._start(rec, built, None)
+        await self.state.put_broadcast(rec)
+        return rec
+
+    async def reject(self, rec: BroadcastRecord, approver: str) -> BroadcastRecord:
+        rec.approved_by, rec.state, rec.ended = approver, BroadcastState.REJECTED, time.time()
+        await self.state.put_broadcast(rec)
+        return rec
+
+    def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None) -> None:
+        item = Item(rec.id, Priority[rec.priority.upper()], source, next(self._order))
+        rec.started = time.time()
+        self.live[rec.id] = rec
+        self.mixer.start(item, self.channels_of(rec.zones), **(
+            {"at_frame": at_frame} if at_frame is not None else {}))
+
+    def _build_source(self, s: SourceIn) -> tuple[Source, dict[str, Any]]:
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
@@ -102,29 +144,54 @@ class Broadcasts:
             except TtsError as e:
                 raise BadRequest("source.text", str(e)) from None
             return clip, {"kind": "tts", "text": s.text, "seconds": clip.length / 48_000}
-        assert isinstance(s, ClipSource)
-        found = self.clips.clips.get(s.clip)
+        try:
+            found = self.clips.get(s.clip)
+        except ClipError as e:
+            raise BadRequest("source.clip", f"stored clip unreadable: {e}") from None
         if found is None:
             raise BadRequest("source.clip", f"no uploaded clip {s.clip!r}")
         return found, {"kind": "clip", "clip": s.clip, "seconds": found.length / 48_000}
 
-    def stop(self, bid: int) -> Broadcast | None:
-        rec = self.records.get(bid)
-        if rec is None:
-            return None
-        if self.mixer.stop(bid):
-            rec.state, rec.ended = "stopped", time.time()
-            log.info("broadcast %d stopped", bid)
+    async def stop(self, rec: BroadcastRecord) -> BroadcastRecord:
+        if rec.state in (BroadcastState.QUEUED, BroadcastState.PENDING_APPROVAL):
+            self.mixer.stop(rec.id)
+            self.live.pop(rec.id, None)
+            rec.state, rec.ended = BroadcastState.STOPPED, time.time()
+            await self.state.put_broadcast(rec)
+            log.info("broadcast %d stopped", rec.id)
         return rec
 
+    def stoppable(self, zones: list[str], priority: str | None) -> list[BroadcastRecord]:
+        """Live broadcasts touching any channel under ``zones`` (for "stop everything here")."""
+        chans = set(self.channels_of(zones))
+        return [r for r in self.live.values()
+                if (priority is None or r.priority == priority)
+                and chans.intersection(self.channels_of(r.zones))]
+
     def _finished(self, bid: int) -> None:
-        rec = self.records.get(bid)
-        if rec is not None and rec.state == "queued":
-            rec.state, rec.ended = "done", time.time()
+        rec = self.live.pop(bid, None)
+        if rec is not None and rec.state == BroadcastState.QUEUED:
+            rec.state, rec.ended = BroadcastState.DONE, time.time()
             log.info("broadcast %d done", bid)
+            task = asyncio.get_running_loop().create_task(self._persist(rec))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
-    def as_json(self, rec: Broadcast) -> dict[str, object]:
-        return rec.as_json(self.mixer.on_air(rec.id) if rec.state == "queued" else [])
+    async def _persist(self, rec: BroadcastRecord) -> None:
+        try:
+            await self.state.put_broadcast(rec)
+        except Exception:  # Redis away: the record stays "queued" and recover() settles it
+            log.exception("broadcast %d: could not record its end", rec.id)
+
+    async def get(self, bid: int) -> BroadcastRecord | None:
+        return self.live.get(bid) or await self.state.broadcasts.get(bid)
+
+    def out(self, rec: BroadcastRecord) -> BroadcastOut:
+        on_air = len(self.mixer.on_air(rec.id)) if rec.id in self.live else 0
+        out = rec.model_dump()
+        if rec.state == BroadcastState.QUEUED:
+            out["state"] = "on_air" if on_air else "waiting"
+        return BroadcastOut(**out, on_air_channels=on_air)
 
 
-__all__ = ["Broadcast", "Broadcasts", "ClipLibrary", "ClipError"]
+__all__ = ["Broadcasts", "ClipLibrary", "ClipError"]

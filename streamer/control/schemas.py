@@ -1,21 +1,25 @@
-"""Typed API bodies, validated at the edge: a bad body becomes a :class:`BadRequest` naming the
-field, before anything changes state.
+"""API request bodies and responses as pydantic models, validated at the edge.
 
-The source of a broadcast is a small discriminated union (``kind``), one class per kind, the
-way LibreTime models its playout events.
+A bad body becomes a 400 naming the field before anything changes state (``api/core.py``
+maps pydantic's errors; semantic checks raise :class:`BadRequest`). The source of a broadcast
+is a discriminated union on ``kind``, one class per kind, the way LibreTime models playout
+events. These models are also the OpenAPI document's schemas.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from streamer.mixer.program import Priority
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from .models import BroadcastRecord, ZoneId
 
 MAX_TONE_S = 3600.0
 MAX_TTS_CHARS = 5000
 MAX_ZONES_PER_BROADCAST = 10_000
+PRIORITIES = ("emergency", "priority", "normal", "background")
+#: discriminator values that pydantic puts into an error's location; not field names
+UNION_TAGS = frozenset({"tone", "tts", "clip", "relay"})
 
 
 class BadRequest(ValueError):
@@ -25,88 +29,96 @@ class BadRequest(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class ToneSource:
-    hz: float
-    seconds: float
-    kind: str = "tone"
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-@dataclass(frozen=True, slots=True)
-class TtsSource:
-    text: str
-    kind: str = "tts"
+class ToneSource(Body):
+    kind: Literal["tone"]
+    hz: float = Field(1000.0, ge=20, le=20_000, allow_inf_nan=False)
+    seconds: float = Field(5.0, ge=0.02, le=MAX_TONE_S, allow_inf_nan=False)
 
 
-@dataclass(frozen=True, slots=True)
-class ClipSource:
-    clip: str
-    kind: str = "clip"
+class TtsSource(Body):
+    kind: Literal["tts"]
+    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
 
 
-Source = ToneSource | TtsSource | ClipSource
+class ClipSource(Body):
+    kind: Literal["clip"]
+    clip: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        description="id returned by POST /api/v1/clips")
 
 
-@dataclass(frozen=True, slots=True)
-class BroadcastRequest:
-    zones: tuple[str, ...]
-    priority: Priority
+Source = Annotated[ToneSource | TtsSource | ClipSource, Field(discriminator="kind")]
+Priority = Literal["emergency", "priority", "normal", "background"]
+Zones = Annotated[list[ZoneId], Field(min_length=1, max_length=MAX_ZONES_PER_BROADCAST)]
+
+
+class BroadcastIn(Body):
+    zones: Zones
+    priority: Priority = "normal"
     source: Source
-    label: str = ""
+    label: str = Field("", max_length=200)
+    override_quiet_hours: bool = Field(
+        False, description="air during quiet hours (admin on every zone; audited)")
 
 
-def _number(value: Any, field: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(field, "must be a number")
-    if not lo <= value <= hi:
-        raise BadRequest(field, f"must be between {lo:g} and {hi:g}")
-    return float(value)
+class EmergencyIn(Body):
+    zones: Zones
+    source: Source
+    label: str = Field("", max_length=200)
 
 
-def parse_source(value: Any) -> Source:
-    if not isinstance(value, dict):
-        raise BadRequest("source", "must be an object with a 'kind'")
-    kind = value.get("kind")
-    if kind == "tone":
-        hz = _number(value.get("hz", 1000), "source.hz", 20, 20_000)
-        seconds = _number(value.get("seconds", 5), "source.seconds", 0.02, MAX_TONE_S)
-        return ToneSource(hz, seconds)
-    if kind == "tts":
-        text = value.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise BadRequest("source.text", "must be a non-empty string")
-        if len(text) > MAX_TTS_CHARS:
-            raise BadRequest("source.text", f"longer than {MAX_TTS_CHARS} characters")
-        return TtsSource(text)
-    if kind == "clip":
-        clip = value.get("clip")
-        if not isinstance(clip, str) or not clip:
-            raise BadRequest("source.clip", "must be the id of an uploaded clip")
-        return ClipSource(clip)
-    raise BadRequest("source.kind", "must be one of tone, tts, clip")
+class StopIn(Body):
+    zones: Zones
+    priority: Priority | None = Field(None, description="only this level; all when absent")
 
 
-def parse_broadcast(body: Any, known_zone: Any) -> BroadcastRequest:
-    """``known_zone(id) -> bool`` says whether a zone exists."""
-    if not isinstance(body, dict):
-        raise BadRequest("body", "must be a JSON object")
-    zones = body.get("zones")
-    if not isinstance(zones, list) or not zones:
-        raise BadRequest("zones", "must be a non-empty list of zone ids")
-    if len(zones) > MAX_ZONES_PER_BROADCAST:
-        raise BadRequest("zones", f"more than {MAX_ZONES_PER_BROADCAST} zones")
-    for z in zones:
-        if not isinstance(z, str) or not known_zone(z):
-            raise BadRequest("zones", f"unknown zone {z!r}")
-    prio = body.get("priority", "normal")
-    try:
-        priority = Priority[prio.upper()] if isinstance(prio, str) else None
-    except KeyError:
-        priority = None
-    if priority is None:
-        raise BadRequest("priority", "must be one of emergency, priority, normal, background")
-    label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 200:
-        raise BadRequest("label", "must be a string of at most 200 characters")
-    return BroadcastRequest(tuple(dict.fromkeys(zones)), priority, parse_source(body.get("source")),
-                            label)
+class BroadcastOut(BroadcastRecord):
+    #: stored states, with "queued" shown as "on_air" (in at least one channel) or "waiting"
+    state: str  # type: ignore[assignment]
+    on_air_channels: int = 0
+
+
+class BroadcastList(BaseModel):
+    broadcasts: list[BroadcastOut]
+
+
+class StopOut(BaseModel):
+    stopped: list[int]
+
+
+class ReachSpeaker(BaseModel):
+    id: str
+    zone: str
+    start: float | None = None
+    end: float | None = None
+    level_dbfs: float | None = None
+
+
+class ReachOut(BaseModel):
+    broadcast: int
+    expected: int
+    confirmed: list[ReachSpeaker]
+    not_confirmed: list[ReachSpeaker]
+    offline: list[ReachSpeaker]
+    ratio: float
+
+
+def source_from_record(desc: dict[str, Any]) -> ToneSource | TtsSource | ClipSource:
+    """Rebuild a stored source description (it carries extra keys such as ``seconds``)."""
+    kind = desc.get("kind")
+    keep = {"tone": ("kind", "hz", "seconds"), "tts": ("kind", "text"),
+            "clip": ("kind", "clip")}.get(str(kind))
+    if keep is None:
+        raise BadRequest("source.kind", f"cannot replay a {kind!r} source")
+    model = {"tone": ToneSource, "tts": TtsSource, "clip": ClipSource}[str(kind)]
+    return model.model_validate({k: desc[k] for k in keep if k in desc})

@@ -1,0 +1,254 @@
+"""The API's one mechanism: declared operations, thin handlers, and the edge that guards them.
+
+Each operation is declared once with :meth:`Api.route` — method, path, body model, query
+model, response model, status — and that declaration both installs the aiohttp route and
+produces its OpenAPI entry (``openapi.py``), so the document cannot drift from the handlers.
+The edge (``_run``) does what every handler would otherwise repeat: bearer authentication,
+body size limits, validation into the declared model, and turning refusals into JSON errors
+with a log line, a metric and (for 403) an audit entry. Handlers only decide and call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, ValidationError
+
+from streamer.control import auth
+from streamer.control.auth import Forbidden
+from streamer.control.models import AuditEntry, Role, User
+from streamer.control.schemas import UNION_TAGS, BadRequest
+
+log = logging.getLogger("loa.api")
+MAX_JSON_BYTES = 256 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+class NotFound(ApiError):
+    def __init__(self, what: str, field: str = "id") -> None:
+        super().__init__(404, f"no {what}", field)
+
+
+class Conflict(ApiError):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(409, message, field)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = None
+
+
+@dataclass
+class Ctx:
+    """What a handler gets: the request, the services, the caller, the validated input."""
+
+    request: web.Request
+    services: Any  # streamer.control.plane.Plane (kept untyped here to avoid an import cycle)
+    user: User | None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def me(self) -> User:
+        assert self.user is not None, "handler of an authenticated route"
+        return self.user
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def require(self, roles: frozenset[Role], zones: list[str], what: str) -> None:
+        auth.require(self.me, roles, zones, what)
+
+    async def audit(self, action: str, target: str = "", zones: list[str] | None = None,
+                    **detail: Any) -> None:
+        await self.services.state.audit(AuditEntry(
+            ts=time.time(), user=self.user.name if self.user else "-", action=action,
+            target=target, zones=zones or [], detail=detail))
+
+
+Handler = Callable[[Ctx], Awaitable[Any]]
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    auth: bool = True
+    #: non-JSON bodies: request content type (e.g. multipart/form-data) and the response's
+    upload: dict[str, Any] | None = None
+    produces: dict[str, Any] | None = None
+    path_types: dict[str, type] = field(default_factory=dict)
+    errors: tuple[int, ...] = (400, 401, 403, 404, 409, 503)
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+class Api:
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def route(self, method: str, path: str, *, summary: str, tag: str,
+              **kw: Any) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.operations.append(Operation(method, path, fn, summary, tag, **kw))
+            return fn
+        return deco
+
+    def install(self, app: web.Application, services: Any, registry: CollectorRegistry) -> None:
+        metrics = ApiMetrics(registry)
+        for op in self.operations:
+            app.router.add_route(op.method, op.path, _endpoint(op, services, metrics))
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bad = Counter("loa_api_bad_requests_total", "Refused API requests by field",
+                           ["field"], registry=registry)
+        self.denied = Counter("loa_api_denied_total", "API requests refused by auth",
+                              ["status"], registry=registry)
+        self.requests = Counter("loa_api_requests_total", "API requests by operation and status",
+                                ["operation", "status"], registry=registry)
+
+
+def _error(status: int, message: str, field: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(ErrorBody(error=message, field=field).model_dump(), status=status,
+                             headers=headers)
+
+
+def _field_of(e: ValidationError) -> tuple[str, str]:
+    """The dotted field and a readable message of pydantic's first error."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]
+           if not isinstance(p, int) and not str(p).startswith(("function-", "tagged-union"))]
+    tag = next((i for i, p in enumerate(loc) if i and p in UNION_TAGS), None)
+    if tag is not None:  # pydantic puts the union member's tag into the path: source.tone.hz
+        del loc[tag]
+    msg = err["msg"]
+    if err["type"].startswith("union_tag"):  # a bad or missing discriminator, e.g. source.kind
+        loc.append(str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"))
+    elif err["type"] == "missing":
+        msg = "is required"
+    elif err["type"] == "extra_forbidden":
+        msg = "is not a known field"
+    return ".".join(loc) or "body", msg
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise ApiError(413, f"body larger than {MAX_JSON_BYTES} bytes", "body")
+    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ApiError(413, f"body larger than {MAX_JSON_BYTES} bytes", "body")
+    if not raw.strip():
+        raise BadRequest("body", "a JSON object is required")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest("body", f"not valid JSON: {e}") from None
+
+
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]{16,128})$")
+
+
+async def authenticate(request: web.Request, services: Any) -> User | None:
+    m = _BEARER.match(request.headers.get("Authorization", ""))
+    if m is None:
+        return None
+    name = await services.state.token_user(auth.token_digest(m.group(1)))
+    user = None if name is None else await services.state.users.get(name)
+    return None if user is None or user.disabled else user
+
+
+def _parse_path(op: Operation, request: web.Request) -> None:
+    for name, typ in op.path_types.items():
+        raw = request.match_info[name]
+        if typ is int and not (raw.isdigit() and len(raw) <= 12):
+            raise BadRequest(name, "must be a whole number")
+
+
+def _endpoint(op: Operation, services: Any, metrics: ApiMetrics) -> Callable[
+        [web.Request], Awaitable[web.StreamResponse]]:
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        resp = await _run(op, services, metrics, request)
+        metrics.requests.labels(op.operation_id, str(resp.status)).inc()
+        return resp
+    endpoint.__name__ = op.operation_id
+    return endpoint
+
+
+async def _run(op: Operation, services: Any, metrics: ApiMetrics,
+               request: web.Request) -> web.StreamResponse:
+    ctx = Ctx(request, services, None)
+    try:
+        if op.auth:
+            ctx.user = await authenticate(request, services)
+            if ctx.user is None:
+                metrics.denied.labels("401").inc()
+                return _error(401, "a valid bearer token is required (POST /api/v1/login)",
+                              "Authorization", {"WWW-Authenticate": "Bearer"})
+        _parse_path(op, request)
+        if op.query is not None:
+            ctx.query = op.query.model_validate(dict(request.query))
+        if op.body is not None:
+            ctx.body = op.body.model_validate(await read_json(request))
+        result = await op.handler(ctx)
+    except ValidationError as e:
+        field_name, msg = _field_of(e)
+        return _refuse(request, metrics, 400, msg, field_name)
+    except BadRequest as e:
+        return _refuse(request, metrics, 400, e.message, e.field)
+    except ApiError as e:
+        return _refuse(request, metrics, e.status, e.message, e.field)
+    except Forbidden as e:
+        metrics.denied.labels("403").inc()
+        log.warning("%s %s: forbidden: %s", request.method, request.path, e.message)
+        await services.state.audit(AuditEntry(
+            ts=time.time(), user=ctx.me.name, action=op.operation_id, target=request.path,
+            zones=e.zones, outcome="denied", detail={"reason": e.message}))
+        return _error(403, e.message, "zones")
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        log.error("%s %s: state store unavailable: %s", request.method, request.path, e)
+        return _error(503, "state store (Redis) unavailable; try again", None)
+    except Exception:  # a bug: log it whole, answer in the API's error shape
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (logged)", None)
+    if isinstance(result, web.StreamResponse):
+        return result
+    body = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+    return web.json_response(body, status=op.status)
+
+
+def _refuse(request: web.Request, metrics: ApiMetrics, status: int, message: str,
+            field_name: str | None) -> web.Response:
+    metrics.bad.labels(field=field_name or "-").inc()
+    log.warning("%s %s: %d %s: %s", request.method, request.path, status, field_name, message)
+    return _error(status, message, field_name)
+
+
+#: every operation of the API, declared by the resource modules in this package
+API = Api()

@@ -1,0 +1,148 @@
+"""Typed records of the control plane, as stored in Redis and returned by the API.
+
+One pydantic model per record kind, validated whenever it crosses a boundary (an API body, a
+Redis read, an MQTT payload). Secrets never live in these models' public fields: password and
+device credential hashes are stored apart (``state.py``) and never serialised to a client.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ZONE_ID_RE = r"^[a-z0-9][a-z0-9-]{0,31}(\.[a-z0-9][a-z0-9-]{0,31})*$"
+DEVICE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+USER_RE = r"^[a-z0-9][a-z0-9_.-]{1,31}$"
+QUIET_RE = r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+DEFAULT_QUIET_HOURS = "22:00-05:00"
+
+ZoneId = Annotated[str, StringConstraints(pattern=ZONE_ID_RE, max_length=400)]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_RE)]
+UserName = Annotated[str, StringConstraints(pattern=USER_RE)]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Role(StrEnum):
+    """Granted on a zone subtree; see ``auth.py`` for what each may do."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    EMERGENCY = "emergency"
+    ADMIN = "admin"
+
+
+class Grant(Record):
+    role: Role
+    zone: ZoneId
+
+
+class User(Record):
+    name: UserName
+    full_name: str = Field("", max_length=200)
+    grants: list[Grant] = Field(default_factory=list, max_length=1000)
+    disabled: bool = False
+    created: float = 0.0
+
+
+class Zone(Record):
+    id: ZoneId
+    name: str = Field(max_length=200)
+    parent: ZoneId | None = None
+    #: "HH:MM-HH:MM" local time; "" = no quiet hours; None = inherit from the parent zone
+    quiet_hours: Annotated[str, StringConstraints(pattern=QUIET_RE)] | None = None
+    #: non-emergency broadcasts and schedules here (or below) wait for an approver
+    requires_approval: bool = False
+    #: a zone that may receive test and exercise alerts (CAP status Test/Exercise)
+    test: bool = False
+
+
+class Speaker(Record):
+    id: DeviceId
+    zone: ZoneId
+    name: str = Field("", max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    #: ordered upstream relays ("host:port"), first preferred
+    relays: list[str] = Field(default_factory=list, max_length=16)
+    created: float = 0.0
+
+
+class Relay(Record):
+    id: DeviceId
+    media: str = Field("", max_length=300, description="host:port that speakers subscribe to")
+    http: str = Field("", max_length=300, description="base URL of its HTTP endpoints")
+    zone: ZoneId | None = Field(None, description="the area it serves, for reports")
+    created: float = 0.0
+
+
+class Presence(Record):
+    state: str = "unknown"  # online | offline | unknown
+    ts: float = 0.0
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClipMeta(Record):
+    id: str
+    name: str = ""
+    seconds: float
+    bytes: int
+    created: float
+    created_by: str = ""
+
+
+class BroadcastState(StrEnum):
+    PENDING_APPROVAL = "pending_approval"
+    QUEUED = "queued"  # handed to the mixer (on air or waiting per channel)
+    DONE = "done"
+    STOPPED = "stopped"
+    REJECTED = "rejected"
+    INTERRUPTED = "interrupted"  # the streamer restarted while it was on air
+
+
+class BroadcastRecord(Record):
+    id: int
+    zones: list[str]
+    priority: str
+    source: dict[str, Any]
+    label: str = ""
+    created: float
+    created_by: str = ""
+    channels: int = 0
+    state: BroadcastState = BroadcastState.QUEUED
+    started: float | None = None
+    ended: float | None = None
+    schedule: str | None = None
+    approved_by: str | None = None
+    override_quiet_hours: bool = False
+
+
+class AuditEntry(Record):
+    id: str = ""
+    ts: float
+    user: str
+    action: str
+    target: str = ""
+    zones: list[str] = Field(default_factory=list)
+    outcome: str = "ok"  # ok | denied
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def ancestors(zone_id: str) -> list[str]:
+    """``a.b.c`` → ``[a, a.b, a.b.c]``."""
+    parts = zone_id.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def covers(ancestor: str, zone_id: str) -> bool:
+    return zone_id == ancestor or zone_id.startswith(ancestor + ".")
+
+
+def valid_zone_id(zone_id: str) -> bool:
+    return bool(re.match(ZONE_ID_RE, zone_id)) and len(zone_id) <= 400

@@ -1,0 +1,115 @@
+"""The control plane of one streamer: state, zone settings, and the services the API calls.
+
+Zone settings (quiet hours, approval, test zones) are inherited down the tree; this is where
+"what applies to channel X" is answered. It also creates the first admin on an empty store.
+The plane is the API handlers' only dependency (``Ctx.services``), which keeps them thin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dateutil import tz
+from prometheus_client import CollectorRegistry
+
+from streamer.mixer.mixer import Mixer
+from streamer.mixer.sources import TtsProvider
+from streamer.zones import ZoneTree
+
+from . import auth
+from .broadcasts import Broadcasts, ClipLibrary
+from .models import DEFAULT_QUIET_HOURS, AuditEntry, Grant, Role, User, Zone, ancestors
+from .state import State
+
+log = logging.getLogger("loa.control")
+LOCAL_TZ = "Asia/Ho_Chi_Minh"
+
+
+@dataclass
+class Plane:
+    state: State
+    tree: ZoneTree
+    broadcasts: Broadcasts
+    clips: ClipLibrary
+    tts: TtsProvider
+    mixer: Mixer
+    registry: CollectorRegistry
+    fleet: Any = None
+    scheduler: Any = None
+    now: Callable[[], float] = time.time
+    zones: dict[str, Zone] = field(default_factory=dict)
+
+    async def load(self) -> None:
+        """Import the zone tree into an empty store, then read every zone's settings."""
+        added = await self.state.import_zones([
+            Zone(id=z.id, name=z.name, parent=z.parent) for z in self.tree.zones.values()])
+        if added:
+            log.info("imported %d zones", added)
+        self.zones = {z.id: z for z in await self.state.zones.all() if z.id in self.tree.zones}
+
+    # -- inherited zone settings ----------------------------------------------------------
+
+    def _inherited(self, zone_id: str, attr: str) -> Any:
+        for zid in reversed(ancestors(zone_id)):
+            z = self.zones.get(zid)
+            if z is not None and getattr(z, attr) is not None:
+                return getattr(z, attr)
+        return None
+
+    def quiet_hours(self, zone_id: str) -> str:
+        """"HH:MM-HH:MM" in force for ``zone_id`` ("" for none): its own or its nearest
+        ancestor's, else the default 22:00-05:00."""
+        q = self._inherited(zone_id, "quiet_hours")
+        return DEFAULT_QUIET_HOURS if q is None else str(q)
+
+    def requires_approval(self, zones: list[str]) -> bool:
+        return any(self.zones[a].requires_approval
+                   for z in zones for leaf in self.tree.leaves(z) for a in ancestors(leaf)
+                   if a in self.zones)
+
+    def quiet_now(self, zones: list[str], when: float | None = None) -> list[str]:
+        """Leaf zones under ``zones`` that are in their quiet hours at ``when``."""
+        local = datetime.fromtimestamp(self.now() if when is None else when,
+                                       tz.gettz(LOCAL_TZ))
+        minute = local.hour * 60 + local.minute
+        return [leaf for z in zones for leaf in self.tree.leaves(z)
+                if in_quiet_hours(self.quiet_hours(leaf), minute)]
+
+    # -- first admin ------------------------------------------------------------------------
+
+    async def bootstrap_admin(self, credentials_path: Path, name: str = "admin") -> bool:
+        """On a store with no users, create ``name`` as admin of every root zone and write
+        its password to ``credentials_path`` (mode 0600). Never logs the password."""
+        if await self.state.users.count():
+            return False
+        password = secrets.token_urlsafe(18)
+        user = User(name=name, full_name="First administrator", created=self.now(),
+                    grants=[Grant(role=Role.ADMIN, zone=r) for r in self.tree.roots])
+        if not await self.state.create_user(user, auth.hash_password(password)):
+            return False
+        credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"user": name, "password": password}, f)
+            f.write("\n")
+        await self.state.audit(AuditEntry(ts=self.now(), user="-", action="bootstrap_admin",
+                                          target=name, zones=list(self.tree.roots)))
+        log.info("created the first admin %r; credentials in %s", name, credentials_path)
+        return True
+
+
+def in_quiet_hours(spec: str, minute_of_day: int) -> bool:
+    """Whether local minute ``minute_of_day`` falls in ``"HH:MM-HH:MM"`` (may wrap midnight)."""
+    if not spec:
+        return False
+    a, b = (int(p[:2]) * 60 + int(p[3:]) for p in spec.split("-"))
+    return a <= minute_of_day < b if a <= b else minute_of_day >= a or minute_of_day < b

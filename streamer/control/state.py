@@ -1,0 +1,223 @@
+"""Control-plane state in Redis: the one place that knows the key layout (``docs/state.md``).
+
+Records are pydantic models stored as JSON, one Redis hash per kind (``Collection``); the
+audit log is an append-only Redis stream that nothing trims. Every multi-key change is one
+``MULTI`` transaction, so a crash never leaves half a record. Secrets (password hashes,
+device credential hashes, token digests) live under their own keys and never reach a model
+that the API serialises. The mixer never waits on this module: playout keeps going on what
+it already has if Redis is away.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from .models import (
+    AuditEntry,
+    BroadcastRecord,
+    ClipMeta,
+    Presence,
+    Relay,
+    Speaker,
+    User,
+    Zone,
+)
+
+P = "loa:"
+M = TypeVar("M", bound=BaseModel)
+
+
+class Collection(Generic[M]):
+    """Records of one kind in one Redis hash, field = record id, value = JSON."""
+
+    def __init__(self, r: aioredis.Redis, key: str, model: type[M]) -> None:
+        self.r = r
+        self.key = P + key
+        self.model = model
+
+    async def get(self, rid: str | int) -> M | None:
+        raw = await self.r.hget(self.key, str(rid))
+        return None if raw is None else self.model.model_validate_json(raw)
+
+    async def all(self) -> list[M]:
+        raw = await self.r.hgetall(self.key)
+        return [self.model.model_validate_json(v) for v in raw.values()]
+
+    async def many(self, ids: Iterable[str | int]) -> list[M | None]:
+        ids = [str(i) for i in ids]
+        if not ids:
+            return []
+        raw = await self.r.hmget(self.key, ids)
+        return [None if v is None else self.model.model_validate_json(v) for v in raw]
+
+    async def put(self, rid: str | int, rec: M) -> None:
+        await self.r.hset(self.key, str(rid), rec.model_dump_json())
+
+    async def put_many(self, recs: dict[str, M]) -> None:
+        if recs:
+            await self.r.hset(self.key, mapping={k: v.model_dump_json() for k, v in recs.items()})
+
+    async def delete(self, rid: str | int) -> bool:
+        return bool(await self.r.hdel(self.key, str(rid)))
+
+    async def count(self) -> int:
+        return int(await self.r.hlen(self.key))
+
+
+class State:
+    """Typed access to everything the control plane keeps. One instance per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True,
+                                                         socket_timeout=5,
+                                                         socket_connect_timeout=2)
+        self.zones = Collection(self.r, "zones", Zone)
+        self.users = Collection(self.r, "users", User)
+        self.speakers = Collection(self.r, "speakers", Speaker)
+        self.relays = Collection(self.r, "relays", Relay)
+        self.presence = Collection(self.r, "presence", Presence)
+        self.clips = Collection(self.r, "clips", ClipMeta)
+        self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord)
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    async def set_password_hash(self, user: str, argon2_hash: str) -> None:
+        await self.r.hset(P + "passwords", user, argon2_hash)
+
+    async def password_hash(self, user: str) -> str | None:
+        v = await self.r.hget(P + "passwords", user)
+        return None if v is None else str(v)
+
+    async def set_device_secret(self, device_id: str, mosquitto_hash: str) -> None:
+        await self.r.hset(P + "device-secrets", device_id, mosquitto_hash)
+
+    async def device_secrets(self) -> dict[str, str]:
+        return dict(await self.r.hgetall(P + "device-secrets"))
+
+    async def put_token(self, digest: str, user: str, ttl_s: int) -> None:
+        await self.r.set(P + "token:" + digest, user, ex=ttl_s)
+
+    async def token_user(self, digest: str) -> str | None:
+        v = await self.r.get(P + "token:" + digest)
+        return None if v is None else str(v)
+
+    async def delete_token(self, digest: str) -> None:
+        await self.r.delete(P + "token:" + digest)
+
+    # -- users -----------------------------------------------------------------------------
+
+    async def create_user(self, user: User, argon2_hash: str) -> bool:
+        """Atomically create ``user``; False if the name is taken."""
+        async with self.r.pipeline(transaction=True) as p:
+            await p.watch(self.users.key)
+            if await p.hexists(self.users.key, user.name):
+                await p.unwatch()
+                return False
+            p.multi()
+            p.hset(self.users.key, user.name, user.model_dump_json())
+            p.hset(P + "passwords", user.name, argon2_hash)
+            await p.execute()
+        return True
+
+    # -- zones -----------------------------------------------------------------------------
+
+    async def import_zones(self, zones: list[Zone]) -> int:
+        """Load the zone tree from a data file into an empty store; returns zones added.
+
+        Only zones that are not stored yet are added: settings an operator changed through
+        the API (quiet hours, approval) survive a restart with the same data file.
+        """
+        existing = set(await self.r.hkeys(self.zones.key))
+        new = {z.id: z for z in zones if z.id not in existing}
+        await self.zones.put_many(new)
+        return len(new)
+
+    # -- broadcasts and reach --------------------------------------------------------------
+
+    async def next_broadcast_id(self) -> int:
+        return int(await self.r.incr(P + "broadcast-seq"))
+
+    async def put_broadcast(self, rec: BroadcastRecord) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.broadcasts.key, str(rec.id), rec.model_dump_json())
+            p.zadd(P + "broadcasts-by-time", {str(rec.id): rec.created})
+            await p.execute()
+
+    async def recent_broadcasts(self, limit: int = 100, offset: int = 0) -> list[BroadcastRecord]:
+        ids = await self.r.zrevrange(P + "broadcasts-by-time", offset, offset + limit - 1)
+        return [b for b in await self.broadcasts.many(ids) if b is not None]
+
+    async def broadcasts_between(self, t0: float, t1: float) -> list[BroadcastRecord]:
+        ids = await self.r.zrangebyscore(P + "broadcasts-by-time", t0, t1)
+        return [b for b in await self.broadcasts.many(ids) if b is not None]
+
+    async def record_played(self, broadcast: int, speaker: str, event: dict[str, Any]) -> None:
+        await self.r.hset(f"{P}reach:{broadcast}", speaker, json.dumps(event))
+
+    async def played(self, broadcast: int) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(f"{P}reach:{broadcast}")
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    # -- presence history (for availability reports) ---------------------------------------
+
+    async def set_presence(self, device_id: str, p: Presence) -> bool:
+        """Store ``p``; returns True (and logs the transition) if the state changed."""
+        old = await self.presence.get(device_id)
+        changed = old is None or old.state != p.state
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.presence.key, device_id, p.model_dump_json())
+            if changed:
+                pipe.xadd(P + "presence-log", {"device": device_id, "state": p.state,
+                                               "ts": repr(p.ts)})
+            await pipe.execute()
+        return changed
+
+    async def presence_log(self, t0: float, t1: float) -> list[tuple[float, str, str]]:
+        """(ts, device, state) transitions with t0 <= ts < t1, oldest first."""
+        out: list[tuple[float, str, str]] = []
+        start = f"{int(t0 * 1000)}-0"
+        while True:
+            batch = await self.r.xrange(P + "presence-log", min=start, max="+", count=1000)
+            for _, f in batch:
+                ts = float(f["ts"])
+                if ts >= t1:
+                    return out
+                if ts >= t0:
+                    out.append((ts, f["device"], f["state"]))
+            if len(batch) < 1000:
+                return out
+            start = "(" + batch[-1][0]
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def audit(self, entry: AuditEntry) -> str:
+        data = entry.model_dump(mode="json", exclude={"id"})
+        fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v)
+                  for k, v in data.items()}
+        return str(await self.r.xadd(P + "audit", fields))
+
+    async def audit_page(self, before: str = "+", count: int = 500) -> tuple[
+            list[AuditEntry], str | None]:
+        """Entries older than stream id ``before`` ("+": newest), newest first, and the
+        ``before`` of the next page (None at the oldest)."""
+        rows = await self.r.xrevrange(P + "audit", max=before, min="-", count=count)
+        nxt = "(" + rows[-1][0] if len(rows) == count else None
+        return [_audit_entry(sid, f) for sid, f in rows], nxt
+
+
+def _audit_entry(sid: str, f: dict[str, str]) -> AuditEntry:
+    return AuditEntry(id=sid, ts=float(f["ts"]), user=f["user"], action=f["action"],
+                      target=f.get("target", ""), zones=json.loads(f.get("zones", "[]")),
+                      outcome=f.get("outcome", "ok"), detail=json.loads(f.get("detail", "{}")))
