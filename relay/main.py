@@ -5,7 +5,9 @@ Configuration, lowest precedence first: built-in defaults, ``--config FILE.toml`
 socket is opened; a bad value exits with status 2 and a message naming the field. On startup
 the process prints one JSON line, ``{"media": "host:port", "http": "http://host:port"}``, so a
 parent (``loa up``, tests) learns the bound ports; logs go to stderr. SIGINT/SIGTERM send BYE
-upstream and exit. This module is wiring only: no protocol logic lives here.
+upstream and exit. With ``mqtt_url`` set the relay joins the MQTT control plane
+(``relay/mqtt.py``, ``docs/mqtt.md``); the broker being away never affects the fan-out. This
+module is wiring only: no protocol logic lives here.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from streamer.config import Addr, ConfigError, Static, load
+from streamer.config import Addr, ConfigError, Static, check_range, load
+from streamer.control.fleet import DeviceLink, parse_mqtt_url, read_password_file
+from streamer.control.messages import valid_device_id
 from streamer.rtp.packet import ssrc_for
 
 from .fanout import FanoutEndpoint
 from .http import add_media_routes
+from .mqtt import RelayDevice
 from .upstream import Upstream
 
 log = logging.getLogger("loa.relay")
@@ -48,6 +53,11 @@ class RelayConfig:
     failover_s: float = 3.0
     linger_s: float = 3.0
     log_level: str = "INFO"
+    mqtt_url: str | None = None
+    mqtt_user: str = ""
+    mqtt_password_file: str | None = None
+    mqtt_keepalive_s: int = 30
+    telemetry_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -61,6 +71,19 @@ class RelayConfig:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
+        check_range("mqtt_keepalive_s", self.mqtt_keepalive_s, 1, 3600)
+        check_range("telemetry_s", self.telemetry_s, 0.2, 86_400)
+        if self.mqtt_url:
+            try:
+                parse_mqtt_url(self.mqtt_url)
+            except ValueError as e:
+                raise ConfigError("mqtt_url", str(e)) from None
+            if not self.mqtt_password_file:
+                raise ConfigError("mqtt_password_file", "required with mqtt_url")
+            if not valid_device_id(self.id):
+                raise ConfigError("id", f"{self.id!r} cannot name MQTT topics "
+                                        "(letters, digits, '.', '_', '-')")
+            self.mqtt_user = self.mqtt_user or self.id
 
 
 def load_config(
@@ -80,13 +103,27 @@ def load_config(
     ap.add_argument("--failover-s", type=float)
     ap.add_argument("--linger-s", type=float)
     ap.add_argument("--log-level")
+    ap.add_argument("--mqtt-url", help="join the control plane: mqtt://host:port (or mqtts://)")
+    ap.add_argument("--mqtt-user", help="MQTT user name (default: the relay id)")
+    ap.add_argument("--mqtt-password-file", help="file whose first line is the MQTT password")
+    ap.add_argument("--mqtt-keepalive-s", type=int, help="MQTT keepalive (default 30)")
+    ap.add_argument("--telemetry-s", type=float, help="telemetry period (default 10)")
     args = vars(ap.parse_args(argv))
     return load(RelayConfig, args, env_prefix="LOA_RELAY_", path=args.pop("config"), env=env,
                 section="relay")
 
 
+def mqtt_password(cfg: RelayConfig) -> str:
+    assert cfg.mqtt_password_file is not None
+    try:
+        return read_password_file(cfg.mqtt_password_file)
+    except (OSError, ValueError) as e:  # the message names the file, never its content
+        raise ConfigError("mqtt_password_file", f"{cfg.mqtt_password_file}: {e}") from None
+
+
 async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    password = mqtt_password(cfg) if cfg.mqtt_url else None
     registry = CollectorRegistry()
     upstream: Upstream | None = None
 
@@ -126,10 +163,18 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
           flush=True)
     log.info("relay %s: media %s, http %s, upstream %s", cfg.id, _fmt(media), _fmt(http_addr),
              ", ".join(_fmt(a) for a in cfg.upstream))
+    link: DeviceLink | None = None
+    if cfg.mqtt_url and password is not None:
+        link = DeviceLink(RelayDevice(fanout, upstream), url=cfg.mqtt_url, device_id=cfg.id,
+                          user=cfg.mqtt_user, password=password, registry=registry,
+                          telemetry_s=cfg.telemetry_s, keepalive_s=cfg.mqtt_keepalive_s)
+        link.start()
     try:
         await stop.wait()
     finally:
         log.info("relay %s stopping", cfg.id)
+        if link is not None:
+            await link.close()  # says offline while the broker can still hear us
         upstream.close()  # BYE upstream before the socket closes
         fanout.close()
         await runner.cleanup()
@@ -167,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(_main())
+    except ConfigError as e:
+        print(f"loa relay: bad configuration: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"loa relay: {e}", file=sys.stderr)
         return 1

@@ -24,7 +24,10 @@ from relay.http import add_media_routes
 from streamer.config import ConfigError, check_range
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
+from streamer.control.devices import Devices
+from streamer.control.fleet import Fleet, read_password_file
 from streamer.control.plane import Plane
+from streamer.control.presence import FleetRecorder
 from streamer.control.state import State
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
@@ -49,15 +52,22 @@ class StreamerConfig:
     redis_url: str = ""
     #: where the first admin's credentials are written when the store has no user yet
     admin_credentials: str = ""
+    #: MQTT broker of the fleet ("" = no fleet control); the streamer's own login
+    mqtt_url: str = ""
+    mqtt_user: str = "streamer"
+    mqtt_password_file: str = ""
+    #: directory where the broker reads ``passwd``/``acl`` and writes ``mosquitto.pid``:
+    #: the streamer keeps them in step with the device registry ("" = managed elsewhere)
+    mqtt_broker_dir: str = ""
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
         if self.ptime_ms not in (20, 40, 60):
             raise ConfigError("ptime_ms", "must be 20, 40 or 60")
         check_range("bitrate", self.bitrate, 6_000, 510_000)
         check_range("media_port", self.media_port, 0, 65_535)
         check_range("http_port", self.http_port, 0, 65_535)
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
 
 class FrameLoop:
@@ -120,9 +130,17 @@ class Streamer:
         self.state = State(cfg.redis_url)
         clips = ClipLibrary(Path(cfg.var_dir) / "clips")
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state)
+        password = read_password_file(cfg.mqtt_password_file) if cfg.mqtt_password_file else ""
+        devices = Devices(self.state, broker_dir=cfg.mqtt_broker_dir,
+                          service_user=cfg.mqtt_user, service_password=password)
+        recorder = FleetRecorder(self.state, self.registry)
         self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
-                           self.mixer, self.registry)
+                           self.mixer, self.registry, devices, recorder)
         await self.plane.load()
+        if cfg.mqtt_url:
+            self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
+                                     self.registry)
+            await self.plane.fleet.start()
         await self.broadcasts.recover()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
@@ -143,6 +161,8 @@ class Streamer:
                  self.http_url)
 
     async def close(self) -> None:
+        if self.plane.fleet is not None:
+            await self.plane.fleet.close()
         self.frames.cancel()
         self.fanout.close()
         await self.runner.cleanup()

@@ -27,6 +27,10 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--var-dir")
     p.add_argument("--redis-url", help="state store (default: $LOA_REDIS_URL)")
     p.add_argument("--admin-credentials", help="file for the first admin's password")
+    p.add_argument("--mqtt-url", help="fleet broker (default: $LOA_MQTT_URL)")
+    p.add_argument("--mqtt-user")
+    p.add_argument("--mqtt-password-file")
+    p.add_argument("--mqtt-broker-dir", help="keep this broker's passwd/acl in step")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

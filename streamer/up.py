@@ -1,7 +1,10 @@
 """``loa up``: the whole stack on one machine, for a first run, demos and end-to-end tests.
 
-Starts the streamer, one relay and simulated speakers on the sample zone tree as child
-processes, each of which prints one JSON line with its addresses; writes ``var/loa-up.json``
+Starts private ``redis-server`` and Mosquitto under ``var/`` (unless ``LOA_REDIS_URL`` /
+``LOA_MQTT_URL`` point at existing ones), then the streamer, one relay and simulated speakers
+on the sample zone tree as child processes, each of which prints one JSON line with its
+addresses. The relay and speakers are registered through the API as the first admin, each
+with its own broker login (password files under ``var/secrets/``). Writes ``var/loa-up.json``
 (documented in the README) for scripts and ops tools; on Ctrl-C or SIGTERM stops every child
 and waits for it. A child that dies takes the stack down rather than leaving it half-alive.
 """
@@ -18,6 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
+from streamer.control import broker
+from streamer.control.broker import Mosquitto
 from streamer.control.services import RedisServer, Service, ServiceError
 
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
@@ -87,6 +94,25 @@ async def up(args: argparse.Namespace) -> int:
         services.append(redis)
         redis_url = redis.url
     credentials = var / "admin-credentials.json"
+    mqtt_url = os.environ.get("LOA_MQTT_URL", "")
+    mqtt_dir = var / "mosquitto"
+    streamer_password = mqtt_dir / "streamer.password"
+    if not mqtt_url:  # a private mosquitto; the streamer keeps its logins and ACL in step
+        mosquitto = Mosquitto(mqtt_dir)
+        mqtt_dir.mkdir(parents=True, exist_ok=True)
+        password = broker.new_password()
+        _write_secret(streamer_password, password)
+        mosquitto.set_accounts([broker.Account(broker.STREAMER_USER,
+                                               broker.hash_password(password), "service")])
+        try:
+            await asyncio.to_thread(mosquitto.start)
+        except ServiceError as e:
+            print(f"loa up: {e}", file=sys.stderr)
+            _stop_services(services)
+            return 1
+        services.append(mosquitto)
+        mqtt_url = mosquitto.url
+    mqtt_args = ["--mqtt-url", mqtt_url]
     children: list[Child] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,22 +124,27 @@ async def up(args: argparse.Namespace) -> int:
             "--media-host", host, "--media-port", "0", "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
             "--redis-url", redis_url, "--admin-credentials", str(credentials),
+            *mqtt_args, "--mqtt-user", broker.STREAMER_USER,
+            *(["--mqtt-password-file", str(streamer_password), "--mqtt-broker-dir",
+                str(mqtt_dir)] if streamer_password.exists() else []),
         ], logs)
         children.append(streamer)
+        chosen = SAMPLE_SPEAKERS[: args.speakers]
+        secrets = await _provision(str(streamer.info["http"]), credentials, var / "secrets",
+                                   ["relay-1"], chosen)
         relay = await _spawn("relay-1", [
             "relay", "--id", "relay-1", "--media", f"{host}:0", "--http", f"{host}:0",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
-            "--ptime-ms", str(args.ptime_ms),
+            "--ptime-ms", str(args.ptime_ms), *_mqtt("relay-1", mqtt_url, secrets),
         ], logs)
         children.append(relay)
-        chosen = SAMPLE_SPEAKERS[: args.speakers]
         # speakers start in parallel: each takes a second to import numpy, opus and friends
         spawned = await asyncio.gather(*(_spawn(sid, [
             "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
             # the relay first; the streamer itself if the relay is down
             "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
             "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
-            "--delay-ms", str(args.delay_ms),
+            "--delay-ms", str(args.delay_ms), *_mqtt(sid, mqtt_url, secrets),
         ], logs) for sid, zone in chosen), return_exceptions=True)
         children += [c for c in spawned if isinstance(c, Child)]
         failed = [c for c in spawned if isinstance(c, BaseException)]
@@ -140,6 +171,7 @@ async def up(args: argparse.Namespace) -> int:
         "started": time.time(),
         "logs": str(logs),
         "redis_url": redis_url,
+        "mqtt_url": mqtt_url,
         # written by the streamer when it created the first admin (mode 0600); absent when
         # the state store already had users
         "admin_credentials": str(credentials),
@@ -170,6 +202,54 @@ async def up(args: argparse.Namespace) -> int:
     state_file.unlink(missing_ok=True)
     print("Loa stopped.", flush=True)
     return code
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _mqtt(device: str, mqtt_url: str, secrets: dict[str, Path]) -> list[str]:
+    if device not in secrets:
+        return []
+    return ["--mqtt-url", mqtt_url, "--mqtt-password-file", str(secrets[device])]
+
+
+async def _provision(url: str, credentials: Path, secrets_dir: Path, relays: list[str],
+                     speakers: list[tuple[str, str]]) -> dict[str, Path]:
+    """Register the relay and speakers through the API as the first admin (a fresh MQTT
+    password each run, kept in 0600 files); {} when there are no admin credentials here."""
+    try:
+        creds = json.loads(credentials.read_text())
+    except (OSError, ValueError):
+        print(f"loa up: no admin credentials in {credentials}; devices run without MQTT",
+              file=sys.stderr)
+        return {}
+    out: dict[str, Path] = {}
+    async with aiohttp.ClientSession(base_url=url) as http:
+        async with http.post("/api/v1/login", json=creds) as r:
+            if r.status != 200:
+                raise RuntimeError(f"cannot sign in as {creds.get('user')}: {await r.text()}")
+            headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        devices = [("relays", {"id": rid}) for rid in relays] + [
+            ("speakers", {"id": sid, "zone": zone}) for sid, zone in speakers]
+        for kind, body in devices:
+            async with http.post(f"/api/v1/{kind}", json=body, headers=headers) as r:
+                if r.status == 201:
+                    password = (await r.json())["mqtt"]["password"]
+                elif r.status == 409:  # registered by an earlier run: issue a new password
+                    async with http.post(f"/api/v1/{kind}/{body['id']}/credentials",
+                                         headers=headers) as r2:
+                        if r2.status != 201:
+                            raise RuntimeError(f"{body['id']}: {await r2.text()}")
+                        password = (await r2.json())["password"]
+                else:
+                    raise RuntimeError(f"cannot register {body['id']}: {await r.text()}")
+            out[str(body["id"])] = secrets_dir / f"{body['id']}.mqtt"
+            _write_secret(out[str(body["id"])], password)
+    return out
 
 
 def _stop_services(services: list[Service]) -> None:

@@ -10,7 +10,8 @@ from streamer.config import ConfigError, load
 
 def test_precedence_and_types(tmp_path: Path) -> None:
     f = tmp_path / "s.toml"
-    f.write_text('[streamer]\nhttp_port = 9000\nptime_ms = 40\nzones = "z.toml"\n')
+    f.write_text('[streamer]\nhttp_port = 9000\nptime_ms = 40\nzones = "z.toml"\n'
+                 'redis_url = "redis://10.0.0.5:6379/0"\n')
     cfg = load(StreamerConfig, {"ptime_ms": None}, env_prefix="LOA_STREAMER_", path=str(f),
                env={"LOA_STREAMER_HTTP_PORT": "9100"}, section="streamer")
     assert (cfg.http_port, cfg.ptime_ms, cfg.zones) == (9100, 40, "z.toml")
@@ -22,6 +23,8 @@ def test_precedence_and_types(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text, env, field", [
     ("nope = 1\n", {}, "config"),
+    ("", {}, "redis_url"),
+    ('redis_url = "localhost:6379"\n', {}, "redis_url"),
     ("ptime_ms = 30\n", {}, "ptime_ms"),
     ("http_port = true\n", {}, "http_port"),
     ("media_host = 5\n", {}, "media_host"),

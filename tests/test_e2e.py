@@ -196,3 +196,26 @@ def test_speakers_of_one_channel_play_in_sync(stack):
     xb = b.window(p["start"] - 0.05, p["end"] + 0.05)
     lag, corr = best_lag(xa, xb)
     assert corr > 0.95 and abs(lag - 0.05 * RATE) <= 48, (lag, corr)  # ≤ 1 ms apart
+
+
+def test_reach_confirms_every_speaker_of_a_province_wide_broadcast(stack):
+    """Proof of play over MQTT: each speaker reports the broadcast it actually played."""
+    url, token = stack["streamer_url"], stack["token"]
+    speakers_api = call(url, "GET", "/api/v1/speakers", token=token)["speakers"]
+    assert {s["id"] for s in speakers_api} == {s["id"] for s in stack["speakers"]}
+    assert all(s["presence"]["state"] == "online" for s in speakers_api)
+    b = broadcast(stack, zones=["brvt"], source={"kind": "tone", "hz": 800, "seconds": 1.0})
+    started = time.monotonic()
+    reach = {}
+    while time.monotonic() - started < 5.0:
+        reach = call(url, "GET", f"/api/v1/broadcasts/{b['id']}/reach", token=token)
+        if len(reach["confirmed"]) == len(stack["speakers"]):
+            break
+        time.sleep(0.2)
+    assert reach["expected"] == len(stack["speakers"]) == 6
+    assert sorted(r["id"] for r in reach["confirmed"]) == sorted(
+        s["id"] for s in stack["speakers"]), reach
+    assert reach["offline"] == [] and reach["ratio"] == 1.0
+    for r in reach["confirmed"]:  # the level each speaker measured is the tone's
+        assert abs(r["level_dbfs"] - (TARGET_LUFS - 0.7)) < 3.0, r
+        assert r["end"] - r["start"] > 0.9

@@ -9,6 +9,10 @@ under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
 Configuration, lowest precedence first: defaults, ``--config FILE.toml`` (same keys with
 underscores), environment ``LOA_SPEAKER_<KEY>`` (``LOA_SPEAKER_UPSTREAM`` comma-separated),
 command-line flags.
+
+With ``mqtt_url`` set the speaker also joins the MQTT control plane (``mqtt.py``,
+``docs/mqtt.md``): retained status with a last will, telemetry, proof of play, commands. The
+broker being away never affects playout.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamer.config import Addr, ConfigError, check_range, load
+from streamer.control.fleet import DeviceLink, parse_mqtt_url, read_password_file
+from streamer.control.messages import valid_device_id, valid_zone_id
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
+from .mqtt import SpeakerDevice, ToneOverlay
 from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
 from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
 
@@ -60,6 +67,12 @@ class SpeakerConfig:
     mute: bool = False
     http: Addr | None = None
     failover_s: float = 3.0
+    mqtt_url: str | None = None
+    mqtt_user: str = ""
+    mqtt_password_file: str | None = None
+    mqtt_keepalive_s: int = 30
+    telemetry_s: float = 10.0
+    zone: str = ""
 
     def __post_init__(self) -> None:
         if not self.channel:
@@ -70,6 +83,23 @@ class SpeakerConfig:
         check_range("delay_ms", self.delay_ms, 0, 10_000)
         check_range("volume", self.volume, 0, 100)
         check_range("failover_s", self.failover_s, 0.2, 3600)
+        check_range("mqtt_keepalive_s", self.mqtt_keepalive_s, 1, 3600)
+        check_range("telemetry_s", self.telemetry_s, 0.2, 86_400)
+        if self.zone and not valid_zone_id(self.zone):
+            raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
+        if self.mqtt_url:
+            try:
+                parse_mqtt_url(self.mqtt_url)
+            except ValueError as e:
+                raise ConfigError("mqtt_url", str(e)) from None
+            if not self.mqtt_password_file:
+                raise ConfigError("mqtt_password_file", "required with mqtt_url")
+            if not valid_device_id(self.id):
+                raise ConfigError("id", f"{self.id!r} cannot name MQTT topics "
+                                        "(letters, digits, '.', '_', '-')")
+            self.mqtt_user = self.mqtt_user or self.id
+            # a channel is named after its leaf zone
+            self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -89,6 +119,15 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /metrics here")
     p.add_argument("--failover-s", type=float,
                    help="move to the next upstream after this long without progress (default 3)")
+    p.add_argument("--mqtt-url", metavar="URL",
+                   help="join the control plane: mqtt://host:port (or mqtts://)")
+    p.add_argument("--mqtt-user", help="MQTT user name (default: the speaker id)")
+    p.add_argument("--mqtt-password-file", metavar="PATH",
+                   help="file whose first line is the MQTT password")
+    p.add_argument("--mqtt-keepalive-s", type=int,
+                   help="MQTT keepalive; the broker says offline after 1.5x (default 30)")
+    p.add_argument("--telemetry-s", type=float, help="telemetry period (default 10)")
+    p.add_argument("--zone", help="leaf zone id for group commands (default: the channel)")
     return p
 
 
@@ -290,19 +329,38 @@ def open_sink(cfg: SpeakerConfig, t0: float) -> Sink:
     return NullSink()
 
 
+def mqtt_password(cfg: SpeakerConfig) -> str:
+    assert cfg.mqtt_password_file is not None
+    try:
+        return read_password_file(cfg.mqtt_password_file)
+    except (OSError, ValueError) as e:  # the message names the file, never its content
+        raise ConfigError("mqtt_password_file", f"{cfg.mqtt_password_file}: {e}") from None
+
+
 async def serve(cfg: SpeakerConfig) -> int:
     """Run a speaker until SIGINT/SIGTERM; returns the exit status."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in cfg.bind[0] else socket.AF_INET
     upstreams = [await _resolve(u, family) for u in cfg.upstream]
+    password = mqtt_password(cfg) if cfg.mqtt_url else None
 
     t0 = time.time()
     sink = open_sink(cfg, t0)
+    overlay = None
+    if cfg.mqtt_url:  # the test tone and the telemetry level meter
+        sink = overlay = ToneOverlay(sink)
     play_log = PlayLog(cfg.log) if cfg.log else None
+    link: DeviceLink | None = None
+
+    def on_event(event: dict[str, Any]) -> None:
+        if play_log:
+            play_log.write(event)
+        if link is not None and event.get("event") == "play":
+            link.report_played(event)
+
     playout = Playout(
         sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
-        capacity=max(512, cfg.delay_ms // 5),
-        on_event=play_log.write if play_log else None,
+        capacity=max(512, cfg.delay_ms // 5), on_event=on_event,
     )
     if play_log:
         play_log.write({"event": "start", "t0": playout.timeline.t0, "rate_hz": RATE_HZ,
@@ -334,9 +392,19 @@ async def serve(cfg: SpeakerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
     tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker))]
+    if cfg.mqtt_url and password is not None and overlay is not None:
+        device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=playout,
+                               client=client, send=speaker.send, overlay=overlay,
+                               resolve=lambda addr: _resolve(addr, family))
+        link = DeviceLink(device, url=cfg.mqtt_url, device_id=cfg.id, user=cfg.mqtt_user,
+                          password=password, registry=registry, zone=cfg.zone or None,
+                          telemetry_s=cfg.telemetry_s, keepalive_s=cfg.mqtt_keepalive_s)
+        link.start()
     try:
         await stop.wait()
     finally:
+        if link is not None:
+            await link.close()  # says offline while the broker can still hear us
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -27,7 +27,10 @@ from streamer.zones import ZoneTree
 
 from . import auth
 from .broadcasts import Broadcasts, ClipLibrary
+from .devices import Devices
+from .fleet import Fleet
 from .models import DEFAULT_QUIET_HOURS, AuditEntry, Grant, Role, User, Zone, ancestors
+from .presence import FleetRecorder
 from .state import State
 
 log = logging.getLogger("loa.control")
@@ -43,7 +46,9 @@ class Plane:
     tts: TtsProvider
     mixer: Mixer
     registry: CollectorRegistry
-    fleet: Any = None
+    devices: Devices
+    recorder: FleetRecorder
+    fleet: Fleet | None = None
     scheduler: Any = None
     now: Callable[[], float] = time.time
     zones: dict[str, Zone] = field(default_factory=dict)
@@ -55,6 +60,8 @@ class Plane:
         if added:
             log.info("imported %d zones", added)
         self.zones = {z.id: z for z in await self.state.zones.all() if z.id in self.tree.zones}
+        await self.recorder.load()
+        await self.devices.sync_broker()
 
     # -- inherited zone settings ----------------------------------------------------------
 

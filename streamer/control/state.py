@@ -106,6 +106,23 @@ class State:
     async def device_secrets(self) -> dict[str, str]:
         return dict(await self.r.hgetall(P + "device-secrets"))
 
+    async def delete_device(self, kind: str, device_id: str) -> None:
+        """Remove a speaker or relay with its credentials, presence and telemetry."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(P + ("speakers" if kind == "speaker" else "relays"), device_id)
+            for key in ("device-secrets", "presence", "telemetry"):
+                p.hdel(P + key, device_id)
+            await p.execute()
+
+    async def set_telemetry(self, device_id: str, data: dict[str, Any]) -> None:
+        await self.r.hset(P + "telemetry", device_id, json.dumps(data))
+
+    async def telemetry(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        if not ids:
+            return []
+        raw = await self.r.hmget(P + "telemetry", ids)
+        return [None if v is None else json.loads(v) for v in raw]
+
     async def put_token(self, digest: str, user: str, ttl_s: int) -> None:
         await self.r.set(P + "token:" + digest, user, ex=ttl_s)
 
@@ -199,6 +216,27 @@ class State:
             if len(batch) < 1000:
                 return out
             start = "(" + batch[-1][0]
+
+    async def presence_before(self, t: float, devices: Iterable[str]) -> dict[str, str]:
+        """Each device's state as of ``t``: the state of its newest transition with ts < t.
+
+        Reads the presence log backwards from its newest entry and stops once every device
+        is found, so it costs the transitions logged since ``t`` plus the way back to the
+        oldest answer. Devices with no transition before ``t`` are left out (never seen).
+        """
+        want = set(devices)
+        out: dict[str, str] = {}
+        end = "+"
+        while want:
+            batch = await self.r.xrevrange(P + "presence-log", max=end, min="-", count=1000)
+            for _, f in batch:
+                if f["device"] in want and float(f["ts"]) < t:
+                    out[f["device"]] = f["state"]
+                    want.discard(f["device"])
+            if len(batch) < 1000:
+                break
+            end = "(" + batch[-1][0]
+        return out
 
     # -- audit -----------------------------------------------------------------------------
 

@@ -7,7 +7,16 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import approvals, audit, broadcasts, clips, session, users, zones  # noqa: F401
+from . import (  # noqa: F401 (each module declares its routes on API)
+    approvals,
+    audit,
+    broadcasts,
+    clips,
+    session,
+    speakers,
+    users,
+    zones,
+)
 from .core import API
 from .openapi import build
 

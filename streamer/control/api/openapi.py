@@ -18,7 +18,8 @@ REF = "#/components/schemas/{model}"
 _DESCRIPTIONS = {400: "Bad input: the field is named", 401: "No valid bearer token",
                  403: "Not allowed in these zones (audited)", 404: "Not found",
                  409: "Conflicts with the current state", 413: "Body too large",
-                 503: "State store unavailable"}
+                 503: "State store or broker unavailable",
+                 504: "The device did not acknowledge in time"}
 
 
 class _Schemas:
@@ -64,11 +65,12 @@ def build(operations: list[Operation], title: str = "Loa API", version: str = "1
         elif op.upload is not None:
             entry["requestBody"] = {"required": True, "content": op.upload}
         ok: dict[str, Any] = {"description": "OK"}
-        if op.produces is not None:
-            ok["content"] = op.produces
-        elif op.response is not None:
-            ok["content"] = {"application/json": {
-                "schema": schemas.ref(op.response, "serialization")}}
+        content: dict[str, Any] = {}
+        if op.response is not None:  # with produces too: one operation, two representations
+            content["application/json"] = {"schema": schemas.ref(op.response, "serialization")}
+        content.update(op.produces or {})
+        if content:
+            ok["content"] = content
         responses: dict[str, Any] = {str(op.status): ok}
         errors = set(op.errors) | ({413} if op.body or op.upload else set())
         for status in sorted(errors):

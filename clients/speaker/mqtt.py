@@ -1,0 +1,229 @@
+"""The speaker's side of the MQTT control plane: what it reports and what it obeys.
+
+:class:`SpeakerDevice` is the speaker as a ``streamer.control.fleet.DeviceLink`` sees it:
+status, telemetry, the commands of ``docs/mqtt.md`` (volume, mute, reconnect, upstream list,
+test tone, token refresh) and the retained desired config. :class:`ToneOverlay` sits between
+the playout and the real sink: it plays the installer's test tone and meters the output level
+for telemetry. Nothing here may block or stop playout: commands change a few fields the
+playout reads on its next frame, and a command that cannot be carried out is answered
+``ok: false`` naming the field, never raised.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from streamer.config import Addr, ConfigError, parse_hostport
+from streamer.control.fleet import CommandFailed
+from streamer.control.messages import (
+    SPEAKER_COMMANDS,
+    DeviceConfig,
+    RefreshToken,
+    SetUpstream,
+    SetVolume,
+    SpeakerTelemetry,
+    Status,
+    Strict,
+    TestTone,
+    finite,
+)
+from streamer.rtp.subscribe import ClientState, SubscribeClient
+
+from .output import Sink
+from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, volume_gain
+
+#: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
+#: to check a horn and far from clipping whatever is playing under it
+TEST_TONE_PEAK = 0.25
+
+try:
+    VERSION = metadata.version("loa")
+except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    VERSION = "dev"
+
+
+def fmt_addr(addr: Addr) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+class ToneOverlay:
+    """A :class:`Sink` wrapper: adds the test tone to what passes through (silence included)
+    and keeps the sum of squares of the output for :meth:`take_level_dbfs`."""
+
+    def __init__(self, sink: Sink, rate_hz: int = RATE_HZ) -> None:
+        self.sink = sink
+        self.rate_hz = rate_hz
+        self._tone_left = 0
+        self._phase = 0.0
+        self._step = 0.0
+        self._amp = 0.0
+        self._sumsq = 0.0
+        self._samples = 0
+        self._work = np.zeros(MAX_FRAME, dtype=np.float64)
+        self._mixed = np.zeros(MAX_FRAME, dtype=np.int16)
+
+    def start_tone(self, hz: float, seconds: float, gain: float) -> None:
+        self._step = 2 * math.pi * hz / self.rate_hz
+        self._amp = TEST_TONE_PEAK * 32767 * gain
+        self._tone_left = round(seconds * self.rate_hz)
+
+    @property
+    def tone_playing(self) -> bool:
+        return self._tone_left > 0
+
+    def write(self, pcm: np.ndarray) -> None:
+        for i in range(0, len(pcm), MAX_FRAME):
+            self._write_chunk(pcm[i : i + MAX_FRAME])
+
+    def _write_chunk(self, pcm: np.ndarray) -> None:
+        n = len(pcm)
+        work = self._work[:n]
+        np.copyto(work, pcm, casting="unsafe")
+        if self._tone_left:
+            k = min(n, self._tone_left)
+            t = self._phase + self._step * np.arange(k)
+            work[:k] += self._amp * np.sin(t)
+            self._phase = float((self._phase + self._step * k) % (2 * math.pi))
+            self._tone_left -= k
+            np.clip(work, -32768, 32767, out=work)
+            out = self._mixed[:n]
+            np.copyto(out, work, casting="unsafe")
+            pcm = out
+        self._sumsq += float(np.dot(work, work))
+        self._samples += n
+        self.sink.write(pcm)
+
+    def write_silence(self, n: int) -> None:
+        while self._tone_left and n > 0:
+            k = min(n, self._tone_left, MAX_FRAME)
+            self._write_chunk(np.zeros(k, dtype=np.int16))
+            n -= k
+        if n > 0:
+            self._samples += n
+            self.sink.write_silence(n)
+
+    def take_level_dbfs(self) -> float:
+        """RMS level of the output since the last call (full-scale square wave = 0 dB)."""
+        sumsq, n = self._sumsq, self._samples
+        self._sumsq, self._samples = 0.0, 0
+        if n == 0 or sumsq <= 0:
+            return LEVEL_FLOOR_DBFS
+        return round(max(10 * math.log10(sumsq / n / 32768.0**2), LEVEL_FLOOR_DBFS), 2)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+Send = Callable[[list[tuple[bytes, Addr]]], None]
+Resolve = Callable[[Addr], Awaitable[Addr]]
+
+
+class SpeakerDevice:
+    """The speaker as its DeviceLink sees it (``streamer.control.fleet.Device``)."""
+
+    kind = "speaker"
+    commands = SPEAKER_COMMANDS
+
+    def __init__(self, *, channel: str, zone: str | None, playout: Playout,
+                 client: SubscribeClient, send: Send, overlay: ToneOverlay,
+                 resolve: Resolve) -> None:
+        self.channel = channel
+        self.zone = zone
+        self.playout = playout
+        self.client = client
+        self.send = send
+        self.overlay = overlay
+        self.resolve = resolve
+        self.started = time.monotonic()
+        self._received = 0
+        self._lost = 0
+
+    # ------------------------------------------------------------------ reports
+
+    def status(self) -> Status:
+        return Status(state="online", ts=time.time(), zone=self.zone, channel=self.channel,
+                      upstream=fmt_addr(self.client.upstream), version=VERSION)
+
+    def telemetry(self) -> SpeakerTelemetry:
+        p, jb = self.playout, self.playout.jitter
+        received, lost = jb.received - self._received, jb.lost - self._lost
+        self._received, self._lost = jb.received, jb.lost
+        return SpeakerTelemetry(
+            ts=time.time(),
+            buffer_ms=round(jb.depth * p.ptime_s * 1000, 1),
+            loss_ratio=round(lost / (received + lost), 4) if received + lost else 0.0,
+            level_dbfs=finite(self.overlay.take_level_dbfs(), LEVEL_FLOOR_DBFS),
+            volume=p.volume_pct, muted=p.muted,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            upstream=fmt_addr(self.client.upstream),
+        )
+
+    def state(self) -> dict[str, Any]:
+        c = self.client
+        return {"volume": self.playout.volume_pct, "muted": self.playout.muted,
+                "upstream": fmt_addr(c.upstream), "upstreams": [fmt_addr(u) for u in c.upstreams],
+                "subscribed": c.state is ClientState.SUBSCRIBED,
+                "test_tone": self.overlay.tone_playing}
+
+    # ------------------------------------------------------------------ commands
+
+    async def execute(self, cmd: str, args: Strict) -> None:
+        p = self.playout
+        if isinstance(args, SetVolume):
+            p.set_volume(args.volume)
+        elif cmd == "mute":
+            p.muted = True
+        elif cmd == "unmute":
+            p.muted = False
+        elif cmd == "reconnect":
+            self._handshake(self.client.upstreams)
+        elif isinstance(args, SetUpstream):
+            upstreams = await self._resolve_all(args.upstream)
+            self._handshake(upstreams)
+        elif isinstance(args, TestTone):
+            # Played even when muted: an installer on the ladder wants to hear the horn; at the
+            # current volume, so they hear what the villagers will.
+            self.overlay.start_tone(args.hz, args.seconds, volume_gain(p.volume_pct))
+        elif isinstance(args, RefreshToken):
+            # Sent in the next HELLO/SUBSCRIBE; the current subscription stays as it is.
+            self.client.token = args.token.encode()
+        elif cmd != "ping":
+            raise CommandFailed(f"cmd: {cmd} is not implemented by this speaker")
+
+    async def configure(self, cfg: DeviceConfig) -> None:
+        if cfg.volume is not None:
+            self.playout.set_volume(cfg.volume)
+        if cfg.muted is not None:
+            self.playout.muted = cfg.muted
+        if cfg.upstream is not None:
+            upstreams = await self._resolve_all(cfg.upstream)
+            if upstreams != self.client.upstreams:  # a reconnect must not re-handshake
+                self._handshake(upstreams)
+
+    async def _resolve_all(self, texts: list[str]) -> list[Addr]:
+        out: list[Addr] = []
+        for text in texts:
+            try:
+                out.append(await self.resolve(parse_hostport(text, "upstream")))
+            except ConfigError as e:
+                raise CommandFailed(f"args.{e}") from None
+        return out
+
+    def _handshake(self, upstreams: list[Addr]) -> None:
+        """BYE the current upstream, then HELLO the first of ``upstreams``: the handshake and
+        failover timers of :class:`SubscribeClient` take it from there."""
+        c = self.client
+        if c.state is ClientState.SUBSCRIBED:
+            self.send(c.close())
+        c.upstreams = list(upstreams)
+        c.index = 0
+        self.send(c.start(time.monotonic()))

@@ -1,0 +1,294 @@
+"""Speakers and relays: provisioning (with their broker credentials, shown once), presence and
+telemetry, and commands over MQTT with acknowledgements, one speaker or a whole zone."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from streamer.control import auth
+from streamer.control.messages import DeviceConfig
+from streamer.control.models import DeviceId, Presence, Relay, Speaker, ZoneId
+from streamer.control.schemas import BadRequest, Body
+
+from .core import API, ApiError, Conflict, Ctx, NotFound
+
+
+class SpeakerIn(Body):
+    id: DeviceId
+    zone: ZoneId = Field(description="the leaf zone (channel) it plays")
+    name: str = Field("", max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    relays: list[str] = Field(default_factory=list, max_length=16,
+                              description='ordered upstreams, "host:port"')
+
+
+class SpeakerPatch(Body):
+    zone: ZoneId | None = None
+    name: str | None = Field(None, max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    relays: list[str] | None = Field(None, max_length=16)
+
+
+class RelayIn(Body):
+    id: DeviceId
+    media: str = Field("", max_length=300)
+    http: str = Field("", max_length=300)
+    zone: ZoneId | None = None
+
+
+class Credentials(BaseModel):
+    user: str
+    password: str = Field(description="shown once; stored only as a hash")
+
+
+class SpeakerOut(Speaker):
+    presence: Presence
+    telemetry: dict[str, Any] | None = None
+
+
+class Provisioned(BaseModel):
+    speaker: Speaker | None = None
+    relay: Relay | None = None
+    mqtt: Credentials
+
+
+class SpeakerList(BaseModel):
+    speakers: list[SpeakerOut]
+
+
+class RelayList(BaseModel):
+    relays: list[Relay]
+
+
+class SpeakerQuery(BaseModel):
+    zone: ZoneId | None = None
+
+
+class CommandIn(Body):
+    cmd: str = Field(pattern=r"^[a-z_]{1,32}$", description="set_volume, mute, unmute, "
+                     "reconnect, set_upstream, test_tone, refresh_token")
+    args: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(5.0, gt=0, le=30)
+
+
+class AckOut(BaseModel):
+    speaker: str
+    id: str
+    ok: bool
+    error: str | None = None
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class ZoneCommandOut(BaseModel):
+    correlation: str
+    acks: list[AckOut]
+
+
+def _relays(value: list[str]) -> list[str]:
+    from streamer.config import ConfigError, parse_hostport
+
+    for r in value:
+        try:
+            parse_hostport(r, "relays")
+        except ConfigError as e:
+            raise BadRequest("relays", str(e)) from None
+    return value
+
+
+def _leaf(ctx: Ctx, zone: str) -> str:
+    tree = ctx.services.tree
+    if zone not in tree.zones or not tree.zones[zone].is_leaf:
+        raise BadRequest("zone", f"{zone!r} is not a leaf zone (channel)")
+    return zone
+
+
+async def _speaker(ctx: Ctx) -> Speaker:
+    sid = ctx.path("id")[:64]
+    s = await ctx.services.state.speakers.get(sid)
+    if s is None or not auth.allowed(ctx.me, auth.VIEW, s.zone):
+        raise NotFound(f"speaker {sid!r}")
+    return s
+
+
+def _fleet(ctx: Ctx) -> Any:
+    if ctx.services.fleet is None:
+        raise ApiError(503, "no MQTT broker configured (mqtt_url)", None)
+    return ctx.services.fleet
+
+
+@API.route("GET", "/api/v1/speakers", summary="Speakers you can see, with presence and "
+           "telemetry", tag="speakers", query=SpeakerQuery, response=SpeakerList)
+async def list_speakers(ctx: Ctx) -> SpeakerList:
+    q: SpeakerQuery = ctx.query
+    state = ctx.services.state
+    speakers = sorted((s for s in await state.speakers.all()
+                       if auth.allowed(ctx.me, auth.VIEW, s.zone)
+                       and (q.zone is None or s.zone == q.zone or s.zone.startswith(q.zone + "."))),
+                      key=lambda s: s.id)
+    ids = [s.id for s in speakers]
+    presence = await state.presence.many(ids)
+    telemetry = await state.telemetry(ids)
+    return SpeakerList(speakers=[
+        SpeakerOut(**s.model_dump(), presence=p or Presence(), telemetry=t)
+        for s, p, t in zip(speakers, presence, telemetry, strict=True)])
+
+
+@API.route("POST", "/api/v1/speakers", summary="Register a speaker; returns its MQTT password "
+           "once", tag="speakers", body=SpeakerIn, response=Provisioned, status=201)
+async def create_speaker(ctx: Ctx) -> Provisioned:
+    b: SpeakerIn = ctx.body
+    ctx.require(auth.ADMIN, [_leaf(ctx, b.zone)], "register speakers")
+    plane = ctx.services
+    if await plane.state.speakers.get(b.id) or await plane.state.relays.get(b.id):
+        raise Conflict(f"device {b.id!r} exists (POST …/credentials issues a new password)",
+                       "id")
+    speaker = Speaker(**b.model_dump(exclude={"relays"}), relays=_relays(b.relays),
+                      created=time.time())
+    await plane.state.speakers.put(speaker.id, speaker)
+    password = await plane.devices.set_password(speaker.id)
+    await plane.devices.sync_broker()
+    plane.recorder.zone_of[speaker.id] = speaker.zone
+    await ctx.audit("create_speaker", speaker.id, [speaker.zone])
+    return Provisioned(speaker=speaker, mqtt=Credentials(user=speaker.id, password=password))
+
+
+@API.route("GET", "/api/v1/speakers/{id}", summary="One speaker", tag="speakers",
+           response=SpeakerOut)
+async def get_speaker(ctx: Ctx) -> SpeakerOut:
+    s = await _speaker(ctx)
+    state = ctx.services.state
+    return SpeakerOut(**s.model_dump(), presence=await state.presence.get(s.id) or Presence(),
+                      telemetry=(await state.telemetry([s.id]))[0])
+
+
+@API.route("PATCH", "/api/v1/speakers/{id}", summary="Move, rename or re-home a speaker",
+           tag="speakers", body=SpeakerPatch, response=Speaker)
+async def patch_speaker(ctx: Ctx) -> Speaker:
+    b: SpeakerPatch = ctx.body
+    s = await _speaker(ctx)
+    zones = [s.zone] + ([_leaf(ctx, b.zone)] if b.zone else [])
+    ctx.require(auth.ADMIN, zones, "change speakers")
+    changes = b.model_dump(exclude_unset=True)
+    if "relays" in changes:
+        _relays(changes["relays"] or [])
+    s = s.model_copy(update=changes)
+    plane = ctx.services
+    await plane.state.speakers.put(s.id, s)
+    if b.zone:
+        plane.recorder.zone_of[s.id] = s.zone
+        await plane.devices.sync_broker()  # its zone commands follow it
+    if b.relays and plane.fleet is not None:
+        await plane.fleet.push_config(s.id, DeviceConfig(upstream=b.relays))
+    await ctx.audit("patch_speaker", s.id, zones, **changes)
+    return s
+
+
+@API.route("DELETE", "/api/v1/speakers/{id}", summary="Remove a speaker and its login",
+           tag="speakers", response=Speaker)
+async def delete_speaker(ctx: Ctx) -> Speaker:
+    s = await _speaker(ctx)
+    ctx.require(auth.ADMIN, [s.zone], "remove speakers")
+    await ctx.services.devices.delete("speaker", s.id)
+    ctx.services.recorder.forget(s.id)
+    await ctx.audit("delete_speaker", s.id, [s.zone])
+    return s
+
+
+@API.route("POST", "/api/v1/speakers/{id}/credentials", summary="Issue a new MQTT password "
+           "(the old one stops working)", tag="speakers", response=Credentials, status=201)
+async def speaker_credentials(ctx: Ctx) -> Credentials:
+    s = await _speaker(ctx)
+    ctx.require(auth.ADMIN, [s.zone], "issue speaker credentials")
+    password = await ctx.services.devices.set_password(s.id)
+    await ctx.services.devices.sync_broker()
+    await ctx.audit("speaker_credentials", s.id, [s.zone])
+    return Credentials(user=s.id, password=password)
+
+
+@API.route("POST", "/api/v1/speakers/{id}/commands", summary="Command one speaker and wait for "
+           "its ack", tag="speakers", body=CommandIn, response=AckOut,
+           errors=(400, 401, 403, 404, 409, 503, 504))
+async def command_speaker(ctx: Ctx) -> AckOut:
+    b: CommandIn = ctx.body
+    s = await _speaker(ctx)
+    ctx.require(auth.OPERATE, [s.zone], "command speakers")
+    fleet = _fleet(ctx)
+    await ctx.audit("command_speaker", s.id, [s.zone], cmd=b.cmd, args=b.args)
+    try:
+        ack = await fleet.command("speaker", s.id, b.cmd, b.args, timeout_s=b.timeout_s)
+    except TimeoutError as e:
+        raise ApiError(504, str(e), "id") from None
+    return AckOut(speaker=s.id, **ack.model_dump())
+
+
+@API.route("POST", "/api/v1/zones/{id}/commands", summary="Command every speaker in a zone; "
+           "collects acks for timeout_s", tag="speakers", body=CommandIn,
+           response=ZoneCommandOut)
+async def command_zone(ctx: Ctx) -> ZoneCommandOut:
+    b: CommandIn = ctx.body
+    zone = ctx.path("id")[:400]
+    if zone not in ctx.services.zones or not auth.visible(ctx.me, zone):
+        raise NotFound(f"zone {zone[:64]!r}")
+    ctx.require(auth.OPERATE, [zone], "command speakers")
+    fleet = _fleet(ctx)
+    await ctx.audit("command_zone", zone, [zone], cmd=b.cmd, args=b.args)
+    result = await fleet.zone_command(zone, b.cmd, b.args, timeout_s=b.timeout_s)
+    return ZoneCommandOut(correlation=result.id, acks=[
+        AckOut(speaker=sid, **a.model_dump()) for sid, a in sorted(result.acks.items())])
+
+
+@API.route("GET", "/api/v1/relays", summary="Registered relays", tag="relays",
+           response=RelayList)
+async def list_relays(ctx: Ctx) -> RelayList:
+    return RelayList(relays=sorted(await ctx.services.state.relays.all(), key=lambda r: r.id))
+
+
+@API.route("POST", "/api/v1/relays", summary="Register a relay; returns its MQTT password once",
+           tag="relays", body=RelayIn, response=Provisioned, status=201)
+async def create_relay(ctx: Ctx) -> Provisioned:
+    b: RelayIn = ctx.body
+    ctx.require(auth.ADMIN, [b.zone] if b.zone else [], "register relays")
+    plane = ctx.services
+    if b.zone and b.zone not in plane.zones:
+        raise BadRequest("zone", f"unknown zone {b.zone!r}")
+    if await plane.state.relays.get(b.id) or await plane.state.speakers.get(b.id):
+        raise Conflict(f"device {b.id!r} exists", "id")
+    relay = Relay(**b.model_dump(), created=time.time())
+    await plane.state.relays.put(relay.id, relay)
+    password = await plane.devices.set_password(relay.id)
+    await plane.devices.sync_broker()
+    await ctx.audit("create_relay", relay.id, [b.zone] if b.zone else [])
+    return Provisioned(relay=relay, mqtt=Credentials(user=relay.id, password=password))
+
+
+async def _relay(ctx: Ctx) -> Relay:
+    rid = ctx.path("id")[:64]
+    r = await ctx.services.state.relays.get(rid)
+    if r is None:
+        raise NotFound(f"relay {rid!r}")
+    ctx.require(auth.ADMIN, [r.zone] if r.zone else [], "manage relays")
+    return r
+
+
+@API.route("POST", "/api/v1/relays/{id}/credentials", summary="Issue a new MQTT password",
+           tag="relays", response=Credentials, status=201)
+async def relay_credentials(ctx: Ctx) -> Credentials:
+    r = await _relay(ctx)
+    password = await ctx.services.devices.set_password(r.id)
+    await ctx.services.devices.sync_broker()
+    await ctx.audit("relay_credentials", r.id, [r.zone] if r.zone else [])
+    return Credentials(user=r.id, password=password)
+
+
+@API.route("DELETE", "/api/v1/relays/{id}", summary="Remove a relay and its login",
+           tag="relays", response=Relay)
+async def delete_relay(ctx: Ctx) -> Relay:
+    r = await _relay(ctx)
+    await ctx.services.devices.delete("relay", r.id)
+    await ctx.audit("delete_relay", r.id, [r.zone] if r.zone else [])
+    return r
