@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet, read_password_file
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
+from streamer.control.scheduler import Scheduler
 from streamer.control.state import State
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
@@ -142,6 +144,7 @@ class Streamer:
                                      self.registry)
             await self.plane.fleet.start()
         await self.broadcasts.recover()
+        self.plane.scheduler = await self._scheduler()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         app = web.Application(client_max_size=80 * 1024 * 1024)
@@ -160,7 +163,21 @@ class Streamer:
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
                  self.http_url)
 
+    async def _scheduler(self) -> Scheduler:
+        """The schedules in Redis, fired on their frames by the mixer (``scheduler.py``)."""
+        b = self.broadcasts
+        scheduler = Scheduler(
+            self.mixer, b.prepare_scheduled, b.channels_of, self.plane.quiet_for,
+            on_fired=b.fired, on_skipped=b.skipped, on_cancelled=b.cancelled)
+        last = {k: datetime.fromtimestamp(v, UTC) for k, v in
+                (await self.state.last_fired()).items()}
+        scheduler.load(await self.state.schedules.all(), last_fired=last)
+        self.scheduling = asyncio.create_task(scheduler.run())
+        return scheduler
+
     async def close(self) -> None:
+        self.scheduling.cancel()
+        await self.plane.scheduler.close()
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.frames.cancel()

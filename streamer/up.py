@@ -184,9 +184,9 @@ async def up(args: argparse.Namespace) -> int:
     print(f"Loa is up.\n  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
           f"  relay      {relay.info['http']}\n  speakers   {len(speakers)}, recording to "
           f"{spk_dir}\n  state      {state_file}\n  listen     {url}/listen/"
-          f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl broadcast --zone "
-          f"brvt.vung-tau.thang-tam --tone 1000 --seconds 5\n  admin      credentials "
-          f"in {credentials}\nCtrl-C stops everything.",
+          f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl login && loa ctl broadcast "
+          f"--zone brvt.vung-tau.thang-tam --tone 1000 --seconds 5 --wait-reach\n"
+          f"  admin      credentials in {credentials}\nCtrl-C stops everything.",
           flush=True)
     waits = [asyncio.create_task(c.proc.wait()) for c in children]
     stopper = asyncio.create_task(stop.wait())

@@ -209,9 +209,15 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(stream
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
         "response_schema_conformance", "--phases", "examples,coverage,fuzzing",
         "--max-examples", "20", "--workers", "1", "--seed", "7", "--no-color",
-        "--exclude-path", "/api/v1/logout", "--request-timeout", "30",
+        # logout would revoke the token the run uses; fleet commands wait seconds for acks
+        # from speakers (covered with real speakers in tests/test_e2e.py and test_mqtt.py)
+        "--exclude-path", "/api/v1/logout",
+        "--exclude-path-regex", "^/api/v1/(speakers|zones)/\\{id\\}/commands$",
+        "--request-timeout", "30",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-6000:]
+    first = min((i for i in (text.find(" FAILURES "), text.find(" ERRORS ")) if i >= 0),
+                default=max(0, len(text) - 8000))
+    assert proc.returncode == 0, text[first:][:8000]
     assert "passed" in text.lower()

@@ -4,6 +4,7 @@ speakers recorded (their WAVs are anchored to wall time, see the README)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,8 +87,6 @@ def stack(tmp_path_factory):
     assert not state_file.exists()
     for spk in state["speakers"]:  # every child was stopped
         with pytest.raises(ProcessLookupError):
-            import os
-
             os.kill(spk["pid"], 0)
 
 
@@ -219,3 +218,50 @@ def test_reach_confirms_every_speaker_of_a_province_wide_broadcast(stack):
     for r in reach["confirmed"]:  # the level each speaker measured is the tone's
         assert abs(r["level_dbfs"] - (TARGET_LUFS - 0.7)) < 3.0, r
         assert r["end"] - r["start"] > 0.9
+
+
+def test_volume_command_through_the_api_lowers_what_the_speaker_plays(stack):
+    """Operator → API → MQTT → speaker → ack, and the recorded level drops by 6 dB."""
+    url, token = stack["streamer_url"], stack["token"]
+    spk = speakers(stack, "brvt.con-dao")[0]
+    before = broadcast(stack, zones=[spk.zone], source={"kind": "tone", "hz": 500, "seconds": 1})
+    wait_for(lambda: spk.plays(before["id"]))
+    ack = call(url, "POST", f"/api/v1/speakers/{spk.id}/commands",
+               {"cmd": "set_volume", "args": {"volume": 50}}, token=token)
+    assert ack["acked"] and ack["ok"] and ack["state"]["volume"] == 50, ack
+    after = broadcast(stack, zones=[spk.zone], source={"kind": "tone", "hz": 500, "seconds": 1})
+    wait_for(lambda: spk.plays(after["id"]))
+    call(url, "POST", f"/api/v1/speakers/{spk.id}/commands",
+         {"cmd": "set_volume", "args": {"volume": 100}}, token=token)
+    levels = [spk.plays(b["id"])[0]["level_dbfs"] for b in (before, after)]
+    # volume 50 on the speaker's dB law (clients/speaker/playout.py)
+    from clients.speaker.playout import volume_gain
+
+    assert abs((levels[1] - levels[0]) - 20 * np.log10(volume_gain(50))) < 0.5, levels
+    entry = call(url, "GET", "/api/v1/audit?action=command_speaker", token=token)["entries"][0]
+    assert entry["target"] == spk.id and entry["user"] == "admin"
+
+
+def test_loa_ctl_commands_real_speakers_over_mqtt(stack, tmp_path):
+    """The operator CLI as a process: demo sign-in, a speaker command and a zone command,
+    acknowledged by the real speakers through the real broker."""
+    env = {**os.environ, "LOA_CTL_TOKEN_FILE": str(tmp_path / "token.json"),
+           "LOA_URL": stack["streamer_url"]}
+    var = Path(stack["admin_credentials"]).parent
+
+    def ctl(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "streamer.cli", "ctl", *args], env=env,
+                              cwd=var.parent, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (tmp_path / "pw").write_text(json.loads(Path(stack["admin_credentials"]).read_text())
+                                 ["password"])
+    ctl("login", "--user", "admin", "--password-file", str(tmp_path / "pw"))
+    spk = speakers(stack, "brvt.chau-duc.kim-long")[0]
+    out = ctl("speaker", spk.id, "volume", "80")
+    assert f"speaker {spk.id}: set_volume ok (volume 80" in out
+    out = ctl("zone-command", "brvt.chau-duc.kim-long", "set_volume", "volume=100")
+    assert "2 acks, 2 ok" in out, out
+    listing = ctl("speakers", "--zone", "brvt.chau-duc.kim-long")
+    assert sum(line.split()[2:3] == ["online"] for line in listing.splitlines()) == 2, listing

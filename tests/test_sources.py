@@ -340,3 +340,11 @@ def test_tts_source_uses_the_given_provider() -> None:
     provider = Recorder()
     clip = tts_source("chào", provider)
     assert provider.texts == ["chào"] and clip.length == 10
+
+
+def test_tts_refuses_text_that_would_speak_for_longer_than_the_limit():
+    """5,000 digits are 5,000 spoken words (23 minutes): refused fast, with a clear reason."""
+    from streamer.mixer.sources.tts import MAX_SPEECH_S, EspeakProvider, TtsError
+
+    with pytest.raises(TtsError, match=f"more than {MAX_SPEECH_S / 60:g} minutes"):
+        EspeakProvider().synthesize("0" * 5000)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,14 @@ from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
 from streamer.mixer.sources.base import Source
 
-from .models import BroadcastRecord, BroadcastState
+from .models import AuditEntry, BroadcastRecord, BroadcastState
+from .schedules import RelaySource, Schedule
 from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
 
 log = logging.getLogger(__name__)
 
-SourceIn = ToneSource | TtsSource | ClipSource
+SourceIn = ToneSource | TtsSource | ClipSource | RelaySource
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Broadcasts:
         self.state = state
         self.tts = tts or EspeakProvider()
         self.live: dict[int, BroadcastRecord] = {}  # handed to the mixer, not finished yet
-        self._order = itertools.count(1)
+        self.booked: dict[int, BroadcastRecord] = {}  # scheduled, prepared, not aired yet
         self._writes: set[asyncio.Task[None]] = set()
         mixer.on_finished = self._finished
 
@@ -129,13 +131,16 @@ class Broadcasts:
         return rec
 
     def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None) -> None:
-        item = Item(rec.id, Priority[rec.priority.upper()], source, next(self._order))
+        item = Item(rec.id, Priority[rec.priority.upper()], source, 0)
         rec.started = time.time()
         self.live[rec.id] = rec
         self.mixer.start(item, self.channels_of(rec.zones), **(
             {"at_frame": at_frame} if at_frame is not None else {}))
 
     def _build_source(self, s: SourceIn) -> tuple[Source, dict[str, Any]]:
+        if isinstance(s, RelaySource):
+            raise BadRequest("source.kind", "relaying a pulled stream (kind relay) is not "
+                             "supported yet; schedule a clip, text or tone")
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
@@ -173,15 +178,57 @@ class Broadcasts:
         if rec is not None and rec.state == BroadcastState.QUEUED:
             rec.state, rec.ended = BroadcastState.DONE, time.time()
             log.info("broadcast %d done", bid)
-            task = asyncio.get_running_loop().create_task(self._persist(rec))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            self._write(self.state.put_broadcast(rec), f"broadcast {bid}: its end")
 
-    async def _persist(self, rec: BroadcastRecord) -> None:
-        try:
-            await self.state.put_broadcast(rec)
-        except Exception:  # Redis away: the record stays "queued" and recover() settles it
-            log.exception("broadcast %d: could not record its end", rec.id)
+    def _write(self, write: Coroutine[Any, Any, Any], what: str) -> None:
+        """Persist from a synchronous callback (mixer, scheduler) without blocking a frame.
+        If Redis is away the write is lost and logged; playout goes on regardless."""
+        async def run() -> None:
+            try:
+                await write
+            except Exception:
+                log.exception("could not record %s", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    # -- scheduled airing (the Scheduler's callbacks, see scheduler.py) ------------------------
+
+    async def prepare_scheduled(self, s: Schedule, occ: datetime) -> Item:
+        """Build the occurrence's source ahead of time; its record is written when it airs."""
+        built, desc = await self.build(s.source)
+        rec = BroadcastRecord(
+            id=await self.state.next_broadcast_id(), zones=list(s.zones), priority=s.priority,
+            source=desc, label=s.label, created=time.time(), created_by=s.created_by,
+            channels=len(self.channels_of(list(s.zones))), schedule=s.id,
+            override_quiet_hours=s.override_quiet_hours)
+        self.booked[rec.id] = rec
+        return Item(rec.id, Priority[s.priority.upper()], built, 0)
+
+    def fired(self, s: Schedule, occ: datetime, item: Item) -> None:
+        rec = self.booked.pop(item.id, None)
+        if rec is None:
+            return
+        rec.started = occ.timestamp()
+        self.live[rec.id] = rec
+        log.info("schedule %s: broadcast %d airs at %s", s.id, rec.id, occ.isoformat())
+        self._write(self.state.put_broadcast(rec), f"broadcast {rec.id}")
+        self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
+
+    def skipped(self, s: Schedule, occ: datetime, reason: str) -> None:
+        for bid in [b for b, r in self.booked.items() if r.schedule == s.id]:
+            del self.booked[bid]
+        log.warning("schedule %s: occurrence %s skipped: %s", s.id, occ.isoformat(), reason)
+        self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
+        self._write(self.state.audit(AuditEntry(
+            ts=time.time(), user="-", action="schedule_skipped", target=s.id, zones=list(s.zones),
+            outcome="skipped", detail={"occurrence": occ.isoformat(), "reason": reason})),
+            f"schedule {s.id}: skip")
+
+    def cancelled(self, s: Schedule, occ: datetime, item: Item | None) -> None:
+        if item is not None:
+            self.booked.pop(item.id, None)
 
     async def get(self, bid: int) -> BroadcastRecord | None:
         return self.live.get(bid) or await self.state.broadcasts.get(bid)

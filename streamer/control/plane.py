@@ -7,6 +7,7 @@ The plane is the API handlers' only dependency (``Ctx.services``), which keeps t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,11 +15,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dateutil import tz
 from prometheus_client import CollectorRegistry
 
 from streamer.mixer.mixer import Mixer
@@ -31,10 +31,11 @@ from .devices import Devices
 from .fleet import Fleet
 from .models import DEFAULT_QUIET_HOURS, AuditEntry, Grant, Role, User, Zone, ancestors
 from .presence import FleetRecorder
+from .schedules import QuietHours, in_quiet_hours
 from .state import State
 
 log = logging.getLogger("loa.control")
-LOCAL_TZ = "Asia/Ho_Chi_Minh"
+_parse_quiet = functools.lru_cache(maxsize=256)(QuietHours.parse)  # a few distinct settings
 
 
 @dataclass
@@ -83,13 +84,14 @@ class Plane:
                    for z in zones for leaf in self.tree.leaves(z) for a in ancestors(leaf)
                    if a in self.zones)
 
+    def quiet_for(self, zone_id: str) -> QuietHours | None:
+        return _parse_quiet(self.quiet_hours(zone_id))
+
     def quiet_now(self, zones: list[str], when: float | None = None) -> list[str]:
         """Leaf zones under ``zones`` that are in their quiet hours at ``when``."""
-        local = datetime.fromtimestamp(self.now() if when is None else when,
-                                       tz.gettz(LOCAL_TZ))
-        minute = local.hour * 60 + local.minute
+        at = datetime.fromtimestamp(self.now() if when is None else when, UTC)
         return [leaf for z in zones for leaf in self.tree.leaves(z)
-                if in_quiet_hours(self.quiet_hours(leaf), minute)]
+                if in_quiet_hours(self.quiet_for(leaf), at)]
 
     # -- first admin ------------------------------------------------------------------------
 
@@ -113,10 +115,3 @@ class Plane:
         log.info("created the first admin %r; credentials in %s", name, credentials_path)
         return True
 
-
-def in_quiet_hours(spec: str, minute_of_day: int) -> bool:
-    """Whether local minute ``minute_of_day`` falls in ``"HH:MM-HH:MM"`` (may wrap midnight)."""
-    if not spec:
-        return False
-    a, b = (int(p[:2]) * 60 + int(p[3:]) for p in spec.split("-"))
-    return a <= minute_of_day < b if a <= b else minute_of_day >= a or minute_of_day < b

@@ -27,6 +27,7 @@ from .models import (
     User,
     Zone,
 )
+from .schedules import Schedule
 
 P = "loa:"
 M = TypeVar("M", bound=BaseModel)
@@ -84,6 +85,7 @@ class State:
         self.presence = Collection(self.r, "presence", Presence)
         self.clips = Collection(self.r, "clips", ClipMeta)
         self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord)
+        self.schedules = Collection(self.r, "schedules", Schedule)
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -186,6 +188,31 @@ class State:
     async def played(self, broadcast: int) -> dict[str, dict[str, Any]]:
         raw = await self.r.hgetall(f"{P}reach:{broadcast}")
         return {k: json.loads(v) for k, v in raw.items()}
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    async def next_schedule_id(self) -> str:
+        return f"s{int(await self.r.incr(P + 'schedule-seq'))}"
+
+    async def set_last_fired(self, schedule_id: str, ts: float) -> None:
+        await self.r.hset(P + "schedule-last-fired", schedule_id, repr(ts))
+
+    async def last_fired(self) -> dict[str, float]:
+        raw = await self.r.hgetall(P + "schedule-last-fired")
+        return {k: float(v) for k, v in raw.items()}
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.schedules.key, schedule_id)
+            p.hdel(P + "schedule-last-fired", schedule_id)
+            await p.execute()
+
+    async def delete_broadcast(self, bid: int) -> None:
+        """Only for a record prepared ahead of a scheduled occurrence that never aired."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.broadcasts.key, str(bid))
+            p.zrem(P + "broadcasts-by-time", str(bid))
+            await p.execute()
 
     # -- presence history (for availability reports) ---------------------------------------
 

@@ -1,14 +1,19 @@
 """The mixer: every leaf channel's program, rendered, limited, encoded and packetized per frame.
 
 ``start``/``stop`` change which items reach which channels; ``tick(k)`` produces frame ``k``
-of every channel and hands each RTP datagram to ``publish``. Channels that play the same thing
-share one :class:`Program` and so one mix, one Opus encode and one packet; per channel only
-the sequence number, timestamp and SSRC are patched in before the datagram is copied out.
+of every channel and hands each RTP datagram to ``publish``. A start may be booked for a later
+frame (a schedule fires on the frame that matches its wall-clock time) and given an end frame (a
+relay window is cut at its end); both are applied at the top of ``tick``, before the frame is
+mixed, so they are exact to the sample whatever the event loop's timing. Channels that play
+the same thing share one :class:`Program` and so one mix, one Opus encode and one packet; per
+channel only the sequence number, timestamp and SSRC are patched in before the datagram is
+copied out.
 Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +31,16 @@ from .program import Item, Program
 Publish = Callable[[str, bytes], None]
 SR_INTERVAL_FRAMES = 50
 _SEQ_TS_SSRC = struct.Struct("!HII")  # bytes 2-11 of the RTP header
+
+
+@dataclass(eq=False, slots=True)
+class _Booking:
+    """A start booked for a later frame."""
+
+    at_frame: int
+    item: Item
+    channel_ids: list[str]
+    end_frame: int | None
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +63,12 @@ class MixerMetrics:
             registry=registry)
         self.programs = Gauge("loa_mixer_programs", "Distinct programs", registry=registry)
         self.items = Gauge("loa_mixer_items", "Broadcast items in the mixer", registry=registry)
+        self.booked = Gauge("loa_mixer_booked_items", "Items booked to start on a later frame",
+                            registry=registry)
+        self.late_starts = Counter(
+            "loa_mixer_late_starts_total",
+            "Items booked for a frame that had already passed when they were started",
+            registry=registry)
 
 
 class Mixer:
@@ -77,16 +98,52 @@ class Mixer:
             self.channels[cid] = Channel(cid, ssrc, silence, ts0=ssrc * 7919 & 0xFFFF_FFFF)
             silence.channels.add(cid)
         self.items: dict[int, Item] = {}
+        #: the frame the next ``tick`` produces (one past the last one produced)
+        self.next_frame = 0
+        self._booked: dict[int, _Booking] = {}
+        self._booked_first: int | None = None  # earliest booked frame: one compare per tick
+        self._ends: dict[int, int] = {}  # item id -> end frame
+        self._ends_first: int | None = None
+        # Arrival order decides between items of one level (first come, first served), so it
+        # is taken when an item reaches the channels, not when it was booked.
+        self._arrivals = itertools.count(1)
         self.codec_delay_s = OpusEncoder(clock.frame_samples).lookahead_samples / 48_000
 
     # ------------------------------------------------------------------ commands
 
-    def start(self, item: Item, channel_ids: Iterable[str]) -> int:
-        """Put ``item`` into the given channels; returns how many channels it reached."""
+    def start(self, item: Item, channel_ids: Iterable[str], at_frame: int | None = None,
+              end_frame: int | None = None) -> int:
+        """Put ``item`` into the given channels; returns how many channels it reaches.
+
+        With ``at_frame`` the item's first sample is the first sample of that frame (or it
+        starts at once, counted late, if that frame has passed). With ``end_frame`` it is taken
+        out at the start of that frame (fading out over ``fade_ms``) and ``on_finished`` is
+        called, as when a source runs out.
+        """
+        ids = list(dict.fromkeys(channel_ids))
+        for cid in ids:
+            if cid not in self.channels:
+                raise KeyError(cid)
+        first = self.next_frame if at_frame is None else max(at_frame, self.next_frame)
+        if end_frame is not None and end_frame <= first:
+            raise ValueError(f"end frame {end_frame} is not after the start frame {first}")
+        if at_frame is not None and at_frame > self.next_frame:
+            self._booked[item.id] = _Booking(at_frame, item, ids, end_frame)
+            if self._booked_first is None or at_frame < self._booked_first:
+                self._booked_first = at_frame
+            self.metrics.booked.set(len(self._booked))
+            return len(ids)
+        if at_frame is not None and at_frame < self.next_frame:
+            self.metrics.late_starts.inc()
+        return self._start_now(item, ids, end_frame)
+
+    def _start_now(self, item: Item, channel_ids: list[str], end_frame: int | None) -> int:
         by_program: dict[int, tuple[Program, list[Channel]]] = {}
         for cid in channel_ids:
             ch = self.channels[cid]
             by_program.setdefault(id(ch.program), (ch.program, []))[1].append(ch)
+        if by_program and item.id not in self.items:
+            item.order = next(self._arrivals)
         for program, chans in by_program.values():
             if len(chans) == len(program.channels):
                 program.add(item)  # every channel of the program: change it in place
@@ -100,16 +157,31 @@ class Mixer:
             self.programs.append(forked)
         if by_program:
             self.items[item.id] = item
+            if end_frame is not None:
+                self._ends[item.id] = end_frame
+                if self._ends_first is None or end_frame < self._ends_first:
+                    self._ends_first = end_frame
         return sum(len(c) for _, c in by_program.values())
 
     def stop(self, item_id: int) -> bool:
-        """Take an item out of every channel (it fades out where it was playing)."""
+        """Take an item out of every channel (it fades out where it was playing), or cancel
+        its booking if it has not started yet."""
+        if self._booked.pop(item_id, None) is not None:
+            self._booked_first = min((b.at_frame for b in self._booked.values()), default=None)
+            self.metrics.booked.set(len(self._booked))
+            return True
         if item_id not in self.items:
             return False
         for program in self.programs:
             program.remove(item_id)
         del self.items[item_id]
+        self._ends.pop(item_id, None)
         return True
+
+    def booked(self, item_id: int) -> int | None:
+        """The frame an item is booked to start on, or None if it is not waiting to start."""
+        b = self._booked.get(item_id)
+        return None if b is None else b.at_frame
 
     def on_air(self, item_id: int) -> list[str]:
         """Channels where the item is the one playing now."""
@@ -120,6 +192,12 @@ class Mixer:
     def tick(self, k: int) -> None:
         n = self.clock.frame_samples
         finished: list[int] = []
+        # Ends before starts: a window that ends where the next one begins hands over cleanly.
+        if self._ends_first is not None and self._ends_first <= k:
+            self._end_due(k)
+        if self._booked_first is not None and self._booked_first <= k:
+            self._start_due(k)
+        self.next_frame = k + 1
         # Stamp what a packet *decodes* to: the decoder's output lags the encoder's input by
         # the lookahead, so its first sample was captured that much earlier. Speakers (and any
         # abs-capture-time receiver) then place audio exactly, with no codec knowledge.
@@ -164,6 +242,28 @@ class Mixer:
         if finished:
             self._settle(finished)
 
+    def _end_due(self, k: int) -> None:
+        due = [iid for iid, f in self._ends.items() if f <= k]
+        for iid in due:
+            del self._ends[iid]
+            if self.stop(iid):
+                self.on_finished(iid)
+        self._ends_first = min(self._ends.values(), default=None)
+
+    def _start_due(self, k: int) -> None:
+        due = sorted((b for b in self._booked.values() if b.at_frame <= k),
+                     key=lambda b: b.at_frame)  # stable: same frame keeps booking order
+        for b in due:
+            del self._booked[b.item.id]
+            if b.at_frame < k:  # the clock skipped over its frame after a stall
+                self.metrics.late_starts.inc()
+            if b.end_frame is not None and b.end_frame <= k:
+                self.on_finished(b.item.id)  # its whole window was skipped over
+                continue
+            self._start_now(b.item, b.channel_ids, b.end_frame)
+        self._booked_first = min((b.at_frame for b in self._booked.values()), default=None)
+        self.metrics.booked.set(len(self._booked))
+
     def _merge(self) -> None:
         """Programs that became identical (e.g. all back to silence) share one encode again."""
         alive = [p for p in self.programs if p.channels]
@@ -190,4 +290,5 @@ class Mixer:
         still = {i for p in self.programs for i in p.items}
         for item_id in set(finished):
             if item_id not in still and self.items.pop(item_id, None) is not None:
+                self._ends.pop(item_id, None)
                 self.on_finished(item_id)

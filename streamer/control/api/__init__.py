@@ -12,6 +12,8 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     audit,
     broadcasts,
     clips,
+    reports,
+    schedules,
     session,
     speakers,
     users,

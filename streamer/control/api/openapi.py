@@ -18,8 +18,7 @@ REF = "#/components/schemas/{model}"
 _DESCRIPTIONS = {400: "Bad input: the field is named", 401: "No valid bearer token",
                  403: "Not allowed in these zones (audited)", 404: "Not found",
                  409: "Conflicts with the current state", 413: "Body too large",
-                 503: "State store or broker unavailable",
-                 504: "The device did not acknowledge in time"}
+                 503: "State store or broker unavailable"}
 
 
 class _Schemas:

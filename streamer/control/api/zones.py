@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from streamer.control import auth
 from streamer.control.models import QUIET_RE, Zone, valid_zone_id
+from streamer.control.schedules import QuietHours
 from streamer.control.schemas import Body
 
 from .core import API, Ctx, NotFound
@@ -78,6 +79,8 @@ async def patch_zone(ctx: Ctx) -> ZoneNode:
     zid = _zone_id(ctx)
     body: ZonePatch = ctx.body
     ctx.require(auth.ADMIN, [zid], "change zone settings")
+    if body.quiet_hours:
+        QuietHours.parse(body.quiet_hours)  # refuses e.g. 10:00-10:00, naming the field
     plane = ctx.services
     z = plane.zones[zid].model_copy()
     changes = body.model_dump(exclude_none=True, exclude={"inherit_quiet_hours"})

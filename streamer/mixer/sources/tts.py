@@ -41,6 +41,11 @@ def check_text(text: str) -> str:
     return text
 
 
+#: Longest speech one text may give. Loudness normalisation costs ~20 ms per second of audio,
+#: so this also bounds how long a TTS request can keep a worker thread busy (~12 s).
+MAX_SPEECH_S = 600.0
+
+
 class EspeakProvider:
     """Offline Vietnamese voice from ``espeak-ng``: robotic but always available."""
 
@@ -82,8 +87,11 @@ class EspeakProvider:
             stderr = done.stderr.decode("utf-8", "replace").strip()[-300:]
             raise TtsError(f"{self.binary} failed with exit code {done.returncode}: {stderr}")
         try:
-            samples = decode_bytes(done.stdout)
+            samples = decode_bytes(done.stdout, max_seconds=MAX_SPEECH_S)
         except ClipError as exc:
+            if "longer than" in str(exc):  # e.g. thousands of digits, each read as a word
+                raise TtsError(f"the text would take more than {MAX_SPEECH_S / 60:g} minutes "
+                               "to speak; split it into several bulletins") from None
             raise TtsError(f"{self.binary} produced no usable audio: {exc}") from exc
         # Text with nothing to pronounce ("...") gives a valid but silent WAV.
         if not np.any(samples):

@@ -1,0 +1,178 @@
+"""Schedules (RFC 5545 RRULE or one-off, optional window) and their approval.
+
+Every change is validated by the :class:`~streamer.control.schedules.Schedule` model (in a
+worker thread: proving that an odd rule ever fires can take a second of CPU), checked against
+the quiet hours of every target channel over the coming year, stored, and handed to the
+running scheduler, which keeps airing the last good set if Redis goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from streamer.control import auth
+from streamer.control.schedules import (
+    Schedule,
+    ScheduleSource,
+    check_quiet_hours,
+    next_occurrence,
+)
+from streamer.control.schemas import BadRequest, Body, Priority, Zones
+
+from .broadcasts import _check_zones
+from .core import API, ApiError, Ctx, NotFound
+
+
+class ScheduleIn(Body):
+    zones: Zones
+    priority: Priority = "normal"
+    source: ScheduleSource
+    rrule: str | None = Field(None, max_length=2000, description="RFC 5545 RRULE")
+    dtstart: datetime | None = Field(None, description="local date-time the rule counts from")
+    at: datetime | None = Field(None, description="local date-time of a one-off")
+    duration_s: float | None = Field(None, description="a window: cut after this long")
+    tz: str = Field("Asia/Ho_Chi_Minh", max_length=64)
+    enabled: bool = True
+    override_quiet_hours: bool = False
+    label: str = Field("", max_length=200)
+
+
+class SchedulePatch(Body):
+    zones: Zones | None = None
+    priority: Priority | None = None
+    source: ScheduleSource | None = None
+    rrule: str | None = Field(None, max_length=2000)
+    dtstart: datetime | None = None
+    at: datetime | None = None
+    duration_s: float | None = None
+    tz: str | None = Field(None, max_length=64)
+    enabled: bool | None = None
+    override_quiet_hours: bool | None = None
+    label: str | None = Field(None, max_length=200)
+
+
+class ScheduleOut(Schedule):
+    next: datetime | None = Field(None, description="next occurrence (aware, local)")
+    last_fired: datetime | None = None
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
+
+
+def _out(ctx: Ctx, s: Schedule, last: float | None) -> ScheduleOut:
+    after = datetime.fromtimestamp(ctx.services.now(), UTC)
+    nxt = next_occurrence(s, after) if s.active else None
+    return ScheduleOut(**s.model_dump(), next=nxt,
+                       last_fired=None if last is None else datetime.fromtimestamp(last, UTC))
+
+
+async def _schedule(ctx: Ctx) -> Schedule:
+    sid = ctx.path("id")[:64]
+    s = await ctx.services.state.schedules.get(sid) if sid.isascii() else None
+    if s is None or not any(auth.visible(ctx.me, z) for z in s.zones):
+        raise NotFound(f"schedule {sid!r}")
+    return s
+
+
+async def _admit(ctx: Ctx, fields: dict[str, Any]) -> Schedule:
+    """Validate, authorise and check quiet hours; the one path for create and change."""
+    plane = ctx.services
+    zones = _check_zones(ctx, list(fields["zones"]))
+    emergency = fields.get("priority") == "emergency"
+    ctx.require(auth.EMERGENCY if emergency else auth.OPERATE, zones, "schedule broadcasts")
+    if fields.get("override_quiet_hours"):
+        ctx.require(auth.ADMIN, zones, "override quiet hours")
+    fields["approved"] = emergency or not plane.requires_approval(zones)
+    s = await asyncio.to_thread(Schedule.model_validate, fields)
+    if s.source.kind == "relay":
+        raise BadRequest("source.kind", "relaying a pulled stream is not supported yet; "
+                         "schedule a clip, text or tone window")
+    leaves = plane.broadcasts.channels_of(zones)
+    try:
+        await asyncio.to_thread(check_quiet_hours, s, plane.quiet_for,
+                                after=datetime.fromtimestamp(plane.now(), UTC), zones=leaves)
+    except BadRequest as e:  # the schedule is fine; the clock and the zones say no
+        raise ApiError(409, e.message, e.field) from None
+    if next_occurrence(s, datetime.fromtimestamp(plane.now(), UTC)) is None:
+        raise BadRequest("at" if s.at else "rrule", "never occurs after now")
+    return s
+
+
+async def _store(ctx: Ctx, s: Schedule) -> None:
+    await ctx.services.state.schedules.put(s.id, s)
+    if ctx.services.scheduler is not None:
+        ctx.services.scheduler.upsert(s)
+
+
+@API.route("POST", "/api/v1/schedules", summary="Schedule a bulletin or a window",
+           tag="schedules", body=ScheduleIn, response=ScheduleOut, status=201)
+async def create_schedule(ctx: Ctx) -> ScheduleOut:
+    b: ScheduleIn = ctx.body
+    fields = b.model_dump(exclude_none=True)
+    fields.update(id=await ctx.services.state.next_schedule_id(), created_by=ctx.me.name)
+    s = await _admit(ctx, fields)
+    await _store(ctx, s)
+    await ctx.audit("create_schedule", s.id, list(s.zones), rrule=s.rrule,
+                    at=s.at.isoformat() if s.at else None, priority=s.priority,
+                    override_quiet_hours=s.override_quiet_hours, approved=s.approved)
+    return _out(ctx, s, None)
+
+
+@API.route("GET", "/api/v1/schedules", summary="Schedules in zones you can see",
+           tag="schedules", response=ScheduleList)
+async def list_schedules(ctx: Ctx) -> ScheduleList:
+    state = ctx.services.state
+    last = await state.last_fired()
+    mine = [s for s in await state.schedules.all() if any(auth.visible(ctx.me, z)
+                                                             for z in s.zones)]
+    return ScheduleList(schedules=[_out(ctx, s, last.get(s.id))
+                                   for s in sorted(mine, key=lambda s: s.id)])
+
+
+@API.route("GET", "/api/v1/schedules/{id}", summary="One schedule", tag="schedules",
+           response=ScheduleOut)
+async def get_schedule(ctx: Ctx) -> ScheduleOut:
+    s = await _schedule(ctx)
+    return _out(ctx, s, (await ctx.services.state.last_fired()).get(s.id))
+
+
+@API.route("PATCH", "/api/v1/schedules/{id}", summary="Change a schedule (validated again; "
+           "a change to what airs needs approval again where required)", tag="schedules",
+           body=SchedulePatch, response=ScheduleOut)
+async def patch_schedule(ctx: Ctx) -> ScheduleOut:
+    b: SchedulePatch = ctx.body
+    old = await _schedule(ctx)
+    ctx.require(auth.EMERGENCY if old.priority == "emergency" else auth.OPERATE,
+                list(old.zones), "change this schedule")
+    fields = old.model_dump()
+    changes = b.model_dump(exclude_unset=True)
+    fields.update(changes)
+    if changes.get("rrule"):
+        fields["at"] = None
+    elif changes.get("at"):
+        fields.update(rrule=None, dtstart=None)
+    s = await _admit(ctx, fields)
+    if set(changes) <= {"enabled", "label"} and old.approved:
+        s = s.model_copy(update={"approved": True})  # pausing or renaming needs no approval
+    await _store(ctx, s)
+    await ctx.audit("patch_schedule", s.id, list(s.zones),
+                    fields=sorted(changes), approved=s.approved)
+    return _out(ctx, s, (await ctx.services.state.last_fired()).get(s.id))
+
+
+@API.route("DELETE", "/api/v1/schedules/{id}", summary="Remove a schedule (a booked "
+           "occurrence is withdrawn)", tag="schedules", response=ScheduleOut)
+async def delete_schedule(ctx: Ctx) -> ScheduleOut:
+    s = await _schedule(ctx)
+    ctx.require(auth.EMERGENCY if s.priority == "emergency" else auth.OPERATE, list(s.zones),
+                "remove this schedule")
+    await ctx.services.state.delete_schedule(s.id)
+    if ctx.services.scheduler is not None:
+        ctx.services.scheduler.remove(s.id)
+    await ctx.audit("delete_schedule", s.id, list(s.zones))
+    return _out(ctx, s, None)
