@@ -64,10 +64,14 @@ def add_media_routes(
     ptime_ms: int,
     public_host: str,
     health: Any = None,
+    ready: Any = None,
 ) -> None:
-    """Add ``/channels/{id}.sdp``, ``/listen/{channel}.ogg``, ``/healthz`` and ``/metrics``.
+    """Add ``/channels/{id}.sdp``, ``/listen/{channel}.ogg``, ``/healthz``, ``/readyz`` and
+    ``/metrics``.
 
-    ``health`` is an optional callable returning extra JSON fields for ``/healthz``.
+    ``health`` is an optional callable returning extra JSON fields for ``/healthz``; ``ready``
+    an optional coroutine function returning named checks (``{"redis": True, …}``): ``/readyz``
+    answers 503 while any is false (a load balancer then sends no one here).
     """
     listeners = {"n": 0}
 
@@ -169,5 +173,13 @@ def add_media_routes(
 
     app.router.add_get("/channels/{id}.sdp", sdp)
     app.router.add_get("/listen/{channel}.ogg", listen)
+    async def readyz(request: web.Request) -> web.Response:
+        checks: dict[str, bool] = {"media": fanout.local_addr is not None}
+        if ready is not None:
+            checks.update(await ready())
+        ok = all(checks.values())
+        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

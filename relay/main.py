@@ -26,9 +26,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from streamer.config import Addr, ConfigError, Static, check_range, load
-from streamer.control.fleet import DeviceLink, parse_mqtt_url, read_password_file
-from streamer.control.messages import valid_device_id
+from streamer.config import Addr, ConfigError, Static, load
+from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.rtp.packet import ssrc_for
 
 from .fanout import FanoutEndpoint
@@ -71,19 +70,7 @@ class RelayConfig:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
-        check_range("mqtt_keepalive_s", self.mqtt_keepalive_s, 1, 3600)
-        check_range("telemetry_s", self.telemetry_s, 0.2, 86_400)
-        if self.mqtt_url:
-            try:
-                parse_mqtt_url(self.mqtt_url)
-            except ValueError as e:
-                raise ConfigError("mqtt_url", str(e)) from None
-            if not self.mqtt_password_file:
-                raise ConfigError("mqtt_password_file", "required with mqtt_url")
-            if not valid_device_id(self.id):
-                raise ConfigError("id", f"{self.id!r} cannot name MQTT topics "
-                                        "(letters, digits, '.', '_', '-')")
-            self.mqtt_user = self.mqtt_user or self.id
+        check_device_mqtt(self)
 
 
 def load_config(

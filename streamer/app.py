@@ -152,7 +152,8 @@ class Streamer:
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
-                                         "programs": len(self.mixer.programs)})
+                                         "programs": len(self.mixer.programs)},
+                         ready=self._ready)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, cfg.http_host, cfg.http_port).start()
@@ -162,6 +163,18 @@ class Streamer:
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
                  self.http_url)
+
+    async def _ready(self) -> dict[str, bool]:
+        """What the API needs: Redis, and the broker when fleet control is configured. The
+        mixer plays on without either."""
+        try:
+            redis_ok = await asyncio.wait_for(self.state.ping(), 1.0)
+        except Exception:
+            redis_ok = False
+        checks = {"redis": redis_ok}
+        if self.plane.fleet is not None:
+            checks["mqtt"] = self.plane.fleet.connected
+        return checks
 
     async def _scheduler(self) -> Scheduler:
         """The schedules in Redis, fired on their frames by the mixer (``scheduler.py``)."""

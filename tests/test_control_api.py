@@ -170,6 +170,11 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
     _, b = await call(streamer, "POST", "/api/v1/broadcasts",
                       json={"zones": [OP], "source": TONE})
     await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"quiet_hours": "21:00-06:00"})
+    _, sched = await call(streamer, "POST", "/api/v1/schedules", json={
+        "zones": [OP], "source": TONE, "at": "2026-11-24T08:00:00"})
+    form = aiohttp.FormData()
+    form.add_field("file", _wav_bytes(), filename="chuong.wav")
+    _, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
     n_audit = len(await audit(streamer))
     await streamer.close()
     redis_server.kill()  # no clean shutdown: the AOF (fsync every second) must have it
@@ -183,10 +188,31 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
         status, z = await call(again, "GET", f"/api/v1/zones/{OP}")
         assert z["quiet_hours"] == "21:00-06:00"
         assert (await call(again, "GET", "/api/v1/users/op5"))[0] == 200
+        _, got = await call(again, "GET", f"/api/v1/schedules/{sched['id']}")
+        assert got["at"] == "2026-11-24T08:00:00" and got["next"].startswith("2026-11-24T08")
+        assert sched["id"] in again.plane.scheduler.schedules
+        _, c = await call(again, "GET", f"/api/v1/clips/{clip['id']}")
+        assert c["name"] == "chuong.wav" and c["seconds"] == clip["seconds"]
         assert len(await audit(again)) >= n_audit
         assert not (tmp_path / "var" / "admin-credentials.json").read_text() == ""
     finally:
         await again.close()
+
+
+def _wav_bytes() -> bytes:
+    import io
+    import wave
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        t = np.arange(24_000) / 48_000
+        w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
+    return buf.getvalue()
 
 
 async def test_openapi_document_lists_every_route(streamer):
@@ -221,3 +247,15 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(stream
                 default=max(0, len(text) - 8000))
     assert proc.returncode == 0, text[first:][:8000]
     assert "passed" in text.lower()
+
+
+async def test_readyz_follows_redis(streamer, redis_server):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{streamer.http_url}/readyz") as r:
+            assert r.status == 200 and (await r.json())["checks"] == {"media": True,
+                                                                      "redis": True}
+        redis_server.kill()
+        async with s.get(f"{streamer.http_url}/readyz") as r:
+            assert r.status == 503 and (await r.json())["checks"]["redis"] is False
+        async with s.get(f"{streamer.http_url}/healthz") as r:
+            assert r.status == 200  # alive: the mixer plays on without Redis

@@ -218,6 +218,17 @@ def test_reach_confirms_every_speaker_of_a_province_wide_broadcast(stack):
     for r in reach["confirmed"]:  # the level each speaker measured is the tone's
         assert abs(r["level_dbfs"] - (TARGET_LUFS - 0.7)) < 3.0, r
         assert r["end"] - r["start"] > 0.9
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"{url}/metrics", timeout=10) as resp:
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    reach_metric = {s.labels["broadcast"]: s.value
+                    for s in families["loa_broadcast_reach_confirmed"].samples}
+    assert reach_metric[str(b["id"])] == 6
+    online = {s.labels["zone"]: s.value for s in families["loa_speakers_online"].samples}
+    assert sum(online.values()) == 6 and online["brvt.vung-tau.thang-tam.kp-1"] == 2
 
 
 def test_volume_command_through_the_api_lowers_what_the_speaker_plays(stack):

@@ -130,3 +130,21 @@ async def test_restart_keeps_schedules_and_books_the_next_occurrence_on_its_fram
         assert got["last_fired"] is not None and got["next"] is None
     finally:
         await again.close()
+
+
+async def test_a_booked_schedule_airs_while_redis_is_down(streamer, redis_server):
+    """Playout keeps the last good schedule: Redis dies before the occurrence, and it airs."""
+    streamer.plane.now = time.time
+    await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"quiet_hours": ""})
+    at = (datetime.now(VN) + timedelta(seconds=3)).replace(microsecond=0, tzinfo=None)
+    status, s = await call(streamer, "POST", "/api/v1/schedules", json={
+        "zones": [OP], "source": TONE, "at": at.isoformat()})
+    assert status == 201, s
+    redis_server.kill()
+    occ = at.replace(tzinfo=VN).timestamp()
+    while time.time() < occ + 0.5:
+        await asyncio.sleep(0.1)
+    aired = [bid for bid, rec in streamer.broadcasts.live.items() if rec.schedule == s["id"]]
+    assert len(aired) == 1 and len(streamer.mixer.on_air(aired[0])) == 3
+    status, err = await call(streamer, "GET", "/api/v1/schedules")
+    assert status == 503  # the API says why it cannot answer; playout goes on

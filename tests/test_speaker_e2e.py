@@ -143,6 +143,10 @@ class SpeakerProc:
             assert r.status == 200
             return dict(await r.json())
 
+    async def ready(self) -> int:
+        async with self.session.get(f"http://{self.info['http']}/readyz") as r:
+            return r.status
+
     async def metrics(self) -> dict[str, float]:
         async with self.session.get(f"http://{self.info['http']}/metrics") as r:
             text = await r.text()
@@ -230,6 +234,7 @@ async def test_speaker_plays_the_tone_on_time_and_logs_the_broadcast(
 ) -> None:
     async with speaker(tmp_path, "s1", [upstream.addr]) as sp:
         await subscribed(sp)
+        assert await sp.ready() == 200
         await asyncio.sleep(1.2)
         await sp.stop()
     pcm = sp.pcm()
@@ -353,11 +358,14 @@ async def test_speaker_fails_over_past_a_dead_upstream(
     dead, _ = await loop.create_datagram_endpoint(Dead, local_addr=("127.0.0.1", 0))
     dead_addr = dead.get_extra_info("sockname")[:2]
     async with speaker(tmp_path, "fo", [dead_addr, upstream.addr], "--failover-s", "1") as sp:
+        assert await sp.ready() == 503  # still knocking at the dead upstream
+
         async def on_live() -> bool:
             h = await sp.health()
             return h["state"] == "subscribed" and h["upstream"].endswith(f":{upstream.addr[1]}")
 
         await until(on_live)
+        assert await sp.ready() == 200
         await asyncio.sleep(1.0)
         metrics = await sp.metrics()
         await sp.stop()

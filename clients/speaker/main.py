@@ -36,8 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamer.config import Addr, ConfigError, check_range, load
-from streamer.control.fleet import DeviceLink, parse_mqtt_url, read_password_file
-from streamer.control.messages import valid_device_id, valid_zone_id
+from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
+from streamer.control.messages import valid_zone_id
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
@@ -83,21 +83,10 @@ class SpeakerConfig:
         check_range("delay_ms", self.delay_ms, 0, 10_000)
         check_range("volume", self.volume, 0, 100)
         check_range("failover_s", self.failover_s, 0.2, 3600)
-        check_range("mqtt_keepalive_s", self.mqtt_keepalive_s, 1, 3600)
-        check_range("telemetry_s", self.telemetry_s, 0.2, 86_400)
+        check_device_mqtt(self)
         if self.zone and not valid_zone_id(self.zone):
             raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
         if self.mqtt_url:
-            try:
-                parse_mqtt_url(self.mqtt_url)
-            except ValueError as e:
-                raise ConfigError("mqtt_url", str(e)) from None
-            if not self.mqtt_password_file:
-                raise ConfigError("mqtt_password_file", "required with mqtt_url")
-            if not valid_device_id(self.id):
-                raise ConfigError("id", f"{self.id!r} cannot name MQTT topics "
-                                        "(letters, digits, '.', '_', '-')")
-            self.mqtt_user = self.mqtt_user or self.id
             # a channel is named after its leaf zone
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
 
@@ -116,7 +105,7 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", type=float, help="0-100 %%, dB law: 100 = 0 dB, 0.5 dB per %%")
     p.add_argument("--mute", action="store_true", default=None,
                    help="start muted (keeps receiving and logging, plays silence)")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here")
     p.add_argument("--failover-s", type=float,
                    help="move to the next upstream after this long without progress (default 3)")
     p.add_argument("--mqtt-url", metavar="URL",
@@ -292,12 +281,18 @@ async def start_http(cfg: SpeakerConfig, speaker: Speaker,
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(health(cfg, speaker))
 
+    async def readyz(_: web.Request) -> web.Response:
+        ok = speaker.client.state is subscribe.ClientState.SUBSCRIBED
+        return web.json_response({"ready": ok, "checks": {"subscribed": ok}},
+                                 status=200 if ok else 503)
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4"})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -31,6 +31,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from streamer.config import ConfigError, check_range
 from streamer.control.messages import (
     KINDS,
     PREFIX,
@@ -49,6 +50,7 @@ from streamer.control.messages import (
     encode,
     parse,
     split_device_topic,
+    valid_device_id,
     valid_zone_id,
     zone_cmd_topic,
     zone_cmd_topics,
@@ -584,6 +586,26 @@ class DeviceLink:
     def _bad(self, kind: str, e: BadPayload, topic: str) -> None:
         self.metrics.bad.labels(kind, e.reason).inc()
         self._log.warning((kind, e.reason), "dropped a message on %s: %s", topic, e.message)
+
+
+def check_device_mqtt(cfg: Any) -> None:
+    """The MQTT settings a speaker or relay config shares (``mqtt_url``, ``mqtt_user``,
+    ``mqtt_password_file``, ``mqtt_keepalive_s``, ``telemetry_s``, ``id``): checked, each bad
+    one a ``ConfigError`` naming it; ``mqtt_user`` defaults to the device id."""
+    check_range("mqtt_keepalive_s", cfg.mqtt_keepalive_s, 1, 3600)
+    check_range("telemetry_s", cfg.telemetry_s, 0.2, 86_400)
+    if not cfg.mqtt_url:
+        return
+    try:
+        parse_mqtt_url(cfg.mqtt_url)
+    except ValueError as e:
+        raise ConfigError("mqtt_url", str(e)) from None
+    if not cfg.mqtt_password_file:
+        raise ConfigError("mqtt_password_file", "required with mqtt_url")
+    if not valid_device_id(cfg.id):
+        raise ConfigError("id", f"{cfg.id!r} cannot name MQTT topics "
+                                "(letters, digits, '.', '_', '-')")
+    cfg.mqtt_user = cfg.mqtt_user or cfg.id
 
 
 def read_password_file(path: str) -> str:

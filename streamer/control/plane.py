@@ -63,6 +63,7 @@ class Plane:
         self.zones = {z.id: z for z in await self.state.zones.all() if z.id in self.tree.zones}
         await self.recorder.load()
         await self.devices.sync_broker()
+        await self.state.reserve_broadcast_ids()
 
     # -- inherited zone settings ----------------------------------------------------------
 

@@ -35,12 +35,18 @@ class FleetRecorder:
         self.played_total = Counter("loa_played_events_total", "Proof-of-play events recorded",
                                     registry=registry)
         self._reach: OrderedDict[int, set[str]] = OrderedDict()
+        self._exported: set[str] = set()
 
     async def load(self) -> None:
         self.zone_of = {s.id: s.zone for s in await self.state.speakers.all()}
         presence = await self.state.presence.many(list(self.zone_of))
         self.online = {sid: p is not None and p.state == "online"
                        for sid, p in zip(self.zone_of, presence, strict=True)}
+        self._export_online()
+
+    def place(self, speaker_id: str, zone: str) -> None:
+        """A speaker registered or moved (the registry is the truth about zones)."""
+        self.zone_of[speaker_id] = zone
         self._export_online()
 
     def forget(self, speaker_id: str) -> None:
@@ -54,6 +60,9 @@ class FleetRecorder:
             counts[zone] = counts.get(zone, 0) + int(self.online.get(sid, False))
         for zone, n in counts.items():
             self.speakers_online.labels(zone).set(n)
+        for zone in self._exported - counts.keys():  # its last speaker moved or was removed
+            self.speakers_online.remove(zone)
+        self._exported = set(counts)
 
     # -- FleetSink ----------------------------------------------------------------------------
 

@@ -10,11 +10,14 @@ it already has if Redis is away.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from pydantic import BaseModel
 
 from .models import (
@@ -30,6 +33,7 @@ from .models import (
 from .schedules import Schedule
 
 P = "loa:"
+ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -86,6 +90,7 @@ class State:
         self.clips = Collection(self.r, "clips", ClipMeta)
         self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord)
         self.schedules = Collection(self.r, "schedules", Schedule)
+        self._ids: deque[int] = deque()
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -165,8 +170,21 @@ class State:
 
     # -- broadcasts and reach --------------------------------------------------------------
 
+    async def reserve_broadcast_ids(self) -> None:
+        top = int(await self.r.incrby(P + "broadcast-seq", ID_BLOCK))
+        self._ids.extend(range(top - ID_BLOCK + 1, top + 1))
+
     async def next_broadcast_id(self) -> int:
-        return int(await self.r.incr(P + "broadcast-seq"))
+        """Ids are reserved from Redis in blocks, ahead of need, so that a scheduled
+        occurrence still gets one, and airs, while Redis is away (its record is then lost,
+        and logged)."""
+        if not self._ids:
+            await self.reserve_broadcast_ids()
+        bid = self._ids.popleft()
+        if len(self._ids) < ID_BLOCK // 4:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await self.reserve_broadcast_ids()
+        return bid
 
     async def put_broadcast(self, rec: BroadcastRecord) -> None:
         async with self.r.pipeline(transaction=True) as p:

@@ -153,7 +153,7 @@ async def create_speaker(ctx: Ctx) -> Provisioned:
     await plane.state.speakers.put(speaker.id, speaker)
     password = await plane.devices.set_password(speaker.id)
     await plane.devices.sync_broker()
-    plane.recorder.zone_of[speaker.id] = speaker.zone
+    plane.recorder.place(speaker.id, speaker.zone)
     await ctx.audit("create_speaker", speaker.id, [speaker.zone])
     return Provisioned(speaker=speaker, mqtt=Credentials(user=speaker.id, password=password))
 
@@ -181,7 +181,7 @@ async def patch_speaker(ctx: Ctx) -> Speaker:
     plane = ctx.services
     await plane.state.speakers.put(s.id, s)
     if b.zone:
-        plane.recorder.zone_of[s.id] = s.zone
+        plane.recorder.place(s.id, s.zone)
         await plane.devices.sync_broker()  # its zone commands follow it
     if b.relays and plane.fleet is not None:
         await plane.fleet.push_config(s.id, DeviceConfig(upstream=b.relays))
