@@ -1,4 +1,5 @@
-"""The streamer process: zone tree → mixer → fan-out endpoint, the frame loop, and HTTP.
+"""The streamer process: zone tree → mixer → fan-out endpoint, the frame loop, HTTP, and the
+control plane (state in Redis, the scheduler, the MQTT fleet).
 
 Wiring only. The mixer runs on the event loop between awaits, one ``tick`` per frame, woken at
 each monotonic deadline; slow work (TTS, decoding uploads) runs in worker threads so it never

@@ -130,7 +130,7 @@ class AuditEntry(Record):
     action: str
     target: str = ""
     zones: list[str] = Field(default_factory=list)
-    outcome: str = "ok"  # ok | denied
+    outcome: str = "ok"  # ok | denied | skipped (a scheduled occurrence that did not air)
     detail: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
-from streamer.control.models import BroadcastRecord, BroadcastState
+from streamer.control.models import BroadcastRecord
 from streamer.control.schemas import (
+    BadRequest,
     BroadcastIn,
     BroadcastList,
     BroadcastOut,
@@ -35,8 +36,6 @@ def _check_zones(ctx: Ctx, zones: list[str]) -> list[str]:
     known = ctx.services.zones
     for z in zones:
         if z not in known:
-            from streamer.control.schemas import BadRequest
-
             raise BadRequest("zones", f"unknown zone {z!r}")
     return list(dict.fromkeys(zones))
 
@@ -174,5 +173,3 @@ async def reach(ctx: Ctx) -> ReachOut:
     out.ratio = len(out.confirmed) / len(speakers) if speakers else 0.0
     return out
 
-
-__all__ = ["air", "BroadcastState"]
