@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from importlib import metadata
 from typing import Any
 
-from streamer.control.fleet import CommandFailed
+from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
 from streamer.control.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
-from streamer.rtp.subscribe import Addr, ClientState
+from streamer.rtp.subscribe import ClientState
 
 from .fanout import FanoutEndpoint
 from .upstream import Upstream
-
-try:
-    VERSION = metadata.version("loa")
-except metadata.PackageNotFoundError:  # running from a checkout that was never installed
-    VERSION = "dev"
-
-
-def _fmt(addr: Addr) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 class RelayDevice:
@@ -45,7 +35,7 @@ class RelayDevice:
         # Upstream keeps its subscriptions private; reading them here beats a second copy.
         used = Counter(s.client.upstream for s in self.upstream._subs.values())
         addr = used.most_common(1)[0][0] if used else self.upstream.upstreams[0]
-        return _fmt(addr)
+        return fmt_addr(addr)
 
     def status(self) -> Status:
         return Status(state="online", ts=time.time(), upstream=self.current_upstream(),
@@ -65,7 +55,7 @@ class RelayDevice:
 
     def state(self) -> dict[str, Any]:
         return {"upstream": self.current_upstream(),
-                "upstreams": [_fmt(u) for u in self.upstream.upstreams],
+                "upstreams": [fmt_addr(u) for u in self.upstream.upstreams],
                 "channels": self.upstream.subscribed(), "subscribers": self.fanout.server.count}
 
     async def execute(self, cmd: str, args: Strict) -> None:

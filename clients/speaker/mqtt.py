@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from streamer.config import Addr, ConfigError, parse_hostport
-from streamer.control.fleet import CommandFailed
+from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
 from streamer.control.messages import (
     SPEAKER_COMMANDS,
     DeviceConfig,
@@ -41,16 +40,6 @@ from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, volume_gain
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
 #: to check a horn and far from clipping whatever is playing under it
 TEST_TONE_PEAK = 0.25
-
-try:
-    VERSION = metadata.version("loa")
-except metadata.PackageNotFoundError:  # running from a checkout that was never installed
-    VERSION = "dev"
-
-
-def fmt_addr(addr: Addr) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-
 
 class ToneOverlay:
     """A :class:`Sink` wrapper: adds the test tone to what passes through (silence included)

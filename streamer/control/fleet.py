@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -370,6 +371,16 @@ class Fleet:
 
 
 # --------------------------------------------------------------------------- device side
+
+
+try:
+    VERSION = metadata.version("loa")  # what a device reports in its status
+except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    VERSION = "dev"
+
+
+def fmt_addr(addr: tuple[str, int]) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 class CommandFailed(Exception):
