@@ -33,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from streamer.secretfile import write_private
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
 CLIP_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -177,10 +179,8 @@ def default_url(var_dir: str = "var", saved_url: str | None = None) -> str:
 def save_token(url: str, token: str, user: str, expires: float) -> Path:
     path = token_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an older file may have been created with a wider mode
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token, "user": user, "expires": expires}, f)
+    write_private(path, json.dumps({"url": url, "token": token, "user": user,
+                                    "expires": expires}))
     return path
 
 

@@ -26,6 +26,7 @@ import aiohttp
 from streamer.control import broker
 from streamer.control.broker import Mosquitto
 from streamer.control.services import RedisServer, Service, ServiceError
+from streamer.secretfile import write_private
 
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
 SAMPLE_SPEAKERS = [
@@ -101,7 +102,7 @@ async def up(args: argparse.Namespace) -> int:
         mosquitto = Mosquitto(mqtt_dir)
         mqtt_dir.mkdir(parents=True, exist_ok=True)
         password = broker.new_password()
-        _write_secret(streamer_password, password)
+        write_private(streamer_password, password + "\n")
         mosquitto.set_accounts([broker.Account(broker.STREAMER_USER,
                                                broker.hash_password(password), "service")])
         try:
@@ -204,13 +205,6 @@ async def up(args: argparse.Namespace) -> int:
     return code
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-
-
 def _mqtt(device: str, mqtt_url: str, secrets: dict[str, Path]) -> list[str]:
     if device not in secrets:
         return []
@@ -248,7 +242,7 @@ async def _provision(url: str, credentials: Path, secrets_dir: Path, relays: lis
                 else:
                     raise RuntimeError(f"cannot register {body['id']}: {await r.text()}")
             out[str(body["id"])] = secrets_dir / f"{body['id']}.mqtt"
-            _write_secret(out[str(body["id"])], password)
+            write_private(out[str(body["id"])], password + "\n")
     return out
 
 

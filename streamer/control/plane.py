@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
+from streamer.secretfile import write_private
 from streamer.zones import ZoneTree
 
 from . import auth
@@ -106,11 +106,7 @@ class Plane:
                     grants=[Grant(role=Role.ADMIN, zone=r) for r in self.tree.roots])
         if not await self.state.create_user(user, auth.hash_password(password)):
             return False
-        credentials_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"user": name, "password": password}, f)
-            f.write("\n")
+        write_private(credentials_path, json.dumps({"user": name, "password": password}) + "\n")
         await self.state.audit(AuditEntry(ts=self.now(), user="-", action="bootstrap_admin",
                                           target=name, zones=list(self.tree.roots)))
         log.info("created the first admin %r; credentials in %s", name, credentials_path)

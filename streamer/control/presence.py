@@ -8,8 +8,10 @@ from the registry, never from what the device says about itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections import Counter as CounterOf
 from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -35,34 +37,43 @@ class FleetRecorder:
         self.played_total = Counter("loa_played_events_total", "Proof-of-play events recorded",
                                     registry=registry)
         self._reach: OrderedDict[int, set[str]] = OrderedDict()
-        self._exported: set[str] = set()
+        self._members: CounterOf[str] = CounterOf()  # speakers per leaf zone
+        self._online_n: CounterOf[str] = CounterOf()  # of which online
 
     async def load(self) -> None:
-        self.zone_of = {s.id: s.zone for s in await self.state.speakers.all()}
-        presence = await self.state.presence.many(list(self.zone_of))
-        self.online = {sid: p is not None and p.state == "online"
-                       for sid, p in zip(self.zone_of, presence, strict=True)}
-        self._export_online()
+        speakers = await self.state.speakers.all()
+        presence = await self.state.presence.many([sp.id for sp in speakers])
+        for sp, p in zip(speakers, presence, strict=True):
+            self._move(sp.id, sp.zone, p is not None and p.state == "online")
 
     def place(self, speaker_id: str, zone: str) -> None:
         """A speaker registered or moved (the registry is the truth about zones)."""
-        self.zone_of[speaker_id] = zone
-        self._export_online()
+        self._move(speaker_id, zone, self.online.get(speaker_id, False))
 
     def forget(self, speaker_id: str) -> None:
-        self.zone_of.pop(speaker_id, None)
-        self.online.pop(speaker_id, None)
-        self._export_online()
+        self._move(speaker_id, None, False)
 
-    def _export_online(self) -> None:
-        counts: dict[str, int] = {}
-        for sid, zone in self.zone_of.items():
-            counts[zone] = counts.get(zone, 0) + int(self.online.get(sid, False))
-        for zone, n in counts.items():
-            self.speakers_online.labels(zone).set(n)
-        for zone in self._exported - counts.keys():  # its last speaker moved or was removed
+    def _move(self, speaker_id: str, zone: str | None, online: bool) -> None:
+        """Take the speaker out of its zone's counts and put it into ``zone``'s (None: gone).
+        Only the zones touched are re-exported: a presence message costs O(1), not O(fleet)."""
+        old = self.zone_of.pop(speaker_id, None)
+        if old is not None:
+            self._members[old] -= 1
+            self._online_n[old] -= self.online.pop(speaker_id, False)
+            self._export(old)
+        if zone is not None:
+            self.zone_of[speaker_id], self.online[speaker_id] = zone, online
+            self._members[zone] += 1
+            self._online_n[zone] += online
+            self._export(zone)
+
+    def _export(self, zone: str) -> None:
+        if self._members[zone] > 0:
+            self.speakers_online.labels(zone).set(self._online_n[zone])
+            return
+        del self._members[zone], self._online_n[zone]  # its last speaker moved or was removed
+        with contextlib.suppress(KeyError):
             self.speakers_online.remove(zone)
-        self._exported = set(counts)
 
     # -- FleetSink ----------------------------------------------------------------------------
 
@@ -70,9 +81,8 @@ class FleetRecorder:
         detail = status.model_dump(exclude={"state", "ts"}, exclude_none=True)
         await self.state.set_presence(device_id, Presence(
             state=status.state, ts=status.ts or time.time(), detail={"kind": kind, **detail}))
-        if kind == "speaker":
-            self.online[device_id] = status.state == "online"
-            self._export_online()
+        if kind == "speaker" and device_id in self.zone_of:
+            self._move(device_id, self.zone_of[device_id], status.state == "online")
 
     async def telemetry(self, kind: str, device_id: str,
                         t: SpeakerTelemetry | RelayTelemetry) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from .models import BroadcastRecord, ZoneId
 
@@ -39,16 +39,20 @@ class ToneSource(Body):
     seconds: float = Field(5.0, ge=0.02, le=MAX_TONE_S, allow_inf_nan=False)
 
 
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be blank")
+    return v
+
+
+#: Vietnamese text to speak: a bulletin, a preview, a CAP headline
+SpeechText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TTS_CHARS),
+                       AfterValidator(_not_blank)]
+
+
 class TtsSource(Body):
     kind: Literal["tts"]
-    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS)
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v
+    text: SpeechText
 
 
 class ClipSource(Body):

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from streamer.control import auth
 from streamer.control.models import ClipMeta
-from streamer.control.schemas import BadRequest, TtsSource
+from streamer.control.schemas import BadRequest, SpeechText
 from streamer.mixer.sources import ClipError, TtsError
 
 from .core import API, ApiError, Ctx, NotFound
@@ -36,7 +36,7 @@ class ClipList(BaseModel):
 
 
 class TtsPreviewIn(BaseModel):
-    text: str = TtsSource.model_fields["text"]  # type: ignore[assignment]
+    text: SpeechText
 
 
 def _too_big() -> ApiError:
@@ -124,8 +124,6 @@ def wav_bytes(samples: np.ndarray, rate_hz: int = 48_000) -> bytes:
            produces={"audio/wav": {"schema": {"type": "string", "format": "binary"}}})
 async def tts_preview(ctx: Ctx) -> web.Response:
     body: TtsPreviewIn = ctx.body
-    if not body.text.strip():
-        raise BadRequest("text", "must not be blank")
     try:
         clip = await asyncio.to_thread(ctx.services.tts.synthesize, body.text)
     except TtsError as e:
