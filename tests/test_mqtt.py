@@ -460,9 +460,10 @@ async def test_last_will_marks_a_dead_speaker_offline_and_it_comes_back_online(
             assert st is not None and (st.zone, st.channel, st.upstream) == (KP1, KP1, tone.addr)
             assert st.ts is not None and abs(st.ts - time.time()) < 5 and st.version
             # Frozen: its socket stays open, so only the broker's keepalive timer can tell.
-            # Mosquitto 2.0 checks it in whole seconds: 1.5 x 2 s came after 3.7-5.0 s here.
+            # Mosquitto 2.0 checks it in whole seconds: 1.5 x 2 s came after 3.7-5.0 s here,
+            # and once past 7 s with the whole suite loading both cores: allow 10 s over.
             a.proc.send_signal(signal.SIGSTOP)
-            await until(lambda: rec.state("spk-a") == "offline", 1.5 * keepalive_s + 4,
+            await until(lambda: rec.state("spk-a") == "offline", 1.5 * keepalive_s + 10,
                         "offline by keepalive")
             will = rec.status("spk-a")
             assert will is not None and will.ts is None and will.zone == KP1  # the last will
