@@ -31,6 +31,7 @@ from streamer.control.messages import (
     valid_device_id,
     valid_zone_id,
     zone_cmd_topics,
+    zone_emergency_topics,
 )
 from streamer.control.services import Service, ServiceError
 from streamer.secretfile import write_private
@@ -140,6 +141,7 @@ def acl_rules(account: Account) -> list[str]:
     rules += [f"topic read {device_topic(account.kind, account.user, leaf)}" for leaf in reads]
     if account.zone:
         rules += [f"topic read {t}" for t in zone_cmd_topics(account.zone)]
+        rules += [f"topic read {t}" for t in zone_emergency_topics(account.zone)]
     return rules
 
 

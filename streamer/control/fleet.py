@@ -41,6 +41,7 @@ from streamer.control.messages import (
     BadPayload,
     Command,
     DeviceConfig,
+    EmergencyState,
     Played,
     Status,
     Strict,
@@ -55,6 +56,7 @@ from streamer.control.messages import (
     valid_zone_id,
     zone_cmd_topic,
     zone_cmd_topics,
+    zone_emergency_topic,
 )
 
 log = logging.getLogger("loa.mqtt")
@@ -308,6 +310,12 @@ class Fleet:
         each reconnect)."""
         topic = device_topic("speaker", speaker_id, "config")
         await asyncio.wait_for(self._publish(topic, cfg, retain=True), timeout_s)
+
+    async def publish_emergency(self, zone: str, state: EmergencyState,
+                                timeout_s: float = 5.0) -> None:
+        """Retain ``state`` on the zone's emergency topic (every speaker below reads it)."""
+        await asyncio.wait_for(self._publish(zone_emergency_topic(zone), state, retain=True),
+                               timeout_s)
 
     async def _publish(self, topic: str, message: Strict, retain: bool = False) -> None:
         while True:

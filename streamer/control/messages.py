@@ -86,6 +86,17 @@ def zone_cmd_topics(leaf_zone: str) -> list[str]:
     return [zone_cmd_topic(z) for z in ancestors(leaf_zone)]
 
 
+def zone_emergency_topic(zone: str) -> str:
+    """Retained :class:`EmergencyState` of a zone (the streamer writes, speakers below read)."""
+    if not valid_zone_id(zone):
+        raise ValueError(f"zone id {zone!r} does not match {ZONE_ID_RE}")
+    return f"{PREFIX}/zones/{zone}/emergency"
+
+
+def zone_emergency_topics(leaf_zone: str) -> list[str]:
+    return [zone_emergency_topic(z) for z in ancestors(leaf_zone)]
+
+
 def split_device_topic(topic: str) -> tuple[str, str, str]:
     """``loa/v1/speakers/s1/status`` → ``("speaker", "s1", "status")``; raises
     :class:`BadPayload` (reason ``bad_topic``) for anything else."""
@@ -209,6 +220,25 @@ class DeviceConfig(Strict):
     volume: Volume | None = None
     muted: bool | None = None
     upstream: Annotated[list[HostPort], Field(min_length=1, max_length=16)] | None = None
+
+
+class EmergencyState(Strict):
+    """Retained on ``loa/v1/zones/{zone}/emergency``: the emergency that covers the zone.
+
+    Written when an emergency starts (``active``) and when it is cancelled or over
+    (``active: false``, same ``id``). A speaker keeps the audio of broadcast ``id`` as it
+    plays it (the RTP priority extension marks it, ``docs/protocol.md``); while the emergency
+    is active and the speaker has lost its stream, it replays that audio itself every
+    ``repeat_s`` seconds (none: once is enough) until ``expires``, at ``volume``, unmuted.
+    """
+
+    id: Annotated[int, Field(ge=1, le=0xFFFF_FFFF)]
+    active: bool
+    volume: Volume = 100.0
+    repeat_s: Annotated[float, Field(ge=60, le=86_400, allow_inf_nan=False)] | None = None
+    started: UnixTime
+    expires: UnixTime | None = None
+    label: Short = ""
 
 
 class NoArgs(Strict):

@@ -216,7 +216,9 @@ class Mixer:
             # One packet per program: only sequence number, timestamp and SSRC differ between
             # its channels, so those 10 bytes are all that is written per channel.
             packet = bytearray(HEADER_LEN + len(payload))
-            write_header(packet, 0, 0, 0, capture_ntp, program.current or 0)
+            cur = program.current
+            write_header(packet, 0, 0, 0, capture_ntp, cur or 0,
+                         priority=program.items[cur].priority if cur in program.items else 0)
             packet[HEADER_LEN:] = payload
             octets = len(payload)
             channels, publish, pack = self.channels, self.publish, _SEQ_TS_SSRC.pack_into

@@ -82,6 +82,10 @@ class Program:
         """Mix the next ``n`` samples; ids of items that ran out are appended to ``finished``."""
         out = np.zeros(n, dtype=np.float32)
         pos = 0
+        # Live items (endless sources) keep time while preempted: their cursors advance by a
+        # frame every frame, so a live voice or relayed radio resumes at "now", not where it
+        # paused, and every program holding the item reads the same position.
+        live = [(i, self.cursors[i]) for i, it in self.items.items() if it.source.length is None]
         top = self.top()
         f = min(self.fade_samples, n)
         # Rule 1 and 4: whatever played last frame and is not the top any more fades out first.
@@ -120,6 +124,9 @@ class Program:
                 fade_in = True
             else:
                 break
+        for i, cur in live:
+            if i in self.cursors:
+                self.cursors[i] = cur + n
         # An item that has not played a sample yet is not "current": it fades in next frame.
         self.current = playing
         return out

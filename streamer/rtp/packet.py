@@ -2,7 +2,9 @@
 
 Every Loa media packet has the same 32-byte header: the 12-byte fixed header, then a one-byte
 header-extension block (profile 0xBEDE) with the absolute capture time (ID 1, NTP 64-bit, the
-WebRTC ``abs-capture-time`` format) and the broadcast id on air (ID 2, uint32, 0 = none).
+WebRTC ``abs-capture-time`` format), the broadcast id on air (ID 2, uint32, 0 = none) and its
+priority level (ID 3, uint8: 0 background … 3 emergency), which speakers act on at once (forced
+volume) without waiting for the control plane.
 ``docs/protocol.md`` has the byte table. Pure code: no sockets, no clock reads.
 
 Parsing accepts any valid RTP (other extensions, CSRCs, padding) so that foreign senders can be
@@ -21,13 +23,16 @@ OPUS_CLOCK_HZ = 48_000
 EXT_PROFILE_ONE_BYTE = 0xBEDE
 EXT_ID_CAPTURE_TIME = 1
 EXT_ID_BROADCAST = 2
+EXT_ID_PRIORITY = 3
+EMERGENCY_LEVEL = 3
 EXT_URI_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
 EXT_URI_BROADCAST = "urn:loa:rtp-hdrext:broadcast-id"
+EXT_URI_PRIORITY = "urn:loa:rtp-hdrext:priority"
 
-# 12 fixed + 4 extension header + (1+8) capture time + (1+4) broadcast id + 2 padding
+# 12 fixed + 4 extension header + (1+8) capture time + (1+4) broadcast id + (1+1) priority
 HEADER_LEN = 32
 _FIXED = struct.Struct("!BBHII")
-_LOA_HEADER = struct.Struct("!BBHIIHHBQBIxx")
+_LOA_HEADER = struct.Struct("!BBHIIHHBQBIBB")
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 
 
@@ -59,6 +64,7 @@ class RtpPacket:
     marker: bool = False
     capture_ntp: int | None = None
     broadcast_id: int = 0
+    priority: int = 0
 
     @property
     def capture_time(self) -> float | None:
@@ -69,7 +75,7 @@ class RtpPacket:
         buf = bytearray(HEADER_LEN + len(self.payload))
         write_header(
             buf, self.ssrc, self.seq, self.ts, self.capture_ntp or 0, self.broadcast_id,
-            self.marker, self.pt,
+            self.marker, self.pt, self.priority,
         )
         buf[HEADER_LEN:] = self.payload
         return bytes(buf)
@@ -84,6 +90,7 @@ def write_header(
     broadcast_id: int,
     marker: bool = False,
     pt: int = OPUS_PT,
+    priority: int = 0,
 ) -> None:
     """Write Loa's fixed 32-byte header into ``buf[0:32]`` (reusable buffer, no allocation)."""
     _LOA_HEADER.pack_into(
@@ -99,6 +106,8 @@ def write_header(
         capture_ntp,
         (EXT_ID_BROADCAST << 4) | 3,
         broadcast_id & 0xFFFF_FFFF,
+        EXT_ID_PRIORITY << 4,
+        priority & 0xFF,
     )
 
 
@@ -134,7 +143,7 @@ def parse(data: bytes) -> RtpPacket:
             raise MalformedPacket("bad padding length")
         end = n - pad
     capture_ntp: int | None = None
-    broadcast_id = 0
+    broadcast_id = priority = 0
     if b0 & 0x10:
         if pos + 4 > end:
             raise MalformedPacket("truncated extension header")
@@ -144,18 +153,19 @@ def parse(data: bytes) -> RtpPacket:
         if pos > end:
             raise MalformedPacket("truncated extension")
         if profile == EXT_PROFILE_ONE_BYTE:
-            capture_ntp, broadcast_id = _parse_one_byte_ext(data, ext_start, pos)
+            capture_ntp, broadcast_id, priority = _parse_one_byte_ext(data, ext_start, pos)
     if pos > end:
         raise MalformedPacket("truncated header")
     return RtpPacket(
         ssrc=ssrc, seq=seq, ts=ts, payload=bytes(data[pos:end]), pt=b1 & 0x7F,
         marker=bool(b1 & 0x80), capture_ntp=capture_ntp, broadcast_id=broadcast_id,
+        priority=priority,
     )
 
 
-def _parse_one_byte_ext(data: bytes, i: int, end: int) -> tuple[int | None, int]:
+def _parse_one_byte_ext(data: bytes, i: int, end: int) -> tuple[int | None, int, int]:
     capture_ntp: int | None = None
-    broadcast_id = 0
+    broadcast_id = priority = 0
     while i < end:
         b = data[i]
         if b == 0:  # padding byte
@@ -170,8 +180,10 @@ def _parse_one_byte_ext(data: bytes, i: int, end: int) -> tuple[int | None, int]
             capture_ntp = int.from_bytes(data[i + 1 : i + 9], "big")
         elif ext_id == EXT_ID_BROADCAST and length == 4:
             broadcast_id = int.from_bytes(data[i + 1 : i + 5], "big")
+        elif ext_id == EXT_ID_PRIORITY and length == 1:
+            priority = data[i + 1]
         i += 1 + length
-    return capture_ntp, broadcast_id
+    return capture_ntp, broadcast_id, priority
 
 
 def opus_samples(payload: bytes, rate_hz: int = OPUS_CLOCK_HZ) -> int:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from .packet import EXT_URI_BROADCAST, EXT_URI_CAPTURE_TIME, OPUS_PT, ssrc_for
+from .packet import (
+    EXT_URI_BROADCAST,
+    EXT_URI_CAPTURE_TIME,
+    EXT_URI_PRIORITY,
+    OPUS_PT,
+    ssrc_for,
+)
 
 DEFAULT_MULTICAST_TTL = 16
 
@@ -61,6 +67,7 @@ def channel_sdp(
         "a=rtcp-mux",  # sender reports ride on the media port (RFC 5761)
         f"a=extmap:1 {EXT_URI_CAPTURE_TIME}",
         f"a=extmap:2 {EXT_URI_BROADCAST}",
+        f"a=extmap:3 {EXT_URI_PRIORITY}",
         f"a=ssrc:{ssrc} cname:loa-{_token(channel)}",
     ]
     return "\r\n".join(lines) + "\r\n"
