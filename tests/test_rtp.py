@@ -12,12 +12,14 @@ from streamer.rtp.packet import MalformedPacket
 
 def test_rtp_roundtrip_with_extensions():
     p = packet.RtpPacket(ssrc=0xDEADBEEF, seq=65535, ts=2**32 - 1, payload=b"\xfc\x01\x02",
-                         capture_ntp=packet.unix_to_ntp64(1_790_000_000.25), broadcast_id=42)
+                         capture_ntp=packet.unix_to_ntp64(1_790_000_000.25), broadcast_id=42,
+                         priority=packet.EMERGENCY_LEVEL)
     data = p.build()
     assert len(data) == packet.HEADER_LEN + 3
+    assert data[30:32] == b"\x30\x03"  # ID 3, one byte: the level (docs/protocol.md)
     q = packet.parse(data)
-    assert (q.ssrc, q.seq, q.ts, q.payload, q.broadcast_id) == (0xDEADBEEF, 65535, 2**32 - 1,
-                                                                 b"\xfc\x01\x02", 42)
+    assert (q.ssrc, q.seq, q.ts, q.payload, q.broadcast_id, q.priority) == (
+        0xDEADBEEF, 65535, 2**32 - 1, b"\xfc\x01\x02", 42, 3)
     assert abs(q.capture_time - 1_790_000_000.25) < 1e-6
     assert packet.peek_ssrc(data) == 0xDEADBEEF
 

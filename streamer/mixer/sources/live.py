@@ -49,14 +49,15 @@ class LiveBuffer:
     def write(self, pcm: np.ndarray) -> None:
         """Append samples (any float dtype, [-1, 1]); the oldest fall out of the ring."""
         x = np.asarray(pcm, dtype=np.float32).ravel()
-        if x.size > self.capacity:
+        total = x.size
+        if total > self.capacity:
             x = x[-self.capacity :]
         with self._lock:
-            i = self.written % self.capacity
+            i = (self.written + total - x.size) % self.capacity
             k = min(x.size, self.capacity - i)
             self._ring[i : i + k] = x[:k]
             self._ring[: x.size - k] = x[k:]
-            self.written += x.size
+            self.written += total
             self.last_write = time.monotonic()
             self._sumsq += float(np.dot(x, x))
             self._level_n += x.size
@@ -106,6 +107,7 @@ class LiveReader:
         #: buffer position = mixer cursor + offset; None until the first read anchors it
         self.offset: int | None = None
         self._last: tuple[int, int, np.ndarray] | None = None
+        self._starved = False
         self.underruns = 0
         self.skips = 0
 
@@ -117,8 +119,11 @@ class LiveReader:
             return last[2]
         buf = self.buffer
         written = buf.written
-        if self.offset is None:
-            self.offset = written - self.latency - pos
+        if self.offset is None or self._starved:
+            anchor = written - self.latency - pos
+            # after an underrun, start again `latency` behind the writer, never replaying
+            self.offset = anchor if self.offset is None else max(anchor, self.offset)
+            self._starved = False
         start = pos + self.offset
         lag = written - start  # samples buffered ahead of this read
         if lag > self.latency + self.slack + n:  # writer ran ahead: skip to `latency` behind
@@ -128,9 +133,10 @@ class LiveReader:
         out = np.zeros(n, dtype=np.float32)
         got = buf.copy(start, n, out) if start < written else 0
         if got < n and not buf.closed:
-            # Underrun: play what there was, then silence; anchor again behind the writer so
-            # the next audio starts `latency` late instead of stuttering sample by sample.
-            self.offset = written - self.latency - (pos + n)
+            # Underrun: play what there was, then silence; anchor again behind the writer
+            # when it is back, so the next audio starts `latency` late instead of stuttering
+            # sample by sample.
+            self._starved = True
             self.underruns += 1
         self._last = (pos, n, out)
         return out
