@@ -15,6 +15,7 @@ from pathlib import Path
 from streamer.rtp.packet import ssrc_for
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_CODE = re.compile(r"^[0-9]{1,10}$")
 MAX_ZONES = 100_000
 
 
@@ -28,10 +29,18 @@ class Zone:
     name: str
     parent: str | None
     children: list[str] = field(default_factory=list)
+    #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
+    code: str | None = None
 
     @property
     def is_leaf(self) -> bool:
         return not self.children
+
+
+def _code(zid: str, code: object) -> str | None:
+    if code is not None and not (isinstance(code, str) and _CODE.match(code)):
+        raise ZoneError(f"zone {zid}: code must be a string of 1 to 10 digits")
+    return code
 
 
 class ZoneTree:
@@ -51,11 +60,11 @@ class ZoneTree:
             name = table.get("name", zid.rsplit(".", 1)[-1])
             if not isinstance(name, str):
                 raise ZoneError(f"zone {zid}: name must be a string")
-            zones[zid] = Zone(zid, name, parent)
+            zones[zid] = Zone(zid, name, parent, code=_code(zid, table.get("code")))
             if len(zones) > MAX_ZONES:
                 raise ZoneError(f"more than {MAX_ZONES} zones")
             for key, value in table.items():
-                if key == "name":
+                if key in ("name", "code"):
                     continue
                 if not isinstance(value, dict):
                     raise ZoneError(f"zone {zid}: unexpected key {key!r}")
@@ -71,6 +80,10 @@ class ZoneTree:
             walk(value, key, None)
         if not zones:
             raise ZoneError("zone file defines no zone")
+        codes: dict[str, str] = {}
+        for zone in zones.values():
+            if zone.code is not None and codes.setdefault(zone.code, zone.id) != zone.id:
+                raise ZoneError(f"zones {codes[zone.code]} and {zone.id} share code {zone.code}")
         tree = cls(zones)
         # Relays demultiplex channels by SSRC, a 32-bit hash of the channel id: refuse a tree
         # in which two channels would share one (rename a zone key to fix it).

@@ -14,18 +14,22 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
 from streamer.mixer.sources.base import Source
+from streamer.mixer.sources.chime import Sequence, chime
 
-from .models import AuditEntry, BroadcastRecord, BroadcastState
+from .feeds import OFF_AIR, RelayFeed
+from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan
 from .schedules import RelaySource, Schedule
 from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
@@ -33,6 +37,8 @@ from .state import State
 log = logging.getLogger(__name__)
 
 SourceIn = ToneSource | TtsSource | ClipSource | RelaySource
+#: called with an emergency's record when it starts and when it ends (``rec.state`` tells)
+Announce = Callable[[BroadcastRecord], Awaitable[None]]
 
 
 @dataclass
@@ -68,26 +74,52 @@ class ClipLibrary:
 
 class Broadcasts:
     def __init__(self, mixer: Mixer, leaves: Any, clips: ClipLibrary, state: State,
-                 tts: TtsProvider | None = None) -> None:
+                 tts: TtsProvider | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         """``leaves(zone_id) -> list[channel id]`` (the zone tree's leaf channels)."""
         self.mixer = mixer
         self.leaves = leaves
         self.clips = clips
         self.state = state
         self.tts = tts or EspeakProvider()
+        self.registry = registry
         self.live: dict[int, BroadcastRecord] = {}  # handed to the mixer, not finished yet
         self.booked: dict[int, BroadcastRecord] = {}  # scheduled, prepared, not aired yet
+        self.items: dict[int, Item] = {}  # the mixer item of each live record
+        self.feeds: dict[int, RelayFeed] = {}  # pulled streams of live or booked records
+        self._new_feeds: dict[int, RelayFeed] = {}  # built, waiting for their record
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # repeats and expiries
         self._writes: set[asyncio.Task[None]] = set()
+        #: set by the plane: publishes an emergency's state to the fleet
+        self.announce: Announce | None = None
         mixer.on_finished = self._finished
 
     async def recover(self) -> int:
-        """After a restart: broadcasts that were on air when the streamer stopped are over."""
+        """After a restart: broadcasts that were on air when the streamer stopped are over,
+        except emergencies that repeat until cancelled: those air again at once (a warning
+        must not be lost to a crash), unless they expired or were live."""
         n = 0
         for rec in await self.state.recent_broadcasts(limit=1000):
-            if rec.state == BroadcastState.QUEUED:
-                rec.state, rec.ended = BroadcastState.INTERRUPTED, time.time()
-                await self.state.put_broadcast(rec)
-                n += 1
+            if rec.state != BroadcastState.QUEUED:
+                continue
+            plan = rec.emergency
+            if plan is not None and plan.repeat_s and not self._expired(rec) and \
+                    rec.source.get("kind") in ("tone", "tts", "clip"):
+                from .schemas import source_from_record
+
+                try:
+                    built, _ = await self.build(source_from_record(rec.source))
+                except BadRequest as e:
+                    log.error("emergency %d cannot be rebuilt after a restart: %s", rec.id, e)
+                else:
+                    log.warning("emergency %d was active when the streamer stopped: airing "
+                                "it again", rec.id)
+                    self._start(rec, built, None)
+                    await self.state.put_broadcast(rec)
+                    continue
+            rec.state, rec.ended = BroadcastState.INTERRUPTED, time.time()
+            await self.state.put_broadcast(rec)
+            n += 1
         if n:
             log.warning("%d broadcasts were on air when the streamer stopped: interrupted", n)
         return n
@@ -96,19 +128,90 @@ class Broadcasts:
         return sorted({c for z in zones for c in self.leaves(z)})
 
     async def build(self, source: SourceIn) -> tuple[Source, dict[str, Any]]:
+        if isinstance(source, RelaySource):  # starts a puller thread: done on the loop
+            feed = RelayFeed(source.url, self._feed_state, self.registry)
+            reader = feed.reader()
+            self._new_feeds[id(reader)] = feed
+            return reader, {"kind": "relay", "url": source.url}
         return await asyncio.to_thread(self._build_source, source)
 
-    async def create(self, zones: list[str], priority: str, source: SourceIn, *, label: str = "",
-                     user: str = "", pending: bool = False, schedule: str | None = None,
-                     override_quiet_hours: bool = False,
-                     at_frame: int | None = None) -> BroadcastRecord:
-        built, desc = await self.build(source)
+    def _adopt_feed(self, rec: BroadcastRecord, source: Source) -> None:
+        feed = self._new_feeds.pop(id(source), None)
+        if feed is not None:
+            feed.bid = rec.id
+            self.feeds[rec.id] = feed
+
+    def _feed_state(self, feed: RelayFeed, state: str, detail: str) -> None:
+        """A pulled stream changed state (on the loop). Off the air while it is down or
+        silent, back on when it plays again inside its window."""
+        feed.state, feed.detail = state, detail
+        rec = self.live.get(feed.bid) or self.booked.get(feed.bid)
+        if rec is None or (rec.health, rec.health_detail) == (state, detail):
+            return
+        rec.health, rec.health_detail = state, detail
+        if state in OFF_AIR:
+            log.warning("broadcast %d: relayed stream %s is %s (%s)", rec.id, feed.url, state,
+                        detail)
+            self._write(self.state.audit(AuditEntry(
+                ts=time.time(), user="-", action="relay_" + state, target=str(rec.id),
+                zones=rec.zones, outcome="failed", detail={"url": feed.url, "why": detail})),
+                f"broadcast {rec.id}: relay {state}")
+            if rec.id in self.live:
+                self._pause(rec, feed)
+        elif state == "playing" and feed.paused:
+            self._resume(rec, feed)
+        if rec.id in self.live:
+            self._write(self.state.put_broadcast(rec), f"broadcast {rec.id}: relay health")
+
+    def _pause(self, rec: BroadcastRecord, feed: RelayFeed) -> None:
+        if feed.paused:
+            return
+        feed.end_frame = self.mixer.end_frame(rec.id)
+        feed.channels = self.mixer.channels_of(rec.id)
+        if not self.mixer.stop(rec.id):
+            return
+        feed.paused = True
+        log.warning("broadcast %d: off the air until its upstream is back", rec.id)
+        if feed.end_frame is not None:
+            self._timer(rec.id, self.mixer.clock.capture_wall(feed.end_frame) - time.time(),
+                        self._window_over)
+
+    def _resume(self, rec: BroadcastRecord, feed: RelayFeed) -> None:
+        item, end = self.items.get(rec.id), feed.end_frame
+        if item is None or (end is not None and end <= self.mixer.next_frame + 1):
+            return
+        feed.paused = False
+        timer = self._timers.pop(rec.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.mixer.start(item, feed.channels, end_frame=end)
+        log.info("broadcast %d: relayed stream is back: on the air", rec.id)
+
+    def _window_over(self, bid: int) -> None:
+        """A paused relay window reached its end without its upstream coming back."""
+        self._timers.pop(bid, None)
+        self._finished(bid)
+
+    async def create(self, zones: list[str], priority: str, source: SourceIn | Source, *,
+                     label: str = "", user: str = "", pending: bool = False,
+                     schedule: str | None = None, override_quiet_hours: bool = False,
+                     at_frame: int | None = None, emergency: EmergencyPlan | None = None,
+                     desc: dict[str, Any] | None = None) -> BroadcastRecord:
+        """Record a broadcast and hand it to the mixer (unless ``pending`` approval). A
+        request's source is validated and built here; a live input passes its built source
+        with its ``desc``."""
+        if desc is None:
+            built, desc = await self.build(source)  # type: ignore[arg-type]
+        else:
+            built = source  # type: ignore[assignment]
         rec = BroadcastRecord(
             id=await self.state.next_broadcast_id(), zones=zones, priority=priority,
             source=desc, label=label, created=time.time(), created_by=user,
             channels=len(self.channels_of(zones)), schedule=schedule,
-            override_quiet_hours=override_quiet_hours,
+            override_quiet_hours=override_quiet_hours, emergency=emergency,
+            health="connecting" if desc["kind"] in ("live", "relay") else "",
             state=BroadcastState.PENDING_APPROVAL if pending else BroadcastState.QUEUED)
+        self._adopt_feed(rec, built)
         if not pending:
             self._start(rec, built, at_frame)
         await self.state.put_broadcast(rec)
@@ -131,16 +234,28 @@ class Broadcasts:
         return rec
 
     def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None) -> None:
+        plan = rec.emergency
+        if plan is not None and plan.chime:
+            source = Sequence([chime(), source])
         item = Item(rec.id, Priority[rec.priority.upper()], source, 0)
         rec.started = time.time()
+        rec.airings += 1
+        rec.next_airing = None
         self.live[rec.id] = rec
+        self.items[rec.id] = item
         self.mixer.start(item, self.channels_of(rec.zones), **(
             {"at_frame": at_frame} if at_frame is not None else {}))
+        if plan is not None:
+            if rec.airings == 1:
+                self._announce(rec)
+                if plan.expires is not None:
+                    self._timer(rec.id, plan.expires - time.time(), self._expire)
+            # a cadence counts from each start, so the next airing is known now
+            if plan.repeat_s:
+                rec.next_airing = rec.started + plan.repeat_s
 
     def _build_source(self, s: SourceIn) -> tuple[Source, dict[str, Any]]:
-        if isinstance(s, RelaySource):
-            raise BadRequest("source.kind", "relaying a pulled stream (kind relay) is not "
-                             "supported yet; schedule a clip, text or tone")
+        assert not isinstance(s, RelaySource), "built on the loop by build()"
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
@@ -157,14 +272,28 @@ class Broadcasts:
             raise BadRequest("source.clip", f"no uploaded clip {s.clip!r}")
         return found, {"kind": "clip", "clip": s.clip, "seconds": found.length / 48_000}
 
-    async def stop(self, rec: BroadcastRecord) -> BroadcastRecord:
+    async def stop(self, rec: BroadcastRecord,
+                   state: BroadcastState = BroadcastState.STOPPED) -> BroadcastRecord:
+        """Take it off the air everywhere (a live input that ended is ``DONE``)."""
         if rec.state in (BroadcastState.QUEUED, BroadcastState.PENDING_APPROVAL):
             self.mixer.stop(rec.id)
-            self.live.pop(rec.id, None)
-            rec.state, rec.ended = BroadcastState.STOPPED, time.time()
+            self._release(rec.id)
+            rec.state, rec.ended, rec.next_airing = state, time.time(), None
             await self.state.put_broadcast(rec)
-            log.info("broadcast %d stopped", rec.id)
+            if rec.emergency is not None:
+                self._announce(rec)
+            log.info("broadcast %d %s", rec.id, state.value)
         return rec
+
+    def _release(self, bid: int) -> None:
+        self.live.pop(bid, None)
+        self.items.pop(bid, None)
+        timer = self._timers.pop(bid, None)
+        if timer is not None:
+            timer.cancel()
+        feed = self.feeds.pop(bid, None)
+        if feed is not None:
+            feed.close()
 
     def stoppable(self, zones: list[str], priority: str | None) -> list[BroadcastRecord]:
         """Live broadcasts touching any channel under ``zones`` (for "stop everything here")."""
@@ -174,11 +303,61 @@ class Broadcasts:
                 and chans.intersection(self.channels_of(r.zones))]
 
     def _finished(self, bid: int) -> None:
-        rec = self.live.pop(bid, None)
-        if rec is not None and rec.state == BroadcastState.QUEUED:
-            rec.state, rec.ended = BroadcastState.DONE, time.time()
-            log.info("broadcast %d done", bid)
-            self._write(self.state.put_broadcast(rec), f"broadcast {bid}: its end")
+        rec = self.live.get(bid)
+        if rec is None or rec.state != BroadcastState.QUEUED:
+            self._release(bid)
+            return
+        plan = rec.emergency
+        if plan is not None and plan.repeat_s and rec.next_airing is not None \
+                and not self._expired(rec):
+            # stays QUEUED (shown as waiting) until it airs again; the mixer item is gone
+            self._timer(bid, rec.next_airing - time.time(), self._repeat)
+            log.info("emergency %d: next airing in %.0f s", bid, rec.next_airing - time.time())
+            self._write(self.state.put_broadcast(rec), f"emergency {bid}")
+            return
+        self._release(bid)
+        rec.state, rec.ended, rec.next_airing = BroadcastState.DONE, time.time(), None
+        log.info("broadcast %d done", bid)
+        self._write(self.state.put_broadcast(rec), f"broadcast {bid}: its end")
+        if plan is not None:
+            self._announce(rec)
+
+    def _repeat(self, bid: int) -> None:
+        rec, item = self.live.get(bid), self.items.get(bid)
+        if rec is None or item is None or rec.state != BroadcastState.QUEUED:
+            return
+        self._timers.pop(bid, None)
+        source = item.source
+        self._start(rec, source.parts[-1] if isinstance(source, Sequence) else source, None)
+        log.info("emergency %d: airing %d", bid, rec.airings)
+        self._write(self.state.put_broadcast(rec), f"emergency {bid}")
+
+    def _expire(self, bid: int) -> None:
+        rec = self.live.get(bid)
+        if rec is not None:
+            self._timers.pop(bid, None)
+            log.info("emergency %d expired", bid)
+            self._write(self.stop(rec, BroadcastState.DONE), f"emergency {bid}: expiry")
+
+    def _expired(self, rec: BroadcastRecord) -> bool:
+        exp = rec.emergency.expires if rec.emergency is not None else None
+        return exp is not None and exp <= time.time()
+
+    def _timer(self, bid: int, delay: float, then: Callable[[int], None]) -> None:
+        old = self._timers.pop(bid, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[bid] = loop.call_later(max(0.0, delay), then, bid)
+
+    def _announce(self, rec: BroadcastRecord) -> None:
+        if self.announce is not None:
+            self._write(self.announce(rec.model_copy(deep=True)),
+                        f"emergency {rec.id}: its state to the fleet")
+
+    def spawn(self, write: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run ``write`` in the background (from a callback), logging its failure."""
+        self._write(write, what)
 
     def _write(self, write: Coroutine[Any, Any, Any], what: str) -> None:
         """Persist from a synchronous callback (mixer, scheduler) without blocking a frame.
@@ -202,7 +381,9 @@ class Broadcasts:
             id=await self.state.next_broadcast_id(), zones=list(s.zones), priority=s.priority,
             source=desc, label=s.label, created=time.time(), created_by=s.created_by,
             channels=len(self.channels_of(list(s.zones))), schedule=s.id,
-            override_quiet_hours=s.override_quiet_hours)
+            override_quiet_hours=s.override_quiet_hours,
+            health="connecting" if desc["kind"] == "relay" else "")
+        self._adopt_feed(rec, built)
         self.booked[rec.id] = rec
         return Item(rec.id, Priority[s.priority.upper()], built, 0)
 
@@ -211,7 +392,12 @@ class Broadcasts:
         if rec is None:
             return
         rec.started = occ.timestamp()
+        rec.airings = 1
         self.live[rec.id] = rec
+        self.items[rec.id] = item
+        feed = self.feeds.get(rec.id)
+        if feed is not None and feed.state in OFF_AIR:  # dead before its window opened
+            self._pause(rec, feed)
         log.info("schedule %s: broadcast %d airs at %s", s.id, rec.id, occ.isoformat())
         self._write(self.state.put_broadcast(rec), f"broadcast {rec.id}")
         self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
@@ -219,6 +405,7 @@ class Broadcasts:
     def skipped(self, s: Schedule, occ: datetime, reason: str) -> None:
         for bid in [b for b, r in self.booked.items() if r.schedule == s.id]:
             del self.booked[bid]
+            self._release(bid)
         log.warning("schedule %s: occurrence %s skipped: %s", s.id, occ.isoformat(), reason)
         self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
         self._write(self.state.audit(AuditEntry(
@@ -229,6 +416,7 @@ class Broadcasts:
     def cancelled(self, s: Schedule, occ: datetime, item: Item | None) -> None:
         if item is not None:
             self.booked.pop(item.id, None)
+            self._release(item.id)
 
     async def get(self, bid: int) -> BroadcastRecord | None:
         return self.live.get(bid) or await self.state.broadcasts.get(bid)

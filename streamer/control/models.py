@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 ZONE_ID_RE = r"^[a-z0-9][a-z0-9-]{0,31}(\.[a-z0-9][a-z0-9-]{0,31})*$"
 DEVICE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 USER_RE = r"^[a-z0-9][a-z0-9_.-]{1,31}$"
+ZONE_CODE_RE = r"^[0-9]{1,10}$"
 QUIET_RE = r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
 DEFAULT_QUIET_HOURS = "22:00-05:00"
 
@@ -61,6 +62,8 @@ class Zone(Record):
     requires_approval: bool = False
     #: a zone that may receive test and exercise alerts (CAP status Test/Exercise)
     test: bool = False
+    #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
+    code: Annotated[str, StringConstraints(pattern=ZONE_CODE_RE)] | None = None
 
 
 class Speaker(Record):
@@ -106,6 +109,19 @@ class BroadcastState(StrEnum):
     INTERRUPTED = "interrupted"  # the streamer restarted while it was on air
 
 
+class EmergencyPlan(Record):
+    """What makes an emergency more than a broadcast at the top level (``docs/priorities.md``)."""
+
+    chime: bool = Field(True, description="the attention chime before the content")
+    volume: float = Field(100.0, ge=0, le=100, allow_inf_nan=False,
+                          description="speaker volume while it plays, overriding mute")
+    repeat_s: int | None = Field(None, ge=60, le=86_400,
+                                 description="air it again this many seconds after each "
+                                             "start, until cancelled or expired")
+    expires: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                  description="Unix time after which it stops by itself")
+
+
 class BroadcastRecord(Record):
     id: int
     zones: list[str]
@@ -121,6 +137,37 @@ class BroadcastRecord(Record):
     schedule: str | None = None
     approved_by: str | None = None
     override_quiet_hours: bool = False
+    emergency: EmergencyPlan | None = None
+    #: how many times it has started (an emergency with a cadence airs again and again)
+    airings: int = 0
+    next_airing: float | None = None
+    #: a live or relayed source's input: "" (not live), connecting, playing, silent, down
+    health: str = ""
+    health_detail: str = ""
+
+
+class LiveInput(Record):
+    """A registered RTP ingest input (a studio encoder, ``loa studio``): where its audio airs
+    when it sends. Its SRTP key is kept apart (``State.input_keys``), never in this record."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    name: str = Field("", max_length=200)
+    zones: list[ZoneId] = Field(min_length=1, max_length=10_000)
+    priority: str = "normal"
+    created: float = 0.0
+    created_by: str = ""
+
+
+class CapRecord(Record):
+    """A CAP alert Loa received, by its CAP reference (``sender,identifier,sent``)."""
+
+    ref: str
+    msg_type: str
+    status: str
+    broadcast: int | None = None
+    zones: list[str] = Field(default_factory=list)
+    received: float
+    user: str = ""
 
 
 class AuditEntry(Record):

@@ -7,6 +7,7 @@ The plane is the API handlers' only dependency (``Ctx.services``), which keeps t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -29,7 +30,21 @@ from . import auth
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .fleet import Fleet
-from .models import DEFAULT_QUIET_HOURS, AuditEntry, Grant, Role, User, Zone, ancestors
+from .live import LiveInputs
+from .messages import EmergencyState
+from .models import (
+    DEFAULT_QUIET_HOURS,
+    AuditEntry,
+    BroadcastRecord,
+    BroadcastState,
+    EmergencyPlan,
+    Grant,
+    LiveInput,
+    Role,
+    User,
+    Zone,
+    ancestors,
+)
 from .presence import FleetRecorder
 from .schedules import QuietHours, in_quiet_hours
 from .state import State
@@ -53,17 +68,93 @@ class Plane:
     scheduler: Any = None
     now: Callable[[], float] = time.time
     zones: dict[str, Zone] = field(default_factory=dict)
+    inputs: LiveInputs = field(init=False)
+    #: browser studio sessions (``streamer/live/webrtc.py``), when the streamer has them
+    studio: Any = None
+    #: the RTP ingest endpoint (``streamer/live/ingest.py``), when the streamer has one,
+    #: and the address senders reach it at
+    ingest: Any = None
+    ingest_addr: tuple[str, int] = ("", 0)
+    #: registered ingest inputs and their keys, as the ingest endpoint reads them
+    input_defs: dict[str, LiveInput] = field(default_factory=dict)
+    input_keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.inputs = LiveInputs(self.broadcasts)
+        self.broadcasts.announce = self.announce_emergency
+
+    async def reload_inputs(self) -> None:
+        self.input_defs = {r.id: r for r in await self.state.inputs.all()}
+        self.input_keys = await self.state.input_keys()
+
+    # -- RTP ingest events (``streamer/live/ingest.py`` calls these on the loop) -------------
+
+    def ingest_started(self, input_id: str, addr: tuple[str, int]) -> None:
+        self._spawn(self._air_input(input_id, addr))
+
+    def ingest_audio(self, input_id: str, pcm: Any) -> None:
+        self.inputs.open(input_id).write(pcm)
+
+    def ingest_ended(self, input_id: str, reason: str) -> None:
+        log.info("ingest input %s stopped sending (%s)", input_id, reason)
+        self._spawn(self.inputs.close(input_id))
+
+    def ingest_refused(self, addr: tuple[str, int], reason: str) -> None:
+        self._spawn(self.state.audit(AuditEntry(
+            ts=self.now(), user="-", action="ingest_refused", target=f"{addr[0]}:{addr[1]}",
+            outcome="denied", detail={"reason": reason})))
+
+    async def _air_input(self, input_id: str, addr: tuple[str, int]) -> None:
+        """An input started sending: air it in its zones at its priority, as its registrant
+        was allowed to; quiet hours hold back all but an emergency input (audited)."""
+        rec = self.input_defs.get(input_id)
+        if rec is None:
+            return
+        source, desc = self.inputs.source_of(input_id)
+        quiet = [] if rec.priority == "emergency" else self.quiet_now(rec.zones)
+        detail = {"from": f"{addr[0]}:{addr[1]}"}
+        if quiet:
+            log.warning("ingest input %s: quiet hours in %s; not aired", input_id, quiet[0])
+            await self.state.audit(AuditEntry(
+                ts=self.now(), user=f"input:{input_id}", action="live_input", target=input_id,
+                zones=rec.zones, outcome="skipped", detail={**detail, "reason": "quiet hours"}))
+            return
+        plan = EmergencyPlan(chime=False) if rec.priority == "emergency" else None
+        b = await self.broadcasts.create(rec.zones, rec.priority, source, label=rec.name,
+                                         user=f"input:{input_id}", emergency=plan, desc=desc)
+        await self.state.audit(AuditEntry(
+            ts=self.now(), user=f"input:{input_id}", action="live_input", target=str(b.id),
+            zones=rec.zones, detail=detail))
+
+    def _spawn(self, work: Any) -> None:
+        self.broadcasts.spawn(work, "a live input event")
+
+    async def announce_emergency(self, rec: BroadcastRecord) -> None:
+        """Retain the emergency's state on each of its zones' topics: speakers below cache
+        it and replay it on its cadence if they lose their stream (``docs/mqtt.md``)."""
+        plan = rec.emergency
+        if self.fleet is None or plan is None:
+            return
+        msg = EmergencyState(
+            id=rec.id, active=rec.state == BroadcastState.QUEUED, volume=plan.volume,
+            repeat_s=plan.repeat_s, started=rec.created, expires=plan.expires,
+            label=rec.label)
+        await asyncio.gather(*(self.fleet.publish_emergency(z, msg) for z in rec.zones))
 
     async def load(self) -> None:
         """Import the zone tree into an empty store, then read every zone's settings."""
         added = await self.state.import_zones([
-            Zone(id=z.id, name=z.name, parent=z.parent) for z in self.tree.zones.values()])
+            Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
+            for z in self.tree.zones.values()])
         if added:
             log.info("imported %d zones", added)
-        self.zones = {z.id: z for z in await self.state.zones.all() if z.id in self.tree.zones}
+        # codes come from the data file, also for zones stored before codes existed
+        self.zones = {z.id: z.model_copy(update={"code": self.tree.zones[z.id].code})
+                      for z in await self.state.zones.all() if z.id in self.tree.zones}
         await self.recorder.load()
         await self.devices.sync_broker()
         await self.state.reserve_broadcast_ids()
+        await self.reload_inputs()
 
     # -- inherited zone settings ----------------------------------------------------------
 

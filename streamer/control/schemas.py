@@ -19,7 +19,9 @@ MAX_TTS_CHARS = 5000
 MAX_ZONES_PER_BROADCAST = 10_000
 PRIORITIES = ("emergency", "priority", "normal", "background")
 #: discriminator values that pydantic puts into an error's location; not field names
-UNION_TAGS = frozenset({"tone", "tts", "clip", "relay"})
+UNION_TAGS = frozenset({"tone", "tts", "clip", "relay", "live"})
+MAX_EMERGENCY_S = 7 * 86_400
+InputId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
 
 class BadRequest(ValueError):
@@ -61,7 +63,15 @@ class ClipSource(Body):
         description="id returned by POST /api/v1/clips")
 
 
+class LiveSource(Body):
+    kind: Literal["live"]
+    input: InputId = Field(description="a live input that is sending now: an RTP ingest input "
+                                        "id, or studio-{session} for a browser studio")
+
+
 Source = Annotated[ToneSource | TtsSource | ClipSource, Field(discriminator="kind")]
+EmergencySource = Annotated[ToneSource | TtsSource | ClipSource | LiveSource,
+                            Field(discriminator="kind")]
 Priority = Literal["emergency", "priority", "normal", "background"]
 Zones = Annotated[list[ZoneId], Field(min_length=1, max_length=MAX_ZONES_PER_BROADCAST)]
 
@@ -77,8 +87,16 @@ class BroadcastIn(Body):
 
 class EmergencyIn(Body):
     zones: Zones
-    source: Source
+    source: EmergencySource
     label: str = Field("", max_length=200)
+    chime: bool = Field(True, description="the attention chime before the content")
+    volume: float = Field(100.0, ge=0, le=100, allow_inf_nan=False,
+                          description="speaker volume while it plays, overriding mute")
+    repeat_s: int | None = Field(None, ge=60, le=86_400,
+                                 description="air it again this many seconds after each start "
+                                             "until cancelled (e.g. 3600: every hour)")
+    expires_s: int | None = Field(None, ge=60, le=MAX_EMERGENCY_S,
+                                  description="stop by itself this many seconds from now")
 
 
 class StopIn(Body):

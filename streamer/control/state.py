@@ -23,7 +23,9 @@ from pydantic import BaseModel
 from .models import (
     AuditEntry,
     BroadcastRecord,
+    CapRecord,
     ClipMeta,
+    LiveInput,
     Presence,
     Relay,
     Speaker,
@@ -90,6 +92,8 @@ class State:
         self.clips = Collection(self.r, "clips", ClipMeta)
         self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord)
         self.schedules = Collection(self.r, "schedules", Schedule)
+        self.inputs = Collection(self.r, "inputs", LiveInput)
+        self.cap = Collection(self.r, "cap", CapRecord)
         self._ids: deque[int] = deque()
 
     async def ping(self) -> bool:
@@ -112,6 +116,26 @@ class State:
 
     async def device_secrets(self) -> dict[str, str]:
         return dict(await self.r.hgetall(P + "device-secrets"))
+
+    async def put_input(self, rec: LiveInput, key: str | None = None) -> None:
+        """An ingest input and (when given) its SRTP key, in one transaction. The key must
+        be readable (the streamer decrypts with it), so it is a secret of its own, never in
+        the record the API returns."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(P + "inputs", rec.id, rec.model_dump_json())
+            if key is not None:
+                p.hset(P + "input-keys", rec.id, key)
+            await p.execute()
+
+    async def input_keys(self) -> dict[str, str]:
+        return dict(await self.r.hgetall(P + "input-keys"))
+
+    async def delete_input(self, input_id: str) -> bool:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(P + "inputs", input_id)
+            p.hdel(P + "input-keys", input_id)
+            gone, _ = await p.execute()
+        return bool(gone)
 
     async def delete_device(self, kind: str, device_id: str) -> None:
         """Remove a speaker or relay with its credentials, presence and telemetry."""

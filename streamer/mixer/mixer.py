@@ -183,6 +183,18 @@ class Mixer:
         b = self._booked.get(item_id)
         return None if b is None else b.at_frame
 
+    def end_frame(self, item_id: int) -> int | None:
+        """The frame an item is booked to end on (None: it plays until it runs out)."""
+        b = self._booked.get(item_id)
+        return b.end_frame if b is not None else self._ends.get(item_id)
+
+    def channels_of(self, item_id: int) -> list[str]:
+        """Channels the item is in (playing or waiting), or booked for."""
+        b = self._booked.get(item_id)
+        if b is not None:
+            return list(b.channel_ids)
+        return sorted(c for p in self.programs if item_id in p.items for c in p.channels)
+
     def on_air(self, item_id: int) -> list[str]:
         """Channels where the item is the one playing now."""
         return sorted(c for p in self.programs if p.current == item_id for c in p.channels)

@@ -8,21 +8,26 @@ approver; emergency never waits.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
-from streamer.control.models import BroadcastRecord
+from streamer.control.models import BroadcastRecord, EmergencyPlan
 from streamer.control.schemas import (
     BadRequest,
     BroadcastIn,
     BroadcastList,
     BroadcastOut,
     EmergencyIn,
+    LiveSource,
     ReachOut,
     ReachSpeaker,
     StopIn,
     StopOut,
 )
+from streamer.mixer.sources.base import Source
 
 from .core import API, Conflict, Ctx, NotFound
 
@@ -40,9 +45,12 @@ def _check_zones(ctx: Ctx, zones: list[str]) -> list[str]:
     return list(dict.fromkeys(zones))
 
 
-async def air(ctx: Ctx, zones: list[str], priority: str, body: BroadcastIn | EmergencyIn,
-              override: bool = False) -> BroadcastOut:
-    """The one path from an API request to the mixer, shared by broadcasts and emergency."""
+async def air(ctx: Ctx, zones: list[str], priority: str, body: Any, override: bool = False,
+              built: tuple[Source, dict[str, Any]] | None = None, **extra: Any) -> BroadcastOut:
+    """The one path from an API request to the mixer, shared by broadcasts, emergencies,
+    studio talk-over and CAP alerts. ``body`` has a ``label`` and a ``source``, unless
+    ``built`` (a source already built, with its description: a live input, a CAP alert's
+    speech) is given; an :class:`EmergencyIn` also carries the emergency's plan."""
     plane = ctx.services
     zones = _check_zones(ctx, zones)
     if priority == "emergency":
@@ -57,11 +65,25 @@ async def air(ctx: Ctx, zones: list[str], priority: str, body: BroadcastIn | Eme
     if quiet:
         ctx.require(auth.ADMIN, zones, "override quiet hours")
     pending = priority != "emergency" and plane.requires_approval(zones)
-    rec = await plane.broadcasts.create(zones, priority, body.source, label=body.label,
+    live = built is not None and built[1]["kind"] == "live"
+    if pending and live:  # a voice cannot wait for an approver
+        ctx.require(auth.APPROVE, zones, "go live where broadcasts need approval")
+        pending = False
+    plan = None
+    if isinstance(body, EmergencyIn):
+        plan = EmergencyPlan(chime=body.chime, volume=body.volume, repeat_s=body.repeat_s,
+                             expires=None if body.expires_s is None else
+                             time.time() + body.expires_s)
+        if isinstance(body.source, LiveSource) and built is None:
+            built = plane.inputs.source(body.source)
+    source, desc = built if built is not None else (body.source, None)
+    rec = await plane.broadcasts.create(zones, priority, source, label=body.label,
                                         user=ctx.me.name, pending=pending,
-                                        override_quiet_hours=bool(quiet))
+                                        override_quiet_hours=bool(quiet), emergency=plan,
+                                        desc=desc)
     await ctx.audit("broadcast", str(rec.id), zones, priority=priority, source=rec.source,
-                    pending_approval=pending, override_quiet_hours=bool(quiet))
+                    pending_approval=pending, override_quiet_hours=bool(quiet),
+                    **({"emergency": plan.model_dump()} if plan else {}), **extra)
     return plane.broadcasts.out(rec)
 
 
