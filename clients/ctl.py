@@ -429,8 +429,59 @@ def cmd_broadcast(api: Client, a: argparse.Namespace) -> None:
 
 
 def cmd_emergency(api: Client, a: argparse.Namespace) -> None:
-    body = {"zones": _zones_required(a), "source": _source(api, a), "label": a.label}
+    source = {"kind": "live", "input": a.live} if a.live else _source(api, a)
+    body = {"zones": _zones_required(a), "source": source, "label": a.label,
+            "chime": not a.no_chime, "volume": a.volume}
+    if a.repeat_minutes is not None:
+        body["repeat_s"] = round(a.repeat_minutes * 60)
+    if a.expires_hours is not None:
+        body["expires_s"] = round(a.expires_hours * 3600)
     _after_airing(api, a, api("POST", "/api/v1/emergency", body))
+
+
+def cmd_cap(api: Client, a: argparse.Namespace) -> None:
+    out = api("POST", "/api/v1/cap", raw=Path(a.file).read_bytes(),
+              content_type="application/cap+xml")
+    print(f"{out['reference']}: {out['action']}"
+          + (f" as {out['level']} in {', '.join(out['zones'])}" if out.get("zones") else "")
+          + (f"; stopped {', '.join(map(str, out['stopped']))}" if out["stopped"] else ""))
+    for what in out["unmatched_areas"] + out["unknown_geocodes"]:
+        print(f"  matched no zone: {what}")
+    if out.get("broadcast"):
+        _print_broadcasts([out["broadcast"]])
+
+
+_INPUT_COLS = ["id", "priority", "sending", "airing", "zones", "name"]
+
+
+def cmd_inputs(api: Client, a: argparse.Namespace) -> None:
+    items = api("GET", "/api/v1/inputs")["inputs"]
+    if a.json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+    print(table([{**i, "zones": ",".join(i["zones"]), "sending": "yes" if i["sending"] else "",
+                  "airing": ",".join(map(str, i["airing"]))} for i in items], _INPUT_COLS))
+
+
+def _print_created_input(out: dict[str, Any]) -> None:
+    print(f"input {out['input']['id']}: its key is shown only now; keep it in a file "
+          f"(mode 0600) and pass it with --key-file\n  key     {out['key']}\n"
+          f"  send    loa studio --to {out['ingest']} --key-file KEYFILE --file FILE\n"
+          f"  ffmpeg  {out['ffmpeg']}")
+
+
+def cmd_input_add(api: Client, a: argparse.Namespace) -> None:
+    _print_created_input(api("POST", "/api/v1/inputs", {
+        "id": a.id, "name": a.name, "zones": _zones_required(a), "priority": a.priority}))
+
+
+def cmd_input_key(api: Client, a: argparse.Namespace) -> None:
+    _print_created_input(api("POST", f"/api/v1/inputs/{urllib.parse.quote(a.id)}/key"))
+
+
+def cmd_input_rm(api: Client, a: argparse.Namespace) -> None:
+    gone = api("DELETE", f"/api/v1/inputs/{urllib.parse.quote(a.id)}")
+    print(f"removed input {gone['id']}")
 
 
 def cmd_emergency_cancel(api: Client, a: argparse.Namespace) -> None:
@@ -724,10 +775,32 @@ def _parser() -> argparse.ArgumentParser:
                                         "hours and approval); emergency cancel ID")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     _source_options(c)
+    c.add_argument("--live", metavar="INPUT", help="air a live input that is sending "
+                                                   "(an ingest input id, or studio-SESSION)")
+    c.add_argument("--no-chime", action="store_true", help="no attention chime first")
+    c.add_argument("--volume", type=float, default=100.0, help="forced speaker volume")
+    c.add_argument("--repeat-minutes", type=float, metavar="M",
+                   help="air it again every M minutes until cancelled")
+    c.add_argument("--expires-hours", type=float, metavar="H", help="stop by itself after H h")
     c.add_argument("--wait-reach", action="store_true")
     cancel = cmd("cancel", cmd_emergency_cancel, "cancel an emergency",
                  c.add_subparsers(dest="emergency_action", metavar="[cancel ID]"))
     cancel.add_argument("id", type=int)
+    c = cmd("cap", cmd_cap, "send a CAP 1.2 alert file (Alert, Update or Cancel)")
+    c.add_argument("file", metavar="ALERT.xml")
+    cmd("inputs", cmd_inputs, "RTP ingest inputs", listing=True)
+    inp = sub.add_parser("input", help="register or remove RTP ingest inputs")
+    isub = inp.add_subparsers(dest="input_action", required=True)
+    c = cmd("add", cmd_input_add, "register an input; prints its key once", isub)
+    c.add_argument("id")
+    c.add_argument("--zone", action="append", help="zone id (repeatable)")
+    c.add_argument("--priority", default="normal",
+                   choices=["emergency", "priority", "normal", "background"])
+    c.add_argument("--name", default="")
+    c = cmd("key", cmd_input_key, "replace an input's key (prints the new one)", isub)
+    c.add_argument("id")
+    c = cmd("rm", cmd_input_rm, "remove an input", isub)
+    c.add_argument("id")
     c = cmd("stop", cmd_stop, "stop a broadcast everywhere")
     c.add_argument("id", type=int)
     c = cmd("stop-all", cmd_stop_all, "stop everything airing in zones")

@@ -28,10 +28,14 @@ from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet, read_password_file
+from streamer.control.live import studio_input
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
 from streamer.control.scheduler import Scheduler
 from streamer.control.state import State
+from streamer.live.ingest import IngestServer
+from streamer.live.page import add_studio_routes
+from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.rtp.packet import ssrc_for
@@ -62,6 +66,9 @@ class StreamerConfig:
     #: directory where the broker reads ``passwd``/``acl`` and writes ``mosquitto.pid``:
     #: the streamer keeps them in step with the device registry ("" = managed elsewhere)
     mqtt_broker_dir: str = ""
+    #: RTP/SRTP ingest for encoders and ``loa studio`` (``docs/ingest.md``); -1 = off
+    ingest_host: str = "0.0.0.0"
+    ingest_port: int = 5006
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -69,6 +76,7 @@ class StreamerConfig:
         check_range("bitrate", self.bitrate, 6_000, 510_000)
         check_range("media_port", self.media_port, 0, 65_535)
         check_range("http_port", self.http_port, 0, 65_535)
+        check_range("ingest_port", self.ingest_port, -1, 65_535)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -132,7 +140,8 @@ class Streamer:
                            registry=self.registry)
         self.state = State(cfg.redis_url)
         clips = ClipLibrary(Path(cfg.var_dir) / "clips")
-        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state)
+        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
+                                     registry=self.registry)
         password = read_password_file(cfg.mqtt_password_file) if cfg.mqtt_password_file else ""
         devices = Devices(self.state, broker_dir=cfg.mqtt_broker_dir,
                           service_user=cfg.mqtt_user, service_password=password)
@@ -148,8 +157,10 @@ class Streamer:
         self.plane.scheduler = await self._scheduler()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
+        await self._live_inputs()
         app = web.Application(client_max_size=80 * 1024 * 1024)
         add_api_routes(app, self.plane, self.registry)
+        add_studio_routes(app)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
@@ -164,6 +175,22 @@ class Streamer:
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
                  self.http_url)
+
+    async def _live_inputs(self) -> None:
+        """The browser studio (WebRTC) and the RTP ingest port, feeding ``plane.inputs``."""
+        cfg, plane = self.cfg, self.plane
+
+        async def closed(session: StudioSession) -> None:
+            await plane.inputs.close(studio_input(session.id))
+
+        plane.studio = StudioSessions(on_close=closed)
+        if cfg.ingest_port < 0:
+            return
+        plane.ingest = IngestServer(
+            lambda: plane.input_keys, plane.ingest_audio, on_start=plane.ingest_started,
+            on_end=plane.ingest_ended, on_refused=plane.ingest_refused, registry=self.registry)
+        _, port = await plane.ingest.start(cfg.ingest_host, cfg.ingest_port)
+        plane.ingest_addr = (cfg.public_host, port)
 
     async def _ready(self) -> dict[str, bool]:
         """What the API needs: Redis, and the broker when fleet control is configured. The
@@ -195,6 +222,9 @@ class Streamer:
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.frames.cancel()
+        await self.plane.studio.close_all()
+        if self.plane.ingest is not None:
+            self.plane.ingest.close()
         self.fanout.close()
         await self.runner.cleanup()
         await self.state.close()
@@ -204,8 +234,10 @@ async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     streamer = Streamer(cfg)
     await streamer.start()
+    host, port = streamer.plane.ingest_addr
     print(json.dumps({"process": "streamer", "media": streamer.media_addr,
-                      "http": streamer.http_url}), flush=True)
+                      "http": streamer.http_url, "ingest": f"{host}:{port}" if port else ""}),
+          flush=True)
     try:
         await stop.wait()
     finally:

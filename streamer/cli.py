@@ -31,6 +31,9 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--mqtt-user")
     p.add_argument("--mqtt-password-file")
     p.add_argument("--mqtt-broker-dir", help="keep this broker's passwd/acl in step")
+    p.add_argument("--ingest-host")
+    p.add_argument("--ingest-port", type=int,
+                   help="UDP port of the SRTP ingest (default 5006; 0 = any; -1 = off)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,
@@ -66,6 +69,12 @@ def _up(argv: list[str]) -> int:
     return run(argv)
 
 
+def _studio(argv: list[str]) -> int:
+    from clients.studio import main
+
+    return main(argv)
+
+
 def _ctl(argv: list[str]) -> int:
     from clients.ctl import run
 
@@ -77,6 +86,7 @@ COMMANDS = {
     "streamer": (_streamer, "the central mixer and API"),
     "relay": (_relay, "a fan-out relay"),
     "speaker": (_speaker, "a software IP speaker"),
+    "studio": (_studio, "send live audio (file, sound card, tone) to the ingest"),
     "ctl": (_ctl, "operator commands over the HTTP API"),
 }
 

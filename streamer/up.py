@@ -123,6 +123,7 @@ async def up(args: argparse.Namespace) -> int:
         streamer = await _spawn("streamer", [
             "streamer", "--http-host", host, "--http-port", str(args.http_port),
             "--media-host", host, "--media-port", "0", "--public-host", host,
+            "--ingest-host", host, "--ingest-port", str(args.ingest_port),
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
             "--redis-url", redis_url, "--admin-credentials", str(credentials),
             *mqtt_args, "--mqtt-user", broker.STREAMER_USER,
@@ -145,7 +146,8 @@ async def up(args: argparse.Namespace) -> int:
             # the relay first; the streamer itself if the relay is down
             "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
             "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
-            "--delay-ms", str(args.delay_ms), *_mqtt(sid, mqtt_url, secrets),
+            "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
+            *_mqtt(sid, mqtt_url, secrets),
         ], logs) for sid, zone in chosen), return_exceptions=True)
         children += [c for c in spawned if isinstance(c, Child)]
         failed = [c for c in spawned if isinstance(c, BaseException)]
@@ -164,6 +166,7 @@ async def up(args: argparse.Namespace) -> int:
     state = {
         "streamer_url": streamer.info["http"],
         "streamer_media": streamer.info["media"],
+        "streamer_ingest": streamer.info.get("ingest", ""),
         "relay_urls": [relay.info["http"]],
         "relays": [{"id": "relay-1", "url": relay.info["http"], "media": relay.info["media"],
                     "pid": relay.proc.pid}],
@@ -183,6 +186,8 @@ async def up(args: argparse.Namespace) -> int:
     tmp.replace(state_file)
     url = state["streamer_url"]
     print(f"Loa is up.\n  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
+          f"  studio     {url}/studio  (browser microphone, push to talk)\n"
+          f"  ingest     srtp://{state['streamer_ingest']}  (register: loa ctl input add)\n"
           f"  relay      {relay.info['http']}\n  speakers   {len(speakers)}, recording to "
           f"{spk_dir}\n  state      {state_file}\n  listen     {url}/listen/"
           f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl login && loa ctl broadcast "
@@ -256,6 +261,8 @@ def run(argv: list[str]) -> int:
     p.add_argument("--var-dir", default="var", help="state, logs and recordings (default var/)")
     p.add_argument("--host", default="127.0.0.1", help="address every process binds")
     p.add_argument("--http-port", type=int, default=8000, help="streamer HTTP port (0 = any)")
+    p.add_argument("--ingest-port", type=int, default=5006,
+                   help="streamer SRTP ingest UDP port (0 = any)")
     p.add_argument("--speakers", type=int, default=len(SAMPLE_SPEAKERS),
                    choices=range(0, len(SAMPLE_SPEAKERS) + 1), metavar="N")
     p.add_argument("--ptime-ms", type=int, default=20, choices=(20, 40, 60))

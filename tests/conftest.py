@@ -40,7 +40,8 @@ async def streamer(tmp_path, redis_url):
     from streamer.app import Streamer, StreamerConfig
 
     cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url)
+                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
+                         ingest_host="127.0.0.1", ingest_port=0)
     s = Streamer(cfg)
     await s.start()
     s.plane.now = lambda: DAYTIME  # quiet hours (22:00-05:00) must not depend on when CI runs

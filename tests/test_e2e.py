@@ -66,7 +66,8 @@ class Speaker:
 def stack(tmp_path_factory):
     var = tmp_path_factory.mktemp("up")
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "up", "--var-dir", str(var),
-                             "--http-port", "0"], stdout=subprocess.PIPE, text=True)
+                             "--http-port", "0", "--ingest-port", "0"], stdout=subprocess.PIPE,
+                            text=True)
     state_file = var / "loa-up.json"
     deadline = time.monotonic() + 60
     while not state_file.exists():

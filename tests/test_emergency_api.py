@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
 from streamer.control.messages import EmergencyState, parse, zone_emergency_topics
-from streamer.rtp.packet import HEADER_LEN, parse as parse_rtp
+from streamer.rtp.packet import HEADER_LEN
+from streamer.rtp.packet import parse as parse_rtp
 from tests.conftest import peak_hz
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"

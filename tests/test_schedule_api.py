@@ -68,8 +68,8 @@ async def test_bad_schedules_name_the_field(streamer):
         ({**base, "at": "2026-11-24T06:00:00", "duration_s": -5}, "duration_s"),
         ({**base, "at": "2020-01-01T06:00:00"}, "at"),
         ({**base, "at": "2026-11-24T06:00:00",
-          "source": {"kind": "relay", "url": "http://vov.vn/live"}, "duration_s": 60},
-         "source.kind"),
+          "source": {"kind": "relay", "url": "ftp://vov.vn/live"}, "duration_s": 60},
+         "source.url"),
         ({**base, "at": "2026-11-24T06:00:00", "zones": ["brvt.nowhere"]}, "zones"),
     ]:
         status, err = await call(streamer, "POST", "/api/v1/schedules", json=body)

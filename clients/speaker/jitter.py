@@ -3,7 +3,10 @@
 Packets are kept in preallocated slot arrays indexed by extended sequence number modulo the
 capacity, so that storing a packet allocates nothing beyond the payload the parser already made.
 ``pop`` hands out the next frame in sequence: the packet itself, or, when it is missing, what
-the decoder should do instead (Opus in-band FEC from the following packet, or PLC). Late and
+the decoder should do instead (Opus in-band FEC from the following packet, or PLC). Each frame
+carries its broadcast id and priority level (RTP extensions); a missing frame inherits the
+priority of the last packet handed out, so that a lost packet in an emergency is concealed at
+the emergency volume rather than dropping to the operator's volume for 20 ms. Late and
 duplicate packets are dropped and counted. A jump in sequence or a new SSRC (upstream restart or
 failover to a relay with its own numbering) is believed only when the next packet confirms it
 (RFC 3550 appendix A.1 probation), so that one stray packet cannot flush the buffer.
@@ -44,6 +47,7 @@ class Frame:
     payload: bytes
     broadcast_id: int
     capture_time: float | None  # None for concealed frames
+    priority: int  # 0 background … 3 emergency (docs/protocol.md)
 
 
 @dataclass(slots=True)
@@ -54,6 +58,7 @@ class _Held:
     capture_time: float
     payload: bytes
     broadcast_id: int
+    priority: int
 
 
 class JitterBuffer:
@@ -66,12 +71,14 @@ class JitterBuffer:
         self._capture = [0.0] * capacity
         self._payload: list[bytes] = [b""] * capacity
         self._broadcast = [0] * capacity
+        self._priority = [0] * capacity
         self.ssrc: int | None = None
         self.next_seq = 0  # extended seq of the next frame to hand out
         self.highest = 0  # highest extended seq received: the reference for unwrapping
         self.depth = 0  # packets buffered
         self.started = False  # a frame has been handed out since the last reset
         self.last_broadcast_id = 0
+        self.last_priority = 0
         self._held: _Held | None = None
         # counters (exported as metrics by the edge)
         self.received = 0
@@ -85,15 +92,15 @@ class JitterBuffer:
 
     def push(
         self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes,
-        broadcast_id: int,
+        broadcast_id: int, priority: int = 0,
     ) -> Arrival:
         self.received += 1
         if self.ssrc is None:
             self._restart(ssrc, seq)
-            self._store(self.next_seq, ts, capture_time, payload, broadcast_id)
+            self._store(self.next_seq, ts, capture_time, payload, broadcast_id, priority)
             return Arrival.STORED
         if ssrc != self.ssrc:
-            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id, priority)
         ext = self._extend(seq)
         if ext < self.next_seq:
             if not self.started and self.highest - ext < self.capacity:
@@ -102,13 +109,14 @@ class JitterBuffer:
                 self.late += 1
                 return Arrival.LATE
             else:
-                return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+                return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id,
+                                       priority)
         elif ext - self.next_seq >= self.capacity:
-            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id)
+            return self._probation(ssrc, seq, ts, capture_time, payload, broadcast_id, priority)
         if self._seq[ext % self.capacity] == ext:
             self.duplicates += 1
             return Arrival.DUPLICATE
-        self._store(ext, ts, capture_time, payload, broadcast_id)
+        self._store(ext, ts, capture_time, payload, broadcast_id, priority)
         return Arrival.STORED
 
     def _extend(self, seq: int) -> int:
@@ -118,19 +126,22 @@ class JitterBuffer:
             delta -= SEQ_MOD
         return self.highest + delta
 
-    def _store(self, ext: int, ts: int, capture_time: float, payload: bytes, bid: int) -> None:
+    def _store(self, ext: int, ts: int, capture_time: float, payload: bytes, bid: int,
+               priority: int) -> None:
         i = ext % self.capacity
         self._seq[i] = ext
         self._ts[i] = ts
         self._capture[i] = capture_time
         self._payload[i] = payload
         self._broadcast[i] = bid
+        self._priority[i] = priority
         self.depth += 1
         if ext > self.highest:
             self.highest = ext
 
     def _probation(
-        self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes, bid: int
+        self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes, bid: int,
+        priority: int,
     ) -> Arrival:
         held = self._held
         if held is not None and held.ssrc == ssrc and (seq - held.seq) % SEQ_MOD == 1:
@@ -138,10 +149,10 @@ class JitterBuffer:
             self.resets += 1
             self._restart(ssrc, held.seq)
             self._store(self.next_seq, held.ts, held.capture_time, held.payload,
-                        held.broadcast_id)
-            self._store(self.next_seq + 1, ts, capture_time, payload, bid)
+                        held.broadcast_id, held.priority)
+            self._store(self.next_seq + 1, ts, capture_time, payload, bid, priority)
             return Arrival.RESET
-        self._held = _Held(ssrc, seq, ts, capture_time, payload, bid)
+        self._held = _Held(ssrc, seq, ts, capture_time, payload, bid, priority)
         self.held += 1
         return Arrival.HELD
 
@@ -177,12 +188,15 @@ class JitterBuffer:
             payload, self._payload[i] = self._payload[i], b""
             self.depth -= 1
             self.last_broadcast_id = self._broadcast[i]
-            return Frame(FrameKind.PACKET, ext, payload, self._broadcast[i], self._capture[i])
+            self.last_priority = self._priority[i]
+            return Frame(FrameKind.PACKET, ext, payload, self._broadcast[i], self._capture[i],
+                         self._priority[i])
         self.lost += 1
         j = (ext + 1) % self.capacity
         if self._seq[j] == ext + 1:
-            return Frame(FrameKind.FEC, ext, self._payload[j], self._broadcast[j], None)
-        return Frame(FrameKind.PLC, ext, b"", self.last_broadcast_id, None)
+            return Frame(FrameKind.FEC, ext, self._payload[j], self._broadcast[j], None,
+                         self.last_priority)
+        return Frame(FrameKind.PLC, ext, b"", self.last_broadcast_id, None, self.last_priority)
 
     def skip(self) -> int:
         """Jump over a hole to the next buffered packet; returns how many frames were skipped."""

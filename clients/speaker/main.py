@@ -11,8 +11,11 @@ underscores), environment ``LOA_SPEAKER_<KEY>`` (``LOA_SPEAKER_UPSTREAM`` comma-
 command-line flags.
 
 With ``mqtt_url`` set the speaker also joins the MQTT control plane (``mqtt.py``,
-``docs/mqtt.md``): retained status with a last will, telemetry, proof of play, commands. The
-broker being away never affects playout.
+``docs/mqtt.md``): retained status with a last will, telemetry, proof of play, commands, and the
+emergency states of its zones. The broker being away never affects playout.
+
+Emergency audio is cached under ``cache_dir`` and replayed from there while the network is gone
+(``emergency.py``); the cache is read once at start-up and written by one worker thread.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
@@ -41,6 +46,7 @@ from streamer.control.messages import valid_zone_id
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
+from .emergency import OUTCOMES, EmergencyCache, EmergencyPath, stream_lost
 from .mqtt import SpeakerDevice, ToneOverlay
 from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
 from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
@@ -73,6 +79,11 @@ class SpeakerConfig:
     mqtt_keepalive_s: int = 30
     telemetry_s: float = 10.0
     zone: str = ""
+    var_dir: str = "var"
+    cache_dir: str = ""
+    emergency_volume: float = 100.0
+    offline_after_s: float = 10.0
+    emergency_repeat_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.channel:
@@ -83,6 +94,12 @@ class SpeakerConfig:
         check_range("delay_ms", self.delay_ms, 0, 10_000)
         check_range("volume", self.volume, 0, 100)
         check_range("failover_s", self.failover_s, 0.2, 3600)
+        check_range("emergency_volume", self.emergency_volume, 0, 100)
+        check_range("offline_after_s", self.offline_after_s, 0.2, 3600)
+        if self.emergency_repeat_s is not None:
+            check_range("emergency_repeat_s", self.emergency_repeat_s, 1, 86_400)
+        # one directory per speaker id: several simulated speakers may share a var dir
+        self.cache_dir = self.cache_dir or str(Path(self.var_dir) / "cache" / self.id)
         check_device_mqtt(self)
         if self.zone and not valid_zone_id(self.zone):
             raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
@@ -117,6 +134,18 @@ def _arg_parser() -> argparse.ArgumentParser:
                    help="MQTT keepalive; the broker says offline after 1.5x (default 30)")
     p.add_argument("--telemetry-s", type=float, help="telemetry period (default 10)")
     p.add_argument("--zone", help="leaf zone id for group commands (default: the channel)")
+    p.add_argument("--var-dir", help="where the speaker keeps state (default ./var)")
+    p.add_argument("--cache-dir", metavar="PATH",
+                   help="emergency audio and states (default VAR_DIR/cache/ID)")
+    p.add_argument("--emergency-volume", type=float,
+                   help="volume of emergencies until an emergency state says otherwise "
+                        "(default 100)")
+    p.add_argument("--offline-after-s", type=float,
+                   help="no packet for this long means no stream: replay a cached emergency "
+                        "(default 10)")
+    p.add_argument("--emergency-repeat-s", type=float,
+                   help="replay cadence used instead of each emergency's repeat_s (tests, "
+                        "demos; default: the emergency's own)")
     return p
 
 
@@ -140,6 +169,7 @@ class Speaker(asyncio.DatagramProtocol):
         self.latency = latency
         self.ssrc = packet.ssrc_for(client.channel)
         self.transport: asyncio.DatagramTransport | None = None
+        self.last_media = time.monotonic()  # of the last packet played; the start until then
         self.bad = dict.fromkeys(BAD_REASONS, 0)
         self.control = 0
         self.rtcp = 0
@@ -196,7 +226,8 @@ class Speaker(asyncio.DatagramProtocol):
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1
             return
-        client.on_media(time.monotonic())
+        self.last_media = time.monotonic()
+        client.on_media(self.last_media)
         self.latency.observe(max(0.0, now - capture_time))
         self.playout.receive(pkt, capture_time)
 
@@ -215,17 +246,36 @@ async def tick_forever(speaker: Speaker) -> None:
         await asyncio.sleep(TICK_S)
 
 
+async def emergency_forever(emergency: EmergencyPath, speaker: Speaker,
+                            cfg: SpeakerConfig) -> None:
+    """Offline replay decisions every 200 ms. A failure is logged (once a minute at most) and
+    the loop goes on: this task must outlive any bug in it."""
+    logged = float("-inf")
+    while True:
+        try:
+            silent_s = time.monotonic() - speaker.last_media
+            subscribed = speaker.client.state is subscribe.ClientState.SUBSCRIBED
+            emergency.tick(time.time(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
+                                                    cfg.failover_s))
+        except Exception:
+            if time.monotonic() - logged > 60:
+                logged = time.monotonic()
+                log.exception("emergency tick failed")
+        await asyncio.sleep(TICK_S)
+
+
 # --------------------------------------------------------------------------- metrics, HTTP
 
 
 class SpeakerCollector(Collector):
     """Reads the counters the sans-IO parts keep, at scrape time."""
 
-    def __init__(self, speaker: Speaker) -> None:
+    def __init__(self, speaker: Speaker, emergency: EmergencyPath) -> None:
         self.speaker = speaker
+        self.emergency = emergency
 
     def collect(self) -> Iterable[Metric]:
-        s = self.speaker
+        s, e = self.speaker, self.emergency
         jb, p = s.playout.jitter, s.playout
 
         def counter(name: str, doc: str, value: float) -> Metric:
@@ -257,9 +307,19 @@ class SpeakerCollector(Collector):
                                 value=float(s.client.state is subscribe.ClientState.SUBSCRIBED))
         yield GaugeMetricFamily("loa_speaker_broadcast_id", "Broadcast on air (0 = none)",
                                 value=p.broadcast_id)
+        yield GaugeMetricFamily("loa_speaker_emergency_playing",
+                                "1 while an emergency plays (streamed, or replayed locally)",
+                                value=float(p.emergency_playing))
+        yield counter("emergency_replays", "Cached emergencies replayed by the speaker itself "
+                      "for want of a stream", e.replays)
+        states = CounterMetricFamily("loa_speaker_emergency_states",
+                                     "Emergency states received, by outcome", labels=["outcome"])
+        for outcome in OUTCOMES:
+            states.add_metric([outcome], e.messages[outcome])
+        yield states
 
 
-def health(cfg: SpeakerConfig, speaker: Speaker) -> dict[str, Any]:
+def health(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath) -> dict[str, Any]:
     c, p = speaker.client, speaker.playout
     return {
         "speaker": cfg.id,
@@ -271,15 +331,16 @@ def health(cfg: SpeakerConfig, speaker: Speaker) -> dict[str, Any]:
         "broadcast": p.broadcast_id,
         "t0": p.timeline.t0,
         "packets_received": p.jitter.received,
+        "emergency": emergency.status(time.time()),
     }
 
 
-async def start_http(cfg: SpeakerConfig, speaker: Speaker,
+async def start_http(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath,
                      registry: CollectorRegistry) -> tuple[web.AppRunner, Addr]:
     assert cfg.http is not None
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response(health(cfg, speaker))
+        return web.json_response(health(cfg, speaker, emergency))
 
     async def readyz(_: web.Request) -> web.Response:
         ok = speaker.client.state is subscribe.ClientState.SUBSCRIBED
@@ -350,13 +411,25 @@ async def serve(cfg: SpeakerConfig) -> int:
     def on_event(event: dict[str, Any]) -> None:
         if play_log:
             play_log.write(event)
+        try:
+            emergency.on_event(event)
+        except Exception:  # called from inside the playout: never let it stop playing
+            log.exception("emergency cache failed on %s", event.get("event"))
         if link is not None and event.get("event") == "play":
             link.report_played(event)
 
     playout = Playout(
         sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
         capacity=max(512, cfg.delay_ms // 5), on_event=on_event,
+        emergency_volume_pct=cfg.emergency_volume,
     )
+    cache = EmergencyCache(Path(cfg.cache_dir))
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emergency-cache")
+    emergency = EmergencyPath(
+        playout, cache, cached=await asyncio.to_thread(cache.load), states=cache.load_states(),
+        volume_pct=cfg.emergency_volume, repeat_override_s=cfg.emergency_repeat_s,
+        submit=writer.submit)
+    playout.capture = emergency.recorder.add
     if play_log:
         play_log.write({"event": "start", "t0": playout.timeline.t0, "rate_hz": RATE_HZ,
                         "channel": cfg.channel, "speaker": cfg.id})
@@ -367,7 +440,7 @@ async def serve(cfg: SpeakerConfig) -> int:
                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
                         registry=registry)
     speaker = Speaker(client, playout, latency)
-    registry.register(SpeakerCollector(speaker))
+    registry.register(SpeakerCollector(speaker, emergency))
 
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)
@@ -376,7 +449,7 @@ async def serve(cfg: SpeakerConfig) -> int:
                                  "udp": f"{bound[0]}:{bound[1]}"}
     runner = None
     if cfg.http:
-        runner, http_bound = await start_http(cfg, speaker, registry)
+        runner, http_bound = await start_http(cfg, speaker, emergency, registry)
         listening["http"] = f"{http_bound[0]}:{http_bound[1]}"
     print(json.dumps(listening), flush=True)  # tests and supervisors read the bound ports here
     log.info("speaker %s on %s, channel %s, upstreams %s", cfg.id, listening["udp"],
@@ -386,14 +459,16 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker))]
+    tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker)),
+             asyncio.create_task(emergency_forever(emergency, speaker, cfg))]
     if cfg.mqtt_url and password is not None and overlay is not None:
         device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=playout,
                                client=client, send=speaker.send, overlay=overlay,
                                resolve=lambda addr: _resolve(addr, family))
         link = DeviceLink(device, url=cfg.mqtt_url, device_id=cfg.id, user=cfg.mqtt_user,
                           password=password, registry=registry, zone=cfg.zone or None,
-                          telemetry_s=cfg.telemetry_s, keepalive_s=cfg.mqtt_keepalive_s)
+                          telemetry_s=cfg.telemetry_s, keepalive_s=cfg.mqtt_keepalive_s,
+                          on_emergency=lambda state: emergency.on_state(state, time.time()))
         link.start()
     try:
         await stop.wait()
@@ -408,6 +483,7 @@ async def serve(cfg: SpeakerConfig) -> int:
         if client.state is subscribe.ClientState.SUBSCRIBED:
             speaker.send(client.close())  # BYE: the upstream stops sending at once
         playout.close(time.time())
+        writer.shutdown(wait=True)  # an emergency that was playing is in the cache first
         sink.close()
         if play_log:
             play_log.close()

@@ -2,11 +2,13 @@
 
 :class:`SpeakerDevice` is the speaker as a ``streamer.control.fleet.DeviceLink`` sees it:
 status, telemetry, the commands of ``docs/mqtt.md`` (volume, mute, reconnect, upstream list,
-test tone, token refresh) and the retained desired config. :class:`ToneOverlay` sits between
-the playout and the real sink: it plays the installer's test tone and meters the output level
-for telemetry. Nothing here may block or stop playout: commands change a few fields the
-playout reads on its next frame, and a command that cannot be carried out is answered
-``ok: false`` naming the field, never raised.
+test tone, token refresh) and the retained desired config. Volume and mute are the operator's:
+an emergency overrides them while it plays without changing them (``playout.py``), so that
+they are what applies again afterwards and what every ack and telemetry reports.
+:class:`ToneOverlay` sits between the playout and the real sink: it plays the installer's test
+tone and meters the output level for telemetry. Nothing here may block or stop playout:
+commands change a few fields the playout reads on its next frame, and a command that cannot be
+carried out is answered ``ok: false`` naming the field, never raised.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class SpeakerDevice:
             volume=p.volume_pct, muted=p.muted,
             uptime_s=round(time.monotonic() - self.started, 1),
             upstream=fmt_addr(self.client.upstream),
+            emergency=p.emergency_playing,
         )
 
     def state(self) -> dict[str, Any]:
@@ -161,7 +164,8 @@ class SpeakerDevice:
         return {"volume": self.playout.volume_pct, "muted": self.playout.muted,
                 "upstream": fmt_addr(c.upstream), "upstreams": [fmt_addr(u) for u in c.upstreams],
                 "subscribed": c.state is ClientState.SUBSCRIBED,
-                "test_tone": self.overlay.tone_playing}
+                "test_tone": self.overlay.tone_playing,
+                "emergency": self.playout.emergency_playing}
 
     # ------------------------------------------------------------------ commands
 

@@ -7,6 +7,13 @@ echo. The output is one timeline anchored at wall time ``t0``: sample ``i`` play
 the end of the previous frame when within ``slack`` samples, so stamp rounding never clicks),
 holes are filled with zeros and audio arriving too late for its place is trimmed, never shifted.
 
+Emergencies are forced in-band: a frame whose RTP priority is level 3 plays at the emergency
+volume and unmuted, whatever the operator's volume and mute say (those are left as they are and
+apply again from the first frame of lower priority), with a 10 ms glide between the two gains so
+that the switch never clicks. The playout hands the decoded PCM of those frames to ``capture``
+(the speaker's emergency cache, ``emergency.py``) and can replay such audio itself when the
+stream is gone (:meth:`Playout.play_local`); any stream packet ends a local replay at once.
+
 The core (:class:`Timeline`, :class:`Playout`) is sans-IO: wall times come in as arguments and it
 never reads a clock, blocks, or lets a bad payload stop playback. :func:`play_forever` is the
 thin asyncio edge that wakes it every packet time.
@@ -22,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamer.rtp.packet import MalformedPacket, RtpPacket
+from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket, RtpPacket
 
 from .jitter import Arrival, Frame, FrameKind, JitterBuffer
 from .output import Sink
@@ -31,6 +38,7 @@ RATE_HZ = 48_000
 MAX_FRAME = 5_760  # 120 ms, the longest Opus packet
 LEVEL_FLOOR_DBFS = -120.0
 VOLUME_RANGE_DB = 50.0
+FADE_MS = 10.0
 
 
 class Decoder(Protocol):
@@ -65,6 +73,39 @@ def volume_gain(volume_pct: float) -> float:
     return float(10.0 ** ((v - 100.0) * (VOLUME_RANGE_DB / 100.0) / 20.0))
 
 
+class GainFade:
+    """The gain applied to the output. A change announced with :meth:`glide` moves linearly
+    over ``fade_samples`` instead of jumping: a muted or 20 % horn going to full volume within
+    one sample clicks as loud as the alarm itself. Other changes (the operator's volume and
+    mute) apply from the next frame, as they always have."""
+
+    def __init__(self, gain: float, fade_samples: int) -> None:
+        self.gain = gain  # the gain of the last sample written
+        self.fade_samples = max(1, fade_samples)
+        self._from = gain
+        self._left = 0  # samples of the glide still to go
+        self._ramp = np.arange(1, self.fade_samples + 1, dtype=np.float64) / self.fade_samples
+
+    def glide(self) -> None:
+        """Reach the next target gradually, starting from the gain of the last sample."""
+        self._from = self.gain
+        self._left = self.fade_samples
+
+    def apply(self, work: np.ndarray, target: float) -> None:
+        """Multiply ``work`` in place by the gain, gliding towards ``target`` if asked to."""
+        k = min(self._left, len(work))
+        if not k:
+            work *= target
+            self.gain = target
+            return
+        done = self.fade_samples - self._left
+        ramp = self._from + (target - self._from) * self._ramp[done : done + k]
+        work[:k] *= ramp
+        work[k:] *= target
+        self._left -= k
+        self.gain = float(ramp[-1]) if k == len(work) else target
+
+
 class Timeline:
     """Wall time to output sample index, and the write cursor of the sink."""
 
@@ -95,9 +136,13 @@ class Playout:
 
     ``on_event`` receives play-log records: ``play_start`` when a broadcast id starts playing and
     ``play`` (start, end, RMS level) when it stops, changes, or the stream goes quiet for
-    ``broadcast_gap_s``. Broadcast 0 (nothing on air) is not logged. The level is measured after
-    volume, i.e. what the speaker really played, in dB relative to a full-scale square wave (a
-    full-scale sine reads -3 dBFS).
+    ``broadcast_gap_s``. Both carry the broadcast's ``priority`` level, and ``local: true`` for
+    a replay the speaker made on its own. Broadcast 0 (nothing on air) is not logged. The level
+    is measured after volume, i.e. what the speaker really played, in dB relative to a
+    full-scale square wave (a full-scale sine reads -3 dBFS).
+
+    ``capture(broadcast_id, pcm)`` receives the decoded int16 PCM (before volume) of every
+    level-3 frame, for the emergency cache.
     """
 
     def __init__(
@@ -114,6 +159,8 @@ class Playout:
         slack: int = 24,
         broadcast_gap_s: float = 1.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        emergency_volume_pct: float = 100.0,
+        capture: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.sink = sink
         self.decoder = decoder
@@ -127,6 +174,15 @@ class Playout:
         self.muted = muted
         self.volume_pct = volume_pct
         self._gain = volume_gain(volume_pct)
+        self.emergency_volume_pct = emergency_volume_pct
+        self._emergency_gain = volume_gain(emergency_volume_pct)
+        self._fade = GainFade(0.0 if muted else self._gain, round(FADE_MS * rate_hz / 1000))
+        self._forced = False  # the last samples went out at the emergency volume
+        self.capture = capture or (lambda broadcast_id, pcm: None)
+        # cached emergency audio the speaker replays on its own (see play_local)
+        self._local: np.ndarray | None = None
+        self._local_pos = 0
+        self.local_broadcast_id = 0
         self.frame_samples = rate_hz // 50  # 20 ms until a packet says otherwise
         self._next_play: float | None = None  # nominal play time after the last frame
         self._concealed = 0  # consecutive concealed frames
@@ -134,6 +190,8 @@ class Playout:
         self._out = np.zeros(MAX_FRAME, dtype=np.int16)
         # the broadcast on air and its running level
         self.broadcast_id = 0
+        self._bc_priority = 0
+        self._bc_local = False
         self._bc_start = 0.0
         self._bc_end = 0.0
         self._bc_sumsq = 0.0
@@ -153,11 +211,40 @@ class Playout:
         self.volume_pct = volume_pct
         self._gain = volume_gain(volume_pct)
 
+    def set_emergency_volume(self, volume_pct: float) -> None:
+        self.emergency_volume_pct = volume_pct
+        self._emergency_gain = volume_gain(volume_pct)
+
+    @property
+    def emergency_playing(self) -> bool:
+        """An emergency is on the horn: level-3 frames of the stream, or a local replay."""
+        return self.broadcast_id != 0 and self._bc_priority == EMERGENCY_LEVEL
+
+    @property
+    def local_playing(self) -> bool:
+        return self._local is not None
+
     # ------------------------------------------------------------------ input
 
     def receive(self, pkt: RtpPacket, capture_time: float) -> Arrival:
+        if self._local is not None:
+            self.stop_local()  # the network stream wins over the speaker's own replay
         return self.jitter.push(pkt.ssrc, pkt.seq, pkt.ts, capture_time, pkt.payload,
-                                pkt.broadcast_id)
+                                pkt.broadcast_id, pkt.priority)
+
+    def play_local(self, pcm: np.ndarray, broadcast_id: int) -> None:
+        """Replay ``pcm`` (int16, cached emergency audio) from the next tick on, at the
+        emergency volume and unmuted, logged as ``broadcast_id`` with ``local: true``. It ends
+        by itself, with :meth:`stop_local`, or at the first stream packet."""
+        self.stop_local()
+        self._local, self._local_pos, self.local_broadcast_id = pcm, 0, broadcast_id
+
+    def stop_local(self) -> None:
+        if self._local is None:
+            return
+        self._local, self.local_broadcast_id = None, 0
+        if self._bc_local:
+            self._end_broadcast()
 
     # ------------------------------------------------------------------ output
 
@@ -186,6 +273,8 @@ class Playout:
                     break
                 self._play(jb.pop(), play_time)
             emitted += 1
+        if self._local is not None:
+            self._play_local(horizon)
         pad = self.timeline.index(now) - self.timeline.cursor
         if pad > 0:
             self.sink.write_silence(pad)
@@ -200,6 +289,7 @@ class Playout:
         if pad > 0:
             self.sink.write_silence(pad)
             self.timeline.cursor += pad
+        self._local = None
         self._end_broadcast()
 
     def _decode(self, frame: Frame) -> bytes:
@@ -231,35 +321,74 @@ class Playout:
             return bytes(2 * n)
 
     def _play(self, frame: Frame, play_time: float) -> None:
-        pcm = np.frombuffer(self._decode(frame), dtype="<i2")
-        n = min(len(pcm), MAX_FRAME)
-        work = self._work[:n]
-        np.multiply(pcm[:n], 0.0 if self.muted else self._gain, out=work)
-        out = self._out[:n]
-        np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
+        raw = self._decode(frame)
+        forced = frame.priority == EMERGENCY_LEVEL
+        pcm = np.frombuffer(raw, dtype="<i2")[:MAX_FRAME]
+        n = len(pcm)
         zeros, trim = self.timeline.place(play_time, n)
         if zeros:
             self.sink.write_silence(zeros)
-        if trim < n:
-            self.sink.write(out[trim:])
-        self.timeline.cursor += zeros + n - trim
+            self.timeline.cursor += zeros
+        sumsq = self._write(pcm, forced, skip=trim)
         self.late_samples += trim
         self.frames += 1
         self._next_play = play_time + n / self.rate_hz
-        self._track(frame.broadcast_id, play_time, n, float(np.dot(work, work)))
+        self._track(frame.broadcast_id, frame.priority, play_time, n, sumsq)
+        if forced and frame.broadcast_id:  # after _track has closed the previous broadcast
+            self.capture(frame.broadcast_id, raw)
+
+    def _play_local(self, until: float) -> None:
+        """Write the local replay up to wall time ``until``, a frame at a time; end it when
+        the audio runs out."""
+        assert self._local is not None
+        local = self._local
+        while True:
+            left = len(local) - self._local_pos
+            if left <= 0:
+                self.stop_local()
+                return
+            n = min(self.timeline.index(until) - self.timeline.cursor, MAX_FRAME, left)
+            if n <= 0:
+                return
+            start = self.timeline.time(self.timeline.cursor)
+            chunk = local[self._local_pos : self._local_pos + n]
+            self._local_pos += n
+            sumsq = self._write(chunk, forced=True)
+            self._track(self.local_broadcast_id, EMERGENCY_LEVEL, start, n, sumsq, local=True)
+
+    def _write(self, pcm: np.ndarray, forced: bool, skip: int = 0) -> float:
+        """Apply the gain to int16 ``pcm`` and write all but its first ``skip`` samples at the
+        cursor; returns the sum of squares after gain. ``forced`` (an emergency) means the
+        emergency volume, unmuted, glided into and out of."""
+        n = len(pcm)
+        work = self._work[:n]
+        np.copyto(work, pcm)
+        if forced != self._forced:
+            self._forced = forced
+            self._fade.glide()
+        self._fade.apply(work, self._emergency_gain if forced else
+                         0.0 if self.muted else self._gain)
+        out = self._out[:n]
+        np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
+        if skip < n:
+            self.sink.write(out[skip:])
+        self.timeline.cursor += n - skip
+        return float(np.dot(work, work))
 
     # ------------------------------------------------------------------ play log
 
-    def _track(self, broadcast_id: int, start: float, n: int, sumsq: float) -> None:
-        if broadcast_id != self.broadcast_id or (
+    def _track(self, broadcast_id: int, priority: int, start: float, n: int, sumsq: float,
+               local: bool = False) -> None:
+        if broadcast_id != self.broadcast_id or local != self._bc_local or (
             broadcast_id and start - self._bc_end > self.broadcast_gap_s
         ):
             self._end_broadcast()
             if broadcast_id:
                 self.broadcast_id = broadcast_id
+                self._bc_priority, self._bc_local = priority, local
                 self._bc_start = start
                 self._bc_sumsq, self._bc_samples = 0.0, 0
-                self.on_event({"event": "play_start", "broadcast": broadcast_id, "start": start})
+                self.on_event(self._record("play_start", start=start))
         if self.broadcast_id:
             self._bc_end = start + n / self.rate_hz
             self._bc_sumsq += sumsq
@@ -268,11 +397,18 @@ class Playout:
     def _end_broadcast(self) -> None:
         if not self.broadcast_id:
             return
-        self.on_event({
-            "event": "play", "broadcast": self.broadcast_id, "start": self._bc_start,
-            "end": self._bc_end, "level_dbfs": level_dbfs(self._bc_sumsq, self._bc_samples),
-        })
-        self.broadcast_id = 0
+        self.on_event(self._record(
+            "play", start=self._bc_start, end=self._bc_end,
+            level_dbfs=level_dbfs(self._bc_sumsq, self._bc_samples)))
+        self.broadcast_id = self._bc_priority = 0
+        self._bc_local = False
+
+    def _record(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"event": event, "broadcast": self.broadcast_id, **fields,
+                  "priority": self._bc_priority}
+        if self._bc_local:
+            record["local"] = True
+        return record
 
 
 def level_dbfs(sumsq: float, samples: int) -> float:

@@ -57,6 +57,7 @@ from streamer.control.messages import (
     zone_cmd_topic,
     zone_cmd_topics,
     zone_emergency_topic,
+    zone_emergency_topics,
 )
 
 log = logging.getLogger("loa.mqtt")
@@ -420,7 +421,12 @@ class Device(Protocol):
 
 class DeviceLink:
     """One device's MQTT session (see the module docstring); ``run`` until cancelled, then
-    ``close`` to say offline cleanly."""
+    ``close`` to say offline cleanly.
+
+    A speaker given ``on_emergency`` also reads the retained emergency state of its zone and
+    of each ancestor and hands every valid one to it (duplicates included: judging them is
+    the speaker's business); a bad one is dropped and counted like any other payload.
+    """
 
     MAX_PLAYED_QUEUE = 1000
     SEEN_IDS = 256
@@ -428,7 +434,8 @@ class DeviceLink:
     def __init__(self, device: Device, *, url: str, device_id: str, password: str,
                  registry: CollectorRegistry, user: str | None = None,
                  zone: str | None = None, telemetry_s: float = 10.0, keepalive_s: int = 30,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0,
+                 on_emergency: Callable[[EmergencyState], None] | None = None) -> None:
         if device.kind not in KINDS:
             raise ValueError(f"kind {device.kind!r}")
         if zone is not None and not valid_zone_id(zone):
@@ -446,11 +453,16 @@ class DeviceLink:
         self._topic = {leaf: device_topic(device.kind, device_id, leaf)
                        for leaf in ("status", "telemetry", "ack", "cmd")}
         subs = [self._topic["cmd"]]
+        self.on_emergency = on_emergency
+        self._emergency_topics: set[str] = set()
         if device.kind == "speaker":
             self._topic["played"] = device_topic("speaker", device_id, "played")
             self._topic["config"] = device_topic("speaker", device_id, "config")
             subs.append(self._topic["config"])
             subs += zone_cmd_topics(zone) if zone else []
+            if zone and on_emergency is not None:
+                self._emergency_topics = set(zone_emergency_topics(zone))
+                subs += zone_emergency_topics(zone)
         self.subscriptions = subs
         self._client: aiomqtt.Client | None = None
         self._played: collections.deque[Played] = collections.deque(maxlen=self.MAX_PLAYED_QUEUE)
@@ -485,9 +497,10 @@ class DeviceLink:
     def report_played(self, event: Mapping[str, Any]) -> None:
         """A play-log ``play`` record; queued (bounded, oldest dropped) until the broker takes
         it, so a short outage loses no proof of play. Safe to call from playout code."""
-        try:
+        try:  # ``local``: replayed by the speaker on its own (ignored by a Played without it)
             played = Played.model_validate({k: event.get(k) for k in
-                                            ("broadcast", "start", "end", "level_dbfs")})
+                                            ("broadcast", "start", "end", "level_dbfs")}
+                                           | ({"local": True} if event.get("local") else {}))
         except ValueError as e:
             log.warning("play record not reported: %s", e)
             return
@@ -551,9 +564,14 @@ class DeviceLink:
                 self._played.popleft()  # only once the broker has it
 
     async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        """One message to this device: its config, or a command (own or group)."""
-        kind = "config" if topic == self._topic.get("config") else "cmd"
+        """One message to this device: its config, a zone's emergency state, or a command
+        (own or group)."""
+        kind = ("config" if topic == self._topic.get("config") else
+                "emergency" if topic in self._emergency_topics else "cmd")
         self.metrics.messages.labels(kind).inc()
+        if kind == "emergency":
+            self._emergency(topic, payload)
+            return
         if kind == "config":
             if not payload:  # retained config cleared: nothing desired
                 return
@@ -570,6 +588,19 @@ class DeviceLink:
                 log.exception("applying the config failed")
             return
         await self._command(client, topic, payload)
+
+    def _emergency(self, topic: str, payload: bytes) -> None:
+        if not payload or self.on_emergency is None:  # a retained state being cleared
+            return
+        try:
+            state = parse(EmergencyState, payload)
+        except BadPayload as e:
+            self._bad("emergency", e, topic)
+            return
+        try:
+            self.on_emergency(state)
+        except Exception:
+            log.exception("emergency state from %s not applied", topic)
 
     async def _command(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         command: Command | None = None

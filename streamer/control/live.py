@@ -24,8 +24,9 @@ def studio_input(session_id: str) -> str:
     return f"studio-{session_id}"
 
 
-def input_sdp(plane: Any, key: str) -> tuple[str, str]:
-    """The SDP and an ffmpeg command line that send to the ingest endpoint with ``key``."""
+def input_sdp(plane: Any, key: str) -> tuple[str, str, str]:
+    """The ingest endpoint's "host:port", the SDP and an ffmpeg command line that send to it
+    with ``key``."""
     from streamer.live.ingest import sdp_for
 
     from .api.core import ApiError
@@ -33,10 +34,13 @@ def input_sdp(plane: Any, key: str) -> tuple[str, str]:
     host, port = plane.ingest_addr
     if plane.ingest is None or not port:
         raise ApiError(503, "RTP ingest is not enabled on this streamer")
-    cmd = ("ffmpeg -re -i INPUT -c:a libopus -b:a 64k -ac 1 -f rtp "
+    # send_bye + rtcpport on the media port: the input ends at once when ffmpeg stops;
+    # -sdp_file keeps the SDP (with the key) off the terminal
+    cmd = ("ffmpeg -re -i INPUT -c:a libopus -b:a 64k -ac 1 -rtpflags send_bye "
+           "-sdp_file /dev/null -f rtp "
            f"-srtp_out_suite AES_CM_128_HMAC_SHA1_80 -srtp_out_params {key} "
-           f"srtp://{host}:{port}")
-    return sdp_for(host, port, key), cmd
+           f"'srtp://{host}:{port}?rtcpport={port}'")
+    return f"{host}:{port}", sdp_for(host, port, key), cmd
 
 
 class LiveInputs:

@@ -165,6 +165,8 @@ class SpeakerTelemetry(Payload):
     muted: bool
     uptime_s: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     upstream: Short | None = None
+    #: an emergency is playing (at its forced volume) right now
+    emergency: bool = False
 
 
 class RelayTelemetry(Payload):
@@ -196,6 +198,8 @@ class Played(Payload):
     start: UnixTime
     end: UnixTime
     level_dbfs: Level
+    #: replayed by the speaker itself from its emergency cache, with no stream
+    local: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> Played:

@@ -36,6 +36,7 @@ class InputOut(LiveInput):
 class InputCreated(BaseModel):
     input: InputOut
     key: str = Field(description="SRTP master key (base64, 30 bytes): shown only now")
+    ingest: str = Field(description='"host:port" of the ingest endpoint')
     sdp: str
     ffmpeg: str = Field(description="a command line that sends a file to this input")
 
@@ -67,10 +68,10 @@ async def _created(ctx: Ctx, rec: LiveInput) -> InputCreated:
     from streamer.live.ingest import new_key
 
     key = new_key()
+    addr, sdp, cmd = input_sdp(ctx.services, key)  # 503 before anything is stored
     await ctx.services.state.put_input(rec, key)
     await ctx.services.reload_inputs()
-    sdp, cmd = input_sdp(ctx.services, key)
-    return InputCreated(input=_out(ctx, rec), key=key, sdp=sdp, ffmpeg=cmd)
+    return InputCreated(input=_out(ctx, rec), key=key, ingest=addr, sdp=sdp, ffmpeg=cmd)
 
 
 @API.route("POST", "/api/v1/inputs", summary="Register an RTP ingest input (its key is shown "

@@ -89,9 +89,6 @@ async def _admit(ctx: Ctx, fields: dict[str, Any]) -> Schedule:
         ctx.require(auth.ADMIN, zones, "override quiet hours")
     fields["approved"] = emergency or not plane.requires_approval(zones)
     s = await asyncio.to_thread(Schedule.model_validate, fields)
-    if s.source.kind == "relay":
-        raise BadRequest("source.kind", "relaying a pulled stream is not supported yet; "
-                         "schedule a clip, text or tone window")
     leaves = plane.broadcasts.channels_of(zones)
     try:
         await asyncio.to_thread(check_quiet_hours, s, plane.quiet_for,
