@@ -1,6 +1,6 @@
 """A relayed radio stream ("tiếp sóng") feeding one broadcast, and what its health means.
 
-The puller (``streamer/mixer/sources/pulled.py``) runs on its own thread and reports states;
+The puller (``streamer/mixer/sources/pull.py``) runs on its own thread and reports states;
 this class brings them onto the event loop and keeps what the broadcast needs to pause and
 resume: a dead or silent upstream is taken off the air (lower levels play, the operator sees
 ``down`` on the broadcast, an audit entry and a metric), not aired as an hour of silence; when
@@ -41,7 +41,7 @@ class RelayFeed:
         def report(state: str, detail: str) -> None:  # on the puller's thread
             loop.call_soon_threadsafe(on_state, self, state, detail)
 
-        from streamer.mixer.sources.pulled import PulledStream  # PyAV: loaded when used
+        from streamer.mixer.sources.pull import PulledStream  # PyAV: loaded when used
 
         self.stream = PulledStream(url, self.buffer, on_state=report, registry=registry)
         self.stream.start()

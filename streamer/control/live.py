@@ -18,6 +18,10 @@ from .models import BroadcastRecord, BroadcastState
 from .schemas import BadRequest, LiveSource
 
 log = logging.getLogger(__name__)
+#: a voice over WebRTC or SRTP arrives every 20 ms give or take the network's and the event
+#: loop's jitter: play it this far behind the newest sample so that jitter is not heard
+LIVE_LATENCY_S = 0.12
+LIVE_SLACK_S = 0.25
 
 
 def studio_input(session_id: str) -> str:
@@ -62,7 +66,7 @@ class LiveInputs:
         buf = self.buffers.get(input_id)
         if buf is None or buf.closed:
             raise BadRequest("source.input", f"live input {input_id!r} is not sending now")
-        return buf.reader(), {"kind": "live", "input": input_id}
+        return buf.reader(LIVE_LATENCY_S, LIVE_SLACK_S), {"kind": "live", "input": input_id}
 
     def airing(self, input_id: str) -> list[BroadcastRecord]:
         return [r for r in self.broadcasts.live.values()
