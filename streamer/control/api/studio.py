@@ -9,16 +9,29 @@ as ``done``, after which whatever it preempted resumes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
 from streamer.control.auth import Forbidden
 from streamer.control.live import studio_input
 from streamer.control.models import BroadcastState
-from streamer.control.schemas import BadRequest, Body, BroadcastOut, Priority, Zones
+from streamer.control.schemas import (
+    BadRequest,
+    Body,
+    BroadcastOut,
+    EmergencyIn,
+    LiveSource,
+    Priority,
+    Zones,
+)
 
 from .broadcasts import air
 from .core import API, ApiError, Conflict, Ctx, NotFound
+
+if TYPE_CHECKING:
+    from streamer.live.webrtc import StudioSession, StudioSessions
 
 MAX_SDP = 64 * 1024
 
@@ -44,17 +57,17 @@ class TalkIn(Body):
     override_quiet_hours: bool = False
 
 
-def _sessions(ctx: Ctx):  # type: ignore[no-untyped-def]
-    studio = ctx.services.studio
+def _sessions(ctx: Ctx) -> StudioSessions:
+    studio: StudioSessions | None = ctx.services.studio
     if studio is None:
         raise ApiError(503, "the browser studio is not enabled on this streamer")
     return studio
 
 
-def _session(ctx: Ctx):  # type: ignore[no-untyped-def]
+def _session(ctx: Ctx) -> StudioSession:
     sid = ctx.path("id")
     s = _sessions(ctx).get(sid)
-    if s is None or (s.owner != ctx.me.name):
+    if s is None or s.owner != ctx.me.name:
         raise NotFound(f"studio session {sid}")
     return s
 
@@ -64,7 +77,7 @@ def _talking(ctx: Ctx, sid: str) -> BroadcastOut | None:
     return ctx.services.broadcasts.out(recs[0]) if recs else None
 
 
-def _out(ctx: Ctx, s, sdp: str = "") -> SessionOut:  # type: ignore[no-untyped-def]
+def _out(ctx: Ctx, s: StudioSession, sdp: str = "") -> SessionOut:
     return SessionOut(id=s.id, sdp=sdp, connected=s.connected, level_dbfs=s.level_dbfs(),
                       talking=_talking(ctx, s.id))
 
@@ -115,8 +128,6 @@ async def talk(ctx: Ctx) -> BroadcastOut:
     b: TalkIn = ctx.body
     live = ctx.services.inputs.source_of(studio_input(s.id))
     if b.priority == "emergency":
-        from streamer.control.schemas import EmergencyIn, LiveSource
-
         body = EmergencyIn(zones=b.zones, source=LiveSource(kind="live",
                            input=studio_input(s.id)), label=b.label, chime=False)
         return await air(ctx, b.zones, "emergency", body, built=live)
