@@ -109,15 +109,20 @@ class BroadcastState(StrEnum):
     INTERRUPTED = "interrupted"  # the streamer restarted while it was on air
 
 
-class EmergencyPlan(Record):
-    """What makes an emergency more than a broadcast at the top level (``docs/priorities.md``)."""
+class EmergencyOptions(Record):
+    """What an emergency officer chooses beyond the content (``docs/priorities.md``)."""
 
     chime: bool = Field(True, description="the attention chime before the content")
     volume: float = Field(100.0, ge=0, le=100, allow_inf_nan=False,
                           description="speaker volume while it plays, overriding mute")
     repeat_s: int | None = Field(None, ge=60, le=86_400,
-                                 description="air it again this many seconds after each "
-                                             "start, until cancelled or expired")
+                                 description="air it again this many seconds after each start "
+                                             "until cancelled (e.g. 3600: every hour)")
+
+
+class EmergencyPlan(EmergencyOptions):
+    """What makes an emergency more than a broadcast at the top level, as stored."""
+
     expires: float | None = Field(None, ge=0, allow_inf_nan=False,
                                   description="Unix time after which it stops by itself")
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from .models import BroadcastRecord, ZoneId
+from .models import BroadcastRecord, EmergencyOptions, ZoneId
 
 MAX_TONE_S = 3600.0
 MAX_TTS_CHARS = 5000
@@ -85,16 +85,10 @@ class BroadcastIn(Body):
         False, description="air during quiet hours (admin on every zone; audited)")
 
 
-class EmergencyIn(Body):
+class EmergencyIn(EmergencyOptions):
     zones: Zones
     source: EmergencySource
     label: str = Field("", max_length=200)
-    chime: bool = Field(True, description="the attention chime before the content")
-    volume: float = Field(100.0, ge=0, le=100, allow_inf_nan=False,
-                          description="speaker volume while it plays, overriding mute")
-    repeat_s: int | None = Field(None, ge=60, le=86_400,
-                                 description="air it again this many seconds after each start "
-                                             "until cancelled (e.g. 3600: every hour)")
     expires_s: int | None = Field(None, ge=60, le=MAX_EMERGENCY_S,
                                   description="stop by itself this many seconds from now")
 
