@@ -20,6 +20,7 @@ test: deps
 bench: deps
 	$(BIN)/python -m loadtest.bench_mixer
 	$(BIN)/python -m loadtest.bench_relay
+	$(BIN)/python -m loadtest.bench_emergency
 
 deps: debs $(BIN)/.installed
 
