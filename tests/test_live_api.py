@@ -247,3 +247,14 @@ async def test_relay_window_airs_the_stream_and_a_dead_upstream_is_reported(stre
     loud = np.flatnonzero(np.abs(pcm) > 1000)
     assert len(loud) > 2 * RATE
     assert abs(peak_hz(pcm[loud[0] + RATE // 2: loud[0] + RATE // 2 + RATE]) - 880) < 5
+
+
+async def test_studio_offers_without_opus_or_too_large_get_400_and_open_nothing(streamer):
+    from tests.test_webrtc import _offer_with
+
+    pcmu = await _offer_with("audio/PCMU")
+    for sdp, says in [(pcmu, "Opus"), ("hello", "SDP"), ("v=0\r\n" + "a=x\r\n" * 20_000, "65536")]:
+        status, body = await call(streamer, "POST", "/api/v1/studio/sessions",
+                                  json={"sdp": sdp})
+        assert (status, body["field"]) == (400, "sdp") and says in body["error"], body
+    assert len(streamer.plane.studio) == 0 and not streamer.plane.inputs.buffers
