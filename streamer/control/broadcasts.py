@@ -148,8 +148,9 @@ class Broadcasts:
         rec = self.live.get(feed.bid) or self.booked.get(feed.bid)
         if rec is None or (rec.health, rec.health_detail) == (state, detail):
             return
+        changed = rec.health != state  # a new detail alone (another failed retry) is no news
         rec.health, rec.health_detail = state, detail
-        if state in OFF_AIR:
+        if state in OFF_AIR and changed:
             log.warning("broadcast %d: relayed stream %s is %s (%s)", rec.id, feed.url, state,
                         detail)
             self._write(self.state.audit(AuditEntry(
