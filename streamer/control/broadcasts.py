@@ -153,7 +153,7 @@ class Broadcasts:
         if state in OFF_AIR and changed:
             log.warning("broadcast %d: relayed stream %s is %s (%s)", rec.id, feed.url, state,
                         detail)
-            self._write(self.state.audit(AuditEntry(
+            self.spawn(self.state.audit(AuditEntry(
                 ts=time.time(), user="-", action="relay_" + state, target=str(rec.id),
                 zones=rec.zones, outcome="failed", detail={"url": feed.url, "why": detail})),
                 f"broadcast {rec.id}: relay {state}")
@@ -162,7 +162,7 @@ class Broadcasts:
         elif state == "playing" and feed.paused:
             self._resume(rec, feed)
         if rec.id in self.live:
-            self._write(self.state.put_broadcast(rec), f"broadcast {rec.id}: relay health")
+            self.spawn(self.state.put_broadcast(rec), f"broadcast {rec.id}: relay health")
 
     def _pause(self, rec: BroadcastRecord, feed: RelayFeed) -> None:
         if feed.paused:
@@ -182,9 +182,7 @@ class Broadcasts:
         if item is None or (end is not None and end <= self.mixer.next_frame + 1):
             return
         feed.paused = False
-        timer = self._timers.pop(rec.id, None)
-        if timer is not None:
-            timer.cancel()
+        self._cancel_timer(rec.id)
         self.mixer.start(item, feed.channels, end_frame=end)
         log.info("broadcast %d: relayed stream is back: on the air", rec.id)
 
@@ -289,9 +287,7 @@ class Broadcasts:
     def _release(self, bid: int) -> None:
         self.live.pop(bid, None)
         self.items.pop(bid, None)
-        timer = self._timers.pop(bid, None)
-        if timer is not None:
-            timer.cancel()
+        self._cancel_timer(bid)
         feed = self.feeds.pop(bid, None)
         if feed is not None:
             feed.close()
@@ -314,12 +310,12 @@ class Broadcasts:
             # stays QUEUED (shown as waiting) until it airs again; the mixer item is gone
             self._timer(bid, rec.next_airing - time.time(), self._repeat)
             log.info("emergency %d: next airing in %.0f s", bid, rec.next_airing - time.time())
-            self._write(self.state.put_broadcast(rec), f"emergency {bid}")
+            self.spawn(self.state.put_broadcast(rec), f"emergency {bid}")
             return
         self._release(bid)
         rec.state, rec.ended, rec.next_airing = BroadcastState.DONE, time.time(), None
         log.info("broadcast %d done", bid)
-        self._write(self.state.put_broadcast(rec), f"broadcast {bid}: its end")
+        self.spawn(self.state.put_broadcast(rec), f"broadcast {bid}: its end")
         if plan is not None:
             self._announce(rec)
 
@@ -331,38 +327,38 @@ class Broadcasts:
         source = item.source
         self._start(rec, source.parts[-1] if isinstance(source, Sequence) else source, None)
         log.info("emergency %d: airing %d", bid, rec.airings)
-        self._write(self.state.put_broadcast(rec), f"emergency {bid}")
+        self.spawn(self.state.put_broadcast(rec), f"emergency {bid}")
 
     def _expire(self, bid: int) -> None:
         rec = self.live.get(bid)
         if rec is not None:
             self._timers.pop(bid, None)
             log.info("emergency %d expired", bid)
-            self._write(self.stop(rec, BroadcastState.DONE), f"emergency {bid}: expiry")
+            self.spawn(self.stop(rec, BroadcastState.DONE), f"emergency {bid}: expiry")
 
     def _expired(self, rec: BroadcastRecord) -> bool:
         exp = rec.emergency.expires if rec.emergency is not None else None
         return exp is not None and exp <= time.time()
 
     def _timer(self, bid: int, delay: float, then: Callable[[int], None]) -> None:
-        old = self._timers.pop(bid, None)
-        if old is not None:
-            old.cancel()
+        self._cancel_timer(bid)
         loop = asyncio.get_running_loop()
         self._timers[bid] = loop.call_later(max(0.0, delay), then, bid)
 
+    def _cancel_timer(self, bid: int) -> None:
+        timer = self._timers.pop(bid, None)
+        if timer is not None:
+            timer.cancel()
+
     def _announce(self, rec: BroadcastRecord) -> None:
         if self.announce is not None:
-            self._write(self.announce(rec.model_copy(deep=True)),
+            self.spawn(self.announce(rec.model_copy(deep=True)),
                         f"emergency {rec.id}: its state to the fleet")
 
     def spawn(self, write: Coroutine[Any, Any, Any], what: str) -> None:
-        """Run ``write`` in the background (from a callback), logging its failure."""
-        self._write(write, what)
-
-    def _write(self, write: Coroutine[Any, Any, Any], what: str) -> None:
-        """Persist from a synchronous callback (mixer, scheduler) without blocking a frame.
-        If Redis is away the write is lost and logged; playout goes on regardless."""
+        """Persist (or publish) from a synchronous callback — the mixer, the scheduler, a
+        timer, a live input — without blocking a frame. If Redis or the broker is away the
+        write is lost and logged; playout goes on regardless."""
         async def run() -> None:
             try:
                 await write
@@ -400,16 +396,16 @@ class Broadcasts:
         if feed is not None and feed.state in OFF_AIR:  # dead before its window opened
             self._pause(rec, feed)
         log.info("schedule %s: broadcast %d airs at %s", s.id, rec.id, occ.isoformat())
-        self._write(self.state.put_broadcast(rec), f"broadcast {rec.id}")
-        self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
+        self.spawn(self.state.put_broadcast(rec), f"broadcast {rec.id}")
+        self.spawn(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
 
     def skipped(self, s: Schedule, occ: datetime, reason: str) -> None:
         for bid in [b for b, r in self.booked.items() if r.schedule == s.id]:
             del self.booked[bid]
             self._release(bid)
         log.warning("schedule %s: occurrence %s skipped: %s", s.id, occ.isoformat(), reason)
-        self._write(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
-        self._write(self.state.audit(AuditEntry(
+        self.spawn(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")
+        self.spawn(self.state.audit(AuditEntry(
             ts=time.time(), user="-", action="schedule_skipped", target=s.id, zones=list(s.zones),
             outcome="skipped", detail={"occurrence": occ.isoformat(), "reason": reason})),
             f"schedule {s.id}: skip")

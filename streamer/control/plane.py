@@ -90,19 +90,19 @@ class Plane:
     # -- RTP ingest events (``streamer/live/ingest.py`` calls these on the loop) -------------
 
     def ingest_started(self, input_id: str, addr: tuple[str, int]) -> None:
-        self._spawn(self._air_input(input_id, addr))
+        self.broadcasts.spawn(self._air_input(input_id, addr), f"input {input_id}: its start")
 
     def ingest_audio(self, input_id: str, pcm: Any) -> None:
         self.inputs.open(input_id).write(pcm)
 
     def ingest_ended(self, input_id: str, reason: str) -> None:
         log.info("ingest input %s stopped sending (%s)", input_id, reason)
-        self._spawn(self.inputs.close(input_id))
+        self.broadcasts.spawn(self.inputs.close(input_id), f"input {input_id}: its end")
 
     def ingest_refused(self, addr: tuple[str, int], reason: str) -> None:
-        self._spawn(self.state.audit(AuditEntry(
+        self.broadcasts.spawn(self.state.audit(AuditEntry(
             ts=self.now(), user="-", action="ingest_refused", target=f"{addr[0]}:{addr[1]}",
-            outcome="denied", detail={"reason": reason})))
+            outcome="denied", detail={"reason": reason})), "a refused ingest sender")
 
     async def _air_input(self, input_id: str, addr: tuple[str, int]) -> None:
         """An input started sending: air it in its zones at its priority, as its registrant
@@ -125,9 +125,6 @@ class Plane:
         await self.state.audit(AuditEntry(
             ts=self.now(), user=f"input:{input_id}", action="live_input", target=str(b.id),
             zones=rec.zones, detail=detail))
-
-    def _spawn(self, work: Any) -> None:
-        self.broadcasts.spawn(work, "a live input event")
 
     async def announce_emergency(self, rec: BroadcastRecord) -> None:
         """Retain the emergency's state on each of its zones' topics: speakers below cache
