@@ -82,6 +82,11 @@ class ToneUpstream(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.encoder = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
         self.encoder.bitrate = 64_000
+        #: set to stop sending anything, media and handshake answers (a lost network)
+        self.cut = False
+        # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
+        self._tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
+                      ).astype("<i2").tobytes()
 
     @property
     def addr(self) -> str:
@@ -93,24 +98,26 @@ class ToneUpstream(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if is_control(data):
+        if is_control(data) and not self.cut:
             reply, _ = self.server.handle(data, addr, time.monotonic())
             if reply and self.transport:
                 self.transport.sendto(reply, addr)
 
+    def frame(self, n: int) -> tuple[bytes, int, int]:
+        """Frame ``n``: 16-bit PCM, its broadcast id and its priority level."""
+        return self._tone, self.broadcast_id, 0
+
     async def send_forever(self) -> None:
-        # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
-        tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE))
-        pcm = tone.astype("<i2").tobytes()
         loop = asyncio.get_running_loop()
         start_wall, start_mono, n = time.time(), loop.time(), 0
-        while True:
+        while not self.cut:
             await asyncio.sleep(max(0.0, start_mono + n * 0.02 - loop.time()))
+            pcm, broadcast_id, priority = self.frame(n)
             payload = self.encoder.encode(pcm, FRAME)
             for channel in list(self.server.subscribers):
                 data = RtpPacket(ssrc_for(channel), n & 0xFFFF, n * FRAME, payload,
                                  capture_ntp=unix_to_ntp64(start_wall + n * 0.02),
-                                 broadcast_id=self.broadcast_id).build()
+                                 broadcast_id=broadcast_id, priority=priority).build()
                 for addr in self.server.addresses(channel):
                     assert self.transport is not None
                     self.transport.sendto(data, addr)

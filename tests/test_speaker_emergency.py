@@ -25,7 +25,6 @@ from typing import Any, cast
 
 import aiohttp
 import numpy as np
-import opuslib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.signal import correlate
@@ -44,10 +43,17 @@ from clients.speaker.main import ConfigError, load_config
 from clients.speaker.playout import Playout, volume_gain
 from streamer.control.broker import STREAMER_USER
 from streamer.control.messages import EmergencyState, zone_emergency_topic
-from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import SubscribeServer, is_control
+from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket
 from tests.conftest import peak_hz, rms_dbfs
-from tests.test_mqtt import KP1, TONE_DBFS, TONE_PEAK, client, fleet_on, start_broker
+from tests.test_mqtt import (
+    KP1,
+    TONE_DBFS,
+    TONE_PEAK,
+    ToneUpstream,
+    client,
+    fleet_on,
+    start_broker,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
@@ -444,59 +450,29 @@ ALARM = stepped_tone(2.4, seed=7)
 TONE = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)).astype("<i2")
 
 
-class ProgramUpstream(asyncio.DatagramProtocol):
-    """A minimal streamer for any channel: a 1 kHz tone (broadcast NORMAL, level 1) every
-    20 ms, except while a queued insert plays (its own broadcast id and level). With
+class ProgramUpstream(ToneUpstream):
+    """The 1 kHz tone upstream of test_mqtt (broadcast NORMAL, level 1) for any channel,
+    except while a queued insert plays (its own broadcast id and level). With
     ``cut_after_insert`` it falls silent for good after the insert, handshakes included: the
     speaker has lost its network."""
 
     def __init__(self) -> None:
-        self.server = SubscribeServer(secret=os.urandom(16), channel_ssrc=ssrc_for)
-        self.transport: asyncio.DatagramTransport | None = None
-        self.encoder = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
-        self.encoder.bitrate = 64_000
+        super().__init__()
         self.insert: tuple[int, int, np.ndarray] | None = None
         self.cut_after_insert = False
-        self.cut = False
-
-    @property
-    def addr(self) -> str:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return f"{host}:{port}"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if is_control(data) and not self.cut:
-            reply, _ = self.server.handle(data, addr, time.monotonic())
-            if reply and self.transport:
-                self.transport.sendto(reply, addr)
+        self._pos = 0
 
     def play(self, broadcast_id: int, priority: int, pcm: np.ndarray) -> None:
         self.insert = (broadcast_id, priority, pcm)
 
-    async def send_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        start_wall, start_mono, n, pos = time.time(), loop.time(), 0, 0
-        while not self.cut:
-            await asyncio.sleep(max(0.0, start_mono + n * 0.02 - loop.time()))
-            bid, priority, pcm = NORMAL, 1, TONE
-            if self.insert is not None:
-                bid, priority, whole = self.insert
-                pcm, pos = whole[pos : pos + FRAME], pos + FRAME
-                if pos >= len(whole):
-                    self.insert, pos, self.cut = None, 0, self.cut_after_insert
-            payload = self.encoder.encode(pcm.tobytes(), FRAME)
-            for channel in list(self.server.subscribers):
-                data = RtpPacket(ssrc_for(channel), n & 0xFFFF, n * FRAME, payload,
-                                 capture_ntp=unix_to_ntp64(start_wall + n * 0.02),
-                                 broadcast_id=bid, priority=priority).build()
-                for addr in self.server.addresses(channel):
-                    assert self.transport is not None
-                    self.transport.sendto(data, addr)
-            n += 1
+    def frame(self, n: int) -> tuple[bytes, int, int]:
+        if self.insert is None:
+            return TONE.tobytes(), NORMAL, 1
+        bid, priority, whole = self.insert
+        pcm, self._pos = whole[self._pos : self._pos + FRAME], self._pos + FRAME
+        if self._pos >= len(whole):
+            self.insert, self._pos, self.cut = None, 0, self.cut_after_insert
+        return pcm.tobytes(), bid, priority
 
 
 @pytest.fixture
