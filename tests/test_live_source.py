@@ -110,3 +110,21 @@ def test_clip_item_still_resumes_where_it_paused():
     assert not done and p.current == 2
     # one frame of clip plus the fade-out of the first preempted frame; no more
     assert p.cursors[1] == N + 48
+
+
+def test_a_chime_before_a_live_voice_waits_its_turn():
+    """Rule 8 applies from the live part on: a chimed live emergency queued behind another
+    keeps its chime for when it airs."""
+    from streamer.mixer.sources.chime import Sequence, chime
+
+    buf = LiveBuffer()
+    buf.write(ramp(0, 4 * N))
+    chimed = Sequence([chime(), buf.reader(latency_s=0.02)])
+    p = Program(fade_samples=48)
+    p.add(Item(1, Priority.EMERGENCY, Tone(440, 1.0), order=1))
+    p.add(Item(2, Priority.EMERGENCY, chimed, order=2))
+    done: list[int] = []
+    for _ in range(10):
+        buf.write(ramp(buf.written, N))
+        p.render(N, done)
+    assert p.current == 1 and p.cursors[2] == 0  # waiting: the chime has not started

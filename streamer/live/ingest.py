@@ -230,7 +230,7 @@ class _Stream:
         except opuslib.OpusError:
             lost += 1  # a packet libopus cannot read is as good as lost
             pcm += self._conceal(samples)
-        return np.concatenate(pcm), lost
+        return (pcm[0] if len(pcm) == 1 else np.concatenate(pcm)), lost
 
     def _extend(self, seq: int) -> int:
         assert self._seq is not None

@@ -46,11 +46,13 @@ class Program:
     #: a stopped item that was playing: faded out at the start of the next frame
     tail: tuple[Item, int] | None = None
     channels: set[str] = field(default_factory=set)
+    #: item id -> the cursor from which it keeps time while not playing (live items, rule 8)
+    live_from: dict[int, int] = field(default_factory=dict)
 
     def fork(self) -> Program:
         return Program(
             fade_samples=self.fade_samples, cursors=dict(self.cursors), items=dict(self.items),
-            current=self.current, tail=self.tail,
+            current=self.current, tail=self.tail, live_from=dict(self.live_from),
         )
 
     def signature(self) -> tuple[object, ...]:
@@ -61,12 +63,16 @@ class Program:
     def add(self, item: Item) -> None:
         self.items[item.id] = item
         self.cursors[item.id] = 0
+        live_from = getattr(item.source, "keeps_time_from", None)
+        if live_from is not None:
+            self.live_from[item.id] = live_from
 
     def remove(self, item_id: int) -> None:
         item = self.items.pop(item_id, None)
         if item is None:
             return
         cursor = self.cursors.pop(item_id)
+        self.live_from.pop(item_id, None)
         if item_id == self.current:
             self.tail = (item, cursor)
             self.current = None
@@ -82,10 +88,12 @@ class Program:
         """Mix the next ``n`` samples; ids of items that ran out are appended to ``finished``."""
         out = np.zeros(n, dtype=np.float32)
         pos = 0
-        # Live items (endless sources) keep time while preempted: their cursors advance by a
-        # frame every frame, so a live voice or relayed radio resumes at "now", not where it
-        # paused, and every program holding the item reads the same position.
-        live = [(i, self.cursors[i]) for i, it in self.items.items() if it.source.length is None]
+        # Live items keep time while preempted: once their live part is reached their cursors
+        # advance by a frame every frame, so a live voice or relayed radio resumes at "now",
+        # not where it paused, and every program holding the item reads the same position. A
+        # chime before a live voice still waits its turn like any recording.
+        live = [(i, self.cursors[i]) for i, start in self.live_from.items()
+                if self.cursors[i] >= start] if self.live_from else ()
         top = self.top()
         f = min(self.fade_samples, n)
         # Rule 1 and 4: whatever played last frame and is not the top any more fades out first.
@@ -118,6 +126,7 @@ class Program:
                 playing = top.id
             if length is not None and self.cursors[top.id] >= length:
                 del self.items[top.id], self.cursors[top.id]
+                self.live_from.pop(top.id, None)
                 finished.append(top.id)
                 playing = None
                 top = self.top()

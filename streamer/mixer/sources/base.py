@@ -18,6 +18,8 @@ RATE_HZ = 48_000
 class Source(Protocol):
     #: total samples, or None for an endless source (a live input, a pulled stream)
     length: int | None
+    # A live source also has ``keeps_time_from``: the cursor from which its position follows
+    # the clock even while it is not playing (``program.py``, rule 8); others have none.
 
     def read(self, pos: int, n: int) -> np.ndarray:
         """``n`` float32 samples starting at ``pos``; zeros past the end."""

@@ -9,16 +9,19 @@ target like every other source.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
-from streamer.mixer.loudness import TARGET_LUFS, db_to_gain, integrated_lufs
+from streamer.mixer.loudness import normalize
 
 from .base import RATE_HZ, Source
+from .clip import Clip
 
 NOTES_HZ = (783.99, 1046.50, 1318.51)
 NOTE_S = 0.4
 PAUSE_S = 0.4
+CEILING_DBFS = 20 * math.log10(0.9)
 
 
 @functools.cache
@@ -29,33 +32,14 @@ def chime_pcm() -> np.ndarray:
     notes = [attack * np.exp(-t * 6.0) * (np.sin(2 * np.pi * hz * t)
                                           + 0.3 * np.sin(4 * np.pi * hz * t))
              for hz in NOTES_HZ]
-    pcm = np.concatenate([*notes, np.zeros(int(PAUSE_S * RATE_HZ))])
-    sounding = pcm[: 3 * n]
-    pcm *= db_to_gain(TARGET_LUFS - integrated_lufs(sounding, RATE_HZ))
-    peak = float(np.max(np.abs(pcm)))
-    if peak > 0.9:
-        pcm *= 0.9 / peak
-    out = pcm.astype(np.float32)
+    sounding = normalize(np.concatenate(notes), ceiling_dbfs=CEILING_DBFS)
+    out = np.concatenate([sounding, np.zeros(int(PAUSE_S * RATE_HZ), np.float32)])
     out.setflags(write=False)
     return out
 
 
-class Pcm:
-    """A finished array of samples as a source."""
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        self.pcm = pcm
-        self.length: int | None = len(pcm)
-
-    def read(self, pos: int, n: int) -> np.ndarray:
-        out = np.zeros(n, dtype=np.float32)
-        seg = self.pcm[pos : pos + n]
-        out[: len(seg)] = seg
-        return out
-
-
-def chime() -> Pcm:
-    return Pcm(chime_pcm())
+def chime() -> Clip:
+    return Clip(chime_pcm())
 
 
 class Sequence:
@@ -66,14 +50,23 @@ class Sequence:
         if any(p.length is None for p in parts[:-1]):
             raise ValueError("only the last part of a sequence may be endless")
         self.parts = parts
-        self.starts = np.cumsum([0] + [p.length or 0 for p in parts[:-1]]).tolist()
+        starts = np.cumsum([0] + [p.length or 0 for p in parts[:-1]]).tolist()
+        #: (start, end or None, part) of each part, in order
+        self.spans = [(start, None if p.length is None else start + p.length, p)
+                      for start, p in zip(starts, parts, strict=True)]
         last = parts[-1].length
-        self.length: int | None = None if last is None else self.starts[-1] + last
+        self.length: int | None = None if last is None else starts[-1] + last
+        # A live last part keeps time (``program.py``, rule 8) once the sequence reaches it;
+        # the parts before it wait like any recording.
+        live_from = getattr(parts[-1], "keeps_time_from", None)
+        self.keeps_time_from = None if live_from is None else starts[-1] + live_from
 
     def read(self, pos: int, n: int) -> np.ndarray:
+        for start, end, part in self.spans:  # the common case: all in one part
+            if start <= pos and (end is None or pos + n <= end):
+                return part.read(pos - start, n)
         out = np.zeros(n, dtype=np.float32)
-        for start, part in zip(self.starts, self.parts, strict=True):
-            end = None if part.length is None else start + part.length
+        for start, end, part in self.spans:
             lo, hi = max(pos, start), pos + n if end is None else min(pos + n, end)
             if lo < hi:
                 out[lo - pos : hi - pos] = part.read(lo - start, hi - lo)

@@ -10,10 +10,10 @@ returns; if the writer runs ahead by more than ``latency + slack`` (a burst afte
 faster clock) it skips forward. So a live voice is never more than ``latency + slack`` late
 and never replays audio it already played.
 
-Live sources are endless (``length is None``): the program advances their cursors every frame
-even while they are preempted (``program.py``), so live audio resumes at "now" after an
-emergency, not where it paused. Writers may be on another thread (PyAV decoding a pulled
-stream): ``write`` and ``read`` take a lock, held only for a copy.
+Live sources are endless and say so with ``keeps_time_from``: the program advances their
+cursors every frame even while they are preempted (``program.py``), so live audio resumes at
+"now" after an emergency, not where it paused. Writers may be on another thread (PyAV
+decoding a pulled stream): ``write`` and ``read`` take a lock, held only for a copy.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class LiveBuffer:
         total = x.size
         if total > self.capacity:
             x = x[-self.capacity :]
+        sumsq = float(np.dot(x, x))  # outside the lock: a reader on the loop never waits on it
         with self._lock:
             i = (self.written + total - x.size) % self.capacity
             k = min(x.size, self.capacity - i)
@@ -59,7 +60,7 @@ class LiveBuffer:
             self._ring[: x.size - k] = x[k:]
             self.written += total
             self.last_write = time.monotonic()
-            self._sumsq += float(np.dot(x, x))
+            self._sumsq += sumsq
             self._level_n += x.size
 
     def close(self) -> None:
@@ -99,6 +100,8 @@ class LiveReader:
     """One broadcast's view of a :class:`LiveBuffer`: a ``Source`` of endless length."""
 
     length: int | None = None
+    #: live from its first sample: preempted or waiting, its cursor keeps time (rule 8)
+    keeps_time_from: int | None = 0
 
     def __init__(self, buffer: LiveBuffer, latency_s: float, slack_s: float) -> None:
         self.buffer = buffer
