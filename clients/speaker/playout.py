@@ -91,17 +91,18 @@ class GainFade:
         self._from = self.gain
         self._left = self.fade_samples
 
-    def apply(self, work: np.ndarray, target: float) -> None:
-        """Multiply ``work`` in place by the gain, gliding towards ``target`` if asked to."""
+    def apply(self, src: np.ndarray, work: np.ndarray, target: float) -> None:
+        """``work`` = ``src`` times the gain, gliding towards ``target`` if asked to (one
+        pass: the steady state is a single multiply into the work buffer)."""
         k = min(self._left, len(work))
         if not k:
-            work *= target
+            np.multiply(src, target, out=work)
             self.gain = target
             return
         done = self.fade_samples - self._left
         ramp = self._from + (target - self._from) * self._ramp[done : done + k]
-        work[:k] *= ramp
-        work[k:] *= target
+        np.multiply(src[:k], ramp, out=work[:k])
+        np.multiply(src[k:], target, out=work[k:])
         self._left -= k
         self.gain = float(ramp[-1]) if k == len(work) else target
 
@@ -362,11 +363,10 @@ class Playout:
         emergency volume, unmuted, glided into and out of."""
         n = len(pcm)
         work = self._work[:n]
-        np.copyto(work, pcm)
         if forced != self._forced:
             self._forced = forced
             self._fade.glide()
-        self._fade.apply(work, self._emergency_gain if forced else
+        self._fade.apply(pcm, work, self._emergency_gain if forced else
                          0.0 if self.muted else self._gain)
         out = self._out[:n]
         np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
