@@ -2,7 +2,8 @@
 
 Written to a temporary file created with mode 0600 (never readable by others, not even for a
 moment), flushed to disk, then renamed over the real name, so a reader sees the old or the new
-content and never half of one. Standard library only: ``loa ctl`` uses it too.
+content and never half of one. Standard library only: ``loa ctl`` uses it too; so does the
+speaker for its emergency cache, which must never be half-written either.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import os
 from pathlib import Path
 
 
-def write_private(path: str | Path, text: str) -> None:
+def write_private(path: str | Path, content: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    data = content.encode() if isinstance(content, str) else content
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

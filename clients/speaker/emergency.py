@@ -17,7 +17,6 @@ ignored, and the playout only hands over PCM it decoded anyway.
 from __future__ import annotations
 
 import logging
-import os
 import wave
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from streamer.control.messages import EmergencyState
 from streamer.rtp.packet import EMERGENCY_LEVEL
 from streamer.secretfile import write_private
 
+from .output import wav_header
 from .playout import RATE_HZ, Playout
 
 log = logging.getLogger("loa.speaker.emergency")
@@ -111,9 +111,9 @@ class EmergencyCache:
 
     def store(self, cached: CachedEmergency) -> None:
         """The audio and its description; the previous emergency's audio goes."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"emergency-{cached.id}.wav"
-        _write_wav(self.directory / name, cached.pcm)
+        data = np.ascontiguousarray(cached.pcm, dtype="<i2").tobytes()
+        write_private(self.directory / name, wav_header(len(data)) + data)
         self.store_meta(cached)
         for old in self.directory.glob("emergency-*.wav"):
             if old.name != name:
@@ -126,19 +126,6 @@ class EmergencyCache:
 
     def store_states(self, states: list[EmergencyState]) -> None:
         write_private(self.directory / STATES_FILE, _States(states=states).model_dump_json())
-
-
-def _write_wav(path: Path, pcm: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        with wave.open(f, "wb") as w:  # leaves ``f`` open: it was handed in
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE_HZ)
-            w.writeframes(np.ascontiguousarray(pcm, dtype="<i2").data.cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_wav(path: Path) -> np.ndarray:

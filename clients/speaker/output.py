@@ -24,6 +24,12 @@ _ZEROS = bytes(2 * RATE_HZ)  # one second of silence, written in slices
 log = logging.getLogger("loa.speaker.output")
 
 
+def wav_header(data_bytes: int, rate_hz: int = RATE_HZ) -> bytes:
+    """The 44-byte header of a 16-bit mono PCM WAV holding ``data_bytes`` of samples."""
+    return _WAV_HEADER.pack(b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, rate_hz,
+                            2 * rate_hz, 2, 16, b"data", data_bytes)
+
+
 class Sink(Protocol):
     def write(self, pcm: np.ndarray) -> None:
         """Append int16 samples."""
@@ -76,10 +82,7 @@ class WavSink:
         self._f.flush()
 
     def _header(self) -> bytes:
-        return _WAV_HEADER.pack(
-            b"RIFF", 36 + self.data_bytes, b"WAVE", b"fmt ", 16, 1, 1, self.rate_hz,
-            2 * self.rate_hz, 2, 16, b"data", self.data_bytes,
-        )
+        return wav_header(self.data_bytes, self.rate_hz)
 
     def _append(self, data: bytes | memoryview) -> None:
         room = WAV_MAX_DATA - self.data_bytes
