@@ -147,26 +147,25 @@ class EmergencyRecorder:
     def __init__(self, max_s: float = MAX_RECORDING_S, rate_hz: int = RATE_HZ) -> None:
         self.max_bytes = 2 * int(max_s * rate_hz)
         self.broadcast_id = 0
-        self._chunks: list[bytes] = []
-        self._bytes = 0
+        # one growing buffer: when the broadcast ends it is already the whole recording, with
+        # nothing left to join on the event loop
+        self._buf = bytearray()
 
     def add(self, broadcast_id: int, pcm: bytes) -> None:
         if broadcast_id != self.broadcast_id:
-            self.broadcast_id, self._chunks, self._bytes = broadcast_id, [], 0
-        room = self.max_bytes - self._bytes
+            self.broadcast_id, self._buf = broadcast_id, bytearray()
+        room = self.max_bytes - len(self._buf)
         if room > 0:
-            chunk = pcm if len(pcm) <= room else pcm[:room]
-            self._chunks.append(chunk)
-            self._bytes += len(chunk)
+            self._buf += memoryview(pcm)[:room]
 
-    def take(self, broadcast_id: int) -> list[bytes]:
+    def take(self, broadcast_id: int) -> list[bytearray]:
         """What was recorded of ``broadcast_id`` (nothing if another one is recording), and
         start afresh."""
         if broadcast_id != self.broadcast_id:
             return []
-        chunks = self._chunks
-        self.broadcast_id, self._chunks, self._bytes = 0, [], 0
-        return chunks
+        buf = self._buf
+        self.broadcast_id, self._buf = 0, bytearray()
+        return [buf] if buf else []
 
 
 class Emergencies:
@@ -240,7 +239,8 @@ class EmergencyPath:
                  submit: Submit = lambda job: job()) -> None:
         self.playout = playout
         self.cache = cache
-        # Replaced whole, never mutated: the worker thread publishes a new recording here.
+        # Replaced whole, never mutated, and only on the event loop: the worker thread only
+        # writes files.
         self.cached = cached
         self.emergencies = Emergencies(states)
         self.recorder = EmergencyRecorder()
@@ -312,7 +312,7 @@ class EmergencyPath:
         p.stop_local()
         return True
 
-    def _keep(self, broadcast_id: int, started: float, chunks: list[bytes]) -> None:
+    def _keep(self, broadcast_id: int, started: float, chunks: list[bytearray]) -> None:
         """Cache what was just recorded, unless it is a shorter take of the emergency already
         cached (the network cut it short): offline, the whole message is worth more."""
         samples = sum(map(len, chunks)) // 2
@@ -323,14 +323,10 @@ class EmergencyPath:
             return
         if not samples:
             return
-
-        def store() -> None:  # joining up to 10 minutes of PCM is for the worker, not playout
-            pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
-            self.cached = fresh = CachedEmergency(broadcast_id, started, pcm, started)
-            self.cache.store(fresh)
-            log.info("emergency %d cached (%.1f s)", broadcast_id, fresh.duration_s)
-
-        self._write(store)
+        pcm = np.frombuffer(chunks[0], dtype="<i2")  # the recorder's buffer: no copy
+        self.cached = fresh = CachedEmergency(broadcast_id, started, pcm, started)
+        self._write(lambda: self.cache.store(fresh))
+        log.info("emergency %d cached (%.1f s)", broadcast_id, fresh.duration_s)
 
     def _apply_volume(self) -> None:
         latest = self.emergencies.latest()
