@@ -163,7 +163,7 @@ class Stack:
                     f"{keep_up:.1%} forwarded); {OVERLOADED}")
             await asyncio.sleep(1.0)
             now = (await self.relay_sum("loa_fanout_subscribers"),
-                   await self.relay_sum("loa_fanout_expired_subscribers_total"))
+                   await self.relay_sum("loa_fanout_dropped_subscribers_total"))
             if now[0] != n or now != held:
                 since, held, counts = time.monotonic(), now, await self.forwarded()
             elif time.monotonic() - since >= STEADY_S:
@@ -259,7 +259,7 @@ async def bench(n: int, relays: int, emergencies: int, ptime_ms: int,
                     raise RuntimeError(f"only {fleet.subscribed} of {n} speakers handshaken")
                 steady_s = await stack.steady(n)
                 relay_ports = frozenset(p for _, p in stack.relays)
-                counters = ("loa_fanout_send_errors_total", "loa_fanout_expired_subscribers_total")
+                counters = ("loa_fanout_send_errors_total", "loa_fanout_dropped_subscribers_total")
                 before = [await stack.relay_sum(c) for c in counters]
                 drops0, forwarded0 = udp_drops(relay_ports), await stack.forwarded()
                 past: set[int] = set()
@@ -331,7 +331,7 @@ Baseline over all rounds: p50 {baseline.ms(50):.1f} ms, max {baseline.ms(100):.1
 {baseline.missing} missing. During the rounds the relays took in {res.keep_up:.1%} of the
 packets the streamer sent them, the kernel dropped {res.relay_drops} datagrams at the relays'
 media sockets (handshakes, keepalives), and the relays counted {res.send_errors:.0f} send
-errors and {res.expired:.0f} subscribers expired.
+errors and {res.expired:.0f} subscribers dropped (expired or unreachable).
 
 What limits it: after the API and the frame boundary, the relays' Python loop of one `sendto`
 per subscriber (no `sendmmsg` yet). Every channel streams all the time, so that loop runs

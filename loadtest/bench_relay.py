@@ -346,7 +346,7 @@ class Result:
     handshake_s: float
     relay_sent: float  # loa_fanout_packets_out_total during the relay window
     send_errors: float  # loa_fanout_send_errors_total since the relay started
-    expired: float  # loa_fanout_expired_subscribers_total since the relay started
+    expired: float  # loa_fanout_dropped_subscribers_total since the relay started
 
 
 async def bench(n: int, seconds: float) -> Result:
@@ -387,7 +387,7 @@ async def bench(n: int, seconds: float) -> Result:
         relay_w = await measure(receiver, relay.proc.pid, seconds, watch)
         out1 = await relay_counter(str(info["http"]), "loa_fanout_packets_out_total")
         send_errors = await relay_counter(str(info["http"]), "loa_fanout_send_errors_total")
-        expired = await relay_counter(str(info["http"]), "loa_fanout_expired_subscribers_total")
+        expired = await relay_counter(str(info["http"]), "loa_fanout_dropped_subscribers_total")
         await receiver.ask("unsubscribe")
         return Result(raw_w, relay_w, sub["subscribed"], sub["seconds"], out1 - out0,
                       send_errors, expired)

@@ -6,25 +6,39 @@ channel (handshaken subscribers plus static unicast/multicast destinations), and
 :meth:`FanoutEndpoint.publish` sends one RTP or RTCP datagram, unchanged, to every destination
 of its channel and to in-process listeners (listen-in). ``publish`` is the hot path, per
 packet × per destination: it must never allocate per destination, parse the packet, build
-JSON, log, or look anything up but the channel; destination tuples are rebuilt only when
-subscribers change. Bad datagrams on the socket are counted and dropped, never raised; media
-arriving on this socket is dropped too, because nothing downstream may inject into a channel.
+JSON, log, or look anything up but the channel. Each channel's destinations are a prebuilt
+``sendmmsg`` batch (``relay/mmsg.py``), rebuilt only when subscribers change, so one packet to
+5,000 speakers is five system calls. A short ring of each channel's recent packets
+(``relay/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once.
+
+A subscriber is dropped (and counted, by reason) when its keepalives stop (``expired``) or
+when the kernel reports ICMP errors for its address for ``UNREACHABLE_S`` (``unreachable``:
+the box is gone or its NAT binding closed; without this the relay would send it every packet
+until its keepalive window ran out). When the kernel has no room for a packet (the uplink is
+saturated) the destinations that miss it are counted as ``backlog``, never queued: a late
+packet is worth nothing to a speaker. Bad datagrams on the socket are counted and dropped,
+never raised; media arriving on this socket is dropped too, because nothing downstream may
+inject into a channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from relay.mmsg import SendBatch
+from relay.ring import PacketRing
 from streamer.rtp import subscribe
 from streamer.rtp.packet import MalformedPacket
 from streamer.rtp.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
@@ -32,17 +46,24 @@ from streamer.rtp.subscribe import Addr, Subscribed, SubscribeServer, Unsubscrib
 log = logging.getLogger(__name__)
 
 Listener = Callable[[bytes], None]
-# Past this many bytes queued in the transport the kernel is not keeping up: drop, never grow.
-MAX_WRITE_BUFFER = 4 * 1024 * 1024
 EXPIRE_EVERY_S = 1.0
 RECEIVE_BUFFER = 4 * 1024 * 1024
+SEND_BUFFER = 4 * 1024 * 1024
+# ICMP errors for an address over this long (the kernel rate-limits them to about one a
+# second) mean nobody is there any more: one error alone may be a reboot or a route flap.
+UNREACHABLE_S = 2.0
+BURST_S = 0.2  # below the speakers' default 300 ms playout delay (docs/protocol.md)
+_NO_BATCH = SendBatch(())
+# Linux values; Python 3.11's socket module exports neither.
+IP_RECVERR = 11
+IPV6_RECVERR = 25
 
 
 class DestinationTable:
-    """Per channel, the tuple of addresses a packet goes to; rebuilt on change, never per packet.
+    """Per channel, the batch of addresses a packet goes to; rebuilt on change, never per packet.
 
     Subscribers and static destinations are kept apart (a static destination survives a
-    subscriber leaving from the same address), and ``get`` returns one ready tuple.
+    subscriber leaving from the same address), and ``get`` returns one ready ``SendBatch``.
     """
 
     __slots__ = ("_subs", "_static", "_out")
@@ -50,10 +71,10 @@ class DestinationTable:
     def __init__(self) -> None:
         self._subs: dict[str, dict[Addr, None]] = {}  # insertion-ordered set
         self._static: dict[str, list[Addr]] = {}
-        self._out: dict[str, tuple[Addr, ...]] = {}
+        self._out: dict[str, SendBatch] = {}
 
-    def get(self, channel: str) -> tuple[Addr, ...]:
-        return self._out.get(channel, ())
+    def get(self, channel: str) -> SendBatch:
+        return self._out.get(channel, _NO_BATCH)
 
     def add_subscriber(self, channel: str, addr: Addr) -> None:
         self._subs.setdefault(channel, {})[addr] = None
@@ -99,7 +120,7 @@ class DestinationTable:
         out = dict.fromkeys(self._static.get(channel, ()))
         out.update(self._subs.get(channel, {}))
         if out:
-            self._out[channel] = tuple(out)
+            self._out[channel] = SendBatch(tuple(out))
         else:
             self._out.pop(channel, None)
 
@@ -119,8 +140,10 @@ class _Metrics:
     packets: Counter = field(init=False)
     octets: Counter = field(init=False)
     send_errors: Counter = field(init=False)
-    expired: Counter = field(init=False)
+    dropped: Counter = field(init=False)
     handshakes: Counter = field(init=False)
+    batches: Counter = field(init=False)
+    burst: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r, p = self.registry, ("process",)
@@ -132,10 +155,14 @@ class _Metrics:
                                (*p, "channel"), registry=r)
         self.octets = Counter("loa_fanout_bytes_out", "Bytes sent downstream",
                               (*p, "channel"), registry=r)
-        self.send_errors = Counter("loa_fanout_send_errors", "Downstream sends that failed or "
-                                   "were dropped because the socket was backed up", p, registry=r)
-        self.expired = Counter("loa_fanout_expired_subscribers", "Subscribers dropped for silence",
-                               p, registry=r)
+        self.send_errors = Counter("loa_fanout_send_errors", "Downstream datagrams not sent: "
+                                   "the kernel had no room (backlog) or refused the destination",
+                                   (*p, "reason"), registry=r)
+        self.dropped = Counter("loa_fanout_dropped_subscribers", "Subscribers dropped, by reason",
+                               (*p, "reason"), registry=r)
+        self.batches = Counter("loa_fanout_batches", "sendmmsg system calls", p, registry=r)
+        self.burst = Counter("loa_fanout_burst_packets", "Packets replayed from a channel's "
+                             "ring to new subscribers", p, registry=r)
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
 
@@ -162,12 +189,14 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         on_change: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         multicast_ttl: int = 16,
+        burst_s: float = BURST_S,
     ) -> None:
         self.process = process
         self.registry = registry
         self.ptime_ms = ptime_ms
         self.on_change = on_change
         self.multicast_ttl = multicast_ttl
+        self.burst_s = burst_s
         self._clock = clock
         # The cookie secret is random per process: cookies need no sharing, only to survive
         # COOKIE_TTL_S, and a restart simply makes subscribers handshake again.
@@ -178,11 +207,17 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self.table = DestinationTable()
         self._listeners: dict[str, tuple[Listener, ...]] = {}
         self._chan_metrics: dict[str, _ChannelMetrics] = {}
+        self._rings: dict[str, PacketRing] = {}
+        self._unreachable: dict[Addr, float] = {}  # address → first ICMP error of this spell
         self.metrics = _Metrics(process, registry)
-        self._bad = self.metrics.bad.labels(process)
-        self._send_errors = self.metrics.send_errors.labels(process)
+        m = self.metrics
+        self._bad = m.bad.labels(process)
+        self._backlog = m.send_errors.labels(process, "backlog")
+        self._refused = m.send_errors.labels(process, "refused")
+        self._batches = m.batches.labels(process)
         self._transport: asyncio.DatagramTransport | None = None
-        self._buffered: Callable[[], int] = lambda: 0
+        self._sock: socket.socket | None = None
+        self._fd = -1
         self._expire_task: asyncio.Task[None] | None = None
         self.local_addr: Addr | None = None
 
@@ -194,30 +229,43 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         sock = transport.get_extra_info("socket")
         set_receive_buffer(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # capped by net.core.wmem_max; backlog drops are counted either way
         if sock.family == socket.AF_INET:
+            # Unconnected UDP sockets hear about ICMP errors only with IP_RECVERR, and then
+            # with the destination they were for (see error_received).
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             # Static multicast destinations: a TTL that crosses a few routers on a LAN, and
             # loopback on so that a receiver on the same host (and the tests) hears it.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.multicast_ttl)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         elif sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, self.multicast_ttl)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
         name = sock.getsockname()
         self.local_addr = (name[0], name[1])
+        # asyncio hands out a wrapper without recvmsg: a duplicate descriptor of the same
+        # socket reads the error queue, and is what sendmmsg uses. close() closes it.
+        self._sock = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        self._fd = self._sock.fileno()
         self._expire_task = asyncio.create_task(self._expire_loop())
         return self.local_addr
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # _SelectorDatagramTransport does not subclass DatagramTransport: cast, not assert
         self._transport = cast(asyncio.DatagramTransport, transport)
-        # Selector transports report their queued bytes; typeshed's DatagramTransport omits it.
-        self._buffered = cast(Callable[[], int],
-                              getattr(transport, "get_write_buffer_size", lambda: 0))
 
     def close(self) -> None:
         if self._expire_task is not None:
             self._expire_task.cancel()
             self._expire_task = None
+        self._fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -227,28 +275,61 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
     def publish(self, channel: str, packet: bytes) -> None:
         """Send ``packet`` (RTP or RTCP, unchanged) to every destination and listener of
         ``channel``. Never raises for a destination; never allocates per destination."""
-        dests = self.table.get(channel)
-        if dests:
-            t = self._transport
-            if t is None or self._buffered() > MAX_WRITE_BUFFER:
-                self._send_errors.inc(len(dests))
+        ring = self._rings.get(channel)
+        if ring is not None:
+            ring.add(packet, self._clock())
+        batch = self.table.get(channel)
+        if batch:
+            if self._fd < 0:
+                self._backlog.inc(len(batch))
             else:
-                sendto = t.sendto
-                try:
-                    for d in dests:
-                        sendto(packet, d)
-                except (OSError, RuntimeError):
-                    self._send_errors.inc()
-                m = self._chan_metrics[channel]
-                m.packets.inc(len(dests))
-                m.octets.inc(len(dests) * len(packet))
+                self._sent(channel, len(packet), len(batch), *batch.send(self._fd, packet))
         listeners = self._listeners.get(channel)
         if listeners:
-            for cb in listeners:
-                try:
-                    cb(packet)
-                except Exception:  # a broken listener must not stop the fan-out
-                    log.exception("listener of %s failed", channel)
+            self._tell(channel, listeners, packet)
+
+    def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
+        """Row i of ``block`` (uint8, C-contiguous, shape ``(len(channels), packet_len)``) is
+        the datagram of ``channels[i]``: the streamer's one program packetised for all its
+        channels at once. Rows are read now; no reference is kept."""
+        length = block.shape[1]
+        base = block.ctypes.data
+        rings, table, listeners = self._rings, self.table, self._listeners
+        for i, channel in enumerate(channels):
+            batch = table.get(channel)
+            if batch:
+                if self._fd < 0:
+                    self._backlog.inc(len(batch))
+                else:
+                    self._sent(channel, length, len(batch),
+                               *batch.send_at(self._fd, base + i * length, length))
+            if channel in rings or channel in listeners:
+                packet = block[i].tobytes()  # only channels that keep or hand out packets
+                ring = rings.get(channel)
+                if ring is not None:
+                    ring.add(packet, self._clock())
+                if channel in listeners:
+                    self._tell(channel, listeners[channel], packet)
+
+    def _sent(self, channel: str, size: int, n: int, calls: int, backlog: int,
+              refused: int) -> None:
+        self._batches.inc(calls)
+        if backlog:
+            self._backlog.inc(backlog)
+        if refused:
+            self._refused.inc(refused)
+        m = self._chan_metrics[channel]
+        delivered = n - backlog - refused
+        m.packets.inc(delivered)
+        m.octets.inc(delivered * size)
+
+    @staticmethod
+    def _tell(channel: str, listeners: tuple[Listener, ...], packet: bytes) -> None:
+        for cb in listeners:
+            try:
+                cb(packet)
+            except Exception:  # a broken listener must not stop the fan-out
+                log.exception("listener of %s failed", channel)
 
     # ------------------------------------------------------------------ destinations
 
@@ -319,18 +400,44 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             self._bad.inc()
             return
         self.metrics.handshakes.labels(self.process, _outcome(data, reply)).inc()
+        self._unreachable.pop(src, None)  # it speaks, so it is there
         if reply is not None:
             self._send(reply, src)
         if isinstance(event, Subscribed):
             self.table.add_subscriber(event.channel, event.addr)
             self._changed(event.channel)
+            self._burst(event.channel, event.addr)
         elif isinstance(event, Unsubscribed):
             self.table.remove_subscriber(event.channel, event.addr)
             self._changed(event.channel)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP errors from a gone subscriber land here (Linux, connected or IP_RECVERR sockets).
-        self._send_errors.inc()
+        """An ICMP error arrived (IP_RECVERR): read which destinations the kernel heard about
+        from the socket's error queue (which must be drained, or the socket stays readable)
+        and drop subscribers that have been unreachable for ``UNREACHABLE_S``."""
+        if self._sock is None:
+            return
+        now = self._clock()
+        for _ in range(1024):  # bounded: a flood of errors must not hold the loop
+            try:
+                _, _, _, dest = self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    log.debug("error queue: %s", e)
+                break
+            if dest:
+                self._unreachable_from((dest[0], dest[1]), now)
+
+    def _unreachable_from(self, addr: Addr, now: float) -> None:
+        since = self._unreachable.setdefault(addr, now)
+        if now - since < UNREACHABLE_S:
+            return
+        del self._unreachable[addr]
+        channels = self.server.drop(addr)
+        if channels:
+            self._drop(addr, channels, "unreachable")
 
     # ------------------------------------------------------------------ internals
 
@@ -339,7 +446,24 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             try:
                 self._transport.sendto(data, addr)
             except (OSError, RuntimeError):
-                self._send_errors.inc()
+                self._refused.inc()
+
+    def _burst(self, channel: str, addr: Addr) -> None:
+        ring = self._rings.get(channel)
+        if ring is None:
+            return
+        n = 0
+        for packet in ring.burst(self._clock()):
+            self._send(packet, addr)
+            n += 1
+        self.metrics.burst.labels(self.process).inc(n)
+
+    def _drop(self, addr: Addr, channels: Sequence[str], reason: str) -> None:
+        self.metrics.dropped.labels(self.process, reason).inc(len(channels))
+        for ch in channels:
+            self.table.remove_subscriber(ch, addr)
+        for ch in set(channels):
+            self._changed(ch)
 
     def _changed(self, channel: str) -> None:
         n = self.consumers(channel)
@@ -351,11 +475,14 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
                     m.packets.labels(self.process, channel),
                     m.octets.labels(self.process, channel),
                 )
+            if channel not in self._rings:
+                self._rings[channel] = PacketRing(self.burst_s, self.ptime_ms / 1000)
         else:
             # Forget the series of a channel nobody consumes: channel names come from the
             # network (a relay accepts any name upstream has not refused), so label sets
             # must not grow without bound.
             self._chan_metrics.pop(channel, None)
+            self._rings.pop(channel, None)
             for metric in (m.subscribers, m.packets, m.octets):
                 try:
                     metric.remove(self.process, channel)
@@ -367,14 +494,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRE_EVERY_S)
-            gone = self.server.expire(self._clock())
-            if not gone:
-                continue
-            self.metrics.expired.labels(self.process).inc(len(gone))
-            for ev in gone:
-                self.table.remove_subscriber(ev.channel, ev.addr)
-            for ch in {ev.channel for ev in gone}:
-                self._changed(ch)
+            now = self._clock()
+            for ev in self.server.expire(now):
+                self._drop(ev.addr, (ev.channel,), "expired")
+            # Errors that stopped (the box came back) are forgotten.
+            for addr in [a for a, t in self._unreachable.items() if now - t > 4 * UNREACHABLE_S]:
+                del self._unreachable[addr]
 
 
 def set_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:

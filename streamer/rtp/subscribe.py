@@ -291,6 +291,12 @@ class SubscribeServer:
         self.count -= len(subs)
         return list(subs)
 
+    def drop(self, addr: Addr) -> list[str]:
+        """Forget ``addr`` on every channel (e.g. it is unreachable); the channels it was on."""
+        channels = [ch for ch, subs in self.subscribers.items() if subs.pop(addr, None)]
+        self.count -= len(channels)
+        return channels
+
     def addresses(self, channel: str) -> list[Addr]:
         return list(self.subscribers.get(channel, ()))
 

@@ -1,0 +1,45 @@
+"""A channel's most recent packets, replayed to a subscriber the moment it joins.
+
+Icecast gives a new listener a burst from its queue so that playback starts at once; a Loa
+speaker needs the same less badly (it plays every packet at capture time + playout delay, so
+the first packet it gets plays one playout delay later) but a burst still helps: packets
+captured up to ``burst_s`` ago are still ahead of their play time, so a speaker that joins
+mid-bulletin starts ``burst_s`` sooner and does not lose the bulletin's last words. The burst
+must stay shorter than the playout delay, or its first packets arrive already too late.
+
+Only RTP media is kept (sender reports are periodic and speakers do not need an old one).
+Per packet: one tuple appended to a bounded deque, no copy of the packet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from streamer.rtp.packet import is_rtcp
+
+
+class PacketRing:
+    __slots__ = ("burst_s", "_packets")
+
+    def __init__(self, burst_s: float, ptime_s: float) -> None:
+        self.burst_s = burst_s
+        # Room for the burst at the shortest frame, and a little for bursty upstream arrival.
+        self._packets: deque[tuple[float, bytes]] = deque(
+            maxlen=max(1, int(burst_s / ptime_s) + 4) if burst_s > 0 else 1)
+
+    def add(self, packet: bytes, now: float) -> None:
+        if self.burst_s > 0 and not is_rtcp(packet):
+            self._packets.append((now, packet))
+
+    def burst(self, now: float) -> Iterator[bytes]:
+        """The packets that arrived within ``burst_s`` before ``now``, oldest first."""
+        if self.burst_s <= 0:
+            return
+        since = now - self.burst_s
+        for t, packet in self._packets:
+            if t >= since:
+                yield packet
+
+    def __len__(self) -> int:
+        return len(self._packets)
