@@ -109,7 +109,7 @@ class SendBatch:
             h.msg_iovlen = 1
         self._base = ctypes.addressof(self._msgs)
         self._stride = ctypes.sizeof(_Mmsghdr)
-        self._start = -1  # the first packet starts at the first destination
+        self._start = 0
 
     def __len__(self) -> int:
         return self._n
@@ -128,9 +128,9 @@ class SendBatch:
             return 0, 0, 0
         self._iov.iov_base = address
         self._iov.iov_len = length
-        # Start where the last packet started + 1: when the kernel runs out of room part-way,
-        # the destinations that miss out rotate instead of always being the list's tail.
-        start = self._start = (self._start + 1) % n
+        # When the kernel ran out of room part-way through the last packet, this one starts
+        # with the destinations that missed it, so they are not always the list's tail.
+        start = self._start
         calls = errors = 0
         for lo, hi in ((start, n), (0, start)):
             off, retried = lo, -1
@@ -143,6 +143,7 @@ class SendBatch:
                 elif ctypes.get_errno() in BACKLOG_ERRNOS:
                     # no room now: the rest of this packet's destinations miss it
                     left = hi - off + (start if lo == start else 0)
+                    self._start = off
                     return calls, left, errors
                 elif retried != off:
                     # An earlier datagram's ICMP error (IP_RECVERR) is reported by the next
