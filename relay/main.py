@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.config import Addr, ConfigError, Static, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
+from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 
 from .fanout import FanoutEndpoint
@@ -112,6 +113,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     password = mqtt_password(cfg) if cfg.mqtt_url else None
     registry = CollectorRegistry()
+    process_watch = watch_process(registry)
     upstream: Upstream | None = None
 
     def channel_ssrc(channel: str) -> int | None:
@@ -162,6 +164,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         log.info("relay %s stopping", cfg.id)
         if link is not None:
             await link.close()  # says offline while the broker can still hear us
+        process_watch.cancel()
         upstream.close()  # BYE upstream before the socket closes
         fanout.close()
         await runner.cleanup()

@@ -135,7 +135,8 @@ async def up(args: argparse.Namespace) -> int:
         secrets = await _provision(str(streamer.info["http"]), credentials, var / "secrets",
                                    ["relay-1"], chosen)
         relay = await _spawn("relay-1", [
-            "relay", "--id", "relay-1", "--media", f"{host}:0", "--http", f"{host}:0",
+            "relay", "--id", "relay-1", "--media", f"{host}:0",
+            "--http", f"{host}:{args.relay_http_port}",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), *_mqtt("relay-1", mqtt_url, secrets),
         ], logs)
@@ -261,6 +262,8 @@ def run(argv: list[str]) -> int:
     p.add_argument("--var-dir", default="var", help="state, logs and recordings (default var/)")
     p.add_argument("--host", default="127.0.0.1", help="address every process binds")
     p.add_argument("--http-port", type=int, default=8000, help="streamer HTTP port (0 = any)")
+    p.add_argument("--relay-http-port", type=int, default=8081,
+                   help="the relay's HTTP port, scraped by ops/prometheus (0 = any)")
     p.add_argument("--ingest-port", type=int, default=5006,
                    help="streamer SRTP ingest UDP port (0 = any)")
     p.add_argument("--speakers", type=int, default=len(SAMPLE_SPEAKERS),

@@ -66,7 +66,8 @@ class Speaker:
 def stack(tmp_path_factory):
     var = tmp_path_factory.mktemp("up")
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "up", "--var-dir", str(var),
-                             "--http-port", "0", "--ingest-port", "0"], stdout=subprocess.PIPE,
+                             "--http-port", "0", "--relay-http-port", "0", "--ingest-port", "0"],
+                            stdout=subprocess.PIPE,
                             text=True)
     state_file = var / "loa-up.json"
     deadline = time.monotonic() + 60
@@ -230,6 +231,9 @@ def test_reach_confirms_every_speaker_of_a_province_wide_broadcast(stack):
     assert reach_metric[str(b["id"])] == 6
     online = {s.labels["zone"]: s.value for s in families["loa_speakers_online"].samples}
     assert sum(online.values()) == 6 and online["brvt.vung-tau.thang-tam.kp-1"] == 2
+    registered = {s.labels["zone"]: s.value
+                  for s in families["loa_speakers_registered"].samples}
+    assert registered == online  # every registered speaker is online
 
 
 def test_volume_command_through_the_api_lowers_what_the_speaker_plays(stack):

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from streamer.config import Addr, ConfigError, check_range, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.control.messages import valid_zone_id
+from streamer.procmetrics import watch_process
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 
@@ -460,7 +461,8 @@ async def serve(cfg: SpeakerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
     tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker)),
-             asyncio.create_task(emergency_forever(emergency, speaker, cfg))]
+             asyncio.create_task(emergency_forever(emergency, speaker, cfg)),
+             watch_process(registry)]
     if cfg.mqtt_url and password is not None and overlay is not None:
         device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=playout,
                                client=client, send=speaker.send, overlay=overlay,

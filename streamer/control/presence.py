@@ -2,8 +2,9 @@
 
 The :class:`~streamer.control.fleet.Fleet` hands every validated status, telemetry and
 ``played`` message to :class:`FleetRecorder`, which writes it to Redis and keeps the metrics
-ops watch: speakers online per zone and confirmed plays per broadcast. A device's zone comes
-from the registry, never from what the device says about itself.
+ops watch: speakers registered and online per zone (the offline-ratio alert divides one by the
+other) and confirmed plays per broadcast. A device's zone comes from the registry, never from
+what the device says about itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class FleetRecorder:
         self.online: dict[str, bool] = {}
         self.speakers_online = Gauge("loa_speakers_online", "Speakers online (MQTT presence)",
                                      ["zone"], registry=registry)
+        self.speakers_registered = Gauge("loa_speakers_registered", "Speakers registered",
+                                         ["zone"], registry=registry)
         self.reach = Gauge("loa_broadcast_reach_confirmed",
                            "Speakers that confirmed playing a recent broadcast", ["broadcast"],
                            registry=registry)
@@ -69,11 +72,13 @@ class FleetRecorder:
 
     def _export(self, zone: str) -> None:
         if self._members[zone] > 0:
+            self.speakers_registered.labels(zone).set(self._members[zone])
             self.speakers_online.labels(zone).set(self._online_n[zone])
             return
         del self._members[zone], self._online_n[zone]  # its last speaker moved or was removed
-        with contextlib.suppress(KeyError):
-            self.speakers_online.remove(zone)
+        for gauge in (self.speakers_registered, self.speakers_online):
+            with contextlib.suppress(KeyError):
+                gauge.remove(zone)
 
     # -- FleetSink ----------------------------------------------------------------------------
 
