@@ -37,7 +37,7 @@ from typing import cast
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from relay.mmsg import SendBatch
+from relay.mmsg import SendBatch, sockaddr
 from relay.ring import PacketRing
 from streamer.rtp import subscribe
 from streamer.rtp.packet import MalformedPacket
@@ -52,6 +52,8 @@ SEND_BUFFER = 4 * 1024 * 1024
 # ICMP errors for an address over this long (the kernel rate-limits them to about one a
 # second) mean nobody is there any more: one error alone may be a reboot or a route flap.
 UNREACHABLE_S = 2.0
+CONTROL_DRAIN = 256  # control datagrams read per wake-up beyond asyncio's one
+MAX_CONTROL = 2048
 BURST_S = 0.2  # below the speakers' default 300 ms playout delay (docs/protocol.md)
 _NO_BATCH = SendBatch(())
 # Linux values; Python 3.11's socket module exports neither.
@@ -64,34 +66,40 @@ class DestinationTable:
 
     Subscribers and static destinations are kept apart (a static destination survives a
     subscriber leaving from the same address), and ``get`` returns one ready ``SendBatch``.
+    A change only marks the channel stale; the batch is rebuilt by the next ``get``, so a
+    storm of thousands of handshakes (every speaker after a relay restart) costs one rebuild
+    per packet sent, not one per handshake.
     """
 
-    __slots__ = ("_subs", "_static", "_out")
+    __slots__ = ("_subs", "_static", "_out", "_stale")
 
     def __init__(self) -> None:
-        self._subs: dict[str, dict[Addr, None]] = {}  # insertion-ordered set
+        self._subs: dict[str, dict[Addr, bytes]] = {}  # address → its C sockaddr, in order
         self._static: dict[str, list[Addr]] = {}
         self._out: dict[str, SendBatch] = {}
+        self._stale: set[str] = set()
 
     def get(self, channel: str) -> SendBatch:
+        if channel in self._stale:
+            self._rebuild(channel)
         return self._out.get(channel, _NO_BATCH)
 
     def add_subscriber(self, channel: str, addr: Addr) -> None:
-        self._subs.setdefault(channel, {})[addr] = None
-        self._rebuild(channel)
+        self._subs.setdefault(channel, {})[addr] = sockaddr(addr)
+        self._stale.add(channel)
 
     def remove_subscriber(self, channel: str, addr: Addr) -> None:
         subs = self._subs.get(channel)
-        if subs is not None and subs.pop(addr, 0) is None:
+        if subs is not None and subs.pop(addr, None) is not None:
             if not subs:
                 del self._subs[channel]
-            self._rebuild(channel)
+            self._stale.add(channel)
 
     def add_static(self, channel: str, addr: Addr) -> None:
         dests = self._static.setdefault(channel, [])
         if addr not in dests:
             dests.append(addr)
-            self._rebuild(channel)
+            self._stale.add(channel)
 
     def remove_static(self, channel: str, addr: Addr) -> None:
         dests = self._static.get(channel)
@@ -99,15 +107,18 @@ class DestinationTable:
             dests.remove(addr)
             if not dests:
                 del self._static[channel]
-            self._rebuild(channel)
+            self._stale.add(channel)
 
     def clear_subscribers(self, channel: str) -> list[Addr]:
         gone = list(self._subs.pop(channel, {}))
-        self._rebuild(channel)
+        self._stale.add(channel)
         return gone
 
     def subscribers(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
+
+    def has_destinations(self, channel: str) -> bool:
+        return channel in self._subs or channel in self._static
 
     def statics(self, channel: str) -> tuple[Addr, ...]:
         return tuple(self._static.get(channel, ()))
@@ -116,11 +127,12 @@ class DestinationTable:
         return set(self._subs) | set(self._static)
 
     def _rebuild(self, channel: str) -> None:
+        self._stale.discard(channel)
         # A subscriber at the same address as a static destination gets each packet once.
-        out = dict.fromkeys(self._static.get(channel, ()))
+        out = {a: sockaddr(a) for a in self._static.get(channel, ())}
         out.update(self._subs.get(channel, {}))
         if out:
-            self._out[channel] = SendBatch(tuple(out))
+            self._out[channel] = SendBatch(tuple(out), b"".join(out.values()))
         else:
             self._out.pop(channel, None)
 
@@ -384,6 +396,25 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ socket input
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._control(data, addr)
+        # asyncio reads one datagram per wake-up and then serves the other sockets; a relay
+        # busy fanning out takes one upstream packet (milliseconds of sendmmsg) per wake-up,
+        # so keepalives would be read at the frame rate and overflow the socket after a
+        # restart. Read what has queued meanwhile too, boundedly.
+        sock = self._sock
+        for _ in range(CONTROL_DRAIN):
+            if sock is None:
+                return
+            try:
+                data, addr = sock.recvfrom(MAX_CONTROL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # an ICMP error report (IP_RECVERR)
+                self.error_received(e)
+                return
+            self._control(data, addr)
+
+    def _control(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             if not subscribe.is_control(data):
                 # Random bytes, or media: nothing downstream may inject into a channel.
@@ -470,7 +501,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         m = self.metrics
         if n:
             m.subscribers.labels(self.process, channel).set(self.table.subscribers(channel))
-            if self.table.get(channel) and channel not in self._chan_metrics:
+            if self.table.has_destinations(channel) and channel not in self._chan_metrics:
                 self._chan_metrics[channel] = _ChannelMetrics(
                     m.packets.labels(self.process, channel),
                     m.octets.labels(self.process, channel),

@@ -58,6 +58,15 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
+# The same layout as a numpy record, to fill thousands of headers without a Python loop.
+_MMSGHDR = np.dtype({
+    "names": ["name", "namelen", "iov", "iovlen"],
+    "formats": [np.uint64, np.uint32, np.uint64, np.uint64],
+    "offsets": [_Msghdr.msg_name.offset, _Msghdr.msg_namelen.offset, _Msghdr.msg_iov.offset,
+                _Msghdr.msg_iovlen.offset],
+    "itemsize": ctypes.sizeof(_Mmsghdr),
+})
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
@@ -92,23 +101,26 @@ class SendBatch:
 
     __slots__ = ("addrs", "_names", "_iov", "_msgs", "_base", "_n", "_stride", "_start")
 
-    def __init__(self, addrs: Sequence[Addr]) -> None:
+    def __init__(self, addrs: Sequence[Addr], names: bytes | None = None) -> None:
+        """``names``: the addresses' :func:`sockaddr` bytes, concatenated, when the caller
+        keeps them (a destination table converts each address once, not on every rebuild)."""
         self.addrs = tuple(addrs)
         n = self._n = len(self.addrs)
-        self._names = ctypes.create_string_buffer(b"".join(sockaddr(a) for a in self.addrs),
-                                                  max(1, n * _SOCKADDR_SIZE))
+        if names is None:
+            names = b"".join(sockaddr(a) for a in self.addrs)
+        # Built with numpy, not a Python loop over ctypes structures: a table of thousands
+        # is rebuilt whenever a subscriber joins, so this must cost microseconds, not ms.
+        self._names = np.frombuffer(names or bytes(_SOCKADDR_SIZE), dtype=np.uint8).copy()
+        family = self._names.reshape(-1, _SOCKADDR_SIZE)[:, :2].copy().view(np.uint16)[:, 0]
         self._iov = _Iovec()
-        self._msgs = (_Mmsghdr * max(1, n))()
-        names = ctypes.addressof(self._names)
-        iov = ctypes.pointer(self._iov)
-        for i, a in enumerate(self.addrs):
-            h = self._msgs[i].msg_hdr
-            h.msg_name = names + i * _SOCKADDR_SIZE
-            h.msg_namelen = 28 if ":" in a[0] else 16
-            h.msg_iov = iov
-            h.msg_iovlen = 1
-        self._base = ctypes.addressof(self._msgs)
-        self._stride = ctypes.sizeof(_Mmsghdr)
+        self._msgs = np.zeros(max(1, n), dtype=_MMSGHDR)
+        self._msgs["name"] = (self._names.ctypes.data
+                              + np.arange(len(self._msgs), dtype=np.uint64) * _SOCKADDR_SIZE)
+        self._msgs["namelen"] = np.where(family == socket.AF_INET6, 28, 16)
+        self._msgs["iov"] = ctypes.addressof(self._iov)
+        self._msgs["iovlen"] = 1
+        self._base = self._msgs.ctypes.data
+        self._stride = _MMSGHDR.itemsize
         self._start = 0
 
     def __len__(self) -> int:
@@ -185,13 +197,14 @@ class RecvBatch:
             .view(np.uint32)[:, 0]
         off = _Msghdr.msg_controllen.offset
         self._controllen = raw[:, off:off + 8].view(np.uint64)[:, 0]
+        self._controllen[:] = self._CMSG_SPACE
+        self._msgs_addr = ctypes.addressof(self._msgs)
         self.lengths = np.zeros(size, dtype=np.int64)
         self.times = np.zeros(size, dtype=np.float64)
 
     def recv(self, fd: int) -> int:
         """Read what is queued (up to ``size``) without blocking; 0 when nothing is."""
-        self._controllen[:] = self._CMSG_SPACE  # the kernel overwrites it with what it used
-        k = _recvmmsg(fd, ctypes.addressof(self._msgs), self.size, MSG_DONTWAIT, None)
+        k = _recvmmsg(fd, self._msgs_addr, self.size, MSG_DONTWAIT, None)
         if k < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):
@@ -202,6 +215,7 @@ class RecvBatch:
         ts = self._control[:k, 16:32].view(np.int64)
         stamped = self._controllen[:k] > 0
         self.times[:k] = np.where(stamped, ts[:, 0] + ts[:, 1] * 1e-9, 0.0)
+        self._controllen[:k] = self._CMSG_SPACE  # the kernel overwrote it with what it used
         return k
 
 
