@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import socket
 import statistics
@@ -50,24 +49,17 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-import aiohttp
-
-from streamer.app import Streamer, StreamerConfig
-from streamer.control.services import RedisServer
 from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket, ssrc_for
 
-from ._report import ROOT, machine, table, today, write_section
-from .bench_relay import relay_counter, udp_drops
+from ._report import machine, table, today, write_section
+from .bench_relay import udp_drops
 from .simspeakers import SimSpeakersProcess, TimeToAir
+from .stack import KEEP_UP, STEADY_S, Stack, ratio
 
 PROVINCE = "brvt"
 BASELINE_ID = 0xFFFF_0000  # + round: broadcast ids the streamer never hands out this soon
 SETTLE_S = 1.5
-STEADY_S = 16.0  # longer than the relays' expire_s (15 s): a lost keepalive would show
-STEADY_TIMEOUT_S = 120.0
-KEEP_UP = 0.99  # relays must forward this share of what the streamer sends them, as it comes
 GOAL_MS = 100.0
 
 
@@ -90,111 +82,6 @@ class Result:
     relay_drops: int  # at the relays' media sockets (handshakes, keepalives), during the rounds
     send_errors: float
     expired: float
-
-
-class Stack:
-    """Redis, the streamer (in this process), relays and the simulated speakers."""
-
-    def __init__(self, stack: AsyncExitStack, tmp: Path, log: IO[bytes]) -> None:
-        self.exits, self.tmp, self.log = stack, tmp, log
-        self.relays: list[tuple[str, int]] = []
-        self.relay_http: list[str] = []
-        self.auth: dict[str, str] = {}  # the admin's bearer token, once signed in
-
-    async def start_streamer(self, ptime_ms: int) -> None:
-        redis = RedisServer(self.tmp / "redis")
-        redis.start()
-        self.exits.callback(redis.stop)
-        cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                             http_port=0, var_dir=str(self.tmp / "var"), redis_url=redis.url,
-                             ptime_ms=ptime_ms, ingest_port=-1)  # no live input here
-        self.streamer = Streamer(cfg)
-        await self.streamer.start()
-        self.exits.push_async_callback(self.streamer.close)
-        self.http = await self.exits.enter_async_context(aiohttp.ClientSession())
-        creds = json.loads((self.tmp / "var" / "admin-credentials.json").read_text())
-        login = await self.api("POST", "/api/v1/login", {"user": creds["user"],
-                                                         "password": creds["password"]})
-        self.auth = {"Authorization": f"Bearer {login['token']}"}
-
-    async def api(self, method: str, path: str, body: object = None) -> dict[str, Any]:
-        async with self.http.request(method, self.streamer.http_url + path, json=body,
-                                     headers=self.auth) as r:
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {await r.text()}")
-            return dict(await r.json())
-
-    async def start_relay(self, k: int, ptime_ms: int) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.main", "--id", f"bench-relay-{k}", "--media",
-            "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", self.streamer.media_addr,
-            "--ptime-ms", str(ptime_ms), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            stderr=self.log)
-        self.exits.push_async_callback(_stop, proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        if not line:
-            raise RuntimeError(f"relay {k} exited ({await proc.wait()})")
-        info = json.loads(line)
-        host, port = str(info["media"]).rsplit(":", 1)
-        self.relays.append((host, int(port)))
-        self.relay_http.append(str(info["http"]))
-
-    async def relay_sum(self, metric: str) -> float:
-        return sum([await relay_counter(h, metric) for h in self.relay_http])
-
-    async def forwarded(self) -> tuple[float, float]:
-        """(packets the streamer sent to the relays, packets the relays took in) so far."""
-        return (await relay_counter(self.streamer.http_url, "loa_fanout_packets_out_total"),
-                await self.relay_sum("loa_upstream_packets_in_total"))
-
-    async def steady(self, n: int) -> float:
-        """Wait until the relays have held all ``n`` subscribers, with none expiring, for
-        ``STEADY_S`` while forwarding what the streamer sent them: time-to-air on a fleet
-        still re-handshaking, or through relays falling behind, means nothing. A window that
-        falls short (a stall) is measured again; returns how long it all took."""
-        t0 = time.monotonic()
-        since, held, counts, keep_up = t0, (-1.0, -1.0), (0.0, 0.0), math.nan
-        while True:
-            if time.monotonic() - t0 > STEADY_TIMEOUT_S:
-                raise RuntimeError(
-                    f"within {STEADY_TIMEOUT_S:g} s the relays did not hold {n} subscribers for "
-                    f"{STEADY_S:g} s while keeping up (last: {held[0]:.0f} subscribers, "
-                    f"{keep_up:.1%} forwarded); {OVERLOADED}")
-            await asyncio.sleep(1.0)
-            now = (await self.relay_sum("loa_fanout_subscribers"),
-                   await self.relay_sum("loa_fanout_dropped_subscribers_total"))
-            if now[0] != n or now != held:
-                since, held, counts = time.monotonic(), now, await self.forwarded()
-            elif time.monotonic() - since >= STEADY_S:
-                keep_up = ratio(counts, await self.forwarded())
-                if keep_up >= KEEP_UP:
-                    return time.monotonic() - t0
-                since, counts = time.monotonic(), await self.forwarded()
-
-    async def start_speakers(self, n: int) -> SimSpeakersProcess:
-        fleet = await SimSpeakersProcess.spawn(n, self.streamer.zones.channels(), self.relays,
-                                               handshake_timeout_s=120, stderr=self.log)
-        self.exits.push_async_callback(fleet.close)
-        return fleet
-
-
-OVERLOADED = "overloaded: try a longer --ptime-ms, or fewer --speakers"
-
-
-def ratio(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """Relays' packets in ÷ streamer's packets out between two ``forwarded`` readings."""
-    return (after[1] - before[1]) / max(1.0, after[0] - before[0])
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def bare_sendto_loop(ports: list[int], broadcast_id: int) -> float:

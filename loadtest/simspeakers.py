@@ -50,14 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from streamer.rtp.packet import (
-    EMERGENCY_LEVEL,
-    HEADER_LEN,
-    MalformedPacket,
-    ntp64_to_unix,
-    parse,
-)
+from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
 from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
+
+from .header import capture_of, payload_of, peek
 
 # Python's socket module exports neither: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) and
 # SO_ATTACH_FILTER, on every Linux architecture with asm-generic socket numbers (x86-64, arm64).
@@ -65,8 +61,6 @@ SO_TIMESTAMPNS = 35
 SO_ATTACH_FILTER = 26
 _TIMESPEC = struct.Struct("@qq")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
-_BID_PRIO = struct.Struct("!IxB")  # bytes 26-31: broadcast id, ID-3 element header, priority
-_NTP = struct.Struct("!Q")  # bytes 17-24: abs-capture-time
 RECEIVE_BUFFER = 1 << 18
 HANDSHAKE_BATCH = 200  # handshakes in flight at once, so the relay's socket buffer keeps up
 TICK_S = 0.2
@@ -88,7 +82,7 @@ class Arrival:
 # The socket filters, by hand because no library attaches one: classic BPF (linux/filter.h),
 # run by the kernel on each datagram before it is queued. On a UDP socket its absolute offsets
 # count from the UDP header, so the payload starts at 8. Loa's fixed layout is recognised as in
-# ``_fixed_layout``: 0x90, then 0xBEDE at 12, then the priority element's header at 30.
+# ``header.fixed_layout``: 0x90, then 0xBEDE at 12, then the priority element's header at 30.
 _UDP = 8
 _LD_W, _LD_H, _LD_B = 0x20, 0x28, 0x30  # BPF_LD | BPF_W/H/B | BPF_ABS
 _JEQ, _JGE, _JGT, _RET = 0x15, 0x35, 0x25, 0x06  # BPF_JMP | BPF_JEQ/JGE/JGT | BPF_K, BPF_RET
@@ -135,40 +129,6 @@ class SocketFilter:
 ONLY_HANDSHAKES = SocketFilter(_HANDSHAKE)
 #: from ``arm`` on: handshakes, emergency packets, and foreign layouts for the parser
 EMERGENCIES = SocketFilter(_EMERGENCY)
-
-
-def peek(buf: bytes | bytearray, n: int) -> tuple[int, int]:
-    """(broadcast id, priority) of the RTP packet in ``buf[:n]``; priority -1 for RTCP or
-    anything unreadable. Loa's fixed layout is read in place; other senders are parsed."""
-    if n < 12 or 192 <= buf[1] <= 223:
-        return 0, -1
-    if _fixed_layout(buf, n):
-        bid, prio = _BID_PRIO.unpack_from(buf, 26)
-        return bid, prio
-    try:
-        pkt = parse(bytes(buf[:n]))
-    except MalformedPacket:
-        return 0, -1
-    return pkt.broadcast_id, pkt.priority
-
-
-def _fixed_layout(buf: bytes | bytearray, n: int) -> bool:
-    return n >= HEADER_LEN and buf[0] == 0x90 and buf[12] == 0xBE and buf[13] == 0xDE \
-        and buf[30] == 0x30
-
-
-def payload_of(buf: bytes | bytearray, n: int) -> bytes:
-    if _fixed_layout(buf, n):
-        return bytes(buf[HEADER_LEN:n])
-    return parse(bytes(buf[:n])).payload
-
-
-def capture_of(buf: bytes | bytearray, n: int) -> float:
-    """The abs-capture-time of the packet as Unix seconds, NaN if it has none."""
-    if _fixed_layout(buf, n):
-        return ntp64_to_unix(_NTP.unpack_from(buf, 17)[0])
-    t = parse(bytes(buf[:n])).capture_time
-    return math.nan if t is None else t
 
 
 def spread(n: int, channels: Sequence[str]) -> list[str]:
@@ -514,14 +474,14 @@ class SimSpeakersProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=stderr, limit=1 << 26)
         try:
-            ready = await cls._line(proc, handshake_timeout_s + 30)
+            ready = await cls.read_line(proc, handshake_timeout_s + 30)
         except BaseException:
-            await cls._stop(proc)
+            await cls.quit(proc)
             raise
         return cls(proc, spread(n, channels), ready)
 
     @staticmethod
-    async def _line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
+    async def read_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
         assert proc.stdout is not None
         raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not raw:
@@ -532,7 +492,7 @@ class SimSpeakersProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command.encode() + b"\n")
         await self.proc.stdin.drain()
-        answer = await self._line(self.proc, timeout)
+        answer = await self.read_line(self.proc, timeout)
         if "error" in answer:
             raise RuntimeError(f"simulated speakers: {answer['error']}")
         return answer
@@ -562,10 +522,10 @@ class SimSpeakersProcess:
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        await self._stop(self.proc)
+        await self.quit(self.proc)
 
     @staticmethod
-    async def _stop(proc: asyncio.subprocess.Process) -> None:
+    async def quit(proc: asyncio.subprocess.Process) -> None:
         if proc.returncode is not None:
             return
         try:

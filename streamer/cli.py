@@ -81,6 +81,12 @@ def _ctl(argv: list[str]) -> int:
     return run(argv)
 
 
+def _loadtest(argv: list[str]) -> int:
+    from loadtest.cli import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "up": (_up, "the whole stack on this machine (streamer, relay, simulated speakers)"),
     "streamer": (_streamer, "the central mixer and API"),
@@ -88,6 +94,7 @@ COMMANDS = {
     "speaker": (_speaker, "a software IP speaker"),
     "studio": (_studio, "send live audio (file, sound card, tone) to the ingest"),
     "ctl": (_ctl, "operator commands over the HTTP API"),
+    "loadtest": (_loadtest, "simulated speakers against a stack: loss, latency, time-to-air"),
 }
 
 

@@ -47,7 +47,7 @@ class Child:
     info: dict[str, object]
 
 
-async def _spawn(name: str, args: list[str], logs: Path) -> Child:
+async def spawn_child(name: str, args: list[str], logs: Path) -> Child:
     log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamer.cli", *args,
@@ -65,7 +65,7 @@ async def _spawn(name: str, args: list[str], logs: Path) -> Child:
     return Child(name, proc, info)
 
 
-async def _stop(children: list[Child]) -> None:
+async def stop_children(children: list[Child]) -> None:
     for c in reversed(children):
         if c.proc.returncode is None:
             c.proc.send_signal(signal.SIGTERM)
@@ -120,7 +120,7 @@ async def up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        streamer = await _spawn("streamer", [
+        streamer = await spawn_child("streamer", [
             "streamer", "--http-host", host, "--http-port", str(args.http_port),
             "--media-host", host, "--media-port", "0", "--public-host", host,
             "--ingest-host", host, "--ingest-port", str(args.ingest_port),
@@ -134,7 +134,7 @@ async def up(args: argparse.Namespace) -> int:
         chosen = SAMPLE_SPEAKERS[: args.speakers]
         secrets = await _provision(str(streamer.info["http"]), credentials, var / "secrets",
                                    ["relay-1"], chosen)
-        relay = await _spawn("relay-1", [
+        relay = await spawn_child("relay-1", [
             "relay", "--id", "relay-1", "--media", f"{host}:0",
             "--http", f"{host}:{args.relay_http_port}",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
@@ -142,7 +142,7 @@ async def up(args: argparse.Namespace) -> int:
         ], logs)
         children.append(relay)
         # speakers start in parallel: each takes a second to import numpy, opus and friends
-        spawned = await asyncio.gather(*(_spawn(sid, [
+        spawned = await asyncio.gather(*(spawn_child(sid, [
             "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
             # the relay first; the streamer itself if the relay is down
             "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
@@ -161,7 +161,7 @@ async def up(args: argparse.Namespace) -> int:
                     if isinstance(c, Child)]
     except RuntimeError as e:
         print(f"loa up: {e}", file=sys.stderr)
-        await _stop(children)
+        await stop_children(children)
         _stop_services(services)
         return 1
     state = {
@@ -203,7 +203,7 @@ async def up(args: argparse.Namespace) -> int:
         dead = [c.name for c in children if c.proc.returncode is not None]
         print(f"loa up: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
         code = 1
-    await _stop(children)
+    await stop_children(children)
     _stop_services(services)
     stopper.cancel()
     state_file.unlink(missing_ok=True)

@@ -1,0 +1,233 @@
+"""``loa loadtest``: the smoke scenario end to end, and the pieces its figures rest on.
+
+The smoke test runs the real command (``python -m streamer.cli loadtest --scenario smoke``) as
+a user would: it starts redis-server, the streamer and a relay, 500 simulated speakers in two
+worker processes doing the real handshake, airs a broadcast and an emergency through the API,
+and writes the report and figures. It asserts correctness, never speed: every speaker
+received, nothing was lost on loopback, every targeted speaker got both events (within a
+generous bound: this machine is shared), the decoded sample heard the tones, the sync skew
+agrees with the scenario's clock model, and the figures are real images. The fast tests pin
+the statistics on synthetic packets (sequence wrap, RFC 3550 jitter, the clock model) and
+the scenario validation messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loadtest.cli import main as loadtest_main
+from loadtest.fleet import ClockModel, ClockSpec, Reception
+from loadtest.scenario import ScenarioError, load
+from streamer.rtp.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 240
+TIME_TO_AIR_BOUND_MS = 2000.0  # correctness (it arrived, in time to be useful), not speed
+FREQ_TOLERANCE_HZ = 5.0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    report = tmp_path_factory.mktemp("loadtest") / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "loadtest", "--scenario", "smoke",
+         "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    return json.loads(report.read_text()), report, proc.stdout
+
+
+def test_every_speaker_receives_without_loss(smoke) -> None:
+    r, _, out = smoke
+    assert r["speakers"] == 500 and r["subscribed"] == 500
+    assert r["received_min"] > 0 and r["silent_speakers"] == 0
+    assert r["loss_ratio"] == 0
+    # 500 speakers at 20 ms: 25,000 packets/s offered; delivered within a tenth of it
+    assert 0.9 * 25_000 < r["delivered_pps"] < 1.1 * 25_000
+    assert r["unreadable_packets"] == 0 and r["receive_errors"] == 0
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+    assert "500 speakers" in out and "time-to-air" in out
+
+
+def test_both_events_reach_every_targeted_speaker(smoke) -> None:
+    r, _, _ = smoke
+    kinds = [e["kind"] for e in r["events"]]
+    assert kinds == ["broadcast", "emergency"]
+    broadcast, emergency = r["events"]
+    # the broadcast goes to one district (5 of the 30 leaves), the emergency to all
+    assert broadcast["targeted"] == sum(v["speakers"] for k, v in r["per_channel"].items()
+                                        if k.startswith("brvt.vung-tau."))
+    assert 0 < broadcast["targeted"] < emergency["targeted"] == 500
+    for e in r["events"]:
+        assert e["error"] == "" and e["missing"] == 0, e
+        assert 0 < e["time_to_air_ms"]["p50"] <= e["time_to_air_ms"]["max"]
+        assert e["time_to_air_ms"]["max"] < TIME_TO_AIR_BOUND_MS, e
+    assert r["time_to_air_ms"]["max"] == max(e["time_to_air_ms"]["max"] for e in r["events"])
+
+
+def test_decoded_sample_hears_the_tones(smoke) -> None:
+    r, _, _ = smoke
+    heard = {(d["speaker"], d["event"]): d for d in r["decoded"]}
+    # decode_sample = 5: speakers 0-4, all on Vũng Tàu leaves, so each hears both events
+    assert {s for s, _ in heard} == set(range(5))
+    for (_, event), d in heard.items():
+        assert event in ("broadcast", "emergency")
+        assert d["errors"] == 0 and d["packets"] > 100
+        assert abs(d["peak_hz"] - d["expected_hz"]) < FREQ_TOLERANCE_HZ, d
+        assert d["level_dbfs"] > -30, d
+
+
+def test_sync_skew_follows_the_clock_model(smoke) -> None:
+    r, _, _ = smoke
+    clock = r["scenario"]["clock"]
+    # Every clock error is within 5 sigma of its boot offset or post-sync residual plus the
+    # drift over one interval; the spread of a channel is at most twice that.
+    bound_ms = 2 * (5 * max(clock["initial_offset_ms"], clock["residual_ms"])
+                    + 5 * clock["drift_ppm"] * 1e-3 * clock["sync_interval_s"])
+    skew = r["sync_skew_ms"]
+    # ~17 speakers per channel with 0.5 ms residuals: the spread cannot be near zero
+    assert clock["residual_ms"] / 2 < skew["p50"] <= skew["p99"] < bound_ms, skew
+    assert r["late_ratio"] == 0  # 300 ms of playout delay on loopback
+
+
+def test_processes_and_figures(smoke) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    r, report, _ = smoke
+    for name in ("streamer", "relay-0", "redis", "worker-0", "worker-1", "loadtest"):
+        p = r["processes"][name]
+        assert p["cpu"] >= 0 and p["rss"] > 1 << 20, (name, p)
+    assert r["processes"]["streamer"]["cpu"] > 0 and r["processes"]["relay-0"]["cpu"] > 0
+    for suffix in ("-network.png", "-processes.png"):
+        png = report.with_name(report.stem + suffix)
+        img = mpimg.imread(png)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
+        assert float(img[..., :3].std()) > 0.05, f"{png} is blank"
+
+
+# --------------------------------------------------------------------------- fast tests
+
+
+def _rows(packets: list[RtpPacket]) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.zeros((1, len(packets), HEADER_LEN), dtype=np.uint8)
+    for j, p in enumerate(packets):
+        rows[0, j] = np.frombuffer(p.build()[:HEADER_LEN], dtype=np.uint8)
+    return rows, np.full((1, len(packets)), HEADER_LEN + 10)
+
+
+def _reception(n: int = 1, spec: ClockSpec | None = None) -> Reception:
+    spec = spec or ClockSpec(0, 0, 60, 0, 300)
+    return Reception(n, np.zeros(n, dtype=np.int64), ClockModel(spec, range(n), 1, 0.0, 600),
+                     20)
+
+
+def test_loss_counts_gaps_across_the_sequence_wrap() -> None:
+    rec = _reception()
+    seqs = [65532, 65533, 65535, 0, 1, 3]  # 65534 and 2 missing
+    packets = [RtpPacket(1, s, 960 * k, b"", capture_ntp=unix_to_ntp64(100 + 0.02 * k))
+               for k, s in enumerate(seqs)]
+    rows, lengths = _rows(packets[:3])  # two rounds: state carries across
+    rec.add(rows, lengths, 100.03 + 0.02 * np.arange(3)[None, :])
+    rows, lengths = _rows(packets[3:])
+    rec.add(rows, lengths, 100.09 + 0.02 * np.arange(3)[None, :])
+    assert rec.received.tolist() == [6] and rec.lost().tolist() == [2]
+    rec.reset()  # a new window expects the packet after the last one seen (4)
+    rows, lengths = _rows([RtpPacket(1, s, 0, b"") for s in (5, 7, 8)])
+    rec.add(rows, lengths, np.full((1, 3), 200.0))
+    assert rec.received.tolist() == [3] and rec.lost().tolist() == [2]  # 4 and 6
+
+
+def test_jitter_follows_rfc3550() -> None:
+    rng = np.random.default_rng(7)
+    n_pk = 40
+    arrival = 100 + 0.02 * np.arange(n_pk) + rng.uniform(0, 0.004, n_pk)
+    packets = [RtpPacket(1, k, (2**32 - 4800 + 960 * k) % 2**32, b"",  # timestamp wraps too
+                         capture_ntp=unix_to_ntp64(100 + 0.02 * k)) for k in range(n_pk)]
+    rec = _reception()
+    for lo in range(0, n_pk, 8):
+        rows, lengths = _rows(packets[lo:lo + 8])
+        rec.add(rows, lengths, arrival[None, lo:lo + 8])
+    j = 0.0
+    for k in range(1, n_pk):
+        d = (arrival[k] - arrival[k - 1]) * 48_000 - 960
+        j += (abs(d) - j) / 16
+    assert rec.jitter_ts[0] == pytest.approx(j, rel=1e-9) and j > 10
+    assert rec.latency_max == pytest.approx(float(np.max(arrival - (100 + 0.02 * np.arange(n_pk)))),
+                                            abs=1e-6)
+
+
+def test_clock_model_drifts_and_resyncs() -> None:
+    spec = ClockSpec(initial_offset_ms=0, drift_ppm=100, sync_interval_s=10, residual_ms=0,
+                     playout_delay_ms=300)
+    model = ClockModel(spec, [0, 1], seed=3, origin=0.0, horizon_s=100)
+    rows = np.array([0, 0, 0])
+    t = model.phase[0] + np.array([1e-6, 5.0, 9.999])  # just synced, then drifting
+    e = model.error(rows, t)
+    assert e[0] == pytest.approx(0, abs=1e-9)
+    assert e[2] == pytest.approx(model.drift[0] * 9.999) and abs(e[2]) > 1e-6
+    # synced again at the next interval: the drift starts from zero
+    assert model.error(rows[:1], t[1:2] + 10)[0] == pytest.approx(model.drift[0] * 5)
+    play = model.play_time(np.array([0]), np.array([t[2] - 0.3]))
+    assert play[0] == pytest.approx(t[2] - e[2], abs=1e-9)
+    perfect = ClockModel(ClockSpec(0, 0, 10, 0, 300), [0, 1], 3, 0.0, 100)
+    assert not perfect.error(np.array([0, 1]), np.array([50.0, 50.0])).any()
+
+
+def test_late_packets_and_skew_samples() -> None:
+    spec = ClockSpec(0, 0, 60, 0, 50)
+    rec = _reception(2, spec)
+    capture = 1000.0  # the first packet of a second: sampled for skew
+    rows = np.zeros((2, 1, HEADER_LEN), dtype=np.uint8)
+    rows[:, 0] = np.frombuffer(RtpPacket(1, 1, 0, b"", capture_ntp=unix_to_ntp64(capture))
+                               .build()[:HEADER_LEN], dtype=np.uint8)
+    rec.add(rows, np.full((2, 1), 40), np.array([[capture + 0.01], [capture + 0.08]]))
+    assert rec.late.tolist() == [0, 1]  # the second arrived after capture + 50 ms
+    (sample,) = rec.skew.values()
+    assert (sample.on_time, sample.late) == (1, 1)
+    assert sample.first_play == pytest.approx(capture + 0.05, abs=1e-6)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("speakers = 0\nduration_s = 5\n", "speakers"),
+    ("speakers = 10\nduration_s = 5\nptime_ms = 25\n", "ptime_ms"),
+    ("speakers = 10\nduration_s = 5\n[clock]\ndrift_ppm = -1\n", "clock.drift_ppm"),
+    ("speakers = 10\nduration_s = 5\nspeakres = 3\n", "speakres"),
+    ("speakers = 10\nduration_s = 5\n[[events]]\nat_s = 1\nkind = 'party'\nzones = ['brvt']\n",
+     "events.0.kind"),
+    ("speakers = 10\nduration_s = 5\n[[events]]\nat_s = 9\nkind = 'emergency'\n"
+     "zones = ['brvt']\n", "events.0.at_s"),
+    ("speakers = 10\nduration_s = 5\ndecode_sample = 11\n", "decode_sample"),
+    ("speakers = 10\nduration_s = 5\n[[events]]\nat_s = 1\nkind = 'emergency'\nzones = ['brvt']"
+     "\ncontent = {kind = 'tone', freq_hz = 5}\n", "events.0.content.freq_hz"),
+    ("speakers = [10\n", "bad.toml"),
+])
+def test_bad_scenario_names_the_field(tmp_path: Path, text: str, field: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match=f"{field}"):
+        load(str(path))
+    assert loadtest_main(["--scenario", str(path), "--report", str(tmp_path / "r.json")]) == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_overrides_are_validated_and_scenarios_load() -> None:
+    smoke = load("smoke")
+    assert smoke.speakers == 500 and len(smoke.events) == 2
+    assert load("storm").speakers == 5000
+    with pytest.raises(ScenarioError, match="command line: speakers"):
+        smoke.with_overrides(speakers=-3)
+    assert smoke.with_overrides(speakers=7, duration_s=None).speakers == 7
+    with pytest.raises(ScenarioError, match="no file"):
+        load("no-such-scenario")
+    assert math.isclose(smoke.clock.playout_delay_ms, 300)
