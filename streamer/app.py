@@ -38,6 +38,7 @@ from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
+from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
 
@@ -128,6 +129,7 @@ class Streamer:
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
         known = frozenset(channels)
         self.fanout = FanoutEndpoint(
@@ -136,7 +138,7 @@ class Streamer:
         )
         media = await self.fanout.start(cfg.media_host, cfg.media_port)
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-        self.mixer = Mixer(channels, self.clock, self.fanout.publish, bitrate=cfg.bitrate,
+        self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
                            registry=self.registry)
         self.state = State(cfg.redis_url)
         clips = ClipLibrary(Path(cfg.var_dir) / "clips")
@@ -222,6 +224,7 @@ class Streamer:
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.frames.cancel()
+        self.process_watch.cancel()
         await self.plane.studio.close_all()
         if self.plane.ingest is not None:
             self.plane.ingest.close()

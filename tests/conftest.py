@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,6 +16,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Sent(list[tuple[str, bytes]]):
+    """A packet sink for a mixer under test: every datagram handed out, as (channel, bytes),
+    in the order the fan-out would send them."""
+
+    def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
+        assert block.dtype == np.uint8 and block.flags.c_contiguous
+        assert block.shape[0] == len(channels)
+        self.extend(zip(channels, map(bytes, block), strict=True))
 
 
 def peak_hz(x: np.ndarray, rate_hz: int = 48_000) -> float:

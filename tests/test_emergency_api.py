@@ -33,20 +33,17 @@ async def req(streamer, method, path, *, headers=None, **kw):
 
 
 class Tap:
-    """The packets the mixer publishes for one channel (priority, broadcast id, PCM)."""
+    """The packets the fan-out hands out on one channel (priority, broadcast id, PCM)."""
 
     def __init__(self, streamer, channel: str) -> None:
         self.channel = channel
         self.packets: list[tuple[int, int, bytes]] = []
-        publish = streamer.mixer.publish
+        streamer.fanout.add_listener(channel, self._heard)
 
-        def tapped(cid: str, data: bytes) -> None:
-            if cid == channel and len(data) > HEADER_LEN and 200 > data[1] & 0x7F:
-                p = parse_rtp(data)
-                self.packets.append((p.priority, p.broadcast_id, p.payload))
-            publish(cid, data)
-
-        streamer.mixer.publish = tapped
+    def _heard(self, data: bytes) -> None:
+        if len(data) > HEADER_LEN and 200 > data[1] & 0x7F:
+            p = parse_rtp(data)
+            self.packets.append((p.priority, p.broadcast_id, p.payload))
 
     def pcm(self, broadcast_id: int) -> np.ndarray:
         dec = opuslib.Decoder(48_000, 1)

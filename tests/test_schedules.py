@@ -36,6 +36,7 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
 from streamer.rtp import packet
+from tests.conftest import Sent
 
 HCM = tz.gettz("Asia/Ho_Chi_Minh")
 BERLIN = tz.gettz("Europe/Berlin")
@@ -241,11 +242,12 @@ def test_a_window_that_runs_into_quiet_hours_is_refused_on_its_duration():
 # ---------------------------------------------------------------------------- the mixer
 
 
-def _mixer(channels=(ZONE, OTHER), publish=lambda c, d: None, start_wall=1_800_000_000.0,
+def _mixer(channels=(ZONE, OTHER), sink=None, start_wall=1_800_000_000.0,
            on_finished=lambda i: None):
     clock = FrameClock(20, start_mono=0.0, start_wall=start_wall,
                        max_catch_up_frames=10**9)
-    return Mixer(list(channels), clock, publish, on_finished=on_finished)
+    return Mixer(list(channels), clock, Sent() if sink is None else sink,
+                 on_finished=on_finished)
 
 
 def tone(item_id, prio=Priority.NORMAL, seconds=1.0):
@@ -373,9 +375,9 @@ def decode(packets: list[packet.RtpPacket]) -> np.ndarray:
 async def test_an_occurrence_airs_on_the_frame_that_matches_its_wall_clock_time():
     occ = hcm(2025, 6, 2, 6)  # Monday 06:00
     t = occ.timestamp()
-    sent: list[tuple[str, bytes]] = []
+    sent = Sent()
     # the frame clock started at an arbitrary instant: frames do not fall on whole seconds
-    m = _mixer(publish=lambda c, d: sent.append((c, d)), start_wall=t - 31.007)
+    m = _mixer(sink=sent, start_wall=t - 31.007)
     clock, log = FakeTime(t - 31.007, m), Log()
     s = scheduler(m, clock, log)
     s.load([schedule()])
@@ -407,9 +409,9 @@ async def test_an_occurrence_airs_on_the_frame_that_matches_its_wall_clock_time(
 async def test_a_relay_window_is_cut_at_its_end_frame():
     occ = hcm(2025, 6, 2, 18, 30)
     t = occ.timestamp()
-    sent: list[tuple[str, bytes]] = []
+    sent = Sent()
     finished: list[int] = []
-    m = _mixer(publish=lambda c, d: sent.append((c, d)), start_wall=t - 2.5,
+    m = _mixer(sink=sent, start_wall=t - 2.5,
                on_finished=finished.append)
     clock, log = FakeTime(t - 2.5, m), Log()
     s = scheduler(m, clock, log, endless=True, lead_s=2.0)

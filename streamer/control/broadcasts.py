@@ -195,10 +195,12 @@ class Broadcasts:
                      label: str = "", user: str = "", pending: bool = False,
                      schedule: str | None = None, override_quiet_hours: bool = False,
                      at_frame: int | None = None, emergency: EmergencyPlan | None = None,
-                     desc: dict[str, Any] | None = None) -> BroadcastRecord:
+                     desc: dict[str, Any] | None = None,
+                     requested_at: float | None = None) -> BroadcastRecord:
         """Record a broadcast and hand it to the mixer (unless ``pending`` approval). A
         request's source is validated and built here; a live input passes its built source
-        with its ``desc``."""
+        with its ``desc``. ``requested_at``: when the request arrived (its time to air counts
+        from it; None: from its start in the mixer)."""
         if desc is None:
             built, desc = await self.build(source)  # type: ignore[arg-type]
         else:
@@ -212,18 +214,19 @@ class Broadcasts:
             state=BroadcastState.PENDING_APPROVAL if pending else BroadcastState.QUEUED)
         self._adopt_feed(rec, built)
         if not pending:
-            self._start(rec, built, at_frame)
+            self._start(rec, built, at_frame, requested_at)
         await self.state.put_broadcast(rec)
         log.info("broadcast %d: %s %s to %d channels%s", rec.id, priority, desc["kind"],
                  rec.channels, " (waiting for approval)" if pending else "")
         return rec
 
-    async def approve(self, rec: BroadcastRecord, approver: str) -> BroadcastRecord:
+    async def approve(self, rec: BroadcastRecord, approver: str,
+                      requested_at: float | None = None) -> BroadcastRecord:
         from .schemas import source_from_record
 
         built, _ = await self.build(source_from_record(rec.source))
         rec.approved_by, rec.state = approver, BroadcastState.QUEUED
-        self._start(rec, built, None)
+        self._start(rec, built, None, requested_at)
         await self.state.put_broadcast(rec)
         return rec
 
@@ -232,11 +235,12 @@ class Broadcasts:
         await self.state.put_broadcast(rec)
         return rec
 
-    def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None) -> None:
+    def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None,
+               requested_at: float | None = None) -> None:
         plan = rec.emergency
         if plan is not None and plan.chime:
             source = Sequence([chime(), source])
-        item = Item(rec.id, Priority[rec.priority.upper()], source, 0)
+        item = Item(rec.id, Priority[rec.priority.upper()], source, 0, requested_at)
         rec.started = time.time()
         rec.airings += 1
         rec.next_airing = None

@@ -1,24 +1,32 @@
 """The mixer: every leaf channel's program, rendered, limited, encoded and packetized per frame.
 
 ``start``/``stop`` change which items reach which channels; ``tick(k)`` produces frame ``k``
-of every channel and hands each RTP datagram to ``publish``. A start may be booked for a later
-frame (a schedule fires on the frame that matches its wall-clock time) and given an end frame (a
-relay window is cut at its end); both are applied at the top of ``tick``, before the frame is
-mixed, so they are exact to the sample whatever the event loop's timing. Channels that play
-the same thing share one :class:`Program` and so one mix, one Opus encode and one packet; per
-channel only the sequence number, timestamp and SSRC are patched in before the datagram is
-copied out.
+of every channel and hands the datagrams to a :class:`PacketSink` (the fan-out). A start may be
+booked for a later frame (a schedule fires on the frame that matches its wall-clock time) and
+given an end frame (a relay window is cut at its end); both are applied at the top of ``tick``,
+before the frame is mixed, so they are exact to the sample whatever the event loop's timing.
+Channels that play the same thing share one :class:`Program` and so one mix, one Opus encode
+and one packet. A province-wide broadcast puts a thousand channels in one program, so nothing
+here may loop in Python per channel per frame: each channel's RTP state (timestamp origin,
+SSRC, octet count) is a row of mixer-wide numpy arrays, and a program's packets are built as
+one block (the packet copied to every row, then the timestamp and SSRC columns written at
+once) handed to the sink in one call; the sender reports every ``SR_INTERVAL_FRAMES`` frames
+are built the same way. Every channel sends exactly one packet per frame, whichever program
+it is in, so the sequence number and packet count are one counter for all of them.
 Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import struct
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.rtp.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
 from streamer.rtp.rtcp import SenderReport
@@ -26,11 +34,37 @@ from streamer.rtp.rtcp import SenderReport
 from .clock import FrameClock
 from .encoder import OpusEncoder
 from .loudness import Limiter
-from .program import Item, Program
+from .program import Item, Priority, Program
 
-Publish = Callable[[str, bytes], None]
 SR_INTERVAL_FRAMES = 50
-_SEQ_TS_SSRC = struct.Struct("!HII")  # bytes 2-11 of the RTP header
+_U32 = 0xFFFF_FFFF
+ENCODE_BUCKETS_S = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2e-3, 3e-3,
+                    5e-3, 10e-3, 20e-3)
+TIME_TO_AIR_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+                         1.0, 2.0, 5.0, 10.0)
+
+
+class PacketSink(Protocol):
+    """Where datagrams go (``relay.fanout.FanoutEndpoint``). RTP packets and sender reports
+    alike go out a program at a time, so a block is all the mixer hands over."""
+
+    def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
+        """Row i of ``block`` (uint8, C-contiguous) is the datagram of ``channels[i]``; read
+        synchronously, no reference kept."""
+
+
+@functools.cache
+def _rtp_columns(packet_len: int) -> np.dtype:
+    """Timestamp and SSRC (bytes 4-11 of an RTP header), big-endian, in a row ``packet_len``
+    bytes long."""
+    return np.dtype({"names": ["ts", "ssrc"], "formats": [">u4", ">u4"], "offsets": [4, 8],
+                     "itemsize": packet_len})
+
+
+# An RTCP sender report (RFC 3550 6.4.1, no report blocks): SSRC, then after the NTP time
+# the RTP timestamp and, after the packet count, the octet count.
+_SR_COLUMNS = np.dtype({"names": ["ssrc", "ts", "octets"], "formats": [">u4", ">u4", ">u4"],
+                        "offsets": [4, 16, 24], "itemsize": 28})
 
 
 @dataclass(eq=False, slots=True)
@@ -48,10 +82,27 @@ class Channel:
     id: str
     ssrc: int
     program: Program
-    ts0: int
-    seq: int = 0
-    packets: int = 0
-    octets: int = 0
+    #: this channel's row in the mixer's RTP state arrays
+    row: int
+
+
+@dataclass(eq=False, slots=True)
+class _Rows:
+    """A program's channels as rows of the RTP state arrays, in row order."""
+
+    ids: list[str]
+    #: a slice when the rows are contiguous (a view, no gather), else their indices
+    at: slice | np.ndarray
+
+
+@dataclass(eq=False, slots=True)
+class _Output:
+    """What one program needs to go out: its limiter, its encoder and its channels' rows
+    (``None`` after its channels changed: rebuilt on the next frame)."""
+
+    limiter: Limiter
+    encoder: OpusEncoder
+    rows: _Rows | None = None
 
 
 class MixerMetrics:
@@ -69,6 +120,16 @@ class MixerMetrics:
             "loa_mixer_late_starts_total",
             "Items booked for a frame that had already passed when they were started",
             registry=registry)
+        self.encode_seconds = Histogram(
+            "loa_mixer_encode_seconds", "Time of one Opus encode of one program's frame",
+            buckets=ENCODE_BUCKETS_S, registry=registry)
+        self.time_to_air = Histogram(
+            "loa_time_to_air_seconds",
+            "From the request for an item reaching the streamer (or, without a request, its "
+            "start in the mixer) to its first frame handed to the fan-out",
+            ["priority"], buckets=TIME_TO_AIR_BUCKETS_S, registry=registry)
+        for level in Priority:  # every level is a series from the start, at zero
+            self.time_to_air.labels(level.name.lower())
 
 
 class Mixer:
@@ -76,7 +137,7 @@ class Mixer:
         self,
         channels: Iterable[str],
         clock: FrameClock,
-        publish: Publish,
+        sink: PacketSink,
         *,
         bitrate: int = 32_000,
         fade_ms: int = 10,
@@ -84,19 +145,25 @@ class Mixer:
         on_finished: Callable[[int], None] = lambda item_id: None,
     ) -> None:
         self.clock = clock
-        self.publish = publish
+        self.sink = sink
         self.bitrate = bitrate
         self.on_finished = on_finished
         self.metrics = MixerMetrics(registry or CollectorRegistry())
         silence = Program(fade_samples=48 * fade_ms)
         self.programs: list[Program] = [silence]
-        self._encoders: dict[Program, OpusEncoder] = {}
-        self._limiters: dict[Program, Limiter] = {}
+        self._outputs: dict[Program, _Output] = {}
         self.channels: dict[str, Channel] = {}
         for cid in channels:
-            ssrc = ssrc_for(cid)
-            self.channels[cid] = Channel(cid, ssrc, silence, ts0=ssrc * 7919 & 0xFFFF_FFFF)
-            silence.channels.add(cid)
+            if cid not in self.channels:
+                self.channels[cid] = Channel(cid, ssrc_for(cid), silence, len(self.channels))
+                silence.channels.add(cid)
+        self._ids = list(self.channels)  # row -> channel id
+        # Per channel RTP state, one row each; uint32 wraps as RTP's fields do.
+        self._ssrc = np.array([c.ssrc for c in self.channels.values()], dtype=np.uint32)
+        self._ts0 = self._ssrc * np.uint32(7919)  # a fixed random-looking origin per channel
+        self._octets = np.zeros(len(self._ids), dtype=np.uint32)
+        #: packets each channel has sent: one per frame produced
+        self._packets_sent = 0
         self.items: dict[int, Item] = {}
         #: the frame the next ``tick`` produces (one past the last one produced)
         self.next_frame = 0
@@ -107,6 +174,8 @@ class Mixer:
         # Arrival order decides between items of one level (first come, first served), so it
         # is taken when an item reaches the channels, not when it was booked.
         self._arrivals = itertools.count(1)
+        #: started items that have not aired yet -> wall time their time-to-air counts from
+        self._unaired: dict[int, float] = {}
         self.codec_delay_s = OpusEncoder(clock.frame_samples).lookahead_samples / 48_000
 
     # ------------------------------------------------------------------ commands
@@ -154,9 +223,13 @@ class Mixer:
                 program.channels.discard(ch.id)
                 forked.channels.add(ch.id)
                 ch.program = forked
+            self._regrouped(program)
             self.programs.append(forked)
         if by_program:
             self.items[item.id] = item
+            if item.aired_at is None and item.id not in self._unaired:
+                self._unaired[item.id] = (time.time() if item.requested_at is None
+                                          else item.requested_at)
             if end_frame is not None:
                 self._ends[item.id] = end_frame
                 if self._ends_first is None or end_frame < self._ends_first:
@@ -176,6 +249,7 @@ class Mixer:
             program.remove(item_id)
         del self.items[item_id]
         self._ends.pop(item_id, None)
+        self._unaired.pop(item_id, None)
         return True
 
     def booked(self, item_id: int) -> int | None:
@@ -214,39 +288,31 @@ class Mixer:
         # the lookahead, so its first sample was captured that much earlier. Speakers (and any
         # abs-capture-time receiver) then place audio exactly, with no codec knowledge.
         capture_ntp = unix_to_ntp64(self.clock.capture_wall(k) - self.codec_delay_s)
-        ts_offset = k * n
+        ts_offset = np.uint32(k * n & _U32)
+        seq = self._packets_sent & 0xFFFF
+        self._packets_sent += 1
         send_sr = k % SR_INTERVAL_FRAMES == 0
         for program in self.programs:
-            pcm = program.render(n, finished)
-            limiter = self._limiters.get(program)
-            if limiter is None:
-                limiter = self._limiters[program] = Limiter()
-            encoder = self._encoders.get(program)
-            if encoder is None:
-                encoder = self._encoders[program] = OpusEncoder(n, self.bitrate)
-            payload = encoder.encode(limiter.process(pcm))
-            # One packet per program: only sequence number, timestamp and SSRC differ between
-            # its channels, so those 10 bytes are all that is written per channel.
-            packet = bytearray(HEADER_LEN + len(payload))
+            out = self._outputs.get(program)
+            if out is None:
+                out = self._outputs[program] = _Output(Limiter(), OpusEncoder(n, self.bitrate))
+            if out.rows is None:
+                out.rows = self._rows_of(program)
+            pcm = out.limiter.process(program.render(n, finished))
+            t0 = time.perf_counter()
+            payload = out.encoder.encode(pcm)
+            self.metrics.encode_seconds.observe(time.perf_counter() - t0)
             cur = program.current
-            write_header(packet, 0, 0, 0, capture_ntp, cur or 0,
+            packet = bytearray(HEADER_LEN + len(payload))
+            write_header(packet, 0, seq, 0, capture_ntp, cur or 0,
                          priority=program.items[cur].priority if cur in program.items else 0)
             packet[HEADER_LEN:] = payload
-            octets = len(payload)
-            channels, publish, pack = self.channels, self.publish, _SEQ_TS_SSRC.pack_into
-            for cid in program.channels:
-                ch = channels[cid]
-                pack(packet, 2, ch.seq, (ch.ts0 + ts_offset) & 0xFFFF_FFFF, ch.ssrc)
-                ch.seq = (ch.seq + 1) & 0xFFFF
-                ch.packets += 1
-                ch.octets += octets
-                publish(cid, bytes(packet))
+            self.sink.publish_block(out.rows.ids, self._packets_of(out.rows, packet, ts_offset))
+            if cur in self._unaired:
+                self._aired(program.items[cur])
             if send_sr:
-                for cid in program.channels:
-                    ch = channels[cid]
-                    ts = (ch.ts0 + ts_offset) & 0xFFFF_FFFF
-                    publish(cid, SenderReport(ch.ssrc, capture_ntp, ts, ch.packets,
-                                              ch.octets).build())
+                self.sink.publish_block(out.rows.ids,
+                                        self._reports_of(out.rows, capture_ntp, ts_offset))
         self.metrics.frames.inc()
         self.metrics.encodes.inc(len(self.programs))
         self.metrics.encodes_per_frame.set(len(self.programs))
@@ -255,6 +321,45 @@ class Mixer:
         self.metrics.items.set(len(self.items))
         if finished:
             self._settle(finished)
+
+    def _rows_of(self, program: Program) -> _Rows:
+        rows = np.sort(np.fromiter((self.channels[c].row for c in program.channels), np.intp,
+                                   len(program.channels)))
+        ids = [self._ids[r] for r in rows]
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return _Rows(ids, slice(int(rows[0]), int(rows[-1]) + 1))
+        return _Rows(ids, rows)
+
+    def _packets_of(self, rows: _Rows, packet: bytearray, ts_offset: np.uint32) -> np.ndarray:
+        """One datagram per channel: ``packet`` with each channel's timestamp and SSRC;
+        counts the octets for the sender reports."""
+        block = np.empty((len(rows.ids), len(packet)), dtype=np.uint8)
+        block[:] = np.frombuffer(packet, dtype=np.uint8)
+        columns = block.view(_rtp_columns(len(packet)))[:, 0]
+        at = rows.at
+        columns["ts"] = self._ts0[at] + ts_offset
+        columns["ssrc"] = self._ssrc[at]
+        self._octets[at] += np.uint32(len(packet) - HEADER_LEN)
+        return block
+
+    def _reports_of(self, rows: _Rows, capture_ntp: int, ts_offset: np.uint32) -> np.ndarray:
+        """One RTCP sender report per channel, for the frame just sent."""
+        report = np.frombuffer(SenderReport(0, capture_ntp, 0, self._packets_sent, 0).build(),
+                               dtype=np.uint8)
+        block = np.empty((len(rows.ids), len(report)), dtype=np.uint8)
+        block[:] = report
+        columns = block.view(_SR_COLUMNS)[:, 0]
+        at = rows.at
+        columns["ssrc"] = self._ssrc[at]
+        columns["ts"] = self._ts0[at] + ts_offset
+        columns["octets"] = self._octets[at]
+        return block
+
+    def _aired(self, item: Item) -> None:
+        now = time.time()
+        since = self._unaired.pop(item.id)
+        item.aired_at = now
+        self.metrics.time_to_air.labels(item.priority.name.lower()).observe(now - since)
 
     def _end_due(self, k: int) -> None:
         due = [iid for iid, f in self._ends.items() if f <= k]
@@ -294,15 +399,22 @@ class Mixer:
                 self.channels[cid].program = into
             into.channels |= p.channels
             p.channels.clear()
+            self._regrouped(into)
         if len(keep) != len(self.programs):
             for gone in set(self.programs) - set(keep):
-                self._encoders.pop(gone, None)
-                self._limiters.pop(gone, None)
+                self._outputs.pop(gone, None)
             self.programs = keep
+
+    def _regrouped(self, program: Program) -> None:
+        """``program`` gained or lost channels: its rows are found again next frame."""
+        out = self._outputs.get(program)
+        if out is not None:
+            out.rows = None
 
     def _settle(self, finished: list[int]) -> None:
         still = {i for p in self.programs for i in p.items}
         for item_id in set(finished):
             if item_id not in still and self.items.pop(item_id, None) is not None:
                 self._ends.pop(item_id, None)
+                self._unaired.pop(item_id, None)
                 self.on_finished(item_id)

@@ -33,6 +33,11 @@ class Item:
     source: Source
     #: arrival order; breaks ties at one level (first come, first served)
     order: int
+    #: wall-clock time the request for it reached the streamer (None: no request, e.g. a
+    #: schedule's occurrence; its time to air then counts from its start in the mixer)
+    requested_at: float | None = None
+    #: wall-clock time its first frame was handed to the fan-out (set by the mixer)
+    aired_at: float | None = None
 
 
 @dataclass(eq=False)

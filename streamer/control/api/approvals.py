@@ -50,7 +50,10 @@ async def decide_broadcast(ctx: Ctx) -> BroadcastOut:
         raise Conflict(f"broadcast {rec.id} is {rec.state.value}, not waiting for approval",
                        "id")
     b = ctx.services.broadcasts
-    rec = await (b.approve if body.decision == "approve" else b.reject)(rec, ctx.me.name)
+    if body.decision == "approve":
+        rec = await b.approve(rec, ctx.me.name, requested_at=ctx.received)
+    else:
+        rec = await b.reject(rec, ctx.me.name)
     await ctx.audit(body.decision, str(rec.id), rec.zones, note=body.note)
     return b.out(rec)
 

@@ -80,7 +80,7 @@ async def air(ctx: Ctx, zones: list[str], priority: str, body: Any, override: bo
     rec = await plane.broadcasts.create(zones, priority, source, label=body.label,
                                         user=ctx.me.name, pending=pending,
                                         override_quiet_hours=bool(quiet), emergency=plan,
-                                        desc=desc)
+                                        desc=desc, requested_at=ctx.received)
     await ctx.audit("broadcast", str(rec.id), zones, priority=priority, source=rec.source,
                     pending_approval=pending, override_quiet_hours=bool(quiet),
                     **({"emergency": plan.model_dump()} if plan else {}), **extra)

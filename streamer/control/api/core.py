@@ -62,6 +62,8 @@ class Ctx:
     user: User | None
     body: Any = None
     query: Any = None
+    #: wall-clock time the request arrived (a broadcast's time to air counts from it)
+    received: float = field(default_factory=time.time)
 
     @property
     def me(self) -> User:
