@@ -131,7 +131,7 @@ class Stack:
             "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", self.media_addr,
             "--ptime-ms", str(ptime_ms), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
             stderr=self.log)
-        self.exits.push_async_callback(_stop, proc)
+        self.exits.push_async_callback(stop_process, proc)
         self.pids[f"relay-{k}"] = proc.pid
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
@@ -186,7 +186,8 @@ def ratio(before: tuple[float, float], after: tuple[float, float]) -> float:
     return (after[1] - before[1]) / max(1.0, after[0] - before[0])
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and SIGKILL after 5 s: a child never outlives its parent's run."""
     if proc.returncode is None:
         proc.terminate()
         try:

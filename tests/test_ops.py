@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
+from loadtest.stack import stop_process
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,16 +134,6 @@ async def start_child(tmp_path: Path, name: str, *args: str) -> tuple[Any, dict[
     return proc, json.loads(line)
 
 
-async def stop_child(proc: Any) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 @pytest.fixture
 async def relay_and_speaker(streamer, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """A relay and a speaker (``--http``) subscribed to the in-process streamer."""
@@ -160,9 +151,9 @@ async def relay_and_speaker(streamer, tmp_path: Path) -> AsyncIterator[dict[str,
                    "loa-relay": relay_info["http"].removeprefix("http://"),
                    "loa-speaker": speaker_info["http"]}
         finally:
-            await stop_child(speaker)
+            await stop_process(speaker)
     finally:
-        await stop_child(relay)
+        await stop_process(relay)
 
 
 def scrape_config(targets: dict[str, str]) -> dict[str, Any]:
@@ -195,7 +186,7 @@ async def prometheus(relay_and_speaker: dict[str, str],
         await until_ready(url, proc, log)
         yield url
     finally:
-        await stop_child(proc)
+        await stop_process(proc)
 
 
 async def until_ready(url: str, proc: Any, log: Path) -> None:

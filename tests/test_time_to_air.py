@@ -46,6 +46,7 @@ from loadtest.simspeakers import (
     TimeToAir,
     peek,
 )
+from loadtest.stack import stop_process
 from streamer.mixer.sources import EspeakProvider
 from streamer.rtp.packet import RtpPacket, parse
 from streamer.rtp.rtcp import SenderReport
@@ -130,13 +131,7 @@ async def relay(streamer, tmp_path) -> AsyncIterator[tuple[str, int]]:
         host, port = json.loads(line)["media"].rsplit(":", 1)
         yield host, int(port)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 @pytest.fixture
