@@ -7,8 +7,8 @@ channel (handshaken subscribers plus static unicast/multicast destinations), and
 of its channel and to in-process listeners (listen-in). ``publish`` is the hot path, per
 packet × per destination: it must never allocate per destination, parse the packet, build
 JSON, log, or look anything up but the channel. Each channel's destinations are a prebuilt
-``sendmmsg`` batch (``relay/mmsg.py``), rebuilt only when subscribers change, so one packet to
-5,000 speakers is five system calls. A short ring of each channel's recent packets
+``sendmmsg`` batch (``relay/mmsg.py``), rebuilt at the first packet after subscribers change,
+so one packet to 5,000 speakers is five system calls. A short ring of each channel's recent packets
 (``relay/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once.
 
 A subscriber is dropped (and counted, by reason) when its keepalives stop (``expired``) or
