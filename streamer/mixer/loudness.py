@@ -170,13 +170,18 @@ class Limiter:
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         """Limit ``frame`` (a 1-D float array) in place and return it."""
-        np.nan_to_num(frame, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         n = frame.shape[0]
         if n == 0:
             return frame
+        # Two reductions and no temporary in the usual case (every program, every frame):
+        # a NaN or infinity anywhere shows in the maximum or the minimum.
+        hi, lo = float(frame.max()), float(frame.min())
+        if not (math.isfinite(hi) and math.isfinite(lo)):
+            np.nan_to_num(frame, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            hi, lo = float(frame.max()), float(frame.min())
+        if self._gain_db >= 0.0 and max(hi, -lo) <= self._ceiling:
+            return frame  # nothing to do
         mag = np.abs(frame)
-        if self._gain_db >= 0.0 and float(mag.max()) <= self._ceiling:
-            return frame  # the usual case: nothing to do
         if self._ramp_db.shape[0] != n:
             self._ramp_db = np.arange(1, n + 1, dtype=np.float64) * self._release_db_per_sample
         # The gain each sample needs, in dB (0 where the sample is below the ceiling).

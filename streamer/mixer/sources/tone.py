@@ -51,10 +51,11 @@ class Tone:
         cycles = np.mod(positions * self._cycles_per_sample, 1.0)
         out = np.sin(2.0 * np.pi * cycles)
         out *= self.amplitude
-        # Distance in samples to the nearer end, through a 5 ms ramp; <= 0 outside the tone.
-        edge = positions + 0.5
-        if self.length is not None:
-            edge = np.minimum(edge, self.length - edge)
-        envelope = np.clip(edge / _FADE_SAMPLES, 0.0, 1.0)
-        out *= envelope
-        return np.asarray(out, dtype=np.float32)
+        steady_until = math.inf if self.length is None else self.length - _FADE_SAMPLES
+        if pos < _FADE_SAMPLES or pos + n > steady_until:
+            # Distance in samples to the nearer end, through a 5 ms ramp; <= 0 outside the tone.
+            edge = positions + 0.5
+            if self.length is not None:
+                edge = np.minimum(edge, self.length - edge)
+            out *= np.clip(edge / _FADE_SAMPLES, 0.0, 1.0)
+        return out.astype(np.float32)
