@@ -45,11 +45,14 @@ class Tone:
         self._cycles_per_sample = self.hz / RATE_HZ
 
     def read(self, pos: int, n: int) -> np.ndarray:
-        positions = np.arange(pos, pos + n, dtype=np.int64)
+        positions = np.arange(pos, pos + n, dtype=np.float64)
         # Reduce to [0, 1) cycles before sin() so that the result depends only on the position
-        # and stays precise however long an endless tone has run.
-        cycles = np.mod(positions * self._cycles_per_sample, 1.0)
-        out = np.sin(2.0 * np.pi * cycles)
+        # and stays precise however long an endless tone has run (x - floor(x) is exact, and
+        # in place: this runs for every frame of an installer's test tone).
+        out = positions * self._cycles_per_sample
+        out -= np.floor(out)
+        out *= 2.0 * np.pi
+        np.sin(out, out=out)
         out *= self.amplitude
         steady_until = math.inf if self.length is None else self.length - _FADE_SAMPLES
         if pos < _FADE_SAMPLES or pos + n > steady_until:
