@@ -213,7 +213,7 @@ inside the many-program figures above.
 Where the rest of the overhead goes (`cProfile` of 2,000 frames of one program, and
 `py-spy record` of the whole bench): the encode is 67 % of the mixer's samples; the remaining
 ~100 µs per program per frame is a dozen numpy calls of 1-10 µs each, none dominant: the
-source's samples (an endless tone, `Tone.read`, 10 µs after this issue's rewrite, a clip
+source's samples (an endless tone, `Tone.read`, about 10 µs; a clip
 would be a copy), mixing into the program's buffer, the limiter's two reductions, the float
 → bytes copy libopus needs, the packet block, and the encode-time histogram. Going lower
 means fewer, larger numpy calls per frame (rendering several frames ahead, or batching
