@@ -52,7 +52,7 @@ from relay.mmsg import RecvBatch, SendBatch
 from streamer.rtp.packet import HEADER_LEN, OPUS_PT, RtpPacket, ssrc_for
 from streamer.rtp.subscribe import MAGIC, ClientState, SubscribeClient
 
-from ._report import ROOT, machine, process_cpu_s, table, today, write_section
+from ._report import ROOT, machine, process_cpu_s, rss_bytes, table, today, write_section
 from .simspeakers import raise_fd_limit
 
 CHANNEL = "bench-relay-01"
@@ -331,13 +331,6 @@ def udp_drops(ports: frozenset[int]) -> int:
         if int(f[1].rsplit(":", 1)[1], 16) in ports:
             total += int(f[-1])
     return total
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def measure(receiver: Child, sender_pid: int, seconds: float) -> Window:

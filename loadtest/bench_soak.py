@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._report import machine, table, today, write_section
-from .bench_relay import rss_bytes
+from ._report import machine, rss_bytes, table, today, write_section
 from .stack import Stack
 
 SAMPLE_S = 10.0

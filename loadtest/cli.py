@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._report import process_cpu_s
-from .bench_relay import rss_bytes, udp_drops
+from ._report import process_cpu_s, rss_bytes
+from .bench_relay import udp_drops
 from .fleet import ROUND_S, ClockSpec, FleetProcess, WorkerConfig
 from .report import Aired, build, failures, plot, summary
 from .scenario import Event, Scenario, ScenarioError, load
