@@ -52,6 +52,7 @@ class RelayConfig:
     expire_s: float = 15.0
     failover_s: float = 3.0
     linger_s: float = 3.0
+    burst_ms: int = 200
     log_level: str = "INFO"
     mqtt_url: str | None = None
     mqtt_user: str = ""
@@ -67,6 +68,9 @@ class RelayConfig:
         for key in ("ptime_ms", "keepalive_s", "expire_s", "failover_s", "linger_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be a positive number")
+        if not 0 <= self.burst_ms <= 1000:
+            raise ConfigError("burst_ms", "must be 0 (no burst) to 1000 ms, and below the "
+                              "speakers' playout delay")
         if not self.upstream:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
@@ -90,6 +94,8 @@ def load_config(
     ap.add_argument("--ptime-ms", type=int)
     ap.add_argument("--failover-s", type=float)
     ap.add_argument("--linger-s", type=float)
+    ap.add_argument("--burst-ms", type=int, help="recent packets sent to a new subscriber at "
+                    "once (default 200; keep it below the speakers' playout delay; 0: none)")
     ap.add_argument("--log-level")
     ap.add_argument("--mqtt-url", help="join the control plane: mqtt://host:port (or mqtts://)")
     ap.add_argument("--mqtt-user", help="MQTT user name (default: the relay id)")
@@ -129,6 +135,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     fanout = FanoutEndpoint(
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
+        burst_s=cfg.burst_ms / 1000,
     )
     upstream = Upstream(
         fanout, cfg.upstream, identity=cfg.id, registry=registry, failover_s=cfg.failover_s,

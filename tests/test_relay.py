@@ -663,6 +663,9 @@ def test_config_precedence_toml_env_flags(tmp_path: Path) -> None:
     cfg = load_config(["--config", str(cfg_file)], env={})
     assert cfg.id == "from-toml" and cfg.upstream == [("10.0.0.1", 5004), ("10.0.0.2", 5004)]
     assert cfg.static == [("a", ("239.1.1.1", 5004))] and cfg.linger_s == 2.5
+    assert cfg.burst_ms == 200
+    with pytest.raises(ConfigError, match="burst_ms"):
+        load_config(["--config", str(cfg_file), "--burst-ms", "5000"], env={})
     cfg = load_config(["--config", str(cfg_file), "--id", "from-flag"],
                       env={"LOA_RELAY_ID": "from-env", "LOA_RELAY_UPSTREAM": "[::1]:7000"})
     assert cfg.id == "from-flag" and cfg.upstream == [("::1", 7000)]
