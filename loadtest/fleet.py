@@ -67,8 +67,10 @@ from .simspeakers import (
     CHILD_NICE,
     HANDSHAKE_BATCH,
     RECEIVE_BUFFER,
-    SimSpeakersProcess,
+    ask,
+    quit_child,
     raise_fd_limit,
+    read_line,
 )
 
 ROUND_S = 0.1
@@ -518,20 +520,14 @@ class FleetProcess:
 
     async def ready(self, timeout_s: float) -> None:
         """Wait for the worker's handshakes (all, or as many as its timeout allowed)."""
-        line = await SimSpeakersProcess.read_line(self.proc, timeout_s)
+        line = await read_line(self.proc, timeout_s)
         self.subscribed, self.handshake_s = int(line["subscribed"]), float(line["seconds"])
 
     async def ask(self, command: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        answer = await SimSpeakersProcess.read_line(self.proc, timeout_s)
-        if "error" in answer:
-            raise RuntimeError(f"loadtest worker: {answer['error']}")
-        return answer
+        return await ask(self.proc, command, timeout_s, "loadtest worker")
 
     async def close(self) -> None:
-        await SimSpeakersProcess.quit(self.proc)
+        await quit_child(self.proc)
 
 
 if __name__ == "__main__":

@@ -474,28 +474,14 @@ class SimSpeakersProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=stderr, limit=1 << 26)
         try:
-            ready = await cls.read_line(proc, handshake_timeout_s + 30)
+            ready = await read_line(proc, handshake_timeout_s + 30)
         except BaseException:
-            await cls.quit(proc)
+            await quit_child(proc)
             raise
         return cls(proc, spread(n, channels), ready)
 
-    @staticmethod
-    async def read_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
-        assert proc.stdout is not None
-        raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-        if not raw:
-            raise RuntimeError(f"simulated speakers exited ({await proc.wait()})")
-        return dict(json.loads(raw))
-
     async def _ask(self, command: str, timeout: float = 30.0) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        answer = await self.read_line(self.proc, timeout)
-        if "error" in answer:
-            raise RuntimeError(f"simulated speakers: {answer['error']}")
-        return answer
+        return await ask(self.proc, command, timeout, "simulated speakers")
 
     async def arm(self, ignore: Collection[int] = ()) -> None:
         await self._ask("arm " + ",".join(str(i) for i in sorted(ignore)))
@@ -522,20 +508,41 @@ class SimSpeakersProcess:
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        await self.quit(self.proc)
+        await quit_child(self.proc)
 
-    @staticmethod
-    async def quit(proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is not None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.write(b"quit\n")
-                proc.stdin.close()
-            await asyncio.wait_for(proc.wait(), 10)
-        except (TimeoutError, BrokenPipeError, ConnectionResetError):
-            proc.kill()
-            await proc.wait()
+async def read_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
+    """The next JSON line a child driven by JSON lines wrote on its stdout."""
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    if not raw:
+        raise RuntimeError(f"{proc.pid} exited ({await proc.wait()})")
+    return dict(json.loads(raw))
+
+
+async def ask(proc: asyncio.subprocess.Process, command: str, timeout: float,
+              who: str) -> dict[str, Any]:
+    """Send one command line to such a child and read its answer; its ``error`` raises."""
+    assert proc.stdin is not None
+    proc.stdin.write(command.encode() + b"\n")
+    await proc.stdin.drain()
+    answer = await read_line(proc, timeout)
+    if "error" in answer:
+        raise RuntimeError(f"{who}: {answer['error']}")
+    return answer
+
+
+async def quit_child(proc: asyncio.subprocess.Process) -> None:
+    """Ask such a child to quit, and kill it if it does not within 10 s."""
+    if proc.returncode is not None:
+        return
+    try:
+        if proc.stdin is not None:
+            proc.stdin.write(b"quit\n")
+            proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 10)
+    except (TimeoutError, BrokenPipeError, ConnectionResetError):
+        proc.kill()
+        await proc.wait()
 
 
 if __name__ == "__main__":
