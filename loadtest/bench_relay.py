@@ -34,7 +34,6 @@ import json
 import os
 import re
 import select
-import signal
 import socket
 import statistics
 import sys
@@ -53,6 +52,7 @@ from streamer.rtp.packet import HEADER_LEN, OPUS_PT, RtpPacket, ssrc_for
 from streamer.rtp.subscribe import MAGIC, ClientState, SubscribeClient
 
 from ._report import ROOT, machine, process_cpu_s, rss_bytes, table, today, write_section
+from .children import ask, read_line, stop_process
 from .simspeakers import raise_fd_limit
 
 CHANNEL = "bench-relay-01"
@@ -274,29 +274,15 @@ class Child:
         return cls(proc, name)
 
     async def line(self, timeout: float = 10.0) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not raw:
-            raise RuntimeError(f"{self.name} exited ({await self.proc.wait()})")
-        return dict(json.loads(raw))
+        return await read_line(self.proc, timeout)
 
     async def ask(self, command: str, timeout: float = 10.0) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        return await self.line(timeout)
+        return await ask(self.proc, command, timeout, self.name)
 
-    async def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.returncode is not None:
-            return
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.send_signal(sig)
-            await asyncio.wait_for(self.proc.wait(), 5)
-        except (TimeoutError, ProcessLookupError):
-            self.proc.kill()
-            await self.proc.wait()
+    async def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        await stop_process(self.proc)
 
 
 @dataclass

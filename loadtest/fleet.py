@@ -61,16 +61,14 @@ from relay.mmsg import RecvBatch, timestamp_socket
 from streamer.rtp.packet import HEADER_LEN, MalformedPacket
 from streamer.rtp.subscribe import Addr, ClientState, SubscribeClient
 
+from .children import ask, quit_child, read_line
 from .header import BROADCAST_AT, SEQ_AT, HeaderFields
 from .simspeakers import (
     CHILD_LIFETIME_S,
     CHILD_NICE,
     HANDSHAKE_BATCH,
     RECEIVE_BUFFER,
-    ask,
-    quit_child,
     raise_fd_limit,
-    read_line,
 )
 
 ROUND_S = 0.1

@@ -53,6 +53,7 @@ import numpy as np
 from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
 from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
+from .children import ask, quit_child, read_line
 from .header import capture_of, payload_of, peek
 
 # Python's socket module exports neither: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) and
@@ -509,41 +510,6 @@ class SimSpeakersProcess:
 
     async def close(self) -> None:
         await quit_child(self.proc)
-
-async def read_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
-    """The next JSON line a child driven by JSON lines wrote on its stdout."""
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not raw:
-        raise RuntimeError(f"{proc.pid} exited ({await proc.wait()})")
-    return dict(json.loads(raw))
-
-
-async def ask(proc: asyncio.subprocess.Process, command: str, timeout: float,
-              who: str) -> dict[str, Any]:
-    """Send one command line to such a child and read its answer; its ``error`` raises."""
-    assert proc.stdin is not None
-    proc.stdin.write(command.encode() + b"\n")
-    await proc.stdin.drain()
-    answer = await read_line(proc, timeout)
-    if "error" in answer:
-        raise RuntimeError(f"{who}: {answer['error']}")
-    return answer
-
-
-async def quit_child(proc: asyncio.subprocess.Process) -> None:
-    """Ask such a child to quit, and kill it if it does not within 10 s."""
-    if proc.returncode is not None:
-        return
-    try:
-        if proc.stdin is not None:
-            proc.stdin.write(b"quit\n")
-            proc.stdin.close()
-        await asyncio.wait_for(proc.wait(), 10)
-    except (TimeoutError, BrokenPipeError, ConnectionResetError):
-        proc.kill()
-        await proc.wait()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ from streamer.up import Child, spawn_child, stop_children
 
 from ._report import ROOT
 from .bench_relay import relay_counter
+from .children import stop_process
 from .simspeakers import SimSpeakersProcess
 
 Addr = tuple[str, int]
@@ -184,14 +185,3 @@ class Stack:
 def ratio(before: tuple[float, float], after: tuple[float, float]) -> float:
     """Relays' packets in ÷ streamer's packets out between two ``forwarded`` readings."""
     return (after[1] - before[1]) / max(1.0, after[0] - before[0])
-
-
-async def stop_process(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM, and SIGKILL after 5 s: a child never outlives its parent's run."""
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from loadtest.stack import stop_process
+from loadtest.children import stop_process
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

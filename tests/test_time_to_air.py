@@ -38,6 +38,7 @@ import opuslib
 import pytest
 from scipy.signal import correlate
 
+from loadtest.children import stop_process
 from loadtest.simspeakers import (
     EMERGENCIES,
     ONLY_HANDSHAKES,
@@ -46,7 +47,6 @@ from loadtest.simspeakers import (
     TimeToAir,
     peek,
 )
-from loadtest.stack import stop_process
 from streamer.mixer.sources import EspeakProvider
 from streamer.rtp.packet import RtpPacket, parse
 from streamer.rtp.rtcp import SenderReport
