@@ -33,7 +33,8 @@ from .bench_relay import udp_drops
 from .fleet import ROUND_S, ClockSpec, FleetProcess, WorkerConfig
 from .report import Aired, build, failures, plot, summary
 from .scenario import Event, Scenario, ScenarioError, load
-from .stack import Addr, Stack
+from .simspeakers import host_port
+from .stack import Stack
 
 PROGRESS_S = 0.5
 EVENT_CHECK = "/api/v1/emergency"
@@ -195,13 +196,6 @@ async def _cancel(stack: Stack, aired: list[Aired]) -> None:
                 pass  # already over
 
 
-def _addr(text: str) -> Addr:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
-    return host, int(port)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loa loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", default="smoke",
@@ -214,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-sample", type=int)
     p.add_argument("--report", default="loadtest-report.json", help="JSON report file")
     p.add_argument("--streamer", help="URL of a running streamer (else start a stack)")
-    p.add_argument("--relay", type=_addr, action="append", default=[],
+    p.add_argument("--relay", type=host_port, action="append", default=[],
                    help="HOST:PORT of a running relay's media socket (with --streamer)")
     p.add_argument("--token", default="", help="API bearer token (with --streamer)")
     p.add_argument("--user", default="")

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.config import ConfigError, parse_hostport
 from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
 from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
@@ -416,11 +417,12 @@ async def serve(channels: list[str], relays: list[Addr], capture_packets: int,
         fleet.close()
 
 
-def _addr(text: str) -> Addr:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
-    return host, int(port)
+def host_port(text: str) -> Addr:
+    """An argparse type for a relay's ``host:port`` (``streamer.config.parse_hostport``)."""
+    try:
+        return parse_hostport(text, "relay")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speakers", type=int, required=True)
     ap.add_argument("--channel", action="append", required=True,
                     help="a leaf channel; speakers are spread evenly over those given")
-    ap.add_argument("--relay", type=_addr, action="append", required=True,
+    ap.add_argument("--relay", type=host_port, action="append", required=True,
                     help="host:port of a relay; speakers are spread evenly over those given")
     ap.add_argument("--capture", type=int, default=0,
                     help="keep the payloads of this many emergency packets per speaker")
