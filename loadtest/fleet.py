@@ -246,7 +246,8 @@ class Reception:
 
 
 def dominant_hz(pcm: np.ndarray, rate_hz: int = RATE_HZ) -> float:
-    """Frequency of the strongest FFT bin (Hann window)."""
+    """Frequency of the strongest FFT bin (Hann window); the tests' check of audio too."""
+    pcm = np.asarray(pcm, dtype=np.float64)
     spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
     return float(np.argmax(spectrum) * rate_hz / len(pcm))
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from loadtest.fleet import dominant_hz as peak_hz  # noqa: F401  (the tests import it from here)
+
 #: 2026-11-23 10:00 in Asia/Ho_Chi_Minh: outside the default quiet hours
 DAYTIME = 1795402800.0
 
@@ -26,13 +28,6 @@ class Sent(list[tuple[str, bytes]]):
         assert block.dtype == np.uint8 and block.flags.c_contiguous
         assert block.shape[0] == len(channels)
         self.extend(zip(channels, map(bytes, block), strict=True))
-
-
-def peak_hz(x: np.ndarray, rate_hz: int = 48_000) -> float:
-    """Frequency of the strongest FFT bin (Hann window)."""
-    x = np.asarray(x, dtype=np.float64)
-    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.argmax(spec) * rate_hz / len(x))
 
 
 def rms_dbfs(x: np.ndarray) -> float:
