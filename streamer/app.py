@@ -226,6 +226,7 @@ class Streamer:
         self.frames.cancel()
         self.process_watch.cancel()
         await self.plane.studio.close_all()
+        await self.broadcasts.close()
         if self.plane.ingest is not None:
             self.plane.ingest.close()
         self.fanout.close()

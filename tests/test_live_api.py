@@ -242,6 +242,11 @@ async def test_relay_window_airs_the_stream_and_a_dead_upstream_is_reported(stre
         assert audit["entries"] and audit["entries"][0]["target"] == str(bid)
         await asyncio.sleep(1.0)
         await inside.stop()
+        # shutting down stops the puller, which was reconnecting to the dead upstream
+        puller = streamer.broadcasts.feeds[bid].stream.thread
+        assert puller is not None and puller.is_alive()
+        await streamer.broadcasts.close()
+        assert not puller.is_alive() and not streamer.broadcasts.feeds
     print(f"dead upstream reported after {reported:.1f} s")
     pcm = inside.pcm()
     loud = np.flatnonzero(np.abs(pcm) > 1000)

@@ -296,6 +296,18 @@ class Broadcasts:
         if feed is not None:
             feed.close()
 
+    async def close(self) -> None:
+        """Shutting down: stop every puller thread and wait for them, so none outlives the
+        process's event loop (a thread left reconnecting to a dead upstream would report into a
+        closed loop, and hold a socket, until the process exits)."""
+        feeds = [*self.feeds.values(), *self._new_feeds.values()]
+        self.feeds.clear()
+        self._new_feeds.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        await asyncio.gather(*(asyncio.to_thread(f.stream.stop) for f in feeds))
+
     def stoppable(self, zones: list[str], priority: str | None) -> list[BroadcastRecord]:
         """Live broadcasts touching any channel under ``zones`` (for "stop everything here")."""
         chans = set(self.channels_of(zones))

@@ -39,7 +39,10 @@ class RelayFeed:
         loop = asyncio.get_running_loop()
 
         def report(state: str, detail: str) -> None:  # on the puller's thread
-            loop.call_soon_threadsafe(on_state, self, state, detail)
+            try:
+                loop.call_soon_threadsafe(on_state, self, state, detail)
+            except RuntimeError:  # the loop closed under a last report: no one is left to tell
+                pass
 
         from streamer.mixer.sources.pull import PulledStream  # PyAV: loaded when used
 
