@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay.mmsg import SendBatch, sockaddr
 from relay.ring import PacketRing
-from streamer.rtp import subscribe
+from streamer.rtp import subscribe, udp
 from streamer.rtp.packet import MalformedPacket
 from streamer.rtp.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
 
@@ -260,8 +260,9 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         name = sock.getsockname()
         self.local_addr = (name[0], name[1])
         # asyncio hands out a wrapper without recvmsg: a duplicate descriptor of the same
-        # socket reads the error queue, and is what sendmmsg uses. close() closes it.
-        self._sock = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        # socket reads the error queue and the control backlog, and is what sendmmsg uses.
+        # close() closes it.
+        self._sock = udp.duplicate(transport)
         self._fd = self._sock.fileno()
         self._expire_task = asyncio.create_task(self._expire_loop())
         return self.local_addr
@@ -397,22 +398,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self._control(data, addr)
-        # asyncio reads one datagram per wake-up and then serves the other sockets; a relay
-        # busy fanning out takes one upstream packet (milliseconds of sendmmsg) per wake-up,
-        # so keepalives would be read at the frame rate and overflow the socket after a
-        # restart. Read what has queued meanwhile too, boundedly.
-        sock = self._sock
-        for _ in range(CONTROL_DRAIN):
-            if sock is None:
-                return
-            try:
-                data, addr = sock.recvfrom(MAX_CONTROL)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # an ICMP error report (IP_RECVERR)
-                self.error_received(e)
-                return
-            self._control(data, addr)
+        # A relay busy fanning out takes one upstream packet (milliseconds of sendmmsg) per
+        # wake-up, so keepalives would be read at the frame rate and overflow the socket
+        # after a restart: read what has queued meanwhile too, boundedly. An ICMP error
+        # report (IP_RECVERR) ends the round.
+        if self._sock is not None:
+            udp.drain(self._sock, self._control, CONTROL_DRAIN, MAX_CONTROL, self.error_received)
 
     def _control(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

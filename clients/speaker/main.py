@@ -44,7 +44,7 @@ from streamer.config import Addr, ConfigError, check_range, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.control.messages import valid_zone_id
 from streamer.procmetrics import watch_process
-from streamer.rtp import packet, rtcp, subscribe
+from streamer.rtp import packet, rtcp, subscribe, udp
 from streamer.rtp.packet import MalformedPacket
 
 from .emergency import OUTCOMES, EmergencyCache, EmergencyPath, stream_lost
@@ -59,6 +59,8 @@ BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time"
 # A capture time further than this from our wall clock cannot be placed on the timeline: the
 # sender is broken or hostile (clocks are NTP-disciplined to well under a second).
 CAPTURE_WINDOW_S = 10.0
+DRAIN = 128  # queued datagrams read per wake-up beyond asyncio's one (2.5 s at 20 ms)
+MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
 
 
 @dataclass
@@ -175,10 +177,17 @@ class Speaker(asyncio.DatagramProtocol):
         self.control = 0
         self.rtcp = 0
         self._error_logged = float("-inf")
+        self._sock: socket.socket | None = None  # reads the backlog (streamer/rtp/udp.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self._sock = udp.duplicate(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def send(self, out: Iterable[tuple[bytes, Addr]]) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -187,6 +196,18 @@ class Speaker(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._datagram(data, addr)
+        self.drain()
+
+    def drain(self) -> None:
+        """Read what has queued on the socket. After a pause (this CPU taken for a second),
+        the backlog must reach the playout before its next turn: at asyncio's one datagram
+        per wake-up it would find a second of stream missing and end the broadcast, then
+        start it again."""
+        if self._sock is not None:
+            udp.drain(self._sock, self._datagram, DRAIN, MAX_DATAGRAM, self.error_received)
+
+    def _datagram(self, data: bytes, addr: Any) -> None:
         try:
             self._receive(data, (addr[0], addr[1]))
         except MalformedPacket:
@@ -460,7 +481,8 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(play_forever(playout)), asyncio.create_task(tick_forever(speaker)),
+    tasks = [asyncio.create_task(play_forever(playout, receive=speaker.drain)),
+             asyncio.create_task(tick_forever(speaker)),
              asyncio.create_task(emergency_forever(emergency, speaker, cfg)),
              watch_process(registry)]
     if cfg.mqtt_url and password is not None and overlay is not None:

@@ -419,11 +419,17 @@ def level_dbfs(sumsq: float, samples: int) -> float:
     return round(max(db, LEVEL_FLOOR_DBFS), 2)
 
 
-async def play_forever(playout: Playout, clock: Callable[[], float] = time.time) -> None:
-    """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop."""
+async def play_forever(playout: Playout, clock: Callable[[], float] = time.time,
+                       receive: Callable[[], object] = lambda: None) -> None:
+    """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop.
+
+    ``receive`` runs first at each wake-up: it hands the playout what has arrived. After a
+    pause of the process, the event loop may run this task before it reads the socket, and
+    the playout would end a broadcast whose next second is waiting there."""
     loop = asyncio.get_running_loop()
     wake = loop.time()
     while True:
+        receive()
         playout.tick(clock())
         wake += playout.ptime_s
         delay = wake - loop.time()
