@@ -31,7 +31,7 @@ from typing import Any
 from ._report import process_cpu_s, rss_bytes
 from .bench_relay import udp_drops
 from .fleet import ROUND_S, ClockSpec, FleetProcess, WorkerConfig
-from .report import Aired, build, failures, plot, summary
+from .report import Aired, Window, build, failures, plot, summary
 from .scenario import Event, Scenario, ScenarioError, load
 from .simspeakers import host_port
 from .stack import Stack
@@ -107,8 +107,8 @@ def progress(elapsed: float, duration: float, subscribed: int, n: int, pps: floa
 
 
 async def measure(sc: Scenario, stack: Stack, workers: list[FleetProcess],
-                  sampler: ProcessSampler) -> tuple[list[dict[str, Any]], list[Aired],
-                                                    tuple[float, float]]:
+                  sampler: ProcessSampler) -> tuple[list[dict[str, Any]], list[Aired], Window]:
+    skipped = await stack.frames_skipped()
     await asyncio.gather(*(w.ask("start") for w in workers))
     start = time.time()
     sampler.sample()
@@ -125,8 +125,9 @@ async def measure(sc: Scenario, stack: Stack, workers: list[FleetProcess],
     sys.stderr.write("\n")
     await asyncio.sleep(ROUND_S)  # the last round of reads
     end = time.time()
+    skipped = await stack.frames_skipped() - skipped
     reports = await asyncio.gather(*(w.ask("report", 300) for w in workers))
-    return list(reports), list(await asyncio.gather(*events)), (start, end)
+    return list(reports), list(await asyncio.gather(*events)), Window(start, end, skipped)
 
 
 async def run(sc: Scenario, args: argparse.Namespace, command: str) -> dict[str, Any]:

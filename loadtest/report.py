@@ -27,6 +27,15 @@ from .scenario import Event, Scenario
 from .simspeakers import Arrival, TimeToAir
 
 
+@dataclass(frozen=True)
+class Window:
+    """The measurement window (wall-clock seconds) and the frames the streamer skipped in it."""
+
+    start: float
+    end: float
+    frames_skipped: int = 0
+
+
 @dataclass
 class Aired:
     """An event as sent: when the request left, and the broadcast id the API gave it."""
@@ -67,7 +76,7 @@ def targeted(channels: Sequence[str], zones: Sequence[str]) -> set[str]:
 
 def build(sc: Scenario, command: str, channels: list[str], relays: list[str],
           channel_of: list[int], relay_of: list[int], workers: list[dict[str, Any]],
-          aired: list[Aired], window: tuple[float, float], processes: dict[str, Any],
+          aired: list[Aired], window: Window, processes: dict[str, Any],
           kernel_drops: int, subscribed: int) -> dict[str, Any]:
     """The JSON report of one run (see ``docs/loadtest.md``)."""
     n = sc.speakers
@@ -82,7 +91,7 @@ def build(sc: Scenario, command: str, channels: list[str], relays: list[str],
             for i, t in zip(w["indices"], times, strict=True):
                 if t is not None:
                     merged[i] = Arrival(t, int(bid))
-    start, end = window
+    start, end = window.start, window.end
     received, lost = per["received"], per["lost"]
     latency = np.sum([w["latency_counts"] for w in workers], axis=0)
     latency_max = max((w["latency_max_s"] for w in workers if w["latency_max_s"] is not None),
@@ -98,6 +107,7 @@ def build(sc: Scenario, command: str, channels: list[str], relays: list[str],
         "scenario": sc.model_dump(), "command": command, "window_s": round(end - start, 3),
         "speakers": n, "subscribed": subscribed, "relays": relays, "channels": len(channels),
         "delivered_pps": round(float(received.sum()) / (end - start), 1),
+        "streamer_frames_skipped": window.frames_skipped,
         "received_min": int(received.min()), "silent_speakers": int((received == 0).sum()),
         "loss_ratio": float(lost.sum() / max(1.0, lost.sum() + received.sum())),
         "latency_ms": histogram_ms(latency, latency_max),
@@ -204,7 +214,8 @@ def summary(report: dict[str, Any]) -> str:
             f"{len(report['relays'])} relay(s), {report['window_s']:.1f} s measured: "
             f"{report['delivered_pps']:,.0f} packets/s delivered, loss "
             f"{report['loss_ratio']:.2e}, fewest packets at a speaker {report['received_min']}, "
-            f"late for playout {report['late_ratio']:.2e}\n\n"
+            f"late for playout {report['late_ratio']:.2e}, frames skipped by the streamer "
+            f"{report['streamer_frames_skipped']}\n\n"
             + table(["ms", "p50", "p99", "max"], rows) + "\n\n"
             + table(["process", "CPU cores", "max RSS MiB"], procs))
 

@@ -151,6 +151,12 @@ class Stack:
         return (await relay_counter(self.http_url, "loa_fanout_packets_out_total"),
                 await self.relay_sum("loa_upstream_packets_in_total"))
 
+    async def frames_skipped(self) -> int:
+        """Frames the streamer's clock has skipped so far: a starved streamer jumps over a
+        stall rather than bursting it (``loa_frames_skipped_total``), so its channels carried
+        fewer packets than the frame rate, through no fault of the network."""
+        return round(await relay_counter(self.http_url, "loa_frames_skipped_total"))
+
     async def steady(self, n: int) -> float:
         """Wait until the relays have held all ``n`` subscribers, with none expiring, for
         ``STEADY_S`` while forwarding what the streamer sent them: time-to-air on a fleet

@@ -185,6 +185,14 @@ def upstream(media: Path):
     server.kill()
 
 
+def assert_paced(p: Pulled, t_playing: float) -> None:
+    """No more than real time since ``playing`` has been written (plus a decoded chunk). It may
+    be behind: a thread starved by a busy machine restarts its clock rather than rush the
+    backlog (``MAX_BEHIND_S``), so the lower side only asks that it kept writing."""
+    written_s = p.buffer.written / 48_000
+    assert 0.25 < written_s < time.monotonic() - t_playing + 0.5, written_s
+
+
 class States:
     """The ``on_state`` callback: every report, with the monotonic time it came."""
 
@@ -297,16 +305,14 @@ def test_hls_stream_airs_its_tone_at_real_time_pace(upstream: Server, pull) -> N
     assert_tone(listen(p.buffer, 1.5), 600)
     # Served at wire speed, the whole 20 s playlist is available at once: pacing must keep the
     # buffer at real time, not let it run minutes (or here, tens of seconds) ahead.
-    ahead_s = p.buffer.written / 48_000 - (time.monotonic() - t_playing)
-    assert -1.0 < ahead_s < 0.5
+    assert_paced(p, t_playing)
 
 
 def test_file_served_at_wire_speed_is_paced(upstream: Server, pull) -> None:
     p = pull(upstream.url("/tone.mp3"))
     t_playing, _ = p.states.wait_for("playing", 10)
     time.sleep(2.0)
-    ahead_s = p.buffer.written / 48_000 - (time.monotonic() - t_playing)
-    assert -1.0 < ahead_s < 0.5  # behind only if this busy machine starved the thread
+    assert_paced(p, t_playing)  # a 120 s file sent at wire speed: unpaced, all of it by now
     assert_tone(listen(p.buffer, 1.0), 1000)
 
 
