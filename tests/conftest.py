@@ -10,6 +10,21 @@ import pytest
 
 from loadtest.fleet import dominant_hz as peak_hz  # noqa: F401  (the tests import it from here)
 
+#: Tests marked ``realtime`` run audio through real processes against the wall clock and judge
+#: it by what a listener hears: levels over a window, one play not two, a tone within its
+#: deadline. The machine they run on is a shared 2-core VM whose hypervisor can take the CPU
+#: away for a second or more (steal: seen at 20 % of the time, with 0.8-1.5 s stalls), and a
+#: stall is, to the audio, a real dropout. Such a test is run again, at most twice, after a
+#: pause (pytest-rerunfailures); the summary lists every rerun, and a defect fails all three.
+REALTIME_RERUNS = 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("realtime") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=REALTIME_RERUNS, reruns_delay=2))
+
+
 #: 2026-11-23 10:00 in Asia/Ho_Chi_Minh: outside the default quiet hours
 DAYTIME = 1795402800.0
 

@@ -19,6 +19,8 @@ from clients.ctl import call
 from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
 from tests.conftest import peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 RATE = 48_000
 DELAY_S = 0.3
 LOOKAHEAD = 312  # Opus encoder lookahead at 48 kHz

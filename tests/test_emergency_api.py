@@ -21,6 +21,8 @@ from streamer.rtp.packet import HEADER_LEN
 from streamer.rtp.packet import parse as parse_rtp
 from tests.conftest import peak_hz
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 KIM_LONG = "brvt.chau-duc.kim-long"
 AP_TAY = "brvt.chau-duc.kim-long.ap-tay"

@@ -33,6 +33,8 @@ from streamer.mixer.encoder import OpusEncoder
 from streamer.rtp.packet import RtpPacket
 from tests.conftest import free_port, peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 FRAME = 960
 Addr = tuple[str, int]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 from aiohttp import web
 from dateutil import tz
 
@@ -26,6 +27,8 @@ from streamer.mixer.sources.tts import EspeakProvider
 from tests import browser
 from tests.conftest import peak_hz
 from tests.test_speaker_e2e import speaker, subscribed
+
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
 KIM_LONG = "brvt.chau-duc.kim-long"
 AP_TAY = "brvt.chau-duc.kim-long.ap-tay"

@@ -58,6 +58,8 @@ from streamer.rtp.packet import RtpPacket, ssrc_for, unix_to_ntp64
 from streamer.rtp.subscribe import SubscribeServer, is_control
 from tests.conftest import peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 FRAME = 960

@@ -31,6 +31,8 @@ from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.pull import PulledStream
 from tests.conftest import free_port, peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 #: lavfi's sine has amplitude 1/8: an RMS of 20*log10(1/8/sqrt(2)) dBFS
 TONE_RMS_DBFS = -21.07
 FRAME = 960  # 20 ms at 48 kHz, as the mixer reads

@@ -35,6 +35,8 @@ from streamer.rtp import rtcp, subscribe
 from streamer.rtp.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for, unix_to_ntp64
 from streamer.rtp.subscribe import SubscribeClient
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 CHANNEL = "brvt-phuoc-thang-01"
 RATE = 48_000

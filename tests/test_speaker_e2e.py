@@ -32,6 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamer.rtp.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
 from streamer.rtp.subscribe import Event, Subscribed, SubscribeServer, Unsubscribed, is_control
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 CHANNEL = "ba-ria-vung-tau/long-hai/cum-1"
 BROADCAST = 5

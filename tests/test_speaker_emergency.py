@@ -55,6 +55,8 @@ from tests.test_mqtt import (
     start_broker,
 )
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 FRAME = 960

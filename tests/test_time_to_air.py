@@ -53,6 +53,8 @@ from streamer.rtp.rtcp import SenderReport
 from streamer.rtp.subscribe import Message, MsgType
 from tests.conftest import peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 48_000
 FRAME = 960

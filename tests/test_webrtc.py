@@ -39,6 +39,8 @@ from tests.browser import (
 )
 from tests.conftest import DAYTIME, peak_hz, rms_dbfs
 
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
 RATE = 48_000
 FRAME = 960
 
