@@ -13,6 +13,7 @@ the scenario validation messages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -121,6 +122,40 @@ def test_processes_and_figures(smoke) -> None:
         img = mpimg.imread(png)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
         assert float(img[..., :3].std()) > 0.05, f"{png} is blank"
+
+
+async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, tmp_path) -> None:
+    """``--streamer URL --relay HOST:PORT --token T``: the load tester's run against the
+    province's stack before storm season. It measures through the given relay, signs in with
+    the given token, and takes its emergency off the air when it is done: the stack goes on
+    serving the province after the test."""
+    relay = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.main", "--id", "relay-lt", "--media", "127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert relay.stdout is not None
+        media = json.loads(await asyncio.wait_for(relay.stdout.readline(), 15))["media"]
+        report = tmp_path / "attached.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streamer.cli", "loadtest", "--scenario", "smoke",
+            "--speakers", "40", "--duration", "12", "--streamer", streamer.http_url,
+            "--relay", media, "--token", streamer.admin["Authorization"].split()[1],
+            "--report", str(report), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+        assert proc.returncode == 0, out.decode()[-4000:]
+    finally:
+        relay.terminate()
+        await relay.wait()
+    r = json.loads(report.read_text())
+    assert r["subscribed"] == 40 and r["silent_speakers"] == 0 and r["loss_ratio"] == 0
+    assert r["relays"] == [media] and "streamer" not in r["processes"]
+    for e in r["events"]:
+        assert e["broadcast_id"] and e["error"] == "" and e["missing"] == 0, e
+    emergency = next(e["broadcast_id"] for e in r["events"] if e["kind"] == "emergency")
+    assert emergency not in streamer.broadcasts.live, "the run's emergency is still on air"
+    assert {d["event"] for d in r["decoded"]} == {"broadcast", "emergency"}
 
 
 # --------------------------------------------------------------------------- fast tests
