@@ -70,6 +70,7 @@ from streamer.rtp.packet import (
     peek_ssrc,
 )
 from streamer.rtp.rtcp import Bye, parse_compound
+from streamer.rtp.sdp import opus_lines
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,7 @@ def sdp_for(host: str, port: int, key: str, pt: int = OPUS_PT) -> str:
         f"c=IN {net} {host}",
         "t=0 0",
         f"m=audio {port} RTP/SAVP {pt}",
-        f"a=rtpmap:{pt} opus/48000/2",  # RFC 7587: always /2, whatever is sent
-        f"a=fmtp:{pt} useinbandfec=1; stereo=0; sprop-stereo=0",
-        "a=ptime:20",
+        *opus_lines(pt, 20),
         "a=rtcp-mux",
         f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(raw).decode()}",
         "a=recvonly",

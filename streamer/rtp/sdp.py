@@ -59,10 +59,7 @@ def channel_sdp(
         f"c=IN {net} {conn}",
         "t=0 0",
         f"m=audio {port} RTP/AVP {pt}",
-        # RFC 7587 section 7: always "opus/48000/2", whatever the real channel count.
-        f"a=rtpmap:{pt} opus/48000/2",
-        f"a=fmtp:{pt} useinbandfec=1; stereo=0; sprop-stereo=0",
-        f"a=ptime:{ptime_ms}",
+        *opus_lines(pt, ptime_ms),
         "a=recvonly",
         "a=rtcp-mux",  # sender reports ride on the media port (RFC 5761)
         f"a=extmap:1 {EXT_URI_CAPTURE_TIME}",
@@ -71,6 +68,16 @@ def channel_sdp(
         f"a=ssrc:{ssrc} cname:loa-{_token(channel)}",
     ]
     return "\r\n".join(lines) + "\r\n"
+
+
+def opus_lines(pt: int, ptime_ms: int) -> list[str]:
+    """The media attributes of Loa's Opus: mono, in-band FEC, ``ptime_ms`` packets."""
+    return [
+        # RFC 7587 section 7: always "opus/48000/2", whatever the real channel count.
+        f"a=rtpmap:{pt} opus/48000/2",
+        f"a=fmtp:{pt} useinbandfec=1; stereo=0; sprop-stereo=0",
+        f"a=ptime:{ptime_ms}",
+    ]
 
 
 def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
