@@ -25,7 +25,6 @@ from typing import Any, cast
 import aiohttp
 import aiomqtt
 import numpy as np
-import opuslib
 import paho.mqtt.client as paho
 import pytest
 from aiomqtt.exceptions import MqttConnectError
@@ -54,9 +53,8 @@ from streamer.control.messages import (
     parse,
 )
 from streamer.control.services import Service
-from streamer.rtp.packet import RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import SubscribeServer, is_control
 from tests.conftest import peak_hz, rms_dbfs
+from tests.upstream import RtpUpstream, serving
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -74,68 +72,29 @@ NOT_AUTHORIZED = 135  # MQTT 5 reason code
 # --------------------------------------------------------------------------- media upstream
 
 
-class ToneUpstream(asyncio.DatagramProtocol):
+class ToneUpstream(RtpUpstream):
     """A minimal streamer: the subscribe handshake for any channel, then a steady 1 kHz tone
     (broadcast ``broadcast_id``) in Loa RTP/Opus every 20 ms to every subscriber."""
 
     def __init__(self) -> None:
-        self.server = SubscribeServer(secret=os.urandom(16), channel_ssrc=ssrc_for)
+        super().__init__()
         self.broadcast_id = 7
-        self.transport: asyncio.DatagramTransport | None = None
-        self.encoder = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
-        self.encoder.bitrate = 64_000
-        #: set to stop sending anything, media and handshake answers (a lost network)
-        self.cut = False
         # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
         self._tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
                       ).astype("<i2").tobytes()
 
     @property
     def addr(self) -> str:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return f"{host}:{port}"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if is_control(data) and not self.cut:
-            reply, _ = self.server.handle(data, addr, time.monotonic())
-            if reply and self.transport:
-                self.transport.sendto(reply, addr)
+        return "{}:{}".format(*self.sockname)
 
     def frame(self, n: int) -> tuple[bytes, int, int]:
-        """Frame ``n``: 16-bit PCM, its broadcast id and its priority level."""
         return self._tone, self.broadcast_id, 0
-
-    async def send_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        start_wall, start_mono, n = time.time(), loop.time(), 0
-        while not self.cut:
-            await asyncio.sleep(max(0.0, start_mono + n * 0.02 - loop.time()))
-            pcm, broadcast_id, priority = self.frame(n)
-            payload = self.encoder.encode(pcm, FRAME)
-            for channel in list(self.server.subscribers):
-                data = RtpPacket(ssrc_for(channel), n & 0xFFFF, n * FRAME, payload,
-                                 capture_ntp=unix_to_ntp64(start_wall + n * 0.02),
-                                 broadcast_id=broadcast_id, priority=priority).build()
-                for addr in self.server.addresses(channel):
-                    assert self.transport is not None
-                    self.transport.sendto(data, addr)
-            n += 1
 
 
 @pytest.fixture
 async def tone() -> AsyncIterator[ToneUpstream]:
-    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
-        ToneUpstream, local_addr=("127.0.0.1", 0))
-    task = asyncio.create_task(proto.send_forever())
-    yield proto
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    transport.close()
+    async with serving(ToneUpstream) as up:
+        yield up
 
 
 # --------------------------------------------------------------------------- broker, fleet

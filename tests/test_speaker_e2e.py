@@ -19,18 +19,16 @@ import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import numpy as np
-import opuslib
-import opuslib.api.ctl
-import opuslib.api.encoder
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.rtp.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import Event, Subscribed, SubscribeServer, Unsubscribed, is_control
+from streamer.rtp.subscribe import Subscribed, Unsubscribed, is_control
+from tests.upstream import RtpUpstream, serving
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -50,78 +48,26 @@ SILENCE = np.zeros(FRAME, dtype="<i2")
 # --------------------------------------------------------------------------- in-test upstream
 
 
-class ToneUpstream(asyncio.DatagramProtocol):
-    """A minimal streamer: the subscribe handshake, then Loa RTP/Opus every 20 ms."""
+class ToneUpstream(RtpUpstream):
+    """A minimal streamer of ``CHANNEL``: the tone in the frames ``GATE`` says, silence in the
+    others (broadcast ``BROADCAST``), with in-band FEC."""
 
     def __init__(self) -> None:
-        self.server = SubscribeServer(
-            secret=os.urandom(16),
-            channel_ssrc=lambda ch: ssrc_for(ch) if ch == CHANNEL else None,
-        )
-        self.events: list[Event] = []
-        self.start_wall = time.time()  # frame n is captured at start_wall + n * 20 ms
-        self.first_frame: dict[tuple[str, int], int] = {}  # per subscriber
-        self.transport: asyncio.DatagramTransport | None = None
-        enc = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
-        enc.bitrate = 64_000
-        # opuslib's ``inband_fec`` setter drops its value (opuslib 3.0.1): call the ctl directly
-        opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_inband_fec, 1)
-        enc.packet_loss_perc = 10
-        self.encoder = enc
+        super().__init__(channel_ssrc=lambda ch: ssrc_for(ch) if ch == CHANNEL else None,
+                         fec_loss_perc=10)
 
     @property
     def addr(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return host, port
+        return self.sockname
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if not is_control(data):
-            return
-        reply, event = self.server.handle(data, addr, time.monotonic())
-        if reply and self.transport:
-            self.transport.sendto(reply, addr)
-        if event:
-            self.events.append(event)
-
-    def capture_time(self, n: int) -> float:
-        return self.start_wall + n * 0.02
-
-    async def send_forever(self) -> None:
-        """Frame n is captured at wall time start + n * 20 ms and sent then (a frame clock)."""
-        ssrc = ssrc_for(CHANNEL)
-        loop = asyncio.get_running_loop()
-        self.start_wall, start_mono = time.time(), loop.time()
-        n = 0
-        while True:
-            await asyncio.sleep(max(0.0, start_mono + n * 0.02 - loop.time()))
-            capture = self.capture_time(n)
-            pcm = TONE if GATE[n % len(GATE)] else SILENCE
-            payload = self.encoder.encode(pcm.tobytes(), FRAME)
-            data = RtpPacket(ssrc, n & 0xFFFF, n * FRAME, payload,
-                             capture_ntp=unix_to_ntp64(capture), broadcast_id=BROADCAST).build()
-            for addr in self.server.addresses(CHANNEL):
-                self.first_frame.setdefault(addr, n)
-                assert self.transport is not None
-                self.transport.sendto(data, addr)
-            n += 1
+    def frame(self, n: int) -> tuple[bytes, int, int]:
+        return (TONE if GATE[n % len(GATE)] else SILENCE).tobytes(), BROADCAST, 0
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[ToneUpstream]:
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(
-        ToneUpstream, local_addr=("127.0.0.1", 0))
-    task = asyncio.create_task(proto.send_forever())
-    yield proto
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    transport.close()
+    async with serving(ToneUpstream) as up:
+        yield up
 
 
 # --------------------------------------------------------------------------- speaker process

@@ -54,6 +54,7 @@ from tests.test_mqtt import (
     fleet_on,
     start_broker,
 )
+from tests.upstream import serving
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -479,14 +480,8 @@ class ProgramUpstream(ToneUpstream):
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[ProgramUpstream]:
-    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
-        ProgramUpstream, local_addr=("127.0.0.1", 0))
-    task = asyncio.create_task(proto.send_forever())
-    yield proto
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    transport.close()
+    async with serving(ProgramUpstream) as up:
+        yield up
 
 
 @dataclass

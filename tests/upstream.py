@@ -1,0 +1,104 @@
+"""An in-test upstream: the subscribe handshake, then Loa RTP/Opus every 20 ms to every
+subscriber, standing in for the streamer where a test wants to own the audio frame by frame.
+Subclasses say what frame ``n`` is (``frame``); ``serving`` runs one on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
+
+import opuslib
+import opuslib.api.ctl
+import opuslib.api.encoder
+
+from streamer.rtp.packet import RtpPacket, ssrc_for, unix_to_ntp64
+from streamer.rtp.subscribe import Event, SubscribeServer, is_control
+
+RATE = 48_000
+FRAME = 960
+FRAME_S = FRAME / RATE
+
+
+class RtpUpstream(asyncio.DatagramProtocol):
+    def __init__(self, channel_ssrc: Callable[[str], int | None] = ssrc_for,
+                 fec_loss_perc: int = 0) -> None:
+        self.server = SubscribeServer(secret=os.urandom(16), channel_ssrc=channel_ssrc)
+        self.events: list[Event] = []  # what the handshake server reported
+        self.transport: asyncio.DatagramTransport | None = None
+        #: set to stop sending anything, media and handshake answers (a lost network)
+        self.cut = False
+        self.start_wall = time.time()  # frame n is captured at start_wall + n * 20 ms
+        self.first_frame: dict[tuple[str, int], int] = {}  # per subscriber address
+        enc = opuslib.Encoder(RATE, 1, opuslib.APPLICATION_AUDIO)
+        enc.bitrate = 64_000
+        if fec_loss_perc:
+            # opuslib's ``inband_fec`` setter drops its value (opuslib 3.0.1): call the ctl
+            opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_inband_fec, 1)
+            enc.packet_loss_perc = fec_loss_perc
+        self.encoder = enc
+
+    def frame(self, n: int) -> tuple[bytes, int, int]:
+        """Frame ``n``: 16-bit PCM, its broadcast id and its priority level."""
+        raise NotImplementedError
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not is_control(data) or self.cut:
+            return
+        reply, event = self.server.handle(data, addr, time.monotonic())
+        if reply and self.transport:
+            self.transport.sendto(reply, addr)
+        if event:
+            self.events.append(event)
+
+    def capture_time(self, n: int) -> float:
+        return self.start_wall + n * FRAME_S
+
+    async def send_forever(self) -> None:
+        """Frame n is captured at wall time start + n * 20 ms and sent then (a frame clock)."""
+        loop = asyncio.get_running_loop()
+        self.start_wall, start_mono, n = time.time(), loop.time(), 0
+        while not self.cut:
+            await asyncio.sleep(max(0.0, start_mono + n * FRAME_S - loop.time()))
+            pcm, broadcast_id, priority = self.frame(n)
+            payload = self.encoder.encode(pcm, FRAME)
+            for channel in list(self.server.subscribers):
+                data = RtpPacket(ssrc_for(channel), n & 0xFFFF, n * FRAME, payload,
+                                 capture_ntp=unix_to_ntp64(self.capture_time(n)),
+                                 broadcast_id=broadcast_id, priority=priority).build()
+                for addr in self.server.addresses(channel):
+                    self.first_frame.setdefault(addr, n)
+                    assert self.transport is not None
+                    self.transport.sendto(data, addr)
+            n += 1
+
+
+U = TypeVar("U", bound=RtpUpstream)
+
+
+@contextlib.asynccontextmanager
+async def serving(factory: Callable[[], U]) -> AsyncIterator[U]:
+    """``factory()`` on a free loopback port, sending until the block ends."""
+    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+        factory, local_addr=("127.0.0.1", 0))
+    task = asyncio.create_task(proto.send_forever())
+    try:
+        yield proto
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        transport.close()
