@@ -3,8 +3,9 @@
 asyncio's selector transport reads one datagram each time the socket is ready, then serves
 the other callbacks and timers. A process that was busy or paused for a while (a relay in the
 middle of a fan-out, a speaker whose CPU was taken by its neighbour) therefore wakes to one
-datagram, runs its timers against a half-read socket, and reads the rest at one per loop
-iteration. ``drain`` reads what has queued, boundedly, so that timers see it all. It reads
+datagram (or none, when a signal interrupted its wait), runs its timers against a half-read
+socket, and reads the rest at one per loop iteration. ``drain`` reads what has queued,
+boundedly; a timer that must see it all calls it first. It reads
 through a duplicate descriptor of the transport's socket (asyncio hands out a wrapper without
 ``recv*``); asyncio made the file non-blocking, and the duplicate shares that.
 """
