@@ -75,19 +75,23 @@ async def operators_day(stack: Stack, k: int) -> int:
         "label": f"soak tts {k}"})
     started += 1
     await asyncio.sleep(CYCLE_S / 3)
-    emergency = await stack.api("POST", "/api/v1/emergency", {
+    await stop_after(stack, "/api/v1/emergency", 4.0, {
         "zones": [PROVINCE], "source": {"kind": "tone", "hz": 1000, "seconds": 30},
         "label": f"soak emergency {k}"})
     started += 1
-    await asyncio.sleep(4.0)
-    await stack.api("DELETE", f"/api/v1/emergency/{emergency['id']}")
-    stopped = await stack.api("POST", "/api/v1/broadcasts", {
+    await stop_after(stack, "/api/v1/broadcasts", 3.0, {
         "zones": [DISTRICT], "source": {"kind": "tone", "hz": 660, "seconds": 60},
         "label": f"soak stopped {k}"})
     started += 1
-    await asyncio.sleep(3.0)
-    await stack.api("DELETE", f"/api/v1/broadcasts/{stopped['id']}")
     return started
+
+
+async def stop_after(stack: Stack, path: str, seconds: float, body: dict[str, object]) -> None:
+    """Air ``body`` through ``path`` and stop it (DELETE) ``seconds`` later, long before its
+    end: the cancelled emergency and the bulletin an operator cuts short."""
+    rec = await stack.api("POST", path, body)
+    await asyncio.sleep(seconds)
+    await stack.api("DELETE", f"{path}/{rec['id']}")
 
 
 async def bench(minutes: float, warmup_min: float, speakers: int) -> Result:
