@@ -231,13 +231,14 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self._sock: socket.socket | None = None
         self._fd = -1
         self._expire_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.local_addr: Addr | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str, port: int) -> Addr:
         """Bind the socket and start expiring silent subscribers; returns the bound address."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         sock = transport.get_extra_info("socket")
         set_receive_buffer(sock)
@@ -360,17 +361,32 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
 
     def add_listener(self, channel: str, callback: Listener) -> None:
         """Call ``callback(packet)`` for every datagram published on ``channel``. It runs on
-        the fan-out path: it must only enqueue, never block or do I/O."""
+        the fan-out path (in the streamer, the playout thread): it must only enqueue, never
+        block or do I/O. May be called from another thread than the endpoint's loop."""
+        if self._on_other_thread(self.add_listener, channel, callback):
+            return
         self._listeners[channel] = (*self._listeners.get(channel, ()), callback)
         self._changed(channel)
 
     def remove_listener(self, channel: str, callback: Listener) -> None:
+        if self._on_other_thread(self.remove_listener, channel, callback):
+            return
         left = tuple(cb for cb in self._listeners.get(channel, ()) if cb is not callback)
         if left:
             self._listeners[channel] = left
         else:
             self._listeners.pop(channel, None)
         self._changed(channel)
+
+    def _on_other_thread(self, method: Callable[..., None], *args: object) -> bool:
+        """Called from a thread other than the endpoint's loop (the streamer's HTTP side,
+        while playout owns the endpoint): hand the call to that loop, so the tables the hot
+        path reads only ever change on its own thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or _running_loop() is loop:
+            return False
+        loop.call_soon_threadsafe(method, *args)
+        return True
 
     def consumers(self, channel: str) -> int:
         """Subscribers + static destinations + listeners of ``channel``."""
@@ -522,6 +538,13 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             # Errors that stopped (the box came back) are forgotten.
             for addr in [a for a, t in self._unreachable.items() if now - t > 4 * UNREACHABLE_S]:
                 del self._unreachable[addr]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def set_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:

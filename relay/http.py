@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -40,15 +41,25 @@ def _error(status: int, message: str, field: str) -> web.Response:
 
 
 class _ListenQueue:
-    """The fan-out side of one listen-in client: enqueue, or mark the client as too slow."""
+    """The fan-out side of one listen-in client: enqueue, or mark the client as too slow.
+    The fan-out may run on another thread than the HTTP handler (the streamer's playout
+    thread): the packet then crosses to the handler's loop."""
 
-    __slots__ = ("queue", "overflowed")
+    __slots__ = ("queue", "overflowed", "_loop", "_thread")
 
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
         self.overflowed = False
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
 
     def __call__(self, packet: bytes) -> None:
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._put, packet)
+        else:
+            self._put(packet)
+
+    def _put(self, packet: bytes) -> None:
         if self.overflowed:
             return
         try:

@@ -1,10 +1,12 @@
 """The streamer process: zone tree → mixer → fan-out endpoint, the frame loop, HTTP, and the
 control plane (state in Redis, the scheduler, the MQTT fleet).
 
-Wiring only. The mixer runs on the event loop between awaits, one ``tick`` per frame, woken at
-each monotonic deadline; slow work (TTS, decoding uploads) runs in worker threads so it never
-holds a frame back. The streamer's media socket answers the same subscribe handshake as a
-relay, so relays (and, on a small site, speakers) subscribe to it directly.
+Wiring only. Playout — the frame clock, the mixer's ticks and the media socket — runs on a
+thread and event loop of its own (``streamer/playout.py``), so nothing the control side does on
+the main loop (HTTP, MQTT, Redis, the scheduler) can hold a frame back; CPU-heavy control work
+(TTS, decoding, loudness, password hashing) runs in worker threads at a lower priority. The
+streamer's media socket answers the same subscribe handshake as a relay, so relays (and, on a
+small site, speakers) subscribe to it directly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from relay.fanout import FanoutEndpoint
 from relay.http import add_media_routes
@@ -38,6 +40,7 @@ from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
+from streamer.playout import FrameLoop, Playout, worker_pool
 from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
@@ -82,40 +85,6 @@ class StreamerConfig:
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
 
-class FrameLoop:
-    """Wakes at each frame deadline and runs the mixer; exports deadline misses."""
-
-    def __init__(self, clock: FrameClock, mixer: Mixer, registry: CollectorRegistry) -> None:
-        self.clock = clock
-        self.mixer = mixer
-        self.misses = Counter("loa_frame_deadline_misses_total",
-                              "Frames produced later than their deadline plus 10 ms",
-                              registry=registry)
-        self.skipped = Counter("loa_frames_skipped_total",
-                               "Frames skipped after a stall (the stream jumped)",
-                               registry=registry)
-        self.lag = Gauge("loa_frame_lag_seconds", "How late the last frame was produced",
-                         registry=registry)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        clock = self.clock
-        while True:
-            delay = clock.deadline() - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            misses, skipped = clock.misses, clock.skipped
-            now = loop.time()
-            for k in clock.due(now):
-                try:
-                    self.mixer.tick(k)
-                except Exception:  # a bad frame must not stop every speaker in the province
-                    log.exception("frame %d failed", k)
-            self.lag.set(max(0.0, now - clock.deadline(clock.frame - 1)))
-            self.misses.inc(clock.misses - misses)
-            self.skipped.inc(clock.skipped - skipped)
-
-
 class Streamer:
     """The wired process; ``start`` binds everything, ``close`` releases it."""
 
@@ -129,6 +98,7 @@ class Streamer:
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(worker_pool())
         self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
         known = frozenset(channels)
@@ -136,7 +106,9 @@ class Streamer:
             channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
             registry=self.registry, process="streamer", ptime_ms=cfg.ptime_ms,
         )
-        media = await self.fanout.start(cfg.media_host, cfg.media_port)
+        self.playout = Playout()
+        self.playout.start()
+        media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
         self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
                            registry=self.registry)
@@ -144,6 +116,10 @@ class Streamer:
         clips = ClipLibrary(Path(cfg.var_dir) / "clips")
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
                                      registry=self.registry)
+        # The mixer reports from the playout thread; the broadcasts (which set on_finished)
+        # live on this loop.
+        finished = self.mixer.on_finished
+        self.mixer.on_finished = lambda item_id: loop.call_soon_threadsafe(finished, item_id)
         password = read_password_file(cfg.mqtt_password_file) if cfg.mqtt_password_file else ""
         devices = Devices(self.state, broker_dir=cfg.mqtt_broker_dir,
                           service_user=cfg.mqtt_user, service_password=password)
@@ -172,7 +148,8 @@ class Streamer:
         await self.runner.setup()
         await web.TCPSite(self.runner, cfg.http_host, cfg.http_port).start()
         http_port = self.runner.addresses[0][1]
-        self.frames = asyncio.create_task(FrameLoop(self.clock, self.mixer, self.registry).run())
+        self.frames = self.playout.submit(
+            FrameLoop(self.clock, self.mixer, self.registry).run())
         self.http_url = f"http://{cfg.public_host}:{http_port}"
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
@@ -218,18 +195,24 @@ class Streamer:
         self.scheduling = asyncio.create_task(scheduler.run())
         return scheduler
 
+    async def _close_media(self) -> None:
+        """On the playout loop: the last frame, then the media socket."""
+        self.frames.cancel()
+        self.fanout.close()
+
     async def close(self) -> None:
         self.scheduling.cancel()
         await self.plane.scheduler.close()
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
-        self.frames.cancel()
         self.process_watch.cancel()
         await self.plane.studio.close_all()
         await self.broadcasts.close()
         if self.plane.ingest is not None:
             self.plane.ingest.close()
-        self.fanout.close()
+        if self.playout.running:
+            await self.playout.run(self._close_media())
+            self.playout.close()
         await self.runner.cleanup()
         await self.state.close()
 

@@ -13,17 +13,20 @@ one block (the packet copied to every row, then the timestamp and SSRC columns w
 once) handed to the sink in one call; the sender reports every ``SR_INTERVAL_FRAMES`` frames
 are built the same way. Every channel sends exactly one packet per frame, whichever program
 it is in, so the sequence number and packet count are one counter for all of them.
-Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``).
+Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``). The caller may also
+tick from a thread of its own (``streamer/playout.py``): ``tick`` and every command hold
+``lock`` while they run, so a command lands between two frames, never inside one.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,6 +54,18 @@ class PacketSink(Protocol):
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
         """Row i of ``block`` (uint8, C-contiguous) is the datagram of ``channels[i]``; read
         synchronously, no reference kept."""
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _locked(method: F) -> F:
+    """Run the method under the mixer's lock (re-entrant: ``tick`` stops items it ends)."""
+    @functools.wraps(method)
+    def run(self: Mixer, *args: object, **kwargs: object) -> object:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 @functools.cache
@@ -147,6 +162,7 @@ class Mixer:
         self.clock = clock
         self.sink = sink
         self.bitrate = bitrate
+        self.lock = threading.RLock()
         self.on_finished = on_finished
         self.metrics = MixerMetrics(registry or CollectorRegistry())
         silence = Program(fade_samples=48 * fade_ms)
@@ -180,6 +196,7 @@ class Mixer:
 
     # ------------------------------------------------------------------ commands
 
+    @_locked
     def start(self, item: Item, channel_ids: Iterable[str], at_frame: int | None = None,
               end_frame: int | None = None) -> int:
         """Put ``item`` into the given channels; returns how many channels it reaches.
@@ -236,6 +253,7 @@ class Mixer:
                     self._ends_first = end_frame
         return sum(len(c) for _, c in by_program.values())
 
+    @_locked
     def stop(self, item_id: int) -> bool:
         """Take an item out of every channel (it fades out where it was playing), or cancel
         its booking if it has not started yet."""
@@ -252,16 +270,19 @@ class Mixer:
         self._unaired.pop(item_id, None)
         return True
 
+    @_locked
     def booked(self, item_id: int) -> int | None:
         """The frame an item is booked to start on, or None if it is not waiting to start."""
         b = self._booked.get(item_id)
         return None if b is None else b.at_frame
 
+    @_locked
     def end_frame(self, item_id: int) -> int | None:
         """The frame an item is booked to end on (None: it plays until it runs out)."""
         b = self._booked.get(item_id)
         return b.end_frame if b is not None else self._ends.get(item_id)
 
+    @_locked
     def channels_of(self, item_id: int) -> list[str]:
         """Channels the item is in (playing or waiting), or booked for."""
         b = self._booked.get(item_id)
@@ -269,12 +290,14 @@ class Mixer:
             return list(b.channel_ids)
         return sorted(c for p in self.programs if item_id in p.items for c in p.channels)
 
+    @_locked
     def on_air(self, item_id: int) -> list[str]:
         """Channels where the item is the one playing now."""
         return sorted(c for p in self.programs if p.current == item_id for c in p.channels)
 
     # ------------------------------------------------------------------ frames
 
+    @_locked
     def tick(self, k: int) -> None:
         n = self.clock.frame_samples
         finished: list[int] = []
