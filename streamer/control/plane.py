@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
@@ -48,6 +48,7 @@ from .models import (
 from .presence import FleetRecorder
 from .schedules import QuietHours, in_quiet_hours
 from .state import State
+from .throttle import Gate, LoginThrottle
 
 log = logging.getLogger("loa.control")
 _parse_quiet = functools.lru_cache(maxsize=256)(QuietHours.parse)  # a few distinct settings
@@ -78,9 +79,17 @@ class Plane:
     #: registered ingest inputs and their keys, as the ingest endpoint reads them
     input_defs: dict[str, LiveInput] = field(default_factory=dict)
     input_keys: dict[str, str] = field(default_factory=dict)
+    #: failed sign-ins per address and user name (``throttle.py``)
+    logins: LoginThrottle = field(default_factory=LoginThrottle)
+    #: password checks: two at once (each takes a core), 32 more waiting, then "busy"
+    hashing: Gate = field(default_factory=lambda: Gate(2, 32))
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
+        self.login_refusals = Counter(
+            "loa_login_refused_total",
+            "Sign-ins refused before any password check: by address or user name throttle, "
+            "or busy", ["by"], registry=self.registry)
         self.broadcasts.announce = self.announce_emergency
 
     async def reload_inputs(self) -> None:
@@ -192,7 +201,8 @@ class Plane:
         password = secrets.token_urlsafe(18)
         user = User(name=name, full_name="First administrator", created=self.now(),
                     grants=[Grant(role=Role.ADMIN, zone=r) for r in self.tree.roots])
-        if not await self.state.create_user(user, auth.hash_password(password)):
+        if not await self.state.create_user(
+                user, await asyncio.to_thread(auth.hash_password, password)):
             return False
         write_private(credentials_path, json.dumps({"user": name, "password": password}) + "\n")
         await self.state.audit(AuditEntry(ts=self.now(), user="-", action="bootstrap_admin",

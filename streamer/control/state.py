@@ -1,7 +1,8 @@
 """Control-plane state in Redis: the one place that knows the key layout (``docs/state.md``).
 
 Records are pydantic models stored as JSON, one Redis hash per kind (``Collection``); the
-audit log is an append-only Redis stream that nothing trims. Every multi-key change is one
+audit log is an append-only Redis stream, trimmed by age and length (``AUDIT_RETENTION_S``,
+``AUDIT_MAX_ENTRIES``). Every multi-key change is one
 ``MULTI`` transaction, so a crash never leaves half a record. Secrets (password hashes,
 device credential hashes, token digests) live under their own keys and never reach a model
 that the API serialises. The mixer never waits on this module: playout keeps going on what
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
@@ -36,6 +38,8 @@ from .schedules import Schedule
 
 P = "loa:"
 ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
+AUDIT_RETENTION_S = 400 * 86_400
+AUDIT_MAX_ENTRIES = 1_000_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -309,11 +313,23 @@ class State:
 
     # -- audit -----------------------------------------------------------------------------
 
+    #: audit entries older than this are dropped (a year and a month: a yearly review)
+    audit_retention_s: float = AUDIT_RETENTION_S
+    #: and never more than this many are kept, whatever their age (a flood of refusals)
+    audit_max_entries: int = AUDIT_MAX_ENTRIES
+
     async def audit(self, entry: AuditEntry) -> str:
         data = entry.model_dump(mode="json", exclude={"id"})
         fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v)
                   for k, v in data.items()}
-        return str(await self.r.xadd(P + "audit", fields))
+        # Stream ids are milliseconds since the epoch, so age is an id. Both trims are
+        # approximate ("~"): Redis drops whole nodes of the stream, which costs nothing.
+        oldest = int((time.time() - self.audit_retention_s) * 1000)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(P + "audit", fields, maxlen=self.audit_max_entries, approximate=True)
+            pipe.xtrim(P + "audit", minid=f"{max(oldest, 0)}-0", approximate=True)
+            sid, _ = await pipe.execute()
+        return str(sid)
 
     async def audit_page(self, before: str = "+", count: int = 500) -> tuple[
             list[AuditEntry], str | None]:

@@ -33,9 +33,11 @@ MAX_JSON_BYTES = 256 * 1024
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+        self.headers = headers
 
 
 class NotFound(ApiError):
@@ -225,7 +227,7 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
     except BadRequest as e:
         return _refuse(request, metrics, 400, e.message, e.field)
     except ApiError as e:
-        return _refuse(request, metrics, e.status, e.message, e.field)
+        return _refuse(request, metrics, e.status, e.message, e.field, e.headers)
     except Forbidden as e:
         metrics.denied.labels("403").inc()
         log.warning("%s %s: forbidden: %s", request.method, request.path, e.message)
@@ -246,10 +248,10 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
 
 
 def _refuse(request: web.Request, metrics: ApiMetrics, status: int, message: str,
-            field_name: str | None) -> web.Response:
+            field_name: str | None, headers: dict[str, str] | None = None) -> web.Response:
     metrics.bad.labels(field=field_name or "-").inc()
     log.warning("%s %s: %d %s: %s", request.method, request.path, status, field_name, message)
-    return _error(status, message, field_name)
+    return _error(status, message, field_name, headers)
 
 
 #: every operation of the API, declared by the resource modules in this package

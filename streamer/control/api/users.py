@@ -3,6 +3,7 @@ zones they administer, and may not lock themselves out."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import BaseModel, Field
@@ -61,7 +62,8 @@ async def create_user(ctx: Ctx) -> User:
     ctx.require(auth.ADMIN, _zones(body.grants), "grant roles")
     user = User(name=body.name, full_name=body.full_name, grants=body.grants,
                 created=time.time())
-    if not await ctx.services.state.create_user(user, auth.hash_password(body.password)):
+    if not await ctx.services.state.create_user(
+            user, await asyncio.to_thread(auth.hash_password, body.password)):
         raise Conflict(f"user {body.name!r} exists", "name")
     await ctx.audit("create_user", user.name, _zones(user.grants),
                     grants=[g.model_dump(mode="json") for g in user.grants])
@@ -94,7 +96,8 @@ async def patch_user(ctx: Ctx) -> User:
             setattr(user, attr, getattr(body, attr))
     await state.users.put(user.name, user)
     if body.password is not None:
-        await state.set_password_hash(user.name, auth.hash_password(body.password))
+        await state.set_password_hash(
+            user.name, await asyncio.to_thread(auth.hash_password, body.password))
     await ctx.audit("patch_user", user.name, _zones(user.grants),
                     fields=sorted(body.model_dump(exclude_none=True, exclude={"password"}))
                     + (["password"] if body.password else []))
