@@ -4,7 +4,7 @@ control plane (state in Redis, the scheduler, the MQTT fleet).
 Wiring only. Playout — the frame clock, the mixer's ticks and the media socket — runs on a
 thread and event loop of its own (``streamer/playout.py``), so nothing the control side does on
 the main loop (HTTP, MQTT, Redis, the scheduler) can hold a frame back; CPU-heavy control work
-(TTS, decoding, loudness, password hashing) runs in worker threads at a lower priority. The
+(TTS, decoding, loudness) runs in worker threads, and password hashing in worker processes. The
 streamer's media socket answers the same subscribe handshake as a relay, so relays (and, on a
 small site, speakers) subscribe to it directly.
 """
@@ -35,12 +35,13 @@ from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
 from streamer.control.scheduler import Scheduler
 from streamer.control.state import State
+from streamer.control.throttle import LoginThrottle
 from streamer.live.ingest import IngestServer
 from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
-from streamer.playout import FrameLoop, Playout, worker_pool
+from streamer.playout import FrameLoop, Playout
 from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
@@ -73,6 +74,11 @@ class StreamerConfig:
     #: RTP/SRTP ingest for encoders and ``loa studio`` (``docs/ingest.md``); -1 = off
     ingest_host: str = "0.0.0.0"
     ingest_port: int = 5006
+    #: sign-in throttle (``docs/api.md``): failures allowed per client address and per user
+    #: name within the window before 429
+    login_failures_per_address: int = 20
+    login_failures_per_user: int = 5
+    login_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -81,6 +87,9 @@ class StreamerConfig:
         check_range("media_port", self.media_port, 0, 65_535)
         check_range("http_port", self.http_port, 0, 65_535)
         check_range("ingest_port", self.ingest_port, -1, 65_535)
+        check_range("login_failures_per_address", self.login_failures_per_address, 1, 10**9)
+        check_range("login_failures_per_user", self.login_failures_per_user, 1, 10**9)
+        check_range("login_window_s", self.login_window_s, 1, 86_400)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -98,7 +107,6 @@ class Streamer:
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(worker_pool())
         self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
         known = frozenset(channels)
@@ -126,6 +134,9 @@ class Streamer:
         recorder = FleetRecorder(self.state, self.registry)
         self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
                            self.mixer, self.registry, devices, recorder)
+        self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
+                                          per_user=cfg.login_failures_per_user,
+                                          window_s=cfg.login_window_s)
         await self.plane.load()
         if cfg.mqtt_url:
             self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
@@ -206,6 +217,7 @@ class Streamer:
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.process_watch.cancel()
+        self.plane.hasher.close()
         await self.plane.studio.close_all()
         await self.broadcasts.close()
         if self.plane.ingest is not None:

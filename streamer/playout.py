@@ -13,10 +13,13 @@ interval, which ``SWITCH_INTERVAL_S`` keeps short. The rules:
   the mixer's lock for the length of the command, never longer.
 - What the mixer reports (an item finished) is handed back to the control loop with
   ``call_soon_threadsafe``: no control code runs on the playout thread.
-- The playout thread asks the kernel for a higher priority (``PLAYOUT_NICE``) and the control
-  side's worker threads for a lower one (``WORKER_NICE``): on a machine whose cores are all busy
-  hashing or synthesising, the frame still wins the CPU. Both are best effort: without the
-  privilege to raise a priority, playout keeps the default.
+- The playout thread asks the kernel for a higher priority (``PLAYOUT_NICE``): on a machine
+  whose cores are all busy hashing or synthesising, the frame still wins the CPU (best effort:
+  without the privilege to raise a priority, playout keeps the default). The control side's
+  worker threads keep the default priority on purpose: a thread the kernel deschedules while
+  it holds the GIL holds playout back with it, so a low-priority thread is a priority
+  inversion. CPU-heavy work that can leave the process does (password hashing:
+  ``streamer/control/hashing.py``; speech synthesis: the ``espeak-ng`` process).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ T = TypeVar("T")
 #: the longest a busy control thread can keep a due frame waiting
 SWITCH_INTERVAL_S = 0.001
 PLAYOUT_NICE = -10
-WORKER_NICE = 10
-LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.010, 0.020, 0.050, 0.100, 0.5)
+LAG_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.010, 0.015, 0.020,
+                 0.030, 0.050, 0.100, 0.250, 0.5, 1.0)
 
 
 def set_thread_nice(nice: int) -> bool:
@@ -55,15 +58,6 @@ def set_thread_nice(nice: int) -> bool:
     except (OSError, AttributeError):
         return False
     return True
-
-
-def worker_pool(max_workers: int = 8) -> concurrent.futures.ThreadPoolExecutor:
-    """The control side's worker threads (``asyncio.to_thread``: TTS, decoding, loudness,
-    password hashing), at a lower priority than playout and than the control loop. A
-    subprocess started from one (``espeak-ng``) inherits its priority."""
-    return concurrent.futures.ThreadPoolExecutor(
-        max_workers=max_workers, thread_name_prefix="loa-work",
-        initializer=set_thread_nice, initargs=(WORKER_NICE,))
 
 
 class FrameLoop:
@@ -81,7 +75,7 @@ class FrameLoop:
         self.lag = Gauge("loa_frame_lag_seconds", "How late the last frame was produced",
                          registry=registry)
         self.lags = Histogram("loa_frame_lag_histogram_seconds",
-                              "How late each frame's tick started after its deadline",
+                              "How late each frame was handed to the socket, after its deadline",
                               buckets=LAG_BUCKETS_S, registry=registry)
 
     async def run(self) -> None:
@@ -94,11 +88,11 @@ class FrameLoop:
             misses, skipped = clock.misses, clock.skipped
             now = loop.time()
             for k in clock.due(now):
-                self.lags.observe(max(0.0, now - clock.deadline(k)))
                 try:
                     self.mixer.tick(k)
                 except Exception:  # a bad frame must not stop every speaker in the province
                     log.exception("frame %d failed", k)
+                self.lags.observe(max(0.0, loop.time() - clock.deadline(k)))
             self.lag.set(max(0.0, now - clock.deadline(clock.frame - 1)))
             self.misses.inc(clock.misses - misses)
             self.skipped.inc(clock.skipped - skipped)

@@ -26,10 +26,10 @@ from streamer.mixer.sources import TtsProvider
 from streamer.secretfile import write_private
 from streamer.zones import ZoneTree
 
-from . import auth
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .fleet import Fleet
+from .hashing import Hasher
 from .live import LiveInputs
 from .messages import EmergencyState
 from .models import (
@@ -83,6 +83,8 @@ class Plane:
     logins: LoginThrottle = field(default_factory=LoginThrottle)
     #: password checks: two at once (each takes a core), 32 more waiting, then "busy"
     hashing: Gate = field(default_factory=lambda: Gate(2, 32))
+    #: where they run: worker processes (``hashing.py``)
+    hasher: Hasher = field(default_factory=Hasher)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -201,8 +203,7 @@ class Plane:
         password = secrets.token_urlsafe(18)
         user = User(name=name, full_name="First administrator", created=self.now(),
                     grants=[Grant(role=Role.ADMIN, zone=r) for r in self.tree.roots])
-        if not await self.state.create_user(
-                user, await asyncio.to_thread(auth.hash_password, password)):
+        if not await self.state.create_user(user, await self.hasher.hash(password)):
             return False
         write_private(credentials_path, json.dumps({"user": name, "password": password}) + "\n")
         await self.state.audit(AuditEntry(ts=self.now(), user="-", action="bootstrap_admin",

@@ -2,15 +2,14 @@
 and who am I.
 
 A password check costs tens of milliseconds of CPU on purpose, so sign-in is where a flood
-costs most: the check runs in a worker thread (never on the loop), a few at once with a
-bounded queue behind them (``Plane.hashing``; past that: 503, try again), and the throttle
-(``streamer/control/throttle.py``) refuses a flooding address or user name before any
-hashing (429 with Retry-After, audited once per burst).
+costs most: the check runs in a worker process (``streamer/control/hashing.py``), a few at
+once with a bounded queue behind them (``Plane.hashing``; past that: 503, try again), and the
+throttle (``streamer/control/throttle.py``) refuses a flooding address or user name before
+any hashing (429 with Retry-After, audited once per burst).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any
@@ -81,7 +80,7 @@ async def _verify(plane: Any, argon2_hash: str | None, password: str) -> bool:
         raise ApiError(503, "too many sign-ins at once; try again", "password",
                        headers={"Retry-After": "1"})
     async with gate.slot():
-        return await asyncio.to_thread(auth.verify_password, argon2_hash, password)
+        return bool(await plane.hasher.verify(argon2_hash, password))
 
 
 @API.route("POST", "/api/v1/logout", summary="Revoke the token of this request", tag="session",

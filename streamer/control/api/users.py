@@ -3,7 +3,6 @@ zones they administer, and may not lock themselves out."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from pydantic import BaseModel, Field
@@ -63,7 +62,7 @@ async def create_user(ctx: Ctx) -> User:
     user = User(name=body.name, full_name=body.full_name, grants=body.grants,
                 created=time.time())
     if not await ctx.services.state.create_user(
-            user, await asyncio.to_thread(auth.hash_password, body.password)):
+            user, await ctx.services.hasher.hash(body.password)):
         raise Conflict(f"user {body.name!r} exists", "name")
     await ctx.audit("create_user", user.name, _zones(user.grants),
                     grants=[g.model_dump(mode="json") for g in user.grants])
@@ -97,7 +96,7 @@ async def patch_user(ctx: Ctx) -> User:
     await state.users.put(user.name, user)
     if body.password is not None:
         await state.set_password_hash(
-            user.name, await asyncio.to_thread(auth.hash_password, body.password))
+            user.name, await ctx.services.hasher.hash(body.password))
     await ctx.audit("patch_user", user.name, _zones(user.grants),
                     fields=sorted(body.model_dump(exclude_none=True, exclude={"password"}))
                     + (["password"] if body.password else []))
