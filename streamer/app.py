@@ -38,6 +38,7 @@ from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
+from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
@@ -70,6 +71,8 @@ class StreamerConfig:
     #: RTP/SRTP ingest for encoders and ``loa studio`` (``docs/ingest.md``); -1 = off
     ingest_host: str = "0.0.0.0"
     ingest_port: int = 5006
+    #: longest decoded duration of an uploaded clip, in seconds (``docs/api.md``, clips)
+    clip_max_s: float = CLIP_MAX_S
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -78,6 +81,7 @@ class StreamerConfig:
         check_range("media_port", self.media_port, 0, 65_535)
         check_range("http_port", self.http_port, 0, 65_535)
         check_range("ingest_port", self.ingest_port, -1, 65_535)
+        check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -141,7 +145,7 @@ class Streamer:
         self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
                            registry=self.registry)
         self.state = State(cfg.redis_url)
-        clips = ClipLibrary(Path(cfg.var_dir) / "clips")
+        clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
                                      registry=self.registry)
         password = read_password_file(cfg.mqtt_password_file) if cfg.mqtt_password_file else ""
