@@ -100,6 +100,32 @@ async def test_a_tiny_file_of_hours_of_silence_is_refused_in_bounded_memory(
     assert (await call(streamer, "GET", "/api/v1/clips"))[1]["clips"] == []
 
 
+async def test_an_hour_of_silence_under_the_limit_is_kept_on_disk_not_in_memory(
+        streamer, tmp_path):
+    """The file of the original report: 59 minutes of silence, accepted. Neither decoding it
+    nor keeping it in the library may cost the streamer 50 MB (it cost 3.3 GB at the peak, and
+    585 MB stayed)."""
+    silence = tmp_path / "59-phut.flac"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "3540", "-c:a", "flac",
+           "-frame_size", "32768", out=silence)
+    data = form(silence, "59-phut.flac")
+    gc.collect()
+    before = memory_kib()["VmRSS"]
+    reset_peak_rss()
+    status, meta = await call(streamer, "POST", "/api/v1/clips", data=data)
+    gc.collect()
+    now = memory_kib()
+    assert status == 201, meta
+    assert meta["seconds"] == pytest.approx(3540, abs=0.1)
+    print(f"accepting 59 min: peak RSS growth {(now['VmHWM'] - before) / 1024:.1f} MB, "
+          f"after {(now['VmRSS'] - before) / 1024:.1f} MB")
+    assert (now["VmHWM"] - before) / 1024 < 50
+    assert (now["VmRSS"] - before) / 1024 < 20
+    pcm = Path(streamer.cfg.var_dir) / "clips" / f"{meta['id']}.pcm"
+    assert pcm.stat().st_size == 3540 * 48_000 * 2
+    pcm.unlink()  # 340 MB: not for pytest to keep
+
+
 def mapped(path: Path) -> bool:
     """Whether ``path`` is mapped into this process's memory."""
     with open("/proc/self/maps") as f:
