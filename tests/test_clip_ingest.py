@@ -126,6 +126,34 @@ async def test_an_hour_of_silence_under_the_limit_is_kept_on_disk_not_in_memory(
     pcm.unlink()  # 340 MB: not for pytest to keep
 
 
+async def test_an_oversized_upload_without_a_length_stops_at_the_cap_and_leaves_nothing(
+        streamer):
+    """Sent chunked, so no Content-Length can refuse it up front: the spool stops at 64 MiB
+    and is deleted, and the streamer never holds the upload."""
+    boundary = "loa-test-boundary"
+
+    async def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               f"filename=\"big.wav\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        block = b"\0" * (1 << 20)
+        for _ in range(80):
+            yield block
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    gc.collect()
+    before = memory_kib()["VmRSS"]
+    reset_peak_rss()
+    async with aiohttp.ClientSession() as s, s.post(
+            streamer.http_url + "/api/v1/clips", data=body(),
+            headers={**streamer.admin,
+                     "Content-Type": f"multipart/form-data; boundary={boundary}"}) as r:
+        status, err = r.status, await r.json()
+    assert (status, err["field"]) == (413, "file"), err
+    assert "67108864 bytes" in err["error"]
+    assert (memory_kib()["VmHWM"] - before) / 1024 < 50
+    assert list((Path(streamer.cfg.var_dir) / "clips").iterdir()) == []
+
+
 def mapped(path: Path) -> bool:
     """Whether ``path`` is mapped into this process's memory."""
     with open("/proc/self/maps") as f:
