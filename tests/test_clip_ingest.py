@@ -120,7 +120,9 @@ async def test_an_hour_of_silence_under_the_limit_is_kept_on_disk_not_in_memory(
     print(f"accepting 59 min: peak RSS growth {(now['VmHWM'] - before) / 1024:.1f} MB, "
           f"after {(now['VmRSS'] - before) / 1024:.1f} MB")
     assert (now["VmHWM"] - before) / 1024 < 50
-    assert (now["VmRSS"] - before) / 1024 < 20
+    # What stays is allocator slack of the worker thread and the HTTP buffers (2-8 MB seen);
+    # a kept clip would be 650 MB.
+    assert (now["VmRSS"] - before) / 1024 < 30
     pcm = Path(streamer.cfg.var_dir) / "clips" / f"{meta['id']}.pcm"
     assert pcm.stat().st_size == 3540 * 48_000 * 2
     pcm.unlink()  # 340 MB: not for pytest to keep
