@@ -41,6 +41,7 @@ from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
+from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
 from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
@@ -79,6 +80,8 @@ class StreamerConfig:
     login_failures_per_address: int = 20
     login_failures_per_user: int = 5
     login_window_s: float = 300.0
+    #: longest decoded duration of an uploaded clip, in seconds (``docs/api.md``, clips)
+    clip_max_s: float = CLIP_MAX_S
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -90,6 +93,7 @@ class StreamerConfig:
         check_range("login_failures_per_address", self.login_failures_per_address, 1, 10**9)
         check_range("login_failures_per_user", self.login_failures_per_user, 1, 10**9)
         check_range("login_window_s", self.login_window_s, 1, 86_400)
+        check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -121,7 +125,7 @@ class Streamer:
         self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
                            registry=self.registry)
         self.state = State(cfg.redis_url)
-        clips = ClipLibrary(Path(cfg.var_dir) / "clips")
+        clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
                                      registry=self.registry)
         # The mixer reports from the playout thread; the broadcasts (which set on_finished)

@@ -34,6 +34,8 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--ingest-host")
     p.add_argument("--ingest-port", type=int,
                    help="UDP port of the SRTP ingest (default 5006; 0 = any; -1 = off)")
+    p.add_argument("--clip-max-s", type=float,
+                   help="longest decoded duration of an uploaded clip (default 3600)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import aiomqtt
-import numpy as np
-import opuslib
 import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
 from streamer.control.messages import EmergencyState, parse, zone_emergency_topics
-from streamer.rtp.packet import HEADER_LEN
-from streamer.rtp.packet import parse as parse_rtp
 from tests.conftest import peak_hz
+from tests.tap import Tap
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -32,29 +29,6 @@ async def req(streamer, method, path, *, headers=None, **kw):
     async with aiohttp.ClientSession() as s, s.request(
             method, streamer.http_url + path, headers=headers or streamer.admin, **kw) as r:
         return r.status, await r.json()
-
-
-class Tap:
-    """The packets the fan-out hands out on one channel (priority, broadcast id, PCM)."""
-
-    def __init__(self, streamer, channel: str) -> None:
-        self.channel = channel
-        self.packets: list[tuple[int, int, bytes]] = []
-        streamer.fanout.add_listener(channel, self._heard)
-
-    def _heard(self, data: bytes) -> None:
-        if len(data) > HEADER_LEN and 200 > data[1] & 0x7F:
-            p = parse_rtp(data)
-            self.packets.append((p.priority, p.broadcast_id, p.payload))
-
-    def pcm(self, broadcast_id: int) -> np.ndarray:
-        dec = opuslib.Decoder(48_000, 1)
-        frames = [np.frombuffer(dec.decode(payload, 960), dtype=np.int16)
-                  for _, bid, payload in self.packets if bid == broadcast_id]
-        return np.concatenate(frames).astype(np.float32) / 32768.0 if frames else np.zeros(0)
-
-    def priorities(self, broadcast_id: int) -> set[int]:
-        return {prio for prio, bid, _ in self.packets if bid == broadcast_id}
 
 
 async def until(pred, timeout=5.0, what="condition"):

@@ -11,6 +11,7 @@ import pytest
 from streamer.mixer.loudness import (
     TARGET_LUFS,
     Limiter,
+    LoudnessMeter,
     db_to_gain,
     integrated_lufs,
     normalize,
@@ -150,3 +151,40 @@ def test_limiter_turns_nan_and_inf_into_silence() -> None:
 def test_limiter_refuses_a_ceiling_above_full_scale() -> None:
     with pytest.raises(ValueError):
         Limiter(ceiling_dbfs=1.0)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.4, 0.45, 0.449, 7.3, 61.0])
+def test_meter_fed_in_pieces_measures_what_pyloudnorm_measures_whole(seconds: float) -> None:
+    """The streaming meter that measures uploads while they decode gives the figure of
+    BS.1770 over the whole signal (pyloudnorm as the reference), however it is cut up."""
+    import pyloudnorm
+
+    x = speechlike(seconds, seed=7).astype(np.float64)
+    reference_x = x if len(x) >= 0.4 * RATE else np.tile(x, math.ceil(RATE / len(x)))
+    reference = pyloudnorm.Meter(RATE).integrated_loudness(reference_x)
+    rng = np.random.default_rng(11)
+    meter = LoudnessMeter(RATE)
+    pos = 0
+    while pos < len(x):
+        n = int(rng.integers(1, 20_000))
+        meter.feed(x[pos : pos + n])
+        pos += n
+    assert meter.samples == len(x)
+    assert meter.integrated_lufs() == pytest.approx(reference, abs=1e-6)
+    assert integrated_lufs(x) == pytest.approx(reference, abs=1e-6)
+
+
+def test_meter_memory_does_not_grow_with_samples() -> None:
+    import tracemalloc
+
+    block = sine(440, 1.0, 0.1)
+    tracemalloc.start()
+    try:
+        meter = LoudnessMeter(RATE)
+        for _ in range(600):  # ten minutes: 110 MB as float64, if it were kept
+            meter.feed(block)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000  # the first 400 ms and one float per 100 ms
+    assert meter.integrated_lufs() == pytest.approx(integrated_lufs(sine(440, 2.0, 0.1)), abs=0.01)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.mixer.loudness import TARGET_LUFS, db_to_gain, integrated_lufs
+from streamer.mixer.loudness import TARGET_LUFS, db_to_gain, integrated_lufs, normalize
 from streamer.mixer.sources import (
     RATE_HZ,
     Clip,
@@ -21,7 +21,7 @@ from streamer.mixer.sources import (
     Tone,
     TtsError,
 )
-from streamer.mixer.sources.clip import decode
+from streamer.mixer.sources.clip import ClipLevels, ClipTooLong, decode, ingest
 from streamer.mixer.sources.tts import MAX_TEXT_CHARS, tts_source
 from streamer.mixer.vi_text import normalize_vi
 
@@ -240,6 +240,53 @@ def test_clip_refuses_too_long_while_decoding(tmp_path: Path) -> None:
     with pytest.raises(ClipError, match="longer than"):
         decode(stream, max_seconds=2)
     assert stream.pos < len(data) // 4
+
+
+def test_ingest_writes_16_bit_pcm_and_measures_it_whole(encoded: dict[str, Path]) -> None:
+    pcm = io.BytesIO()
+    levels = ingest(encoded["m4a"], pcm, target_lufs=-20.0)
+    stored = np.frombuffer(pcm.getvalue(), dtype="<i2").astype(np.float64) / 32768
+    assert levels.samples == len(stored) and abs(len(stored) - 96_000) < 3000
+    assert levels.lufs == pytest.approx(integrated_lufs(stored), abs=1e-6)
+    assert levels.peak == pytest.approx(np.max(np.abs(stored)))
+    assert levels.lufs == pytest.approx(integrated_lufs(decode(encoded["m4a"])), abs=0.05)
+    # The gain is not applied to the file but stored, and playback applies it.
+    assert integrated_lufs(stored * levels.gain) == pytest.approx(-20.0, abs=0.01)
+    assert ClipLevels.from_json(levels.to_json()) == levels
+
+
+def test_clip_from_file_plays_mapped_pcm_times_its_gain(encoded: dict[str, Path]) -> None:
+    clip = Clip.from_file(encoded["wav"])
+    decoded_whole = decode(encoded["wav"])
+    x = read_all(clip)
+    assert len(x) == len(decoded_whole)
+    # 16-bit storage: what plays is the decoded audio, normalised, to within half a step of
+    # 16 bits times the gain (this sine is at -48 dBFS: +36 dB).
+    reference = normalize(decoded_whole)
+    gain = np.max(np.abs(reference)) / np.max(np.abs(decoded_whole))
+    assert np.max(np.abs(x - reference)) < 0.6 * gain / 32768
+    assert np.array_equal(clip.read(1000, 960), x[1000:1960])
+
+
+def test_ingest_stops_at_the_limit_before_writing_past_it(tmp_path: Path) -> None:
+    path = tmp_path / "long.flac"
+    with path.open("wb") as out:  # piped: the header declares no duration
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=30",
+                        "-ar", "48000", "-f", "flac", "pipe:1"], check=True, stdout=out)
+    pcm = io.BytesIO()
+    with pytest.raises(ClipTooLong, match="2 s limit"):
+        ingest(path, pcm, max_seconds=2)
+    assert len(pcm.getvalue()) <= 2 * RATE_HZ * 2
+
+
+def test_a_frame_that_decodes_to_minutes_is_refused(tmp_path: Path) -> None:
+    """One FLAC frame may hold 65535 samples at any rate: at 100 Hz that is 11 minutes, which
+    would be resampled whole before the running total could stop it."""
+    path = tmp_path / "slow.flac"
+    ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=100:cl=mono", "-t", "1000", "-c:a", "flac",
+            "-frame_size", "65535", str(path)])
+    with pytest.raises(ClipError, match="frame lasts"):
+        decode(path, max_seconds=2000)
 
 
 # --- TTS --------------------------------------------------------------------------------------

@@ -11,14 +11,19 @@ as ``pending_approval`` and rebuilt from its stored description when an approver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import math
+import os
+import re
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +32,7 @@ from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
 from streamer.mixer.sources.base import Source
 from streamer.mixer.sources.chime import Sequence, chime
+from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
 
 from .feeds import OFF_AIR, RelayFeed
 from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan
@@ -35,6 +41,7 @@ from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
 
 log = logging.getLogger(__name__)
+_CLIP_ID = re.compile(r"[0-9a-f]{32}")
 
 SourceIn = ToneSource | TtsSource | ClipSource | RelaySource
 #: called with an emergency's record when it starts and when it ends (``rec.state`` tells)
@@ -43,33 +50,87 @@ Announce = Callable[[BroadcastRecord], Awaitable[None]]
 
 @dataclass
 class ClipLibrary:
-    """Uploaded clips, content-addressed (sha256 of the upload) and decoded once at ingest.
+    """Uploaded clips, content-addressed (sha256 of the upload), decoded once and kept on disk.
 
-    Audio is kept on disk under its content hash; metadata in Redis (``State.clips``). After
-    a restart a clip is decoded again from disk the first time it is used.
+    In ``directory`` (``docs/state.md``): ``<id>``, the upload as received; ``<id>.pcm``, its
+    decoded audio (48 kHz mono 16-bit PCM); ``<id>.json``, its length, loudness, peak and the
+    gain that plays it at the system target. Metadata for the API is in Redis
+    (``State.clips``). Nothing decoded stays in memory: ``get`` maps the PCM file. The PCM and
+    its JSON are derived from the upload, written under temporary names and renamed, the JSON
+    last; a clip whose pair is missing or does not match (stored before this layout, or cut
+    short by a crash) is decoded again from its upload the first time it is used.
     """
 
     directory: Path
-    clips: dict[str, Clip] = field(default_factory=dict)
+    #: longest decoded duration accepted (the streamer's ``clip_max_s``)
+    max_seconds: float = MAX_SECONDS
 
-    def add(self, data: bytes) -> tuple[str, Clip]:
-        cid = hashlib.sha256(data).hexdigest()[:32]
-        clip = self.clips.get(cid)
-        if clip is None:
-            clip = Clip.from_bytes(data)  # raises ClipError on anything that is not audio
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / f".{cid}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(self.directory / cid)  # never a half-written file under the real name
-            self.clips[cid] = clip
-        return cid, clip
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".*.tmp"):  # an upload or ingest cut short
+            stale.unlink(missing_ok=True)
+
+    def spool(self) -> Path:
+        """A new empty file in the library for an upload to be written to, then given to
+        ``add`` (or deleted)."""
+        fd, path = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".tmp")
+        os.close(fd)
+        return Path(path)
+
+    def add(self, upload: Path) -> tuple[str, Clip]:
+        """Decode the file at ``upload`` (it becomes the clip's ``<id>``, or is deleted if it
+        cannot); raises ``ClipError`` (``ClipTooLong`` past ``max_seconds``)."""
+        try:
+            sha = hashlib.sha256()
+            with open(upload, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    sha.update(chunk)
+            cid = sha.hexdigest()[:32]
+            clip = self._open(cid) or self._ingest(cid, upload)
+            upload.replace(self.directory / cid)
+            return cid, clip
+        finally:
+            upload.unlink(missing_ok=True)
 
     def get(self, cid: str) -> Clip | None:
-        clip = self.clips.get(cid)
-        path = self.directory / cid
-        if clip is None and len(cid) == 32 and path.is_file():
-            clip = self.clips[cid] = Clip.from_file(path)
+        if not _CLIP_ID.fullmatch(cid):
+            return None
+        clip = self._open(cid)
+        if clip is None and (self.directory / cid).is_file():
+            clip = self._ingest(cid, self.directory / cid)
         return clip
+
+    def _open(self, cid: str) -> Clip | None:
+        try:
+            levels = ClipLevels.from_json((self.directory / f"{cid}.json").read_text())
+            return Clip.open(self.directory / f"{cid}.pcm", levels)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if not isinstance(e, FileNotFoundError):
+                log.warning("clip %s: stored PCM unusable (%s), decoding it again", cid, e)
+            return None
+
+    def _ingest(self, cid: str, source: Path) -> Clip:
+        pcm = self.directory / f"{cid}.pcm"
+        with self._replacing(pcm) as out:
+            levels = ingest(source, out, self.max_seconds)  # ClipError if not audio
+        with self._replacing(self.directory / f"{cid}.json") as out:
+            out.write(levels.to_json().encode())
+        log.info("clip %s: %.1f s, %s LUFS, gain %.1f dB", cid, levels.samples / 48_000,
+                 "silent" if levels.lufs is None else f"{levels.lufs:.1f}",
+                 20 * math.log10(levels.gain))
+        return Clip.open(pcm, levels)
+
+    @contextlib.contextmanager
+    def _replacing(self, path: Path) -> Iterator[IO[bytes]]:
+        """A file written under a temporary name (two threads ingesting one clip each have
+        their own) that replaces ``path`` once whole, or is deleted."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 class Broadcasts:

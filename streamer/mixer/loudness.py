@@ -1,10 +1,12 @@
 """Loudness: one BS.1770 target for the whole system, ingest normalisation and the mix limiter.
 
-Every clip is measured (ITU-R BS.1770 integrated loudness, via ``pyloudnorm``) and gained to
-``TARGET_LUFS`` when it is ingested, so that a bulletin, a chime and a relayed song come out of a
-horn at the same loudness; the mixer then passes every frame through one ``Limiter`` as a safety
-net. Normalisation never clips: when reaching the target would push the peak above the ceiling
-it stops short and says so in the log. The limiter never lets a sample past its ceiling, never
+Every clip is measured (ITU-R BS.1770 integrated loudness, ``LoudnessMeter``) and gained to
+``TARGET_LUFS``, so that a bulletin, a chime and a relayed song come out of a horn at the same
+loudness; the mixer then passes every frame through one ``Limiter`` as a safety net. The meter
+takes a signal in blocks of any size and keeps ten numbers per second of it, so an hour-long
+upload is measured while it is decoded, never held whole. Normalisation never clips: when
+reaching the target would push the peak above the ceiling it stops short and says so in the
+log. The limiter never lets a sample past its ceiling, never
 allocates more than numpy temporaries of the frame it is given, and never lets a bad sample
 (NaN, inf) poison its state.
 """
@@ -16,7 +18,8 @@ import logging
 import math
 
 import numpy as np
-import pyloudnorm
+import scipy.signal
+from pyloudnorm.iirfilter import IIRfilter
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +35,137 @@ TARGET_LUFS = -16.0
 CEILING_DBFS = -1.0
 
 _GATE_BLOCK_S = 0.400
+#: gating blocks overlap by 75 %: a block starts every 100 ms
+_GATE_STEPS_PER_BLOCK = 4
+_ABSOLUTE_GATE_LUFS = -70.0
+_RELATIVE_GATE_LU = -10.0
 # A clip shorter than the gating block is measured as if it looped: repeating a sound keeps its
 # mean square, whereas padding with silence would make a short beep measure too quiet.
 _MIN_MEASURED_S = 1.0
 
 
 @functools.lru_cache(maxsize=8)
-def _meter(rate_hz: int) -> pyloudnorm.Meter:
-    # Building the meter designs the K-weighting filters; do it once per rate.
-    return pyloudnorm.Meter(rate_hz, block_size=_GATE_BLOCK_S)
+def _k_weighting(rate_hz: int) -> np.ndarray:
+    """BS.1770's K-weighting (the "head" high shelf, then the RLB high pass) as biquad sections;
+    pyloudnorm designs them for any rate."""
+    stages = [IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, rate_hz, "high_shelf"),
+              IIRfilter(0.0, 0.5, 38.0, rate_hz, "high_pass")]
+    return np.array([np.concatenate([f.b, f.a]) / f.a[0] for f in stages])
+
+
+class LoudnessMeter:
+    """BS.1770 integrated loudness of a mono signal fed in blocks of any size.
+
+    Memory does not grow with the signal's samples: the K-weighting filters carry their state
+    from one block to the next, and only the energy of each 100 ms step is kept (ten floats
+    per second), plus the first 400 ms for a signal that never gets longer (it is measured
+    looped). Feeding a signal in pieces gives the same figure as feeding it whole, which is the
+    same as pyloudnorm's ``Meter.integrated_loudness`` (gating blocks of 400 ms every 100 ms,
+    absolute gate -70 LUFS, relative gate -10 LU).
+    """
+
+    def __init__(self, rate_hz: int = 48_000) -> None:
+        self.rate_hz = rate_hz
+        self.samples = 0
+        self._sos = _k_weighting(rate_hz)
+        self._state = np.zeros((self._sos.shape[0], 2))
+        self._step = round(_GATE_BLOCK_S * rate_hz / _GATE_STEPS_PER_BLOCK)
+        self._steps: list[float] = []  # energy of each whole step
+        self._partial = 0.0  # energy of the step being filled
+        self._head: list[np.ndarray] = []  # the first gating block, unfiltered
+
+    def feed(self, x: np.ndarray) -> None:
+        """Measure the next samples of the signal (1-D, float, full scale = 1)."""
+        data = np.asarray(x, dtype=np.float64)
+        if data.ndim != 1:
+            raise ValueError(f"the meter takes mono (1-D) samples, got shape {data.shape}")
+        if data.shape[0] == 0:
+            return
+        block = self._step * _GATE_STEPS_PER_BLOCK
+        if self.samples < block:
+            self._head.append(data[: block - self.samples].copy())
+        weighted, self._state = scipy.signal.sosfilt(self._sos, data, zi=self._state)
+        energy = np.square(weighted, out=weighted)
+        filled = self.samples % self._step
+        self.samples += energy.shape[0]
+        first = min(self._step - filled, energy.shape[0])
+        self._partial += float(energy[:first].sum())
+        if filled + first < self._step:
+            return
+        self._steps.append(self._partial)
+        rest = energy[first:]
+        whole = rest.shape[0] // self._step * self._step
+        self._steps.extend(rest[:whole].reshape(-1, self._step).sum(axis=1).tolist())
+        self._partial = float(rest[whole:].sum())
+
+    def integrated_lufs(self) -> float:
+        """Loudness of everything fed so far, in LUFS; ``-inf`` if silent or gated away."""
+        block = self._step * _GATE_STEPS_PER_BLOCK
+        if self.samples == 0:
+            return -math.inf
+        if self.samples < block:
+            head = np.concatenate(self._head)
+            if not np.any(head):
+                return -math.inf
+            looped = LoudnessMeter(self.rate_hz)
+            looped.feed(np.tile(head, math.ceil(_MIN_MEASURED_S * self.rate_hz / head.shape[0])))
+            return looped.integrated_lufs()
+        steps = np.array([*self._steps, self._partial, 0.0, 0.0, 0.0])
+        # As pyloudnorm counts blocks: the last one may take in a step that is more than half
+        # filled, never one that is less.
+        n_blocks = round((self.samples - block) / self._step) + 1
+        energy = np.lib.stride_tricks.sliding_window_view(steps, _GATE_STEPS_PER_BLOCK)
+        z = energy[:n_blocks].sum(axis=1) / block
+        with np.errstate(divide="ignore"):
+            loudness = -0.691 + 10.0 * np.log10(z)
+        kept = z[loudness >= _ABSOLUTE_GATE_LUFS]
+        if kept.size == 0:
+            return -math.inf
+        relative = -0.691 + 10.0 * math.log10(float(kept.mean())) + _RELATIVE_GATE_LU
+        kept = z[(loudness > relative) & (loudness > _ABSOLUTE_GATE_LUFS)]
+        if kept.size == 0:
+            return -math.inf
+        return -0.691 + 10.0 * math.log10(float(kept.mean()))
 
 
 def integrated_lufs(x: np.ndarray, rate_hz: int = 48_000) -> float:
-    """BS.1770 integrated loudness of mono ``x`` (or ``(samples, channels)``), in LUFS.
+    """BS.1770 integrated loudness of mono ``x``, in LUFS.
 
     Returns ``-inf`` for an empty or all-silent signal, or one gated away entirely (below the
     -70 LUFS absolute gate). A signal shorter than one 400 ms gating block is looped to one
     second before measuring.
     """
-    data = np.asarray(x, dtype=np.float64)
-    if data.size == 0 or not np.any(data):
-        return -math.inf
-    min_len = math.ceil(_MIN_MEASURED_S * rate_hz)
-    if data.shape[0] < math.ceil(_GATE_BLOCK_S * rate_hz):
-        reps = math.ceil(min_len / data.shape[0])
-        data = np.tile(data, (reps,) + (1,) * (data.ndim - 1))
-    lufs = float(_meter(rate_hz).integrated_loudness(data))
-    return lufs if math.isfinite(lufs) else -math.inf
+    meter = LoudnessMeter(rate_hz)
+    meter.feed(x)
+    return meter.integrated_lufs()
 
 
 def db_to_gain(db: float) -> float:
     return float(10.0 ** (db / 20.0))
+
+
+def normalization_gain(
+    lufs: float, peak: float, target_lufs: float = TARGET_LUFS,
+    ceiling_dbfs: float = CEILING_DBFS,
+) -> float:
+    """The linear gain that takes a signal measured at ``lufs`` to ``target_lufs``, reduced so
+    that its sample ``peak`` (linear) stays at or below ``ceiling_dbfs`` (a warning is logged
+    with the shortfall); 1 for a silent signal."""
+    if not math.isfinite(lufs) or peak <= 0.0:
+        log.warning("normalize: signal is silent, left unchanged")
+        return 1.0
+    gain = db_to_gain(target_lufs - lufs)
+    ceiling = db_to_gain(ceiling_dbfs)
+    if peak * gain > ceiling:
+        capped = ceiling / peak
+        log.warning(
+            "normalize: peak-limited, reaching %.1f LUFS instead of %.1f (peak %.1f dBFS)",
+            lufs + 20.0 * math.log10(capped),
+            target_lufs,
+            20.0 * math.log10(peak),
+        )
+        gain = capped
+    return gain
 
 
 def normalize(
@@ -77,22 +180,11 @@ def normalize(
     logged with the shortfall); a silent signal is returned unchanged.
     """
     out = np.array(x, dtype=np.float32)
-    lufs = integrated_lufs(out, rate_hz)
-    if not math.isfinite(lufs):
-        log.warning("normalize: signal is silent, left unchanged")
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    gain = normalization_gain(integrated_lufs(out, rate_hz), peak, target_lufs, ceiling_dbfs)
+    if gain == 1.0:
         return out
-    gain = db_to_gain(target_lufs - lufs)
-    peak = float(np.max(np.abs(out)))
     ceiling = db_to_gain(ceiling_dbfs)
-    if peak * gain > ceiling:
-        capped = ceiling / peak
-        log.warning(
-            "normalize: peak-limited, reaching %.1f LUFS instead of %.1f (peak %.1f dBFS)",
-            lufs + 20.0 * math.log10(capped),
-            target_lufs,
-            20.0 * math.log10(peak),
-        )
-        gain = capped
     out *= np.float32(gain)
     # float32 rounding of peak * gain can land one ulp above the ceiling.
     np.clip(out, -ceiling, ceiling, out=out)

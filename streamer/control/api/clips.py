@@ -1,7 +1,9 @@
 """Clip library (multipart upload, checked by decoding, loudness-normalised) and TTS preview.
 
-Uploads are refused before they are read whole: the declared length is checked first and the
-stream is read with a cap, so a 10 GB upload costs at most the cap in memory.
+Uploads are refused before they are read whole: the declared length is checked first, and the
+file part is written to disk a megabyte at a time with a cap, so a 10 GB upload costs a
+megabyte of memory and at most the cap of disk, for as long as the request lasts. Decoding
+(``ClipLibrary.add``) runs in a worker thread and stops at the clip's duration limit.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import io
 import time
 import wave
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -18,9 +21,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel
 
 from streamer.control import auth
+from streamer.control.broadcasts import ClipLibrary
 from streamer.control.models import ClipMeta
 from streamer.control.schemas import BadRequest, SpeechText
-from streamer.mixer.sources import ClipError, TtsError
+from streamer.mixer.sources import ClipError, ClipTooLong, TtsError
 
 from .core import API, ApiError, Ctx, NotFound
 
@@ -43,7 +47,8 @@ def _too_big() -> ApiError:
     return ApiError(413, f"upload larger than {MAX_CLIP_BYTES} bytes", "file")
 
 
-async def _read_upload(request: web.Request) -> tuple[bytes, str]:
+async def _read_upload(request: web.Request, clips: ClipLibrary) -> tuple[Path, int, str]:
+    """The ``file`` part spooled to a file in the library (its path and size), and the name."""
     if request.content_length is not None and request.content_length > MAX_CLIP_BYTES + 65536:
         raise _too_big()
     if not request.content_type.startswith("multipart/form-data"):
@@ -52,44 +57,71 @@ async def _read_upload(request: web.Request) -> tuple[bytes, str]:
         reader = await request.multipart()
     except (ValueError, AssertionError, HttpProcessingError) as e:
         raise BadRequest("body", f"not multipart: {e}") from None
-    data, name = b"", ""
+    spooled: Path | None = None
+    size, name = 0, ""
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, aiohttp.BodyPartReader):
                 raise BadRequest("body", "nested multipart is not supported")
             if part.name == "file":
-                chunks, size = [], 0
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    if size > MAX_CLIP_BYTES:
-                        raise _too_big()
-                    chunks.append(chunk)
-                data, name = b"".join(chunks), name or (part.filename or "")
+                if spooled is not None:
+                    raise BadRequest("file", "more than one 'file' part")
+                spooled = await asyncio.to_thread(clips.spool)
+                size = await _spool(part, spooled)
+                name = name or (part.filename or "")
             elif part.name == "name":
                 name = (await part.read(decode=True))[:200].decode("utf-8", "replace")
             else:
                 raise BadRequest(part.name or "body", "unknown form field")
-    except (ValueError, HttpProcessingError) as e:
-        raise BadRequest("body", f"malformed multipart body: {e}") from None
-    if not data:
-        raise BadRequest("file", "empty or missing 'file' part")
-    return data, name
+        if spooled is None or size == 0:
+            raise BadRequest("file", "empty or missing 'file' part")
+    except BaseException as e:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+        if isinstance(e, (ValueError, HttpProcessingError)) and not isinstance(e, BadRequest):
+            raise BadRequest("body", f"malformed multipart body: {e}") from None
+        raise
+    return spooled, size, name
+
+
+async def _spool(part: aiohttp.BodyPartReader, path: Path) -> int:
+    """Write ``part`` to ``path`` a megabyte at a time, off the event loop; refuse it as soon
+    as it passes ``MAX_CLIP_BYTES``."""
+    size, buf = 0, bytearray()
+    with await asyncio.to_thread(open, path, "wb", buffering=0) as f:
+        while chunk := await part.read_chunk(1 << 20):
+            size += len(chunk)
+            if size > MAX_CLIP_BYTES:
+                raise _too_big()
+            buf += chunk
+            if len(buf) >= 1 << 20:
+                await asyncio.to_thread(f.write, buf)
+                buf = bytearray()
+        if buf:
+            await asyncio.to_thread(f.write, buf)
+    return size
 
 
 @API.route("POST", "/api/v1/clips", summary="Upload audio (any format ffmpeg decodes, ≤ 64 MiB,"
-           " ≤ 1 h); decoded, normalised to -16 LUFS", tag="clips", upload=_MULTIPART,
-           response=ClipMeta, status=201, errors=(400, 401, 403, 413, 503))
+           " ≤ clip_max_s of audio, 1 h by default); decoded, normalised to -16 LUFS",
+           tag="clips", upload=_MULTIPART, response=ClipMeta, status=201,
+           errors=(400, 401, 403, 413, 503))
 async def upload_clip(ctx: Ctx) -> ClipMeta:
     ctx.require(auth.OPERATE, [], "upload clips")
-    data, name = await _read_upload(ctx.request)
+    clips: ClipLibrary = ctx.services.clips
+    upload, size, name = await _read_upload(ctx.request, clips)
     try:
-        cid, clip = await asyncio.to_thread(ctx.services.clips.add, data)
+        # hashing and decoding take seconds for a long clip: never on the event loop
+        cid, clip = await asyncio.to_thread(clips.add, upload)
+    except ClipTooLong as e:
+        raise ApiError(413, f"{e} (the streamer's clip_max_s)", "file") from None
     except ClipError as e:
         raise BadRequest("file", f"not playable audio: {e}") from None
-    meta = ClipMeta(id=cid, name=name, seconds=clip.length / 48_000, bytes=len(data),
+    assert clip.length is not None
+    meta = ClipMeta(id=cid, name=name, seconds=clip.length / 48_000, bytes=size,
                     created=time.time(), created_by=ctx.me.name)
     await ctx.services.state.clips.put(cid, meta)
-    await ctx.audit("upload_clip", cid, [], name=name, bytes=len(data))
+    await ctx.audit("upload_clip", cid, [], name=name, bytes=size)
     return meta
 
 
@@ -128,4 +160,5 @@ async def tts_preview(ctx: Ctx) -> web.Response:
         clip = await asyncio.to_thread(ctx.services.tts.synthesize, body.text)
     except TtsError as e:
         raise BadRequest("text", str(e)) from None
-    return web.Response(body=wav_bytes(clip.samples), content_type="audio/wav")
+    assert clip.length is not None
+    return web.Response(body=wav_bytes(clip.read(0, clip.length)), content_type="audio/wav")
