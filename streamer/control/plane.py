@@ -81,6 +81,7 @@ class Plane:
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
+        self.state.unreadable.register(self.registry)
         self.broadcasts.announce = self.announce_emergency
 
     async def reload_inputs(self) -> None:
@@ -139,7 +140,13 @@ class Plane:
         await asyncio.gather(*(self.fleet.publish_emergency(z, msg) for z in rec.zones))
 
     async def load(self) -> None:
-        """Import the zone tree into an empty store, then read every zone's settings."""
+        """Set aside stored records that no longer parse, import the zone tree into an empty
+        store, then read every zone's settings."""
+        moved = await self.state.quarantine()
+        if moved:
+            log.error("moved %d stored records that no longer parse to quarantine (%s); see "
+                      "docs/state.md", sum(moved.values()),
+                      ", ".join(f"{k}: {n}" for k, n in sorted(moved.items())))
         added = await self.state.import_zones([
             Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
             for z in self.tree.zones.values()])
