@@ -92,6 +92,7 @@ class Plane:
             "loa_login_refused_total",
             "Sign-ins refused before any password check: by address or user name throttle, "
             "or busy", ["by"], registry=self.registry)
+        self.state.unreadable.register(self.registry)
         self.broadcasts.announce = self.announce_emergency
 
     async def reload_inputs(self) -> None:
@@ -150,7 +151,13 @@ class Plane:
         await asyncio.gather(*(self.fleet.publish_emergency(z, msg) for z in rec.zones))
 
     async def load(self) -> None:
-        """Import the zone tree into an empty store, then read every zone's settings."""
+        """Set aside stored records that no longer parse, import the zone tree into an empty
+        store, then read every zone's settings."""
+        moved = await self.state.quarantine()
+        if moved:
+            log.error("moved %d stored records that no longer parse to quarantine (%s); see "
+                      "docs/state.md", sum(moved.values()),
+                      ", ".join(f"{k}: {n}" for k, n in sorted(moved.items())))
         added = await self.state.import_zones([
             Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
             for z in self.tree.zones.values()])

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,13 @@ _DATE_PARTS = ("BYMONTH", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYDAY", "WKST"
 #: rules whose period has a fixed length in wall-clock time can be fast-forwarded
 _FIXED_PERIOD = {"DAILY": timedelta(days=1), "HOURLY": timedelta(hours=1),
                  "MINUTELY": timedelta(minutes=1)}
+
+
+#: a local wall-clock date-time of the schedule's ``tz``, without a UTC offset: not the
+#: "date-time" format of JSON Schema (RFC 3339 requires an offset); an offset is refused
+LocalDateTime = Annotated[datetime, WithJsonSchema({
+    "type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}"
+                                 r"(\.[0-9]+)?)?$"})]
 
 
 class RelaySource(BaseModel):
@@ -86,9 +94,9 @@ class Schedule(BaseModel):
     rrule: str | None = Field(
         None, max_length=MAX_RULE_CHARS,
         description="RFC 5545 RRULE, e.g. FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=6;BYMINUTE=0")
-    dtstart: datetime | None = Field(
+    dtstart: LocalDateTime | None = Field(
         None, description="local date-time the rule counts from (with rrule only)")
-    at: datetime | None = Field(None, description="local date-time of a one-off")
+    at: LocalDateTime | None = Field(None, description="local date-time of a one-off")
     duration_s: float | None = Field(
         None, gt=0, le=MAX_WINDOW_S, allow_inf_nan=False,
         description="a window: what airs is cut this many seconds after each start")

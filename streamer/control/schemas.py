@@ -1,9 +1,9 @@
 """API request bodies and responses as pydantic models, validated at the edge.
 
 A bad body becomes a 400 naming the field before anything changes state (``api/core.py``
-maps pydantic's errors; semantic checks raise :class:`BadRequest`). The source of a broadcast
-is a discriminated union on ``kind``, one class per kind, the way LibreTime models playout
-events. These models are also the OpenAPI document's schemas.
+parses it strictly and maps pydantic's errors; semantic checks raise :class:`BadRequest`).
+The source of a broadcast is a discriminated union on ``kind``, one class per kind, the way
+LibreTime models playout events. These models are also the OpenAPI document's schemas.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from .models import BroadcastRecord, EmergencyOptions, ZoneId
 
 MAX_TONE_S = 3600.0
+MIN_TONE_HZ = 25.0
 MAX_TTS_CHARS = 5000
 MAX_ZONES_PER_BROADCAST = 10_000
 PRIORITIES = ("emergency", "priority", "normal", "background")
@@ -32,12 +33,38 @@ class BadRequest(ValueError):
 
 
 class Body(BaseModel):
+    """A request body. The API edge parses it strictly (``api/core.py``, ``read_body``)."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]  # a left-out PATCH field is unchanged, not null
+
+
+class Patch(Body):
+    """A partial update: a field left out keeps its stored value. ``null`` is a value, the
+    one that clears a field, so only a field whose stored counterpart may be null takes it
+    (declared ``T | None``); every other field is declared :func:`left_out`, and a ``null``
+    for it is a 400 naming the field, never a record that no longer parses."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
+
+
+def left_out(**kw: Any) -> Any:
+    """The default of a :class:`Patch` field that may not be null: ``None`` in the model when
+    the field is left out (defaults are not validated), while a JSON ``null`` fails the
+    field's type."""
+    return Field(None, **kw)
 
 
 class ToneSource(Body):
     kind: Literal["tone"]
-    hz: float = Field(1000.0, ge=20, le=20_000, allow_inf_nan=False)
+    # below ~22 Hz, K-weighting makes the loudness target need more than full scale
+    # (``Tone`` refuses it); a horn plays nothing that low anyway
+    hz: float = Field(1000.0, ge=MIN_TONE_HZ, le=20_000, allow_inf_nan=False)
     seconds: float = Field(5.0, ge=0.02, le=MAX_TONE_S, allow_inf_nan=False)
 
 

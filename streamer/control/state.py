@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -20,7 +21,8 @@ from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from pydantic import BaseModel
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, ValidationError
 
 from .models import (
     AuditEntry,
@@ -36,35 +38,82 @@ from .models import (
 )
 from .schedules import Schedule
 
+log = logging.getLogger("loa.state")
 P = "loa:"
+QUARANTINE = P + "quarantine:"
 ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
 AUDIT_RETENTION_S = 400 * 86_400
 AUDIT_MAX_ENTRIES = 1_000_000
 M = TypeVar("M", bound=BaseModel)
 
 
-class Collection(Generic[M]):
-    """Records of one kind in one Redis hash, field = record id, value = JSON."""
+class Unreadable:
+    """Stored records that no longer parse as their model: written by an old bug (a PATCH
+    that stored a ``null``), by hand, or by another version of Loa. Every read skips such a
+    record, counts it and logs it (once per record and process), so one bad record costs
+    that record and never a listing or a start-up; :meth:`State.quarantine` moves them aside
+    when the streamer starts (``docs/state.md``)."""
 
-    def __init__(self, r: aioredis.Redis, key: str, model: type[M]) -> None:
+    def __init__(self) -> None:
+        # registered on the process's registry by the plane (``register``); State has none
+        self.skipped = Counter("loa_state_unreadable_records_total", "Stored records a read "
+                               "skipped because they no longer parse, by kind", ["kind"],
+                               registry=None)
+        self.quarantined = Counter("loa_state_quarantined_records_total", "Stored records "
+                                   "moved to loa:quarantine:<kind> at start because they no "
+                                   "longer parse, by kind", ["kind"], registry=None)
+        self._logged: set[tuple[str, str]] = set()
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(self.skipped)
+        registry.register(self.quarantined)
+
+    def skip(self, kind: str, rid: str, reason: str) -> None:
+        self.skipped.labels(kind).inc()
+        if (kind, rid) not in self._logged:
+            self._logged.add((kind, rid))
+            log.error("state: skipping %s%s field %r: does not parse (%s)", P, kind, rid, reason)
+
+
+def reason(e: ValidationError) -> str:
+    """Why a stored record does not parse, in one line."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}"
+                     for err in e.errors(include_url=False)[:3])
+
+
+class Collection(Generic[M]):
+    """Records of one kind in one Redis hash, field = record id, value = JSON. A value that
+    does not parse is skipped (``Unreadable``): ``get`` answers None, listings leave it out."""
+
+    def __init__(self, r: aioredis.Redis, kind: str, model: type[M],
+                 unreadable: Unreadable) -> None:
         self.r = r
-        self.key = P + key
+        self.kind = kind
+        self.key = P + kind
         self.model = model
+        self.unreadable = unreadable
+
+    def parse(self, rid: str, raw: str) -> M | None:
+        try:
+            return self.model.model_validate_json(raw)
+        except ValidationError as e:
+            self.unreadable.skip(self.kind, rid, reason(e))
+            return None
 
     async def get(self, rid: str | int) -> M | None:
         raw = await self.r.hget(self.key, str(rid))
-        return None if raw is None else self.model.model_validate_json(raw)
+        return None if raw is None else self.parse(str(rid), raw)
 
     async def all(self) -> list[M]:
         raw = await self.r.hgetall(self.key)
-        return [self.model.model_validate_json(v) for v in raw.values()]
+        return [m for k, v in raw.items() if (m := self.parse(k, v)) is not None]
 
     async def many(self, ids: Iterable[str | int]) -> list[M | None]:
         ids = [str(i) for i in ids]
         if not ids:
             return []
         raw = await self.r.hmget(self.key, ids)
-        return [None if v is None else self.model.model_validate_json(v) for v in raw]
+        return [None if v is None else self.parse(k, v) for k, v in zip(ids, raw, strict=True)]
 
     async def put(self, rid: str | int, rec: M) -> None:
         await self.r.hset(self.key, str(rid), rec.model_dump_json())
@@ -88,23 +137,52 @@ class State:
         self.r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True,
                                                          socket_timeout=5,
                                                          socket_connect_timeout=2)
-        self.zones = Collection(self.r, "zones", Zone)
-        self.users = Collection(self.r, "users", User)
-        self.speakers = Collection(self.r, "speakers", Speaker)
-        self.relays = Collection(self.r, "relays", Relay)
-        self.presence = Collection(self.r, "presence", Presence)
-        self.clips = Collection(self.r, "clips", ClipMeta)
-        self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord)
-        self.schedules = Collection(self.r, "schedules", Schedule)
-        self.inputs = Collection(self.r, "inputs", LiveInput)
-        self.cap = Collection(self.r, "cap", CapRecord)
+        self.unreadable = Unreadable()
+        u = self.unreadable
+        self.zones = Collection(self.r, "zones", Zone, u)
+        self.users = Collection(self.r, "users", User, u)
+        self.speakers = Collection(self.r, "speakers", Speaker, u)
+        self.relays = Collection(self.r, "relays", Relay, u)
+        self.presence = Collection(self.r, "presence", Presence, u)
+        self.clips = Collection(self.r, "clips", ClipMeta, u)
+        self.broadcasts = Collection(self.r, "broadcasts", BroadcastRecord, u)
+        self.schedules = Collection(self.r, "schedules", Schedule, u)
+        self.inputs = Collection(self.r, "inputs", LiveInput, u)
+        self.cap = Collection(self.r, "cap", CapRecord, u)
         self._ids: deque[int] = deque()
+        self._move = self.r.register_script(_MOVE)
+
+    @property
+    def collections(self) -> list[Collection[Any]]:
+        return [self.zones, self.users, self.speakers, self.relays, self.presence, self.clips,
+                self.broadcasts, self.schedules, self.inputs, self.cap]
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
 
     async def close(self) -> None:
         await self.r.aclose()
+
+    async def quarantine(self) -> dict[str, int]:
+        """Move every stored record that no longer parses from ``loa:<kind>`` to
+        ``loa:quarantine:<kind>`` (same field, value ``{"record", "reason", "ts"}``), log it
+        and count it; returns how many per kind. Run at start, before anything reads."""
+        moved: dict[str, int] = {}
+        for c in self.collections:
+            async for rid, raw in c.r.hscan_iter(c.key, count=1000):
+                try:
+                    c.model.model_validate_json(raw)
+                    continue
+                except ValidationError as e:
+                    why = reason(e)
+                kept = json.dumps({"record": raw, "reason": why, "ts": time.time()})
+                # moved only if nobody rewrote it since it was read
+                if await self._move(keys=[c.key, QUARANTINE + c.kind], args=[rid, raw, kept]):
+                    log.error("state: %s field %r does not parse (%s); moved to %s%s",
+                              c.key, rid, why, QUARANTINE, c.kind)
+                    self.unreadable.quarantined.labels(c.kind).inc()
+                    moved[c.kind] = moved.get(c.kind, 0) + 1
+        return moved
 
     # -- secrets ---------------------------------------------------------------------------
 
@@ -337,7 +415,22 @@ class State:
         ``before`` of the next page (None at the oldest)."""
         rows = await self.r.xrevrange(P + "audit", max=before, min="-", count=count)
         nxt = "(" + rows[-1][0] if len(rows) == count else None
-        return [_audit_entry(sid, f) for sid, f in rows], nxt
+        entries = []
+        for sid, f in rows:
+            try:
+                entries.append(_audit_entry(sid, f))
+            except (KeyError, ValueError) as e:  # a stream entry is never moved: skip it
+                self.unreadable.skip("audit", sid, f"{type(e).__name__}: {e}")
+        return entries, nxt
+
+
+#: KEYS: the record's hash, its quarantine hash; ARGV: field, the value read, what to keep
+_MOVE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 def _audit_entry(sid: str, f: dict[str, str]) -> AuditEntry:

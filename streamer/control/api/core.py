@@ -10,14 +10,14 @@ with a log line, a metric and (for 403) an audit entry. Handlers only decide and
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic_core
 import redis.exceptions
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -30,6 +30,7 @@ from streamer.control.schemas import UNION_TAGS, BadRequest
 
 log = logging.getLogger("loa.api")
 MAX_JSON_BYTES = 256 * 1024
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -157,12 +158,18 @@ def _field_of(e: ValidationError) -> tuple[str, str]:
         loc.append(str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"))
     elif err["type"] == "missing":
         msg = "is required"
+    elif err.get("input", ...) is None and err["type"].endswith("_type"):
+        msg = "may not be null"
     elif err["type"] == "extra_forbidden":
         msg = "is not a known field"
     return ".".join(loc) or "body", msg
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body as ``model``, parsed strictly: JSON's own types only (no
+    ``"yes"`` for ``true``, no ``0`` for ``false``, no ``"5"`` for ``5``; an integer is
+    accepted where a number is), ``null`` only where the field's type says ``| None``, and
+    no ``NaN``/``Infinity``, which are not JSON. Refused before it is read whole if too big."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise ApiError(413, f"body larger than {MAX_JSON_BYTES} bytes", "body")
     raw = await request.content.read(MAX_JSON_BYTES + 1)
@@ -170,10 +177,11 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(413, f"body larger than {MAX_JSON_BYTES} bytes", "body")
     if not raw.strip():
         raise BadRequest("body", "a JSON object is required")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    try:  # pydantic's JSON parser takes NaN and Infinity; this one refuses them
+        pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as e:
         raise BadRequest("body", f"not valid JSON: {e}") from None
+    return model.model_validate_json(raw, strict=True)
 
 
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]{16,128})$")
@@ -219,7 +227,7 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
         if op.query is not None:
             ctx.query = op.query.model_validate(dict(request.query))
         if op.body is not None:
-            ctx.body = op.body.model_validate(await read_json(request))
+            ctx.body = await read_body(request, op.body)
         result = await op.handler(ctx)
     except ValidationError as e:
         field_name, msg = _field_of(e)

@@ -27,12 +27,20 @@ class _Schemas:
         self.defs: dict[str, Any] = {}
 
     def ref(self, model: type[BaseModel], mode: str = "validation") -> dict[str, Any]:
+        """A model by its own name in either mode: request and response schemas of one model
+        agree (checked), and a nested model is named the same way, so a name never means two
+        schemas (``Speaker`` once stood for ``SpeakerOut``'s schema)."""
         schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
         for name, sub in schema.pop("$defs", {}).items():
-            self.defs.setdefault(name, sub)
-        name = model.__name__ if mode == "validation" else model.__name__ + "Out"
-        self.defs.setdefault(name, schema)
-        return {"$ref": REF.format(model=name)}
+            self._add(name, sub)
+        ref = {"$ref": REF.format(model=model.__name__)}
+        if schema != ref:  # a recursive model (ZoneNode) comes as a $ref to its own $defs
+            self._add(model.__name__, schema)
+        return ref
+
+    def _add(self, name: str, schema: dict[str, Any]) -> None:
+        if self.defs.setdefault(name, schema) != schema:
+            raise ValueError(f"two different schemas named {name}: name the models apart")
 
 
 def build(operations: list[Operation], title: str = "Loa API", version: str = "1") -> dict[

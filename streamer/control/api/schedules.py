@@ -16,12 +16,13 @@ from pydantic import BaseModel, Field
 
 from streamer.control import auth
 from streamer.control.schedules import (
+    LocalDateTime,
     Schedule,
     ScheduleSource,
     check_quiet_hours,
     next_occurrence,
 )
-from streamer.control.schemas import BadRequest, Body, Priority, Zones
+from streamer.control.schemas import BadRequest, Body, Patch, Priority, Zones, left_out
 
 from .broadcasts import _check_zones
 from .core import API, ApiError, Ctx, NotFound
@@ -32,8 +33,9 @@ class ScheduleIn(Body):
     priority: Priority = "normal"
     source: ScheduleSource
     rrule: str | None = Field(None, max_length=2000, description="RFC 5545 RRULE")
-    dtstart: datetime | None = Field(None, description="local date-time the rule counts from")
-    at: datetime | None = Field(None, description="local date-time of a one-off")
+    dtstart: LocalDateTime | None = Field(None, description="local date-time the rule counts "
+                                          "from")
+    at: LocalDateTime | None = Field(None, description="local date-time of a one-off")
     duration_s: float | None = Field(None, description="a window: cut after this long")
     tz: str = Field("Asia/Ho_Chi_Minh", max_length=64)
     enabled: bool = True
@@ -41,18 +43,18 @@ class ScheduleIn(Body):
     label: str = Field("", max_length=200)
 
 
-class SchedulePatch(Body):
-    zones: Zones | None = None
-    priority: Priority | None = None
-    source: ScheduleSource | None = None
+class SchedulePatch(Patch):
+    zones: Zones = left_out()
+    priority: Priority = left_out()
+    source: ScheduleSource = left_out()
     rrule: str | None = Field(None, max_length=2000)
-    dtstart: datetime | None = None
-    at: datetime | None = None
-    duration_s: float | None = None
-    tz: str | None = Field(None, max_length=64)
-    enabled: bool | None = None
-    override_quiet_hours: bool | None = None
-    label: str | None = Field(None, max_length=200)
+    dtstart: LocalDateTime | None = None
+    at: LocalDateTime | None = None
+    duration_s: float | None = Field(None, description="null: no window")
+    tz: str = left_out(max_length=64)
+    enabled: bool = left_out()
+    override_quiet_hours: bool = left_out()
+    label: str = left_out(max_length=200)
 
 
 class ScheduleOut(Schedule):

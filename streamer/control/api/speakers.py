@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from streamer.control import auth
 from streamer.control.messages import DeviceConfig
 from streamer.control.models import DeviceId, Presence, Relay, Speaker, ZoneId
-from streamer.control.schemas import BadRequest, Body
+from streamer.control.schemas import BadRequest, Body, Patch, left_out
 
 from .core import API, ApiError, Conflict, Ctx, NotFound
 
@@ -26,12 +26,12 @@ class SpeakerIn(Body):
                               description='ordered upstreams, "host:port"')
 
 
-class SpeakerPatch(Body):
-    zone: ZoneId | None = None
-    name: str | None = Field(None, max_length=200)
-    lat: float | None = Field(None, ge=-90, le=90)
+class SpeakerPatch(Patch):
+    zone: ZoneId = left_out(description="the leaf zone (channel) it plays")
+    name: str = left_out(max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90, description="null: position unknown")
     lon: float | None = Field(None, ge=-180, le=180)
-    relays: list[str] | None = Field(None, max_length=16)
+    relays: list[str] = left_out(max_length=16, description='ordered upstreams, "host:port"')
 
 
 class RelayIn(Body):

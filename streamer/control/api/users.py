@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from streamer.control import auth
 from streamer.control.models import Grant, User, UserName
-from streamer.control.schemas import Body
+from streamer.control.schemas import Body, Patch, left_out
 
 from .core import API, Conflict, Ctx, NotFound
 
@@ -21,11 +21,11 @@ class UserIn(Body):
     grants: list[Grant] = Field(default_factory=list, max_length=1000)
 
 
-class UserPatch(Body):
-    password: str | None = Field(None, min_length=10, max_length=256)
-    full_name: str | None = Field(None, max_length=200)
-    grants: list[Grant] | None = Field(None, max_length=1000)
-    disabled: bool | None = None
+class UserPatch(Patch):
+    password: str = left_out(min_length=10, max_length=256)
+    full_name: str = left_out(max_length=200)
+    grants: list[Grant] = left_out(max_length=1000)
+    disabled: bool = left_out()
 
 
 class UserList(BaseModel):

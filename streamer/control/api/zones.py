@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from streamer.control import auth
 from streamer.control.models import QUIET_RE, Zone, valid_zone_id
 from streamer.control.schedules import QuietHours
-from streamer.control.schemas import Body
+from streamer.control.schemas import Patch, left_out
 
 from .core import API, Ctx, NotFound
 
@@ -24,13 +24,13 @@ class ZoneTreeOut(BaseModel):
     zones: list[ZoneNode]
 
 
-class ZonePatch(Body):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    quiet_hours: Annotated[str, StringConstraints(pattern=QUIET_RE)] | None = Field(
-        None, description='"HH:MM-HH:MM", or "" for none')
+class ZonePatch(Patch):
+    name: str = left_out(min_length=1, max_length=200)
+    quiet_hours: Annotated[str, StringConstraints(pattern=QUIET_RE)] = left_out(
+        description='"HH:MM-HH:MM", or "" for none (inherit_quiet_hours drops them)')
     inherit_quiet_hours: bool = Field(False, description="drop this zone's own quiet hours")
-    requires_approval: bool | None = None
-    test: bool | None = None
+    requires_approval: bool = left_out()
+    test: bool = left_out()
 
 
 class Channel(BaseModel):
