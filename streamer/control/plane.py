@@ -139,7 +139,12 @@ class Plane:
         await asyncio.gather(*(self.fleet.publish_emergency(z, msg) for z in rec.zones))
 
     async def load(self) -> None:
-        """Import the zone tree into an empty store, then read every zone's settings."""
+        """Apply what the journal kept while Redis was away (before anything reads the
+        records it holds), import the zone tree into an empty store, then read every zone's
+        settings."""
+        replayed = await self.state.replay()
+        if replayed:
+            log.warning("applied %d state writes journaled while Redis was away", replayed)
         added = await self.state.import_zones([
             Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
             for z in self.tree.zones.values()])
