@@ -49,13 +49,19 @@ class Journal:
         return len(self.entries)
 
     async def append(self, e: Entry) -> None:
-        """Queue ``e``; returns once it is on disk."""
+        """Queue ``e``; returns once it is on disk. A disk that refuses it (full, read-only)
+        costs only the restart case: the entry is still replayed from memory, and the
+        emergency that wrote it is on the air all the same."""
         self.entries.append(e)
         if self.path is None:
             return
         line = json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n"
         async with self._lock:
-            await asyncio.to_thread(_append, self.path, line)
+            try:
+                await asyncio.to_thread(_append, self.path, line)
+            except OSError as err:
+                log.error("state journal %s: cannot write (%s): kept in memory only, lost if "
+                          "the streamer stops before Redis is back", self.path, err)
 
     def find(self, op: str, key: str, value: Any) -> dict[str, Any] | None:
         """The newest pending ``op`` whose data has ``key == value``."""

@@ -56,7 +56,7 @@ ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
 #: takes over: an emergency must never wait for a database
 DEADLINE_S = 1.0
 PROBE_S = 1.0  # while degraded: how often Redis is asked whether it is back
-APPLIED_TTL_S = 30 * 86400  # how long Redis remembers that a journaled write was applied
+APPLIED_TTL_S = 7 * 86400  # how long Redis remembers that a journaled write was applied
 #: what "Redis is away" looks like (BusyLoadingError, a restarted Redis reading its AOF, is a
 #: ConnectionError); anything else is a bug and is not retried forever
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
@@ -180,7 +180,8 @@ class State:
         """Redis failed a call: journal and cache from now on, and probe until it is back."""
         if self.available:
             log.error("Redis unavailable (%s): emergency and stop go on; their records and "
-                      "audit entries are journaled until it is back", why or type(why).__name__)
+                      "audit entries are journaled until it is back",
+                      str(why) or type(why).__name__)
         self.available = False
         self.m_degraded.set(1)
         if self._probe is None or self._probe.done():
