@@ -81,8 +81,9 @@ def add_media_routes(
     ``/metrics``.
 
     ``health`` is an optional callable returning extra JSON fields for ``/healthz``; ``ready``
-    an optional coroutine function returning named checks (``{"redis": True, …}``): ``/readyz``
-    answers 503 while any is false (a load balancer then sends no one here).
+    an optional coroutine function returning ``{"checks": {"redis": True, …}, …}``: ``/readyz``
+    answers 503 while any check is false (a load balancer then sends no one here); its other
+    fields (the streamer's ``degraded``, ``pending_writes``) are added to the answer as they are.
     """
     listeners = {"n": 0}
 
@@ -186,10 +187,11 @@ def add_media_routes(
     app.router.add_get("/listen/{channel}.ogg", listen)
     async def readyz(request: web.Request) -> web.Response:
         checks: dict[str, bool] = {"media": fanout.local_addr is not None}
-        if ready is not None:
-            checks.update(await ready())
+        more: dict[str, Any] = dict(await ready()) if ready is not None else {}
+        checks.update(more.pop("checks", {}))
         ok = all(checks.values())
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        return web.json_response({"ready": ok, "checks": checks, **more},
+                                 status=200 if ok else 503)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -124,7 +125,8 @@ class Streamer:
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
         self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
                            registry=self.registry)
-        self.state = State(cfg.redis_url)
+        self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
+                           self.registry)
         clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
                                      registry=self.registry)
@@ -186,9 +188,10 @@ class Streamer:
         _, port = await plane.ingest.start(cfg.ingest_host, cfg.ingest_port)
         plane.ingest_addr = (cfg.public_host, port)
 
-    async def _ready(self) -> dict[str, bool]:
+    async def _ready(self) -> dict[str, Any]:
         """What the API needs: Redis, and the broker when fleet control is configured. The
-        mixer plays on without either."""
+        mixer plays on without either, and emergency and stop work without Redis: what is
+        degraded and how many state writes wait for Redis are reported beside the checks."""
         try:
             redis_ok = await asyncio.wait_for(self.state.ping(), 1.0)
         except Exception:
@@ -196,7 +199,8 @@ class Streamer:
         checks = {"redis": redis_ok}
         if self.plane.fleet is not None:
             checks["mqtt"] = self.plane.fleet.connected
-        return checks
+        return {"checks": checks, "degraded": self.state.degraded(),
+                "pending_writes": len(self.state.journal)}
 
     async def _scheduler(self) -> Scheduler:
         """The schedules in Redis, fired on their frames by the mixer (``scheduler.py``)."""

@@ -434,8 +434,9 @@ class Broadcasts:
 
     def spawn(self, write: Coroutine[Any, Any, Any], what: str) -> None:
         """Persist (or publish) from a synchronous callback — the mixer, the scheduler, a
-        timer, a live input — without blocking a frame. If Redis or the broker is away the
-        write is lost and logged; playout goes on regardless."""
+        timer, a live input — without blocking a frame. State writes that Redis cannot take
+        are journaled (``State._write``); a publish the broker cannot take is lost and
+        logged; playout goes on regardless."""
         async def run() -> None:
             try:
                 await write
@@ -493,7 +494,8 @@ class Broadcasts:
             self._release(item.id)
 
     async def get(self, bid: int) -> BroadcastRecord | None:
-        return self.live.get(bid) or await self.state.broadcasts.get(bid)
+        return (self.live.get(bid) or self.state.journaled_broadcast(bid)
+                or await self.state.broadcasts.get(bid))
 
     def out(self, rec: BroadcastRecord) -> BroadcastOut:
         on_air = len(self.mixer.on_air(rec.id)) if rec.id in self.live else 0

@@ -151,8 +151,12 @@ class Plane:
         await asyncio.gather(*(self.fleet.publish_emergency(z, msg) for z in rec.zones))
 
     async def load(self) -> None:
-        """Set aside stored records that no longer parse, import the zone tree into an empty
-        store, then read every zone's settings."""
+        """Apply what the journal kept while Redis was away (before anything reads the
+        records it holds), set aside stored records that no longer parse, import the zone tree
+        into an empty store, then read every zone's settings."""
+        replayed = await self.state.replay()
+        if replayed:
+            log.warning("applied %d state writes journaled while Redis was away", replayed)
         moved = await self.state.quarantine()
         if moved:
             log.error("moved %d stored records that no longer parse to quarantine (%s); see "

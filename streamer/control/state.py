@@ -7,23 +7,34 @@ audit log is an append-only Redis stream, trimmed by age and length (``AUDIT_RET
 device credential hashes, token digests) live under their own keys and never reach a model
 that the API serialises. The mixer never waits on this module: playout keeps going on what
 it already has if Redis is away.
+
+Redis away (degraded): the emergency and stop paths must still work. So broadcast records,
+audit entries and schedule firings are written behind a journal (``journal.py``) whenever
+Redis does not take them at once, and replayed in order when it answers again; broadcast
+ids come from blocks reserved ahead of need; and bearer tokens and users are cached as Redis
+confirmed them, so an operator who signed in before Redis went down can still act. While
+degraded nothing waits for Redis on those paths: a probe task finds out when it is back.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from .journal import Entry, Journal, new_entry
 from .models import (
     AuditEntry,
     BroadcastRecord,
@@ -39,11 +50,20 @@ from .models import (
 from .schedules import Schedule
 
 log = logging.getLogger("loa.state")
+
 P = "loa:"
 QUARANTINE = P + "quarantine:"
 ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
 AUDIT_RETENTION_S = 400 * 86_400
 AUDIT_MAX_ENTRIES = 1_000_000
+#: how long a write or an auth lookup may wait for Redis before the journal or the cache
+#: takes over: an emergency must never wait for a database
+DEADLINE_S = 1.0
+PROBE_S = 1.0  # while degraded: how often Redis is asked whether it is back
+APPLIED_TTL_S = 7 * 86400  # how long Redis remembers that a journaled write was applied
+#: what "Redis is away" looks like (BusyLoadingError, a restarted Redis reading its AOF, is a
+#: ConnectionError); anything else is a bug and is not retried forever
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -85,13 +105,16 @@ class Collection(Generic[M]):
     """Records of one kind in one Redis hash, field = record id, value = JSON. A value that
     does not parse is skipped (``Unreadable``): ``get`` answers None, listings leave it out."""
 
-    def __init__(self, r: aioredis.Redis, kind: str, model: type[M],
-                 unreadable: Unreadable) -> None:
+    def __init__(self, r: aioredis.Redis, kind: str, model: type[M], unreadable: Unreadable,
+                 cache: dict[str, M] | None = None) -> None:
+        """``cache``: kept equal to what was last read from or written to Redis (users, for
+        authentication while Redis is away)."""
         self.r = r
         self.kind = kind
         self.key = P + kind
         self.model = model
         self.unreadable = unreadable
+        self.cache = cache
 
     def parse(self, rid: str, raw: str) -> M | None:
         try:
@@ -102,7 +125,13 @@ class Collection(Generic[M]):
 
     async def get(self, rid: str | int) -> M | None:
         raw = await self.r.hget(self.key, str(rid))
-        return None if raw is None else self.parse(str(rid), raw)
+        rec = None if raw is None else self.parse(str(rid), raw)
+        if self.cache is not None:
+            if rec is None:
+                self.cache.pop(str(rid), None)
+            else:
+                self.cache[str(rid)] = rec
+        return rec
 
     async def all(self) -> list[M]:
         raw = await self.r.hgetall(self.key)
@@ -117,12 +146,18 @@ class Collection(Generic[M]):
 
     async def put(self, rid: str | int, rec: M) -> None:
         await self.r.hset(self.key, str(rid), rec.model_dump_json())
+        if self.cache is not None:
+            self.cache[str(rid)] = rec
 
     async def put_many(self, recs: dict[str, M]) -> None:
         if recs:
             await self.r.hset(self.key, mapping={k: v.model_dump_json() for k, v in recs.items()})
+            if self.cache is not None:
+                self.cache.update(recs)
 
     async def delete(self, rid: str | int) -> bool:
+        if self.cache is not None:
+            self.cache.pop(str(rid), None)
         return bool(await self.r.hdel(self.key, str(rid)))
 
     async def count(self) -> int:
@@ -130,17 +165,42 @@ class Collection(Generic[M]):
 
 
 class State:
-    """Typed access to everything the control plane keeps. One instance per process."""
+    """Typed access to everything the control plane keeps. One instance per process.
 
-    def __init__(self, url: str) -> None:
+    ``journal``: the file of writes waiting for Redis (None: kept in memory only).
+    """
+
+    def __init__(self, url: str, journal: Path | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.url = url
-        self.r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True,
-                                                         socket_timeout=5,
-                                                         socket_connect_timeout=2)
+        # One retry, at once: enough for a pooled connection that a Redis restart closed;
+        # redis-py's default (ten, with back-off) would hold a request for seconds while
+        # Redis is down, and the journal is the retry here.
+        self.r: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 1))
+        #: False from the first failed call until the probe finds Redis back and the journal
+        #: is replayed: writes go to the journal, auth to the cache, without asking Redis
+        self.available = True
+        self.journal = Journal(journal)
+        self._probe: asyncio.Task[None] | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._replaying = asyncio.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}  # digest -> (user, expires epoch s)
+        self._users: dict[str, User] = {}
+        self.m_pending = Gauge("loa_state_pending_writes", "State writes journaled on the "
+                               "streamer, waiting for Redis", registry=registry)
+        self.m_errors = Counter("loa_state_write_errors_total", "State writes Redis did not "
+                                "take at once (they were journaled)", ["op"], registry=registry)
+        self.m_degraded = Gauge("loa_state_degraded", "1 while Redis is away (or its journal "
+                                "is being replayed), else 0", registry=registry)
+        self.m_replayed = Counter("loa_state_replayed_total", "Journaled state writes applied "
+                                  "to Redis after it came back", registry=registry)
+        self.m_pending.set(len(self.journal))
         self.unreadable = Unreadable()
         u = self.unreadable
         self.zones = Collection(self.r, "zones", Zone, u)
-        self.users = Collection(self.r, "users", User, u)
+        self.users = Collection(self.r, "users", User, u, cache=self._users)
         self.speakers = Collection(self.r, "speakers", Speaker, u)
         self.relays = Collection(self.r, "relays", Relay, u)
         self.presence = Collection(self.r, "presence", Presence, u)
@@ -161,6 +221,9 @@ class State:
         return bool(await self.r.ping())
 
     async def close(self) -> None:
+        for task in (self._probe, self._refill):
+            if task is not None:
+                task.cancel()
         await self.r.aclose()
 
     async def quarantine(self) -> dict[str, int]:
@@ -183,6 +246,101 @@ class State:
                     self.unreadable.quarantined.labels(c.kind).inc()
                     moved[c.kind] = moved.get(c.kind, 0) + 1
         return moved
+
+    # -- degraded mode: the write-behind journal -------------------------------------------
+
+    def degraded(self) -> list[str]:
+        """What is degraded, for ``/readyz``: "state" while writes are journaled."""
+        return [] if self.available and not self.journal.entries else ["state"]
+
+    def _lost(self, why: BaseException) -> None:
+        """Redis failed a call: journal and cache from now on, and probe until it is back."""
+        if self.available:
+            log.error("Redis unavailable (%s): emergency and stop go on; their records and "
+                      "audit entries are journaled until it is back",
+                      str(why) or type(why).__name__)
+        self.available = False
+        self.m_degraded.set(1)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._wait_for_redis())
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_S)
+            try:
+                await asyncio.wait_for(self.r.ping(), DEADLINE_S)
+                n = await self.replay()
+            except UNAVAILABLE:
+                continue
+            except redis.exceptions.RedisError:  # e.g. MISCONF (its disk is full): retried
+                log.exception("replaying the state journal failed; retrying")
+                continue
+            log.warning("Redis is back: %d journaled writes applied", n)
+            return
+
+    async def replay(self) -> int:
+        """Apply the journal to Redis, oldest first, then leave degraded mode. A write Redis
+        already has (its ``jid`` is recorded) is skipped. Raises when Redis fails again."""
+        n = 0
+        async with self._replaying:  # the probe and Plane.load must not apply an entry twice
+            while self.journal.entries:
+                e = self.journal.entries[0]
+                if not await self.r.exists(P + "applied:" + e["jid"]):
+                    try:
+                        await asyncio.wait_for(self._apply(e), DEADLINE_S * 5)
+                    except (KeyError, TypeError, ValueError) as err:
+                        # damaged on disk: it can never apply, and must not block the rest
+                        log.error("state journal entry dropped (%s): %s", err, json.dumps(e))
+                    else:
+                        n += 1
+                        self.m_replayed.inc()
+                self.journal.entries.popleft()
+                self.m_pending.set(len(self.journal))
+            # nothing awaited since the journal was seen empty: no write can slip in between
+            self.available = True
+            self.m_degraded.set(0)
+        await self.journal.compact()
+        self._reserve_ahead()
+        return n
+
+    async def _write(self, op: str, data: dict[str, Any]) -> None:
+        """Apply one write now if Redis takes it within ``DEADLINE_S``, else journal it.
+        While anything is journaled, later writes queue behind it: Redis sees them in order."""
+        e = new_entry(op, data)
+        if self.available and not self.journal.entries:
+            try:
+                await asyncio.wait_for(self._apply(e), DEADLINE_S)
+                return
+            except UNAVAILABLE as err:
+                self.m_errors.labels(op).inc()
+                self._lost(err)
+        else:
+            self.m_errors.labels(op).inc()
+        await self.journal.append(e)
+        self.m_pending.set(len(self.journal))
+
+    async def _apply(self, e: Entry) -> None:
+        """One write and the record that it was applied, in one transaction."""
+        op, d = e["op"], e["data"]
+        async with self.r.pipeline(transaction=True) as p:
+            if op == "broadcast":
+                p.hset(self.broadcasts.key, str(d["id"]), json.dumps(d))
+                p.zadd(P + "broadcasts-by-time", {str(d["id"]): d["created"]})
+            elif op == "audit":
+                # Bounded by length and by age: stream ids are milliseconds since the epoch,
+                # so age is an id. Both trims are approximate ("~"): Redis drops whole nodes
+                # of the stream, which costs nothing.
+                oldest = int((time.time() - self.audit_retention_s) * 1000)
+                p.xadd(P + "audit", {k: json.dumps(v) if isinstance(v, dict | list) else str(v)
+                                     for k, v in d.items()},
+                       maxlen=self.audit_max_entries, approximate=True)
+                p.xtrim(P + "audit", minid=f"{max(oldest, 0)}-0", approximate=True)
+            elif op == "last_fired":
+                p.hset(P + "schedule-last-fired", d["schedule"], repr(d["ts"]))
+            else:
+                raise ValueError(f"unknown journal op {op!r}")
+            p.set(P + "applied:" + e["jid"], 1, ex=APPLIED_TTL_S)
+            await p.execute()
 
     # -- secrets ---------------------------------------------------------------------------
 
@@ -238,12 +396,47 @@ class State:
 
     async def put_token(self, digest: str, user: str, ttl_s: int) -> None:
         await self.r.set(P + "token:" + digest, user, ex=ttl_s)
+        self._cache_token(digest, user, time.time() + ttl_s)
 
-    async def token_user(self, digest: str) -> str | None:
-        v = await self.r.get(P + "token:" + digest)
-        return None if v is None else str(v)
+    async def token_owner(self, digest: str) -> User | None:
+        """The user a bearer token belongs to (None: unknown, expired or revoked).
+
+        Redis decides while it answers, and each answer is cached (token → user, expiry;
+        the user's record with its grants). While Redis is away the cache answers: a token
+        Redis confirmed before it went away works until its expiry; one Redis never
+        confirmed, or revoked, does not.
+        """
+        if self.available:
+            try:
+                return await asyncio.wait_for(self._token_owner(digest), DEADLINE_S)
+            except UNAVAILABLE as err:
+                self._lost(err)
+        hit = self._tokens.get(digest)
+        if hit is None or hit[1] <= time.time():
+            return None
+        return self._users.get(hit[0])
+
+    async def _token_owner(self, digest: str) -> User | None:
+        async with self.r.pipeline(transaction=False) as p:
+            p.get(P + "token:" + digest)
+            p.pttl(P + "token:" + digest)
+            name, ttl_ms = await p.execute()
+        if name is None or ttl_ms == -2:
+            self._tokens.pop(digest, None)  # revoked or expired: no longer honoured anywhere
+            return None
+        # a token without expiry (never written by Loa) is cached for a login's lifetime
+        ttl_s = ttl_ms / 1000 if ttl_ms > 0 else 12 * 3600
+        self._cache_token(digest, str(name), time.time() + ttl_s)
+        return await self.users.get(str(name))
+
+    def _cache_token(self, digest: str, user: str, expires: float) -> None:
+        if len(self._tokens) >= 10_000:  # expired sign-ins would otherwise pile up
+            now = time.time()
+            self._tokens = {d: v for d, v in self._tokens.items() if v[1] > now}
+        self._tokens[digest] = (user, expires)
 
     async def delete_token(self, digest: str) -> None:
+        self._tokens.pop(digest, None)  # revoked here at once, even if Redis fails below
         await self.r.delete(P + "token:" + digest)
 
     # -- users -----------------------------------------------------------------------------
@@ -259,6 +452,7 @@ class State:
             p.hset(self.users.key, user.name, user.model_dump_json())
             p.hset(P + "passwords", user.name, argon2_hash)
             await p.execute()
+        self._users[user.name] = user
         return True
 
     # -- zones -----------------------------------------------------------------------------
@@ -281,22 +475,41 @@ class State:
         self._ids.extend(range(top - ID_BLOCK + 1, top + 1))
 
     async def next_broadcast_id(self) -> int:
-        """Ids are reserved from Redis in blocks, ahead of need, so that a scheduled
-        occurrence still gets one, and airs, while Redis is away (its record is then lost,
-        and logged)."""
+        """Ids are reserved from Redis's counter in blocks, ahead of need, so that an
+        emergency or a scheduled occurrence still gets one while Redis is away. The counter
+        only grows, so an id handed out here cannot be handed out again, after Redis returns
+        or the streamer restarts (a restart leaves the rest of its block unused)."""
         if not self._ids:
+            if not self.available:
+                raise redis.exceptions.ConnectionError(
+                    f"all {ID_BLOCK} broadcast ids reserved ahead are used")
             await self.reserve_broadcast_ids()
         bid = self._ids.popleft()
-        if len(self._ids) < ID_BLOCK // 4:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                await self.reserve_broadcast_ids()
+        self._reserve_ahead()
         return bid
 
+    def _reserve_ahead(self) -> None:
+        """Top the block up in the background (never on the path of a request)."""
+        if len(self._ids) >= ID_BLOCK // 2 or not self.available or (
+                self._refill is not None and not self._refill.done()):
+            return
+
+        async def refill() -> None:
+            try:
+                await asyncio.wait_for(self.reserve_broadcast_ids(), DEADLINE_S)
+            except UNAVAILABLE as err:
+                self._lost(err)
+
+        self._refill = asyncio.get_running_loop().create_task(refill())
+
     async def put_broadcast(self, rec: BroadcastRecord) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.broadcasts.key, str(rec.id), rec.model_dump_json())
-            p.zadd(P + "broadcasts-by-time", {str(rec.id): rec.created})
-            await p.execute()
+        """Write behind the journal if Redis does not take it at once (see ``_write``)."""
+        await self._write("broadcast", rec.model_dump(mode="json"))
+
+    def journaled_broadcast(self, bid: int) -> BroadcastRecord | None:
+        """The newest state of broadcast ``bid`` still waiting in the journal."""
+        d = self.journal.find("broadcast", "id", bid)
+        return None if d is None else BroadcastRecord.model_validate(d)
 
     async def recent_broadcasts(self, limit: int = 100, offset: int = 0) -> list[BroadcastRecord]:
         ids = await self.r.zrevrange(P + "broadcasts-by-time", offset, offset + limit - 1)
@@ -319,7 +532,7 @@ class State:
         return f"s{int(await self.r.incr(P + 'schedule-seq'))}"
 
     async def set_last_fired(self, schedule_id: str, ts: float) -> None:
-        await self.r.hset(P + "schedule-last-fired", schedule_id, repr(ts))
+        await self._write("last_fired", {"schedule": schedule_id, "ts": ts})
 
     async def last_fired(self) -> dict[str, float]:
         raw = await self.r.hgetall(P + "schedule-last-fired")
@@ -396,18 +609,10 @@ class State:
     #: and never more than this many are kept, whatever their age (a flood of refusals)
     audit_max_entries: int = AUDIT_MAX_ENTRIES
 
-    async def audit(self, entry: AuditEntry) -> str:
-        data = entry.model_dump(mode="json", exclude={"id"})
-        fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v)
-                  for k, v in data.items()}
-        # Stream ids are milliseconds since the epoch, so age is an id. Both trims are
-        # approximate ("~"): Redis drops whole nodes of the stream, which costs nothing.
-        oldest = int((time.time() - self.audit_retention_s) * 1000)
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(P + "audit", fields, maxlen=self.audit_max_entries, approximate=True)
-            pipe.xtrim(P + "audit", minid=f"{max(oldest, 0)}-0", approximate=True)
-            sid, _ = await pipe.execute()
-        return str(sid)
+    async def audit(self, entry: AuditEntry) -> None:
+        """Append to the audit stream, behind the journal if Redis does not take it at once
+        (its ``ts`` is when it happened; its stream id, when Redis got it)."""
+        await self._write("audit", entry.model_dump(mode="json", exclude={"id"}))
 
     async def audit_page(self, before: str = "+", count: int = 500) -> tuple[
             list[AuditEntry], str | None]:
