@@ -16,7 +16,8 @@ each phase, and its skipped-frame and deadline-miss counters. A quantile is the 
 the histogram bucket it falls in (buckets from 0.25 ms to 1 s), so "≤ 2 ms" means between the
 next lower bound and 2 ms. Read flood against quiet: the machine's other tenants move both.
 
-    python -m loadtest.bench_flood [--rounds 2] [--logins 200] [--concurrency 16] [--write]
+    python -m loadtest.bench_flood [--rounds 2] [--logins 200] [--concurrency 16] [--tts 10]
+        [--uploads 3] [--write]
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, object]]:
                     "zones": [zone], "priority": "priority", "override_quiet_hours": True,
                     "source": {"kind": "tone", "hz": 300 + 100 * i, "seconds": 3600}})
             token = stack.auth["Authorization"].split()[1]
-            spec = Abuse(logins=args.logins, login_concurrency=args.concurrency)
+            spec = Abuse(logins=args.logins, login_concurrency=args.concurrency,
+                         tts_previews=args.tts, uploads=args.uploads)
             flood_s = 20.0
             await asyncio.sleep(2.0)
             for k in range(args.rounds):
@@ -129,7 +131,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, object]]) -> str:
         f"Measured {today()} on {machine()}, with:",
         "",
         f"    python -m loadtest.bench_flood --rounds {args.rounds} --logins {args.logins} "
-        f"--concurrency {args.concurrency} --write",
+        f"--concurrency {args.concurrency} --tts {args.tts} --uploads {args.uploads} --write",
         "",
         "The streamer is a `loa streamer` child with a distinct tone in every district. Each "
         "round: a quiet phase, then the flood (wrong-password sign-ins with the throttle "
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--logins", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--tts", type=int, default=10, help="TTS previews in each flood")
+    p.add_argument("--uploads", type=int, default=3, help="60 s clip uploads in each flood")
     p.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     rows = asyncio.run(run(args))
