@@ -79,7 +79,7 @@ def choose_channels(available: list[str], zones: list[str]) -> list[str]:
     return chosen
 
 
-async def air(stack: Stack, event: Event, at: float) -> Aired:
+async def air(stack: Stack, event: Event, at: float, override_quiet_hours: bool) -> Aired:
     """Send one event to the API at wall time ``at``."""
     await asyncio.sleep(max(0.0, at - time.time()))
     source = {"kind": "tone", "hz": event.content.freq_hz, "seconds": event.content.seconds}
@@ -88,7 +88,8 @@ async def air(stack: Stack, event: Event, at: float) -> Aired:
                                    "label": event.label, "chime": event.chime}
     else:
         path, body = "/api/v1/broadcasts", {"zones": event.zones, "source": source,
-                                            "label": event.label, "priority": "normal"}
+                                            "label": event.label, "priority": "normal",
+                                            "override_quiet_hours": override_quiet_hours}
     sent = time.time()
     try:
         rec = await stack.api("POST", path, body)
@@ -112,7 +113,8 @@ async def measure(sc: Scenario, stack: Stack, workers: list[FleetProcess],
     await asyncio.gather(*(w.ask("start") for w in workers))
     start = time.time()
     sampler.sample()
-    events = [asyncio.create_task(air(stack, e, start + e.at_s)) for e in sc.events]
+    events = [asyncio.create_task(air(stack, e, start + e.at_s, sc.override_quiet_hours))
+              for e in sc.events]
     before, t_before = 0, time.monotonic()
     while (elapsed := time.time() - start) < sc.duration_s:
         await asyncio.sleep(min(PROGRESS_S, sc.duration_s - elapsed))

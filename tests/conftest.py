@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 #: 2026-11-23 10:00 in Asia/Ho_Chi_Minh: outside the default quiet hours
 DAYTIME = 1795402800.0
+#: 2026-11-24 00:00 in Asia/Ho_Chi_Minh: inside the default quiet hours (22:00-05:00)
+NIGHT = 1795453200.0
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -14,6 +16,7 @@ from tests.conftest import DAYTIME
 OP = "brvt.vung-tau.thang-tam"  # the commune our operator runs
 OTHER = "brvt.chau-duc.kim-long"  # the next commune
 TONE = {"kind": "tone", "hz": 600, "seconds": 30}
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 async def call(streamer, method, path, headers=None, **kw):
@@ -170,8 +173,12 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
     _, b = await call(streamer, "POST", "/api/v1/broadcasts",
                       json={"zones": [OP], "source": TONE})
     await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"quiet_hours": "21:00-06:00"})
+    # Tomorrow 08:00 local on the real clock: the fixture's pinned clock (DAYTIME) is earlier,
+    # and the restarted streamer runs on the real one, so both see it ahead; 08:00 is outside
+    # the zone's quiet hours whenever the test runs.
+    at = (datetime.now(VN) + timedelta(days=1)).strftime("%Y-%m-%dT08:00:00")
     _, sched = await call(streamer, "POST", "/api/v1/schedules", json={
-        "zones": [OP], "source": TONE, "at": "2026-11-24T08:00:00"})
+        "zones": [OP], "source": TONE, "at": at})
     form = aiohttp.FormData()
     form.add_field("file", _wav_bytes(), filename="chuong.wav")
     _, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
@@ -189,7 +196,7 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
         assert z["quiet_hours"] == "21:00-06:00"
         assert (await call(again, "GET", "/api/v1/users/op5"))[0] == 200
         _, got = await call(again, "GET", f"/api/v1/schedules/{sched['id']}")
-        assert got["at"] == "2026-11-24T08:00:00" and got["next"].startswith("2026-11-24T08")
+        assert got["at"] == at and got["next"].startswith(at)
         assert sched["id"] in again.plane.scheduler.schedules
         _, c = await call(again, "GET", f"/api/v1/clips/{clip['id']}")
         assert c["name"] == "chuong.wav" and c["seconds"] == clip["seconds"]

@@ -27,6 +27,7 @@ from loadtest.cli import main as loadtest_main
 from loadtest.fleet import ClockModel, ClockSpec, Reception
 from loadtest.scenario import ScenarioError, load
 from streamer.rtp.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
+from tests.conftest import NIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240
@@ -128,7 +129,9 @@ async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, t
     """``--streamer URL --relay HOST:PORT --token T``: the load tester's run against the
     province's stack before storm season. It measures through the given relay, signs in with
     the given token, and takes its emergency off the air when it is done: the stack goes on
-    serving the province after the test."""
+    serving the province after the test. The stack's clock reads midnight: a load tester at
+    night gets its broadcast aired too, through the scenario's quiet-hours override."""
+    streamer.plane.now = lambda: NIGHT
     relay = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay.main", "--id", "relay-lt", "--media", "127.0.0.1:0",
         "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, cwd=ROOT,
@@ -153,6 +156,9 @@ async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, t
     assert r["relays"] == [media] and "streamer" not in r["processes"]
     for e in r["events"]:
         assert e["broadcast_id"] and e["error"] == "" and e["missing"] == 0, e
+    broadcast = next(e["broadcast_id"] for e in r["events"] if e["kind"] == "broadcast")
+    rec = await streamer.broadcasts.get(broadcast)
+    assert rec is not None and rec.override_quiet_hours, "aired at night without the override?"
     emergency = next(e["broadcast_id"] for e in r["events"] if e["kind"] == "emergency")
     assert emergency not in streamer.broadcasts.live, "the run's emergency is still on air"
     assert {d["event"] for d in r["decoded"]} == {"broadcast", "emergency"}

@@ -37,7 +37,7 @@ from tests.browser import (
     sign_in,
     studio_talk,
 )
-from tests.conftest import DAYTIME, peak_hz, rms_dbfs
+from tests.conftest import DAYTIME, NIGHT, peak_hz, rms_dbfs
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -331,7 +331,6 @@ async def test_chromium_microphone_reaches_buffer_as_the_same_voice(
 OPERATOR = {"name": "op-thang-tam", "password": "mat-khau-thu-nghiem",
             "full_name": "Phát thanh viên Thắng Tam",
             "grants": [{"role": "operator", "zone": "brvt.vung-tau.thang-tam"}]}
-NIGHT = 1795453200.0  # 2026-11-24 00:00 in Asia/Ho_Chi_Minh: inside the default quiet hours
 
 
 async def api(streamer, method: str, path: str, **kw):

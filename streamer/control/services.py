@@ -9,6 +9,7 @@ point at existing servers and nothing here runs.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class ServiceError(RuntimeError):
     pass
+
+
+def real_clock_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default this process's) without libfaketime: ``make test-shifted`` preloads it
+    into the Python processes to run the tests a year ahead at night, and redis-server dies
+    at start with it (its allocator's clock calls recurse into the shim). The servers keep
+    the real clock; nothing they do depends on the date."""
+    env = dict(os.environ if env is None else env)
+    preload = [p for p in env.pop("LD_PRELOAD", "").replace(":", " ").split()
+               if "libfaketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    return {k: v for k, v in env.items()
+            if not k.startswith("FAKETIME") and k != "DONT_FAKE_MONOTONIC"}
 
 
 class Service:
@@ -60,7 +75,7 @@ class Service:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([exe, *self.argv(conf)[1:]], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.directory)
+                                         cwd=self.directory, env=real_clock_env())
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
