@@ -18,93 +18,36 @@ from scipy.signal import correlate
 from clients.ctl import call
 from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
 from tests.conftest import peak_hz, rms_dbfs
+from tests.loaup import RATE, LoaUp, Speaker, alive, children_of, wait_for
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
-RATE = 48_000
 DELAY_S = 0.3
 LOOKAHEAD = 312  # Opus encoder lookahead at 48 kHz
 
 
-class Speaker:
-    def __init__(self, info: dict) -> None:
-        self.id, self.zone = info["id"], info["zone"]
-        self.wav, self.log = Path(info["wav"]), Path(info["log"])
-
-    def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    @property
-    def t0(self) -> float:
-        return next(e["t0"] for e in self.events() if e["event"] == "start")
-
-    def plays(self, bid: int) -> list[dict]:
-        return [e for e in self.events() if e["event"] == "play" and e["broadcast"] == bid]
-
-    def samples(self) -> np.ndarray:
-        data = self.wav.read_bytes()
-        i = 12  # walk the RIFF chunks: the header may still be growing
-        while i + 8 <= len(data):
-            cid, size = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], "little")
-            if cid == b"data":
-                body = data[i + 8:]
-                return np.frombuffer(body[: len(body) // 2 * 2], "<i2").astype(np.float32) / 32768
-            i += 8 + size
-        raise AssertionError(f"{self.wav} has no data chunk")
-
-    def window(self, start: float, end: float) -> np.ndarray:
-        """Samples played between two wall times; waits for the WAV (flushed every second)
-        to reach ``end``."""
-        a, b = round((start - self.t0) * RATE), round((end - self.t0) * RATE)
-        assert 0 <= a < b
-        deadline = time.monotonic() + 5
-        while len(x := self.samples()) < b:
-            assert time.monotonic() < deadline, f"{self.id}: window not recorded"
-            time.sleep(0.1)
-        return x[a:b]
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    up = LoaUp(tmp_path_factory.mktemp("up"))
+    up.lift_quiet_hours()
+    time.sleep(1.0)  # speakers complete their handshakes
+    children = children_of(up.proc.pid)
+    yield up
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=20) == 0
+    assert not up.state_file.exists()
+    assert not any(alive(pid) for pid in children)  # every child was stopped
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    var = tmp_path_factory.mktemp("up")
-    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "up", "--var-dir", str(var),
-                             "--http-port", "0", "--relay-http-port", "0", "--ingest-port", "0"],
-                            stdout=subprocess.PIPE,
-                            text=True)
-    state_file = var / "loa-up.json"
-    deadline = time.monotonic() + 60
-    while not state_file.exists():
-        assert proc.poll() is None, "loa up exited"
-        assert time.monotonic() < deadline, "loa up did not write its state file"
-        time.sleep(0.1)
-    state = json.loads(state_file.read_text())
-    creds = json.loads(Path(state["admin_credentials"]).read_text())
-    state["token"] = call(state["streamer_url"], "POST", "/api/v1/login", {
-        "user": creds["user"], "password": creds["password"]})["token"]
-    # the tests air normal bulletins whatever the hour CI runs at
-    call(state["streamer_url"], "PATCH", "/api/v1/zones/brvt", {"quiet_hours": ""},
-         token=state["token"])
-    time.sleep(1.0)  # speakers complete their handshakes
-    yield state
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 0
-    assert not state_file.exists()
-    for spk in state["speakers"]:  # every child was stopped
-        with pytest.raises(ProcessLookupError):
-            os.kill(spk["pid"], 0)
+def stack(up):
+    state = up.state()
+    state["token"] = up.token
+    return state
 
 
 def speakers(state, zone_prefix=""):
     return [Speaker(s) for s in state["speakers"] if s["zone"].startswith(zone_prefix)]
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def broadcast(state, **body):
