@@ -120,6 +120,8 @@ class Supervisor:
                     break
                 except StartError as e:
                     what = str(e)
+                except OSError as e:  # could not even spawn it (fds, memory): try again later
+                    what = f"{child.name} did not start ({e})"
             child.restarts += 1
             log.info("%s restarted (pid %d)", child.name, child.proc.pid)
             self.on_start(child)
@@ -128,12 +130,16 @@ class Supervisor:
         for w in self._watchers:
             w.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        for tier in sorted({c.tier for c in self.children}, reverse=True):
-            group = [c for c in self.children if c.tier == tier]
-            deadline += max(c.grace_s for c in group)
-            await stop_tier(group, deadline)
+        await stop(self.children)
+
+
+async def stop(children: list[Child]) -> None:
+    """Stop ``children`` tier by tier, the highest first (the rules above)."""
+    deadline = asyncio.get_running_loop().time()
+    for tier in sorted({c.tier for c in children}, reverse=True):
+        group = [c for c in children if c.tier == tier]
+        deadline += max(c.grace_s for c in group)
+        await stop_tier(group, deadline)
 
 
 async def stop_tier(children: list[Child], deadline: float) -> None:
