@@ -63,7 +63,8 @@ def test_speakers_play_through_the_streamer_while_the_relay_is_down(up):
     relay = up.state()["relays"][0]
     host, port = relay["media"].rsplit(":", 1)
     os.kill(relay["pid"], signal.SIGKILL)
-    wait_for(lambda: not alive(relay["pid"]), timeout=5)
+    # reaped: all its threads are gone, and its socket with them (a zombie leader is not enough)
+    wait_for(lambda: "relay-1 killed by SIGKILL" in up.stderr(), timeout=5)
     # The relay's port taken: every restart fails until the test gives it back, so "down"
     # lasts as long as the test needs, and nothing but the streamer can feed the speakers.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
@@ -88,7 +89,6 @@ def test_a_restarted_broker_and_redis_are_picked_up_again(up):
         return logs[name].read_text().count("connected to the broker")
 
     before = {name: connects(name) for name in logs}
-    killed = time.time()
     for name in ("mosquitto", "redis"):
         pid = up.pid_of(name)
         os.kill(pid, signal.SIGKILL)
@@ -97,13 +97,16 @@ def test_a_restarted_broker_and_redis_are_picked_up_again(up):
              what="the streamer and the relay back on the broker")
 
     def speakers_back() -> bool:
-        """A status newer than the kill from every speaker, heard by the streamer."""
+        """Telemetry (every 10 s) sent after the restarts from every speaker, heard by the
+        streamer and stored."""
         try:
             speakers = up.api("GET", "/api/v1/speakers")["speakers"]
         except (ApiError, OSError):  # the streamer's Redis connection comes back first
             return False
-        return len(speakers) == 6 and all(s["presence"]["ts"] > killed for s in speakers)
+        return len(speakers) == 6 and all(
+            s["telemetry"] and s["telemetry"]["ts"] > restarted for s in speakers)
 
+    restarted = time.time()
     wait_for(speakers_back, timeout=30, what="speakers back on the broker")
     b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 600, "seconds": 1})
     # proof of play: speakers → broker → streamer → Redis
