@@ -1,6 +1,7 @@
-"""``loa up`` as a supervisor, with real processes: a child that dies is restarted and the
-stack plays again; speakers fail over to the streamer while the relay cannot come back;
-Ctrl-C stops everything, in order, in under 3 s, without a traceback anywhere."""
+"""``loa up`` as a supervisor, with real processes: a child that dies (speaker, relay,
+streamer, broker, Redis) is restarted and the stack plays again; speakers fail over to the
+streamer while the relay cannot come back; Ctrl-C stops everything, in order, in under 3 s,
+without a traceback anywhere."""
 
 from __future__ import annotations
 
@@ -80,6 +81,21 @@ def test_speakers_play_through_the_streamer_while_the_relay_is_down(up):
     # the port is free again: the next attempt brings the relay back, on the same address
     wait_for(lambda: up.pid_of("relay-1") != relay["pid"], timeout=20, what="relay restarted")
     assert alive(up.pid_of("relay-1")) and up.state()["relays"][0]["media"] == relay["media"]
+
+
+def test_a_killed_streamer_comes_back_on_its_ports_and_the_speakers_play_again(up):
+    old, pid = up.state(), up.pid_of("streamer")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: up.pid_of("streamer") != pid, timeout=30, what="streamer restarted")
+    state = up.state()
+    assert (state["streamer_url"], state["streamer_media"]) == (
+        old["streamer_url"], old["streamer_media"])
+    restarted = time.time()
+    # long enough for relay and speakers to find it again (media timeout 3 s, handshakes)
+    b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 1100, "seconds": 7})
+    spks = up.speakers()
+    wait_for(lambda: all(plays_tone(s, b["id"], 1100, after=restarted) for s in spks),
+             timeout=20, what="every speaker plays the tone")
 
 
 def test_a_restarted_broker_and_redis_are_picked_up_again(up):
