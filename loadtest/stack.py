@@ -3,8 +3,8 @@
 Benchmarks and ``loa loadtest`` need the real path (API → mixer → streamer fan-out → relay →
 speaker sockets) on one machine, started in a temporary directory and always stopped. The
 streamer runs either in the caller's process (``bench_emergency`` reads the mixer directly) or
-as a ``loa streamer`` child started as ``loa up`` starts it (``streamer.up``), so that its CPU
-time and memory are its own in a report. Relays are ``relay.main`` children. :meth:`attach`
+as a ``loa streamer`` child started as ``loa up`` starts it (``streamer.supervise``), so that
+its CPU time and memory are its own in a report. Relays are ``relay.main`` children. :meth:`attach`
 points the same object at a stack that is already running (a URL, relay addresses and
 credentials) instead. Every process this module starts is in :attr:`Stack.pids`, and nothing
 it starts outlives the ``AsyncExitStack`` it was given.
@@ -25,7 +25,7 @@ import aiohttp
 
 from streamer.app import Streamer, StreamerConfig
 from streamer.control.services import RedisServer
-from streamer.up import Child, spawn_child, stop_children
+from streamer.supervise import Child, loa_process, stop
 
 from ._report import ROOT
 from .bench_relay import relay_counter
@@ -77,12 +77,15 @@ class Stack:
         redis-server."""
         var, logs = self.tmp / "var", self.tmp / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        child = await spawn_child("streamer", [
-            "streamer", "--http-host", "127.0.0.1", "--http-port", "0",
-            "--media-host", "127.0.0.1", "--media-port", "0", "--ingest-port", "-1",
-            "--ptime-ms", str(ptime_ms), "--var-dir", str(var),
-            "--redis-url", self._start_redis()], logs)
-        self.exits.push_async_callback(stop_children, [child])
+        args = ["streamer", "--http-host", "127.0.0.1", "--http-port", "0",
+                "--media-host", "127.0.0.1", "--media-port", "0", "--ingest-port", "-1",
+                "--ptime-ms", str(ptime_ms), "--var-dir", str(var),
+                "--redis-url", self._start_redis()]
+        # not supervised: a streamer that dies is a finding of the measurement (dead())
+        child = Child("streamer", 0, 5.0, loa_process(lambda: args, logs / "streamer.log"))
+        self.exits.push_async_callback(stop, [child])  # also one that is half started
+        await child.start()
+        assert child.proc is not None
         self.pids["streamer"] = child.proc.pid
         self.children.append(child)
         self.http_url, self.media_addr = str(child.info["http"]), str(child.info["media"])
@@ -90,7 +93,7 @@ class Stack:
 
     def dead(self) -> list[str]:
         """Names of the children started with :meth:`start_streamer_process` that exited."""
-        return [c.name for c in self.children if c.proc.returncode is not None]
+        return [c.name for c in self.children if c.proc and c.proc.returncode is not None]
 
     async def attach(self, url: str, relays: list[Addr], *, token: str = "", user: str = "",
                      password: str = "") -> None:

@@ -5,28 +5,36 @@ Starts private ``redis-server`` and Mosquitto under ``var/`` (unless ``LOA_REDIS
 on the sample zone tree as child processes, each of which prints one JSON line with its
 addresses. The relay and speakers are registered through the API as the first admin, each
 with its own broker login (password files under ``var/secrets/``). Writes ``var/loa-up.json``
-(documented in the README) for scripts and ops tools; on Ctrl-C or SIGTERM stops every child
-and waits for it. A child that dies takes the stack down rather than leaving it half-alive.
+(documented in the README) for scripts and ops tools. Every child is supervised
+(``supervise.py``): one that dies is restarted with backoff on the ports it had, and
+``loa-up.json`` follows its new pid; Ctrl-C, SIGTERM or SIGHUP stop the children in dependency
+order (speakers, relay, streamer, then the broker and Redis).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from streamer.control import broker
 from streamer.control.broker import Mosquitto
-from streamer.control.services import RedisServer, Service, ServiceError
+from streamer.control.services import RedisServer
 from streamer.secretfile import write_private
+from streamer.supervise import Child, StartError, Supervisor, loa_process, service_process
+
+log = logging.getLogger("loa.up")
 
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
 SAMPLE_SPEAKERS = [
@@ -37,62 +45,83 @@ SAMPLE_SPEAKERS = [
     ("spk-kim-long-2", "brvt.chau-duc.kim-long.ap-dong"),
     ("spk-con-dao-1", "brvt.con-dao.cum-1"),
 ]
-START_TIMEOUT_S = 20.0
+
+#: stop tiers, the highest first (clients stop while the servers they talk to still answer),
+#: and each tier's share of the stop before SIGKILL: 2.5 s in all, so that Ctrl-C is done in 3
+SPEAKERS, RELAYS, STREAMER, SERVERS = 3, 2, 1, 0
+GRACE_S = {SPEAKERS: 0.9, RELAYS: 0.4, STREAMER: 0.9, SERVERS: 0.3}
+
+
+def _port(addr: object) -> int:
+    """The port of ``host:port`` or ``http://host:port``."""
+    return int(str(addr).rsplit(":", 1)[1])
+
+
+def _hostport(url: object) -> str:
+    return str(url).removeprefix("http://")
 
 
 @dataclass
-class Child:
-    name: str
-    proc: asyncio.subprocess.Process
-    info: dict[str, object]
+class Stack:
+    streamer: Child
+    relay: Child
+    speakers: list[tuple[str, str, Child]]  # (id, leaf zone, child)
+    supervisor: Supervisor
+    redis_url: str
+    mqtt_url: str
+    var: Path
+    started: float
+
+    @property
+    def state_file(self) -> Path:
+        return self.var / "loa-up.json"
+
+    def state(self) -> dict[str, Any]:
+        s, r, spk_dir = self.streamer, self.relay, self.var / "speakers"
+        return {
+            "streamer_url": s.info["http"],
+            "streamer_media": s.info["media"],
+            "streamer_ingest": s.info.get("ingest", ""),
+            "relay_urls": [r.info["http"]],
+            "relays": [{"id": r.name, "url": r.info["http"], "media": r.info["media"],
+                        "pid": _pid(r)}],
+            "speakers": [{"id": sid, "zone": zone, "channel": zone, "pid": _pid(c),
+                          "wav": str(spk_dir / f"{sid}.wav"),
+                          "log": str(spk_dir / f"{sid}.jsonl"), "media_addr": c.info["udp"]}
+                         for sid, zone, c in self.speakers],
+            "processes": [{"name": c.name, "pid": _pid(c), "restarts": c.restarts}
+                          for c in self.supervisor.children],
+            "pid": os.getpid(),
+            "started": self.started,
+            "logs": str(self.var / "logs"),
+            "redis_url": self.redis_url,
+            "mqtt_url": self.mqtt_url,
+            # written by the streamer when it created the first admin (mode 0600); absent
+            # when the state store already had users
+            "admin_credentials": str(self.var / "admin-credentials.json"),
+        }
+
+    def write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2, ensure_ascii=False))
+        tmp.replace(self.state_file)
 
 
-async def spawn_child(name: str, args: list[str], logs: Path) -> Child:
-    log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-    )
-    log.close()
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
-        info = json.loads(line)
-    except (TimeoutError, json.JSONDecodeError):
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"{name} did not start; see {logs / (name + '.log')}") from None
-    return Child(name, proc, info)
+def _pid(child: Child) -> int:
+    assert child.proc is not None
+    return child.proc.pid
 
 
-async def stop_children(children: list[Child]) -> None:
-    for c in reversed(children):
-        if c.proc.returncode is None:
-            c.proc.send_signal(signal.SIGTERM)
-    for c in reversed(children):
-        try:
-            await asyncio.wait_for(c.proc.wait(), 5.0)
-        except TimeoutError:
-            c.proc.kill()
-            await c.proc.wait()
-
-
-async def up(args: argparse.Namespace) -> int:
-    var = Path(args.var_dir).resolve()
+async def bring_up(args: argparse.Namespace, var: Path, sup: Supervisor) -> Stack:
+    """Start every child under ``sup``; raises :class:`StartError` if one does not start."""
     logs, spk_dir = var / "logs", var / "speakers"
     for d in (logs, spk_dir):
         d.mkdir(parents=True, exist_ok=True)
     host = args.host
-    services: list[Service] = []
     redis_url = os.environ.get("LOA_REDIS_URL", "")
     if not redis_url:  # a private redis-server, its data kept under var/ across runs
         redis = RedisServer(var / "redis")
-        try:
-            await asyncio.to_thread(redis.start)
-        except ServiceError as e:
-            print(f"loa up: {e}", file=sys.stderr)
-            return 1
-        services.append(redis)
+        await sup.start(Child("redis", SERVERS, GRACE_S[SERVERS], service_process(redis)))
         redis_url = redis.url
     credentials = var / "admin-credentials.json"
     mqtt_url = os.environ.get("LOA_MQTT_URL", "")
@@ -105,110 +134,119 @@ async def up(args: argparse.Namespace) -> int:
         write_private(streamer_password, password + "\n")
         mosquitto.set_accounts([broker.Account(broker.STREAMER_USER,
                                                broker.hash_password(password), "service")])
-        try:
-            await asyncio.to_thread(mosquitto.start)
-        except ServiceError as e:
-            print(f"loa up: {e}", file=sys.stderr)
-            _stop_services(services)
-            return 1
-        services.append(mosquitto)
+        await sup.start(Child("mosquitto", SERVERS, GRACE_S[SERVERS],
+                              service_process(mosquitto)))
         mqtt_url = mosquitto.url
-    mqtt_args = ["--mqtt-url", mqtt_url]
-    children: list[Child] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        streamer = await spawn_child("streamer", [
-            "streamer", "--http-host", host, "--http-port", str(args.http_port),
-            "--media-host", host, "--media-port", "0", "--public-host", host,
-            "--ingest-host", host, "--ingest-port", str(args.ingest_port),
+
+    # A restart reuses the ports of the first start: the relay and speakers keep their
+    # upstream addresses, loa-up.json its URLs.
+    def streamer_args() -> list[str]:
+        info = streamer.info
+        ingest = _port(info["ingest"]) if info.get("ingest") else args.ingest_port
+        return [
+            "streamer", "--http-host", host,
+            "--http-port", str(_port(info["http"]) if info else args.http_port),
+            "--media-host", host,
+            "--media-port", str(_port(info["media"]) if info else args.media_port),
+            "--public-host", host, "--ingest-host", host, "--ingest-port", str(ingest),
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
             "--redis-url", redis_url, "--admin-credentials", str(credentials),
-            *mqtt_args, "--mqtt-user", broker.STREAMER_USER,
+            "--mqtt-url", mqtt_url, "--mqtt-user", broker.STREAMER_USER,
             *(["--mqtt-password-file", str(streamer_password), "--mqtt-broker-dir",
-                str(mqtt_dir)] if streamer_password.exists() else []),
-        ], logs)
-        children.append(streamer)
-        chosen = SAMPLE_SPEAKERS[: args.speakers]
-        secrets = await _provision(str(streamer.info["http"]), credentials, var / "secrets",
-                                   ["relay-1"], chosen)
-        relay = await spawn_child("relay-1", [
-            "relay", "--id", "relay-1", "--media", f"{host}:0",
-            "--http", f"{host}:{args.relay_http_port}",
+               str(mqtt_dir)] if streamer_password.exists() else []),
+        ]
+
+    streamer = Child("streamer", STREAMER, GRACE_S[STREAMER],
+                     loa_process(streamer_args, logs / "streamer.log"))
+    await sup.start(streamer)
+    chosen = SAMPLE_SPEAKERS[: args.speakers]
+    secrets = await _provision(str(streamer.info["http"]), credentials, var / "secrets",
+                               ["relay-1"], chosen)
+
+    def relay_args() -> list[str]:
+        info = relay.info
+        return [
+            "relay", "--id", "relay-1",
+            "--media", str(info["media"]) if info else f"{host}:{args.relay_media_port}",
+            "--http", _hostport(info["http"]) if info else f"{host}:{args.relay_http_port}",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), *_mqtt("relay-1", mqtt_url, secrets),
-        ], logs)
-        children.append(relay)
-        # speakers start in parallel: each takes a second to import numpy, opus and friends
-        spawned = await asyncio.gather(*(spawn_child(sid, [
-            "speaker", "--id", sid, "--channel", zone, "--bind", f"{host}:0",
-            # the relay first; the streamer itself if the relay is down
-            "--upstream", str(relay.info["media"]), "--upstream", str(streamer.info["media"]),
-            "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
-            "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
-            *_mqtt(sid, mqtt_url, secrets),
-        ], logs) for sid, zone in chosen), return_exceptions=True)
-        children += [c for c in spawned if isinstance(c, Child)]
-        failed = [c for c in spawned if isinstance(c, BaseException)]
-        if failed:
-            raise RuntimeError(str(failed[0]))
-        speakers = [{"id": sid, "zone": zone, "channel": zone, "pid": c.proc.pid,
-                     "wav": str(spk_dir / f"{sid}.wav"), "log": str(spk_dir / f"{sid}.jsonl"),
-                     "media_addr": c.info["udp"]}
-                    for (sid, zone), c in zip(chosen, spawned, strict=True)
-                    if isinstance(c, Child)]
-    except RuntimeError as e:
+        ]
+
+    relay = Child("relay-1", RELAYS, GRACE_S[RELAYS], loa_process(relay_args, logs / "relay-1.log"))
+    await sup.start(relay)
+
+    def speaker_child(sid: str, zone: str) -> Child:
+        def speaker_args() -> list[str]:
+            return [
+                "speaker", "--id", sid, "--channel", zone,
+                "--bind", str(child.info["udp"]) if child.info else f"{host}:0",
+                # the relay first; the streamer itself while the relay is down
+                "--upstream", str(relay.info["media"]),
+                "--upstream", str(streamer.info["media"]),
+                "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
+                "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
+                *_mqtt(sid, mqtt_url, secrets),
+            ]
+
+        child = Child(sid, SPEAKERS, GRACE_S[SPEAKERS], loa_process(speaker_args,
+                                                                    logs / f"{sid}.log"))
+        return child
+
+    speakers = [(sid, zone, speaker_child(sid, zone)) for sid, zone in chosen]
+    # in parallel: each speaker takes a second to import numpy, opus and friends
+    started = await asyncio.gather(*(sup.start(c) for _, _, c in speakers),
+                                   return_exceptions=True)
+    for result in started:
+        if isinstance(result, BaseException):
+            raise result
+    return Stack(streamer, relay, speakers, sup, redis_url, mqtt_url, var, time.time())
+
+
+async def up(args: argparse.Namespace) -> int:
+    var = Path(args.var_dir).resolve()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+        loop.add_signal_handler(sig, stop.set)
+    sup = Supervisor()
+    starting = asyncio.create_task(bring_up(args, var, sup))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # stopped while coming up
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StartError, RuntimeError):
+            await starting
+        await sup.stop()
+        print("Loa stopped.", flush=True)
+        return 0
+    try:
+        stack = starting.result()
+    except (StartError, RuntimeError) as e:
         print(f"loa up: {e}", file=sys.stderr)
-        await stop_children(children)
-        _stop_services(services)
+        stopping.cancel()
+        await sup.stop()
         return 1
-    state = {
-        "streamer_url": streamer.info["http"],
-        "streamer_media": streamer.info["media"],
-        "streamer_ingest": streamer.info.get("ingest", ""),
-        "relay_urls": [relay.info["http"]],
-        "relays": [{"id": "relay-1", "url": relay.info["http"], "media": relay.info["media"],
-                    "pid": relay.proc.pid}],
-        "speakers": speakers,
-        "pid": os.getpid(),
-        "started": time.time(),
-        "logs": str(logs),
-        "redis_url": redis_url,
-        "mqtt_url": mqtt_url,
-        # written by the streamer when it created the first admin (mode 0600); absent when
-        # the state store already had users
-        "admin_credentials": str(credentials),
-    }
-    state_file = var / "loa-up.json"
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False))
-    tmp.replace(state_file)
+    stack.write_state()
+    sup.on_start = lambda child: stack.write_state()
+    state, spk_dir = stack.state(), var / "speakers"
     url = state["streamer_url"]
     print(f"Loa is up.\n  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
           f"  studio     {url}/studio  (browser microphone, push to talk)\n"
           f"  ingest     srtp://{state['streamer_ingest']}  (register: loa ctl input add)\n"
-          f"  relay      {relay.info['http']}\n  speakers   {len(speakers)}, recording to "
-          f"{spk_dir}\n  state      {state_file}\n  listen     {url}/listen/"
+          f"  relay      {state['relay_urls'][0]}\n  speakers   {len(state['speakers'])}, "
+          f"recording to {spk_dir}\n  state      {stack.state_file}\n  listen     {url}/listen/"
           f"{SAMPLE_SPEAKERS[0][1]}.ogg\n  try        loa ctl login && loa ctl broadcast "
           f"--zone brvt.vung-tau.thang-tam --tone 1000 --seconds 5 --wait-reach\n"
-          f"  admin      credentials in {credentials}\nCtrl-C stops everything.",
-          flush=True)
-    waits = [asyncio.create_task(c.proc.wait()) for c in children]
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if stopper not in done:
-        dead = [c.name for c in children if c.proc.returncode is not None]
-        print(f"loa up: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
-        code = 1
-    await stop_children(children)
-    _stop_services(services)
-    stopper.cancel()
-    state_file.unlink(missing_ok=True)
+          f"  admin      credentials in {state['admin_credentials']}\n"
+          f"A child that dies is restarted; Ctrl-C stops everything.", flush=True)
+    await stopping
+    t = time.monotonic()
+    await sup.stop()
+    stack.state_file.unlink(missing_ok=True)
+    log.info("stopped %d processes in %.2f s", len(sup.children), time.monotonic() - t)
     print("Loa stopped.", flush=True)
-    return code
+    return 0
 
 
 def _mqtt(device: str, mqtt_url: str, secrets: dict[str, Path]) -> list[str]:
@@ -252,16 +290,15 @@ async def _provision(url: str, credentials: Path, secrets_dir: Path, relays: lis
     return out
 
 
-def _stop_services(services: list[Service]) -> None:
-    for srv in reversed(services):
-        srv.stop()
-
-
 def run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loa up", description="Run the whole stack on this machine.")
     p.add_argument("--var-dir", default="var", help="state, logs and recordings (default var/)")
     p.add_argument("--host", default="127.0.0.1", help="address every process binds")
     p.add_argument("--http-port", type=int, default=8000, help="streamer HTTP port (0 = any)")
+    p.add_argument("--media-port", type=int, default=0,
+                   help="streamer media UDP port (default 0 = any, kept across restarts)")
+    p.add_argument("--relay-media-port", type=int, default=0,
+                   help="the relay's media UDP port (default 0 = any, kept across restarts)")
     p.add_argument("--relay-http-port", type=int, default=8081,
                    help="the relay's HTTP port, scraped by ops/prometheus (0 = any)")
     p.add_argument("--ingest-port", type=int, default=5006,

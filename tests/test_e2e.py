@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from scipy.signal import correlate
 from clients.ctl import call
 from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
 from tests.conftest import peak_hz, rms_dbfs
-from tests.loaup import RATE, Speaker, start_up, stop_up
+from tests.loaup import RATE, LoaUp, Speaker, alive, children_of, wait_for
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -26,24 +27,27 @@ LOOKAHEAD = 312  # Opus encoder lookahead at 48 kHz
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    var = tmp_path_factory.mktemp("up")
-    proc, state = start_up(var)
-    yield state
-    stop_up(proc, var, state)
+def up(tmp_path_factory):
+    up = LoaUp(tmp_path_factory.mktemp("up"))
+    up.lift_quiet_hours()
+    time.sleep(1.0)  # speakers complete their handshakes
+    children = children_of(up.proc.pid)
+    yield up
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=20) == 0
+    assert not up.state_file.exists()
+    assert not any(alive(pid) for pid in children)  # every child was stopped
+
+
+@pytest.fixture(scope="module")
+def stack(up):
+    state = up.state()
+    state["token"] = up.token
+    return state
 
 
 def speakers(state, zone_prefix=""):
     return [Speaker(s) for s in state["speakers"] if s["zone"].startswith(zone_prefix)]
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def broadcast(state, **body):

@@ -17,10 +17,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from clients.ctl import call
 from loadtest.flood import Abuse, abuse
 from tests.conftest import peak_hz, rms_dbfs
-from tests.loaup import RATE, Speaker, start_up, stop_up
+from tests.loaup import RATE, LoaUp
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -37,19 +36,18 @@ def metric(url: str, name: str) -> float:
 
 
 def test_a_control_flood_costs_no_frame_and_no_speaker_hears_a_gap(tmp_path):
-    proc, state = start_up(tmp_path, env=WIDE_OPEN)
+    up = LoaUp(tmp_path, env=WIDE_OPEN)
     try:
-        url, token = state["streamer_url"], state["token"]
-        b = call(url, "POST", "/api/v1/broadcasts", {
-            "zones": ["brvt"], "source": {"kind": "tone", "hz": 1000, "seconds": 600}},
-            token=token)
+        up.lift_quiet_hours()
+        url, token = up.url, up.token
+        b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 1000, "seconds": 600})
         time.sleep(2.0)  # on the air everywhere
         skipped = metric(url, "loa_frames_skipped_total")
         t_start = time.time()
         seen = asyncio.run(abuse(url, token, Abuse()))
         t_end = time.time()
         skipped_after = metric(url, "loa_frames_skipped_total")
-        call(url, "POST", "/api/v1/stop", {"zones": ["brvt"]}, token=token)
+        up.api("POST", "/api/v1/stop", {"zones": ["brvt"]})
 
         # the abuse was real: every sign-in was checked, every preview spoken, every upload
         # decoded and measured
@@ -59,8 +57,7 @@ def test_a_control_flood_costs_no_frame_and_no_speaker_hears_a_gap(tmp_path):
         assert t_end - t_start > 3.0  # 200 argon2 checks take seconds of CPU
 
         assert skipped_after == skipped, f"{skipped_after - skipped:.0f} frames skipped"
-        for info in state["speakers"]:
-            spk = Speaker(info)
+        for spk in up.speakers():
             x = spk.window(t_start, t_end)
             assert abs(peak_hz(x) - 1000) < 5, spk.id
             n = len(x) // BLOCK
@@ -69,5 +66,7 @@ def test_a_control_flood_costs_no_frame_and_no_speaker_hears_a_gap(tmp_path):
             assert quiet.size == 0, (
                 f"{spk.id}: {quiet.size} of {n} frames quiet, first at "
                 f"{quiet[0] * 0.02:.2f} s into the flood (broadcast {b['id']})")
+        up.ctrl_c()
+        assert up.proc.wait(timeout=20) == 0
     finally:
-        stop_up(proc, tmp_path, state)
+        up.kill()

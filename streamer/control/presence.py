@@ -14,7 +14,9 @@ import logging
 import time
 from collections import Counter as CounterOf
 from collections import OrderedDict
+from collections.abc import Iterator
 
+import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .messages import Played, RelayTelemetry, SpeakerTelemetry, Status
@@ -23,6 +25,16 @@ from .state import State
 
 log = logging.getLogger("loa.presence")
 REACH_BROADCASTS = 20  # broadcasts whose reach stays exported as a metric
+
+
+@contextlib.contextmanager
+def redis_away(what: str, device_id: str) -> Iterator[None]:
+    """Redis away (restarting, say): one line per message, not a traceback, and the metrics
+    still follow the fleet. A device's next status and telemetry are written again."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        log.warning("%s of %s not stored: state store unavailable (%s)", what, device_id, e)
 
 
 class FleetRecorder:
@@ -84,17 +96,21 @@ class FleetRecorder:
 
     async def presence(self, kind: str, device_id: str, status: Status) -> None:
         detail = status.model_dump(exclude={"state", "ts"}, exclude_none=True)
-        await self.state.set_presence(device_id, Presence(
-            state=status.state, ts=status.ts or time.time(), detail={"kind": kind, **detail}))
+        with redis_away("presence", device_id):
+            await self.state.set_presence(device_id, Presence(
+                state=status.state, ts=status.ts or time.time(),
+                detail={"kind": kind, **detail}))
         if kind == "speaker" and device_id in self.zone_of:
             self._move(device_id, self.zone_of[device_id], status.state == "online")
 
     async def telemetry(self, kind: str, device_id: str,
                         t: SpeakerTelemetry | RelayTelemetry) -> None:
-        await self.state.set_telemetry(device_id, t.model_dump(mode="json"))
+        with redis_away("telemetry", device_id):
+            await self.state.set_telemetry(device_id, t.model_dump(mode="json"))
 
     async def played(self, speaker_id: str, ev: Played) -> None:
-        await self.state.record_played(ev.broadcast, speaker_id, ev.model_dump(mode="json"))
+        with redis_away("proof of play", speaker_id):
+            await self.state.record_played(ev.broadcast, speaker_id, ev.model_dump(mode="json"))
         self.played_total.inc()
         who = self._reach.setdefault(ev.broadcast, set())
         self._reach.move_to_end(ev.broadcast)

@@ -73,9 +73,12 @@ class Service:
         conf = self.directory / f"{Path(self.binary).name}.conf"
         conf.write_text(self.config())
         with open(self.log_path, "ab") as out:
+            # a session of its own: a Ctrl-C in the terminal reaches its owner, who stops
+            # it after its clients (loa up, streamer/supervise.py), not all at once
             self.proc = subprocess.Popen([exe, *self.argv(conf)[1:]], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.directory, env=real_clock_env())
+                                         cwd=self.directory, env=real_clock_env(),
+                                         start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

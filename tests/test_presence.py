@@ -1,0 +1,37 @@
+"""What the fleet reports, kept (``streamer/control/presence.py``) while Redis is away: a
+restarting Redis (``loa up`` restarts it) costs a warning line per message, never a traceback,
+and the online count still follows the fleet."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry
+
+from streamer.control.messages import Played, SpeakerTelemetry, Status
+from streamer.control.presence import FleetRecorder
+from streamer.control.state import State
+
+
+async def test_reports_while_redis_is_down_are_logged_in_a_line_and_counted(
+        redis_server, caplog):
+    state = State(redis_server.url)
+    registry = CollectorRegistry()
+    recorder = FleetRecorder(state, registry)
+    recorder.place("spk-1", "brvt.con-dao.cum-1")
+    redis_server.kill()
+    now = time.time()
+    caplog.set_level(logging.WARNING, "loa.presence")
+    await recorder.presence("speaker", "spk-1", Status(state="online", ts=now))
+    await recorder.telemetry("speaker", "spk-1", SpeakerTelemetry(
+        ts=now, buffer_ms=300, loss_ratio=0, level_dbfs=-20, volume=100, muted=False,
+        uptime_s=1))
+    await recorder.played("spk-1", Played(broadcast=1, start=now - 1, end=now, level_dbfs=-20))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "presence of spk-1 not stored", "telemetry of spk-1 not stored",
+        "proof of play of spk-1 not stored"]
+    assert all(r.exc_info is None for r in caplog.records)
+    assert registry.get_sample_value("loa_speakers_online",
+                                     {"zone": "brvt.con-dao.cum-1"}) == 1
+    await state.close()

@@ -1,0 +1,158 @@
+"""``loa up`` as a supervisor, with real processes: a child that dies (speaker, relay,
+streamer, broker, Redis) is restarted and the stack plays again; speakers fail over to the
+streamer while the relay cannot come back; Ctrl-C stops everything, in order, in under 3 s,
+without a traceback anywhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from clients.ctl import ApiError
+from tests.conftest import peak_hz
+from tests.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range, wait_for
+
+pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
+
+#: the supervised children of a default ``loa up``: Redis, Mosquitto, streamer, relay, speakers
+CHILDREN = 2 + 1 + 1 + 6
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    # the relay's port is squatted below: nobody else may take it first
+    up = LoaUp(tmp_path_factory.mktemp("up"), "--relay-media-port",
+               str(port_outside_ephemeral_range()))
+    up.lift_quiet_hours()
+    yield up
+    up.kill()
+
+
+def plays_tone(spk: Speaker, bid: int, hz: float, after: float = 0.0) -> bool:
+    """``spk`` logged a play of ``bid`` that started after ``after`` (wall time), and what it
+    recorded then is the tone."""
+    plays = [p for p in spk.plays(bid) if p["start"] > after and p["end"] - p["start"] > 0.5]
+    if not plays:
+        return False
+    p = plays[-1]
+    return abs(peak_hz(spk.window(p["start"] + 0.1, p["end"] - 0.1)) - hz) < 5
+
+
+def test_a_killed_speaker_is_restarted_and_plays_again(up):
+    (spk,) = up.speakers("brvt.con-dao")
+    old = up.pid_of(spk.id)
+    killed = time.time()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: up.pid_of(spk.id) != old, timeout=8, what="loa-up.json names a new pid")
+    new = up.pid_of(spk.id)
+    assert alive(new) and new in children_of(up.proc.pid)
+    assert re.search(rf"{spk.id} killed by SIGKILL; restart in \d\.\d s", up.stderr())
+    assert next(p for p in up.state()["processes"] if p["name"] == spk.id)["restarts"] == 1
+    b = up.broadcast(zones=[spk.zone], source={"kind": "tone", "hz": 700, "seconds": 2})
+    wait_for(lambda: plays_tone(spk, b["id"], 700, after=killed), timeout=8,
+             what="the restarted speaker plays the tone")
+    first = next(p for p in spk.plays(b["id"]) if p["start"] > killed)
+    assert first["start"] - killed < 10.0
+
+
+def test_speakers_play_through_the_streamer_while_the_relay_is_down(up):
+    relay = up.state()["relays"][0]
+    host, port = relay["media"].rsplit(":", 1)
+    os.kill(relay["pid"], signal.SIGKILL)
+    # reaped: all its threads are gone, and its socket with them (a zombie leader is not enough)
+    wait_for(lambda: "relay-1 killed by SIGKILL" in up.stderr(), timeout=5)
+    # The relay's port taken: every restart fails until the test gives it back, so "down"
+    # lasts as long as the test needs, and nothing but the streamer can feed the speakers.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind((host, int(port)))
+        killed = time.time()
+        # long enough for the speakers' media timeout (3 s) and their new handshake
+        b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 900, "seconds": 7})
+        spks = up.speakers()
+        wait_for(lambda: all(plays_tone(s, b["id"], 900, after=killed) for s in spks),
+                 timeout=15, what="every speaker plays the tone through the streamer")
+        assert not alive(relay["pid"]) and up.pid_of("relay-1") == relay["pid"]
+        assert re.search(r"relay-1 did not start \(exited with code 1", up.stderr())
+    # the port is free again: the next attempt brings the relay back, on the same address
+    wait_for(lambda: up.pid_of("relay-1") != relay["pid"], timeout=20, what="relay restarted")
+    assert alive(up.pid_of("relay-1")) and up.state()["relays"][0]["media"] == relay["media"]
+
+
+def test_a_killed_streamer_comes_back_on_its_ports_and_the_speakers_play_again(up):
+    old, pid = up.state(), up.pid_of("streamer")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: up.pid_of("streamer") != pid, timeout=30, what="streamer restarted")
+    state = up.state()
+    assert (state["streamer_url"], state["streamer_media"]) == (
+        old["streamer_url"], old["streamer_media"])
+    restarted = time.time()
+    # long enough for relay and speakers to find it again (media timeout 3 s, handshakes)
+    b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 1100, "seconds": 7})
+    spks = up.speakers()
+    wait_for(lambda: all(plays_tone(s, b["id"], 1100, after=restarted) for s in spks),
+             timeout=20, what="every speaker plays the tone")
+
+
+def test_a_restarted_broker_and_redis_are_picked_up_again(up):
+    logs = {name: up.var / "logs" / f"{name}.log" for name in ("streamer", "relay-1")}
+
+    def connects(name: str) -> int:
+        return logs[name].read_text().count("connected to the broker")
+
+    before = {name: connects(name) for name in logs}
+    for name in ("mosquitto", "redis"):
+        pid = up.pid_of(name)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda n=name, p=pid: up.pid_of(n) != p, timeout=10, what=f"{name} restarted")
+    wait_for(lambda: all(connects(name) > before[name] for name in logs), timeout=30,
+             what="the streamer and the relay back on the broker")
+
+    def speakers_back() -> bool:
+        """Telemetry (every 10 s) sent after the restarts from every speaker, heard by the
+        streamer and stored."""
+        try:
+            speakers = up.api("GET", "/api/v1/speakers")["speakers"]
+        except (ApiError, OSError):  # the streamer's Redis connection comes back first
+            return False
+        return len(speakers) == 6 and all(
+            s["telemetry"] and s["telemetry"]["ts"] > restarted for s in speakers)
+
+    restarted = time.time()
+    wait_for(speakers_back, timeout=30, what="speakers back on the broker")
+    b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 600, "seconds": 1})
+    # proof of play: speakers → broker → streamer → Redis
+    wait_for(lambda: len(up.api("GET", f"/api/v1/broadcasts/{b['id']}/reach")["confirmed"])
+             == 6, timeout=10, what="every speaker confirmed the broadcast")
+
+
+def test_ctrl_c_stops_every_child_in_under_3_s_without_a_traceback(up):
+    children = children_of(up.proc.pid)
+    assert len(children) == CHILDREN
+    assert children == {p["pid"] for p in up.state()["processes"]}  # loa-up.json is true
+    started = time.monotonic()
+    up.ctrl_c()
+    assert up.proc.wait(timeout=10) == 0
+    took_s = time.monotonic() - started
+    assert not any(alive(pid) for pid in children)
+    assert took_s < 3.0, took_s
+    assert not up.state_file.exists()
+    logs = [*(up.var / "logs").glob("*.log"), up.var / "redis" / "redis-server.log",
+            up.var / "mosquitto" / "mosquitto.log", up.stderr_path]
+    assert len(logs) == 8 + 3
+    for log in logs:
+        assert "Traceback" not in log.read_text(), log
+    # dependency order: the broker saw every client leave before it stopped itself
+    connected: set[str] = set()
+    for line in (up.var / "mosquitto" / "mosquitto.log").read_text().splitlines():
+        if m := re.search(r"New client connected from \S+ as (\S+)", line):
+            connected.add(m[1])
+        elif m := re.search(r"Client (\S+) (disconnected|closed its connection)", line):
+            connected.discard(m[1])
+        elif "terminating" in line:
+            break
+    assert "terminating" in line and connected == set(), connected
