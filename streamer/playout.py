@@ -18,8 +18,8 @@ interval, which ``SWITCH_INTERVAL_S`` keeps short. The rules:
   without the privilege to raise a priority, playout keeps the default). The control side's
   worker threads keep the default priority on purpose: a thread the kernel deschedules while
   it holds the GIL holds playout back with it, so a low-priority thread is a priority
-  inversion. CPU-heavy work that can leave the process does (password hashing:
-  ``streamer/control/hashing.py``; speech synthesis: the ``espeak-ng`` process).
+  inversion. CPU-heavy work runs where it releases the GIL (argon2:
+  ``streamer/control/hashing.py``) or in another process (speech synthesis: ``espeak-ng``).
 """
 
 from __future__ import annotations

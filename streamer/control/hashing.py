@@ -1,40 +1,31 @@
-"""Password hashing in worker processes, never in the streamer's own.
+"""Password hashing on threads of its own, never on an event loop.
 
-An argon2 check costs tens of milliseconds of CPU by design. In a thread of the streamer it
-would still share the interpreter with the playout thread: the hash itself releases the GIL,
-but a worker thread that the kernel deschedules while it holds the GIL (before or after the
-hash) holds playout back with it. In a process of its own, at a lower priority, a flood of
-sign-ins costs the playout thread nothing but CPU the kernel gives it first. The processes
-start from a fork server (never a fork of the streamer, whose threads a fork would copy
-half-way) on first use; ``close`` stops them.
+An argon2 check costs tens of milliseconds of CPU by design. argon2-cffi releases the GIL for
+the whole hash, so a check on one of these threads costs the playout thread (which runs at a
+higher priority, ``streamer/playout.py``) only CPU that the kernel gives playout first. The
+threads keep the default priority: a lower-priority thread that the kernel descheduled while
+it held the GIL, just before or after a hash, would hold playout back with it (a priority
+inversion). Not processes: a worker process outlives a streamer that is killed, and keeps
+the pipes it inherited open (``loa up`` watches the streamer's). A pool of its own, so a
+flood of sign-ins never queues TTS or decoding behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from . import auth
-
-NICE = 10
-
-
-def _lower_priority() -> None:
-    os.nice(NICE)
 
 
 class Hasher:
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_lower_priority)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loa-hash")
         return self._pool
 
     async def verify(self, argon2_hash: str | None, password: str) -> bool:

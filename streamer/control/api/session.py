@@ -2,7 +2,7 @@
 and who am I.
 
 A password check costs tens of milliseconds of CPU on purpose, so sign-in is where a flood
-costs most: the check runs in a worker process (``streamer/control/hashing.py``), a few at
+costs most: the check runs on a thread of its own (``streamer/control/hashing.py``), a few at
 once with a bounded queue behind them (``Plane.hashing``; past that: 503, try again), and the
 throttle (``streamer/control/throttle.py``) refuses a flooding address or user name before
 any hashing (429 with Retry-After, audited once per burst).
