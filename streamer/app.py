@@ -121,6 +121,9 @@ class Streamer:
         )
         self.playout = Playout()
         self.playout.start()
+        if not self.playout.raised_priority:
+            log.warning("playout runs at the default priority (raising it needs CAP_SYS_NICE): "
+                        "a machine busy with other work can delay frames")
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
         self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
