@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
 
 log = logging.getLogger("loa.streamer")
+CONTROL_WORKERS = 2
 
 
 @dataclass
@@ -112,6 +114,9 @@ class Streamer:
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        # Few control workers: each thread that wants the GIL is one more the playout thread
+        # may queue behind (docs/playout.md); control work can wait, frames cannot.
+        loop.set_default_executor(ThreadPoolExecutor(CONTROL_WORKERS, "loa-work"))
         self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
         known = frozenset(channels)

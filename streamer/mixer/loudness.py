@@ -128,6 +128,11 @@ class LoudnessMeter:
         return -0.691 + 10.0 * math.log10(float(kept.mean()))
 
 
+#: whole clips are processed a second at a time: a numpy or scipy call holds the GIL for its
+#: length, and the playout thread must get it back within a millisecond or so
+CHUNK = 48_000
+
+
 def integrated_lufs(x: np.ndarray, rate_hz: int = 48_000) -> float:
     """BS.1770 integrated loudness of mono ``x``, in LUFS.
 
@@ -136,7 +141,8 @@ def integrated_lufs(x: np.ndarray, rate_hz: int = 48_000) -> float:
     second before measuring.
     """
     meter = LoudnessMeter(rate_hz)
-    meter.feed(x)
+    for i in range(0, len(x), CHUNK):
+        meter.feed(x[i:i + CHUNK])
     return meter.integrated_lufs()
 
 
@@ -215,7 +221,9 @@ def normalize_limited(
     gain_db, prev = target_lufs - lufs, None
     for _ in range(8):
         out = src * np.float32(db_to_gain(gain_db))
-        Limiter(ceiling_dbfs, release_db_per_s, rate_hz).process(out)
+        limiter = Limiter(ceiling_dbfs, release_db_per_s, rate_hz)
+        for i in range(0, len(out), CHUNK):
+            limiter.process(out[i:i + CHUNK])
         error_db = target_lufs - integrated_lufs(out, rate_hz)
         if abs(error_db) < 0.05:
             break
