@@ -49,6 +49,7 @@ bench: deps
 	$(BIN)/python -m loadtest.bench_mixer
 	$(BIN)/python -m loadtest.bench_relay
 	$(BIN)/python -m loadtest.bench_emergency
+	$(BIN)/python -m loadtest.bench_flood
 
 deps: debs $(BIN)/.installed
 
