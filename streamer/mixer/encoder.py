@@ -1,11 +1,13 @@
 """Opus encoding of one program (libopus via opuslib), with the deployment's ``OpusSettings``.
 
 Application, complexity, in-band FEC with its expected loss, and the VBR bit rate are set per
-deployment (streamer keys ``opus_*`` and ``bitrate``); the defaults are the speech-friendly
-ones of DESIGN.md: ``audio``, complexity 10, FEC on sized for 10 % loss (so a speaker can
-rebuild a lost packet from the next one), 32 kb/s. DTX stays off, so the stream is continuous
-and a silent channel is still a live channel. One encoder per distinct program, never one per
-channel or per subscriber.
+deployment (streamer keys ``opus_*`` and ``bitrate``). The defaults were chosen by
+``loadtest/bench_codec.py`` (quality against CPU on Vietnamese speech and music, clean and
+through 10 % loss; the table and the reasons are in ``docs/BENCHMARKS.md``, "Opus settings"):
+``audio``, complexity 5 (the speech quality of 10 at half its CPU), in-band FEC on sized for
+10 % loss (so a speaker rebuilds a lost packet from the next one), 32 kb/s VBR. DTX stays off,
+so the stream is continuous and a silent channel is still a live channel. One encoder per
+distinct program, never one per channel or per subscriber.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class OpusSettings:
     #: ``lowdelay`` (CELT only, 2.5 ms lookahead instead of 6.5 ms, no FEC: SILK carries it)
     application: str = "audio"
     #: 0–10: encoder effort; CPU per frame roughly halves from 10 to 5
-    complexity: int = 10
+    complexity: int = 5
     #: in-band FEC: a low-bit-rate copy of each frame in the next packet (SILK/hybrid only)
     fec: bool = True
     #: expected packet loss, 0–100 %; libopus sends FEC only above 0, and spends more of the
