@@ -1,10 +1,11 @@
 # Loa: `make run` installs what is missing and starts the whole stack; `make test` runs the tests.
+# (gcc and python3-dev: pip builds `pesq`, a test dependency, from source.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEBS := libopus0 espeak-ng ffmpeg sox gstreamer1.0-tools gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good redis-server mosquitto mosquitto-clients chromium prometheus \
-        faketime
+        faketime gcc python3-dev
 MISSING = $(shell for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
             | grep -q 'install ok installed' || echo $$p; done)
 
@@ -50,6 +51,7 @@ bench: deps
 	$(BIN)/python -m loadtest.bench_relay
 	$(BIN)/python -m loadtest.bench_emergency
 	$(BIN)/python -m loadtest.bench_flood
+	$(BIN)/python -m loadtest.bench_codec
 
 deps: debs $(BIN)/.installed
 

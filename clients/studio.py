@@ -32,7 +32,7 @@ import numpy as np
 import pylibsrtp
 
 from streamer.live.ingest import parse_key
-from streamer.mixer.encoder import OpusEncoder
+from streamer.mixer.encoder import OpusEncoder, OpusSettings
 from streamer.rtp.packet import RtpPacket, unix_to_ntp64
 from streamer.rtp.rtcp import Bye, SenderReport
 
@@ -219,7 +219,8 @@ class Sender:
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._srtp = pylibsrtp.Session(
             pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-        self._encoder = OpusEncoder(FRAME, bitrate=bitrate)
+        # One stream that the mixer decodes and encodes again: worth libopus's full effort.
+        self._encoder = OpusEncoder(FRAME, OpusSettings(complexity=10, bitrate=bitrate))
         self.ssrc = secrets.randbits(32) or 1
         self._seq = secrets.randbits(16)
         self._ts = secrets.randbits(32)

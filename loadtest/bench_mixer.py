@@ -4,7 +4,7 @@ Three measurements, all CPU time (``time.process_time``) of this process, each r
 ``--rounds`` times in interleaved rounds, median reported:
 
 * **raw encode** (the baseline): opuslib encoding ``--frames`` pre-generated 20 ms frames of a
-  tone, with exactly the settings of ``streamer.mixer.encoder.OpusEncoder``. Nothing the mixer
+  tone, with the mixer's default ``OpusSettings`` (``libopus_encoder``). Nothing the mixer
   does can be cheaper than this.
 * **P distinct programs** (P = 1, 10, 50): a ``Mixer`` with P channels, each playing its own
   endless tone at a different frequency, so every frame is P mixes + P limiters + P encodes +
@@ -33,12 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import opuslib
-import opuslib.api.ctl
-import opuslib.api.encoder
 
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import RATE_HZ
+from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
@@ -47,7 +44,6 @@ from ._report import machine, median, table, today, write_section
 
 PTIME_MS = 20
 FRAME = RATE_HZ * PTIME_MS // 1000
-BITRATE = 32_000
 PROGRAM_COUNTS = (1, 10, 50)
 LEAF_CHANNELS = 1000
 FAN_OUT_GOAL = 2.0
@@ -62,11 +58,7 @@ def _cpu(run: Callable[[], None]) -> float:
 
 def raw_encode(frames: int) -> Callable[[], None]:
     """The baseline: libopus alone on pre-generated float frames, OpusEncoder's settings."""
-    enc = opuslib.Encoder(RATE_HZ, 1, opuslib.APPLICATION_AUDIO)
-    enc.bitrate = BITRATE
-    enc.vbr = 1
-    opuslib.api.encoder.encoder_ctl(enc.encoder_state, opuslib.api.ctl.set_inband_fec, 1)
-    enc.packet_loss_perc = 10
+    enc = libopus_encoder(OpusSettings())
     tone = Tone(440, None)
     pcm = [tone.read(k * FRAME, FRAME).tobytes() for k in range(frames)]
 
@@ -89,7 +81,7 @@ def mixer_run(channels: list[str], groups: list[list[str]], frames: int) -> tupl
         Callable[[], None], Mixer]:
     """A mixer over ``channels`` with one endless tone per group of channels."""
     clock = FrameClock(PTIME_MS, start_mono=0.0, start_wall=1_800_000_000.0)
-    mixer = Mixer(channels, clock, Discard(), bitrate=BITRATE)
+    mixer = Mixer(channels, clock, Discard())
     for i, group in enumerate(groups):
         mixer.start(Item(i + 1, Priority.NORMAL, Tone(200.0 + 37.0 * i, None), i + 1), group)
     mixer.tick(0)  # forks settle, encoders are created

@@ -42,6 +42,7 @@ from streamer.live.ingest import IngestServer
 from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
+from streamer.mixer.encoder import OpusSettings
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
@@ -51,6 +52,8 @@ from streamer.zones import ZoneTree
 
 log = logging.getLogger("loa.streamer")
 CONTROL_WORKERS = 2
+
+_OPUS = OpusSettings()  # the defaults, so they are written once
 
 
 @dataclass
@@ -62,7 +65,14 @@ class StreamerConfig:
     public_host: str = "127.0.0.1"
     zones: str | None = None  # path of a zone TOML file; None = the sample tree
     ptime_ms: int = 20
-    bitrate: int = 32_000
+    #: Opus encoder settings (``OpusSettings``; defaults and their reasons in
+    #: ``docs/BENCHMARKS.md``, "Opus settings"): VBR target bit rate, application
+    #: (audio/voip/lowdelay), complexity 0-10, in-band FEC and the loss it is sized for
+    bitrate: int = _OPUS.bitrate
+    opus_application: str = _OPUS.application
+    opus_complexity: int = _OPUS.complexity
+    opus_fec: bool = _OPUS.fec
+    opus_loss_perc: int = _OPUS.loss_perc
     var_dir: str = "var"
     #: Redis holding all control-plane state (required; ``loa up`` starts a private one)
     redis_url: str = ""
@@ -89,7 +99,7 @@ class StreamerConfig:
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
             raise ConfigError("ptime_ms", "must be 20, 40 or 60")
-        check_range("bitrate", self.bitrate, 6_000, 510_000)
+        self.opus  # noqa: B018 (building the settings validates them)
         check_range("media_port", self.media_port, 0, 65_535)
         check_range("http_port", self.http_port, 0, 65_535)
         check_range("ingest_port", self.ingest_port, -1, 65_535)
@@ -99,6 +109,12 @@ class StreamerConfig:
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
+
+    @property
+    def opus(self) -> OpusSettings:
+        return OpusSettings(application=self.opus_application, complexity=self.opus_complexity,
+                            fec=self.opus_fec, loss_perc=self.opus_loss_perc,
+                            bitrate=self.bitrate)
 
 
 class Streamer:
@@ -131,8 +147,9 @@ class Streamer:
                         "a machine busy with other work can delay frames")
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-        self.mixer = Mixer(channels, self.clock, self.fanout, bitrate=cfg.bitrate,
+        self.mixer = Mixer(channels, self.clock, self.fanout, opus=cfg.opus,
                            registry=self.registry)
+        log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)
         clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)

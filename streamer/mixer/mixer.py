@@ -35,7 +35,7 @@ from streamer.rtp.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_heade
 from streamer.rtp.rtcp import SenderReport
 
 from .clock import FrameClock
-from .encoder import OpusEncoder
+from .encoder import OpusEncoder, OpusSettings
 from .loudness import Limiter
 from .program import Item, Priority, Program
 
@@ -154,14 +154,14 @@ class Mixer:
         clock: FrameClock,
         sink: PacketSink,
         *,
-        bitrate: int = 32_000,
+        opus: OpusSettings | None = None,
         fade_ms: int = 10,
         registry: CollectorRegistry | None = None,
         on_finished: Callable[[int], None] = lambda item_id: None,
     ) -> None:
         self.clock = clock
         self.sink = sink
-        self.bitrate = bitrate
+        self.opus = opus or OpusSettings()
         self.lock = threading.RLock()
         self.on_finished = on_finished
         self.metrics = MixerMetrics(registry or CollectorRegistry())
@@ -192,7 +192,7 @@ class Mixer:
         self._arrivals = itertools.count(1)
         #: started items that have not aired yet -> wall time their time-to-air counts from
         self._unaired: dict[int, float] = {}
-        self.codec_delay_s = OpusEncoder(clock.frame_samples).lookahead_samples / 48_000
+        self.codec_delay_s = OpusEncoder(clock.frame_samples, self.opus).lookahead_samples / 48_000
 
     # ------------------------------------------------------------------ commands
 
@@ -318,7 +318,7 @@ class Mixer:
         for program in self.programs:
             out = self._outputs.get(program)
             if out is None:
-                out = self._outputs[program] = _Output(Limiter(), OpusEncoder(n, self.bitrate))
+                out = self._outputs[program] = _Output(Limiter(), OpusEncoder(n, self.opus))
             if out.rows is None:
                 out.rows = self._rows_of(program)
             pcm = out.limiter.process(program.render(n, finished))
