@@ -69,9 +69,10 @@ STORM = ("Cảnh báo khẩn cấp. Bão số 9 đang tiến vào bờ biển c�
 
 @dataclass
 class CpuTimes:
-    """Per-core jiffies from ``/proc/stat`` at one moment: (busy, total) per ``cpuN``."""
+    """Per-core jiffies from ``/proc/stat`` at one moment: (busy, stolen, total) per
+    ``cpuN``. Stolen time (the hypervisor ran another guest) is not ours, nor idle."""
 
-    cores: list[tuple[int, int]] = field(default_factory=list)
+    cores: list[tuple[int, int, int]] = field(default_factory=list)
 
     @classmethod
     def now(cls) -> CpuTimes:
@@ -79,14 +80,16 @@ class CpuTimes:
         for line in Path("/proc/stat").read_text().splitlines():
             name, *vals = line.split()
             if name.startswith("cpu") and name != "cpu":
-                v = [int(x) for x in vals]
-                idle = v[3] + v[4]  # idle + iowait
-                out.append((sum(v[:8]) - idle, sum(v[:8])))
+                # user nice system idle iowait irq softirq steal
+                v = [int(x) for x in vals[:8]]
+                out.append((v[0] + v[1] + v[2] + v[5] + v[6], v[7], sum(v)))
         return cls(out)
 
-    def busy_since(self, before: CpuTimes) -> list[float]:
-        return [(b - a) / max(1, t - u)
-                for (b, t), (a, u) in zip(self.cores, before.cores, strict=True)]
+    def since(self, before: CpuTimes) -> tuple[list[float], list[float]]:
+        """(busy, stolen) share of each core's time since ``before``."""
+        d = [tuple(x - y for x, y in zip(now, then, strict=True))
+             for now, then in zip(self.cores, before.cores, strict=True)]
+        return [b / max(1, t) for b, _, t in d], [s / max(1, t) for _, s, t in d]
 
 
 @dataclass
@@ -107,7 +110,7 @@ def phase(a: Snapshot, b: Snapshot, cpu_a: CpuTimes, cpu_b: CpuTimes) -> dict[st
             "late_starts": b.late_starts - a.late_starts,
             "programmes": (b.encodes - a.encodes) / frames if frames else 0.0,
             "streamer_cpu": (b.cpu_s - a.cpu_s) / (b.at - a.at),
-            "cpu_per_core": cpu_b.busy_since(cpu_a)}
+            **dict(zip(("cpu_per_core", "steal_per_core"), cpu_b.since(cpu_a), strict=True))}
 
 
 def on_time(p: dict[str, Any]) -> bool:
@@ -229,6 +232,7 @@ async def peak(stack: Stack, prov: Province, clips: list[str], relay_url: str,
     if not all(s["approved"] for s in booked):
         raise RuntimeError("a schedule waits for approval")
     spare_s = at.timestamp() - time.time()
+    print(f"{len(booked)} schedules booked, {spare_s:.1f} s before {at_text}", file=sys.stderr)
     if spare_s < 2:
         raise RuntimeError(f"booking took too long: {spare_s:.1f} s left before {at_text}")
     before = await stack.snapshot()
@@ -248,6 +252,7 @@ async def peak(stack: Stack, prov: Province, clips: list[str], relay_url: str,
              if b["schedule"] in ids]
     relay: dict[str, Any] = next((b for b in fired if b["source"]["kind"] == "relay"), {})
     after = await stack.snapshot()
+    aired = after.emergencies - before.emergencies
     await stack.api("DELETE", f"/api/v1/emergency/{emergency['id']}")
     await stack.api("POST", "/api/v1/stop", {"zones": [root], "priority": "normal"})
     return {"at": at_text, "whole": whole, "before_emergency": first,
@@ -255,7 +260,9 @@ async def peak(stack: Stack, prov: Province, clips: list[str], relay_url: str,
             "late_starts": after.late_starts - before.late_starts,
             "relay_health": relay.get("health"),
             "emergency_channels": emergency.get("channels"),
-            "emergency_answer_s": round(emergency["answer_s"], 3)}
+            "emergency_answer_s": round(emergency["answer_s"], 3),
+            "emergency_time_to_air_s":
+            (after.emergency_air_s - before.emergency_air_s) / aired if aired else None}
 
 
 async def ramp(stack: Stack, prov: Province, clips: list[str],
@@ -332,7 +339,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cores(p: dict[str, Any]) -> str:
-    return " / ".join(f"{x:.0%}" for x in p["cpu_per_core"])
+    busy = " / ".join(f"{x:.0%}" for x in p["cpu_per_core"])
+    steal = max(p["steal_per_core"])
+    return busy + (f" (stolen ≤ {steal:.0%})" if steal >= 0.005 else "")
+
+
+def _s(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _row(name: str, p: dict[str, Any]) -> list[object]:
@@ -351,7 +364,7 @@ def command(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     header = ["phase", "seconds", "frames", "programmes / frame", "lag p50", "lag p99",
-              "lag max", "misses > 10 ms", "skipped", "streamer CPU", "CPU per core"]
+              "lag max", "misses", "skipped", "streamer CPU", "CPU per core"]
     pk = r["peak"]
     peak_rows = [_row("whole window", pk["whole"]), _row("before the emergency",
                  pk["before_emergency"]), _row("after the emergency", pk["after_emergency"])]
@@ -379,13 +392,18 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"(health `{pk['relay_health']}`). Halfway through the window an emergency (TTS "
         f"with its chime) preempts the {r['coastal']} coastal communes "
         f"({pk['emergency_channels']} channels; the API answered in "
-        f"{pk['emergency_answer_s'] * 1000:.0f} ms).",
+        f"{pk['emergency_answer_s'] * 1000:.0f} ms, speech synthesis included, and its first "
+        f"packet left {_s(pk['emergency_time_to_air_s'])} after the request arrived, "
+        "`loa_time_to_air_seconds`).",
         "",
         "Lag: how late each frame reached the socket after its deadline "
         "(`loa_frame_lag_histogram_seconds`, as the bound of the bucket its quantile falls "
-        "in); misses: frames later than 10 ms; programmes: distinct programmes encoded per "
-        "frame (`loa_mixer_encodes_total` ÷ frames); streamer CPU in cores; CPU per core "
-        "from `/proc/stat`, every process on the machine included.",
+        "in); misses: frames whose tick began more than 10 ms after their deadline "
+        "(`loa_frame_deadline_misses_total`; the lag also counts the tick); programmes: "
+        "distinct programmes encoded per frame (`loa_mixer_encodes_total` ÷ frames); "
+        "streamer CPU in cores; CPU per core "
+        "from `/proc/stat`, every process on the machine included, and the time the "
+        "hypervisor gave to other guests (stolen) if any.",
         "",
         table(header, peak_rows),
         "",

@@ -16,9 +16,10 @@ LAG = "loa_frame_lag_histogram_seconds"
 _BUCKET = re.compile(rf'^{LAG}_bucket{{le="([^"]+)"}} (\S+)$', re.M)
 
 
-def metric(text: str, name: str) -> float:
-    """The value of an unlabelled counter or gauge in a Prometheus text page (0 if absent)."""
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of a sample in a Prometheus text page (0 if absent); ``labels`` as printed
+    there, e.g. ``{priority="emergency"}``."""
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -32,6 +33,10 @@ class Snapshot:
         self.frames = metric(text, "loa_mixer_frames_total")
         self.encodes = metric(text, "loa_mixer_encodes_total")
         self.late_starts = metric(text, "loa_mixer_late_starts_total")
+        # emergencies' time to air: request in, first packet out (docs/metrics.md)
+        emergency = '{priority="emergency"}'
+        self.emergency_air_s = metric(text, "loa_time_to_air_seconds_sum", emergency)
+        self.emergencies = metric(text, "loa_time_to_air_seconds_count", emergency)
         self.cpu_s = cpu_s
         self.at = time.monotonic()
 

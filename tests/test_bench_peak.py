@@ -73,6 +73,7 @@ def test_quick_run_reports_the_peak(tmp_path: Path) -> None:
     assert pk["before_emergency"]["programmes"] >= r["communes"]
     coastal = sum(len(c.hamlets) for c in prov.communes if c.coastal)
     assert pk["emergency_channels"] == coastal > 0
+    assert pk["emergency_time_to_air_s"] is not None  # it reached the air
     assert r["control"]["polls"] > 0
     assert r["control"]["errors"] == 0 and r["control"]["mqtt_down"] == 0
     assert r["ramp"] and all(s["frames"] > 0 for s in r["ramp"])
