@@ -20,7 +20,9 @@ Figures come from the streamer's ``/metrics`` (``loadtest/lag.py``): frame lag p
 (histogram bucket bounds), deadline misses (frames later than 10 ms), skipped frames, late
 starts, and distinct programmes encoded per frame (``loa_mixer_encodes_total`` ÷ frames); CPU per
 core from ``/proc/stat`` and the streamer's own CPU from ``/proc/PID/stat``. Quiet hours are
-lifted on the province's root first, so it runs at any hour.
+lifted on the province's root first, so it runs at any hour. The streamer inherits
+``LOA_STREAMER_*`` settings (encoder settings, say) from the environment; the report's command
+shows the ones that were set.
 
     python -m loadtest.bench_peak [--communes 82] [--window-s 60] [--step-s 10]
         [--ramp 10,20,40,60,82,120,160,200,250,300] [--quick] [--report FILE] [--write]
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -327,7 +330,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ok = [r["programmes"] for r in steps if on_time(r)]
     ok99 = [r["programmes"] for r in steps if r["p99"] <= GOAL_LAG_S and r["skipped"] == 0]
     whole = result["whole"]
-    return {"communes": args.communes, "channels": prov.leaves,
+    return {"communes": args.communes, "channels": prov.leaves, "settings": settings(),
             "coastal": sum(c.coastal for c in prov.communes), "window_s": args.window_s,
             "step_s": args.step_s, "tts": tts, "peak": result, "ramp": steps,
             "max_programmes_on_time": max(ok, default=0.0),
@@ -336,6 +339,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "programmes_max": w.programmes_max},
             "goal_met": on_time(whole) and result["late_starts"] == 0 and w.errors == 0
             and w.mqtt_down == 0}
+
+
+def settings() -> dict[str, str]:
+    """The streamer's settings from the environment (``LOA_STREAMER_*``), which its child
+    inherits: how to run the peak with other encoder settings."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("LOA_STREAMER_")}
 
 
 def _cores(p: dict[str, Any]) -> str:
@@ -355,9 +364,10 @@ def _row(name: str, p: dict[str, Any]) -> list[object]:
 
 
 def command(args: argparse.Namespace) -> str:
+    env = "".join(f"{k}={v} " for k, v in settings().items())
     if args.quick:
-        return ".venv/bin/python -m loadtest.bench_peak --quick --write"
-    return (f".venv/bin/python -m loadtest.bench_peak --communes {args.communes} --window-s "
+        return f"{env}.venv/bin/python -m loadtest.bench_peak --quick --write"
+    return (f"{env}.venv/bin/python -m loadtest.bench_peak --communes {args.communes} --window-s "
             f"{args.window_s:g} --step-s {args.step_s:g} --ramp "
             f"{','.join(map(str, args.ramp))} --write")
 
@@ -380,7 +390,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"    {command(args)}",
         "",
         f"A generated province (`loadtest/province.py`): {r['communes']} communes of 3–5 "
-        f"hamlets, {r['channels']} channels. `loa streamer` is a child process with its API "
+        f"hamlets, {r['channels']} channels. `loa streamer` is a child process (its settings "
+        "the defaults but for any `LOA_STREAMER_*` in the command) with its API "
         "and its MQTT fleet plane on a private Mosquitto, both live: `/readyz` and `/metrics` "
         f"were polled {c['polls']} times during the run, {c['errors']} failed, MQTT was "
         f"down in {c['mqtt_down']}. Each commune has its own Vietnamese bulletin "
