@@ -302,7 +302,7 @@ async def ramp(stack: Stack, prov: Province, clips: list[str],
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     prov = province(args.communes)
     speech_s = max(args.window_s, args.step_s) + SETTLE_S + 10
-    ramp_s = len(args.ramp) * (args.step_s + SETTLE_S + 10)
+    ramp_s = len(args.ramp) * (args.step_s + SETTLE_S + 20)  # posting n broadcasts, too
     relay_s = float(round(30 + args.window_s + ramp_s + 0.2 * args.communes))
     with tempfile.TemporaryDirectory(prefix="loa-bench-peak-") as tmp:
         async with AsyncExitStack() as exits:
