@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -325,6 +326,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 steps = await ramp(stack, prov, clips, args)
             finally:
                 poller.cancel()
+            if args.logs:
+                for log_file in (tmpdir / "logs").glob("*.log"):
+                    shutil.copy(log_file, args.logs)
             if stack.dead():
                 raise RuntimeError(f"children died: {stack.dead()}")
     ok = [r["programmes"] for r in steps if on_time(r)]
@@ -405,7 +409,10 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"({pk['emergency_channels']} channels; the API answered in "
         f"{pk['emergency_answer_s'] * 1000:.0f} ms, speech synthesis included, and its first "
         f"packet left {_s(pk['emergency_time_to_air_s'])} after the request arrived, "
-        "`loa_time_to_air_seconds`).",
+        "`loa_time_to_air_seconds`)." + (
+            f" **{pk['booked'] - pk['fired']} of the {pk['booked']} schedules did not air**: "
+            "the streamer's log says why (`--logs DIR` keeps it)."
+            if pk["fired"] < pk["booked"] else ""),
         "",
         "Lag: how late each frame reached the socket after its deadline "
         "(`loa_frame_lag_histogram_seconds`, as the bound of the bucket its quantile falls "
@@ -444,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"a short run: {QUICK['communes']} communes, a {QUICK['window_s']:g} s "
                    f"window, ramp {QUICK['ramp']}")
     p.add_argument("--report", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--logs", type=Path, help="copy the streamer's log into this directory")
     p.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     if args.quick:
