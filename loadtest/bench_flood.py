@@ -25,56 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import tempfile
-import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from ._report import machine, process_cpu_s, table, today, write_section
+from ._report import machine, table, today, write_section
 from .flood import Abuse, abuse
+from .lag import fmt_ms, quantiles
 from .stack import Stack
-
-LAG = "loa_frame_lag_histogram_seconds"
-_BUCKET = re.compile(rf'^{LAG}_bucket{{le="([^"]+)"}} (\S+)$', re.M)
-
-
-def _counter(text: str, name: str) -> float:
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-class Snapshot:
-    """The streamer's lag histogram (cumulative bucket counts) and counters at one moment."""
-
-    def __init__(self, text: str, cpu_s: float) -> None:
-        self.buckets = [(float(le), float(n)) for le, n in _BUCKET.findall(text)]
-        self.skipped = _counter(text, "loa_frames_skipped_total")
-        self.misses = _counter(text, "loa_frame_deadline_misses_total")
-        self.cpu_s = cpu_s
-        self.at = time.monotonic()
-
-
-def quantiles(a: Snapshot, b: Snapshot) -> dict[str, float]:
-    """Frames between two snapshots, and the bucket bounds of their p50, p99 and max."""
-    counts = [(le, nb - na) for (le, na), (_, nb) in zip(a.buckets, b.buckets, strict=True)]
-    total = counts[-1][1]  # le="+Inf"
-    out = {"frames": total}
-    for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
-        need = q * total
-        out[name] = next((le for le, n in counts if n >= need), float("inf"))
-    return out
-
-
-def _ms(s: float) -> str:
-    return "> 1 s" if s == float("inf") else f"≤ {s * 1000:g} ms"
-
-
-async def snapshot(stack: Stack) -> Snapshot:
-    async with stack.http.get(stack.http_url + "/metrics") as r:
-        text = await r.text()
-    return Snapshot(text, process_cpu_s(stack.pids["streamer"]))
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -99,11 +58,11 @@ async def run(args: argparse.Namespace) -> list[dict[str, object]]:
             flood_s = 20.0
             await asyncio.sleep(2.0)
             for k in range(args.rounds):
-                a = await snapshot(stack)
+                a = await stack.snapshot()
                 await asyncio.sleep(flood_s)
-                b = await snapshot(stack)
+                b = await stack.snapshot()
                 seen = await abuse(stack.http_url, token, spec)
-                c = await snapshot(stack)
+                c = await stack.snapshot()
                 flood_s = c.at - b.at
                 for phase, x, y in (("quiet", a, b), ("flood", b, c)):
                     rows.append({"round": k + 1, "phase": phase, "seconds": y.at - x.at,
@@ -122,7 +81,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, object]]) -> str:
     header = ["round", "phase", "seconds", "frames", "lag p50", "lag p99", "lag max",
               "skipped", "misses > 10 ms", "streamer CPU"]
     body = [[r["round"], r["phase"], f"{r['seconds']:.1f}", f"{r['frames']:.0f}",
-             _ms(r["p50"]), _ms(r["p99"]), _ms(r["max"]),  # type: ignore[arg-type]
+             fmt_ms(r["p50"]), fmt_ms(r["p99"]), fmt_ms(r["max"]),  # type: ignore[arg-type]
              f"{r['skipped']:.0f}", f"{r['misses']:.0f}", f"{r['cpu']:.0%}"] for r in rows]
     seen = next(r["seen"] for r in rows if r["phase"] == "flood")
     return "\n".join([

@@ -1,4 +1,4 @@
-"""A Loa stack for load measurements: redis-server, the streamer, relay processes, an admin.
+"""A Loa stack for load measurements: redis-server, Mosquitto, the streamer, relays, an admin.
 
 Benchmarks and ``loa loadtest`` need the real path (API → mixer → streamer fan-out → relay →
 speaker sockets) on one machine, started in a temporary directory and always stopped. The
@@ -24,12 +24,16 @@ from typing import IO, Any
 import aiohttp
 
 from streamer.app import Streamer, StreamerConfig
+from streamer.control import broker
+from streamer.control.broker import Mosquitto
 from streamer.control.services import RedisServer
+from streamer.secretfile import write_private
 from streamer.supervise import Child, loa_process, stop
 
-from ._report import ROOT
+from ._report import ROOT, process_cpu_s
 from .bench_relay import relay_counter
 from .children import stop_process
+from .lag import Snapshot
 from .simspeakers import SimSpeakersProcess
 
 Addr = tuple[str, int]
@@ -72,15 +76,37 @@ class Stack:
         self.http_url, self.media_addr = self.streamer.http_url, self.streamer.media_addr
         await self._login_as_first_admin()
 
-    async def start_streamer_process(self, ptime_ms: int) -> None:
+    def _start_mosquitto(self) -> list[str]:
+        """A private Mosquitto that knows the streamer's login, as ``loa up`` starts one
+        (``streamer/up.py``); returns the streamer's arguments to use it."""
+        directory = self.tmp / "mosquitto"
+        directory.mkdir(parents=True, exist_ok=True)
+        password, password_file = broker.new_password(), directory / "streamer.password"
+        write_private(password_file, password + "\n")
+        mosquitto = Mosquitto(directory)
+        mosquitto.set_accounts([broker.Account(broker.STREAMER_USER,
+                                               broker.hash_password(password), "service")])
+        mosquitto.start()
+        self.exits.callback(mosquitto.stop)
+        assert mosquitto.proc is not None
+        self.pids["mosquitto"] = mosquitto.proc.pid
+        return ["--mqtt-url", mosquitto.url, "--mqtt-user", broker.STREAMER_USER,
+                "--mqtt-password-file", str(password_file),
+                "--mqtt-broker-dir", str(directory)]
+
+    async def start_streamer_process(self, ptime_ms: int, *, zones: Path | None = None,
+                                     mqtt: bool = False) -> None:
         """The streamer as a ``loa streamer`` child (logs in ``tmp/logs``), on a private
-        redis-server."""
+        redis-server; on the zone file ``zones`` (default: the sample tree), and with its
+        fleet control plane on a private Mosquitto if ``mqtt``."""
         var, logs = self.tmp / "var", self.tmp / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         args = ["streamer", "--http-host", "127.0.0.1", "--http-port", "0",
                 "--media-host", "127.0.0.1", "--media-port", "0", "--ingest-port", "-1",
                 "--ptime-ms", str(ptime_ms), "--var-dir", str(var),
-                "--redis-url", self._start_redis()]
+                "--redis-url", self._start_redis(),
+                *(["--zones", str(zones)] if zones else []),
+                *(self._start_mosquitto() if mqtt else [])]
         # not supervised: a streamer that dies is a finding of the measurement (dead())
         child = Child("streamer", 0, 5.0, loa_process(lambda: args, logs / "streamer.log"))
         self.exits.push_async_callback(stop, [child])  # also one that is half started
@@ -90,6 +116,13 @@ class Stack:
         self.children.append(child)
         self.http_url, self.media_addr = str(child.info["http"]), str(child.info["media"])
         await self._login_as_first_admin()
+
+    async def snapshot(self) -> Snapshot:
+        """The streamer's frame lag and counters now, with its CPU time (``loadtest/lag.py``);
+        for a streamer started with :meth:`start_streamer_process`."""
+        async with self.http.get(self.http_url + "/metrics") as r:
+            text = await r.text()
+        return Snapshot(text, process_cpu_s(self.pids["streamer"]))
 
     def dead(self) -> list[str]:
         """Names of the children started with :meth:`start_streamer_process` that exited."""
