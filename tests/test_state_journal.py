@@ -4,6 +4,7 @@ confirmed. Real redis-server, killed the hard way; no clock reads asserted."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 
@@ -163,3 +164,15 @@ async def test_a_users_change_reaches_the_cache(redis_server, tmp_path):
     redis_server.kill()
     assert (await st.token_owner("a" * 64)).disabled  # the API edge refuses a disabled user
     await st.close()
+
+
+async def test_more_calls_at_once_than_the_pool_has_connections_wait_instead_of_failing(
+        redis_url):
+    state = State(redis_url)
+    try:
+        # the 300-commune peak prepares every commune's occurrence on one frame
+        got = await asyncio.gather(*(state.users.get(f"nobody-{i}")
+                                     for i in range(5 * state_mod.MAX_CONNECTIONS)))
+        assert got == [None] * (5 * state_mod.MAX_CONNECTIONS)
+    finally:
+        await state.close()

@@ -54,6 +54,8 @@ log = logging.getLogger("loa.state")
 P = "loa:"
 QUARANTINE = P + "quarantine:"
 ID_BLOCK = 32  # broadcast ids reserved at a time (see next_broadcast_id)
+MAX_CONNECTIONS = 64  # to Redis, per process: more calls than that wait for one
+POOL_WAIT_S = 10.0  # how long a call may wait for a free connection before it fails
 AUDIT_RETENTION_S = 400 * 86_400
 AUDIT_MAX_ENTRIES = 1_000_000
 #: how long a write or an auth lookup may wait for Redis before the journal or the cache
@@ -176,9 +178,13 @@ class State:
         # One retry, at once: enough for a pooled connection that a Redis restart closed;
         # redis-py's default (ten, with back-off) would hold a request for seconds while
         # Redis is down, and the journal is the retry here.
-        self.r: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
-            retry=Retry(NoBackoff(), 1))
+        # A blocking pool: past MAX_CONNECTIONS a call waits for a connection instead of
+        # failing (redis-py's default pool raises MaxConnectionsError past 100, which lost
+        # bulletins when 300 communes' schedules were prepared on one frame).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=True,
+            socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
+        self.r: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closed by close()
         #: False from the first failed call until the probe finds Redis back and the journal
         #: is replayed: writes go to the journal, auth to the cache, without asking Redis
         self.available = True
