@@ -232,3 +232,32 @@ def test_the_guard_refuses_thresholds_that_cannot_work(kw):
 def test_a_mixer_needs_one_worker_at_least():
     with pytest.raises(ValueError, match="workers"):
         Mixer(["a"], FrameClock(20, start_mono=0.0, start_wall=0.0), Sent(), workers=0)
+
+
+def test_an_encode_that_fails_on_a_thread_fails_its_frame_not_the_next(monkeypatch):
+    sent = Sent()
+    m = Mixer(CHANNELS[:8], FrameClock(20, start_mono=0.0, start_wall=0.0), sent, workers=3,
+              guard=Never())
+    for i, c in enumerate(CHANNELS[:8]):
+        m.start(Item(i + 1, Priority.NORMAL, Tone(hz_of(c), None), i + 1), [c])
+    m.tick(0)
+    encode = OpusEncoder.encode
+    failing = m._outputs[m.channels[CHANNELS[5]].program].encoder
+
+    def broken(self, pcm):
+        if self is failing:
+            raise ValueError("libopus said no")
+        return encode(self, pcm)
+
+    monkeypatch.setattr(OpusEncoder, "encode", broken)
+    with pytest.raises(ValueError, match="libopus said no"):
+        m.tick(1)
+    monkeypatch.setattr(OpusEncoder, "encode", encode)
+    m.tick(2)  # nothing of frame 1 is left in the pool to go out with frame 2
+    m.close()
+    seqs = {c: [p.seq for c2, p in ((c2, packet.parse(d)) for c2, d in sent
+                                   if not packet.is_rtcp(d)) if c2 == c] for c in CHANNELS[:8]}
+    # every channel has frames 0 and 2; frame 1 went out only for the programmes before the
+    # failed one in the sending order
+    assert all(s in ([0, 2], [0, 1, 2]) for s in seqs.values()), seqs
+    assert seqs[CHANNELS[5]] == [0, 2] and [0, 1, 2] in seqs.values()
