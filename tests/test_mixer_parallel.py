@@ -6,6 +6,7 @@ No timing here: overload is made deterministic by telling the guard how long eac
 """
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -20,6 +21,7 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
+from streamer.playout import set_thread_nice
 from streamer.rtp import packet
 from tests.conftest import Sent
 
@@ -261,3 +263,33 @@ def test_an_encode_that_fails_on_a_thread_fails_its_frame_not_the_next(monkeypat
     # failed one in the sending order
     assert all(s in ([0, 2], [0, 1, 2]) for s in seqs.values()), seqs
     assert seqs[CHANNELS[5]] == [0, 2] and [0, 1, 2] in seqs.values()
+
+
+def test_encoder_threads_take_the_priority_of_the_thread_that_ticks(monkeypatch):
+    """Playout raises its thread's priority; the encoder threads it starts share it. Shown
+    with a lowered priority, which needs no privilege (on a throwaway thread)."""
+    nice: dict[int, int] = {}
+    encode = OpusEncoder.encode
+
+    def spied(self, pcm):
+        me = threading.get_native_id()
+        nice[me] = os.getpriority(os.PRIO_PROCESS, me)
+        return encode(self, pcm)
+
+    monkeypatch.setattr(OpusEncoder, "encode", spied)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    m = Mixer(CHANNELS[:8], FrameClock(20, start_mono=0.0, start_wall=0.0), Sent(), workers=3,
+              guard=Never())
+    for i, c in enumerate(CHANNELS[:8]):
+        m.start(Item(i + 1, Priority.NORMAL, Tone(hz_of(c), None), i + 1), [c])
+
+    def playout() -> None:
+        assert set_thread_nice(base + 3)
+        for k in range(20):
+            m.tick(k)
+
+    t = threading.Thread(target=playout)
+    t.start()
+    t.join()
+    m.close()
+    assert len(nice) >= 2 and set(nice.values()) == {base + 3}  # an encoder thread encoded
