@@ -27,6 +27,7 @@ drops the packets, so socket costs are not included (see ``bench_relay``).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ import numpy as np
 
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
+from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
@@ -81,7 +83,10 @@ def mixer_run(channels: list[str], groups: list[list[str]], frames: int) -> tupl
         Callable[[], None], Mixer]:
     """A mixer over ``channels`` with one endless tone per group of channels."""
     clock = FrameClock(PTIME_MS, start_mono=0.0, start_wall=1_800_000_000.0)
-    mixer = Mixer(channels, clock, Discard())
+    # One core, at the encoder's own settings: what a core costs, not what a host does with
+    # its cores (``bench_parallel``) or over capacity (the deadline guard, kept out).
+    mixer = Mixer(channels, clock, Discard(), workers=1,
+                  guard=DeadlineGuard(PTIME_MS / 1000, degrade_at=math.inf))
     for i, group in enumerate(groups):
         mixer.start(Item(i + 1, Priority.NORMAL, Tone(200.0 + 37.0 * i, None), i + 1), group)
     mixer.tick(0)  # forks settle, encoders are created

@@ -95,6 +95,9 @@ class StreamerConfig:
     login_window_s: float = 300.0
     #: longest decoded duration of an uploaded clip, in seconds (``docs/api.md``, clips)
     clip_max_s: float = CLIP_MAX_S
+    #: threads that encode distinct programmes, the playout thread included; 0 = one per core
+    #: (``docs/playout.md``)
+    mixer_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -107,6 +110,7 @@ class StreamerConfig:
         check_range("login_failures_per_user", self.login_failures_per_user, 1, 10**9)
         check_range("login_window_s", self.login_window_s, 1, 86_400)
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
+        check_range("mixer_workers", self.mixer_workers, 0, 256)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -148,7 +152,7 @@ class Streamer:
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
         self.mixer = Mixer(channels, self.clock, self.fanout, opus=cfg.opus,
-                           registry=self.registry)
+                           registry=self.registry, workers=cfg.mixer_workers or None)
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)
@@ -242,6 +246,7 @@ class Streamer:
     async def _close_media(self) -> None:
         """On the playout loop: the last frame, then the media socket."""
         self.frames.cancel()
+        self.mixer.close()
         self.fanout.close()
 
     async def close(self) -> None:

@@ -41,6 +41,9 @@ def _streamer(argv: list[str]) -> int:
                    help="UDP port of the SRTP ingest (default 5006; 0 = any; -1 = off)")
     p.add_argument("--clip-max-s", type=float,
                    help="longest decoded duration of an uploaded clip (default 3600)")
+    p.add_argument("--mixer-workers", type=int,
+                   help="threads that encode, the playout thread included (default 0: one per "
+                        "core)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

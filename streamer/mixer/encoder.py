@@ -104,6 +104,16 @@ class OpusEncoder:
         for ``audio`` and ``voip``, 120 for ``lowdelay``."""
         return int(self._enc.lookahead)
 
+    @property
+    def complexity(self) -> int:
+        return int(self._enc.complexity)
+
+    @complexity.setter
+    def complexity(self, value: int) -> None:
+        """Lowered for a while by the mixer's deadline guard (``guard.py``): the same encoder,
+        its state kept (no click, no reset)."""
+        self._enc.complexity = value
+
     def encode(self, pcm: np.ndarray) -> bytes:
         if pcm.dtype != np.float32 or len(pcm) != self.frame_samples:
             raise ValueError("encode wants one frame of float32 samples")

@@ -16,12 +16,22 @@ it is in, so the sequence number and packet count are one counter for all of the
 Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``). The caller may also
 tick from a thread of its own (``streamer/playout.py``): ``tick`` and every command hold
 ``lock`` while they run, so a command lands between two frames, never inside one.
+
+Every core: distinct programmes are encoded in parallel by a pool of encoder threads
+(``pool.py``; libopus releases the GIL). Only the encodes: programmes are rendered one after
+another on the ticking thread, because forked programmes share items, and a live item's
+source keeps state between reads; each programme's packets are built and handed over on that
+thread too, so what every channel receives is byte for byte what one thread would send, in the
+same order. That order puts emergency, then priority programmes first, in every frame: they
+are rendered, encoded and sent before any lower level, and when the host is over capacity the
+deadline guard (``guard.py``) makes the lower levels' encodes cheaper, never theirs.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +46,9 @@ from streamer.rtp.rtcp import SenderReport
 
 from .clock import FrameClock
 from .encoder import OpusEncoder, OpusSettings
+from .guard import CHEAP_COMPLEXITY, DeadlineGuard
 from .loudness import Limiter
+from .pool import EncoderPool
 from .program import Item, Priority, Program
 
 SR_INTERVAL_FRAMES = 50
@@ -45,6 +57,10 @@ ENCODE_BUCKETS_S = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3,
                     5e-3, 10e-3, 20e-3)
 TIME_TO_AIR_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                          1.0, 2.0, 5.0, 10.0)
+TICK_BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.04,
+                  0.06, 0.1)
+#: the level a programme with no item plays at (silence), below background
+_SILENT = -1
 
 
 class PacketSink(Protocol):
@@ -118,6 +134,58 @@ class _Output:
     limiter: Limiter
     encoder: OpusEncoder
     rows: _Rows | None = None
+    #: the encoder's own complexity, read the first time the deadline guard lowers it
+    own_complexity: int | None = None
+    #: encoded at the guard's cheap setting
+    cheap: bool = False
+
+    def set_cheap(self, cheap: bool) -> None:
+        # The guard only lowers this one knob for a while and puts it back, so it keeps the
+        # encoder (and its state: no click, no reset) rather than make a second one.
+        enc = self.encoder
+        if self.own_complexity is None:
+            self.own_complexity = int(enc.complexity)
+        enc.complexity = min(CHEAP_COMPLEXITY, self.own_complexity) if cheap else \
+            self.own_complexity
+        self.cheap = cheap
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One programme's frame on its way out: rendered and limited on the ticking thread, encoded
+    on any encoder thread (``encode`` touches only this job and its programme's encoder),
+    packetized and sent on the ticking thread."""
+
+    program: Program
+    out: _Output
+    pcm: np.ndarray
+    payload: bytes = b""
+    encode_s: float = 0.0
+    error: Exception | None = None
+    #: encoded, and the ticking thread knows it
+    done: bool = False
+
+    def encode(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.payload = self.out.encoder.encode(self.pcm)
+        except Exception as exc:  # raised on the ticking thread, when its turn to go out comes
+            self.error = exc
+        self.encode_s = time.perf_counter() - t0
+
+
+@dataclass(eq=False, slots=True)
+class _Frame:
+    """What every programme's packets of one frame share, and what the guard is told."""
+
+    seq: int
+    capture_ntp: int
+    ts_offset: np.uint32
+    send_sr: bool
+    full_s: float = 0.0
+    full_n: int = 0
+    cheap_s: float = 0.0
+    cheap_n: int = 0
 
 
 class MixerMetrics:
@@ -143,6 +211,24 @@ class MixerMetrics:
             "From the request for an item reaching the streamer (or, without a request, its "
             "start in the mixer) to its first frame handed to the fan-out",
             ["priority"], buckets=TIME_TO_AIR_BUCKETS_S, registry=registry)
+        self.tick_seconds = Histogram(
+            "loa_mixer_tick_seconds",
+            "Wall time of one frame of every programme: render, encode, packets (the deadline "
+            "guard's measure)", buckets=TICK_BUCKETS_S, registry=registry)
+        self.encoder_threads = Gauge(
+            "loa_mixer_encoder_threads", "Threads that encode (the ticking thread included)",
+            registry=registry)
+        self.degraded = Gauge(
+            "loa_mixer_degraded",
+            "1 while the host is over capacity and normal and background programmes are encoded "
+            "at the cheap setting", registry=registry)
+        self.degraded_frames = Counter(
+            "loa_mixer_degraded_frames_total",
+            "Frames produced with normal and background programmes at the cheap setting",
+            registry=registry)
+        self.degraded_programs = Gauge(
+            "loa_mixer_degraded_programs",
+            "Programmes encoded at the cheap setting in the last frame", registry=registry)
         for level in Priority:  # every level is a series from the start, at zero
             self.time_to_air.labels(level.name.lower())
 
@@ -158,13 +244,25 @@ class Mixer:
         fade_ms: int = 10,
         registry: CollectorRegistry | None = None,
         on_finished: Callable[[int], None] = lambda item_id: None,
+        workers: int | None = None,
+        guard: DeadlineGuard | None = None,
     ) -> None:
+        """``workers``: threads that encode, the ticking one included (None: one per core; 1:
+        everything on the ticking thread). ``guard``: the deadline guard (default: its
+        thresholds at this clock's frame time)."""
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        self._pool: EncoderPool[_Job] | None = EncoderPool(workers - 1) if workers > 1 else None
+        self.guard = guard or DeadlineGuard(clock.ptime_s)
         self.clock = clock
         self.sink = sink
         self.opus = opus or OpusSettings()
         self.lock = threading.RLock()
         self.on_finished = on_finished
         self.metrics = MixerMetrics(registry or CollectorRegistry())
+        self.metrics.encoder_threads.set(workers)
         silence = Program(fade_samples=48 * fade_ms)
         self.programs: list[Program] = [silence]
         self._outputs: dict[Program, _Output] = {}
@@ -193,6 +291,11 @@ class Mixer:
         #: started items that have not aired yet -> wall time their time-to-air counts from
         self._unaired: dict[int, float] = {}
         self.codec_delay_s = OpusEncoder(clock.frame_samples, self.opus).lookahead_samples / 48_000
+
+    def close(self) -> None:
+        """Stop the encoder threads (a mixer that ticks again starts them again)."""
+        if self._pool is not None:
+            self._pool.close()
 
     # ------------------------------------------------------------------ commands
 
@@ -299,6 +402,7 @@ class Mixer:
 
     @_locked
     def tick(self, k: int) -> None:
+        started = time.perf_counter()
         n = self.clock.frame_samples
         finished: list[int] = []
         # Ends before starts: a window that ends where the next one begins hands over cleanly.
@@ -311,31 +415,39 @@ class Mixer:
         # the lookahead, so its first sample was captured that much earlier. Speakers (and any
         # abs-capture-time receiver) then place audio exactly, with no codec knowledge.
         capture_ntp = unix_to_ntp64(self.clock.capture_wall(k) - self.codec_delay_s)
-        ts_offset = np.uint32(k * n & _U32)
-        seq = self._packets_sent & 0xFFFF
+        frame = _Frame(self._packets_sent & 0xFFFF, capture_ntp, np.uint32(k * n & _U32),
+                       k % SR_INTERVAL_FRAMES == 0)
         self._packets_sent += 1
-        send_sr = k % SR_INTERVAL_FRAMES == 0
-        for program in self.programs:
+        degraded = self.guard.degraded
+        pool = self._pool if len(self.programs) > 1 else None
+        if self._pool is not None:  # a frame that failed may have left jobs in the pool
+            self._pool.settle()
+        jobs: list[_Job] = []
+        sent = 0  # jobs[:sent] have gone out
+        for level, program in self._by_level():
             out = self._outputs.get(program)
             if out is None:
                 out = self._outputs[program] = _Output(Limiter(), OpusEncoder(n, self.opus))
             if out.rows is None:
                 out.rows = self._rows_of(program)
-            pcm = out.limiter.process(program.render(n, finished))
-            t0 = time.perf_counter()
-            payload = out.encoder.encode(pcm)
-            self.metrics.encode_seconds.observe(time.perf_counter() - t0)
-            cur = program.current
-            packet = bytearray(HEADER_LEN + len(payload))
-            write_header(packet, 0, seq, 0, capture_ntp, cur or 0,
-                         priority=program.items[cur].priority if cur in program.items else 0)
-            packet[HEADER_LEN:] = payload
-            self.sink.publish_block(out.rows.ids, self._packets_of(out.rows, packet, ts_offset))
-            if cur in self._unaired:
-                self._aired(program.items[cur])
-            if send_sr:
-                self.sink.publish_block(out.rows.ids,
-                                        self._reports_of(out.rows, capture_ntp, ts_offset))
+            cheap = degraded and level < Priority.PRIORITY
+            if cheap != out.cheap:
+                out.set_cheap(cheap)
+            job = _Job(program, out, out.limiter.process(program.render(n, finished)))
+            if pool is None:
+                job.encode()
+                self._send(job, frame)
+                continue
+            jobs.append(job)
+            pool.submit(job)
+            # What is encoded already goes out now: the emergency first, early in the frame.
+            while (done := pool.poll()) is not None:
+                done.done = True
+            while sent < len(jobs) and jobs[sent].done:
+                self._send(jobs[sent], frame)
+                sent += 1
+        if pool is not None:
+            self._send_rest(pool, jobs, sent, frame)
         self.metrics.frames.inc()
         self.metrics.encodes.inc(len(self.programs))
         self.metrics.encodes_per_frame.set(len(self.programs))
@@ -344,6 +456,65 @@ class Mixer:
         self.metrics.items.set(len(self.items))
         if finished:
             self._settle(finished)
+        self._guard(time.perf_counter() - started, frame, degraded)
+
+    def _send_rest(self, pool: EncoderPool[_Job], jobs: list[_Job], sent: int,
+                   frame: _Frame) -> None:
+        """The jobs not sent yet, in order; this thread encodes what no encoder thread has
+        taken yet."""
+        while sent < len(jobs):
+            if jobs[sent].done:
+                self._send(jobs[sent], frame)
+                sent += 1
+            elif (own := pool.steal()) is not None:
+                own.encode()
+                own.done = True
+            else:
+                pool.wait().done = True
+
+    def _by_level(self) -> list[tuple[int, Program]]:
+        """The programmes with the level of their top item, highest first; the same order for
+        the same programmes every frame (a stable sort of ``programs``)."""
+        levels = [(_SILENT if (top := p.top()) is None else int(top.priority), p)
+                  for p in self.programs]
+        levels.sort(key=lambda lp: -lp[0])
+        return levels
+
+    def _send(self, job: _Job, frame: _Frame) -> None:
+        """A programme's packets (and sender reports) to every channel of it."""
+        if job.error is not None:
+            raise job.error
+        self.metrics.encode_seconds.observe(job.encode_s)
+        out, program, payload = job.out, job.program, job.payload
+        if out.cheap:
+            frame.cheap_s += job.encode_s
+            frame.cheap_n += 1
+        else:
+            frame.full_s += job.encode_s
+            frame.full_n += 1
+        rows = out.rows
+        assert rows is not None
+        cur = program.current
+        packet = bytearray(HEADER_LEN + len(payload))
+        write_header(packet, 0, frame.seq, 0, frame.capture_ntp, cur or 0,
+                     priority=program.items[cur].priority if cur in program.items else 0)
+        packet[HEADER_LEN:] = payload
+        self.sink.publish_block(rows.ids, self._packets_of(rows, packet, frame.ts_offset))
+        if cur in self._unaired:
+            self._aired(program.items[cur])
+        if frame.send_sr:
+            self.sink.publish_block(rows.ids,
+                                    self._reports_of(rows, frame.capture_ntp, frame.ts_offset))
+
+    def _guard(self, tick_s: float, frame: _Frame, degraded: bool) -> None:
+        m = self.metrics
+        m.tick_seconds.observe(tick_s)
+        if degraded:
+            m.degraded_frames.inc()
+        m.degraded_programs.set(frame.cheap_n)
+        m.degraded.set(self.guard.record(
+            tick_s, full_s=frame.full_s, full_n=frame.full_n, cheap_s=frame.cheap_s,
+            cheap_n=frame.cheap_n, threads=max(1, min(self.workers, frame.full_n + frame.cheap_n))))
 
     def _rows_of(self, program: Program) -> _Rows:
         rows = np.sort(np.fromiter((self.channels[c].row for c in program.channels), np.intp,
