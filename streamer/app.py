@@ -4,9 +4,9 @@ control plane (state in Redis, the scheduler, the MQTT fleet).
 Wiring only. Playout — the frame clock, the mixer's ticks and the media socket — runs on a
 thread and event loop of its own (``streamer/playout.py``), so nothing the control side does on
 the main loop (HTTP, MQTT, Redis, the scheduler) can hold a frame back; CPU-heavy control work
-(TTS, decoding, loudness, password hashing) runs in worker threads. The
-streamer's media socket answers the same subscribe handshake as a relay, so relays (and, on a
-small site, speakers) subscribe to it directly.
+(TTS, decoding, loudness, password hashing) runs in worker threads. The streamer's media socket
+answers the same subscribe handshake as a relay, so relays (and, on a small site, speakers)
+subscribe to it directly.
 """
 
 from __future__ import annotations
