@@ -112,6 +112,7 @@ def phase(a: Snapshot, b: Snapshot, cpu_a: CpuTimes, cpu_b: CpuTimes) -> dict[st
     return {"seconds": round(b.at - a.at, 2), **quantiles(a, b),
             "misses": b.misses - a.misses, "skipped": b.skipped - a.skipped,
             "late_starts": b.late_starts - a.late_starts,
+            "degraded": b.degraded - a.degraded, "lead_s": b.lead_s,
             "programmes": (b.encodes - a.encodes) / frames if frames else 0.0,
             "streamer_cpu": (b.cpu_s - a.cpu_s) / (b.at - a.at),
             **dict(zip(("cpu_per_core", "steal_per_core"), cpu_b.since(cpu_a), strict=True))}
@@ -364,7 +365,9 @@ def _s(seconds: float | None) -> str:
 def _row(name: str, p: dict[str, Any]) -> list[object]:
     return [name, f"{p['seconds']:.1f}", f"{p['frames']:.0f}", f"{p['programmes']:.1f}",
             fmt_ms(p["p50"]), fmt_ms(p["p99"]), fmt_ms(p["max"]), f"{p['misses']:.0f}",
-            f"{p['skipped']:.0f}", f"{p['streamer_cpu']:.0%}", _cores(p)]
+            f"{p['skipped']:.0f}", fmt_ms(p["tick_p50"]), fmt_ms(p["tick_max"]),
+            f"{p['lead_s'] * 1000:.1f} ms", f"{p['degraded']:.0f}",
+            f"{p['streamer_cpu']:.0%}", _cores(p)]
 
 
 def command(args: argparse.Namespace) -> str:
@@ -378,7 +381,8 @@ def command(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     header = ["phase", "seconds", "frames", "programmes / frame", "lag p50", "lag p99",
-              "lag max", "misses", "skipped", "streamer CPU", "CPU per core"]
+              "lag max", "misses", "skipped", "tick p50", "tick max", "lead", "degraded",
+              "streamer CPU", "CPU per core"]
     pk = r["peak"]
     peak_rows = [_row("whole window", pk["whole"]), _row("before the emergency",
                  pk["before_emergency"]), _row("after the emergency", pk["after_emergency"])]
@@ -416,8 +420,13 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         "Lag: how late each frame reached the socket after its deadline "
         "(`loa_frame_lag_histogram_seconds`, as the bound of the bucket its quantile falls "
-        "in); misses: frames whose tick began more than 10 ms after their deadline "
-        "(`loa_frame_deadline_misses_total`; the lag also counts the tick); programmes: "
+        "in; a frame that left before its deadline counts as 0); misses: frames that reached "
+        "it more than 10 ms late (`loa_frame_deadline_misses_total`); tick: how long the "
+        "mixer took to make a frame of every programme (`loa_mixer_tick_seconds`); lead: how "
+        "long before its deadline the last frame's tick began (`loa_frame_lead_seconds`, "
+        "`docs/playout.md`); degraded: frames the deadline guard made with normal and "
+        "background programmes at the cheap encoder setting "
+        "(`loa_mixer_degraded_frames_total`); programmes: "
         "distinct programmes encoded per frame (`loa_mixer_encodes_total` ÷ frames); "
         "streamer CPU in cores; CPU per core "
         "from `/proc/stat`, every process on the machine included, and the time the "

@@ -13,7 +13,13 @@ import re
 import time
 
 LAG = "loa_frame_lag_histogram_seconds"
-_BUCKET = re.compile(rf'^{LAG}_bucket{{le="([^"]+)"}} (\S+)$', re.M)
+TICK = "loa_mixer_tick_seconds"
+
+
+def buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative bucket counts in a Prometheus text page, by upper bound."""
+    found = re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    return [(float(le), float(n)) for le, n in found]
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -27,7 +33,12 @@ class Snapshot:
     """The streamer's lag histogram (cumulative bucket counts) and counters at one moment."""
 
     def __init__(self, text: str, cpu_s: float) -> None:
-        self.buckets = [(float(le), float(n)) for le, n in _BUCKET.findall(text)]
+        self.buckets = buckets(text, LAG)
+        #: how long the ticks themselves took (``Mixer.tick``: render, encode, packets)
+        self.ticks = buckets(text, TICK)
+        #: when ticks began ahead of their deadlines (``docs/playout.md``)
+        self.lead_s = metric(text, "loa_frame_lead_seconds")
+        self.degraded = metric(text, "loa_mixer_degraded_frames_total")
         self.skipped = metric(text, "loa_frames_skipped_total")
         self.misses = metric(text, "loa_frame_deadline_misses_total")
         self.frames = metric(text, "loa_mixer_frames_total")
@@ -42,9 +53,19 @@ class Snapshot:
 
 
 def quantiles(a: Snapshot, b: Snapshot) -> dict[str, float]:
-    """Frames between two snapshots, and the bucket bounds of their p50, p99 and max."""
-    counts = [(le, nb - na) for (le, na), (_, nb) in zip(a.buckets, b.buckets, strict=True)]
-    total = counts[-1][1]  # le="+Inf"
+    """Frames between two snapshots, and the bucket bounds of their lag's p50, p99 and max
+    and of their ticks' p50 and max (``tick_p50``, ``tick_max``)."""
+    out = between(a.buckets, b.buckets)
+    ticks = between(a.ticks, b.ticks)
+    out.update(tick_p50=ticks["p50"], tick_max=ticks["max"])
+    return out
+
+
+def between(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> dict[str, float]:
+    """Observations of a histogram between two readings: their count (``frames``) and the
+    bucket bounds of their p50, p99 and max."""
+    counts = [(le, nb - na) for (le, na), (_, nb) in zip(a, b, strict=True)]
+    total = counts[-1][1] if counts else 0.0  # le="+Inf"
     out = {"frames": total}
     for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
         need = q * total

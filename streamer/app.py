@@ -98,6 +98,9 @@ class StreamerConfig:
     #: threads that encode distinct programmes, the playout thread included; 0 = one per core
     #: (``docs/playout.md``)
     mixer_workers: int = 0
+    #: the most a frame's tick may begin before its deadline, in ms; 0 = one frame. The lead
+    #: adapts below it to how long ticks take (``docs/playout.md``, "The production lead")
+    lead_max_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -111,6 +114,7 @@ class StreamerConfig:
         check_range("login_window_s", self.login_window_s, 1, 86_400)
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         check_range("mixer_workers", self.mixer_workers, 0, 256)
+        check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
 
@@ -195,7 +199,8 @@ class Streamer:
         await web.TCPSite(self.runner, cfg.http_host, cfg.http_port).start()
         http_port = self.runner.addresses[0][1]
         self.frames = self.playout.submit(
-            FrameLoop(self.clock, self.mixer, self.registry).run())
+            FrameLoop(self.clock, self.mixer, self.registry,
+                      lead_max_s=cfg.lead_max_ms / 1000 or None).run())
         self.http_url = f"http://{cfg.public_host}:{http_port}"
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,

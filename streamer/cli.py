@@ -44,6 +44,9 @@ def _streamer(argv: list[str]) -> int:
     p.add_argument("--mixer-workers", type=int,
                    help="threads that encode, the playout thread included (default 0: one per "
                         "core)")
+    p.add_argument("--lead-max-ms", type=float,
+                   help="the most a frame's tick begins before its deadline (default 0: one "
+                        "frame; docs/playout.md)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

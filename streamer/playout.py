@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamer.mixer.clock import FrameClock
+from streamer.mixer.clock import FrameClock, Lead
 from streamer.mixer.mixer import Mixer
 
 log = logging.getLogger("loa.playout")
@@ -61,40 +61,53 @@ def set_thread_nice(nice: int) -> bool:
 
 
 class FrameLoop:
-    """Wakes at each frame deadline and runs the mixer; exports deadline misses and lag."""
+    """Begins each frame's tick ``lead`` before its deadline (``Lead``) and runs the mixer;
+    exports how late each frame reached the socket, misses, skips and the lead."""
 
-    def __init__(self, clock: FrameClock, mixer: Mixer, registry: CollectorRegistry) -> None:
+    def __init__(self, clock: FrameClock, mixer: Mixer, registry: CollectorRegistry,
+                 lead_max_s: float | None = None) -> None:
         self.clock = clock
         self.mixer = mixer
+        most = clock.ptime_s if lead_max_s is None else lead_max_s
+        self.lead = Lead(most, min_s=min(most, Lead.min_s))
         self.misses = Counter("loa_frame_deadline_misses_total",
-                              "Frames produced later than their deadline plus 10 ms",
+                              "Frames handed to the socket later than their deadline plus 10 ms",
                               registry=registry)
         self.skipped = Counter("loa_frames_skipped_total",
                                "Frames skipped after a stall (the stream jumped)",
                                registry=registry)
-        self.lag = Gauge("loa_frame_lag_seconds", "How late the last frame was produced",
+        self.lag = Gauge("loa_frame_lag_seconds",
+                         "How late the last frame was handed to the socket (0 if on time)",
                          registry=registry)
         self.lags = Histogram("loa_frame_lag_histogram_seconds",
                               "How late each frame was handed to the socket, after its deadline",
                               buckets=LAG_BUCKETS_S, registry=registry)
+        self.lead_seconds = Gauge("loa_frame_lead_seconds",
+                                  "How long before its deadline a frame's tick begins",
+                                  registry=registry)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        clock = self.clock
+        clock, lead = self.clock, self.lead
         while True:
-            delay = clock.deadline() - loop.time()
+            ahead = lead.value
+            self.lead_seconds.set(ahead)
+            delay = clock.deadline() - ahead - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            misses, skipped = clock.misses, clock.skipped
-            now = loop.time()
-            for k in clock.due(now):
+            skipped = clock.skipped
+            for k in clock.due(loop.time(), ahead):
                 try:
                     self.mixer.tick(k)
                 except Exception:  # a bad frame must not stop every speaker in the province
                     log.exception("frame %d failed", k)
-                self.lags.observe(max(0.0, loop.time() - clock.deadline(k)))
-            self.lag.set(max(0.0, now - clock.deadline(clock.frame - 1)))
-            self.misses.inc(clock.misses - misses)
+                handed = loop.time()
+                late = handed - clock.deadline(k)
+                lead.record(late + ahead)
+                self.lags.observe(max(0.0, late))
+                self.lag.set(max(0.0, late))
+                if clock.late(k, handed):
+                    self.misses.inc()
             self.skipped.inc(clock.skipped - skipped)
 
 

@@ -20,10 +20,13 @@ Sans-IO: no clock is read here; the mixer passes the times, and tests pass the o
 
 from __future__ import annotations
 
-#: Degrade when a tick takes more than this share of the frame time: half of a 20 ms frame is
-#: the 10 ms after which a frame counts as a deadline miss (``FrameClock``).
-DEGRADE_AT = 0.5
-RECOVER_AT = 0.35
+#: Degrade when a tick takes more than this share of the frame time. A tick begins up to one
+#: frame before its deadline (the production lead, ``clock.Lead``), so a tick may take nearly
+#: a frame and still leave on time; but one that takes a whole frame leaves no time for the
+#: next, and the clock falls behind. Three quarters keeps a quarter of a frame for a late
+#: wake-up or a neighbour's burst.
+DEGRADE_AT = 0.75
+RECOVER_AT = 0.5
 #: 100 ms of frames at 20 ms: a stall of the host (a neighbour, a page fault) is not overload
 OVER_FRAMES = 5
 #: 5 s at 20 ms
