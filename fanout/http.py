@@ -27,7 +27,7 @@ from streamer.rtp.packet import MalformedPacket, is_rtcp, opus_samples
 from streamer.rtp.packet import parse as parse_rtp
 from streamer.rtp.sdp import channel_sdp
 
-from .fanout import FanoutEndpoint
+from .endpoint import FanoutEndpoint
 
 log = logging.getLogger(__name__)
 
