@@ -11,7 +11,6 @@ import io
 import json
 import os
 import sys
-import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,20 +20,15 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.conftest import peak_hz
+from tests.harness.api import call
+from tests.harness.audio import peak_hz
+from tests.harness.wait import until
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 KIM_LONG = "brvt.chau-duc.kim-long"
 INSIDE = ["brvt.chau-duc.kim-long.ap-tay", "brvt.chau-duc.kim-long.ap-dong"]
 OUTSIDE = "brvt.chau-duc.nghia-thanh.ap-1"
-
-
-async def call(streamer: Any, method: str, path: str, headers: dict[str, str],
-               **kw: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=headers, **kw) as r:
-        return r.status, await r.json()
 
 
 async def sign_in(streamer: Any, name: str, role: str) -> dict[str, str]:
@@ -106,13 +100,6 @@ async def speakers(tmp_path: Path, upstream: str,
             if proc.returncode is None:
                 proc.terminate()
                 await proc.wait()
-
-
-async def until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.1)
 
 
 async def ready(streamer: Any) -> tuple[int, dict[str, Any]]:
