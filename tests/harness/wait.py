@@ -1,12 +1,12 @@
 """Waiting for a condition in tests: poll it until it holds, or fail with what was awaited.
 
-``until`` takes its timeout at the call site, so that no caller inherits another's default;
-a timeout bounds a wait, it is never what a test asserts.
+``until`` takes its timeout at the call site, so that no caller inherits another's default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,12 +14,12 @@ from typing import Any
 
 async def until(pred: Callable[[], Any | Awaitable[Any]], timeout_s: float,
                 what: str = "condition", *, every_s: float = 0.05) -> None:
-    """Poll ``pred`` (plain or async) every ``every_s`` until it is true; an AssertionError
-    naming ``what`` after ``timeout_s``."""
+    """Poll ``pred`` (plain or async; any truthy value counts) every ``every_s`` until it holds;
+    an AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         ok = pred()
-        if not isinstance(ok, bool):
+        if inspect.isawaitable(ok):
             ok = await ok
         if ok:
             return
