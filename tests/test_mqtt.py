@@ -60,7 +60,6 @@ pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
-FRAME = 960
 NOT_AUTHORIZED = 135  # MQTT 5 reason code
 
 

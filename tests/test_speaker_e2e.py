@@ -27,7 +27,6 @@ from tests.harness.wait import until
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
-REPO = Path(__file__).resolve().parents[1]
 CHANNEL = "ba-ria-vung-tau/long-hai/cum-1"
 BROADCAST = 5
 RATE = 48_000

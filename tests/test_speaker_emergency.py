@@ -46,7 +46,6 @@ from tests.harness.zones import KP1
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
-REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 FRAME = 960
 SSRC = 0x4242

@@ -27,6 +27,7 @@ from scipy import signal
 
 from streamer.live.webrtc import MAX_SDP_BYTES, SdpError, StudioSessions, TooManySessions
 from tests.conftest import DAYTIME, NIGHT
+from tests.harness.api import call
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.browser import (
     by_testid,
@@ -308,25 +309,19 @@ OPERATOR = {"name": "op-thang-tam", "password": "mat-khau-thu-nghiem",
             "grants": [{"role": "operator", "zone": "brvt.vung-tau.thang-tam"}]}
 
 
-async def api(streamer, method: str, path: str, **kw):
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http, http.request(
-            method, f"{streamer.http_url}/api/v1{path}", headers=streamer.admin, **kw) as r:
-        assert r.status < 300, await r.text()
-        return await r.json()
-
-
 async def studio_broadcast(streamer) -> dict:
     """The newest broadcast the studio aired."""
-    recent = (await api(streamer, "GET", "/broadcasts?limit=5"))["broadcasts"]
+    status, body = await call(streamer, "GET", "/api/v1/broadcasts?limit=5")
+    assert status < 300, body
+    recent = body["broadcasts"]
     live = [b for b in recent if b["source"].get("kind") == "live"]
     assert live, recent
     return max(live, key=lambda b: b["id"])
 
 
 async def test_studio_page_goes_on_air_through_the_api(streamer, speech_wav) -> None:
-    await api(streamer, "POST", "/users", json=OPERATOR)
+    status, body = await call(streamer, "POST", "/api/v1/users", json=OPERATOR)
+    assert status < 300, body
     studio: StudioSessions = streamer.plane.studio
     studio_url = streamer.http_url  # the streamer serves /studio and its API at one origin
     async with chromium_page(speech_wav) as page:

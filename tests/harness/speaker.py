@@ -46,14 +46,21 @@ class SpeakerProcess:
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
-    def plays(self, **match: Any) -> list[dict[str, Any]]:
-        """``play`` records whose fields equal ``match`` (``local`` absent counts as False)."""
+    def plays(self, broadcast: int | None = None, **match: Any) -> list[dict[str, Any]]:
+        """``play`` records of ``broadcast`` (any if None) whose fields equal ``match``
+        (``local`` absent counts as False)."""
+        if broadcast is not None:
+            match["broadcast"] = broadcast
         return [e for e in self.events() if e["event"] == "play"
                 and all(e.get(k, False if k == "local" else None) == v for k, v in match.items())]
 
     def t0(self) -> float:
-        """The wall time of the WAV's first sample."""
+        """The wall time of the WAV's first sample (the log's first record, ``start``)."""
         return float(json.loads(self.log.read_text().splitlines()[0])["t0"])
+
+    @property
+    def channel(self) -> str:
+        return str(json.loads(self.log.read_text().splitlines()[0])["channel"])
 
     def samples(self) -> np.ndarray:
         """The WAV so far, full scale = 1 (the header may lag the data by a flush)."""
