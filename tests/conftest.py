@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+# The harness asserts on the tests' behalf (a sign-in's status, a window recorded): pytest
+# explains those failures as it does a test's own asserts.
+pytest.register_assert_rewrite("tests.harness")
+
 #: Tests marked ``realtime`` run audio through real processes against the wall clock and judge
 #: it by what a listener hears: levels over a window, one play not two, a tone within its
 #: deadline. The machine they run on is a shared 2-core VM whose hypervisor can take the CPU
