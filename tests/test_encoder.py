@@ -16,7 +16,7 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
 from streamer.rtp import packet
-from tests.conftest import Sent
+from tests.harness.sink import Sent
 
 N = 960  # 20 ms
 

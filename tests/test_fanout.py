@@ -14,7 +14,7 @@ from fanout.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
 from fanout.ring import PacketRing
 from streamer.rtp.packet import RtpPacket, ssrc_for
 from streamer.rtp.rtcp import SenderReport
-from tests.test_relay import Subscriber
+from tests.harness.subscriber import Subscriber
 
 CH = "bt.vt.p1"
 

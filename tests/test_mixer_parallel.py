@@ -23,7 +23,7 @@ from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
 from streamer.playout import set_thread_nice
 from streamer.rtp import packet
-from tests.conftest import Sent
+from tests.harness.sink import Sent
 
 N = 960  # 20 ms
 #: more distinct programmes than one core encodes in real time (about 44 of speech, 56-61 of

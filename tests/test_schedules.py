@@ -36,7 +36,7 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
 from streamer.rtp import packet
-from tests.conftest import Sent
+from tests.harness.sink import Sent
 
 HCM = tz.gettz("Asia/Ho_Chi_Minh")
 BERLIN = tz.gettz("Europe/Berlin")

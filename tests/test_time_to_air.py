@@ -51,7 +51,7 @@ from streamer.mixer.sources import EspeakProvider
 from streamer.rtp.packet import RtpPacket, parse
 from streamer.rtp.rtcp import SenderReport
 from streamer.rtp.subscribe import Message, MsgType
-from tests.conftest import peak_hz, rms_dbfs
+from tests.harness.audio import peak_hz, rms_dbfs
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
