@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.speaker.mqtt import TEST_TONE_PEAK
 from clients.speaker.playout import volume_gain
+from devstack.services import Service
 from streamer.control.broker import (
     STREAMER_USER,
     Account,
@@ -52,7 +53,6 @@ from streamer.control.messages import (
     encode,
     parse,
 )
-from streamer.control.services import Service
 from tests.conftest import peak_hz, rms_dbfs
 from tests.upstream import RtpUpstream, serving
 
