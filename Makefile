@@ -22,7 +22,7 @@ test: deps
 # The modules that depend on the date or the hour, again on a clock that reads 03:30 in
 # Asia/Ho_Chi_Minh one year from now (inside the default quiet hours) and runs on from there.
 # libfaketime is preloaded and fakes the Python processes only (FAKETIME_ONLY_CMDS);
-# redis-server and Mosquitto are started without it (streamer/control/services.py: it kills
+# redis-server and Mosquitto are started without it (devstack/services.py: it kills
 # redis-server). The shift is an offset, not a start instant, so every child process reads
 # the same clock; the monotonic clock stays real (the frame clock, lock timeouts), and
 # tests/faketime/sitecustomize.py works around libfaketime's time.sleep bug that follows.

@@ -736,43 +736,63 @@ def _source_options(p: argparse.ArgumentParser, relay: bool = False) -> None:
     p.add_argument("--label", default="")
 
 
+Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+PRIORITIES = ["emergency", "priority", "normal", "background"]
+
+
+def _cmd(parent: Subparsers, name: str, func: Callable[[Client, argparse.Namespace], None],
+         help_: str, listing: bool = False) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func``; ``listing``: it prints a table, or JSON with --json."""
+    c: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+    c.set_defaults(func=func)
+    if listing:
+        c.add_argument("--json", action="store_true", help="print the API's JSON")
+    return c
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loa ctl", description="Operator commands over the API.")
     p.add_argument("--url", help="streamer URL (default: LOA_URL, the token file, "
                                  "var/loa-up.json, http://127.0.0.1:8000)")
     p.add_argument("--var-dir", default="var", help="folder of loa up's state (default: var)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in the order of ``loa ctl --help``
+    for add in (_session_commands, _zone_commands, _airing_commands, _input_commands,
+                _broadcast_commands, _approval_commands, _clip_commands, _user_commands,
+                _speaker_commands, _schedule_commands):
+        add(sub)
+    return p
 
-    def cmd(name: str, func: Callable[[Client, argparse.Namespace], None], help_: str,
-            parent: Any = sub, listing: bool = False) -> argparse.ArgumentParser:
-        c: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
-        c.set_defaults(func=func)
-        if listing:
-            c.add_argument("--json", action="store_true", help="print the API's JSON")
-        return c
 
-    c = cmd("login", cmd_login, "sign in; stores the token (mode 0600)")
+def _session_commands(sub: Subparsers) -> None:
+    c = _cmd(sub, "login", cmd_login, "sign in; stores the token (mode 0600)")
     c.add_argument("--user")
     c.add_argument("--password-file", metavar="FILE")
-    cmd("logout", cmd_logout, "revoke the token and forget it")
-    cmd("whoami", cmd_whoami, "the signed-in user and their grants", listing=True)
-    cmd("zones", cmd_zones, "the zone tree: quiet hours in force, approval", listing=True)
+    _cmd(sub, "logout", cmd_logout, "revoke the token and forget it")
+    _cmd(sub, "whoami", cmd_whoami, "the signed-in user and their grants", listing=True)
+
+
+def _zone_commands(sub: Subparsers) -> None:
+    _cmd(sub, "zones", cmd_zones, "the zone tree: quiet hours in force, approval", listing=True)
     zone = sub.add_parser("zone", help="change a zone's settings (admin)")
-    c = cmd("set", cmd_zone_set, "change a zone's settings (admin)",
-            zone.add_subparsers(dest="zone_action", required=True))
+    c = _cmd(zone.add_subparsers(dest="zone_action", required=True), "set", cmd_zone_set,
+             "change a zone's settings (admin)")
     c.add_argument("zone_id", metavar="ZONE")
     c.add_argument("--quiet-hours", metavar="HH:MM-HH:MM|none|inherit")
     c.add_argument("--approval", choices=["on", "off"])
 
-    c = cmd("broadcast", cmd_broadcast, "air a tone, a text or a clip in zones")
+
+def _airing_commands(sub: Subparsers) -> None:
+    """broadcast, emergency (and emergency cancel), cap."""
+    c = _cmd(sub, "broadcast", cmd_broadcast, "air a tone, a text or a clip in zones")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     _source_options(c)
     c.add_argument("--priority", default="normal", choices=["priority", "normal", "background"])
     c.add_argument("--override-quiet-hours", action="store_true", help="admin; audited")
     c.add_argument("--wait-reach", action="store_true",
                    help="after airing, wait for the speakers' proof of play")
-    c = cmd("emergency", cmd_emergency, "air an emergency (preempts everything, ignores quiet "
-                                        "hours and approval); emergency cancel ID")
+    c = _cmd(sub, "emergency", cmd_emergency, "air an emergency (preempts everything, ignores "
+                                              "quiet hours and approval); emergency cancel ID")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     _source_options(c)
     c.add_argument("--live", metavar="INPUT", help="air a live input that is sending "
@@ -783,61 +803,75 @@ def _parser() -> argparse.ArgumentParser:
                    help="air it again every M minutes until cancelled")
     c.add_argument("--expires-hours", type=float, metavar="H", help="stop by itself after H h")
     c.add_argument("--wait-reach", action="store_true")
-    cancel = cmd("cancel", cmd_emergency_cancel, "cancel an emergency",
-                 c.add_subparsers(dest="emergency_action", metavar="[cancel ID]"))
+    cancel = _cmd(c.add_subparsers(dest="emergency_action", metavar="[cancel ID]"), "cancel",
+                  cmd_emergency_cancel, "cancel an emergency")
     cancel.add_argument("id", type=int)
-    c = cmd("cap", cmd_cap, "send a CAP 1.2 alert file (Alert, Update or Cancel)")
+    c = _cmd(sub, "cap", cmd_cap, "send a CAP 1.2 alert file (Alert, Update or Cancel)")
     c.add_argument("file", metavar="ALERT.xml")
-    cmd("inputs", cmd_inputs, "RTP ingest inputs", listing=True)
+
+
+def _input_commands(sub: Subparsers) -> None:
+    _cmd(sub, "inputs", cmd_inputs, "RTP ingest inputs", listing=True)
     inp = sub.add_parser("input", help="register or remove RTP ingest inputs")
     isub = inp.add_subparsers(dest="input_action", required=True)
-    c = cmd("add", cmd_input_add, "register an input; prints its key once", isub)
+    c = _cmd(isub, "add", cmd_input_add, "register an input; prints its key once")
     c.add_argument("id")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
-    c.add_argument("--priority", default="normal",
-                   choices=["emergency", "priority", "normal", "background"])
+    c.add_argument("--priority", default="normal", choices=PRIORITIES)
     c.add_argument("--name", default="")
-    c = cmd("key", cmd_input_key, "replace an input's key (prints the new one)", isub)
+    c = _cmd(isub, "key", cmd_input_key, "replace an input's key (prints the new one)")
     c.add_argument("id")
-    c = cmd("rm", cmd_input_rm, "remove an input", isub)
+    c = _cmd(isub, "rm", cmd_input_rm, "remove an input")
     c.add_argument("id")
-    c = cmd("stop", cmd_stop, "stop a broadcast everywhere")
+
+
+def _broadcast_commands(sub: Subparsers) -> None:
+    """stop, stop-all, list, reach: broadcasts that aired or are airing."""
+    c = _cmd(sub, "stop", cmd_stop, "stop a broadcast everywhere")
     c.add_argument("id", type=int)
-    c = cmd("stop-all", cmd_stop_all, "stop everything airing in zones")
+    c = _cmd(sub, "stop-all", cmd_stop_all, "stop everything airing in zones")
     c.add_argument("--zone", action="append", required=True)
-    c.add_argument("--priority", choices=["emergency", "priority", "normal", "background"])
-    c = cmd("list", cmd_list, "recent broadcasts", listing=True)
+    c.add_argument("--priority", choices=PRIORITIES)
+    c = _cmd(sub, "list", cmd_list, "recent broadcasts", listing=True)
     c.add_argument("--limit", type=int, default=50)
-    c = cmd("reach", cmd_reach, "which speakers confirmed playing a broadcast", listing=True)
+    c = _cmd(sub, "reach", cmd_reach, "which speakers confirmed playing a broadcast",
+             listing=True)
     c.add_argument("id", type=int)
     c.add_argument("--wait", type=float, metavar="S",
                    help="poll until every online speaker confirmed, at most S seconds")
 
-    cmd("approvals", cmd_approvals, "broadcasts waiting for your approval", listing=True)
+
+def _approval_commands(sub: Subparsers) -> None:
+    _cmd(sub, "approvals", cmd_approvals, "broadcasts waiting for your approval", listing=True)
     for decision in ("approve", "reject"):
-        c = cmd(decision, cmd_decide, f"{decision} a broadcast (or schedule) waiting for "
-                                      "approval")
+        c = _cmd(sub, decision, cmd_decide, f"{decision} a broadcast (or schedule) waiting "
+                                            "for approval")
         c.add_argument("id")
         c.add_argument("--schedule", action="store_true", help="ID is a schedule's")
         c.add_argument("--note", default="")
         c.set_defaults(decision=decision)
 
-    cmd("clips", cmd_clips, "the clip library", listing=True)
-    c = cmd("upload", cmd_upload, "upload an audio file to the clip library")
+
+def _clip_commands(sub: Subparsers) -> None:
+    _cmd(sub, "clips", cmd_clips, "the clip library", listing=True)
+    c = _cmd(sub, "upload", cmd_upload, "upload an audio file to the clip library")
     c.add_argument("file")
     c.add_argument("--name", help="default: the file's name")
-    c = cmd("tts", cmd_tts, "speak a text into a WAV file (preview)")
+    c = _cmd(sub, "tts", cmd_tts, "speak a text into a WAV file (preview)")
     c.add_argument("file", metavar="FILE.wav")
     c.add_argument("--text", required=True)
 
-    c = cmd("audit", cmd_audit, "who did what, when, where (newest first)", listing=True)
+
+def _user_commands(sub: Subparsers) -> None:
+    """audit, users, user add."""
+    c = _cmd(sub, "audit", cmd_audit, "who did what, when, where (newest first)", listing=True)
     c.add_argument("--user")
     c.add_argument("--action")
     c.add_argument("--limit", type=int, default=50)
-    cmd("users", cmd_users, "users and their grants (admin)", listing=True)
+    _cmd(sub, "users", cmd_users, "users and their grants (admin)", listing=True)
     user = sub.add_parser("user", help="create users (admin)")
-    c = cmd("add", cmd_user_add, "create a user with grants (--role R --zone Z, repeatable)",
-            user.add_subparsers(dest="user_action", required=True))
+    c = _cmd(user.add_subparsers(dest="user_action", required=True), "add", cmd_user_add,
+             "create a user with grants (--role R --zone Z, repeatable)")
     c.add_argument("name")
     c.add_argument("--role", action="append",
                    choices=["viewer", "operator", "approver", "emergency", "admin"])
@@ -845,9 +879,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--full-name", default="")
     c.add_argument("--password-file", metavar="FILE")
 
-    c = cmd("speakers", cmd_speakers, "speakers: presence and telemetry", listing=True)
+
+def _speaker_commands(sub: Subparsers) -> None:
+    """speakers, speaker ID ACTION, zone-command."""
+    c = _cmd(sub, "speakers", cmd_speakers, "speakers: presence and telemetry", listing=True)
     c.add_argument("--zone", help="only this subtree")
-    speaker = cmd("speaker", cmd_speaker, "command one speaker")
+    speaker = _cmd(sub, "speaker", cmd_speaker, "command one speaker")
     speaker.add_argument("id")
     actions = speaker.add_subparsers(dest="speaker_action", required=True)
     c = actions.add_parser("volume", help="set the volume (0-100)")
@@ -859,16 +896,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--hz", type=float, default=1000.0)
     c.add_argument("--seconds", type=float, default=5.0)
     c.set_defaults(device_cmd="test_tone")
-    c = cmd("zone-command", cmd_zone_command, "command every speaker of a zone subtree",
-            listing=True)
+    c = _cmd(sub, "zone-command", cmd_zone_command, "command every speaker of a zone subtree",
+             listing=True)
     c.add_argument("zone_id", metavar="ZONE")
     c.add_argument("cmd_name", metavar="CMD")
     c.add_argument("args", nargs="*", metavar="key=value")
 
-    cmd("schedules", cmd_schedules, "schedules and their next occurrence", listing=True)
+
+def _schedule_commands(sub: Subparsers) -> None:
+    _cmd(sub, "schedules", cmd_schedules, "schedules and their next occurrence", listing=True)
     schedule = sub.add_parser("schedule", help="add or remove schedules")
     ssub = schedule.add_subparsers(dest="schedule_action", required=True)
-    c = cmd("add", cmd_schedule_add, "air something on a recurrence rule or once", ssub)
+    c = _cmd(ssub, "add", cmd_schedule_add, "air something on a recurrence rule or once")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     when = c.add_mutually_exclusive_group(required=True)
     when.add_argument("--rrule", help='RFC 5545 rule, e.g. "FREQ=DAILY;BYHOUR=6;BYMINUTE=0"')
@@ -878,12 +917,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tz", help=f"IANA time zone (default: the server's, {DEFAULT_TZ})")
     c.add_argument("--duration", type=float, metavar="S", help="cut what airs after S seconds")
     _source_options(c, relay=True)
-    c.add_argument("--priority", default="normal",
-                   choices=["emergency", "priority", "normal", "background"])
+    c.add_argument("--priority", default="normal", choices=PRIORITIES)
     c.add_argument("--override-quiet-hours", action="store_true", help="admin; audited")
-    c = cmd("rm", cmd_schedule_rm, "remove a schedule", ssub)
+    c = _cmd(ssub, "rm", cmd_schedule_rm, "remove a schedule")
     c.add_argument("id")
-    return p
 
 
 def run(argv: list[str]) -> int:

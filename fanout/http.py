@@ -85,9 +85,29 @@ def add_media_routes(
     answers 503 while any check is false (a load balancer then sends no one here); its other
     fields (the streamer's ``degraded``, ``pending_writes``) are added to the answer as they are.
     """
-    listeners = {"n": 0}
+    routes = MediaRoutes(fanout, ptime_ms=ptime_ms, public_host=public_host, health=health,
+                         ready=ready)
+    app.router.add_get("/channels/{id}.sdp", routes.sdp)
+    app.router.add_get("/listen/{channel}.ogg", routes.listen)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", routes.metrics)
 
-    async def sdp(request: web.Request) -> web.Response:
+
+class MediaRoutes:
+    """The handlers of :func:`add_media_routes`, over one fan-out endpoint."""
+
+    def __init__(self, fanout: FanoutEndpoint, *, ptime_ms: int, public_host: str,
+                 health: Any = None, ready: Any = None) -> None:
+        self.fanout = fanout
+        self.ptime_ms = ptime_ms
+        self.public_host = public_host
+        self.health = health
+        self.ready = ready
+        self.listeners = 0
+
+    async def sdp(self, request: web.Request) -> web.Response:
+        fanout = self.fanout
         channel = request.match_info["id"]
         if not fanout.channel_known(channel):
             return _error(404, f"unknown channel {channel!r}", "channel")
@@ -115,15 +135,16 @@ def add_media_routes(
                     "channel",
                 )
             host, port = statics[0]
-        text = channel_sdp(channel, host, port, ptime_ms=ptime_ms, origin=public_host,
+        text = channel_sdp(channel, host, port, ptime_ms=self.ptime_ms, origin=self.public_host,
                            session_name=f"Loa {channel}")
         return web.Response(text=text, content_type="application/sdp")
 
-    async def listen(request: web.Request) -> web.StreamResponse:
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        fanout = self.fanout
         channel = request.match_info["channel"]
         if not fanout.channel_known(channel):
             return _error(404, f"unknown channel {channel!r}", "channel")
-        if listeners["n"] >= MAX_LISTENERS:
+        if self.listeners >= MAX_LISTENERS:
             return _error(503, "too many listen-in clients", "channel")
         resp = web.StreamResponse(headers={
             "Content-Type": "audio/ogg",
@@ -135,7 +156,7 @@ def add_media_routes(
         writer = OggOpusWriter(random.getrandbits(32), title=channel)
         await resp.write(writer.headers())
         q = _ListenQueue(LISTEN_QUEUE_PACKETS)
-        listeners["n"] += 1
+        self.listeners += 1
         fanout.add_listener(channel, q)
         try:
             while not q.overflowed:
@@ -162,10 +183,11 @@ def add_media_routes(
             pass  # the client went away mid-write
         finally:
             fanout.remove_listener(channel, q)
-            listeners["n"] -= 1
+            self.listeners -= 1
         return resp
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request) -> web.Response:
+        fanout = self.fanout
         media = fanout.local_addr
         body: dict[str, Any] = {
             "status": "ok",
@@ -173,26 +195,20 @@ def add_media_routes(
             "media": f"{media[0]}:{media[1]}" if media else None,
             "channels": len(fanout.channels()),
             "subscribers": fanout.server.count,
-            "listeners": listeners["n"],
+            "listeners": self.listeners,
         }
-        if health is not None:
-            body.update(health())
+        if self.health is not None:
+            body.update(self.health())
         return web.json_response(body)
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(fanout.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app.router.add_get("/channels/{id}.sdp", sdp)
-    app.router.add_get("/listen/{channel}.ogg", listen)
-    async def readyz(request: web.Request) -> web.Response:
-        checks: dict[str, bool] = {"media": fanout.local_addr is not None}
-        more: dict[str, Any] = dict(await ready()) if ready is not None else {}
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, bool] = {"media": self.fanout.local_addr is not None}
+        more: dict[str, Any] = dict(await self.ready()) if self.ready is not None else {}
         checks.update(more.pop("checks", {}))
         ok = all(checks.values())
         return web.json_response({"ready": ok, "checks": checks, **more},
                                  status=200 if ok else 503)
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.fanout.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})

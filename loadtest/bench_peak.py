@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 
-from streamer.control.services import free_port
+from devstack.services import free_port
 
 from ._report import machine, table, today, write_section
 from .lag import Snapshot, fmt_ms, metric, quantiles

@@ -3,7 +3,7 @@
 Benchmarks and ``loa loadtest`` need the real path (API → mixer → streamer fan-out → relay →
 speaker sockets) on one machine, started in a temporary directory and always stopped. The
 streamer runs either in the caller's process (``bench_emergency`` reads the mixer directly) or
-as a ``loa streamer`` child started as ``loa up`` starts it (``streamer.supervise``), so that
+as a ``loa streamer`` child started as ``loa up`` starts it (``devstack.supervise``), so that
 its CPU time and memory are its own in a report. Relays are ``relay.main`` children. :meth:`attach`
 points the same object at a stack that is already running (a URL, relay addresses and
 credentials) instead. Every process this module starts is in :attr:`Stack.pids`, and nothing
@@ -23,12 +23,11 @@ from typing import IO, Any
 
 import aiohttp
 
+from devstack.services import Mosquitto, RedisServer
+from devstack.supervise import Child, loa_process, stop
 from streamer.app import Streamer, StreamerConfig
 from streamer.control import broker
-from streamer.control.broker import Mosquitto
-from streamer.control.services import RedisServer
 from streamer.secretfile import write_private
-from streamer.supervise import Child, loa_process, stop
 
 from ._report import ROOT, process_cpu_s
 from .bench_relay import relay_counter
@@ -78,7 +77,7 @@ class Stack:
 
     def _start_mosquitto(self) -> list[str]:
         """A private Mosquitto that knows the streamer's login, as ``loa up`` starts one
-        (``streamer/up.py``); returns the streamer's arguments to use it."""
+        (``devstack/spawn.py``); returns the streamer's arguments to use it."""
         directory = self.tmp / "mosquitto"
         directory.mkdir(parents=True, exist_ok=True)
         password, password_file = broker.new_password(), directory / "streamer.password"

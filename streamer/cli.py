@@ -77,7 +77,7 @@ def _speaker(argv: list[str]) -> int:
 
 
 def _up(argv: list[str]) -> int:
-    from streamer.up import run
+    from devstack.up import run
 
     return run(argv)
 

@@ -59,7 +59,7 @@ async def streamer(tmp_path, redis_url):
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server on a free port, AOF on, data in the test's tmp dir."""
-    from streamer.control.services import RedisServer
+    from devstack.services import RedisServer
 
     srv = RedisServer(tmp_path / "redis")
     srv.start()
@@ -77,7 +77,7 @@ def mosquitto(tmp_path):
     """A real mosquitto on a free port, not started: no anonymous access, persistence in the
     test's tmp dir. Call ``set_accounts([...])`` then ``start()``; ``set_accounts`` on a
     running broker re-reads logins and ACL (SIGHUP)."""
-    from streamer.control.broker import Mosquitto
+    from devstack.services import Mosquitto
 
     srv = Mosquitto(tmp_path / "mosquitto")
     yield srv

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streamer.control.services import real_clock_env
+from devstack.services import real_clock_env
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 #: the epoch seconds the run's clock started at, set by ``make test-shifted``

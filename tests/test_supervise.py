@@ -1,4 +1,4 @@
-"""The supervisor of ``loa up`` (``streamer/supervise.py``) with small real processes: restart
+"""The supervisor of ``loa up`` (``devstack/supervise.py``) with small real processes: restart
 with growing delays that start short again after a healthy run, stop tier by tier, SIGKILL for
 a child that ignores SIGTERM past its share of the stop."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer import supervise
-from streamer.supervise import Child, Supervisor
+from devstack import supervise
+from devstack.supervise import Child, Supervisor
 from tests.harness.wait import until
 
 #: a child runs ``setup``, says it serves, then runs ``body`` (Python, with ``name``, ``out``

@@ -1,24 +1,22 @@
-"""Mosquitto for the control plane: per-device logins, a generated ACL, a private instance.
+"""Mosquitto for the control plane: per-device logins and a generated ACL.
 
 :func:`write_password_file` and :func:`write_acl` turn a list of :class:`Account` into the
-two files Mosquitto reads (and re-reads on SIGHUP, :meth:`Mosquitto.reload`); the registry
-stores only :func:`hash_password` hashes. :class:`Mosquitto` is the private broker that
-``loa up`` and the tests run (``services.py``). Every device may publish only under its own
-topics and read only its own commands, its config and its zones' group commands
-(``docs/mqtt.md``). This module never writes, logs or passes on a command line a plaintext
-password, and never writes a name into the ACL that could widen it (ids are checked against
-the id patterns: no ``/``, ``+``, ``#``, whitespace or newline).
+two files Mosquitto reads (and re-reads on SIGHUP, ``devices.py``); the registry stores only
+:func:`hash_password` hashes. The private broker that ``loa up`` and the tests run is
+``devstack/services.py``'s :class:`Mosquitto`, which writes the same files. Every device
+may publish only under its own topics and read only its own commands, its config and its
+zones' group commands (``docs/mqtt.md``). This module never writes, logs or passes on a
+command line a plaintext password, and never writes a name into the ACL that could widen it
+(ids are checked against the id patterns: no ``/``, ``+``, ``#``, whitespace or newline).
 """
 
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import hmac
 import os
 import secrets
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,6 @@ from streamer.control.messages import (
     zone_cmd_topics,
     zone_emergency_topics,
 )
-from streamer.control.services import Service, ServiceError
 from streamer.secretfile import write_private
 
 STREAMER_USER = "streamer"
@@ -152,78 +149,3 @@ def write_acl(path: Path, accounts: Iterable[Account]) -> None:
     for a in _checked(accounts):
         blocks.append(f"\nuser {a.user}\n" + "".join(f"{r}\n" for r in acl_rules(a)))
     write_private(path, "".join(blocks))
-
-
-class Mosquitto(Service):
-    """A private ``mosquitto`` with logins and ACL from :meth:`set_accounts`, retained
-    messages persisted under ``directory``."""
-
-    binary = "mosquitto"
-
-    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1",
-                 max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
-        super().__init__(directory, port, host)
-        self.max_packet_bytes = max_packet_bytes
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def password_path(self) -> Path:
-        return self.directory / "passwd"
-
-    @property
-    def acl_path(self) -> Path:
-        return self.directory / "acl"
-
-    def argv(self, conf: Path) -> list[str]:
-        return [self.binary, "-c", str(conf)]
-
-    def config(self) -> str:
-        d = self.directory
-        lines = [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {self.password_path}",
-            f"acl_file {self.acl_path}",
-            f"listener {self.port} {self.host}",
-            "persistence true",
-            # the streamer signals the broker to re-read logins and ACL (devices.py)
-            f"pid_file {d}/mosquitto.pid",
-            f"persistence_location {d}/",
-            "autosave_interval 60",
-            f"max_packet_size {self.max_packet_bytes}",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-        ]
-        if os.geteuid() == 0:  # as root it would switch to user "mosquitto", who cannot
-            lines.append(f"user {getpass.getuser()}")  # read or write our directory
-        return "\n".join(lines) + "\n"
-
-    def set_accounts(self, accounts: Iterable[Account]) -> None:
-        """Write the password file and the ACL; a running broker re-reads both."""
-        accounts = list(accounts)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_password_file(self.password_path, accounts)
-        write_acl(self.acl_path, accounts)
-        if self.proc is not None and self.proc.poll() is None:
-            self.reload()
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for path in (self.password_path, self.acl_path):
-            if not path.exists():  # nobody may log in until set_accounts says who
-                write_private(path, "")
-        super().start()
-
-    def reload(self) -> None:
-        """SIGHUP: Mosquitto re-reads the password file and the ACL (existing sessions stay
-        connected; new permissions apply to their next publish and subscribe)."""
-        if self.proc is None or self.proc.poll() is not None:
-            raise ServiceError("mosquitto is not running")
-        self.proc.send_signal(signal.SIGHUP)

@@ -1,5 +1,6 @@
-"""Speakers and relays: provisioning (with their broker credentials, shown once), presence and
-telemetry, and commands over MQTT with acknowledgements, one speaker or a whole zone."""
+"""Speakers: provisioning (with their broker credentials, shown once), presence and telemetry,
+and commands over MQTT with acknowledgements, one speaker or a whole zone. Relays are
+``relays.py``; both answer a registration with :class:`Provisioned`."""
 
 from __future__ import annotations
 
@@ -34,13 +35,6 @@ class SpeakerPatch(Patch):
     relays: list[str] = left_out(max_length=16, description='ordered upstreams, "host:port"')
 
 
-class RelayIn(Body):
-    id: DeviceId
-    media: str = Field("", max_length=300)
-    http: str = Field("", max_length=300)
-    zone: ZoneId | None = None
-
-
 class Credentials(BaseModel):
     user: str
     password: str = Field(description="shown once; stored only as a hash")
@@ -59,10 +53,6 @@ class Provisioned(BaseModel):
 
 class SpeakerList(BaseModel):
     speakers: list[SpeakerOut]
-
-
-class RelayList(BaseModel):
-    relays: list[Relay]
 
 
 class SpeakerQuery(BaseModel):
@@ -240,55 +230,3 @@ async def command_zone(ctx: Ctx) -> ZoneCommandOut:
     result = await fleet.zone_command(zone, b.cmd, b.args, timeout_s=b.timeout_s)
     return ZoneCommandOut(correlation=result.id, acks=[
         AckOut(speaker=sid, **a.model_dump()) for sid, a in sorted(result.acks.items())])
-
-
-@API.route("GET", "/api/v1/relays", summary="Registered relays", tag="relays",
-           response=RelayList)
-async def list_relays(ctx: Ctx) -> RelayList:
-    return RelayList(relays=sorted(await ctx.services.state.relays.all(), key=lambda r: r.id))
-
-
-@API.route("POST", "/api/v1/relays", summary="Register a relay; returns its MQTT password once",
-           tag="relays", body=RelayIn, response=Provisioned, status=201)
-async def create_relay(ctx: Ctx) -> Provisioned:
-    b: RelayIn = ctx.body
-    ctx.require(auth.ADMIN, [b.zone] if b.zone else [], "register relays")
-    plane = ctx.services
-    if b.zone and b.zone not in plane.zones:
-        raise BadRequest("zone", f"unknown zone {b.zone!r}")
-    if await plane.state.relays.get(b.id) or await plane.state.speakers.get(b.id):
-        raise Conflict(f"device {b.id!r} exists", "id")
-    relay = Relay(**b.model_dump(), created=time.time())
-    await plane.state.relays.put(relay.id, relay)
-    password = await plane.devices.set_password(relay.id)
-    await plane.devices.sync_broker()
-    await ctx.audit("create_relay", relay.id, [b.zone] if b.zone else [])
-    return Provisioned(relay=relay, mqtt=Credentials(user=relay.id, password=password))
-
-
-async def _relay(ctx: Ctx) -> Relay:
-    rid = ctx.path("id")[:64]
-    r = await ctx.services.state.relays.get(rid)
-    if r is None:
-        raise NotFound(f"relay {rid!r}")
-    ctx.require(auth.ADMIN, [r.zone] if r.zone else [], "manage relays")
-    return r
-
-
-@API.route("POST", "/api/v1/relays/{id}/credentials", summary="Issue a new MQTT password",
-           tag="relays", response=Credentials, status=201)
-async def relay_credentials(ctx: Ctx) -> Credentials:
-    r = await _relay(ctx)
-    password = await ctx.services.devices.set_password(r.id)
-    await ctx.services.devices.sync_broker()
-    await ctx.audit("relay_credentials", r.id, [r.zone] if r.zone else [])
-    return Credentials(user=r.id, password=password)
-
-
-@API.route("DELETE", "/api/v1/relays/{id}", summary="Remove a relay and its login",
-           tag="relays", response=Relay)
-async def delete_relay(ctx: Ctx) -> Relay:
-    r = await _relay(ctx)
-    await ctx.services.devices.delete("relay", r.id)
-    await ctx.audit("delete_relay", r.id, [r.zone] if r.zone else [])
-    return r

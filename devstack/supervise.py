@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from devstack.services import Service, ServiceError
 from streamer.control.fleet import Backoff
-from streamer.control.services import Service, ServiceError
 
 log = logging.getLogger("loa.up")
 

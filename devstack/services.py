@@ -1,6 +1,6 @@
 """Private instances of the real servers Loa depends on, run as child processes.
 
-``loa up`` starts its own ``redis-server`` (and Mosquitto, ``broker.py``) under ``var/`` when
+``loa up`` starts its own ``redis-server`` and Mosquitto under ``var/`` when
 no ``LOA_REDIS_URL`` / ``LOA_MQTT_URL`` is configured, and the tests start them on free ports.
 One code path for both, so the tests exercise what an operator runs. In production these
 point at existing servers and nothing here runs.
@@ -8,13 +8,24 @@ point at existing servers and nothing here runs.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+from streamer.control.broker import (
+    MAX_PACKET_BYTES,
+    Account,
+    write_acl,
+    write_password_file,
+)
+from streamer.secretfile import write_private
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
@@ -74,7 +85,7 @@ class Service:
         conf.write_text(self.config())
         with open(self.log_path, "ab") as out:
             # a session of its own: a Ctrl-C in the terminal reaches its owner, who stops
-            # it after its clients (loa up, streamer/supervise.py), not all at once
+            # it after its clients (loa up, devstack/supervise.py), not all at once
             self.proc = subprocess.Popen([exe, *self.argv(conf)[1:]], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.directory, env=real_clock_env(),
@@ -133,3 +144,79 @@ class RedisServer(Service):
             "loglevel notice",
             "",
         ])
+
+
+class Mosquitto(Service):
+    """A private ``mosquitto`` with logins and ACL from :meth:`set_accounts`, retained
+    messages persisted under ``directory``."""
+
+    binary = "mosquitto"
+
+    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1",
+                 max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
+        super().__init__(directory, port, host)
+        self.max_packet_bytes = max_packet_bytes
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def password_path(self) -> Path:
+        return self.directory / "passwd"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.directory / "acl"
+
+    def argv(self, conf: Path) -> list[str]:
+        return [self.binary, "-c", str(conf)]
+
+    def config(self) -> str:
+        d = self.directory
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {self.password_path}",
+            f"acl_file {self.acl_path}",
+            f"listener {self.port} {self.host}",
+            "persistence true",
+            # the streamer signals the broker to re-read logins and ACL
+            # (streamer/control/devices.py)
+            f"pid_file {d}/mosquitto.pid",
+            f"persistence_location {d}/",
+            "autosave_interval 60",
+            f"max_packet_size {self.max_packet_bytes}",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:  # as root it would switch to user "mosquitto", who cannot
+            lines.append(f"user {getpass.getuser()}")  # read or write our directory
+        return "\n".join(lines) + "\n"
+
+    def set_accounts(self, accounts: Iterable[Account]) -> None:
+        """Write the password file and the ACL; a running broker re-reads both."""
+        accounts = list(accounts)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_password_file(self.password_path, accounts)
+        write_acl(self.acl_path, accounts)
+        if self.proc is not None and self.proc.poll() is None:
+            self.reload()
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in (self.password_path, self.acl_path):
+            if not path.exists():  # nobody may log in until set_accounts says who
+                write_private(path, "")
+        super().start()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads the password file and the ACL (existing sessions stay
+        connected; new permissions apply to their next publish and subscribe)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise ServiceError("mosquitto is not running")
+        self.proc.send_signal(signal.SIGHUP)
