@@ -185,7 +185,7 @@ def loa_process(args: Callable[[], list[str]], log_path: Path) -> StartFn:
     async def start(child: Child) -> None:
         with open(log_path, "ab") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "streamer.cli", *args(),
+                sys.executable, "-m", "loa", *args(),
                 stdout=asyncio.subprocess.PIPE, stderr=err, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True)
         child.proc = proc

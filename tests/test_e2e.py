@@ -212,7 +212,7 @@ def test_loa_ctl_commands_real_speakers_over_mqtt(stack, tmp_path):
     var = Path(stack["admin_credentials"]).parent
 
     def ctl(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "streamer.cli", "ctl", *args], env=env,
+        done = subprocess.run([sys.executable, "-m", "loa", "ctl", *args], env=env,
                               cwd=var.parent, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout

@@ -103,7 +103,7 @@ def ffmpeg_sine(port: int, hz: float, seconds: float, key: str | None) -> list[s
 
 
 def studio(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "studio", *args]
+    return [sys.executable, "-m", "loa", "studio", *args]
 
 
 class ToneSender:

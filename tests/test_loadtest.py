@@ -1,6 +1,6 @@
 """``loa loadtest``: the smoke scenario end to end, and the pieces its figures rest on.
 
-The smoke test runs the real command (``python -m streamer.cli loadtest --scenario smoke``) as
+The smoke test runs the real command (``python -m loa loadtest --scenario smoke``) as
 a user would: it starts redis-server, the streamer and a relay, 500 simulated speakers in two
 worker processes doing the real handshake, airs a broadcast and an emergency through the API,
 and writes the report and figures. It asserts correctness, never speed: every speaker
@@ -39,7 +39,7 @@ FREQ_TOLERANCE_HZ = 5.0
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
     report = tmp_path_factory.mktemp("loadtest") / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "loadtest", "--scenario", "smoke",
+        [sys.executable, "-m", "loa", "loadtest", "--scenario", "smoke",
          "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     return json.loads(report.read_text()), report, proc.stdout
@@ -141,7 +141,7 @@ async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, t
         media = json.loads(await asyncio.wait_for(relay.stdout.readline(), 15))["media"]
         report = tmp_path / "attached.json"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamer.cli", "loadtest", "--scenario", "smoke",
+            sys.executable, "-m", "loa", "loadtest", "--scenario", "smoke",
             "--speakers", "40", "--duration", "12", "--streamer", streamer.http_url,
             "--relay", media, "--token", streamer.admin["Authorization"].split()[1],
             "--report", str(report), cwd=ROOT, stdout=asyncio.subprocess.PIPE,

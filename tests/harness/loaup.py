@@ -112,7 +112,7 @@ class LoaUp:
         self.stderr_path = var / "loa-up.stderr"
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamer.cli", "up", "--var-dir", str(var),
+                [sys.executable, "-m", "loa", "up", "--var-dir", str(var),
                  "--http-port", "0", "--relay-http-port", "0", "--ingest-port", "0", *args],
                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                 env=None if env is None else {**os.environ, **env})

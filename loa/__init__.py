@@ -1,0 +1,1 @@
+"""The ``loa`` command (``loa/cli.py``)."""
