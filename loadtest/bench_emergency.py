@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.mmsg import SendBatch
-from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket, ssrc_for
+from wire.packet import EMERGENCY_LEVEL, RtpPacket, ssrc_for
 
 from ._report import machine, table, today, write_section
 from .bench_relay import udp_drops

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from streamer.config import ConfigError, parse_hostport
-from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
-from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
+from wire.packet import EMERGENCY_LEVEL, MalformedPacket
+from wire.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
 from .children import ask, quit_child, read_line
 from .header import capture_of, payload_of, peek

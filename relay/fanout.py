@@ -1,7 +1,7 @@
 """The downstream half of every media sender: one UDP socket that fans each channel out.
 
 The streamer and every relay own one :class:`FanoutEndpoint`. It answers the subscribe
-handshake (``streamer.rtp.subscribe.SubscribeServer``), keeps a :class:`DestinationTable` per
+handshake (``wire.subscribe.SubscribeServer``), keeps a :class:`DestinationTable` per
 channel (handshaken subscribers plus static unicast/multicast destinations), and
 :meth:`FanoutEndpoint.publish` sends one RTP or RTCP datagram, unchanged, to every destination
 of its channel and to in-process listeners (listen-in). ``publish`` is the hot path, per
@@ -39,9 +39,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay.mmsg import SendBatch, sockaddr
 from relay.ring import PacketRing
-from streamer.rtp import subscribe, udp
-from streamer.rtp.packet import MalformedPacket
-from streamer.rtp.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
+from streamer.rtp import udp
+from wire import subscribe
+from wire.packet import MalformedPacket
+from wire.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from streamer.config import Addr, ConfigError, Static, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.procmetrics import watch_process
-from streamer.rtp.packet import ssrc_for
+from wire.packet import ssrc_for
 
 from .fanout import FanoutEndpoint
 from .http import add_media_routes

@@ -12,8 +12,8 @@ from collections import Counter
 from typing import Any
 
 from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
-from streamer.control.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
-from streamer.rtp.subscribe import ClientState
+from wire.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
+from wire.subscribe import ClientState
 
 from .fanout import FanoutEndpoint
 from .upstream import Upstream

@@ -47,8 +47,8 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
 from streamer.procmetrics import watch_process
-from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
+from wire.packet import ssrc_for
 
 log = logging.getLogger("loa.streamer")
 CONTROL_WORKERS = 2

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
-from streamer.control.messages import EmergencyState, parse, zone_emergency_topics
 from tests.conftest import peak_hz
 from tests.tap import Tap
+from wire.messages import EmergencyState, parse, zone_emergency_topics
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

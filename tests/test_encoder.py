@@ -15,8 +15,8 @@ from streamer.mixer.encoder import APPLICATIONS, OpusEncoder, OpusSettings
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet
 from tests.conftest import Sent
+from wire import packet
 
 N = 960  # 20 ms
 

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from relay.fanout import UNREACHABLE_S, FanoutEndpoint
 from relay.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
 from relay.ring import PacketRing
-from streamer.rtp.packet import RtpPacket, ssrc_for
-from streamer.rtp.rtcp import SenderReport
 from tests.test_relay import Subscriber
+from wire.packet import RtpPacket, ssrc_for
+from wire.rtcp import SenderReport
 
 CH = "bt.vt.p1"
 

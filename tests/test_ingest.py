@@ -30,8 +30,8 @@ from streamer.live.ingest import (
     sdp_for,
 )
 from streamer.mixer.encoder import OpusEncoder
-from streamer.rtp.packet import RtpPacket
 from tests.conftest import free_port, peak_hz, rms_dbfs
+from wire.packet import RtpPacket
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -14,8 +14,8 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority, Program
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet, rtcp
 from tests.conftest import Sent
+from wire import packet, rtcp
 
 N = 960  # 20 ms
 

@@ -22,8 +22,8 @@ from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
 from streamer.playout import set_thread_nice
-from streamer.rtp import packet
 from tests.conftest import Sent
+from wire import packet
 
 N = 960  # 20 ms
 #: more distinct programmes than one core encodes in real time (about 44 of speech, 56-61 of

@@ -42,7 +42,10 @@ from streamer.control.broker import (
     write_acl,
 )
 from streamer.control.fleet import Fleet
-from streamer.control.messages import (
+from streamer.control.services import Service
+from tests.conftest import peak_hz, rms_dbfs
+from tests.upstream import RtpUpstream, serving
+from wire.messages import (
     Ack,
     Command,
     Played,
@@ -52,9 +55,6 @@ from streamer.control.messages import (
     encode,
     parse,
 )
-from streamer.control.services import Service
-from tests.conftest import peak_hz, rms_dbfs
-from tests.upstream import RtpUpstream, serving
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -31,9 +31,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from relay.fanout import DestinationTable, FanoutEndpoint
-from streamer.rtp import rtcp, subscribe
-from streamer.rtp.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import SubscribeClient
+from wire import rtcp, subscribe
+from wire.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for, unix_to_ntp64
+from wire.subscribe import SubscribeClient
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from streamer.rtp import packet, rtcp
-from streamer.rtp import subscribe as sub
-from streamer.rtp.packet import MalformedPacket
+from wire import packet, rtcp
+from wire import subscribe as sub
+from wire.packet import MalformedPacket
 
 
 def test_rtp_roundtrip_with_extensions():

@@ -35,8 +35,8 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Priority
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet
 from tests.conftest import Sent
+from wire import packet
 
 HCM = tz.gettz("Asia/Ho_Chi_Minh")
 BERLIN = tz.gettz("Europe/Berlin")

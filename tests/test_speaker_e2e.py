@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.rtp.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import Subscribed, Unsubscribed, is_control
 from tests.upstream import RtpUpstream, serving
+from wire.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
+from wire.subscribe import Subscribed, Unsubscribed, is_control
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

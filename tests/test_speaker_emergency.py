@@ -42,8 +42,6 @@ from clients.speaker.jitter import FrameKind, JitterBuffer
 from clients.speaker.main import ConfigError, load_config
 from clients.speaker.playout import Playout, volume_gain
 from streamer.control.broker import STREAMER_USER
-from streamer.control.messages import EmergencyState, zone_emergency_topic
-from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket
 from tests.conftest import peak_hz, rms_dbfs
 from tests.test_mqtt import (
     KP1,
@@ -55,6 +53,8 @@ from tests.test_mqtt import (
     start_broker,
 )
 from tests.upstream import serving
+from wire.messages import EmergencyState, zone_emergency_topic
+from wire.packet import EMERGENCY_LEVEL, RtpPacket
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -26,9 +26,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamer.control.messages import EmergencyState
-from streamer.rtp.packet import EMERGENCY_LEVEL
 from streamer.secretfile import write_private
+from wire.messages import EmergencyState
+from wire.packet import EMERGENCY_LEVEL
 
 from .output import wav_header
 from .playout import RATE_HZ, Playout

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket, RtpPacket
+from wire.packet import EMERGENCY_LEVEL, MalformedPacket, RtpPacket
 
 from .jitter import Arrival, Frame, FrameKind, JitterBuffer
 from .output import Sink

@@ -41,8 +41,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamer.rtp.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
-from streamer.rtp.rtcp import SenderReport
+from wire.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
+from wire.rtcp import SenderReport
 
 from .clock import FrameClock
 from .encoder import OpusEncoder, OpusSettings
