@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.secretfile import write_private
+from wire.priority import PRIORITIES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
@@ -767,7 +768,7 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("broadcast", cmd_broadcast, "air a tone, a text or a clip in zones")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     _source_options(c)
-    c.add_argument("--priority", default="normal", choices=["priority", "normal", "background"])
+    c.add_argument("--priority", default="normal", choices=PRIORITIES[1:])
     c.add_argument("--override-quiet-hours", action="store_true", help="admin; audited")
     c.add_argument("--wait-reach", action="store_true",
                    help="after airing, wait for the speakers' proof of play")
@@ -795,7 +796,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("id")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     c.add_argument("--priority", default="normal",
-                   choices=["emergency", "priority", "normal", "background"])
+                   choices=PRIORITIES)
     c.add_argument("--name", default="")
     c = cmd("key", cmd_input_key, "replace an input's key (prints the new one)", isub)
     c.add_argument("id")
@@ -805,7 +806,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("id", type=int)
     c = cmd("stop-all", cmd_stop_all, "stop everything airing in zones")
     c.add_argument("--zone", action="append", required=True)
-    c.add_argument("--priority", choices=["emergency", "priority", "normal", "background"])
+    c.add_argument("--priority", choices=PRIORITIES)
     c = cmd("list", cmd_list, "recent broadcasts", listing=True)
     c.add_argument("--limit", type=int, default=50)
     c = cmd("reach", cmd_reach, "which speakers confirmed playing a broadcast", listing=True)
@@ -879,7 +880,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--duration", type=float, metavar="S", help="cut what airs after S seconds")
     _source_options(c, relay=True)
     c.add_argument("--priority", default="normal",
-                   choices=["emergency", "priority", "normal", "background"])
+                   choices=PRIORITIES)
     c.add_argument("--override-quiet-hours", action="store_true", help="admin; audited")
     c = cmd("rm", cmd_schedule_rm, "remove a schedule", ssub)
     c.add_argument("id")

@@ -39,8 +39,9 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
+from wire.priority import Priority
 
 from ._report import machine, median, table, today, write_section
 

@@ -43,10 +43,11 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.clip import Clip
 from streamer.mixer.sources.tts import EspeakProvider
 from streamer.playout import PLAYOUT_NICE, SWITCH_INTERVAL_S, set_thread_nice
+from wire.priority import Priority
 
 from ._report import machine, median, table, today, write_section
 

@@ -13,10 +13,11 @@ from streamer.config import ConfigError
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import APPLICATIONS, OpusEncoder, OpusSettings
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
 from tests.conftest import Sent
 from wire import packet
+from wire.priority import Priority
 
 N = 960  # 20 ms
 

@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority, Program
+from streamer.mixer.program import Item, Program
 from streamer.mixer.sources.tone import Tone
 from tests.conftest import Sent
 from wire import packet, rtcp
+from wire.priority import Priority
 
 N = 960  # 20 ms
 

@@ -18,12 +18,13 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import CHEAP_COMPLEXITY, DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
 from streamer.playout import set_thread_nice
 from tests.conftest import Sent
 from wire import packet
+from wire.priority import Priority
 
 N = 960  # 20 ms
 #: more distinct programmes than one core encodes in real time (about 44 of speech, 56-61 of

@@ -33,10 +33,11 @@ from streamer.control.schedules import (
 from streamer.control.schemas import BadRequest
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
 from tests.conftest import Sent
 from wire import packet
+from wire.priority import Priority
 
 HCM = tz.gettz("Asia/Ho_Chi_Minh")
 BERLIN = tz.gettz("Europe/Berlin")

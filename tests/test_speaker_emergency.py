@@ -54,7 +54,8 @@ from tests.test_mqtt import (
 )
 from tests.upstream import serving
 from wire.messages import EmergencyState, zone_emergency_topic
-from wire.packet import EMERGENCY_LEVEL, RtpPacket
+from wire.packet import RtpPacket
+from wire.priority import Priority
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -64,6 +65,7 @@ FRAME = 960
 SSRC = 0x4242
 T0 = 1_795_402_800.0  # the fake wall clock starts here
 NORMAL, EMERGENCY = 7, 4242  # broadcast ids
+EMERGENCY_LEVEL = Priority.EMERGENCY  # what the RTP priority extension carries
 
 
 # --------------------------------------------------------------------------- sans-IO helpers

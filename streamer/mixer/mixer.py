@@ -42,6 +42,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from wire.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
+from wire.priority import Priority
 from wire.rtcp import SenderReport
 
 from .clock import FrameClock
@@ -49,7 +50,7 @@ from .encoder import OpusEncoder, OpusSettings
 from .guard import CHEAP_COMPLEXITY, DeadlineGuard
 from .loudness import Limiter
 from .pool import EncoderPool
-from .program import Item, Priority, Program
+from .program import Item, Program
 
 SR_INTERVAL_FRAMES = 50
 _U32 = 0xFFFF_FFFF

@@ -34,7 +34,8 @@ from pydantic import (
 from streamer.control import auth
 from streamer.control.models import BroadcastRecord, Speaker, ZoneId, covers
 from streamer.control.schedules import DEFAULT_TZ as LOCAL_TZ
-from streamer.control.schemas import PRIORITIES, BadRequest
+from streamer.control.schemas import BadRequest
+from wire.priority import PRIORITIES
 
 from .core import API, Ctx
 
