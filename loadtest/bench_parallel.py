@@ -97,7 +97,7 @@ def mixer(bulletins: list[np.ndarray], programmes: int, workers: int, guard: Dea
           sink: Discard | Keep) -> Mixer:
     channels = [f"xa{i:03d}" for i in range(programmes)]
     clock = FrameClock(PTIME_MS, start_mono=0.0, start_wall=1_800_000_000.0)
-    m = Mixer(channels, clock, sink, workers=workers, guard=guard)
+    m = Mixer(channels, clock, sink, wall=time.time, workers=workers, guard=guard)
     for i, c in enumerate(channels):
         pcm = bulletins[i % len(bulletins)]
         # a different place in the bulletin for each commune; looped, so it never ends

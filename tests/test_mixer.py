@@ -79,7 +79,8 @@ def test_stop_fades_out_the_playing_item():
 
 def _mixer(channels, sink=None, registry=None):
     clock = FrameClock(20, start_mono=0.0, start_wall=1_800_000_000.0)
-    return Mixer(channels, clock, Sent() if sink is None else sink, registry=registry)
+    return Mixer(channels, clock, Sent() if sink is None else sink, wall=time.time,
+                 registry=registry)
 
 
 def test_one_encode_for_200_zones_under_one_broadcast():

@@ -241,6 +241,7 @@ class Mixer:
         clock: FrameClock,
         sink: PacketSink,
         *,
+        wall: Callable[[], float],
         opus: OpusSettings | None = None,
         fade_ms: int = 10,
         registry: CollectorRegistry | None = None,
@@ -248,9 +249,11 @@ class Mixer:
         workers: int | None = None,
         guard: DeadlineGuard | None = None,
     ) -> None:
-        """``workers``: threads that encode, the ticking one included (None: one per core; 1:
-        everything on the ticking thread). ``guard``: the deadline guard (default: its
-        thresholds at this clock's frame time)."""
+        """``wall``: the wall clock (Unix seconds) that time to air is measured on; the caller
+        owns it (the app passes ``time.time``, a test may pass a fake). ``workers``: threads
+        that encode, the ticking one included (None: one per core; 1: everything on the
+        ticking thread). ``guard``: the deadline guard (default: its thresholds at this
+        clock's frame time)."""
         workers = (os.cpu_count() or 1) if workers is None else workers
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -259,6 +262,7 @@ class Mixer:
         self.guard = guard or DeadlineGuard(clock.ptime_s)
         self.clock = clock
         self.sink = sink
+        self.wall = wall
         self.opus = opus or OpusSettings()
         self.lock = threading.RLock()
         self.on_finished = on_finished
@@ -349,7 +353,7 @@ class Mixer:
         if by_program:
             self.items[item.id] = item
             if item.aired_at is None and item.id not in self._unaired:
-                self._unaired[item.id] = (time.time() if item.requested_at is None
+                self._unaired[item.id] = (self.wall() if item.requested_at is None
                                           else item.requested_at)
             if end_frame is not None:
                 self._ends[item.id] = end_frame
@@ -551,7 +555,7 @@ class Mixer:
         return block
 
     def _aired(self, item: Item) -> None:
-        now = time.time()
+        now = self.wall()
         since = self._unaired.pop(item.id)
         item.aired_at = now
         self.metrics.time_to_air.labels(item.priority.name.lower()).observe(now - since)
