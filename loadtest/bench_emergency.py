@@ -7,7 +7,7 @@ and one subscribe handshake each), speaker i on leaf channel i mod 30 through re
 Every channel streams all the time (silence is sent as Opus silence), so the emergency has to
 get through relays already fanning out ``speakers × 1000 / ptime`` packets per second: at
 20 ms frames, 250,000 datagrams a second for 5,000 speakers, which the relays send with
-``sendmmsg`` (``relay/mmsg.py``). The bench refuses to measure relays that do not keep up with
+``sendmmsg`` (``fanout/mmsg.py``). The bench refuses to measure relays that do not keep up with
 the streamer (their queues, and so time-to-air, would grow without bound).
 
 Each of ``--emergencies`` rounds has two measurements, interleaved so that both see the same
@@ -48,7 +48,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.mmsg import SendBatch
+from fanout.mmsg import SendBatch
 from wire.packet import RtpPacket, ssrc_for
 from wire.priority import Priority
 

@@ -5,7 +5,7 @@ sequence numbers incrementing) by an in-process upstream (a ``FanoutEndpoint``, 
 streamer has) to a real ``relay.main`` subprocess. ``--subscribers`` receivers live in a
 separate receiver process: one UDP socket each, each doing the real subscribe handshake with
 the relay, counting packets and sequence gaps per subscriber. They read with ``recvmmsg``
-(``relay/mmsg.py``) in rounds of ``ROUND_S`` over all sockets, so that 5,000 receivers cost a
+(``fanout/mmsg.py``) in rounds of ``ROUND_S`` over all sockets, so that 5,000 receivers cost a
 fraction of a core and the relay, not the receiver, is what is measured.
 
 The baseline, in the same run and to the same receiver sockets: a minimal raw sender process
@@ -46,8 +46,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from relay.fanout import FanoutEndpoint
-from relay.mmsg import RecvBatch, SendBatch
+from fanout.endpoint import FanoutEndpoint
+from fanout.mmsg import RecvBatch, SendBatch
 from wire.packet import HEADER_LEN, OPUS_PT, RtpPacket, ssrc_for
 from wire.subscribe import MAGIC, ClientState, SubscribeClient
 

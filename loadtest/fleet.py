@@ -6,7 +6,7 @@ time-to-air, playout sync, and the decoded audio of a few of them.
 fleet, one UDP socket per speaker, does the real subscribe handshake (``SubscribeClient``) with
 its relay and reads all media. Reading one datagram per system call would cost more than the
 relay under test, so a worker reads in rounds: every ``ROUND_S`` one ``recvmmsg`` per socket
-(:class:`relay.mmsg.RecvBatch`, up to ``SLOTS`` datagrams, each with the kernel's receive time)
+(:class:`fanout.mmsg.RecvBatch`, up to ``SLOTS`` datagrams, each with the kernel's receive time)
 copies the 32-byte headers into one ``[speakers, SLOTS, 32]`` array, and :class:`Reception`
 turns the whole round into statistics with numpy, looping only over the slot column, never
 over packets. What does not fit in a round stays queued in the socket for the next one; its
@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from clients.speaker.playout import MAX_FRAME, RATE_HZ, OpusDecoder
-from relay.mmsg import RecvBatch, timestamp_socket
+from fanout.mmsg import RecvBatch, timestamp_socket
 from wire.packet import HEADER_LEN, MalformedPacket
 from wire.subscribe import Addr, ClientState, SubscribeClient
 

@@ -26,13 +26,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from fanout.endpoint import FanoutEndpoint
+from fanout.http import add_media_routes
 from streamer.config import Addr, ConfigError, Static, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.procmetrics import watch_process
 from wire.packet import ssrc_for
 
-from .fanout import FanoutEndpoint
-from .http import add_media_routes
 from .mqtt import RelayDevice
 from .upstream import Upstream
 

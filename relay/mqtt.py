@@ -11,11 +11,11 @@ import time
 from collections import Counter
 from typing import Any
 
+from fanout.endpoint import FanoutEndpoint
 from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
 from wire.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
 from wire.subscribe import ClientState
 
-from .fanout import FanoutEndpoint
 from .upstream import Upstream
 
 

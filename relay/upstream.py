@@ -4,7 +4,7 @@ For every channel that has a consumer downstream, a ``SubscribeClient`` handshak
 first live upstream of an ordered list (streamer or another relay) and fails over along it.
 All subscriptions share ONE socket; incoming RTP and RTCP are demultiplexed by SSRC (every
 process derives a channel's SSRC from its name, so no lookup table needs to be exchanged) and
-handed, unchanged, to :meth:`relay.fanout.FanoutEndpoint.publish`. A channel is unsubscribed
+handed, unchanged, to :meth:`fanout.endpoint.FanoutEndpoint.publish`. A channel is unsubscribed
 (BYE) ``linger_s`` after its last consumer leaves, so that a speaker rebooting does not churn
 the upstream. When every upstream rejects a channel as unknown, the relay remembers it for
 ``unknown_ttl_s`` and rejects it downstream too. The media path (``datagram_received``) must
@@ -25,11 +25,10 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
 from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
 from wire.subscribe import Addr, ClientState, SubscribeClient
-
-from .fanout import FanoutEndpoint, set_receive_buffer
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from relay.fanout import FanoutEndpoint
-from relay.http import add_media_routes
+from fanout.endpoint import FanoutEndpoint
+from fanout.http import add_media_routes
 from streamer.config import ConfigError, check_range
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary

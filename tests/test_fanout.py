@@ -9,9 +9,9 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from relay.fanout import UNREACHABLE_S, FanoutEndpoint
-from relay.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
-from relay.ring import PacketRing
+from fanout.endpoint import UNREACHABLE_S, FanoutEndpoint
+from fanout.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
+from fanout.ring import PacketRing
 from tests.test_relay import Subscriber
 from wire.packet import RtpPacket, ssrc_for
 from wire.rtcp import SenderReport

@@ -30,7 +30,7 @@ import opuslib.api.encoder
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.fanout import DestinationTable, FanoutEndpoint
+from fanout.endpoint import DestinationTable, FanoutEndpoint
 from wire import rtcp, subscribe
 from wire.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for, unix_to_ntp64
 from wire.subscribe import SubscribeClient
@@ -583,7 +583,7 @@ async def test_fanout_publish_reaches_subscribers_statics_and_listeners() -> Non
 async def test_multicast_static_destination_and_its_sdp() -> None:
     from aiohttp import web
 
-    from relay.http import add_media_routes
+    from fanout.http import add_media_routes
 
     group = "239.255.42.7"
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -624,7 +624,7 @@ async def test_multicast_static_destination_and_its_sdp() -> None:
 async def test_slow_listen_in_client_is_dropped_not_buffered() -> None:
     from aiohttp import web
 
-    from relay.http import LISTEN_QUEUE_PACKETS, add_media_routes
+    from fanout.http import LISTEN_QUEUE_PACKETS, add_media_routes
 
     fanout = FanoutEndpoint(channel_ssrc=ssrc_for, registry=CollectorRegistry(), process="li")
     await fanout.start("127.0.0.1", 0)

@@ -40,10 +40,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fanout import udp
 from streamer.config import Addr, ConfigError, check_range, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.procmetrics import watch_process
-from streamer.rtp import udp
 from wire import packet, rtcp, subscribe
 from wire.ids import valid_zone_id
 from wire.packet import MalformedPacket
@@ -178,7 +178,7 @@ class Speaker(asyncio.DatagramProtocol):
         self.control = 0
         self.rtcp = 0
         self._error_logged = float("-inf")
-        self._sock: socket.socket | None = None  # reads the backlog (streamer/rtp/udp.py)
+        self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the selector loop's UDP transport does not subclass DatagramTransport (3.11)

@@ -65,7 +65,7 @@ _SILENT = -1
 
 
 class PacketSink(Protocol):
-    """Where datagrams go (``relay.fanout.FanoutEndpoint``). RTP packets and sender reports
+    """Where datagrams go (``fanout.endpoint.FanoutEndpoint``). RTP packets and sender reports
     alike go out a program at a time, so a block is all the mixer hands over."""
 
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:

@@ -192,7 +192,9 @@ class RecvBatch:
             h.msg_iovlen = 1
             h.msg_control = ctrl + i * self._CMSG_SPACE
         # Views over the C array: msg_len and msg_controllen of each message, no copying.
-        raw = np.frombuffer(self._msgs, dtype=np.uint8).reshape(size, ctypes.sizeof(_Mmsghdr))
+        # (numpy's stubs do not know that a ctypes array exports the buffer protocol)
+        raw = np.frombuffer(self._msgs, dtype=np.uint8)  # type: ignore[call-overload]
+        raw = raw.reshape(size, ctypes.sizeof(_Mmsghdr))
         self._len_view = raw[:, _Mmsghdr.msg_len.offset:_Mmsghdr.msg_len.offset + 4] \
             .view(np.uint32)[:, 0]
         off = _Msghdr.msg_controllen.offset
@@ -204,7 +206,7 @@ class RecvBatch:
 
     def recv(self, fd: int) -> int:
         """Read what is queued (up to ``size``) without blocking; 0 when nothing is."""
-        k = _recvmmsg(fd, self._msgs_addr, self.size, MSG_DONTWAIT, None)
+        k: int = _recvmmsg(fd, self._msgs_addr, self.size, MSG_DONTWAIT, None)
         if k < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):

@@ -7,9 +7,9 @@ channel (handshaken subscribers plus static unicast/multicast destinations), and
 of its channel and to in-process listeners (listen-in). ``publish`` is the hot path, per
 packet × per destination: it must never allocate per destination, parse the packet, build
 JSON, log, or look anything up but the channel. Each channel's destinations are a prebuilt
-``sendmmsg`` batch (``relay/mmsg.py``), rebuilt at the first packet after subscribers change,
+``sendmmsg`` batch (``fanout/mmsg.py``), rebuilt at the first packet after subscribers change,
 so one packet to 5,000 speakers is five system calls. A short ring of each channel's recent packets
-(``relay/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once.
+(``fanout/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once.
 
 A subscriber is dropped (and counted, by reason) when its keepalives stop (``expired``) or
 when the kernel reports ICMP errors for its address for ``UNREACHABLE_S`` (``unreachable``:
@@ -37,12 +37,13 @@ from typing import cast
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from relay.mmsg import SendBatch, sockaddr
-from relay.ring import PacketRing
-from streamer.rtp import udp
 from wire import subscribe
 from wire.packet import MalformedPacket
 from wire.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
+
+from . import udp
+from .mmsg import SendBatch, sockaddr
+from .ring import PacketRing
 
 log = logging.getLogger(__name__)
 

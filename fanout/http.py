@@ -27,7 +27,7 @@ from wire.packet import MalformedPacket, is_rtcp, opus_samples
 from wire.packet import parse as parse_rtp
 from wire.sdp import channel_sdp
 
-from .fanout import FanoutEndpoint
+from .endpoint import FanoutEndpoint
 
 log = logging.getLogger(__name__)
 
