@@ -6,21 +6,7 @@ import subprocess
 import aiohttp
 import pytest
 
-
-async def req(method, url, *, headers=None, **kw):
-    """A request as the first admin (the ``streamer`` fixture's token) unless headers given."""
-    async with aiohttp.ClientSession() as s, s.request(
-            method, url, headers=ADMIN if headers is None else headers, **kw) as r:
-        return r.status, await r.json()
-
-
-ADMIN: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _admin(streamer):
-    ADMIN.clear()
-    ADMIN.update(streamer.admin)
+from tests.harness.api import call
 
 
 def clip_form(data: bytes, name: str = "a.wav") -> aiohttp.FormData:
@@ -47,17 +33,17 @@ def clip_form(data: bytes, name: str = "a.wav") -> aiohttp.FormData:
     ([1, 2], "body"),
 ])
 async def test_bad_broadcast_bodies_get_400_naming_the_field(streamer, body, field):
-    status, err = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json=body)
+    status, err = await call(streamer, "POST", "/api/v1/broadcasts", json=body)
     assert status == 400 and err["field"] == field and err["error"]
     assert streamer.broadcasts.live == {} and streamer.mixer.items == {}
     assert await streamer.state.broadcasts.count() == 0
 
 
 async def test_not_json_and_oversized_bodies(streamer):
-    url = f"{streamer.http_url}/api/v1/broadcasts"
-    status, err = await req("POST", url, data=b"{nope")
+    url = "/api/v1/broadcasts"
+    status, err = await call(streamer, "POST", url, data=b"{nope")
     assert (status, err["field"]) == (400, "body")
-    status, err = await req("POST", url, data=b" " * (300 * 1024))
+    status, err = await call(streamer, "POST", url, data=b" " * (300 * 1024))
     assert (status, err["field"]) == (413, "body")
     async with aiohttp.ClientSession() as s, s.get(f"{streamer.http_url}/metrics") as m:
         text = await m.text()
@@ -65,55 +51,54 @@ async def test_not_json_and_oversized_bodies(streamer):
 
 
 async def test_broadcast_lifecycle(streamer):
-    base = f"{streamer.http_url}/api/v1/broadcasts"
-    status, b = await req("POST", base, json={"zones": ["brvt.chau-duc.kim-long"],
-                                              "source": {"kind": "tone", "hz": 440,
-                                                         "seconds": 30}})
+    base = "/api/v1/broadcasts"
+    status, b = await call(streamer, "POST", base, json={
+        "zones": ["brvt.chau-duc.kim-long"], "source": {"kind": "tone", "hz": 440, "seconds": 30}})
     assert status == 201 and b["channels"] == 3 and b["priority"] == "normal"
     await asyncio.sleep(0.1)
-    status, got = await req("GET", f"{base}/{b['id']}")
+    status, got = await call(streamer, "GET", f"{base}/{b['id']}")
     assert got["state"] == "on_air" and got["on_air_channels"] == 3
-    status, e = await req("POST", base, json={"zones": ["brvt.chau-duc.kim-long.ap-tay"],
-                                              "priority": "emergency",
-                                              "source": {"kind": "tone", "seconds": 30}})
+    status, e = await call(streamer, "POST", base, json={
+        "zones": ["brvt.chau-duc.kim-long.ap-tay"], "priority": "emergency",
+        "source": {"kind": "tone", "seconds": 30}})
     await asyncio.sleep(0.1)
-    _, got = await req("GET", f"{base}/{b['id']}")
+    _, got = await call(streamer, "GET", f"{base}/{b['id']}")
     assert got["on_air_channels"] == 2  # preempted in one of its three channels
-    status, stopped = await req("DELETE", f"{base}/{e['id']}")
+    status, stopped = await call(streamer, "DELETE", f"{base}/{e['id']}")
     assert status == 200 and stopped["state"] == "stopped"
     await asyncio.sleep(0.1)
-    _, got = await req("GET", f"{base}/{b['id']}")
+    _, got = await call(streamer, "GET", f"{base}/{b['id']}")
     assert got["on_air_channels"] == 3  # resumed
-    _, listing = await req("GET", base)
+    _, listing = await call(streamer, "GET", base)
     assert [x["id"] for x in listing["broadcasts"]] == [e["id"], b["id"]]  # newest first
-    assert (await req("GET", f"{base}/999"))[0] == 404
-    assert (await req("DELETE", f"{base}/abc"))[1]["field"] == "id"
+    assert (await call(streamer, "GET", f"{base}/999"))[0] == 404
+    assert (await call(streamer, "DELETE", f"{base}/abc"))[1]["field"] == "id"
 
 
 async def test_clip_upload_plays_and_garbage_is_refused(streamer, tmp_path):
     wav = tmp_path / "a.wav"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=f=700:d=1",
                     "-ac", "2", "-ar", "44100", str(wav)], check=True)
-    url = f"{streamer.http_url}/api/v1/clips"
-    status, clip = await req("POST", url, data=clip_form(wav.read_bytes()))
+    url = "/api/v1/clips"
+    status, clip = await call(streamer, "POST", url, data=clip_form(wav.read_bytes()))
     assert status == 201 and abs(clip["seconds"] - 1.0) < 0.05 and clip["name"] == "a.wav"
-    status, b = await req("POST", f"{streamer.http_url}/api/v1/broadcasts", json={
+    status, b = await call(streamer, "POST", "/api/v1/broadcasts", json={
         "zones": ["brvt.con-dao"], "source": {"kind": "clip", "clip": clip["id"]}})
     assert status == 201 and b["channels"] == 3
-    status, err = await req("POST", url, data=clip_form(b"this is not audio" * 100))
+    status, err = await call(streamer, "POST", url, data=clip_form(b"this is not audio" * 100))
     assert status == 400 and err["field"] == "file"
-    status, err = await req("POST", url, data=clip_form(b""))
+    status, err = await call(streamer, "POST", url, data=clip_form(b""))
     assert status == 400 and err["field"] == "file"
-    status, err = await req("POST", url, data=b"raw body")
+    status, err = await call(streamer, "POST", url, data=b"raw body")
     assert status == 400 and err["field"] == "body"
-    status, err = await req("POST", url, data=clip_form(b"\0" * (64 * 1024 * 1024 + 1)))
+    status, err = await call(streamer, "POST", url, data=clip_form(b"\0" * (64 * 1024 * 1024 + 1)))
     assert status == 413 and err["field"] == "file"
-    _, listing = await req("GET", url)
+    _, listing = await call(streamer, "GET", url)
     assert [c["id"] for c in listing["clips"]] == [clip["id"]]
 
 
 async def test_zones_and_channels(streamer):
-    _, z = await req("GET", f"{streamer.http_url}/api/v1/zones")
+    _, z = await call(streamer, "GET", "/api/v1/zones")
     assert z["zones"][0]["id"] == "brvt" and len(z["zones"][0]["children"]) == 8
-    _, c = await req("GET", f"{streamer.http_url}/api/v1/channels")
+    _, c = await call(streamer, "GET", "/api/v1/channels")
     assert len(c["channels"]) == 30

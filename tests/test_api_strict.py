@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import DAYTIME
+from tests.harness.api import call
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 OP = "brvt.vung-tau.thang-tam"
@@ -34,14 +35,6 @@ QUERY = {"from": TODAY.date().isoformat()}
 #: a speaker record the way the old PATCH stored it: zone null
 NULL_ZONE_SPEAKER = json.dumps({"id": "loa-bad", "zone": None, "name": "", "lat": None,
                                 "lon": None, "relays": [], "created": 0.0})
-
-
-async def call(streamer, method, path, body=None, *, raw=None, params=None):
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=streamer.admin, json=body,
-            data=raw, params=params) as r:
-        data = await r.json() if r.content_type == "application/json" else await r.read()
-        return r.status, data
 
 
 class Document:
@@ -187,8 +180,8 @@ async def test_every_listing_stays_200_and_schema_valid_after_every_write(stream
     ids = {}
     for method, path, body, want, field in WRITES:
         url = path.format(**ids)
-        status, got = await (call(streamer, method, url, raw=body) if isinstance(body, bytes)
-                             else call(streamer, method, url, body))
+        status, got = await (call(streamer, method, url, data=body) if isinstance(body, bytes)
+                             else call(streamer, method, url, json=body))
         assert status == want, (method, url, body, got)
         if field is not None:
             assert got["field"] == field and got["error"], (method, url, body, got)
@@ -202,14 +195,14 @@ async def test_every_listing_stays_200_and_schema_valid_after_every_write(stream
 
 async def test_lax_values_change_nothing(streamer):
     """A refused PATCH leaves the record as it was (the 400 is not after a half write)."""
-    assert (await call(streamer, "POST", "/api/v1/speakers", {"id": "loa-2", "zone": LEAF}))[0] \
-        == 201
+    assert (await call(streamer, "POST", "/api/v1/speakers",
+                       json={"id": "loa-2", "zone": LEAF}))[0] == 201
     for body in ({"zone": None}, {"zone": LEAF2, "name": None}, {"zone": LEAF2, "lat": "1"}):
-        status, err = await call(streamer, "PATCH", "/api/v1/speakers/loa-2", body)
+        status, err = await call(streamer, "PATCH", "/api/v1/speakers/loa-2", json=body)
         assert status == 400, err
     status, s = await call(streamer, "GET", "/api/v1/speakers/loa-2")
     assert (status, s["zone"], s["name"], s["lat"]) == (200, LEAF, "", None)
-    status, z = await call(streamer, "PATCH", f"/api/v1/zones/{OP}", {"test": 1})
+    status, z = await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"test": 1})
     assert (status, z["field"], z["error"]) == (400, "test", "Input should be a valid boolean")
     assert (await call(streamer, "GET", f"/api/v1/zones/{OP}"))[1]["test"] is False
     async with aiohttp.ClientSession() as s, s.get(f"{streamer.http_url}/metrics") as m:
@@ -239,9 +232,9 @@ async def test_records_that_no_longer_parse_are_quarantined_at_start(streamer, r
                                                                      caplog):
     from streamer.app import Streamer
 
-    assert (await call(streamer, "POST", "/api/v1/speakers", {"id": "loa-ok", "zone": LEAF}))[0] \
-        == 201
-    status, sched = await call(streamer, "POST", "/api/v1/schedules", {
+    assert (await call(streamer, "POST", "/api/v1/speakers",
+                       json={"id": "loa-ok", "zone": LEAF}))[0] == 201
+    status, sched = await call(streamer, "POST", "/api/v1/schedules", json={
         "zones": [OP], "source": TONE, "rrule": "FREQ=DAILY;BYHOUR=9;BYMINUTE=0",
         "dtstart": DAWN})
     assert status == 201
@@ -272,17 +265,17 @@ async def test_records_that_no_longer_parse_are_quarantined_at_start(streamer, r
         assert sched["id"] in again.plane.scheduler.schedules
         # the id is free again: the speaker can be registered anew
         assert (await call(again, "POST", "/api/v1/speakers",
-                           {"id": "loa-bad", "zone": LEAF}))[0] == 201
+                           json={"id": "loa-bad", "zone": LEAF}))[0] == 201
     finally:
         await again.close()
         await r.aclose()
 
 
 async def test_a_bad_record_appearing_later_is_skipped_by_listings(streamer, redis_url):
-    assert (await call(streamer, "POST", "/api/v1/speakers", {"id": "loa-ok", "zone": LEAF}))[0] \
-        == 201
-    status, b = await call(streamer, "POST", "/api/v1/broadcasts", {"zones": [LEAF],
-                                                                     "source": TONE})
+    assert (await call(streamer, "POST", "/api/v1/speakers",
+                       json={"id": "loa-ok", "zone": LEAF}))[0] == 201
+    status, b = await call(streamer, "POST", "/api/v1/broadcasts",
+                           json={"zones": [LEAF], "source": TONE})
     assert status == 201
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -305,5 +298,5 @@ async def test_a_bad_record_appearing_later_is_skipped_by_listings(streamer, red
 @pytest.mark.parametrize("raw", [b'{"zones": ["brvt"], "source": {"kind": "tone", '
                                  b'"seconds": Infinity}}', b"\xff\xfe{}"])
 async def test_not_json_is_refused(streamer, raw):
-    status, err = await call(streamer, "POST", "/api/v1/broadcasts", raw=raw)
+    status, err = await call(streamer, "POST", "/api/v1/broadcasts", data=raw)
     assert (status, err["field"]) == (400, "body")

@@ -19,8 +19,9 @@ from streamer.control.broadcasts import ClipLibrary
 from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
 from streamer.mixer.sources import ClipError, ClipTooLong
 from streamer.mixer.sources.clip import MAX_SECONDS
-from tests.conftest import peak_hz
-from tests.tap import Tap
+from tests.harness.api import call
+from tests.harness.audio import peak_hz
+from tests.harness.tap import Tap
 
 CHANNEL = "brvt.con-dao.cum-1"
 
@@ -57,12 +58,6 @@ def form(path: Path, name: str) -> aiohttp.FormData:
     data.add_field("file", path.read_bytes(), filename=name,
                    content_type="application/octet-stream")
     return data
-
-
-async def call(streamer, method: str, path: str, **kw):
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=streamer.admin, **kw) as r:
-        return r.status, await r.json()
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])

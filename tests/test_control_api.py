@@ -12,36 +12,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 
 from tests.conftest import DAYTIME
+from tests.harness.api import audit, call, make_user
+from tests.harness.zones import OP, OTHER
 
-OP = "brvt.vung-tau.thang-tam"  # the commune our operator runs
-OTHER = "brvt.chau-duc.kim-long"  # the next commune
 TONE = {"kind": "tone", "hz": 600, "seconds": 30}
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
-
-
-async def call(streamer, method, path, headers=None, **kw):
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=streamer.admin if headers is None
-            else headers, **kw) as r:
-        body = await r.json() if r.content_type == "application/json" else await r.read()
-        return r.status, body
-
-
-async def make_user(streamer, name, *grants, password="correct horse battery"):
-    status, u = await call(streamer, "POST", "/api/v1/users", json={
-        "name": name, "password": password,
-        "grants": [{"role": r, "zone": z} for r, z in grants]})
-    assert status == 201, u
-    status, t = await call(streamer, "POST", "/api/v1/login", headers={},
-                           json={"user": name, "password": password})
-    assert status == 200, t
-    return {"Authorization": f"Bearer {t['token']}"}
-
-
-async def audit(streamer, **q):
-    status, a = await call(streamer, "GET", "/api/v1/audit", params={"limit": 1000, **q})
-    assert status == 200
-    return a["entries"]
 
 
 async def test_login_wrong_password_missing_token_and_logout(streamer):

@@ -20,7 +20,8 @@ import pytest
 
 from clients.ctl import run
 from streamer.control.models import Presence, Speaker
-from tests.conftest import free_port, peak_hz, rms_dbfs
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.net import free_port
 
 OP = "brvt.vung-tau.thang-tam"  # the commune our operator runs
 OTHER = "brvt.chau-duc.kim-long"  # the next commune

@@ -17,8 +17,9 @@ from scipy.signal import correlate
 
 from clients.ctl import call
 from streamer.mixer.loudness import TARGET_LUFS, integrated_lufs
-from tests.conftest import peak_hz, rms_dbfs
-from tests.loaup import RATE, LoaUp, Speaker, alive, children_of, wait_for
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.loaup import RATE, LoaUp, Speaker, alive, children_of
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

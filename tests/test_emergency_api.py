@@ -7,15 +7,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import aiomqtt
 import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
-from tests.conftest import peak_hz
-from tests.tap import Tap
+from tests.harness.api import call
+from tests.harness.audio import peak_hz
+from tests.harness.tap import Tap
+from tests.harness.wait import until
 from wire.messages import EmergencyState, parse, zone_emergency_topics
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
@@ -25,22 +26,9 @@ KIM_LONG = "brvt.chau-duc.kim-long"
 AP_TAY = "brvt.chau-duc.kim-long.ap-tay"
 
 
-async def req(streamer, method, path, *, headers=None, **kw):
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=headers or streamer.admin, **kw) as r:
-        return r.status, await r.json()
-
-
-async def until(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.05)
-
-
 async def test_emergency_chimes_then_speaks_at_level_3_and_repeats_on_its_cadence(streamer):
     tap = Tap(streamer, AP_TAY)
-    status, e = await req(streamer, "POST", "/api/v1/emergency", json={
+    status, e = await call(streamer, "POST", "/api/v1/emergency", json={
         "zones": [KIM_LONG], "source": {"kind": "tone", "hz": 440, "seconds": 1},
         "repeat_s": 60, "label": "Bão số 9"})
     assert status == 201, e
@@ -53,7 +41,7 @@ async def test_emergency_chimes_then_speaks_at_level_3_and_repeats_on_its_cadenc
     assert abs(peak_hz(pcm[int(0.05 * 48_000):int(0.3 * 48_000)]) - 784) < 15  # first note
     assert abs(peak_hz(pcm[int(0.85 * 48_000):int(1.15 * 48_000)]) - 1318.5) < 15  # third
     assert abs(peak_hz(pcm[int(1.8 * 48_000):int(2.4 * 48_000)]) - 440) < 5
-    _, got = await req(streamer, "GET", f"/api/v1/broadcasts/{e['id']}")
+    _, got = await call(streamer, "GET", f"/api/v1/broadcasts/{e['id']}")
     assert got["state"] == "waiting" and got["airings"] == 1
     assert abs(got["next_airing"] - (got["started"] + 60)) < 0.01
     timer = b._timers[e["id"]]
@@ -62,9 +50,9 @@ async def test_emergency_chimes_then_speaks_at_level_3_and_repeats_on_its_cadenc
     timer.cancel()
     b._repeat(e["id"])  # what the timer does when the hour (here: minute) has passed
     await until(lambda: streamer.mixer.on_air(e["id"]), 2, "second airing")
-    _, got = await req(streamer, "GET", f"/api/v1/broadcasts/{e['id']}")
+    _, got = await call(streamer, "GET", f"/api/v1/broadcasts/{e['id']}")
     assert got["state"] == "on_air" and got["airings"] == 2
-    status, got = await req(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
+    status, got = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
     assert status == 200 and got["state"] == "stopped" and got["next_airing"] is None
     assert e["id"] not in b._timers and e["id"] not in streamer.mixer.items
 
@@ -81,10 +69,10 @@ async def test_emergency_ignores_quiet_hours_and_tells_the_fleet(streamer, mosqu
     night = datetime(2026, 11, 23, 23, 30, tzinfo=UTC) - timedelta(hours=7)
     streamer.plane.now = lambda: night.timestamp()
     try:
-        status, body = await req(streamer, "POST", "/api/v1/broadcasts", json={
+        status, body = await call(streamer, "POST", "/api/v1/broadcasts", json={
             "zones": [KIM_LONG], "source": {"kind": "tone", "seconds": 5}})
         assert status == 409 and body["field"] == "zones"
-        status, e = await req(streamer, "POST", "/api/v1/emergency", json={
+        status, e = await call(streamer, "POST", "/api/v1/emergency", json={
             "zones": [KIM_LONG], "source": {"kind": "tone", "seconds": 30}, "chime": False,
             "volume": 90, "repeat_s": 3600, "expires_s": 7200})
         assert status == 201
@@ -107,7 +95,7 @@ async def test_emergency_ignores_quiet_hours_and_tells_the_fleet(streamer, mosqu
             assert abs(first.expires - (time.time() + 7200)) < 10
             assert str(m_topic := f"loa/v1/zones/{KIM_LONG}/emergency") in zone_emergency_topics(
                 AP_TAY), m_topic
-            await req(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
+            await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
             await asyncio.wait_for(reader, 5)
         assert seen[-1].id == e["id"] and not seen[-1].active
     finally:
@@ -115,10 +103,10 @@ async def test_emergency_ignores_quiet_hours_and_tells_the_fleet(streamer, mosqu
 
 
 async def test_live_source_must_be_sending(streamer):
-    status, body = await req(streamer, "POST", "/api/v1/emergency", json={
+    status, body = await call(streamer, "POST", "/api/v1/emergency", json={
         "zones": [KIM_LONG], "source": {"kind": "live", "input": "studio-nope"}})
     assert status == 400 and body["field"] == "source.input"
-    status, body = await req(streamer, "POST", "/api/v1/emergency", json={
+    status, body = await call(streamer, "POST", "/api/v1/emergency", json={
         "zones": [KIM_LONG], "source": {"kind": "tone"}, "repeat_s": 5})
     assert status == 400 and body["field"] == "repeat_s"
 
@@ -138,17 +126,17 @@ def example(name: str) -> bytes:
 
 
 async def cap(streamer, data: bytes):
-    return await req(streamer, "POST", "/api/v1/cap", data=data,
+    return await call(streamer, "POST", "/api/v1/cap", data=data,
                      headers={**streamer.admin, "Content-Type": "application/cap+xml"})
 
 
 async def count_broadcasts(streamer) -> int:
-    return len((await req(streamer, "GET", "/api/v1/broadcasts"))[1]["broadcasts"])
+    return len((await call(streamer, "GET", "/api/v1/broadcasts"))[1]["broadcasts"])
 
 
 async def test_cap_alert_update_cancel_and_test(streamer):
     for sid, (zone, lat, lon) in COAST.items():
-        status, _ = await req(streamer, "POST", "/api/v1/speakers",
+        status, _ = await call(streamer, "POST", "/api/v1/speakers",
                               json={"id": sid, "zone": zone, "lat": lat, "lon": lon})
         assert status == 201
     status, a = await cap(streamer, example("typhoon-warning.xml"))
@@ -177,7 +165,7 @@ async def test_cap_alert_update_cancel_and_test(streamer):
     status, t = await cap(streamer, example("test-alert.xml"))
     assert status == 409 and t["field"] == "status"
     assert await count_broadcasts(streamer) == n and not streamer.mixer.items
-    status, _ = await req(streamer, "PATCH", "/api/v1/zones/brvt.vung-tau.thang-tam.kp-1",
+    status, _ = await call(streamer, "PATCH", "/api/v1/zones/brvt.vung-tau.thang-tam.kp-1",
                           json={"test": True})
     assert status == 200
     status, t = await cap(streamer, example("test-alert.xml"))
@@ -202,7 +190,7 @@ async def test_bad_cap_is_refused_naming_the_field_and_changes_nothing(streamer,
 
 
 async def test_expired_cap_alert_is_not_aired(streamer):
-    status, _ = await req(streamer, "POST", "/api/v1/speakers", json={
+    status, _ = await call(streamer, "POST", "/api/v1/speakers", json={
         "id": "kp-1", "zone": COAST["kp-1"][0], "lat": COAST["kp-1"][1], "lon": COAST["kp-1"][2]})
     assert status == 201
     status, body = await cap(streamer, (EXAMPLES / "typhoon-warning.xml").read_bytes())

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from fanout.endpoint import UNREACHABLE_S, FanoutEndpoint
 from fanout.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
 from fanout.ring import PacketRing
-from tests.test_relay import Subscriber
+from tests.harness.subscriber import Subscriber
 from wire.packet import RtpPacket, ssrc_for
 from wire.rtcp import SenderReport
 

@@ -30,7 +30,9 @@ from streamer.live.ingest import (
     sdp_for,
 )
 from streamer.mixer.encoder import OpusEncoder
-from tests.conftest import free_port, peak_hz, rms_dbfs
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.net import free_port
+from tests.harness.wait import until
 from wire.packet import RtpPacket
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
@@ -78,14 +80,6 @@ async def ingest():
     _, rec.port = await server.start("127.0.0.1", 0)
     yield rec
     server.close()
-
-
-async def until(cond, timeout_s: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def run(*cmd: str, timeout_s: float = 60.0,

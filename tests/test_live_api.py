@@ -17,16 +17,17 @@ import wave
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
 from dateutil import tz
 
 from streamer.mixer.sources.tts import EspeakProvider
-from tests import browser
-from tests.conftest import peak_hz
-from tests.test_speaker_e2e import speaker, subscribed
+from tests.harness import browser
+from tests.harness.api import call
+from tests.harness.audio import peak_hz
+from tests.harness.speaker import speaker_process
+from tests.harness.wait import until
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -35,17 +36,6 @@ AP_TAY = "brvt.chau-duc.kim-long.ap-tay"
 ELSEWHERE = "brvt.vung-tau.thang-tam.kp-1"
 RATE = 48_000
 VN = tz.gettz("Asia/Ho_Chi_Minh")
-
-
-async def call(streamer, method, path, **kw):
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=streamer.admin, **kw) as r:
-        return r.status, await r.json()
-
-
-def upstream(streamer) -> tuple[str, int]:
-    host, port = streamer.media_addr.rsplit(":", 1)
-    return host, int(port)
 
 
 def dbfs(x: np.ndarray) -> float:
@@ -83,11 +73,11 @@ async def test_browser_studio_voice_reaches_only_the_chosen_commune_and_the_bull
     voice = np.concatenate([voice[: 6 * RATE], np.zeros(RATE, np.float32)])
     wav = tmp_path / "mic.wav"
     write_wav(wav, voice * 0.8)
-    up = [upstream(streamer)]
-    async with speaker(tmp_path, "in", up, "--channel", AP_TAY) as inside, \
-            speaker(tmp_path, "out", up, "--channel", ELSEWHERE) as outside:
-        await subscribed(inside)
-        await subscribed(outside)
+    up = streamer.media_addr
+    async with speaker_process(tmp_path, "in", "--channel", AP_TAY, "--upstream", up) as inside, \
+            speaker_process(tmp_path, "out", "--channel", ELSEWHERE, "--upstream", up) as outside:
+        await until(inside.subscribed, 4, "inside subscribed")
+        await until(outside.subscribed, 4, "outside subscribed")
         status, bulletin = await call(streamer, "POST", "/api/v1/broadcasts", json={
             "zones": [KIM_LONG], "source": {"kind": "tone", "hz": 440, "seconds": 120}})
         assert status == 201
@@ -141,9 +131,9 @@ async def test_ffmpeg_ingest_airs_in_its_zones_and_a_wrong_key_is_refused_and_au
     assert "AES_CM_128_HMAC_SHA1_80" in created["sdp"] and created["key"] in created["ffmpeg"]
     _, listed = await call(streamer, "GET", "/api/v1/inputs")
     assert "key" not in listed["inputs"][0]  # shown once, never listed
-    up = [upstream(streamer)]
-    async with speaker(tmp_path, "in", up, "--channel", AP_TAY) as inside:
-        await subscribed(inside)
+    up = streamer.media_addr
+    async with speaker_process(tmp_path, "in", "--channel", AP_TAY, "--upstream", up) as inside:
+        await until(inside.subscribed, 4, "inside subscribed")
         wrong = "A" * 40
         n_before = len((await call(streamer, "GET", "/api/v1/broadcasts"))[1]["broadcasts"])
         async with ffmpeg_sender(created["ingest"], wrong, 550, 2) as bad:
@@ -224,9 +214,9 @@ async def test_relay_window_airs_the_stream_and_a_dead_upstream_is_reported(stre
         "source": {"kind": "relay", "url": f"http://127.0.0.1:{radio.port}/vov1.mp3"}})
     assert status == 201, s
     occ = at.replace(tzinfo=VN).timestamp()
-    up = [upstream(streamer)]
-    async with speaker(tmp_path, "in", up, "--channel", AP_TAY) as inside:
-        await subscribed(inside)
+    up = streamer.media_addr
+    async with speaker_process(tmp_path, "in", "--channel", AP_TAY, "--upstream", up) as inside:
+        await until(inside.subscribed, 4, "inside subscribed")
         while time.time() < occ + 4:
             await asyncio.sleep(0.1)
         aired = [r for r in streamer.broadcasts.live.values() if r.schedule == s["id"]]
@@ -258,9 +248,9 @@ async def test_relay_window_airs_the_stream_and_a_dead_upstream_is_reported(stre
 
 
 async def test_studio_offers_without_opus_or_too_large_get_400_and_open_nothing(streamer):
-    from tests.test_webrtc import _offer_with
+    from tests.harness.webrtc import offer_with
 
-    pcmu = await _offer_with("audio/PCMU")
+    pcmu = await offer_with("audio/PCMU")
     for sdp, says in [(pcmu, "Opus"), ("hello", "SDP"), ("v=0\r\n" + "a=x\r\n" * 20_000, "65536")]:
         status, body = await call(streamer, "POST", "/api/v1/studio/sessions",
                                   json={"sdp": sdp})

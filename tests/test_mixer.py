@@ -1,7 +1,6 @@
 """Mixer: the arbiter's rules (docs/priorities.md), shared programs, per-channel RTP continuity,
 the frame clock, and the encode-time and time-to-air metrics (down to the API request)."""
 
-import asyncio
 import time
 
 import aiohttp
@@ -14,7 +13,8 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item, Program
 from streamer.mixer.sources.tone import Tone
-from tests.conftest import Sent
+from tests.harness.sink import Sent
+from tests.harness.wait import until
 from wire import packet, rtcp
 from wire.priority import Priority
 
@@ -224,13 +224,6 @@ def test_every_encode_is_timed():
     assert 0 < _count(reg, "loa_mixer_encode_seconds_sum") < encodes * 1.0
 
 
-async def _until(pred, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
 async def test_time_to_air_counts_from_the_api_request_of_an_emergency_and_an_approval(
         streamer):
     zone = "brvt.vung-tau.thang-tam"
@@ -260,7 +253,7 @@ async def test_time_to_air_counts_from_the_api_request_of_an_emergency_and_an_ap
     assert status == 200, b
     bulletin = streamer.broadcasts.items[b["id"]]
     assert asked <= bulletin.requested_at <= answered  # from the approval, not the request
-    await _until(lambda: count("normal") == 1, 10, "the approved bulletin on the air")
+    await until(lambda: count("normal") == 1, 10, "the approved bulletin on the air")
     assert count("emergency") == 1 and count("priority") == count("background") == 0
     for level, it in (("emergency", alarm), ("normal", bulletin)):
         total = _count(streamer.registry, "loa_time_to_air_seconds_sum", priority=level)

@@ -23,7 +23,7 @@ from streamer.mixer.program import Item
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
 from streamer.playout import set_thread_nice
-from tests.conftest import Sent
+from tests.harness.sink import Sent
 from wire import packet
 from wire.priority import Priority
 

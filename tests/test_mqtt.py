@@ -17,8 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +28,6 @@ import paho.mqtt.client as paho
 import pytest
 from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from clients.speaker.mqtt import TEST_TONE_PEAK
 from clients.speaker.playout import volume_gain
@@ -41,10 +39,12 @@ from streamer.control.broker import (
     new_password,
     write_acl,
 )
-from streamer.control.fleet import Fleet
-from streamer.control.services import Service
-from tests.conftest import peak_hz, rms_dbfs
-from tests.upstream import RtpUpstream, serving
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.broker import client, fleet_on, start_broker
+from tests.harness.speaker import SpeakerProcess, start_speaker
+from tests.harness.upstream import TONE_DBFS, ToneUpstream, serving
+from tests.harness.wait import until
+from tests.harness.zones import AP_TAY, KP1, KP2
 from wire.messages import (
     Ack,
     Command,
@@ -60,35 +60,10 @@ pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
-FRAME = 960
-KP1 = "brvt.vung-tau.thang-tam.kp-1"
-KP2 = "brvt.vung-tau.thang-tam.kp-2"
-AP_TAY = "brvt.chau-duc.kim-long.ap-tay"
-TONE_PEAK = 0.3  # of full scale: -13.5 dBFS RMS
-TONE_DBFS = 20 * math.log10(TONE_PEAK / math.sqrt(2))
 NOT_AUTHORIZED = 135  # MQTT 5 reason code
 
 
 # --------------------------------------------------------------------------- media upstream
-
-
-class ToneUpstream(RtpUpstream):
-    """A minimal streamer: the subscribe handshake for any channel, then a steady 1 kHz tone
-    (broadcast ``broadcast_id``) in Loa RTP/Opus every 20 ms to every subscriber."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.broadcast_id = 7
-        # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
-        self._tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
-                      ).astype("<i2").tobytes()
-
-    @property
-    def addr(self) -> str:
-        return "{}:{}".format(*self.sockname)
-
-    def frame(self, n: int) -> tuple[bytes, int, int]:
-        return self._tone, self.broadcast_id, 0
 
 
 @pytest.fixture
@@ -97,147 +72,13 @@ async def tone() -> AsyncIterator[ToneUpstream]:
         yield up
 
 
-# --------------------------------------------------------------------------- broker, fleet
-
-
-def start_broker(broker: Service, speakers: dict[str, str], relays: tuple[str, ...] = ()
-                 ) -> dict[str, str]:
-    """Accounts for the streamer, ``speakers`` (id → leaf zone) and ``relays``; starts the
-    broker; returns each user's password."""
-    passwords = {u: new_password() for u in (STREAMER_USER, *speakers, *relays)}
-    accounts = [Account(STREAMER_USER, hash_password(passwords[STREAMER_USER]), "service")]
-    accounts += [Account(s, hash_password(passwords[s]), "speaker", z) for s, z in speakers.items()]
-    accounts += [Account(r, hash_password(passwords[r]), "relay") for r in relays]
-    broker.set_accounts(accounts)  # type: ignore[attr-defined]
-    broker.start()
-    return passwords
-
-
-class Recorder:
-    """The test's own FleetSink: remembers what arrived."""
-
-    def __init__(self) -> None:
-        self.statuses: list[tuple[str, str, Status]] = []
-        self.reports: list[tuple[str, str, SpeakerTelemetry | RelayTelemetry]] = []
-        self.plays: list[tuple[str, Played]] = []
-
-    async def presence(self, kind: str, device_id: str, status: Status) -> None:
-        self.statuses.append((kind, device_id, status))
-
-    async def telemetry(self, kind: str, device_id: str,
-                        t: SpeakerTelemetry | RelayTelemetry) -> None:
-        self.reports.append((kind, device_id, t))
-
-    async def played(self, speaker_id: str, ev: Played) -> None:
-        self.plays.append((speaker_id, ev))
-
-    def status(self, device_id: str) -> Status | None:
-        return next((s for _, d, s in reversed(self.statuses) if d == device_id), None)
-
-    def state(self, device_id: str) -> str | None:
-        s = self.status(device_id)
-        return s.state if s else None
-
-
-@contextlib.asynccontextmanager
-async def fleet_on(broker: Any, passwords: dict[str, str],
-                   registry: CollectorRegistry | None = None
-                   ) -> AsyncIterator[tuple[Fleet, Recorder]]:
-    rec = Recorder()
-    fleet = Fleet(broker.url, STREAMER_USER, passwords[STREAMER_USER], rec,
-                  registry or CollectorRegistry(), max_backoff_s=1.0)
-    async with fleet:
-        await fleet.wait_connected(5)
-        yield fleet, rec
-
-
-def client(broker: Any, user: str, password: str, **kw: Any) -> aiomqtt.Client:
-    return aiomqtt.Client(broker.host, broker.port, username=user, password=password, **kw)
-
-
-async def until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0,
-                what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok = pred()
-        if not isinstance(ok, bool):
-            ok = await ok
-        if ok:
-            return
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.05)
-
-
 # --------------------------------------------------------------------------- speaker process
-
-
-@dataclass
-class Speaker:
-    id: str
-    proc: asyncio.subprocess.Process
-    info: dict[str, Any]
-    wav: Path
-    log: Path
-    stderr: Path
-    http: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
-
-    def t0(self) -> float:
-        return float(json.loads(self.log.read_text().splitlines()[0])["t0"])
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def samples(self) -> np.ndarray:
-        data = self.wav.read_bytes()[44:]  # the header may lag the data by a flush
-        return np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float64) / 32768
-
-    async def window(self, start: float, end: float) -> np.ndarray:
-        """What the speaker played between two wall times (waits for the WAV to get there)."""
-        t0 = self.t0()
-        a, b = round((start - t0) * RATE), round((end - t0) * RATE)
-        assert 0 <= a < b
-        await until(lambda: len(self.samples()) >= b, 5, f"{self.id} WAV up to {end - t0:.1f} s")
-        return self.samples()[a:b]
-
-    async def health(self) -> dict[str, Any]:
-        async with self.http.get(f"http://{self.info['http']}/healthz") as r:
-            return dict(await r.json())
-
-    async def metrics(self) -> dict[str, float]:
-        async with self.http.get(f"http://{self.info['http']}/metrics") as r:
-            text = await r.text()
-        return {s.name + "".join(f"[{k}={v}]" for k, v in sorted(s.labels.items())): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    async def subscribed(self) -> bool:
-        return (await self.health())["state"] == "subscribed"
-
-
-async def spawn_speaker(tmp_path: Path, sid: str, channel: str, upstream: str, broker: Any,
-                        password: str, *extra: str) -> Speaker:
-    pw_file = tmp_path / f"{sid}.password"
-    pw_file.write_text(password + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    stderr = tmp_path / f"{sid}.stderr"
-    args = ["--id", sid, "--channel", channel, "--upstream", upstream,
-            "--wav", str(tmp_path / f"{sid}.wav"), "--log", str(tmp_path / f"{sid}.jsonl"),
-            "--http", "127.0.0.1:0", "--mqtt-url", broker.url,
-            "--mqtt-password-file", str(pw_file), "--telemetry-s", "0.5", *extra]
-    with open(stderr, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=err)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 15)
-    assert line, stderr.read_text()
-    return Speaker(sid, proc, json.loads(line), tmp_path / f"{sid}.wav",
-                   tmp_path / f"{sid}.jsonl", stderr)
 
 
 @contextlib.asynccontextmanager
 async def speakers(tmp_path: Path, broker: Any, passwords: dict[str, str], upstream: str,
                    *specs: tuple[str, str], extra: tuple[str, ...] = ()
-                   ) -> AsyncIterator[list[Speaker]]:
+                   ) -> AsyncIterator[list[SpeakerProcess]]:
     """Speaker processes (id, channel = leaf zone), started at once; killed at the end."""
     started = await asyncio.gather(*(spawn_speaker(tmp_path, sid, zone, upstream, broker,
                                                    passwords[sid], *extra)
@@ -246,14 +87,20 @@ async def speakers(tmp_path: Path, broker: Any, passwords: dict[str, str], upstr
         for s in started:
             if isinstance(s, BaseException):
                 raise s
-        yield cast(list[Speaker], started)
+        yield cast(list[SpeakerProcess], started)
     finally:
         for s in started:
-            if isinstance(s, Speaker):
-                if s.proc.returncode is None:
-                    s.proc.kill()
-                    await s.proc.wait()
-                await s.http.close()
+            if isinstance(s, SpeakerProcess):
+                await s.close()
+
+
+async def spawn_speaker(tmp_path: Path, sid: str, channel: str, upstream: str, broker: Any,
+                        password: str, *extra: str) -> SpeakerProcess:
+    pw_file = tmp_path / f"{sid}.password"
+    pw_file.write_text(password + "\n")
+    return await start_speaker(tmp_path, sid, "--channel", channel, "--upstream", upstream,
+                               "--mqtt-url", broker.url, "--mqtt-password-file", str(pw_file),
+                               "--telemetry-s", "0.5", *extra)
 
 
 def level(x: np.ndarray) -> float:
@@ -489,10 +336,10 @@ async def test_set_volume_round_trip_lowers_the_recorded_level_by_the_volume_law
         assert ack.id == sent.id and ack.ok and ack.error is None
         assert ack.state["volume"] == 70 and ack.state["muted"] is False
         await asyncio.sleep(1.3)
-        before = await a.window(t_cmd - 1.2, t_cmd - 0.2)
-        after = await a.window(t_ack + 0.2, t_ack + 1.2)
-        ctl_before = await b.window(t_cmd - 1.2, t_cmd - 0.2)
-        ctl_after = await b.window(t_ack + 0.2, t_ack + 1.2)
+        before = await a.wait_window(t_cmd - 1.2, t_cmd - 0.2)
+        after = await a.wait_window(t_ack + 0.2, t_ack + 1.2)
+        ctl_before = await b.wait_window(t_cmd - 1.2, t_cmd - 0.2)
+        ctl_after = await b.wait_window(t_ack + 0.2, t_ack + 1.2)
         tele = [t for _, d, t in rec.reports if d == "spk-a" and t.ts > t_ack + 0.6]
     expected_db = 20 * math.log10(volume_gain(70) / volume_gain(100))  # -15 dB
     assert abs(level(before) - TONE_DBFS) < 1.0, level(before)
@@ -525,9 +372,9 @@ async def test_zone_command_reaches_only_the_speakers_of_that_subtree(
         assert sorted(leaf.acks) == ["spk-b"] and not leaf.acks["spk-b"].state["muted"]
         t_leaf = time.time()
         await asyncio.sleep(1.2)
-        muted = await a.window(t_done + 0.3, t_leaf)
-        unmuted = await b.window(t_leaf + 0.3, t_leaf + 1.0)
-        untouched = await c.window(t_done + 0.3, t_leaf)
+        muted = await a.wait_window(t_done + 0.3, t_leaf)
+        unmuted = await b.wait_window(t_leaf + 0.3, t_leaf + 1.0)
+        untouched = await c.wait_window(t_done + 0.3, t_leaf)
     assert level(muted) < -90
     assert abs(level(unmuted) - TONE_DBFS) < 1.0
     assert abs(level(untouched) - TONE_DBFS) < 1.0
@@ -547,8 +394,8 @@ async def test_test_tone_plays_on_the_horn_and_set_upstream_moves_the_speaker(
         ack = await fleet.command("speaker", "spk-a", "test_tone", {"hz": 440, "seconds": 1})
         t_tone = time.time()
         assert ack.ok and ack.state["test_tone"] is True
-        horn = await a.window(t_tone + 0.1, t_tone + 0.9)
-        after = await a.window(t_tone + 1.2, t_tone + 1.5)
+        horn = await a.wait_window(t_tone + 0.1, t_tone + 0.9)
+        after = await a.wait_window(t_tone + 1.2, t_tone + 1.5)
         # now to the live upstream: the old one never answered, so nothing played until here
         ack = await fleet.command("speaker", "spk-a", "set_upstream", {"upstream": [tone.addr]})
         assert ack.ok and ack.state["upstreams"] == [tone.addr], ack
@@ -558,7 +405,7 @@ async def test_test_tone_plays_on_the_horn_and_set_upstream_moves_the_speaker(
                     and cast(Status, rec.status("spk-a")).upstream == tone.addr, 5,
                     "status names the new upstream")
         await asyncio.sleep(1.0)
-        playing = await a.window(time.time() - 0.6, time.time() - 0.1)
+        playing = await a.wait_window(time.time() - 0.6, time.time() - 0.1)
         bad = await fleet.command("speaker", "spk-a", "set_upstream",
                                   {"upstream": ["no-such-host.invalid:5004"]})
     dead.close()
@@ -670,7 +517,7 @@ async def test_malformed_commands_are_refused_and_the_speaker_keeps_playing(
         metrics = await a.metrics()
         assert await a.subscribed()
         end = time.time() - 0.1
-        playing = await a.window(end - 0.5, end)
+        playing = await a.wait_window(end - 0.5, end)
     assert set(acks) == {*refused, "last"}  # junk got no answer: it had no id to answer to
     for cid, (_, where) in refused.items():
         ack = acks[cid]
@@ -708,7 +555,7 @@ async def test_played_event_names_the_broadcast_and_the_level_it_played_at(
         plays = [ev for s, ev in rec.plays if s == "spk-a" and ev.broadcast == bid]
         assert len(plays) == 1, rec.plays
         (ev,) = plays
-        x = await a.window(ev.start, ev.end)
+        x = await a.wait_window(ev.start, ev.end)
         (logged,) = [e for e in a.events() if e["event"] == "play"]
     assert 1.45 < ev.end - ev.start < 1.6
     assert abs(peak_hz(x[2400:-2400]) - 1000) < 5
@@ -795,7 +642,7 @@ async def test_relay_reports_status_and_telemetry_and_obeys_commands(
             relay.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(relay.wait(), 10) == 0
             await until(lambda: rec.state("relay-1") == "offline", 5, "relay offline")
-            playing = await a.window(t_sub + 0.5, t_stop)
+            playing = await a.wait_window(t_sub + 0.5, t_stop)
     finally:
         if relay.returncode is None:
             relay.kill()

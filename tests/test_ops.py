@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from loadtest.children import stop_process
-from tests.conftest import free_port
+from tests.harness.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "ops" / "prometheus"

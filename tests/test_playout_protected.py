@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from loadtest.flood import Abuse, abuse
-from tests.conftest import peak_hz, rms_dbfs
-from tests.loaup import RATE, LoaUp
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.loaup import RATE, LoaUp
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry
 
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.pull import PulledStream
-from tests.conftest import free_port, peak_hz, rms_dbfs
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.net import free_port
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

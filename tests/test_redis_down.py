@@ -8,10 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
-import os
-import sys
-import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,20 +17,15 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.conftest import peak_hz
+from tests.harness.api import call
+from tests.harness.audio import peak_hz
+from tests.harness.speaker import SpeakerProcess, start_speaker
+from tests.harness.wait import until
 
-REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 KIM_LONG = "brvt.chau-duc.kim-long"
 INSIDE = ["brvt.chau-duc.kim-long.ap-tay", "brvt.chau-duc.kim-long.ap-dong"]
 OUTSIDE = "brvt.chau-duc.nghia-thanh.ap-1"
-
-
-async def call(streamer: Any, method: str, path: str, headers: dict[str, str],
-               **kw: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.request(
-            method, streamer.http_url + path, headers=headers, **kw) as r:
-        return r.status, await r.json()
 
 
 async def sign_in(streamer: Any, name: str, role: str) -> dict[str, str]:
@@ -48,71 +39,23 @@ async def sign_in(streamer: Any, name: str, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {t['token']}"}
 
 
-class Speaker:
-    """A ``loa speaker`` process subscribed to the streamer itself, recording to a WAV."""
-
-    def __init__(self, directory: Path, channel: str) -> None:
-        self.channel = channel
-        self.wav = directory / f"{channel}.wav"
-        self.log = directory / f"{channel}.jsonl"
-        self.http = ""
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    def plays(self, bid: int) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e["event"] == "play" and e["broadcast"] == bid]
-
-    def window(self, start: float, end: float) -> np.ndarray:
-        """What it played between two wall times (its WAV starts at ``t0``)."""
-        t0 = next(e["t0"] for e in self.events() if e["event"] == "start")
-        a, b = round((start - t0) * RATE), round((end - t0) * RATE)
-        data = self.wav.read_bytes()
-        body = data[data.index(b"data") + 8:]
-        pcm = np.frombuffer(body[: len(body) // 2 * 2], "<i2").astype(np.float32) / 32768
-        assert len(pcm) >= b, f"{self.channel}: window not recorded yet"
-        return pcm[a:b]
-
-
 @contextlib.asynccontextmanager
 async def speakers(tmp_path: Path, upstream: str,
-                   channels: list[str]) -> AsyncIterator[list[Speaker]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    procs, out = [], []
+                   channels: list[str]) -> AsyncIterator[list[SpeakerProcess]]:
+    """A ``loa speaker`` process subscribed to the streamer itself per channel (named after
+    it), recording to a WAV."""
+    out: list[SpeakerProcess] = []
     try:
         for ch in channels:
-            sp = Speaker(tmp_path, ch)
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.speaker.main", "--id", ch, "--channel", ch,
-                "--upstream", upstream, "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                "--wav", str(sp.wav), "--log", str(sp.log), "--var-dir", str(tmp_path / ch),
-                cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL)
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 15)
-            assert line, f"speaker {ch} did not start"
-            sp.http = json.loads(line)["http"]
-            out.append(sp)
-        async with aiohttp.ClientSession() as s:
-            for sp in out:
-                async def subscribed(sp: Speaker = sp) -> bool:
-                    async with s.get(f"http://{sp.http}/healthz") as r:
-                        return bool((await r.json())["state"] == "subscribed")
-                await until(subscribed, 10, f"{sp.channel} subscribed")
+            out.append(await start_speaker(
+                tmp_path, ch, "--channel", ch, "--upstream", upstream, "--bind", "127.0.0.1:0",
+                "--var-dir", str(tmp_path / ch)))
+        for sp in out:
+            await until(sp.subscribed, 10, f"{sp.channel} subscribed")
         yield out
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-                await proc.wait()
-
-
-async def until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.1)
+        for sp in out:
+            await sp.close()
 
 
 async def ready(streamer: Any) -> tuple[int, dict[str, Any]]:

@@ -20,7 +20,6 @@ import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import cast
 
 import aiohttp
 import numpy as np
@@ -31,9 +30,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import DestinationTable, FanoutEndpoint
+from tests.harness.audio import peak_hz
+from tests.harness.subscriber import Subscriber
 from wire import rtcp, subscribe
-from wire.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for, unix_to_ntp64
-from wire.subscribe import SubscribeClient
+from wire.packet import RtpPacket, is_rtp, ssrc_for, unix_to_ntp64
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -47,19 +47,12 @@ TONE_HZ = 1000.0
 # --------------------------------------------------------------------------- audio checks
 
 
-def peak_hz(pcm: np.ndarray, rate: int = RATE) -> float:
-    x = pcm.astype(np.float64)
-    x = x - x.mean()
-    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.fft.rfftfreq(len(x), 1 / rate)[int(np.argmax(spec))])
-
-
 def assert_tone(pcm: np.ndarray, rate: int = RATE, min_s: float = 0.5) -> None:
     assert len(pcm) >= min_s * rate, f"only {len(pcm) / rate:.2f} s of audio"
     pcm = pcm[len(pcm) // 5 :]  # skip decoder start-up
     rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
     assert rms > 1000, f"audio is (near) silent: rms {rms:.0f}"
-    hz = peak_hz(pcm, rate)
+    hz = peak_hz(pcm - pcm.mean(), rate)  # without its DC
     assert abs(hz - TONE_HZ) < 15, f"spectral peak at {hz:.1f} Hz, expected {TONE_HZ} Hz"
 
 
@@ -123,67 +116,6 @@ class ToneUpstream:
         if self._task:
             self._task.cancel()
         self.fanout.close()
-
-
-# --------------------------------------------------------------------------- a subscriber
-
-
-class Subscriber(asyncio.DatagramProtocol):
-    """A handshaking receiver (what a speaker does), collecting Opus payloads."""
-
-    def __init__(self, channel: str, upstreams: list[tuple[str, int]]) -> None:
-        self.client = SubscribeClient(identity="test-speaker", channel=channel,
-                                      upstreams=upstreams)
-        self.payloads: list[bytes] = []
-        self.rtcp = 0
-        self.transport: asyncio.DatagramTransport | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
-        self._send(self.client.start(time.monotonic()))
-        self._task = asyncio.create_task(self._tick())
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        if subscribe.is_control(data):
-            self._send(self.client.handle(data, addr, time.monotonic()))
-        elif is_rtcp(data):
-            self.rtcp += 1
-        elif is_rtp(data):
-            pkt = parse(data)
-            if pkt.ssrc == self.client.ssrc:
-                self.client.on_media(time.monotonic())
-                self.payloads.append(pkt.payload)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            self._send(self.client.tick(time.monotonic()))
-
-    def _send(self, out: list[tuple[bytes, tuple[str, int]]]) -> None:
-        assert self.transport is not None
-        for data, addr in out:
-            self.transport.sendto(data, addr)
-
-    async def wait_packets(self, n: int, timeout: float = 4.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.payloads) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.payloads)} packets after {timeout} s, "
-                                     f"wanted {n}; client state {self.client.state.name}")
-            await asyncio.sleep(0.05)
-
-    def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-        if self.transport:
-            if self.client.state is subscribe.ClientState.SUBSCRIBED:
-                self._send(self.client.close())
-            self.transport.close()
 
 
 # --------------------------------------------------------------------------- the relay process

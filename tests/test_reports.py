@@ -11,7 +11,8 @@ import aiohttp
 
 from streamer.control.models import BroadcastRecord, BroadcastState, Presence, Speaker
 from tests.conftest import DAYTIME
-from tests.test_control_api import OP, OTHER, call, make_user
+from tests.harness.api import call, make_user
+from tests.harness.zones import OP, OTHER
 
 ICT = timezone(timedelta(hours=7))  # Asia/Ho_Chi_Minh, no DST since 1975
 MINUTES = "/api/v1/reports/broadcast-minutes"

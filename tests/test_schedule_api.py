@@ -12,7 +12,8 @@ import aiohttp
 from dateutil import tz
 
 from streamer.control.scheduler import frame_for
-from tests.test_control_api import OP, OTHER, audit, call, make_user
+from tests.harness.api import audit, call, make_user
+from tests.harness.zones import OP, OTHER
 
 VN = tz.gettz("Asia/Ho_Chi_Minh")
 TONE = {"kind": "tone", "hz": 700, "seconds": 2}

@@ -36,7 +36,7 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
-from tests.conftest import Sent
+from tests.harness.sink import Sent
 from wire import packet
 from wire.priority import Priority
 

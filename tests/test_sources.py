@@ -24,14 +24,9 @@ from streamer.mixer.sources import (
 from streamer.mixer.sources.clip import ClipLevels, ClipTooLong, decode, ingest
 from streamer.mixer.sources.tts import MAX_TEXT_CHARS, tts_source
 from streamer.mixer.vi_text import normalize_vi
+from tests.harness.audio import peak_hz
 
 CEILING = db_to_gain(-1.0)
-
-
-def peak_hz(x: np.ndarray) -> tuple[float, float]:
-    """Frequency of the strongest FFT bin, and the bin width."""
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.argmax(spectrum)) * RATE_HZ / len(x), RATE_HZ / len(x)
 
 
 def read_all(source: Source) -> np.ndarray:
@@ -47,7 +42,7 @@ def test_tone_pitch_and_loudness(hz: float) -> None:
     tone = Tone(hz, 2.0)
     x = read_all(tone)
     assert x.dtype == np.float32 and len(x) == 96_000
-    found, bin_hz = peak_hz(x)
+    found, bin_hz = peak_hz(x, RATE_HZ), RATE_HZ / len(x)  # the peak, the bin width
     assert abs(found - hz) <= bin_hz
     assert integrated_lufs(x) == pytest.approx(TARGET_LUFS, abs=0.2)
 
@@ -149,7 +144,7 @@ def check_sine_clip(clip: Clip) -> None:
     assert x.dtype == np.float32 and x.ndim == 1
     # 2 s at 48 kHz, give or take encoder priming and padding.
     assert abs(len(x) - 96_000) < 3000
-    found, bin_hz = peak_hz(x)
+    found, bin_hz = peak_hz(x, RATE_HZ), RATE_HZ / len(x)  # the peak, the bin width
     assert abs(found - 440) <= bin_hz
     assert integrated_lufs(x) == pytest.approx(TARGET_LUFS, abs=0.2)
     assert np.max(np.abs(x)) <= CEILING

@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
-import signal
-import sys
 import time
-import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.upstream import RtpUpstream, serving
+from tests.harness.audio import peak_hz
+from tests.harness.speaker import SpeakerProcess, speaker_process
+from tests.harness.upstream import RtpUpstream, serving
+from tests.harness.wait import until
 from wire.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
 from wire.subscribe import Subscribed, Unsubscribed, is_control
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
-REPO = Path(__file__).resolve().parents[1]
 CHANNEL = "ba-ria-vung-tau/long-hai/cum-1"
 BROADCAST = 5
 RATE = 48_000
@@ -73,99 +67,14 @@ async def upstream() -> AsyncIterator[ToneUpstream]:
 # --------------------------------------------------------------------------- speaker process
 
 
-@dataclass
-class SpeakerProc:
-    proc: asyncio.subprocess.Process
-    info: dict[str, Any]
-    wav: Path
-    log: Path
-    stderr: Path
-    session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
-
-    @property
-    def udp_port(self) -> int:
-        return int(self.info["udp"].rpartition(":")[2])
-
-    async def health(self) -> dict[str, Any]:
-        async with self.session.get(f"http://{self.info['http']}/healthz") as r:
-            assert r.status == 200
-            return dict(await r.json())
-
-    async def ready(self) -> int:
-        async with self.session.get(f"http://{self.info['http']}/readyz") as r:
-            return r.status
-
-    async def metrics(self) -> dict[str, float]:
-        async with self.session.get(f"http://{self.info['http']}/metrics") as r:
-            text = await r.text()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                key = s.name + "".join(f"[{v}]" for v in s.labels.values())
-                out[key] = s.value
-        return out
-
-    async def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(self.proc.wait(), 5)
-        assert rc == 0, self.stderr.read_text()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def pcm(self) -> np.ndarray:
-        with wave.open(str(self.wav), "rb") as w:  # also proves the header is valid
-            assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, RATE)
-            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-
-
 @contextlib.asynccontextmanager
 async def speaker(tmp_path: Path, name: str, upstreams: list[tuple[str, int]],
-                  *extra: str) -> AsyncIterator[SpeakerProc]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    args = ["--id", name, "--channel", CHANNEL, "--wav", str(tmp_path / f"{name}.wav"),
-            "--log", str(tmp_path / f"{name}.jsonl"), "--http", "127.0.0.1:0", *extra]
+                  *extra: str) -> AsyncIterator[SpeakerProcess]:
+    args = ["--channel", CHANNEL, *extra]
     for host, port in upstreams:
         args += ["--upstream", f"{host}:{port}"]
-    stderr = tmp_path / f"{name}.stderr"
-    with open(stderr, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=err)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
-        assert line, stderr.read_text()
-        sp = SpeakerProc(proc, json.loads(line), tmp_path / f"{name}.wav",
-                         tmp_path / f"{name}.jsonl", stderr)
-        try:
-            yield sp
-        finally:
-            await sp.session.close()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 4.0,
-                every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(every)
-
-
-async def subscribed(sp: SpeakerProc) -> None:
-    async def ok() -> bool:
-        return (await sp.health())["state"] == "subscribed"
-
-    await until(ok)
-
-
-def peak_hz(pcm: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
-    return float(np.argmax(spectrum) * RATE / len(pcm))
+    async with speaker_process(tmp_path, name, *args, startup_s=10) as sp:
+        yield sp
 
 
 def last_playing(pcm: np.ndarray, seconds: float) -> np.ndarray:
@@ -181,7 +90,7 @@ async def test_speaker_plays_the_tone_on_time_and_logs_the_broadcast(
     upstream: ToneUpstream, tmp_path: Path
 ) -> None:
     async with speaker(tmp_path, "s1", [upstream.addr]) as sp:
-        await subscribed(sp)
+        await until(sp.subscribed, 4, "subscribed")
         assert await sp.ready() == 200
         await asyncio.sleep(1.2)
         await sp.stop()
@@ -216,7 +125,8 @@ async def test_two_speakers_play_in_sync(upstream: ToneUpstream, tmp_path: Path)
         a, b = await asyncio.gather(  # start both at once: the test stays short
             stack.enter_async_context(speaker(tmp_path, "a", [upstream.addr])),
             stack.enter_async_context(speaker(tmp_path, "b", [upstream.addr])))
-        await asyncio.gather(subscribed(a), subscribed(b))
+        await asyncio.gather(until(a.subscribed, 4, "a subscribed"),
+                             until(b.subscribed, 4, "b subscribed"))
         await asyncio.sleep(1.5)
         await asyncio.gather(a.stop(), b.stop())
     t0a, t0b = a.events()[0]["t0"], b.events()[0]["t0"]
@@ -252,12 +162,12 @@ async def test_random_datagrams_are_counted_and_never_stop_playback(
     stranger, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                       local_addr=("127.0.0.1", 0))
     async with speaker(tmp_path, "fuzzed", [upstream.addr]) as sp:
-        await subscribed(sp)
+        await until(sp.subscribed, 4, "subscribed")
         target = ("127.0.0.1", sp.udp_port)
 
         async def foreign() -> float:
             m = await sp.metrics()
-            return m.get("loa_speaker_bad_datagrams_total[foreign_source]", 0)
+            return m.get("loa_speaker_bad_datagrams_total[reason=foreign_source]", 0)
 
         # In batches, each one counted before the next is sent: a burst larger than the
         # socket's receive buffer would be dropped by the kernel, not by the speaker.
@@ -268,7 +178,7 @@ async def test_random_datagrams_are_counted_and_never_stop_playback(
             async def counted(expected: int = 50 * (batch + 1)) -> bool:
                 return await foreign() >= expected
 
-            await until(counted, every=0.005)
+            await until(counted, 4, "foreign datagrams counted", every_s=0.005)
         # the same from the upstream's own address, where the parsers see it
         assert upstream.transport is not None
         for i in range(600):
@@ -286,9 +196,9 @@ async def test_random_datagrams_are_counted_and_never_stop_playback(
         metrics = await sp.metrics()
         assert (await sp.health())["state"] == "subscribed"
         await sp.stop()
-    assert metrics["loa_speaker_bad_datagrams_total[foreign_source]"] == 2000
-    assert metrics["loa_speaker_bad_datagrams_total[malformed]"] > 100
-    assert metrics["loa_speaker_bad_datagrams_total[error]"] == 0
+    assert metrics["loa_speaker_bad_datagrams_total[reason=foreign_source]"] == 2000
+    assert metrics["loa_speaker_bad_datagrams_total[reason=malformed]"] > 100
+    assert metrics["loa_speaker_bad_datagrams_total[reason=error]"] == 0
     stranger.close()
     assert abs(peak_hz(last_playing(sp.pcm(), 0.5)) - 1000) < 5
 
@@ -312,7 +222,7 @@ async def test_speaker_fails_over_past_a_dead_upstream(
             h = await sp.health()
             return h["state"] == "subscribed" and h["upstream"].endswith(f":{upstream.addr[1]}")
 
-        await until(on_live)
+        await until(on_live, 4, "on the live upstream")
         assert await sp.ready() == 200
         await asyncio.sleep(1.0)
         metrics = await sp.metrics()

@@ -14,20 +14,13 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from scipy.signal import correlate
 
 from clients.speaker.emergency import (
     CachedEmergency,
@@ -42,24 +35,18 @@ from clients.speaker.jitter import FrameKind, JitterBuffer
 from clients.speaker.main import ConfigError, load_config
 from clients.speaker.playout import Playout, volume_gain
 from streamer.control.broker import STREAMER_USER
-from tests.conftest import peak_hz, rms_dbfs
-from tests.test_mqtt import (
-    KP1,
-    TONE_DBFS,
-    TONE_PEAK,
-    ToneUpstream,
-    client,
-    fleet_on,
-    start_broker,
-)
-from tests.upstream import serving
+from tests.harness.audio import correlation, peak_hz, rms_dbfs
+from tests.harness.broker import client, fleet_on, start_broker
+from tests.harness.speaker import SpeakerProcess, speaker_process
+from tests.harness.upstream import TONE_DBFS, TONE_PEAK, ToneUpstream, serving
+from tests.harness.wait import until
+from tests.harness.zones import KP1
 from wire.messages import EmergencyState, zone_emergency_topic
 from wire.packet import RtpPacket
 from wire.priority import Priority
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
-REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
 FRAME = 960
 SSRC = 0x4242
@@ -456,7 +443,7 @@ TONE = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)).
 
 
 class ProgramUpstream(ToneUpstream):
-    """The 1 kHz tone upstream of test_mqtt (broadcast NORMAL, level 1) for any channel,
+    """The 1 kHz tone upstream of the harness (broadcast NORMAL, level 1) for any channel,
     except while a queued insert plays (its own broadcast id and level). With
     ``cut_after_insert`` it falls silent for good after the insert, handshakes included: the
     speaker has lost its network."""
@@ -486,109 +473,23 @@ async def upstream() -> AsyncIterator[ProgramUpstream]:
         yield up
 
 
-@dataclass
-class Speaker:
-    id: str
-    proc: asyncio.subprocess.Process
-    info: dict[str, Any]
-    wav: Path
-    log: Path
-    stderr: Path
-    http: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def plays(self, **match: Any) -> list[dict[str, Any]]:
-        """``play`` records whose fields equal ``match`` (``local`` absent counts as False)."""
-        return [e for e in self.events() if e["event"] == "play"
-                and all(e.get(k, False if k == "local" else None) == v for k, v in match.items())]
-
-    def window(self, start: float, end: float) -> np.ndarray:
-        """What the speaker played between two wall times, full scale = 1."""
-        t0 = self.events()[0]["t0"]
-        data = self.wav.read_bytes()[44:]  # the header may lag the data by a flush
-        pcm = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float64) / 32768
-        a, b = round((start - t0) * RATE), round((end - t0) * RATE)
-        assert 0 <= a < b <= len(pcm), (a, b, len(pcm))
-        return pcm[a:b]
-
-    async def health(self) -> dict[str, Any]:
-        async with self.http.get(f"http://{self.info['http']}/healthz") as r:
-            return dict(await r.json())
-
-    async def metrics(self) -> dict[str, float]:
-        async with self.http.get(f"http://{self.info['http']}/metrics") as r:
-            text = await r.text()
-        return {s.name + "".join(f"[{k}={v}]" for k, v in sorted(s.labels.items())): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    async def subscribed(self) -> bool:
-        return (await self.health())["state"] == "subscribed"
-
-    async def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(self.proc.wait(), 10) == 0, self.stderr.read_text()
-
-
 @contextlib.asynccontextmanager
 async def speaker(tmp_path: Path, name: str, upstream: str, *extra: str,
-                  broker: Any = None, password: str = "") -> AsyncIterator[Speaker]:
+                  broker: Any = None, password: str = "") -> AsyncIterator[SpeakerProcess]:
     """A ``loa speaker`` process (zone KP1) recording to WAV; on MQTT if ``broker``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    args = ["--id", name.partition("#")[0], "--channel", KP1, "--upstream", upstream,
-            "--wav", str(tmp_path / f"{name}.wav"), "--log", str(tmp_path / f"{name}.jsonl"),
-            "--http", "127.0.0.1:0", *extra]
+    args = ["--channel", KP1, "--upstream", upstream, *extra]
     if broker is not None:
         pw_file = tmp_path / f"{name}.password"
         pw_file.write_text(password + "\n")
         args += ["--mqtt-url", broker.url, "--mqtt-password-file", str(pw_file)]
-    stderr = tmp_path / f"{name}.stderr"
-    with open(stderr, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=err)
-    sp: Speaker | None = None
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        assert line, stderr.read_text()
-        sp = Speaker(name, proc, json.loads(line), tmp_path / f"{name}.wav",
-                     tmp_path / f"{name}.jsonl", stderr)
+    async with speaker_process(tmp_path, name, *args, speaker_id=name.partition("#")[0]) as sp:
         yield sp
-        assert "Traceback" not in stderr.read_text(), stderr.read_text()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if sp is not None:
-            await sp.http.close()
-
-
-async def until(pred: Callable[[], bool | Awaitable[bool]], timeout: float,
-                what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ok = pred()
-        if not isinstance(ok, bool):
-            ok = await ok
-        if ok:
-            return
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.05)
+        assert "Traceback" not in sp.stderr.read_text(), sp.stderr.read_text()
 
 
 def inner(event: dict[str, Any], lead_s: float = 0.2, tail_s: float = 0.2) -> tuple[float, float]:
     """A play record's span without its edges (decoder start-up, glides, PLC tail)."""
     return event["start"] + lead_s, event["end"] - tail_s
-
-
-def correlation(reference: np.ndarray, search: np.ndarray) -> float:
-    """Peak normalised cross-correlation of ``reference`` within the longer ``search``."""
-    c = correlate(search, reference, mode="valid", method="fft")
-    running = np.concatenate([[0.0], np.cumsum(search * search)])
-    energy = running[len(reference):] - running[: len(running) - len(reference)]
-    return float(np.max(c / np.sqrt(energy * np.dot(reference, reference) + 1e-18)))
 
 
 def same_audio(streamed: np.ndarray, replayed: np.ndarray) -> float:

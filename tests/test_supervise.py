@@ -15,6 +15,7 @@ import pytest
 
 from streamer import supervise
 from streamer.supervise import Child, Supervisor
+from tests.harness.wait import until
 
 #: a child runs ``setup``, says it serves, then runs ``body`` (Python, with ``name``, ``out``
 #: and ``note`` bound)
@@ -68,12 +69,6 @@ def quick(monkeypatch):
     RecordedBackoff.nominal = []
 
 
-async def until(cond, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 async def test_a_dead_child_is_restarted_with_growing_delays_and_on_start_hears(
         tmp_path, quick, caplog):
     caplog.set_level(logging.INFO, "loa.up")
@@ -82,7 +77,7 @@ async def test_a_dead_child_is_restarted_with_growing_delays_and_on_start_hears(
     dies = script_child("dies", 0, tmp_path / "out", "sys.exit(3)")
     await sup.start(dies)
     first = dies.proc.pid
-    await until(lambda: dies.restarts >= 4)
+    await until(lambda: dies.restarts >= 4, 10, "four restarts")
     await sup.stop()
     assert first not in started and len(set(started)) == len(started) >= 4
     assert RecordedBackoff.nominal[:4] == [0.01, 0.02, 0.04, 0.04]  # doubling up to the cap
@@ -99,7 +94,7 @@ async def test_a_child_that_ran_a_while_starts_again_from_the_first_delay(
             "else 0\nnote('run')\ntime.sleep(0.7 if n == 2 else 0)\nsys.exit(1)")
     child = script_child("flaky", 0, flag, body)
     await sup.start(child)
-    await until(lambda: len(RecordedBackoff.nominal) >= 4)
+    await until(lambda: len(RecordedBackoff.nominal) >= 4, 10, "four backoffs")
     await sup.stop()
     assert RecordedBackoff.nominal[:4] == [0.01, 0.02, 0.01, 0.02]
 

@@ -48,7 +48,7 @@ from loadtest.simspeakers import (
     peek,
 )
 from streamer.mixer.sources import EspeakProvider
-from tests.conftest import peak_hz, rms_dbfs
+from tests.harness.audio import peak_hz, rms_dbfs
 from wire.packet import RtpPacket, parse
 from wire.rtcp import SenderReport
 from wire.subscribe import Message, MsgType

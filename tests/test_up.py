@@ -14,8 +14,9 @@ import time
 import pytest
 
 from clients.ctl import ApiError
-from tests.conftest import peak_hz
-from tests.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range, wait_for
+from tests.harness.audio import peak_hz
+from tests.harness.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

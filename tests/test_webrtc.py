@@ -21,12 +21,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from scipy import signal
 
 from streamer.live.webrtc import MAX_SDP_BYTES, SdpError, StudioSessions, TooManySessions
-from tests.browser import (
+from tests.conftest import DAYTIME, NIGHT
+from tests.harness.api import call
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.browser import (
     by_testid,
     choose,
     chromium_page,
@@ -37,7 +40,8 @@ from tests.browser import (
     sign_in,
     studio_talk,
 )
-from tests.conftest import DAYTIME, NIGHT, peak_hz, rms_dbfs
+from tests.harness.wait import until
+from tests.harness.webrtc import client_offer, offer_with
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -65,19 +69,6 @@ class Sine(AudioStreamTrack):
         frame.sample_rate, frame.pts, frame.time_base = RATE, self.sent, Fraction(1, RATE)
         self.sent += FRAME
         return frame
-
-
-async def client_offer(pc: RTCPeerConnection) -> str:
-    """A complete (non-trickle) offer: aiortc gathers its candidates in setLocalDescription."""
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc.localDescription.sdp
-
-
-async def eventually(check, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def last_seconds(buffer, seconds: float) -> np.ndarray:
@@ -117,8 +108,8 @@ async def test_aiortc_sine_lands_in_buffer_at_its_pitch_and_level(sessions) -> N
         rtpmaps = [ln for ln in session.answer_sdp.splitlines() if ln.startswith("a=rtpmap:")]
         assert rtpmaps and all("opus/48000" in ln for ln in rtpmaps), rtpmaps
 
-        await eventually(lambda: session.connected, what="ICE and DTLS to connect")
-        await eventually(lambda: session.buffer.written >= 2 * RATE, what="2 s of audio")
+        await until(lambda: session.connected, 20, what="ICE and DTLS to connect")
+        await until(lambda: session.buffer.written >= 2 * RATE, 20, what="2 s of audio")
         heard = last_seconds(session.buffer, 1.0)
         assert abs(peak_hz(heard) - 440.0) <= 2.0
         assert abs(rms_dbfs(heard) - (-9.03)) <= 1.0, rms_dbfs(heard)
@@ -126,7 +117,7 @@ async def test_aiortc_sine_lands_in_buffer_at_its_pitch_and_level(sessions) -> N
     finally:
         await pc.close()
     # the client hung up (DTLS close_notify): the session closes by itself
-    await eventually(lambda: sessions.closed == [session.id], what="the session to close")
+    await until(lambda: sessions.closed == [session.id], 20, what="the session to close")
     assert sessions.get(session.id) is None and session.buffer.closed
     await asyncio.sleep(0.6)
     assert session.level_dbfs() == -120.0  # nothing arrives any more
@@ -146,7 +137,7 @@ async def test_unconnected_session_expires() -> None:
     try:
         session = await sessions.open(offer, owner="op1")
         assert not session.connected
-        await eventually(lambda: closed == [session.id], timeout_s=15,
+        await until(lambda: closed == [session.id], timeout_s=15,
                          what="the session to expire")
         assert len(sessions) == 0 and session.pc.connectionState == "closed"
     finally:
@@ -176,31 +167,16 @@ async def test_sessions_are_limited_per_owner_and_in_total() -> None:
     assert len(sessions) == 0
 
 
-async def _offer_with(codec_mime: str | None = None, video: bool = False) -> str:
-    pc = RTCPeerConnection()
-    if video:
-        pc.addTransceiver("video", direction="sendonly")
-    else:
-        t = pc.addTransceiver("audio", direction="sendonly")
-        if codec_mime:
-            t.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("audio").codecs
-                                   if c.mimeType == codec_mime])
-    try:
-        return await client_offer(pc)
-    finally:
-        await pc.close()
-
-
 async def bad_offers() -> dict[str, tuple[object, str]]:
     """name → (offer, words the error must contain)."""
-    good = await _offer_with()
-    pcmu = await _offer_with("audio/PCMU")
+    good = await offer_with()
+    pcmu = await offer_with("audio/PCMU")
     assert "PCMU" in pcmu and "opus" not in pcmu.lower()
     padding = "".join(f"a=x-padding:{i:06d}{'x' * 60}\r\n" for i in range(1100))
     return {
         "pcmu only": (pcmu, "no Opus (only PCMU)"),
-        "g722 only": (await _offer_with("audio/G722"), "no Opus (only G722)"),
-        "video only": (await _offer_with(video=True), "exactly one media section"),
+        "g722 only": (await offer_with("audio/G722"), "no Opus (only G722)"),
+        "video only": (await offer_with(video=True), "exactly one media section"),
         "garbage": ("hello, this is not SDP", "is not SDP"),
         "broken m-line": ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio x\r\n",
                           "is not valid SDP"),
@@ -311,15 +287,15 @@ async def test_chromium_microphone_reaches_buffer_as_the_same_voice(
         session = sessions.get(await page.evaluate("call()"))
         assert session is not None and session.owner == "chromium"
         assert "opus/48000" in session.answer_sdp and "PCMU" not in session.answer_sdp
-        await eventually(lambda: session.connected, what="Chromium to connect")
+        await until(lambda: session.connected, 20, what="Chromium to connect")
         start = session.buffer.written
-        await eventually(lambda: session.buffer.written - start >= 4 * RATE, timeout_s=30,
+        await until(lambda: session.buffer.written - start >= 4 * RATE, timeout_s=30,
                          what="4 s of Chromium's microphone")
         heard = last_seconds(session.buffer, 3.0).astype(np.float64)
         # the voice, not silence (the file has pauses: wait for a word)
-        await eventually(lambda: session.level_dbfs() > -40.0, timeout_s=5, what="speech")
+        await until(lambda: session.level_dbfs() > -40.0, timeout_s=5, what="speech")
         await page.evaluate("window.pc.close()")
-        await eventually(lambda: len(sessions) == 0, timeout_s=15,
+        await until(lambda: len(sessions) == 0, timeout_s=15,
                          what="the session to close after the page hung up")
     lag, corr = best_match(heard, voice)
     assert corr >= 0.8, f"received audio correlates {corr:.2f} with the WAV (lag {lag})"
@@ -333,25 +309,19 @@ OPERATOR = {"name": "op-thang-tam", "password": "mat-khau-thu-nghiem",
             "grants": [{"role": "operator", "zone": "brvt.vung-tau.thang-tam"}]}
 
 
-async def api(streamer, method: str, path: str, **kw):
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http, http.request(
-            method, f"{streamer.http_url}/api/v1{path}", headers=streamer.admin, **kw) as r:
-        assert r.status < 300, await r.text()
-        return await r.json()
-
-
 async def studio_broadcast(streamer) -> dict:
     """The newest broadcast the studio aired."""
-    recent = (await api(streamer, "GET", "/broadcasts?limit=5"))["broadcasts"]
+    status, body = await call(streamer, "GET", "/api/v1/broadcasts?limit=5")
+    assert status < 300, body
+    recent = body["broadcasts"]
     live = [b for b in recent if b["source"].get("kind") == "live"]
     assert live, recent
     return max(live, key=lambda b: b["id"])
 
 
 async def test_studio_page_goes_on_air_through_the_api(streamer, speech_wav) -> None:
-    await api(streamer, "POST", "/users", json=OPERATOR)
+    status, body = await call(streamer, "POST", "/api/v1/users", json=OPERATOR)
+    assert status < 300, body
     studio: StudioSessions = streamer.plane.studio
     studio_url = streamer.http_url  # the streamer serves /studio and its API at one origin
     async with chromium_page(speech_wav) as page:
@@ -387,7 +357,7 @@ async def test_studio_page_goes_on_air_through_the_api(streamer, speech_wav) -> 
         for hamlet in ("kp-1", "kp-2", "kp-3"):
             assert streamer.mixer.channels[f"brvt.vung-tau.thang-tam.{hamlet}"].program.current \
                 == b["id"]
-        await eventually(lambda: session.level_dbfs() > -40.0, timeout_s=5, what="speech")
+        await until(lambda: session.level_dbfs() > -40.0, timeout_s=5, what="speech")
         await release_talk(page)
         assert (await studio_broadcast(streamer))["state"] == "done"
 
@@ -419,7 +389,7 @@ async def test_studio_page_goes_on_air_through_the_api(streamer, speech_wav) -> 
 
         await page.click(by_testid("disconnect"))
         await page.wait_for_selector(by_testid("mic-status") + '[data-state="off"]')
-        await eventually(lambda: studio.get(session_id) is None, what="the session to close")
+        await until(lambda: studio.get(session_id) is None, 20, what="the session to close")
 
         # the whole path in one call, as the acceptance test drives it
         streamer.plane.now = lambda: DAYTIME

@@ -1,16 +1,19 @@
 """An in-test upstream: the subscribe handshake, then Loa RTP/Opus every 20 ms to every
 subscriber, standing in for the streamer where a test wants to own the audio frame by frame.
-Subclasses say what frame ``n`` is (``frame``); ``serving`` runs one on a free port."""
+Subclasses say what frame ``n`` is (``frame``); ``serving`` runs one on a free port.
+``ToneUpstream`` is the plainest: a steady 1 kHz tone on any channel."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
+import numpy as np
 import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
@@ -102,3 +105,26 @@ async def serving(factory: Callable[[], U]) -> AsyncIterator[U]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         transport.close()
+
+
+TONE_PEAK = 0.3  # of full scale: -13.5 dBFS RMS
+TONE_DBFS = 20 * math.log10(TONE_PEAK / math.sqrt(2))
+
+
+class ToneUpstream(RtpUpstream):
+    """A minimal streamer: the subscribe handshake for any channel, then a steady 1 kHz tone
+    (broadcast ``broadcast_id``) in Loa RTP/Opus every 20 ms to every subscriber."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broadcast_id = 7
+        # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
+        self._tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
+                      ).astype("<i2").tobytes()
+
+    @property
+    def addr(self) -> str:
+        return "{}:{}".format(*self.sockname)
+
+    def frame(self, n: int) -> tuple[bytes, int, int]:
+        return self._tone, self.broadcast_id, 0

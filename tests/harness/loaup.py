@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +62,6 @@ class Speaker:
             assert time.monotonic() < deadline, f"{self.id}: window not recorded"
             time.sleep(0.1)
         return x[a:b]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out{': ' + what if what else ''}")
 
 
 def alive(pid: int) -> bool:
