@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.secretfile import write_private
+from wire.priority import PRIORITIES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
@@ -737,7 +738,6 @@ def _source_options(p: argparse.ArgumentParser, relay: bool = False) -> None:
 
 
 Subparsers = Any  # argparse's _SubParsersAction, which it does not export
-PRIORITIES = ["emergency", "priority", "normal", "background"]
 
 
 def _cmd(parent: Subparsers, name: str, func: Callable[[Client, argparse.Namespace], None],
@@ -787,7 +787,7 @@ def _airing_commands(sub: Subparsers) -> None:
     c = _cmd(sub, "broadcast", cmd_broadcast, "air a tone, a text or a clip in zones")
     c.add_argument("--zone", action="append", help="zone id (repeatable)")
     _source_options(c)
-    c.add_argument("--priority", default="normal", choices=["priority", "normal", "background"])
+    c.add_argument("--priority", default="normal", choices=PRIORITIES[1:])
     c.add_argument("--override-quiet-hours", action="store_true", help="admin; audited")
     c.add_argument("--wait-reach", action="store_true",
                    help="after airing, wait for the speakers' proof of play")

@@ -4,7 +4,7 @@ RTP ingest as one live input, exactly as ffmpeg or a hardware encoder would.
 Opus (libopus, 20 ms, mono, 48 kHz, in-band FEC) in RTP, protected by SRTP under the input's
 key (RFC 3711, AES_CM_128_HMAC_SHA1_80), ending with an SRTCP BYE so that the streamer ends the
 input at once instead of after its idle timeout. Packets carry Loa's own RTP header
-(``streamer/rtp/packet.py``): one builder for every Loa sender, and its capture-time extension
+(``wire/packet.py``): one builder for every Loa sender, and its capture-time extension
 lets the streamer measure studio-to-streamer latency; any RTP receiver skips the extension.
 A file or a tone is paced against the monotonic clock (frame ``k`` leaves at ``t0 + k·20 ms``,
 so sleep jitter never accumulates); a sound card (captured by the ffmpeg program's ALSA input)
@@ -33,8 +33,8 @@ import pylibsrtp
 
 from streamer.live.ingest import parse_key
 from streamer.mixer.encoder import OpusEncoder, OpusSettings
-from streamer.rtp.packet import RtpPacket, unix_to_ntp64
-from streamer.rtp.rtcp import Bye, SenderReport
+from wire.packet import RtpPacket, unix_to_ntp64
+from wire.rtcp import Bye, SenderReport
 
 RATE_HZ = 48_000
 FRAME = 960  # 20 ms

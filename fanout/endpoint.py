@@ -1,7 +1,7 @@
 """The downstream half of every media sender: one UDP socket that fans each channel out.
 
 The streamer and every relay own one :class:`FanoutEndpoint`. It answers the subscribe
-handshake (``streamer.rtp.subscribe.SubscribeServer``), keeps a :class:`DestinationTable` per
+handshake (``wire.subscribe.SubscribeServer``), keeps a :class:`DestinationTable` per
 channel (handshaken subscribers plus static unicast/multicast destinations), and
 :meth:`FanoutEndpoint.publish` sends one RTP or RTCP datagram, unchanged, to every destination
 of its channel and to in-process listeners (listen-in). ``publish`` is the hot path, per
@@ -37,9 +37,9 @@ from typing import cast
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from streamer.rtp import subscribe
-from streamer.rtp.packet import MalformedPacket
-from streamer.rtp.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
+from wire import subscribe
+from wire.packet import MalformedPacket
+from wire.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
 
 from . import udp
 from .mmsg import SendBatch, sockaddr

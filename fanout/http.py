@@ -22,10 +22,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streamer.rtp.ogg import OggOpusWriter
-from streamer.rtp.packet import MalformedPacket, is_rtcp, opus_samples
-from streamer.rtp.packet import parse as parse_rtp
-from streamer.rtp.sdp import channel_sdp
+from wire.ogg import OggOpusWriter
+from wire.packet import MalformedPacket, is_rtcp, opus_samples
+from wire.packet import parse as parse_rtp
+from wire.sdp import channel_sdp
 
 from .endpoint import FanoutEndpoint
 

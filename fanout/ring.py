@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from streamer.rtp.packet import is_rtcp
+from wire.packet import is_rtcp
 
 
 class PacketRing:

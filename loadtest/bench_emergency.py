@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fanout.mmsg import SendBatch
-from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket, ssrc_for
+from wire.packet import RtpPacket, ssrc_for
+from wire.priority import Priority
 
 from ._report import machine, table, today, write_section
 from .bench_relay import udp_drops
@@ -88,7 +89,7 @@ def bare_sendmmsg(batch: SendBatch, broadcast_id: int) -> float:
     It holds this process (and so the streamer's frame loop) for its duration, which is why the
     emergency is posted only once every speaker has reported the baseline's packet."""
     packet = RtpPacket(ssrc_for("bench-baseline"), 0, 0, bytes(68), broadcast_id=broadcast_id,
-                       priority=EMERGENCY_LEVEL).build()
+                       priority=Priority.EMERGENCY).build()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
         t0 = time.time()

@@ -39,8 +39,9 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
+from wire.priority import Priority
 
 from ._report import machine, median, table, today, write_section
 
@@ -85,7 +86,7 @@ def mixer_run(channels: list[str], groups: list[list[str]], frames: int) -> tupl
     clock = FrameClock(PTIME_MS, start_mono=0.0, start_wall=1_800_000_000.0)
     # One core, at the encoder's own settings: what a core costs, not what a host does with
     # its cores (``bench_parallel``) or over capacity (the deadline guard, kept out).
-    mixer = Mixer(channels, clock, Discard(), workers=1,
+    mixer = Mixer(channels, clock, Discard(), wall=time.time, workers=1,
                   guard=DeadlineGuard(PTIME_MS / 1000, degrade_at=math.inf))
     for i, group in enumerate(groups):
         mixer.start(Item(i + 1, Priority.NORMAL, Tone(200.0 + 37.0 * i, None), i + 1), group)

@@ -43,10 +43,11 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.clip import Clip
 from streamer.mixer.sources.tts import EspeakProvider
 from streamer.playout import PLAYOUT_NICE, SWITCH_INTERVAL_S, set_thread_nice
+from wire.priority import Priority
 
 from ._report import machine, median, table, today, write_section
 
@@ -96,7 +97,7 @@ def mixer(bulletins: list[np.ndarray], programmes: int, workers: int, guard: Dea
           sink: Discard | Keep) -> Mixer:
     channels = [f"xa{i:03d}" for i in range(programmes)]
     clock = FrameClock(PTIME_MS, start_mono=0.0, start_wall=1_800_000_000.0)
-    m = Mixer(channels, clock, sink, workers=workers, guard=guard)
+    m = Mixer(channels, clock, sink, wall=time.time, workers=workers, guard=guard)
     for i, c in enumerate(channels):
         pcm = bulletins[i % len(bulletins)]
         # a different place in the bulletin for each commune; looped, so it never ends

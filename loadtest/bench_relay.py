@@ -48,8 +48,8 @@ from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import FanoutEndpoint
 from fanout.mmsg import RecvBatch, SendBatch
-from streamer.rtp.packet import HEADER_LEN, OPUS_PT, RtpPacket, ssrc_for
-from streamer.rtp.subscribe import MAGIC, ClientState, SubscribeClient
+from wire.packet import HEADER_LEN, OPUS_PT, RtpPacket, ssrc_for
+from wire.subscribe import MAGIC, ClientState, SubscribeClient
 
 from ._report import ROOT, machine, process_cpu_s, rss_bytes, table, today, write_section
 from .children import ask, read_line, stop_process

@@ -58,8 +58,8 @@ import numpy as np
 
 from clients.speaker.playout import MAX_FRAME, RATE_HZ, OpusDecoder
 from fanout.mmsg import RecvBatch, timestamp_socket
-from streamer.rtp.packet import HEADER_LEN, MalformedPacket
-from streamer.rtp.subscribe import Addr, ClientState, SubscribeClient
+from wire.packet import HEADER_LEN, MalformedPacket
+from wire.subscribe import Addr, ClientState, SubscribeClient
 
 from .children import ask, quit_child, read_line
 from .header import BROADCAST_AT, SEQ_AT, HeaderFields

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.rtp.packet import HEADER_LEN, MalformedPacket, ntp64_to_unix, parse
-from streamer.rtp.subscribe import MAGIC
+from wire.packet import HEADER_LEN, MalformedPacket, ntp64_to_unix, parse
+from wire.subscribe import MAGIC
 
 SEQ_AT, TIMESTAMP_AT, CAPTURE_AT, BROADCAST_AT, PRIORITY_AT = 2, 4, 17, 26, 31
 _BID_PRIO = struct.Struct("!IxB")  # broadcast id, ID-3 element header, priority

@@ -51,8 +51,9 @@ from typing import Any
 import numpy as np
 
 from streamer.config import ConfigError, parse_hostport
-from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
-from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
+from wire.packet import MalformedPacket
+from wire.priority import Priority
+from wire.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
 from .children import ask, quit_child, read_line
 from .header import capture_of, payload_of, peek
@@ -108,7 +109,7 @@ _EMERGENCY = (
     (_LD_B, 0, 0, _UDP + 30),
     (_JEQ, 0, 2, 0x30),
     (_LD_B, 0, 0, _UDP + 31),
-    (_JEQ, 0, 1, EMERGENCY_LEVEL),  # Loa media: keep only emergency
+    (_JEQ, 0, 1, Priority.EMERGENCY),  # Loa media: keep only emergency
     _KEEP,
     _DROP,
 )
@@ -267,7 +268,7 @@ class SimSpeakers:
         bid, prio = peek(buf, n)
         arrival = self.arrivals[i]
         if arrival is None:
-            if prio != EMERGENCY_LEVEL or bid in self._ignore:
+            if prio != Priority.EMERGENCY or bid in self._ignore:
                 return
             self.arrivals[i] = Arrival(_kernel_time(anc), bid, capture_of(buf, n))
         elif bid != arrival.broadcast_id or prio < 0:

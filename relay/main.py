@@ -31,7 +31,7 @@ from fanout.http import add_media_routes
 from streamer.config import Addr, ConfigError, Static, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.procmetrics import watch_process
-from streamer.rtp.packet import ssrc_for
+from wire.packet import ssrc_for
 
 from .mqtt import RelayDevice
 from .upstream import Upstream

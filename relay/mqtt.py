@@ -13,8 +13,8 @@ from typing import Any
 
 from fanout.endpoint import FanoutEndpoint
 from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
-from streamer.control.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
-from streamer.rtp.subscribe import ClientState
+from wire.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
+from wire.subscribe import ClientState
 
 from .upstream import Upstream
 

@@ -26,9 +26,9 @@ from typing import cast
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
-from streamer.rtp import subscribe
-from streamer.rtp.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
-from streamer.rtp.subscribe import Addr, ClientState, SubscribeClient
+from wire import subscribe
+from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
+from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
 from streamer.procmetrics import watch_process
-from streamer.rtp.packet import ssrc_for
 from streamer.zones import ZoneTree
+from wire.packet import ssrc_for
 
 log = logging.getLogger("loa.streamer")
 CONTROL_WORKERS = 2
@@ -155,7 +155,7 @@ class Streamer:
                         "a machine busy with other work can delay frames")
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-        self.mixer = Mixer(channels, self.clock, self.fanout, opus=cfg.opus,
+        self.mixer = Mixer(channels, self.clock, self.fanout, wall=time.time, opus=cfg.opus,
                            registry=self.registry, workers=cfg.mixer_workers or None)
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",

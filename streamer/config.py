@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wire.addr import parse_hostport as wire_hostport
+
 T = TypeVar("T")
 
 Addr = tuple[str, int]
@@ -33,21 +35,11 @@ class ConfigError(ValueError):
 
 
 def parse_hostport(text: str, field: str) -> Addr:
-    """``host:port`` or ``[v6]:port``."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]:")
-    else:
-        host, sep, rest = text.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(field, f"{text!r} is not host:port")
+    """``host:port`` or ``[v6]:port`` (``wire.addr``), a bad one a :class:`ConfigError`."""
     try:
-        port = int(rest)
-    except ValueError:
-        raise ConfigError(field, f"port in {text!r} is not a number") from None
-    if not 0 <= port < 65536:
-        raise ConfigError(field, f"port {port} out of range")
-    return (host, port)
+        return wire_hostport(text)
+    except ValueError as e:
+        raise ConfigError(field, str(e)) from None
 
 
 def parse_static(text: str, field: str) -> Static:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from streamer.rtp.packet import ssrc_for
+from wire.packet import ssrc_for
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _CODE = re.compile(r"^[0-9]{1,10}$")

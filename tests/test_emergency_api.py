@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
-from streamer.control.messages import EmergencyState, parse, zone_emergency_topics
 from tests.harness.api import call
 from tests.harness.audio import peak_hz
 from tests.harness.tap import Tap
 from tests.harness.wait import until
+from wire.messages import EmergencyState, parse, zone_emergency_topics
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -2,6 +2,8 @@
 and the chosen defaults give intelligible, good speech clean and through loss (content checks
 with PESQ, no timing)."""
 
+import time
+
 import numpy as np
 import opuslib
 import opuslib.api.ctl as ctl
@@ -13,10 +15,11 @@ from streamer.config import ConfigError
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import APPLICATIONS, OpusEncoder, OpusSettings
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet
 from tests.harness.sink import Sent
+from wire import packet
+from wire.priority import Priority
 
 N = 960  # 20 ms
 
@@ -103,7 +106,7 @@ def test_mixer_encodes_with_its_settings() -> None:
                             bitrate=24_000)
     sent = Sent()
     clock = FrameClock(20, start_mono=0.0, start_wall=1_800_000_000.0)
-    m = Mixer(["a", "b"], clock, sent, opus=settings)
+    m = Mixer(["a", "b"], clock, sent, wall=time.time, opus=settings)
     m.start(Item(1, Priority.NORMAL, Tone(1000, 2.0), 1), ["a"])
     for k in range(50):
         m.tick(k)
@@ -121,7 +124,7 @@ def test_mixer_encodes_with_its_settings() -> None:
 
 def test_mixer_defaults_to_the_chosen_settings() -> None:
     clock = FrameClock(20, start_mono=0.0, start_wall=1_800_000_000.0)
-    m = Mixer(["a"], clock, Sent())
+    m = Mixer(["a"], clock, Sent(), wall=time.time)
     m.tick(0)
     (out,) = m._outputs.values()
     assert applied(out.encoder._enc) == OpusSettings()

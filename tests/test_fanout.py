@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from fanout.endpoint import UNREACHABLE_S, FanoutEndpoint
 from fanout.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
 from fanout.ring import PacketRing
-from streamer.rtp.packet import RtpPacket, ssrc_for
-from streamer.rtp.rtcp import SenderReport
 from tests.harness.subscriber import Subscriber
+from wire.packet import RtpPacket, ssrc_for
+from wire.rtcp import SenderReport
 
 CH = "bt.vt.p1"
 

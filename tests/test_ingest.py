@@ -30,10 +30,10 @@ from streamer.live.ingest import (
     sdp_for,
 )
 from streamer.mixer.encoder import OpusEncoder
-from streamer.rtp.packet import RtpPacket
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.net import free_port
 from tests.harness.wait import until
+from wire.packet import RtpPacket
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from streamer.mixer.program import Item, Priority, Program
+from streamer.mixer.program import Item, Program
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
+from wire.priority import Priority
 
 N = 960  # one 20 ms frame
 

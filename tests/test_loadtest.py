@@ -26,8 +26,8 @@ import pytest
 from loadtest.cli import main as loadtest_main
 from loadtest.fleet import ClockModel, ClockSpec, Reception
 from loadtest.scenario import ScenarioError, load
-from streamer.rtp.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
 from tests.conftest import NIGHT
+from wire.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240

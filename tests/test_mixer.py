@@ -11,11 +11,12 @@ from prometheus_client import CollectorRegistry
 
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority, Program
+from streamer.mixer.program import Item, Program
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet, rtcp
 from tests.harness.sink import Sent
 from tests.harness.wait import until
+from wire import packet, rtcp
+from wire.priority import Priority
 
 N = 960  # 20 ms
 
@@ -78,7 +79,8 @@ def test_stop_fades_out_the_playing_item():
 
 def _mixer(channels, sink=None, registry=None):
     clock = FrameClock(20, start_mono=0.0, start_wall=1_800_000_000.0)
-    return Mixer(channels, clock, Sent() if sink is None else sink, registry=registry)
+    return Mixer(channels, clock, Sent() if sink is None else sink, wall=time.time,
+                 registry=registry)
 
 
 def test_one_encode_for_200_zones_under_one_broadcast():

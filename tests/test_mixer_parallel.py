@@ -8,6 +8,7 @@ No timing here: overload is made deterministic by telling the guard how long eac
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import opuslib
@@ -18,12 +19,13 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import CHEAP_COMPLEXITY, DeadlineGuard
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.live import LiveBuffer
 from streamer.mixer.sources.tone import Tone
 from streamer.playout import set_thread_nice
-from streamer.rtp import packet
 from tests.harness.sink import Sent
+from wire import packet
+from wire.priority import Priority
 
 N = 960  # 20 ms
 #: more distinct programmes than one core encodes in real time (about 44 of speech, 56-61 of
@@ -67,7 +69,8 @@ def province(workers: int, guard: DeadlineGuard, frames: int,
     the fade of rule 1, in frame 20)."""
     sent = Sent()
     clock = FrameClock(20, start_mono=0.0, start_wall=1_800_000_000.0)
-    m = Mixer(CHANNELS, clock, sent, workers=workers, guard=guard, registry=registry)
+    m = Mixer(CHANNELS, clock, sent, wall=time.time, workers=workers, guard=guard,
+              registry=registry)
     relay = LiveBuffer()
     relay.write(Tone(100.0, 3.0).read(0, 3 * 48_000))  # what the radio sent so far
     m.start(Item(1, Priority.BACKGROUND, relay.reader(), 1), CHANNELS)
@@ -184,7 +187,7 @@ def test_the_guard_recovers_when_the_host_has_time_again():
     guard = Scripted([0.02] * 5 + [0.001], recover_frames=3)
     sent = Sent()
     m = Mixer(CHANNELS[:3], FrameClock(20, start_mono=0.0, start_wall=0.0), sent, workers=2,
-              guard=guard, registry=reg)
+              wall=time.time, guard=guard, registry=reg)
     for i, c in enumerate(CHANNELS[:3]):
         m.start(Item(i + 1, Priority.NORMAL, Tone(hz_of(c), None), i + 1), [c])
     degraded = []
@@ -233,13 +236,14 @@ def test_the_guard_refuses_thresholds_that_cannot_work(kw):
 
 def test_a_mixer_needs_one_worker_at_least():
     with pytest.raises(ValueError, match="workers"):
-        Mixer(["a"], FrameClock(20, start_mono=0.0, start_wall=0.0), Sent(), workers=0)
+        Mixer(["a"], FrameClock(20, start_mono=0.0, start_wall=0.0), Sent(), wall=time.time,
+              workers=0)
 
 
 def test_an_encode_that_fails_on_a_thread_fails_its_frame_not_the_next(monkeypatch):
     sent = Sent()
     m = Mixer(CHANNELS[:8], FrameClock(20, start_mono=0.0, start_wall=0.0), sent, workers=3,
-              guard=Never())
+              wall=time.time, guard=Never())
     for i, c in enumerate(CHANNELS[:8]):
         m.start(Item(i + 1, Priority.NORMAL, Tone(hz_of(c), None), i + 1), [c])
     m.tick(0)
@@ -279,7 +283,7 @@ def test_encoder_threads_take_the_priority_of_the_thread_that_ticks(monkeypatch)
     monkeypatch.setattr(OpusEncoder, "encode", spied)
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     m = Mixer(CHANNELS[:8], FrameClock(20, start_mono=0.0, start_wall=0.0), Sent(), workers=3,
-              guard=Never())
+              wall=time.time, guard=Never())
     for i, c in enumerate(CHANNELS[:8]):
         m.start(Item(i + 1, Priority.NORMAL, Tone(hz_of(c), None), i + 1), [c])
 

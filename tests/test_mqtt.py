@@ -39,7 +39,13 @@ from streamer.control.broker import (
     new_password,
     write_acl,
 )
-from streamer.control.messages import (
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.broker import client, fleet_on, start_broker
+from tests.harness.speaker import SpeakerProcess, start_speaker
+from tests.harness.upstream import TONE_DBFS, ToneUpstream, serving
+from tests.harness.wait import until
+from tests.harness.zones import AP_TAY, KP1, KP2
+from wire.messages import (
     Ack,
     Command,
     Played,
@@ -49,12 +55,6 @@ from streamer.control.messages import (
     encode,
     parse,
 )
-from tests.harness.audio import peak_hz, rms_dbfs
-from tests.harness.broker import client, fleet_on, start_broker
-from tests.harness.speaker import SpeakerProcess, start_speaker
-from tests.harness.upstream import TONE_DBFS, ToneUpstream, serving
-from tests.harness.wait import until
-from tests.harness.zones import AP_TAY, KP1, KP2
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -9,9 +9,9 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from streamer.control.messages import Played, SpeakerTelemetry, Status
 from streamer.control.presence import FleetRecorder
 from streamer.control.state import State
+from wire.messages import Played, SpeakerTelemetry, Status
 
 
 async def test_reports_while_redis_is_down_are_logged_in_a_line_and_counted(

@@ -30,10 +30,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import DestinationTable, FanoutEndpoint
-from streamer.rtp import rtcp, subscribe
-from streamer.rtp.packet import RtpPacket, is_rtp, ssrc_for, unix_to_ntp64
 from tests.harness.audio import peak_hz
 from tests.harness.subscriber import Subscriber
+from wire import rtcp, subscribe
+from wire.packet import RtpPacket, is_rtp, ssrc_for, unix_to_ntp64
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -5,15 +5,16 @@ import random
 
 import pytest
 
-from streamer.rtp import packet, rtcp
-from streamer.rtp import subscribe as sub
-from streamer.rtp.packet import MalformedPacket
+from wire import packet, rtcp
+from wire import subscribe as sub
+from wire.packet import MalformedPacket
+from wire.priority import Priority
 
 
 def test_rtp_roundtrip_with_extensions():
     p = packet.RtpPacket(ssrc=0xDEADBEEF, seq=65535, ts=2**32 - 1, payload=b"\xfc\x01\x02",
                          capture_ntp=packet.unix_to_ntp64(1_790_000_000.25), broadcast_id=42,
-                         priority=packet.EMERGENCY_LEVEL)
+                         priority=Priority.EMERGENCY)
     data = p.build()
     assert len(data) == packet.HEADER_LEN + 3
     assert data[30:32] == b"\x30\x03"  # ID 3, one byte: the level (docs/protocol.md)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -33,10 +34,11 @@ from streamer.control.schedules import (
 from streamer.control.schemas import BadRequest
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
-from streamer.rtp import packet
 from tests.harness.sink import Sent
+from wire import packet
+from wire.priority import Priority
 
 HCM = tz.gettz("Asia/Ho_Chi_Minh")
 BERLIN = tz.gettz("Europe/Berlin")
@@ -247,7 +249,7 @@ def _mixer(channels=(ZONE, OTHER), sink=None, start_wall=1_800_000_000.0,
     clock = FrameClock(20, start_mono=0.0, start_wall=start_wall,
                        max_catch_up_frames=10**9)
     return Mixer(list(channels), clock, Sent() if sink is None else sink,
-                 on_finished=on_finished)
+                 wall=time.time, on_finished=on_finished)
 
 
 def tone(item_id, prio=Priority.NORMAL, seconds=1.0):

@@ -13,9 +13,9 @@ import numpy as np
 import opuslib
 import pytest
 
-from streamer.rtp.ogg import OggOpusWriter, ogg_crc
-from streamer.rtp.packet import opus_samples, ssrc_for
-from streamer.rtp.sdp import channel_sdp
+from wire.ogg import OggOpusWriter, ogg_crc
+from wire.packet import opus_samples, ssrc_for
+from wire.sdp import channel_sdp
 
 RATE = 48_000
 FRAME = 960

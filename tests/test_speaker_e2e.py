@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer.rtp.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import Subscribed, Unsubscribed, is_control
 from tests.harness.audio import peak_hz
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import RtpUpstream, serving
 from tests.harness.wait import until
+from wire.packet import HEADER_LEN, RtpPacket, ssrc_for, unix_to_ntp64
+from wire.subscribe import Subscribed, Unsubscribed, is_control
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

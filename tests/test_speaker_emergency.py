@@ -35,14 +35,15 @@ from clients.speaker.jitter import FrameKind, JitterBuffer
 from clients.speaker.main import ConfigError, load_config
 from clients.speaker.playout import Playout, volume_gain
 from streamer.control.broker import STREAMER_USER
-from streamer.control.messages import EmergencyState, zone_emergency_topic
-from streamer.rtp.packet import EMERGENCY_LEVEL, RtpPacket
 from tests.harness.audio import correlation, peak_hz, rms_dbfs
 from tests.harness.broker import client, fleet_on, start_broker
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import TONE_DBFS, TONE_PEAK, ToneUpstream, serving
 from tests.harness.wait import until
 from tests.harness.zones import KP1
+from wire.messages import EmergencyState, zone_emergency_topic
+from wire.packet import RtpPacket
+from wire.priority import Priority
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -51,6 +52,7 @@ FRAME = 960
 SSRC = 0x4242
 T0 = 1_795_402_800.0  # the fake wall clock starts here
 NORMAL, EMERGENCY = 7, 4242  # broadcast ids
+EMERGENCY_LEVEL = Priority.EMERGENCY  # what the RTP priority extension carries
 
 
 # --------------------------------------------------------------------------- sans-IO helpers

@@ -14,7 +14,7 @@ from clients.speaker.jitter import Arrival, FrameKind, JitterBuffer
 from clients.speaker.main import ConfigError, load_config, open_sink
 from clients.speaker.output import NullSink, SoundcardSink, WavSink
 from clients.speaker.playout import Playout, Timeline, level_dbfs, volume_gain
-from streamer.rtp.packet import MalformedPacket, RtpPacket
+from wire.packet import MalformedPacket, RtpPacket
 
 SSRC = 0x1234
 

@@ -48,10 +48,10 @@ from loadtest.simspeakers import (
     peek,
 )
 from streamer.mixer.sources import EspeakProvider
-from streamer.rtp.packet import RtpPacket, parse
-from streamer.rtp.rtcp import SenderReport
-from streamer.rtp.subscribe import Message, MsgType
 from tests.harness.audio import peak_hz, rms_dbfs
+from wire.packet import RtpPacket, parse
+from wire.rtcp import SenderReport
+from wire.subscribe import Message, MsgType
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 

@@ -26,9 +26,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamer.control.messages import EmergencyState
-from streamer.rtp.packet import EMERGENCY_LEVEL
 from streamer.secretfile import write_private
+from wire.messages import EmergencyState
+from wire.priority import Priority
 
 from .output import wav_header
 from .playout import RATE_HZ, Playout
@@ -256,7 +256,7 @@ class EmergencyPath:
     def on_event(self, event: Mapping[str, Any]) -> None:
         """A play-log record: a streamed emergency starting restarts its cadence; ending, it
         leaves its audio in the cache."""
-        if event.get("priority") != EMERGENCY_LEVEL or event.get("local"):
+        if event.get("priority") != Priority.EMERGENCY or event.get("local"):
             return
         broadcast_id, start = event["broadcast"], event["start"]
         cached = self.cached

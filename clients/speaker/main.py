@@ -2,7 +2,7 @@
 
 One UDP socket carries the subscribe handshake and the media from the current upstream; every
 datagram is demultiplexed here (control, RTCP, RTP) and handed to the sans-IO parts
-(:class:`~streamer.rtp.subscribe.SubscribeClient`, :class:`~clients.speaker.playout.Playout`).
+(:class:`~wire.subscribe.SubscribeClient`, :class:`~clients.speaker.playout.Playout`).
 This edge must never let a datagram, however malformed, stop the process: each one is counted
 under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
 
@@ -43,10 +43,10 @@ from prometheus_client.registry import Collector
 from fanout import udp
 from streamer.config import Addr, ConfigError, check_range, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
-from streamer.control.messages import valid_zone_id
 from streamer.procmetrics import watch_process
-from streamer.rtp import packet, rtcp, subscribe
-from streamer.rtp.packet import MalformedPacket
+from wire import packet, rtcp, subscribe
+from wire.ids import valid_zone_id
+from wire.packet import MalformedPacket
 
 from .emergency import OUTCOMES, EmergencyCache, EmergencyPath, stream_lost
 from .mqtt import SpeakerDevice, ToneOverlay

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamer.config import Addr, ConfigError, parse_hostport
 from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
-from streamer.control.messages import (
+from wire.messages import (
     SPEAKER_COMMANDS,
     DeviceConfig,
     RefreshToken,
@@ -34,7 +34,7 @@ from streamer.control.messages import (
     TestTone,
     finite,
 )
-from streamer.rtp.subscribe import ClientState, SubscribeClient
+from wire.subscribe import ClientState, SubscribeClient
 
 from .output import Sink
 from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, volume_gain

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket, RtpPacket
+from wire.packet import MalformedPacket, RtpPacket
+from wire.priority import Priority
 
 from .jitter import Arrival, Frame, FrameKind, JitterBuffer
 from .output import Sink
@@ -219,7 +220,7 @@ class Playout:
     @property
     def emergency_playing(self) -> bool:
         """An emergency is on the horn: level-3 frames of the stream, or a local replay."""
-        return self.broadcast_id != 0 and self._bc_priority == EMERGENCY_LEVEL
+        return self.broadcast_id != 0 and self._bc_priority == Priority.EMERGENCY
 
     @property
     def local_playing(self) -> bool:
@@ -323,7 +324,7 @@ class Playout:
 
     def _play(self, frame: Frame, play_time: float) -> None:
         raw = self._decode(frame)
-        forced = frame.priority == EMERGENCY_LEVEL
+        forced = frame.priority == Priority.EMERGENCY
         pcm = np.frombuffer(raw, dtype="<i2")[:MAX_FRAME]
         n = len(pcm)
         zeros, trim = self.timeline.place(play_time, n)
@@ -355,7 +356,7 @@ class Playout:
             chunk = local[self._local_pos : self._local_pos + n]
             self._local_pos += n
             sumsq = self._write(chunk, forced=True)
-            self._track(self.local_broadcast_id, EMERGENCY_LEVEL, start, n, sumsq, local=True)
+            self._track(self.local_broadcast_id, Priority.EMERGENCY, start, n, sumsq, local=True)
 
     def _write(self, pcm: np.ndarray, forced: bool, skip: int = 0) -> float:
         """Apply the gain to int16 ``pcm`` and write all but its first ``skip`` samples at the

@@ -28,11 +28,12 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry
 
 from streamer.mixer.mixer import Mixer
-from streamer.mixer.program import Item, Priority
+from streamer.mixer.program import Item
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
 from streamer.mixer.sources.base import Source
 from streamer.mixer.sources.chime import Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
+from wire.priority import Priority
 
 from .feeds import OFF_AIR, RelayFeed
 from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan

@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from streamer.control.messages import (
+from streamer.secretfile import write_private
+from wire.ids import valid_device_id, valid_zone_id
+from wire.messages import (
     KINDS,
     PREFIX,
     device_topic,
-    valid_device_id,
-    valid_zone_id,
     zone_cmd_topics,
     zone_emergency_topics,
 )
-from streamer.secretfile import write_private
 
 STREAMER_USER = "streamer"
 #: mosquitto_passwd's own default. Device and service passwords are random 192-bit secrets

@@ -24,8 +24,9 @@ import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from streamer.control.models import Speaker, Zone, ancestors
+from streamer.control.models import Speaker, Zone
 from streamer.control.schemas import MAX_TTS_CHARS
+from wire.ids import ancestors
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
 MAX_CAP_BYTES = 256 * 1024

@@ -33,7 +33,8 @@ from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streamer.config import ConfigError, check_range
-from streamer.control.messages import (
+from wire.ids import valid_device_id, valid_zone_id
+from wire.messages import (
     KINDS,
     PREFIX,
     TELEMETRY,
@@ -52,8 +53,6 @@ from streamer.control.messages import (
     encode,
     parse,
     split_device_topic,
-    valid_device_id,
-    valid_zone_id,
     zone_cmd_topic,
     zone_cmd_topics,
     zone_emergency_topic,

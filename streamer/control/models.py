@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-ZONE_ID_RE = r"^[a-z0-9][a-z0-9-]{0,31}(\.[a-z0-9][a-z0-9-]{0,31})*$"
-DEVICE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+from wire.ids import DEVICE_ID_RE, ZONE_ID_RE
+
 USER_RE = r"^[a-z0-9][a-z0-9_.-]{1,31}$"
 ZONE_CODE_RE = r"^[0-9]{1,10}$"
 QUIET_RE = r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -184,12 +184,6 @@ class AuditEntry(Record):
     zones: list[str] = Field(default_factory=list)
     outcome: str = "ok"  # ok | denied | skipped (a scheduled occurrence that did not air)
     detail: dict[str, Any] = Field(default_factory=dict)
-
-
-def ancestors(zone_id: str) -> list[str]:
-    """``a.b.c`` → ``[a, a.b, a.b.c]``."""
-    parts = zone_id.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def covers(ancestor: str, zone_id: str) -> bool:

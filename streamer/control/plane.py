@@ -25,13 +25,14 @@ from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
 from streamer.secretfile import write_private
 from streamer.zones import ZoneTree
+from wire.ids import ancestors
+from wire.messages import EmergencyState
 
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .fleet import Fleet
 from .hashing import Hasher
 from .live import LiveInputs
-from .messages import EmergencyState
 from .models import (
     DEFAULT_QUIET_HOURS,
     AuditEntry,
@@ -43,7 +44,6 @@ from .models import (
     Role,
     User,
     Zone,
-    ancestors,
 )
 from .presence import FleetRecorder
 from .schedules import QuietHours, in_quiet_hours

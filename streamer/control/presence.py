@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .messages import Played, RelayTelemetry, SpeakerTelemetry, Status
+from wire.messages import Played, RelayTelemetry, SpeakerTelemetry, Status
+
 from .models import Presence
 from .state import State
 

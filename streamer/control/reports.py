@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from streamer.control.models import BroadcastRecord, Speaker, covers
 from streamer.control.schedules import DEFAULT_TZ as LOCAL_TZ
-from streamer.control.schemas import PRIORITIES
+from wire.priority import PRIORITIES
 
 #: broadcast records are indexed by creation time; one that started (after approval) or kept
 #: airing longer than this after it was created is missed by windows that begin later

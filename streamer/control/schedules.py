@@ -31,7 +31,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .schemas import BadRequest, ClipSource, Priority, ToneSource, TtsSource, Zones
+from wire.priority import PriorityName
+
+from .schemas import BadRequest, ClipSource, ToneSource, TtsSource, Zones
 
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
 SCHEDULE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -89,7 +91,7 @@ class Schedule(BaseModel):
 
     id: Annotated[str, StringConstraints(pattern=SCHEDULE_ID_RE)]
     zones: Zones
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
     source: ScheduleSource
     rrule: str | None = Field(
         None, max_length=MAX_RULE_CHARS,

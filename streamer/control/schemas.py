@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from wire.priority import PriorityName
+
 from .models import BroadcastRecord, EmergencyOptions, ZoneId
 
 MAX_TONE_S = 3600.0
 MIN_TONE_HZ = 25.0
 MAX_TTS_CHARS = 5000
 MAX_ZONES_PER_BROADCAST = 10_000
-PRIORITIES = ("emergency", "priority", "normal", "background")
 #: discriminator values that pydantic puts into an error's location; not field names
 UNION_TAGS = frozenset({"tone", "tts", "clip", "relay", "live"})
 MAX_EMERGENCY_S = 7 * 86_400
@@ -99,13 +100,12 @@ class LiveSource(Body):
 Source = Annotated[ToneSource | TtsSource | ClipSource, Field(discriminator="kind")]
 EmergencySource = Annotated[ToneSource | TtsSource | ClipSource | LiveSource,
                             Field(discriminator="kind")]
-Priority = Literal["emergency", "priority", "normal", "background"]
 Zones = Annotated[list[ZoneId], Field(min_length=1, max_length=MAX_ZONES_PER_BROADCAST)]
 
 
 class BroadcastIn(Body):
     zones: Zones
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
     source: Source
     label: str = Field("", max_length=200)
     override_quiet_hours: bool = Field(
@@ -122,7 +122,7 @@ class EmergencyIn(EmergencyOptions):
 
 class StopIn(Body):
     zones: Zones
-    priority: Priority | None = Field(None, description="only this level; all when absent")
+    priority: PriorityName | None = Field(None, description="only this level; all when absent")
 
 
 class BroadcastOut(BroadcastRecord):

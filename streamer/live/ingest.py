@@ -59,7 +59,7 @@ import opuslib
 import pylibsrtp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from streamer.rtp.packet import (
+from wire.packet import (
     OPUS_PT,
     RTP_VERSION,
     MalformedPacket,
@@ -69,8 +69,8 @@ from streamer.rtp.packet import (
     parse,
     peek_ssrc,
 )
-from streamer.rtp.rtcp import Bye, parse_compound
-from streamer.rtp.sdp import opus_lines
+from wire.rtcp import Bye, parse_compound
+from wire.sdp import opus_lines
 
 log = logging.getLogger(__name__)
 

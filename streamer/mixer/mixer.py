@@ -41,15 +41,16 @@ from typing import Protocol, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamer.rtp.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
-from streamer.rtp.rtcp import SenderReport
+from wire.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
+from wire.priority import Priority
+from wire.rtcp import SenderReport
 
 from .clock import FrameClock
 from .encoder import OpusEncoder, OpusSettings
 from .guard import CHEAP_COMPLEXITY, DeadlineGuard
 from .loudness import Limiter
 from .pool import EncoderPool
-from .program import Item, Priority, Program
+from .program import Item, Program
 
 SR_INTERVAL_FRAMES = 50
 _U32 = 0xFFFF_FFFF
@@ -240,6 +241,7 @@ class Mixer:
         clock: FrameClock,
         sink: PacketSink,
         *,
+        wall: Callable[[], float],
         opus: OpusSettings | None = None,
         fade_ms: int = 10,
         registry: CollectorRegistry | None = None,
@@ -247,9 +249,11 @@ class Mixer:
         workers: int | None = None,
         guard: DeadlineGuard | None = None,
     ) -> None:
-        """``workers``: threads that encode, the ticking one included (None: one per core; 1:
-        everything on the ticking thread). ``guard``: the deadline guard (default: its
-        thresholds at this clock's frame time)."""
+        """``wall``: the wall clock (Unix seconds) that time to air is measured on; the caller
+        owns it (the app passes ``time.time``, a test may pass a fake). ``workers``: threads
+        that encode, the ticking one included (None: one per core; 1: everything on the
+        ticking thread). ``guard``: the deadline guard (default: its thresholds at this
+        clock's frame time)."""
         workers = (os.cpu_count() or 1) if workers is None else workers
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -258,6 +262,7 @@ class Mixer:
         self.guard = guard or DeadlineGuard(clock.ptime_s)
         self.clock = clock
         self.sink = sink
+        self.wall = wall
         self.opus = opus or OpusSettings()
         self.lock = threading.RLock()
         self.on_finished = on_finished
@@ -348,7 +353,7 @@ class Mixer:
         if by_program:
             self.items[item.id] = item
             if item.aired_at is None and item.id not in self._unaired:
-                self._unaired[item.id] = (time.time() if item.requested_at is None
+                self._unaired[item.id] = (self.wall() if item.requested_at is None
                                           else item.requested_at)
             if end_frame is not None:
                 self._ends[item.id] = end_frame
@@ -550,7 +555,7 @@ class Mixer:
         return block
 
     def _aired(self, item: Item) -> None:
-        now = time.time()
+        now = self.wall()
         since = self._unaired.pop(item.id)
         item.aired_at = now
         self.metrics.time_to_air.labels(item.priority.name.lower()).observe(now - since)

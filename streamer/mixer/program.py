@@ -10,18 +10,12 @@ programs as broadcasts reach some channels and not others. Pure code: no clock, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 import numpy as np
 
+from wire.priority import Priority
+
 from .sources.base import Source
-
-
-class Priority(IntEnum):
-    BACKGROUND = 0
-    NORMAL = 1
-    PRIORITY = 2
-    EMERGENCY = 3
 
 
 @dataclass(eq=False, slots=True)

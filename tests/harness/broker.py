@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from devstack.services import Service
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
-from streamer.control.messages import Played, RelayTelemetry, SpeakerTelemetry, Status
+from wire.messages import Played, RelayTelemetry, SpeakerTelemetry, Status
 
 
 def start_broker(broker: Service, speakers: dict[str, str], relays: tuple[str, ...] = ()

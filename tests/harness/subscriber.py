@@ -7,9 +7,9 @@ import asyncio
 import time
 from typing import cast
 
-from streamer.rtp import subscribe
-from streamer.rtp.packet import is_rtcp, is_rtp, parse
-from streamer.rtp.subscribe import SubscribeClient
+from wire import subscribe
+from wire.packet import is_rtcp, is_rtp, parse
+from wire.subscribe import SubscribeClient
 
 
 class Subscriber(asyncio.DatagramProtocol):

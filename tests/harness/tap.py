@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import opuslib
 
-from streamer.rtp.packet import HEADER_LEN
-from streamer.rtp.packet import parse as parse_rtp
+from wire.packet import HEADER_LEN
+from wire.packet import parse as parse_rtp
 
 
 class Tap:

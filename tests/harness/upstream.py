@@ -18,8 +18,8 @@ import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
 
-from streamer.rtp.packet import RtpPacket, ssrc_for, unix_to_ntp64
-from streamer.rtp.subscribe import Event, SubscribeServer, is_control
+from wire.packet import RtpPacket, ssrc_for, unix_to_ntp64
+from wire.subscribe import Event, SubscribeServer, is_control
 
 RATE = 48_000
 FRAME = 960

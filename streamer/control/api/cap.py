@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from streamer.control import auth, cap
 from streamer.control.auth import Forbidden
-from streamer.control.models import BroadcastState, CapRecord, ancestors
+from streamer.control.models import BroadcastState, CapRecord
 from streamer.control.schemas import BadRequest, BroadcastIn, BroadcastOut, EmergencyIn, TtsSource
+from wire.ids import ancestors
 
 from .broadcasts import air
 from .core import API, ApiError, Conflict, Ctx

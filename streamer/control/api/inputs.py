@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from streamer.control import auth
 from streamer.control.live import input_sdp
 from streamer.control.models import LiveInput
-from streamer.control.schemas import Body, InputId, Priority, Zones
+from streamer.control.schemas import Body, InputId, Zones
+from wire.priority import PriorityName
 
 from .broadcasts import _check_zones
 from .core import API, Conflict, Ctx, NotFound
@@ -25,7 +26,7 @@ class InputIn(Body):
     id: InputId
     name: str = Field("", max_length=200)
     zones: Zones
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
 
 
 class InputOut(LiveInput):

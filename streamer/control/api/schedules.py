@@ -22,7 +22,8 @@ from streamer.control.schedules import (
     check_quiet_hours,
     next_occurrence,
 )
-from streamer.control.schemas import BadRequest, Body, Patch, Priority, Zones, left_out
+from streamer.control.schemas import BadRequest, Body, Patch, Zones, left_out
+from wire.priority import PriorityName
 
 from .broadcasts import _check_zones
 from .core import API, ApiError, Ctx, NotFound
@@ -30,7 +31,7 @@ from .core import API, ApiError, Ctx, NotFound
 
 class ScheduleIn(Body):
     zones: Zones
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
     source: ScheduleSource
     rrule: str | None = Field(None, max_length=2000, description="RFC 5545 RRULE")
     dtstart: LocalDateTime | None = Field(None, description="local date-time the rule counts "
@@ -45,7 +46,7 @@ class ScheduleIn(Body):
 
 class SchedulePatch(Patch):
     zones: Zones = left_out()
-    priority: Priority = left_out()
+    priority: PriorityName = left_out()
     source: ScheduleSource = left_out()
     rrule: str | None = Field(None, max_length=2000)
     dtstart: LocalDateTime | None = None

@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
-from streamer.control.messages import DeviceConfig
 from streamer.control.models import DeviceId, Presence, Relay, Speaker, ZoneId
 from streamer.control.schemas import BadRequest, Body, Patch, left_out
+from wire.messages import DeviceConfig
 
 from .core import API, ApiError, Conflict, Ctx, NotFound
 

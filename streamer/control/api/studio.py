@@ -23,9 +23,9 @@ from streamer.control.schemas import (
     BroadcastOut,
     EmergencyIn,
     LiveSource,
-    Priority,
     Zones,
 )
+from wire.priority import PriorityName
 
 from .broadcasts import air
 from .core import API, ApiError, Conflict, Ctx, NotFound
@@ -52,7 +52,7 @@ class SessionOut(BaseModel):
 
 class TalkIn(Body):
     zones: Zones
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
     label: str = Field("", max_length=200)
     override_quiet_hours: bool = False
 

@@ -3,8 +3,8 @@
 Every Loa media packet has the same 32-byte header: the 12-byte fixed header, then a one-byte
 header-extension block (profile 0xBEDE) with the absolute capture time (ID 1, NTP 64-bit, the
 WebRTC ``abs-capture-time`` format), the broadcast id on air (ID 2, uint32, 0 = none) and its
-priority level (ID 3, uint8: 0 background … 3 emergency), which speakers act on at once (forced
-volume) without waiting for the control plane.
+priority level (ID 3, uint8: 0 background … 3 emergency, ``wire.priority``), which speakers act
+on at once (forced volume) without waiting for the control plane.
 ``docs/protocol.md`` has the byte table. Pure code: no sockets, no clock reads.
 
 Parsing accepts any valid RTP (other extensions, CSRCs, padding) so that foreign senders can be
@@ -24,7 +24,6 @@ EXT_PROFILE_ONE_BYTE = 0xBEDE
 EXT_ID_CAPTURE_TIME = 1
 EXT_ID_BROADCAST = 2
 EXT_ID_PRIORITY = 3
-EMERGENCY_LEVEL = 3
 EXT_URI_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
 EXT_URI_BROADCAST = "urn:loa:rtp-hdrext:broadcast-id"
 EXT_URI_PRIORITY = "urn:loa:rtp-hdrext:priority"

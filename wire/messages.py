@@ -1,11 +1,11 @@
 """The MQTT control plane's contract: topic names and typed payloads (``docs/mqtt.md``).
 
-Shared by the streamer (``fleet.py``), relays and speakers. Every payload is one JSON object,
-UTF-8, at most :data:`MAX_PAYLOAD` bytes, validated by a pydantic model with strict types;
-:func:`parse` is the only way in and raises :class:`BadPayload` carrying a ``reason`` (a metric
-label) and a message naming the field at fault. This module does no I/O; it never decodes a
-payload before checking its size, and never coerces a wrong type into a right one (``"50"`` is
-not a volume, ``true`` is not 1).
+Shared by the streamer (``streamer/control/fleet.py``), relays and speakers. Every payload is
+one JSON object, UTF-8, at most :data:`MAX_PAYLOAD` bytes, validated by a pydantic model with
+strict types; :func:`parse` is the only way in and raises :class:`BadPayload` carrying a
+``reason`` (a metric label) and a message naming the field at fault. This module does no I/O;
+it never decodes a payload before checking its size, and never coerces a wrong type into a
+right one (``"50"`` is not a volume, ``true`` is not 1).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from streamer.config import ConfigError, parse_hostport
-from streamer.control.models import DEVICE_ID_RE, ZONE_ID_RE, ancestors
-from streamer.rtp.subscribe import MAX_TOKEN
+from .addr import parse_hostport
+from .ids import DEVICE_ID_RE, ZONE_ID_RE, ancestors, valid_device_id, valid_zone_id
+from .subscribe import MAX_TOKEN
 
 PREFIX = "loa/v1"
 MAX_PAYLOAD = 64 * 1024
@@ -52,14 +52,6 @@ class BadPayload(ValueError):
 
 
 # --------------------------------------------------------------------------- topics
-
-
-def valid_device_id(device_id: str) -> bool:
-    return re.fullmatch(DEVICE_ID_RE, device_id) is not None
-
-
-def valid_zone_id(zone: str) -> bool:
-    return len(zone) <= 400 and re.fullmatch(ZONE_ID_RE, zone) is not None
 
 
 def device_topic(kind: str, device_id: str, leaf: str) -> str:
@@ -113,9 +105,9 @@ def split_device_topic(topic: str) -> tuple[str, str, str]:
 
 def _host_port(text: str) -> str:
     try:
-        _, port = parse_hostport(text, "upstream")
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
+        _, port = parse_hostport(text)
+    except ValueError as e:
+        raise ValueError(f"upstream: {e}") from None
     if port == 0:
         raise ValueError(f"{text!r} needs a port")
     return text
