@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import ConfigError, parse_hostport
+from common.config import ConfigError, parse_hostport
 from streamer.rtp.packet import EMERGENCY_LEVEL, MalformedPacket
 from streamer.rtp.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
@@ -418,7 +418,7 @@ async def serve(channels: list[str], relays: list[Addr], capture_packets: int,
 
 
 def host_port(text: str) -> Addr:
-    """An argparse type for a relay's ``host:port`` (``streamer.config.parse_hostport``)."""
+    """An argparse type for a relay's ``host:port`` (``common.config.parse_hostport``)."""
     try:
         return parse_hostport(text, "relay")
     except ConfigError as e:

@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import aiohttp
 
+from common.secretfile import write_private
 from streamer.app import Streamer, StreamerConfig
 from streamer.control import broker
 from streamer.control.broker import Mosquitto
 from streamer.control.services import RedisServer
-from streamer.secretfile import write_private
 from streamer.supervise import Child, loa_process, stop
 
 from ._report import ROOT, process_cpu_s

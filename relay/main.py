@@ -26,11 +26,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.config import Addr, ConfigError, Static, load
+from common.procmetrics import watch_process
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
-from streamer.config import Addr, ConfigError, Static, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
-from streamer.procmetrics import watch_process
 from streamer.rtp.packet import ssrc_for
 
 from .mqtt import RelayDevice

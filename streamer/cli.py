@@ -8,12 +8,12 @@ import logging
 import os
 import sys
 
-from streamer.config import ConfigError
+from common.config import ConfigError
 
 
 def _streamer(argv: list[str]) -> int:
+    from common.config import load
     from streamer import app
-    from streamer.config import load
 
     p = argparse.ArgumentParser(prog="loa streamer", description="Run the Loa streamer.")
     p.add_argument("--config", help="TOML file (keys as below, with underscores)")

@@ -28,10 +28,10 @@ from typing import Any
 
 import aiohttp
 
+from common.secretfile import write_private
 from streamer.control import broker
 from streamer.control.broker import Mosquitto
 from streamer.control.services import RedisServer
-from streamer.secretfile import write_private
 from streamer.supervise import Child, StartError, Supervisor, loa_process, service_process
 
 log = logging.getLogger("loa.up")

@@ -26,9 +26,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.secretfile import write_private
 from streamer.control.messages import EmergencyState
 from streamer.rtp.packet import EMERGENCY_LEVEL
-from streamer.secretfile import write_private
 
 from .output import wav_header
 from .playout import RATE_HZ, Playout

@@ -40,11 +40,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.config import Addr, ConfigError, check_range, load
+from common.procmetrics import watch_process
 from fanout import udp
-from streamer.config import Addr, ConfigError, check_range, load
 from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
 from streamer.control.messages import valid_zone_id
-from streamer.procmetrics import watch_process
 from streamer.rtp import packet, rtcp, subscribe
 from streamer.rtp.packet import MalformedPacket
 

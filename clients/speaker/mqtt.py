@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import Addr, ConfigError, parse_hostport
+from common.config import Addr, ConfigError, parse_hostport
 from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
 from streamer.control.messages import (
     SPEAKER_COMMANDS,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from common.secretfile import write_private
 from streamer.control.messages import (
     KINDS,
     PREFIX,
@@ -34,7 +35,6 @@ from streamer.control.messages import (
     zone_emergency_topics,
 )
 from streamer.control.services import Service, ServiceError
-from streamer.secretfile import write_private
 
 STREAMER_USER = "streamer"
 #: mosquitto_passwd's own default. Device and service passwords are random 192-bit secrets

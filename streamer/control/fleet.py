@@ -32,7 +32,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from streamer.config import ConfigError, check_range
+from common.config import ConfigError, check_range
 from streamer.control.messages import (
     KINDS,
     PREFIX,

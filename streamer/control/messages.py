@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from streamer.config import ConfigError, parse_hostport
+from common.config import ConfigError, parse_hostport
 from streamer.control.models import DEVICE_ID_RE, ZONE_ID_RE, ancestors
 from streamer.rtp.subscribe import MAX_TOKEN
 
