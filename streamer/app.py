@@ -27,12 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError, check_range
 from common.procmetrics import watch_process
+from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
-from streamer.control.fleet import Fleet, read_password_file
+from streamer.control.fleet import Fleet
 from streamer.control.live import studio_input
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from streamer.control.fleet import Backoff
+from device.edge import Backoff
 from streamer.control.services import Service, ServiceError
 
 log = logging.getLogger("loa.up")
