@@ -116,8 +116,7 @@ def load(
     """
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
-    # a field left out of __init__ is derived in __post_init__, never set from outside
-    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     path = path or env.get(f"{env_prefix}CONFIG")
     if path:

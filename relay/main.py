@@ -59,11 +59,6 @@ class RelayConfig:
     mqtt_password_file: str | None = None
     mqtt_keepalive_s: int = 30
     telemetry_s: float = 10.0
-    # The MQTT keys stay flat above, so that the flags, LOA_RELAY_MQTT_* variables and TOML
-    # keys the docs name keep working as they are (``load`` knows flat fields only); they are
-    # checked once into ``mqtt``, the settings type relays and speakers share (None: no
-    # control plane). ``load`` never sets a field left out of __init__.
-    mqtt: DeviceMqtt | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -80,8 +75,19 @@ class RelayConfig:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
-        self.mqtt = device_mqtt(self.id, self.mqtt_url, self.mqtt_user,
-                                self.mqtt_password_file, self.mqtt_keepalive_s, self.telemetry_s)
+        self.mqtt  # noqa: B018 (building the settings checks them)
+
+    @property
+    def mqtt(self) -> DeviceMqtt | None:
+        """The MQTT settings relays and speakers share, checked (None: no control plane).
+
+        The keys stay flat fields above, so that the flags, LOA_RELAY_MQTT_* variables and TOML
+        keys the docs name keep working as they are (``load`` reads flat fields only), and
+        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
+        the loader, and no second copy of a setting to fall out of step.
+        """
+        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
+                           self.mqtt_keepalive_s, self.telemetry_s)
 
 
 def load_config(

@@ -43,11 +43,6 @@ class SpeakerConfig:
     emergency_volume: float = 100.0
     offline_after_s: float = 10.0
     emergency_repeat_s: float | None = None
-    # The MQTT keys stay flat above, so that the flags, LOA_SPEAKER_MQTT_* variables and TOML
-    # keys the docs name keep working as they are (``load`` knows flat fields only); they are
-    # checked once into ``mqtt``, the settings type speakers and relays share (None: no
-    # control plane). ``load`` never sets a field left out of __init__.
-    mqtt: DeviceMqtt | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not self.channel:
@@ -64,13 +59,24 @@ class SpeakerConfig:
             check_range("emergency_repeat_s", self.emergency_repeat_s, 1, 86_400)
         # one directory per speaker id: several simulated speakers may share a var dir
         self.cache_dir = self.cache_dir or str(Path(self.var_dir) / "cache" / self.id)
-        self.mqtt = device_mqtt(self.id, self.mqtt_url, self.mqtt_user,
-                                self.mqtt_password_file, self.mqtt_keepalive_s, self.telemetry_s)
+        self.mqtt  # noqa: B018 (building the settings checks them)
         if self.zone and not valid_zone_id(self.zone):
             raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
         if self.mqtt is not None:
             # a channel is named after its leaf zone
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
+
+    @property
+    def mqtt(self) -> DeviceMqtt | None:
+        """The MQTT settings speakers and relays share, checked (None: no control plane).
+
+        The keys stay flat fields above, so that the flags, LOA_SPEAKER_MQTT_* variables and TOML
+        keys the docs name keep working as they are (``load`` reads flat fields only), and
+        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
+        the loader, and no second copy of a setting to fall out of step.
+        """
+        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
+                           self.mqtt_keepalive_s, self.telemetry_s)
 
 
 def _arg_parser() -> argparse.ArgumentParser:
