@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from streamer.secretfile import write_private
+from common.secretfile import write_private
 from wire.priority import PRIORITIES
 
 DEFAULT_URL = "http://127.0.0.1:8000"

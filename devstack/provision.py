@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from streamer.secretfile import write_private
+from common.secretfile import write_private
 
 
 async def provision(url: str, credentials: Path, secrets_dir: Path, relays: list[str],

@@ -19,13 +19,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from common.secretfile import write_private
 from streamer.control.broker import (
     MAX_PACKET_BYTES,
     Account,
     write_acl,
     write_password_file,
 )
-from streamer.secretfile import write_private
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0

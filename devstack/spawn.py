@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.secretfile import write_private
 from devstack.provision import mqtt_args, provision
 from devstack.services import Mosquitto, RedisServer
 from devstack.state import Stack
 from devstack.supervise import Child, Supervisor, loa_process, service_process
 from streamer.control import broker
-from streamer.secretfile import write_private
 
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
 SAMPLE_SPEAKERS = [

@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from device.edge import Backoff
 from devstack.services import Service, ServiceError
-from streamer.control.fleet import Backoff
 
 log = logging.getLogger("loa.up")
 

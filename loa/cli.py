@@ -11,7 +11,7 @@ import gc
 import logging
 import sys
 
-from streamer.config import ConfigError
+from common.config import ConfigError
 
 
 def _streamer(argv: list[str]) -> int:

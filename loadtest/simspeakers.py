@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import ConfigError, parse_hostport
+from common.config import ConfigError, parse_hostport
 from wire.packet import MalformedPacket
 from wire.priority import Priority
 from wire.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
@@ -419,7 +419,7 @@ async def serve(channels: list[str], relays: list[Addr], capture_packets: int,
 
 
 def host_port(text: str) -> Addr:
-    """An argparse type for a relay's ``host:port`` (``streamer.config.parse_hostport``)."""
+    """An argparse type for a relay's ``host:port`` (``common.config.parse_hostport``)."""
     try:
         return parse_hostport(text, "relay")
     except ConfigError as e:

@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import aiohttp
 
+from common.secretfile import write_private
 from devstack.services import Mosquitto, RedisServer
 from devstack.supervise import Child, loa_process, stop
 from streamer.app import Streamer, StreamerConfig
 from streamer.control import broker
-from streamer.secretfile import write_private
 
 from ._report import ROOT, process_cpu_s
 from .bench_relay import relay_counter

@@ -26,11 +26,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.config import Addr, ConfigError, Static, load
+from common.procmetrics import watch_process
+from device.link import DeviceLink, DeviceMqtt, device_mqtt
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
-from streamer.config import Addr, ConfigError, Static, load
-from streamer.control.fleet import DeviceLink, check_device_mqtt, read_password_file
-from streamer.procmetrics import watch_process
 from wire.packet import ssrc_for
 
 from .mqtt import RelayDevice
@@ -75,7 +75,19 @@ class RelayConfig:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
-        check_device_mqtt(self)
+        self.mqtt  # noqa: B018 (building the settings checks them)
+
+    @property
+    def mqtt(self) -> DeviceMqtt | None:
+        """The MQTT settings relays and speakers share, checked (None: no control plane).
+
+        The keys stay flat fields above, so that the flags, LOA_RELAY_MQTT_* variables and TOML
+        keys the docs name keep working as they are (``load`` reads flat fields only), and
+        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
+        the loader, and no second copy of a setting to fall out of step.
+        """
+        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
+                           self.mqtt_keepalive_s, self.telemetry_s)
 
 
 def load_config(
@@ -107,17 +119,9 @@ def load_config(
                 section="relay")
 
 
-def mqtt_password(cfg: RelayConfig) -> str:
-    assert cfg.mqtt_password_file is not None
-    try:
-        return read_password_file(cfg.mqtt_password_file)
-    except (OSError, ValueError) as e:  # the message names the file, never its content
-        raise ConfigError("mqtt_password_file", f"{cfg.mqtt_password_file}: {e}") from None
-
-
 async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    password = mqtt_password(cfg) if cfg.mqtt_url else None
+    password = cfg.mqtt.password() if cfg.mqtt is not None else None
     registry = CollectorRegistry()
     process_watch = watch_process(registry)
     upstream: Upstream | None = None
@@ -160,10 +164,11 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     log.info("relay %s: media %s, http %s, upstream %s", cfg.id, _fmt(media), _fmt(http_addr),
              ", ".join(_fmt(a) for a in cfg.upstream))
     link: DeviceLink | None = None
-    if cfg.mqtt_url and password is not None:
-        link = DeviceLink(RelayDevice(fanout, upstream), url=cfg.mqtt_url, device_id=cfg.id,
-                          user=cfg.mqtt_user, password=password, registry=registry,
-                          telemetry_s=cfg.telemetry_s, keepalive_s=cfg.mqtt_keepalive_s)
+    if cfg.mqtt is not None and password is not None:
+        m = cfg.mqtt
+        link = DeviceLink(RelayDevice(fanout, upstream), url=m.url, device_id=cfg.id,
+                          user=m.user, password=password, registry=registry,
+                          telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s)
         link.start()
     try:
         await stop.wait()

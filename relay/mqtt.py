@@ -1,6 +1,6 @@
 """The relay's side of the MQTT control plane: status, telemetry, ``reconnect`` and ``ping``.
 
-:class:`RelayDevice` is the relay as a ``streamer.control.fleet.DeviceLink`` sees it. It
+:class:`RelayDevice` is the relay as a ``device.link.DeviceLink`` sees it. It
 reads counters the fan-out and upstream already keep; it never touches the packet path, and a
 command can only re-run handshakes, never stop the fan-out.
 """
@@ -11,8 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from device.link import VERSION, CommandFailed, fmt_addr
 from fanout.endpoint import FanoutEndpoint
-from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
 from wire.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
 from wire.subscribe import ClientState
 
@@ -20,7 +20,7 @@ from .upstream import Upstream
 
 
 class RelayDevice:
-    """The relay as its DeviceLink sees it (``streamer.control.fleet.Device``)."""
+    """The relay as its DeviceLink sees it (``device.link.Device``)."""
 
     kind = "relay"
     commands = RELAY_COMMANDS

@@ -25,13 +25,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.config import ConfigError, check_range
+from common.procmetrics import watch_process
+from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
-from streamer.config import ConfigError, check_range
 from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
-from streamer.control.fleet import Fleet, read_password_file
+from streamer.control.fleet import Fleet
 from streamer.control.live import studio_input
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
@@ -46,7 +48,6 @@ from streamer.mixer.encoder import OpusSettings
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
-from streamer.procmetrics import watch_process
 from streamer.zones import ZoneTree
 from wire.packet import ssrc_for
 

@@ -7,8 +7,8 @@ import os
 
 
 def run(argv: list[str]) -> int:
+    from common.config import load
     from streamer import app
-    from streamer.config import load
 
     p = argparse.ArgumentParser(prog="loa streamer", description="Run the Loa streamer.")
     p.add_argument("--config", help="TOML file (keys as below, with underscores)")

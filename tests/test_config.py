@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from common.config import ConfigError, load
 from streamer.app import StreamerConfig
-from streamer.config import ConfigError, load
 from streamer.mixer.encoder import OpusSettings
 
 

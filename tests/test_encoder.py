@@ -10,8 +10,8 @@ import opuslib.api.ctl as ctl
 import opuslib.api.encoder
 import pytest
 
+from common.config import ConfigError
 from loadtest.bench_codec import decode, encode, loss_pattern, quality, speech
-from streamer.config import ConfigError
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.encoder import APPLICATIONS, OpusEncoder, OpusSettings
 from streamer.mixer.mixer import Mixer

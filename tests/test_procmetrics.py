@@ -1,4 +1,4 @@
-"""``streamer.procmetrics``: the lag probe sees a blocked loop; RSS and CPU are exported."""
+"""``common.procmetrics``: the lag probe sees a blocked loop; RSS and CPU are exported."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.procmetrics import watch_process
+from common.procmetrics import watch_process
 
 LAG = "loa_event_loop_lag_seconds"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -34,9 +35,32 @@ MAX_PAYLOAD = 64 * 1024
 #: a device kind as the code names it → the topic level that holds its devices
 KINDS: dict[str, str] = {"speaker": "speakers", "relay": "relays"}
 DeviceKind = Literal["speaker", "relay"]
-#: topic leaves a device publishes (``up``) and receives (``down``)
-UP_LEAVES = ("status", "telemetry", "ack", "played")
-DOWN_LEAVES = ("cmd", "config")
+
+
+@dataclass(frozen=True)
+class DeviceTopics:
+    """The topics of one device kind: leaves under its own ``loa/v1/{kinds}/{id}/``."""
+
+    #: what the device publishes and the streamer reads (in the broker ACL: ``write``)
+    publishes: tuple[str, ...]
+    #: what the streamer publishes and the device reads (``read``)
+    reads: tuple[str, ...]
+    #: the device also reads the ``cmd`` and ``emergency`` topics of its leaf zone and of
+    #: each ancestor (``zone_cmd_topics``, ``zone_emergency_topics``)
+    zones: bool = False
+
+
+#: THE table of who publishes and reads what (``docs/mqtt.md``, "Topic tree"): the broker's
+#: ACL (``broker.py``), the streamer's subscriptions and each device's (``Fleet``,
+#: ``DeviceLink``) are all derived from it.
+DEVICE_TOPICS: dict[str, DeviceTopics] = {
+    "speaker": DeviceTopics(publishes=("status", "telemetry", "ack", "played"),
+                            reads=("cmd", "config"), zones=True),
+    "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd",)),
+}
+#: topic leaves some device publishes (``up``) and receives (``down``)
+UP_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf in t.publishes))
+DOWN_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf in t.reads))
 BAD_REASONS = ("too_large", "not_utf8", "invalid_json", "invalid_fields", "bad_topic")
 
 M = TypeVar("M", bound=BaseModel)

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamer.secretfile import write_private
+from common.secretfile import write_private
 from wire.messages import EmergencyState
 from wire.priority import Priority
 

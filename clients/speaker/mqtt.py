@@ -1,6 +1,6 @@
 """The speaker's side of the MQTT control plane: what it reports and what it obeys.
 
-:class:`SpeakerDevice` is the speaker as a ``streamer.control.fleet.DeviceLink`` sees it:
+:class:`SpeakerDevice` is the speaker as a ``device.link.DeviceLink`` sees it:
 status, telemetry, the commands of ``docs/mqtt.md`` (volume, mute, reconnect, upstream list,
 test tone, token refresh) and the retained desired config. Volume and mute are the operator's:
 an emergency overrides them while it plays without changing them (``playout.py``), so that
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import Addr, ConfigError, parse_hostport
-from streamer.control.fleet import VERSION, CommandFailed, fmt_addr
+from common.config import Addr, ConfigError, parse_hostport
+from device.link import VERSION, CommandFailed, fmt_addr
 from wire.messages import (
     SPEAKER_COMMANDS,
     DeviceConfig,
@@ -119,7 +119,7 @@ Resolve = Callable[[Addr], Awaitable[Addr]]
 
 
 class SpeakerDevice:
-    """The speaker as its DeviceLink sees it (``streamer.control.fleet.Device``)."""
+    """The speaker as its DeviceLink sees it (``device.link.Device``)."""
 
     kind = "speaker"
     commands = SPEAKER_COMMANDS

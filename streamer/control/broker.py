@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from streamer.secretfile import write_private
+from common.secretfile import write_private
 from wire.ids import valid_device_id, valid_zone_id
 from wire.messages import (
+    DEVICE_TOPICS,
     KINDS,
     PREFIX,
     device_topic,
@@ -64,7 +65,8 @@ class Account:
             raise ValueError(f"user {self.user!r} is not a valid device or service id")
         if self.zone is not None and not valid_zone_id(self.zone):
             raise ValueError(f"{self.user}: zone {self.zone!r} is not a zone id")
-        if self.zone is not None and self.kind != "speaker":
+        if self.zone is not None and (self.kind == "service"
+                                      or not DEVICE_TOPICS[self.kind].zones):
             raise ValueError(f"{self.user}: only speakers listen to zone commands")
         if not self.password_hash.startswith("$7$") or any(c in self.password_hash
                                                            for c in ":\n\r "):
@@ -121,21 +123,16 @@ def write_password_file(path: Path, accounts: Iterable[Account]) -> None:
     write_private(path, "".join(lines))
 
 
-#: topic leaves each kind of device may write and read under its own ``…/{id}/``
-DEVICE_TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "speaker": (("status", "telemetry", "ack", "played"), ("cmd", "config")),
-    "relay": (("status", "telemetry", "ack"), ("cmd",)),
-}
-
-
 def acl_rules(account: Account) -> list[str]:
     """The ``topic`` lines of one account (after its ``user`` line)."""
     if account.kind == "service":
         return [f"topic readwrite {PREFIX}/#"]
-    writes, reads = DEVICE_TOPICS[account.kind]
-    rules = [f"topic write {device_topic(account.kind, account.user, leaf)}" for leaf in writes]
-    rules += [f"topic read {device_topic(account.kind, account.user, leaf)}" for leaf in reads]
-    if account.zone:
+    topics = DEVICE_TOPICS[account.kind]
+    rules = [f"topic write {device_topic(account.kind, account.user, leaf)}"
+             for leaf in topics.publishes]
+    rules += [f"topic read {device_topic(account.kind, account.user, leaf)}"
+              for leaf in topics.reads]
+    if account.zone and topics.zones:
         rules += [f"topic read {t}" for t in zone_cmd_topics(account.zone)]
         rules += [f"topic read {t}" for t in zone_emergency_topics(account.zone)]
     return rules

@@ -21,9 +21,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from common.secretfile import write_private
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
-from streamer.secretfile import write_private
 from streamer.zones import ZoneTree
 from wire.ids import ancestors
 from wire.messages import EmergencyState

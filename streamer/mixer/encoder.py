@@ -20,7 +20,7 @@ import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
 
-from streamer.config import ConfigError, check_range
+from common.config import ConfigError, check_range
 
 RATE_HZ = 48_000
 #: the longest Opus packet (RFC 6716, 3.4: 1275 bytes a frame, up to 3 frames)

@@ -81,7 +81,7 @@ class ZoneCommandOut(BaseModel):
 
 
 def _relays(value: list[str]) -> list[str]:
-    from streamer.config import ConfigError, parse_hostport
+    from common.config import ConfigError, parse_hostport
 
     for r in value:
         try:

@@ -1,0 +1,128 @@
+"""The speaker's configuration: :class:`SpeakerConfig` and its command line.
+
+Lowest precedence first: defaults, ``--config FILE.toml`` (same keys with underscores, at the
+top or in ``[speaker]``), environment ``LOA_SPEAKER_<KEY>`` (``LOA_SPEAKER_UPSTREAM``
+comma-separated), command-line flags (``common/config.py``). Everything is checked here, before
+any socket opens; a bad value raises a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import Addr, ConfigError, check_range, load
+from device.link import DeviceMqtt, device_mqtt
+from wire.ids import valid_zone_id
+
+
+@dataclass
+class SpeakerConfig:
+    channel: str = ""
+    upstream: list[Addr] = field(default_factory=list)
+    id: str = ""
+    bind: Addr = ("0.0.0.0", 0)
+    delay_ms: int = 300
+    wav: str | None = None
+    log: str | None = None
+    volume: float = 100.0
+    mute: bool = False
+    http: Addr | None = None
+    failover_s: float = 3.0
+    mqtt_url: str | None = None
+    mqtt_user: str = ""
+    mqtt_password_file: str | None = None
+    mqtt_keepalive_s: int = 30
+    telemetry_s: float = 10.0
+    zone: str = ""
+    var_dir: str = "var"
+    cache_dir: str = ""
+    emergency_volume: float = 100.0
+    offline_after_s: float = 10.0
+    emergency_repeat_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.channel:
+            raise ConfigError("channel", "required")
+        if not self.upstream:
+            raise ConfigError("upstream", "at least one host:port required")
+        self.id = self.id or socket.gethostname()
+        check_range("delay_ms", self.delay_ms, 0, 10_000)
+        check_range("volume", self.volume, 0, 100)
+        check_range("failover_s", self.failover_s, 0.2, 3600)
+        check_range("emergency_volume", self.emergency_volume, 0, 100)
+        check_range("offline_after_s", self.offline_after_s, 0.2, 3600)
+        if self.emergency_repeat_s is not None:
+            check_range("emergency_repeat_s", self.emergency_repeat_s, 1, 86_400)
+        # one directory per speaker id: several simulated speakers may share a var dir
+        self.cache_dir = self.cache_dir or str(Path(self.var_dir) / "cache" / self.id)
+        self.mqtt  # noqa: B018 (building the settings checks them)
+        if self.zone and not valid_zone_id(self.zone):
+            raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
+        if self.mqtt is not None:
+            # a channel is named after its leaf zone
+            self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
+
+    @property
+    def mqtt(self) -> DeviceMqtt | None:
+        """The MQTT settings speakers and relays share, checked (None: no control plane).
+
+        The keys stay flat fields above, so that the flags, LOA_SPEAKER_MQTT_* variables and TOML
+        keys the docs name keep working as they are (``load`` reads flat fields only), and
+        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
+        the loader, and no second copy of a setting to fall out of step.
+        """
+        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
+                           self.mqtt_keepalive_s, self.telemetry_s)
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loa speaker", description="Software IP speaker.")
+    p.add_argument("--config", help="TOML file with the same keys (underscores)")
+    p.add_argument("--id", help="speaker identity (default: host name)")
+    p.add_argument("--channel", help="channel to play")
+    p.add_argument("--upstream", action="append", metavar="HOST:PORT",
+                   help="relay or streamer; repeat for failover, in order of preference")
+    p.add_argument("--bind", metavar="HOST:PORT", help="local UDP address (default 0.0.0.0:0)")
+    p.add_argument("--delay-ms", type=int, help="playout delay after capture time (default 300)")
+    p.add_argument("--wav", metavar="PATH", help="write the output to this WAV file")
+    p.add_argument("--log", metavar="PATH", help="proof-of-play log (JSON lines)")
+    p.add_argument("--volume", type=float, help="0-100 %%, dB law: 100 = 0 dB, 0.5 dB per %%")
+    p.add_argument("--mute", action="store_true", default=None,
+                   help="start muted (keeps receiving and logging, plays silence)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here")
+    p.add_argument("--failover-s", type=float,
+                   help="move to the next upstream after this long without progress (default 3)")
+    p.add_argument("--mqtt-url", metavar="URL",
+                   help="join the control plane: mqtt://host:port (or mqtts://)")
+    p.add_argument("--mqtt-user", help="MQTT user name (default: the speaker id)")
+    p.add_argument("--mqtt-password-file", metavar="PATH",
+                   help="file whose first line is the MQTT password")
+    p.add_argument("--mqtt-keepalive-s", type=int,
+                   help="MQTT keepalive; the broker says offline after 1.5x (default 30)")
+    p.add_argument("--telemetry-s", type=float, help="telemetry period (default 10)")
+    p.add_argument("--zone", help="leaf zone id for group commands (default: the channel)")
+    p.add_argument("--var-dir", help="where the speaker keeps state (default ./var)")
+    p.add_argument("--cache-dir", metavar="PATH",
+                   help="emergency audio and states (default VAR_DIR/cache/ID)")
+    p.add_argument("--emergency-volume", type=float,
+                   help="volume of emergencies until an emergency state says otherwise "
+                        "(default 100)")
+    p.add_argument("--offline-after-s", type=float,
+                   help="no packet for this long means no stream: replay a cached emergency "
+                        "(default 10)")
+    p.add_argument("--emergency-repeat-s", type=float,
+                   help="replay cadence used instead of each emergency's repeat_s (tests, "
+                        "demos; default: the emergency's own)")
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None,
+                env: Mapping[str, str] | None = None) -> SpeakerConfig:
+    args = vars(_arg_parser().parse_args(argv))
+    return load(SpeakerConfig, args, env_prefix="LOA_SPEAKER_", path=args.pop("config"), env=env,
+                section="speaker")
+

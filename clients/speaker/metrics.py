@@ -1,0 +1,122 @@
+"""What a speaker tells about itself over HTTP: Prometheus metrics read from the counters the
+sans-IO parts keep (at scrape time, nothing per packet), ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.config import Addr
+from wire import subscribe
+
+from .config import SpeakerConfig
+from .emergency import OUTCOMES, EmergencyPath
+from .net import Speaker
+
+
+def latency_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram("loa_speaker_latency_seconds", "Capture to arrival time of RTP packets",
+                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+                     registry=registry)
+
+
+class SpeakerCollector(Collector):
+    """Reads the counters the sans-IO parts keep, at scrape time."""
+
+    def __init__(self, speaker: Speaker, emergency: EmergencyPath) -> None:
+        self.speaker = speaker
+        self.emergency = emergency
+
+    def collect(self) -> Iterable[Metric]:
+        s, e = self.speaker, self.emergency
+        jb, p = s.playout.jitter, s.playout
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            return CounterMetricFamily(f"loa_speaker_{name}", doc, value=value)
+
+        yield counter("packets_received", "RTP packets of our channel received", jb.received)
+        yield counter("packets_lost", "Frames missing at play time (FEC, PLC or skipped)",
+                      jb.lost)
+        yield counter("packets_late", "Packets arriving after their frame was played", jb.late)
+        yield counter("packets_duplicate", "Duplicate packets dropped", jb.duplicates)
+        yield counter("jitter_resets", "Sequence restarts accepted (upstream restart)",
+                      jb.resets)
+        yield counter("fec_recoveries", "Frames recovered with Opus in-band FEC", p.fec)
+        yield counter("plc_frames", "Frames concealed with Opus PLC", p.plc)
+        yield counter("late_samples", "Samples trimmed because they came after their time",
+                      p.late_samples)
+        yield counter("control_messages", "Handshake messages from the upstream", s.control)
+        yield counter("rtcp_packets", "RTCP datagrams received (ignored)", s.rtcp)
+        yield counter("failovers", "Moves to another upstream", s.client.failovers)
+        bad = CounterMetricFamily("loa_speaker_bad_datagrams", "Datagrams dropped, by reason",
+                                  labels=["reason"])
+        for reason, n in s.bad.items():
+            bad.add_metric([reason], n)
+        bad.add_metric(["bad_opus"], p.bad_payloads)
+        yield bad
+        yield GaugeMetricFamily("loa_speaker_buffer_depth_packets", "Packets in the jitter buffer",
+                                value=jb.depth)
+        yield GaugeMetricFamily("loa_speaker_subscribed", "1 when media is subscribed",
+                                value=float(s.client.state is subscribe.ClientState.SUBSCRIBED))
+        yield GaugeMetricFamily("loa_speaker_broadcast_id", "Broadcast on air (0 = none)",
+                                value=p.broadcast_id)
+        yield GaugeMetricFamily("loa_speaker_emergency_playing",
+                                "1 while an emergency plays (streamed, or replayed locally)",
+                                value=float(p.emergency_playing))
+        yield counter("emergency_replays", "Cached emergencies replayed by the speaker itself "
+                      "for want of a stream", e.replays)
+        states = CounterMetricFamily("loa_speaker_emergency_states",
+                                     "Emergency states received, by outcome", labels=["outcome"])
+        for outcome in OUTCOMES:
+            states.add_metric([outcome], e.messages[outcome])
+        yield states
+
+
+def health(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath) -> dict[str, Any]:
+    c, p = speaker.client, speaker.playout
+    return {
+        "speaker": cfg.id,
+        "channel": cfg.channel,
+        "state": c.state.name.lower(),
+        "upstream": f"{c.upstream[0]}:{c.upstream[1]}",
+        "failovers": c.failovers,
+        "buffer_depth": p.jitter.depth,
+        "broadcast": p.broadcast_id,
+        "t0": p.timeline.t0,
+        "packets_received": p.jitter.received,
+        "emergency": emergency.status(time.time()),
+    }
+
+
+async def start_http(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath,
+                     registry: CollectorRegistry) -> tuple[web.AppRunner, Addr]:
+    assert cfg.http is not None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response(health(cfg, speaker, emergency))
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = speaker.client.state is subscribe.ClientState.SUBSCRIBED
+        return web.json_response({"ready": ok, "checks": {"subscribed": ok}},
+                                 status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.http[0], cfg.http[1])
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else cfg.http  # the real port when :0
+    return runner, (str(bound[0]), int(bound[1]))

@@ -1,0 +1,175 @@
+"""The speaker's UDP edge: one socket carries the subscribe handshake and the media from the
+current upstream; :class:`Speaker` demultiplexes every datagram (control, RTCP, RTP) and hands
+it to the sans-IO parts (:class:`~wire.subscribe.SubscribeClient`,
+:class:`~clients.speaker.playout.Playout`); :func:`tick_forever` and
+:func:`emergency_forever` are the periodic tasks that go with it.
+
+This edge must never let a datagram, however malformed, stop the process: each one is counted
+under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+from prometheus_client import Histogram
+
+from common.config import Addr, ConfigError
+from fanout import udp
+from wire import packet, rtcp, subscribe
+from wire.packet import MalformedPacket
+
+from .config import SpeakerConfig
+from .emergency import EmergencyPath, stream_lost
+from .playout import Playout
+
+log = logging.getLogger("loa.speaker")
+
+TICK_S = 0.2
+BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time", "error")
+# A capture time further than this from our wall clock cannot be placed on the timeline: the
+# sender is broken or hostile (clocks are NTP-disciplined to well under a second).
+CAPTURE_WINDOW_S = 10.0
+DRAIN = 128  # queued datagrams read per wake-up beyond asyncio's one (2.5 s at 20 ms)
+MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
+
+
+class Speaker(asyncio.DatagramProtocol):
+    """Demultiplexes the speaker's socket into the handshake and the playout."""
+
+    def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
+                 latency: Histogram) -> None:
+        self.client = client
+        self.playout = playout
+        self.latency = latency
+        self.ssrc = packet.ssrc_for(client.channel)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.last_media = time.monotonic()  # of the last packet played; the start until then
+        self.bad = dict.fromkeys(BAD_REASONS, 0)
+        self.control = 0
+        self.rtcp = 0
+        self._error_logged = float("-inf")
+        self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self._sock = udp.duplicate(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send(self, out: Iterable[tuple[bytes, Addr]]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for data, addr in out:
+            self.transport.sendto(data, addr)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._datagram(data, addr)
+        self.drain()
+
+    def drain(self) -> None:
+        """Read what has queued on the socket. After a pause (this CPU taken for a second),
+        the backlog must reach the playout before its next turn: at asyncio's one datagram
+        per wake-up it would find a second of stream missing and end the broadcast, then
+        start it again."""
+        if self._sock is not None:
+            udp.drain(self._sock, self._datagram, DRAIN, MAX_DATAGRAM, self.error_received)
+
+    def _datagram(self, data: bytes, addr: Any) -> None:
+        try:
+            self._receive(data, (addr[0], addr[1]))
+        except MalformedPacket:
+            self.bad["malformed"] += 1
+        except Exception:
+            # A bug, not bad input: an exception escaping here would make asyncio close the
+            # socket, i.e. silence the speaker. Count it and log at most once a minute.
+            self.bad["error"] += 1
+            now = time.monotonic()
+            if now - self._error_logged > 60:
+                self._error_logged = now
+                log.exception("datagram from %s failed", addr)
+
+    def _receive(self, data: bytes, addr: Addr) -> None:
+        client = self.client
+        if addr != client.upstream:  # cheapest filter first: only the current upstream talks
+            self.bad["foreign_source"] += 1
+            return
+        if subscribe.is_control(data):
+            self.control += 1
+            before = client.index
+            self.send(client.handle(data, addr, time.monotonic()))
+            if client.index != before:
+                log.warning("upstream %s refused us; trying %s", addr, client.upstream)
+            return
+        if packet.is_rtcp(data):
+            rtcp.parse_compound(data)  # sender reports are not needed: capture times are
+            self.rtcp += 1
+            return
+        if not packet.is_rtp(data):
+            raise MalformedPacket("neither control, RTCP nor RTP")
+        pkt = packet.parse(data)
+        if pkt.ssrc != self.ssrc:
+            self.bad["foreign_ssrc"] += 1
+            return
+        capture_time = pkt.capture_time
+        now = time.time()
+        if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
+            self.bad["bad_capture_time"] += 1
+            return
+        self.last_media = time.monotonic()
+        client.on_media(self.last_media)
+        self.latency.observe(max(0.0, now - capture_time))
+        self.playout.receive(pkt, capture_time)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("socket error (ICMP from a dead upstream?): %s", exc)
+
+
+async def tick_forever(speaker: Speaker) -> None:
+    """Handshake retries, keepalives and failover, every 200 ms."""
+    client = speaker.client
+    while True:
+        before = client.index
+        speaker.send(client.tick(time.monotonic()))
+        if client.index != before:
+            log.warning("failing over to upstream %s:%d", *client.upstream)
+        await asyncio.sleep(TICK_S)
+
+
+async def emergency_forever(emergency: EmergencyPath, speaker: Speaker,
+                            cfg: SpeakerConfig) -> None:
+    """Offline replay decisions every 200 ms. A failure is logged (once a minute at most) and
+    the loop goes on: this task must outlive any bug in it."""
+    logged = float("-inf")
+    while True:
+        try:
+            silent_s = time.monotonic() - speaker.last_media
+            subscribed = speaker.client.state is subscribe.ClientState.SUBSCRIBED
+            emergency.tick(time.time(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
+                                                    cfg.failover_s))
+        except Exception:
+            if time.monotonic() - logged > 60:
+                logged = time.monotonic()
+                log.exception("emergency tick failed")
+        await asyncio.sleep(TICK_S)
+
+
+async def resolve(addr: Addr, family: int) -> Addr:
+    """SubscribeClient compares source addresses, so names must become the IPs replies use."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            addr[0], addr[1], family=family, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise ConfigError("upstream", f"cannot resolve {addr[0]}: {e}") from None
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+

@@ -1,0 +1,367 @@
+"""One device's end of the MQTT control plane, used by ``loa speaker`` and ``loa relay``:
+:class:`DeviceLink`, the :class:`Device` protocol a process offers it, and
+:class:`DeviceMqtt`, the MQTT settings every device config embeds.
+
+A DeviceLink keeps a device's retained status (last will: offline), publishes telemetry and
+proof of play, and runs the commands it receives; which topics it publishes and reads comes
+from ``messages.DEVICE_TOPICS``. It reconnects with jittered backoff for as long as it runs
+(``edge.py``). It may never crash, stall, or stop the audio on a malformed payload or a dead
+broker: a bad payload is dropped with a (rate-limited) log line and counted in
+``loa_mqtt_bad_payloads_total{topic_kind,reason}``; playout never waits on MQTT. Nothing here
+imports the server (``streamer``) beyond the contract (``messages.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Protocol
+
+import aiomqtt
+from prometheus_client import CollectorRegistry
+
+from common.config import ConfigError, check_range
+from device.edge import (
+    Backoff,
+    MqttMetrics,
+    RateLimitedLog,
+    connect_forever,
+    mqtt_client,
+    parse_mqtt_url,
+    payload_bytes,
+)
+from wire.ids import valid_device_id, valid_zone_id
+from wire.messages import (
+    DEVICE_TOPICS,
+    KINDS,
+    Ack,
+    BadPayload,
+    Command,
+    DeviceConfig,
+    EmergencyState,
+    Played,
+    Status,
+    Strict,
+    Telemetry,
+    command_args,
+    correlation_id_of,
+    device_topic,
+    encode,
+    parse,
+    zone_cmd_topics,
+    zone_emergency_topics,
+)
+
+log = logging.getLogger("loa.mqtt")
+
+try:
+    VERSION = metadata.version("loa")  # what a device reports in its status
+except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    VERSION = "dev"
+
+
+def fmt_addr(addr: tuple[str, int]) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+class CommandFailed(Exception):
+    """A command that was understood but could not be carried out; ``str`` names the field."""
+
+
+class Device(Protocol):
+    """What a process offers to its :class:`DeviceLink`."""
+
+    kind: str
+    commands: dict[str, type[Strict]]
+
+    def status(self) -> Status: ...
+
+    def telemetry(self) -> Telemetry: ...
+
+    def state(self) -> dict[str, Any]:
+        """Current volume, mute, upstream…: sent back in every ack."""
+        ...
+
+    async def execute(self, cmd: str, args: Strict) -> None:
+        """Carry out a validated command; raise :class:`CommandFailed` to answer ok=false."""
+        ...
+
+    async def configure(self, cfg: DeviceConfig) -> None:
+        """Apply the retained desired config; raise :class:`CommandFailed` if it cannot be."""
+        ...
+
+
+class DeviceLink:
+    """One device's MQTT session (see the module docstring); ``run`` until cancelled, then
+    ``close`` to say offline cleanly.
+
+    A speaker given ``on_emergency`` also reads the retained emergency state of its zone and
+    of each ancestor and hands every valid one to it (duplicates included: judging them is
+    the speaker's business); a bad one is dropped and counted like any other payload.
+    """
+
+    MAX_PLAYED_QUEUE = 1000
+    SEEN_IDS = 256
+
+    def __init__(self, device: Device, *, url: str, device_id: str, password: str,
+                 registry: CollectorRegistry, user: str | None = None,
+                 zone: str | None = None, telemetry_s: float = 10.0, keepalive_s: int = 30,
+                 max_backoff_s: float = 30.0,
+                 on_emergency: Callable[[EmergencyState], None] | None = None) -> None:
+        if device.kind not in KINDS:
+            raise ValueError(f"kind {device.kind!r}")
+        if zone is not None and not valid_zone_id(zone):
+            raise ValueError(f"zone {zone!r} is not a zone id")
+        self.device = device
+        self.addr = parse_mqtt_url(url)
+        self.device_id = device_id
+        self.user = user or device_id
+        self._password = password
+        self.zone = zone
+        self.telemetry_s = telemetry_s
+        self.keepalive_s = keepalive_s
+        self.metrics = MqttMetrics(registry)
+        self._backoff = Backoff(max_s=max_backoff_s)
+        topics = DEVICE_TOPICS[device.kind]
+        self._topic = {leaf: device_topic(device.kind, device_id, leaf)
+                       for leaf in topics.publishes + topics.reads}
+        subs = [self._topic[leaf] for leaf in topics.reads]
+        self.on_emergency = on_emergency
+        self._emergency_topics: set[str] = set()
+        if topics.zones:
+            subs += zone_cmd_topics(zone) if zone else []
+            if zone and on_emergency is not None:
+                self._emergency_topics = set(zone_emergency_topics(zone))
+                subs += zone_emergency_topics(zone)
+        self.subscriptions = subs
+        self._client: aiomqtt.Client | None = None
+        self._played: collections.deque[Played] = collections.deque(maxlen=self.MAX_PLAYED_QUEUE)
+        self._played_ready = asyncio.Event()
+        self._seen: collections.deque[str] = collections.deque(maxlen=self.SEEN_IDS)
+        self._last_status: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._log = RateLimitedLog()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        await connect_forever(f"{self.device.kind} {self.device_id}", self._make_client,
+                              self._session, self.metrics, self._backoff)
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Publish ``offline`` (a clean disconnect sends no last will) and disconnect."""
+        client = self._client
+        if client is not None:
+            status = self.device.status().model_copy(update={"state": "offline",
+                                                             "ts": time.time()})
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(client.publish(
+                    self._topic["status"], encode(status), qos=1, retain=True), timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def report_played(self, event: Mapping[str, Any]) -> None:
+        """A play-log ``play`` record; queued (bounded, oldest dropped) until the broker takes
+        it, so a short outage loses no proof of play. Safe to call from playout code."""
+        try:  # ``local``: replayed by the speaker on its own (ignored by a Played without it)
+            played = Played.model_validate({k: event.get(k) for k in
+                                            ("broadcast", "start", "end", "level_dbfs")}
+                                           | ({"local": True} if event.get("local") else {}))
+        except ValueError as e:
+            log.warning("play record not reported: %s", e)
+            return
+        self._played.append(played)
+        self._played_ready.set()
+
+    # ------------------------------------------------------------------ session
+
+    def _make_client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(self._topic["status"], encode(self._offline_will()), qos=1,
+                            retain=True)
+        cid = f"{self.device.kind}-{self.device_id}"  # one session per device: a twin kicks it
+        return mqtt_client(self.addr, self.user, self._password, cid, self.keepalive_s, will)
+
+    def _offline_will(self) -> Status:
+        return self.device.status().model_copy(update={"state": "offline", "ts": None})
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await self._publish_status(client)
+        await client.subscribe([(t, 1) for t in self.subscriptions])
+        self._client = client
+        tasks = [asyncio.create_task(self._telemetry_loop(client))]
+        if "played" in self._topic:
+            tasks.append(asyncio.create_task(self._played_loop(client)))
+        try:
+            async for message in client.messages:
+                await self.handle(client, str(message.topic), payload_bytes(message))
+        finally:
+            self._client = None
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await t
+
+    async def _publish_status(self, client: aiomqtt.Client) -> None:
+        status = self.device.status()
+        await client.publish(self._topic["status"], encode(status), qos=1, retain=True)
+        self._last_status = status.model_dump(exclude={"ts"})
+
+    async def _telemetry_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.telemetry_s)
+            try:
+                if self.device.status().model_dump(exclude={"ts"}) != self._last_status:
+                    await self._publish_status(client)  # e.g. failed over to another relay
+                await client.publish(self._topic["telemetry"], encode(self.device.telemetry()),
+                                     qos=0)
+            except aiomqtt.MqttError:
+                return  # the session is over; the message loop notices too
+            except Exception:
+                log.exception("telemetry failed")
+
+    async def _played_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._played_ready.wait()
+            self._played_ready.clear()
+            while self._played:
+                played = self._played[0]
+                await client.publish(self._topic["played"], encode(played), qos=1)
+                self._played.popleft()  # only once the broker has it
+
+    async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        """One message to this device: its config, a zone's emergency state, or a command
+        (own or group)."""
+        kind = ("config" if topic == self._topic.get("config") else
+                "emergency" if topic in self._emergency_topics else "cmd")
+        self.metrics.messages.labels(kind).inc()
+        if kind == "emergency":
+            self._emergency(topic, payload)
+            return
+        if kind == "config":
+            if not payload:  # retained config cleared: nothing desired
+                return
+            try:
+                cfg = parse(DeviceConfig, payload)
+            except BadPayload as e:
+                self._bad(kind, e, topic)
+                return
+            try:
+                await self.device.configure(cfg)
+            except CommandFailed as e:
+                log.warning("config on %s not applied: %s", topic, e)
+            except Exception:
+                log.exception("applying the config failed")
+            return
+        await self._command(client, topic, payload)
+
+    def _emergency(self, topic: str, payload: bytes) -> None:
+        if not payload or self.on_emergency is None:  # a retained state being cleared
+            return
+        try:
+            state = parse(EmergencyState, payload)
+        except BadPayload as e:
+            self._bad("emergency", e, topic)
+            return
+        try:
+            self.on_emergency(state)
+        except Exception:
+            log.exception("emergency state from %s not applied", topic)
+
+    async def _command(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        command: Command | None = None
+        try:
+            command = parse(Command, payload)
+            args = command_args(self.device.commands, command)
+        except BadPayload as e:
+            self._bad("cmd", e, topic)
+            cid = command.id if command is not None else correlation_id_of(payload)
+            if cid is not None:  # someone is waiting for this: tell them why not
+                await self._ack(client, Ack(id=cid, ok=False, error=e.message,
+                                            state=self.device.state()))
+            return
+        if command.id in self._seen:  # QoS 1 may deliver twice
+            return
+        self._seen.append(command.id)
+        ok, error = True, None
+        try:
+            await self.device.execute(command.cmd, args)
+        except CommandFailed as e:
+            ok, error = False, str(e)
+        except Exception:
+            log.exception("command %s failed", command.cmd)
+            ok, error = False, f"{command.cmd}: internal error (see the device log)"
+        log.info("command %s (%s) from %s: %s", command.cmd, command.id, topic,
+                 "ok" if ok else error)
+        await self._ack(client, Ack(id=command.id, ok=ok, error=error,
+                                    state=self.device.state()))
+
+    async def _ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+        await client.publish(self._topic["ack"], encode(ack), qos=1)
+
+    def _bad(self, kind: str, e: BadPayload, topic: str) -> None:
+        self.metrics.bad.labels(kind, e.reason).inc()
+        self._log.warning((kind, e.reason), "dropped a message on %s: %s", topic, e.message)
+
+
+@dataclass(frozen=True)
+class DeviceMqtt:
+    """The MQTT settings of a speaker or a relay, checked (:func:`device_mqtt` makes them):
+    the broker, the login (``user`` is the device id unless set) and the two periods."""
+
+    url: str
+    user: str
+    password_file: str
+    keepalive_s: int = 30
+    telemetry_s: float = 10.0
+
+    def password(self) -> str:
+        """The password, read from its file; raises ``ConfigError("mqtt_password_file")``
+        naming the file, never its content."""
+        try:
+            return read_password_file(self.password_file)
+        except (OSError, ValueError) as e:
+            raise ConfigError("mqtt_password_file", f"{self.password_file}: {e}") from None
+
+
+def device_mqtt(device_id: str, url: str | None, user: str, password_file: str | None,
+                keepalive_s: int, telemetry_s: float) -> DeviceMqtt | None:
+    """A device config's flat MQTT keys (``mqtt_url``, ``mqtt_user``, ``mqtt_password_file``,
+    ``mqtt_keepalive_s``, ``telemetry_s``, and its ``id``) checked into a :class:`DeviceMqtt`;
+    None without ``mqtt_url`` (no control plane). Each bad one raises a ``ConfigError`` naming
+    it; the periods are checked even with no broker, so that a typo never waits for one."""
+    check_range("mqtt_keepalive_s", keepalive_s, 1, 3600)
+    check_range("telemetry_s", telemetry_s, 0.2, 86_400)
+    if not url:
+        return None
+    try:
+        parse_mqtt_url(url)
+    except ValueError as e:
+        raise ConfigError("mqtt_url", str(e)) from None
+    if not password_file:
+        raise ConfigError("mqtt_password_file", "required with mqtt_url")
+    if not valid_device_id(device_id):
+        raise ConfigError("id", f"{device_id!r} cannot name MQTT topics "
+                                "(letters, digits, '.', '_', '-')")
+    return DeviceMqtt(url=url, user=user or device_id, password_file=password_file,
+                      keepalive_s=keepalive_s, telemetry_s=telemetry_s)
+
+
+def read_password_file(path: str) -> str:
+    """The first line of ``path``, stripped; raises OSError or ValueError (empty)."""
+    with open(path, encoding="utf-8") as f:
+        password = f.readline().strip()
+    if not password:
+        raise ValueError("the file is empty")
+    return password
+
