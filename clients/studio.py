@@ -31,8 +31,8 @@ import av
 import numpy as np
 import pylibsrtp
 
-from streamer.live.ingest import parse_key
-from streamer.mixer.encoder import OpusEncoder, OpusSettings
+from common.opus import OpusEncoder, OpusSettings
+from wire.ingest import parse_key
 from wire.packet import RtpPacket, unix_to_ntp64
 from wire.rtcp import Bye, SenderReport
 

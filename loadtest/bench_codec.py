@@ -48,7 +48,7 @@ from pesq import pesq
 from pystoi import stoi
 from scipy.signal import resample_poly
 
-from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
+from common.opus import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.loudness import normalize_limited
 from streamer.mixer.sources.tts import EspeakProvider
 
@@ -414,7 +414,7 @@ def reasons(points: Sequence[Point]) -> str:
         return (f"speech PESQ {p.speech_clean.pesq:.2f} clean / {p.speech_lossy.pesq:.2f} at "
                 f"10 % loss, STOI {p.speech_lossy.stoi:.3f} at loss")
 
-    return f"""**Chosen defaults: `{c.label()}`** (`OpusSettings` in `streamer/mixer/encoder.py`;
+    return f"""**Chosen defaults: `{c.label()}`** (`OpusSettings` in `common/opus.py`;
 every key can be changed per deployment, `docs/protocol.md`). Speech is what a commune
 station airs at the 06:00 peak and what an emergency must carry through a lossy 4G link, so
 speech through loss decides; music is what the relays of national radio carry, so its cost is

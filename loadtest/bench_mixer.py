@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.opus import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import RATE_HZ, OpusSettings, libopus_encoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item

@@ -39,8 +39,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.opus import OpusEncoder
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError, check_range
+from common.opus import OpusSettings
 from common.procmetrics import watch_process
 from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
@@ -44,7 +45,6 @@ from streamer.live.ingest import IngestServer
 from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import OpusSettings
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout

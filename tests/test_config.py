@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, load
+from common.opus import OpusSettings
 from streamer.app import StreamerConfig
-from streamer.mixer.encoder import OpusSettings
 
 
 def test_precedence_and_types(tmp_path: Path) -> None:

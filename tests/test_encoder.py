@@ -11,9 +11,9 @@ import opuslib.api.encoder
 import pytest
 
 from common.config import ConfigError
+from common.opus import APPLICATIONS, OpusEncoder, OpusSettings
 from loadtest.bench_codec import decode, encode, loss_pattern, quality, speech
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import APPLICATIONS, OpusEncoder, OpusSettings
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone

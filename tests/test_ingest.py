@@ -21,18 +21,12 @@ from prometheus_client import CollectorRegistry
 from scipy.io import wavfile
 from scipy.signal import correlate, resample_poly
 
-from streamer.live.ingest import (
-    KEY_BYTES,
-    TRIALS_PER_PEER_S,
-    IngestServer,
-    new_key,
-    parse_key,
-    sdp_for,
-)
-from streamer.mixer.encoder import OpusEncoder
+from common.opus import OpusEncoder
+from streamer.live.ingest import TRIALS_PER_PEER_S, IngestServer
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.net import free_port
 from tests.harness.wait import until
+from wire.ingest import KEY_BYTES, new_key, parse_key, sdp_for
 from wire.packet import RtpPacket
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py

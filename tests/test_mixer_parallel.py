@@ -15,8 +15,8 @@ import opuslib
 import pytest
 from prometheus_client import CollectorRegistry
 
+from common.opus import OpusEncoder
 from streamer.mixer.clock import FrameClock
-from streamer.mixer.encoder import OpusEncoder
 from streamer.mixer.guard import CHEAP_COMPLEXITY, DeadlineGuard
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item

@@ -52,7 +52,7 @@ class OpusDecoder:
     """libopus (via opuslib), mono 48 kHz, with its errors turned into MalformedPacket."""
 
     def __init__(self, rate_hz: int = RATE_HZ) -> None:
-        import opuslib  # type: ignore[import-untyped]
+        import opuslib
 
         self._error = opuslib.OpusError
         self._dec = opuslib.Decoder(rate_hz, 1)

@@ -31,7 +31,7 @@ def studio_input(session_id: str) -> str:
 def input_sdp(plane: Any, key: str) -> tuple[str, str, str]:
     """The ingest endpoint's "host:port", the SDP and an ffmpeg command line that send to it
     with ``key``."""
-    from streamer.live.ingest import sdp_for
+    from wire.ingest import sdp_for
 
     from .api.core import ApiError
 

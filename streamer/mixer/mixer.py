@@ -41,12 +41,12 @@ from typing import Protocol, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.opus import OpusEncoder, OpusSettings
 from wire.packet import HEADER_LEN, ssrc_for, unix_to_ntp64, write_header
 from wire.priority import Priority
 from wire.rtcp import SenderReport
 
 from .clock import FrameClock
-from .encoder import OpusEncoder, OpusSettings
 from .guard import CHEAP_COMPLEXITY, DeadlineGuard
 from .loudness import Limiter
 from .pool import EncoderPool

@@ -66,7 +66,7 @@ async def _input(ctx: Ctx) -> LiveInput:
 
 
 async def _created(ctx: Ctx, rec: LiveInput) -> InputCreated:
-    from streamer.live.ingest import new_key
+    from wire.ingest import new_key
 
     key = new_key()
     addr, sdp, cmd = input_sdp(ctx.services, key)  # 503 before anything is stored
