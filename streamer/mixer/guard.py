@@ -26,7 +26,11 @@ from __future__ import annotations
 #: next, and the clock falls behind. Three quarters keeps a quarter of a frame for a late
 #: wake-up or a neighbour's burst.
 DEGRADE_AT = 0.75
-RECOVER_AT = 0.5
+#: Recover when a tick at full cost would take less than this share: 13 ms at 20 ms frames.
+#: The 82-commune peak takes 10-13 ms a tick at full cost on 2 cores; a lower bar would keep
+#: such a host at the cheap setting for the rest of the peak after one burst (the emergency's
+#: own speech synthesis takes a core for a moment), when it fits at full cost.
+RECOVER_AT = 0.65
 #: 100 ms of frames at 20 ms: a stall of the host (a neighbour, a page fault) is not overload
 OVER_FRAMES = 5
 #: 5 s at 20 ms
