@@ -20,17 +20,17 @@ Sans-IO: no clock is read here; the mixer passes the times, and tests pass the o
 
 from __future__ import annotations
 
-#: Degrade when a tick takes more than this share of the frame time. A tick begins up to one
-#: frame before its deadline (the production lead, ``clock.Lead``), so a tick may take nearly
-#: a frame and still leave on time; but one that takes a whole frame leaves no time for the
-#: next, and the clock falls behind. Three quarters keeps a quarter of a frame for a late
-#: wake-up or a neighbour's burst.
-DEGRADE_AT = 0.75
-#: Recover when a tick at full cost would take less than this share: 13 ms at 20 ms frames.
+#: Degrade when a tick takes more than this share of the frame time: 17 ms at 20 ms frames. A
+#: tick begins up to one frame before its deadline (the production lead, ``clock.Lead``), so a
+#: tick may take nearly a frame and its frame still leaves on time; but ticks that take a
+#: whole frame leave no time for the next, and the clock falls behind. The 3 ms left, and the
+#: 10 ms a frame may be late, are for a late wake-up or a neighbour's burst.
+DEGRADE_AT = 0.85
+#: Recover when a tick at full cost would take less than this share: 14 ms at 20 ms frames.
 #: The 82-commune peak takes 10-13 ms a tick at full cost on 2 cores; a lower bar would keep
 #: such a host at the cheap setting for the rest of the peak after one burst (the emergency's
 #: own speech synthesis takes a core for a moment), when it fits at full cost.
-RECOVER_AT = 0.65
+RECOVER_AT = 0.7
 #: 100 ms of frames at 20 ms: a stall of the host (a neighbour, a page fault) is not overload
 OVER_FRAMES = 5
 #: 5 s at 20 ms
