@@ -357,6 +357,32 @@ def device_mqtt(device_id: str, url: str | None, user: str, password_file: str |
                       keepalive_s=keepalive_s, telemetry_s=telemetry_s)
 
 
+@dataclass
+class DeviceMqttKeys:
+    """The MQTT keys of a device's config, written once for relays and speakers: their configs
+    (``RelayConfig``, ``SpeakerConfig``) are dataclasses built on this one.
+
+    The keys stay flat (``mqtt_url``, not ``mqtt.url``) so that the flags, ``LOA_RELAY_MQTT_*``
+    and ``LOA_SPEAKER_MQTT_*`` variables and TOML keys the docs name keep working as they are
+    (``common.config.load`` reads flat fields only); :attr:`mqtt` builds the checked
+    :class:`DeviceMqtt` from them, as the streamer's ``opus`` settings are built from its
+    ``opus_*`` keys. A config overrides ``id`` with a default of its own.
+    """
+
+    id: str = ""
+    mqtt_url: str | None = None
+    mqtt_user: str = ""
+    mqtt_password_file: str | None = None
+    mqtt_keepalive_s: int = 30
+    telemetry_s: float = 10.0
+
+    @property
+    def mqtt(self) -> DeviceMqtt | None:
+        """The checked MQTT settings (None: no control plane); ``ConfigError`` names a bad key."""
+        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
+                           self.mqtt_keepalive_s, self.telemetry_s)
+
+
 def read_password_file(path: str) -> str:
     """The first line of ``path``, stripped; raises OSError or ValueError (empty)."""
     with open(path, encoding="utf-8") as f:

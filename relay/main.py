@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from common.config import Addr, ConfigError, Static, load
 from common.procmetrics import watch_process
-from device.link import DeviceLink, DeviceMqtt, device_mqtt
+from device.link import DeviceLink, DeviceMqttKeys
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from wire.packet import ssrc_for
@@ -40,7 +40,7 @@ log = logging.getLogger("loa.relay")
 
 
 @dataclass
-class RelayConfig:
+class RelayConfig(DeviceMqttKeys):
     id: str = field(default_factory=lambda: f"relay-{socket.gethostname()}")
     media: Addr = ("0.0.0.0", 5004)
     http: Addr = ("0.0.0.0", 8081)
@@ -54,11 +54,6 @@ class RelayConfig:
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
-    mqtt_url: str | None = None
-    mqtt_user: str = ""
-    mqtt_password_file: str | None = None
-    mqtt_keepalive_s: int = 30
-    telemetry_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -76,18 +71,6 @@ class RelayConfig:
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
         self.mqtt  # noqa: B018 (building the settings checks them)
-
-    @property
-    def mqtt(self) -> DeviceMqtt | None:
-        """The MQTT settings relays and speakers share, checked (None: no control plane).
-
-        The keys stay flat fields above, so that the flags, LOA_RELAY_MQTT_* variables and TOML
-        keys the docs name keep working as they are (``load`` reads flat fields only), and
-        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
-        the loader, and no second copy of a setting to fall out of step.
-        """
-        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
-                           self.mqtt_keepalive_s, self.telemetry_s)
 
 
 def load_config(

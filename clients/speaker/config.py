@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Addr, ConfigError, check_range, load
-from device.link import DeviceMqtt, device_mqtt
+from device.link import DeviceMqttKeys
 from wire.ids import valid_zone_id
 
 
 @dataclass
-class SpeakerConfig:
+class SpeakerConfig(DeviceMqttKeys):
     channel: str = ""
     upstream: list[Addr] = field(default_factory=list)
     id: str = ""
@@ -32,11 +32,6 @@ class SpeakerConfig:
     mute: bool = False
     http: Addr | None = None
     failover_s: float = 3.0
-    mqtt_url: str | None = None
-    mqtt_user: str = ""
-    mqtt_password_file: str | None = None
-    mqtt_keepalive_s: int = 30
-    telemetry_s: float = 10.0
     zone: str = ""
     var_dir: str = "var"
     cache_dir: str = ""
@@ -65,18 +60,6 @@ class SpeakerConfig:
         if self.mqtt is not None:
             # a channel is named after its leaf zone
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
-
-    @property
-    def mqtt(self) -> DeviceMqtt | None:
-        """The MQTT settings speakers and relays share, checked (None: no control plane).
-
-        The keys stay flat fields above, so that the flags, LOA_SPEAKER_MQTT_* variables and TOML
-        keys the docs name keep working as they are (``load`` reads flat fields only), and
-        this type is built from them, as the streamer's ``opus`` settings are: no nesting in
-        the loader, and no second copy of a setting to fall out of step.
-        """
-        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
-                           self.mqtt_keepalive_s, self.telemetry_s)
 
 
 def _arg_parser() -> argparse.ArgumentParser:
