@@ -4,6 +4,13 @@
 no ``LOA_REDIS_URL`` / ``LOA_MQTT_URL`` is configured, and the tests start them on free ports.
 One code path for both, so the tests exercise what an operator runs. In production these
 point at existing servers and nothing here runs.
+
+Nothing they keep is for other users of the machine: each server's directory is 0700, its
+config (which holds the Redis password) and its log 0600, and it runs with umask 077, so that
+what it writes itself (Redis's dump and append-only files, the broker's database) is 0600
+too. Redis asks for a password (``requirepass`` in the config file, never on a command line
+that ``ps`` shows), kept 0600 in its directory and reused across restarts; the broker refuses
+anonymous logins.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 from common.secretfile import write_private
 from streamer.control.broker import (
@@ -29,6 +39,24 @@ from streamer.control.broker import (
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
+#: what the servers (and ``loa up``'s other children) create is theirs alone: 0600 / 0700
+UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter (0700): made if missing, tightened if
+    it was not (a ``var/`` from before this rule)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_private_log(path: Path) -> int:
+    """A log file opened for appending, mode 0600 (also if it existed with another mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,16 +108,16 @@ class Service:
         exe = shutil.which(self.binary) or shutil.which(self.binary, path="/usr/sbin:/sbin")
         if exe is None:
             raise ServiceError(f"{self.binary} is not installed (make deps installs it)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         conf = self.directory / f"{Path(self.binary).name}.conf"
-        conf.write_text(self.config())
-        with open(self.log_path, "ab") as out:
+        write_private(conf, self.config())
+        with os.fdopen(open_private_log(self.log_path), "ab") as out:
             # a session of its own: a Ctrl-C in the terminal reaches its owner, who stops
             # it after its clients (loa up, devstack/supervise.py), not all at once
             self.proc = subprocess.Popen([exe, *self.argv(conf)[1:]], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.directory, env=real_clock_env(),
-                                         start_new_session=True)
+                                         start_new_session=True, umask=UMASK)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,12 +151,35 @@ class Service:
 
 
 class RedisServer(Service):
-    """``redis-server`` with append-only persistence (fsync every second) under ``directory``."""
+    """``redis-server`` with append-only persistence (fsync every second) under ``directory``,
+    which asks for the password kept in ``directory/password`` (made on first use, 0600; the
+    same directory keeps its password across restarts)."""
 
     binary = "redis-server"
 
+    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__(directory, port, host)
+        self._password = ""
+
+    @property
+    def password_path(self) -> Path:
+        return self.directory / "password"
+
+    @property
+    def password(self) -> str:
+        if not self._password:
+            self._password = read_or_make_password(self.password_path)
+        return self._password
+
     @property
     def url(self) -> str:
+        """What a client connects with, the password included: give it to a child in its
+        environment or a file, never on its command line, and never log it."""
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+
+    @property
+    def public_url(self) -> str:
+        """:attr:`url` without the password: for logs and ``var/loa-up.json``."""
         return f"redis://{self.host}:{self.port}/0"
 
     def config(self) -> str:
@@ -136,6 +187,7 @@ class RedisServer(Service):
             f"bind {self.host}",
             f"port {self.port}",
             f"dir {self.directory}",
+            f"requirepass {self.password}",
             "appendonly yes",
             "appendfsync everysec",
             "save 300 1",
@@ -144,6 +196,23 @@ class RedisServer(Service):
             "loglevel notice",
             "",
         ])
+
+
+PASSWORD_CHARS = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def read_or_make_password(path: Path) -> str:
+    """The password in ``path``, or a new random one written there (0600)."""
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        password = secrets.token_urlsafe(24)
+        write_private(path, password + "\n")
+        return password
+    if not PASSWORD_CHARS.fullmatch(password):
+        raise ServiceError(f"{path}: the password must be 16 or more letters, digits, - or _ "
+                           "(delete the file for a new one)")
+    return password
 
 
 class Mosquitto(Service):
@@ -201,14 +270,14 @@ class Mosquitto(Service):
     def set_accounts(self, accounts: Iterable[Account]) -> None:
         """Write the password file and the ACL; a running broker re-reads both."""
         accounts = list(accounts)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         write_password_file(self.password_path, accounts)
         write_acl(self.acl_path, accounts)
         if self.proc is not None and self.proc.poll() is None:
             self.reload()
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         for path in (self.password_path, self.acl_path):
             if not path.exists():  # nobody may log in until set_accounts says who
                 write_private(path, "")

@@ -2,27 +2,32 @@
 the simulated speakers, in the order each needs the one before.
 
 Private ``redis-server`` and Mosquitto under ``var/`` unless ``LOA_REDIS_URL`` /
-``LOA_MQTT_URL`` point at existing ones; then the streamer; then the relay and speakers,
-registered through the API first (``provision.py``). Each child's arguments are read again at
-every restart and reuse the ports of its first start, so that the relay and speakers keep
-their upstream addresses and ``loa-up.json`` its URLs.
+``LOA_MQTT_URL`` point at existing ones (the private Redis asks for a password: the streamer
+gets its URL in its environment, never on its command line); then the streamer; then the relay
+and speakers, registered through the API first (``provision.py``). Each child's arguments are
+read again at every restart and reuse the ports of its first start, so that the relay and
+speakers keep their upstream addresses and ``loa-up.json`` its URLs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from common.secretfile import write_private
 from devstack.provision import mqtt_args, provision
-from devstack.services import Mosquitto, RedisServer
+from devstack.services import Mosquitto, RedisServer, private_dir
 from devstack.state import Stack
 from devstack.supervise import Child, Supervisor, loa_process, service_process
 from streamer.control import broker
+
+log = logging.getLogger("loa.up")
 
 #: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
 SAMPLE_SPEAKERS = [
@@ -43,9 +48,12 @@ GRACE_S = {SPEAKERS: 0.9, RELAYS: 0.4, STREAMER: 0.9, SERVERS: 0.3}
 @dataclass
 class Servers:
     """Where Redis and the broker answer; ``streamer_password`` exists only when the broker is
-    private (the streamer then keeps its logins and ACL in ``mqtt_dir``)."""
+    private (the streamer then keeps its logins and ACL in ``mqtt_dir``). ``redis_url`` may
+    hold a password; ``redis_public_url`` is the same without it."""
 
     redis_url: str
+    redis_public_url: str
+    redis_password_file: Path | None  # the private Redis's
     mqtt_url: str
     mqtt_dir: Path
     streamer_password: Path
@@ -62,8 +70,9 @@ def _hostport(url: object) -> str:
 
 async def bring_up(args: argparse.Namespace, var: Path, sup: Supervisor) -> Stack:
     """Start every child under ``sup``; raises :class:`StartError` if one does not start."""
-    for d in (var / "logs", var / "speakers"):
-        d.mkdir(parents=True, exist_ok=True)
+    tighten(var)
+    for d in (var / "logs", var / "speakers", var / "secrets"):
+        private_dir(d)
     servers = await start_servers(var, sup)
     credentials = var / "admin-credentials.json"
     streamer = await start_streamer(args, var, servers, credentials, sup)
@@ -72,23 +81,40 @@ async def bring_up(args: argparse.Namespace, var: Path, sup: Supervisor) -> Stac
                               ["relay-1"], chosen)
     relay = await start_relay(args, var, servers, streamer, secrets, sup)
     speakers = await start_speakers(args, var, servers, relay, streamer, chosen, secrets, sup)
-    return Stack(streamer, relay, speakers, sup, servers.redis_url, servers.mqtt_url, var,
-                 time.time())
+    return Stack(streamer, relay, speakers, sup, servers.redis_public_url, servers.mqtt_url,
+                 var, time.time(), servers.redis_password_file)
+
+
+def tighten(var: Path) -> None:
+    """``var`` and every directory under it 0700, every file 0600: what ``loa up`` and its
+    children write there is for this user alone (they run with umask 077), and a ``var/``
+    left by an older version is tightened once here. Symbolic links are not followed."""
+    private_dir(var)
+    for root, dirs, files in os.walk(var):
+        for name, mode in [*((d, 0o700) for d in dirs), *((f, 0o600) for f in files)]:
+            path = Path(root, name)
+            if not path.is_symlink():
+                try:
+                    os.chmod(path, mode)
+                except OSError as e:  # not ours (a root-owned leftover): say so and go on
+                    log.warning("cannot make %s private: %s", path, e)
 
 
 async def start_servers(var: Path, sup: Supervisor) -> Servers:
     """Private Redis and Mosquitto, unless the environment names existing ones."""
     redis_url = os.environ.get("LOA_REDIS_URL", "")
-    if not redis_url:  # a private redis-server, its data kept under var/ across runs
+    redis_public_url, redis_password_file = without_password(redis_url), None
+    if not redis_url:  # a private redis-server, its data and password kept under var/
         redis = RedisServer(var / "redis")
         await sup.start(Child("redis", SERVERS, GRACE_S[SERVERS], service_process(redis)))
-        redis_url = redis.url
+        redis_url, redis_public_url = redis.url, redis.public_url
+        redis_password_file = redis.password_path
     mqtt_url = os.environ.get("LOA_MQTT_URL", "")
     mqtt_dir = var / "mosquitto"
     streamer_password = mqtt_dir / "streamer.password"
     if not mqtt_url:  # a private mosquitto; the streamer keeps its logins and ACL in step
         mosquitto = Mosquitto(mqtt_dir)
-        mqtt_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(mqtt_dir)
         password = broker.new_password()
         write_private(streamer_password, password + "\n")
         mosquitto.set_accounts([broker.Account(broker.STREAMER_USER,
@@ -96,7 +122,19 @@ async def start_servers(var: Path, sup: Supervisor) -> Servers:
         await sup.start(Child("mosquitto", SERVERS, GRACE_S[SERVERS],
                               service_process(mosquitto)))
         mqtt_url = mosquitto.url
-    return Servers(redis_url, mqtt_url, mqtt_dir, streamer_password)
+    return Servers(redis_url, redis_public_url, redis_password_file, mqtt_url, mqtt_dir,
+                   streamer_password)
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password in it removed (``redis://:secret@h:1/0`` → ``redis://h:1/0``,
+    a user name kept): what may be shown and written to ``loa-up.json``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 async def start_streamer(args: argparse.Namespace, var: Path, servers: Servers,
@@ -113,14 +151,15 @@ async def start_streamer(args: argparse.Namespace, var: Path, servers: Servers,
             "--media-port", str(_port(info["media"]) if info else args.media_port),
             "--public-host", host, "--ingest-host", host, "--ingest-port", str(ingest),
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
-            "--redis-url", servers.redis_url, "--admin-credentials", str(credentials),
+            "--admin-credentials", str(credentials),
             "--mqtt-url", servers.mqtt_url, "--mqtt-user", broker.STREAMER_USER,
             *(["--mqtt-password-file", str(servers.streamer_password), "--mqtt-broker-dir",
                str(servers.mqtt_dir)] if servers.streamer_password.exists() else []),
         ]
 
     streamer = Child("streamer", STREAMER, GRACE_S[STREAMER],
-                     loa_process(streamer_args, var / "logs" / "streamer.log"))
+                     loa_process(streamer_args, var / "logs" / "streamer.log",
+                                 env={"LOA_STREAMER_REDIS_URL": servers.redis_url}))
     await sup.start(streamer)
     return streamer
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.secretfile import write_private
 from devstack.supervise import Child, Supervisor
 
 
@@ -22,10 +23,11 @@ class Stack:
     relay: Child
     speakers: list[tuple[str, str, Child]]  # (id, leaf zone, child)
     supervisor: Supervisor
-    redis_url: str
+    redis_url: str  # without its password
     mqtt_url: str
     var: Path
     started: float
+    redis_password_file: Path | None = None  # the private Redis's
 
     @property
     def state_file(self) -> Path:
@@ -49,7 +51,8 @@ class Stack:
             "pid": os.getpid(),
             "started": self.started,
             "logs": str(self.var / "logs"),
-            "redis_url": self.redis_url,
+            "redis_url": self.redis_url,  # no password: that is in redis_password_file
+            "redis_password_file": str(self.redis_password_file or ""),
             "mqtt_url": self.mqtt_url,
             # written by the streamer when it created the first admin (mode 0600); absent
             # when the state store already had users
@@ -57,9 +60,8 @@ class Stack:
         }
 
     def write_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state(), indent=2, ensure_ascii=False))
-        tmp.replace(self.state_file)
+        """Replaced whole, 0600 like everything under ``var/``."""
+        write_private(self.state_file, json.dumps(self.state(), indent=2, ensure_ascii=False))
 
 
 def _pid(child: Child) -> int:

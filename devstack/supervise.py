@@ -31,12 +31,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from device.edge import Backoff
-from devstack.services import Service, ServiceError
+from devstack.services import UMASK, Service, ServiceError, open_private_log
 
 log = logging.getLogger("loa.up")
 
@@ -178,16 +178,21 @@ def describe_exit(code: int) -> str:
 StartFn = Callable[[Child], Awaitable[None]]
 
 
-def loa_process(args: Callable[[], list[str]], log_path: Path) -> StartFn:
+def loa_process(args: Callable[[], list[str]], log_path: Path,
+                env: Mapping[str, str] | None = None) -> StartFn:
     """A ``loa`` subcommand (``args()`` read at each start: ports are pinned after the first);
-    ready when it prints its JSON line, which becomes ``child.info``."""
+    ready when it prints its JSON line, which becomes ``child.info``. ``env`` is added to this
+    process's environment: the place for a secret such as a Redis URL with its password,
+    which a command line would show to every user (``ps``). The child runs with umask 077 and
+    its log (stderr, appended to) is 0600."""
 
     async def start(child: Child) -> None:
-        with open(log_path, "ab") as err:
+        with os.fdopen(open_private_log(log_path), "ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "loa", *args(),
                 stdout=asyncio.subprocess.PIPE, stderr=err, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, umask=UMASK,
+                env=None if env is None else {**os.environ, **env})
         child.proc = proc
         assert proc.stdout is not None
         line: bytes | None = None

@@ -5,11 +5,12 @@ Starts private ``redis-server`` and Mosquitto under ``var/`` (unless ``LOA_REDIS
 on the sample zone tree as child processes, each of which prints one JSON line with its
 addresses (``spawn.py``). The relay and speakers are registered through the API as the first
 admin, each with its own broker login (password files under ``var/secrets/``,
-``provision.py``). Writes ``var/loa-up.json`` (documented in the README, ``state.py``) for
-scripts and ops tools. Every child is supervised (``supervise.py``): one that dies is
-restarted with backoff on the ports it had, and ``loa-up.json`` follows its new pid; Ctrl-C,
-SIGTERM or SIGHUP stop the children in dependency order (speakers, relay, streamer, then the
-broker and Redis).
+``provision.py``). Everything under ``var/`` is private to the user: directories 0700, files
+0600, the private Redis behind a password (``services.py``). Writes ``var/loa-up.json``
+(documented in the README, ``state.py``) for scripts and ops tools. Every child is supervised
+(``supervise.py``): one that dies is restarted with backoff on the ports it had, and
+``loa-up.json`` follows its new pid; Ctrl-C, SIGTERM or SIGHUP stop the children in
+dependency order (speakers, relay, streamer, then the broker and Redis).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -82,6 +84,9 @@ def banner(stack: Stack) -> str:
 
 
 def run(argv: list[str]) -> int:
+    # what loa up and its children write under var/ (logs, state, secrets, Redis's dump) is
+    # for this user alone: files 0600, directories 0700 (spawn.tighten, services.UMASK)
+    os.umask(0o077)
     p = argparse.ArgumentParser(prog="loa up", description="Run the whole stack on this machine.")
     p.add_argument("--var-dir", default="var", help="state, logs and recordings (default var/)")
     p.add_argument("--host", default="127.0.0.1", help="address every process binds")

@@ -103,11 +103,13 @@ class Stack:
         args = ["streamer", "--http-host", "127.0.0.1", "--http-port", "0",
                 "--media-host", "127.0.0.1", "--media-port", "0", "--ingest-port", "-1",
                 "--ptime-ms", str(ptime_ms), "--var-dir", str(var),
-                "--redis-url", self._start_redis(),
                 *(["--zones", str(zones)] if zones else []),
                 *(self._start_mosquitto() if mqtt else [])]
         # not supervised: a streamer that dies is a finding of the measurement (dead())
-        child = Child("streamer", 0, 5.0, loa_process(lambda: args, logs / "streamer.log"))
+        # the Redis URL holds its password: in the environment, not on the command line
+        env = {"LOA_STREAMER_REDIS_URL": self._start_redis()}
+        child = Child("streamer", 0, 5.0,
+                      loa_process(lambda: args, logs / "streamer.log", env=env))
         self.exits.push_async_callback(stop, [child])  # also one that is half started
         await child.start()
         assert child.proc is not None

@@ -1,17 +1,22 @@
 """``loa up`` as a supervisor, with real processes: a child that dies (speaker, relay,
 streamer, broker, Redis) is restarted and the stack plays again; speakers fail over to the
 streamer while the relay cannot come back; Ctrl-C stops everything, in order, in under 3 s,
-without a traceback anywhere."""
+without a traceback anywhere. Everything under ``var/`` is its user's alone (directories
+0700, files 0600), and no password is in a log, in ``loa-up.json`` or on a command line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import stat
 import time
+from pathlib import Path
 
 import pytest
+import redis
 
 from clients.ctl import ApiError
 from tests.harness.audio import peak_hz
@@ -131,6 +136,64 @@ def test_a_restarted_broker_and_redis_are_picked_up_again(up):
              == 6, timeout=10, what="every speaker confirmed the broadcast")
 
 
+def passwords(var: Path) -> dict[str, str]:
+    """Every secret of the stack, read from where it is kept: the private Redis's password,
+    the first admin's, and each broker login's (the streamer's, the relay's, the speakers')."""
+    found = {"redis": (var / "redis" / "password").read_text().strip(),
+             "admin": json.loads((var / "admin-credentials.json").read_text())["password"],
+             "mqtt streamer": (var / "mosquitto" / "streamer.password").read_text().strip()}
+    for f in (var / "secrets").glob("*.mqtt"):
+        found[f"mqtt {f.stem}"] = f.read_text().strip()
+    assert len(found) == 3 + 1 + 6 and all(len(p) >= 16 for p in found.values()), found
+    return found
+
+
+def assert_private(var: Path) -> None:
+    """``var`` and every directory in it 0700, every file 0600, nothing else there (no
+    socket, no pipe, no link)."""
+    assert stat.S_IMODE(var.stat().st_mode) == 0o700
+    for root, dirs, files in os.walk(var):
+        for name in [*dirs, *files]:
+            path = Path(root, name)
+            st = path.lstat()
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(
+                st.st_mode) else "other"
+            assert (kind, stat.S_IMODE(st.st_mode)) in {("dir", 0o700), ("file", 0o600)}, (
+                path, kind, oct(st.st_mode))
+
+
+def assert_no_password_in_logs(var: Path) -> None:
+    """No secret in a log (every child's, the servers', ``loa up``'s own stderr, the
+    speakers' play logs) nor in ``loa-up.json``."""
+    logs = [*var.rglob("*.log"), *var.rglob("*.jsonl"), var / "loa-up.stderr"]
+    assert len([p for p in logs if p.suffix == ".log"]) == 8 + 2
+    if (var / "loa-up.json").exists():
+        logs.append(var / "loa-up.json")
+    secrets = passwords(var)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for what, password in secrets.items():
+            assert password not in text, f"the {what} password is in {log}"
+
+
+def test_var_is_private_and_no_password_is_logged_or_on_a_command_line(up):
+    assert_private(up.var)
+    assert_no_password_in_logs(up.var)
+    state = up.state()
+    redis_password = passwords(up.var)["redis"]
+    assert state["redis_url"].startswith("redis://127.0.0.1:")
+    assert state["redis_password_file"] == str(up.var / "redis" / "password")
+    secrets = passwords(up.var).values()
+    for pid in children_of(up.proc.pid) | {up.proc.pid}:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not any(p in cmdline for p in secrets), cmdline
+    # and the private Redis asks for it
+    port = int(state["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=port).ping()
+    assert redis.Redis(port=port, password=redis_password).ping()
+
+
 def test_ctrl_c_stops_every_child_in_under_3_s_without_a_traceback(up):
     children = children_of(up.proc.pid)
     assert len(children) == CHILDREN
@@ -157,3 +220,12 @@ def test_ctrl_c_stops_every_child_in_under_3_s_without_a_traceback(up):
         elif "terminating" in line:
             break
     assert "terminating" in line and connected == set(), connected
+
+
+def test_after_the_stop_var_is_still_private_and_no_log_holds_a_password(up):
+    """What the servers write as they stop (Redis's dump, the broker's database) and the
+    logs' last lines included."""
+    assert up.proc.poll() is not None, "runs after the Ctrl-C test"
+    assert (up.var / "redis" / "dump.rdb").exists()
+    assert_private(up.var)
+    assert_no_password_in_logs(up.var)
