@@ -18,7 +18,8 @@ until its keepalive window ran out). When the kernel has no room for a packet (t
 saturated) the destinations that miss it are counted as ``backlog``, never queued: a late
 packet is worth nothing to a speaker. Bad datagrams on the socket are counted and dropped,
 never raised; media arriving on this socket is dropped too, because nothing downstream may
-inject into a channel.
+inject into a channel. A KEEPALIVE or BYE without its subscription's cookie (forged) changes
+nothing and is counted in ``loa_fanout_control_dropped_total``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from wire import subscribe
 from wire.packet import MalformedPacket
-from wire.subscribe import Addr, Subscribed, SubscribeServer, Unsubscribed
+from wire.subscribe import Addr, Dropped, Subscribed, SubscribeServer, Unsubscribed
 
 from . import udp
 from .mmsg import SendBatch, sockaddr
@@ -156,6 +157,7 @@ class _Metrics:
     send_errors: Counter = field(init=False)
     dropped: Counter = field(init=False)
     handshakes: Counter = field(init=False)
+    control_dropped: Counter = field(init=False)
     batches: Counter = field(init=False)
     burst: Counter = field(init=False)
 
@@ -179,6 +181,10 @@ class _Metrics:
                              "ring to new subscribers", p, registry=r)
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
+        self.control_dropped = Counter(
+            "loa_fanout_control_dropped", "KEEPALIVE and BYE messages ignored: malformed "
+            "(e.g. no cookie) or without their subscription's cookie (forged)",
+            (*p, "type", "reason"), registry=r)
 
 
 class FanoutEndpoint(asyncio.DatagramProtocol):
@@ -434,10 +440,17 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         except (MalformedPacket, ValueError, struct.error, IndexError):
             self._bad.inc()
             self.metrics.handshakes.labels(self.process, "malformed").inc()
+            kind = _KEEPALIVE_BYE.get(data[4]) if len(data) > 4 else None
+            if kind is not None:
+                self.metrics.control_dropped.labels(self.process, kind, "malformed").inc()
             return
         except Exception:  # never let a datagram take the endpoint down; say why, count it
             log.exception("unexpected error on a control datagram from %s", addr)
             self._bad.inc()
+            return
+        if isinstance(event, Dropped):  # a forged KEEPALIVE or BYE: it changes nothing
+            self.metrics.handshakes.labels(self.process, "dropped").inc()
+            self.metrics.control_dropped.labels(self.process, event.type, event.reason).inc()
             return
         self.metrics.handshakes.labels(self.process, _outcome(data, reply)).inc()
         self._unreachable.pop(src, None)  # it speaks, so it is there
@@ -568,6 +581,9 @@ def _numeric(addr: Addr) -> Addr:
     infos.sort(key=lambda i: i[0] != socket.AF_INET)
     sa = infos[0][4]
     return (str(sa[0]), int(sa[1]))
+
+
+_KEEPALIVE_BYE = {int(subscribe.MsgType.KEEPALIVE): "keepalive", int(subscribe.MsgType.BYE): "bye"}
 
 
 def _outcome(request: bytes, reply: bytes | None) -> str:

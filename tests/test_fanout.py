@@ -15,6 +15,7 @@ from fanout.ring import PacketRing
 from tests.harness.subscriber import Subscriber
 from wire.packet import RtpPacket, ssrc_for
 from wire.rtcp import SenderReport
+from wire.subscribe import MAGIC, Message, MsgType
 
 CH = "bt.vt.p1"
 
@@ -155,4 +156,60 @@ async def test_a_block_goes_row_by_row_to_each_channels_consumers() -> None:
     finally:
         sub_a.close()
         sub_c.close()
+        fanout.close()
+
+
+async def _counted(fanout: FanoutEndpoint, n: float, timeout: float = 5.0, **labels: str) -> None:
+    deadline, name = time.monotonic() + timeout, "loa_fanout_control_dropped_total"
+    while _metric(fanout, name, **labels) < n:
+        assert time.monotonic() < deadline, f"{labels} counted {_metric(fanout, name, **labels)}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_forged_bye_or_keepalive_leaves_the_subscriber_playing() -> None:
+    """The attack of the security review: a BYE with the subscriber's address and channel but
+    not its cookie. Sent from the subscriber's own socket (what a spoofed source address looks
+    like to the fan-out) and from another one; media must go on, and each forgery is counted."""
+    fanout = FanoutEndpoint(channel_ssrc=ssrc_for, registry=CollectorRegistry(), process="bye")
+    addr = await fanout.start("127.0.0.1", 0)
+    victim, other = Subscriber(CH, [addr]), Subscriber(CH, [addr])
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        await victim.start()
+        await other.start()
+        await _subscribed(fanout, CH, 2)
+        assert victim.transport is not None
+        fanout.publish(CH, _packet(0))
+        await victim.wait_packets(1)
+        attacker.sendto(Message(MsgType.BYE, CH, cookie=bytes(24)).build(), addr)
+        forged = [bytes(24), other.client._cookie]  # none, and another address's own cookie
+        for cookie in forged:
+            for t in (MsgType.BYE, MsgType.KEEPALIVE):
+                victim.transport.sendto(Message(t, CH, cookie=cookie).build(), addr)
+        # last, the pre-cookie BYE (4 reserved bytes): once it is counted, all the rest
+        # (sent before it, on loopback) has been handled
+        victim.transport.sendto(MAGIC + bytes((MsgType.BYE, 0, len(CH))) + CH.encode()
+                                + bytes(4), addr)
+        await _counted(fanout, 1, type="bye", reason="malformed")
+        assert fanout.table.subscribers(CH) == 2
+        # and the victim was never made to handshake again (a forged BYE would unsubscribe
+        # it, then a forged KEEPALIVE get it a REJECT and it would come back with a HELLO)
+        assert _metric(fanout, "loa_fanout_handshakes_total", outcome="hello") == 2
+        for k in range(1, 50):
+            fanout.publish(CH, _packet(k))
+        await victim.wait_packets(50)
+        assert _seqs(victim) == list(range(50))
+        assert _metric(fanout, "loa_fanout_control_dropped_total", type="bye",
+                       reason="bad_cookie") == 2
+        assert _metric(fanout, "loa_fanout_control_dropped_total", type="keepalive",
+                       reason="bad_cookie") == 2
+        assert _metric(fanout, "loa_fanout_handshakes_total", outcome="dropped") == 4
+        # the genuine BYE still leaves at once
+        (bye, to), = victim.client.close()
+        victim.transport.sendto(bye, to)
+        await _subscribed(fanout, CH, 1)
+    finally:
+        attacker.close()
+        victim.close()
+        other.close()
         fanout.close()

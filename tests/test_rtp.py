@@ -80,8 +80,8 @@ UP = ("127.0.0.1", 5000)
 ME = ("10.1.2.3", 40000)
 
 
-def server(**kw):
-    return sub.SubscribeServer(secret=SECRET, channel_ssrc=lambda c: 77 if c == "ch" else None,
+def server(secret=SECRET, **kw):
+    return sub.SubscribeServer(secret=secret, channel_ssrc=lambda c: 77 if c == "ch" else None,
                                **kw)
 
 
@@ -118,7 +118,7 @@ def test_server_never_replies_larger_than_the_request():
     srv = server()
     for msg in [sub.Message(sub.MsgType.HELLO, "ch", identity="x"),
                 sub.Message(sub.MsgType.HELLO, "c" * 120),
-                sub.Message(sub.MsgType.KEEPALIVE, "ch"),
+                sub.Message(sub.MsgType.KEEPALIVE, "ch", cookie=bytes(24)),
                 sub.Message(sub.MsgType.SUBSCRIBE, "ch", cookie=bytes(24))]:
         data = msg.build()
         reply, _ = srv.handle(data, ME, 0)
@@ -143,11 +143,78 @@ def test_keepalive_expiry_and_bye():
     assert srv.count == 0
 
 
+def test_keepalive_and_bye_carry_the_subscriptions_cookie():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    assert cl.close() == []  # not subscribed: no cookie, nothing to leave
+    handshake(srv, cl)
+    cookie = cl._cookie
+    cl.on_media(5)
+    (ka, _), = cl.tick(5)
+    (bye, _), = cl.close()
+    for data, t in ((ka, sub.MsgType.KEEPALIVE), (bye, sub.MsgType.BYE)):
+        assert sub.parse(data) == sub.Message(t, "ch", cookie=cookie)
+        assert len(data) == 6 + 1 + 2 + 24  # header, str8 "ch", cookie (docs/protocol.md)
+        assert data[7:9] == b"ch" and data[9:] == cookie
+
+
+def _forged_cookies(srv):
+    """Cookies a forger might put in a KEEPALIVE or BYE from ME on "ch" (ME holds one)."""
+    other = ("10.1.2.4", 40000)
+    cl = sub.SubscribeClient("spk-2", "ch", [UP])
+    handshake(srv, cl, addr=other)  # a genuine subscriber's cookie, for another address
+    return {
+        "zero": bytes(24),
+        "another address's": cl._cookie,
+        "another channel's": sub.make_cookie(SECRET, ME, "ch2", "spk-1", 0),
+        "another identity's": sub.make_cookie(SECRET, ME, "ch", "spk-9", 0),
+        "another secret's": sub.make_cookie(b"x" * 32, ME, "ch", "spk-1", 0),
+    }
+
+
+def test_a_forged_bye_or_keepalive_changes_nothing_and_is_reported():
+    srv, cl = server(expire_s=15), sub.SubscribeClient("spk-1", "ch", [UP])
+    handshake(srv, cl)
+    for name, cookie in _forged_cookies(srv).items():
+        for t, kind in ((sub.MsgType.BYE, "bye"), (sub.MsgType.KEEPALIVE, "keepalive")):
+            data = sub.Message(t, "ch", cookie=cookie).build()
+            assert srv.handle(data, ME, 10) == (
+                None, sub.Dropped(ME, "ch", kind, "bad_cookie")), name
+    assert sorted(srv.addresses("ch")) == [ME, ("10.1.2.4", 40000)] and srv.count == 2
+    # the forged KEEPALIVEs at t=10 did not refresh ME: it expires 15 s after its handshake
+    assert sub.Unsubscribed(ME, "ch", "expired") in srv.expire(16)
+    # a BYE without any cookie (the old 4 reserved bytes) is malformed
+    old_bye = sub.MAGIC + bytes((sub.MsgType.BYE, 0, 2)) + b"ch" + bytes(4)
+    with pytest.raises(MalformedPacket):
+        srv.handle(old_bye, ME, 10)
+
+
+def test_the_genuine_keepalive_refreshes_and_the_genuine_bye_leaves_after_forgeries():
+    srv, cl = server(expire_s=15), sub.SubscribeClient("spk-1", "ch", [UP])
+    handshake(srv, cl)
+    for cookie in _forged_cookies(srv).values():
+        srv.handle(sub.Message(sub.MsgType.KEEPALIVE, "ch", cookie=cookie).build(), ME, 5)
+    cl.on_media(10)
+    (ka, _), = cl.tick(10)
+    assert srv.handle(ka, ME, 10) == (None, None)
+    assert srv.expire(16) == [sub.Unsubscribed(("10.1.2.4", 40000), "ch", "expired")]
+    assert srv.addresses("ch") == [ME]  # refreshed at 10
+    # a renewed handshake replaces the cookie: the old one no longer counts
+    old = sub.Message(sub.MsgType.BYE, "ch", cookie=cl._cookie).build()
+    cl.start(20)
+    handshake(srv, cl, now=20)
+    assert srv.handle(old, ME, 21) == (None, sub.Dropped(ME, "ch", "bye", "bad_cookie"))
+    (bye, _), = cl.close()
+    assert srv.handle(bye, ME, 21) == (None, sub.Unsubscribed(ME, "ch", "bye"))
+    assert srv.addresses("ch") == [] and srv.count == 0
+
+
 def test_unknown_keepalive_makes_client_handshake_again():
     srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
     handshake(srv, cl)
-    restarted = server()
-    reject, _ = restarted.handle(sub.Message(sub.MsgType.KEEPALIVE, "ch").build(), ME, 1)
+    restarted = server(secret=b"r" * 32)
+    cl.on_media(10)
+    (ka, _), = cl.tick(10)  # carries the cookie of a secret the restarted upstream lost
+    reject, _ = restarted.handle(ka, ME, 1)
     (again, _), = cl.handle(reject, UP, 1)
     assert sub.parse(again).type is sub.MsgType.HELLO
 

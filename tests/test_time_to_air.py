@@ -91,7 +91,7 @@ def test_socket_filters_let_through_only_what_a_speaker_measures():
     """The kernel-side filters: handshakes always; emergencies and other layouts when armed;
     never silence, programmes or RTCP."""
     sent = {
-        "handshake": Message(MsgType.KEEPALIVE, "ch").build(),
+        "handshake": Message(MsgType.KEEPALIVE, "ch", cookie=bytes(24)).build(),
         "silence": RtpPacket(1, 1, 0, b"\xf8", priority=0).build(),
         "bulletin": RtpPacket(1, 2, 0, b"\xf8", broadcast_id=5, priority=1).build(),
         "emergency": RtpPacket(1, 3, 0, b"\xf8", broadcast_id=6, priority=3).build(),

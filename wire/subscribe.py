@@ -6,6 +6,11 @@ channel, identity and issue time, so the upstream keeps no state for a HELLO and
 source address never receives media. The upstream never answers with more bytes than it
 received (no amplification). ``docs/protocol.md`` has the byte tables.
 
+KEEPALIVE and BYE carry the cookie the subscription was made with; the upstream keeps it
+with the subscription and ignores (reports as :class:`Dropped`) a KEEPALIVE or BYE whose
+cookie differs, so that someone who only knows or guesses a subscriber's address and channel
+cannot unsubscribe it with a spoofed BYE, nor keep a dead one alive with spoofed KEEPALIVEs.
+
 This module never touches a socket or reads a clock: callers pass bytes, addresses and ``now``
 (seconds, any monotonic origin for the server; cookies use whole seconds of it).
 """
@@ -84,7 +89,8 @@ class Message:
             return head + ch + struct.pack("!IHH", self.ssrc, self.keepalive_s, self.ptime_ms)
         if t is MsgType.REJECT:
             return head + ch + bytes((self.reason,))
-        return head + ch + bytes(4)  # KEEPALIVE, BYE: 4 reserved bytes so a REJECT fits
+        # KEEPALIVE, BYE: the subscription's cookie (it also leaves room for a REJECT answer)
+        return head + ch + _fixed(self.cookie, COOKIE_LEN)
 
 
 def parse(data: bytes) -> Message:
@@ -108,7 +114,7 @@ def parse(data: bytes) -> Message:
         return Message(t, channel, ssrc=ssrc, keepalive_s=keepalive_s, ptime_ms=ptime_ms)
     if t is MsgType.REJECT:
         return Message(t, channel, reason=r.take(1)[0])
-    return Message(t, channel)
+    return Message(t, channel, cookie=r.take(COOKIE_LEN))  # KEEPALIVE, BYE
 
 
 def _str8(s: str) -> bytes:
@@ -194,13 +200,25 @@ class Unsubscribed:
     why: str  # "bye" | "expired"
 
 
-Event = Subscribed | Unsubscribed
+@dataclass(slots=True, frozen=True)
+class Dropped:
+    """A KEEPALIVE or BYE for a subscription, ignored because its cookie is not that
+    subscription's: forged (or from an older session). Nothing changed; count it."""
+
+    addr: Addr
+    channel: str
+    type: str  # "keepalive" | "bye"
+    reason: str  # "bad_cookie"
+
+
+Event = Subscribed | Unsubscribed | Dropped
 
 
 @dataclass(slots=True)
 class _Sub:
     identity: str
     last_seen: float
+    cookie: bytes  # the cookie of the SUBSCRIBE that made (or last renewed) the subscription
 
 
 @dataclass
@@ -238,12 +256,22 @@ class SubscribeServer:
         elif msg.type is MsgType.KEEPALIVE:
             sub = self.subscribers.get(ch, {}).get(addr)
             if sub is None:
+                # Changes nothing, whoever sent it; tells a genuine subscriber (the upstream
+                # restarted) to handshake again.
                 reply = Message(MsgType.REJECT, ch, reason=RejectReason.NOT_SUBSCRIBED).build()
+            elif not hmac.compare_digest(sub.cookie, msg.cookie):
+                event = Dropped(addr, ch, "keepalive", "bad_cookie")  # no answer: silence
             else:
                 sub.last_seen = now
         elif msg.type is MsgType.BYE:
-            subs = self.subscribers.get(ch)
-            if subs is not None and subs.pop(addr, None) is not None:
+            subs = self.subscribers.get(ch, {})
+            sub = subs.get(addr)
+            if sub is None:
+                pass  # nothing to leave
+            elif not hmac.compare_digest(sub.cookie, msg.cookie):
+                event = Dropped(addr, ch, "bye", "bad_cookie")
+            else:
+                del subs[addr]
                 self.count -= 1
                 event = Unsubscribed(addr, ch, "bye")
         # COOKIE, SUBACK and REJECT are for subscribers: an upstream ignores them.
@@ -262,12 +290,14 @@ class SubscribeServer:
             return Message(MsgType.REJECT, ch, reason=RejectReason.BAD_TOKEN).build(), None
         subs = self.subscribers.setdefault(ch, {})
         event: Event | None = None
-        if addr in subs:
-            subs[addr].last_seen = now
+        sub = subs.get(addr)
+        if sub is not None:
+            # a renewed handshake (e.g. after a REJECT): its cookie is the one that counts now
+            sub.last_seen, sub.identity, sub.cookie = now, msg.identity, msg.cookie
         else:
             if self.count >= self.max_subscribers:
                 return Message(MsgType.REJECT, ch, reason=RejectReason.FULL).build(), None
-            subs[addr] = _Sub(msg.identity, now)
+            subs[addr] = _Sub(msg.identity, now, msg.cookie)
             self.count += 1
             event = Subscribed(addr, ch, msg.identity)
         ack = Message(MsgType.SUBACK, ch, ssrc=ssrc, keepalive_s=self.keepalive_s,
@@ -387,7 +417,8 @@ class SubscribeClient:
             if now - self._last_sent >= self._keepalive_due:
                 self._last_sent = now
                 self._keepalive_due = self.keepalive_s * self.rng.uniform(0.75, 1.0)
-                return [(Message(MsgType.KEEPALIVE, self.channel).build(), self.upstream)]
+                msg = Message(MsgType.KEEPALIVE, self.channel, cookie=self._cookie)
+                return [(msg.build(), self.upstream)]
             return []
         if now - self._phase_since > self.failover_s:
             return self._failover(now)
@@ -398,7 +429,12 @@ class SubscribeClient:
         return []
 
     def close(self) -> list[tuple[bytes, Addr]]:
-        return [(Message(MsgType.BYE, self.channel).build(), self.upstream)]
+        """The BYE to send when leaving (nothing unless subscribed: a BYE needs the cookie
+        the subscription was made with)."""
+        if self.state is not ClientState.SUBSCRIBED:
+            return []
+        msg = Message(MsgType.BYE, self.channel, cookie=self._cookie)
+        return [(msg.build(), self.upstream)]
 
     def _failover(self, now: float) -> list[tuple[bytes, Addr]]:
         out = self.close() if self.state is ClientState.SUBSCRIBED else []
