@@ -149,7 +149,9 @@ class MediaRoutes:
         resp = web.StreamResponse(headers={
             "Content-Type": "audio/ogg",
             "Cache-Control": "no-cache, no-store",
-            "X-Content-Type-Options": "nosniff",
+            # Public and the same for everyone, so a web page on another origin (a commune's
+            # site with an <audio> player) may play it; every other response is same-origin.
+            "Cross-Origin-Resource-Policy": "cross-origin",
         })
         resp.enable_chunked_encoding()
         await resp.prepare(request)

@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common.config import Addr, ConfigError, Static, load
+from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from device.link import DeviceLink, DeviceMqttKeys
 from fanout.endpoint import FanoutEndpoint
@@ -133,7 +134,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     for channel, dest in cfg.static:
         fanout.add_static(channel, dest)
 
-    app = web.Application()
+    app = add_security_headers(web.Application())
     add_media_routes(app, fanout, ptime_ms=cfg.ptime_ms,
                      public_host=cfg.public_host or _public_host(media[0]),
                      health=lambda: {"id": cfg.id, "upstream": upstream.subscribed()})

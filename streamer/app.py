@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError, check_range
+from common.httpsec import add_security_headers
 from common.opus import OpusSettings
 from common.procmetrics import watch_process
 from device.link import read_password_file
@@ -187,7 +188,7 @@ class Streamer:
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
-        app = web.Application(client_max_size=80 * 1024 * 1024)
+        app = add_security_headers(web.Application(client_max_size=80 * 1024 * 1024))
         add_api_routes(app, self.plane, self.registry)
         add_studio_routes(app)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,

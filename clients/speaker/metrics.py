@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.config import Addr
+from common.httpsec import add_security_headers
 from wire import subscribe
 
 from .config import SpeakerConfig
@@ -110,7 +111,7 @@ async def start_http(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyP
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    app = web.Application()
+    app = add_security_headers(web.Application())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,5 +1,7 @@
 """Serves the browser studio page (``static/``): plain files, same origin as the API it calls,
-so the page needs no CORS and its bearer token never leaves the streamer's origin."""
+so the page needs no CORS and its bearer token never leaves the streamer's origin. The page has
+no inline script, style or event handler, and loads nothing from elsewhere: its
+Content-Security-Policy (``common/httpsec.py``) forbids all of those, so keep it that way."""
 
 from __future__ import annotations
 
