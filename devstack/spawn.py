@@ -176,6 +176,7 @@ async def start_relay(args: argparse.Namespace, var: Path, servers: Servers, str
             "--http", _hostport(info["http"]) if info else f"{host}:{args.relay_http_port}",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), *mqtt_args("relay-1", servers.mqtt_url, secrets),
+            "--stream-key", str(streamer.info["stream_key"]),
         ]
 
     relay = Child("relay-1", RELAYS, GRACE_S[RELAYS],
@@ -202,6 +203,7 @@ async def start_speakers(args: argparse.Namespace, var: Path, servers: Servers,
                 "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
                 "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
                 *mqtt_args(sid, servers.mqtt_url, secrets),
+                "--stream-key", str(streamer.info["stream_key"]),
             ]
 
         child = Child(sid, SPEAKERS, GRACE_S[SPEAKERS],

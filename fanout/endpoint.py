@@ -74,18 +74,32 @@ class DestinationTable:
     per packet sent, not one per handshake.
     """
 
-    __slots__ = ("_subs", "_static", "_out", "_stale")
+    __slots__ = ("_subs", "_static", "_out", "_out_subs", "_out_static", "_stale")
 
     def __init__(self) -> None:
         self._subs: dict[str, dict[Addr, bytes]] = {}  # address → its C sockaddr, in order
         self._static: dict[str, list[Addr]] = {}
         self._out: dict[str, SendBatch] = {}
+        # a relay that verifies sends these apart (FanoutEndpoint.publish_subscribers/_plain)
+        self._out_subs: dict[str, SendBatch] = {}
+        self._out_static: dict[str, SendBatch] = {}
         self._stale: set[str] = set()
 
     def get(self, channel: str) -> SendBatch:
+        """Every destination: subscribers and static ones."""
         if channel in self._stale:
             self._rebuild(channel)
         return self._out.get(channel, _NO_BATCH)
+
+    def get_subscribers(self, channel: str) -> SendBatch:
+        if channel in self._stale:
+            self._rebuild(channel)
+        return self._out_subs.get(channel, _NO_BATCH)
+
+    def get_static(self, channel: str) -> SendBatch:
+        if channel in self._stale:
+            self._rebuild(channel)
+        return self._out_static.get(channel, _NO_BATCH)
 
     def add_subscriber(self, channel: str, addr: Addr) -> None:
         self._subs.setdefault(channel, {})[addr] = sockaddr(addr)
@@ -132,12 +146,18 @@ class DestinationTable:
     def _rebuild(self, channel: str) -> None:
         self._stale.discard(channel)
         # A subscriber at the same address as a static destination gets each packet once.
-        out = {a: sockaddr(a) for a in self._static.get(channel, ())}
-        out.update(self._subs.get(channel, {}))
-        if out:
-            self._out[channel] = SendBatch(tuple(out), b"".join(out.values()))
-        else:
-            self._out.pop(channel, None)
+        static = {a: sockaddr(a) for a in self._static.get(channel, ())}
+        subs = self._subs.get(channel, {})
+        _put(self._out, channel, {**static, **subs})
+        _put(self._out_subs, channel, subs)
+        _put(self._out_static, channel, static)
+
+
+def _put(batches: dict[str, SendBatch], channel: str, dests: dict[Addr, bytes]) -> None:
+    if dests:
+        batches[channel] = SendBatch(tuple(dests), b"".join(dests.values()))
+    else:
+        batches.pop(channel, None)
 
 
 @dataclass(slots=True)
@@ -300,15 +320,35 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         ring = self._rings.get(channel)
         if ring is not None:
             ring.add(packet, self._clock())
-        batch = self.table.get(channel)
+        self._send_batch(channel, packet, self.table.get(channel))
+        listeners = self._listeners.get(channel)
+        if listeners:
+            self._tell(channel, listeners, packet)
+
+    def publish_subscribers(self, channel: str, packet: bytes) -> None:
+        """Send ``packet`` to the handshaken subscribers of ``channel`` only (and keep it for
+        the burst to new ones). A relay that verifies sends media this way at once, before
+        its batch is proven: subscribers are Loa receivers and verify it themselves."""
+        ring = self._rings.get(channel)
+        if ring is not None:
+            ring.add(packet, self._clock())
+        self._send_batch(channel, packet, self.table.get_subscribers(channel))
+
+    def publish_plain(self, channel: str, packet: bytes) -> None:
+        """Send ``packet`` to the static destinations and listeners of ``channel`` only: plain
+        RTP devices and listen-in cannot verify, so a relay that verifies hands them media
+        once its LOAS has proven it."""
+        self._send_batch(channel, packet, self.table.get_static(channel))
+        listeners = self._listeners.get(channel)
+        if listeners:
+            self._tell(channel, listeners, packet)
+
+    def _send_batch(self, channel: str, packet: bytes, batch: SendBatch) -> None:
         if batch:
             if self._fd < 0:
                 self._backlog.inc(len(batch))
             else:
                 self._sent(channel, len(packet), len(batch), *batch.send(self._fd, packet))
-        listeners = self._listeners.get(channel)
-        if listeners:
-            self._tell(channel, listeners, packet)
 
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
         """Row i of ``block`` (uint8, C-contiguous, shape ``(len(channels), packet_len)``) is

@@ -7,7 +7,8 @@ captured up to ``burst_s`` ago are still ahead of their play time, so a speaker 
 mid-bulletin starts ``burst_s`` sooner and does not lose the bulletin's last words. The burst
 must stay shorter than the playout delay, or its first packets arrive already too late.
 
-Only RTP media is kept (sender reports are periodic and speakers do not need an old one).
+RTP media is kept, and the ``LOAS`` signatures that prove it (``wire/auth.py``); sender reports
+are not (they are periodic and speakers do not need an old one).
 Per packet: one tuple appended to a bounded deque, no copy of the packet.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from wire.auth import is_loas
 from wire.packet import is_rtcp
 
 
@@ -24,12 +26,13 @@ class PacketRing:
 
     def __init__(self, burst_s: float, ptime_s: float) -> None:
         self.burst_s = burst_s
-        # Room for the burst at the shortest frame, and a little for bursty upstream arrival.
+        # Room for the burst at the shortest frame, a LOAS per four frames at most, and a
+        # little for bursty upstream arrival.
         self._packets: deque[tuple[float, bytes]] = deque(
-            maxlen=max(1, int(burst_s / ptime_s) + 4) if burst_s > 0 else 1)
+            maxlen=max(1, int(burst_s / ptime_s * 1.25) + 6) if burst_s > 0 else 1)
 
     def add(self, packet: bytes, now: float) -> None:
-        if self.burst_s > 0 and not is_rtcp(packet):
+        if self.burst_s > 0 and (not is_rtcp(packet) or is_loas(packet)):
             self._packets.append((now, packet))
 
     def burst(self, now: float) -> Iterator[bytes]:

@@ -19,17 +19,20 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from common.config import Addr, ConfigError, Static, load
 from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from device.link import DeviceLink, DeviceMqttKeys
+from device.trust import StreamTrustKeys
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from wire.packet import ssrc_for
@@ -41,7 +44,7 @@ log = logging.getLogger("loa.relay")
 
 
 @dataclass
-class RelayConfig(DeviceMqttKeys):
+class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
     id: str = field(default_factory=lambda: f"relay-{socket.gethostname()}")
     media: Addr = ("0.0.0.0", 5004)
     http: Addr = ("0.0.0.0", 8081)
@@ -72,6 +75,7 @@ class RelayConfig(DeviceMqttKeys):
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
         self.mqtt  # noqa: B018 (building the settings checks them)
+        self.keyring  # noqa: B018
 
 
 def load_config(
@@ -98,6 +102,12 @@ def load_config(
     ap.add_argument("--mqtt-password-file", help="file whose first line is the MQTT password")
     ap.add_argument("--mqtt-keepalive-s", type=int, help="MQTT keepalive (default 30)")
     ap.add_argument("--telemetry-s", type=float, help="telemetry period (default 10)")
+    ap.add_argument("--stream-key", action="append", dest="stream_keys", metavar="BASE64",
+                    help="the streamer's public key (repeat during a key rotation): only media "
+                         "it signed is proven to plain destinations and listen-in, and only "
+                         "its LOAS are forwarded")
+    ap.add_argument("--verify-media", help="on (default) or off: off forwards everything "
+                    "unverified (a test bench only)")
     args = vars(ap.parse_args(argv))
     return load(RelayConfig, args, env_prefix="LOA_RELAY_", path=args.pop("config"), env=env,
                 section="relay")
@@ -125,10 +135,14 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
         burst_s=cfg.burst_ms / 1000,
     )
+    keys = cfg.keyring
+    if keys is None:
+        log.warning("verify_media is off: this relay forwards media nobody signed")
     upstream = Upstream(
         fanout, cfg.upstream, identity=cfg.id, registry=registry, failover_s=cfg.failover_s,
-        linger_s=cfg.linger_s, on_unknown=fanout.reject_channel,
+        linger_s=cfg.linger_s, on_unknown=fanout.reject_channel, keys=keys,
     )
+    registry.register(AuthCollector(upstream))
     media = await fanout.start(*cfg.media)
     await upstream.start()
     for channel, dest in cfg.static:
@@ -164,6 +178,29 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         upstream.close()  # BYE upstream before the socket closes
         fanout.close()
         await runner.cleanup()
+
+
+class AuthCollector(Collector):
+    """``loa_media_auth_*``: what the channels' gates counted, at scrape time."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    def collect(self) -> Iterable[Metric]:
+        u = self.upstream
+        yield GaugeMetricFamily("loa_media_auth_enabled",
+                                "1 when only LOAS that verify are forwarded (verify_media)",
+                                value=float(u.keys is not None))
+        dropped = CounterMetricFamily("loa_media_auth_dropped",
+                                      "Media packets never proven, by reason", labels=["reason"])
+        for reason, n in u.auth_dropped.items():
+            dropped.add_metric([reason], n)
+        yield dropped
+        loas = CounterMetricFamily("loa_media_auth_loas", "LOAS signature packets, by outcome",
+                                   labels=["outcome"])
+        for outcome, n in u.auth_loas.items():
+            loas.add_metric([outcome], n)
+        yield loas
 
 
 def _fmt(addr: Any) -> str:

@@ -4,12 +4,19 @@ For every channel that has a consumer downstream, a ``SubscribeClient`` handshak
 first live upstream of an ordered list (streamer or another relay) and fails over along it.
 All subscriptions share ONE socket; incoming RTP and RTCP are demultiplexed by SSRC (every
 process derives a channel's SSRC from its name, so no lookup table needs to be exchanged) and
-handed, unchanged, to :meth:`fanout.endpoint.FanoutEndpoint.publish`. A channel is unsubscribed
+handed, unchanged, to the fan-out. A channel is unsubscribed
 (BYE) ``linger_s`` after its last consumer leaves, so that a speaker rebooting does not churn
 the upstream. When every upstream rejects a channel as unknown, the relay remembers it for
 ``unknown_ttl_s`` and rejects it downstream too. The media path (``datagram_received``) must
 never parse more than the SSRC, allocate per packet or log; datagrams from anyone but the
 channel's current upstream are dropped, so nobody can inject through this socket.
+
+Signed media (``wire/auth.py``): each packet goes on to the subscribers at once, so that no hop
+adds a batch's delay, and its hash is held in the channel's :class:`~wire.auth.MediaGate`. A
+``LOAS`` is forwarded only once it verifies against what arrived: a forged or altered stream
+never becomes playable past this relay. Plain RTP destinations and listen-in cannot verify, so
+they get each packet only once its LOAS has proven it. Only proven media counts as media for
+failover: an upstream sending forged or altered packets is left like a silent one.
 """
 
 from __future__ import annotations
@@ -27,18 +34,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
+from wire.auth import DROP_REASONS, LOAS_OUTCOMES, Keyring, MediaGate, is_loas
 from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
 from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
+#: a packet no LOAS has proven after this long never will be (a batch lasts 240 ms)
+HOLD_S = 1.0
 
 
 @dataclass
 class _Subscription:
     client: SubscribeClient
     ssrc: int
+    gate: MediaGate[bytes] | None = None
     unwanted_since: float | None = None
     unknown_rejects: int = 0
 
@@ -62,7 +73,10 @@ class Upstream(asyncio.DatagramProtocol):
         unknown_ttl_s: float = 60.0,
         on_unknown: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keys: Keyring | None = None,
     ) -> None:
+        """``keys``: the streamer keys media must be signed with (None: forward everything
+        unverified, ``verify_media = false``)."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.fanout = fanout
@@ -75,6 +89,10 @@ class Upstream(asyncio.DatagramProtocol):
         self.unknown_ttl_s = unknown_ttl_s
         self.on_unknown = on_unknown
         self._clock = clock
+        self.keys = keys
+        #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
+        self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)
         self._wanted: set[str] = set()
         self._subs: dict[str, _Subscription] = {}
         self._by_ssrc: dict[int, _Subscription] = {}
@@ -176,10 +194,17 @@ class Upstream(asyncio.DatagramProtocol):
                 if addr[0] != up[0] or addr[1] != up[1]:
                     self._bad.inc()  # not our upstream for this channel: no injection
                     return
-                sub.client.on_media(self._clock())
                 self._m_packets.inc()
                 self._m_octets.inc(len(data))
-                self.fanout.publish(sub.client.channel, data)
+                if sub.gate is None:
+                    sub.client.on_media(self._clock())
+                    self.fanout.publish(sub.client.channel, data)
+                elif off == 8:
+                    self._media(sub, sub.gate, data)
+                elif is_loas(data):
+                    self._loas(sub, sub.gate, data)
+                else:
+                    self.fanout.publish_subscribers(sub.client.channel, data)
             elif subscribe.is_control(data):
                 self._control(data, (addr[0], addr[1]))
             else:
@@ -189,6 +214,23 @@ class Upstream(asyncio.DatagramProtocol):
         except Exception:
             log.exception("unexpected error on an upstream datagram from %s", addr)
             self._bad.inc()
+
+    def _media(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
+        """An RTP packet: on to the subscribers now, held for the LOAS of its batch."""
+        if gate.hold(int.from_bytes(data[2:4], "big"), data, data, self._clock()):
+            self.fanout.publish_subscribers(sub.client.channel, data)
+
+    def _loas(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
+        """A LOAS: forwarded only if it proves what arrived; the proven packets then go to
+        the plain destinations and listeners."""
+        channel = sub.client.channel
+        proven = gate.vouch(data)
+        if gate.last != "verified":
+            return
+        sub.client.on_media(self._clock())
+        self.fanout.publish_subscribers(channel, data)
+        for packet in proven:
+            self.fanout.publish_plain(channel, packet)
 
     def _control(self, data: bytes, addr: Addr) -> None:
         msg = subscribe.parse(data)
@@ -225,7 +267,9 @@ class Upstream(asyncio.DatagramProtocol):
             identity=self.identity, channel=channel, upstreams=self.upstreams, token=self.token,
             failover_s=self.failover_s, media_timeout_s=self.media_timeout_s,
         )
-        sub = _Subscription(client, ssrc_for(channel))
+        gate = None if self.keys is None else MediaGate[bytes](
+            channel, self.keys, dropped=self.auth_dropped, loas=self.auth_loas)
+        sub = _Subscription(client, ssrc_for(channel), gate)
         self._subs[channel] = sub
         self._by_ssrc[sub.ssrc] = sub
         self._send_all(client.start(now))
@@ -252,6 +296,8 @@ class Upstream(asyncio.DatagramProtocol):
         """Retries, keepalives, failover, lingering BYEs; called every ``TICK_S``."""
         now = self._clock()
         for ch, sub in list(self._subs.items()):
+            if sub.gate is not None:
+                sub.gate.expire(now - HOLD_S)
             if sub.unwanted_since is not None and now - sub.unwanted_since >= self.linger_s:
                 self._drop(ch)
                 continue

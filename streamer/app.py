@@ -12,6 +12,7 @@ subscribe to it directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -49,7 +50,9 @@ from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
+from streamer.signing import SigningSink, key_path, load_or_create_key
 from streamer.zones import ZoneTree
+from wire.auth import BadKey, SigningKey
 from wire.packet import ssrc_for
 
 log = logging.getLogger("loa.streamer")
@@ -103,6 +106,10 @@ class StreamerConfig:
     #: the most a frame's tick may begin before its deadline, in ms; 0 = one frame. The lead
     #: adapts below it to how long ticks take (``docs/playout.md``, "The production lead")
     lead_max_ms: float = 0.0
+    #: PEM file of the Ed25519 key that signs every channel's media, created (0600) when
+    #: missing; "" = ``<var_dir>/signing-key.pem``. SIGHUP reads it again (key rotation,
+    #: ``docs/operations.md``, "Signing keys")
+    signing_key: str = ""
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -157,7 +164,15 @@ class Streamer:
                         "a machine busy with other work can delay frames")
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-        self.mixer = Mixer(channels, self.clock, self.fanout, wall=time.time, opus=cfg.opus,
+        self.key_path = key_path(cfg.signing_key, cfg.var_dir)
+        try:
+            key = load_or_create_key(self.key_path)
+        except BadKey as e:
+            raise ConfigError("signing_key", f"{self.key_path}: {e}") from None
+        self.signing = SigningSink(self.fanout, key, self.registry, cfg.ptime_ms)
+        log.info("media signed with key %08x, public key %s", self.signing.key.id,
+                 self.signing.key.public_text)
+        self.mixer = Mixer(channels, self.clock, self.signing, wall=time.time, opus=cfg.opus,
                            registry=self.registry, workers=cfg.mixer_workers or None)
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
@@ -250,6 +265,18 @@ class Streamer:
         self.scheduling = asyncio.create_task(scheduler.run())
         return scheduler
 
+    def reload_key(self) -> None:
+        """Read the signing key file again and sign with it from the next frame (SIGHUP). A
+        file that cannot be read changes nothing and says why."""
+        try:
+            key = SigningKey.from_pem(self.key_path.read_bytes())
+        except (OSError, BadKey) as e:
+            log.error("signing key %s not reloaded, still signing with %08x: %s",
+                      self.key_path, self.signing.key.id, e)
+            return
+        if key.id != self.signing.key.id:
+            self.signing.rotate(key)
+
     async def _close_media(self) -> None:
         """On the playout loop: the last frame, then the media socket."""
         self.frames.cancel()
@@ -280,8 +307,11 @@ async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:
     await streamer.start()
     host, port = streamer.plane.ingest_addr
     print(json.dumps({"process": "streamer", "media": streamer.media_addr,
-                      "http": streamer.http_url, "ingest": f"{host}:{port}" if port else ""}),
+                      "http": streamer.http_url, "ingest": f"{host}:{port}" if port else "",
+                      "stream_key": streamer.signing.key.public_text}),
           flush=True)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, streamer.reload_key)
     try:
         await stop.wait()
     finally:

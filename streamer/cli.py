@@ -42,6 +42,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--lead-max-ms", type=float,
                    help="the most a frame's tick begins before its deadline (default 0: one "
                         "frame; docs/playout.md)")
+    p.add_argument("--signing-key",
+                   help="PEM file of the Ed25519 key that signs the media, created when missing "
+                        "(default: <var-dir>/signing-key.pem; docs/operations.md)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

@@ -39,10 +39,12 @@ async def streamer(tmp_path, redis_url):
     import aiohttp
 
     from streamer.app import Streamer, StreamerConfig
+    from tests.harness.keys import write_test_key
 
     cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
                          http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
-                         ingest_host="127.0.0.1", ingest_port=0)
+                         ingest_host="127.0.0.1", ingest_port=0,
+                         signing_key=write_test_key(tmp_path / "signing-key.pem"))
     s = Streamer(cfg)
     await s.start()
     s.plane.now = lambda: DAYTIME  # quiet hours (22:00-05:00) must not depend on when CI runs

@@ -18,6 +18,7 @@ from device.link import DeviceMqtt, device_mqtt
 from relay.main import load_config as relay_config
 from streamer.control.broker import Account, acl_rules, hash_password
 from streamer.control.fleet import FLEET_TOPICS
+from tests.harness.keys import STREAM_KEY_ARGS
 from wire.messages import DEVICE_TOPICS, DOWN_LEAVES, KINDS, UP_LEAVES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,17 +39,18 @@ def test_relay_mqtt_settings_from_flags_environment_and_file(tmp_path: Path) -> 
     f = tmp_path / "relay.toml"
     f.write_text('[relay]\nmqtt_url = "mqtt://broker.example:1884"\nmqtt_keepalive_s = 20\n')
     argv = ["--id", "relay-1", "--upstream", "127.0.0.1:5004", "--config", str(f),
-            "--telemetry-s", "5"]
+            "--telemetry-s", "5", *STREAM_KEY_ARGS]
     cfg = relay_config(argv, env={"LOA_RELAY_MQTT_PASSWORD_FILE": "/run/secrets/mqtt"})
     assert cfg.mqtt == DeviceMqtt(url="mqtt://broker.example:1884", user="relay-1",
                                   password_file="/run/secrets/mqtt", keepalive_s=20,
                                   telemetry_s=5.0)
-    assert relay_config(["--id", "relay-1", "--upstream", "127.0.0.1:5004"], env={}).mqtt is None
+    assert relay_config(["--id", "relay-1", "--upstream", "127.0.0.1:5004", *STREAM_KEY_ARGS],
+                        env={}).mqtt is None
 
 
 def test_speaker_mqtt_settings_and_their_errors(tmp_path: Path) -> None:
     base = ["--id", "spk-a", "--channel", "brvt.kp-1", "--upstream", "127.0.0.1:5004",
-            "--var-dir", str(tmp_path)]
+            "--var-dir", str(tmp_path), *STREAM_KEY_ARGS]
     env = {"LOA_SPEAKER_MQTT_URL": "mqtts://broker", "LOA_SPEAKER_MQTT_USER": "installer-7",
            "LOA_SPEAKER_MQTT_PASSWORD_FILE": "pw"}
     cfg = speaker_config(base, env=env)

@@ -27,6 +27,7 @@ from loadtest.cli import main as loadtest_main
 from loadtest.fleet import ClockModel, ClockSpec, Reception
 from loadtest.scenario import ScenarioError, load
 from tests.conftest import NIGHT
+from tests.harness.keys import STREAM_KEY_ARGS
 from wire.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, t
     streamer.plane.now = lambda: NIGHT
     relay = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay.main", "--id", "relay-lt", "--media", "127.0.0.1:0",
-        "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, cwd=ROOT,
+        "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, *STREAM_KEY_ARGS, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert relay.stdout is not None

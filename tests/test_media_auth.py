@@ -93,7 +93,8 @@ def test_impostors_and_a_loss_together(key):
     assert gate.vouch(loas) == [p for i, p in enumerate(pkts) if i != 2]
 
 
-@pytest.mark.parametrize("byte", [2, 7, 16, 25, 29, 31, 32, 60])  # seq, ts, capture, id, level, payload
+# seq, timestamp, capture time, broadcast id, level, payload
+@pytest.mark.parametrize("byte", [2, 7, 16, 25, 29, 31, 32, 60])
 def test_a_changed_byte_anywhere_is_never_played(key, byte):
     pkts = packets(12)
     [loas] = signed(key, pkts)

@@ -41,6 +41,7 @@ from streamer.control.broker import (
 )
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.broker import client, fleet_on, start_broker
+from tests.harness.keys import STREAM_KEY_ARGS
 from tests.harness.speaker import SpeakerProcess, start_speaker
 from tests.harness.upstream import TONE_DBFS, ToneUpstream, serving
 from tests.harness.wait import until
@@ -613,7 +614,8 @@ async def test_relay_reports_status_and_telemetry_and_obeys_commands(
         relay = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", "relay-1", "--media", "127.0.0.1:0",
             "--http", "127.0.0.1:0", "--upstream", tone.addr, "--mqtt-url", mosquitto.url,
-            "--mqtt-password-file", str(pw_file), "--telemetry-s", "0.5", cwd=REPO, env=env,
+            "--mqtt-password-file", str(pw_file), "--telemetry-s", "0.5", *STREAM_KEY_ARGS,
+            cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     try:
         assert relay.stdout is not None

@@ -31,8 +31,10 @@ from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import DestinationTable, FanoutEndpoint
 from tests.harness.audio import peak_hz
+from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, with_stream_key
 from tests.harness.subscriber import Subscriber
 from wire import rtcp, subscribe
+from wire.auth import ChannelSigner
 from wire.packet import RtpPacket, is_rtp, ssrc_for, unix_to_ntp64
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
@@ -99,12 +101,15 @@ class ToneUpstream:
         frame = (0.5 * 32767 * np.sin(2 * math.pi * TONE_HZ * t)).astype(np.int16).tobytes()
         seq, ts = random.getrandbits(16), random.getrandbits(32)
         deadline = time.monotonic()
+        signers = {ch: ChannelSigner(TEST_KEY, ch, ssrc_for(ch)) for ch in self.channels}
         while True:
             payload = enc.encode(frame, FRAME)  # 20 whole periods: phase continues
             for ch in self.channels:
-                pkt = RtpPacket(ssrc_for(ch), seq, ts, payload,
-                                capture_ntp=unix_to_ntp64(time.time()))
-                self.fanout.publish(ch, pkt.build())
+                data = RtpPacket(ssrc_for(ch), seq, ts, payload,
+                                 capture_ntp=unix_to_ntp64(time.time())).build()
+                self.fanout.publish(ch, data)
+                for loas in signers[ch].add(data, seq, 0):  # signed like the streamer's
+                    self.fanout.publish(ch, loas)
                 if seq % 50 == 0:
                     sr = rtcp.SenderReport(ssrc_for(ch), unix_to_ntp64(time.time()), ts, seq, 0)
                     self.fanout.publish(ch, sr.build())
@@ -151,7 +156,7 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
         log = tmp_path / f"relay{len(procs)}.log"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", f"test-relay-{len(procs)}",
-            "--media", "127.0.0.1:0", "--http", "127.0.0.1:0", *args,
+            "--media", "127.0.0.1:0", "--http", "127.0.0.1:0", *with_stream_key(args),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=open(log, "wb"),
         )
         assert proc.stdout is not None
@@ -594,13 +599,14 @@ def test_config_precedence_toml_env_flags(tmp_path: Path) -> None:
     cfg_file = tmp_path / "relay.toml"
     cfg_file.write_text('[relay]\nid = "from-toml"\nupstream = ["10.0.0.1:5004", "10.0.0.2:5004"]\n'
                         'static = ["a=239.1.1.1:5004"]\nlinger_s = 2.5\n')
-    cfg = load_config(["--config", str(cfg_file)], env={})
+    keys = list(STREAM_KEY_ARGS)
+    cfg = load_config(["--config", str(cfg_file), *keys], env={})
     assert cfg.id == "from-toml" and cfg.upstream == [("10.0.0.1", 5004), ("10.0.0.2", 5004)]
     assert cfg.static == [("a", ("239.1.1.1", 5004))] and cfg.linger_s == 2.5
     assert cfg.burst_ms == 200
     with pytest.raises(ConfigError, match="burst_ms"):
-        load_config(["--config", str(cfg_file), "--burst-ms", "5000"], env={})
-    cfg = load_config(["--config", str(cfg_file), "--id", "from-flag"],
+        load_config(["--config", str(cfg_file), "--burst-ms", "5000", *keys], env={})
+    cfg = load_config(["--config", str(cfg_file), "--id", "from-flag", *keys],
                       env={"LOA_RELAY_ID": "from-env", "LOA_RELAY_UPSTREAM": "[::1]:7000"})
     assert cfg.id == "from-flag" and cfg.upstream == [("::1", 7000)]
     cfg_file.write_text('linger_s = "soon"\nupstream = ["h:1"]\n')

@@ -37,6 +37,7 @@ from clients.speaker.playout import Playout, volume_gain
 from streamer.control.broker import STREAMER_USER
 from tests.harness.audio import correlation, peak_hz, rms_dbfs
 from tests.harness.broker import client, fleet_on, start_broker
+from tests.harness.keys import STREAM_KEY_ARGS
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import TONE_DBFS, TONE_PEAK, ToneUpstream, serving
 from tests.harness.wait import until
@@ -422,7 +423,7 @@ def test_bad_emergency_settings_name_the_key(argv: list[str], key: str) -> None:
 
 def test_cache_dir_defaults_to_one_per_speaker_under_the_var_dir() -> None:
     cfg = load_config(["--channel", "c", "--upstream", "h:1", "--id", "spk-9",
-                       "--var-dir", "/srv/loa"], {})
+                       "--var-dir", "/srv/loa", *STREAM_KEY_ARGS], {})
     assert Path(cfg.cache_dir) == Path("/srv/loa/cache/spk-9")
 
 

@@ -14,6 +14,7 @@ from clients.speaker.jitter import Arrival, FrameKind, JitterBuffer
 from clients.speaker.main import ConfigError, load_config, open_sink
 from clients.speaker.output import NullSink, SoundcardSink, WavSink
 from clients.speaker.playout import Playout, Timeline, level_dbfs, volume_gain
+from tests.harness.keys import STREAM_KEY_ARGS
 from wire.packet import MalformedPacket, RtpPacket
 
 SSRC = 0x1234
@@ -305,14 +306,16 @@ def test_config_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
     toml.write_text('channel = "c1"\nupstream = ["relay-a:5004", "10.0.0.2:5004"]\n'
                     'delay_ms = 250\nvolume = 80\n')
     env = {"LOA_SPEAKER_DELAY_MS": "400", "LOA_SPEAKER_VOLUME": "70"}
-    cfg = load_config(["--config", str(toml), "--volume", "60", "--id", "sp1"], env)
+    cfg = load_config(["--config", str(toml), "--volume", "60", "--id", "sp1", *STREAM_KEY_ARGS],
+                      env)
     assert cfg.channel == "c1" and cfg.id == "sp1"
     assert cfg.upstream == [("relay-a", 5004), ("10.0.0.2", 5004)]
     assert (cfg.delay_ms, cfg.volume) == (400, 60.0)  # env beats the file, the flag beats env
     assert cfg.bind == ("0.0.0.0", 0) and cfg.http is None and cfg.wav is None
     assert cfg.mute is False
-    assert load_config(["--config", str(toml), "--mute"], {}).mute is True
-    assert load_config(["--config", str(toml)], {"LOA_SPEAKER_MUTE": "yes"}).mute is True
+    assert load_config(["--config", str(toml), "--mute", *STREAM_KEY_ARGS], {}).mute is True
+    assert load_config(["--config", str(toml), *STREAM_KEY_ARGS],
+                       {"LOA_SPEAKER_MUTE": "yes"}).mute is True
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -332,6 +335,6 @@ def test_bad_mute_value_names_the_field() -> None:
 
 
 def test_without_wav_or_sound_card_the_output_is_null() -> None:
-    cfg = load_config(["--channel", "c", "--upstream", "h:1"], {})
+    cfg = load_config(["--channel", "c", "--upstream", "h:1", *STREAM_KEY_ARGS], {})
     if not SoundcardSink.available():
         assert isinstance(open_sink(cfg, T0), NullSink)

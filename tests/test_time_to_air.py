@@ -49,6 +49,7 @@ from loadtest.simspeakers import (
 )
 from streamer.mixer.sources import EspeakProvider
 from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.keys import STREAM_KEY_ARGS
 from wire.packet import RtpPacket, parse
 from wire.rtcp import SenderReport
 from wire.subscribe import Message, MsgType
@@ -124,7 +125,8 @@ async def relay(streamer, tmp_path) -> AsyncIterator[tuple[str, int]]:
     with open(log, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", "tta-relay", "--media", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, cwd=ROOT,
+            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, *STREAM_KEY_ARGS,
+            cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None

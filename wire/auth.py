@@ -371,7 +371,11 @@ class MediaGate(Generic[T]):
     """
 
     def __init__(self, channel: str, keys: Keyring, *, max_candidates: int = MAX_CANDIDATES,
-                 capacity: int = 1024, remember: int = 512) -> None:
+                 capacity: int = 1024, remember: int = 512,
+                 dropped: dict[str, int] | None = None, loas: dict[str, int] | None = None
+                 ) -> None:
+        """``dropped`` and ``loas``: counters to add to, shared by the gates of a process
+        (new ones by default)."""
         self.channel = channel
         self.keys = keys
         self.max_candidates = max_candidates
@@ -379,8 +383,8 @@ class MediaGate(Generic[T]):
         self._held: OrderedDict[int, _Slot[T]] = OrderedDict()  # seq → slot, oldest first
         self._seen: deque[bytes] = deque(maxlen=remember)  # hashes already vouched for
         self._seen_set: set[bytes] = set()
-        self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self.loas = dict.fromkeys(LOAS_OUTCOMES, 0)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0) if dropped is None else dropped
+        self.loas = dict.fromkeys(LOAS_OUTCOMES, 0) if loas is None else loas
         self.last = ""  # the outcome of the last LOAS
 
     def __len__(self) -> int:

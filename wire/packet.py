@@ -126,6 +126,13 @@ def peek_ssrc(data: bytes) -> int:
     return int.from_bytes(data[8:12], "big")
 
 
+def peek_rtcp_ssrc(data: bytes) -> int:
+    """The sender SSRC of an RTCP packet (the first of a compound one)."""
+    if len(data) < 8:
+        raise MalformedPacket("shorter than an RTCP header")
+    return int.from_bytes(data[4:8], "big")
+
+
 def parse(data: bytes) -> RtpPacket:
     """Parse any RTP packet; raise :class:`MalformedPacket` on bad bytes."""
     n = len(data)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from common.config import Addr, ConfigError, check_range, load
 from device.link import DeviceMqttKeys
+from device.trust import StreamTrustKeys
 from wire.ids import valid_zone_id
 
 
 @dataclass
-class SpeakerConfig(DeviceMqttKeys):
+class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
     channel: str = ""
     upstream: list[Addr] = field(default_factory=list)
     id: str = ""
@@ -55,6 +56,7 @@ class SpeakerConfig(DeviceMqttKeys):
         # one directory per speaker id: several simulated speakers may share a var dir
         self.cache_dir = self.cache_dir or str(Path(self.var_dir) / "cache" / self.id)
         self.mqtt  # noqa: B018 (building the settings checks them)
+        self.keyring  # noqa: B018
         if self.zone and not valid_zone_id(self.zone):
             raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
         if self.mqtt is not None:
@@ -100,6 +102,11 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--emergency-repeat-s", type=float,
                    help="replay cadence used instead of each emergency's repeat_s (tests, "
                         "demos; default: the emergency's own)")
+    p.add_argument("--stream-key", action="append", dest="stream_keys", metavar="BASE64",
+                   help="the streamer's public key (repeat during a key rotation); only media "
+                        "it signed plays")
+    p.add_argument("--verify-media", help="on (default) or off: off plays unsigned media "
+                   "(a test bench only)")
     return p
 
 

@@ -31,6 +31,8 @@ from common.config import Addr, ConfigError
 from common.procmetrics import watch_process
 from device.link import DeviceLink
 from wire import subscribe
+from wire.auth import MediaGate
+from wire.packet import RtpPacket
 
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
@@ -135,7 +137,11 @@ async def serve(cfg: SpeakerConfig) -> int:
     client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
                                        failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s)
     registry = CollectorRegistry()
-    speaker = Speaker(client, playout, latency_histogram(registry))
+    keys = cfg.keyring
+    if keys is None:
+        log.warning("verify_media is off: this speaker plays media nobody signed")
+    gate = None if keys is None else MediaGate[tuple[RtpPacket, float]](cfg.channel, keys)
+    speaker = Speaker(client, playout, latency_histogram(registry), gate)
     registry.register(SpeakerCollector(speaker, emergency))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)

@@ -4,6 +4,13 @@ it to the sans-IO parts (:class:`~wire.subscribe.SubscribeClient`,
 :class:`~clients.speaker.playout.Playout`); :func:`tick_forever` and
 :func:`emergency_forever` are the periodic tasks that go with it.
 
+Nothing plays unless the streamer signed it (``wire/auth.py``): each RTP packet waits in a
+:class:`~wire.auth.MediaGate` until the ``LOAS`` of its batch proves it, and only then reaches
+the playout; the wait counts against the playout delay. Media that no LOAS proves is counted
+by reason (``loa_media_auth_dropped_total``) and never heard, and it does not count as media
+for failover either: an upstream that sends only forged or altered packets is left after
+``failover_s`` like a silent one.
+
 This edge must never let a datagram, however malformed, stop the process: each one is counted
 under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
 """
@@ -21,11 +28,12 @@ from prometheus_client import Histogram
 
 from common.config import Addr, ConfigError
 from fanout import udp
-from wire import packet, rtcp, subscribe
-from wire.packet import MalformedPacket
+from wire import auth, packet, rtcp, subscribe
+from wire.packet import MalformedPacket, RtpPacket
 
 from .config import SpeakerConfig
 from .emergency import EmergencyPath, stream_lost
+from .jitter import Arrival
 from .playout import Playout
 
 log = logging.getLogger("loa.speaker")
@@ -35,6 +43,7 @@ BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time"
 # A capture time further than this from our wall clock cannot be placed on the timeline: the
 # sender is broken or hostile (clocks are NTP-disciplined to well under a second).
 CAPTURE_WINDOW_S = 10.0
+HOLD_SLACK_S = 0.2  # a held packet is kept this much beyond the playout delay
 DRAIN = 128  # queued datagrams read per wake-up beyond asyncio's one (2.5 s at 20 ms)
 MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
 
@@ -43,10 +52,13 @@ class Speaker(asyncio.DatagramProtocol):
     """Demultiplexes the speaker's socket into the handshake and the playout."""
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
-                 latency: Histogram) -> None:
+                 latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None
+                 ) -> None:
         self.client = client
         self.playout = playout
         self.latency = latency
+        #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
+        self.gate = gate
         self.ssrc = packet.ssrc_for(client.channel)
         self.transport: asyncio.DatagramTransport | None = None
         self.last_media = time.monotonic()  # of the last packet played; the start until then
@@ -111,8 +123,15 @@ class Speaker(asyncio.DatagramProtocol):
                 log.warning("upstream %s refused us; trying %s", addr, client.upstream)
             return
         if packet.is_rtcp(data):
-            rtcp.parse_compound(data)  # sender reports are not needed: capture times are
             self.rtcp += 1
+            if self.gate is not None and auth.is_loas(data):
+                if packet.peek_rtcp_ssrc(data) != self.ssrc:
+                    self.bad["foreign_ssrc"] += 1
+                    return
+                for proven, at in self.gate.vouch(data):
+                    self._play(proven, at)
+            else:
+                rtcp.parse_compound(data)  # sender reports are not needed: capture times are
             return
         if not packet.is_rtp(data):
             raise MalformedPacket("neither control, RTCP nor RTP")
@@ -124,11 +143,27 @@ class Speaker(asyncio.DatagramProtocol):
         now = time.time()
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1
+            if capture_time is not None and self.gate is not None:
+                self.gate.dropped["stale"] += 1
             return
-        self.last_media = time.monotonic()
-        client.on_media(self.last_media)
         self.latency.observe(max(0.0, now - capture_time))
-        self.playout.receive(pkt, capture_time)
+        if self.gate is None:
+            self._play(pkt, capture_time)
+        else:
+            self.gate.hold(pkt.seq, data, (pkt, capture_time), time.monotonic())
+
+    def _play(self, pkt: RtpPacket, capture_time: float) -> None:
+        """Media that may play (proven, or verification is off): it reaches the playout and
+        shows the upstream is alive."""
+        self.last_media = time.monotonic()
+        self.client.on_media(self.last_media)
+        if self.playout.receive(pkt, capture_time) is Arrival.LATE and self.gate is not None:
+            self.gate.dropped["reordered"] += 1
+
+    def expire(self) -> None:
+        """Forget held packets whose play time has passed with no LOAS proving them."""
+        if self.gate is not None:
+            self.gate.expire(time.monotonic() - self.playout.delay_s - HOLD_SLACK_S)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)
@@ -139,6 +174,7 @@ async def tick_forever(speaker: Speaker) -> None:
     client = speaker.client
     while True:
         before = client.index
+        speaker.expire()
         speaker.send(client.tick(time.monotonic()))
         if client.index != before:
             log.warning("failing over to upstream %s:%d", *client.upstream)

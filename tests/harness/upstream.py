@@ -18,8 +18,11 @@ import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
 
+from wire.auth import ChannelSigner, SigningKey
 from wire.packet import RtpPacket, ssrc_for, unix_to_ntp64
 from wire.subscribe import Event, SubscribeServer, is_control
+
+from .keys import TEST_KEY
 
 RATE = 48_000
 FRAME = 960
@@ -28,8 +31,11 @@ FRAME_S = FRAME / RATE
 
 class RtpUpstream(asyncio.DatagramProtocol):
     def __init__(self, channel_ssrc: Callable[[str], int | None] = ssrc_for,
-                 fec_loss_perc: int = 0) -> None:
+                 fec_loss_perc: int = 0, key: SigningKey | None = TEST_KEY) -> None:
         self.server = SubscribeServer(secret=os.urandom(16), channel_ssrc=channel_ssrc)
+        #: signs each channel's batches as the streamer does (None: sends no LOAS)
+        self.key = key
+        self.signers: dict[str, ChannelSigner] = {}
         self.events: list[Event] = []  # what the handshake server reported
         self.transport: asyncio.DatagramTransport | None = None
         #: set to stop sending anything, media and handshake answers (a lost network)
@@ -82,11 +88,25 @@ class RtpUpstream(asyncio.DatagramProtocol):
                 data = RtpPacket(ssrc_for(channel), n & 0xFFFF, n * FRAME, payload,
                                  capture_ntp=unix_to_ntp64(self.capture_time(n)),
                                  broadcast_id=broadcast_id, priority=priority).build()
-                for addr in self.server.addresses(channel):
+                addrs = self.server.addresses(channel)
+                for addr in addrs:
                     self.first_frame.setdefault(addr, n)
                     assert self.transport is not None
                     self.transport.sendto(data, addr)
+                for loas in self.sign(channel, data, n, priority):
+                    for addr in addrs:
+                        assert self.transport is not None
+                        self.transport.sendto(loas, addr)
             n += 1
+
+    def sign(self, channel: str, data: bytes, n: int, priority: int) -> list[bytes]:
+        """The LOAS to send after packet ``data`` of ``channel``."""
+        if self.key is None:
+            return []
+        signer = self.signers.get(channel)
+        if signer is None:
+            signer = self.signers[channel] = ChannelSigner(self.key, channel, ssrc_for(channel))
+        return signer.add(data, n & 0xFFFF, priority)
 
 
 U = TypeVar("U", bound=RtpUpstream)

@@ -1,0 +1,117 @@
+"""The streamer signs every channel's packets on their way to the fan-out (``wire/auth.py``).
+
+:class:`SigningSink` stands between the mixer and the fan-out endpoint: each block of packets
+goes out first, untouched, then each channel's packet is hashed into that channel's batch, and
+a batch that closes sends its ``LOAS`` on the channel at once. Channels start their batches
+on different frames (the phase is their SSRC modulo the batch length), so that a thousand
+channels sign a few at a time, never all on one frame. It runs on the playout thread, like
+the mixer: per channel per frame one SHA-256 of ~100 bytes, per batch one Ed25519 signature
+(``docs/BENCHMARKS.md``, "Signed media").
+
+The key lives in a PEM file (PKCS#8, as ``openssl genpkey -algorithm ed25519`` writes it),
+0600, created on first start when missing. :meth:`SigningSink.rotate` swaps it between two
+frames: every open batch is signed with the old key first, so receivers that pin both keys
+hear no gap (``docs/operations.md``, "Signing keys").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from common.secretfile import write_private
+from fanout.endpoint import FanoutEndpoint
+from wire.auth import BadKey, ChannelSigner, SigningKey
+from wire.packet import HEADER_LEN, ssrc_for
+from wire.rtcp import PT_SR
+
+log = logging.getLogger("loa.signing")
+
+#: how long a batch lasts, whatever the frame time: the longest a receiver waits for a LOAS
+BATCH_MS = 240
+_PRIORITY_AT = HEADER_LEN - 1  # the priority extension's value byte (wire/packet.py)
+
+
+def load_or_create_key(path: Path) -> SigningKey:
+    """The signing key in ``path``; a new one written there (0600) if there is no file.
+    Raises :class:`BadKey` for a file that is not an Ed25519 PEM key."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        write_private(path, key.to_pem())
+        log.warning("created a new signing key %s (id %08x); devices must pin its public key "
+                    "%s", path, key.id, key.public_text)
+        return key
+    except OSError as e:
+        raise BadKey(f"cannot read {path}: {e.strerror}") from None
+    return SigningKey.from_pem(pem)
+
+
+class SigningSink:
+    """The mixer's ``PacketSink``: publishes through ``fanout`` and signs what it published."""
+
+    def __init__(self, fanout: FanoutEndpoint, key: SigningKey, registry: CollectorRegistry,
+                 ptime_ms: int = 20) -> None:
+        self.fanout = fanout
+        self.key = key
+        self.frames = max(1, BATCH_MS // ptime_ms)  # 12 at 20 ms, 6 at 40, 4 at 60
+        self._signers: dict[str, ChannelSigner] = {}
+        self._next: SigningKey | None = None
+        self.signatures = Counter("loa_media_signatures_total",
+                                  "LOAS packets signed (one per channel per batch)",
+                                  registry=registry)
+        self.key_info = Gauge("loa_media_signing_key", "1 for the id of the key signing now",
+                              ["key_id"], registry=registry)
+        self.key_info.labels(f"{key.id:08x}").set(1)
+
+    def rotate(self, key: SigningKey) -> None:
+        """Sign with ``key`` from the next frame on (any thread may call this)."""
+        self._next = key
+
+    def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
+        self.fanout.publish_block(channels, block)
+        if block.shape[0] == 0 or block[0, 1] == PT_SR:
+            return  # sender reports are not media; LOAS only cover RTP
+        if self._next is not None:
+            self._switch()
+        seq = int.from_bytes(block[0, 2:4].tobytes(), "big")
+        level = int(block[0, _PRIORITY_AT])
+        signers, publish = self._signers, self.fanout.publish
+        for i, channel in enumerate(channels):
+            signer = signers.get(channel)
+            if signer is None:
+                signer = signers[channel] = self._signer(channel)
+            for loas in signer.add(block[i], seq, level):
+                publish(channel, loas)
+                self.signatures.inc()
+
+    def _signer(self, channel: str) -> ChannelSigner:
+        ssrc = ssrc_for(channel)
+        return ChannelSigner(self.key, channel, ssrc, self.frames, phase=ssrc % self.frames)
+
+    def _switch(self) -> None:
+        new, self._next = self._next, None
+        assert new is not None
+        for channel, signer in self._signers.items():
+            for loas in signer.flush():
+                self.fanout.publish(channel, loas)
+                self.signatures.inc()
+            signer.key = new
+        self.key_info.labels(f"{self.key.id:08x}").set(0)
+        self.key_info.labels(f"{new.id:08x}").set(1)
+        log.info("signing key %08x replaces %08x", new.id, self.key.id)
+        self.key = new
+
+
+def default_key_path(var_dir: str) -> Path:
+    return Path(var_dir) / "signing-key.pem"
+
+
+def key_path(configured: str, var_dir: str) -> Path:
+    return Path(os.path.expanduser(configured)) if configured else default_key_path(var_dir)
