@@ -48,6 +48,7 @@ class Stack:
     def __init__(self, stack: AsyncExitStack, tmp: Path, log: IO[bytes]) -> None:
         self.exits, self.tmp, self.log = stack, tmp, log
         self.relays: list[Addr] = []
+        self.stream_key = ""  # the streamer's public key, which the relays started here pin
         self.relay_http: list[str] = []
         self.auth: dict[str, str] = {}  # the admin's bearer token, once signed in
         self.pids: dict[str, int] = {}  # every process this stack started, by name
@@ -73,6 +74,7 @@ class Stack:
         await self.streamer.start()
         self.exits.push_async_callback(self.streamer.close)
         self.http_url, self.media_addr = self.streamer.http_url, self.streamer.media_addr
+        self.stream_key = self.streamer.signing.key.public_text
         await self._login_as_first_admin()
 
     def _start_mosquitto(self) -> list[str]:
@@ -116,6 +118,7 @@ class Stack:
         self.pids["streamer"] = child.proc.pid
         self.children.append(child)
         self.http_url, self.media_addr = str(child.info["http"]), str(child.info["media"])
+        self.stream_key = str(child.info["stream_key"])
         await self._login_as_first_admin()
 
     async def snapshot(self) -> Snapshot:
@@ -167,8 +170,8 @@ class Stack:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", f"bench-relay-{k}", "--media",
             "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", self.media_addr,
-            "--ptime-ms", str(ptime_ms), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            stderr=self.log)
+            "--ptime-ms", str(ptime_ms), "--stream-key", self.stream_key, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=self.log)
         self.exits.push_async_callback(stop_process, proc)
         self.pids[f"relay-{k}"] = proc.pid
         assert proc.stdout is not None

@@ -166,7 +166,7 @@ def test_bad_mqtt_settings_stop_speaker_and_relay_at_start_naming_the_key(
 
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    base = ["--id", "spk-a", "--channel", KP1, "--upstream", "127.0.0.1:9"]
+    base = ["--id", "spk-a", "--channel", KP1, "--upstream", "127.0.0.1:9", *STREAM_KEY_ARGS]
     url = ["--mqtt-url", "mqtt://127.0.0.1:1"]
     cases = [
         (base + ["--mqtt-url", "http://broker:1883", "--mqtt-password-file", str(empty)],
@@ -184,7 +184,7 @@ def test_bad_mqtt_settings_stop_speaker_and_relay_at_start_naming_the_key(
         assert speaker_main(argv) == 2, argv
         assert f"{key}:" in capsys.readouterr().err, argv
     relay = ["--id", "relay-1", "--media", "127.0.0.1:0", "--http", "127.0.0.1:0",
-             "--upstream", "127.0.0.1:9", *url]
+             "--upstream", "127.0.0.1:9", *STREAM_KEY_ARGS, *url]
     assert relay_main(relay) == 2
     assert "mqtt_password_file:" in capsys.readouterr().err
     assert relay_main(relay + ["--mqtt-password-file", str(empty)]) == 2

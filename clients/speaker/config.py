@@ -56,12 +56,12 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
         # one directory per speaker id: several simulated speakers may share a var dir
         self.cache_dir = self.cache_dir or str(Path(self.var_dir) / "cache" / self.id)
         self.mqtt  # noqa: B018 (building the settings checks them)
-        self.keyring  # noqa: B018
         if self.zone and not valid_zone_id(self.zone):
             raise ConfigError("zone", f"{self.zone!r} is not a dotted zone id")
         if self.mqtt is not None:
             # a channel is named after its leaf zone
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
+        self.keyring  # noqa: B018 (the pinned streamer keys, checked)
 
 
 def _arg_parser() -> argparse.ArgumentParser:
