@@ -42,6 +42,11 @@ def run(argv: list[str]) -> int:
     p.add_argument("--lead-max-ms", type=float,
                    help="the most a frame's tick begins before its deadline (default 0: one "
                         "frame; docs/playout.md)")
+    p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
+    p.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
+    p.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,
