@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from device.edge import mqtt_tls_context
 from loadtest.children import stop_process
@@ -229,6 +230,11 @@ def test_bad_tls_settings_stop_relay_and_speaker_at_start_naming_the_key(
     password.write_text("secret\n")
     missing = str(tmp_path / "missing.pem")
     cert, key, ca = str(pki.cert), str(pki.key), str(pki.ca)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(serialization.load_pem_private_key(pki.key.read_bytes(), None)
+                          .private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"pass")))
     mqtts = ["--mqtt-url", "mqtts://127.0.0.1:1", "--mqtt-password-file", str(password)]
     cases = [
         (["--tls-cert", cert], "tls_key"),
@@ -238,6 +244,7 @@ def test_bad_tls_settings_stop_relay_and_speaker_at_start_naming_the_key(
         (["--tls-cert", key, "--tls-key", key], "tls_cert"),  # no certificate in it
         (["--tls-cert", cert, "--tls-key", cert], "tls_key"),  # no key in it
         (["--tls-cert", cert, "--tls-key", str(pki.client_key)], "tls_key"),  # not its key
+        (["--tls-cert", cert, "--tls-key", str(encrypted)], "tls_key"),  # never a prompt
         (["--mqtt-url", "mqtt://127.0.0.1:1", "--mqtt-password-file", str(password),
           "--mqtt-ca", ca], "mqtt_ca"),  # a CA beside plain MQTT would encrypt nothing
         ([*mqtts, "--mqtt-ca", missing], "mqtt_ca"),
