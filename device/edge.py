@@ -132,8 +132,14 @@ def mqtt_tls_context(ca: str | None = None, cert: str | None = None,
                      key: str | None = None) -> ssl.SSLContext:
     """The client side of ``mqtts://``: verifies the broker against ``ca`` (PEM; None: the
     system's CAs) and presents ``cert``/``key`` if set; ``ConfigError`` names a bad file."""
-    return client_context(ca, cert, key, ca_field="mqtt_ca", cert_field="mqtt_cert",
-                          key_field="mqtt_key")
+    return client_context(ca or None, cert or None, key or None, ca_field="mqtt_ca",
+                          cert_field="mqtt_cert", key_field="mqtt_key")
+
+
+def broker_tls_context(url: str | None, ca: str | None, cert: str | None,
+                       key: str | None) -> ssl.SSLContext | None:
+    """:func:`mqtt_tls_context` for an ``mqtts://`` ``url``, None for ``mqtt://`` or none."""
+    return mqtt_tls_context(ca, cert, key) if url and parse_mqtt_url(url).tls else None
 
 
 def mqtt_client(addr: BrokerAddress, user: str, password: str, client_id: str,

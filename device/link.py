@@ -32,10 +32,10 @@ from device.edge import (
     Backoff,
     MqttMetrics,
     RateLimitedLog,
+    broker_tls_context,
     check_mqtt_tls,
     connect_forever,
     mqtt_client,
-    mqtt_tls_context,
     parse_mqtt_url,
     payload_bytes,
 )
@@ -340,9 +340,7 @@ class DeviceMqtt:
         """The client TLS context of an ``mqtts://`` broker, None for ``mqtt://``; reads the
         files, so a bad one raises a ``ConfigError`` naming ``mqtt_ca``/``mqtt_cert``/
         ``mqtt_key`` before any socket opens."""
-        if not parse_mqtt_url(self.url).tls:
-            return None
-        return mqtt_tls_context(self.ca, self.cert, self.key)
+        return broker_tls_context(self.url, self.ca, self.cert, self.key)
 
     def password(self) -> str:
         """The password, read from its file; raises ``ConfigError("mqtt_password_file")``

@@ -3,11 +3,12 @@
 Configuration, lowest precedence first: built-in defaults, ``--config FILE.toml``,
 ``LOA_RELAY_*`` environment variables, command-line flags. Everything is validated before any
 socket is opened; a bad value exits with status 2 and a message naming the field. On startup
-the process prints one JSON line, ``{"media": "host:port", "http": "http://host:port"}``
-(``https://`` with ``tls_cert``/``tls_key``), so a parent (``loa up``, tests) learns the bound
-ports; logs go to stderr. SIGINT/SIGTERM send BYE upstream and exit. With ``mqtt_url`` set
-the relay joins the MQTT control plane (``relay/mqtt.py``, ``docs/mqtt.md``); the broker being
-away never affects the fan-out. This module is wiring only: no protocol logic lives here.
+the process prints one JSON line, ``{"media": "host:port", "http": "http://host:port"}``, so a
+parent (``loa up``, tests) learns the bound ports; logs go to stderr. SIGINT/SIGTERM send BYE
+upstream and exit. With ``mqtt_url`` set the relay joins the MQTT control plane
+(``relay/mqtt.py``, ``docs/mqtt.md``); the broker being away never affects the fan-out. This
+module is wiring only: no protocol logic lives here. With ``tls_cert``/``tls_key`` the HTTP
+port speaks HTTPS only and the line says ``https://`` (``docs/operations.md``, "TLS").
 """
 
 from __future__ import annotations

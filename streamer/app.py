@@ -30,7 +30,7 @@ from common.httpsec import add_security_headers
 from common.opus import OpusSettings
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
-from device.edge import check_mqtt_tls, mqtt_tls_context, parse_mqtt_url
+from device.edge import broker_tls_context, check_mqtt_tls
 from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
@@ -154,9 +154,7 @@ class Streamer:
         cfg = self.cfg
         # the TLS files are read before any socket opens: a bad one is a ConfigError naming it
         https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
-        mqtt_tls = (mqtt_tls_context(cfg.mqtt_ca or None, cfg.mqtt_cert or None,
-                                     cfg.mqtt_key or None)
-                    if cfg.mqtt_url and parse_mqtt_url(cfg.mqtt_url).tls else None)
+        mqtt_tls = broker_tls_context(cfg.mqtt_url, cfg.mqtt_ca, cfg.mqtt_cert, cfg.mqtt_key)
         loop = asyncio.get_running_loop()
         # Few control workers: each thread that wants the GIL is one more the playout thread
         # may queue behind (docs/playout.md); control work can wait, frames cannot.
