@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from device.edge import mqtt_tls_context
+from common.config import ConfigError
+from device.edge import mqtt_tls_context, parse_mqtt_url
 from loadtest.children import stop_process
 from tests.harness.broker import TlsMosquitto, fleet_on, start_broker
 from tests.harness.speaker import speaker_process
@@ -265,6 +266,28 @@ def test_bad_tls_settings_stop_relay_and_speaker_at_start_naming_the_key(
     no_http = [a for a in speaker if a not in ("--http", "127.0.0.1:0")]
     assert speaker_main([*no_http, "--tls-cert", cert, "--tls-key", key]) == 2
     assert "tls_cert:" in capsys.readouterr().err
+
+
+def test_tls_keys_come_from_toml_environment_and_flags_like_every_key(
+        tmp_path: Path, pki: Pki) -> None:
+    from clients.speaker.config import load_config as speaker_config
+    from relay.main import load_config as relay_config
+
+    toml = tmp_path / "relay.toml"
+    toml.write_text(f'[relay]\nupstream = ["127.0.0.1:9"]\ntls_cert = "{pki.key}"\n'
+                    f'tls_key = "{pki.key}"\n')
+    env = {"LOA_RELAY_TLS_CERT": str(pki.cert)}
+    cfg = relay_config(["--config", str(toml)], env=env)  # environment over the file
+    assert (cfg.tls_cert, cfg.tls_key) == (str(pki.cert), str(pki.key))
+    cfg = relay_config(["--config", str(toml), "--tls-key", "flag.pem"], env=env)
+    assert cfg.tls_key == "flag.pem"  # the flag over both
+    with pytest.raises(ConfigError, match="^tls_cert:"):
+        relay_config(["--upstream", "127.0.0.1:9"], env={"LOA_RELAY_TLS_KEY": str(pki.key)})
+    spk = speaker_config(["--channel", ZONE, "--upstream", "127.0.0.1:9", "--http", "127.0.0.1:0",
+                          "--mqtt-url", "mqtts://broker", "--mqtt-password-file", "pw"],
+                         env={"LOA_SPEAKER_MQTT_CA": str(pki.ca)})
+    assert spk.mqtt is not None and spk.mqtt.ca == str(pki.ca)
+    assert parse_mqtt_url(spk.mqtt.url).port == 8883  # the default port of mqtts://
 
 
 @pytest.mark.parametrize(("args", "key_name"), [
