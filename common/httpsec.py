@@ -7,9 +7,11 @@ static files, and errors, aiohttp's own 404/405 and 500 included. Each response 
 which would name aiohttp and its version, is removed. A handler that sets one of these headers
 itself keeps its value: that is how a route relaxes one on purpose (the listen-in sets
 ``Cross-Origin-Resource-Policy: cross-origin`` so that a web page on another origin may play
-it). There is no HSTS because no process serves TLS yet: add it with TLS, never over plain
-HTTP. aiohttp answers a request it cannot parse (a malformed request line) before routing, so
-that bare ``400`` gets none of this; it carries no page or data.
+it). A process that serves HTTPS (``tls_cert``/``tls_key``, ``common/tls.py``) passes
+``hsts=True`` and every response also carries ``Strict-Transport-Security``; over plain HTTP it
+must not (a browser ignores it there, and it would promise what the port does not do). aiohttp
+answers a request it cannot parse (a malformed request line) before routing, so that bare
+``400`` gets none of this; it carries no page or data.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ PAGE_CSP = "; ".join([
     "frame-ancestors 'none'",
 ])
 
+#: HTTPS only: browsers keep to HTTPS for this host for a year. No ``includeSubDomains``: a
+#: relay or speaker certificate says nothing about the other names under its domain.
+HSTS = "max-age=31536000"
+
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
@@ -47,7 +53,14 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     headers.popall(hdrs.SERVER, None)
 
 
-def add_security_headers(app: web.Application) -> web.Application:
-    """Give every response of ``app`` (and of its sub-apps) the security headers."""
+def add_security_headers(app: web.Application, *, hsts: bool = False) -> web.Application:
+    """Give every response of ``app`` (and of its sub-apps) the security headers, and
+    ``Strict-Transport-Security`` too if ``hsts`` (only when ``app`` is served over TLS)."""
     app.on_response_prepare.append(_on_prepare)
+    if hsts:
+        app.on_response_prepare.append(_on_prepare_https)
     return app
+
+
+async def _on_prepare_https(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Strict-Transport-Security", HSTS)

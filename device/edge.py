@@ -23,6 +23,9 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from common.config import ConfigError
+from common.tls import check_pair, client_context
+
 log = logging.getLogger("loa.mqtt")
 
 LOG_EVERY_S = 10.0
@@ -107,12 +110,46 @@ class MqttMetrics:
                                registry=r)
 
 
+def check_mqtt_tls(url: str | None, ca: str | None, cert: str | None,
+                   key: str | None) -> None:
+    """The TLS keys of an MQTT connection: ``mqtt_url`` must parse, ``mqtt_cert`` and
+    ``mqtt_key`` come together, and none of the three means anything without ``mqtts://`` (a
+    CA set beside ``mqtt://`` would look like encryption and be none). Reads no file:
+    :func:`mqtt_tls_context` does, at start-up. Each bad key is a ``ConfigError`` naming it."""
+    addr = None
+    if url:
+        try:
+            addr = parse_mqtt_url(url)
+        except ValueError as e:
+            raise ConfigError("mqtt_url", str(e)) from None
+    check_pair("mqtt_cert", cert, "mqtt_key", key)
+    for name, value in (("mqtt_ca", ca), ("mqtt_cert", cert), ("mqtt_key", key)):
+        if value and not (addr and addr.tls):
+            raise ConfigError(name, "only with an mqtts:// mqtt_url")
+
+
+def mqtt_tls_context(ca: str | None = None, cert: str | None = None,
+                     key: str | None = None) -> ssl.SSLContext:
+    """The client side of ``mqtts://``: verifies the broker against ``ca`` (PEM; None: the
+    system's CAs) and presents ``cert``/``key`` if set; ``ConfigError`` names a bad file."""
+    return client_context(ca or None, cert or None, key or None, ca_field="mqtt_ca",
+                          cert_field="mqtt_cert", key_field="mqtt_key")
+
+
+def broker_tls_context(url: str | None, ca: str | None, cert: str | None,
+                       key: str | None) -> ssl.SSLContext | None:
+    """:func:`mqtt_tls_context` for an ``mqtts://`` ``url``, None for ``mqtt://`` or none."""
+    return mqtt_tls_context(ca, cert, key) if url and parse_mqtt_url(url).tls else None
+
+
 def mqtt_client(addr: BrokerAddress, user: str, password: str, client_id: str,
-                keepalive_s: int, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+                keepalive_s: int, will: aiomqtt.Will | None = None, *,
+                tls_context: ssl.SSLContext | None = None) -> aiomqtt.Client:
+    """A client for ``addr``; ``mqtts://`` uses ``tls_context`` (None: the system's CAs)."""
     return aiomqtt.Client(
         addr.host, addr.port, username=user, password=password, identifier=client_id,
         keepalive=keepalive_s, will=will, clean_session=True, timeout=10,
-        tls_context=ssl.create_default_context() if addr.tls else None,
+        tls_context=(tls_context or ssl.create_default_context()) if addr.tls else None,
         max_queued_incoming_messages=10_000, logger=logging.getLogger("loa.mqtt.paho"),
     )
 
@@ -122,16 +159,19 @@ async def connect_forever(name: str, make_client: Callable[[], aiomqtt.Client],
                           metrics: MqttMetrics, backoff: Backoff) -> None:
     """Run ``session`` on a fresh connection, again and again, until cancelled."""
     while True:
+        connected = False
         try:
             async with make_client() as client:
+                connected = True
                 backoff.reset()
                 metrics.connected.set(1)
                 log.info("%s: connected to the broker", name)
                 await session(client)
         except MqttConnectError as e:
             log.error("%s: broker refused the login: %s", name, e)
-        except (aiomqtt.MqttError, OSError) as e:
-            log.warning("%s: broker connection lost: %s", name, e)
+        except (aiomqtt.MqttError, OSError) as e:  # a TLS handshake refused says why here
+            log.warning("%s: %s: %s", name, "broker connection lost" if connected else
+                        "cannot connect to the broker", e)
         except Exception:  # a bug must not end the control plane for good: log, reconnect
             log.exception("%s: MQTT session failed", name)
         finally:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from device.edge import (
     Backoff,
     MqttMetrics,
     RateLimitedLog,
+    broker_tls_context,
+    check_mqtt_tls,
     connect_forever,
     mqtt_client,
     parse_mqtt_url,
@@ -113,13 +116,15 @@ class DeviceLink:
                  registry: CollectorRegistry, user: str | None = None,
                  zone: str | None = None, telemetry_s: float = 10.0, keepalive_s: int = 30,
                  max_backoff_s: float = 30.0,
-                 on_emergency: Callable[[EmergencyState], None] | None = None) -> None:
+                 on_emergency: Callable[[EmergencyState], None] | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         if device.kind not in KINDS:
             raise ValueError(f"kind {device.kind!r}")
         if zone is not None and not valid_zone_id(zone):
             raise ValueError(f"zone {zone!r} is not a zone id")
         self.device = device
         self.addr = parse_mqtt_url(url)
+        self.tls_context = tls_context  # mqtts:// (None: the system's CAs)
         self.device_id = device_id
         self.user = user or device_id
         self._password = password
@@ -189,7 +194,8 @@ class DeviceLink:
         will = aiomqtt.Will(self._topic["status"], encode(self._offline_will()), qos=1,
                             retain=True)
         cid = f"{self.device.kind}-{self.device_id}"  # one session per device: a twin kicks it
-        return mqtt_client(self.addr, self.user, self._password, cid, self.keepalive_s, will)
+        return mqtt_client(self.addr, self.user, self._password, cid, self.keepalive_s, will,
+                           tls_context=self.tls_context)
 
     def _offline_will(self) -> Status:
         return self.device.status().model_copy(update={"state": "offline", "ts": None})
@@ -324,6 +330,17 @@ class DeviceMqtt:
     password_file: str
     keepalive_s: int = 30
     telemetry_s: float = 10.0
+    #: ``mqtts://`` only: PEM files of the CA that signed the broker's certificate (None: the
+    #: system's CAs) and of a client certificate and its key for a broker that asks for one
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context of an ``mqtts://`` broker, None for ``mqtt://``; reads the
+        files, so a bad one raises a ``ConfigError`` naming ``mqtt_ca``/``mqtt_cert``/
+        ``mqtt_key`` before any socket opens."""
+        return broker_tls_context(self.url, self.ca, self.cert, self.key)
 
     def password(self) -> str:
         """The password, read from its file; raises ``ConfigError("mqtt_password_file")``
@@ -335,26 +352,26 @@ class DeviceMqtt:
 
 
 def device_mqtt(device_id: str, url: str | None, user: str, password_file: str | None,
-                keepalive_s: int, telemetry_s: float) -> DeviceMqtt | None:
+                keepalive_s: int, telemetry_s: float, ca: str | None = None,
+                cert: str | None = None, key: str | None = None) -> DeviceMqtt | None:
     """A device config's flat MQTT keys (``mqtt_url``, ``mqtt_user``, ``mqtt_password_file``,
-    ``mqtt_keepalive_s``, ``telemetry_s``, and its ``id``) checked into a :class:`DeviceMqtt`;
-    None without ``mqtt_url`` (no control plane). Each bad one raises a ``ConfigError`` naming
-    it; the periods are checked even with no broker, so that a typo never waits for one."""
+    ``mqtt_keepalive_s``, ``telemetry_s``, ``mqtt_ca``, ``mqtt_cert``, ``mqtt_key``, and its
+    ``id``) checked into a :class:`DeviceMqtt`; None without ``mqtt_url`` (no control plane).
+    Each bad one raises a ``ConfigError`` naming it; the periods are checked even with no
+    broker, so that a typo never waits for one."""
     check_range("mqtt_keepalive_s", keepalive_s, 1, 3600)
     check_range("telemetry_s", telemetry_s, 0.2, 86_400)
+    check_mqtt_tls(url, ca, cert, key)
     if not url:
         return None
-    try:
-        parse_mqtt_url(url)
-    except ValueError as e:
-        raise ConfigError("mqtt_url", str(e)) from None
     if not password_file:
         raise ConfigError("mqtt_password_file", "required with mqtt_url")
     if not valid_device_id(device_id):
         raise ConfigError("id", f"{device_id!r} cannot name MQTT topics "
                                 "(letters, digits, '.', '_', '-')")
     return DeviceMqtt(url=url, user=user or device_id, password_file=password_file,
-                      keepalive_s=keepalive_s, telemetry_s=telemetry_s)
+                      keepalive_s=keepalive_s, telemetry_s=telemetry_s, ca=ca, cert=cert,
+                      key=key)
 
 
 @dataclass
@@ -375,12 +392,16 @@ class DeviceMqttKeys:
     mqtt_password_file: str | None = None
     mqtt_keepalive_s: int = 30
     telemetry_s: float = 10.0
+    mqtt_ca: str | None = None
+    mqtt_cert: str | None = None
+    mqtt_key: str | None = None
 
     @property
     def mqtt(self) -> DeviceMqtt | None:
         """The checked MQTT settings (None: no control plane); ``ConfigError`` names a bad key."""
         return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
-                           self.mqtt_keepalive_s, self.telemetry_s)
+                           self.mqtt_keepalive_s, self.telemetry_s, self.mqtt_ca,
+                           self.mqtt_cert, self.mqtt_key)
 
 
 def read_password_file(path: str) -> str:

@@ -7,7 +7,8 @@ the process prints one JSON line, ``{"media": "host:port", "http": "http://host:
 parent (``loa up``, tests) learns the bound ports; logs go to stderr. SIGINT/SIGTERM send BYE
 upstream and exit. With ``mqtt_url`` set the relay joins the MQTT control plane
 (``relay/mqtt.py``, ``docs/mqtt.md``); the broker being away never affects the fan-out. This
-module is wiring only: no protocol logic lives here.
+module is wiring only: no protocol logic lives here. With ``tls_cert``/``tls_key`` the HTTP
+port speaks HTTPS only and the line says ``https://`` (``docs/operations.md``, "TLS").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prometheus_client.registry import Collector
 from common.config import Addr, ConfigError, Static, load
 from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
+from common.tls import check_pair, server_context
 from device.link import DeviceLink, DeviceMqttKeys
 from device.trust import StreamTrustKeys
 from fanout.endpoint import FanoutEndpoint
@@ -58,6 +60,9 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
+    #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -75,6 +80,7 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
         if any(port == 0 for _, port in self.upstream):
             raise ConfigError("upstream", "an upstream needs a port")
         self.mqtt  # noqa: B018 (building the settings checks them)
+        check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
         self.keyring  # noqa: B018
 
 
@@ -108,6 +114,11 @@ def load_config(
                          "its LOAS are forwarded")
     ap.add_argument("--verify-media", help="on (default) or off: off forwards everything "
                     "unverified (a test bench only)")
+    ap.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    ap.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
+    ap.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
+    ap.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
     args = vars(ap.parse_args(argv))
     return load(RelayConfig, args, env_prefix="LOA_RELAY_", path=args.pop("config"), env=env,
                 section="relay")
@@ -116,6 +127,8 @@ def load_config(
 async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     password = cfg.mqtt.password() if cfg.mqtt is not None else None
+    mqtt_tls = cfg.mqtt.tls_context() if cfg.mqtt is not None else None
+    https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
     registry = CollectorRegistry()
     process_watch = watch_process(registry)
     upstream: Upstream | None = None
@@ -148,17 +161,18 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     for channel, dest in cfg.static:
         fanout.add_static(channel, dest)
 
-    app = add_security_headers(web.Application())
+    app = add_security_headers(web.Application(), hsts=https is not None)
     add_media_routes(app, fanout, ptime_ms=cfg.ptime_ms,
                      public_host=cfg.public_host or _public_host(media[0]),
                      health=lambda: {"id": cfg.id, "upstream": upstream.subscribed()})
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.http[0], cfg.http[1])
+    site = web.TCPSite(runner, cfg.http[0], cfg.http[1], ssl_context=https)
     await site.start()
     http_addr = runner.addresses[0]
-    print(json.dumps({"media": _fmt(media), "http": f"http://{_fmt(http_addr)}", "id": cfg.id}),
-          flush=True)
+    scheme = "https" if https else "http"
+    print(json.dumps({"media": _fmt(media), "http": f"{scheme}://{_fmt(http_addr)}",
+                      "id": cfg.id}), flush=True)
     log.info("relay %s: media %s, http %s, upstream %s", cfg.id, _fmt(media), _fmt(http_addr),
              ", ".join(_fmt(a) for a in cfg.upstream))
     link: DeviceLink | None = None
@@ -166,7 +180,8 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         m = cfg.mqtt
         link = DeviceLink(RelayDevice(fanout, upstream), url=m.url, device_id=cfg.id,
                           user=m.user, password=password, registry=registry,
-                          telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s)
+                          telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s,
+                          tls_context=mqtt_tls)
         link.start()
     try:
         await stop.wait()

@@ -30,6 +30,8 @@ from common.config import ConfigError, check_range
 from common.httpsec import add_security_headers
 from common.opus import OpusSettings
 from common.procmetrics import watch_process
+from common.tls import check_pair, server_context
+from device.edge import broker_tls_context, check_mqtt_tls
 from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
@@ -110,6 +112,15 @@ class StreamerConfig:
     #: missing; "" = ``<var_dir>/signing-key.pem``. SIGHUP reads it again (key rotation,
     #: ``docs/operations.md``, "Signing keys")
     signing_key: str = ""
+    #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
+    #: (``docs/operations.md``, "TLS")
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: ``mqtts://`` only: PEM CA certificates of the broker ("" = the system's), and a client
+    #: certificate and its key for a broker that asks for one
+    mqtt_ca: str = ""
+    mqtt_cert: str = ""
+    mqtt_key: str = ""
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -126,6 +137,8 @@ class StreamerConfig:
         check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
+        check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
+        check_mqtt_tls(self.mqtt_url, self.mqtt_ca, self.mqtt_cert, self.mqtt_key)
 
     @property
     def opus(self) -> OpusSettings:
@@ -146,6 +159,9 @@ class Streamer:
 
     async def start(self) -> None:
         cfg = self.cfg
+        # the TLS files are read before any socket opens: a bad one is a ConfigError naming it
+        https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        mqtt_tls = broker_tls_context(cfg.mqtt_url, cfg.mqtt_ca, cfg.mqtt_cert, cfg.mqtt_key)
         loop = asyncio.get_running_loop()
         # Few control workers: each thread that wants the GIL is one more the playout thread
         # may queue behind (docs/playout.md); control work can wait, frames cannot.
@@ -196,14 +212,15 @@ class Streamer:
         await self.plane.load()
         if cfg.mqtt_url:
             self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
-                                     self.registry)
+                                     self.registry, tls_context=mqtt_tls)
             await self.plane.fleet.start()
         await self.broadcasts.recover()
         self.plane.scheduler = await self._scheduler()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
-        app = add_security_headers(web.Application(client_max_size=80 * 1024 * 1024))
+        app = add_security_headers(web.Application(client_max_size=80 * 1024 * 1024),
+                                   hsts=https is not None)
         add_api_routes(app, self.plane, self.registry)
         add_studio_routes(app)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
@@ -213,12 +230,12 @@ class Streamer:
                          ready=self._ready)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, cfg.http_host, cfg.http_port).start()
+        await web.TCPSite(self.runner, cfg.http_host, cfg.http_port, ssl_context=https).start()
         http_port = self.runner.addresses[0][1]
         self.frames = self.playout.submit(
             FrameLoop(self.clock, self.mixer, self.registry,
                       lead_max_s=cfg.lead_max_ms / 1000 or None).run())
-        self.http_url = f"http://{cfg.public_host}:{http_port}"
+        self.http_url = f"{'https' if https else 'http'}://{cfg.public_host}:{http_port}"
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
                  self.http_url)

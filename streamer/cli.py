@@ -45,6 +45,11 @@ def run(argv: list[str]) -> int:
     p.add_argument("--signing-key",
                    help="PEM file of the Ed25519 key that signs the media, created when missing "
                         "(default: <var-dir>/signing-key.pem; docs/operations.md)")
+    p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
+    p.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
+    p.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

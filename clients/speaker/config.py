@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Addr, ConfigError, check_range, load
+from common.tls import check_pair
 from device.link import DeviceMqttKeys
 from device.trust import StreamTrustKeys
 from wire.ids import valid_zone_id
@@ -39,6 +40,9 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
     emergency_volume: float = 100.0
     offline_after_s: float = 10.0
     emergency_repeat_s: float | None = None
+    #: ``http`` over TLS: PEM certificate chain and its key, both or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.channel:
@@ -61,6 +65,8 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
         if self.mqtt is not None:
             # a channel is named after its leaf zone
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
+        if check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key) and not self.http:
+            raise ConfigError("tls_cert", "only with http (there is nothing else to serve)")
         self.keyring  # noqa: B018 (the pinned streamer keys, checked)
 
 
@@ -107,6 +113,14 @@ def _arg_parser() -> argparse.ArgumentParser:
                         "it signed plays")
     p.add_argument("--verify-media", help="on (default) or off: off plays unsigned media "
                    "(a test bench only)")
+    p.add_argument("--tls-cert", metavar="PATH",
+                   help="serve --http over TLS: PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert")
+    p.add_argument("--mqtt-ca", metavar="PATH",
+                   help="mqtts://: PEM CA certificates (default: the system's)")
+    p.add_argument("--mqtt-cert", metavar="PATH",
+                   help="mqtts://: PEM client certificate (with --mqtt-key)")
+    p.add_argument("--mqtt-key", metavar="PATH", help="mqtts://: PEM private key of --mqtt-cert")
     return p
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ from prometheus_client import CollectorRegistry
 
 from common.config import Addr, ConfigError
 from common.procmetrics import watch_process
-from device.link import DeviceLink
+from common.tls import server_context
+from device.link import DeviceLink, fmt_addr
 from wire import subscribe
 from wire.auth import MediaGate
 from wire.packet import RtpPacket
@@ -70,16 +72,19 @@ async def open_emergency(cfg: SpeakerConfig,
 
 async def announce(cfg: SpeakerConfig, transport: asyncio.DatagramTransport, speaker: Speaker,
                    emergency: EmergencyPath, registry: CollectorRegistry,
-                   upstreams: list[Addr]) -> web.AppRunner | None:
-    """Start HTTP if configured and print the bound ports, one JSON line (tests and
-    supervisors read them there)."""
+                   upstreams: list[Addr], https: ssl.SSLContext | None = None
+                   ) -> web.AppRunner | None:
+    """Start HTTP (HTTPS with ``https``) if configured and print the bound ports, one JSON
+    line (tests and supervisors read them there): ``http`` is ``host:port``, ``http_url`` the
+    URL with its scheme."""
     bound = transport.get_extra_info("sockname")
     listening: dict[str, Any] = {"event": "listening", "speaker": cfg.id,
                                  "udp": f"{bound[0]}:{bound[1]}"}
     runner = None
     if cfg.http:
-        runner, http_bound = await start_http(cfg, speaker, emergency, registry)
+        runner, http_bound = await start_http(cfg, speaker, emergency, registry, https)
         listening["http"] = f"{http_bound[0]}:{http_bound[1]}"
+        listening["http_url"] = f"{'https' if https else 'http'}://{fmt_addr(http_bound)}"
     print(json.dumps(listening), flush=True)
     log.info("speaker %s on %s, channel %s, upstreams %s", cfg.id, listening["udp"],
              cfg.channel, upstreams)
@@ -88,7 +93,7 @@ async def announce(cfg: SpeakerConfig, transport: asyncio.DatagramTransport, spe
 
 def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: ToneOverlay,
               emergency: EmergencyPath, registry: CollectorRegistry,
-              family: int) -> DeviceLink:
+              family: int, tls_context: ssl.SSLContext | None = None) -> DeviceLink:
     assert cfg.mqtt is not None
     m = cfg.mqtt
     device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=speaker.playout,
@@ -97,7 +102,8 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
     return DeviceLink(device, url=m.url, device_id=cfg.id, user=m.user, password=password,
                       registry=registry, zone=cfg.zone or None, telemetry_s=m.telemetry_s,
                       keepalive_s=m.keepalive_s,
-                      on_emergency=lambda state: emergency.on_state(state, time.time()))
+                      on_emergency=lambda state: emergency.on_state(state, time.time()),
+                      tls_context=tls_context)
 
 
 async def serve(cfg: SpeakerConfig) -> int:
@@ -106,6 +112,8 @@ async def serve(cfg: SpeakerConfig) -> int:
     family = socket.AF_INET6 if ":" in cfg.bind[0] else socket.AF_INET
     upstreams = [await resolve(u, family) for u in cfg.upstream]
     password = cfg.mqtt.password() if cfg.mqtt is not None else None
+    mqtt_tls = cfg.mqtt.tls_context() if cfg.mqtt is not None else None
+    https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
 
     t0 = time.time()
     sink = open_sink(cfg, t0)
@@ -145,7 +153,7 @@ async def serve(cfg: SpeakerConfig) -> int:
     registry.register(SpeakerCollector(speaker, emergency))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)
-    runner = await announce(cfg, transport, speaker, emergency, registry, upstreams)
+    runner = await announce(cfg, transport, speaker, emergency, registry, upstreams, https)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,7 +164,8 @@ async def serve(cfg: SpeakerConfig) -> int:
              asyncio.create_task(emergency_forever(emergency, speaker, cfg)),
              watch_process(registry)]
     if password is not None and overlay is not None:
-        link = open_link(cfg, password, speaker, overlay, emergency, registry, family)
+        link = open_link(cfg, password, speaker, overlay, emergency, registry, family,
+                         mqtt_tls)
         link.start()
     try:
         await stop.wait()

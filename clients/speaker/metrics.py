@@ -3,6 +3,7 @@ sans-IO parts keep (at scrape time, nothing per packet), ``/healthz`` and ``/rea
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -119,7 +120,9 @@ def health(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath) -> di
 
 
 async def start_http(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath,
-                     registry: CollectorRegistry) -> tuple[web.AppRunner, Addr]:
+                     registry: CollectorRegistry, https: ssl.SSLContext | None = None
+                     ) -> tuple[web.AppRunner, Addr]:
+    """Serve health, readiness and metrics on ``cfg.http``; over TLS with ``https``."""
     assert cfg.http is not None
 
     async def healthz(_: web.Request) -> web.Response:
@@ -134,13 +137,13 @@ async def start_http(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyP
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    app = add_security_headers(web.Application())
+    app = add_security_headers(web.Application(), hsts=https is not None)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.http[0], cfg.http[1])
+    site = web.TCPSite(runner, cfg.http[0], cfg.http[1], ssl_context=https)
     await site.start()
     bound = runner.addresses[0] if runner.addresses else cfg.http  # the real port when :0
     return runner, (str(bound[0]), int(bound[1]))

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,8 +84,10 @@ class Fleet:
 
     def __init__(self, url: str, user: str, password: str, sink: FleetSink,
                  registry: CollectorRegistry, *, client_id: str | None = None,
-                 keepalive_s: int = 30, max_backoff_s: float = 10.0) -> None:
+                 keepalive_s: int = 30, max_backoff_s: float = 10.0,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.addr = parse_mqtt_url(url)
+        self.tls_context = tls_context  # mqtts:// (None: the system's CAs)
         self.user = user
         self._password = password
         self.sink = sink
@@ -101,7 +104,7 @@ class Fleet:
     async def start(self) -> None:
         self._task = asyncio.create_task(connect_forever(
             "fleet", lambda: mqtt_client(self.addr, self.user, self._password, self.client_id,
-                                         self.keepalive_s),
+                                         self.keepalive_s, tls_context=self.tls_context),
             self._session, self.metrics, self._backoff))
 
     async def close(self) -> None:
