@@ -1,4 +1,5 @@
-"""The trust keys of a device's config (relays and speakers): which streamer keys it pins.
+"""The trust keys of a device's config (relays and speakers): which streamer keys it pins, and
+the subscription token it presents.
 
 ``stream_keys`` are the streamer's Ed25519 public keys (base64 of 32 bytes, as the streamer
 logs and prints them at start, ``stream_key``), two during a rotation. ``verify_media = false``
@@ -8,6 +9,9 @@ reaches it (``docs/operations.md``, "Signing keys").
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 from dataclasses import dataclass, field
 
 from common.config import ConfigError
@@ -31,3 +35,57 @@ class StreamTrustKeys:
             return Keyring.from_text(self.stream_keys)
         except BadKey as e:
             raise ConfigError("stream_keys", str(e)) from None
+
+
+@dataclass
+class TokenKeys:
+    """The subscription token a device presents upstream (``wire/token.py``): a file holding
+    it in base64, as ``loa token`` writes it. The device reads it again when it changes, so
+    whatever renews it (provisioning, a cron job) needs no restart."""
+
+    token_file: str = ""
+
+    def token_source(self) -> TokenFile | None:
+        if not self.token_file:
+            return None
+        source = TokenFile(self.token_file)
+        try:
+            source.read()
+        except (OSError, ValueError) as e:
+            raise ConfigError("token_file", str(e)) from None
+        return source
+
+
+class TokenFile:
+    """A token file, read again when its modification time changes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.token = b""
+        self._mtime = -1.0
+
+    def read(self) -> bytes:
+        """The token now in the file; raises OSError or ValueError (not base64, empty)."""
+        with open(self.path, "rb") as f:
+            text = f.read().strip()
+        try:
+            token = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{self.path} does not hold a base64 token") from None
+        if not token:
+            raise ValueError(f"{self.path} is empty")
+        self.token = token
+        self._mtime = os.stat(self.path).st_mtime
+        return token
+
+    def poll(self) -> bytes | None:
+        """The new token if the file changed since it was last read (None otherwise, and
+        when it cannot be read now: the old token stays in use)."""
+        try:
+            if os.stat(self.path).st_mtime == self._mtime:
+                return None
+            before = self.token
+            token = self.read()
+        except (OSError, ValueError):
+            return None
+        return token if token != before else None

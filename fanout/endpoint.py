@@ -38,7 +38,8 @@ from typing import cast
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from wire import subscribe
+from wire import subscribe, token
+from wire.auth import Keyring
 from wire.packet import MalformedPacket
 from wire.subscribe import Addr, Dropped, Subscribed, SubscribeServer, Unsubscribed
 
@@ -230,7 +231,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.monotonic,
         multicast_ttl: int = 16,
         burst_s: float = BURST_S,
+        tokens: Keyring | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """``tokens``: subscribers must present a token signed by one of these keys
+        (``wire/token.py``); None lets anyone subscribe. ``wall``: the clock tokens are
+        checked on."""
         self.process = process
         self.registry = registry
         self.ptime_ms = ptime_ms
@@ -243,6 +249,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self.server = SubscribeServer(
             secret=os.urandom(32), channel_ssrc=channel_ssrc, keepalive_s=keepalive_s,
             ptime_ms=ptime_ms, expire_s=expire_s, max_subscribers=max_subscribers,
+            check_token=None if tokens is None else token_checker(tokens, wall),
         )
         self.table = DestinationTable()
         self._listeners: dict[str, tuple[Listener, ...]] = {}
@@ -589,10 +596,21 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             await asyncio.sleep(EXPIRE_EVERY_S)
             now = self._clock()
             for ev in self.server.expire(now):
-                self._drop(ev.addr, (ev.channel,), "expired")
+                self._drop(ev.addr, (ev.channel,), ev.why)
             # Errors that stopped (the box came back) are forgotten.
             for addr in [a for a, t in self._unreachable.items() if now - t > 4 * UNREACHABLE_S]:
                 del self._unreachable[addr]
+
+
+def token_checker(keys: Keyring, wall: Callable[[], float] = time.time
+                  ) -> Callable[[str, str, bytes], float | str]:
+    """``SubscribeServer.check_token`` for tokens signed by ``keys``: seconds of validity
+    left, or why the token is refused."""
+    def check(identity: str, channel: str, data: bytes) -> float | str:
+        now = wall()
+        verdict = token.check(keys, data, identity, channel, now)
+        return verdict if isinstance(verdict, str) else verdict.expires - now
+    return check
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -32,6 +32,12 @@ def _speaker(argv: list[str]) -> int:
     return run(argv)
 
 
+def _token(argv: list[str]) -> int:
+    from streamer.tokens import run
+
+    return run(argv)
+
+
 def _up(argv: list[str]) -> int:
     from devstack.up import run
 
@@ -63,6 +69,7 @@ COMMANDS = {
     "speaker": (_speaker, "a software IP speaker"),
     "studio": (_studio, "send live audio (file, sound card, tone) to the ingest"),
     "ctl": (_ctl, "operator commands over the HTTP API"),
+    "token": (_token, "issue a device's subscription token with the streamer's key"),
     "loadtest": (_loadtest, "simulated speakers against a stack: loss, latency, time-to-air"),
 }
 

@@ -34,9 +34,10 @@ from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
 from device.link import DeviceLink, DeviceMqttKeys
-from device.trust import StreamTrustKeys
+from device.trust import StreamTrustKeys, TokenKeys
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
+from wire.auth import Keyring
 from wire.packet import ssrc_for
 
 from .mqtt import RelayDevice
@@ -46,7 +47,7 @@ log = logging.getLogger("loa.relay")
 
 
 @dataclass
-class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
+class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     id: str = field(default_factory=lambda: f"relay-{socket.gethostname()}")
     media: Addr = ("0.0.0.0", 5004)
     http: Addr = ("0.0.0.0", 8081)
@@ -60,6 +61,8 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
+    #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``)
+    require_tokens: bool = False
     #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -82,6 +85,7 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys):
         self.mqtt  # noqa: B018 (building the settings checks them)
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
         self.keyring  # noqa: B018
+        self.token_source()  # the token file is readable
 
 
 def load_config(
@@ -114,6 +118,10 @@ def load_config(
                          "its LOAS are forwarded")
     ap.add_argument("--verify-media", help="on (default) or off: off forwards everything "
                     "unverified (a test bench only)")
+    ap.add_argument("--token-file", help="this relay's subscription token (base64, as `loa "
+                    "token` writes it); read again when it changes")
+    ap.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
+                    "signed by a pinned streamer key")
     ap.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
@@ -146,14 +154,16 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     fanout = FanoutEndpoint(
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
-        burst_s=cfg.burst_ms / 1000,
+        burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg),
     )
     keys = cfg.keyring
+    tokens = cfg.token_source()
     if keys is None:
         log.warning("verify_media is off: this relay forwards media nobody signed")
     upstream = Upstream(
         fanout, cfg.upstream, identity=cfg.id, registry=registry, failover_s=cfg.failover_s,
         linger_s=cfg.linger_s, on_unknown=fanout.reject_channel, keys=keys,
+        token=tokens.token if tokens is not None else b"", token_source=tokens,
     )
     registry.register(AuthCollector(upstream))
     media = await fanout.start(*cfg.media)
@@ -193,6 +203,15 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         upstream.close()  # BYE upstream before the socket closes
         fanout.close()
         await runner.cleanup()
+
+
+def _token_keys(cfg: RelayConfig) -> Keyring | None:
+    """The keys subscribers' tokens must be signed with (None: no token needed)."""
+    if not cfg.require_tokens:
+        return None
+    if not cfg.stream_keys:
+        raise ConfigError("require_tokens", "tokens are checked with stream_keys: pin one")
+    return Keyring.from_text(cfg.stream_keys)
 
 
 class AuthCollector(Collector):

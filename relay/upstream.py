@@ -32,6 +32,7 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from device.trust import TokenFile
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
 from wire.auth import DROP_REASONS, LOAS_OUTCOMES, Keyring, MediaGate, is_loas
@@ -74,9 +75,11 @@ class Upstream(asyncio.DatagramProtocol):
         on_unknown: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         keys: Keyring | None = None,
+        token_source: TokenFile | None = None,
     ) -> None:
         """``keys``: the streamer keys media must be signed with (None: forward everything
-        unverified, ``verify_media = false``)."""
+        unverified, ``verify_media = false``). ``token_source``: the file the relay's token
+        is read from again when it changes."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.fanout = fanout
@@ -90,6 +93,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.on_unknown = on_unknown
         self._clock = clock
         self.keys = keys
+        self.token_source = token_source
         #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
         self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
         self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)
@@ -295,6 +299,12 @@ class Upstream(asyncio.DatagramProtocol):
     def tick(self) -> None:
         """Retries, keepalives, failover, lingering BYEs; called every ``TICK_S``."""
         now = self._clock()
+        if self.token_source is not None and (new := self.token_source.poll()) is not None:
+            log.info("a new subscription token: renewing %d upstream subscriptions",
+                     len(self._subs))
+            self.token = new
+            for sub in self._subs.values():
+                self._send_all(sub.client.set_token(new, now))
         for ch, sub in list(self._subs.items()):
             if sub.gate is not None:
                 sub.gate.expire(now - HOLD_S)

@@ -54,7 +54,7 @@ from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
 from streamer.playout import FrameLoop, Playout
 from streamer.signing import SigningSink, key_path, load_or_create_key
 from streamer.zones import ZoneTree
-from wire.auth import BadKey, SigningKey
+from wire.auth import BadKey, Keyring, SigningKey
 from wire.packet import ssrc_for
 
 log = logging.getLogger("loa.streamer")
@@ -112,6 +112,9 @@ class StreamerConfig:
     #: missing; "" = ``<var_dir>/signing-key.pem``. SIGHUP reads it again (key rotation,
     #: ``docs/operations.md``, "Signing keys")
     signing_key: str = ""
+    #: relays (and speakers) subscribing here must present a token this streamer signed
+    #: (``wire/token.py``, ``loa token``)
+    require_tokens: bool = False
     #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
     #: (``docs/operations.md``, "TLS")
     tls_cert: str = ""
@@ -169,9 +172,18 @@ class Streamer:
         self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
         known = frozenset(channels)
+        self.key_path = key_path(cfg.signing_key, cfg.var_dir)
+        try:
+            key = load_or_create_key(self.key_path)
+        except BadKey as e:
+            raise ConfigError("signing_key", f"{self.key_path}: {e}") from None
+        #: the keys subscribers' tokens may be signed with: this one, and the next after a
+        #: rotation (tokens signed before it stay good until they expire)
+        self.token_keys = Keyring([key.public]) if cfg.require_tokens else None
         self.fanout = FanoutEndpoint(
             channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
             registry=self.registry, process="streamer", ptime_ms=cfg.ptime_ms,
+            tokens=self.token_keys,
         )
         self.playout = Playout()
         self.playout.start()
@@ -180,11 +192,6 @@ class Streamer:
                         "a machine busy with other work can delay frames")
         media = await self.playout.run(self.fanout.start(cfg.media_host, cfg.media_port))
         self.clock = FrameClock(cfg.ptime_ms, start_mono=loop.time(), start_wall=time.time())
-        self.key_path = key_path(cfg.signing_key, cfg.var_dir)
-        try:
-            key = load_or_create_key(self.key_path)
-        except BadKey as e:
-            raise ConfigError("signing_key", f"{self.key_path}: {e}") from None
         self.signing = SigningSink(self.fanout, key, self.registry, cfg.ptime_ms)
         log.info("media signed with key %08x, public key %s", self.signing.key.id,
                  self.signing.key.public_text)
@@ -292,6 +299,8 @@ class Streamer:
                       self.key_path, self.signing.key.id, e)
             return
         if key.id != self.signing.key.id:
+            if self.token_keys is not None:
+                self.token_keys.add(key.public)
             self.signing.rotate(key)
 
     async def _close_media(self) -> None:

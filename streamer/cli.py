@@ -42,6 +42,8 @@ def run(argv: list[str]) -> int:
     p.add_argument("--lead-max-ms", type=float,
                    help="the most a frame's tick begins before its deadline (default 0: one "
                         "frame; docs/playout.md)")
+    p.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
+                   "this streamer signed (loa token)")
     p.add_argument("--signing-key",
                    help="PEM file of the Ed25519 key that signs the media, created when missing "
                         "(default: <var-dir>/signing-key.pem; docs/operations.md)")

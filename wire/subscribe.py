@@ -50,9 +50,16 @@ class MsgType(IntEnum):
 class RejectReason(IntEnum):
     UNKNOWN_CHANNEL = 1
     BAD_COOKIE = 2
-    BAD_TOKEN = 3
+    BAD_TOKEN = 3  # none, malformed, or not signed by a pinned streamer key
     NOT_SUBSCRIBED = 4
     FULL = 5
+    EXPIRED_TOKEN = 6  # signed, but not valid now
+    FORBIDDEN = 7  # signed and valid, for another identity or other channels
+
+
+#: ``check_token``'s refusals → the REJECT reason (``wire/token.py`` names them)
+TOKEN_REJECTS = {"bad_token": RejectReason.BAD_TOKEN, "expired_token": RejectReason.EXPIRED_TOKEN,
+                 "forbidden": RejectReason.FORBIDDEN}
 
 
 def is_control(data: bytes) -> bool:
@@ -197,7 +204,7 @@ class Subscribed:
 class Unsubscribed:
     addr: Addr
     channel: str
-    why: str  # "bye" | "expired"
+    why: str  # "bye" | "expired" | "token_expired"
 
 
 @dataclass(slots=True, frozen=True)
@@ -219,14 +226,18 @@ class _Sub:
     identity: str
     last_seen: float
     cookie: bytes  # the cookie of the SUBSCRIBE that made (or last renewed) the subscription
+    until: float = float("inf")  # when its token runs out (``now``'s clock)
 
 
 @dataclass
 class SubscribeServer:
     """Upstream half of the handshake: who is subscribed to which channel, and what to answer.
 
-    ``channel_ssrc`` says whether a channel exists (its SSRC) or not (None). ``verify_token``
-    is the seam for streamer-signed tokens; it accepts everything until the control plane lands.
+    ``channel_ssrc`` says whether a channel exists (its SSRC) or not (None).
+    ``check_token(identity, channel, token)`` judges a SUBSCRIBE's token (``wire/token.py``):
+    the seconds it stays valid, or why it is refused (a ``TOKEN_REJECTS`` key); None accepts
+    every subscriber. A subscription ends when its token runs out, unless a SUBSCRIBE with a
+    newer token renewed it.
     """
 
     secret: bytes
@@ -235,7 +246,7 @@ class SubscribeServer:
     ptime_ms: int = 20
     expire_s: float = 15.0
     max_subscribers: int = 100_000
-    verify_token: Callable[[str, str, bytes], bool] = lambda identity, channel, token: True
+    check_token: Callable[[str, str, bytes], float | str] | None = None
     subscribers: dict[str, dict[Addr, _Sub]] = field(default_factory=dict)
     count: int = 0
 
@@ -286,18 +297,25 @@ class SubscribeServer:
             return Message(MsgType.REJECT, ch, reason=RejectReason.UNKNOWN_CHANNEL).build(), None
         if not check_cookie(self.secret, msg.cookie, addr, ch, msg.identity, int(now)):
             return Message(MsgType.REJECT, ch, reason=RejectReason.BAD_COOKIE).build(), None
-        if not self.verify_token(msg.identity, ch, msg.token):
-            return Message(MsgType.REJECT, ch, reason=RejectReason.BAD_TOKEN).build(), None
+        until = float("inf")
+        if self.check_token is not None:
+            verdict = self.check_token(msg.identity, ch, msg.token)
+            if isinstance(verdict, str):
+                reason = TOKEN_REJECTS.get(verdict, RejectReason.BAD_TOKEN)
+                return Message(MsgType.REJECT, ch, reason=reason).build(), None
+            until = now + verdict
         subs = self.subscribers.setdefault(ch, {})
         event: Event | None = None
         sub = subs.get(addr)
         if sub is not None:
-            # a renewed handshake (e.g. after a REJECT): its cookie is the one that counts now
-            sub.last_seen, sub.identity, sub.cookie = now, msg.identity, msg.cookie
+            # a renewed handshake (e.g. after a REJECT, or a new token): its cookie and token
+            # are the ones that count now
+            sub.last_seen, sub.identity, sub.cookie, sub.until = (now, msg.identity, msg.cookie,
+                                                                  until)
         else:
             if self.count >= self.max_subscribers:
                 return Message(MsgType.REJECT, ch, reason=RejectReason.FULL).build(), None
-            subs[addr] = _Sub(msg.identity, now, msg.cookie)
+            subs[addr] = _Sub(msg.identity, now, msg.cookie, until)
             self.count += 1
             event = Subscribed(addr, ch, msg.identity)
         ack = Message(MsgType.SUBACK, ch, ssrc=ssrc, keepalive_s=self.keepalive_s,
@@ -305,13 +323,16 @@ class SubscribeServer:
         return ack.build(), event
 
     def expire(self, now: float) -> list[Unsubscribed]:
-        """Drop subscribers silent for longer than ``expire_s``."""
+        """Drop subscribers silent for longer than ``expire_s`` (``expired``), and those whose
+        token ran out (``token_expired``)."""
         gone: list[Unsubscribed] = []
         for ch, subs in self.subscribers.items():
-            stale = [a for a, s in subs.items() if now - s.last_seen > self.expire_s]
-            for a in stale:
+            stale = [(a, "expired" if now - s.last_seen > self.expire_s else "token_expired")
+                     for a, s in subs.items()
+                     if now - s.last_seen > self.expire_s or now >= s.until]
+            for a, why in stale:
                 del subs[a]
-                gone.append(Unsubscribed(a, ch, "expired"))
+                gone.append(Unsubscribed(a, ch, why))
         self.count -= len(gone)
         return gone
 
@@ -408,6 +429,14 @@ class SubscribeClient:
 
     def on_media(self, now: float) -> None:
         self._last_media = now
+
+    def set_token(self, token: bytes, now: float) -> list[tuple[bytes, Addr]]:
+        """A new token (refreshed before the old one runs out): the handshake again, so the
+        upstream renews the subscription with it; media keeps flowing meanwhile."""
+        if token == self.token:
+            return []
+        self.token = token
+        return self.start(now) if self.state is not ClientState.HELLO else []
 
     def tick(self, now: float) -> list[tuple[bytes, Addr]]:
         """Call every few hundred ms: retries, keepalives, failover."""

@@ -17,12 +17,12 @@ from pathlib import Path
 from common.config import Addr, ConfigError, check_range, load
 from common.tls import check_pair
 from device.link import DeviceMqttKeys
-from device.trust import StreamTrustKeys
+from device.trust import StreamTrustKeys, TokenKeys
 from wire.ids import valid_zone_id
 
 
 @dataclass
-class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
+class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     channel: str = ""
     upstream: list[Addr] = field(default_factory=list)
     id: str = ""
@@ -68,6 +68,7 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys):
         if check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key) and not self.http:
             raise ConfigError("tls_cert", "only with http (there is nothing else to serve)")
         self.keyring  # noqa: B018 (the pinned streamer keys, checked)
+        self.token_source()  # the token file is readable
 
 
 def _arg_parser() -> argparse.ArgumentParser:
@@ -113,6 +114,9 @@ def _arg_parser() -> argparse.ArgumentParser:
                         "it signed plays")
     p.add_argument("--verify-media", help="on (default) or off: off plays unsigned media "
                    "(a test bench only)")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="this speaker's subscription token (base64, as `loa token` writes it); "
+                        "read again when it changes")
     p.add_argument("--tls-cert", metavar="PATH",
                    help="serve --http over TLS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert")

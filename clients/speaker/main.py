@@ -142,14 +142,17 @@ async def serve(cfg: SpeakerConfig) -> int:
     if play_log:
         play_log.write({"event": "start", "t0": playout.timeline.t0, "rate_hz": RATE_HZ,
                         "channel": cfg.channel, "speaker": cfg.id})
+    tokens = cfg.token_source()
     client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
-                                       failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s)
+                                       failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s,
+                                       token=tokens.token if tokens is not None else b"")
     registry = CollectorRegistry()
     keys = cfg.keyring
     if keys is None:
         log.warning("verify_media is off: this speaker plays media nobody signed")
     gate = None if keys is None else MediaGate[tuple[RtpPacket, float]](cfg.channel, keys)
     speaker = Speaker(client, playout, latency_histogram(registry), gate)
+    speaker.tokens = tokens
     registry.register(SpeakerCollector(speaker, emergency))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)

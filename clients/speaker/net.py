@@ -27,6 +27,7 @@ from typing import Any, cast
 from prometheus_client import Histogram
 
 from common.config import Addr, ConfigError
+from device.trust import TokenFile
 from fanout import udp
 from wire import auth, packet, rtcp, subscribe
 from wire.packet import MalformedPacket, RtpPacket
@@ -59,6 +60,8 @@ class Speaker(asyncio.DatagramProtocol):
         self.latency = latency
         #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
         self.gate = gate
+        #: the token file, read again when it changes (None: no token)
+        self.tokens: TokenFile | None = None
         self.ssrc = packet.ssrc_for(client.channel)
         self.transport: asyncio.DatagramTransport | None = None
         self.last_media = time.monotonic()  # of the last packet played; the start until then
@@ -175,6 +178,9 @@ async def tick_forever(speaker: Speaker) -> None:
     while True:
         before = client.index
         speaker.expire()
+        if speaker.tokens is not None and (token := speaker.tokens.poll()) is not None:
+            log.info("a new subscription token: renewing the subscription")
+            speaker.send(client.set_token(token, time.monotonic()))
         speaker.send(client.tick(time.monotonic()))
         if client.index != before:
             log.warning("failing over to upstream %s:%d", *client.upstream)

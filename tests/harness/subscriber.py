@@ -15,10 +15,12 @@ from wire.subscribe import SubscribeClient
 class Subscriber(asyncio.DatagramProtocol):
     """A handshaking receiver (what a speaker does), collecting Opus payloads."""
 
-    def __init__(self, channel: str, upstreams: list[tuple[str, int]]) -> None:
-        self.client = SubscribeClient(identity="test-speaker", channel=channel,
-                                      upstreams=upstreams)
+    def __init__(self, channel: str, upstreams: list[tuple[str, int]], *,
+                 identity: str = "test-speaker", token: bytes = b"") -> None:
+        self.client = SubscribeClient(identity=identity, channel=channel,
+                                      upstreams=upstreams, token=token)
         self.payloads: list[bytes] = []
+        self.rejects: list[int] = []  # the reason of every REJECT received
         self.rtcp = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -34,6 +36,9 @@ class Subscriber(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         if subscribe.is_control(data):
+            msg = subscribe.parse(data)
+            if msg.type is subscribe.MsgType.REJECT:
+                self.rejects.append(msg.reason)
             self._send(self.client.handle(data, addr, time.monotonic()))
         elif is_rtcp(data):
             self.rtcp += 1
