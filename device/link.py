@@ -14,6 +14,7 @@ imports the server (``streamer``) beyond the contract (``messages.py``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
@@ -52,6 +53,7 @@ from wire.messages import (
     Status,
     Strict,
     Telemetry,
+    TokenGrant,
     command_args,
     correlation_id_of,
     device_topic,
@@ -117,7 +119,8 @@ class DeviceLink:
                  zone: str | None = None, telemetry_s: float = 10.0, keepalive_s: int = 30,
                  max_backoff_s: float = 30.0,
                  on_emergency: Callable[[EmergencyState], None] | None = None,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None,
+                 on_token: Callable[[bytes], None] | None = None) -> None:
         if device.kind not in KINDS:
             raise ValueError(f"kind {device.kind!r}")
         if zone is not None and not valid_zone_id(zone):
@@ -138,6 +141,7 @@ class DeviceLink:
                        for leaf in topics.publishes + topics.reads}
         subs = [self._topic[leaf] for leaf in topics.reads]
         self.on_emergency = on_emergency
+        self.on_token = on_token
         self._emergency_topics: set[str] = set()
         if topics.zones:
             subs += zone_cmd_topics(zone) if zone else []
@@ -249,10 +253,14 @@ class DeviceLink:
         """One message to this device: its config, a zone's emergency state, or a command
         (own or group)."""
         kind = ("config" if topic == self._topic.get("config") else
+                "token" if topic == self._topic.get("token") else
                 "emergency" if topic in self._emergency_topics else "cmd")
         self.metrics.messages.labels(kind).inc()
         if kind == "emergency":
             self._emergency(topic, payload)
+            return
+        if kind == "token":
+            self._token(topic, payload)
             return
         if kind == "config":
             if not payload:  # retained config cleared: nothing desired
@@ -270,6 +278,20 @@ class DeviceLink:
                 log.exception("applying the config failed")
             return
         await self._command(client, topic, payload)
+
+    def _token(self, topic: str, payload: bytes) -> None:
+        """A new subscription token: handed to the device, which renews its subscriptions."""
+        if not payload or self.on_token is None:
+            return
+        try:
+            grant = parse(TokenGrant, payload)
+        except BadPayload as e:
+            self._bad("token", e, topic)
+            return
+        try:
+            self.on_token(base64.b64decode(grant.token))
+        except Exception:
+            log.exception("token from %s not applied", topic)
 
     def _emergency(self, topic: str, payload: bytes) -> None:
         if not payload or self.on_emergency is None:  # a retained state being cleared

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from common.config import ConfigError
+from common.secretfile import write_private
 from wire.auth import BadKey, Keyring
 
 
@@ -46,11 +47,15 @@ class TokenKeys:
     token_file: str = ""
 
     def token_source(self) -> TokenFile | None:
+        """The token file (None: not configured). A file that does not exist yet is fine:
+        the device waits for its token (over MQTT, or someone writing the file)."""
         if not self.token_file:
             return None
         source = TokenFile(self.token_file)
         try:
             source.read()
+        except FileNotFoundError:
+            pass
         except (OSError, ValueError) as e:
             raise ConfigError("token_file", str(e)) from None
         return source
@@ -77,6 +82,12 @@ class TokenFile:
         self.token = token
         self._mtime = os.stat(self.path).st_mtime
         return token
+
+    def write(self, token: bytes) -> None:
+        """Keep ``token`` in the file (0600, replaced atomically) as the one in use."""
+        write_private(self.path, base64.b64encode(token).decode() + "\n")
+        self.token = token
+        self._mtime = os.stat(self.path).st_mtime
 
     def poll(self) -> bytes | None:
         """The new token if the file changed since it was last read (None otherwise, and

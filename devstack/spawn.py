@@ -151,7 +151,7 @@ async def start_streamer(args: argparse.Namespace, var: Path, servers: Servers,
             "--media-port", str(_port(info["media"]) if info else args.media_port),
             "--public-host", host, "--ingest-host", host, "--ingest-port", str(ingest),
             "--ptime-ms", str(args.ptime_ms), "--var-dir", str(var),
-            "--admin-credentials", str(credentials),
+            "--admin-credentials", str(credentials), "--require-tokens", "on",
             "--mqtt-url", servers.mqtt_url, "--mqtt-user", broker.STREAMER_USER,
             *(["--mqtt-password-file", str(servers.streamer_password), "--mqtt-broker-dir",
                str(servers.mqtt_dir)] if servers.streamer_password.exists() else []),
@@ -177,6 +177,8 @@ async def start_relay(args: argparse.Namespace, var: Path, servers: Servers, str
             "--upstream", str(streamer.info["media"]), "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), *mqtt_args("relay-1", servers.mqtt_url, secrets),
             "--stream-key", str(streamer.info["stream_key"]),
+            # speakers need a token; its own comes over MQTT and is kept in var/tokens
+            "--require-tokens", "on", "--token-file", str(var / "tokens" / "relay-1.token"),
         ]
 
     relay = Child("relay-1", RELAYS, GRACE_S[RELAYS],
@@ -204,6 +206,7 @@ async def start_speakers(args: argparse.Namespace, var: Path, servers: Servers,
                 "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
                 *mqtt_args(sid, servers.mqtt_url, secrets),
                 "--stream-key", str(streamer.info["stream_key"]),
+                "--token-file", str(var / "tokens" / f"{sid}.token"),
             ]
 
         child = Child(sid, SPEAKERS, GRACE_S[SPEAKERS],

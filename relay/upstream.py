@@ -219,6 +219,20 @@ class Upstream(asyncio.DatagramProtocol):
             log.exception("unexpected error on an upstream datagram from %s", addr)
             self._bad.inc()
 
+    def renew_token(self, token: bytes) -> None:
+        """A token from the control plane: kept in the token file (if any) and presented
+        upstream now, on every subscription."""
+        if self.token_source is not None:
+            self.token_source.write(token)
+        self._use_token(token)
+
+    def _use_token(self, token: bytes) -> None:
+        log.info("a new subscription token: renewing %d upstream subscriptions", len(self._subs))
+        self.token = token
+        now = self._clock()
+        for sub in self._subs.values():
+            self._send_all(sub.client.set_token(token, now))
+
     def _media(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
         """An RTP packet: on to the subscribers now, held for the LOAS of its batch."""
         if gate.hold(int.from_bytes(data[2:4], "big"), data, data, self._clock()):
@@ -300,11 +314,7 @@ class Upstream(asyncio.DatagramProtocol):
         """Retries, keepalives, failover, lingering BYEs; called every ``TICK_S``."""
         now = self._clock()
         if self.token_source is not None and (new := self.token_source.poll()) is not None:
-            log.info("a new subscription token: renewing %d upstream subscriptions",
-                     len(self._subs))
-            self.token = new
-            for sub in self._subs.values():
-                self._send_all(sub.client.set_token(new, now))
+            self._use_token(new)
         for ch, sub in list(self._subs.items()):
             if sub.gate is not None:
                 sub.gate.expire(now - HOLD_S)

@@ -39,6 +39,7 @@ from streamer.control.api import add_api_routes
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet
+from streamer.control.grants import TokenIssuer
 from streamer.control.live import studio_input
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
@@ -115,6 +116,9 @@ class StreamerConfig:
     #: relays (and speakers) subscribing here must present a token this streamer signed
     #: (``wire/token.py``, ``loa token``)
     require_tokens: bool = False
+    #: how long the tokens issued to registered devices over MQTT last, hours (renewed every
+    #: third of it; ``docs/operations.md``, "Subscription tokens")
+    token_lifetime_h: float = 24.0
     #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
     #: (``docs/operations.md``, "TLS")
     tls_cert: str = ""
@@ -138,6 +142,7 @@ class StreamerConfig:
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         check_range("mixer_workers", self.mixer_workers, 0, 256)
         check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
+        check_range("token_lifetime_h", self.token_lifetime_h, 0.01, 24 * 30)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
@@ -221,6 +226,10 @@ class Streamer:
             self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
                                      self.registry, tls_context=mqtt_tls)
             await self.plane.fleet.start()
+            self.plane.tokens = TokenIssuer(
+                self.state, self.plane.fleet, lambda: self.signing.key, self.registry,
+                lifetime_s=cfg.token_lifetime_h * 3600)
+            self.granting = asyncio.create_task(self.plane.tokens.run())
         await self.broadcasts.recover()
         self.plane.scheduler = await self._scheduler()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
@@ -312,6 +321,9 @@ class Streamer:
     async def close(self) -> None:
         self.scheduling.cancel()
         await self.plane.scheduler.close()
+        if self.plane.tokens is not None:
+            self.granting.cancel()
+            await self.plane.tokens.close()
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.process_watch.cancel()

@@ -44,6 +44,8 @@ def run(argv: list[str]) -> int:
                         "frame; docs/playout.md)")
     p.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
                    "this streamer signed (loa token)")
+    p.add_argument("--token-lifetime-h", type=float,
+                   help="lifetime of the tokens devices get over MQTT (default 24)")
     p.add_argument("--signing-key",
                    help="PEM file of the Ed25519 key that signs the media, created when missing "
                         "(default: <var-dir>/signing-key.pem; docs/operations.md)")

@@ -156,7 +156,7 @@ def test_acl_file_refuses_names_that_could_widen_it(tmp_path: Path) -> None:
     assert (tmp_path / "acl").read_text().splitlines()[1:] == [
         "", "user relay-1", "topic write loa/v1/relays/relay-1/status",
         "topic write loa/v1/relays/relay-1/telemetry", "topic write loa/v1/relays/relay-1/ack",
-        "topic read loa/v1/relays/relay-1/cmd"]
+        "topic read loa/v1/relays/relay-1/cmd", "topic read loa/v1/relays/relay-1/token"]
 
 
 def test_bad_mqtt_settings_stop_speaker_and_relay_at_start_naming_the_key(

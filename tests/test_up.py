@@ -6,6 +6,7 @@ without a traceback anywhere. Everything under ``var/`` is its user's alone (dir
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from clients.ctl import ApiError
 from tests.harness.audio import peak_hz
 from tests.harness.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range
 from tests.harness.wait import wait_for
+from wire import token
+from wire.auth import Keyring, SigningKey
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -192,6 +195,23 @@ def test_var_is_private_and_no_password_is_logged_or_on_a_command_line(up):
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(port=port).ping()
     assert redis.Redis(port=port, password=redis_password).ping()
+
+
+def test_every_device_got_its_own_token_over_mqtt_and_the_relay_requires_one(up):
+    """The streamer and the relay require subscription tokens in ``loa up``; each device got
+    its own over MQTT (kept 0600 in var/tokens), for its own channels, and they play."""
+    key = (up.var / "signing-key.pem").read_bytes()
+    keys = Keyring([SigningKey.from_pem(key).public])
+    devices = {"relay-1": "*", **{s.id: s.zone for s in up.speakers()}}
+    wait_for(lambda: all((up.var / "tokens" / f"{d}.token").exists() for d in devices), 20,
+             "every device's token file")
+    for device, channel in devices.items():
+        data = base64.b64decode((up.var / "tokens" / f"{device}.token").read_text())
+        probe = "any.channel" if channel == "*" else channel
+        t = token.check(keys, data, device, probe, time.time())
+        assert isinstance(t, token.Token), (device, t)
+        assert token.check(keys, data, "someone-else", probe, time.time()) == token.FORBIDDEN
+    assert_private(up.var)
 
 
 def test_ctrl_c_stops_every_child_in_under_3_s_without_a_traceback(up):

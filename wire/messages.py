@@ -55,8 +55,8 @@ class DeviceTopics:
 #: ``DeviceLink``) are all derived from it.
 DEVICE_TOPICS: dict[str, DeviceTopics] = {
     "speaker": DeviceTopics(publishes=("status", "telemetry", "ack", "played"),
-                            reads=("cmd", "config"), zones=True),
-    "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd",)),
+                            reads=("cmd", "config", "token"), zones=True),
+    "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd", "token")),
 }
 #: topic leaves some device publishes (``up``) and receives (``down``)
 UP_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf in t.publishes))
@@ -240,6 +240,14 @@ class DeviceConfig(Strict):
     volume: Volume | None = None
     muted: bool | None = None
     upstream: Annotated[list[HostPort], Field(min_length=1, max_length=16)] | None = None
+
+
+class TokenGrant(Strict):
+    """Retained on ``…/token``: the device's subscription token (``wire/token.py``) in base64,
+    and when it expires (Unix seconds). The streamer renews it well before then."""
+
+    token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$", max_length=1400)]
+    expires: Annotated[int, Field(ge=0)]
 
 
 class EmergencyState(Strict):

@@ -163,6 +163,13 @@ class Speaker(asyncio.DatagramProtocol):
         if self.playout.receive(pkt, capture_time) is Arrival.LATE and self.gate is not None:
             self.gate.dropped["reordered"] += 1
 
+    def renew_token(self, token: bytes) -> None:
+        """A token from the control plane: kept in the token file (if any, for the next start)
+        and presented upstream now."""
+        if self.tokens is not None:
+            self.tokens.write(token)
+        self.send(self.client.set_token(token, time.monotonic()))
+
     def expire(self) -> None:
         """Forget held packets whose play time has passed with no LOAS proving them."""
         if self.gate is not None:

@@ -47,6 +47,7 @@ from wire.messages import (
     Status,
     Strict,
     Telemetry,
+    TokenGrant,
     device_topic,
     encode,
     parse,
@@ -185,6 +186,12 @@ class Fleet:
         each reconnect)."""
         topic = device_topic("speaker", speaker_id, "config")
         await asyncio.wait_for(self._publish(topic, cfg, retain=True), timeout_s)
+
+    async def push_token(self, kind: str, device_id: str, grant: TokenGrant,
+                         timeout_s: float = 5.0) -> None:
+        """Retain ``grant`` as the device's subscription token (``control/grants.py``)."""
+        await asyncio.wait_for(self._publish(device_topic(kind, device_id, "token"), grant,
+                                             retain=True), timeout_s)
 
     async def publish_emergency(self, zone: str, state: EmergencyState,
                                 timeout_s: float = 5.0) -> None:

@@ -31,6 +31,7 @@ from wire.messages import EmergencyState
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .fleet import Fleet
+from .grants import TokenIssuer
 from .hashing import Hasher
 from .live import LiveInputs
 from .models import (
@@ -66,6 +67,8 @@ class Plane:
     devices: Devices
     recorder: FleetRecorder
     fleet: Fleet | None = None
+    #: issues devices their subscription tokens over MQTT (with ``fleet``)
+    tokens: TokenIssuer | None = None
     scheduler: Any = None
     now: Callable[[], float] = time.time
     zones: dict[str, Zone] = field(default_factory=dict)

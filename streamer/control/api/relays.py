@@ -45,6 +45,8 @@ async def create_relay(ctx: Ctx) -> Provisioned:
     await plane.state.relays.put(relay.id, relay)
     password = await plane.devices.set_password(relay.id)
     await plane.devices.sync_broker()
+    if plane.tokens is not None:
+        plane.tokens.soon(relay)
     await ctx.audit("create_relay", relay.id, [b.zone] if b.zone else [])
     return Provisioned(relay=relay, mqtt=Credentials(user=relay.id, password=password))
 

@@ -143,6 +143,8 @@ async def create_speaker(ctx: Ctx) -> Provisioned:
     await plane.state.speakers.put(speaker.id, speaker)
     password = await plane.devices.set_password(speaker.id)
     await plane.devices.sync_broker()
+    if plane.tokens is not None:
+        plane.tokens.soon(speaker)
     plane.recorder.place(speaker.id, speaker.zone)
     await ctx.audit("create_speaker", speaker.id, [speaker.zone])
     return Provisioned(speaker=speaker, mqtt=Credentials(user=speaker.id, password=password))
@@ -173,6 +175,8 @@ async def patch_speaker(ctx: Ctx) -> Speaker:
     if b.zone:
         plane.recorder.place(s.id, s.zone)
         await plane.devices.sync_broker()  # its zone commands follow it
+        if plane.tokens is not None:
+            plane.tokens.soon(s)  # and its token, for its new zone's channel
     if b.relays and plane.fleet is not None:
         await plane.fleet.push_config(s.id, DeviceConfig(upstream=b.relays))
     await ctx.audit("patch_speaker", s.id, zones, **changes)
