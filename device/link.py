@@ -120,7 +120,11 @@ class DeviceLink:
                  max_backoff_s: float = 30.0,
                  on_emergency: Callable[[EmergencyState], None] | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 on_token: Callable[[bytes], None] | None = None) -> None:
+                 on_token: Callable[[bytes], None] | None = None,
+                 password_file: str | None = None) -> None:
+        """``password_file``: read again at every connection, so that a device's password can
+        be changed (written to the file, then the new one set at the broker) without a
+        restart: the session goes on, and the next one uses the new password."""
         if device.kind not in KINDS:
             raise ValueError(f"kind {device.kind!r}")
         if zone is not None and not valid_zone_id(zone):
@@ -131,6 +135,7 @@ class DeviceLink:
         self.device_id = device_id
         self.user = user or device_id
         self._password = password
+        self._password_file = password_file
         self.zone = zone
         self.telemetry_s = telemetry_s
         self.keepalive_s = keepalive_s
@@ -198,8 +203,8 @@ class DeviceLink:
         will = aiomqtt.Will(self._topic["status"], encode(self._offline_will()), qos=1,
                             retain=True)
         cid = f"{self.device.kind}-{self.device_id}"  # one session per device: a twin kicks it
-        return mqtt_client(self.addr, self.user, self._password, cid, self.keepalive_s, will,
-                           tls_context=self.tls_context)
+        return mqtt_client(self.addr, self.user, self._current_password(), cid,
+                           self.keepalive_s, will, tls_context=self.tls_context)
 
     def _offline_will(self) -> Status:
         return self.device.status().model_copy(update={"state": "offline", "ts": None})
@@ -278,6 +283,15 @@ class DeviceLink:
                 log.exception("applying the config failed")
             return
         await self._command(client, topic, payload)
+
+    def _current_password(self) -> str:
+        if self._password_file:
+            try:
+                self._password = read_password_file(self._password_file)
+            except (OSError, ValueError) as e:  # the last good one, and say why
+                log.warning("MQTT password file %s unreadable (%s): using the previous one",
+                            self._password_file, e)
+        return self._password
 
     def _token(self, topic: str, payload: bytes) -> None:
         """A new subscription token: handed to the device, which renews its subscriptions."""

@@ -191,7 +191,8 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         link = DeviceLink(RelayDevice(fanout, upstream), url=m.url, device_id=cfg.id,
                           user=m.user, password=password, registry=registry,
                           telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s,
-                          tls_context=mqtt_tls, on_token=upstream.renew_token)
+                          tls_context=mqtt_tls, on_token=upstream.renew_token,
+                          password_file=m.password_file)
         link.start()
     try:
         await stop.wait()

@@ -650,3 +650,43 @@ async def test_relay_reports_status_and_telemetry_and_obeys_commands(
             relay.kill()
             await relay.wait()
     assert abs(peak_hz(playing) - 1000) < 5 and abs(level(playing) - TONE_DBFS) < 1.0
+
+
+async def test_a_device_password_changes_with_no_restart_and_no_gap(
+        mosquitto: Any, tone: ToneUpstream, tmp_path: Path) -> None:
+    """The device's password file gets the new password, the broker the new hash; the
+    session goes on, the next one (the broker restarts) logs in with the new password, the
+    old one is refused, and the speaker plays throughout."""
+    pw = start_broker(mosquitto, {"spk-a": KP1})
+    async with speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
+        async with fleet_on(mosquitto, pw) as (_, rec):
+            await until(lambda: rec.state("spk-a") == "online", 10, "online")
+        await until(lambda: len(a.samples()) > 4800 and level(a.samples()[-4800:]) > -30, 10,
+                    "the tone on the speaker")
+        t0 = time.time()
+        new = new_password()
+        (tmp_path / "spk-a.password").write_text(new + "\n")
+        mosquitto.set_accounts([
+            Account(STREAMER_USER, hash_password(pw[STREAMER_USER]), "service"),
+            Account("spk-a", hash_password(new), "speaker", KP1)])
+        mosquitto.stop()
+        restarted = time.time()
+        mosquitto.start()  # every session has to log in again
+        async with fleet_on(mosquitto, pw) as (_, rec):
+            await until(lambda: _online_since(rec, "spk-a", restarted), 20,
+                        "online again, logged in with the new password")
+        with pytest.raises(aiomqtt.MqttError):
+            async with client(mosquitto, "spk-a", pw["spk-a"]):
+                pass
+        t1 = time.time()
+        played = await a.wait_window(t0, t1)
+        blocks = played[: len(played) // 960 * 960].reshape(-1, 960)
+        levels = [round(level(b)) for b in blocks]
+        assert min(levels) > -30, levels  # the tone, with no gap
+
+
+def _online_since(rec: Any, device_id: str, since: float) -> bool:
+    """``device_id`` said it is online in a session begun after ``since`` (not the retained
+    status of an older one)."""
+    st = rec.status(device_id)
+    return st is not None and st.state == "online" and (st.ts or 0.0) > since

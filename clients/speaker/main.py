@@ -103,7 +103,7 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
                       registry=registry, zone=cfg.zone or None, telemetry_s=m.telemetry_s,
                       keepalive_s=m.keepalive_s,
                       on_emergency=lambda state: emergency.on_state(state, time.time()),
-                      on_token=speaker.renew_token,
+                      on_token=speaker.renew_token, password_file=m.password_file,
                       tls_context=tls_context)
 
 
