@@ -24,6 +24,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.flaky(reruns=REALTIME_RERUNS, reruns_delay=2))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No secret in any log the suite wrote (``tests/harness/logscan.py``): a find fails the
+    run, naming the file."""
+    from tests.harness.keys import TEST_KEY
+    from tests.harness.logscan import leaks
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    pem = TEST_KEY.to_pem().decode().splitlines()
+    found = sorted({(str(p), what) for p, what in leaks(
+        factory.getbasetemp(), [line for line in pem if not line.startswith("-----")])})
+    if found:
+        for path, what in found:
+            print(f"\nSECRET IN A LOG: {path}: {what}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 #: 2026-11-23 10:00 in Asia/Ho_Chi_Minh: outside the default quiet hours
 DAYTIME = 1795402800.0
 #: 2026-11-24 00:00 in Asia/Ho_Chi_Minh: inside the default quiet hours (22:00-05:00)
