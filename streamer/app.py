@@ -250,7 +250,8 @@ class Streamer:
         http_port = self.runner.addresses[0][1]
         self.frames = self.playout.submit(
             FrameLoop(self.clock, self.mixer, self.registry,
-                      lead_max_s=cfg.lead_max_ms / 1000 or None).run())
+                      lead_max_s=cfg.lead_max_ms / 1000 or None,
+                      after_frame=self.signing.sign_pending).run())
         self.http_url = f"{'https' if https else 'http'}://{cfg.public_host}:{http_port}"
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,

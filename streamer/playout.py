@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -65,9 +65,13 @@ class FrameLoop:
     exports how late each frame reached the socket, misses, skips and the lead."""
 
     def __init__(self, clock: FrameClock, mixer: Mixer, registry: CollectorRegistry,
-                 lead_max_s: float | None = None) -> None:
+                 lead_max_s: float | None = None,
+                 after_frame: Callable[[], None] = lambda: None) -> None:
+        """``after_frame``: work that must follow each frame's media but not delay it (the
+        signatures, ``streamer/signing.py``)."""
         self.clock = clock
         self.mixer = mixer
+        self.after_frame = after_frame
         most = clock.ptime_s if lead_max_s is None else lead_max_s
         self.lead = Lead(most, min_s=min(most, Lead.min_s))
         self.misses = Counter("loa_frame_deadline_misses_total",
@@ -108,6 +112,10 @@ class FrameLoop:
                 self.lag.set(max(0.0, late))
                 if clock.late(k, handed):
                     self.misses.inc()
+                try:
+                    self.after_frame()
+                except Exception:
+                    log.exception("after frame %d failed", k)
             self.skipped.inc(clock.skipped - skipped)
 
 

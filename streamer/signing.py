@@ -1,8 +1,11 @@
 """The streamer signs every channel's packets on their way to the fan-out (``wire/auth.py``).
 
 :class:`SigningSink` stands between the mixer and the fan-out endpoint: each block of packets
-goes out first, untouched, then each channel's packet is hashed into that channel's batch, and
-a batch that closes sends its ``LOAS`` on the channel at once. Channels start their batches
+goes out at once, untouched, and is kept; once the whole frame is out (``sign_pending``, which
+the frame loop calls after it has handed every programme's packets to the socket), each
+channel's packet is hashed into that channel's batch, and a batch that closes sends its
+``LOAS`` on the channel. So signing never holds a frame's media back, and the emergency's
+packets, sent first, are hashed first. Channels start their batches
 on different frames (the phase is their SSRC modulo the batch length), so that a thousand
 channels sign a few at a time, never all on one frame. It runs on the playout thread, like
 the mixer: per channel per frame one SHA-256 of ~100 bytes, per batch one Ed25519 signature
@@ -63,6 +66,7 @@ class SigningSink:
         self.frames = max(1, BATCH_MS // ptime_ms)  # 12 at 20 ms, 6 at 40, 4 at 60
         self._signers: dict[str, ChannelSigner] = {}
         self._next: SigningKey | None = None
+        self._pending: list[tuple[Sequence[str], np.ndarray]] = []
         self.signatures = Counter("loa_media_signatures_total",
                                   "LOAS packets signed (one per channel per batch)",
                                   registry=registry)
@@ -76,20 +80,25 @@ class SigningSink:
 
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
         self.fanout.publish_block(channels, block)
-        if block.shape[0] == 0 or block[0, 1] == PT_SR:
-            return  # sender reports are not media; LOAS only cover RTP
+        if block.shape[0] and block[0, 1] != PT_SR:  # sender reports are not media
+            self._pending.append((channels, block))  # the mixer made it for this call
+
+    def sign_pending(self) -> None:
+        """Hash and sign what the frame sent (call once its media is out)."""
         if self._next is not None:
             self._switch()
-        seq = int.from_bytes(block[0, 2:4].tobytes(), "big")
-        level = int(block[0, _PRIORITY_AT])
         signers, publish = self._signers, self.fanout.publish
-        for i, channel in enumerate(channels):
-            signer = signers.get(channel)
-            if signer is None:
-                signer = signers[channel] = self._signer(channel)
-            for loas in signer.add(block[i], seq, level):
-                publish(channel, loas)
-                self.signatures.inc()
+        for channels, block in self._pending:
+            seq = int.from_bytes(block[0, 2:4].tobytes(), "big")
+            level = int(block[0, _PRIORITY_AT])
+            for i, channel in enumerate(channels):
+                signer = signers.get(channel)
+                if signer is None:
+                    signer = signers[channel] = self._signer(channel)
+                for loas in signer.add(block[i], seq, level):
+                    publish(channel, loas)
+                    self.signatures.inc()
+        self._pending.clear()
 
     def _signer(self, channel: str) -> ChannelSigner:
         ssrc = ssrc_for(channel)
