@@ -7,7 +7,10 @@ SDP names the channel's first static destination; with them it names that addres
 must then be configured as a static destination for media to arrive). ``GET
 /listen/{channel}.ogg`` streams the channel's Opus packets as Ogg/Opus, unchanged. Listen-in
 runs off the fan-out path: the listener only enqueues, and a client that cannot keep up is
-dropped rather than buffered without bound. Errors are JSON naming the offending field.
+dropped rather than buffered without bound. Who may listen is the process's to say
+(``may_listen``): a relay serves holders of a listen token the streamer signed
+(:func:`listen_tokens`), the streamer also signed-in users and public channels. Errors are
+JSON naming the offending field.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import ipaddress
 import logging
 import random
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wire import token
+from wire.auth import Keyring
 from wire.ogg import OggOpusWriter
 from wire.packet import MalformedPacket, is_rtcp, opus_samples
 from wire.packet import parse as parse_rtp
@@ -68,6 +75,23 @@ class _ListenQueue:
             self.overflowed = True
 
 
+#: ``may_listen(request, channel)``: why a listen-in request is refused, or None
+ListenCheck = Callable[[web.Request, str], Awaitable[str | None]]
+
+
+def listen_tokens(keys: Keyring, wall: Callable[[], float] = time.time) -> ListenCheck:
+    """Listen-in for holders of a listen token (``?token=``, ``wire/token.py``) signed by
+    ``keys``: what a relay asks, and the streamer of anyone not signed in."""
+    async def may_listen(request: web.Request, channel: str) -> str | None:
+        data = token.from_url(request.query.get("token", ""))
+        if not data:
+            return ("listen-in needs a listen token: ?token= from POST /api/v1/listen on the "
+                    "streamer")
+        verdict = token.check_listen(keys, data, channel, wall())
+        return f"listen token refused: {verdict}" if isinstance(verdict, str) else None
+    return may_listen
+
+
 def add_media_routes(
     app: web.Application,
     fanout: FanoutEndpoint,
@@ -76,6 +100,7 @@ def add_media_routes(
     public_host: str,
     health: Any = None,
     ready: Any = None,
+    may_listen: ListenCheck | None = None,
 ) -> None:
     """Add ``/channels/{id}.sdp``, ``/listen/{channel}.ogg``, ``/healthz``, ``/readyz`` and
     ``/metrics``.
@@ -84,9 +109,11 @@ def add_media_routes(
     an optional coroutine function returning ``{"checks": {"redis": True, …}, …}``: ``/readyz``
     answers 503 while any check is false (a load balancer then sends no one here); its other
     fields (the streamer's ``degraded``, ``pending_writes``) are added to the answer as they are.
+    ``may_listen(request, channel)`` says why a listen-in request is refused (401), or None
+    to serve it; without it listen-in is open.
     """
     routes = MediaRoutes(fanout, ptime_ms=ptime_ms, public_host=public_host, health=health,
-                         ready=ready)
+                         ready=ready, may_listen=may_listen)
     app.router.add_get("/channels/{id}.sdp", routes.sdp)
     app.router.add_get("/listen/{channel}.ogg", routes.listen)
     app.router.add_get("/healthz", routes.healthz)
@@ -98,8 +125,10 @@ class MediaRoutes:
     """The handlers of :func:`add_media_routes`, over one fan-out endpoint."""
 
     def __init__(self, fanout: FanoutEndpoint, *, ptime_ms: int, public_host: str,
-                 health: Any = None, ready: Any = None) -> None:
+                 health: Any = None, ready: Any = None,
+                 may_listen: ListenCheck | None = None) -> None:
         self.fanout = fanout
+        self.may_listen = may_listen
         self.ptime_ms = ptime_ms
         self.public_host = public_host
         self.health = health
@@ -144,6 +173,8 @@ class MediaRoutes:
         channel = request.match_info["channel"]
         if not fanout.channel_known(channel):
             return _error(404, f"unknown channel {channel!r}", "channel")
+        if self.may_listen is not None and (why := await self.may_listen(request, channel)):
+            return _error(401, why, "token")
         if self.listeners >= MAX_LISTENERS:
             return _error(503, "too many listen-in clients", "channel")
         resp = web.StreamResponse(headers={

@@ -36,7 +36,7 @@ from common.tls import check_pair, server_context
 from device.link import DeviceLink, DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys
 from fanout.endpoint import FanoutEndpoint
-from fanout.http import add_media_routes
+from fanout.http import add_media_routes, listen_tokens
 from wire.auth import Keyring
 from wire.packet import ssrc_for
 
@@ -174,7 +174,8 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
     app = add_security_headers(web.Application(), hsts=https is not None)
     add_media_routes(app, fanout, ptime_ms=cfg.ptime_ms,
                      public_host=cfg.public_host or _public_host(media[0]),
-                     health=lambda: {"id": cfg.id, "upstream": upstream.subscribed()})
+                     health=lambda: {"id": cfg.id, "upstream": upstream.subscribed()},
+                     may_listen=None if keys is None else listen_tokens(keys))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.http[0], cfg.http[1], ssl_context=https)

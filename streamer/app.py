@@ -36,6 +36,7 @@ from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from streamer.control.api import add_api_routes
+from streamer.control.api.listen import streamer_may_listen
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet
@@ -185,6 +186,8 @@ class Streamer:
         #: the keys subscribers' tokens may be signed with: this one, and the next after a
         #: rotation (tokens signed before it stay good until they expire)
         self.token_keys = Keyring([key.public]) if cfg.require_tokens else None
+        #: the keys listen tokens may be signed with (grows on a rotation, like token_keys)
+        self.listen_keys = Keyring([key.public])
         self.fanout = FanoutEndpoint(
             channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
             registry=self.registry, process="streamer", ptime_ms=cfg.ptime_ms,
@@ -221,6 +224,7 @@ class Streamer:
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
+        self.plane.listen_key = lambda: self.signing.key
         await self.plane.load()
         if cfg.mqtt_url:
             self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
@@ -243,7 +247,8 @@ class Streamer:
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
                                          "programs": len(self.mixer.programs)},
-                         ready=self._ready)
+                         ready=self._ready,
+                         may_listen=streamer_may_listen(self.plane, self.listen_keys))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, cfg.http_host, cfg.http_port, ssl_context=https).start()
@@ -311,6 +316,7 @@ class Streamer:
         if key.id != self.signing.key.id:
             if self.token_keys is not None:
                 self.token_keys.add(key.public)
+            self.listen_keys.add(key.public)
             self.signing.rotate(key)
 
     async def _close_media(self) -> None:

@@ -20,7 +20,7 @@ from multidict import CIMultiDictProxy
 
 from loadtest.children import stop_process
 from tests.harness.browser import by_testid, chromium_page, connect_microphone, sign_in
-from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.keys import STREAM_KEY_ARGS, listen_query
 from tests.harness.speaker import speaker_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,8 @@ async def test_streamer_responses_carry_the_security_headers(streamer) -> None:
 
 
 async def test_listen_in_may_be_played_by_a_page_on_another_origin(streamer) -> None:
-    status, ctype, headers = await head_of(f"{streamer.http_url}/listen/{ZONE}.ogg")
+    url = f"{streamer.http_url}/listen/{ZONE}.ogg{listen_query(ZONE)}"
+    status, ctype, headers = await head_of(url)
     assert (status, ctype) == (200, "audio/ogg")
     assert_secured(headers, **{"Cross-Origin-Resource-Policy": "cross-origin"})
 
@@ -112,7 +113,7 @@ async def test_relay_responses_carry_the_security_headers(relay_http: str) -> No
         got = await head_of(relay_http + path)
         assert got[0] == status, path
         assert_secured(got[2])
-    status, ctype, headers = await head_of(f"{relay_http}/listen/{ZONE}.ogg")
+    status, ctype, headers = await head_of(f"{relay_http}/listen/{ZONE}.ogg{listen_query(ZONE)}")
     assert (status, ctype) == (200, "audio/ogg")
     assert_secured(headers, **{"Cross-Origin-Resource-Policy": "cross-origin"})
 

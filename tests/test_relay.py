@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import DestinationTable, FanoutEndpoint
 from tests.harness.audio import peak_hz
-from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, with_stream_key
+from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, listen_query, with_stream_key
 from tests.harness.subscriber import Subscriber
 from wire import rtcp, subscribe
 from wire.auth import ChannelSigner
@@ -290,7 +290,8 @@ async def test_listen_in_ogg_decodes_with_ffmpeg(upstream, start_relay, tmp_path
     relay = await start_relay("--upstream", f"127.0.0.1:{upstream.addr[1]}")
     out = tmp_path / "listen.wav"
     ff = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-nostdin", "-loglevel", "error", "-i", f"{relay.http}/listen/{CHANNEL}.ogg",
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-i",
+        f"{relay.http}/listen/{CHANNEL}.ogg{listen_query(CHANNEL)}",
         "-t", "2", "-y", str(out),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )

@@ -24,7 +24,7 @@ from common.config import ConfigError
 from device.edge import mqtt_tls_context, parse_mqtt_url
 from loadtest.children import stop_process
 from tests.harness.broker import TlsMosquitto, fleet_on, start_broker
-from tests.harness.keys import STREAM_KEY_ARGS, with_stream_key
+from tests.harness.keys import STREAM_KEY_ARGS, listen_query, with_stream_key
 from tests.harness.speaker import speaker_process
 from tests.harness.tls import Pki, make_pki
 from tests.harness.upstream import ToneUpstream, serving
@@ -179,7 +179,7 @@ async def test_relay_with_the_wrong_ca_stays_off_the_broker_and_keeps_relaying(
         await until(refused, 15, "the relay logging why it cannot connect")
         # the media path does not care: the listen-in streams the upstream's tone
         async with aiohttp.ClientSession() as http, \
-                http.get(f"{info['http']}/listen/{ZONE}.ogg") as r:
+                http.get(f"{info['http']}/listen/{ZONE}.ogg{listen_query(ZONE)}") as r:
             assert r.status == 200
             got = b""
             while len(got) < 4096:

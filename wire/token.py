@@ -13,6 +13,8 @@ Pure code: callers pass ``now`` (Unix seconds).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ MAX_NAME = 128
 SKEW_S = 300
 #: why a token is refused (the REJECT reason, and ``loa_fanout_handshakes_total`` outcome)
 BAD, EXPIRED, FORBIDDEN = "bad_token", "expired_token", "forbidden"
+#: the identity of a listen-in token starts so: ``GET /listen/{channel}.ogg?token=``
+LISTEN_PREFIX = "listen:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,31 @@ def parse(data: bytes) -> Token:
     if count < 1 or len(names) != count + 1:
         raise MalformedPacket("token channel count")
     return Token(kid, issued, expires, names[0], tuple(names[1:]), bytes(data[end:]))
+
+
+def to_url(data: bytes) -> str:
+    """A token as a URL query value (base64url, no padding)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def from_url(text: str) -> bytes:
+    """The token of a URL query value; ``b""`` for one that is not base64url."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def check_listen(keys: Keyring, data: bytes, channel: str, now: float) -> Token | str:
+    """The token, if ``data`` is a listen-in token (identity ``listen:…``) the pinned keys
+    signed, allowing ``channel``, valid at ``now``; otherwise why not."""
+    try:
+        identity = parse(data).identity
+    except MalformedPacket:
+        return BAD
+    if not identity.startswith(LISTEN_PREFIX):
+        return FORBIDDEN
+    return check(keys, data, identity, channel, now)
 
 
 def check(keys: Keyring, data: bytes, identity: str, channel: str, now: float) -> Token | str:

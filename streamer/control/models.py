@@ -60,6 +60,8 @@ class Zone(Record):
     quiet_hours: Annotated[str, StringConstraints(pattern=QUIET_RE)] | None = None
     #: non-emergency broadcasts and schedules here (or below) wait for an approver
     requires_approval: bool = False
+    #: anyone may listen in to the channels here (or below), signed in or not
+    public_listen: bool = False
     #: a zone that may receive test and exercise alerts (CAP status Test/Exercise)
     test: bool = False
     #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes

@@ -25,6 +25,7 @@ from common.secretfile import write_private
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
 from streamer.zones import ZoneTree
+from wire.auth import SigningKey
 from wire.ids import ancestors
 from wire.messages import EmergencyState
 
@@ -67,6 +68,8 @@ class Plane:
     devices: Devices
     recorder: FleetRecorder
     fleet: Fleet | None = None
+    #: the key listen-in tokens are signed with (the streamer's signing key now)
+    listen_key: Callable[[], SigningKey] | None = None
     #: issues devices their subscription tokens over MQTT (with ``fleet``)
     tokens: TokenIssuer | None = None
     scheduler: Any = None
@@ -192,6 +195,10 @@ class Plane:
         ancestor's, else the default 22:00-05:00."""
         q = self._inherited(zone_id, "quiet_hours")
         return DEFAULT_QUIET_HOURS if q is None else str(q)
+
+    def listen_public(self, channel: str) -> bool:
+        """Anyone may listen in to ``channel``: its zone or an ancestor is ``public_listen``."""
+        return any(self.zones[a].public_listen for a in ancestors(channel) if a in self.zones)
 
     def requires_approval(self, zones: list[str]) -> bool:
         return any(self.zones[a].requires_approval

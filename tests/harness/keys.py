@@ -4,8 +4,10 @@ test's media is signed and verified as in the field."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from wire import token
 from wire.auth import SigningKey
 
 TEST_KEY = SigningKey.generate()
@@ -18,6 +20,13 @@ def write_test_key(path: Path) -> str:
     path.write_bytes(TEST_KEY.to_pem())
     path.chmod(0o600)
     return str(path)
+
+
+def listen_query(channel: str) -> str:
+    """``?token=…``: a listen-in token for ``channel`` signed with the session's key, as
+    ``POST /api/v1/listen`` gives one."""
+    data = token.issue(TEST_KEY, token.LISTEN_PREFIX + "test", [channel], time.time(), 600)
+    return "?token=" + token.to_url(data)
 
 
 def with_stream_key(args: tuple[str, ...] | list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     cap,
     clips,
     inputs,
+    listen,
     relays,
     reports,
     schedules,

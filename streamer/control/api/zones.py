@@ -31,6 +31,8 @@ class ZonePatch(Patch):
     inherit_quiet_hours: bool = Field(False, description="drop this zone's own quiet hours")
     requires_approval: bool = left_out()
     test: bool = left_out()
+    public_listen: bool = left_out(description="anyone may listen in to the channels here "
+                                   "(or below), without signing in")
 
 
 class Channel(BaseModel):
