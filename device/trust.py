@@ -12,7 +12,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from common.config import ConfigError
 from common.secretfile import write_private
@@ -100,3 +103,23 @@ class TokenFile:
         except (OSError, ValueError):
             return None
         return token if token != before else None
+
+
+def auth_metrics(enabled: bool, dropped: Mapping[str, int], loas: Mapping[str, int],
+                 what: str) -> Iterable[Metric]:
+    """``loa_media_auth_*`` (``docs/metrics.md``, "Signed media") from a receiver's gate
+    counters, at scrape time; ``what`` says what verification guards on this kind of device."""
+    yield GaugeMetricFamily("loa_media_auth_enabled", f"1 when {what} (verify_media)",
+                            value=float(enabled))
+    if not enabled:
+        return
+    drops = CounterMetricFamily("loa_media_auth_dropped",
+                                "Media packets never proven, by reason", labels=["reason"])
+    for reason, n in dropped.items():
+        drops.add_metric([reason], n)
+    yield drops
+    outcomes = CounterMetricFamily("loa_media_auth_loas", "LOAS signature packets, by outcome",
+                                   labels=["outcome"])
+    for outcome, n in loas.items():
+        outcomes.add_metric([outcome], n)
+    yield outcomes

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from common.config import Addr, ConfigError, Static, load
@@ -34,7 +34,7 @@ from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
 from device.link import DeviceLink, DeviceMqttKeys
-from device.trust import StreamTrustKeys, TokenKeys
+from device.trust import StreamTrustKeys, TokenKeys, auth_metrics
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes, listen_tokens
 from wire.auth import Keyring
@@ -224,19 +224,8 @@ class AuthCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         u = self.upstream
-        yield GaugeMetricFamily("loa_media_auth_enabled",
-                                "1 when only LOAS that verify are forwarded (verify_media)",
-                                value=float(u.keys is not None))
-        dropped = CounterMetricFamily("loa_media_auth_dropped",
-                                      "Media packets never proven, by reason", labels=["reason"])
-        for reason, n in u.auth_dropped.items():
-            dropped.add_metric([reason], n)
-        yield dropped
-        loas = CounterMetricFamily("loa_media_auth_loas", "LOAS signature packets, by outcome",
-                                   labels=["outcome"])
-        for outcome, n in u.auth_loas.items():
-            loas.add_metric([outcome], n)
-        yield loas
+        return auth_metrics(u.keys is not None, u.auth_dropped, u.auth_loas,
+                            "only LOAS that verify are forwarded")
 
 
 def _fmt(addr: Any) -> str:

@@ -224,7 +224,7 @@ class Streamer:
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
-        self.plane.listen_key = lambda: self.signing.key
+        self.plane.signing_key = lambda: self.signing.key
         await self.plane.load()
         if cfg.mqtt_url:
             self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,

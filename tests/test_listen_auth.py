@@ -79,3 +79,10 @@ async def test_a_relay_serves_listen_in_to_holders_of_a_streamer_listen_token(
         expired = url_token("listen:x", KP1, time.time() - 7200, 3600)
         assert (await listen(f"{base}?token={expired}"))[1]["error"] == (
             "listen token refused: expired_token")
+
+
+async def test_registering_a_device_gives_the_key_it_must_pin(streamer) -> None:
+    for kind, body in (("speakers", {"id": "spk-pin", "zone": KP1}), ("relays", {"id": "r-pin"})):
+        status, got = await call(streamer, "POST", f"/api/v1/{kind}", json=body)
+        assert status == 201, got
+        assert got["stream_keys"] == [TEST_KEY.public_text]  # the fixture signs with it

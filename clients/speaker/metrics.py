@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from common.config import Addr
 from common.httpsec import add_security_headers
+from device.trust import auth_metrics
 from wire import subscribe
 from wire.auth import MediaGate
 
@@ -84,21 +85,10 @@ class SpeakerCollector(Collector):
 
 def gate_metrics(gate: MediaGate[Any] | None) -> Iterable[Metric]:
     """What a receiver's gate counted (the speaker's; ``docs/metrics.md``, "Signed media")."""
-    yield GaugeMetricFamily("loa_media_auth_enabled",
-                            "1 when only media the streamer signed plays (verify_media)",
-                            value=float(gate is not None))
     if gate is None:
+        yield from auth_metrics(False, {}, {}, "only media the streamer signed plays")
         return
-    dropped = CounterMetricFamily("loa_media_auth_dropped",
-                                  "Media packets never played, by reason", labels=["reason"])
-    for reason, n in gate.dropped.items():
-        dropped.add_metric([reason], n)
-    yield dropped
-    loas = CounterMetricFamily("loa_media_auth_loas", "LOAS signature packets, by outcome",
-                               labels=["outcome"])
-    for outcome, n in gate.loas.items():
-        loas.add_metric([outcome], n)
-    yield loas
+    yield from auth_metrics(True, gate.dropped, gate.loas, "only media the streamer signed plays")
     yield GaugeMetricFamily("loa_media_auth_held_packets",
                             "Packets waiting for the LOAS of their batch", value=len(gate))
 

@@ -68,8 +68,12 @@ class Plane:
     devices: Devices
     recorder: FleetRecorder
     fleet: Fleet | None = None
-    #: the key listen-in tokens are signed with (the streamer's signing key now)
-    listen_key: Callable[[], SigningKey] | None = None
+    #: the streamer's signing key now (it signs listen-in tokens; devices pin its public key)
+    signing_key: Callable[[], SigningKey] | None = None
+
+    def stream_keys(self) -> list[str]:
+        """The public keys a device must pin (``stream_keys``), as registration returns them."""
+        return [] if self.signing_key is None else [self.signing_key().public_text]
     #: issues devices their subscription tokens over MQTT (with ``fleet``)
     tokens: TokenIssuer | None = None
     scheduler: Any = None

@@ -55,10 +55,10 @@ async def listen_token(ctx: Ctx) -> ListenOut:
                            "zone public_listen", "Authorization", {"WWW-Authenticate": "Bearer"})
         ctx.require(auth.VIEW, [channel], "listen in")
         who = ctx.me.name
-    if plane.listen_key is None:
+    if plane.signing_key is None:
         raise ApiError(503, "this streamer signs no listen tokens", "channel")
     now = time.time()
-    data = issue(plane.listen_key(), LISTEN_PREFIX + who, [channel], now, LIFETIME_S)
+    data = issue(plane.signing_key(), LISTEN_PREFIX + who, [channel], now, LIFETIME_S)
     return ListenOut(channel=channel, token=to_url(data), expires=int(now + LIFETIME_S),
                      path=f"/listen/{channel}.ogg?token={to_url(data)}")
 

@@ -48,7 +48,8 @@ async def create_relay(ctx: Ctx) -> Provisioned:
     if plane.tokens is not None:
         plane.tokens.soon(relay)
     await ctx.audit("create_relay", relay.id, [b.zone] if b.zone else [])
-    return Provisioned(relay=relay, mqtt=Credentials(user=relay.id, password=password))
+    return Provisioned(relay=relay, mqtt=Credentials(user=relay.id, password=password),
+                       stream_keys=plane.stream_keys())
 
 
 async def _relay(ctx: Ctx) -> Relay:

@@ -49,6 +49,9 @@ class Provisioned(BaseModel):
     speaker: Speaker | None = None
     relay: Relay | None = None
     mqtt: Credentials
+    stream_keys: list[str] = Field(default_factory=list, description="the streamer's public "
+                                   "keys: the device pins them (stream_keys) and plays nothing "
+                                   "else's media")
 
 
 class SpeakerList(BaseModel):
@@ -147,7 +150,8 @@ async def create_speaker(ctx: Ctx) -> Provisioned:
         plane.tokens.soon(speaker)
     plane.recorder.place(speaker.id, speaker.zone)
     await ctx.audit("create_speaker", speaker.id, [speaker.zone])
-    return Provisioned(speaker=speaker, mqtt=Credentials(user=speaker.id, password=password))
+    return Provisioned(speaker=speaker, mqtt=Credentials(user=speaker.id, password=password),
+                       stream_keys=plane.stream_keys())
 
 
 @API.route("GET", "/api/v1/speakers/{id}", summary="One speaker", tag="speakers",
