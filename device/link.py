@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 from prometheus_client import CollectorRegistry
@@ -64,6 +64,7 @@ from wire.messages import (
 )
 
 log = logging.getLogger("loa.mqtt")
+M = TypeVar("M", bound=Strict)
 
 try:
     VERSION = metadata.version("loa")  # what a device reports in its status
@@ -295,30 +296,30 @@ class DeviceLink:
 
     def _token(self, topic: str, payload: bytes) -> None:
         """A new subscription token: handed to the device, which renews its subscriptions."""
-        if not payload or self.on_token is None:
-            return
-        try:
-            grant = parse(TokenGrant, payload)
-        except BadPayload as e:
-            self._bad("token", e, topic)
-            return
-        try:
-            self.on_token(base64.b64decode(grant.token))
-        except Exception:
-            log.exception("token from %s not applied", topic)
+        on_token = self.on_token
+        if on_token is not None:
+            self._retained("token", TokenGrant, topic, payload,
+                           lambda grant: on_token(base64.b64decode(grant.token)))
 
     def _emergency(self, topic: str, payload: bytes) -> None:
-        if not payload or self.on_emergency is None:  # a retained state being cleared
+        if self.on_emergency is not None:
+            self._retained("emergency", EmergencyState, topic, payload, self.on_emergency)
+
+    def _retained(self, kind: str, model: type[M], topic: str, payload: bytes,
+                  apply: Callable[[M], None]) -> None:
+        """A retained message handed to ``apply``: a bad one dropped and counted, a failure
+        to apply it logged. An empty payload is a retained message being cleared."""
+        if not payload:
             return
         try:
-            state = parse(EmergencyState, payload)
+            message = parse(model, payload)
         except BadPayload as e:
-            self._bad("emergency", e, topic)
+            self._bad(kind, e, topic)
             return
         try:
-            self.on_emergency(state)
+            apply(message)
         except Exception:
-            log.exception("emergency state from %s not applied", topic)
+            log.exception("%s from %s not applied", kind, topic)
 
     async def _command(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         command: Command | None = None
