@@ -66,8 +66,8 @@ HOSTILE_CHARS = ("\r", "\n", "\r\n", "\x00", "\t", " ", "\x0b", "\x0c", "\x1c", 
 
 class Fuzz:
     """Choices read from one byte string, as libFuzzer's FuzzedDataProvider does: hypothesis
-    draws a single ``bytes`` value (the cheapest thing it draws, and it shrinks well) and the
-    check builds valid-looking messages from it. Past the end every read is 0."""
+    draws bytes (see :func:`fuzz_bytes`) and a target builds valid-looking messages from them,
+    so that one cheap draw gives a structured input. Past the end every read is 0."""
 
     __slots__ = ("data", "pos")
 
