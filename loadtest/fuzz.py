@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import json
 import logging
 import math
@@ -842,22 +843,34 @@ TARGETS: dict[str, Target] = {
 
 class Ran(NamedTuple):
     inputs: int
-    #: the most CPU time any one input took: a hang shows here (CPU, not wall time: on a
-    #: shared machine a process at nice 19 waits for the CPU for up to seconds)
+    #: the most CPU time any one input took, garbage collections left out: a hang shows
+    #: here (CPU, not wall time: on a shared machine a process at nice 19 waits for the CPU)
     slowest_s: float
+    #: the longest garbage collection during a check: it walks hypothesis's memory of the
+    #: run as well, so it grows with the chunk, whatever the parser
+    longest_gc_s: float
 
 
 def run(target: Target, examples: int, *, seed_value: int | None = None) -> Ran:
     """Feed ``examples`` inputs to ``target`` (its regressions first). Deterministic unless
     ``seed_value`` is given (the long run's chunks, each with its own seed)."""
-    count, slowest = 0, 0.0
+    count, slowest, gc_s, longest_gc = 0, 0.0, 0.0, 0.0
+    gc_started = 0.0
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        nonlocal gc_started, gc_s, longest_gc
+        if phase == "start":
+            gc_started = time.process_time()
+        else:
+            pause = time.process_time() - gc_started
+            gc_s, longest_gc = gc_s + pause, max(longest_gc, pause)
 
     def counted(value: Any) -> None:
         nonlocal count, slowest
         count += 1
-        t = time.process_time()
+        t, gc_before = time.process_time(), gc_s
         target.check(value)
-        slowest = max(slowest, time.process_time() - t)
+        slowest = max(slowest, time.process_time() - t - (gc_s - gc_before))
 
     test = given(target.strategy)(counted)
     for value in target.regressions:
@@ -869,8 +882,12 @@ def run(target: Target, examples: int, *, seed_value: int | None = None) -> Ran:
     )(test)
     if seed_value is not None:
         test = seed(seed_value)(test)
-    test()
-    return Ran(count, slowest)
+    gc.callbacks.append(on_gc)
+    try:
+        test()
+    finally:
+        gc.callbacks.remove(on_gc)
+    return Ran(count, slowest, longest_gc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -885,15 +902,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the first chunk")
     args = ap.parse_args(argv)
     for name in args.target or list(TARGETS):
-        target, done, chunk, slowest, started = TARGETS[name], 0, 0, 0.0, time.monotonic()
+        target, done, chunk, started = TARGETS[name], 0, 0, time.monotonic()
+        slowest = longest_gc = 0.0
         while done < args.examples:
             ran = run(target, min(args.chunk, args.examples - done), seed_value=args.seed + chunk)
-            done, chunk, slowest = done + ran.inputs, chunk + 1, max(slowest, ran.slowest_s)
+            done, chunk = done + ran.inputs, chunk + 1
+            slowest, longest_gc = max(slowest, ran.slowest_s), max(longest_gc, ran.longest_gc_s)
             print(f"  {name}: {done} inputs, {time.monotonic() - started:.0f} s", file=sys.stderr,
                   flush=True)
         print(f"{name}: {done} inputs, seeds {args.seed}..{args.seed + chunk - 1}, "
-              f"{time.monotonic() - started:.0f} s, slowest input {slowest * 1000:.1f} ms CPU, "
-              "no failure", flush=True)
+              f"{time.monotonic() - started:.0f} s, slowest input {slowest * 1000:.1f} ms CPU "
+              f"(longest garbage collection {longest_gc * 1000:.0f} ms), no failure", flush=True)
     return 0
 
 
