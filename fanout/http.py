@@ -164,8 +164,11 @@ class MediaRoutes:
                     "channel",
                 )
             host, port = statics[0]
-        text = channel_sdp(channel, host, port, ptime_ms=self.ptime_ms, origin=self.public_host,
-                           session_name=f"Loa {channel}")
+        try:
+            text = channel_sdp(channel, host, port, ptime_ms=self.ptime_ms,
+                               origin=self.public_host, session_name=f"Loa {channel}")
+        except ValueError as e:  # e.g. an IPv6 scope that is not one SDP field
+            return _error(400, str(e), "addr")
         return web.Response(text=text, content_type="application/sdp")
 
     async def listen(self, request: web.Request) -> web.StreamResponse:

@@ -314,6 +314,11 @@ def test_bad_references_are_named(references, field, words):
     (MINIMAL.replace(' xmlns="urn:oasis:names:tc:emergency:cap:1.2"', "").encode(),
      "got 'alert'"),
     (b'<feed xmlns="urn:oasis:names:tc:emergency:cap:1.2"/>', "root element must be <alert>"),
+    # found by loadtest/fuzz.py: expat asks Python for the declared encoding, whose errors
+    # escaped as LookupError or ValueError (a 500 from the API)
+    (b'<?xml version="1.0" encoding="bogus-8"?><alert/>', "unsupported encoding"),
+    (b'<?xml version="1.0" encoding="rot13"?><alert/>', "unsupported encoding"),
+    (b'<?xml version="1.0" encoding="utf-32"?><alert/>', "unsupported encoding"),
 ])
 def test_malformed_xml_and_wrong_namespace_are_refused(data, words):
     err = refused(data)

@@ -48,6 +48,7 @@ from tests.harness.wait import until
 from tests.harness.zones import AP_TAY, KP1, KP2
 from wire.messages import (
     Ack,
+    BadPayload,
     Command,
     Played,
     RelayTelemetry,
@@ -422,6 +423,20 @@ async def test_test_tone_plays_on_the_horn_and_set_upstream_moves_the_speaker(
 
 
 # --------------------------------------------------------------------------- bad payloads
+
+
+def test_a_payload_that_could_not_be_encoded_again_is_refused() -> None:
+    """Found by loadtest/fuzz.py: a JSON escape of a lone surrogate inside a free-form field
+    (an ack's ``state``) was accepted, and encoding the message again raised."""
+    lone = b'{"id": "c-1", "ok": true, "state": {"v": "\\ud800"}}'
+    with pytest.raises(BadPayload) as e:
+        parse(Ack, lone)
+    assert e.value.reason == "invalid_json" and "surrogate" in e.value.message
+    with pytest.raises(BadPayload) as e:
+        parse(Ack, '{"id": "c-1", "ok": true, "state": {"\udfff": 1}}')
+    assert e.value.reason == "not_utf8"
+    pair = parse(Ack, b'{"id": "c-1", "ok": true, "state": {"v": "\\ud83d\\udca9"}}')
+    assert parse(Ack, encode(pair)).state == {"v": "\U0001f4a9"}
 
 
 async def test_malformed_reports_are_dropped_counted_and_the_fleet_goes_on(

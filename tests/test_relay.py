@@ -319,6 +319,9 @@ async def test_listen_in_unknown_channel_is_json_404(start_relay) -> None:
     relay = await start_relay("--upstream", "127.0.0.1:9")
     status, body = await fetch(relay.http + "/channels/x.sdp?addr=nope&port=5")
     assert status == 400 and json.loads(body)["field"] == "addr"
+    # an IPv6 scope is any text to ipaddress: not a line break into the SDP
+    status, body = await fetch(relay.http + "/channels/x.sdp?addr=fe80::1%25x%0D%0Aa=x&port=5")
+    assert status == 400 and json.loads(body)["field"] == "addr"
     status, body = await fetch(relay.http + "/channels/x.sdp")
     assert status == 404 and json.loads(body)["field"] == "channel"
 

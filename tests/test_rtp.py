@@ -219,6 +219,19 @@ def test_unknown_keepalive_makes_client_handshake_again():
     assert sub.parse(again).type is sub.MsgType.HELLO
 
 
+def test_client_ignores_a_suback_out_of_turn():
+    """Found by loadtest/fuzz.py: a SUBACK before any COOKIE made the client subscribed with
+    no cookie, and its next KEEPALIVE (or BYE) raised instead of being sent."""
+    cl = sub.SubscribeClient("spk-1", "ch", [UP])
+    cl.start(0)
+    suback = sub.Message(sub.MsgType.SUBACK, "ch", ssrc=1, keepalive_s=5, ptime_ms=20).build()
+    assert cl.handle(suback, UP, 0) == []
+    assert cl.state is sub.ClientState.HELLO and cl.ssrc is None
+    (hello, _), = cl.tick(1)  # still handshaking
+    assert sub.parse(hello).type is sub.MsgType.HELLO
+    assert cl.close() == []
+
+
 def test_client_fails_over_on_silence_and_on_dead_upstream():
     other = ("127.0.0.2", 5000)
     cl = sub.SubscribeClient("spk-1", "ch", [UP, other], failover_s=3, media_timeout_s=3)

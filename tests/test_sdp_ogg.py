@@ -59,6 +59,16 @@ def test_sdp_refuses_bad_values_and_line_injection() -> None:
     sdp = channel_sdp("evil\r\na=sendonly", "10.0.0.1", 5004)
     assert "\r\na=sendonly" not in sdp
     assert "cname:loa-evil__a_sendonly" in sdp
+    # found by loadtest/fuzz.py: the addresses went into their lines verbatim, and an IPv6
+    # scope may hold any text for ipaddress, so ?addr= of the SDP route could add lines
+    for bad in ("fe80::1%x\r\na=sendonly", "10.0.0.1 a", "host\nname", "", "h\x00"):
+        with pytest.raises(ValueError, match="not an IP address or host name"):
+            channel_sdp("a", bad, 5004)
+        with pytest.raises(ValueError, match="not an IP address or host name"):
+            channel_sdp("a", "10.0.0.1", 5004, origin=bad)
+    assert "c=IN IP4 relay.example.\r\n" in channel_sdp("a", "relay.example.", 5004)
+    assert "c=IN IP6 fe80::1%eth0\r\n" in channel_sdp("a", "fe80::1%eth0", 5004)
+    assert "s=a b\r\n" in channel_sdp("a", "10.0.0.1", 5004, session_name="a\x00b")
 
 
 def test_ogg_crc_is_the_non_reflected_polynomial() -> None:

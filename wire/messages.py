@@ -64,6 +64,9 @@ DOWN_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf 
 BAD_REASONS = ("too_large", "not_utf8", "invalid_json", "invalid_fields", "bad_topic")
 
 M = TypeVar("M", bound=BaseModel)
+#: a JSON escape of a UTF-16 surrogate: a pair decodes to one character, a lone one to a
+#: string that no UTF-8 encoder takes back (``encode``, Redis, an API answer would fail)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class BadPayload(ValueError):
@@ -324,10 +327,17 @@ def parse(model: type[M], payload: bytes | bytearray | str) -> M:
             raise BadPayload("not_utf8", f"payload is not UTF-8 (byte {e.start})") from None
     else:
         text = payload
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadPayload("not_utf8", f"payload is not UTF-8 (character {e.start})") from None
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise BadPayload("invalid_json", f"payload is not JSON: {str(e)[:200]}") from None
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(data):
+        raise BadPayload("invalid_json", "payload is not JSON Loa can use: a \\u escape of a "
+                                         "lone UTF-16 surrogate")
     if not isinstance(data, dict):
         raise BadPayload("invalid_fields", f"payload: expected a JSON object, got "
                                            f"{type(data).__name__}")
@@ -335,6 +345,25 @@ def parse(model: type[M], payload: bytes | bytearray | str) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         raise BadPayload("invalid_fields", _validation_message(e)) from None
+
+
+def _lone_surrogate(data: Any) -> bool:
+    """Whether a decoded JSON value holds a string that is not valid Unicode (iterative: the
+    value may be as deep as the parser allows)."""
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x)
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 def command_args(table: dict[str, type[Strict]], command: Command) -> Strict:

@@ -10,6 +10,7 @@ the same text, so receivers and caches see a stable document.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from .packet import (
     EXT_URI_BROADCAST,
@@ -20,6 +21,8 @@ from .packet import (
 )
 
 DEFAULT_MULTICAST_TTL = 16
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 def channel_sdp(
@@ -36,7 +39,11 @@ def channel_sdp(
     """SDP for ``channel`` arriving at ``addr:port`` (unicast or multicast), CRLF-terminated.
 
     ``origin`` is the sender's public address for the ``o=`` line (informational only).
+    ``addr`` and ``origin`` must be IP addresses or host names: each is one field of its line,
+    so anything else (a space, a line break, even in an IPv6 scope) raises ValueError.
     """
+    _check_host(addr, "address")
+    _check_host(origin, "origin")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     if not 0 <= pt < 128:
@@ -87,9 +94,19 @@ def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None  # a host name: allowed in c= (RFC 4566 section 5.7), no TTL added
 
 
+def _check_host(host: str, what: str) -> None:
+    # ipaddress accepts any text as an IPv6 scope ("fe80::1%x\r\na=..."): allow only what
+    # can be one SDP field
+    one_field = host.isascii() and host.isprintable() and " " not in host
+    if not one_field or (_ip(host) is None and not (len(host) <= 253
+                                                     and _HOST_NAME.fullmatch(host))):
+        raise ValueError(f"{what} {host!r} is not an IP address or host name")
+
+
 def _line_safe(s: str) -> str:
-    # A CR or LF in a channel name would start a new SDP line: never let input do that.
-    return s.replace("\r", " ").replace("\n", " ") or "-"
+    # A CR or LF in a channel name would start a new SDP line: never let input do that (nor
+    # pass a NUL, which SDP text may not hold: RFC 4566 section 9, byte-string).
+    return s.replace("\r", " ").replace("\n", " ").replace("\0", " ") or "-"
 
 
 def _token(s: str) -> str:

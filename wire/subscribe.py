@@ -412,7 +412,10 @@ class SubscribeClient:
             self.state = ClientState.SUBSCRIBING
             self._phase_since = now
             return self._send_subscribe(now)
-        if msg.type is MsgType.SUBACK and self.state is not ClientState.SUBSCRIBED:
+        # A SUBACK answers our SUBSCRIBE, sent after a COOKIE: one out of turn (a stray, or a
+        # forgery from the upstream's address) would make us subscribed with no cookie to
+        # send KEEPALIVE and BYE with.
+        if msg.type is MsgType.SUBACK and self.state is ClientState.SUBSCRIBING:
             self.state = ClientState.SUBSCRIBED
             self.ssrc = msg.ssrc
             self.ptime_ms = msg.ptime_ms or self.ptime_ms

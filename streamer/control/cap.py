@@ -161,6 +161,8 @@ def parse_cap(data: bytes) -> Alert:
         raise CapError("alert", f"DTDs and entities are not allowed in CAP ({e})") from None
     except ParseError as e:
         raise CapError("alert", f"not well-formed XML: {e}") from None
+    except (LookupError, ValueError) as e:  # expat asks Python for the declared encoding
+        raise CapError("alert", f"unsupported encoding: {e}") from None
     if root.tag != _q("alert"):
         raise CapError("alert", f"root element must be <alert> in namespace {NS}, "
                                 f"got {_show(root.tag)}")
