@@ -234,20 +234,27 @@ class Upstream(asyncio.DatagramProtocol):
             self._send_all(sub.client.set_token(token, now))
 
     def _media(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
-        """An RTP packet: on to the subscribers now, held for the LOAS of its batch."""
+        """An RTP packet: on to the subscribers now, held for the LOAS of its batch (or proven
+        at once, if its batch's LOAS came first)."""
         if gate.hold(int.from_bytes(data[2:4], "big"), data, data, self._clock()):
             self.fanout.publish_subscribers(sub.client.channel, data)
+            if gate.late:
+                self._proven(sub, *gate.take_late())
 
     def _loas(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
-        """A LOAS: forwarded only if it proves what arrived; the proven packets then go to
-        the plain destinations and listeners."""
+        """A LOAS: forwarded only if it proves what arrived (or once it does, if packets of
+        its batch are still to come); the proven packets then go to the plain destinations
+        and listeners."""
+        proven = gate.vouch(data, self._clock())
+        if gate.last == "verified":
+            self._proven(sub, proven, [data])
+
+    def _proven(self, sub: _Subscription, packets: list[bytes], loases: list[bytes]) -> None:
         channel = sub.client.channel
-        proven = gate.vouch(data)
-        if gate.last != "verified":
-            return
         sub.client.on_media(self._clock())
-        self.fanout.publish_subscribers(channel, data)
-        for packet in proven:
+        for loas in loases:
+            self.fanout.publish_subscribers(channel, loas)
+        for packet in packets:
             self.fanout.publish_plain(channel, packet)
 
     def _control(self, data: bytes, addr: Addr) -> None:

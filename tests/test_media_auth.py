@@ -48,7 +48,7 @@ def test_a_whole_batch_is_vouched_for_in_order(key):
     assert len(loas) == auth.LOAS_LEN == 116 and auth.is_loas(loas)
     gate = gate_for(key)
     hold_all(gate, list(reversed(pkts)))
-    assert gate.vouch(loas) == pkts
+    assert gate.vouch(loas, 0.0) == pkts
     assert gate.last == "verified" and len(gate) == 0
 
 
@@ -58,7 +58,7 @@ def test_up_to_two_lost_packets_leave_the_rest_playable(key, lost):
     [loas] = signed(key, pkts)
     gate = gate_for(key)
     hold_all(gate, [p for i, p in enumerate(pkts) if i not in lost])
-    assert gate.vouch(loas) == [p for i, p in enumerate(pkts) if i not in lost]
+    assert gate.vouch(loas, 0.0) == [p for i, p in enumerate(pkts) if i not in lost]
 
 
 def test_three_lost_packets_make_the_batch_unverifiable_and_nothing_plays(key):
@@ -66,8 +66,10 @@ def test_three_lost_packets_make_the_batch_unverifiable_and_nothing_plays(key):
     [loas] = signed(key, pkts)
     gate = gate_for(key)
     hold_all(gate, pkts[3:], now=1.0)
-    assert gate.vouch(loas) == [] and gate.last == "unverifiable"
+    assert gate.vouch(loas, 1.0) == [] and gate.last == auth.PENDING  # they may still come
+    assert gate.loas["unverifiable"] == 0
     assert gate.expire(before=2.0) == 9 and gate.dropped["unverified"] == 9
+    assert gate.loas["unverifiable"] == 1 and not gate.late
 
 
 def test_an_impostor_at_every_sequence_number_is_told_apart(key):
@@ -79,7 +81,7 @@ def test_an_impostor_at_every_sequence_number_is_told_apart(key):
     gate = gate_for(key)
     for f, p in zip(forged, pkts, strict=True):
         hold_all(gate, [f, p])
-    assert gate.vouch(loas) == pkts
+    assert gate.vouch(loas, 0.0) == pkts
     assert gate.dropped["forged"] == 12
 
 
@@ -90,7 +92,7 @@ def test_impostors_and_a_loss_together(key):
     gate = gate_for(key)
     hold_all(gate, forged[:6])
     hold_all(gate, [p for i, p in enumerate(pkts) if i != 2])
-    assert gate.vouch(loas) == [p for i, p in enumerate(pkts) if i != 2]
+    assert gate.vouch(loas, 0.0) == [p for i, p in enumerate(pkts) if i != 2]
 
 
 # seq, timestamp, capture time, broadcast id, level, payload
@@ -102,7 +104,7 @@ def test_a_changed_byte_anywhere_is_never_played(key, byte):
     altered[byte] ^= 0x01
     gate = gate_for(key)
     hold_all(gate, pkts[:5] + [bytes(altered)] + pkts[6:])
-    released = gate.vouch(loas)
+    released = gate.vouch(loas, 0.0)
     assert bytes(altered) not in released
     # one altered packet reads as one lost one: the rest still verifies (seq changes excepted,
     # which move the packet to another position)
@@ -115,7 +117,7 @@ def test_an_altered_batch_with_no_genuine_packet_plays_nothing(key):
     [loas] = signed(key, pkts)
     gate = gate_for(key)
     hold_all(gate, packets(12, tag=b"\x01"))
-    assert gate.vouch(loas) == [] and gate.last == "bad_signature"
+    assert gate.vouch(loas, 0.0) == [] and gate.last == "bad_signature"
 
 
 def test_the_emergency_level_cannot_be_added_or_stripped(key):
@@ -124,7 +126,7 @@ def test_the_emergency_level_cannot_be_added_or_stripped(key):
         [*loases] = signed(key, pkts, level=real)
         gate = gate_for(key)
         hold_all(gate, packets(12, priority=fake))
-        assert all(gate.vouch(loas) == [] for loas in loases)
+        assert all(gate.vouch(loas, 0.0) == [] for loas in loases)
 
 
 def test_another_channel_or_an_unknown_key_is_refused(key):
@@ -133,9 +135,9 @@ def test_another_channel_or_an_unknown_key_is_refused(key):
     loas = [x for p in pkts for x in signer.add(p, int.from_bytes(p[2:4], "big"), 0)][0]
     gate = gate_for(key)
     hold_all(gate, pkts)
-    assert gate.vouch(loas) == [] and gate.last == "bad_signature"
+    assert gate.vouch(loas, 0.0) == [] and gate.last == "bad_signature"
     [own] = signed(auth.SigningKey.generate(), pkts)
-    assert gate.vouch(own) == [] and gate.last == "unknown_key"
+    assert gate.vouch(own, 0.0) == [] and gate.last == "unknown_key"
 
 
 def test_a_replayed_packet_is_dropped_and_counted(key):
@@ -143,10 +145,74 @@ def test_a_replayed_packet_is_dropped_and_counted(key):
     [loas] = signed(key, pkts)
     gate = gate_for(key)
     hold_all(gate, pkts)
-    assert gate.vouch(loas) == pkts
+    assert gate.vouch(loas, 0.0) == pkts
     hold_all(gate, pkts)
     assert gate.dropped["replayed"] == 12 and len(gate) == 0
-    assert gate.vouch(loas) == [] and gate.last == "unverifiable"
+    assert gate.vouch(loas, 0.0) == [] and gate.last == "duplicate"
+
+
+def test_a_loas_before_its_packets_waits_for_them(key):
+    """Reordered on the way: the LOAS is kept, the batch verifies once ten packets are held,
+    and the last two are checked against the hashes the parity recovered."""
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    gate = gate_for(key)
+    assert gate.vouch(loas, 0.0) == [] and gate.last == auth.PENDING
+    hold_all(gate, pkts[:9])
+    assert not gate.late and len(gate) == 9
+    hold_all(gate, pkts[9:10])
+    assert gate.late and gate.take_late() == (pkts[:10], [loas]) and not gate.late
+    for p in pkts[10:]:
+        assert gate.hold(int.from_bytes(p[2:4], "big"), p, p, 0.0)
+    assert gate.take_late() == (pkts[10:], [])
+    assert gate.loas["verified"] == 1 and len(gate) == 0
+    assert gate.vouch(loas, 0.0) == [] and gate.last == "duplicate"
+
+
+def test_a_packet_after_its_verified_batch_must_be_the_signed_one(key):
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    gate = gate_for(key)
+    hold_all(gate, pkts[:11])
+    assert gate.vouch(loas, 0.0) == pkts[:11]
+    forged = packets(12, tag=b"\xee")[11]
+    assert not gate.hold(111, forged, forged, 0.0) and gate.dropped["forged"] == 1
+    assert gate.hold(111, pkts[11], pkts[11], 0.0) and gate.take_late() == ([pkts[11]], [])
+    assert not gate.hold(111, pkts[11], pkts[11], 0.0) and gate.dropped["replayed"] == 1
+
+
+def test_a_kept_loas_sorts_out_an_impostor_once_enough_has_come(key):
+    """Two packets missing and an altered one: too many erasures to verify, until one of
+    the missing arrives."""
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    altered = packets(12, tag=b"\xee")[0]
+    gate = gate_for(key)
+    hold_all(gate, [altered, *pkts[1:10]])
+    assert gate.vouch(loas, 0.0) == [] and gate.last == auth.PENDING
+    hold_all(gate, pkts[10:11])
+    assert gate.take_late() == (pkts[1:11], [loas]) and gate.dropped["forged"] == 1
+    hold_all(gate, [pkts[0], pkts[11]])
+    assert gate.take_late() == ([pkts[0], pkts[11]], [])
+
+
+def test_a_single_packet_batch_verifies_from_its_loas_alone(key):
+    """The first packet of an emergency is signed alone: a LOAS overtaking it proves it."""
+    [pkt] = packets(1, priority=3)
+    [loas] = signed(key, [pkt], level=3)
+    gate = gate_for(key)
+    assert gate.vouch(loas, 0.0) == [] and gate.last == "verified"
+    assert gate.hold(100, pkt, pkt, 0.0) and gate.take_late() == ([pkt], [])
+
+
+def test_kept_loas_are_bounded_and_counted(key):
+    gate = gate_for(key)
+    loases = [signed(key, packets(12, first_seq=100 + 12 * i))[0] for i in range(6)]
+    for loas in loases:
+        gate.vouch(loas, 0.0)
+    assert gate.loas["unverifiable"] == 2  # the oldest two made room
+    gate.expire(before=1.0)
+    assert gate.loas["unverifiable"] == 6 and gate.loas["verified"] == 0
 
 
 def test_a_third_candidate_is_refused(key):
@@ -162,7 +228,7 @@ def test_rotation_both_pinned_keys_verify(key):
     first, second = packets(12, 100), packets(12, 112)
     hold_all(gate, first + second)
     [old_loas], [new_loas] = signed(key, first), signed(new, second)
-    assert gate.vouch(old_loas) == first and gate.vouch(new_loas) == second
+    assert gate.vouch(old_loas, 0.0) == first and gate.vouch(new_loas, 0.0) == second
 
 
 def test_batches_close_at_size_gap_and_level_change(key):
@@ -200,4 +266,4 @@ def test_malformed_loas(data):
     with pytest.raises(MalformedPacket):
         auth.parse_loas(data)
     gate: auth.MediaGate[bytes] = auth.MediaGate(CH, auth.Keyring())
-    assert gate.vouch(data) == [] and gate.last == "malformed"
+    assert gate.vouch(data, 0.0) == [] and gate.last == "malformed"

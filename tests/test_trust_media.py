@@ -12,6 +12,7 @@ and must then be heard: that shows the check would catch a speaker that plays fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import time
@@ -194,37 +195,52 @@ async def test_a_malicious_relay_makes_the_speaker_play_nothing_forged(
             mitm.close()
 
 
-async def test_reordered_packets_within_the_window_still_play_in_order(tmp_path: Path) -> None:
-    """Reordering is not forging: each batch's packets delivered in reverse order (before
-    its LOAS) still verify and play in sequence, the tone without a gap."""
+@pytest.mark.parametrize(("loas_first", "at_relay"), [(False, False), (True, False), (True, True)],
+                         ids=["packets-reversed", "loas-first", "loas-first-into-the-relay"])
+async def test_reordered_packets_within_the_window_still_play_in_order(
+        tmp_path: Path, loas_first: bool, at_relay: bool) -> None:
+    """Reordering is not forging: each batch's packets delivered in reverse order, before
+    its LOAS or after it (a receiver keeps the LOAS until the packets come; a relay forwards
+    it once they have), between the relay and the speaker or into the relay, still verify
+    and play in sequence, the tone without a gap."""
     held: list[bytes] = []
 
     def reorder(data: bytes) -> list[bytes]:
         if not is_rtcp(data):
             held.append(data)
             return []
-        out = [*held[::-1], data]
+        out = [data, *held[::-1]] if loas_first else [*held[::-1], data]
         held.clear()
         return out
 
-    async with serving(ToneUpstream) as up, \
-            relay_process(tmp_path, "relay", "--upstream", up.addr) as relay:
-        mitm = Mitm(relay.media, reorder)
-        await mitm.start()
-        try:
-            async with speaker_process(tmp_path, "spk", "--channel", CH,
-                                       "--upstream", mitm.addr) as spk:
-                await honest_prelude(spk)
-                mitm.forging = True
-                t = time.time()
-                await asyncio.sleep(3.0)
-                played = await spk.wait_window(t + 0.6, t + 2.9)
-                blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
-                levels = [rms_dbfs(b) for b in blocks]
-                assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
-                assert abs(peak_hz(played) - 1000) < 50
-        finally:
-            mitm.close()
+    async with contextlib.AsyncExitStack() as stack:
+        up = await stack.enter_async_context(serving(ToneUpstream))
+        if at_relay:
+            host, port = up.addr.rsplit(":", 1)
+            mitm = Mitm((host, int(port)), reorder)
+            await mitm.start()
+            stack.callback(mitm.close)
+            relay = await stack.enter_async_context(
+                relay_process(tmp_path, "relay", "--upstream", mitm.addr))
+            first_hop = relay.media_addr
+        else:
+            relay = await stack.enter_async_context(
+                relay_process(tmp_path, "relay", "--upstream", up.addr))
+            mitm = Mitm(relay.media, reorder)
+            await mitm.start()
+            stack.callback(mitm.close)
+            first_hop = mitm.addr
+        async with speaker_process(tmp_path, "spk", "--channel", CH,
+                                   "--upstream", first_hop) as spk:
+            await honest_prelude(spk)
+            mitm.forging = True
+            t = time.time()
+            await asyncio.sleep(3.0)
+            played = await spk.wait_window(t + 0.6, t + 2.9)
+            blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
+            levels = [rms_dbfs(b) for b in blocks]
+            assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
+            assert abs(peak_hz(played) - 1000) < 50
 
 
 async def test_a_speaker_leaves_a_tampering_relay_and_the_emergency_plays_forced(

@@ -315,11 +315,12 @@ def _picks(candidates: Sequence[Sequence[bytes]]) -> Iterable[tuple[int, ...]]:
 
 
 def verify_batch(keys: Keyring, channel: str, loas: Loas,
-                 candidates: Sequence[Sequence[bytes]]) -> list[int] | str:
-    """Which candidate hash at each position (-1: none) the streamer signed, or why none:
-    ``unknown_key``, ``unverifiable`` (more than two missing) or ``bad_signature`` (no
-    combination of what was received within ``MAX_COMBOS`` verifies). ``candidates[i]`` are
-    the hashes received for position ``i``."""
+                 candidates: Sequence[Sequence[bytes]]) -> tuple[list[int], list[bytes]] | str:
+    """Which candidate hash at each position (-1: none) the streamer signed, with every hash
+    of the batch (the absent ones recovered from the parity), or why none: ``unknown_key``,
+    ``unverifiable`` (more than two missing) or ``bad_signature`` (no combination of what was
+    received within ``MAX_COMBOS`` verifies). ``candidates[i]`` are the hashes received for
+    position ``i``."""
     public = keys.get(loas.key_id)
     if public is None:
         return "unknown_key"
@@ -341,17 +342,23 @@ def verify_batch(keys: Keyring, channel: str, loas: Loas,
             if tries >= MAX_SIGNATURE_TRIES:
                 break
             continue
-        return list(pick)
+        return list(pick), hashes
     return "bad_signature"
 
 
 # ---------------------------------------------------------------------- the receiver's gate
 
-#: why a LOAS was not accepted (``loa_media_auth_loas_total{outcome}`` at every receiver)
+#: why a LOAS was not accepted (``loa_media_auth_loas_total{outcome}`` at every receiver); a
+#: LOAS still waiting for packets of its batch is counted once it is settled
 LOAS_OUTCOMES = ("verified", "unknown_key", "unverifiable", "bad_signature", "malformed",
-                 "wrong_channel")
+                 "duplicate")
 #: why a media packet was not played (``loa_media_auth_dropped_total{reason}``)
 DROP_REASONS = ("forged", "unverified", "replayed", "candidates", "stale", "reordered")
+#: ``MediaGate.last`` for a LOAS kept until more packets of its batch arrive (not counted yet)
+PENDING = "pending"
+MAX_PENDING = 4  # LOAS kept per channel while packets of their batch are still missing
+MAX_PENDING_TRIES = 4  # signature attempts for a kept LOAS (each up to MAX_SIGNATURE_TRIES)
+MAX_KNOWN = 64  # hashes kept per channel of packets a verified batch proved before they came
 
 
 @dataclass(slots=True)
@@ -361,6 +368,16 @@ class _Slot(Generic[T]):
     items: list[T] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A LOAS that came before enough of its batch to be checked."""
+    loas: Loas
+    data: bytes
+    born: float
+    why: str = "unverifiable"  # what it is counted as if it never verifies
+    tries: int = 0
+
+
 class MediaGate(Generic[T]):
     """Packets of one channel held by sequence number until a LOAS vouches for them.
 
@@ -368,6 +385,12 @@ class MediaGate(Generic[T]):
     packet at a speaker, nothing at a relay); ``vouch`` checks a LOAS against what is held and
     returns the items it proves, in sequence order; ``expire`` forgets what no LOAS vouched
     for in time. Counters by reason are in ``dropped`` and ``loas``.
+
+    Arrival order does not matter within the hold time. A LOAS that comes before three or
+    more packets of its batch is kept (``last == PENDING``) and checked again as they arrive;
+    a packet that comes after its batch was verified without it is checked against the hash
+    the parity recovered. What such late arrivals prove is collected for the caller, who
+    takes it with ``take_late`` whenever ``late`` is true after a ``hold``.
     """
 
     def __init__(self, channel: str, keys: Keyring, *, max_candidates: int = MAX_CANDIDATES,
@@ -383,6 +406,12 @@ class MediaGate(Generic[T]):
         self._held: OrderedDict[int, _Slot[T]] = OrderedDict()  # seq → slot, oldest first
         self._seen: deque[bytes] = deque(maxlen=remember)  # hashes already vouched for
         self._seen_set: set[bytes] = set()
+        self._signatures: deque[bytes] = deque(maxlen=16)  # of the LOAS verified last
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()  # by signature
+        self._known: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # seq → hash, born
+        self._late_items: list[T] = []
+        self._late_loas: list[bytes] = []
+        self.late = False  # something proven by a late arrival waits in ``take_late``
         self.dropped = dict.fromkeys(DROP_REASONS, 0) if dropped is None else dropped
         self.loas = dict.fromkeys(LOAS_OUTCOMES, 0) if loas is None else loas
         self.last = ""  # the outcome of the last LOAS
@@ -392,11 +421,22 @@ class MediaGate(Generic[T]):
 
     def hold(self, seq: int, datagram: bytes, item: T, now: float) -> bool:
         """Keep a packet until its batch is vouched for; False (and counted) if it is dropped
-        now: a replay of a packet already played, or one candidate too many for its seq."""
+        now: a replay of a packet already played, one candidate too many for its seq, or not
+        the packet a verified batch signed at its seq."""
         h = packet_hash(datagram)
         if h in self._seen_set:
             self.dropped["replayed"] += 1
             return False
+        known = self._known.get(seq)
+        if known is not None:
+            if known[0] != h:
+                self.dropped["forged"] += 1
+                return False
+            del self._known[seq]
+            self._remember(h)
+            self._late_items.append(item)
+            self.late = True
+            return True
         slot = self._held.get(seq)
         if slot is None:
             slot = self._held[seq] = _Slot(now)
@@ -409,41 +449,42 @@ class MediaGate(Generic[T]):
             return False
         slot.hashes.append(h)
         slot.items.append(item)
+        if self._pending:
+            self._retry(seq, now)
         return True
 
-    def vouch(self, data: bytes) -> list[T]:
+    def vouch(self, data: bytes, now: float) -> list[T]:
         """Verify a LOAS against the held packets; the packets it proves, in sequence order
         (the others of its seqs are counted as forged and forgotten). ``self.last`` is the
-        outcome (a ``LOAS_OUTCOMES`` name)."""
+        outcome (a ``LOAS_OUTCOMES`` name, or ``PENDING``)."""
         try:
             loas = parse_loas(data)
         except MalformedPacket:
             return self._outcome("malformed", [])
-        seqs = loas.seqs()
-        slots = [self._held.get(s) for s in seqs]
-        candidates = [s.hashes if s is not None else [] for s in slots]
-        result = verify_batch(self.keys, self.channel, loas, candidates)
-        if isinstance(result, str):
+        if loas.signature in self._signatures or loas.signature in self._pending:
+            return self._outcome("duplicate", [])
+        result = self._check(loas, now)
+        if isinstance(result, list):
+            return self._outcome("verified", result)
+        if result == "unknown_key" or not self._missing(loas):
             return self._outcome(result, [])
-        released: list[T] = []
-        for seq, slot, pick in zip(seqs, slots, result, strict=True):
-            if slot is None:
-                continue
-            del self._held[seq]
-            self.dropped["forged"] += len(slot.hashes) - (pick >= 0)
-            if pick < 0:
-                continue
-            h = slot.hashes[pick]
-            released.append(slot.items[pick])
-            if len(self._seen) == self._seen.maxlen:
-                self._seen_set.discard(self._seen[0])
-            self._seen.append(h)
-            self._seen_set.add(h)
-        return self._outcome("verified", released)
+        # packets of the batch are still to come: keep it (the oldest kept one makes room)
+        if len(self._pending) >= MAX_PENDING:
+            self._give_up(self._pending.popitem(last=False)[1])
+        self._pending[loas.signature] = _Pending(loas, bytes(data), now, result)
+        self.last = PENDING
+        return []
+
+    def take_late(self) -> tuple[list[T], list[bytes]]:
+        """What late arrivals proved since the last call: packets, in the order they were
+        proven, and the LOAS datagrams verified late (a relay forwards them on)."""
+        out = self._late_items, self._late_loas
+        self._late_items, self._late_loas, self.late = [], [], False
+        return out
 
     def expire(self, before: float) -> int:
-        """Forget packets held since before ``before`` (no LOAS vouched for them in time);
-        returns how many."""
+        """Forget packets held since before ``before`` (no LOAS vouched for them in time),
+        and LOAS and recovered hashes kept as long; returns how many packets."""
         n = 0
         while self._held:
             seq, slot = next(iter(self._held.items()))
@@ -451,12 +492,82 @@ class MediaGate(Generic[T]):
                 break
             del self._held[seq]
             n += self._forget(seq, slot)
+        while self._pending:
+            pending = next(iter(self._pending.values()))
+            if pending.born >= before:
+                break
+            self._give_up(self._pending.popitem(last=False)[1])
+        while self._known and next(iter(self._known.values()))[1] < before:
+            self._known.popitem(last=False)
         return n
 
     def clear(self) -> None:
         for seq, slot in list(self._held.items()):
             self._forget(seq, slot)
         self._held.clear()
+        while self._pending:
+            self._give_up(self._pending.popitem(last=False)[1])
+        self._known.clear()
+        self.take_late()
+
+    def _check(self, loas: Loas, now: float) -> list[T] | str:
+        """Verify ``loas`` against what is held: the proven items (their slots and those of
+        the forged candidates beside them forgotten; the hashes of the absent ones kept), or
+        why not."""
+        seqs = loas.seqs()
+        slots = [self._held.get(s) for s in seqs]
+        candidates = [s.hashes if s is not None else [] for s in slots]
+        result = verify_batch(self.keys, self.channel, loas, candidates)
+        if isinstance(result, str):
+            return result
+        picks, hashes = result
+        released: list[T] = []
+        for seq, slot, pick, h in zip(seqs, slots, picks, hashes, strict=True):
+            if slot is not None:
+                del self._held[seq]
+                self.dropped["forged"] += len(slot.hashes) - (pick >= 0)
+            if pick < 0:
+                self._known[seq] = (h, now)  # it may still come: the genuine one will play
+                if len(self._known) > MAX_KNOWN:
+                    self._known.popitem(last=False)
+                continue
+            assert slot is not None
+            released.append(slot.items[pick])
+            self._remember(h)
+        self._signatures.append(loas.signature)
+        return released
+
+    def _missing(self, loas: Loas) -> bool:
+        return any(s not in self._held for s in loas.seqs())
+
+    def _retry(self, seq: int, now: float) -> None:
+        """A packet came for ``seq``: check the kept LOAS whose batch it belongs to again."""
+        for sig, pending in self._pending.items():
+            if (seq - pending.loas.first_seq) % SEQ_MOD >= pending.loas.count:
+                continue
+            result = self._check(pending.loas, now)
+            if isinstance(result, list):
+                del self._pending[sig]
+                self.loas["verified"] += 1
+                self._late_items += result
+                self._late_loas.append(pending.data)
+                self.late = True
+            elif result != "unverifiable":
+                pending.why = result
+                pending.tries += 1
+                if pending.tries >= MAX_PENDING_TRIES or not self._missing(pending.loas):
+                    del self._pending[sig]
+                    self._give_up(pending)
+            return
+
+    def _give_up(self, pending: _Pending) -> None:
+        self.loas[pending.why] += 1
+
+    def _remember(self, h: bytes) -> None:
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(h)
+        self._seen_set.add(h)
 
     def _forget(self, seq: int, slot: _Slot[T]) -> int:
         self.dropped["unverified"] += len(slot.hashes)

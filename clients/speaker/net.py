@@ -131,7 +131,7 @@ class Speaker(asyncio.DatagramProtocol):
                 if packet.peek_rtcp_ssrc(data) != self.ssrc:
                     self.bad["foreign_ssrc"] += 1
                     return
-                for proven, at in self.gate.vouch(data):
+                for proven, at in self.gate.vouch(data, time.monotonic()):
                     self._play(proven, at)
             else:
                 rtcp.parse_compound(data)  # sender reports are not needed: capture times are
@@ -154,6 +154,9 @@ class Speaker(asyncio.DatagramProtocol):
             self._play(pkt, capture_time)
         else:
             self.gate.hold(pkt.seq, data, (pkt, capture_time), time.monotonic())
+            if self.gate.late:  # its batch's LOAS came first
+                for proven, at in self.gate.take_late()[0]:
+                    self._play(proven, at)
 
     def _play(self, pkt: RtpPacket, capture_time: float) -> None:
         """Media that may play (proven, or verification is off): it reaches the playout and
