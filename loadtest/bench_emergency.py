@@ -30,8 +30,14 @@ The goal is a max under 100 ms before the speakers' playout delay. Absolute figu
 the machine's other tenants; read the ratios. Traffic stays on 127.0.0.1; every child process
 is stopped at the end.
 
-    python -m loadtest.bench_emergency [--speakers 5000] [--relays 2] [--emergencies 5]
-        [--ptime-ms 20] [--write]
+With ``--chain 2`` (or more) the speakers' relays subscribe to a district relay, not to the
+streamer, as in a remote district: every packet crosses two relays, each verifying the
+signatures (``docs/protocol.md``, "Signed media"). One more receiver, in this process, verifies
+as a speaker does and reports how long after its arrival the emergency's first packet was
+proven by its ``LOAS``: the part of the playout delay that signing uses.
+
+    python -m loadtest.bench_emergency [--speakers 5000] [--relays 2] [--chain 1]
+        [--emergencies 5] [--ptime-ms 20] [--write]
 """
 
 from __future__ import annotations
@@ -47,10 +53,14 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from fanout.mmsg import SendBatch
-from wire.packet import RtpPacket, ssrc_for
+from wire import subscribe
+from wire.auth import Keyring, MediaGate, is_loas
+from wire.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for
 from wire.priority import Priority
+from wire.subscribe import SubscribeClient
 
 from ._report import machine, table, today, write_section
 from .bench_relay import udp_drops
@@ -71,6 +81,7 @@ class Round:
     frame_ms: float  # handed to the mixer → its first frame was due (< 0: the loop ran late)
     path_ms: float  # that frame due → the last speaker got it (mixer, streamer, relay, kernel)
     forwarded: float  # relays' packets in ÷ streamer's packets out during the round
+    proof_ms: float  # at the probe: the first packet's arrival → the LOAS that proved it
 
 
 @dataclass
@@ -82,6 +93,73 @@ class Result:
     relay_drops: int  # at the relays' media sockets (handshakes, keepalives), during the rounds
     send_errors: float
     expired: float
+
+
+class ProofProbe(asyncio.DatagramProtocol):
+    """One receiver that verifies as a speaker does, behind a leaf relay: when the first
+    packet of each emergency arrived and when a ``LOAS`` proved it (what a speaker waits
+    for before that packet may play). Its clock reads are this process's event loop's, so
+    only the difference of the two is reported."""
+
+    def __init__(self, channel: str, upstream: tuple[str, int], stream_key: str,
+                 token: bytes = b"") -> None:
+        self.client = SubscribeClient(identity="bench-probe", channel=channel,
+                                      upstreams=[upstream], token=token)
+        self.gate: MediaGate[tuple[int, int]] = MediaGate(channel,
+                                                          Keyring.from_text([stream_key]))
+        self.first: dict[int, tuple[int, float]] = {}  # broadcast id → (its first seq, when)
+        self.proven: dict[int, float] = {}  # broadcast id → when its first packet was proven
+        self.transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0))
+        self._send(self.client.start(time.monotonic()))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        now = time.time()
+        if subscribe.is_control(data):
+            self._send(self.client.handle(data, addr, time.monotonic()))
+        elif is_rtcp(data):
+            if is_loas(data):
+                self._proven(self.gate.vouch(data, now), now)
+        elif is_rtp(data):
+            pkt = parse(data)
+            self.client.on_media(time.monotonic())
+            if pkt.priority == Priority.EMERGENCY and pkt.broadcast_id not in self.first:
+                self.first[pkt.broadcast_id] = (pkt.seq, now)
+            self.gate.hold(pkt.seq, data, (pkt.broadcast_id, pkt.seq), now)
+            if self.gate.late:
+                self._proven(self.gate.take_late()[0], now)
+
+    def _proven(self, items: list[tuple[int, int]], now: float) -> None:
+        for bid, seq in items:
+            first = self.first.get(bid)
+            if first is not None and first[0] == seq and bid not in self.proven:
+                self.proven[bid] = now
+
+    def tick(self) -> None:
+        self.gate.expire(time.time() - 2.0)
+        self._send(self.client.tick(time.monotonic()))
+
+    def proof_ms(self, bid: int) -> float:
+        """First packet's arrival → its proof, ms (NaN if either did not happen)."""
+        if bid not in self.first or bid not in self.proven:
+            return math.nan
+        return (self.proven[bid] - self.first[bid][1]) * 1000
+
+    def _send(self, out: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if self.transport is not None:
+            for data, addr in out:
+                self.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self._send(self.client.close())
+            self.transport.close()
 
 
 def bare_sendmmsg(batch: SendBatch, broadcast_id: int) -> float:
@@ -97,8 +175,8 @@ def bare_sendmmsg(batch: SendBatch, broadcast_id: int) -> float:
     return t0
 
 
-async def one_round(stack: Stack, fleet: SimSpeakersProcess, k: int, past: set[int],
-                    deadline_s: float) -> Round:
+async def one_round(stack: Stack, fleet: SimSpeakersProcess, probe: ProofProbe, k: int,
+                    past: set[int], deadline_s: float) -> Round:
     everyone = range(len(fleet.ports))
     forwarded0 = await stack.forwarded()
     bid = BASELINE_ID + k
@@ -126,10 +204,16 @@ async def one_round(stack: Stack, fleet: SimSpeakersProcess, k: int, past: set[i
     forwarded = ratio(forwarded0, await stack.forwarded())
     await asyncio.sleep(SETTLE_S)
     return Round(baseline, emergency, (started - t_sent) * 1000, (due - started) * 1000,
-                 (last - due) * 1000, forwarded)
+                 (last - due) * 1000, forwarded, probe.proof_ms(bid))
 
 
-async def bench(n: int, relays: int, emergencies: int, ptime_ms: int,
+async def _probe_ticks(probe: ProofProbe) -> None:
+    while True:
+        await asyncio.sleep(0.2)
+        probe.tick()
+
+
+async def bench(n: int, relays: int, chain: int, emergencies: int, ptime_ms: int,
                 deadline_s: float) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-emergency-") as tmp, \
             open(Path(tmp) / "children.log", "w+b") as log:
@@ -137,18 +221,28 @@ async def bench(n: int, relays: int, emergencies: int, ptime_ms: int,
             async with AsyncExitStack() as exits:
                 stack = Stack(exits, Path(tmp), log)
                 await stack.start_streamer(ptime_ms)
+                upstream = ""
+                for k in range(chain - 1):  # district relays: each the upstream of the next
+                    upstream = await stack.start_relay(100 + k, ptime_ms, upstream=upstream,
+                                                       district=True)
                 for k in range(relays):
-                    await stack.start_relay(k, ptime_ms)
+                    await stack.start_relay(k, ptime_ms, upstream=upstream)
+                probe = ProofProbe((await stack.channels())[0], stack.relays[0],
+                                   stack.stream_key)
+                await probe.start()
+                exits.callback(probe.close)
+                ticks = asyncio.create_task(_probe_ticks(probe))
+                exits.callback(ticks.cancel)
                 fleet = await stack.start_speakers(n)
                 if fleet.subscribed < n:
                     raise RuntimeError(f"only {fleet.subscribed} of {n} speakers handshaken")
-                steady_s = await stack.steady(n)
+                steady_s = await stack.steady(n + 1)  # and the probe
                 relay_ports = frozenset(p for _, p in stack.relays)
                 counters = ("loa_fanout_send_errors_total", "loa_fanout_dropped_subscribers_total")
                 before = [await stack.relay_sum(c) for c in counters]
                 drops0, forwarded0 = udp_drops(relay_ports), await stack.forwarded()
                 past: set[int] = set()
-                rounds = [await one_round(stack, fleet, k, past, deadline_s)
+                rounds = [await one_round(stack, fleet, probe, k, past, deadline_s)
                           for k in range(emergencies)]
                 keep_up = ratio(forwarded0, await stack.forwarded())
                 errors, expired = [await stack.relay_sum(c) - b
@@ -166,7 +260,7 @@ def pooled(parts: list[TimeToAir]) -> TimeToAir:
                      parts[0].deadline_s)
 
 
-def render(res: Result, n: int, relays: int, ptime_ms: int, cmd: str) -> str:
+def render(res: Result, n: int, relays: int, chain: int, ptime_ms: int, cmd: str) -> str:
     emergency = pooled([r.emergency for r in res.rounds])
     baseline = pooled([r.baseline for r in res.rounds])
     span_ratio = statistics.median(r.emergency.span_ms / r.baseline.ms(100) for r in res.rounds)
@@ -175,14 +269,21 @@ def render(res: Result, n: int, relays: int, ptime_ms: int, cmd: str) -> str:
              f"{r.emergency.ms(100):.1f}", str(r.emergency.missing), f"{r.api_ms:.1f}",
              f"{r.frame_ms:.1f}", f"{r.path_ms:.1f}", f"{r.emergency.span_ms:.1f}",
              f"{r.baseline.ms(100):.1f}", str(r.baseline.missing),
-             f"{r.emergency.span_ms / r.baseline.ms(100):.2f}", f"{r.forwarded:.1%}"]
+             f"{r.emergency.span_ms / r.baseline.ms(100):.2f}", f"{r.forwarded:.1%}",
+             f"{r.proof_ms:.1f}"]
             for k, r in enumerate(res.rounds)]
+    proofs = sorted(r.proof_ms for r in res.rounds)
+    path = (f"{relays} relay process(es)" if chain == 1 else
+            f"a chain of {chain} relays on every path ({chain - 1} district relay(s), each "
+            f"subscribed to the one before, then {relays} relay process(es) serving the "
+            "speakers)")
     median_max = statistics.median(r.emergency.ms(100) for r in res.rounds)
     verdict = "meets" if emergency.ms(100) < GOAL_MS and emergency.missing == 0 else "misses"
-    return f"""## Emergency time-to-air (`loadtest/bench_emergency.py`)
+    title = "Emergency time-to-air" + ("" if chain == 1 else f" through {chain} chained relays")
+    return f"""## {title} (`loadtest/bench_emergency.py`)
 
 {today()}, {machine()}; {n} simulated speakers on the 30 leaf channels of the sample
-province, through {relays} relay process(es), {ptime_ms} ms frames, {len(res.rounds)}
+province, through {path}, {ptime_ms} ms frames, {len(res.rounds)}
 province-wide emergencies. The speakers handshook in {res.handshake_s} s; after
 {res.steady_s:.0f} s the relays had held all of them for {STEADY_S:g} s with none expiring,
 forwarding at least {KEEP_UP:.0%} of what the streamer sent them.
@@ -195,7 +296,11 @@ forwarding at least {KEEP_UP:.0%} of what the streamer sent them.
 {emergency.ms(99):.1f} ms, max {emergency.ms(100):.1f} ms (median of the rounds' max
 {median_max:.1f} ms); {emergency.missing} speaker arrivals missing after
 {emergency.deadline_s:g} s. The goal (max < {GOAL_MS:.0f} ms before the playout delay):
-{verdict} it.** Fan-out span (first to last speaker) is
+{verdict} it.** A receiver verifying as a speaker does, behind the same relays, had the
+first packet of each emergency proven by its `LOAS` a median {statistics.median(proofs):.1f} ms
+(max {proofs[-1]:.1f} ms) after the packet arrived: the first frame of a higher level is
+signed alone, and relays forward packets at once and each `LOAS` as soon as it verifies, so
+no relay holds the emergency back. Fan-out span (first to last speaker) is
 {span_ratio:.2f}× the bare `sendmmsg`'s time to reach all {n} sockets (median of rounds);
 the max time-to-air is {emergency.ms(100) / floor_ms:.2f}× one frame plus that send
 ({floor_ms:.1f} ms), the floor for a frame-clocked sender.
@@ -205,12 +310,14 @@ receive time). Its maximum splits into: the API (request sent → handed to the 
 record's `started`), the wait for the next frame (→ the frame's due time, from the capture
 time stamped in the packet; negative when the frame loop was running late), and the path (→
 the last speaker: producing the frame, the streamer's send, the relay's queue and loop).
-Fan-out span: first to last speaker. Baseline: start of the bare `sendmmsg` → packet at the
+Fan-out span: first to last speaker. Proof wait: at the probe, the first packet's arrival →
+the `LOAS` that proved it. Baseline: start of the bare `sendmmsg` → packet at the
 last speaker. Forwarded: the relays' packets in ÷ the streamer's packets out during the round; over
 100 % means they were draining a backlog left by a stall, and that round's path includes it.
 
 {table(["round", "time-to-air p50", "p99", "max", "missing", "API", "frame wait", "path",
-        "fan-out span", "baseline max", "missing", "span ÷ baseline max", "forwarded"], rows)}
+        "fan-out span", "baseline max", "missing", "span ÷ baseline max", "forwarded",
+        "proof wait"], rows)}
 
 Baseline over all rounds: p50 {baseline.ms(50):.1f} ms, max {baseline.ms(100):.1f} ms,
 {baseline.missing} missing. During the rounds the relays took in {res.keep_up:.1%} of the
@@ -234,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--speakers", type=int, default=5000)
     ap.add_argument("--relays", type=int, default=2)
+    ap.add_argument("--chain", type=int, default=1,
+                    help="relays on every path: 2 puts a district relay between the streamer "
+                         "and the --relays")
     ap.add_argument("--emergencies", type=int, default=5)
     ap.add_argument("--ptime-ms", type=int, default=20, choices=(20, 40, 60))
     ap.add_argument("--deadline-s", type=float, default=5.0,
@@ -241,16 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite its docs/BENCHMARKS.md section")
     args = ap.parse_args(argv)
     if not 1 <= args.speakers <= 10_000 or not 1 <= args.relays <= 8 \
-            or not 1 <= args.emergencies <= 50 or not 0.5 <= args.deadline_s <= 30:
-        ap.error("--speakers 1..10000, --relays 1..8, --emergencies 1..50, --deadline-s 0.5..30")
+            or not 1 <= args.emergencies <= 50 or not 0.5 <= args.deadline_s <= 30 \
+            or not 1 <= args.chain <= 4:
+        ap.error("--speakers 1..10000, --relays 1..8, --chain 1..4, --emergencies 1..50, "
+                 "--deadline-s 0.5..30")
     cmd = ".venv/bin/python -m loadtest.bench_emergency " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    res = asyncio.run(bench(args.speakers, args.relays, args.emergencies, args.ptime_ms,
-                            args.deadline_s))
-    text = render(res, args.speakers, args.relays, args.ptime_ms, cmd.strip())
+    res = asyncio.run(bench(args.speakers, args.relays, args.chain, args.emergencies,
+                            args.ptime_ms, args.deadline_s))
+    text = render(res, args.speakers, args.relays, args.chain, args.ptime_ms, cmd.strip())
     print(text)
     if args.write:
-        write_section("bench_emergency", text)
+        write_section("bench_emergency" if args.chain == 1 else "bench_emergency_chain", text)
     return 0
 
 

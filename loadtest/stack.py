@@ -50,6 +50,7 @@ class Stack:
         self.relays: list[Addr] = []
         self.stream_key = ""  # the streamer's public key, which the relays started here pin
         self.relay_http: list[str] = []
+        self.district_http: list[str] = []  # relays between the streamer and ``relays``
         self.auth: dict[str, str] = {}  # the admin's bearer token, once signed in
         self.pids: dict[str, int] = {}  # every process this stack started, by name
         self.children: list[Child] = []  # started by start_streamer_process
@@ -166,10 +167,14 @@ class Stack:
         """Every leaf channel the signed-in user can see, in the zone file's order."""
         return [str(c["id"]) for c in (await self.api("GET", "/api/v1/channels"))["channels"]]
 
-    async def start_relay(self, k: int, ptime_ms: int) -> None:
+    async def start_relay(self, k: int, ptime_ms: int, *, upstream: str = "",
+                          district: bool = False) -> str:
+        """Relay ``k``, subscribed to the streamer or to ``upstream`` (another relay's media
+        address: a chain). A ``district`` relay serves only other relays: it is not in
+        ``relays``, and ``forwarded`` counts from it. Returns its media address."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", f"bench-relay-{k}", "--media",
-            "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", self.media_addr,
+            "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", upstream or self.media_addr,
             "--ptime-ms", str(ptime_ms), "--stream-key", self.stream_key, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=self.log)
         self.exits.push_async_callback(stop_process, proc)
@@ -179,17 +184,24 @@ class Stack:
         if not line:
             raise RuntimeError(f"relay {k} exited ({await proc.wait()})")
         info = json.loads(line)
+        if district:
+            self.district_http.append(str(info["http"]))
+            return str(info["media"])
         host, port = str(info["media"]).rsplit(":", 1)
         self.relays.append((host, int(port)))
         self.relay_http.append(str(info["http"]))
+        return str(info["media"])
 
     async def relay_sum(self, metric: str) -> float:
         return sum([await relay_counter(h, metric) for h in self.relay_http])
 
     async def forwarded(self) -> tuple[float, float]:
-        """(packets the streamer sent to the relays, packets the relays took in) so far."""
-        return (await relay_counter(self.http_url, "loa_fanout_packets_out_total"),
-                await self.relay_sum("loa_upstream_packets_in_total"))
+        """(packets the streamer, or the district relays, sent to the relays; packets the
+        relays took in) so far."""
+        sent = "loa_fanout_packets_out_total"
+        out = (sum([await relay_counter(h, sent) for h in self.district_http])
+               if self.district_http else await relay_counter(self.http_url, sent))
+        return out, await self.relay_sum("loa_upstream_packets_in_total")
 
     async def frames_skipped(self) -> int:
         """Frames the streamer's clock has skipped so far: a starved streamer jumps over a
