@@ -36,8 +36,8 @@ from streamer.mixer.guard import DeadlineGuard
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
-from streamer.signing import BATCH_MS, SigningSink
-from wire.auth import ChannelSigner, Keyring, MediaGate, SigningKey
+from streamer.signing import SigningSink
+from wire.auth import BATCH_MS, ChannelSigner, Keyring, MediaGate, SigningKey
 from wire.packet import HEADER_LEN, RtpPacket, ssrc_for
 from wire.priority import Priority
 

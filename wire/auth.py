@@ -49,7 +49,9 @@ HASH_LEN = 16
 SIG_LEN = 64
 KEY_LEN = 32
 MAX_BATCH = 64
-DEFAULT_BATCH_FRAMES = 12  # 240 ms at 20 ms: ~8.6 % of a 32 kbit/s channel (BENCHMARKS.md)
+#: how long a batch lasts, whatever the frame time: the longest a receiver waits for a LOAS
+BATCH_MS = 240
+DEFAULT_BATCH_FRAMES = BATCH_MS // 20  # 12: ~8.5 % of a 32 kbit/s RTP stream (BENCHMARKS.md)
 MAX_CANDIDATES = 2  # packets kept per sequence number: the genuine one and one impostor
 MAX_COMBOS = 4096  # candidate combinations tried for one batch (2 candidates at 12 positions)
 MAX_SIGNATURE_TRIES = 16  # combinations checked with Ed25519 when parity cannot filter (~1.6 ms)
