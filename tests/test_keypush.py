@@ -5,7 +5,9 @@ middle of a tone; the speaker plays on with no gap, keeps the set in its keys fi
 it again after a restart. A set endorsed by a key nobody pins is refused and counted.
 
 A second speaker, pinning the same key but with no MQTT, goes silent at the switch: that shows
-the new key is really in use, and that only the pushed set keeps the first one playing.
+the new key is really in use, and that only the pushed set keeps the first one playing. And the
+real streamer retains its set at start and after a SIGHUP, as the table in
+``streamer/control/keys.py`` says.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import numpy as np
 import pytest
 
+from common.secretfile import write_private
+from device.edge import payload_bytes
+from device.trust import TrustedKeys
+from streamer.app import Streamer, StreamerConfig
+from streamer.control.broker import STREAMER_USER
 from streamer.control.keys import KeyAnnouncer
 from tests.harness.audio import rms_dbfs
 from tests.harness.broker import fleet_on, start_broker
-from tests.harness.keys import TEST_KEY
+from tests.harness.keys import TEST_KEY, write_test_key
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import FRAME, RATE, ToneUpstream, serving
 from tests.harness.wait import until
 from tests.harness.zones import KP1
 from wire import keyset
 from wire.auth import SigningKey
-from wire.messages import StreamKeys
+from wire.messages import KEYS_TOPIC, StreamKeys, parse
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
 
@@ -114,3 +122,58 @@ async def test_a_pushed_key_set_carries_a_speaker_through_a_rotation_with_no_gap
             await until(lambda: playing(again), 15, "the tone after a restart")
             await until(lambda: reached(again, "unendorsed", 1), 10, "the forged set refused")
             assert await updates(again, "accepted") == 0
+
+
+async def retained_keys(broker: Any, user: str, password: str) -> keyset.KeySet:
+    """The key set retained on ``loa/v1/keys``, read as a device reads it."""
+    async with aiomqtt.Client(broker.host, broker.port, username=user,
+                              password=password) as c:
+        await c.subscribe(KEYS_TOPIC, qos=1)
+        async for message in c.messages:
+            grant = parse(StreamKeys, payload_bytes(message))
+            return keyset.parse(base64.b64decode(grant.keyset))
+    raise AssertionError("no key set")
+
+
+def published(s: Streamer) -> float:
+    return s.registry.get_sample_value("loa_stream_keys_published_total") or 0.0
+
+
+async def test_the_streamer_retains_its_set_at_start_and_after_each_sighup(
+        mosquitto: Any, redis_url: str, tmp_path: Path) -> None:
+    """``next_signing_key`` announced at start, endorsed by the current key; after the switch
+    (SIGHUP) the set is the new key and the old one, endorsed by the old one, and a device
+    pinning the old key alone takes each set in turn."""
+    pw = start_broker(mosquitto, {"spk-a": KP1})
+    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
+    nxt = SigningKey.generate()
+    next_path = tmp_path / "next-signing-key.pem"
+    write_private(next_path, nxt.to_pem())
+    cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
+                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
+                         ingest_port=-1, signing_key=write_test_key(tmp_path / "key.pem"),
+                         next_signing_key=str(next_path), mqtt_url=mosquitto.url,
+                         mqtt_password_file=str(tmp_path / "streamer.password"))
+    device = TrustedKeys([TEST_KEY.public])
+    s = Streamer(cfg)
+    await s.start()
+    try:
+        await until(lambda: published(s) >= 1, 10, "the set published")
+        ks = await retained_keys(mosquitto, "spk-a", pw["spk-a"])
+        assert (ks.keys, ks.endorser) == ((TEST_KEY.public, nxt.public), TEST_KEY.id)
+        assert device.offer(ks.build(), time.time()) == keyset.ACCEPTED
+        # the operator moves the next key in place and sends SIGHUP
+        s.key_path.write_bytes(nxt.to_pem())
+        next_path.unlink()
+        s.reload_key()
+        await until(lambda: published(s) >= 2, 10, "the switch published")
+        ks = await retained_keys(mosquitto, "spk-a", pw["spk-a"])
+        assert (ks.keys, ks.endorser) == ((nxt.public, TEST_KEY.public), TEST_KEY.id)
+        assert device.offer(ks.build(), time.time()) == keyset.ACCEPTED
+        await until(lambda: s.signing.key.id == nxt.id, 5, "the new key signing")
+        # SIGHUP with nothing changed publishes nothing
+        s.reload_key()
+        await asyncio.sleep(0.5)
+        assert published(s) == 2
+    finally:
+        await s.close()
