@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.secretfile import write_private
 from device.edge import payload_bytes
@@ -31,11 +33,13 @@ from streamer.control.keys import KeyAnnouncer
 from tests.harness.audio import rms_dbfs
 from tests.harness.broker import fleet_on, start_broker
 from tests.harness.keys import TEST_KEY, write_test_key
+from tests.harness.relay import relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
+from tests.harness.subscriber import Subscriber
 from tests.harness.upstream import FRAME, RATE, ToneUpstream, serving
 from tests.harness.wait import until
 from tests.harness.zones import KP1
-from wire import keyset
+from wire import keyset, token
 from wire.auth import SigningKey
 from wire.messages import KEYS_TOPIC, StreamKeys, parse
 
@@ -177,3 +181,52 @@ async def test_the_streamer_retains_its_set_at_start_and_after_each_sighup(
         assert published(s) == 2
     finally:
         await s.close()
+
+
+async def relay_metrics(http: str) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s, s.get(http + "/metrics") as r:
+        text = await r.text()
+    return {smp.name + "".join(f"[{k}={v}]" for k, v in sorted(smp.labels.items())): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+async def test_a_relay_takes_the_pushed_set_for_media_and_for_tokens(
+        mosquitto: Any, tmp_path: Path) -> None:
+    """A relay pinning the old key: a token signed by the next key is refused until the set
+    arrives and accepted after; once the upstream signs with the next key, the relay still
+    verifies every batch and forwards its LOAS (only verified ones ever pass)."""
+    pw = start_broker(mosquitto, {}, relays=("relay-k",))
+    pw_file = tmp_path / "relay.password"
+    pw_file.write_text(pw["relay-k"] + "\n")
+    new = SigningKey.generate()
+    signed_by_new = token.issue(new, "spk-1", [KP1], time.time(), 3600)
+    async with serving(ToneUpstream) as up, fleet_on(mosquitto, pw) as (fleet, _), \
+            relay_process(tmp_path, "relay-k", "--upstream", up.addr, "--require-tokens", "on",
+                          "--mqtt-url", mosquitto.url, "--mqtt-password-file", str(pw_file),
+                          "--keys-file", str(tmp_path / "relay-keys")) as relay:
+        early = Subscriber(KP1, [relay.media], identity="spk-1", token=signed_by_new)
+        await early.start()
+        await until(lambda: early.rejects, 10, "the token of an unknown key refused")
+        early.close()
+        announcer = KeyAnnouncer(TEST_KEY, new)
+        announcer.start(fleet)
+        accepted = "loa_stream_keys_updates_total[outcome=accepted]"
+        await until(lambda: _at_least(relay.http, accepted, 1), 10, "the set taken")
+        sub = Subscriber(KP1, [relay.media], identity="spk-1", token=signed_by_new)
+        await sub.start()
+        try:
+            await sub.wait_packets(50, timeout=10)
+            up.rotate(new)
+            await asyncio.sleep(0.5)  # the batches signed by the old key are through
+            before = sub.rtcp
+            await asyncio.sleep(1.5)
+            assert sub.rtcp >= before + 4, (before, sub.rtcp)  # ~6 batches of 240 ms
+            m = await relay_metrics(relay.http)
+            assert m.get("loa_media_auth_loas_total[outcome=unknown_key]", 0) == 0
+        finally:
+            sub.close()
+            await announcer.close()
+
+
+async def _at_least(http: str, name: str, n: float) -> bool:
+    return (await relay_metrics(http)).get(name, 0.0) >= n
