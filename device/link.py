@@ -111,7 +111,9 @@ class DeviceLink:
 
     A speaker given ``on_emergency`` also reads the retained emergency state of its zone and
     of each ancestor and hands every valid one to it (duplicates included: judging them is
-    the speaker's business); a bad one is dropped and counted like any other payload.
+    the speaker's business); a bad one is dropped and counted like any other payload. A
+    device given ``on_keys`` reads the fleet's retained key set (``loa/v1/keys``) the same
+    way: the raw signed set goes to ``on_keys``, which judges it (``device/trust.py``).
     """
 
     MAX_PLAYED_QUEUE = 1000
