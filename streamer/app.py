@@ -196,7 +196,7 @@ class Streamer:
         except BadKey as e:
             raise ConfigError("next_signing_key", str(e)) from None
         #: the key set retained for the fleet (published once the fleet's broker is known)
-        self.keys = KeyAnnouncer(key, next_key, registry=self.registry)
+        self.key_set = KeyAnnouncer(key, next_key, registry=self.registry)
         #: the keys subscribers' tokens may be signed with: this one, and the next after a
         #: rotation (tokens signed before it stay good until they expire)
         self.token_keys = Keyring([key.public]) if cfg.require_tokens else None
@@ -248,7 +248,7 @@ class Streamer:
                 self.state, self.plane.fleet, lambda: self.signing.key, self.registry,
                 lifetime_s=cfg.token_lifetime_h * 3600)
             self.granting = asyncio.create_task(self.plane.tokens.run())
-            self.keys.start(self.plane.fleet)
+            self.key_set.start(self.plane.fleet)
         await self.broadcasts.recover()
         self.plane.scheduler = await self._scheduler()
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
@@ -320,8 +320,9 @@ class Streamer:
         return scheduler
 
     def reload_key(self) -> None:
-        """Read the signing key file again and sign with it from the next frame (SIGHUP). A
-        file that cannot be read changes nothing and says why."""
+        """Read the signing key file again and sign with it from the next frame (SIGHUP), and
+        the next key's file; retain the fleet's key set again if either changed it
+        (``control/keys.py``). A file that cannot be read changes nothing and says why."""
         try:
             key = SigningKey.from_pem(self.key_path.read_bytes())
         except (OSError, BadKey) as e:
@@ -334,14 +335,14 @@ class Streamer:
                 self.token_keys.add(key.public)
             self.listen_keys.add(key.public)
             self.signing.rotate(key)
-            changed = self.keys.switched(key)
+            changed = self.key_set.switched(key)
         try:
-            changed = self.keys.announce(self._next_key()) or changed
+            changed = self.key_set.announce(self._next_key()) or changed
         except BadKey as e:
             log.error("next signing key %s not read, the key set stays as it was: %s",
                       self.next_key_path, e)
         if changed:
-            self.keys.publish_soon()
+            self.key_set.publish_soon()
 
     def _next_key(self) -> SigningKey | None:
         """The key in ``next_signing_key`` (None: not configured, or no file there now);
@@ -371,7 +372,7 @@ class Streamer:
         if self.plane.tokens is not None:
             self.granting.cancel()
             await self.plane.tokens.close()
-        await self.keys.close()
+        await self.key_set.close()
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.process_watch.cancel()
