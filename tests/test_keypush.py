@@ -175,10 +175,20 @@ async def test_the_streamer_retains_its_set_at_start_and_after_each_sighup(
         assert (ks.keys, ks.endorser) == ((nxt.public, TEST_KEY.public), TEST_KEY.id)
         assert device.offer(ks.build(), time.time()) == keyset.ACCEPTED
         await until(lambda: s.signing.key.id == nxt.id, 5, "the new key signing")
-        # SIGHUP with nothing changed publishes nothing
+        # SIGHUP with nothing changed, or a next key file that is not a key, publishes nothing
+        s.reload_key()
+        next_path.write_bytes(b"not a key\n")
         s.reload_key()
         await asyncio.sleep(0.5)
         assert published(s) == 2
+        # the rotation after: a third key announced beside the two
+        third = SigningKey.generate()
+        write_private(next_path, third.to_pem())
+        s.reload_key()
+        await until(lambda: published(s) >= 3, 10, "the third key announced")
+        ks = await retained_keys(mosquitto, "spk-a", pw["spk-a"])
+        assert set(ks.keys) == {nxt.public, third.public, TEST_KEY.public}
+        assert device.offer(ks.build(), time.time()) == keyset.ACCEPTED
     finally:
         await s.close()
 

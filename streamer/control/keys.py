@@ -7,7 +7,7 @@ is used and a rotation needs no change on them (``docs/operations.md``, "Signing
 | --- | --- | --- |
 | start, no next key | current | current |
 | a next key is announced (``next_signing_key``) | current, next | current |
-| after the switch (SIGHUP), until the streamer restarts | new, previous | previous |
+| after the switch (SIGHUP), until the streamer restarts | new, (next,) previous | previous |
 
 The endorser is always a key the devices already trust: the current one, or after a switch
 the previous one, so that a device that missed the announcement still takes the set. The set
