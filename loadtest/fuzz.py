@@ -39,10 +39,11 @@ from clients.speaker.metrics import latency_histogram
 from clients.speaker.net import Speaker
 from clients.speaker.output import NullSink
 from clients.speaker.playout import OpusDecoder, Playout
+from device.trust import TrustedKeys
 from fanout.endpoint import FanoutEndpoint
 from streamer.control import cap
 from streamer.control.schemas import MAX_TTS_CHARS
-from wire import auth, messages, packet, rtcp, sdp, subscribe, token
+from wire import auth, keyset, messages, packet, rtcp, sdp, subscribe, token
 from wire.auth import Keyring, SigningKey, packet_hash, sign_batch
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
 from wire.subscribe import MAGIC, Message, MsgType
@@ -512,6 +513,7 @@ MQTT_MODELS: dict[str, type[messages.Payload]] = {
     "config": messages.DeviceConfig,
     "emergency": messages.EmergencyState,
     "token": messages.TokenGrant,
+    "keys": messages.StreamKeys,
 }
 #: a valid payload of each model, to mutate
 MQTT_SAMPLES: dict[str, dict[str, Any]] = {
@@ -528,6 +530,7 @@ MQTT_SAMPLES: dict[str, dict[str, Any]] = {
     "emergency": {"id": 9, "active": True, "volume": 100.0, "repeat_s": 60.0, "started": 1.0,
                   "expires": 2.0, "label": "x"},
     "token": {"token": "AQAAAAA=", "expires": 1},
+    "keys": {"keyset": "AQAAAAA="},
 }
 JSON_ATOMS: tuple[Any, ...] = (
     None, True, False, 0, 1, -1, 50, 2**32, 2**64, -(2**63), 10**400, 0.5, -0.0, 1e308, 1e-320,
@@ -896,6 +899,36 @@ def check_token(value: bytes | str) -> None:
                       (token.Token, str))
 
 
+KEYSET_NOW = 1_900_000_000
+KEYSET_OTHER = SigningKey.of(Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+KEYSET_GENUINE = keyset.sign(FUZZ_KEY, [KEYSET_OTHER.public, FUZZ_KEY.public], KEYSET_NOW * 1000)
+#: the set a device holds already: the genuine one is newer
+KEYSET_HELD = keyset.parse(keyset.sign(FUZZ_KEY, [FUZZ_KEY.public], KEYSET_NOW * 1000 - 1))
+
+
+def keyset_input(f: Fuzz) -> bytes:
+    return f.pick((KEYSET_GENUINE, f.mutate(KEYSET_GENUINE, 4), f.raw(), f.blob(400),
+                   KEYSET_GENUINE[: f.below(len(KEYSET_GENUINE))]))
+
+
+def check_keyset(data: bytes) -> None:
+    """Only the genuine set is ever taken; the parser raises nothing but ``MalformedPacket``
+    and what it parses builds back to the same bytes; every refusal is a counted outcome, and
+    a device's keys change only with the genuine set."""
+    try:
+        assert keyset.parse(data).build() == data
+    except MalformedPacket:
+        pass
+    verdict = keyset.verify(FUZZ_KEYS, data, KEYSET_NOW, KEYSET_HELD)
+    assert isinstance(verdict, keyset.KeySet) == (data == KEYSET_GENUINE), verdict
+    assert isinstance(verdict, keyset.KeySet) or verdict in keyset.OUTCOMES
+    device = TrustedKeys([FUZZ_KEY.public])
+    outcome = device.offer(data, KEYSET_NOW)
+    assert outcome in keyset.OUTCOMES and device.outcomes[outcome] == 1
+    expected = [FUZZ_KEY.id, KEYSET_OTHER.id] if data == KEYSET_GENUINE else [FUZZ_KEY.id]
+    assert device.keyring.ids() == sorted(expected)
+
+
 TARGETS: dict[str, Target] = {
     "rtp": Target(fuzz_bytes(rtp_input), check_rtp),
     "rtcp": Target(fuzz_bytes(rtcp_input), check_rtcp),
@@ -924,6 +957,7 @@ TARGETS: dict[str, Target] = {
     "speaker": Target(fuzz_bytes(speaker_datagram), check_speaker),
     "loas": Target(fuzz_bytes(loas_input), check_loas),
     "token": Target(fuzz_bytes(token_input), check_token),
+    "keyset": Target(fuzz_bytes(keyset_input, size=400), check_keyset),
 }
 
 

@@ -49,6 +49,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--signing-key",
                    help="PEM file of the Ed25519 key that signs the media, created when missing "
                         "(default: <var-dir>/signing-key.pem; docs/operations.md)")
+    p.add_argument("--next-signing-key",
+                   help="PEM file of the key to sign with after the next rotation: announced "
+                        "to the devices over MQTT beforehand (docs/operations.md)")
     p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")

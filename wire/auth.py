@@ -148,6 +148,12 @@ class Keyring:
         self._keys[kid] = Ed25519PublicKey.from_public_bytes(public)
         return kid
 
+    def replace(self, publics: Iterable[bytes]) -> None:
+        """Trust exactly ``publics`` from now on (a pushed key set, ``device/trust.py``): the
+        gates and token checks that hold this keyring see the change at their next lookup."""
+        keys = {key_id(raw): Ed25519PublicKey.from_public_bytes(raw) for raw in publics}
+        self._keys = keys  # one assignment: a lookup sees the old set or the new, never half
+
     def get(self, kid: int) -> Ed25519PublicKey | None:
         return self._keys.get(kid)
 

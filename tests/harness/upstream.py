@@ -99,6 +99,11 @@ class RtpUpstream(asyncio.DatagramProtocol):
                         self.transport.sendto(loas, addr)
             n += 1
 
+    def rotate(self, key: SigningKey) -> None:
+        """Sign with ``key`` from the next frame on, as the streamer does on SIGHUP: each
+        channel's open batch is signed with the old key first."""
+        self.key = key
+
     def sign(self, channel: str, data: bytes, n: int, priority: int) -> list[bytes]:
         """The LOAS to send after packet ``data`` of ``channel``."""
         if self.key is None:
@@ -106,7 +111,11 @@ class RtpUpstream(asyncio.DatagramProtocol):
         signer = self.signers.get(channel)
         if signer is None:
             signer = self.signers[channel] = ChannelSigner(self.key, channel, ssrc_for(channel))
-        return signer.add(data, n & 0xFFFF, priority)
+        out: list[bytes] = []
+        if signer.key is not self.key:  # rotated: the old batch closes under the old key
+            out = signer.flush()
+            signer.key = self.key
+        return out + signer.add(data, n & 0xFFFF, priority)
 
 
 U = TypeVar("U", bound=RtpUpstream)
