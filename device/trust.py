@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from common.config import ConfigError
 from common.secretfile import write_private
 from wire import keyset
-from wire.auth import BadKey, Keyring, decode_public, key_id
+from wire.auth import REQUESTED, BadKey, Keyring, decode_public, key_id
 
 log = logging.getLogger("loa.trust")
 
@@ -212,8 +212,12 @@ def auth_metrics(enabled: bool, dropped: Mapping[str, int], loas: Mapping[str, i
     outcomes = CounterMetricFamily("loa_media_auth_loas", "LOAS signature packets, by outcome",
                                    labels=["outcome"])
     for outcome, n in loas.items():
-        outcomes.add_metric([outcome], n)
+        if outcome != REQUESTED:
+            outcomes.add_metric([outcome], n)
     yield outcomes
+    yield CounterMetricFamily("loa_media_auth_loas_requested",
+                              "LOAS overdue and asked for again from the upstream (RESEND)",
+                              value=loas.get(REQUESTED, 0))
 
 
 def keys_metrics(trusted: TrustedKeys | None) -> Iterable[Metric]:

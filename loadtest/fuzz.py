@@ -294,7 +294,10 @@ def control_message(f: Fuzz) -> Message:
         return Message(t, ch, ssrc=f.u32(), keepalive_s=f.below(65536), ptime_ms=f.below(65536))
     if t is MsgType.REJECT:
         return Message(t, ch, reason=f.byte())
-    return Message(t, ch, cookie=f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0"))
+    cookie = f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0")
+    if t is MsgType.RESEND:
+        return Message(t, ch, cookie=cookie, seq=f.below(65536))
+    return Message(t, ch, cookie=cookie)
 
 
 def control_bytes(f: Fuzz) -> bytes:
@@ -324,7 +327,7 @@ ADDRS: tuple[subscribe.Addr, ...] = (("192.0.2.1", 5004), ("192.0.2.2", 5004),
                                      ("2001:db8::1", 40000))
 SERVER_CHANNELS = ("ch", "ch", "ch", "other", "ünïcode")
 SERVER_TYPES = (MsgType.HELLO, MsgType.SUBSCRIBE, MsgType.SUBSCRIBE, MsgType.KEEPALIVE,
-                MsgType.BYE, MsgType.COOKIE, MsgType.SUBACK, MsgType.REJECT)
+                MsgType.BYE, MsgType.COOKIE, MsgType.SUBACK, MsgType.REJECT, MsgType.RESEND)
 
 
 def server_steps(f: Fuzz) -> list[tuple[Any, ...]]:
@@ -379,6 +382,9 @@ def check_subscribe_server(steps: list[tuple[Any, ...]]) -> None:
                 data = Message(t, ch, ssrc=1, keepalive_s=5, ptime_ms=20).build()
             elif t is MsgType.REJECT:
                 data = Message(t, ch, reason=noise[0] if noise else 0).build()
+            elif t is MsgType.RESEND:
+                data = Message(t, ch, cookie=cookie, seq=int.from_bytes(noise, "big") % 65536
+                               ).build()
             else:
                 data = Message(t, ch, cookie=cookie).build()
             if garble:
@@ -394,7 +400,9 @@ def check_subscribe_server(steps: list[tuple[Any, ...]]) -> None:
             if answer.type is MsgType.COOKIE:
                 jar[(addr, answer.channel)] = answer.cookie
         assert isinstance(event, subscribe.Subscribed | subscribe.Unsubscribed
-                          | subscribe.Dropped | None)
+                          | subscribe.Dropped | subscribe.Resend | None)
+        if isinstance(event, subscribe.Resend):  # only a subscriber, with its cookie
+            assert addr in server.subscribers.get(event.channel, {}), "resend to a stranger"
         server.expire(now)
         assert server.count == sum(len(s) for s in server.subscribers.values())
         assert 0 <= server.count <= server.max_subscribers

@@ -20,14 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import opuslib
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.api import call
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.keys import STREAM_KEY_ARGS
-from tests.harness.relay import relay_process
+from tests.harness.relay import RelayProcess, relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import FRAME, RATE, ToneUpstream, serving
 from tests.harness.wait import until
@@ -241,6 +243,61 @@ async def test_reordered_packets_within_the_window_still_play_in_order(
             levels = [rms_dbfs(b) for b in blocks]
             assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
             assert abs(peak_hz(played) - 1000) < 50
+
+
+@pytest.mark.parametrize("at_relay", [False, True], ids=["relay-to-speaker", "into-the-relay"])
+async def test_a_lost_loas_is_asked_for_again_and_its_batch_plays(
+        tmp_path: Path, at_relay: bool) -> None:
+    """Every LOAS is lost the first time it is sent: the receiver, holding packets nothing has
+    proven, asks its upstream for it again (RESEND) and the tone plays without a gap. Without
+    the second asking every batch would be lost."""
+    seen: set[bytes] = set()
+
+    def lose_first_loas(data: bytes) -> list[bytes]:
+        if is_rtcp(data) and data not in seen:
+            seen.add(data)
+            return []
+        return [data]
+
+    async with contextlib.AsyncExitStack() as stack:
+        up = await stack.enter_async_context(serving(ToneUpstream))
+        if at_relay:
+            host, port = up.addr.rsplit(":", 1)
+            mitm = Mitm((host, int(port)), lose_first_loas)
+            await mitm.start()
+            stack.callback(mitm.close)
+            relay = await stack.enter_async_context(
+                relay_process(tmp_path, "relay", "--upstream", mitm.addr))
+            first_hop = relay.media_addr
+        else:
+            relay = await stack.enter_async_context(
+                relay_process(tmp_path, "relay", "--upstream", up.addr))
+            mitm = Mitm(relay.media, lose_first_loas)
+            await mitm.start()
+            stack.callback(mitm.close)
+            first_hop = mitm.addr
+        async with speaker_process(tmp_path, "spk", "--channel", CH,
+                                   "--upstream", first_hop) as spk:
+            await honest_prelude(spk)
+            mitm.forging = True
+            t = time.time()
+            await asyncio.sleep(3.0)
+            played = await spk.wait_window(t + 0.6, t + 2.9)
+            blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
+            levels = [rms_dbfs(b) for b in blocks]
+            assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
+            assert abs(peak_hz(played) - 1000) < 50
+            asked = (await relay_metric(relay, "loa_media_auth_loas_requested_total")
+                     if at_relay else await metric(spk, "loa_media_auth_loas_requested_total"))
+            assert asked >= 8 and len(seen) >= 8
+
+
+async def relay_metric(relay: RelayProcess, prefix: str) -> float:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{relay.http}/metrics") as r:
+        text = await r.text()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name.startswith(prefix))
 
 
 async def test_a_speaker_leaves_a_tampering_relay_and_the_emergency_plays_forced(

@@ -364,6 +364,12 @@ LOAS_OUTCOMES = ("verified", "unknown_key", "unverifiable", "bad_signature", "ma
 DROP_REASONS = ("forged", "unverified", "replayed", "candidates", "stale", "reordered")
 #: ``MediaGate.last`` for a LOAS kept until more packets of its batch arrive (not counted yet)
 PENDING = "pending"
+#: in a gate's ``loas`` counters beside the outcomes: LOAS asked for again (``overdue``)
+REQUESTED = "requested"
+#: a packet held this long after its arrival has lost its LOAS: a batch's first packet waits a
+#: batch less one frame for it, plus its transit
+OVERDUE_S = BATCH_MS / 1000 + 0.04
+ASK_EVERY_S = 0.1  # the same LOAS is asked for again at most this often
 MAX_PENDING = 4  # LOAS kept per channel while packets of their batch are still missing
 MAX_PENDING_TRIES = 4  # signature attempts for a kept LOAS (each up to MAX_SIGNATURE_TRIES)
 MAX_KNOWN = 64  # hashes kept per channel of packets a verified batch proved before they came
@@ -420,6 +426,7 @@ class MediaGate(Generic[T]):
         self._late_items: list[T] = []
         self._late_loas: list[bytes] = []
         self.late = False  # something proven by a late arrival waits in ``take_late``
+        self._asked = (-1, float("-inf"))  # the last seq ``overdue`` gave, and when
         self.dropped = dict.fromkeys(DROP_REASONS, 0) if dropped is None else dropped
         self.loas = dict.fromkeys(LOAS_OUTCOMES, 0) if loas is None else loas
         self.last = ""  # the outcome of the last LOAS
@@ -482,6 +489,25 @@ class MediaGate(Generic[T]):
         self._pending[loas.signature] = _Pending(loas, bytes(data), now, result)
         self.last = PENDING
         return []
+
+    def overdue(self, now: float) -> int | None:
+        """A sequence number whose batch's LOAS is overdue, to ask the upstream for again
+        (``RESEND``, ``wire/subscribe.py``): that of the oldest packet held for over
+        ``OVERDUE_S`` that no kept LOAS is waiting for, or None; the same one at most every
+        ``ASK_EVERY_S``. Cheap enough to call on every packet. Counted as ``REQUESTED``."""
+        before = now - OVERDUE_S
+        for seq, slot in self._held.items():
+            if slot.born >= before:
+                return None
+            if any((seq - p.loas.first_seq) % SEQ_MOD < p.loas.count
+                   for p in self._pending.values()):
+                continue
+            if seq == self._asked[0] and now - self._asked[1] < ASK_EVERY_S:
+                return None
+            self._asked = (seq, now)
+            self.loas[REQUESTED] = self.loas.get(REQUESTED, 0) + 1
+            return seq
+        return None
 
     def take_late(self) -> tuple[list[T], list[bytes]]:
         """What late arrivals proved since the last call: packets, in the order they were
