@@ -16,7 +16,7 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,11 +215,20 @@ async def test_reordered_packets_within_the_window_still_play_in_order(
         held.clear()
         return out
 
+    async with tone_through_mitm(tmp_path, reorder, at_relay) as (_, spk):
+        await tone_without_gap(spk)
+
+
+@contextlib.asynccontextmanager
+async def tone_through_mitm(tmp_path: Path, tamper: Callable[[bytes], list[bytes]],
+                            at_relay: bool) -> AsyncIterator[tuple[RelayProcess, SpeakerProcess]]:
+    """A tone upstream → relay → speaker, with a ``Mitm`` applying ``tamper`` into the relay
+    (``at_relay``) or between the relay and the speaker, from the end of an honest prelude."""
     async with contextlib.AsyncExitStack() as stack:
         up = await stack.enter_async_context(serving(ToneUpstream))
         if at_relay:
             host, port = up.addr.rsplit(":", 1)
-            mitm = Mitm((host, int(port)), reorder)
+            mitm = Mitm((host, int(port)), tamper)
             await mitm.start()
             stack.callback(mitm.close)
             relay = await stack.enter_async_context(
@@ -228,21 +237,26 @@ async def test_reordered_packets_within_the_window_still_play_in_order(
         else:
             relay = await stack.enter_async_context(
                 relay_process(tmp_path, "relay", "--upstream", up.addr))
-            mitm = Mitm(relay.media, reorder)
+            mitm = Mitm(relay.media, tamper)
             await mitm.start()
             stack.callback(mitm.close)
             first_hop = mitm.addr
-        async with speaker_process(tmp_path, "spk", "--channel", CH,
-                                   "--upstream", first_hop) as spk:
-            await honest_prelude(spk)
-            mitm.forging = True
-            t = time.time()
-            await asyncio.sleep(3.0)
-            played = await spk.wait_window(t + 0.6, t + 2.9)
-            blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
-            levels = [rms_dbfs(b) for b in blocks]
-            assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
-            assert abs(peak_hz(played) - 1000) < 50
+        spk = await stack.enter_async_context(
+            speaker_process(tmp_path, "spk", "--channel", CH, "--upstream", first_hop))
+        await honest_prelude(spk)
+        mitm.forging = True
+        yield relay, spk
+
+
+async def tone_without_gap(spk: SpeakerProcess) -> None:
+    """The next 3 s at the speaker are the 1 kHz tone, every 20 ms of it."""
+    t = time.time()
+    await asyncio.sleep(3.0)
+    played = await spk.wait_window(t + 0.6, t + 2.9)
+    blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
+    levels = [rms_dbfs(b) for b in blocks]
+    assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
+    assert abs(peak_hz(played) - 1000) < 50
 
 
 @pytest.mark.parametrize("at_relay", [False, True], ids=["relay-to-speaker", "into-the-relay"])
@@ -259,37 +273,11 @@ async def test_a_lost_loas_is_asked_for_again_and_its_batch_plays(
             return []
         return [data]
 
-    async with contextlib.AsyncExitStack() as stack:
-        up = await stack.enter_async_context(serving(ToneUpstream))
-        if at_relay:
-            host, port = up.addr.rsplit(":", 1)
-            mitm = Mitm((host, int(port)), lose_first_loas)
-            await mitm.start()
-            stack.callback(mitm.close)
-            relay = await stack.enter_async_context(
-                relay_process(tmp_path, "relay", "--upstream", mitm.addr))
-            first_hop = relay.media_addr
-        else:
-            relay = await stack.enter_async_context(
-                relay_process(tmp_path, "relay", "--upstream", up.addr))
-            mitm = Mitm(relay.media, lose_first_loas)
-            await mitm.start()
-            stack.callback(mitm.close)
-            first_hop = mitm.addr
-        async with speaker_process(tmp_path, "spk", "--channel", CH,
-                                   "--upstream", first_hop) as spk:
-            await honest_prelude(spk)
-            mitm.forging = True
-            t = time.time()
-            await asyncio.sleep(3.0)
-            played = await spk.wait_window(t + 0.6, t + 2.9)
-            blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
-            levels = [rms_dbfs(b) for b in blocks]
-            assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
-            assert abs(peak_hz(played) - 1000) < 50
-            asked = (await relay_metric(relay, "loa_media_auth_loas_requested_total")
-                     if at_relay else await metric(spk, "loa_media_auth_loas_requested_total"))
-            assert asked >= 8 and len(seen) >= 8
+    async with tone_through_mitm(tmp_path, lose_first_loas, at_relay) as (relay, spk):
+        await tone_without_gap(spk)
+        asked = (await relay_metric(relay, "loa_media_auth_loas_requested_total")
+                 if at_relay else await metric(spk, "loa_media_auth_loas_requested_total"))
+        assert asked >= 8 and len(seen) >= 8
 
 
 async def relay_metric(relay: RelayProcess, prefix: str) -> float:
