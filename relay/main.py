@@ -61,8 +61,9 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
-    #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``)
-    require_tokens: bool = False
+    #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``);
+    #: on by default, off only on a test bench (``docs/operations.md``, "Subscription tokens")
+    require_tokens: bool = True
     #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -85,6 +86,7 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         self.mqtt  # noqa: B018 (building the settings checks them)
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
         self.keyring  # noqa: B018
+        _token_keys(self, self.trusted_keys())  # tokens can be checked
         self.token_source()  # the token file is readable
 
 
@@ -122,8 +124,9 @@ def load_config(
                     "unverified (a test bench only)")
     ap.add_argument("--token-file", help="this relay's subscription token (base64, as `loa "
                     "token` writes it); read again when it changes")
-    ap.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
-                    "signed by a pinned streamer key")
+    ap.add_argument("--require-tokens", help="on (default) or off: subscribers need a token "
+                    "signed by a pinned streamer key; off lets anyone subscribe (a test bench "
+                    "only)")
     ap.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
@@ -217,7 +220,9 @@ def _token_keys(cfg: RelayConfig, trusted: TrustedKeys | None) -> Keyring | None
     if not cfg.require_tokens:
         return None
     if trusted is None:
-        raise ConfigError("require_tokens", "tokens are checked with stream_keys: pin one")
+        raise ConfigError("require_tokens", "subscribers' tokens are checked with the "
+                          "streamer's key: pin it in stream_keys (--stream-key), or, on a test "
+                          "bench only, set require_tokens = false (--require-tokens off)")
     return trusted.keyring
 
 

@@ -121,8 +121,9 @@ class StreamerConfig:
     #: trust it before the switch. SIGHUP reads it again (``docs/operations.md``, "Signing keys")
     next_signing_key: str = ""
     #: relays (and speakers) subscribing here must present a token this streamer signed
-    #: (``wire/token.py``, ``loa token``)
-    require_tokens: bool = False
+    #: (``wire/token.py``, ``loa token``); on by default, off only on a test bench
+    #: (``docs/operations.md``, "Subscription tokens")
+    require_tokens: bool = True
     #: how long the tokens issued to registered devices over MQTT last, hours (renewed every
     #: third of it; ``docs/operations.md``, "Subscription tokens")
     token_lifetime_h: float = 24.0

@@ -42,8 +42,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--lead-max-ms", type=float,
                    help="the most a frame's tick begins before its deadline (default 0: one "
                         "frame; docs/playout.md)")
-    p.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
-                   "this streamer signed (loa token)")
+    p.add_argument("--require-tokens", help="on (default) or off: subscribers need a token "
+                   "this streamer signed (loa token); off lets anyone subscribe (a test bench "
+                   "only)")
     p.add_argument("--token-lifetime-h", type=float,
                    help="lifetime of the tokens devices get over MQTT (default 24)")
     p.add_argument("--signing-key",

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.api import call
 from tests.harness.audio import peak_hz, rms_dbfs
-from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.keys import STREAM_KEY_ARGS, token_for
 from tests.harness.relay import RelayProcess, relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import FRAME, RATE, ToneUpstream, serving
@@ -412,7 +412,9 @@ async def _subscribe(transport: asyncio.DatagramTransport, relay: tuple[str, int
     from wire.subscribe import SubscribeClient
 
     proto: Any = transport.get_protocol()
-    client = SubscribeClient(identity="spoofer", channel=CH, upstreams=[relay])
+    # a subscriber like any other (its token is good): what it sends is the attack
+    client = SubscribeClient(identity="spoofer", channel=CH, upstreams=[relay],
+                             token=token_for("spoofer"))
     done = asyncio.get_running_loop().create_future()
     original = proto.datagram_received
 
