@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from streamer.control import auth
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
+from streamer.control.reach import RATE_HZ
 from tests.harness.api import call, make_user
 from tests.harness.wait import until
 from tests.harness.zones import AP_TAY, KP1, KP2, OP, OTHER
@@ -256,6 +257,7 @@ async def test_no_token_or_a_bad_one_is_401(streamer):
 
 
 async def test_the_stream_ends_when_its_token_expires_or_is_revoked(streamer):
+    streamer.plane.events.ping_s = 3600  # no ping, no check of the token: only its expiry
     token, digest = auth.new_token()
     await streamer.state.put_token(digest, "admin", 3)
     async with stream(streamer, {"Authorization": f"Bearer {token}"}) as st:
@@ -385,3 +387,28 @@ async def test_presence_reach_and_alerts_from_a_device_over_mqtt(streamer, mosqu
             assert theirs.named("presence") == []
             assert [a for a in theirs.named("alert") if a["name"] in (
                 "zone_offline", "relay_offline")] == []
+
+
+async def test_reach_fills_to_every_speaker_that_confirmed(streamer):
+    """Many confirmations at once make few events, and the last one counts them all. The
+    events of one broadcast leave at least 1/RATE_HZ apart, so however slow the machine, n of
+    them take at least (n - 1)/RATE_HZ from the first confirmation to the last arrival."""
+    speakers = [(f"sp-{i}", KP1 if i % 2 else KP2) for i in range(8)]
+    for sid, zone in speakers:
+        status, _ = await call(streamer, "POST", "/api/v1/speakers",
+                               json={"id": sid, "zone": zone})
+        assert status == 201
+    async with stream(streamer, streamer.admin) as st:
+        b = await air(streamer, [OP])
+        now, t0 = time.time(), time.monotonic()
+        await asyncio.gather(*(streamer.plane.recorder.played(sid, Played(
+            broadcast=b["id"], start=now - 1, end=now, level_dbfs=-20))
+            for sid, _ in speakers))
+        await st.wait("reach", broadcast=b["id"], confirmed=len(speakers))
+        elapsed_s = time.monotonic() - t0
+        counts = [d["confirmed"] for d in st.named("reach")]
+        assert counts == sorted(counts)
+        assert (len(counts) - 1) / RATE_HZ <= elapsed_s, (counts, elapsed_s)
+        assert {d["expected"] for d in st.named("reach")} == {len(speakers)}
+        status, reach = await call(streamer, "GET", f"/api/v1/broadcasts/{b['id']}/reach")
+        assert status == 200 and len(reach["confirmed"]) == counts[-1]
