@@ -88,7 +88,8 @@ async def _stream(plane: Any, hub: EventHub, sub: Subscriber, resp: web.StreamRe
             continue
         if time.monotonic() >= next_ping:
             next_ping = time.monotonic() + hub.ping_s
-            if await plane.state.token_owner(digest) != user:
+            owner = await plane.state.token_owner(digest)
+            if owner is None or owner.disabled or owner.grants != user.grants:
                 log.info("event stream of %s: signed out, disabled or regranted", user.name)
                 await resp.write(b": signed out\n\n")
                 return "signed_out"
