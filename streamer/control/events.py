@@ -131,10 +131,18 @@ class EventHub:
                 self.dropped.labels(reason).inc()
 
     def publish(self, name: str, data: dict[str, Any], zones: list[str]) -> None:
-        """Queue ``name`` for every subscriber that sees one of ``zones``. Never blocks."""
+        """Queue ``name`` for every subscriber that sees one of ``zones``. Never blocks, and
+        never raises into its caller (a broadcast's start, a device's report): an event that
+        cannot be told is logged and lost."""
         self.published.labels(name).inc()
         if not self.subscribers:
             return
+        try:
+            self._publish(name, data, zones)
+        except Exception:
+            log.exception("event %s not published", name)
+
+    def _publish(self, name: str, data: dict[str, Any], zones: list[str]) -> None:
         event_id = self.next_id()
         frames: dict[tuple[str, ...], bytes] = {}
         has_zones = "zones" in data
