@@ -412,3 +412,29 @@ async def test_reach_fills_to_every_speaker_that_confirmed(streamer):
         assert {d["expected"] for d in st.named("reach")} == {len(speakers)}
         status, reach = await call(streamer, "GET", f"/api/v1/broadcasts/{b['id']}/reach")
         assert status == 200 and len(reach["confirmed"]) == counts[-1]
+
+
+async def test_with_redis_down_the_stream_goes_on_and_says_so(streamer, redis_server):
+    """An emergency officer's stream stays open while Redis is away (the token is checked
+    against the cache), carries the emergency, and the state_degraded alert fires and
+    resolves when Redis is back."""
+    streamer.plane.events.ping_s = 0.5  # the token is checked again at every ping
+    officer = await make_user(streamer, "officer", ("emergency", OP))
+    async with stream(streamer, officer) as st:
+        redis_server.kill()
+        status, e = await call(streamer, "POST", "/api/v1/emergency", officer, json={
+            "zones": [KP1], "source": {"kind": "tone", "seconds": 60}, "chime": False})
+        assert status == 201, e
+        await st.wait("emergency", id=e["id"], state="on")
+        on = await st.wait("onair", zone=KP1, since=1 + len(streamer.zones.leaves(OP)))
+        assert on["broadcast"]["id"] == e["id"]
+        fired = await st.wait("alert", name="state_degraded", state="firing")
+        assert fired["zones"] == list(streamer.zones.roots)
+        n = st.comments.count("ping")
+        await until(lambda: st.comments.count("ping") > n, WAIT_S, "a ping with Redis down")
+        assert not st.ended
+        redis_server.start()
+        await st.wait("alert", name="state_degraded", state="resolved")
+        status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}", officer)
+        assert status == 200
+        await st.wait("emergency", id=e["id"], state="off")
