@@ -12,7 +12,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import aiomqtt
@@ -438,3 +440,24 @@ async def test_with_redis_down_the_stream_goes_on_and_says_so(streamer, redis_se
         status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}", officer)
         assert status == 200
         await st.wait("emergency", id=e["id"], state="off")
+
+
+async def test_a_schedule_that_fires_is_on_air_from_its_occurrence(streamer):
+    """The scheduler books the occurrence in the mixer ahead of time; the channel is on air
+    (``onair``) once it has started, with the occurrence as its start."""
+    streamer.plane.now = time.time  # this test fires for real, a few seconds from now
+    await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"quiet_hours": ""})
+    vn = ZoneInfo("Asia/Ho_Chi_Minh")
+    at = (datetime.now(vn) + timedelta(seconds=3)).replace(microsecond=0, tzinfo=None)
+    async with stream(streamer, streamer.admin) as st:
+        n = len(st.events)
+        status, s = await call(streamer, "POST", "/api/v1/schedules", json={
+            "zones": [OP], "source": {"kind": "tone", "seconds": 1}, "at": at.isoformat(),
+            "label": "hẹn giờ"})
+        assert status == 201, s
+        on = await st.wait("onair", zone=KP1, since=n, what="the occurrence on air")
+        assert on["broadcast"]["label"] == "hẹn giờ"
+        assert on["broadcast"]["started"] == at.replace(tzinfo=vn).timestamp()
+        assert time.time() >= on["broadcast"]["started"]
+        await until(lambda: [d for d in st.named("onair", n) if d["zone"] == KP1
+                             and d["broadcast"] is None], WAIT_S, "its end")
