@@ -43,6 +43,7 @@ from device.edge import (
 from wire.ids import valid_device_id, valid_zone_id
 from wire.messages import (
     DEVICE_TOPICS,
+    KEYS_TOPIC,
     KINDS,
     Ack,
     BadPayload,
@@ -51,6 +52,7 @@ from wire.messages import (
     EmergencyState,
     Played,
     Status,
+    StreamKeys,
     Strict,
     Telemetry,
     TokenGrant,
@@ -109,7 +111,9 @@ class DeviceLink:
 
     A speaker given ``on_emergency`` also reads the retained emergency state of its zone and
     of each ancestor and hands every valid one to it (duplicates included: judging them is
-    the speaker's business); a bad one is dropped and counted like any other payload.
+    the speaker's business); a bad one is dropped and counted like any other payload. A
+    device given ``on_keys`` reads the fleet's retained key set (``loa/v1/keys``) the same
+    way: the raw signed set goes to ``on_keys``, which judges it (``device/trust.py``).
     """
 
     MAX_PLAYED_QUEUE = 1000
@@ -122,10 +126,13 @@ class DeviceLink:
                  on_emergency: Callable[[EmergencyState], None] | None = None,
                  tls_context: ssl.SSLContext | None = None,
                  on_token: Callable[[bytes], None] | None = None,
-                 password_file: str | None = None) -> None:
+                 password_file: str | None = None,
+                 on_keys: Callable[[bytes], None] | None = None) -> None:
         """``password_file``: read again at every connection, so that a device's password can
         be changed (written to the file, then the new one set at the broker) without a
-        restart: the session goes on, and the next one uses the new password."""
+        restart: the session goes on, and the next one uses the new password. ``on_keys``
+        gets each stream key set the streamer retains on ``loa/v1/keys`` (``wire/keyset.py``:
+        whether to trust it is for the callee to judge)."""
         if device.kind not in KINDS:
             raise ValueError(f"kind {device.kind!r}")
         if zone is not None and not valid_zone_id(zone):
@@ -148,6 +155,9 @@ class DeviceLink:
         subs = [self._topic[leaf] for leaf in topics.reads]
         self.on_emergency = on_emergency
         self.on_token = on_token
+        self.on_keys = on_keys
+        if on_keys is not None:
+            subs += list(topics.fleet)
         self._emergency_topics: set[str] = set()
         if topics.zones:
             subs += zone_cmd_topics(zone) if zone else []
@@ -260,6 +270,7 @@ class DeviceLink:
         (own or group)."""
         kind = ("config" if topic == self._topic.get("config") else
                 "token" if topic == self._topic.get("token") else
+                "keys" if topic == KEYS_TOPIC else
                 "emergency" if topic in self._emergency_topics else "cmd")
         self.metrics.messages.labels(kind).inc()
         if kind == "emergency":
@@ -267,6 +278,12 @@ class DeviceLink:
             return
         if kind == "token":
             self._token(topic, payload)
+            return
+        if kind == "keys":
+            on_keys = self.on_keys
+            if on_keys is not None:
+                self._retained("keys", StreamKeys, topic, payload,
+                               lambda m: on_keys(base64.b64decode(m.keyset)))
             return
         if kind == "config":
             if not payload:  # retained config cleared: nothing desired

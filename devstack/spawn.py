@@ -176,6 +176,7 @@ async def start_relay(args: argparse.Namespace, var: Path, servers: Servers, str
             "--http", _hostport(info["http"]) if info else f"{host}:{args.relay_http_port}",
             "--upstream", str(streamer.info["media"]), "--public-host", host,
             "--ptime-ms", str(args.ptime_ms), *mqtt_args("relay-1", servers.mqtt_url, secrets),
+            "--keys-file", str(var / "keys" / "relay-1.keys"),  # the key set pushed over MQTT
             "--stream-key", str(streamer.info["stream_key"]),
             # speakers need a token; its own comes over MQTT and is kept in var/tokens
             "--require-tokens", "on", "--token-file", str(var / "tokens" / "relay-1.token"),
@@ -205,6 +206,7 @@ async def start_speakers(args: argparse.Namespace, var: Path, servers: Servers,
                 "--wav", str(spk_dir / f"{sid}.wav"), "--log", str(spk_dir / f"{sid}.jsonl"),
                 "--delay-ms", str(args.delay_ms), "--var-dir", str(var),
                 *mqtt_args(sid, servers.mqtt_url, secrets),
+                "--keys-file", str(var / "keys" / f"{sid}.keys"),
                 "--stream-key", str(streamer.info["stream_key"]),
                 "--token-file", str(var / "tokens" / f"{sid}.token"),
             ]

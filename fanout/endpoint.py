@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from wire import subscribe, token
 from wire.auth import Keyring
 from wire.packet import MalformedPacket
-from wire.subscribe import Addr, Dropped, Subscribed, SubscribeServer, Unsubscribed
+from wire.subscribe import Addr, Dropped, Resend, Subscribed, SubscribeServer, Unsubscribed
 
 from . import udp
 from .mmsg import SendBatch, sockaddr
@@ -203,8 +203,8 @@ class _Metrics:
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
         self.control_dropped = Counter(
-            "loa_fanout_control_dropped", "KEEPALIVE and BYE messages ignored: malformed "
-            "(e.g. no cookie) or without their subscription's cookie (forged)",
+            "loa_fanout_control_dropped", "KEEPALIVE, BYE and RESEND messages ignored: "
+            "malformed (e.g. no cookie) or without their subscription's cookie (forged)",
             (*p, "type", "reason"), registry=r)
 
 
@@ -495,9 +495,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             log.exception("unexpected error on a control datagram from %s", addr)
             self._bad.inc()
             return
-        if isinstance(event, Dropped):  # a forged KEEPALIVE or BYE: it changes nothing
+        if isinstance(event, Dropped):  # a forged KEEPALIVE, BYE or RESEND: it changes nothing
             self.metrics.handshakes.labels(self.process, "dropped").inc()
             self.metrics.control_dropped.labels(self.process, event.type, event.reason).inc()
+            return
+        if isinstance(event, Resend):
+            self._resend(event, len(data))
             return
         self.metrics.handshakes.labels(self.process, _outcome(data, reply)).inc()
         self._unreachable.pop(src, None)  # it speaks, so it is there
@@ -547,6 +550,17 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
                 self._transport.sendto(data, addr)
             except (OSError, RuntimeError):
                 self._refused.inc()
+
+    def _resend(self, event: Resend, asked_with: int) -> None:
+        """A subscriber lost a LOAS: send it again if it is still kept (never more bytes than
+        the request, which RESEND's padding ensures)."""
+        ring = self._rings.get(event.channel)
+        loas = ring.loas_for(event.seq) if ring is not None else None
+        if loas is None or len(loas) > asked_with:
+            self.metrics.handshakes.labels(self.process, "resend_unknown").inc()
+            return
+        self.metrics.handshakes.labels(self.process, "resend").inc()
+        self._send(loas, event.addr)
 
     def _burst(self, channel: str, addr: Addr) -> None:
         ring = self._rings.get(channel)
@@ -641,11 +655,13 @@ def _numeric(addr: Addr) -> Addr:
     return (str(sa[0]), int(sa[1]))
 
 
-_KEEPALIVE_BYE = {int(subscribe.MsgType.KEEPALIVE): "keepalive", int(subscribe.MsgType.BYE): "bye"}
+_KEEPALIVE_BYE = {int(subscribe.MsgType.KEEPALIVE): "keepalive", int(subscribe.MsgType.BYE): "bye",
+                  int(subscribe.MsgType.RESEND): "resend"}
 
 
 def _outcome(request: bytes, reply: bytes | None) -> str:
-    kind = {1: "hello", 3: "subscribe", 5: "keepalive", 6: "bye"}.get(request[4], "ignored")
+    kind = {1: "hello", 3: "subscribe", 5: "keepalive", 6: "bye", 8: "resend"}.get(request[4],
+                                                                                 "ignored")
     if reply is None:
         return kind
     if reply[4] == subscribe.MsgType.REJECT:

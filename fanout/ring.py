@@ -8,7 +8,9 @@ mid-bulletin starts ``burst_s`` sooner and does not lose the bulletin's last wor
 must stay shorter than the playout delay, or its first packets arrive already too late.
 
 RTP media is kept, and the ``LOAS`` signatures that prove it (``wire/auth.py``); sender reports
-are not (they are periodic and speakers do not need an old one).
+are not (they are periodic and speakers do not need an old one). The last ``KEEP_LOAS``
+signatures are also kept apart, whatever the burst, for a subscriber that lost one and asks
+again (``RESEND``, ``wire/subscribe.py``).
 Per packet: one tuple appended to a bounded deque, no copy of the packet.
 """
 
@@ -17,12 +19,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from wire.auth import is_loas
+from wire.auth import LOAS_LEN, SEQ_MOD, is_loas
 from wire.packet import is_rtcp
+
+KEEP_LOAS = 8  # about 2 s of a channel's signatures at 240 ms batches
 
 
 class PacketRing:
-    __slots__ = ("burst_s", "_packets")
+    __slots__ = ("burst_s", "_packets", "_loas")
 
     def __init__(self, burst_s: float, ptime_s: float) -> None:
         self.burst_s = burst_s
@@ -30,10 +34,24 @@ class PacketRing:
         # little for bursty upstream arrival.
         self._packets: deque[tuple[float, bytes]] = deque(
             maxlen=max(1, int(burst_s / ptime_s * 1.25) + 6) if burst_s > 0 else 1)
+        self._loas: deque[bytes] = deque(maxlen=KEEP_LOAS)
 
     def add(self, packet: bytes, now: float) -> None:
-        if self.burst_s > 0 and (not is_rtcp(packet) or is_loas(packet)):
+        if is_rtcp(packet):
+            if not is_loas(packet):
+                return
+            if len(packet) == LOAS_LEN:
+                self._loas.append(packet)
+        if self.burst_s > 0:
             self._packets.append((now, packet))
+
+    def loas_for(self, seq: int) -> bytes | None:
+        """The kept LOAS whose batch holds ``seq`` (the newest such), or None."""
+        for loas in reversed(self._loas):
+            # first seq and count at their fixed offsets (wire/auth.py, "the LOAS packet")
+            if (seq - int.from_bytes(loas[16:18], "big")) % SEQ_MOD < loas[18]:
+                return loas
+        return None
 
     def burst(self, now: float) -> Iterator[bytes]:
         """The packets that arrived within ``burst_s`` before ``now``, oldest first."""

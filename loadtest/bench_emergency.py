@@ -66,6 +66,7 @@ from ._report import machine, table, today, write_section
 from .bench_relay import udp_drops
 from .simspeakers import SimSpeakersProcess, TimeToAir
 from .stack import KEEP_UP, STEADY_S, Stack, ratio
+from .tokens import issue_all, load_key
 
 PROVINCE = "brvt"
 BASELINE_ID = 0xFFFF_0000  # + round: broadcast ids the streamer never hands out this soon
@@ -227,8 +228,9 @@ async def bench(n: int, relays: int, chain: int, emergencies: int, ptime_ms: int
                                                        district=True)
                 for k in range(relays):
                     await stack.start_relay(k, ptime_ms, upstream=upstream)
-                probe = ProofProbe((await stack.channels())[0], stack.relays[0],
-                                   stack.stream_key)
+                channel = (await stack.channels())[0]
+                [token] = issue_all(load_key(stack.signing_key), ["bench-probe"], [channel])
+                probe = ProofProbe(channel, stack.relays[0], stack.stream_key, token)
                 await probe.start()
                 exits.callback(probe.close)
                 ticks = asyncio.create_task(_probe_ticks(probe))

@@ -4,9 +4,11 @@ One channel is published at real time (one RTP packet per ``--ptime-ms``, 32 kb/
 sequence numbers incrementing) by an in-process upstream (a ``FanoutEndpoint``, as the
 streamer has) to a real ``relay.main`` subprocess. ``--subscribers`` receivers live in a
 separate receiver process: one UDP socket each, each doing the real subscribe handshake with
-the relay, counting packets and sequence gaps per subscriber. They read with ``recvmmsg``
-(``fanout/mmsg.py``) in rounds of ``ROUND_S`` over all sockets, so that 5,000 receivers cost a
-fraction of a core and the relay, not the receiver, is what is measured.
+the relay (with a subscription token of its own, signed once at start with the upstream's key:
+the relay requires them, its default), counting packets and sequence gaps per subscriber.
+They read with ``recvmmsg`` (``fanout/mmsg.py``) in rounds of ``ROUND_S`` over all sockets, so
+that 5,000 receivers cost a fraction of a core and the relay, not the receiver, is what is
+measured.
 
 The baseline, in the same run and to the same receiver sockets: a minimal raw sender process
 (one prebuilt ``sendmmsg`` batch of the N addresses, the same packet, the same pace; no
@@ -50,6 +52,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from common.secretfile import write_private
 from fanout.endpoint import FanoutEndpoint
 from fanout.mmsg import RecvBatch, SendBatch
 from wire.auth import ChannelSigner, SigningKey
@@ -59,6 +62,7 @@ from wire.subscribe import MAGIC, ClientState, SubscribeClient
 from ._report import ROOT, machine, process_cpu_s, rss_bytes, table, today, write_section
 from .children import ask, read_line, stop_process
 from .simspeakers import raise_fd_limit
+from .tokens import issue_all, load_key
 
 CHANNEL = "bench-relay-01"
 PAYLOAD_BYTES_PER_MS = 4  # 32 kb/s Opus
@@ -155,8 +159,11 @@ class Receivers:
                 "silent": self.received.count(0), "with_loss": sum(1 for g in self.gaps if g)}
 
 
-def run_receiver(n: int) -> int:
+def run_receiver(n: int, signing_key: str) -> int:
     rx = Receivers(n)
+    # the relay requires subscription tokens (its default): each receiver's, signed once here
+    names = [f"bench-speaker-{j}" for j in range(n)]
+    tokens = issue_all(load_key(signing_key), names, [CHANNEL] * n)
     commands = _Commands()
     handshake_since = 0.0
     handshaking = False
@@ -176,8 +183,8 @@ def run_receiver(n: int) -> int:
                 cmd, *args = line.split()
                 if cmd == "subscribe":
                     relay = (args[0], int(args[1]))
-                    rx.clients = [SubscribeClient(f"bench-speaker-{j}", CHANNEL, [relay])
-                                  for j in range(n)]
+                    rx.clients = [SubscribeClient(name, CHANNEL, [relay], token=tok)
+                                  for name, tok in zip(names, tokens, strict=True)]
                     handshaking, handshake_since = True, time.monotonic()
                 elif cmd == "reset":
                     rx.read_all(time.monotonic())
@@ -384,20 +391,23 @@ async def bench(n: int, ptimes: list[int], seconds: float, rounds: int,
     children: list[Child] = []
     upstream: Upstream | None = None
     log = tempfile.NamedTemporaryFile(prefix="bench-relay-", suffix=".log", delete=False)
+    key = SigningKey.generate()  # signs the media and the receivers' subscription tokens
+    key_file = Path(log.name).with_suffix(".key.pem")
+    write_private(key_file, key.to_pem())
     try:
         receiver = await Child.spawn("receiver", "-m", "loadtest.bench_relay", "--role",
-                                     "receiver", "--subscribers", str(n))
+                                     "receiver", "--subscribers", str(n),
+                                     "--signing-key", str(key_file))
         children.append(receiver)
         ports = (await receiver.line(60))["ports"]
         receivers = frozenset(ports)
 
-        key = SigningKey.generate()
         upstream = Upstream(key)
         await upstream.start()
         relay = await Child.spawn(
             "relay", "-m", "relay.main", "--id", "bench-relay", "--media", "127.0.0.1:0",
             "--http", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream.addr[1]}",
-            *(("--stream-key", key.public_text) if verify else ("--verify-media", "off")),
+            "--stream-key", key.public_text, *(() if verify else ("--verify-media", "off")),
             stderr=log)
         children.append(relay)
         info = await relay.line(15)
@@ -454,6 +464,7 @@ async def bench(n: int, ptimes: list[int], seconds: float, rounds: int,
             await child.stop()
         log.close()
         os.unlink(log.name)
+        key_file.unlink()
 
 
 HEADER = ("frame", "expected pkt/s", "raw delivered pkt/s", "raw pkt/s per core",
@@ -532,9 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="rewrite its docs/BENCHMARKS.md section")
     ap.add_argument("--role", choices=("main", "receiver", "raw"), default="main",
                     help=argparse.SUPPRESS)
+    ap.add_argument("--signing-key", default="", help=argparse.SUPPRESS)  # the receivers
     args = ap.parse_args(argv)
     if args.role == "receiver":
-        return run_receiver(args.subscribers)
+        return run_receiver(args.subscribers, args.signing_key)
     if args.role == "raw":
         return run_raw()
     try:

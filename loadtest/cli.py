@@ -3,7 +3,9 @@
 Without ``--streamer`` it starts a private stack in a temporary directory (redis-server, the
 streamer as a ``loa streamer`` child, ``--relays`` relay processes: ``loadtest/stack.py``) and
 stops it at the end; with ``--streamer URL --relay HOST:PORT…`` it uses those, signing in with
-``--token`` or ``--user``/``--password`` because the scenario's events go through the API.
+``--token`` or ``--user``/``--password`` because the scenario's events go through the API; its
+speakers' subscription tokens, which relays require by default, it signs with the streamer's
+key file given as ``--signing-key``.
 Speakers (``loadtest/fleet.py`` workers, at nice +10) are spread evenly over the chosen leaf
 channels and relays; once all are subscribed and ``warmup_s`` has passed, the measurement window
 opens, events are sent at their times, a progress line is redrawn on stderr, and CPU and memory
@@ -140,7 +142,8 @@ async def run(sc: Scenario, args: argparse.Namespace, command: str) -> dict[str,
                 stack = Stack(exits, Path(tmp), log)
                 if args.streamer:
                     await stack.attach(args.streamer, args.relay, token=args.token,
-                                       user=args.user, password=args.password)
+                                       user=args.user, password=args.password,
+                                       signing_key=args.signing_key)
                 else:
                     await stack.start_streamer_process(sc.ptime_ms)
                     for k in range(sc.relays):
@@ -167,7 +170,7 @@ async def _run_fleet(sc: Scenario, stack: Stack, exits: AsyncExitStack, log: Any
                            [channel_of[i] for i in mine], [relays[relay_of[i]] for i in mine],
                            list(range(sc.decode_sample)), clock, sc.ptime_ms, sc.seed, origin,
                            sc.handshake_timeout_s + sc.warmup_s + sc.duration_s + 60,
-                           sc.handshake_timeout_s)
+                           sc.handshake_timeout_s, stack.signing_key)
         proc = await FleetProcess.spawn(cfg, stderr=log)
         exits.push_async_callback(proc.close)
         workers.append(proc)
@@ -216,6 +219,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="", help="API bearer token (with --streamer)")
     p.add_argument("--user", default="")
     p.add_argument("--password", default="")
+    p.add_argument("--signing-key", default="",
+                   help="the running streamer's signing key (PEM file): signs the simulated "
+                        "speakers' subscription tokens, which its relays require by default "
+                        "(with --streamer; without it the speakers present none)")
     return p
 
 

@@ -70,6 +70,7 @@ from .simspeakers import (
     RECEIVE_BUFFER,
     raise_fd_limit,
 )
+from .tokens import issue_all, load_key
 
 ROUND_S = 0.1
 TICK_S = 0.2
@@ -289,6 +290,9 @@ class WorkerConfig:
     origin: float
     horizon_s: float
     handshake_timeout_s: float
+    #: PEM file of the streamer's key, which signs each speaker's subscription token once at
+    #: start ("": they present none, for relays that require no token)
+    signing_key: str = ""
 
     def to_json(self) -> str:
         d = {k: v for k, v in self.__dict__.items() if k != "clock"}
@@ -311,10 +315,12 @@ class Fleet:
     def __post_init__(self) -> None:
         cfg, n = self.cfg, len(self.cfg.indices)
         raise_fd_limit(n + 256)
-        self.clients = [SubscribeClient(f"loadtest-speaker-{i}", ch, [relay],
+        names = [f"loadtest-speaker-{i}" for i in cfg.indices]
+        tokens = issue_all(load_key(cfg.signing_key), names, cfg.channels)
+        self.clients = [SubscribeClient(name, ch, [relay], token=tok,
                                         media_timeout_s=math.inf)  # one relay: no failover
-                        for i, ch, relay in zip(cfg.indices, cfg.channels, cfg.relays,
-                                                strict=True)]
+                        for name, ch, relay, tok in zip(names, cfg.channels, cfg.relays, tokens,
+                                                        strict=True)]
         for relay in cfg.relays:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.socks.append(s)

@@ -39,10 +39,11 @@ from clients.speaker.metrics import latency_histogram
 from clients.speaker.net import Speaker
 from clients.speaker.output import NullSink
 from clients.speaker.playout import OpusDecoder, Playout
+from device.trust import TrustedKeys
 from fanout.endpoint import FanoutEndpoint
 from streamer.control import cap
 from streamer.control.schemas import MAX_TTS_CHARS
-from wire import auth, messages, packet, rtcp, sdp, subscribe, token
+from wire import auth, keyset, messages, packet, rtcp, sdp, subscribe, token
 from wire.auth import Keyring, SigningKey, packet_hash, sign_batch
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
 from wire.subscribe import MAGIC, Message, MsgType
@@ -293,7 +294,10 @@ def control_message(f: Fuzz) -> Message:
         return Message(t, ch, ssrc=f.u32(), keepalive_s=f.below(65536), ptime_ms=f.below(65536))
     if t is MsgType.REJECT:
         return Message(t, ch, reason=f.byte())
-    return Message(t, ch, cookie=f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0"))
+    cookie = f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0")
+    if t is MsgType.RESEND:
+        return Message(t, ch, cookie=cookie, seq=f.below(65536))
+    return Message(t, ch, cookie=cookie)
 
 
 def control_bytes(f: Fuzz) -> bytes:
@@ -323,7 +327,7 @@ ADDRS: tuple[subscribe.Addr, ...] = (("192.0.2.1", 5004), ("192.0.2.2", 5004),
                                      ("2001:db8::1", 40000))
 SERVER_CHANNELS = ("ch", "ch", "ch", "other", "ünïcode")
 SERVER_TYPES = (MsgType.HELLO, MsgType.SUBSCRIBE, MsgType.SUBSCRIBE, MsgType.KEEPALIVE,
-                MsgType.BYE, MsgType.COOKIE, MsgType.SUBACK, MsgType.REJECT)
+                MsgType.BYE, MsgType.COOKIE, MsgType.SUBACK, MsgType.REJECT, MsgType.RESEND)
 
 
 def server_steps(f: Fuzz) -> list[tuple[Any, ...]]:
@@ -378,6 +382,9 @@ def check_subscribe_server(steps: list[tuple[Any, ...]]) -> None:
                 data = Message(t, ch, ssrc=1, keepalive_s=5, ptime_ms=20).build()
             elif t is MsgType.REJECT:
                 data = Message(t, ch, reason=noise[0] if noise else 0).build()
+            elif t is MsgType.RESEND:
+                data = Message(t, ch, cookie=cookie, seq=int.from_bytes(noise, "big") % 65536
+                               ).build()
             else:
                 data = Message(t, ch, cookie=cookie).build()
             if garble:
@@ -393,7 +400,9 @@ def check_subscribe_server(steps: list[tuple[Any, ...]]) -> None:
             if answer.type is MsgType.COOKIE:
                 jar[(addr, answer.channel)] = answer.cookie
         assert isinstance(event, subscribe.Subscribed | subscribe.Unsubscribed
-                          | subscribe.Dropped | None)
+                          | subscribe.Dropped | subscribe.Resend | None)
+        if isinstance(event, subscribe.Resend):  # only a subscriber, with its cookie
+            assert addr in server.subscribers.get(event.channel, {}), "resend to a stranger"
         server.expire(now)
         assert server.count == sum(len(s) for s in server.subscribers.values())
         assert 0 <= server.count <= server.max_subscribers
@@ -512,6 +521,7 @@ MQTT_MODELS: dict[str, type[messages.Payload]] = {
     "config": messages.DeviceConfig,
     "emergency": messages.EmergencyState,
     "token": messages.TokenGrant,
+    "keys": messages.StreamKeys,
 }
 #: a valid payload of each model, to mutate
 MQTT_SAMPLES: dict[str, dict[str, Any]] = {
@@ -528,6 +538,7 @@ MQTT_SAMPLES: dict[str, dict[str, Any]] = {
     "emergency": {"id": 9, "active": True, "volume": 100.0, "repeat_s": 60.0, "started": 1.0,
                   "expires": 2.0, "label": "x"},
     "token": {"token": "AQAAAAA=", "expires": 1},
+    "keys": {"keyset": "AQAAAAA="},
 }
 JSON_ATOMS: tuple[Any, ...] = (
     None, True, False, 0, 1, -1, 50, 2**32, 2**64, -(2**63), 10**400, 0.5, -0.0, 1e308, 1e-320,
@@ -896,6 +907,36 @@ def check_token(value: bytes | str) -> None:
                       (token.Token, str))
 
 
+KEYSET_NOW = 1_900_000_000
+KEYSET_OTHER = SigningKey.of(Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+KEYSET_GENUINE = keyset.sign(FUZZ_KEY, [KEYSET_OTHER.public, FUZZ_KEY.public], KEYSET_NOW * 1000)
+#: the set a device holds already: the genuine one is newer
+KEYSET_HELD = keyset.parse(keyset.sign(FUZZ_KEY, [FUZZ_KEY.public], KEYSET_NOW * 1000 - 1))
+
+
+def keyset_input(f: Fuzz) -> bytes:
+    return f.pick((KEYSET_GENUINE, f.mutate(KEYSET_GENUINE, 4), f.raw(), f.blob(400),
+                   KEYSET_GENUINE[: f.below(len(KEYSET_GENUINE))]))
+
+
+def check_keyset(data: bytes) -> None:
+    """Only the genuine set is ever taken; the parser raises nothing but ``MalformedPacket``
+    and what it parses builds back to the same bytes; every refusal is a counted outcome, and
+    a device's keys change only with the genuine set."""
+    try:
+        assert keyset.parse(data).build() == data
+    except MalformedPacket:
+        pass
+    verdict = keyset.verify(FUZZ_KEYS, data, KEYSET_NOW, KEYSET_HELD)
+    assert isinstance(verdict, keyset.KeySet) == (data == KEYSET_GENUINE), verdict
+    assert isinstance(verdict, keyset.KeySet) or verdict in keyset.OUTCOMES
+    device = TrustedKeys([FUZZ_KEY.public])
+    outcome = device.offer(data, KEYSET_NOW)
+    assert outcome in keyset.OUTCOMES and device.outcomes[outcome] == 1
+    expected = [FUZZ_KEY.id, KEYSET_OTHER.id] if data == KEYSET_GENUINE else [FUZZ_KEY.id]
+    assert device.keyring.ids() == sorted(expected)
+
+
 TARGETS: dict[str, Target] = {
     "rtp": Target(fuzz_bytes(rtp_input), check_rtp),
     "rtcp": Target(fuzz_bytes(rtcp_input), check_rtcp),
@@ -924,6 +965,7 @@ TARGETS: dict[str, Target] = {
     "speaker": Target(fuzz_bytes(speaker_datagram), check_speaker),
     "loas": Target(fuzz_bytes(loas_input), check_loas),
     "token": Target(fuzz_bytes(token_input), check_token),
+    "keyset": Target(fuzz_bytes(keyset_input, size=400), check_keyset),
 }
 
 

@@ -1,8 +1,10 @@
 """Simulated IP speakers: thousands of real subscribers in one process, timing emergencies.
 
 Each simulated speaker owns one UDP socket and does the real subscribe handshake
-(``SubscribeClient``) with its relay, so the relay sees N distinct subscribers, each with its
-own address, cookie, keepalives and destination-table entry, as it would see a fleet of boxes.
+(``SubscribeClient``) with its relay, presenting a subscription token of its own (signed once at
+start with the streamer's key, ``loadtest/tokens.py``), so the relay sees N distinct
+subscribers, each with its own address, cookie, keepalives and destination-table entry, as it
+would see a fleet of boxes.
 They share one asyncio loop, but the loop watches a single descriptor: every speaker socket
 sits in one epoll set, and a burst of 5,000 ready sockets is drained in one callback, without
 5,000 transports and protocol objects.
@@ -51,12 +53,14 @@ from typing import Any
 import numpy as np
 
 from common.config import ConfigError, parse_hostport
+from wire.auth import SigningKey
 from wire.packet import MalformedPacket
 from wire.priority import Priority
 from wire.subscribe import MAGIC, MAX_NAME, Addr, ClientState, SubscribeClient
 
 from .children import ask, quit_child, read_line
 from .header import capture_of, payload_of, peek
+from .tokens import issue_all, load_key
 
 # Python's socket module exports neither: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) and
 # SO_ATTACH_FILTER, on every Linux architecture with asm-generic socket numbers (x86-64, arm64).
@@ -163,7 +167,9 @@ class SimSpeakers:
     first packets of the emergency it saw (for checking what aired, not only when)."""
 
     def __init__(self, channels: Sequence[str], relays: Sequence[Addr], *,
-                 capture_packets: int = 0, host: str = "127.0.0.1") -> None:
+                 capture_packets: int = 0, host: str = "127.0.0.1",
+                 key: SigningKey | None = None) -> None:
+        """``key``: signs each speaker's subscription token (None: they present none)."""
         if not relays:
             raise ValueError("relays: at least one relay is needed")
         for ch in set(channels):
@@ -175,9 +181,11 @@ class SimSpeakers:
         raise_fd_limit(n + 256)
         self.channels = list(channels)
         self.capture_packets = capture_packets
-        self.clients = [SubscribeClient(f"sim-speaker-{i}", ch, [relays[i % len(relays)]],
+        names = [f"sim-speaker-{i}" for i in range(n)]
+        self.clients = [SubscribeClient(name, ch, [relays[i % len(relays)]], token=tok,
                                         media_timeout_s=math.inf)  # it never sees silence
-                        for i, ch in enumerate(channels)]
+                        for i, (name, ch, tok) in enumerate(
+                            zip(names, channels, issue_all(key, names, channels), strict=True))]
         self.socks: list[socket.socket] = []
         self._epoll = select.epoll()
         self._by_fd: dict[int, int] = {}
@@ -379,11 +387,11 @@ def _report(fleet: SimSpeakers, payloads: bool) -> dict[str, object]:
 
 
 async def serve(channels: list[str], relays: list[Addr], capture_packets: int,
-                handshake_timeout_s: float) -> int:
+                handshake_timeout_s: float, key: SigningKey | None = None) -> int:
     """Run a fleet; commands on stdin, one JSON line answered per command:
     ``arm [ID,ID…]`` (ids to ignore), ``report``, ``captured`` (the report with the captured
     payloads), ``quit``. EOF also quits."""
-    fleet = SimSpeakers(channels, relays, capture_packets=capture_packets)
+    fleet = SimSpeakers(channels, relays, capture_packets=capture_packets, key=key)
     try:
         reader = asyncio.StreamReader()
         await asyncio.get_running_loop().connect_read_pipe(
@@ -436,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture", type=int, default=0,
                     help="keep the payloads of this many emergency packets per speaker")
     ap.add_argument("--handshake-timeout-s", type=float, default=60.0)
+    ap.add_argument("--signing-key", default="", help="PEM file of the streamer's key: signs "
+                    "each speaker's subscription token (default: none, for relays that "
+                    "require no token)")
     args = ap.parse_args(argv)
     if not 1 <= args.speakers <= 20_000:
         ap.error("--speakers must be 1..20000")
@@ -444,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     os.nice(CHILD_NICE)
     try:
         return asyncio.run(serve(spread(args.speakers, args.channel), args.relay, args.capture,
-                                 args.handshake_timeout_s))
+                                 args.handshake_timeout_s, load_key(args.signing_key)))
     except (ValueError, OSError) as e:
         print(f"simspeakers: {e}", file=sys.stderr)
         return 2
@@ -468,9 +479,12 @@ class SimSpeakersProcess:
     @classmethod
     async def spawn(cls, n: int, channels: Sequence[str], relays: Sequence[Addr], *,
                     capture_packets: int = 0, handshake_timeout_s: float = 60.0,
-                    stderr: Any = None) -> SimSpeakersProcess:
+                    stderr: Any = None, signing_key: str = "") -> SimSpeakersProcess:
+        """``signing_key``: PEM file of the streamer's key, which signs the speakers'
+        subscription tokens ("": they present none)."""
         argv = ["-m", "loadtest.simspeakers", "--speakers", str(n), "--capture",
-                str(capture_packets), "--handshake-timeout-s", str(handshake_timeout_s)]
+                str(capture_packets), "--handshake-timeout-s", str(handshake_timeout_s),
+                "--signing-key", signing_key]
         argv += [a for ch in channels for a in ("--channel", ch)]
         argv += [a for host, port in relays for a in ("--relay", f"{host}:{port}")]
         proc = await asyncio.create_subprocess_exec(

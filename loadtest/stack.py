@@ -6,8 +6,10 @@ streamer runs either in the caller's process (``bench_emergency`` reads the mixe
 as a ``loa streamer`` child started as ``loa up`` starts it (``devstack.supervise``), so that
 its CPU time and memory are its own in a report. Relays are ``relay.main`` children. :meth:`attach`
 points the same object at a stack that is already running (a URL, relay addresses and
-credentials) instead. Every process this module starts is in :attr:`Stack.pids`, and nothing
-it starts outlives the ``AsyncExitStack`` it was given.
+credentials) instead. The streamer and relays require subscription tokens, as they do by
+default: the relays and simulated speakers present tokens signed with the streamer's key
+(``loadtest/tokens.py``). Every process this module starts is in :attr:`Stack.pids`, and
+nothing it starts outlives the ``AsyncExitStack`` it was given.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from devstack.services import Mosquitto, RedisServer
 from devstack.supervise import Child, loa_process, stop
 from streamer.app import Streamer, StreamerConfig
 from streamer.control import broker
+from streamer.signing import default_key_path
 
 from ._report import ROOT, process_cpu_s
 from .bench_relay import relay_counter
 from .children import stop_process
 from .lag import Snapshot
 from .simspeakers import SimSpeakersProcess
+from .tokens import load_key, write_token_file
 
 Addr = tuple[str, int]
 STEADY_S = 16.0  # longer than the relays' expire_s (15 s): a lost keepalive would show
@@ -49,6 +53,9 @@ class Stack:
         self.exits, self.tmp, self.log = stack, tmp, log
         self.relays: list[Addr] = []
         self.stream_key = ""  # the streamer's public key, which the relays started here pin
+        #: PEM file of the streamer's key, which signs the subscription tokens ("": unknown,
+        #: the speakers present none)
+        self.signing_key = ""
         self.relay_http: list[str] = []
         self.district_http: list[str] = []  # relays between the streamer and ``relays``
         self.auth: dict[str, str] = {}  # the admin's bearer token, once signed in
@@ -76,6 +83,7 @@ class Stack:
         self.exits.push_async_callback(self.streamer.close)
         self.http_url, self.media_addr = self.streamer.http_url, self.streamer.media_addr
         self.stream_key = self.streamer.signing.key.public_text
+        self.signing_key = str(self.streamer.key_path)
         await self._login_as_first_admin()
 
     def _start_mosquitto(self) -> list[str]:
@@ -120,6 +128,7 @@ class Stack:
         self.children.append(child)
         self.http_url, self.media_addr = str(child.info["http"]), str(child.info["media"])
         self.stream_key = str(child.info["stream_key"])
+        self.signing_key = str(default_key_path(str(var)))
         await self._login_as_first_admin()
 
     async def snapshot(self) -> Snapshot:
@@ -134,9 +143,11 @@ class Stack:
         return [c.name for c in self.children if c.proc and c.proc.returncode is not None]
 
     async def attach(self, url: str, relays: list[Addr], *, token: str = "", user: str = "",
-                     password: str = "") -> None:
-        """Use a running stack: its API at ``url`` and its relays' media addresses."""
+                     password: str = "", signing_key: str = "") -> None:
+        """Use a running stack: its API at ``url`` and its relays' media addresses;
+        ``signing_key``, the streamer's key file, signs the speakers' subscription tokens."""
         self.http_url, self.relays = url.rstrip("/"), list(relays)
+        self.signing_key = signing_key
         await self._session()
         if token:
             self.auth = {"Authorization": f"Bearer {token}"}
@@ -172,10 +183,15 @@ class Stack:
         """Relay ``k``, subscribed to the streamer or to ``upstream`` (another relay's media
         address: a chain). A ``district`` relay serves only other relays: it is not in
         ``relays``, and ``forwarded`` counts from it. Returns its media address."""
+        name = f"bench-relay-{k}"
+        key = load_key(self.signing_key)
+        assert key is not None, "start the streamer first"
+        token_file = write_token_file(key, name, self.tmp / "tokens" / f"{name}.token")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.main", "--id", f"bench-relay-{k}", "--media",
+            sys.executable, "-m", "relay.main", "--id", name, "--media",
             "127.0.0.1:0", "--http", "127.0.0.1:0", "--upstream", upstream or self.media_addr,
-            "--ptime-ms", str(ptime_ms), "--stream-key", self.stream_key, cwd=ROOT,
+            "--ptime-ms", str(ptime_ms), "--stream-key", self.stream_key,
+            "--token-file", token_file, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=self.log)
         self.exits.push_async_callback(stop_process, proc)
         self.pids[f"relay-{k}"] = proc.pid
@@ -235,7 +251,8 @@ class Stack:
 
     async def start_speakers(self, n: int) -> SimSpeakersProcess:
         fleet = await SimSpeakersProcess.spawn(n, await self.channels(), self.relays,
-                                               handshake_timeout_s=120, stderr=self.log)
+                                               handshake_timeout_s=120, stderr=self.log,
+                                               signing_key=self.signing_key)
         self.exits.push_async_callback(fleet.close)
         return fleet
 

@@ -34,7 +34,7 @@ from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
 from device.link import DeviceLink, DeviceMqttKeys
-from device.trust import StreamTrustKeys, TokenKeys, auth_metrics
+from device.trust import StreamTrustKeys, TokenKeys, TrustedKeys, auth_metrics, keys_metrics
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes, listen_tokens
 from wire.auth import Keyring
@@ -61,8 +61,9 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
-    #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``)
-    require_tokens: bool = False
+    #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``);
+    #: on by default, off only on a test bench (``docs/operations.md``, "Subscription tokens")
+    require_tokens: bool = True
     #: HTTPS instead of HTTP: PEM certificate chain and its key, both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -85,6 +86,7 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         self.mqtt  # noqa: B018 (building the settings checks them)
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
         self.keyring  # noqa: B018
+        _token_keys(self, self.trusted_keys())  # tokens can be checked
         self.token_source()  # the token file is readable
 
 
@@ -116,12 +118,15 @@ def load_config(
                     help="the streamer's public key (repeat during a key rotation): only media "
                          "it signed is proven to plain destinations and listen-in, and only "
                          "its LOAS are forwarded")
+    ap.add_argument("--keys-file", help="keep the stream key set the streamer pushes over "
+                    "MQTT here (0600), and trust it again at start")
     ap.add_argument("--verify-media", help="on (default) or off: off forwards everything "
                     "unverified (a test bench only)")
     ap.add_argument("--token-file", help="this relay's subscription token (base64, as `loa "
                     "token` writes it); read again when it changes")
-    ap.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
-                    "signed by a pinned streamer key")
+    ap.add_argument("--require-tokens", help="on (default) or off: subscribers need a token "
+                    "signed by a pinned streamer key; off lets anyone subscribe (a test bench "
+                    "only)")
     ap.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
@@ -151,12 +156,14 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         if upstream is not None:
             upstream.want(channel, n_consumers)
 
+    # one keyring for the gates, listen-in and tokens: a key set pushed over MQTT changes it
+    trusted = cfg.trusted_keys()
     fanout = FanoutEndpoint(
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
-        burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg),
+        burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg, trusted),
     )
-    keys = cfg.keyring
+    keys = trusted.keyring if trusted is not None and cfg.verify_media else None
     tokens = cfg.token_source()
     if keys is None:
         log.warning("verify_media is off: this relay forwards media nobody signed")
@@ -165,7 +172,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         linger_s=cfg.linger_s, on_unknown=fanout.reject_channel, keys=keys,
         token=tokens.token if tokens is not None else b"", token_source=tokens,
     )
-    registry.register(AuthCollector(upstream))
+    registry.register(AuthCollector(upstream, trusted))
     media = await fanout.start(*cfg.media)
     await upstream.start()
     for channel, dest in cfg.static:
@@ -193,7 +200,8 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
                           user=m.user, password=password, registry=registry,
                           telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s,
                           tls_context=mqtt_tls, on_token=upstream.renew_token,
-                          password_file=m.password_file)
+                          password_file=m.password_file,
+                          on_keys=None if trusted is None else trusted.offer_now)
         link.start()
     try:
         await stop.wait()
@@ -207,25 +215,29 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
 
 
-def _token_keys(cfg: RelayConfig) -> Keyring | None:
+def _token_keys(cfg: RelayConfig, trusted: TrustedKeys | None) -> Keyring | None:
     """The keys subscribers' tokens must be signed with (None: no token needed)."""
     if not cfg.require_tokens:
         return None
-    if not cfg.stream_keys:
-        raise ConfigError("require_tokens", "tokens are checked with stream_keys: pin one")
-    return Keyring.from_text(cfg.stream_keys)
+    if trusted is None:
+        raise ConfigError("require_tokens", "subscribers' tokens are checked with the "
+                          "streamer's key: pin it in stream_keys (--stream-key), or, on a test "
+                          "bench only, set require_tokens = false (--require-tokens off)")
+    return trusted.keyring
 
 
 class AuthCollector(Collector):
     """``loa_media_auth_*``: what the channels' gates counted, at scrape time."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, trusted: TrustedKeys | None) -> None:
         self.upstream = upstream
+        self.trusted = trusted
 
     def collect(self) -> Iterable[Metric]:
         u = self.upstream
-        return auth_metrics(u.keys is not None, u.auth_dropped, u.auth_loas,
-                            "only LOAS that verify are forwarded")
+        yield from auth_metrics(u.keys is not None, u.auth_dropped, u.auth_loas,
+                                "only LOAS that verify are forwarded")
+        yield from keys_metrics(self.trusted)
 
 
 def _fmt(addr: Any) -> str:

@@ -236,10 +236,18 @@ class Upstream(asyncio.DatagramProtocol):
     def _media(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
         """An RTP packet: on to the subscribers now, held for the LOAS of its batch (or proven
         at once, if its batch's LOAS came first)."""
-        if gate.hold(int.from_bytes(data[2:4], "big"), data, data, self._clock()):
+        now = self._clock()
+        if gate.hold(int.from_bytes(data[2:4], "big"), data, data, now):
             self.fanout.publish_subscribers(sub.client.channel, data)
             if gate.late:
                 self._proven(sub, *gate.take_late())
+        self._ask_overdue(sub, gate, now)
+
+    def _ask_overdue(self, sub: _Subscription, gate: MediaGate[bytes], now: float) -> None:
+        """A lost LOAS would lose its batch here and at every subscriber: ask again."""
+        seq = gate.overdue(now)
+        if seq is not None:
+            self._send_all(sub.client.resend(seq))
 
     def _loas(self, sub: _Subscription, gate: MediaGate[bytes], data: bytes) -> None:
         """A LOAS: forwarded only if it proves what arrived (or once it does, if packets of
@@ -325,6 +333,7 @@ class Upstream(asyncio.DatagramProtocol):
         for ch, sub in list(self._subs.items()):
             if sub.gate is not None:
                 sub.gate.expire(now - HOLD_S)
+                self._ask_overdue(sub, sub.gate, now)
             if sub.unwanted_since is not None and now - sub.unwanted_since >= self.linger_s:
                 self._drop(ch)
                 continue

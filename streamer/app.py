@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from streamer.control.broadcasts import Broadcasts, ClipLibrary
 from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet
 from streamer.control.grants import TokenIssuer
+from streamer.control.keys import KeyAnnouncer
 from streamer.control.live import studio_input
 from streamer.control.plane import Plane
 from streamer.control.presence import FleetRecorder
@@ -114,9 +116,14 @@ class StreamerConfig:
     #: missing; "" = ``<var_dir>/signing-key.pem``. SIGHUP reads it again (key rotation,
     #: ``docs/operations.md``, "Signing keys")
     signing_key: str = ""
+    #: PEM file of the key to sign with after the next rotation ("" or a missing file: none):
+    #: announced in the key set devices get over MQTT, signed by the current key, so that they
+    #: trust it before the switch. SIGHUP reads it again (``docs/operations.md``, "Signing keys")
+    next_signing_key: str = ""
     #: relays (and speakers) subscribing here must present a token this streamer signed
-    #: (``wire/token.py``, ``loa token``)
-    require_tokens: bool = False
+    #: (``wire/token.py``, ``loa token``); on by default, off only on a test bench
+    #: (``docs/operations.md``, "Subscription tokens")
+    require_tokens: bool = True
     #: how long the tokens issued to registered devices over MQTT last, hours (renewed every
     #: third of it; ``docs/operations.md``, "Subscription tokens")
     token_lifetime_h: float = 24.0
@@ -183,6 +190,14 @@ class Streamer:
             key = load_or_create_key(self.key_path)
         except BadKey as e:
             raise ConfigError("signing_key", f"{self.key_path}: {e}") from None
+        self.next_key_path = (Path(os.path.expanduser(cfg.next_signing_key))
+                              if cfg.next_signing_key else None)
+        try:
+            next_key = self._next_key()
+        except BadKey as e:
+            raise ConfigError("next_signing_key", str(e)) from None
+        #: the key set retained for the fleet (published once the fleet's broker is known)
+        self.key_set = KeyAnnouncer(key, next_key, registry=self.registry)
         #: the keys subscribers' tokens may be signed with: this one, and the next after a
         #: rotation (tokens signed before it stay good until they expire)
         self.token_keys = Keyring([key.public]) if cfg.require_tokens else None
@@ -234,6 +249,7 @@ class Streamer:
                 self.state, self.plane.fleet, lambda: self.signing.key, self.registry,
                 lifetime_s=cfg.token_lifetime_h * 3600)
             self.granting = asyncio.create_task(self.plane.tokens.run())
+            self.key_set.start(self.plane.fleet)
         await self.broadcasts.recover()
         self.plane.scheduler = await self._scheduler()
         self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
@@ -306,19 +322,45 @@ class Streamer:
         return scheduler
 
     def reload_key(self) -> None:
-        """Read the signing key file again and sign with it from the next frame (SIGHUP). A
-        file that cannot be read changes nothing and says why."""
+        """Read the signing key file again and sign with it from the next frame (SIGHUP), and
+        the next key's file; retain the fleet's key set again if either changed it
+        (``control/keys.py``). A file that cannot be read changes nothing and says why."""
         try:
             key = SigningKey.from_pem(self.key_path.read_bytes())
         except (OSError, BadKey) as e:
             log.error("signing key %s not reloaded, still signing with %08x: %s",
                       self.key_path, self.signing.key.id, e)
             return
+        changed = False
         if key.id != self.signing.key.id:
             if self.token_keys is not None:
                 self.token_keys.add(key.public)
             self.listen_keys.add(key.public)
             self.signing.rotate(key)
+            changed = self.key_set.switched(key)
+        try:
+            changed = self.key_set.announce(self._next_key()) or changed
+        except BadKey as e:
+            log.error("next signing key %s not read, the key set stays as it was: %s",
+                      self.next_key_path, e)
+        if changed:
+            self.key_set.publish_soon()
+
+    def _next_key(self) -> SigningKey | None:
+        """The key in ``next_signing_key`` (None: not configured, or no file there now);
+        raises :class:`BadKey` for a file that cannot be read or is not an Ed25519 key."""
+        if self.next_key_path is None:
+            return None
+        try:
+            pem = self.next_key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise BadKey(f"{self.next_key_path}: {e.strerror}") from None
+        try:
+            return SigningKey.from_pem(pem)
+        except BadKey as e:
+            raise BadKey(f"{self.next_key_path}: {e}") from None
 
     async def _close_media(self) -> None:
         """On the playout loop: the last frame, then the media socket."""
@@ -335,6 +377,7 @@ class Streamer:
         if self.plane.tokens is not None:
             self.granting.cancel()
             await self.plane.tokens.close()
+        await self.key_set.close()
         if self.plane.fleet is not None:
             await self.plane.fleet.close()
         self.process_watch.cancel()

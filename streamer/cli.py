@@ -42,13 +42,17 @@ def run(argv: list[str]) -> int:
     p.add_argument("--lead-max-ms", type=float,
                    help="the most a frame's tick begins before its deadline (default 0: one "
                         "frame; docs/playout.md)")
-    p.add_argument("--require-tokens", help="on or off (default): subscribers need a token "
-                   "this streamer signed (loa token)")
+    p.add_argument("--require-tokens", help="on (default) or off: subscribers need a token "
+                   "this streamer signed (loa token); off lets anyone subscribe (a test bench "
+                   "only)")
     p.add_argument("--token-lifetime-h", type=float,
                    help="lifetime of the tokens devices get over MQTT (default 24)")
     p.add_argument("--signing-key",
                    help="PEM file of the Ed25519 key that signs the media, created when missing "
                         "(default: <var-dir>/signing-key.pem; docs/operations.md)")
+    p.add_argument("--next-signing-key",
+                   help="PEM file of the key to sign with after the next rotation: announced "
+                        "to the devices over MQTT beforehand (docs/operations.md)")
     p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")

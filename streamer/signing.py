@@ -29,14 +29,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from common.secretfile import write_private
 from fanout.endpoint import FanoutEndpoint
-from wire.auth import BadKey, ChannelSigner, SigningKey
+from wire.auth import BATCH_MS, BadKey, ChannelSigner, SigningKey
 from wire.packet import HEADER_LEN, ssrc_for
 from wire.rtcp import PT_SR
 
 log = logging.getLogger("loa.signing")
 
-#: how long a batch lasts, whatever the frame time: the longest a receiver waits for a LOAS
-BATCH_MS = 240
 _PRIORITY_AT = HEADER_LEN - 1  # the priority extension's value byte (wire/packet.py)
 
 

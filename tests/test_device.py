@@ -98,6 +98,7 @@ def test_acl_and_streamer_subscriptions_come_from_the_one_table() -> None:
         "topic read loa/v1/speakers/spk-a/cmd", "topic read loa/v1/speakers/spk-a/config",
         "topic read loa/v1/speakers/spk-a/token", "topic read loa/v1/zones/brvt/cmd",
         "topic read loa/v1/zones/brvt.kp-1/cmd",
-        "topic read loa/v1/zones/brvt/emergency", "topic read loa/v1/zones/brvt.kp-1/emergency"]
+        "topic read loa/v1/zones/brvt/emergency", "topic read loa/v1/zones/brvt.kp-1/emergency",
+        "topic read loa/v1/keys"]
     with pytest.raises(ValueError, match="zone"):  # only a kind that reads zones has one
         Account("relay-1", h, "relay", "brvt").check()

@@ -20,7 +20,7 @@ from multidict import CIMultiDictProxy
 
 from loadtest.children import stop_process
 from tests.harness.browser import by_testid, chromium_page, connect_microphone, sign_in
-from tests.harness.keys import STREAM_KEY_ARGS, listen_query
+from tests.harness.keys import listen_query, with_trust
 from tests.harness.speaker import speaker_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,8 @@ async def relay_http(streamer, tmp_path: Path) -> AsyncIterator[str]:
     with open(log, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", "sec-relay", "--media", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, *STREAM_KEY_ARGS,
+            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr,
+            *with_trust([], tmp_path, "sec-relay"),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     try:

@@ -27,7 +27,7 @@ from loadtest.cli import main as loadtest_main
 from loadtest.fleet import ClockModel, ClockSpec, Reception
 from loadtest.scenario import ScenarioError, load
 from tests.conftest import NIGHT
-from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.keys import with_trust
 from wire.packet import HEADER_LEN, RtpPacket, unix_to_ntp64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,15 +127,18 @@ def test_processes_and_figures(smoke) -> None:
 
 
 async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, tmp_path) -> None:
-    """``--streamer URL --relay HOST:PORT --token T``: the load tester's run against the
-    province's stack before storm season. It measures through the given relay, signs in with
-    the given token, and takes its emergency off the air when it is done: the stack goes on
-    serving the province after the test. The stack's clock reads midnight: a load tester at
-    night gets its broadcast aired too, through the scenario's quiet-hours override."""
+    """``--streamer URL --relay HOST:PORT --token T --signing-key PEM``: the load tester's run
+    against the province's stack before storm season. It measures through the given relay
+    (which requires subscription tokens, by default: the speakers' are signed with the
+    streamer's key), signs in with the given token, and takes its emergency off the air when
+    it is done: the stack goes on serving the province after the test. The stack's clock reads
+    midnight: a load tester at night gets its broadcast aired too, through the scenario's
+    quiet-hours override."""
     streamer.plane.now = lambda: NIGHT
     relay = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay.main", "--id", "relay-lt", "--media", "127.0.0.1:0",
-        "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, *STREAM_KEY_ARGS, cwd=ROOT,
+        "--http", "127.0.0.1:0", "--upstream", streamer.media_addr,
+        *with_trust([], tmp_path, "relay-lt"), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert relay.stdout is not None
@@ -145,6 +148,7 @@ async def test_against_a_running_stack_it_leaves_no_emergency_on_air(streamer, t
             sys.executable, "-m", "loa", "loadtest", "--scenario", "smoke",
             "--speakers", "40", "--duration", "12", "--streamer", streamer.http_url,
             "--relay", media, "--token", streamer.admin["Authorization"].split()[1],
+            "--signing-key", str(streamer.key_path),
             "--report", str(report), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)

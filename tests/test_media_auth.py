@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fanout.ring import PacketRing
 from wire import auth
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
 
@@ -213,6 +214,41 @@ def test_kept_loas_are_bounded_and_counted(key):
     assert gate.loas["unverifiable"] == 2  # the oldest two made room
     gate.expire(before=1.0)
     assert gate.loas["unverifiable"] == 6 and gate.loas["verified"] == 0
+
+
+def test_an_overdue_loas_is_asked_for_once_per_interval(key):
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    gate = gate_for(key)
+    hold_all(gate, pkts, now=10.0)
+    assert gate.overdue(10.0 + auth.OVERDUE_S - 0.01) is None  # not late yet
+    t = 10.0 + auth.OVERDUE_S + 0.01
+    assert gate.overdue(t) == 100 and gate.loas[auth.REQUESTED] == 1
+    assert gate.overdue(t + 0.05) is None  # asked just now
+    assert gate.overdue(t + auth.ASK_EVERY_S + 0.01) == 100
+    assert gate.vouch(loas, t + 0.2) == pkts and gate.overdue(t + 1.0) is None
+
+
+def test_packets_a_kept_loas_waits_for_are_not_asked_for(key):
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    gate = gate_for(key)
+    hold_all(gate, pkts[:5], now=0.0)
+    assert gate.vouch(loas, 0.0) == [] and gate.last == auth.PENDING
+    assert gate.overdue(1.0) is None  # its packets were lost, not its LOAS
+
+
+def test_a_ring_keeps_the_last_loas_for_a_resend(key):
+    ring = PacketRing(0.0, 0.02)  # no burst: signatures are kept all the same
+    batches = [packets(12, first_seq=65530 + 12 * i) for i in range(10)]
+    loases = [signed(key, b)[0] for b in batches]
+    for b, loas in zip(batches, loases, strict=True):
+        for p in b:
+            ring.add(p, 0.0)
+        ring.add(loas, 0.0)
+    assert ring.loas_for((65530 + 12 * 9 + 11) % 65536) == loases[9]
+    assert ring.loas_for(65530 + 12 * 2) == loases[2]  # the 8 newest are kept
+    assert ring.loas_for(65530 + 12 * 1) is None and ring.loas_for(65530) is None
 
 
 def test_a_third_candidate_is_refused(key):

@@ -157,7 +157,8 @@ def test_acl_file_refuses_names_that_could_widen_it(tmp_path: Path) -> None:
     assert (tmp_path / "acl").read_text().splitlines()[1:] == [
         "", "user relay-1", "topic write loa/v1/relays/relay-1/status",
         "topic write loa/v1/relays/relay-1/telemetry", "topic write loa/v1/relays/relay-1/ack",
-        "topic read loa/v1/relays/relay-1/cmd", "topic read loa/v1/relays/relay-1/token"]
+        "topic read loa/v1/relays/relay-1/cmd", "topic read loa/v1/relays/relay-1/token",
+        "topic read loa/v1/keys"]
 
 
 def test_bad_mqtt_settings_stop_speaker_and_relay_at_start_naming_the_key(
@@ -229,6 +230,7 @@ async def test_acl_a_device_writes_and_reads_only_its_own_topics(mosquitto: Any)
             ("loa/v1/zones/brvt/cmd", b"{}"),  # a group command
             ("loa/v1/relays/relay-1/status", b"{}"),
             ("loa/v1/other", b"{}"),
+            ("loa/v1/keys", b"{}"),  # the stream key set: only the streamer writes it
         ]
         allowed = [("loa/v1/speakers/spk-a/status", b'{"state":"online"}'),
                    ("loa/v1/speakers/spk-a/played", b"{}")]
@@ -240,7 +242,7 @@ async def test_acl_a_device_writes_and_reads_only_its_own_topics(mosquitto: Any)
         sent = ["loa/v1/speakers/spk-b/cmd", "loa/v1/speakers/spk-b/config",
                 "loa/v1/zones/brvt.chau-duc/cmd", f"loa/v1/zones/{KP2}/cmd",
                 "loa/v1/zones/brvt.vung-tau/cmd", "loa/v1/zones/brvt/cmd",
-                f"loa/v1/zones/{KP1}/cmd", "loa/v1/speakers/spk-a/config",
+                f"loa/v1/zones/{KP1}/cmd", "loa/v1/keys", "loa/v1/speakers/spk-a/config",
                 "loa/v1/speakers/spk-a/cmd"]
         for topic in sent:
             await watcher.publish(topic, b"{}", qos=1)
@@ -256,7 +258,7 @@ async def test_acl_a_device_writes_and_reads_only_its_own_topics(mosquitto: Any)
         heard_a = await asyncio.wait_for(collect(a, "loa/v1/speakers/spk-a/cmd"), 5)
         heard_w = await asyncio.wait_for(collect(watcher, "loa/v1/speakers/spk-a/cmd"), 5)
     assert heard_a == ["loa/v1/zones/brvt.vung-tau/cmd", "loa/v1/zones/brvt/cmd",
-                       f"loa/v1/zones/{KP1}/cmd", "loa/v1/speakers/spk-a/config",
+                       f"loa/v1/zones/{KP1}/cmd", "loa/v1/keys", "loa/v1/speakers/spk-a/config",
                        "loa/v1/speakers/spk-a/cmd"]
     # the streamer saw both allowed publishes and none of the denied ones
     assert [t for t in heard_w if t not in sent] == [t for t, _ in allowed]

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from loadtest.children import stop_process
-from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.keys import with_trust
 from tests.harness.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,13 +141,13 @@ async def relay_and_speaker(streamer, tmp_path: Path) -> AsyncIterator[dict[str,
     upstream = streamer.media_addr
     relay, relay_info = await start_child(
         tmp_path, "relay", "relay.main", "--id", "ops-relay", "--media", "127.0.0.1:0",
-        "--http", "127.0.0.1:0", "--upstream", upstream, *STREAM_KEY_ARGS)
+        "--http", "127.0.0.1:0", "--upstream", upstream, *with_trust([], tmp_path, "ops-relay"))
     try:
         speaker, speaker_info = await start_child(
             tmp_path, "speaker", "clients.speaker.main", "--id", "ops-speaker", "--channel", ZONE,
             "--upstream", upstream, "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0",
             "--wav", str(tmp_path / "speaker.wav"), "--var-dir", str(tmp_path / "speaker"),
-            *STREAM_KEY_ARGS)
+            *with_trust([], tmp_path, "ops-speaker"))
         try:
             yield {"loa-streamer": streamer.http_url.removeprefix("http://"),
                    "loa-relay": relay_info["http"].removeprefix("http://"),

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import DestinationTable, FanoutEndpoint
 from tests.harness.audio import peak_hz
-from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, listen_query, with_stream_key
+from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, listen_query, with_trust
 from tests.harness.subscriber import Subscriber
 from wire import rtcp, subscribe
 from wire.auth import ChannelSigner
@@ -153,10 +153,10 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
     procs: list[RelayProc] = []
 
     async def start(*args: str) -> RelayProc:
-        log = tmp_path / f"relay{len(procs)}.log"
+        log, name = tmp_path / f"relay{len(procs)}.log", f"test-relay-{len(procs)}"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.main", "--id", f"test-relay-{len(procs)}",
-            "--media", "127.0.0.1:0", "--http", "127.0.0.1:0", *with_stream_key(args),
+            sys.executable, "-m", "relay.main", "--id", name,
+            "--media", "127.0.0.1:0", "--http", "127.0.0.1:0", *with_trust(args, tmp_path, name),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=open(log, "wb"),
         )
         assert proc.stdout is not None

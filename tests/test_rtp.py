@@ -279,3 +279,25 @@ def test_keepalives_are_jittered_so_bursts_spread_out():
                 due.append(t)
                 break
     assert all(3.7 <= t <= 5.05 for t in due) and max(due) - min(due) > 0.5
+
+
+def test_a_resend_carries_the_cookie_and_is_padded_against_amplification():
+    srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
+    assert cl.resend(7) == []  # not subscribed: no cookie to ask with
+    handshake(srv, cl)
+    (data, to), = cl.resend(65535)
+    assert to == UP and len(data) == sub.RESEND_MIN_LEN >= 116  # a LOAS is 116 bytes
+    assert sub.parse(data) == sub.Message(sub.MsgType.RESEND, "ch", cookie=cl._cookie,
+                                          seq=65535)
+    assert srv.handle(data, ME, 1) == (None, sub.Resend(ME, "ch", 65535))
+    for name, cookie in _forged_cookies(srv).items():
+        forged = sub.Message(sub.MsgType.RESEND, "ch", cookie=cookie, seq=3).build()
+        assert srv.handle(forged, ME, 1) == (
+            None, sub.Dropped(ME, "ch", "resend", "bad_cookie")), name
+    # from an address that is not subscribed: nothing at all
+    assert srv.handle(data, ("10.7.7.7", 1), 1) == (None, None)
+    # a RESEND of an unknown kind is malformed
+    bad = bytearray(data)
+    bad[9 + 24] = 2
+    with pytest.raises(MalformedPacket):
+        sub.parse(bytes(bad))

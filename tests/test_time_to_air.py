@@ -49,7 +49,7 @@ from loadtest.simspeakers import (
 )
 from streamer.mixer.sources import EspeakProvider
 from tests.harness.audio import peak_hz, rms_dbfs
-from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.keys import with_trust
 from wire.packet import RtpPacket, parse
 from wire.rtcp import SenderReport
 from wire.subscribe import Message, MsgType
@@ -125,8 +125,8 @@ async def relay(streamer, tmp_path) -> AsyncIterator[tuple[str, int]]:
     with open(log, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", "tta-relay", "--media", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr, *STREAM_KEY_ARGS,
-            cwd=ROOT,
+            "--http", "127.0.0.1:0", "--upstream", streamer.media_addr,
+            *with_trust([], tmp_path, "tta-relay"), cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None
@@ -142,7 +142,8 @@ async def relay(streamer, tmp_path) -> AsyncIterator[tuple[str, int]]:
 async def fleet(streamer, relay, tmp_path) -> AsyncIterator[SimSpeakersProcess]:
     with open(tmp_path / "simspeakers.log", "wb") as err:
         f = await SimSpeakersProcess.spawn(SPEAKERS, streamer.zones.channels(), [relay],
-                                           capture_packets=CAPTURE, stderr=err)
+                                           capture_packets=CAPTURE, stderr=err,
+                                           signing_key=str(streamer.key_path))
     try:
         assert f.subscribed == SPEAKERS, f"{f.subscribed} of {SPEAKERS} handshaken"
         yield f

@@ -24,7 +24,7 @@ from common.config import ConfigError
 from device.edge import mqtt_tls_context, parse_mqtt_url
 from loadtest.children import stop_process
 from tests.harness.broker import TlsMosquitto, fleet_on, start_broker
-from tests.harness.keys import STREAM_KEY_ARGS, listen_query, with_stream_key
+from tests.harness.keys import STREAM_KEY_ARGS, listen_query, with_trust
 from tests.harness.speaker import speaker_process
 from tests.harness.tls import Pki, make_pki
 from tests.harness.upstream import ToneUpstream, serving
@@ -55,8 +55,8 @@ async def relay(tmp_path: Path, upstream: str, *args: str, name: str = "relay-1"
     with open(stderr, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", name, "--media", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", "--upstream", upstream, *with_stream_key(args), cwd=ROOT,
-            env=env,
+            "--http", "127.0.0.1:0", "--upstream", upstream, *with_trust(args, tmp_path, name),
+            cwd=ROOT, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None

@@ -1,7 +1,8 @@
 """Subscription tokens (``wire/token.py``): issued and signed by the streamer, checked offline
 by the handshake server; and against a real relay that requires them (``--require-tokens``):
 no token, garbage, an expired one, another channel's or another device's get a REJECT and not
-one media packet, and a renewed token keeps a speaker playing past the old one's end."""
+one media packet, and a renewed token keeps a speaker playing past the old one's end. A
+streamer and a relay require them by default: turning the check off is an explicit choice."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.keys import TEST_KEY
+from tests.harness.keys import STREAM_KEY_ARGS, TEST_KEY, token_for
 from tests.harness.relay import relay_process
 from tests.harness.speaker import speaker_process
 from tests.harness.subscriber import Subscriber
@@ -206,3 +207,71 @@ async def _dropped(http: str, reason: str) -> float:
     return sum(smp.value for fam in text_string_to_metric_families(text)
                if fam.name == "loa_fanout_dropped_subscribers" for smp in fam.samples
                if smp.name.endswith("_total") and smp.labels["reason"] == reason)
+
+
+# --------------------------------------------------------------------------- on by default
+
+
+async def test_a_streamer_and_a_relay_require_tokens_without_being_told(streamer,
+                                                                        tmp_path: Path):
+    """The ``streamer`` fixture and the relay are started with no ``require_tokens`` setting:
+    at each, a subscriber without a token gets a REJECT and no media, one with a good token
+    its channel (the relay's own subscription upstream presents its token too)."""
+    assert streamer.cfg.require_tokens and streamer.token_keys is not None
+    async with relay_process(tmp_path, "relay", "--upstream", streamer.media_addr) as relay:
+        where = {"streamer": _addr(streamer.media_addr), "relay": relay.media}
+        without = {k: await subscriber(a, b"", identity=f"none-{k}") for k, a in where.items()}
+        good = {k: await subscriber(a, token_for(f"spk-{k}", [KP1]), identity=f"spk-{k}")
+                for k, a in where.items()}
+        try:
+            for sub in good.values():
+                await sub.wait_packets(25, timeout=10)
+            await until(lambda: all(s.rejects for s in without.values()), 5, "REJECTs")
+            await asyncio.sleep(0.5)
+            for k, sub in without.items():
+                assert sub.rejects[0] == RejectReason.BAD_TOKEN, k
+                assert sub.payloads == [] and sub.rtcp == 0, k
+                assert sub.client.state is not ClientState.SUBSCRIBED, k
+            assert (await _handshakes(relay.http)).get("reject_bad_token", 0) >= 1
+        finally:
+            for sub in [*without.values(), *good.values()]:
+                sub.close()
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def test_the_default_is_on_and_off_is_said_explicitly(tmp_path: Path) -> None:
+    from common.config import ConfigError
+    from relay.main import load_config
+    from streamer.app import StreamerConfig
+
+    base = ["--upstream", "127.0.0.1:5004"]
+    assert load_config([*base, *STREAM_KEY_ARGS], env={}).require_tokens is True
+    assert StreamerConfig(redis_url="redis://127.0.0.1:1").require_tokens is True
+    off = load_config([*base, "--verify-media", "off", "--require-tokens", "off"], env={})
+    assert off.require_tokens is False and off.keyring is None
+    # tokens on, media not verified, no key to check tokens with: both ways out are named
+    with pytest.raises(ConfigError) as e:
+        load_config([*base, "--verify-media", "off"], env={})
+    assert e.value.field == "require_tokens"
+    assert "stream_keys" in str(e.value) and "require_tokens = false" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # a bad key, though media is not verified
+        load_config([*base, "--verify-media", "off", "--stream-key", "nope"], env={})
+    assert e.value.field == "stream_keys"
+
+
+def test_a_relay_without_a_key_for_tokens_exits_2_saying_how_to_fix_it() -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_RELAY_")}
+    r = subprocess.run([sys.executable, "-m", "relay.main", "--upstream", "127.0.0.1:5004",
+                        "--media", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                        "--verify-media", "off"], cwd=Path(__file__).resolve().parents[1],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stdout == "", r.stdout  # nothing started
+    assert "bad configuration: require_tokens" in r.stderr and "--stream-key" in r.stderr
+    assert "--require-tokens off" in r.stderr and "Traceback" not in r.stderr

@@ -16,18 +16,20 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import opuslib
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.api import call
 from tests.harness.audio import peak_hz, rms_dbfs
-from tests.harness.keys import STREAM_KEY_ARGS
-from tests.harness.relay import relay_process
+from tests.harness.keys import STREAM_KEY_ARGS, token_for
+from tests.harness.relay import RelayProcess, relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import FRAME, RATE, ToneUpstream, serving
 from tests.harness.wait import until
@@ -213,11 +215,20 @@ async def test_reordered_packets_within_the_window_still_play_in_order(
         held.clear()
         return out
 
+    async with tone_through_mitm(tmp_path, reorder, at_relay) as (_, spk):
+        await tone_without_gap(spk)
+
+
+@contextlib.asynccontextmanager
+async def tone_through_mitm(tmp_path: Path, tamper: Callable[[bytes], list[bytes]],
+                            at_relay: bool) -> AsyncIterator[tuple[RelayProcess, SpeakerProcess]]:
+    """A tone upstream → relay → speaker, with a ``Mitm`` applying ``tamper`` into the relay
+    (``at_relay``) or between the relay and the speaker, from the end of an honest prelude."""
     async with contextlib.AsyncExitStack() as stack:
         up = await stack.enter_async_context(serving(ToneUpstream))
         if at_relay:
             host, port = up.addr.rsplit(":", 1)
-            mitm = Mitm((host, int(port)), reorder)
+            mitm = Mitm((host, int(port)), tamper)
             await mitm.start()
             stack.callback(mitm.close)
             relay = await stack.enter_async_context(
@@ -226,21 +237,55 @@ async def test_reordered_packets_within_the_window_still_play_in_order(
         else:
             relay = await stack.enter_async_context(
                 relay_process(tmp_path, "relay", "--upstream", up.addr))
-            mitm = Mitm(relay.media, reorder)
+            mitm = Mitm(relay.media, tamper)
             await mitm.start()
             stack.callback(mitm.close)
             first_hop = mitm.addr
-        async with speaker_process(tmp_path, "spk", "--channel", CH,
-                                   "--upstream", first_hop) as spk:
-            await honest_prelude(spk)
-            mitm.forging = True
-            t = time.time()
-            await asyncio.sleep(3.0)
-            played = await spk.wait_window(t + 0.6, t + 2.9)
-            blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
-            levels = [rms_dbfs(b) for b in blocks]
-            assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
-            assert abs(peak_hz(played) - 1000) < 50
+        spk = await stack.enter_async_context(
+            speaker_process(tmp_path, "spk", "--channel", CH, "--upstream", first_hop))
+        await honest_prelude(spk)
+        mitm.forging = True
+        yield relay, spk
+
+
+async def tone_without_gap(spk: SpeakerProcess) -> None:
+    """The next 3 s at the speaker are the 1 kHz tone, every 20 ms of it."""
+    t = time.time()
+    await asyncio.sleep(3.0)
+    played = await spk.wait_window(t + 0.6, t + 2.9)
+    blocks = played[: len(played) // FRAME * FRAME].reshape(-1, FRAME)
+    levels = [rms_dbfs(b) for b in blocks]
+    assert min(levels) > -25, levels  # the tone is at -13.5 dBFS, with no gap
+    assert abs(peak_hz(played) - 1000) < 50
+
+
+@pytest.mark.parametrize("at_relay", [False, True], ids=["relay-to-speaker", "into-the-relay"])
+async def test_a_lost_loas_is_asked_for_again_and_its_batch_plays(
+        tmp_path: Path, at_relay: bool) -> None:
+    """Every LOAS is lost the first time it is sent: the receiver, holding packets nothing has
+    proven, asks its upstream for it again (RESEND) and the tone plays without a gap. Without
+    the second asking every batch would be lost."""
+    seen: set[bytes] = set()
+
+    def lose_first_loas(data: bytes) -> list[bytes]:
+        if is_rtcp(data) and data not in seen:
+            seen.add(data)
+            return []
+        return [data]
+
+    async with tone_through_mitm(tmp_path, lose_first_loas, at_relay) as (relay, spk):
+        await tone_without_gap(spk)
+        asked = (await relay_metric(relay, "loa_media_auth_loas_requested_total")
+                 if at_relay else await metric(spk, "loa_media_auth_loas_requested_total"))
+        assert asked >= 8 and len(seen) >= 8
+
+
+async def relay_metric(relay: RelayProcess, prefix: str) -> float:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{relay.http}/metrics") as r:
+        text = await r.text()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name.startswith(prefix))
 
 
 async def test_a_speaker_leaves_a_tampering_relay_and_the_emergency_plays_forced(
@@ -367,7 +412,9 @@ async def _subscribe(transport: asyncio.DatagramTransport, relay: tuple[str, int
     from wire.subscribe import SubscribeClient
 
     proto: Any = transport.get_protocol()
-    client = SubscribeClient(identity="spoofer", channel=CH, upstreams=[relay])
+    # a subscriber like any other (its token is good): what it sends is the attack
+    client = SubscribeClient(identity="spoofer", channel=CH, upstreams=[relay],
+                             token=token_for("spoofer"))
     done = asyncio.get_running_loop().create_future()
     original = proto.datagram_received
 

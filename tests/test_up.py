@@ -23,7 +23,7 @@ from clients.ctl import ApiError
 from tests.harness.audio import peak_hz
 from tests.harness.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range
 from tests.harness.wait import wait_for
-from wire import token
+from wire import keyset, token
 from wire.auth import Keyring, SigningKey
 
 pytestmark = pytest.mark.realtime  # audio against the wall clock: see conftest.py
@@ -211,6 +211,19 @@ def test_every_device_got_its_own_token_over_mqtt_and_the_relay_requires_one(up)
         t = token.check(keys, data, device, probe, time.time())
         assert isinstance(t, token.Token), (device, t)
         assert token.check(keys, data, "someone-else", probe, time.time()) == token.FORBIDDEN
+    assert_private(up.var)
+
+
+def test_every_device_keeps_the_streamers_key_set_pushed_over_mqtt(up):
+    """The streamer retains its key set (``loa/v1/keys``); the relay and each speaker took it,
+    endorsed by the key they pin, and keep it 0600 in var/keys for their next start."""
+    key = SigningKey.from_pem((up.var / "signing-key.pem").read_bytes())
+    devices = ["relay-1", *(s.id for s in up.speakers())]
+    wait_for(lambda: all((up.var / "keys" / f"{d}.keys").exists() for d in devices), 20,
+             "every device's keys file")
+    for device in devices:
+        ks = keyset.parse(base64.b64decode((up.var / "keys" / f"{device}.keys").read_text()))
+        assert ks.keys == (key.public,) and ks.endorser == key.id, device
     assert_private(up.var)
 
 

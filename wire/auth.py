@@ -49,7 +49,9 @@ HASH_LEN = 16
 SIG_LEN = 64
 KEY_LEN = 32
 MAX_BATCH = 64
-DEFAULT_BATCH_FRAMES = 12  # 240 ms at 20 ms: ~8.6 % of a 32 kbit/s channel (BENCHMARKS.md)
+#: how long a batch lasts, whatever the frame time: the longest a receiver waits for a LOAS
+BATCH_MS = 240
+DEFAULT_BATCH_FRAMES = BATCH_MS // 20  # 12: ~8.5 % of a 32 kbit/s RTP stream (BENCHMARKS.md)
 MAX_CANDIDATES = 2  # packets kept per sequence number: the genuine one and one impostor
 MAX_COMBOS = 4096  # candidate combinations tried for one batch (2 candidates at 12 positions)
 MAX_SIGNATURE_TRIES = 16  # combinations checked with Ed25519 when parity cannot filter (~1.6 ms)
@@ -145,6 +147,12 @@ class Keyring:
         kid = key_id(public)
         self._keys[kid] = Ed25519PublicKey.from_public_bytes(public)
         return kid
+
+    def replace(self, publics: Iterable[bytes]) -> None:
+        """Trust exactly ``publics`` from now on (a pushed key set, ``device/trust.py``): the
+        gates and token checks that hold this keyring see the change at their next lookup."""
+        keys = {key_id(raw): Ed25519PublicKey.from_public_bytes(raw) for raw in publics}
+        self._keys = keys  # one assignment: a lookup sees the old set or the new, never half
 
     def get(self, kid: int) -> Ed25519PublicKey | None:
         return self._keys.get(kid)
@@ -356,6 +364,12 @@ LOAS_OUTCOMES = ("verified", "unknown_key", "unverifiable", "bad_signature", "ma
 DROP_REASONS = ("forged", "unverified", "replayed", "candidates", "stale", "reordered")
 #: ``MediaGate.last`` for a LOAS kept until more packets of its batch arrive (not counted yet)
 PENDING = "pending"
+#: in a gate's ``loas`` counters beside the outcomes: LOAS asked for again (``overdue``)
+REQUESTED = "requested"
+#: a packet held this long after its arrival has lost its LOAS: a batch's first packet waits a
+#: batch less one frame for it, plus its transit
+OVERDUE_S = BATCH_MS / 1000 + 0.04
+ASK_EVERY_S = 0.1  # the same LOAS is asked for again at most this often
 MAX_PENDING = 4  # LOAS kept per channel while packets of their batch are still missing
 MAX_PENDING_TRIES = 4  # signature attempts for a kept LOAS (each up to MAX_SIGNATURE_TRIES)
 MAX_KNOWN = 64  # hashes kept per channel of packets a verified batch proved before they came
@@ -412,6 +426,7 @@ class MediaGate(Generic[T]):
         self._late_items: list[T] = []
         self._late_loas: list[bytes] = []
         self.late = False  # something proven by a late arrival waits in ``take_late``
+        self._asked = (-1, float("-inf"))  # the last seq ``overdue`` gave, and when
         self.dropped = dict.fromkeys(DROP_REASONS, 0) if dropped is None else dropped
         self.loas = dict.fromkeys(LOAS_OUTCOMES, 0) if loas is None else loas
         self.last = ""  # the outcome of the last LOAS
@@ -474,6 +489,25 @@ class MediaGate(Generic[T]):
         self._pending[loas.signature] = _Pending(loas, bytes(data), now, result)
         self.last = PENDING
         return []
+
+    def overdue(self, now: float) -> int | None:
+        """A sequence number whose batch's LOAS is overdue, to ask the upstream for again
+        (``RESEND``, ``wire/subscribe.py``): that of the oldest packet held for over
+        ``OVERDUE_S`` that no kept LOAS is waiting for, or None; the same one at most every
+        ``ASK_EVERY_S``. Cheap enough to call on every packet. Counted as ``REQUESTED``."""
+        before = now - OVERDUE_S
+        for seq, slot in self._held.items():
+            if slot.born >= before:
+                return None
+            if any((seq - p.loas.first_seq) % SEQ_MOD < p.loas.count
+                   for p in self._pending.values()):
+                continue
+            if seq == self._asked[0] and now - self._asked[1] < ASK_EVERY_S:
+                return None
+            self._asked = (seq, now)
+            self.loas[REQUESTED] = self.loas.get(REQUESTED, 0) + 1
+            return seq
+        return None
 
     def take_late(self) -> tuple[list[T], list[bytes]]:
         """What late arrivals proved since the last call: packets, in the order they were

@@ -48,6 +48,12 @@ class DeviceTopics:
     #: the device also reads the ``cmd`` and ``emergency`` topics of its leaf zone and of
     #: each ancestor (``zone_cmd_topics``, ``zone_emergency_topics``)
     zones: bool = False
+    #: fleet-wide topics the device reads (``read`` in the ACL)
+    fleet: tuple[str, ...] = ()
+
+
+#: retained by the streamer, read by every device: the stream key set (:class:`StreamKeys`)
+KEYS_TOPIC = f"{PREFIX}/keys"
 
 
 #: THE table of who publishes and reads what (``docs/mqtt.md``, "Topic tree"): the broker's
@@ -55,8 +61,10 @@ class DeviceTopics:
 #: ``DeviceLink``) are all derived from it.
 DEVICE_TOPICS: dict[str, DeviceTopics] = {
     "speaker": DeviceTopics(publishes=("status", "telemetry", "ack", "played"),
-                            reads=("cmd", "config", "token"), zones=True),
-    "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd", "token")),
+                            reads=("cmd", "config", "token"), zones=True,
+                            fleet=(KEYS_TOPIC,)),
+    "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd", "token"),
+                          fleet=(KEYS_TOPIC,)),
 }
 #: topic leaves some device publishes (``up``) and receives (``down``)
 UP_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf in t.publishes))
@@ -251,6 +259,14 @@ class TokenGrant(Strict):
 
     token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$", max_length=1400)]
     expires: Annotated[int, Field(ge=0)]
+
+
+class StreamKeys(Strict):
+    """Retained on ``loa/v1/keys``: the streamer's key set (``wire/keyset.py``, at most 334
+    bytes) in base64. Whether a device takes it is for the set's own signature to say."""
+
+    keyset: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+                                             max_length=448)]
 
 
 class EmergencyState(Strict):

@@ -1,15 +1,18 @@
 """The subscribe handshake (speaker→relay, relay→relay, relay→streamer), sans-IO.
 
 HELLO → COOKIE → SUBSCRIBE (echoing the cookie) → SUBACK, then media; KEEPALIVE refreshes,
-BYE leaves, REJECT says why not. The cookie is stateless: an HMAC over the source address,
-channel, identity and issue time, so the upstream keeps no state for a HELLO and a spoofed
-source address never receives media. The upstream never answers with more bytes than it
-received (no amplification). ``docs/protocol.md`` has the byte tables.
+BYE leaves, REJECT says why not; RESEND asks again for a ``LOAS`` that did not arrive (a
+subscriber holding packets its signature has not proven: ``wire/auth.py``). The cookie is
+stateless: an HMAC over the source address, channel, identity and issue time, so the upstream
+keeps no state for a HELLO and a spoofed source address never receives media. The upstream
+never answers with more bytes than it received (no amplification). ``docs/protocol.md`` has
+the byte tables.
 
-KEEPALIVE and BYE carry the cookie the subscription was made with; the upstream keeps it
-with the subscription and ignores (reports as :class:`Dropped`) a KEEPALIVE or BYE whose
-cookie differs, so that someone who only knows or guesses a subscriber's address and channel
-cannot unsubscribe it with a spoofed BYE, nor keep a dead one alive with spoofed KEEPALIVEs.
+KEEPALIVE, BYE and RESEND carry the cookie the subscription was made with; the upstream keeps
+it with the subscription and ignores (reports as :class:`Dropped`) one whose cookie differs,
+so that someone who only knows or guesses a subscriber's address and channel cannot
+unsubscribe it with a spoofed BYE, keep a dead one alive with spoofed KEEPALIVEs, or have
+signatures sent to it with spoofed RESENDs.
 
 This module never touches a socket or reads a clock: callers pass bytes, addresses and ``now``
 (seconds, any monotonic origin for the server; cookies use whole seconds of it).
@@ -29,6 +32,8 @@ from .packet import MalformedPacket
 
 MAGIC = b"LOA1"
 HELLO_MIN_LEN = 96  # HELLOs are padded so that no reply is larger than its request
+RESEND_MIN_LEN = 128  # and RESENDs, so that the LOAS sent back (116 bytes) is not either
+RESEND_LOAS = 1  # what a RESEND asks for: the LOAS whose batch holds ``seq``
 COOKIE_LEN = 24  # 4-byte issue time + 20-byte truncated HMAC-SHA256
 COOKIE_TTL_S = 30
 MAX_NAME = 128
@@ -45,6 +50,7 @@ class MsgType(IntEnum):
     KEEPALIVE = 5
     BYE = 6
     REJECT = 7
+    RESEND = 8
 
 
 class RejectReason(IntEnum):
@@ -77,6 +83,7 @@ class Message:
     keepalive_s: int = 0
     ptime_ms: int = 0
     reason: int = 0
+    seq: int = 0  # RESEND: a sequence number of the batch whose LOAS is asked for
 
     def build(self) -> bytes:
         ch = _str8(self.channel)
@@ -96,6 +103,10 @@ class Message:
             return head + ch + struct.pack("!IHH", self.ssrc, self.keepalive_s, self.ptime_ms)
         if t is MsgType.REJECT:
             return head + ch + bytes((self.reason,))
+        if t is MsgType.RESEND:
+            body = head + ch + _fixed(self.cookie, COOKIE_LEN) + struct.pack("!BH", RESEND_LOAS,
+                                                                             self.seq)
+            return body + bytes(max(0, RESEND_MIN_LEN - len(body)))
         # KEEPALIVE, BYE: the subscription's cookie (it also leaves room for a REJECT answer)
         return head + ch + _fixed(self.cookie, COOKIE_LEN)
 
@@ -121,6 +132,12 @@ def parse(data: bytes) -> Message:
         return Message(t, channel, ssrc=ssrc, keepalive_s=keepalive_s, ptime_ms=ptime_ms)
     if t is MsgType.REJECT:
         return Message(t, channel, reason=r.take(1)[0])
+    if t is MsgType.RESEND:
+        cookie = r.take(COOKIE_LEN)
+        what, seq = struct.unpack("!BH", r.take(3))
+        if what != RESEND_LOAS:
+            raise MalformedPacket(f"RESEND of unknown kind {what}")
+        return Message(t, channel, cookie=cookie, seq=seq)
     return Message(t, channel, cookie=r.take(COOKIE_LEN))  # KEEPALIVE, BYE
 
 
@@ -214,11 +231,21 @@ class Dropped:
 
     addr: Addr
     channel: str
-    type: str  # "keepalive" | "bye"
+    type: str  # "keepalive" | "bye" | "resend"
     reason: str  # "bad_cookie"
 
 
-Event = Subscribed | Unsubscribed | Dropped
+@dataclass(slots=True, frozen=True)
+class Resend:
+    """A subscriber asks for the LOAS of the batch holding ``seq`` again; the caller sends it
+    from what it keeps (``fanout/ring.py``), at most the request's size."""
+
+    addr: Addr
+    channel: str
+    seq: int
+
+
+Event = Subscribed | Unsubscribed | Dropped | Resend
 
 
 @dataclass(slots=True)
@@ -285,6 +312,14 @@ class SubscribeServer:
                 del subs[addr]
                 self.count -= 1
                 event = Unsubscribed(addr, ch, "bye")
+        elif msg.type is MsgType.RESEND:
+            sub = self.subscribers.get(ch, {}).get(addr)
+            if sub is None:
+                pass  # only subscribers get media, and so signatures
+            elif not hmac.compare_digest(sub.cookie, msg.cookie):
+                event = Dropped(addr, ch, "resend", "bad_cookie")
+            else:
+                event = Resend(addr, ch, msg.seq)
         # COOKIE, SUBACK and REJECT are for subscribers: an upstream ignores them.
         if reply is not None and len(reply) > len(data):
             reply = None  # never amplify
@@ -459,6 +494,14 @@ class SubscribeClient:
                 return self._send_hello(now)
             return self._send_subscribe(now)
         return []
+
+    def resend(self, seq: int) -> list[tuple[bytes, Addr]]:
+        """Ask the upstream again for the LOAS of the batch holding ``seq`` (nothing unless
+        subscribed: a RESEND needs the subscription's cookie)."""
+        if self.state is not ClientState.SUBSCRIBED:
+            return []
+        msg = Message(MsgType.RESEND, self.channel, cookie=self._cookie, seq=seq)
+        return [(msg.build(), self.upstream)]
 
     def close(self) -> list[tuple[bytes, Addr]]:
         """The BYE to send when leaving (nothing unless subscribed: a BYE needs the cookie

@@ -67,7 +67,7 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
             self.zone = self.zone or (self.channel if valid_zone_id(self.channel) else "")
         if check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key) and not self.http:
             raise ConfigError("tls_cert", "only with http (there is nothing else to serve)")
-        self.keyring  # noqa: B018 (the pinned streamer keys, checked)
+        self.keyring  # noqa: B018 (the pinned streamer keys and the keys file, checked)
         self.token_source()  # the token file is readable
 
 
@@ -117,6 +117,9 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="PATH",
                    help="this speaker's subscription token (base64, as `loa token` writes it); "
                         "read again when it changes")
+    p.add_argument("--keys-file", metavar="PATH",
+                   help="keep the stream key set the streamer pushes over MQTT here (0600), "
+                        "and trust it again at start")
     p.add_argument("--tls-cert", metavar="PATH",
                    help="serve --http over TLS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert")

@@ -32,6 +32,7 @@ from common.config import Addr, ConfigError
 from common.procmetrics import watch_process
 from common.tls import server_context
 from device.link import DeviceLink, fmt_addr
+from device.trust import TrustedKeys
 from wire import subscribe
 from wire.auth import MediaGate
 from wire.packet import RtpPacket
@@ -93,7 +94,8 @@ async def announce(cfg: SpeakerConfig, transport: asyncio.DatagramTransport, spe
 
 def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: ToneOverlay,
               emergency: EmergencyPath, registry: CollectorRegistry,
-              family: int, tls_context: ssl.SSLContext | None = None) -> DeviceLink:
+              family: int, tls_context: ssl.SSLContext | None = None,
+              trusted: TrustedKeys | None = None) -> DeviceLink:
     assert cfg.mqtt is not None
     m = cfg.mqtt
     device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=speaker.playout,
@@ -104,7 +106,8 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
                       keepalive_s=m.keepalive_s,
                       on_emergency=lambda state: emergency.on_state(state, time.time()),
                       on_token=speaker.renew_token, password_file=m.password_file,
-                      tls_context=tls_context)
+                      tls_context=tls_context,
+                      on_keys=None if trusted is None else trusted.offer_now)
 
 
 async def serve(cfg: SpeakerConfig) -> int:
@@ -148,13 +151,14 @@ async def serve(cfg: SpeakerConfig) -> int:
                                        failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s,
                                        token=tokens.token if tokens is not None else b"")
     registry = CollectorRegistry()
-    keys = cfg.keyring
+    trusted = cfg.trusted_keys()
+    keys = trusted.keyring if trusted is not None and cfg.verify_media else None
     if keys is None:
         log.warning("verify_media is off: this speaker plays media nobody signed")
     gate = None if keys is None else MediaGate[tuple[RtpPacket, float]](cfg.channel, keys)
     speaker = Speaker(client, playout, latency_histogram(registry), gate)
     speaker.tokens = tokens
-    registry.register(SpeakerCollector(speaker, emergency))
+    registry.register(SpeakerCollector(speaker, emergency, trusted))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)
     runner = await announce(cfg, transport, speaker, emergency, registry, upstreams, https)
@@ -169,7 +173,7 @@ async def serve(cfg: SpeakerConfig) -> int:
              watch_process(registry)]
     if password is not None and overlay is not None:
         link = open_link(cfg, password, speaker, overlay, emergency, registry, family,
-                         mqtt_tls)
+                         mqtt_tls, trusted)
         link.start()
     try:
         await stop.wait()

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from common.config import Addr
 from common.httpsec import add_security_headers
-from device.trust import auth_metrics
+from device.trust import TrustedKeys, auth_metrics, keys_metrics
 from wire import subscribe
 from wire.auth import MediaGate
 
@@ -33,9 +33,11 @@ def latency_histogram(registry: CollectorRegistry) -> Histogram:
 class SpeakerCollector(Collector):
     """Reads the counters the sans-IO parts keep, at scrape time."""
 
-    def __init__(self, speaker: Speaker, emergency: EmergencyPath) -> None:
+    def __init__(self, speaker: Speaker, emergency: EmergencyPath,
+                 trusted: TrustedKeys | None = None) -> None:
         self.speaker = speaker
         self.emergency = emergency
+        self.trusted = trusted
 
     def collect(self) -> Iterable[Metric]:
         s, e = self.speaker, self.emergency
@@ -81,6 +83,7 @@ class SpeakerCollector(Collector):
             states.add_metric([outcome], e.messages[outcome])
         yield states
         yield from gate_metrics(s.gate)
+        yield from keys_metrics(self.trusted)
 
 
 def gate_metrics(gate: MediaGate[Any] | None) -> Iterable[Metric]:

@@ -153,10 +153,12 @@ class Speaker(asyncio.DatagramProtocol):
         if self.gate is None:
             self._play(pkt, capture_time)
         else:
-            self.gate.hold(pkt.seq, data, (pkt, capture_time), time.monotonic())
+            mono = time.monotonic()
+            self.gate.hold(pkt.seq, data, (pkt, capture_time), mono)
             if self.gate.late:  # its batch's LOAS came first
                 for proven, at in self.gate.take_late()[0]:
                     self._play(proven, at)
+            self._ask_overdue(mono)
 
     def _play(self, pkt: RtpPacket, capture_time: float) -> None:
         """Media that may play (proven, or verification is off): it reaches the playout and
@@ -174,9 +176,19 @@ class Speaker(asyncio.DatagramProtocol):
         self.send(self.client.set_token(token, time.monotonic()))
 
     def expire(self) -> None:
-        """Forget held packets whose play time has passed with no LOAS proving them."""
+        """Forget held packets whose play time has passed with no LOAS proving them; ask
+        again for a LOAS that is overdue."""
         if self.gate is not None:
-            self.gate.expire(time.monotonic() - self.playout.delay_s - HOLD_SLACK_S)
+            now = time.monotonic()
+            self.gate.expire(now - self.playout.delay_s - HOLD_SLACK_S)
+            self._ask_overdue(now)
+
+    def _ask_overdue(self, now: float) -> None:
+        """A lost LOAS would lose its whole batch: ask the upstream for it again."""
+        assert self.gate is not None
+        seq = self.gate.overdue(now)
+        if seq is not None:
+            self.send(self.client.resend(seq))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)

@@ -135,6 +135,7 @@ def acl_rules(account: Account) -> list[str]:
     if account.zone and topics.zones:
         rules += [f"topic read {t}" for t in zone_cmd_topics(account.zone)]
         rules += [f"topic read {t}" for t in zone_emergency_topics(account.zone)]
+    rules += [f"topic read {t}" for t in topics.fleet]
     return rules
 
 

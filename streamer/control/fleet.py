@@ -35,6 +35,7 @@ from device.edge import (
 )
 from wire.messages import (
     DEVICE_TOPICS,
+    KEYS_TOPIC,
     KINDS,
     PREFIX,
     TELEMETRY,
@@ -45,6 +46,7 @@ from wire.messages import (
     EmergencyState,
     Played,
     Status,
+    StreamKeys,
     Strict,
     Telemetry,
     TokenGrant,
@@ -192,6 +194,10 @@ class Fleet:
         """Retain ``grant`` as the device's subscription token (``control/grants.py``)."""
         await asyncio.wait_for(self._publish(device_topic(kind, device_id, "token"), grant,
                                              retain=True), timeout_s)
+
+    async def push_keys(self, keys: StreamKeys, timeout_s: float = 5.0) -> None:
+        """Retain ``keys`` as the fleet's stream key set (``control/keys.py``)."""
+        await asyncio.wait_for(self._publish(KEYS_TOPIC, keys, retain=True), timeout_s)
 
     async def publish_emergency(self, zone: str, state: EmergencyState,
                                 timeout_s: float = 5.0) -> None:

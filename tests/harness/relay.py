@@ -1,5 +1,6 @@
-"""A real ``relay.main`` process on free loopback ports, pinning the session's stream key
-unless the test says otherwise (``keys.with_stream_key``); killed at the end of the block."""
+"""A real ``relay.main`` process on free loopback ports, pinning the session's stream key and
+presenting a token signed with it upstream unless the test says otherwise (``keys.with_trust``);
+it requires its own subscribers' tokens (the default). Killed at the end of the block."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness.keys import with_stream_key
+from tests.harness.keys import with_trust
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ async def relay_process(tmp_path: Path, name: str, *args: str,
     with open(log, "ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.main", "--id", name, "--media", "127.0.0.1:0",
-            "--http", "127.0.0.1:0", *with_stream_key(args), cwd=REPO,
+            "--http", "127.0.0.1:0", *with_trust(args, tmp_path, name), cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None

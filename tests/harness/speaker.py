@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.keys import with_stream_key
+from tests.harness.keys import with_trust
 from tests.harness.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ async def start_speaker(tmp_path: Path, name: str, *args: str, speaker_id: str |
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
     wav, log, stderr = (tmp_path / f"{name}.{ext}" for ext in ("wav", "jsonl", "stderr"))
     argv = ["--id", speaker_id or name, "--wav", str(wav), "--log", str(log),
-            "--http", "127.0.0.1:0", *with_stream_key(args)]
+            "--http", "127.0.0.1:0", *with_trust(args, tmp_path, speaker_id or name)]
     with open(stderr, "ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "clients.speaker.main", *argv, cwd=REPO, env=env,

@@ -1,5 +1,6 @@
 """A handshaking receiver, as a speaker subscribes: it collects the Opus payloads of its
-channel and counts RTCP, so that a test can judge a relay or fan-out by what arrives."""
+channel and counts RTCP, so that a test can judge a relay or fan-out by what arrives. It
+presents a token signed with the session's key unless the test gives another (``b""``: none)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import time
 from typing import cast
 
+from tests.harness.keys import token_for
 from wire import subscribe
 from wire.packet import is_rtcp, is_rtp, parse
 from wire.subscribe import SubscribeClient
@@ -16,9 +18,9 @@ class Subscriber(asyncio.DatagramProtocol):
     """A handshaking receiver (what a speaker does), collecting Opus payloads."""
 
     def __init__(self, channel: str, upstreams: list[tuple[str, int]], *,
-                 identity: str = "test-speaker", token: bytes = b"") -> None:
-        self.client = SubscribeClient(identity=identity, channel=channel,
-                                      upstreams=upstreams, token=token)
+                 identity: str = "test-speaker", token: bytes | None = None) -> None:
+        self.client = SubscribeClient(identity=identity, channel=channel, upstreams=upstreams,
+                                      token=token_for(identity) if token is None else token)
         self.payloads: list[bytes] = []
         self.rejects: list[int] = []  # the reason of every REJECT received
         self.rtcp = 0

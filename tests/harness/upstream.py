@@ -18,9 +18,10 @@ import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
 
+from fanout.ring import PacketRing
 from wire.auth import ChannelSigner, SigningKey
 from wire.packet import RtpPacket, ssrc_for, unix_to_ntp64
-from wire.subscribe import Event, SubscribeServer, is_control
+from wire.subscribe import Event, Resend, SubscribeServer, is_control
 
 from .keys import TEST_KEY
 
@@ -36,6 +37,7 @@ class RtpUpstream(asyncio.DatagramProtocol):
         #: signs each channel's batches as the streamer does (None: sends no LOAS)
         self.key = key
         self.signers: dict[str, ChannelSigner] = {}
+        self.kept: dict[str, PacketRing] = {}  # each channel's last LOAS, for a RESEND
         self.events: list[Event] = []  # what the handshake server reported
         self.transport: asyncio.DatagramTransport | None = None
         #: set to stop sending anything, media and handshake answers (a lost network)
@@ -70,6 +72,11 @@ class RtpUpstream(asyncio.DatagramProtocol):
         reply, event = self.server.handle(data, addr, time.monotonic())
         if reply and self.transport:
             self.transport.sendto(reply, addr)
+        if isinstance(event, Resend):  # a lost LOAS, asked for again (as the streamer answers)
+            ring = self.kept.get(event.channel)
+            loas = ring.loas_for(event.seq) if ring is not None else None
+            if loas is not None and self.transport:
+                self.transport.sendto(loas, addr)
         if event:
             self.events.append(event)
 
@@ -94,10 +101,16 @@ class RtpUpstream(asyncio.DatagramProtocol):
                     assert self.transport is not None
                     self.transport.sendto(data, addr)
                 for loas in self.sign(channel, data, n, priority):
+                    self.kept.setdefault(channel, PacketRing(0.0, FRAME_S)).add(loas, 0.0)
                     for addr in addrs:
                         assert self.transport is not None
                         self.transport.sendto(loas, addr)
             n += 1
+
+    def rotate(self, key: SigningKey) -> None:
+        """Sign with ``key`` from the next frame on, as the streamer does on SIGHUP: each
+        channel's open batch is signed with the old key first."""
+        self.key = key
 
     def sign(self, channel: str, data: bytes, n: int, priority: int) -> list[bytes]:
         """The LOAS to send after packet ``data`` of ``channel``."""
@@ -106,7 +119,11 @@ class RtpUpstream(asyncio.DatagramProtocol):
         signer = self.signers.get(channel)
         if signer is None:
             signer = self.signers[channel] = ChannelSigner(self.key, channel, ssrc_for(channel))
-        return signer.add(data, n & 0xFFFF, priority)
+        out: list[bytes] = []
+        if signer.key is not self.key:  # rotated: the old batch closes under the old key
+            out = signer.flush()
+            signer.key = self.key
+        return out + signer.add(data, n & 0xFFFF, priority)
 
 
 U = TypeVar("U", bound=RtpUpstream)
