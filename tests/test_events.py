@@ -461,3 +461,21 @@ async def test_a_schedule_that_fires_is_on_air_from_its_occurrence(streamer):
         assert time.time() >= on["broadcast"]["started"]
         await until(lambda: [d for d in st.named("onair", n) if d["zone"] == KP1
                              and d["broadcast"] is None], WAIT_S, "its end")
+
+
+async def test_a_province_wide_change_is_one_write_not_one_per_channel(streamer):
+    """Every channel of the province changes at once: the client gets an event for each, in
+    one slot of its queue, and is not taken for a slow one."""
+    streamer.plane.events.limit = 4  # fewer slots than the province has channels
+    leaves = streamer.zones.leaves()
+    assert len(leaves) > 4
+    async with stream(streamer, streamer.admin) as st:
+        n = len(st.events)
+        status, e = await call(streamer, "POST", "/api/v1/emergency", json={
+            "zones": list(streamer.zones.roots), "source": {"kind": "tone", "seconds": 60}})
+        assert status == 201, e
+        await until(lambda: {d["zone"] for d in st.named("onair", n)} == set(leaves), WAIT_S,
+                    "every channel on air")
+        assert all(d["broadcast"]["id"] == e["id"] for d in st.named("onair", n))
+        assert metric(streamer, "loa_api_event_clients_dropped_total", reason="slow") == 0
+        assert not st.ended

@@ -7,7 +7,9 @@ Rules:
    the event once per distinct set of visible zones and appends the frame to each
    subscriber's queue, O(subscribers). It runs on the control loop only; a source on another
    thread (the playout thread) hands over with ``loop.call_soon_threadsafe`` first.
-2. Each subscriber's queue is bounded (``QUEUE_LIMIT`` frames). A client that falls that far
+2. Each subscriber's queue is bounded (``QUEUE_LIMIT`` writes: one per ``publish``, and one
+   per ``publish_many``, whose events go out together, so a province-wide broadcast that
+   changes a thousand channels at once costs a client one slot). A client that falls that far
    behind is dropped (its connection aborted, ``loa_api_event_clients_dropped_total{reason=
    "slow"}``): a slow or stuck reader never holds back a publisher, another client or a frame.
 3. A subscriber sees an event only if one of its zones is visible to its user (granted on it
@@ -42,6 +44,7 @@ PING = b": ping\n\n"
 EVENTS = ("hello", "onair", "reach", "presence", "approval", "emergency", "alert")
 
 Publish = Callable[[str, dict[str, Any], list[str]], None]
+PublishMany = Callable[[str, list[tuple[dict[str, Any], list[str]]]], None]
 
 
 def frame(name: str, event_id: int, data: dict[str, Any]) -> bytes:
@@ -52,6 +55,10 @@ def frame(name: str, event_id: int, data: dict[str, Any]) -> bytes:
 
 def nothing(name: str, data: dict[str, Any], zones: list[str]) -> None:
     """The publisher of a part with no hub (unit tests, tools)."""
+
+
+def nothing_many(name: str, events: list[tuple[dict[str, Any], list[str]]]) -> None:
+    """The same for several events at once."""
 
 
 class Subscriber:
@@ -102,7 +109,7 @@ class EventHub:
                                  ["event"], registry=registry)
         self.dropped = Counter("loa_api_event_clients_dropped_total", "Event stream clients "
                                "the streamer disconnected, by reason: slow (fell "
-                               f"{limit} events behind), signed_out (token expired or "
+                               f"{limit} writes behind), signed_out (token expired or "
                                "revoked, user disabled or regranted)", ["reason"],
                                registry=registry)
         for name in EVENTS:
@@ -134,30 +141,39 @@ class EventHub:
         """Queue ``name`` for every subscriber that sees one of ``zones``. Never blocks, and
         never raises into its caller (a broadcast's start, a device's report): an event that
         cannot be told is logged and lost."""
-        self.published.labels(name).inc()
-        if not self.subscribers:
+        self.publish_many(name, [(data, zones)])
+
+    def publish_many(self, name: str, events: list[tuple[dict[str, Any], list[str]]]) -> None:
+        """Several ``name`` events at once (``(data, zones)`` each), in one write to each
+        subscriber: one slot of its queue."""
+        self.published.labels(name).inc(len(events))
+        if not self.subscribers or not events:
             return
         try:
-            self._publish(name, data, zones)
+            self._publish(name, events)
         except Exception:
             log.exception("event %s not published", name)
 
-    def _publish(self, name: str, data: dict[str, Any], zones: list[str]) -> None:
-        event_id = self.next_id()
-        frames: dict[tuple[str, ...], bytes] = {}
-        has_zones = "zones" in data
+    def _publish(self, name: str, events: list[tuple[dict[str, Any], list[str]]]) -> None:
+        ids = [self.next_id() for _ in events]
+        frames: dict[tuple[int, tuple[str, ...]], bytes] = {}
         for sub in list(self.subscribers):
-            visible = tuple(sub.visible(zones))
-            if not visible:
+            parts = []
+            for i, (data, zones) in enumerate(events):
+                visible = tuple(sub.visible(zones))
+                if not visible:
+                    continue
+                out = frames.get((i, visible))
+                if out is None:
+                    out = frames[i, visible] = frame(name, ids[i], {
+                        **data, "zones": list(visible)} if "zones" in data else data)
+                parts.append(out)
+            if not parts:
                 continue
-            out = frames.get(visible)
-            if out is None:
-                out = frames[visible] = frame(
-                    name, event_id, {**data, "zones": list(visible)} if has_zones else data)
             if len(sub.queue) >= sub.limit:
                 self._drop(sub)
                 continue
-            sub.queue.append(out)
+            sub.queue.append(parts[0] if len(parts) == 1 else b"".join(parts))
             sub.wake.set()
 
     def close(self) -> None:

@@ -20,13 +20,13 @@ from typing import Any
 
 from wire.priority import Priority
 
-from .events import Publish, nothing
+from .events import PublishMany, nothing_many
 from .models import BroadcastRecord
 
 
 class OnAir:
-    def __init__(self, publish: Publish = nothing) -> None:
-        self.publish = publish
+    def __init__(self, publish_many: PublishMany = nothing_many) -> None:
+        self.publish_many = publish_many
         self._stack: dict[str, dict[int, tuple[int, int]]] = {}  # channel → bid → (level, -order)
         self._channels: dict[int, list[str]] = {}  # bid → its channels while sounding
         self._desc: dict[int, dict[str, Any]] = {}  # bid → what an onair event says of it
@@ -68,6 +68,8 @@ class OnAir:
         self._desc.pop(bid, None)
 
     def _settle(self, channels: Any) -> None:
+        """Find each channel's top again; the ones that changed go out in one write."""
+        changed = []
         for ch in sorted(channels):
             stack = self._stack.get(ch)
             top = max(stack, key=stack.__getitem__) if stack else None
@@ -77,7 +79,8 @@ class OnAir:
                 del self._top[ch]
             else:
                 self._top[ch] = top
-            self.publish("onair", {"zone": ch, "broadcast": self.now(ch)}, [ch])
+            changed.append(({"zone": ch, "broadcast": self.now(ch)}, [ch]))
+        self.publish_many("onair", changed)
 
     def now(self, channel: str) -> dict[str, Any] | None:
         """What ``channel`` plays (the ``broadcast`` of its ``onair`` event)."""

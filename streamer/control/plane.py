@@ -113,7 +113,8 @@ class Plane:
         self.broadcasts.announce = self.announce_emergency
         self.events = EventHub(self.registry)
         publish = self.events.publish
-        self.broadcasts.publish = self.broadcasts.onair.publish = publish
+        self.broadcasts.publish = publish
+        self.broadcasts.onair.publish_many = self.events.publish_many
         self.alerts = Alerts(publish)
         self.alerts.everywhere = list(self.tree.roots)
         self.recorder.alerts, self.recorder.publish = self.alerts, publish
