@@ -185,7 +185,7 @@ class EventHub:
             sub.wake.set()
 
     def _drop(self, sub: Subscriber) -> None:
-        log.warning("event stream client dropped: %d events behind", len(sub.queue))
+        log.warning("event stream client dropped: %d writes behind", len(sub.queue))
         sub.dropped = "slow"
         sub.queue.clear()
         self.unsubscribe(sub, "slow")
