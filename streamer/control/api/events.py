@@ -61,6 +61,8 @@ async def events(ctx: Ctx) -> web.StreamResponse:
         await resp.write_eof()
     except ConnectionError:  # the client left, or was dropped
         pass
+    except Exception:  # a bug: the stream ends (the client reconnects); the answer has begun
+        log.exception("event stream of %s failed", user.name)
     finally:
         hub.unsubscribe(sub, reason)
     return resp
