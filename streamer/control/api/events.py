@@ -61,7 +61,9 @@ async def events(ctx: Ctx) -> web.StreamResponse:
         await resp.write_eof()
     except ConnectionError:  # the client left, or was dropped
         pass
-    except Exception:  # a bug: the stream ends (the client reconnects); the answer has begun
+    except Exception:  # a bug: the stream ends (the client reconnects)
+        if not resp.prepared:
+            raise  # the API's 500, in its error shape
         log.exception("event stream of %s failed", user.name)
     finally:
         hub.unsubscribe(sub, reason)
