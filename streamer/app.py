@@ -252,6 +252,7 @@ class Streamer:
             self.key_set.start(self.plane.fleet)
         await self.broadcasts.recover()
         self.plane.scheduler = await self._scheduler()
+        self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
@@ -369,6 +370,9 @@ class Streamer:
 
     async def close(self) -> None:
         self.scheduling.cancel()
+        self.watching.cancel()
+        self.plane.events.close()  # event streams end first: the HTTP server waits for them
+        await self.plane.reach.close()
         await self.plane.scheduler.close()
         if self.plane.tokens is not None:
             self.granting.cancel()

@@ -63,8 +63,11 @@ class Document:
         raise AssertionError(f"{path} is not in the document")
 
     def listings(self):
-        """GET operations without path parameters: every listing, reports and /me."""
-        return sorted(p for p, ops in self.doc["paths"].items() if "get" in ops and "{" not in p)
+        """GET operations without path parameters that answer JSON: every listing, reports
+        and /me (not the event stream, which never ends)."""
+        return sorted(p for p, ops in self.doc["paths"].items() if "get" in ops and "{" not in p
+                      and "application/json" in ops["get"]["responses"]["200"].get("content",
+                                                                                   {}))
 
     def item_paths(self):
         """GET operations on one listed item: ``/speakers/{id}``, ``/broadcasts/{id}/reach``."""

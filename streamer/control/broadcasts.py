@@ -6,6 +6,8 @@ hand-over to the mixer happens on the event loop, between two frames. Nothing is
 until its input has been validated and its source built, so a refused request leaves no
 trace but the audit entry. A broadcast that needs approval is validated the same way, stored
 as ``pending_approval`` and rebuilt from its stored description when an approver releases it.
+Every hand-over to or from the mixer is told to the on-air board (``onair.py``), and approvals
+and emergencies to the event stream (``events.py``), on the loop, never from playout.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from streamer.mixer.sources.chime import Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
 from wire.priority import Priority
 
+from .events import Publish, nothing
 from .feeds import OFF_AIR, RelayFeed
 from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan
+from .onair import OnAir
 from .schedules import RelaySource, Schedule
 from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
@@ -154,6 +158,10 @@ class Broadcasts:
         self._writes: set[asyncio.Task[None]] = set()
         #: set by the plane: publishes an emergency's state to the fleet
         self.announce: Announce | None = None
+        #: set by the plane: the event stream's publisher (approvals, emergencies) and what
+        #: each channel plays (``onair`` events)
+        self.publish: Publish = nothing
+        self.onair = OnAir()
         mixer.on_finished = self._finished
 
     async def recover(self) -> int:
@@ -234,6 +242,7 @@ class Broadcasts:
         if not self.mixer.stop(rec.id):
             return
         feed.paused = True
+        self.onair.silent(rec.id)
         log.warning("broadcast %d: off the air until its upstream is back", rec.id)
         if feed.end_frame is not None:
             self._timer(rec.id, self.mixer.clock.capture_wall(feed.end_frame) - time.time(),
@@ -246,6 +255,7 @@ class Broadcasts:
         feed.paused = False
         self._cancel_timer(rec.id)
         self.mixer.start(item, feed.channels, end_frame=end)
+        self.onair.playing(rec, feed.channels)
         log.info("broadcast %d: relayed stream is back: on the air", rec.id)
 
     def _window_over(self, bid: int) -> None:
@@ -278,6 +288,8 @@ class Broadcasts:
         if not pending:
             self._start(rec, built, at_frame, requested_at)
         await self.state.put_broadcast(rec)
+        if pending:
+            self._approval(rec, "waiting")
         log.info("broadcast %d: %s %s to %d channels%s", rec.id, priority, desc["kind"],
                  rec.channels, " (waiting for approval)" if pending else "")
         return rec
@@ -290,12 +302,19 @@ class Broadcasts:
         rec.approved_by, rec.state = approver, BroadcastState.QUEUED
         self._start(rec, built, None, requested_at)
         await self.state.put_broadcast(rec)
+        self._approval(rec, "approved")
         return rec
 
     async def reject(self, rec: BroadcastRecord, approver: str) -> BroadcastRecord:
         rec.approved_by, rec.state, rec.ended = approver, BroadcastState.REJECTED, time.time()
         await self.state.put_broadcast(rec)
+        self._approval(rec, "rejected")
         return rec
+
+    def _approval(self, rec: BroadcastRecord, state: str, **extra: Any) -> None:
+        self.publish("approval", {"id": rec.id, "state": state, "zones": list(rec.zones),
+                                  "label": rec.label, "priority": rec.priority, **extra},
+                     list(rec.zones))
 
     def _start(self, rec: BroadcastRecord, source: Source, at_frame: int | None,
                requested_at: float | None = None) -> None:
@@ -308,8 +327,10 @@ class Broadcasts:
         rec.next_airing = None
         self.live[rec.id] = rec
         self.items[rec.id] = item
-        self.mixer.start(item, self.channels_of(rec.zones), **(
+        channels = self.channels_of(rec.zones)
+        self.mixer.start(item, channels, **(
             {"at_frame": at_frame} if at_frame is not None else {}))
+        self.onair.playing(rec, channels)
         if plan is not None:
             if rec.airings == 1:
                 self._announce(rec)
@@ -341,16 +362,20 @@ class Broadcasts:
                    state: BroadcastState = BroadcastState.STOPPED) -> BroadcastRecord:
         """Take it off the air everywhere (a live input that ended is ``DONE``)."""
         if rec.state in (BroadcastState.QUEUED, BroadcastState.PENDING_APPROVAL):
+            pending = rec.state == BroadcastState.PENDING_APPROVAL
             self.mixer.stop(rec.id)
             self._release(rec.id)
             rec.state, rec.ended, rec.next_airing = state, time.time(), None
             await self.state.put_broadcast(rec)
+            if pending:  # withdrawn before any approver decided: no longer waiting
+                self._approval(rec, "expired", reason=state.value)
             if rec.emergency is not None:
                 self._announce(rec)
             log.info("broadcast %d %s", rec.id, state.value)
         return rec
 
     def _release(self, bid: int) -> None:
+        self.onair.silent(bid)
         self.live.pop(bid, None)
         self.items.pop(bid, None)
         self._cancel_timer(bid)
@@ -386,6 +411,7 @@ class Broadcasts:
         if plan is not None and plan.repeat_s and rec.next_airing is not None \
                 and not self._expired(rec):
             # stays QUEUED (shown as waiting) until it airs again; the mixer item is gone
+            self.onair.silent(bid)
             self._timer(bid, rec.next_airing - time.time(), self._repeat)
             log.info("emergency %d: next airing in %.0f s", bid, rec.next_airing - time.time())
             self.spawn(self.state.put_broadcast(rec), f"emergency {bid}")
@@ -429,9 +455,20 @@ class Broadcasts:
             timer.cancel()
 
     def _announce(self, rec: BroadcastRecord) -> None:
+        self.publish("emergency", self.emergency_event(rec), list(rec.zones))
         if self.announce is not None:
             self.spawn(self.announce(rec.model_copy(deep=True)),
                         f"emergency {rec.id}: its state to the fleet")
+
+    @staticmethod
+    def emergency_event(rec: BroadcastRecord) -> dict[str, Any]:
+        return {"id": rec.id, "state": "on" if rec.state == BroadcastState.QUEUED else "off",
+                "zones": list(rec.zones), "label": rec.label, "started": rec.created}
+
+    def emergencies_on(self) -> list[BroadcastRecord]:
+        """Emergencies in force: on the air, or waiting for their next airing."""
+        return [r for r in self.live.values()
+                if r.emergency is not None and r.state == BroadcastState.QUEUED]
 
     def spawn(self, write: Coroutine[Any, Any, Any], what: str) -> None:
         """Persist (or publish) from a synchronous callback — the mixer, the scheduler, a
@@ -471,6 +508,7 @@ class Broadcasts:
         rec.airings = 1
         self.live[rec.id] = rec
         self.items[rec.id] = item
+        self.onair.playing(rec, self.channels_of(rec.zones))
         feed = self.feeds.get(rec.id)
         if feed is not None and feed.state in OFF_AIR:  # dead before its window opened
             self._pause(rec, feed)

@@ -29,8 +29,10 @@ from wire.auth import SigningKey
 from wire.ids import ancestors
 from wire.messages import EmergencyState
 
+from .alerts import Alerts
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
+from .events import EventHub
 from .fleet import Fleet
 from .grants import TokenIssuer
 from .hashing import Hasher
@@ -48,6 +50,7 @@ from .models import (
     Zone,
 )
 from .presence import FleetRecorder
+from .reach import ReachFeed
 from .schedules import QuietHours, in_quiet_hours
 from .state import State
 from .throttle import Gate, LoginThrottle
@@ -95,6 +98,10 @@ class Plane:
     hashing: Gate = field(default_factory=lambda: Gate(2, 32))
     #: where they run: worker processes (``hashing.py``)
     hasher: Hasher = field(default_factory=Hasher)
+    #: the event stream (``GET /api/v1/events``), its alerts, and reach as it fills
+    events: EventHub = field(init=False)
+    alerts: Alerts = field(init=False)
+    reach: ReachFeed = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -104,6 +111,15 @@ class Plane:
             "or busy", ["by"], registry=self.registry)
         self.state.unreadable.register(self.registry)
         self.broadcasts.announce = self.announce_emergency
+        self.events = EventHub(self.registry)
+        publish = self.events.publish
+        self.broadcasts.publish = publish
+        self.broadcasts.onair.publish_many = self.events.publish_many
+        self.alerts = Alerts(publish)
+        self.alerts.everywhere = list(self.tree.roots)
+        self.recorder.alerts, self.recorder.publish = self.alerts, publish
+        self.reach = ReachFeed(self.broadcasts, self.recorder, publish)
+        self.recorder.on_played = self.reach.played
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}

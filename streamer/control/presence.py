@@ -5,6 +5,10 @@ The :class:`~streamer.control.fleet.Fleet` hands every validated status, telemet
 ops watch: speakers registered and online per zone (the offline-ratio alert divides one by the
 other) and confirmed plays per broadcast. A device's zone comes from the registry, never from
 what the device says about itself.
+
+It also tells the event stream (``events.py``) what changed: a speaker going online or
+offline (``presence``), a leaf zone left with no speaker online and a relay gone offline
+(``alert``, ``alerts.py``), and each confirmed play (``reach``, through ``on_played``).
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import logging
 import time
 from collections import Counter as CounterOf
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from wire.messages import Played, RelayTelemetry, SpeakerTelemetry, Status
 
+from .alerts import Alerts
+from .events import Publish, nothing
 from .models import Presence
 from .state import State
 
@@ -55,6 +61,15 @@ class FleetRecorder:
         self._reach: OrderedDict[int, set[str]] = OrderedDict()
         self._members: CounterOf[str] = CounterOf()  # speakers per leaf zone
         self._online_n: CounterOf[str] = CounterOf()  # of which online
+        #: the event stream's publisher, its alerts, and who hears of each confirmed play
+        self.publish: Publish = nothing
+        self.alerts = Alerts()
+        self.on_played: Callable[[int], None] = lambda broadcast: None
+        self._relay_online: dict[str, bool] = {}
+
+    def registered_in(self, channels: set[str]) -> int:
+        """Speakers registered in ``channels``."""
+        return sum(self._members.get(c, 0) for c in channels)
 
     async def load(self) -> None:
         speakers = await self.state.speakers.all()
@@ -76,7 +91,8 @@ class FleetRecorder:
         if old is not None:
             self._members[old] -= 1
             self._online_n[old] -= self.online.pop(speaker_id, False)
-            self._export(old)
+            if old != zone:  # else exported once below, with no half-moved state between
+                self._export(old)
         if zone is not None:
             self.zone_of[speaker_id], self.online[speaker_id] = zone, online
             self._members[zone] += 1
@@ -84,9 +100,16 @@ class FleetRecorder:
             self._export(zone)
 
     def _export(self, zone: str) -> None:
-        if self._members[zone] > 0:
-            self.speakers_registered.labels(zone).set(self._members[zone])
-            self.speakers_online.labels(zone).set(self._online_n[zone])
+        members, online = self._members[zone], self._online_n[zone]
+        if members and not online:
+            self.alerts.fire("zone_offline", zone, [zone],
+                             f"no speaker online in {zone} ({members} registered)")
+        else:
+            self.alerts.resolve("zone_offline", zone, f"{online} of {members} speakers online "
+                                f"in {zone}" if members else f"no speaker registered in {zone}")
+        if members > 0:
+            self.speakers_registered.labels(zone).set(members)
+            self.speakers_online.labels(zone).set(online)
             return
         del self._members[zone], self._online_n[zone]  # its last speaker moved or was removed
         for gauge in (self.speakers_registered, self.speakers_online):
@@ -101,8 +124,27 @@ class FleetRecorder:
             await self.state.set_presence(device_id, Presence(
                 state=status.state, ts=status.ts or time.time(),
                 detail={"kind": kind, **detail}))
+        online = status.state == "online"
         if kind == "speaker" and device_id in self.zone_of:
-            self._move(device_id, self.zone_of[device_id], status.state == "online")
+            zone = self.zone_of[device_id]
+            if self.online.get(device_id) != online:
+                self.publish("presence", {"speaker": device_id, "zone": zone,
+                                          "online": online}, [zone])
+            self._move(device_id, zone, online)
+        elif kind == "relay" and self._relay_online.get(device_id) != online:
+            self._relay_online[device_id] = online
+            await self._relay_alert(device_id, online)
+
+    async def _relay_alert(self, relay_id: str, online: bool) -> None:
+        if online:
+            self.alerts.resolve("relay_offline", relay_id, f"relay {relay_id} is online")
+            return
+        with redis_away("relay alert", relay_id):
+            relay = await self.state.relays.get(relay_id)
+            if relay is not None:  # a device the registry does not know raises no alert
+                self.alerts.fire("relay_offline", relay_id, [relay.zone] if relay.zone else [],
+                                 f"relay {relay_id} is offline"
+                                 f"{' (' + relay.zone + ')' if relay.zone else ''}")
 
     async def telemetry(self, kind: str, device_id: str,
                         t: SpeakerTelemetry | RelayTelemetry) -> None:
@@ -117,6 +159,7 @@ class FleetRecorder:
         self._reach.move_to_end(ev.broadcast)
         who.add(speaker_id)
         self.reach.labels(str(ev.broadcast)).set(len(who))
+        self.on_played(ev.broadcast)
         while len(self._reach) > REACH_BROADCASTS:
             old, _ = self._reach.popitem(last=False)
             self.reach.remove(str(old))

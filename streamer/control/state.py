@@ -404,6 +404,11 @@ class State:
         await self.r.set(P + "token:" + digest, user, ex=ttl_s)
         self._cache_token(digest, user, time.time() + ttl_s)
 
+    def token_expires(self, digest: str) -> float | None:
+        """When a token :meth:`token_owner` answered for expires (Unix s; None: unknown)."""
+        hit = self._tokens.get(digest)
+        return None if hit is None else hit[1]
+
     async def token_owner(self, digest: str) -> User | None:
         """The user a bearer token belongs to (None: unknown, expired or revoked).
 
@@ -531,6 +536,10 @@ class State:
     async def played(self, broadcast: int) -> dict[str, dict[str, Any]]:
         raw = await self.r.hgetall(f"{P}reach:{broadcast}")
         return {k: json.loads(v) for k, v in raw.items()}
+
+    async def played_by(self, broadcast: int) -> list[str]:
+        """The speakers that confirmed playing ``broadcast`` (their ids only)."""
+        return [str(k) for k in await self.r.hkeys(f"{P}reach:{broadcast}")]
 
     # -- schedules ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     broadcasts,
     cap,
     clips,
+    events,
     inputs,
     listen,
     relays,
