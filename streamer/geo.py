@@ -27,15 +27,24 @@ _PAIRS_PER_PASS = 1_000_000
 
 
 def inside_ring(lat: np.ndarray, lon: np.ndarray, ring: Sequence[Point]) -> np.ndarray:
-    """Which of the points (``lat[i]``, ``lon[i]``) lie inside ``ring``: even-odd ray casting."""
-    inside = np.zeros(np.shape(lat), dtype=bool)
-    for (lat1, lon1), (lat2, lon2) in zip(ring, ring[1:], strict=False):
-        if lat1 == lat2:
-            continue  # a horizontal edge never crosses the ray
-        crosses = (lat1 > lat) != (lat2 > lat)
-        lon_at = lon1 + (lat - lat1) * (lon2 - lon1) / (lat2 - lat1)
-        inside ^= crosses & (lon < lon_at)
-    return inside
+    """Which of the points (``lat[i]``, ``lon[i]``) lie inside ``ring``: even-odd ray casting,
+    every edge against every point in a few large numpy passes (a CAP polygon of 10 000 points
+    against one zone's outline is then as quick as against 2000 speakers)."""
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    r = np.asarray(ring, dtype=np.float64)
+    crossings = np.zeros(lat.shape, dtype=np.int64)
+    if len(r) < 2 or lat.size == 0:
+        return crossings.astype(bool)
+    step = max(1, _PAIRS_PER_PASS // lat.size)
+    for start in range(0, len(r) - 1, step):
+        edges = r[start:start + step + 1]
+        lat1, lon1 = edges[:-1, 0, None], edges[:-1, 1, None]
+        lat2, lon2 = edges[1:, 0, None], edges[1:, 1, None]
+        crosses = (lat1 > lat) != (lat2 > lat)  # never true for a horizontal edge
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lon_at = lon1 + (lat - lat1) * (lon2 - lon1) / (lat2 - lat1)
+        crossings += (crosses & (lon < lon_at)).sum(axis=0)
+    return np.asarray(crossings % 2 == 1)
 
 
 def within_km(lat: np.ndarray, lon: np.ndarray, centre: Point, radius_km: float) -> np.ndarray:
