@@ -97,6 +97,22 @@ async def demo(streamer, tmp_path):
     return streamer
 
 
+async def test_a_later_loa_up_puts_its_speakers_back_at_their_positions(demo, tmp_path):
+    """A speaker registered by an earlier run (before speakers had positions, or moved since)
+    is placed again, and gets a new broker password as before."""
+    sid = SAMPLE_SPEAKERS[0].id
+    status, _ = await call(demo, "PATCH", f"/api/v1/speakers/{sid}",
+                           json={"lat": None, "lon": None, "zone": "brvt.con-dao.cum-2"})
+    assert status == 200
+    first = (tmp_path / "secrets" / f"{sid}.mqtt").read_text()
+    secrets = await provision(demo.http_url, tmp_path / "var" / "admin-credentials.json",
+                              tmp_path / "secrets", ["relay-1"], SAMPLE_SPEAKERS)
+    assert secrets[sid].read_text() != first
+    status, s = await call(demo, "GET", f"/api/v1/speakers/{sid}")
+    assert status == 200
+    assert (s["zone"], s["lat"], s["lon"]) == SAMPLE_SPEAKERS[0][1:]
+
+
 def test_the_step_table_covers_every_example():
     steps = documented_steps()
     assert [s.file for s in steps][:1] == ["typhoon-warning.xml"] and len(steps) >= 8
