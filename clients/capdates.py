@@ -29,7 +29,8 @@ _REFERENCE_SENT = re.compile(rb"," + _DATETIME + rb"(?=\s|$)")
 
 def move_to_today(document: bytes, now: datetime) -> tuple[bytes, int]:
     """``document`` with every date moved by whole days so that the earliest is today (the
-    date ``now`` has in that date's own UTC offset), and the number of days moved."""
+    date ``now`` has in that date's own UTC offset), and the number of days moved. Raises
+    ``ValueError`` when a date would move past the year 9999."""
     spans = _date_spans(document)
     if not spans:
         return document, 0
@@ -37,7 +38,11 @@ def move_to_today(document: bytes, now: datetime) -> tuple[bytes, int]:
     days = (now.astimezone(first.tzinfo).date() - first.date()).days
     out, end = [], 0
     for start, stop, _ in sorted(spans, key=lambda s: s[0]):
-        moved = date.fromisoformat(document[start:stop].decode()) + timedelta(days=days)
+        written = date.fromisoformat(document[start:stop].decode())
+        try:
+            moved = written + timedelta(days=days)
+        except OverflowError:
+            raise ValueError(f"{written} moved by {days:+d} days is past the year 9999") from None
         out += [document[end:start], moved.isoformat().encode()]
         end = stop
     return b"".join([*out, document[end:]]), days

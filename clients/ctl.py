@@ -449,7 +449,10 @@ def cmd_cap(api: Client, a: argparse.Namespace) -> None:
     except OSError as e:
         raise CtlError(f"cannot read {a.file}: {e.strerror}") from None
     if a.today:
-        document, days = move_to_today(document, datetime.now(UTC))
+        try:
+            document, days = move_to_today(document, datetime.now(UTC))
+        except ValueError as e:
+            raise CtlError(f"--today: {e}") from None
         print(f"{a.file}: dates moved {days:+d} days (--today)")
     out = api("POST", "/api/v1/cap", raw=document, content_type="application/cap+xml")
     print(f"{out['reference']}: {out['action']}"

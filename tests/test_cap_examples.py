@@ -263,3 +263,6 @@ def test_prefixes_utc_offsets_and_bad_dates():
                      .replace(b"2024-11-24T01", b"2025-03-05T01"))
     assert b"2024-02-30" in moved  # not a date: left for the streamer to refuse
     assert move_to_today(b"<alert/>", PINNED) == (b"<alert/>", 0)
+    with pytest.raises(ValueError, match="9999-12-31 moved by [+]97 days is past the year 9999"):
+        move_to_today(b"<sent>2024-11-24T05:30:00+07:00</sent>"
+                      b"<expires>9999-12-31T23:59:59-23:59</expires>", PINNED)
