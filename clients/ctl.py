@@ -29,10 +29,11 @@ import urllib.request
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clients.capdates import move_to_today
 from common.secretfile import write_private
 from wire.priority import PRIORITIES
 
@@ -415,8 +416,10 @@ def cmd_zone_set(api: Client, a: argparse.Namespace) -> None:
         body["quiet_hours"] = "" if a.quiet_hours == "none" else a.quiet_hours
     if a.approval is not None:
         body["requires_approval"] = a.approval == "on"
+    if a.test is not None:
+        body["test"] = a.test == "on"
     if not body:
-        raise CtlError("nothing to change: give --quiet-hours and/or --approval")
+        raise CtlError("nothing to change: give --quiet-hours, --approval or --test")
     z = api("PATCH", f"/api/v1/zones/{urllib.parse.quote(a.zone_id)}", body)
     print(table([next(_zone_rows([z]))], _ZONE_COLS))
 
@@ -441,8 +444,17 @@ def cmd_emergency(api: Client, a: argparse.Namespace) -> None:
 
 
 def cmd_cap(api: Client, a: argparse.Namespace) -> None:
-    out = api("POST", "/api/v1/cap", raw=Path(a.file).read_bytes(),
-              content_type="application/cap+xml")
+    try:
+        document = Path(a.file).read_bytes()
+    except OSError as e:
+        raise CtlError(f"cannot read {a.file}: {e.strerror}") from None
+    if a.today:
+        try:
+            document, days = move_to_today(document, datetime.now(UTC))
+        except ValueError as e:
+            raise CtlError(f"--today: {e}") from None
+        print(f"{a.file}: dates moved {days:+d} days (--today)")
+    out = api("POST", "/api/v1/cap", raw=document, content_type="application/cap+xml")
     print(f"{out['reference']}: {out['action']}"
           + (f" as {out['level']} in {', '.join(out['zones'])}" if out.get("zones") else "")
           + (f"; stopped {', '.join(map(str, out['stopped']))}" if out["stopped"] else ""))
@@ -780,6 +792,8 @@ def _zone_commands(sub: Subparsers) -> None:
     c.add_argument("zone_id", metavar="ZONE")
     c.add_argument("--quiet-hours", metavar="HH:MM-HH:MM|none|inherit")
     c.add_argument("--approval", choices=["on", "off"])
+    c.add_argument("--test", choices=["on", "off"],
+                   help="the zone (and below) may receive CAP Test and Exercise alerts")
 
 
 def _airing_commands(sub: Subparsers) -> None:
@@ -808,6 +822,9 @@ def _airing_commands(sub: Subparsers) -> None:
     cancel.add_argument("id", type=int)
     c = _cmd(sub, "cap", cmd_cap, "send a CAP 1.2 alert file (Alert, Update or Cancel)")
     c.add_argument("file", metavar="ALERT.xml")
+    c.add_argument("--today", action="store_true",
+                   help="move every date in it by whole days so that the earliest is today "
+                        "(clock times kept): the examples in docs/examples air on any day")
 
 
 def _input_commands(sub: Subparsers) -> None:

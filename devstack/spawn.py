@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from common.secretfile import write_private
-from devstack.provision import mqtt_args, provision
+from devstack.provision import SampleSpeaker, mqtt_args, provision
 from devstack.services import Mosquitto, RedisServer, private_dir
 from devstack.state import Stack
 from devstack.supervise import Child, Supervisor, loa_process, service_process
@@ -29,14 +29,16 @@ from streamer.control import broker
 
 log = logging.getLogger("loa.up")
 
-#: (speaker id, leaf zone): two communes with several speakers each, and Côn Đảo
+#: two communes with several speakers each, and Côn Đảo; each placed inside its leaf zone (the
+#: sample zone file's approximate geography), so that the console's map draws them and CAP
+#: polygons and circles find them (docs/cap.md, "The examples against loa up")
 SAMPLE_SPEAKERS = [
-    ("spk-thang-tam-1", "brvt.vung-tau.thang-tam.kp-1"),
-    ("spk-thang-tam-2", "brvt.vung-tau.thang-tam.kp-1"),
-    ("spk-thang-tam-3", "brvt.vung-tau.thang-tam.kp-2"),
-    ("spk-kim-long-1", "brvt.chau-duc.kim-long.ap-tay"),
-    ("spk-kim-long-2", "brvt.chau-duc.kim-long.ap-dong"),
-    ("spk-con-dao-1", "brvt.con-dao.cum-1"),
+    SampleSpeaker("spk-thang-tam-1", "brvt.vung-tau.thang-tam.kp-1", 10.3425, 107.0855),
+    SampleSpeaker("spk-thang-tam-2", "brvt.vung-tau.thang-tam.kp-1", 10.3418, 107.0872),
+    SampleSpeaker("spk-thang-tam-3", "brvt.vung-tau.thang-tam.kp-2", 10.3472, 107.0818),
+    SampleSpeaker("spk-kim-long-1", "brvt.chau-duc.kim-long.ap-tay", 10.6295, 107.2385),
+    SampleSpeaker("spk-kim-long-2", "brvt.chau-duc.kim-long.ap-dong", 10.6330, 107.2660),
+    SampleSpeaker("spk-con-dao-1", "brvt.con-dao.cum-1", 8.6829, 106.6075),
 ]
 
 #: stop tiers, the highest first (clients stop while the servers they talk to still answer),
@@ -189,10 +191,10 @@ async def start_relay(args: argparse.Namespace, var: Path, servers: Servers, str
 
 
 async def start_speakers(args: argparse.Namespace, var: Path, servers: Servers,
-                         relay: Child, streamer: Child, chosen: list[tuple[str, str]],
+                         relay: Child, streamer: Child, chosen: list[SampleSpeaker],
                          secrets: dict[str, Path],
                          sup: Supervisor) -> list[tuple[str, str, Child]]:
-    """One simulated speaker per (id, leaf zone) in ``chosen``, started in parallel."""
+    """One simulated speaker per sample speaker in ``chosen``, started in parallel."""
     spk_dir = var / "speakers"
 
     def speaker_child(sid: str, zone: str) -> Child:
@@ -215,7 +217,7 @@ async def start_speakers(args: argparse.Namespace, var: Path, servers: Servers,
                       loa_process(speaker_args, var / "logs" / f"{sid}.log"))
         return child
 
-    speakers = [(sid, zone, speaker_child(sid, zone)) for sid, zone in chosen]
+    speakers = [(s.id, s.zone, speaker_child(s.id, s.zone)) for s in chosen]
     # in parallel: each speaker takes a second to import numpy, opus and friends
     started = await asyncio.gather(*(sup.start(c) for _, _, c in speakers),
                                    return_exceptions=True)

@@ -77,7 +77,7 @@ def banner(stack: Stack) -> str:
             f"  ingest     srtp://{state['streamer_ingest']}  (register: loa ctl input add)\n"
             f"  relay      {state['relay_urls'][0]}\n  speakers   {len(state['speakers'])}, "
             f"recording to {spk_dir}\n  state      {stack.state_file}\n  listen     {url}/listen/"
-            f"{SAMPLE_SPEAKERS[0][1]}.ogg?token=…  (POST /api/v1/listen gives the token)\n"
+            f"{SAMPLE_SPEAKERS[0].zone}.ogg?token=…  (POST /api/v1/listen gives the token)\n"
             f"  try        loa ctl login && loa ctl broadcast "
             f"--zone brvt.vung-tau.thang-tam --tone 1000 --seconds 5 --wait-reach\n"
             f"  admin      credentials in {state['admin_credentials']}\n"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import gc
 import json
 import logging
@@ -28,6 +29,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,6 +37,7 @@ from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from clients.capdates import move_to_today
 from clients.speaker.metrics import latency_histogram
 from clients.speaker.net import Speaker
 from clients.speaker.output import NullSink
@@ -42,7 +45,9 @@ from clients.speaker.playout import OpusDecoder, Playout
 from device.trust import TrustedKeys
 from fanout.endpoint import FanoutEndpoint
 from streamer.control import cap
+from streamer.control.models import GeoPoint, Zone
 from streamer.control.schemas import MAX_TTS_CHARS
+from streamer.zones import ZoneTree
 from wire import auth, keyset, messages, packet, rtcp, sdp, subscribe, token
 from wire.auth import Keyring, SigningKey, packet_hash, sign_batch
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
@@ -699,9 +704,27 @@ def cap_document(f: Fuzz) -> bytes:
     return f.mutate(data, 2) if kind == 2 else data
 
 
+#: ``loa ctl cap --today`` moves dates as if it ran at this instant
+CAP_TODAY = datetime(2025, 3, 1, 2, 30, tzinfo=timezone(timedelta(hours=7)))
+
+
+@functools.cache
+def _sample_zones() -> dict[str, Zone]:
+    """The sample tree with its locations and boundaries, as the control plane holds it."""
+    return {z.id: Zone(id=z.id, name=z.name, parent=z.parent, code=z.code, boundary=z.boundary,
+                       location=None if z.location is None else GeoPoint(lat=z.location[0],
+                                                                         lon=z.location[1]))
+            for z in ZoneTree.load().zones.values()}
+
+
 def check_cap(data: bytes) -> None:
-    """``parse_cap`` raises only ``CapError``; what it accepts, the API can classify and
-    speak."""
+    """``parse_cap`` raises only ``CapError``; what it accepts, the API can classify, speak
+    and map to zones of the sample tree (by their places: no speaker has a position); and
+    ``move_to_today`` raises only ``ValueError``, keeping an accepted alert accepted."""
+    try:
+        moved: bytes | None = move_to_today(data, CAP_TODAY)[0]
+    except ValueError:
+        moved = None
     try:
         alert = cap.parse_cap(data)
     except cap.CapError:
@@ -712,6 +735,10 @@ def check_cap(data: bytes) -> None:
     except cap.CapError as e:
         assert e.field == "alert.info"
     cap.expires(alert)
+    zones = _sample_zones()
+    assert cap.resolve_areas(alert, zones, []).zones <= set(zones)
+    if moved is not None:
+        cap.parse_cap(moved)
 
 
 # --------------------------------------------------------------------------- the UDP edges

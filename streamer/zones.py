@@ -2,21 +2,32 @@
 
 A zone id is the dotted path of keys from the root ("brvt.chau-duc.kim-long.ap-1"), so "is X
 inside Y" is a prefix test. Every leaf zone has one channel, whose id is the leaf's zone id.
+A zone may say where it is: a ``location`` (a point inside it) and a ``boundary`` (its
+outline), checked here so that a typo (a swapped latitude and longitude, a ring that encloses
+nothing) stops the load with the zone and the field named. ``docs/zones.md`` has the format.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
+from streamer.geo import Point, closed, inside_ring, ring_area
 from wire.packet import ssrc_for
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _CODE = re.compile(r"^[0-9]{1,10}$")
 MAX_ZONES = 100_000
+#: points of one zone's boundary: bounds the work of mapping a CAP area to zones
+MAX_BOUNDARY_POINTS = 10_000
+#: keys of a zone table that are its fields, not child zones
+FIELDS = ("name", "code", "location", "boundary")
 
 
 class ZoneError(ValueError):
@@ -31,6 +42,10 @@ class Zone:
     children: list[str] = field(default_factory=list)
     #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
     code: str | None = None
+    #: a point inside the zone (its centre, where a map puts its label), (lat, lon)
+    location: Point | None = None
+    #: its outline, a closed ring of (lat, lon) (the last point equals the first)
+    boundary: list[Point] | None = None
 
     @property
     def is_leaf(self) -> bool:
@@ -41,6 +56,54 @@ def _code(zid: str, code: object) -> str | None:
     if code is not None and not (isinstance(code, str) and _CODE.match(code)):
         raise ZoneError(f"zone {zid}: code must be a string of 1 to 10 digits")
     return code
+
+
+def _degrees(zid: str, where: str, value: object, limit: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ZoneError(f"zone {zid}: {where} must be a number of decimal degrees, "
+                        f"got {value!r}")
+    if not -limit <= value <= limit:
+        raise ZoneError(f"zone {zid}: {where} {value} is outside -{limit}..{limit}")
+    return float(value)
+
+
+def _location(zid: str, value: object) -> Point | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"lat", "lon"}:
+        raise ZoneError(f"zone {zid}: location must be {{ lat = …, lon = … }} in decimal "
+                        f"degrees, got {value!r}"[:300])
+    return (_degrees(zid, "location.lat", value["lat"], 90),
+            _degrees(zid, "location.lon", value["lon"], 180))
+
+
+def _boundary(zid: str, value: object) -> list[Point] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 3 <= len(value) <= MAX_BOUNDARY_POINTS:
+        raise ZoneError(f"zone {zid}: boundary must be a list of 3 to {MAX_BOUNDARY_POINTS} "
+                        "[lat, lon] points")
+    points: list[Point] = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ZoneError(f"zone {zid}: boundary[{i}] must be a [lat, lon] pair, "
+                            f"got {pair!r}"[:300])
+        points.append((_degrees(zid, f"boundary[{i}] latitude", pair[0], 90),
+                       _degrees(zid, f"boundary[{i}] longitude", pair[1], 180)))
+    ring = closed(points)
+    if len(set(ring)) < 3 or ring_area(ring) == 0:
+        raise ZoneError(f"zone {zid}: boundary encloses no area (fewer than 3 distinct points, "
+                        "or all on one line)")
+    return ring
+
+
+def _check_location_inside(zone: Zone) -> None:
+    if zone.location is None or zone.boundary is None:
+        return
+    lat, lon = zone.location
+    if not inside_ring(np.array([lat]), np.array([lon]), zone.boundary)[0]:
+        raise ZoneError(f"zone {zone.id}: location ({lat}, {lon}) lies outside its boundary "
+                        "(are latitude and longitude swapped?)")
 
 
 class ZoneTree:
@@ -60,11 +123,14 @@ class ZoneTree:
             name = table.get("name", zid.rsplit(".", 1)[-1])
             if not isinstance(name, str):
                 raise ZoneError(f"zone {zid}: name must be a string")
-            zones[zid] = Zone(zid, name, parent, code=_code(zid, table.get("code")))
+            zones[zid] = zone = Zone(zid, name, parent, code=_code(zid, table.get("code")),
+                                     location=_location(zid, table.get("location")),
+                                     boundary=_boundary(zid, table.get("boundary")))
+            _check_location_inside(zone)
             if len(zones) > MAX_ZONES:
                 raise ZoneError(f"more than {MAX_ZONES} zones")
             for key, value in table.items():
-                if key in ("name", "code"):
+                if key in FIELDS:
                     continue
                 if not isinstance(value, dict):
                     raise ZoneError(f"zone {zid}: unexpected key {key!r}")

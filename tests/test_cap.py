@@ -18,7 +18,7 @@ from streamer.control.cap import (
     resolve_areas,
     speech_text,
 )
-from streamer.control.models import Speaker, Zone
+from streamer.control.models import GeoPoint, Speaker, Zone
 from streamer.control.schemas import MAX_TTS_CHARS
 from streamer.zones import ZoneError, ZoneTree
 
@@ -598,3 +598,148 @@ def test_sample_tree_carries_unique_codes():
 def test_bad_zone_codes_are_refused(text, words):
     with pytest.raises(ZoneError, match=words):
         ZoneTree.from_toml(text)
+
+
+# -- zones placed by the zone file, where no speaker has a position ---------------------------
+
+def place(lat: float, lon: float) -> GeoPoint:
+    return GeoPoint(lat=lat, lon=lon)
+
+
+def box(lat1: float, lon1: float, lat2: float, lon2: float) -> list[tuple[float, float]]:
+    return [(lat1, lon1), (lat2, lon1), (lat2, lon2), (lat1, lon2), (lat1, lon1)]
+
+
+@pytest.fixture
+def placed_tree() -> dict[str, Zone]:
+    """d (a district with an outline) → c1 (a commune with an outline) → its hamlets h1 (a
+    location), h2 (nothing: stands at c1's outline); c2 (a location only) → its hamlet h3
+    (nothing: stands at c2's location); h4 (a location, and a positioned speaker)."""
+    zones = [Zone(id="d", name="d", boundary=box(10.0, 107.0, 10.4, 107.4)),
+             Zone(id="d.c1", name="c1", parent="d", boundary=box(10.0, 107.0, 10.1, 107.1)),
+             Zone(id="d.c1.h1", name="h1", parent="d.c1", location=place(10.02, 107.02)),
+             Zone(id="d.c1.h2", name="h2", parent="d.c1"),
+             Zone(id="d.c2", name="c2", parent="d", location=place(10.3, 107.3)),
+             Zone(id="d.c2.h3", name="h3", parent="d.c2"),
+             Zone(id="d.c2.h4", name="h4", parent="d.c2", location=place(10.31, 107.31))]
+    return {z.id: z for z in zones}
+
+
+def reached(area: str, zones: dict[str, Zone], speakers: list[Speaker] | None = None) -> set[str]:
+    return resolve_areas(parse_cap(doc(area=area)), zones, speakers or []).zones
+
+
+def test_a_leaf_without_positioned_speakers_is_reached_by_its_own_place_or_its_parents(
+        placed_tree):
+    # around h1's location only: h1, not its sibling h2 (which stands at c1's whole outline,
+    # and the polygon is inside that outline: it meets it, so h2 too)
+    near_h1 = ring((10.01, 107.01), (10.03, 107.01), (10.03, 107.03), (10.01, 107.03),
+                   (10.01, 107.01))
+    assert reached(near_h1, placed_tree) == {"d.c1.h1", "d.c1.h2"}
+    # inside c1's outline, away from h1's location: only h2
+    corner = ring((10.07, 107.07), (10.09, 107.07), (10.09, 107.09), (10.07, 107.09),
+                  (10.07, 107.07))
+    assert reached(corner, placed_tree) == {"d.c1.h2"}
+    # c2's location: h3 (stands there); h4's own location is elsewhere
+    assert reached("<circle>10.3,107.3 0.5</circle>", placed_tree) == {"d.c2.h3"}
+    assert reached("<circle>10.31,107.31 0.5</circle>", placed_tree) == {"d.c2.h4"}
+    # outside every zone's outline and location: nothing, and the area is reported
+    match = resolve_areas(parse_cap(doc(area=SQUARE.replace("107.", "106."))), placed_tree, [])
+    assert match.zones == set() and match.unmatched_areas == ["Vùng ven biển"]
+
+
+def test_positioned_speakers_decide_for_their_zone(placed_tree):
+    around_h4 = "<circle>10.31,107.31 0.5</circle>"
+    # h4's speaker stands 5 km away from h4's location: the speaker decides, not the location
+    away = [Speaker(id="s", zone="d.c2.h4", lat=10.355, lon=107.31)]
+    assert reached(around_h4, placed_tree, away) == set()
+    assert reached("<circle>10.355,107.31 0.5</circle>", placed_tree, away) == {"d.c2.h4"}
+    # a speaker without a position does not count: h4 is placed by its location again
+    unknown = [Speaker(id="s", zone="d.c2.h4", lat=None, lon=None)]
+    assert reached(around_h4, placed_tree, unknown) == {"d.c2.h4"}
+
+
+def test_a_band_crossing_an_outline_reaches_it_though_no_vertex_is_inside_either():
+    zones = {"z": Zone(id="z", name="z"),
+             "z.a": Zone(id="z.a", name="a", parent="z", boundary=box(10.0, 107.0, 10.1, 107.1))}
+    band = ring((10.04, 106.9), (10.06, 106.9), (10.06, 107.2), (10.04, 107.2), (10.04, 106.9))
+    assert reached(band, zones) == {"z.a"}
+    beside = ring((10.04, 107.11), (10.06, 107.11), (10.06, 107.2), (10.04, 107.2),
+                  (10.04, 107.11))
+    assert reached(beside, zones) == set()
+    # the outline wholly inside the alert's polygon: reached
+    assert reached(ring((9.9, 106.9), (10.2, 106.9), (10.2, 107.2), (9.9, 107.2),
+                        (9.9, 106.9)), zones) == {"z.a"}
+
+
+def test_a_circle_reaches_an_outline_whose_edge_passes_within_its_radius():
+    zones = {"z": Zone(id="z", name="z"),
+             "z.a": Zone(id="z.a", name="a", parent="z", boundary=box(10.0, 107.0, 10.1, 107.1))}
+    # centres due south of the middle of the southern edge, 1.9 and 2.1 km away: no vertex is
+    # within 2 km, only the edge
+    inside, outside = (10.0 - math.degrees(km / 6371.0) for km in (1.9, 2.1))
+    assert reached(f"<circle>{inside:.6f},107.05 2</circle>", zones) == {"z.a"}
+    assert reached(f"<circle>{outside:.6f},107.05 2</circle>", zones) == set()
+    # a circle of radius 0 inside the outline (the OASIS earthquake's form)
+    assert reached("<circle>10.05,107.05 0</circle>", zones) == {"z.a"}
+
+
+def test_sample_tree_places_reach_zones_without_any_speaker(zones_with_places):
+    alert = parse_cap(example("typhoon-warning.xml"))
+    assert resolve_areas(alert, zones_with_places, []).zones == {
+        "brvt.vung-tau.thang-tam.kp-1", "brvt.vung-tau.thang-tam.kp-2",
+        "brvt.vung-tau.thang-tam.kp-3", "brvt.long-dien.long-hai.kp-hai-trung",
+        "brvt.long-dien.long-hai.kp-hai-hoa", "brvt.dat-do.phuoc-hai.kp-hai-tan",
+        "brvt.dat-do.phuoc-hai.kp-hai-phong"}
+    flood = parse_cap(example("flood-warning.xml"))
+    assert resolve_areas(flood, zones_with_places, []).zones == {
+        "brvt.ba-ria.phuoc-hung.kp-1", "brvt.ba-ria.phuoc-hung.kp-2",
+        "brvt.ba-ria.hoa-long.ap-bac", "brvt.ba-ria.hoa-long.ap-nam",
+        "brvt.ba-ria.hoa-long.ap-tay"}
+
+
+@pytest.fixture(scope="module")
+def zones_with_places() -> dict[str, Zone]:
+    """The sample tree with its locations and boundaries, as the control plane holds it."""
+    return {z.id: Zone(id=z.id, name=z.name, parent=z.parent, code=z.code, boundary=z.boundary,
+                       location=None if z.location is None else place(*z.location))
+            for z in ZoneTree.load().zones.values()}
+
+
+# -- the OASIS CAP 1.2 specification's own examples (Appendix A) ------------------------------
+
+OASIS = Path(__file__).resolve().parent / "data" / "oasis"
+
+
+@pytest.mark.parametrize("name, identifier, msg_type, language, unmatched, unknown", [
+    ("homeland-security.xml", "43b080713727", "Alert", "en-US",
+     ["U.S. nationwide and interests worldwide"], []),
+    ("thunderstorm.xml", "KSTO1055887203", "Alert", "en-US",
+     ["EXTREME NORTH CENTRAL TUOLUMNE COUNTY IN CALIFORNIA, EXTREME NORTHEASTERN CALAVERAS "
+      "COUNTY IN CALIFORNIA, SOUTHWESTERN ALPINE COUNTY IN CALIFORNIA"],
+     ["SAME=006109", "SAME=006009", "SAME=006003"]),
+    ("earthquake.xml", "TRI13970876.2", "Update", "en-US",
+     ["1 mi. WSW of Brawley, CA; 11 mi. N of El Centro, CA; 30 mi. E of OCOTILLO (quarry); "
+      "1 mi. N of the Imperial Fault"], []),
+    ("amber-alert.xml", "KAR0-0306112239-SW", "Alert", "en-US", ["Los Angeles County"],
+     ["SAME=006037"]),
+])
+def test_oasis_examples_parse_and_reach_no_zone_of_the_province(
+        name, identifier, msg_type, language, unmatched, unknown, zones_with_places, speakers):
+    alert = parse_cap((OASIS / name).read_bytes())
+    assert (alert.identifier, alert.msg_type, alert.info.language) == (
+        identifier, msg_type, language)
+    assert speech_text(alert)
+    match = resolve_areas(alert, zones_with_places, speakers)
+    assert (match.zones, match.unmatched_areas, match.unknown_geocodes) == (
+        set(), unmatched, unknown)
+
+
+def test_oasis_amber_alert_has_two_languages_and_the_first_is_acted_on():
+    alert = parse_cap((OASIS / "amber-alert.xml").read_bytes())
+    assert [i.language for i in alert.infos] == ["en-US", "es-US"]
+    assert alert.info is alert.infos[0] and classify(alert) == "emergency"
+    assert speech_text(alert).startswith("Amber Alert in Los Angeles County.")
+    quake = parse_cap((OASIS / "earthquake.xml").read_bytes())
+    assert quake.references[0].key == "trinet@caltech.edu,TRI13970876.1,2003-06-11T20:30:00-07:00"
+    assert quake.info.areas[0].circles[0].radius_km == 0.0

@@ -118,6 +118,11 @@ COAST = {"kp-1": ("brvt.vung-tau.thang-tam.kp-1", 10.3435, 107.0870),
          "hoa-long": ("brvt.ba-ria.hoa-long.ap-bac", 10.5350, 107.2100)}
 
 
+ON_THE_COAST = {COAST["kp-1"][0], COAST["long-hai"][0], "brvt.vung-tau.thang-tam.kp-2",
+                "brvt.vung-tau.thang-tam.kp-3", "brvt.long-dien.long-hai.kp-hai-hoa",
+                "brvt.dat-do.phuoc-hai.kp-hai-tan", "brvt.dat-do.phuoc-hai.kp-hai-phong"}
+
+
 def example(name: str) -> bytes:
     """An example alert with its dates moved to now, so that it has not expired."""
     text = (EXAMPLES / name).read_text()
@@ -142,12 +147,14 @@ async def test_cap_alert_update_cancel_and_test(streamer):
     status, a = await cap(streamer, example("typhoon-warning.xml"))
     assert status == 201, a
     assert a["action"] == "aired" and a["level"] == "emergency"
-    assert set(a["zones"]) == {COAST["kp-1"][0], COAST["long-hai"][0]}  # Hòa Long is inland
+    # the speakers' zones on the coast (Hòa Long's speaker is inland), and the coastal hamlets
+    # with no positioned speaker, by their locations in the zone file
+    assert set(a["zones"]) == ON_THE_COAST
     first = a["broadcast"]
     assert first["priority"] == "emergency" and "bão số 9" in first["source"]["text"]
     assert first["emergency"]["expires"] > time.time() + 3600
     await until(lambda: streamer.mixer.on_air(first["id"]), 2, "the warning on air")
-    assert set(streamer.mixer.on_air(first["id"])) == {COAST["kp-1"][0], COAST["long-hai"][0]}
+    assert set(streamer.mixer.on_air(first["id"])) == ON_THE_COAST
     status, again = await cap(streamer, example("typhoon-warning.xml"))
     assert status == 201 and again["action"] == "duplicate" and again["broadcast"] is None
 

@@ -12,7 +12,6 @@ speakers are passed in. ``docs/cap.md`` has the mapping rules and the classifica
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from defusedxml.ElementTree import fromstring
 
 from streamer.control.models import Speaker, Zone
 from streamer.control.schemas import MAX_TTS_CHARS
+from streamer.geo import Point, inside_ring, ring_within_km, rings_overlap, within_km
 from wire.ids import ancestors
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -45,7 +45,6 @@ CERTAINTIES = frozenset({"Observed", "Likely", "Possible", "Unlikely", "Unknown"
 EMERGENCY_SEVERITIES = frozenset({"Extreme", "Severe"})
 EMERGENCY_URGENCIES = frozenset({"Immediate", "Expected"})
 
-EARTH_RADIUS_KM = 6371.0088
 MAX_RADIUS_KM = 20_000.0  # about half the Earth's circumference
 # CAP's dateTime: the zone offset is mandatory and "Z" is forbidden (UTC is "-00:00")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
@@ -55,7 +54,6 @@ _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 _NOT_IN_IDENTIFIER = re.compile(r"[\s,<&]")
 _SENTENCE_END = re.compile(r"[.!?…](?=\s)")
 
-Point = tuple[float, float]  # (lat, lon), WGS 84 degrees
 Level = Literal["emergency", "priority"]
 
 
@@ -362,10 +360,14 @@ def resolve_areas(alert: Alert, zones: Mapping[str, Zone],
     """Zones covered by the acted-on info's areas, an ancestor standing for its descendants.
 
     A geocode ``loa:zone`` names a zone id; any other geocode matches the zones whose ``code``
-    equals its value; a polygon or circle covers the zones of the speakers placed inside it.
+    equals its value. A polygon or circle covers the zones of the speakers placed inside it;
+    a leaf zone none of whose speakers has a position is covered by its own place instead (its
+    boundary meets the area, or, with no boundary, its location lies in it), or by its nearest
+    ancestor's place when it has none (``docs/cap.md``, "Areas to zones").
     """
     info = alert.info
     placed = _Placed(speakers, zones)
+    places = _ZonePlaces(zones, without=set(placed.zones))
     by_code: dict[str, set[str]] = {}
     for zone in zones.values():
         if zone.code is not None:
@@ -382,9 +384,13 @@ def resolve_areas(alert: Alert, zones: Mapping[str, Zone],
                 match.unknown_geocodes.append(f"{name}={value}")
             hits |= found
         for ring in area.polygons:
-            hits |= placed.zones_where(_inside_polygon(placed.lat, placed.lon, ring))
+            hits |= placed.zones_where(inside_ring(placed.lat, placed.lon, ring))
+            hits |= places.meeting_polygon(ring)
         for circle in area.circles:
-            hits |= placed.zones_where(_within_circle(placed.lat, placed.lon, circle))
+            centre = (circle.lat, circle.lon)
+            hits |= placed.zones_where(within_km(placed.lat, placed.lon, centre,
+                                                 circle.radius_km))
+            hits |= places.meeting_circle(centre, circle.radius_km)
         if not hits:
             match.unmatched_areas.append(area.desc)
         match.zones |= hits
@@ -418,9 +424,7 @@ def _fit(text: str, limit: int) -> str:
 
 
 class _Placed:
-    """The speakers that have coordinates, as arrays: a polygon of thousands of points
-    against thousands of speakers is then a few thousand numpy passes, never a Python double
-    loop that would stall the API."""
+    """The speakers that have coordinates, as arrays (``streamer/geo.py`` works on them whole)."""
 
     def __init__(self, speakers: Iterable[Speaker], zones: Mapping[str, Zone]) -> None:
         placed = [s for s in speakers if s.lat is not None and s.lon is not None
@@ -433,29 +437,46 @@ class _Placed:
         return {self.zones[i] for i in np.flatnonzero(mask)}
 
 
-def _inside_polygon(lat: np.ndarray, lon: np.ndarray, ring: list[Point]) -> np.ndarray:
-    """Even-odd ray casting on plain lat/lon.
+class _ZonePlaces:
+    """Where the leaf zones ``without`` a placed speaker are, from the zone file: each leaf
+    stands at its own place (boundary, else location), or at its nearest ancestor's when it
+    has none; leaves that share a place are looked up once."""
 
-    Written here because it is ten lines and a geometry library (shapely, GEOS) would be a
-    heavy dependency for it. Treating degrees as planar is fine at commune and province scale
-    (edges of a few km to a few tens of km; the error against a great-circle edge is metres),
-    and Vietnam is nowhere near the antimeridian or a pole, where it would not be.
-    """
-    inside = np.zeros(lat.shape, dtype=bool)
-    for (lat1, lon1), (lat2, lon2) in zip(ring, ring[1:], strict=False):
-        if lat1 == lat2:
-            continue  # a horizontal edge never crosses the ray
-        crosses = (lat1 > lat) != (lat2 > lat)
-        lon_at = lon1 + (lat - lat1) * (lon2 - lon1) / (lat2 - lat1)
-        inside ^= crosses & (lon < lon_at)
-    return inside
+    def __init__(self, zones: Mapping[str, Zone], without: set[str]) -> None:
+        parents = {z.parent for z in zones.values()}
+        self.leaves: dict[str, list[str]] = {}  # the zone whose place it is → leaves there
+        for zid in zones:
+            if zid in parents or zid in without:
+                continue
+            owner = next((a for a in reversed(ancestors(zid)) if a in zones and (
+                zones[a].boundary is not None or zones[a].location is not None)), None)
+            if owner is not None:
+                self.leaves.setdefault(owner, []).append(zid)
+        self.rings = {o: ring for o in self.leaves if (ring := zones[o].boundary)}
+        points = {o: at for o in self.leaves
+                  if o not in self.rings and (at := zones[o].location) is not None}
+        self.located = list(points)
+        self.lat = np.array([p.lat for p in points.values()], dtype=np.float64)
+        self.lon = np.array([p.lon for p in points.values()], dtype=np.float64)
+        # every outline's vertices in one array, so that one pass finds the outlines with a
+        # vertex inside an area (under a large area, most of them)
+        self.vertex_owner = [o for o, b in self.rings.items() for _ in b]
+        self.vertex_lat = np.array([p[0] for b in self.rings.values() for p in b])
+        self.vertex_lon = np.array([p[1] for b in self.rings.values() for p in b])
 
+    def meeting_polygon(self, ring: list[Point]) -> set[str]:
+        owners = {self.located[i] for i in np.flatnonzero(inside_ring(self.lat, self.lon, ring))}
+        owners |= {self.vertex_owner[i] for i in np.flatnonzero(
+            inside_ring(self.vertex_lat, self.vertex_lon, ring))}
+        owners |= {o for o, b in self.rings.items() if o not in owners and rings_overlap(ring, b)}
+        return self._leaves_of(owners)
 
-def _within_circle(lat: np.ndarray, lon: np.ndarray, circle: Circle) -> np.ndarray:
-    """Haversine great-circle distance from the centre, against the radius."""
-    lat1, lon1 = math.radians(circle.lat), math.radians(circle.lon)
-    lat2, lon2 = np.radians(lat), np.radians(lon)
-    h = (np.sin((lat2 - lat1) / 2) ** 2
-         + math.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
-    distance_km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
-    return np.asarray(distance_km <= circle.radius_km)
+    def meeting_circle(self, centre: Point, radius_km: float) -> set[str]:
+        owners = {self.located[i] for i in np.flatnonzero(
+            within_km(self.lat, self.lon, centre, radius_km))}
+        owners |= {o for o, b in self.rings.items() if ring_within_km(b, centre, radius_km)}
+        return self._leaves_of(owners)
+
+    def _leaves_of(self, owners: set[str]) -> set[str]:
+        return {leaf for o in owners for leaf in self.leaves[o]}
+

@@ -52,6 +52,11 @@ class User(Record):
     created: float = 0.0
 
 
+class GeoPoint(Record):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
 class Zone(Record):
     id: ZoneId
     name: str = Field(max_length=200)
@@ -66,6 +71,13 @@ class Zone(Record):
     test: bool = False
     #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
     code: Annotated[str, StringConstraints(pattern=ZONE_CODE_RE)] | None = None
+    #: a point inside the zone, from the zone file (docs/zones.md); None = unknown
+    location: GeoPoint | None = Field(None, description="a point inside the zone (its centre, "
+                                      "where a map puts its label); null: unknown")
+    #: its outline, from the zone file: a closed ring of (lat, lon); None = unknown
+    boundary: list[tuple[float, float]] | None = Field(
+        None, description="its outline: [lat, lon] points, the last equal to the first; "
+        "null: unknown")
 
 
 class Speaker(Record):

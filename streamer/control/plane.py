@@ -43,6 +43,7 @@ from .models import (
     BroadcastRecord,
     BroadcastState,
     EmergencyPlan,
+    GeoPoint,
     Grant,
     LiveInput,
     Role,
@@ -189,17 +190,24 @@ class Plane:
                       "docs/state.md", sum(moved.values()),
                       ", ".join(f"{k}: {n}" for k, n in sorted(moved.items())))
         added = await self.state.import_zones([
-            Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
+            Zone(id=z.id, name=z.name, parent=z.parent, **self._from_zone_file(z.id))
             for z in self.tree.zones.values()])
         if added:
             log.info("imported %d zones", added)
-        # codes come from the data file, also for zones stored before codes existed
-        self.zones = {z.id: z.model_copy(update={"code": self.tree.zones[z.id].code})
+        # codes and geography come from the data file, also for zones stored before it had them
+        self.zones = {z.id: z.model_copy(update=self._from_zone_file(z.id))
                       for z in await self.state.zones.all() if z.id in self.tree.zones}
         await self.recorder.load()
         await self.devices.sync_broker()
         await self.state.reserve_broadcast_ids()
         await self.reload_inputs()
+
+    def _from_zone_file(self, zone_id: str) -> dict[str, Any]:
+        """What the zone file says of a zone and the API cannot change: its code and place."""
+        z = self.tree.zones[zone_id]
+        return {"code": z.code, "boundary": z.boundary,
+                "location": None if z.location is None else GeoPoint(lat=z.location[0],
+                                                                     lon=z.location[1])}
 
     # -- inherited zone settings ----------------------------------------------------------
 
