@@ -18,7 +18,16 @@ import aiohttp
 
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid, chromium_page
-from tests.harness.console import go, open_console, screenshot, sign_in, switch_lang, tree_zones
+from tests.harness.console import (
+    focus_is_visible,
+    go,
+    open_console,
+    screenshot,
+    sign_in,
+    switch_lang,
+    tab_to,
+    tree_zones,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -156,3 +165,180 @@ async def test_admin_signs_in_and_sees_the_dashboard_in_both_languages(
         await page.locator(by_testid("sign-in")).wait_for(state="visible")
         assert await page.evaluate("sessionStorage.getItem('loa.console.token')") is None
         await screenshot(page, "sign-in-after-sign-out-vi")
+
+
+async def test_a_commune_operator_sees_and_targets_only_their_commune(streamer) -> None:
+    await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
+        kps = [f"{COMMUNE}.kp-{i}" for i in (1, 2, 3)]
+        assert await tree_zones(page) == ["brvt", "brvt.vung-tau", COMMUNE, *kps]
+        assert NEIGHBOUR not in await page.inner_text("body")
+        grants = await page.inner_text(by_testid("who-grants"))
+        assert "Điều hành viên" in grants and "Quản trị viên" not in grants
+        # the pages they may not open: users left out, emergency disabled with the reason
+        assert await page.locator(by_testid("nav-users")).count() == 0
+        emergency = page.locator(by_testid("nav-emergency"))
+        assert await emergency.get_attribute("aria-disabled") == "true"
+        assert "Cần vai trò phát khẩn cấp" in await emergency.inner_text()
+        assert await page.locator(f'{by_testid("nav")} a[href="#/emergency"]').count() == 0
+        await screenshot(page, "dashboard-operator-vi")
+
+        await go(page, "/compose")
+        boxes = await page.locator(by_testid("compose-zones") + " input").evaluate_all(
+            "els => els.map(e => e.value)")
+        assert boxes == [COMMUNE, *kps]  # the province and district shown, not tickable
+        assert "không thuộc quyền điều hành" in await page.inner_text(by_testid("compose-zones"))
+        priorities = await page.locator(by_testid("compose-priority") + " option").evaluate_all(
+            "els => els.map(e => e.value)")
+        assert "emergency" not in priorities
+        await screenshot(page, "compose-operator-vi")
+
+
+async def test_the_composer_airs_a_tts_bulletin_to_one_commune(streamer) -> None:
+    await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
+        await go(page, "/compose")
+        # the API's refusal lands next to the field it names, and nothing airs
+        await page.fill(by_testid("compose-text"), "...")
+        await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+        await page.click(by_testid("compose-submit"))
+        error = page.locator(by_testid("compose-text-error"))
+        await error.wait_for(state="visible")
+        assert await error.inner_text()
+        assert await page.get_attribute(by_testid("compose-text"), "aria-invalid") == "true"
+        status, listed = await call(streamer, "GET", "/api/v1/broadcasts")
+        assert (status, listed["broadcasts"]) == (200, [])
+        await screenshot(page, "compose-refused-vi")
+
+        text = "Thông báo lịch tiêm chủng lúc 7 giờ 30 sáng ngày 25/11/2026 tại nhà văn hoá."
+        await page.fill(by_testid("compose-text"), text)
+        await page.click(by_testid("preview-make"))
+        await page.locator(by_testid("preview-state") + '[data-state="ready"]').wait_for()
+        assert not await page.locator(by_testid("preview-play")).is_disabled()
+        await page.fill(by_testid("compose-label"), "Tiêm chủng")
+        # a ticked commune covers its hamlets: they show ticked and locked
+        assert await page.locator(by_testid(f"compose-zone-{COMMUNE}.kp-1")).is_disabled()
+        await page.click(by_testid("compose-submit"))
+        result = page.locator(by_testid("compose-result") + '[data-state="on_air"]')
+        await result.wait_for()
+        bid = int(str(await result.get_attribute("data-broadcast")))
+        await screenshot(page, "compose-on-air-vi")
+
+        # the effect, through the API: on air in the commune's channels and nowhere else
+        status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
+        assert status == 200
+        assert (b["state"], b["zones"], b["created_by"]) == ("on_air", [COMMUNE], "op-thang-tam")
+        assert b["source"]["kind"] == "tts" and b["source"]["text"] == text
+        assert b["label"] == "Tiêm chủng"
+        status, ch = await call(streamer, "GET", "/api/v1/channels")
+        on_air = {c["id"]: c["on_air"] for c in ch["channels"]}
+        hamlets = {f"{COMMUNE}.kp-{i}" for i in (1, 2, 3)}
+        assert {z for z, i in on_air.items() if i == bid} == hamlets
+
+        await page.click(by_testid("compose-stop"))
+        await page.locator(by_testid("compose-result") + '[data-state="stopped"]').wait_for()
+        status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
+        assert b["state"] == "stopped"
+
+
+async def test_at_390_px_the_console_works_by_keyboard(streamer, tmp_path: Path) -> None:
+    user, password = admin_credentials(tmp_path)
+    async with console_page(viewport=(390, 844)) as page:
+        await open_console(page, streamer.http_url)
+        await tab_to(page, "sign-in-user")
+        assert await focus_is_visible(page)
+        await page.keyboard.type(user)
+        await page.keyboard.press("Tab")
+        await page.keyboard.type(password)
+        await page.keyboard.press("Enter")
+        await page.locator(by_testid("zone-tree") + "[data-state]").wait_for()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+
+        # the nav is folded behind its menu button
+        assert not await page.locator(by_testid("nav-compose")).is_visible()
+        await tab_to(page, "nav-toggle")
+        assert await focus_is_visible(page)
+        await page.keyboard.press("Enter")
+        assert await page.get_attribute(by_testid("nav-toggle"), "aria-expanded") == "true"
+        await screenshot(page, "menu-390-vi")
+        await tab_to(page, "nav-compose")
+        await page.keyboard.press("Enter")
+        await page.locator('#view[data-route="compose"]').wait_for()
+        assert not await page.locator(by_testid("nav-compose")).is_visible()  # folded again
+        await screenshot(page, "compose-390-vi")
+
+        await tab_to(page, "nav-toggle", backwards=True)
+        await page.keyboard.press("Enter")
+        await tab_to(page, "nav-dashboard")
+        await page.keyboard.press("Enter")
+        await page.locator('#view[data-route="dashboard"]').wait_for()
+        # a branch of the tree folds and unfolds with Enter
+        hamlet = page.locator(by_testid(f"zone-{COMMUNE}.kp-1"))
+        assert await hamlet.is_visible()
+        await tab_to(page, f"zone-toggle-{COMMUNE}")
+        assert await focus_is_visible(page)
+        await page.keyboard.press("Enter")
+        assert not await hamlet.is_visible()
+        await page.keyboard.press("Enter")
+        assert await hamlet.is_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        await screenshot(page, "dashboard-390-vi")
+        await switch_lang(page, "en")
+        await screenshot(page, "dashboard-390-en")
+
+
+async def test_the_dashboard_maps_speakers_and_shows_an_emergency_unmistakably(
+        streamer, tmp_path: Path) -> None:
+    user, password = admin_credentials(tmp_path)
+    for i, (lat, lon) in enumerate([(10.3460, 107.0843), (10.3492, 107.0870),
+                                    (10.3515, 107.0801)], 1):
+        status, body = await call(streamer, "POST", "/api/v1/speakers", json={
+            "id": f"spk-tt-{i}", "zone": f"{COMMUNE}.kp-{min(i, 2)}", "name": f"Loa {i}",
+            "lat": lat, "lon": lon})
+        assert status == 201, body
+    status, body = await call(streamer, "POST", "/api/v1/speakers", json={
+        "id": "spk-ls-1", "zone": f"{NEIGHBOUR}.ap-1"})  # no coordinates: not on the map
+    assert status == 201, body
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, user, password)
+        kp2 = page.locator(by_testid(f"zone-{COMMUNE}.kp-2"))
+        assert await kp2.get_attribute("data-unknown") == "2"  # registered, never reported
+        assert await kp2.get_attribute("data-online") == "0"
+        assert await page.locator(by_testid(f"zone-{COMMUNE}")).get_attribute(
+            "data-unknown") == "3"
+        for i in (1, 2, 3):
+            dot = page.locator(by_testid(f"map-speaker-spk-tt-{i}"))
+            assert "spk-unknown" in str(await dot.get_attribute("class"))
+        assert await page.locator(by_testid("map-speaker-spk-ls-1")).count() == 0
+        assert await page.locator(by_testid("emergency-banner")).is_hidden()
+
+        status, e = await call(streamer, "POST", "/api/v1/emergency", json={
+            "zones": [f"{COMMUNE}.kp-2"], "label": "Bão số 9 đổ bộ",
+            "source": {"kind": "tone", "hz": 880, "seconds": 60}, "chime": False})
+        assert status == 201, e
+        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
+            await page.click(by_testid("refresh"))  # no event stream on this streamer
+        banner = page.locator(by_testid("emergency-banner"))
+        await banner.wait_for(state="visible")
+        text = await banner.inner_text()
+        assert "KHẨN CẤP" in text and "Bão số 9 đổ bộ" in text and "Khu phố 2" in text
+        assert await banner.get_attribute("role") == "alert"
+        assert "has-emergency" in str(await page.locator(
+            by_testid(f"zone-{COMMUNE}.kp-2")).get_attribute("class"))
+        assert "spk-emergency" in str(await page.locator(
+            by_testid("map-speaker-spk-tt-2")).get_attribute("class"))
+        await screenshot(page, "dashboard-emergency-vi")
+        await go(page, "/compose")
+        assert await banner.is_visible()  # on every page
+        await go(page, "/")
+        await switch_lang(page, "en")
+        assert "EMERGENCY ON AIR" in await banner.inner_text()
+        await screenshot(page, "dashboard-emergency-en")
+
+        status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
+        assert status == 200
+        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
+            await page.click(by_testid("refresh"))
+        await banner.wait_for(state="hidden")

@@ -61,3 +61,26 @@ async def tree_zones(page: Page) -> list[str]:
     return [str(z) for z in await page.locator(
         by_testid("zone-tree") + " [data-zone]").evaluate_all(
         "els => els.map(e => e.dataset.zone)")]
+
+
+async def focused_testid(page: Page) -> str:
+    return str(await page.evaluate(
+        "document.activeElement && document.activeElement.dataset.testid || ''"))
+
+
+async def tab_to(page: Page, testid: str, backwards: bool = False, limit: int = 60) -> None:
+    """Press Tab (Shift+Tab) until the element ``testid`` has the focus, as a keyboard user
+    would; fails if it is not reached within ``limit`` presses."""
+    for _ in range(limit):
+        if await focused_testid(page) == testid:
+            return
+        await page.keyboard.press("Shift+Tab" if backwards else "Tab")
+    raise AssertionError(f"{testid} cannot be reached with the Tab key "
+                         f"(focus is on {await focused_testid(page)!r})")
+
+
+async def focus_is_visible(page: Page) -> bool:
+    """Whether the focused element draws a focus outline."""
+    return bool(await page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement); "
+        "return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2; })()"))

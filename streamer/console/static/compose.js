@@ -211,17 +211,36 @@ async function submit(event) {
     });
     aired = { id: b.id, state: b.state, zones: b.zones, label: b.label, expected: null, confirmed: null };
     renderResult();
-    const reach = await api("GET", `/broadcasts/${b.id}/reach`).catch(() => null);
-    if (reach && aired && aired.id === b.id) {
-      aired.expected = reach.expected;
-      aired.confirmed = reach.confirmed.length;
-      renderResult();
-    }
+    await settle(b.id);
   } catch (err) {
     if (!fieldErrors(form, err)) showError(err);
   } finally {
     button.disabled = false;
   }
+}
+
+/** The mixer starts a broadcast on its next frame, so POST answers "waiting": read the record
+ * and its reach again a few times until it has settled (the event stream, when there is one,
+ * keeps it current after that). */
+async function settle(id) {
+  for (const delayMs of [0, 300, 1000, 3000]) {
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    if (!aired || aired.id !== id) return;
+    await reload(id);
+    if (!aired || aired.state !== "waiting") return;
+  }
+}
+
+async function reload(id) {
+  const [b, reach] = await Promise.all([
+    api("GET", `/broadcasts/${id}`), api("GET", `/broadcasts/${id}/reach`).catch(() => null)]);
+  if (!aired || aired.id !== id) return;
+  aired.state = b.state;
+  if (reach) {
+    aired.expected = reach.expected;
+    aired.confirmed = reach.confirmed.length;
+  }
+  renderResult();
 }
 
 async function stopAired() {
@@ -256,5 +275,8 @@ function renderResult() {
     h("p", { "data-testid": "compose-state", text: t(`state.${aired.state}`) }),
     h("p", { text: aired.zones.map(zoneName).join(", ") }),
     h("p", { "data-testid": "compose-reach", text: reach }),
-    stoppable ? h("button", { type: "button", "data-testid": "compose-stop", text: t("compose.stop"), on: { click: stopAired } }) : null);
+    h("div", { class: "actions" },
+      h("button", { type: "button", "data-testid": "compose-reload", text: t("dash.refresh"),
+        on: { click: () => reload(aired.id).catch(showError) } }),
+      stoppable ? h("button", { type: "button", "data-testid": "compose-stop", text: t("compose.stop"), on: { click: stopAired } }) : null));
 }

@@ -121,7 +121,7 @@ function zoneItem(z, depth) {
     return h("li", { "data-testid": `zone-${z.id}`, "data-zone": z.id }, h("div", { class: "zline" }, line));
   }
   const details = h("details", { open: !closed.has(z.id) && depth < 3 },
-    h("summary", { class: "zline" }, line),
+    h("summary", { class: "zline", "data-testid": `zone-toggle-${z.id}` }, line),
     h("ul", {}, z.children.map((c) => zoneItem(c, depth + 1))));
   details.addEventListener("toggle", () => {
     if (details.open) closed.delete(z.id);
@@ -137,8 +137,10 @@ function priorityWord(p) {
 function statusOf(zone) {
   const c = speakerCounts(zone.id);
   const parts = [];
-  const spk = c.total === 0 ? t("dash.no_speakers")
-    : t("dash.speaker_counts", { online: c.online, offline: c.offline + c.unknown });
+  const counts = [t("dash.count_online", { n: c.online })];
+  if (c.offline) counts.push(t("dash.count_offline", { n: c.offline }));
+  if (c.unknown) counts.push(t("dash.count_unknown", { n: c.unknown }));
+  const spk = c.total === 0 ? t("dash.no_speakers") : t("dash.speaker_counts", { counts: counts.join(", ") });
   parts.push(h("span", { class: c.total && c.online < c.total ? "spk-count some-off" : "spk-count", text: spk }));
   const leaves = leavesUnder(zone);
   const playing = leaves.map((l) => store.onAir.get(l.id)).filter(Boolean);
@@ -167,7 +169,8 @@ function updateTree() {
     el.replaceChildren(...s.parts);
     const li = el.closest("li");
     li.dataset.online = String(s.counts.online);
-    li.dataset.offline = String(s.counts.offline + s.counts.unknown);
+    li.dataset.offline = String(s.counts.offline);
+    li.dataset.unknown = String(s.counts.unknown);
     li.dataset.onAir = String(s.playing);
     li.classList.toggle("has-emergency", s.emergency);
   }
