@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import pytest
 
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid, chromium_page
@@ -341,4 +342,53 @@ async def test_the_dashboard_maps_speakers_and_shows_an_emergency_unmistakably(
         assert status == 200
         if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
             await page.click(by_testid("refresh"))
+        await banner.wait_for(state="hidden")
+
+
+# ---- the event stream client ---------------------------------------------------------------
+
+SSE = (": ping\n\nevent: hello\nid: 1\ndata: {\"user\": \"admin\", \"zones\": [\"brvt\"]}\n\n"
+       "event: onair\r\nid: 2\r\ndata: {\"zone\": \"brvt.x\", \"broadcast\": null}\r\n\r\n"
+       "data: one\ndata:two\n\nevent: presence\rdata: {\"speaker\": \"s\", \"online\": true}\r\r\n")
+SSE_EVENTS = [
+    {"event": "hello", "id": "1", "data": '{"user": "admin", "zones": ["brvt"]}'},
+    {"event": "onair", "id": "2", "data": '{"zone": "brvt.x", "broadcast": null}'},
+    {"event": "message", "id": "", "data": "one\ntwo"},
+    {"event": "presence", "id": "", "data": '{"speaker": "s", "online": true}'},
+]
+
+
+async def test_the_event_parser_reads_sse_however_it_is_split(streamer) -> None:
+    """The console's SSE parser (events.js, in Chromium) gives the same events whether the
+    stream comes whole, a character at a time, or cut between a CR and its LF."""
+    async with console_page() as page:
+        await page.goto(f"{streamer.http_url}/")
+        for size in (len(SSE), 1, 2, 7):
+            chunks = [SSE[i:i + size] for i in range(0, len(SSE), size)]
+            got = await page.evaluate("""async (chunks) => {
+                const { SseParser } = await import("/console/events.js");
+                const p = new SseParser();
+                return chunks.flatMap((c) => p.push(c));
+            }""", chunks)
+            assert got == SSE_EVENTS, size
+
+
+async def test_the_dashboard_follows_the_event_stream(streamer, tmp_path: Path) -> None:
+    """With the event stream (GET /api/v1/events), an emergency shows without a reload."""
+    status, _ = await call(streamer, "GET", "/api/v1/events", headers={})
+    if status == 404:
+        pytest.skip("this streamer has no GET /api/v1/events yet (CONSOLE.md's event stream)")
+    user, password = admin_credentials(tmp_path)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, user, password)
+        await page.locator(by_testid("live-state") + '[data-state="live"]').wait_for()
+        status, e = await call(streamer, "POST", "/api/v1/emergency", json={
+            "zones": [f"{COMMUNE}.kp-2"], "label": "Lũ quét",
+            "source": {"kind": "tone", "hz": 880, "seconds": 60}, "chime": False})
+        assert status == 201, e
+        banner = page.locator(by_testid("emergency-banner"))
+        await banner.wait_for(state="visible")
+        assert "Lũ quét" in await banner.inner_text()
+        status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
+        assert status == 200
         await banner.wait_for(state="hidden")

@@ -32,6 +32,7 @@ export class SseParser {
     const out = [];
     let nl;
     while ((nl = this.buffer.search(/\r\n|\r|\n/)) >= 0) {
+      if (this.buffer[nl] === "\r" && nl === this.buffer.length - 1) break; // "\r\n" split in two
       const line = this.buffer.slice(0, nl);
       this.buffer = this.buffer.slice(nl + (this.buffer.startsWith("\r\n", nl) ? 2 : 1));
       if (line === "") {
