@@ -7,17 +7,24 @@ Screenshots of each page in Vietnamese and English go to ``tests/harness/console
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import re
+import time
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import numpy as np
 import pytest
 
+from clients.ctl import call as call_ctl
 from tests.harness.api import call, make_user
+from tests.harness.audio import correlation
 from tests.harness.browser import by_testid, chromium_page
 from tests.harness.console import (
     focus_is_visible,
@@ -29,6 +36,7 @@ from tests.harness.console import (
     tab_to,
     tree_zones,
 )
+from tests.harness.loaup import RATE, LoaUp
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -392,3 +400,68 @@ async def test_the_dashboard_follows_the_event_stream(streamer, tmp_path: Path) 
         status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{e['id']}")
         assert status == 200
         await banner.wait_for(state="hidden")
+
+
+# ---- against a whole loa up stack: streamer, relay, speakers -------------------------------
+
+
+async def click_until(page: Page, button: str, done: str, timeout_s: float, what: str) -> None:
+    """Wait for ``done`` (a selector); while the page has no live event stream, press the
+    page's own refresh ``button`` now and then, as an operator would."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.locator(done).count():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
+            await page.click(by_testid(button))
+        await asyncio.sleep(1.0)
+
+
+@pytest.mark.realtime
+async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speaker_of_the_commune(
+        tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
+    try:
+        await asyncio.to_thread(up.lift_quiet_hours)
+        creds = json.loads(Path(up.state()["admin_credentials"]).read_text())
+        ours = up.speakers(COMMUNE)
+        assert len(ours) == 3
+        text = "Thông báo: chiều nay lúc 17 giờ, phường Thắng Tam ra quân dọn vệ sinh."
+        async with console_page() as page:
+            await sign_in(page, up.url, creds["user"], creds["password"])
+            total = len(up.state()["speakers"])
+            await click_until(page, "refresh", by_testid("stat-speakers") +
+                              f'[data-value="{total}/{total}"]', 30, "every speaker shows online")
+            assert await page.locator(by_testid(f"zone-{COMMUNE}")).get_attribute(
+                "data-online") == "3"
+            await screenshot(page, "loa-up-dashboard-vi")
+
+            await go(page, "/compose")
+            await page.fill(by_testid("compose-text"), text)
+            await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+            await page.click(by_testid("compose-submit"))
+            result = page.locator(by_testid("compose-result") + "[data-broadcast]")
+            await result.wait_for()
+            bid = int(str(await result.get_attribute("data-broadcast")))
+            await click_until(page, "compose-reload", by_testid("compose-reach") +
+                              '[data-confirmed="3"][data-expected="3"]', 40,
+                              "reach fills to the commune's three speakers")
+            assert "3/3" in await page.inner_text(by_testid("compose-reach"))
+            await screenshot(page, "loa-up-compose-reach-vi")
+
+        # the effect: the API's reach, and what each speaker played is the speech
+        reach = await asyncio.to_thread(up.api, "GET", f"/api/v1/broadcasts/{bid}/reach")
+        assert sorted(s["id"] for s in reach["confirmed"]) == sorted(s.id for s in ours)
+        wav = await asyncio.to_thread(
+            call_ctl, up.url, "POST", "/api/v1/tts/preview", {"text": text}, token=up.token)
+        with wave.open(io.BytesIO(wav)) as w:
+            speech = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
+        speech /= 32768
+        for spk in ours:
+            (play,) = [p for p in spk.plays(bid) if p["end"] - p["start"] > 1]
+            heard = await asyncio.to_thread(spk.window, play["start"], play["end"])
+            probes = [speech[int(t * RATE): int((t + 1) * RATE)] for t in (0.5, 1.5, 2.5)]
+            corr = [correlation(p, heard) for p in probes]
+            assert min(corr) >= 0.7, f"{spk.id}: speech correlation per second {corr}"
+    finally:
+        await asyncio.to_thread(up.kill)

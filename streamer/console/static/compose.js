@@ -274,7 +274,7 @@ function renderResult() {
     h("h2", { text: t("compose.result", { id: aired.id }) }),
     h("p", { "data-testid": "compose-state", text: t(`state.${aired.state}`) }),
     h("p", { text: aired.zones.map(zoneName).join(", ") }),
-    h("p", { "data-testid": "compose-reach", text: reach }),
+    h("p", { "data-testid": "compose-reach", "data-confirmed": aired.confirmed ?? "", "data-expected": aired.expected ?? "", text: reach }),
     h("div", { class: "actions" },
       h("button", { type: "button", "data-testid": "compose-reload", text: t("dash.refresh"),
         on: { click: () => reload(aired.id).catch(showError) } }),

@@ -6,7 +6,7 @@
 // so a keyboard user's focus and the open/closed branches survive live updates.
 
 import { $, h } from "./dom.js";
-import { formatTime, t } from "./i18n.js";
+import { formatTime, has, t } from "./i18n.js";
 import * as map from "./map.js";
 import {
   emergenciesOnAir, leavesUnder, refresh, speakerCounts, store, zoneName,
@@ -84,7 +84,7 @@ function renderSummary() {
   const channels = [...store.onAir.values()];
   const playing = channels.filter(Boolean).length;
   const emergencies = emergenciesOnAir().length;
-  const item = (key, value, testid, warn) => h("div", { class: warn ? "stat warn" : "stat", "data-testid": testid },
+  const item = (key, value, testid, warn) => h("div", { class: warn ? "stat warn" : "stat", "data-testid": testid, "data-value": value },
     h("span", { class: "stat-value", text: value }), h("span", { class: "stat-label", text: t(key) }));
   const errors = Object.entries(store.errors).map(([section, message]) =>
     h("p", { class: "notice", text: t("dash.section_failed", { section: t(`section.${section}`), message }) }));
@@ -198,7 +198,7 @@ function renderAlerts() {
   const items = [];
   for (const a of store.alerts.values()) {
     items.push(h("li", { class: "alert", "data-testid": "alert" },
-      h("strong", { text: a.name }), " ", a.summary || "",
+      h("strong", { text: has(`alert.${a.name}`) ? t(`alert.${a.name}`) : a.name }), " ", a.summary || "",
       a.zones && a.zones.length ? h("span", { class: "muted", text: ` (${a.zones.map(zoneName).join(", ")})` }) : ""));
   }
   for (const a of store.approvals.values()) {
@@ -213,7 +213,7 @@ function renderAlerts() {
 // ---- relays --------------------------------------------------------------------------------
 
 function relayAlert(id) {
-  for (const a of store.alerts.values()) if (a.name.includes(id) || (a.summary || "").includes(id)) return a;
+  for (const a of store.alerts.values()) if (a.name === "relay_offline" && a.subject === id) return a;
   return null;
 }
 

@@ -31,6 +31,10 @@ export async function setLang(next) {
   applyI18n(document);
 }
 
+export function has(key) {
+  return key in strings;
+}
+
 /** The string for `key`, with {name} placeholders filled from `vars`. */
 export function t(key, vars) {
   let s = strings[key];

@@ -39,7 +39,7 @@ function changed(what) {
 export function onAirOf(b) {
   return {
     id: b.id, label: b.label, priority: b.priority, kind: (b.source && b.source.kind) || "",
-    started: b.started, emergency: b.priority === "emergency",
+    started: b.started, emergency: b.priority === "emergency" || Boolean(b.emergency),
   };
 }
 
@@ -141,7 +141,7 @@ export function apply(name, data) {
     case "emergency": // what plays comes in "onair" events; this one only wakes the pages
       break;
     case "alert": {
-      const key = `${data.name}|${(data.zones || []).join(",")}`;
+      const key = `${data.name}|${data.subject || (data.zones || []).join(",")}`;
       if (data.state === "firing") store.alerts.set(key, data);
       else store.alerts.delete(key);
       break;
