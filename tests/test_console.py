@@ -45,6 +45,9 @@ STATIC = Path(__file__).resolve().parent.parent / "streamer" / "console" / "stat
 COMMUNE = "brvt.vung-tau.thang-tam"
 NEIGHBOUR = "brvt.vung-tau.long-son"
 PASSWORD = "correct horse battery"
+#: every route of the console (CONSOLE.md)
+ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/speakers", "/audit",
+          "/reports", "/users", "/listen"]
 
 
 def admin_credentials(tmp_path: Path) -> tuple[str, str]:
@@ -161,14 +164,17 @@ async def test_admin_signs_in_and_sees_the_dashboard_in_both_languages(
         await page.reload()  # the choice is kept, and so is the session (this tab)
         await page.locator(by_testid("zone-tree") + "[data-state]").wait_for()
         assert await page.inner_text(by_testid("nav-dashboard")) == "Dashboard"
-        for route, name in [("/compose", "compose"), ("/schedules", "schedules")]:
+        for route in ROUTES:
             await go(page, route)
-            await screenshot(page, f"{name}-en")
+            await screenshot(page, f"{route.strip('/') or 'dashboard'}-en")
         await switch_lang(page, "vi")
         assert await page.inner_text(by_testid("nav-compose")) == "Soạn bản tin"
-        for route, name in [("/compose", "compose"), ("/schedules", "schedules")]:
+        for route in ROUTES:
             await go(page, route)
-            await screenshot(page, f"{name}-vi")
+            await screenshot(page, f"{route.strip('/') or 'dashboard'}-vi")
+        await page.click(by_testid("who-grants") + " summary")  # who may do what, unfolded
+        assert "quản lý người dùng" in await page.inner_text(by_testid("who-grants"))
+        await screenshot(page, "who-vi")
 
         await page.click(by_testid("sign-out"))
         await page.locator(by_testid("sign-in")).wait_for(state="visible")
@@ -462,6 +468,6 @@ async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speake
             heard = await asyncio.to_thread(spk.window, play["start"], play["end"])
             probes = [speech[int(t * RATE): int((t + 1) * RATE)] for t in (0.5, 1.5, 2.5)]
             corr = [correlation(p, heard) for p in probes]
-            assert min(corr) >= 0.7, f"{spk.id}: speech correlation per second {corr}"
+            assert min(corr) >= 0.8, f"{spk.id}: speech correlation per second {corr}"
     finally:
         await asyncio.to_thread(up.kill)
