@@ -327,6 +327,13 @@ async def test_the_dashboard_maps_speakers_and_shows_an_emergency_unmistakably(
             dot = page.locator(by_testid(f"map-speaker-spk-tt-{i}"))
             assert "spk-unknown" in str(await dot.get_attribute("class"))
         assert await page.locator(by_testid("map-speaker-spk-ls-1")).count() == 0
+        # the map shows one area at a time: the commune's speakers, then none next door
+        await page.select_option(by_testid("map-area"), COMMUNE)
+        assert await page.locator("circle[data-speaker]").count() == 3
+        await page.select_option(by_testid("map-area"), NEIGHBOUR)
+        assert await page.locator("circle[data-speaker]").count() == 0
+        assert await page.locator(by_testid("map-empty")).is_visible()
+        await page.select_option(by_testid("map-area"), "brvt")
         assert await page.locator(by_testid("emergency-banner")).is_hidden()
 
         status, e = await call(streamer, "POST", "/api/v1/emergency", json={

@@ -5,6 +5,10 @@
 // map says so. Projection: equirectangular with the longitude scaled by cos(mean latitude),
 // which is true to a few percent over a province.
 //
+// The map shows one area at a time (a select: the user's first grant by default), fitted to
+// what lies in it; only the area's direct children are named on the map, so names stay
+// readable at any level (a province's districts, a commune's hamlets).
+//
 // Coordinates are accepted as {lat, lon}, {latitude, longitude}, [lat, lon], "lat,lon" (CAP
 // style), or GeoJSON (Point / Polygon, [lon, lat]).
 
@@ -54,14 +58,38 @@ export function toRing(b) {
   return [];
 }
 
-function collect() {
+let scope = null; // the zone id the map shows
+
+function within(zone, area) {
+  return zone === area || zone.startsWith(`${area}.`);
+}
+
+/** The areas the map can show: zones with children, in tree order, with their depth. */
+function areas() {
+  const out = [];
+  const walk = (z, depth) => {
+    if (z.children.length) out.push({ z, depth });
+    for (const c of z.children) walk(c, depth + 1);
+  };
+  for (const r of store.zones) walk(r, 0);
+  return out;
+}
+
+function currentScope() {
+  if (scope && store.zoneById.has(scope)) return scope;
+  const grant = store.user && store.user.grants.find((g) => store.zoneById.has(g.zone));
+  return grant ? grant.zone : (store.zones[0] ? store.zones[0].id : "");
+}
+
+function collect(area) {
   const speakers = [];
   for (const s of store.speakers.values()) {
     const p = latLon(s.lat, s.lon);
-    if (p) speakers.push({ s, p });
+    if (p && within(s.zone, area)) speakers.push({ s, p });
   }
   const zones = [];
   for (const z of store.zoneById.values()) {
+    if (!within(z.id, area)) continue;
     const loc = toPoint(z.location);
     const ring = toRing(z.boundary);
     if (loc || ring.length >= 3) zones.push({ z, loc, ring: ring.length >= 3 ? ring : [] });
@@ -101,11 +129,29 @@ function emergencyZones() {
   return new Set(emergenciesOnAir().flatMap((e) => e.zones));
 }
 
+function areaPicker(box, area) {
+  const list = areas();
+  if (list.length < 2) return null;
+  const select = h("select", {
+    id: "map-area", "data-testid": "map-area",
+    on: { change: (e) => { scope = e.target.value; render(box); } },
+  }, list.map(({ z, depth }) => h("option", { value: z.id, selected: z.id === area, text: `${"– ".repeat(depth)}${z.name}` })));
+  return h("div", { class: "map-area" }, h("label", { for: "map-area", text: t("map.area") }), select);
+}
+
 export function render(box) {
-  const { speakers, zones } = collect();
+  const refocus = document.activeElement && document.activeElement.id === "map-area";
+  draw(box);
+  if (refocus) box.querySelector("#map-area").focus(); // a keyboard user keeps their place
+}
+
+function draw(box) {
+  const area = currentScope();
+  const { speakers, zones } = collect(area);
   const points = [...speakers.map((x) => x.p), ...zones.flatMap((x) => (x.loc ? [x.loc, ...x.ring] : x.ring))];
+  const picker = areaPicker(box, area);
   if (!points.length) {
-    box.replaceChildren(h("p", { class: "muted", "data-testid": "map-empty", text: t("map.no_coordinates") }));
+    box.replaceChildren(picker || "", h("p", { class: "muted", "data-testid": "map-empty", text: t("map.no_coordinates") }));
     return;
   }
   const xy = projection(points);
@@ -119,7 +165,7 @@ export function render(box) {
     const [x, y] = xy(loc);
     return svg("g", { class: "zone-loc" },
       svg("rect", { x: (x - 3).toFixed(1), y: (y - 3).toFixed(1), width: 6, height: 6 }),
-      z.channel ? null : svg("text", { x: (x + 6).toFixed(1), y: (y - 6).toFixed(1), text: z.name }),
+      store.parentOf.get(z.id) === area ? svg("text", { x: (x + 6).toFixed(1), y: (y - 6).toFixed(1), text: z.name }) : null,
       svg("title", { text: z.name }));
   });
   const dots = speakers.map(({ s, p }) => {
@@ -130,6 +176,7 @@ export function render(box) {
     }, svg("title", { text: `${s.name || s.id} (${s.id}): ${t(`presence.${stateOf(s)}`)}` }));
   });
   box.replaceChildren(
+    picker || "",
     svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "map-desc", class: "map" },
       svg("desc", { id: "map-desc", text: desc }),
       svg("rect", { class: "map-bg", x: 0, y: 0, width: W, height: H }),
