@@ -478,3 +478,29 @@ async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speake
             assert min(corr) >= 0.8, f"{spk.id}: speech correlation per second {corr}"
     finally:
         await asyncio.to_thread(up.kill)
+
+
+async def test_where_a_zone_needs_approval_the_composer_submits_for_approval(streamer) -> None:
+    status, _ = await call(streamer, "PATCH", f"/api/v1/zones/{NEIGHBOUR}",
+                           json={"requires_approval": True})
+    assert status == 200
+    await make_user(streamer, "op-vung-tau", ("operator", "brvt.vung-tau"), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "op-vung-tau", PASSWORD)
+        await go(page, "/compose")
+        await page.fill(by_testid("compose-text"), "Họp tổ dân phố lúc 19 giờ.")
+        await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+        assert await page.locator(by_testid("compose-approval")).is_hidden()
+        assert await page.inner_text(by_testid("compose-submit")) == "Phát ngay"
+        await page.check(by_testid(f"compose-zone-{NEIGHBOUR}.ap-1"))  # below the approval
+        assert await page.locator(by_testid("compose-approval")).is_visible()
+        assert await page.inner_text(by_testid("compose-submit")) == "Gửi duyệt"
+        await page.click(by_testid("compose-submit"))
+        result = page.locator(by_testid("compose-result") + '[data-state="pending_approval"]')
+        await result.wait_for()
+        bid = int(str(await result.get_attribute("data-broadcast")))
+        await screenshot(page, "compose-pending-approval-vi")
+    status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
+    assert (b["state"], b["zones"]) == ("pending_approval", [COMMUNE, f"{NEIGHBOUR}.ap-1"])
+    status, ch = await call(streamer, "GET", "/api/v1/channels")
+    assert not [c for c in ch["channels"] if c["on_air"] == bid]  # nothing airs meanwhile
