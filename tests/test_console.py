@@ -29,6 +29,7 @@ from tests.harness.browser import by_testid, chromium_page
 from tests.harness.console import (
     focus_is_visible,
     go,
+    low_contrast,
     open_console,
     screenshot,
     sign_in,
@@ -136,6 +137,7 @@ async def test_admin_signs_in_and_sees_the_dashboard_in_both_languages(
     async with console_page() as page:
         await open_console(page, streamer.http_url)
         assert await page.get_attribute("html", "lang") == "vi"
+        assert await low_contrast(page) == []
         await screenshot(page, "sign-in-vi")
         # a wrong password: the API's message next to the password field, nothing else opens
         await page.fill(by_testid("sign-in-user"), user)
@@ -144,6 +146,7 @@ async def test_admin_signs_in_and_sees_the_dashboard_in_both_languages(
         error = page.locator(by_testid("sign-in-password-error"))
         await error.wait_for(state="visible")
         assert "wrong user name or password" in await error.inner_text()
+        assert await low_contrast(page) == []
         assert await page.get_attribute(by_testid("sign-in-password"), "aria-invalid") == "true"
         assert await page.locator(by_testid("view")).is_hidden()
 
@@ -171,9 +174,11 @@ async def test_admin_signs_in_and_sees_the_dashboard_in_both_languages(
         assert await page.inner_text(by_testid("nav-compose")) == "Soạn bản tin"
         for route in ROUTES:
             await go(page, route)
+            assert await low_contrast(page) == [], route
             await screenshot(page, f"{route.strip('/') or 'dashboard'}-vi")
         await page.click(by_testid("who-grants") + " summary")  # who may do what, unfolded
         assert "quản lý người dùng" in await page.inner_text(by_testid("who-grants"))
+        assert await low_contrast(page) == []
         await screenshot(page, "who-vi")
 
         await page.click(by_testid("sign-out"))
@@ -225,6 +230,7 @@ async def test_the_composer_airs_a_tts_bulletin_to_one_commune(streamer) -> None
         assert await page.get_attribute(by_testid("compose-text"), "aria-invalid") == "true"
         status, listed = await call(streamer, "GET", "/api/v1/broadcasts")
         assert (status, listed["broadcasts"]) == (200, [])
+        assert await low_contrast(page) == []
         await screenshot(page, "compose-refused-vi")
 
         text = "Thông báo lịch tiêm chủng lúc 7 giờ 30 sáng ngày 25/11/2026 tại nhà văn hoá."
@@ -299,6 +305,7 @@ async def test_at_390_px_the_console_works_by_keyboard(streamer, tmp_path: Path)
         await page.keyboard.press("Enter")
         assert await hamlet.is_visible()
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await low_contrast(page) == []
         await screenshot(page, "dashboard-390-vi")
         await switch_lang(page, "en")
         await screenshot(page, "dashboard-390-en")
@@ -351,6 +358,7 @@ async def test_the_dashboard_maps_speakers_and_shows_an_emergency_unmistakably(
             by_testid(f"zone-{COMMUNE}.kp-2")).get_attribute("class"))
         assert "spk-emergency" in str(await page.locator(
             by_testid("map-speaker-spk-tt-2")).get_attribute("class"))
+        assert await low_contrast(page) == []
         await screenshot(page, "dashboard-emergency-vi")
         await go(page, "/compose")
         assert await banner.is_visible()  # on every page

@@ -84,3 +84,53 @@ async def focus_is_visible(page: Page) -> bool:
     return bool(await page.evaluate(
         "(() => { const s = getComputedStyle(document.activeElement); "
         "return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2; })()"))
+
+
+#: WCAG 2 contrast of every visible text against the background it sits on: the elements whose
+#: text (or that of a form control) reads below 4.5:1 (3:1 for large text: 24 px, or 18.66 px
+#: bold). Backgrounds are the nearest opaque ancestor's; text in SVG is left out.
+_LOW_CONTRAST_JS = """
+() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] === 1)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  const seen = new Set();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const els = [...document.querySelectorAll("input, select, textarea, button")];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.textContent.trim()) els.push(n.parentElement);
+  }
+  for (const el of els) {
+    if (seen.has(el) || el.closest("svg")) continue;
+    seen.add(el);
+    const r = el.getBoundingClientRect();
+    const s = getComputedStyle(el);
+    if (!r.width || !r.height || !el.checkVisibility({ visibilityProperty: true })) continue;
+    const fg = rgb(s.color).slice(0, 3);
+    const [a, b] = [lum(fg), lum(background(el))].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    const size = parseFloat(s.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      const text = (el.textContent || el.value || "").trim().slice(0, 40);
+      out.push(`${el.tagName.toLowerCase()}.${el.className} "${text}": ${ratio.toFixed(2)}`);
+    }
+  }
+  return out;
+}
+"""
+
+
+async def low_contrast(page: Page) -> list[str]:
+    """The visible texts of the page that read below the WCAG AA contrast."""
+    return [str(x) for x in await page.evaluate(_LOW_CONTRAST_JS)]
