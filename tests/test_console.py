@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from clients.ctl import call as call_ctl
+from tests.conftest import NIGHT
 from tests.harness.api import call, make_user
 from tests.harness.audio import correlation
 from tests.harness.browser import by_testid, chromium_page
@@ -512,3 +513,43 @@ async def test_where_a_zone_needs_approval_the_composer_submits_for_approval(str
     assert (b["state"], b["zones"]) == ("pending_approval", [COMMUNE, f"{NEIGHBOUR}.ap-1"])
     status, ch = await call(streamer, "GET", "/api/v1/channels")
     assert not [c for c in ch["channels"] if c["on_air"] == bid]  # nothing airs meanwhile
+
+
+async def test_at_night_the_quiet_hours_refusal_shows_by_the_zones_and_an_admin_may_override(
+        streamer, tmp_path: Path) -> None:
+    streamer.plane.now = lambda: NIGHT  # 00:00 local: inside the default quiet hours
+    user, password = admin_credentials(tmp_path)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, user, password)
+        await go(page, "/compose")
+        await page.fill(by_testid("compose-text"), "Thông báo khẩn về cấp nước.")
+        await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+        await page.click(by_testid("compose-submit"))
+        error = page.locator(by_testid("compose-zones-error"))
+        await error.wait_for(state="visible")
+        assert "quiet hours" in await error.inner_text()
+        status, listed = await call(streamer, "GET", "/api/v1/broadcasts")
+        assert listed["broadcasts"] == []
+        await screenshot(page, "compose-quiet-hours-vi")
+        await page.check(by_testid("compose-override"))
+        await page.click(by_testid("compose-submit"))
+        result = page.locator(by_testid("compose-result") + '[data-state="on_air"]')
+        await result.wait_for()
+        bid = int(str(await result.get_attribute("data-broadcast")))
+        assert await error.is_hidden()
+    status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
+    assert (b["state"], b["override_quiet_hours"]) == ("on_air", True)
+
+
+async def test_only_an_admin_of_every_chosen_zone_may_override_quiet_hours(streamer) -> None:
+    await make_user(streamer, "mixed", ("admin", COMMUNE), ("operator", NEIGHBOUR),
+                    password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "mixed", PASSWORD)
+        await go(page, "/compose")
+        override = page.locator(by_testid("compose-override"))
+        await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+        assert not await override.is_disabled()
+        await page.check(by_testid(f"compose-zone-{NEIGHBOUR}"))
+        assert await override.is_disabled()
+        assert "mọi khu vực đã chọn" in await page.inner_text(by_testid("compose-override-why"))

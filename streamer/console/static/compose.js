@@ -7,7 +7,7 @@
 
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
-import { OPERATE, allowed } from "./grants.js";
+import { ADMIN, OPERATE, allowed, anywhere } from "./grants.js";
 import { formatNumber, t } from "./i18n.js";
 import { needsApproval, store, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
@@ -47,6 +47,10 @@ export function render(view) {
       h("label", { for: "compose-label", text: t("compose.label") }),
       h("input", { id: "compose-label", "data-testid": "compose-label", maxlength: 200, "aria-describedby": "compose-label-error" }),
       h("p", { class: "field-error", id: "compose-label-error", "data-error-for": "label" })),
+    anywhere(store.user, ADMIN) ? h("div", { class: "field" },
+      h("input", { type: "checkbox", id: "compose-override", "data-testid": "compose-override", "aria-describedby": "compose-override-why" }),
+      h("label", { for: "compose-override", class: "inline", text: t("compose.override") }),
+      h("p", { class: "hint", id: "compose-override-why", "data-testid": "compose-override-why", text: t("compose.override_hint") })) : null,
     h("p", { id: "compose-approval", class: "notice", "data-testid": "compose-approval", hidden: true, text: t("compose.needs_approval") }),
     h("button", { type: "submit", class: "primary big", id: "compose-submit", "data-testid": "compose-submit", text: t("compose.air_now") }));
   form.addEventListener("submit", submit);
@@ -104,6 +108,13 @@ function syncTicks() {
       b.checked = b.dataset.own === "true";
       delete b.dataset.own;
     }
+  }
+  const override = $("compose-override");
+  if (override) {
+    const may = chosen.every((z) => allowed(store.user, ADMIN, z));
+    override.disabled = !may;
+    if (!may) override.checked = false;
+    $("compose-override-why").textContent = t(may ? "compose.override_hint" : "compose.override_why_not");
   }
   const approval = chosen.some(needsApproval);
   $("compose-approval").hidden = !approval;
@@ -208,6 +219,7 @@ async function submit(event) {
     const b = await api("POST", "/broadcasts", {
       zones, priority: $("compose-priority").value, label: $("compose-label").value.trim(),
       source: { kind: "tts", text },
+      override_quiet_hours: Boolean($("compose-override") && $("compose-override").checked),
     });
     aired = { id: b.id, state: b.state, zones: b.zones, label: b.label, expected: null, confirmed: null };
     renderResult();
