@@ -72,7 +72,8 @@ def banner(stack: Stack) -> str:
     """What ``loa up`` prints once everything serves: where things are, what to try."""
     state, spk_dir = stack.state(), stack.var / "speakers"
     url = state["streamer_url"]
-    return (f"Loa is up.\n  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
+    return (f"Loa is up.\n  console    {url}/  (the operator console: sign in as admin)\n"
+            f"  streamer   {url}  (API {url}/api/v1/broadcasts)\n"
             f"  studio     {url}/studio  (browser microphone, push to talk)\n"
             f"  ingest     srtp://{state['streamer_ingest']}  (register: loa ctl input add)\n"
             f"  relay      {state['relay_urls'][0]}\n  speakers   {len(state['speakers'])}, "

@@ -36,6 +36,7 @@ from device.edge import broker_tls_context, check_mqtt_tls
 from device.link import read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
+from streamer.console import add_console_routes
 from streamer.control.api import add_api_routes
 from streamer.control.api.listen import streamer_may_listen
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
@@ -260,6 +261,7 @@ class Streamer:
                                    hsts=https is not None)
         add_api_routes(app, self.plane, self.registry)
         add_studio_routes(app)
+        add_console_routes(app)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,

@@ -34,30 +34,36 @@ STEP_TIMEOUT_MS = 20_000
 log = logging.getLogger("chromium")
 
 
-def chromium_args(fake_audio_wav: Path) -> list[str]:
-    return [
+def chromium_args(fake_audio_wav: Path | None) -> list[str]:
+    args = [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={fake_audio_wav}",
     ]
+    if fake_audio_wav is not None:
+        args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={fake_audio_wav}"]
+    return args
 
 
 @asynccontextmanager
-async def chromium_page(fake_audio_wav: Path) -> AsyncIterator[Page]:
+async def chromium_page(fake_audio_wav: Path | None,
+                        viewport: tuple[int, int] | None = None) -> AsyncIterator[Page]:
     """A page of a fresh Chromium (own profile in tmp) whose microphone plays
-    ``fake_audio_wav``; console messages and page errors go to the ``chromium`` logger."""
+    ``fake_audio_wav`` (None: no microphone), ``viewport`` (width, height) CSS pixels if
+    given; console messages and page errors go to the ``chromium`` logger."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     from playwright.async_api import async_playwright
 
-    if not Path(str(fake_audio_wav).removesuffix("%noloop")).is_file():
+    if fake_audio_wav is not None and not Path(
+            str(fake_audio_wav).removesuffix("%noloop")).is_file():
         raise FileNotFoundError(f"fake microphone file {fake_audio_wav} does not exist")
     with tempfile.TemporaryDirectory(prefix="loa-chromium-") as profile:
         async with async_playwright() as pw:
             context = await pw.chromium.launch_persistent_context(
                 profile, executable_path=str(CHROMIUM), headless=True,
-                args=chromium_args(fake_audio_wav))
+                args=chromium_args(fake_audio_wav),
+                viewport={"width": viewport[0], "height": viewport[1]} if viewport else None)
             try:
                 context.set_default_timeout(STEP_TIMEOUT_MS)
                 page = context.pages[0] if context.pages else await context.new_page()

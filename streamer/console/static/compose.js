@@ -1,0 +1,294 @@
+// The bulletin composer (#/compose): Vietnamese text, a TTS preview played here (Web Audio:
+// the page's CSP allows no blob: media, and the token never goes in a URL), target zones from
+// the tree, the priority, then one POST /broadcasts: it airs now, or waits for an approver
+// where a target zone asks for approval. The API's refusal is shown next to the field it
+// names. Only zones where the user may operate can be ticked; the rest of the visible tree is
+// shown for orientation, without a box.
+
+import { api } from "./api.js";
+import { $, h } from "./dom.js";
+import { ADMIN, OPERATE, allowed, anywhere } from "./grants.js";
+import { formatNumber, t } from "./i18n.js";
+import { needsApproval, store, zoneName } from "./store.js";
+import { fieldErrors, showError } from "./ui.js";
+
+const PRIORITIES = ["normal", "priority", "background"];
+const TEXT_MAX = 5000;
+
+const preview = { ctx: null, buffer: null, node: null, text: "" };
+let aired = null; // the last broadcast aired from here: {id, state, expected, confirmed}
+
+export function render(view) {
+  const form = h("form", { id: "compose", class: "compose", "data-testid": "compose", novalidate: true },
+    h("div", { class: "field" },
+      h("label", { for: "compose-text", text: t("compose.text") }),
+      h("p", { class: "hint", id: "compose-text-hint", text: t("compose.text_hint") }),
+      h("textarea", {
+        id: "compose-text", "data-testid": "compose-text", rows: 6, maxlength: TEXT_MAX, lang: "vi",
+        required: true, "aria-describedby": "compose-text-hint compose-text-error",
+      }),
+      h("p", { class: "field-error", id: "compose-text-error", "data-error-for": "source.text", "data-testid": "compose-text-error" })),
+    h("div", { class: "preview", role: "group", "aria-labelledby": "preview-title" },
+      h("span", { id: "preview-title", class: "preview-title", text: t("compose.preview") }),
+      h("button", { type: "button", id: "preview-make", "data-testid": "preview-make", text: t("compose.preview_make"), on: { click: makePreview } }),
+      h("button", { type: "button", id: "preview-play", "data-testid": "preview-play", disabled: true, text: t("compose.preview_play"), on: { click: togglePlay } }),
+      h("span", { id: "preview-state", "data-testid": "preview-state", "data-state": "none", role: "status", text: "" })),
+    h("fieldset", { class: "field", "aria-describedby": "compose-zones-error" },
+      h("legend", { text: t("compose.zones") }),
+      h("p", { class: "hint", text: t("compose.zones_hint") }),
+      h("div", { id: "compose-zones", "data-testid": "compose-zones" }),
+      h("p", { class: "field-error", id: "compose-zones-error", "data-error-for": "zones", "data-testid": "compose-zones-error" })),
+    h("div", { class: "field" },
+      h("label", { for: "compose-priority", text: t("compose.priority") }),
+      h("select", { id: "compose-priority", "data-testid": "compose-priority", "aria-describedby": "compose-priority-error" },
+        PRIORITIES.map((p) => h("option", { value: p, text: t(`priority.${p}`) }))),
+      h("p", { class: "field-error", id: "compose-priority-error", "data-error-for": "priority" })),
+    h("div", { class: "field" },
+      h("label", { for: "compose-label", text: t("compose.label") }),
+      h("input", { id: "compose-label", "data-testid": "compose-label", maxlength: 200, "aria-describedby": "compose-label-error" }),
+      h("p", { class: "field-error", id: "compose-label-error", "data-error-for": "label" })),
+    anywhere(store.user, ADMIN) ? h("div", { class: "field" },
+      h("input", { type: "checkbox", id: "compose-override", "data-testid": "compose-override", "aria-describedby": "compose-override-why" }),
+      h("label", { for: "compose-override", class: "inline", text: t("compose.override") }),
+      h("p", { class: "hint", id: "compose-override-why", "data-testid": "compose-override-why", text: t("compose.override_hint") })) : null,
+    h("p", { id: "compose-approval", class: "notice", "data-testid": "compose-approval", hidden: true, text: t("compose.needs_approval") }),
+    h("button", { type: "submit", class: "primary big", id: "compose-submit", "data-testid": "compose-submit", text: t("compose.air_now") }));
+  form.addEventListener("submit", submit);
+  form.addEventListener("input", (e) => {
+    if (e.target.id === "compose-text" && preview.text !== e.target.value) forgetPreview();
+  });
+  view.replaceChildren(
+    h("h1", { text: t("nav.compose") }),
+    form,
+    h("section", { id: "compose-result", class: "card", "data-testid": "compose-result", "aria-live": "polite", hidden: true }));
+  renderZones();
+  renderResult();
+}
+
+export function update(what) {
+  if (what === "snapshot") renderZones();
+  if (what === "reach" || what === "onair" || what === "snapshot") renderResult();
+}
+
+export function leave() {
+  stopPlaying();
+}
+
+// ---- zones ---------------------------------------------------------------------------------
+
+function renderZones() {
+  const box = $("compose-zones");
+  if (!box) return;
+  const ticked = new Set([...box.querySelectorAll("input:checked:enabled")].map((i) => i.value));
+  const item = (z) => {
+    const may = allowed(store.user, OPERATE, z.id);
+    const id = `compose-zone-${z.id}`;
+    const line = may
+      ? [h("input", { type: "checkbox", id, value: z.id, "data-testid": `compose-zone-${z.id}`, checked: ticked.has(z.id),
+        on: { change: syncTicks } }), h("label", { for: id, text: z.name })]
+      : [h("span", { class: "zname", text: z.name }), h("span", { class: "muted small", text: ` ${t("compose.zone_not_yours")}` })];
+    return h("li", {}, line, z.children.length ? h("ul", {}, z.children.map(item)) : null);
+  };
+  box.replaceChildren(h("ul", { class: "tree pick" }, store.zones.map(item)));
+  syncTicks();
+}
+
+/** A ticked zone covers everything below it: its descendants show ticked and locked. */
+function syncTicks() {
+  const boxes = [...document.querySelectorAll("#compose-zones input[type=checkbox]")];
+  const chosen = chosenZones(boxes);
+  for (const b of boxes) {
+    const covered = chosen.some((z) => b.value !== z && b.value.startsWith(`${z}.`));
+    if (covered) {
+      b.dataset.own = b.dataset.own || String(b.checked);
+      b.checked = true;
+      b.disabled = true;
+    } else if (b.disabled) {
+      b.disabled = false;
+      b.checked = b.dataset.own === "true";
+      delete b.dataset.own;
+    }
+  }
+  const override = $("compose-override");
+  if (override) {
+    const may = chosen.every((z) => allowed(store.user, ADMIN, z));
+    override.disabled = !may;
+    if (!may) override.checked = false;
+    $("compose-override-why").textContent = t(may ? "compose.override_hint" : "compose.override_why_not");
+  }
+  const approval = chosen.some(needsApproval);
+  $("compose-approval").hidden = !approval;
+  $("compose-submit").textContent = t(approval ? "compose.submit_for_approval" : "compose.air_now");
+}
+
+function chosenZones(boxes) {
+  const ticked = boxes.filter((b) => b.checked && !b.disabled).map((b) => b.value);
+  return ticked.filter((z) => !ticked.some((o) => o !== z && z.startsWith(`${o}.`)));
+}
+
+// ---- preview -------------------------------------------------------------------------------
+
+function setPreviewState(state, text) {
+  const el = $("preview-state");
+  if (!el) return;
+  el.dataset.state = state;
+  el.textContent = text;
+  $("preview-play").disabled = !preview.buffer;
+  $("preview-play").textContent = t(state === "playing" ? "compose.preview_stop" : "compose.preview_play");
+}
+
+function forgetPreview() {
+  stopPlaying();
+  preview.buffer = null;
+  preview.text = "";
+  setPreviewState("none", "");
+}
+
+async function makePreview() {
+  const form = $("compose");
+  const text = $("compose-text").value;
+  fieldErrors(form, null);
+  showError(null);
+  if (!text.trim()) {
+    fieldErrors(form, { "source.text": t("compose.need_text") });
+    return;
+  }
+  forgetPreview();
+  setPreviewState("making", t("compose.preview_making"));
+  try {
+    const wav = await api("POST", "/tts/preview", { text }, { as: "arrayBuffer" });
+    preview.ctx = preview.ctx || new AudioContext();
+    preview.buffer = await preview.ctx.decodeAudioData(wav);
+    preview.text = text;
+    setPreviewState("ready", t("compose.preview_ready", { seconds: formatNumber(Math.round(preview.buffer.duration * 10) / 10) }));
+    $("preview-play").focus();
+  } catch (err) {
+    setPreviewState("none", "");
+    if (err.field === "text") err.field = "source.text";
+    if (!fieldErrors(form, err)) showError(err);
+  }
+}
+
+function stopPlaying() {
+  if (preview.node) {
+    preview.node.onended = null;
+    preview.node.stop();
+    preview.node = null;
+  }
+}
+
+async function togglePlay() {
+  if (preview.node) {
+    stopPlaying();
+    setPreviewState("ready", t("compose.preview_stopped"));
+    return;
+  }
+  if (!preview.buffer) return;
+  await preview.ctx.resume();
+  const node = preview.ctx.createBufferSource();
+  node.buffer = preview.buffer;
+  node.connect(preview.ctx.destination);
+  node.onended = () => {
+    preview.node = null;
+    setPreviewState("ready", t("compose.preview_done"));
+  };
+  preview.node = node;
+  node.start();
+  setPreviewState("playing", t("compose.preview_playing"));
+}
+
+// ---- air -----------------------------------------------------------------------------------
+
+async function submit(event) {
+  event.preventDefault();
+  const form = $("compose");
+  fieldErrors(form, null);
+  showError(null);
+  const text = $("compose-text").value;
+  const zones = chosenZones([...form.querySelectorAll("#compose-zones input[type=checkbox]")]);
+  const missing = {};
+  if (!text.trim()) missing["source.text"] = t("compose.need_text");
+  if (!zones.length) missing.zones = t("compose.need_zones");
+  if (Object.keys(missing).length) {
+    fieldErrors(form, missing);
+    return;
+  }
+  const button = $("compose-submit");
+  button.disabled = true;
+  try {
+    const b = await api("POST", "/broadcasts", {
+      zones, priority: $("compose-priority").value, label: $("compose-label").value.trim(),
+      source: { kind: "tts", text },
+      override_quiet_hours: Boolean($("compose-override") && $("compose-override").checked),
+    });
+    aired = { id: b.id, state: b.state, zones: b.zones, label: b.label, expected: null, confirmed: null };
+    renderResult();
+    await settle(b.id);
+  } catch (err) {
+    if (!fieldErrors(form, err)) showError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** The mixer starts a broadcast on its next frame, so POST answers "waiting": read the record
+ * and its reach again a few times until it has settled (the event stream, when there is one,
+ * keeps it current after that). */
+async function settle(id) {
+  for (const delayMs of [0, 300, 1000, 3000]) {
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    if (!aired || aired.id !== id) return;
+    await reload(id);
+    if (!aired || aired.state !== "waiting") return;
+  }
+}
+
+async function reload(id) {
+  const [b, reach] = await Promise.all([
+    api("GET", `/broadcasts/${id}`), api("GET", `/broadcasts/${id}/reach`).catch(() => null)]);
+  if (!aired || aired.id !== id) return;
+  aired.state = b.state;
+  if (reach) {
+    aired.expected = reach.expected;
+    aired.confirmed = reach.confirmed.length;
+  }
+  renderResult();
+}
+
+async function stopAired() {
+  if (!aired) return;
+  try {
+    const b = await api("DELETE", `/broadcasts/${aired.id}`);
+    aired.state = b.state;
+    renderResult();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function renderResult() {
+  const box = $("compose-result");
+  if (!box || !aired) return;
+  const live = store.reach.get(aired.id);
+  if (live) {
+    aired.expected = live.expected;
+    aired.confirmed = live.confirmed;
+  }
+  const onAir = [...store.onAir.values()].some((b) => b && b.id === aired.id);
+  if (onAir && aired.state === "waiting") aired.state = "on_air";
+  box.hidden = false;
+  box.dataset.state = aired.state;
+  box.dataset.broadcast = String(aired.id);
+  const reach = aired.expected === null ? t("compose.reach_unknown")
+    : t("compose.reach", { confirmed: aired.confirmed, expected: aired.expected });
+  const stoppable = ["on_air", "waiting", "pending_approval"].includes(aired.state);
+  box.replaceChildren(
+    h("h2", { text: t("compose.result", { id: aired.id }) }),
+    h("p", { "data-testid": "compose-state", text: t(`state.${aired.state}`) }),
+    h("p", { text: aired.zones.map(zoneName).join(", ") }),
+    h("p", { "data-testid": "compose-reach", "data-confirmed": aired.confirmed ?? "", "data-expected": aired.expected ?? "", text: reach }),
+    h("div", { class: "actions" },
+      h("button", { type: "button", "data-testid": "compose-reload", text: t("dash.refresh"),
+        on: { click: () => reload(aired.id).catch(showError) } }),
+      stoppable ? h("button", { type: "button", "data-testid": "compose-stop", text: t("compose.stop"), on: { click: stopAired } }) : null));
+}
