@@ -170,6 +170,21 @@ def test_a_loas_before_its_packets_waits_for_them(key):
     assert gate.vouch(loas, 0.0) == [] and gate.last == "duplicate"
 
 
+def test_a_forged_copy_of_a_loas_kept_first_does_not_shut_out_the_genuine_one(key):
+    """Someone who got the LOAS too (a subscriber of the same relay) sends it on first with
+    another first sequence number: it is kept, but the genuine one is still checked."""
+    pkts = packets(12)
+    [loas] = signed(key, pkts)
+    forged = bytearray(loas)
+    forged[16:18] = (500).to_bytes(2, "big")
+    gate = gate_for(key)
+    hold_all(gate, pkts[:6])
+    assert gate.vouch(bytes(forged), 0.0) == [] and gate.last == auth.PENDING
+    assert gate.vouch(loas, 0.0) == [] and gate.last == auth.PENDING  # not a duplicate
+    hold_all(gate, pkts[6:10])
+    assert gate.take_late() == (pkts[:10], [loas])
+
+
 def test_a_packet_after_its_verified_batch_must_be_the_signed_one(key):
     pkts = packets(12)
     [loas] = signed(key, pkts)

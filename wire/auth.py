@@ -421,7 +421,9 @@ class MediaGate(Generic[T]):
         self._seen: deque[bytes] = deque(maxlen=remember)  # hashes already vouched for
         self._seen_set: set[bytes] = set()
         self._signatures: deque[bytes] = deque(maxlen=16)  # of the LOAS verified last
-        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()  # by signature
+        # by the whole datagram, not its signature: a forged copy of a genuine LOAS (the
+        # signature under other fields) kept first must not make the genuine one a duplicate
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
         self._known: OrderedDict[int, tuple[bytes, float]] = OrderedDict()  # seq → hash, born
         self._late_items: list[T] = []
         self._late_loas: list[bytes] = []
@@ -476,7 +478,8 @@ class MediaGate(Generic[T]):
             loas = parse_loas(data)
         except MalformedPacket:
             return self._outcome("malformed", [])
-        if loas.signature in self._signatures or loas.signature in self._pending:
+        data = bytes(data)
+        if loas.signature in self._signatures or data in self._pending:
             return self._outcome("duplicate", [])
         result = self._check(loas, now)
         if isinstance(result, list):
@@ -486,7 +489,7 @@ class MediaGate(Generic[T]):
         # packets of the batch are still to come: keep it (the oldest kept one makes room)
         if len(self._pending) >= MAX_PENDING:
             self._give_up(self._pending.popitem(last=False)[1])
-        self._pending[loas.signature] = _Pending(loas, bytes(data), now, result)
+        self._pending[data] = _Pending(loas, data, now, result)
         self.last = PENDING
         return []
 
@@ -576,12 +579,12 @@ class MediaGate(Generic[T]):
 
     def _retry(self, seq: int, now: float) -> None:
         """A packet came for ``seq``: check the kept LOAS whose batch it belongs to again."""
-        for sig, pending in self._pending.items():
+        for key, pending in self._pending.items():
             if (seq - pending.loas.first_seq) % SEQ_MOD >= pending.loas.count:
                 continue
             result = self._check(pending.loas, now)
             if isinstance(result, list):
-                del self._pending[sig]
+                del self._pending[key]
                 self.loas["verified"] += 1
                 self._late_items += result
                 self._late_loas.append(pending.data)
@@ -590,7 +593,7 @@ class MediaGate(Generic[T]):
                 pending.why = result
                 pending.tries += 1
                 if pending.tries >= MAX_PENDING_TRIES or not self._missing(pending.loas):
-                    del self._pending[sig]
+                    del self._pending[key]
                     self._give_up(pending)
             return
 
