@@ -242,10 +242,7 @@ async def test_the_composer_airs_a_tts_bulletin_to_one_commune(streamer) -> None
         await page.fill(by_testid("compose-label"), "Tiêm chủng")
         # a ticked commune covers its hamlets: they show ticked and locked
         assert await page.locator(by_testid(f"compose-zone-{COMMUNE}.kp-1")).is_disabled()
-        await page.click(by_testid("compose-submit"))
-        result = page.locator(by_testid("compose-result") + '[data-state="on_air"]')
-        await result.wait_for()
-        bid = int(str(await result.get_attribute("data-broadcast")))
+        bid = await submit(page, "on_air")
         await screenshot(page, "compose-on-air-vi")
 
         # the effect, through the API: on air in the commune's channels and nowhere else
@@ -462,10 +459,7 @@ async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speake
             await go(page, "/compose")
             await page.fill(by_testid("compose-text"), text)
             await page.check(by_testid(f"compose-zone-{COMMUNE}"))
-            await page.click(by_testid("compose-submit"))
-            result = page.locator(by_testid("compose-result") + "[data-broadcast]")
-            await result.wait_for()
-            bid = int(str(await result.get_attribute("data-broadcast")))
+            bid = await submit(page)
             await click_until(page, "compose-reload", by_testid("compose-reach") +
                               '[data-confirmed="3"][data-expected="3"]', 40,
                               "reach fills to the commune's three speakers")
@@ -505,10 +499,7 @@ async def test_where_a_zone_needs_approval_the_composer_submits_for_approval(str
         await page.check(by_testid(f"compose-zone-{NEIGHBOUR}.ap-1"))  # below the approval
         assert await page.locator(by_testid("compose-approval")).is_visible()
         assert await page.inner_text(by_testid("compose-submit")) == "Gửi duyệt"
-        await page.click(by_testid("compose-submit"))
-        result = page.locator(by_testid("compose-result") + '[data-state="pending_approval"]')
-        await result.wait_for()
-        bid = int(str(await result.get_attribute("data-broadcast")))
+        bid = await submit(page, "pending_approval")
         await screenshot(page, "compose-pending-approval-vi")
     status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
     assert (b["state"], b["zones"]) == ("pending_approval", [COMMUNE, f"{NEIGHBOUR}.ap-1"])
@@ -533,10 +524,7 @@ async def test_at_night_the_quiet_hours_refusal_shows_by_the_zones_and_an_admin_
         assert listed["broadcasts"] == []
         await screenshot(page, "compose-quiet-hours-vi")
         await page.check(by_testid("compose-override"))
-        await page.click(by_testid("compose-submit"))
-        result = page.locator(by_testid("compose-result") + '[data-state="on_air"]')
-        await result.wait_for()
-        bid = int(str(await result.get_attribute("data-broadcast")))
+        bid = await submit(page, "on_air")
         assert await error.is_hidden()
     status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
     assert (b["state"], b["override_quiet_hours"]) == ("on_air", True)
@@ -554,3 +542,13 @@ async def test_only_an_admin_of_every_chosen_zone_may_override_quiet_hours(strea
         await page.check(by_testid(f"compose-zone-{NEIGHBOUR}"))
         assert await override.is_disabled()
         assert "mọi khu vực đã chọn" in await page.inner_text(by_testid("compose-override-why"))
+
+
+async def submit(page: Page, state: str = "") -> int:
+    """Press the composer's submit button; the broadcast id it shows once the result is there
+    (in ``state``, if given)."""
+    await page.click(by_testid("compose-submit"))
+    where = f'[data-state="{state}"]' if state else "[data-broadcast]"
+    result = page.locator(by_testid("compose-result") + where)
+    await result.wait_for()
+    return int(str(await result.get_attribute("data-broadcast")))
