@@ -11,10 +11,7 @@ import asyncio
 import io
 import json
 import re
-import time
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +23,11 @@ from clients.ctl import call as call_ctl
 from tests.conftest import NIGHT
 from tests.harness.api import call, make_user
 from tests.harness.audio import correlation
-from tests.harness.browser import by_testid, chromium_page
+from tests.harness.browser import by_testid
 from tests.harness.console import (
+    admin_credentials,
+    click_until,
+    console_page,
     focus_is_visible,
     go,
     low_contrast,
@@ -49,30 +49,7 @@ NEIGHBOUR = "brvt.vung-tau.long-son"
 PASSWORD = "correct horse battery"
 #: every route of the console (CONSOLE.md)
 ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/speakers", "/audit",
-          "/reports", "/users", "/listen"]
-
-
-def admin_credentials(tmp_path: Path) -> tuple[str, str]:
-    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
-    return creds["user"], creds["password"]
-
-
-@asynccontextmanager
-async def console_page(viewport: tuple[int, int] | None = None) -> AsyncIterator[Page]:
-    """A Chromium page that fails the test on a script error or a CSP violation (an HTTP
-    refusal the page was meant to show, "Failed to load resource", is not one)."""
-    async with chromium_page(None, viewport=viewport) as page:
-        problems: list[str] = []
-
-        def on_console(m: Any) -> None:
-            if "Content Security Policy" in m.text or (
-                    m.type == "error" and not m.text.startswith("Failed to load resource")):
-                problems.append(f"console: {m.text}")
-
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("console", on_console)
-        yield page
-        assert not problems, problems
+          "/reports", "/users", "/listen", "/approvals"]
 
 
 # ---- serving -----------------------------------------------------------------------------
@@ -423,17 +400,6 @@ async def test_the_dashboard_follows_the_event_stream(streamer, tmp_path: Path) 
 
 
 # ---- against a whole loa up stack: streamer, relay, speakers -------------------------------
-
-
-async def click_until(page: Page, button: str, done: str, timeout_s: float, what: str) -> None:
-    """Wait for ``done`` (a selector); while the page has no live event stream, press the
-    page's own refresh ``button`` now and then, as an operator would."""
-    deadline = time.monotonic() + timeout_s
-    while not await page.locator(done).count():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
-            await page.click(by_testid(button))
-        await asyncio.sleep(1.0)
 
 
 @pytest.mark.realtime

@@ -3,11 +3,16 @@ through its data-testid handles, and where its screenshots go."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tests.harness.browser import by_testid
+from tests.harness.browser import by_testid, chromium_page
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -16,6 +21,29 @@ ROOT = Path(__file__).resolve().parents[2]
 #: screenshots of every page in both languages (gitignored; CI keeps the directory as an
 #: artifact); LOA_TEST_ARTIFACTS moves it
 ARTIFACTS = Path(os.environ.get("LOA_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "console"
+
+
+def admin_credentials(tmp_path: Path) -> tuple[str, str]:
+    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
+    return creds["user"], creds["password"]
+
+
+@asynccontextmanager
+async def console_page(viewport: tuple[int, int] | None = None) -> AsyncIterator[Page]:
+    """A Chromium page that fails the test on a script error or a CSP violation (an HTTP
+    refusal the page was meant to show, "Failed to load resource", is not one)."""
+    async with chromium_page(None, viewport=viewport) as page:
+        problems: list[str] = []
+
+        def on_console(m: Any) -> None:
+            if "Content Security Policy" in m.text or (
+                    m.type == "error" and not m.text.startswith("Failed to load resource")):
+                problems.append(f"console: {m.text}")
+
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("console", on_console)
+        yield page
+        assert not problems, problems
 
 
 async def open_console(page: Page, base_url: str, lang: str = "vi") -> None:
@@ -134,3 +162,14 @@ _LOW_CONTRAST_JS = """
 async def low_contrast(page: Page) -> list[str]:
     """The visible texts of the page that read below the WCAG AA contrast."""
     return [str(x) for x in await page.evaluate(_LOW_CONTRAST_JS)]
+
+
+async def click_until(page: Page, button: str, done: str, timeout_s: float, what: str) -> None:
+    """Wait for ``done`` (a selector); while the page has no live event stream, press the
+    page's own refresh ``button`` now and then, as an operator would."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.locator(done).count():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
+            await page.click(by_testid(button))
+        await asyncio.sleep(1.0)

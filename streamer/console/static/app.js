@@ -4,27 +4,37 @@
 // optional update(what) called when the store changes; they are rebuilt on a language switch.
 
 import { api, session } from "./api.js";
+import * as approvals from "./approvals.js";
+import * as audit from "./audit.js";
+import * as clips from "./clips.js";
 import * as compose from "./compose.js";
 import * as dashboard from "./dashboard.js";
 import { $, h } from "./dom.js";
 import { EventStream } from "./events.js";
-import { ADMIN, EMERGENCY, OPERATE, anywhere, heldRoles } from "./grants.js";
+import * as emergency from "./emergency.js";
+import { ADMIN, APPROVE, EMERGENCY, OPERATE, anywhere, heldRoles } from "./grants.js";
 import { LANGS, applyI18n, currentLang, savedLang, setLang, t } from "./i18n.js";
+import * as listen from "./listen.js";
+import * as reports from "./reports.js";
+import * as schedules from "./schedules.js";
+import * as speakers from "./speakers.js";
 import { apply, clear, emergenciesOnAir, refresh, store, subscribe, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
+import * as users from "./users.js";
 
 // `needs`: roles needed somewhere, else the entry is disabled with its reason (`hide`: left out)
 const ROUTES = [
   { path: "/", key: "dashboard", page: dashboard },
   { path: "/compose", key: "compose", page: compose, needs: OPERATE, why: "nav.why_operator" },
-  { path: "/emergency", key: "emergency", needs: EMERGENCY, why: "nav.why_emergency" },
-  { path: "/schedules", key: "schedules" },
-  { path: "/clips", key: "clips" },
-  { path: "/speakers", key: "speakers" },
-  { path: "/audit", key: "audit" },
-  { path: "/reports", key: "reports" },
-  { path: "/users", key: "users", needs: ADMIN, why: "nav.why_admin", hide: true },
-  { path: "/listen", key: "listen" },
+  { path: "/emergency", key: "emergency", page: emergency, needs: EMERGENCY, why: "nav.why_emergency" },
+  { path: "/approvals", key: "approvals", page: approvals, needs: APPROVE, why: "nav.why_approver", hide: true },
+  { path: "/schedules", key: "schedules", page: schedules },
+  { path: "/clips", key: "clips", page: clips },
+  { path: "/speakers", key: "speakers", page: speakers },
+  { path: "/audit", key: "audit", page: audit },
+  { path: "/reports", key: "reports", page: reports },
+  { path: "/users", key: "users", page: users, needs: ADMIN, why: "nav.why_admin", hide: true },
+  { path: "/listen", key: "listen", page: listen },
 ];
 
 const shell = { route: null, page: null, liveState: "off", streamWasLive: false };
@@ -172,13 +182,9 @@ function route() {
   if (!mayOpen(r)) {
     view.replaceChildren(h("h1", { tabindex: "-1", text: t(`nav.${r.key}`) }),
       h("p", { class: "notice", "data-testid": "not-allowed", text: t(r.why) }));
-  } else if (r.page) {
+  } else {
     shell.page = r.page;
     r.page.render(view, { user: store.user });
-  } else {
-    view.replaceChildren(h("h1", { tabindex: "-1", text: t(`nav.${r.key}`) }),
-      h("p", { class: "notice", "data-testid": "not-built", text: t("page.not_built") }),
-      h("p", { text: t(`page.meanwhile.${r.key}`) }));
   }
   document.title = `${t(`nav.${r.key}`)} · ${t("app.title")}`;
   const heading = view.querySelector("h1");

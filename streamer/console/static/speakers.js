@@ -1,0 +1,7 @@
+// #/speakers: not built yet; the page says so and names what to use meanwhile.
+
+import { notBuilt } from "./ui.js";
+
+export function render(view) {
+  notBuilt(view, "speakers");
+}
