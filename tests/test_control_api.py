@@ -90,6 +90,37 @@ async def test_every_state_change_is_audited_with_user_and_time(streamer):
     assert all(OTHER not in e["zones"] and "brvt" not in e["zones"] for e in mine)
 
 
+async def test_the_audit_log_filters_by_zone_and_outcome_and_pages_back(streamer):
+    op = await make_user(streamer, "op4", ("operator", OP))
+    for _ in range(3):
+        await call(streamer, "POST", "/api/v1/broadcasts", headers=op,
+                   json={"zones": [OP], "source": TONE})
+    await call(streamer, "POST", "/api/v1/broadcasts", headers=op,
+               json={"zones": [OTHER], "source": TONE})  # refused: audited as denied
+    await call(streamer, "PATCH", f"/api/v1/zones/{OTHER}", json={"requires_approval": True})
+    status, here = await call(streamer, "GET", f"/api/v1/audit?zone={OP}")
+    assert status == 200
+    assert [e["action"] for e in here["entries"]] == ["broadcast"] * 3 + ["create_user"]
+    assert here["next"] is None
+    status, denied = await call(streamer, "GET", "/api/v1/audit?outcome=denied")
+    assert [(e["user"], e["zones"]) for e in denied["entries"]] == [("op4", [OTHER])]
+    # two at a time, newest first, until `next` runs out: every entry once, in order
+    whole = (await call(streamer, "GET", "/api/v1/audit"))[1]["entries"]
+    pages: list[dict] = []
+    query = "/api/v1/audit?limit=2"
+    while True:
+        status, page = await call(streamer, "GET", query)
+        assert status == 200 and len(page["entries"]) <= 2
+        pages += page["entries"]
+        if page["next"] is None:
+            break
+        query = f"/api/v1/audit?limit=2&before={page['next']}"
+    assert [e["id"] for e in pages] == [e["id"] for e in whole] and len(whole) >= 6
+    for bad in ("zone=BRVT!", "before=newest", "outcome=" + "x" * 17):
+        status, err = await call(streamer, "GET", f"/api/v1/audit?{bad}")
+        assert status == 400 and err["field"] == bad.split("=")[0], err
+
+
 async def test_quiet_hours_refuse_then_admin_override_is_audited(streamer):
     streamer.plane.now = lambda: DAYTIME - 6 * 3600 - 45 * 60  # 03:15 local
     op = await make_user(streamer, "op3", ("operator", OP))

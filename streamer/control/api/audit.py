@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
-from streamer.control.models import AuditEntry
+from streamer.control.models import AuditEntry, ZoneId, covers
 
 from .core import API, Ctx
 
@@ -14,10 +14,22 @@ class AuditQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000)
     user: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=64)
+    zone: ZoneId | None = Field(None, description="entries touching this zone or below it")
+    outcome: str | None = Field(None, max_length=16, description="ok, denied, skipped, …")
+    before: str | None = Field(None, pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
+                               description="the `next` of the previous page")
 
 
 class AuditList(BaseModel):
     entries: list[AuditEntry]
+    next: str | None = Field(None, description="pass as `before` for older entries; absent "
+                             "at the oldest")
+
+
+def _matches(q: AuditQuery, e: AuditEntry) -> bool:
+    return ((not q.user or e.user == q.user) and (not q.action or e.action == q.action)
+            and (not q.outcome or e.outcome == q.outcome)
+            and (not q.zone or any(covers(q.zone, z) for z in e.zones)))
 
 
 @API.route("GET", "/api/v1/audit", summary="Who did what, when, where (newest first)",
@@ -27,13 +39,14 @@ async def audit_log(ctx: Ctx) -> AuditList:
     me = ctx.me
     root_admin = any(g.role == "admin" and "." not in g.zone for g in me.grants)
     out: list[AuditEntry] = []
-    before: str | None = "+"
-    while before is not None and len(out) < q.limit:
+    before: str | None = "(" + q.before if q.before else "+"
+    while before is not None and len(out) <= q.limit:
         page, before = await ctx.services.state.audit_page(before)
         for e in page:
-            if q.user and e.user != q.user or q.action and e.action != q.action:
+            if not _matches(q, e):
                 continue
             if (any(auth.allowed(me, auth.VIEW, z) for z in e.zones) if e.zones
                     else root_admin or e.user == me.name):
                 out.append(e)
-    return AuditList(entries=out[: q.limit])
+    more = len(out) > q.limit
+    return AuditList(entries=out[: q.limit], next=out[q.limit - 1].id if more else None)
