@@ -116,7 +116,11 @@ async def test_the_audit_log_filters_by_zone_and_outcome_and_pages_back(streamer
             break
         query = f"/api/v1/audit?limit=2&before={page['next']}"
     assert [e["id"] for e in pages] == [e["id"] for e in whole] and len(whole) >= 6
-    for bad in ("zone=BRVT!", "before=newest", "outcome=" + "x" * 17):
+    for edge in ("0-0", "00-000", "9999999999999999999-9999999999999999999"):
+        status, page = await call(streamer, "GET", f"/api/v1/audit?before={edge}")
+        assert status == 200 and (page["entries"] == []) == edge.startswith("0"), page
+    for bad in ("zone=BRVT!", "before=newest", "before=99999999999999999999-0",
+                "outcome=" + "x" * 17):
         status, err = await call(streamer, "GET", f"/api/v1/audit?{bad}")
         assert status == 400 and err["field"] == bad.split("=")[0], err
 

@@ -378,6 +378,9 @@ async def test_presence_reach_and_alerts_from_a_device_over_mqtt(streamer, mosqu
                                 retain=True)
             down = await st.wait("alert", name="relay_offline", state="firing")
             assert down["zones"] == [OP] and "relay-1" in down["summary"]
+            status, listed = await call(streamer, "GET", "/api/v1/relays")
+            assert [(r["id"], r["presence"]["state"]) for r in listed["relays"]] == [
+                ("relay-1", "offline")]
 
         # a client that connects now is told of the alerts firing, and only in its zones
         other = await make_user(streamer, "op-kim-long", ("operator", OTHER))

@@ -6,7 +6,7 @@
 // so a keyboard user's focus and the open/closed branches survive live updates.
 
 import { $, h } from "./dom.js";
-import { formatTime, has, t } from "./i18n.js";
+import { currentLang, formatTime, has, t } from "./i18n.js";
 import * as map from "./map.js";
 import {
   emergenciesOnAir, leavesUnder, refresh, speakerCounts, store, zoneName,
@@ -198,7 +198,7 @@ function renderAlerts() {
   const items = [];
   for (const a of store.alerts.values()) {
     items.push(h("li", { class: "alert", "data-testid": "alert" },
-      h("strong", { text: has(`alert.${a.name}`) ? t(`alert.${a.name}`) : a.name }), " ", a.summary || "",
+      h("strong", { text: has(`alert.${a.name}`) ? t(`alert.${a.name}`) : a.name }), " ", alertDetail(a),
       a.zones && a.zones.length ? h("span", { class: "muted", text: ` (${a.zones.map(zoneName).join(", ")})` }) : ""));
   }
   for (const a of store.approvals.values()) {
@@ -208,6 +208,13 @@ function renderAlerts() {
   }
   box.replaceChildren(items.length ? h("ul", { class: "plain" }, items)
     : h("p", { class: "muted", text: t("dash.no_alerts") }));
+}
+
+/** What an alert is about, in the console's language: the server's summary is English, so
+ * other languages name its subject (a zone by its name, a relay by its id) instead. */
+function alertDetail(a) {
+  if (currentLang() === "en" || !has(`alert.${a.name}`)) return a.summary || "";
+  return a.subject ? zoneName(a.subject) : "";
 }
 
 // ---- relays --------------------------------------------------------------------------------
@@ -226,7 +233,7 @@ function renderRelays() {
   const rows = store.relays.map((r) => {
     const alert = relayAlert(r.id);
     const state = r.presence && r.presence.state;
-    const health = alert ? t("dash.relay_alert", { summary: alert.summary || alert.name })
+    const health = alert ? t("dash.relay_alert", { summary: currentLang() === "en" ? alert.summary || alert.name : t("alert.relay_offline").replace(/:$/, "") })
       : state ? t(`presence.${state}`) : t("dash.relay_no_alert");
     return h("tr", { "data-testid": `relay-${r.id}`, class: alert || state === "offline" ? "bad" : "" },
       h("th", { scope: "row", text: r.id }),

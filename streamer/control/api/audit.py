@@ -16,7 +16,8 @@ class AuditQuery(BaseModel):
     action: str | None = Field(None, max_length=64)
     zone: ZoneId | None = Field(None, description="entries touching this zone or below it")
     outcome: str | None = Field(None, max_length=16, description="ok, denied, skipped, …")
-    before: str | None = Field(None, pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
+    # up to 19 digits each: always below 2**64, so Redis never refuses the id
+    before: str | None = Field(None, pattern=r"^[0-9]{1,19}-[0-9]{1,19}$",
                                description="the `next` of the previous page")
 
 
@@ -39,6 +40,8 @@ async def audit_log(ctx: Ctx) -> AuditList:
     me = ctx.me
     root_admin = any(g.role == "admin" and "." not in g.zone for g in me.grants)
     out: list[AuditEntry] = []
+    if q.before and set(q.before) <= {"0", "-"}:
+        return AuditList(entries=[])  # nothing is older than 0-0 (and Redis refuses "(0-0")
     before: str | None = "(" + q.before if q.before else "+"
     while before is not None and len(out) <= q.limit:
         page, before = await ctx.services.state.audit_page(before)

@@ -7,7 +7,7 @@ import time
 from pydantic import BaseModel, Field
 
 from streamer.control import auth
-from streamer.control.models import DeviceId, Relay, ZoneId
+from streamer.control.models import DeviceId, Presence, Relay, ZoneId
 from streamer.control.schemas import BadRequest, Body
 
 from .core import API, Conflict, Ctx, NotFound
@@ -21,14 +21,23 @@ class RelayIn(Body):
     zone: ZoneId | None = None
 
 
+class RelayOut(Relay):
+    presence: Presence = Field(description="online or offline as the relay last told the "
+                               "broker (its will when it vanished); unknown before")
+
+
 class RelayList(BaseModel):
-    relays: list[Relay]
+    relays: list[RelayOut]
 
 
-@API.route("GET", "/api/v1/relays", summary="Registered relays", tag="relays",
-           response=RelayList)
+@API.route("GET", "/api/v1/relays", summary="Registered relays, with their presence",
+           tag="relays", response=RelayList)
 async def list_relays(ctx: Ctx) -> RelayList:
-    return RelayList(relays=sorted(await ctx.services.state.relays.all(), key=lambda r: r.id))
+    state = ctx.services.state
+    relays = sorted(await state.relays.all(), key=lambda r: r.id)
+    presence = await state.presence.many([r.id for r in relays])
+    return RelayList(relays=[RelayOut(**r.model_dump(), presence=p or Presence())
+                             for r, p in zip(relays, presence, strict=True)])
 
 
 @API.route("POST", "/api/v1/relays", summary="Register a relay; returns its MQTT password once",
