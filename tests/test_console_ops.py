@@ -294,3 +294,25 @@ async def test_listen_in_plays_what_the_channel_airs(streamer) -> None:
             "document.querySelector('[data-testid=listen-audio]').paused") is True
         await switch_lang(page, "en")
         await screenshot(page, "listen-en")
+
+
+async def test_a_commune_operator_never_meets_a_403_on_any_page(streamer) -> None:
+    """Every page a commune operator can open, and the ones they cannot typed in by hand:
+    the console asks the API only what they may ask, so no call is refused and the audit log
+    holds no denied entry for them."""
+    await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
+    refused: list[str] = []
+    async with console_page() as page:
+        page.on("response", lambda r: refused.append(f"{r.status} {r.url}")
+                if r.status == 403 else None)
+        await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
+        links = await page.locator(by_testid("nav") + " a").evaluate_all(
+            "els => els.map(e => e.getAttribute('href').slice(1))")
+        assert "/users" not in links and "/emergency" not in links and "/approvals" not in links
+        for route in [*links, "/users", "/emergency", "/approvals"]:
+            await go(page, route)
+            await page.wait_for_load_state("networkidle")
+            assert NEIGHBOUR not in await page.inner_text("#view"), route
+    assert refused == []
+    status, log = await call(streamer, "GET", "/api/v1/audit?user=op-thang-tam&outcome=denied")
+    assert (status, log["entries"]) == (200, [])
