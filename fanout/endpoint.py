@@ -41,7 +41,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from wire import subscribe, token
 from wire.auth import Keyring
 from wire.packet import MalformedPacket
-from wire.subscribe import Addr, Dropped, Resend, Subscribed, SubscribeServer, Unsubscribed
+from wire.subscribe import (
+    Addr,
+    Dropped,
+    Message,
+    MsgType,
+    Resend,
+    Subscribed,
+    SubscribeServer,
+    TimeAsked,
+    Unsubscribed,
+)
 
 from . import udp
 from .mmsg import SendBatch, sockaddr
@@ -203,7 +213,7 @@ class _Metrics:
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
         self.control_dropped = Counter(
-            "loa_fanout_control_dropped", "KEEPALIVE, BYE and RESEND messages ignored: "
+            "loa_fanout_control_dropped", "KEEPALIVE, BYE, RESEND and TIME messages ignored: "
             "malformed (e.g. no cookie) or without their subscription's cookie (forged)",
             (*p, "type", "reason"), registry=r)
 
@@ -233,10 +243,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         burst_s: float = BURST_S,
         tokens: Keyring | None = None,
         wall: Callable[[], float] = time.time,
+        timeline: Callable[[], int | None] = time.time_ns,
     ) -> None:
         """``tokens``: subscribers must present a token signed by one of these keys
         (``wire/token.py``); None lets anyone subscribe. ``wall``: the clock tokens are
-        checked on."""
+        checked on. ``timeline``: the streamer's time now, ns (the streamer's own clock; a
+        relay's estimate of it, None until it has one), which TIME asks for."""
         self.process = process
         self.registry = registry
         self.ptime_ms = ptime_ms
@@ -244,6 +256,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self.multicast_ttl = multicast_ttl
         self.burst_s = burst_s
         self._clock = clock
+        self._timeline = timeline
         # The cookie secret is random per process: cookies need no sharing, only to survive
         # COOKIE_TTL_S, and a restart simply makes subscribers handshake again.
         self.server = SubscribeServer(
@@ -502,6 +515,9 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         if isinstance(event, Resend):
             self._resend(event, len(data))
             return
+        if isinstance(event, TimeAsked):
+            self._time(event)
+            return
         self.metrics.handshakes.labels(self.process, _outcome(data, reply)).inc()
         self._unreachable.pop(src, None)  # it speaks, so it is there
         if reply is not None:
@@ -561,6 +577,18 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             return
         self.metrics.handshakes.labels(self.process, "resend").inc()
         self._send(loas, event.addr)
+
+    def _time(self, event: TimeAsked) -> None:
+        """A subscriber asks for the time: our timeline when the request was handled, as
+        both receive and send time (microseconds apart here; time a request waited in the
+        socket lengthens its round trip, and the asker trusts the shortest ones)."""
+        now = self._timeline()
+        if now is None:  # a relay not yet in step with its upstream: better silent than wrong
+            self.metrics.handshakes.labels(self.process, "time_unsynced").inc()
+            return
+        self.metrics.handshakes.labels(self.process, "time").inc()
+        self._send(Message(MsgType.TIMEREPLY, event.channel, t1=event.t1, t2=now,
+                           t3=now).build(), event.addr)
 
     def _burst(self, channel: str, addr: Addr) -> None:
         ring = self._rings.get(channel)
@@ -656,12 +684,12 @@ def _numeric(addr: Addr) -> Addr:
 
 
 _KEEPALIVE_BYE = {int(subscribe.MsgType.KEEPALIVE): "keepalive", int(subscribe.MsgType.BYE): "bye",
-                  int(subscribe.MsgType.RESEND): "resend"}
+                  int(subscribe.MsgType.RESEND): "resend", int(subscribe.MsgType.TIME): "time"}
 
 
 def _outcome(request: bytes, reply: bytes | None) -> str:
-    kind = {1: "hello", 3: "subscribe", 5: "keepalive", 6: "bye", 8: "resend"}.get(request[4],
-                                                                                 "ignored")
+    kind = {1: "hello", 3: "subscribe", 5: "keepalive", 6: "bye", 8: "resend",
+            9: "time"}.get(request[4], "ignored")
     if reply is None:
         return kind
     if reply[4] == subscribe.MsgType.REJECT:

@@ -281,6 +281,42 @@ def test_keepalives_are_jittered_so_bursts_spread_out():
     assert all(3.7 <= t <= 5.05 for t in due) and max(due) - min(due) > 0.5
 
 
+def test_time_is_asked_with_the_cookie_and_only_answers_to_our_questions_count():
+    srv = server()
+    got: list[tuple[int, int, int]] = []
+    cl = sub.SubscribeClient("spk-1", "ch", [UP], on_time=lambda *t: got.append(t))
+    assert cl.ask_time(5) == []  # not subscribed: no cookie to ask with
+    handshake(srv, cl)
+    t1 = 1_796_000_000_123_456_789
+    (data, to), = cl.ask_time(t1)
+    assert to == UP and sub.parse(data) == sub.Message(sub.MsgType.TIME, "ch",
+                                                       cookie=cl._cookie, t1=t1)
+    assert srv.handle(data, ME, 1) == (None, sub.TimeAsked(ME, "ch", t1))
+    for name, cookie in _forged_cookies(srv).items():
+        forged = sub.Message(sub.MsgType.TIME, "ch", cookie=cookie, t1=t1).build()
+        assert srv.handle(forged, ME, 1) == (
+            None, sub.Dropped(ME, "ch", "time", "bad_cookie")), name
+    assert srv.handle(data, ("10.7.7.7", 1), 1) == (None, None)  # no reflector for others
+    reply = sub.Message(sub.MsgType.TIMEREPLY, "ch", t1=t1, t2=t1 + 7, t3=t1 + 9).build()
+    assert len(reply) < len(data)  # never an amplifier
+    assert sub.parse(reply).t3 == t1 + 9
+    for forged in (sub.Message(sub.MsgType.TIMEREPLY, "ch", t1=t1 + 1, t2=1, t3=1).build(),
+                   sub.Message(sub.MsgType.TIMEREPLY, "other", t1=t1, t2=1, t3=1).build()):
+        assert cl.handle(forged, UP, 1) == []
+    assert cl.handle(reply, ("10.9.9.9", 5000), 1) == []  # not from our upstream
+    assert got == []
+    assert cl.handle(reply, UP, 1) == [] and cl.handle(reply, UP, 1) == []  # the same twice
+    assert got == [(t1, t1 + 7, t1 + 9)]
+    # the last 8 asked are remembered: a late answer to the 8th-last still counts
+    asked = [cl.ask_time(t1 + 100 + i) for i in range(9)]
+    assert all(asked)
+    late = sub.Message(sub.MsgType.TIMEREPLY, "ch", t1=t1 + 100, t2=0, t3=0).build()
+    cl.handle(late, UP, 2)
+    still = sub.Message(sub.MsgType.TIMEREPLY, "ch", t1=t1 + 101, t2=0, t3=0).build()
+    cl.handle(still, UP, 2)
+    assert got[1:] == [(t1 + 101, 0, 0)]
+
+
 def test_a_resend_carries_the_cookie_and_is_padded_against_amplification():
     srv, cl = server(), sub.SubscribeClient("spk-1", "ch", [UP])
     assert cl.resend(7) == []  # not subscribed: no cookie to ask with

@@ -51,6 +51,8 @@ class MsgType(IntEnum):
     BYE = 6
     REJECT = 7
     RESEND = 8
+    TIME = 9
+    TIMEREPLY = 10
 
 
 class RejectReason(IntEnum):
@@ -84,6 +86,11 @@ class Message:
     ptime_ms: int = 0
     reason: int = 0
     seq: int = 0  # RESEND: a sequence number of the batch whose LOAS is asked for
+    # TIME, TIMEREPLY (ns since the Unix epoch, ``wire/timesync.py``): t1 the asker's clock
+    # when it asked; t2, t3 the upstream's timeline when the request came and the answer left
+    t1: int = 0
+    t2: int = 0
+    t3: int = 0
 
     def build(self) -> bytes:
         ch = _str8(self.channel)
@@ -107,6 +114,10 @@ class Message:
             body = head + ch + _fixed(self.cookie, COOKIE_LEN) + struct.pack("!BH", RESEND_LOAS,
                                                                              self.seq)
             return body + bytes(max(0, RESEND_MIN_LEN - len(body)))
+        if t is MsgType.TIME:  # 8 bytes longer than the answer: no amplification
+            return head + ch + _fixed(self.cookie, COOKIE_LEN) + struct.pack("!q", self.t1)
+        if t is MsgType.TIMEREPLY:
+            return head + ch + struct.pack("!qqq", self.t1, self.t2, self.t3)
         # KEEPALIVE, BYE: the subscription's cookie (it also leaves room for a REJECT answer)
         return head + ch + _fixed(self.cookie, COOKIE_LEN)
 
@@ -138,6 +149,13 @@ def parse(data: bytes) -> Message:
         if what != RESEND_LOAS:
             raise MalformedPacket(f"RESEND of unknown kind {what}")
         return Message(t, channel, cookie=cookie, seq=seq)
+    if t is MsgType.TIME:
+        cookie = r.take(COOKIE_LEN)
+        (t1,) = struct.unpack("!q", r.take(8))
+        return Message(t, channel, cookie=cookie, t1=t1)
+    if t is MsgType.TIMEREPLY:
+        t1, t2, t3 = struct.unpack("!qqq", r.take(24))
+        return Message(t, channel, t1=t1, t2=t2, t3=t3)
     return Message(t, channel, cookie=r.take(COOKIE_LEN))  # KEEPALIVE, BYE
 
 
@@ -231,7 +249,7 @@ class Dropped:
 
     addr: Addr
     channel: str
-    type: str  # "keepalive" | "bye" | "resend"
+    type: str  # "keepalive" | "bye" | "resend" | "time"
     reason: str  # "bad_cookie"
 
 
@@ -245,7 +263,17 @@ class Resend:
     seq: int
 
 
-Event = Subscribed | Unsubscribed | Dropped | Resend
+@dataclass(slots=True, frozen=True)
+class TimeAsked:
+    """A subscriber asks for the time: the caller answers TIMEREPLY with its own timeline
+    (this module reads no clock), echoing ``t1``."""
+
+    addr: Addr
+    channel: str
+    t1: int
+
+
+Event = Subscribed | Unsubscribed | Dropped | Resend | TimeAsked
 
 
 @dataclass(slots=True)
@@ -320,7 +348,15 @@ class SubscribeServer:
                 event = Dropped(addr, ch, "resend", "bad_cookie")
             else:
                 event = Resend(addr, ch, msg.seq)
-        # COOKIE, SUBACK and REJECT are for subscribers: an upstream ignores them.
+        elif msg.type is MsgType.TIME:
+            sub = self.subscribers.get(ch, {}).get(addr)
+            if sub is None:
+                pass  # the time is for subscribers: no reflector for anyone else
+            elif not hmac.compare_digest(sub.cookie, msg.cookie):
+                event = Dropped(addr, ch, "time", "bad_cookie")
+            else:
+                event = TimeAsked(addr, ch, msg.t1)
+        # COOKIE, SUBACK, REJECT and TIMEREPLY are for subscribers: an upstream ignores them.
         if reply is not None and len(reply) > len(data):
             reply = None  # never amplify
         return reply, event
@@ -417,6 +453,9 @@ class SubscribeClient:
     ptime_ms: int = 20
     keepalive_s: float = 5.0
     failovers: int = 0
+    #: told of each TIMEREPLY that answers one of our last TIMEs: (t1, t2, t3), the caller
+    #: adds its own receive time t4 (``wire/timesync.py``)
+    on_time: Callable[[int, int, int], None] | None = None
     #: keepalives go out after 75-100 % of the interval, so that subscribers that started
     #: together (after a relay restart) do not hit the upstream in one burst forever
     rng: random.Random = field(default_factory=random.Random)
@@ -425,6 +464,7 @@ class SubscribeClient:
     _phase_since: float = 0.0
     _last_sent: float = float("-inf")
     _last_media: float = 0.0
+    _times_asked: list[int] = field(default_factory=list)  # t1 of the last TIMEs, newest last
 
     @property
     def upstream(self) -> Addr:
@@ -458,6 +498,13 @@ class SubscribeClient:
             self._keepalive_due = self.keepalive_s * self.rng.uniform(0.75, 1.0)
             self._phase_since = now
             self._last_media = now
+            return []
+        if msg.type is MsgType.TIMEREPLY:
+            # only an answer to a TIME we sent counts: t1 is our clock in ns, which nobody
+            # off the path can guess, so a forged answer cannot move our timeline
+            if msg.t1 in self._times_asked and self.on_time is not None:
+                self._times_asked.remove(msg.t1)
+                self.on_time(msg.t1, msg.t2, msg.t3)
             return []
         if msg.type is MsgType.REJECT:
             if msg.reason in (RejectReason.NOT_SUBSCRIBED, RejectReason.BAD_COOKIE):
@@ -501,6 +548,16 @@ class SubscribeClient:
         if self.state is not ClientState.SUBSCRIBED:
             return []
         msg = Message(MsgType.RESEND, self.channel, cookie=self._cookie, seq=seq)
+        return [(msg.build(), self.upstream)]
+
+    def ask_time(self, t1: int) -> list[tuple[bytes, Addr]]:
+        """A TIME for the upstream, stamped ``t1`` (our clock, ns); nothing unless subscribed
+        (a TIME needs the subscription's cookie). The last 8 asked are remembered, so that
+        late answers still count and unasked ones do not."""
+        if self.state is not ClientState.SUBSCRIBED:
+            return []
+        self._times_asked = [*self._times_asked[-7:], t1]
+        msg = Message(MsgType.TIME, self.channel, cookie=self._cookie, t1=t1)
         return [(msg.build(), self.upstream)]
 
     def close(self) -> list[tuple[bytes, Addr]]:
