@@ -204,22 +204,26 @@ function renderWeek() {
     const items = shown.filter((o) => local(o.start).day === day);
     nodes.push(h("h2", { class: `cal-day c${i + 2}${day === today ? " today" : ""}`, "data-testid": "cal-day", "data-day": day },
       dayName(day), day === today ? h("span", { class: "today-mark", text: ` · ${t("sched.today")}` }) : null));
+    const inDay = []; // [minute of the day, node]: in time order, as the phone's list reads
     for (const [a, b] of bands) {
       const top = Math.floor(a / 60);
       const bottom = Math.ceil(b / 60);
-      nodes.push(h("div", {
+      const start = hhmm(Math.floor(a / 60), a % 60);
+      const end = hhmm(Math.floor(b / 60), b % 60);
+      inDay.push([a, h("div", {
         class: `quiet-band c${i + 2} r${top} to${bottom}`, "data-testid": "quiet-band", "data-day": day,
-        "data-start": hhmm(Math.floor(a / 60), a % 60), "data-end": hhmm(Math.floor(b / 60), b % 60),
-      }, h("span", { class: "quiet-text", text: t("sched.quiet_band", { start: hhmm(Math.floor(a / 60), a % 60), end: hhmm(Math.floor(b / 60), b % 60) }) })));
+        "data-start": start, "data-end": end,
+      }, h("span", { class: "quiet-text", text: t("sched.quiet_band", { start, end }) }))]);
     }
     const byHour = new Map();
     for (const o of items) {
       const hour = local(o.start).hour;
       byHour.set(hour, [...(byHour.get(hour) || []), o]);
     }
-    for (const [hour, list] of [...byHour].sort((x, y) => x[0] - y[0])) {
-      nodes.push(h("ul", { class: `cal-slot c${i + 2} r${hour}` }, list.map((o) => h("li", {}, occurrence(o)))));
+    for (const [hour, list] of byHour) {
+      inDay.push([hour * 60, h("ul", { class: `cal-slot c${i + 2} r${hour}` }, list.map((o) => h("li", {}, occurrence(o))))]);
     }
+    nodes.push(...inDay.sort((x, y) => x[0] - y[0]).map(([, node]) => node));
     if (!items.length) nodes.push(h("p", { class: `cal-none c${i + 2}`, text: t("sched.nothing_this_day") }));
   });
   cal.replaceChildren(...nodes);
