@@ -221,6 +221,25 @@ async def test_an_operator_edits_one_schedule_and_deletes_another(streamer) -> N
         assert (await call(streamer, "GET", "/api/v1/schedules/s2"))[0] == 404
         assert [i["schedule"] for i in await occurrences(page)] == ["s1"]
 
+        # a hamlet with its own quiet hours: the filter on it shades those, and keeps the
+        # schedules that reach it from the commune
+        status, z = await call(streamer, "PATCH", f"/api/v1/zones/{COMMUNE}.kp-1",
+                               json={"quiet_hours": "21:30-05:30"})
+        assert status == 200, z
+        await page.reload()
+        await page.locator(by_testid("calendar") + '[data-state="ready"]').wait_for()
+        await page.select_option(by_testid("cal-zone"), f"{COMMUNE}.kp-1")
+        bands = await page.locator(by_testid("quiet-band") + f'[data-day="{week}"]'
+                                   ).evaluate_all("els => els.map(e => [e.dataset.start, "
+                                                  "e.dataset.end])")
+        assert bands == [["00:00", "05:30"], ["21:30", "24:00"]]
+        assert [i["schedule"] for i in await occurrences(page)] == ["s1"]
+        await page.select_option(by_testid("cal-zone"), COMMUNE)
+        bands = await page.locator(by_testid("quiet-band") + f'[data-day="{week}"]'
+                                   ).evaluate_all("els => els.map(e => [e.dataset.start, "
+                                                  "e.dataset.end])")
+        assert bands == [["00:00", "05:00"], ["22:00", "24:00"]]
+
         # the next week and back
         await page.click(by_testid("week-next"))
         await page.locator(f'{by_testid("cal-day")}[data-day="{week + timedelta(days=7)}"]'
@@ -253,6 +272,15 @@ async def test_a_commune_operator_sees_only_their_communes_schedules(streamer) -
         boxes = await page.locator(by_testid("sf-zones") + " input").evaluate_all(
             "els => els.map(e => e.value)")
         assert boxes == [COMMUNE, *(f"{COMMUNE}.kp-{i}" for i in (1, 2, 3))]
+
+    # a viewer sees the calendar, and has no form: no "new" button, items are not buttons
+    await make_user(streamer, "xem-thang-tam", ("viewer", COMMUNE), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "xem-thang-tam", PASSWORD)
+        await open_schedules(page)
+        assert [i["schedule"] for i in await occurrences(page)] == ["s1"]
+        assert await page.locator(by_testid("schedule-new")).count() == 0
+        assert await page.locator(f'button{by_testid("occurrence")}').count() == 0
 
 
 async def test_at_390_px_the_week_is_a_day_list_usable_by_keyboard(
