@@ -209,10 +209,21 @@ async def test_an_operator_edits_one_schedule_and_deletes_another(streamer) -> N
         moved = [i for i in await occurrences(page) if i["schedule"] == "s1"]
         assert [(i["day"], i["time"]) for i in moved] == [(str(wednesday), "13:30")]
 
-        # the daily rule opens as its preset; deleting asks first
+        # the daily rule opens as its preset; a new label alone is all the PATCH sends, so
+        # in a zone that now asks for approval the schedule stays approved
+        status, z = await call(streamer, "PATCH", f"/api/v1/zones/{COMMUNE}",
+                               json={"requires_approval": True})
+        assert status == 200, z
         await page.click(f'{by_testid("occurrence")}[data-schedule="s2"] >> nth=0')
         assert await page.input_value(by_testid("sf-preset")) == "daily"
         assert await page.input_value(by_testid("sf-time-1")) == "07:00"
+        await page.fill(by_testid("sf-label"), "Thể dục buổi sáng (loa ngoài trời)")
+        await page.click(by_testid("sf-save"))
+        await saved(page, "Đã lưu lịch s2.")
+        status, s2 = await call(streamer, "GET", "/api/v1/schedules/s2")
+        assert (s2["label"], s2["approved"]) == ("Thể dục buổi sáng (loa ngoài trời)", True)
+        # deleting asks first
+        await page.click(f'{by_testid("occurrence")}[data-schedule="s2"] >> nth=0')
         await page.click(by_testid("sf-delete"))
         await page.locator(by_testid("sf-confirm")).wait_for(state="visible")
         assert (await call(streamer, "GET", "/api/v1/schedules/s2"))[0] == 200

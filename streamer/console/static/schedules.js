@@ -662,7 +662,9 @@ async function preview() {
       const at = local(x);
       return h("li", { "data-testid": "sf-next-item", text: `${dayName(at.day)} ${hhmm(at.hour, at.minute)}` });
     }));
-    $("sf-approval").hidden = dry.approved;
+    const renamed = page.editing && page.editing.approved &&
+      Object.keys(changesFrom(page.editing, out)).every((k) => k === "label");
+    $("sf-approval").hidden = dry.approved || renamed;
   } catch (err) {
     if (seq !== page.previewSeq || err.status === undefined) return;
     list.dataset.state = "refused";
@@ -689,8 +691,7 @@ async function save(event) {
   button.disabled = true;
   try {
     const s = page.editing;
-    let sent = out;
-    if (!s) sent = Object.fromEntries(Object.entries(out).filter(([, v]) => v !== null));
+    const sent = s ? changesFrom(s, out) : Object.fromEntries(Object.entries(out).filter(([, v]) => v !== null));
     const saved = s ? await api("PATCH", `/schedules/${s.id}`, sent) : await api("POST", "/schedules", sent);
     closeForm();
     await load();
@@ -701,6 +702,18 @@ async function save(event) {
   } finally {
     if ($("sf-save")) $("sf-save").disabled = false;
   }
+}
+
+/** Only the fields the form changed: the API holds a schedule for approval again unless a
+ * change is to its label or on/off switch alone, judged by the fields sent. */
+function changesFrom(old, out) {
+  const same = (a, b) => JSON.stringify(sorted(a ?? null)) === JSON.stringify(sorted(b ?? null));
+  return Object.fromEntries(Object.entries(out).filter(([k, v]) => !same(old[k], v)));
+}
+
+function sorted(v) {
+  if (Array.isArray(v) || v === null || typeof v !== "object") return v;
+  return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted(v[k])]));
 }
 
 function askDelete() {
