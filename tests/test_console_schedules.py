@@ -9,8 +9,13 @@ through the API. The streamer's clock is pinned to a Monday computed from today
 
 from __future__ import annotations
 
+import io
+import wave
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import numpy as np
 
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid
@@ -318,3 +323,63 @@ async def test_at_390_px_the_week_is_a_day_list_usable_by_keyboard(
         assert await low_contrast(page) == []
         await page.click(by_testid("sf-cancel"))
         await screenshot(page, "schedules-390-vi")
+
+
+def chime_wav() -> bytes:
+    """Half a second of 440 Hz, 48 kHz mono: a clip to pick."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        t = np.arange(24_000) / 48_000
+        w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+async def test_a_clip_weekly_on_chosen_days_and_an_experts_rrule(streamer) -> None:
+    week = pin_monday(streamer)
+    form = aiohttp.FormData()
+    form.add_field("file", chime_wav(), filename="chuong.wav")
+    status, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
+    assert status == 201, clip
+    await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
+        await open_schedules(page)
+        await page.click(by_testid("schedule-new"))
+        await page.select_option(by_testid("sf-kind"), "clip")
+        await page.locator(f'{by_testid("sf-clip")} option[value="{clip["id"]}"]').wait_for(
+            state="attached")
+        await page.select_option(by_testid("sf-clip"), clip["id"])
+        await page.check(by_testid(f"sf-zone-{COMMUNE}"))
+        await page.select_option(by_testid("sf-priority"), "priority")
+        await page.select_option(by_testid("sf-preset"), "weekly")
+        await page.check(by_testid("sf-day-TU"))
+        await page.check(by_testid("sf-day-TH"))
+        await page.fill(by_testid("sf-time-1"), "07:30")
+
+        # an expert's rule the streamer cannot read: its 400 by the RRULE field
+        await page.select_option(by_testid("sf-preset"), "custom")
+        await page.fill(by_testid("sf-rrule"), "FREQ=FORTNIGHTLY;BYHOUR=7")
+        await page.click(by_testid("sf-save"))
+        rule_error = page.locator(by_testid("sf-rrule-error"))
+        await rule_error.wait_for(state="visible")
+        assert "FREQ" in await rule_error.inner_text()
+        assert await page.get_attribute(by_testid("sf-rrule"), "aria-invalid") == "true"
+        assert await schedules(streamer) == []
+
+        await page.select_option(by_testid("sf-preset"), "weekly")
+        await page.check(by_testid("sf-day-TU"))
+        await page.check(by_testid("sf-day-TH"))
+        await page.fill(by_testid("sf-time-1"), "07:30")
+        await page.click(by_testid("sf-save"))
+        await saved(page, "Đã tạo lịch")
+        [s] = await schedules(streamer)
+        assert (s["source"], s["priority"], s["rrule"]) == (
+            {"kind": "clip", "clip": clip["id"]}, "priority",
+            "FREQ=WEEKLY;BYDAY=TU,TH;BYHOUR=7;BYMINUTE=30;BYSECOND=0")
+        items = await occurrences(page)
+        assert [(i["day"], i["time"]) for i in items] == [
+            (str(week + timedelta(days=1)), "07:30"), (str(week + timedelta(days=3)), "07:30")]
+        assert all("chuong" in i["text"] for i in items)

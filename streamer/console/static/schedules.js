@@ -24,17 +24,20 @@ const KINDS = ["tts", "clip", "relay", "tone"];
 const PREVIEW_DELAY_MS = 400;
 
 const page = {
+  user: "", // whose view this is (another user starts afresh)
   from: null, // first day shown (YYYY-MM-DD); null: the streamer's week
   week: null, // the last GET /schedules/occurrences answer
   schedules: new Map(), // id → Schedule
-  clips: null, // [ClipMeta] once loaded
+  clips: null, // [ClipMeta] once loaded (names for the calendar, choices for the form)
   zone: "", // the zone filter (quiet hours shaded are this zone's)
   editing: null, // the Schedule being edited, or null for a new one
+  rule: "", // the last rule a preset built
   previewTimer: 0,
   previewSeq: 0,
 };
 
 export function render(view) {
+  if (page.user !== store.user.name) Object.assign(page, { user: store.user.name, from: null, zone: "", clips: null });
   if (!page.zone || !store.zoneById.has(page.zone)) page.zone = defaultZone();
   const mayCreate = anywhere(store.user, OPERATE) || anywhere(store.user, EMERGENCY);
   view.replaceChildren(
@@ -81,8 +84,10 @@ function defaultZone() {
 
 async function load() {
   const query = page.from ? `?from=${page.from}` : "";
-  const [week, list] = await Promise.all([
-    api("GET", `/schedules/occurrences${query}`), api("GET", "/schedules")]);
+  const [week, list, clips] = await Promise.all([
+    api("GET", `/schedules/occurrences${query}`), api("GET", "/schedules"),
+    api("GET", "/clips").catch(() => null)]); // clip names only: the calendar does without
+  if (clips) page.clips = clips.clips;
   page.week = week;
   page.from = week.first_day;
   page.schedules = new Map(list.schedules.map((s) => [s.id, s]));
@@ -276,13 +281,10 @@ async function openForm(s) {
   page.editing = s;
   const box = $("schedule-editor");
   if (!box) return;
-  if (page.clips === null) {
-    page.clips = [];
-    api("GET", "/clips").then((r) => {
-      page.clips = r.clips;
-      renderClipOptions();
-    }).catch(() => {});
-  }
+  api("GET", "/clips").then((r) => { // the library may have grown since the last time
+    page.clips = r.clips;
+    renderClipOptions();
+  }).catch(() => {});
   const canEmergency = anywhere(store.user, EMERGENCY);
   const priorities = ["normal", "priority", "background", ...(canEmergency ? ["emergency"] : [])];
   const form = h("form", { id: "schedule-form", class: "schedule-form", "data-testid": "schedule-form", novalidate: true },
@@ -517,6 +519,7 @@ function presetChosen() {
   const preset = $("sf-preset").value;
   if (preset === "morning_evening") setTimes(["06:00", "17:00"]);
   else if (preset === "once" || preset === "custom") setTimes(times().slice(0, 1));
+  if (preset === "custom" && !$("sf-rrule").value) $("sf-rrule").value = page.rule || ""; // a start for experts
   if (PRESET_DAYS[preset]) setDays(PRESET_DAYS[preset]);
   showPreset();
 }
@@ -582,6 +585,7 @@ function body() {
       `BYHOUR=${hours.join(",")}`, `BYMINUTE=${minute}`, "BYSECOND=0"].join(";");
     out.dtstart = `${date}T00:00:00`;
     out.at = null;
+    page.rule = out.rrule;
   }
   if (page.editing && page.editing.override_quiet_hours) out.override_quiet_hours = true;
   return { out, errors, words: words(preset, list, preset === "weekly" ? checkedDays() : PRESET_DAYS[preset] || [], date) };
