@@ -73,6 +73,14 @@ async def saved(page: Page, text: str) -> None:
     await page.locator(f'{by_testid("sched-status")}:has-text("{text}")').wait_for()
 
 
+async def refusals(streamer: Any, operation: str, status: int) -> int:
+    """How many requests of ``operation`` the API answered with ``status`` (its metrics)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{streamer.http_url}/metrics") as r:
+        text = await r.text()
+    line = f'loa_api_requests_total{{operation="{operation}",status="{status}"}} '
+    return next((int(float(x[len(line):])) for x in text.splitlines() if x.startswith(line)), 0)
+
+
 async def new_schedule(page: Page, text: str, zone: str = COMMUNE) -> None:
     await page.click(by_testid("schedule-new"))
     await page.fill(by_testid("sf-text"), text)
@@ -153,6 +161,7 @@ async def test_a_0315_item_is_refused_by_quiet_hours_next_to_the_time(streamer) 
         assert await page.get_attribute(by_testid("sf-time-1"), "aria-describedby") == \
             "sf-time-error"
         assert await page.input_value(by_testid("sf-text")) == text  # what was typed stays
+        assert await refusals(streamer, "create_schedule", 409) == 1  # the save was tried
         assert await schedules(streamer) == []
         assert await low_contrast(page) == []
         await screenshot(page, "schedules-refused-vi")
