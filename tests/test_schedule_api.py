@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timedelta
+from datetime import time as clock
 
 import aiohttp
 from dateutil import tz
 
 from streamer.control.scheduler import frame_for
 from tests.harness.api import audit, call, make_user
+from tests.harness.week import local, monday
 from tests.harness.zones import OP, OTHER
 
 VN = tz.gettz("Asia/Ho_Chi_Minh")
@@ -149,3 +151,78 @@ async def test_a_booked_schedule_airs_while_redis_is_down(streamer, redis_server
     assert len(aired) == 1 and len(streamer.mixer.on_air(aired[0])) == 3
     status, err = await call(streamer, "GET", "/api/v1/schedules")
     assert status == 503  # the API says why it cannot answer; playout goes on
+
+
+# ---- the calendar's read-only operations: occurrences of a range, and a dry run
+
+async def test_the_occurrences_of_a_week_are_expanded_by_the_streamer(streamer):
+    week = monday()
+    streamer.plane.now = lambda: local(week, 10)  # Monday 10:00 local
+    for body in [
+        {"zones": [OP], "source": TONE, "rrule": WEEKDAYS_6_17, "label": "sáng chiều",
+         "dtstart": f"{week - timedelta(days=7)}T00:00:00"},
+        {"zones": [OP], "source": TONE, "at": f"{week + timedelta(days=2)}T12:00:00"},
+        {"zones": [OTHER], "source": {"kind": "relay", "url": "http://vov.vn/live.mp3"},
+         "at": f"{week + timedelta(days=3)}T19:00:00", "duration_s": 3600},
+    ]:
+        status, s = await call(streamer, "POST", "/api/v1/schedules", json=body)
+        assert status == 201, s
+    status, got = await call(streamer, "GET", "/api/v1/schedules/occurrences")
+    assert status == 200, got
+    assert (got["first_day"], got["last_day"]) == (str(week), str(week + timedelta(days=6)))
+    assert got["now"].startswith(f"{week}T10:00:00") and got["truncated"] is False
+    starts = [(o["schedule"], datetime.fromisoformat(o["start"])) for o in got["occurrences"]]
+    rule = [t for sid, t in starts if sid == "s1"]
+    assert len(rule) == 12 and {t.weekday() for t in rule} == set(range(6))
+    assert {(t.hour, t.minute) for t in rule} == {(6, 0), (17, 0)}
+    assert [t for sid, t in starts if sid == "s2"] == [
+        datetime.combine(week + timedelta(days=2), clock(12), VN)]
+    relay = next(o for o in got["occurrences"] if o["schedule"] == "s3")
+    assert datetime.fromisoformat(relay["end"]) - datetime.fromisoformat(relay["start"]) \
+        == timedelta(hours=1)
+    assert [t for _, t in starts] == sorted(t for _, t in starts)
+    # the next week: the rule only; a range given by its first day alone is a week
+    status, nxt = await call(streamer, "GET", "/api/v1/schedules/occurrences",
+                             params={"from": str(week + timedelta(days=7))})
+    assert status == 200 and len(nxt["occurrences"]) == 12
+    assert {o["schedule"] for o in nxt["occurrences"]} == {"s1"}
+    # a commune operator sees the occurrences of the schedules in their commune only
+    op = await make_user(streamer, "op-occ", ("operator", OP))
+    _, mine = await call(streamer, "GET", "/api/v1/schedules/occurrences", headers=op)
+    assert {o["schedule"] for o in mine["occurrences"]} == {"s1", "s2"}
+
+
+async def test_a_bad_range_of_occurrences_names_the_field(streamer):
+    for params, field in [({"from": "2026-13-01"}, "from"), ({"to": "yesterday"}, "to"),
+                          ({"from": "2026-11-23", "to": "2026-11-22"}, "to"),
+                          ({"from": "2026-11-01", "to": "2026-12-31"}, "to"),
+                          ({"week": "1"}, "week")]:
+        status, err = await call(streamer, "GET", "/api/v1/schedules/occurrences",
+                                 params=params)
+        assert (status, err["field"]) == (400, field), (params, err)
+
+
+async def test_a_dry_run_shows_the_next_occurrences_or_the_refusal_and_saves_nothing(streamer):
+    week = monday()
+    streamer.plane.now = lambda: local(week, 10)
+    op = await make_user(streamer, "op-dry", ("operator", OP))
+    body = {"zones": [OP], "source": TONE, "rrule": WEEKDAYS_6_17,
+            "dtstart": f"{week}T00:00:00"}
+    status, dry = await call(streamer, "POST", "/api/v1/schedules/preview", headers=op,
+                             json=body)
+    assert status == 200, dry
+    assert [datetime.fromisoformat(t) for t in dry["next"]] == [
+        datetime.combine(week + timedelta(days=d), clock(h), VN)
+        for d, h in [(0, 17), (1, 6), (1, 17), (2, 6), (2, 17)]]
+    assert dry["approved"] is True
+    # 03:15 is in the quiet hours: the 409 that saving would get, naming the field
+    status, err = await call(streamer, "POST", "/api/v1/schedules/preview", headers=op, json={
+        **body, "rrule": None, "dtstart": None, "at": f"{week + timedelta(days=1)}T03:15:00"})
+    assert (status, err["field"]) == (409, "at") and "quiet hours" in err["error"]
+    status, err = await call(streamer, "POST", "/api/v1/schedules/preview", headers=op,
+                             json={**body, "zones": [OTHER]})
+    assert (status, err["field"]) == (403, "zones")
+    assert (await call(streamer, "GET", "/api/v1/schedules"))[1]["schedules"] == []
+    await call(streamer, "PATCH", f"/api/v1/zones/{OP}", json={"requires_approval": True})
+    _, dry = await call(streamer, "POST", "/api/v1/schedules/preview", headers=op, json=body)
+    assert dry["approved"] is False and len(dry["next"]) == 5

@@ -3,23 +3,30 @@
 Every change is validated by the :class:`~streamer.control.schedules.Schedule` model (in a
 worker thread: proving that an odd rule ever fires can take a second of CPU), checked against
 the quiet hours of every target channel over the coming year, stored, and handed to the
-running scheduler, which keeps airing the last good set if Redis goes away.
+running scheduler, which keeps airing the last good set if Redis goes away. Two read-only
+operations serve the console's calendar: the occurrences of the visible schedules in a range
+of local days, and a dry run of a schedule not saved yet (its next occurrences, or the very
+refusal saving it would get). Rules are expanded here, by dateutil, never by the browser.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from streamer.control import auth
 from streamer.control.schedules import (
+    DEFAULT_TZ,
     LocalDateTime,
     Schedule,
     ScheduleSource,
     check_quiet_hours,
+    iter_occurrences,
     next_occurrence,
 )
 from streamer.control.schemas import BadRequest, Body, Patch, Zones, left_out
@@ -27,6 +34,14 @@ from wire.priority import PriorityName
 
 from .broadcasts import _check_zones
 from .core import API, ApiError, Ctx, NotFound
+from .reports import Day
+
+#: the longest range of days one occurrences query covers (a month view and its edges)
+MAX_RANGE_DAYS = 42
+#: occurrences in one answer at most (a rule may fire every minute: 60 480 in a week)
+MAX_OCCURRENCES = 5000
+#: how many next occurrences a dry run shows
+PREVIEW_COUNT = 5
 
 
 class ScheduleIn(Body):
@@ -65,6 +80,52 @@ class ScheduleOut(Schedule):
 
 class ScheduleList(BaseModel):
     schedules: list[ScheduleOut]
+
+
+class OccurrenceQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_: Day | None = Field(None, alias="from", description="first local day (Asia/"
+                              "Ho_Chi_Minh); default: the Monday of the streamer's week, or "
+                              "6 days before to")
+    to: Day | None = Field(None, description="last local day, included; default: 6 days "
+                           "after from")
+
+    @field_validator("to")
+    @classmethod
+    def _span(cls, to: date | None, info: ValidationInfo) -> date | None:
+        first = info.data.get("from_")
+        if to is None or first is None:
+            return to
+        if to < first:
+            raise ValueError("must not be before 'from'")
+        if (to - first).days >= MAX_RANGE_DAYS:
+            raise ValueError(f"a range spans at most {MAX_RANGE_DAYS} days")
+        return to
+
+
+class Occurrence(BaseModel):
+    schedule: str = Field(description="the schedule's id")
+    start: datetime = Field(description="aware, in the schedule's time zone")
+    end: datetime | None = Field(None, description="a window's end; null for an item that "
+                                 "plays to its own end")
+
+
+class OccurrenceList(BaseModel):
+    first_day: date
+    last_day: date
+    now: datetime = Field(description="the streamer's clock, local (the week it calls "
+                          "\"this week\")")
+    tz: str = DEFAULT_TZ
+    occurrences: list[Occurrence] = Field(description="sorted by start, then schedule")
+    truncated: bool = Field(description=f"more than {MAX_OCCURRENCES} occurrences: the "
+                            "first ones only")
+
+
+class SchedulePreview(BaseModel):
+    next: list[datetime] = Field(description=f"the first {PREVIEW_COUNT} occurrences after "
+                                 "now, aware, in the schedule's time zone")
+    approved: bool = Field(description="false: saved, it would wait for an approver")
 
 
 def _out(ctx: Ctx, s: Schedule, last: float | None) -> ScheduleOut:
@@ -132,6 +193,71 @@ async def list_schedules(ctx: Ctx) -> ScheduleList:
                                                              for z in s.zones)]
     return ScheduleList(schedules=[_out(ctx, s, last.get(s.id))
                                    for s in sorted(mine, key=lambda s: s.id)])
+
+
+def _window(ctx: Ctx, q: OccurrenceQuery) -> tuple[date, date, datetime]:
+    """The query's first and last local day (defaults: the streamer's week, Monday to
+    Sunday) and the streamer's now, local."""
+    zone = ZoneInfo(DEFAULT_TZ)
+    now = datetime.fromtimestamp(ctx.services.now(), UTC).astimezone(zone)
+    first, last = q.from_, q.to
+    if first is None and last is None:
+        first = now.date() - timedelta(days=now.weekday())
+    if first is None:
+        assert last is not None
+        first = last - timedelta(days=6)
+    if last is None:
+        last = first + timedelta(days=6)
+    return first, last, now
+
+
+def _expand(schedules: list[Schedule], lo: datetime, hi: datetime,
+            limit: int) -> tuple[list[Occurrence], bool]:
+    """Occurrences starting in ``[lo, hi)``, and windows begun before ``lo`` that run into
+    it; at most ``limit`` (and whether some were left out)."""
+    out: list[Occurrence] = []
+    more = False
+    for s in schedules:
+        window = timedelta(seconds=s.duration_s or 0.0)
+        found = itertools.takewhile(lambda t: t < hi, iter_occurrences(s, lo - window))
+        for t in itertools.islice(found, limit + 1):
+            if window and t + window <= lo:
+                continue
+            out.append(Occurrence(schedule=s.id, start=t, end=t + window if window else None))
+    out.sort(key=lambda o: (o.start, o.schedule))
+    if len(out) > limit:
+        out, more = out[:limit], True
+    return out, more
+
+
+@API.route("GET", "/api/v1/schedules/occurrences", summary="When the schedules you can see "
+           "occur in a range of local days (rules expanded by the streamer)", tag="schedules",
+           query=OccurrenceQuery, response=OccurrenceList, errors=(400, 401, 503))
+async def list_occurrences(ctx: Ctx) -> OccurrenceList:
+    q: OccurrenceQuery = ctx.query
+    first, last, now = _window(ctx, q)
+    zone = ZoneInfo(DEFAULT_TZ)
+    lo = datetime.combine(first, time(), zone)
+    hi = datetime.combine(last + timedelta(days=1), time(), zone)
+    mine = sorted((s for s in await ctx.services.state.schedules.all()
+                   if any(auth.visible(ctx.me, z) for z in s.zones)), key=lambda s: s.id)
+    found, more = await asyncio.to_thread(_expand, mine, lo, hi, MAX_OCCURRENCES)
+    return OccurrenceList(first_day=first, last_day=last, now=now, occurrences=found,
+                          truncated=more)
+
+
+@API.route("POST", "/api/v1/schedules/preview", summary="Check a schedule without saving it: "
+           "its next occurrences, or the refusal saving it would get", tag="schedules",
+           body=ScheduleIn, response=SchedulePreview)
+async def preview_schedule(ctx: Ctx) -> SchedulePreview:
+    b: ScheduleIn = ctx.body
+    fields = b.model_dump(exclude_none=True)
+    fields.update(id="preview", created_by=ctx.me.name)
+    s = await _admit(ctx, fields)
+    after = datetime.fromtimestamp(ctx.services.now(), UTC)
+    nxt = await asyncio.to_thread(lambda: list(itertools.islice(
+        (t for t in iter_occurrences(s, after) if t > after), PREVIEW_COUNT)))
+    return SchedulePreview(next=nxt, approved=s.approved)
 
 
 @API.route("GET", "/api/v1/schedules/{id}", summary="One schedule", tag="schedules",
