@@ -17,6 +17,7 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -192,6 +193,69 @@ async def test_nothing_airs_before_the_confirmation_and_a_refusal_shows_by_its_f
         status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
         assert b["state"] == "stopped"
         assert bid not in (await on_air(streamer)).values()
+
+
+def siren_wav(seconds: float = 2.0, hz: float = 660.0) -> bytes:
+    t = np.arange(int(seconds * RATE)) / RATE
+    pcm = (0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+async def test_a_clip_or_a_live_input_is_picked_from_the_lists(streamer) -> None:
+    upload = aiohttp.FormData()
+    upload.add_field("file", siren_wav(), filename="coi.wav", content_type="audio/wav")
+    upload.add_field("name", "Còi báo động")
+    status, clip = await call(streamer, "POST", "/api/v1/clips", data=upload)
+    assert status == 201, clip
+    status, created = await call(streamer, "POST", "/api/v1/inputs", json={
+        "id": "mic-ubnd", "name": "Micro UBND phường", "zones": [COMMUNE],
+        "priority": "emergency"})
+    assert status == 201, created
+    await make_user(streamer, "em-thang-tam", ("emergency", COMMUNE), password=PASSWORD)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "em-thang-tam", PASSWORD)
+        await go(page, "/emergency")
+        await page.check(by_testid(f"emergency-zone-{COMMUNE}"))
+        # a live input that is not sending: the API's refusal lands by the input's list
+        await page.check(by_testid("emergency-kind-live"))
+        assert await page.locator(by_testid("emergency-text")).is_hidden()
+        picker = page.locator(by_testid("emergency-input"))
+        await picker.locator('option[value="mic-ubnd"]').wait_for(state="attached")
+        assert "không có tín hiệu" in await picker.locator(
+            'option[value="mic-ubnd"]').inner_text()
+        await page.select_option(by_testid("emergency-input"), "mic-ubnd")
+        await open_dialog(page)
+        assert "Micro UBND phường" in await page.inner_text(by_testid("confirm-content"))
+        await page.click(by_testid("confirm-yes"))
+        error = page.locator(by_testid("emergency-input-error"))
+        await error.wait_for(state="visible")
+        assert "mic-ubnd" in await error.inner_text()
+        assert await page.get_attribute(by_testid("emergency-input"), "aria-invalid") == "true"
+        assert await broadcasts(streamer) == []
+        await screenshot(page, "emergency-live-refused-vi")
+
+        # a clip from the library airs
+        await page.check(by_testid("emergency-kind-clip"))
+        await page.locator(by_testid("emergency-clip") + f' option[value="{clip["id"]}"]').wait_for(
+            state="attached")
+        await page.select_option(by_testid("emergency-clip"), clip["id"])
+        await page.uncheck(by_testid("emergency-chime"))
+        await page.select_option(by_testid("emergency-expiry"), "0")
+        await open_dialog(page)
+        assert "Còi báo động" in await page.inner_text(by_testid("confirm-content"))
+        await page.click(by_testid("confirm-yes"))
+        bid = await aired_item(page)
+        assert await error.is_hidden()
+    (b,) = await broadcasts(streamer)
+    assert (b["id"], b["source"]["kind"], b["source"]["clip"]) == (bid, "clip", clip["id"])
+    assert b["created_by"] == "em-thang-tam"
+    assert b["emergency"] == {"chime": False, "volume": 100.0, "repeat_s": None, "expires": None}
 
 
 async def test_without_the_emergency_role_the_panel_does_not_open(streamer) -> None:
