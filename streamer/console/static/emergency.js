@@ -28,7 +28,10 @@ const page = {
   inputs: null, // GET /inputs, once loaded
   timers: new Set(),
   reachDue: new Set(), // ids whose speaker lists are to be read again (after "reach" events)
+  reachSoon: false, // a read of reachDue is scheduled
   live: 0, // bumped on leave(): answers arriving later are dropped
+  due: new Set(), // store changes waiting for the next frame
+  frame: 0,
 };
 
 export function render(view) {
@@ -67,18 +70,25 @@ export function render(view) {
   loadPickers();
 }
 
+/** Store changes come an event at a time (a province-wide emergency is one "onair" per
+ * channel): they are handled once per frame. */
 export function update(what) {
-  if (what === "snapshot") renderZones();
-  if (what === "snapshot" || what === "emergency") {
+  page.due.add(what);
+  if (!page.frame) page.frame = requestAnimationFrame(changed);
+}
+
+function changed() {
+  page.frame = 0;
+  const due = new Set(page.due);
+  page.due.clear();
+  if (!$("emergency-list")) return;
+  if (due.has("snapshot")) renderZones();
+  if (due.has("snapshot") || due.has("emergency") ||
+      // an emergency this page does not know yet (it started elsewhere): read the list again
+      (due.has("onair") && emergenciesOnAir().some((e) => !page.active.has(e.id)))) {
     listActive().catch(showError);
-    return;
   }
-  if (what === "onair") {
-    // an emergency this page does not know yet (it started elsewhere): read the list again
-    if (emergenciesOnAir().some((e) => !page.active.has(e.id))) listActive().catch(showError);
-    renderActive();
-  }
-  if (what === "reach") {
+  if (due.has("reach")) {
     for (const [id, e] of page.active) {
       const live = store.reach.get(id);
       if (!live || (live.confirmed === e.confirmed && live.expected === e.expected)) continue;
@@ -86,16 +96,23 @@ export function update(what) {
       e.expected = live.expected;
       page.reachDue.add(id);
     }
-    renderActive();
-    if (page.reachDue.size) later(500, readDueReach);
+    if (page.reachDue.size && !page.reachSoon) {
+      page.reachSoon = true;
+      later(500, readDueReach);
+    }
   }
+  renderActive();
 }
 
 export function leave() {
   page.live += 1;
+  if (page.frame) cancelAnimationFrame(page.frame);
+  page.frame = 0;
+  page.due.clear();
   for (const id of page.timers) clearTimeout(id);
   page.timers.clear();
   page.reachDue.clear();
+  page.reachSoon = false;
   const dialog = $("emergency-dialog");
   if (dialog && dialog.open) dialog.close();
 }
@@ -479,6 +496,7 @@ async function readReach(id) {
 }
 
 function readDueReach() {
+  page.reachSoon = false;
   const ids = [...page.reachDue];
   page.reachDue.clear();
   Promise.all(ids.map((id) => readReach(id).catch(() => {}))).then(renderActive);
