@@ -24,8 +24,6 @@ const IN_FORCE = ["on_air", "waiting"];
 
 const page = {
   active: new Map(), // broadcast id → what the panel shows of an emergency in force
-  clips: null, // GET /clips, once loaded
-  inputs: null, // GET /inputs, once loaded
   timers: new Set(),
   reachDue: new Set(), // ids whose speaker lists are to be read again (after "reach" events)
   reachSoon: false, // a read of reachDue is scheduled
@@ -37,8 +35,6 @@ const page = {
 export function render(view) {
   page.live += 1;
   page.active.clear();
-  page.clips = null;
-  page.inputs = null;
   const area = myArea();
   view.replaceChildren(h("div", { class: "emergency-page", "data-testid": "emergency" },
     h("div", { class: "emergency-head" },
@@ -288,8 +284,6 @@ async function loadPickers() {
     api("GET", "/inputs").then((d) => d.inputs, (err) => err),
   ]);
   if (live !== page.live) return;
-  page.clips = clips;
-  page.inputs = inputs;
   fillPicker($("emergency-clip"), clips, "emergency.no_clips",
     (c) => [c.id, t("emergency.clip_option", { name: c.name || c.id.slice(0, 8), seconds: formatNumber(Math.round(c.seconds)) })]);
   fillPicker($("emergency-input"), inputs, "emergency.no_inputs",
