@@ -304,7 +304,10 @@ async def test_the_composer_airs_a_test_tone(streamer) -> None:
         assert await page.get_attribute(by_testid("compose-tone-hz"), "aria-invalid") == "true"
         status, listed = await call(streamer, "GET", "/api/v1/broadcasts")
         assert listed["broadcasts"] == []
-        await page.fill(by_testid("compose-tone-hz"), "440")
+        await screenshot(page, "compose-tone-refused-vi")
+        await page.fill(by_testid("compose-tone-hz"), "440")  # corrected: the error goes
+        assert await error.is_hidden()
+        assert await page.get_attribute(by_testid("compose-tone-hz"), "aria-invalid") is None
         assert await low_contrast(page) == []
         await screenshot(page, "compose-tone-vi")
         bid = await submit(page, "on_air")

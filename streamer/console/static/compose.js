@@ -97,6 +97,7 @@ export function render(view) {
   form.addEventListener("submit", submit);
   form.addEventListener("input", (e) => {
     if (e.target.id === "compose-text" && preview.text !== e.target.value) forgetPreview();
+    if (e.target.getAttribute("aria-invalid") === "true") clearError(e.target);
   });
   view.replaceChildren(
     h("h1", { text: t("nav.compose") }),
@@ -168,6 +169,15 @@ function syncTicks() {
 function chosenZones(boxes) {
   const ticked = boxes.filter((b) => b.checked && !b.disabled).map((b) => b.value);
   return ticked.filter((z) => !ticked.some((o) => o !== z && z.startsWith(`${o}.`)));
+}
+
+/** The user is correcting a field: its error goes (the API judges again on submit). */
+function clearError(input) {
+  input.removeAttribute("aria-invalid");
+  for (const id of (input.getAttribute("aria-describedby") || "").split(" ")) {
+    const slot = id && $(id);
+    if (slot && slot.dataset.errorFor) slot.textContent = "";
+  }
 }
 
 // ---- what to air: text, a clip or a test tone ---------------------------------------------

@@ -151,6 +151,10 @@ export function uploader(prefix, onUploaded) {
     }
   };
 
+  fileInput.addEventListener("change", () => {
+    fieldErrors(box, null); // a new file: the last one's refusal no longer applies
+    progress.hidden = true;
+  });
   send.addEventListener("click", start);
   cancel.addEventListener("click", () => {
     if (sending) sending.abort();
