@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import wave
 from pathlib import Path
@@ -234,8 +236,21 @@ async def test_on_loa_up_the_speakers_page_sets_volume_and_mutes_with_their_acks
             assert await low_contrast(page) == []
             await screenshot(page, "speakers-ack-vi")
             await telemetry_of(up, sid, "muted", True, 25)
+
+            # a speaker that does not answer (stopped, still online for the broker): said so
+            other = ours[1]
+            pid = up.pid_of(other)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await page.click(by_testid(f"speaker-tone-{other}"))
+                late = page.locator(by_testid(f"speaker-ack-{other}") + '[data-state="timeout"]')
+                await late.wait_for()
+                assert "không trả lời kịp" in await late.inner_text()
+            finally:
+                os.kill(pid, signal.SIGCONT)
             await switch_lang(page, "en")
             assert await page.inner_text(by_testid(f"speaker-mute-{sid}")) == "Unmute"
+            assert await ack.inner_text() == "Mute: done by the speaker"  # in English now
             await screenshot(page, "speakers-en")
 
         # at 390 px the table is a list of cards, worked by keyboard alone
@@ -315,6 +330,40 @@ async def test_the_composer_airs_a_test_tone(streamer) -> None:
     assert status == 200
     assert (b["source"]["kind"], b["source"]["hz"], b["source"]["seconds"]) == ("tone", 440, 3)
     assert (b["zones"], b["created_by"]) == ([COMMUNE], "op-thang-tam")
+
+
+async def test_the_composer_uploads_a_clip_inline_chooses_it_and_airs_it(
+        streamer, tmp_path: Path) -> None:
+    await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
+    chirp_wav(tmp_path / "chirp.wav", seconds=2.0)
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
+        await go(page, "/compose")
+        await page.check(by_testid("compose-kind-clip"))
+        await page.locator(by_testid("compose-clips-empty")).wait_for()
+        await page.check(by_testid(f"compose-zone-{COMMUNE}"))
+        await page.click(by_testid("compose-submit"))  # no clip chosen: said by the picker
+        error = page.locator(by_testid("compose-clip-error"))
+        await error.wait_for(state="visible")
+        assert "Hãy chọn" in await error.inner_text()
+
+        await page.click(by_testid("compose-upload-open") + " summary")
+        await page.set_input_files(by_testid("compose-upload-file"), str(tmp_path / "chirp.wav"))
+        await page.focus(by_testid("compose-upload-name"))
+        await page.keyboard.press("Enter")  # in the uploader: uploads, and airs nothing
+        await page.locator(by_testid("compose-upload-percent") + '[data-state="done"]'
+                           ).wait_for()
+        status, listed = await call(streamer, "GET", "/api/v1/clips")
+        ((cid, name),) = [(c["id"], c["name"]) for c in listed["clips"]]
+        assert name == "chirp.wav"  # no name given: the file's
+        assert await page.is_checked(by_testid(f"compose-clip-{cid}"))  # chosen for you
+        assert await error.is_hidden()
+        status, b = await call(streamer, "GET", "/api/v1/broadcasts")
+        assert b["broadcasts"] == []
+        await screenshot(page, "compose-clip-uploaded-vi")
+        bid = await submit(page, "on_air")
+    status, b = await call(streamer, "GET", f"/api/v1/broadcasts/{bid}")
+    assert (b["source"]["kind"], b["source"]["clip"], b["zones"]) == ("clip", cid, [COMMUNE])
 
 
 async def test_a_commune_operator_sees_and_commands_only_their_speakers(streamer) -> None:

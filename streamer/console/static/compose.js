@@ -199,8 +199,13 @@ async function loadClips() {
   renderClips();
 }
 
+function chooseClip(id) {
+  clips.chosen = id;
+  $("compose-clip-error").textContent = ""; // "choose a clip" is answered
+}
+
 async function clipUploaded(clip) {
-  clips.chosen = clip.id;
+  chooseClip(clip.id);
   $("compose-clip-search").value = "";
   await loadClips();
   const radio = $(`compose-clip-${clip.id}`);
@@ -222,7 +227,7 @@ function renderClips() {
   box.replaceChildren(h("ul", { class: "clip-pick" }, shown.map((c) => h("li", {},
     h("input", { type: "radio", name: "compose-clip", id: `compose-clip-${c.id}`, value: c.id, "data-testid": `compose-clip-${c.id}`,
       checked: c.id === clips.chosen, "aria-describedby": "compose-clip-error",
-      on: { change: () => { clips.chosen = c.id; } } }),
+      on: { change: () => chooseClip(c.id) } }),
     h("label", { for: `compose-clip-${c.id}`, class: "inline" }, c.name || t("clips.no_name"),
       h("span", { class: "muted small", text: ` (${formatDuration(c.seconds)})` }))))), ...none);
 }

@@ -21,11 +21,17 @@ const TONE = { hz: 1000, seconds: 3 };
 const POLL_MS = 10_000;
 const filter = { zone: "", state: "" };
 let rows = new Map(); // speaker id → {row, cells…} of the table on screen
-const acks = new Map(); // speaker id → {state, text}: the last command's outcome, kept across rebuilds
+const acks = new Map(); // speaker id → {state, text()}: the last command's outcome, kept across rebuilds
+let ackOwner = ""; // the user whose commands `acks` holds: another sign-in starts afresh
 let poll = 0;
 const reported = new Map(); // speaker id → {volume, muted, at}: from an ack newer than its telemetry
 
 export function render(view) {
+  if (ackOwner !== store.user.name) {
+    acks.clear();
+    reported.clear();
+    ackOwner = store.user.name;
+  }
   const zones = [];
   const walk = (nodes, depth) => {
     for (const z of nodes) {
@@ -175,7 +181,7 @@ function row(s, anyCommands, typedVolume) {
       e.preventDefault();
       const volume = Number(r.volumeInput.value);
       if (r.volumeInput.value === "" || !Number.isFinite(volume)) {
-        showAck(s.id, "error", t("speakers.need_volume"));
+        showAck(s.id, "error", () => t("speakers.need_volume"));
         r.volumeInput.focus();
         return;
       }
@@ -248,13 +254,14 @@ function fill(s) {
 
 // ---- commands ------------------------------------------------------------------------------
 
+/** `text` is a function: the message is made again in the language of the moment. */
 function showAck(id, state, text) {
   acks.set(id, { state, text });
   const r = rows.get(id);
   if (!r) return;
   r.ack.dataset.state = state;
   r.ack.className = `ack ${state}`;
-  r.ack.textContent = text;
+  r.ack.textContent = text();
 }
 
 async function command(id, cmd, args) {
@@ -262,12 +269,12 @@ async function command(id, cmd, args) {
   if (!r || r.pending) return;
   r.pending = true;
   for (const b of r.buttons) b.disabled = true;
-  showAck(id, "sending", t("speakers.sending", { cmd: t(`speakers.cmd_${cmd}`) }));
-  const what = t(`speakers.cmd_${cmd}`);
+  const what = () => t(`speakers.cmd_${cmd}`);
+  showAck(id, "sending", () => t("speakers.sending", { cmd: what() }));
   try {
     const ack = await api("POST", `/speakers/${encodeURIComponent(id)}/commands`, { cmd, args });
     if (!ack.acked) {
-      showAck(id, "timeout", t("speakers.ack_timeout", { cmd: what, error: ack.error || "" }));
+      showAck(id, "timeout", () => t("speakers.ack_timeout", { cmd: what(), error: ack.error || "" }));
     } else if (ack.ok) {
       if (ack.state && "volume" in ack.state) {
         // what the speaker says it is now, until a telemetry message newer than the ack
@@ -275,12 +282,12 @@ async function command(id, cmd, args) {
         const s = store.speakers.get(id);
         if (s) fill(s);
       }
-      showAck(id, "ok", t("speakers.ack_ok", { cmd: what }));
+      showAck(id, "ok", () => t("speakers.ack_ok", { cmd: what() }));
     } else {
-      showAck(id, "error", t("speakers.ack_error", { cmd: what, error: ack.error || "" }));
+      showAck(id, "error", () => t("speakers.ack_error", { cmd: what(), error: ack.error || "" }));
     }
   } catch (err) {
-    showAck(id, "error", t("speakers.ack_refused", { cmd: what, error: err.message }));
+    showAck(id, "error", () => t("speakers.ack_refused", { cmd: what(), error: err.message }));
   } finally {
     const now = rows.get(id);
     if (now) {
