@@ -16,6 +16,7 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -300,6 +301,63 @@ async def test_an_upload_the_api_refuses_shows_its_message_by_the_file_field(
         await screenshot(page, "clips-refused-vi")
     status, listed = await call(streamer, "GET", "/api/v1/clips")
     assert (status, listed) == (200, {"clips": []})
+
+
+async def test_a_cancelled_upload_stores_nothing(streamer, tmp_path: Path) -> None:
+    user, password = admin_credentials(tmp_path)
+    chirp_wav(tmp_path / "chirp.wav")
+    async with console_page() as page:
+        await sign_in(page, streamer.http_url, user, password)
+        await go(page, "/clips")
+        await page.set_input_files(by_testid("clip-upload-file"), str(tmp_path / "chirp.wav"))
+        await record_progress(page, "clip-upload-progress")
+        await throttle_upload(page, 50_000)  # about 10 s for the 480 kB file
+        await page.click(by_testid("clip-upload-send"))
+        deadline = time.monotonic() + 10
+        while not any(0 < v < 100 for v in await page.evaluate("window.progress")):
+            assert time.monotonic() < deadline, "no progress shown while uploading"
+            await asyncio.sleep(0.05)
+        await page.click(by_testid("clip-upload-cancel"))
+        await page.locator(by_testid("clip-upload-percent") + '[data-state="cancelled"]'
+                           ).wait_for()
+        assert await page.locator(by_testid("clip-upload-cancel")).is_hidden()
+        assert not await page.locator(by_testid("clip-upload-send")).is_disabled()
+        assert await page.locator(by_testid("clips-empty")).is_visible()
+    status, listed = await call(streamer, "GET", "/api/v1/clips")
+    assert (status, listed) == (200, {"clips": []})
+    assert not [f for f in (tmp_path / "var" / "clips").rglob("*") if f.is_file()]
+
+
+async def test_at_390_px_a_clip_is_aired_from_the_library_by_keyboard(
+        streamer, tmp_path: Path) -> None:
+    user, password = admin_credentials(tmp_path)
+    chirp_wav(tmp_path / "chirp.wav", seconds=1.0)
+    form = aiohttp.FormData()
+    form.add_field("file", (tmp_path / "chirp.wav").read_bytes(), filename="chirp.wav")
+    form.add_field("name", "Kẻng báo họp")
+    status, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
+    assert status == 201, clip
+    async with console_page(viewport=(390, 844)) as page:
+        await sign_in(page, streamer.http_url, user, password)
+        await go(page, "/clips")
+        row = page.locator(by_testid(f"clip-{clip['id']}"))
+        await row.wait_for()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await row.evaluate("e => getComputedStyle(e).display") == "block"
+        duration = row.locator("td").first  # each value says what it is, as a card
+        assert await duration.inner_text() == "0:01"
+        assert await duration.get_attribute("data-label") == "Thời lượng"
+        assert await duration.evaluate("e => getComputedStyle(e, '::before').content") != "none"
+        await page.focus(by_testid("clips-refresh"))
+        await tab_to(page, f"clip-air-{clip['id']}")
+        assert await focus_is_visible(page)
+        assert await low_contrast(page) == []
+        await screenshot(page, "clips-390-vi")
+        await page.keyboard.press("Enter")
+        await page.locator('#view[data-route="compose"]').wait_for()
+        await page.locator(by_testid(f"compose-clip-{clip['id']}")).wait_for()
+        assert await page.is_checked(by_testid(f"compose-clip-{clip['id']}"))
+        assert await page.evaluate("sessionStorage.getItem('loa.console.clip')") is None
 
 
 async def test_the_composer_airs_a_test_tone(streamer) -> None:
