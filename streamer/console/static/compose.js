@@ -1,38 +1,79 @@
-// The bulletin composer (#/compose): Vietnamese text, a TTS preview played here (Web Audio:
-// the page's CSP allows no blob: media, and the token never goes in a URL), target zones from
-// the tree, the priority, then one POST /broadcasts: it airs now, or waits for an approver
-// where a target zone asks for approval. The API's refusal is shown next to the field it
-// names. Only zones where the user may operate can be ticked; the rest of the visible tree is
-// shown for orientation, without a box.
+// The bulletin composer (#/compose): what to air — Vietnamese text with a TTS preview played
+// here (Web Audio: the page's CSP allows no blob: media, and the token never goes in a URL), a
+// clip from the library (searchable, or uploaded right here with its progress, upload.js), or
+// a test tone — then target zones from the tree, the priority, and one POST /broadcasts: it
+// airs now, or waits for an approver where a target zone asks for approval. The API's refusal
+// is shown next to the field it names. Only zones where the user may operate can be ticked;
+// the rest of the visible tree is shown for orientation, without a box.
 
 import { api } from "./api.js";
+import { CLIP_CHOICE } from "./clips.js";
 import { $, h } from "./dom.js";
 import { ADMIN, OPERATE, allowed, anywhere } from "./grants.js";
 import { formatNumber, t } from "./i18n.js";
 import { needsApproval, store, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
+import { fold, formatDuration, uploader } from "./upload.js";
 
 const PRIORITIES = ["normal", "priority", "background"];
 const TEXT_MAX = 5000;
+const KINDS = ["tts", "clip", "tone"];
+const TONE = { hz: 1000, seconds: 5, minHz: 25, maxHz: 20000, maxSeconds: 3600 };
 
 const preview = { ctx: null, buffer: null, node: null, text: "" };
 let aired = null; // the last broadcast aired from here: {id, state, expected, confirmed}
+const clips = { list: null, chosen: "", upload: null }; // the clip picker
 
 export function render(view) {
+  clips.chosen = sessionStorage.getItem(CLIP_CHOICE) || "";
+  sessionStorage.removeItem(CLIP_CHOICE);
+  const kind = clips.chosen ? "clip" : "tts";
+  clips.upload = uploader("compose-upload", clipUploaded);
   const form = h("form", { id: "compose", class: "compose", "data-testid": "compose", novalidate: true },
-    h("div", { class: "field" },
-      h("label", { for: "compose-text", text: t("compose.text") }),
-      h("p", { class: "hint", id: "compose-text-hint", text: t("compose.text_hint") }),
-      h("textarea", {
-        id: "compose-text", "data-testid": "compose-text", rows: 6, maxlength: TEXT_MAX, lang: "vi",
-        required: true, "aria-describedby": "compose-text-hint compose-text-error",
-      }),
-      h("p", { class: "field-error", id: "compose-text-error", "data-error-for": "source.text", "data-testid": "compose-text-error" })),
-    h("div", { class: "preview", role: "group", "aria-labelledby": "preview-title" },
-      h("span", { id: "preview-title", class: "preview-title", text: t("compose.preview") }),
-      h("button", { type: "button", id: "preview-make", "data-testid": "preview-make", text: t("compose.preview_make"), on: { click: makePreview } }),
-      h("button", { type: "button", id: "preview-play", "data-testid": "preview-play", disabled: true, text: t("compose.preview_play"), on: { click: togglePlay } }),
-      h("span", { id: "preview-state", "data-testid": "preview-state", "data-state": "none", role: "status", text: "" })),
+    h("fieldset", { class: "field kinds" },
+      h("legend", { text: t("compose.kind") }),
+      KINDS.map((k) => h("span", { class: "kind" },
+        h("input", { type: "radio", name: "compose-kind", id: `compose-kind-${k}`, value: k, "data-testid": `compose-kind-${k}`,
+          checked: k === kind, on: { change: showKind } }),
+        h("label", { for: `compose-kind-${k}`, class: "inline", text: t(`compose.kind_${k}`) })))),
+    h("div", { id: "compose-tts", "data-kind": "tts", hidden: kind !== "tts" },
+      h("div", { class: "field" },
+        h("label", { for: "compose-text", text: t("compose.text") }),
+        h("p", { class: "hint", id: "compose-text-hint", text: t("compose.text_hint") }),
+        h("textarea", {
+          id: "compose-text", "data-testid": "compose-text", rows: 6, maxlength: TEXT_MAX, lang: "vi",
+          required: true, "aria-describedby": "compose-text-hint compose-text-error",
+        }),
+        h("p", { class: "field-error", id: "compose-text-error", "data-error-for": "source.text", "data-testid": "compose-text-error" })),
+      h("div", { class: "preview", role: "group", "aria-labelledby": "preview-title" },
+        h("span", { id: "preview-title", class: "preview-title", text: t("compose.preview") }),
+        h("button", { type: "button", id: "preview-make", "data-testid": "preview-make", text: t("compose.preview_make"), on: { click: makePreview } }),
+        h("button", { type: "button", id: "preview-play", "data-testid": "preview-play", disabled: true, text: t("compose.preview_play"), on: { click: togglePlay } }),
+        h("span", { id: "preview-state", "data-testid": "preview-state", "data-state": "none", role: "status", text: "" }))),
+    h("div", { id: "compose-clip", "data-kind": "clip", hidden: kind !== "clip" },
+      h("fieldset", { class: "field", "aria-describedby": "compose-clip-error" },
+        h("legend", { text: t("compose.clip") }),
+        h("label", { for: "compose-clip-search", class: "sub", text: t("compose.clip_search") }),
+        h("input", { id: "compose-clip-search", type: "search", "data-testid": "compose-clip-search", on: { input: renderClips } }),
+        h("div", { id: "compose-clips", "data-testid": "compose-clips" }, h("p", { class: "loading", text: t("app.loading") })),
+        h("p", { class: "field-error", id: "compose-clip-error", "data-error-for": "source.clip", "data-testid": "compose-clip-error" })),
+      h("details", { class: "upload-inline", "data-testid": "compose-upload-open" },
+        h("summary", { text: t("compose.clip_upload") }),
+        clips.upload.element)),
+    h("div", { id: "compose-tone", "data-kind": "tone", hidden: kind !== "tone" },
+      h("p", { class: "hint", text: t("compose.tone_hint") }),
+      h("div", { class: "field inline-fields" },
+        h("span", {},
+          h("label", { for: "compose-tone-hz", text: t("compose.tone_hz") }),
+          h("input", { id: "compose-tone-hz", type: "number", "data-testid": "compose-tone-hz", min: TONE.minHz, max: TONE.maxHz, step: "any",
+            value: TONE.hz, inputmode: "decimal", "aria-describedby": "compose-tone-hz-error" }),
+          h("p", { class: "field-error", id: "compose-tone-hz-error", "data-error-for": "source.hz", "data-testid": "compose-tone-hz-error" })),
+        h("span", {},
+          h("label", { for: "compose-tone-seconds", text: t("compose.tone_seconds") }),
+          h("input", { id: "compose-tone-seconds", type: "number", "data-testid": "compose-tone-seconds", min: 0.1, max: TONE.maxSeconds, step: "any",
+            value: TONE.seconds, inputmode: "decimal", "aria-describedby": "compose-tone-seconds-error" }),
+          h("p", { class: "field-error", id: "compose-tone-seconds-error", "data-error-for": "source.seconds", "data-testid": "compose-tone-seconds-error" })))),
+    h("p", { class: "field-error", id: "compose-source-error", "data-error-for": "source" }),
     h("fieldset", { class: "field", "aria-describedby": "compose-zones-error" },
       h("legend", { text: t("compose.zones") }),
       h("p", { class: "hint", text: t("compose.zones_hint") }),
@@ -56,6 +97,7 @@ export function render(view) {
   form.addEventListener("submit", submit);
   form.addEventListener("input", (e) => {
     if (e.target.id === "compose-text" && preview.text !== e.target.value) forgetPreview();
+    if (e.target.getAttribute("aria-invalid") === "true") clearError(e.target);
   });
   view.replaceChildren(
     h("h1", { text: t("nav.compose") }),
@@ -63,6 +105,7 @@ export function render(view) {
     h("section", { id: "compose-result", class: "card", "data-testid": "compose-result", "aria-live": "polite", hidden: true }));
   renderZones();
   renderResult();
+  loadClips().catch(showError);
 }
 
 export function update(what) {
@@ -72,6 +115,8 @@ export function update(what) {
 
 export function leave() {
   stopPlaying();
+  if (clips.upload) clips.upload.abort();
+  clips.upload = null;
 }
 
 // ---- zones ---------------------------------------------------------------------------------
@@ -124,6 +169,85 @@ function syncTicks() {
 function chosenZones(boxes) {
   const ticked = boxes.filter((b) => b.checked && !b.disabled).map((b) => b.value);
   return ticked.filter((z) => !ticked.some((o) => o !== z && z.startsWith(`${o}.`)));
+}
+
+/** The user is correcting a field: its error goes (the API judges again on submit). */
+function clearError(input) {
+  input.removeAttribute("aria-invalid");
+  for (const id of (input.getAttribute("aria-describedby") || "").split(" ")) {
+    const slot = id && $(id);
+    if (slot && slot.dataset.errorFor) slot.textContent = "";
+  }
+}
+
+// ---- what to air: text, a clip or a test tone ---------------------------------------------
+
+function chosenKind() {
+  const r = document.querySelector('input[name="compose-kind"]:checked');
+  return r ? r.value : "tts";
+}
+
+function showKind() {
+  const kind = chosenKind();
+  for (const box of document.querySelectorAll("#compose [data-kind]")) box.hidden = box.dataset.kind !== kind;
+  if (kind !== "tts") stopPlaying();
+}
+
+async function loadClips() {
+  const data = await api("GET", "/clips");
+  clips.list = data.clips;
+  renderClips();
+}
+
+function chooseClip(id) {
+  clips.chosen = id;
+  $("compose-clip-error").textContent = ""; // "choose a clip" is answered
+}
+
+async function clipUploaded(clip) {
+  chooseClip(clip.id);
+  $("compose-clip-search").value = "";
+  await loadClips();
+  const radio = $(`compose-clip-${clip.id}`);
+  if (radio) radio.focus();
+}
+
+/** The library as radio buttons, filtered by the search (marks ignored); the chosen clip
+ * stays listed whatever the search says. */
+function renderClips() {
+  const box = $("compose-clips");
+  if (!box || !clips.list) return;
+  const q = fold($("compose-clip-search").value.trim());
+  const shown = clips.list.filter((c) => c.id === clips.chosen || !q || fold(`${c.name} ${c.id}`).includes(q));
+  if (!clips.list.length) {
+    box.replaceChildren(h("p", { class: "muted", "data-testid": "compose-clips-empty", text: t("clips.empty") }));
+    return;
+  }
+  const none = shown.length ? [] : [h("p", { class: "muted", text: t("clips.none_match") })];
+  box.replaceChildren(h("ul", { class: "clip-pick" }, shown.map((c) => h("li", {},
+    h("input", { type: "radio", name: "compose-clip", id: `compose-clip-${c.id}`, value: c.id, "data-testid": `compose-clip-${c.id}`,
+      checked: c.id === clips.chosen, "aria-describedby": "compose-clip-error",
+      on: { change: () => chooseClip(c.id) } }),
+    h("label", { for: `compose-clip-${c.id}`, class: "inline" }, c.name || t("clips.no_name"),
+      h("span", { class: "muted small", text: ` (${formatDuration(c.seconds)})` }))))), ...none);
+}
+
+/** The broadcast's `source`, or {missing} with what the form lacks, by field. */
+function chosenSource() {
+  const kind = chosenKind();
+  if (kind === "clip") {
+    return clips.chosen ? { source: { kind: "clip", clip: clips.chosen } } : { missing: { "source.clip": t("compose.need_clip") } };
+  }
+  if (kind === "tone") {
+    const hz = Number($("compose-tone-hz").value);
+    const seconds = Number($("compose-tone-seconds").value);
+    const missing = {};
+    if (!$("compose-tone-hz").value || !Number.isFinite(hz)) missing["source.hz"] = t("compose.need_hz");
+    if (!$("compose-tone-seconds").value || !Number.isFinite(seconds)) missing["source.seconds"] = t("compose.need_seconds");
+    return Object.keys(missing).length ? { missing } : { source: { kind: "tone", hz, seconds } };
+  }
+  const text = $("compose-text").value;
+  return text.trim() ? { source: { kind: "tts", text } } : { missing: { "source.text": t("compose.need_text") } };
 }
 
 // ---- preview -------------------------------------------------------------------------------
@@ -204,10 +328,8 @@ async function submit(event) {
   const form = $("compose");
   fieldErrors(form, null);
   showError(null);
-  const text = $("compose-text").value;
+  const { source, missing = {} } = chosenSource();
   const zones = chosenZones([...form.querySelectorAll("#compose-zones input[type=checkbox]")]);
-  const missing = {};
-  if (!text.trim()) missing["source.text"] = t("compose.need_text");
   if (!zones.length) missing.zones = t("compose.need_zones");
   if (Object.keys(missing).length) {
     fieldErrors(form, missing);
@@ -218,7 +340,7 @@ async function submit(event) {
   try {
     const b = await api("POST", "/broadcasts", {
       zones, priority: $("compose-priority").value, label: $("compose-label").value.trim(),
-      source: { kind: "tts", text },
+      source,
       override_quiet_hours: Boolean($("compose-override") && $("compose-override").checked),
     });
     aired = { id: b.id, state: b.state, zones: b.zones, label: b.label, expected: null, confirmed: null };

@@ -203,3 +203,13 @@ export function needsApproval(zoneId) {
   const z = store.zoneById.get(zoneId);
   return Boolean(z && below(z));
 }
+
+/** The speakers alone, again (GET /speakers): their telemetry comes in no event, so a page that
+ * shows it reads them now and then; its listeners hear "speakers". */
+export async function refreshSpeakers() {
+  const data = await section("speakers", () => api("GET", "/speakers"));
+  if (!data) return;
+  store.speakers.clear();
+  for (const s of data.speakers) store.speakers.set(s.id, s);
+  changed("speakers");
+}

@@ -4,7 +4,7 @@
 // in error so a keyboard user lands on it.
 
 import { ApiError } from "./api.js";
-import { $, h } from "./dom.js";
+import { $ } from "./dom.js";
 import { t } from "./i18n.js";
 
 /** Show `err` in the page's error box (null clears it). */
@@ -59,11 +59,4 @@ export function fieldErrors(form, errors) {
   }
   if (first) first.focus();
   return all;
-}
-
-/** A page still to come: its title, a notice, and what to use meanwhile. */
-export function notBuilt(view, key) {
-  view.replaceChildren(h("h1", { tabindex: "-1", text: t(`nav.${key}`) }),
-    h("p", { class: "notice", "data-testid": "not-built", text: t("page.not_built") }),
-    h("p", { text: t(`page.meanwhile.${key}`) }));
 }

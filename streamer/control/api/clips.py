@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 import wave
 from pathlib import Path
@@ -41,6 +42,9 @@ class ClipList(BaseModel):
 
 class TtsPreviewIn(BaseModel):
     text: SpeechText
+
+
+_PATH = re.compile(r"'?/[^\s']+'?")
 
 
 def _too_big() -> ApiError:
@@ -115,8 +119,9 @@ async def upload_clip(ctx: Ctx) -> ClipMeta:
         cid, clip = await asyncio.to_thread(clips.add, upload)
     except ClipTooLong as e:
         raise ApiError(413, f"{e} (the streamer's clip_max_s)", "file") from None
-    except ClipError as e:
-        raise BadRequest("file", f"not playable audio: {e}") from None
+    except ClipError as e:  # the decoder names the file: the server's paths stay here
+        why = _PATH.sub("the file", str(e).replace(str(upload), "the file"))
+        raise BadRequest("file", f"not playable audio: {why}") from None
     assert clip.length is not None
     meta = ClipMeta(id=cid, name=name, seconds=clip.length / 48_000, bytes=size,
                     created=time.time(), created_by=ctx.me.name)
