@@ -9,6 +9,7 @@ import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.harness.api import call, make_user
@@ -302,16 +303,35 @@ async def test_a_commune_operator_never_meets_a_403_on_any_page(streamer) -> Non
     holds no denied entry for them."""
     await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)
     refused: list[str] = []
+    pending: set[Any] = set()  # API calls in flight (the event stream aside)
+
+    def asked(r: Any) -> None:
+        if "/api/v1/" in r.url and "/api/v1/events" not in r.url:
+            pending.add(r)
+
+    async def settled() -> None:
+        """Every call the page made has been answered, and none followed for 0.3 s."""
+        quiet_since = time.monotonic()
+        deadline = quiet_since + 20
+        while time.monotonic() - quiet_since < 0.3:
+            assert time.monotonic() < deadline, [r.url for r in pending]
+            if pending:
+                quiet_since = time.monotonic()
+            await asyncio.sleep(0.05)
+
     async with console_page() as page:
         page.on("response", lambda r: refused.append(f"{r.status} {r.url}")
                 if r.status == 403 else None)
+        page.on("request", asked)
+        page.on("requestfinished", lambda r: pending.discard(r))
+        page.on("requestfailed", lambda r: pending.discard(r))
         await sign_in(page, streamer.http_url, "op-thang-tam", PASSWORD)
         links = await page.locator(by_testid("nav") + " a").evaluate_all(
             "els => els.map(e => e.getAttribute('href').slice(1))")
         assert "/users" not in links and "/emergency" not in links and "/approvals" not in links
         for route in [*links, "/users", "/emergency", "/approvals"]:
             await go(page, route)
-            await page.wait_for_load_state("networkidle")
+            await settled()
             assert NEIGHBOUR not in await page.inner_text("#view"), route
     assert refused == []
     status, log = await call(streamer, "GET", "/api/v1/audit?user=op-thang-tam&outcome=denied")
