@@ -318,6 +318,20 @@ async def test_the_dashboard_maps_speakers_and_shows_an_emergency_unmistakably(
         shown = page.locator(by_testid("map-empty")).or_(page.locator(by_testid("map-summary")))
         assert (await shown.inner_text()).startswith(("0 loa", "Chưa có toạ độ"))
         await page.select_option(by_testid("map-area"), "brvt")
+        # Côn Đảo, 180 km out to sea, sits in an inset: the mainland fills the map's width
+        inset = page.locator(by_testid("map-inset"))
+        assert "Côn Đảo" in await page.inner_text(by_testid("map-inset-note"))
+        box = await inset.bounding_box()
+        con_dao = await page.locator('g.zone-loc[data-zone="brvt.con-dao"] rect').bounding_box()
+        assert box and con_dao and box["x"] <= con_dao["x"] <= box["x"] + box["width"]
+        assert box["y"] <= con_dao["y"] <= box["y"] + box["height"]
+        xs = await page.locator("g.zone-loc:not([data-inset]) rect").evaluate_all(
+            "els => els.map(e => e.getBoundingClientRect().x)")
+        svg_box = await page.locator("svg.map").bounding_box()
+        assert svg_box and (max(xs) - min(xs)) > 0.35 * svg_box["width"]
+        await page.select_option(by_testid("map-area"), "brvt.vung-tau")
+        assert await inset.count() == 0  # nothing far inside a city
+        await page.select_option(by_testid("map-area"), "brvt")
         assert await page.locator(by_testid("emergency-banner")).is_hidden()
 
         status, e = await call(streamer, "POST", "/api/v1/emergency", json={

@@ -7,7 +7,10 @@
 //
 // The map shows one area at a time (a select: the user's first grant by default), fitted to
 // what lies in it; only the area's direct children are named on the map, so names stay
-// readable at any level (a province's districts, a commune's hamlets).
+// readable at any level (a province's districts, a commune's hamlets). A part lying far from
+// the rest (an island district: Côn Đảo is 180 km off the mainland of Bà Rịa – Vũng Tàu) is
+// drawn in an inset in the corner, as printed maps of Vietnam do, so that the rest is not
+// squeezed into a corner of its own map.
 //
 // Coordinates are accepted as {lat, lon}, {latitude, longitude}, [lat, lon], "lat,lon" (CAP
 // style), or GeoJSON (Point / Polygon, [lon, lat]).
@@ -97,7 +100,8 @@ function collect(area) {
   return { speakers, zones };
 }
 
-function projection(points) {
+/** Lat/lon → SVG x, y, fitting `points` into the box (x0, y0, w, h) with `pad` around. */
+function projection(points, box = { x0: 0, y0: 0, w: W, h: H }, pad = PAD) {
   const lats = points.map((p) => p.lat);
   const lons = points.map((p) => p.lon);
   const minLat = Math.min(...lats);
@@ -107,10 +111,34 @@ function projection(points) {
   const k = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
   const spanX = Math.max((maxLon - minLon) * k, 1e-4);
   const spanY = Math.max(maxLat - minLat, 1e-4);
-  const scale = Math.min((W - 2 * PAD) / spanX, (H - 2 * PAD) / spanY);
-  const offX = (W - spanX * scale) / 2;
-  const offY = (H - spanY * scale) / 2;
-  return (p) => [offX + (p.lon - minLon) * k * scale, H - offY - (p.lat - minLat) * scale];
+  const scale = Math.min((box.w - 2 * pad) / spanX, (box.h - 2 * pad) / spanY);
+  const offX = box.x0 + (box.w - spanX * scale) / 2;
+  const offY = box.y0 + (box.h - spanY * scale) / 2;
+  return (p) => [offX + (p.lon - minLon) * k * scale, offY + spanY * scale - (p.lat - minLat) * scale];
+}
+
+/** The direct child of `area` that `zoneId` lies in (`area` itself for the area's own). */
+function childOf(zoneId, area) {
+  let id = zoneId;
+  while (id && store.parentOf.get(id) !== area && id !== area) id = store.parentOf.get(id);
+  return id || area;
+}
+
+/** The children of `area` lying far from the rest: those whose centre is more than four
+ * times the children's usual distance from their middle (and over 0.3°, some 30 km) away,
+ * when they are a minority. `groups`: child id → its points. */
+function farChildren(groups) {
+  const centres = [...groups].filter(([, pts]) => pts.length).map(([id, pts]) => ({
+    id, lat: pts.reduce((a, p) => a + p.lat, 0) / pts.length, lon: pts.reduce((a, p) => a + p.lon, 0) / pts.length,
+  }));
+  if (centres.length < 3) return new Set();
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const mid = { lat: median(centres.map((c) => c.lat)), lon: median(centres.map((c) => c.lon)) };
+  const k = Math.cos(mid.lat * Math.PI / 180);
+  const dist = (c) => Math.hypot(c.lat - mid.lat, (c.lon - mid.lon) * k);
+  const usual = median(centres.map(dist));
+  const far = centres.filter((c) => dist(c) > Math.max(4 * usual, 0.3)).map((c) => c.id);
+  return new Set(far.length * 2 < centres.length ? far : []);
 }
 
 function stateOf(s) {
@@ -145,47 +173,75 @@ export function render(box) {
   if (refocus) box.querySelector("#map-area").focus(); // a keyboard user keeps their place
 }
 
+/** The corner box (w × h, 6 from the edges) that covers the fewest of `xys`. */
+function emptiestCorner(xys, w, h) {
+  const corners = [[W - w - 6, H - h - 6], [6, H - h - 6], [W - w - 6, 6], [6, 6]]
+    .map(([x0, y0]) => ({ x0, y0, w, h }));
+  const inside = (b) => xys.filter(([x, y]) => x >= b.x0 - 8 && x <= b.x0 + w + 8 && y >= b.y0 - 8 && y <= b.y0 + h + 8).length;
+  return corners.reduce((best, b) => (inside(b) < inside(best) ? b : best));
+}
+
 function draw(box) {
   const area = currentScope();
   const { speakers, zones } = collect(area);
-  const points = [...speakers.map((x) => x.p), ...zones.flatMap((x) => (x.loc ? [x.loc, ...x.ring] : x.ring))];
+  const pointsOf = (x) => (x.p ? [x.p] : x.loc ? [x.loc, ...x.ring] : x.ring);
+  const points = [...speakers, ...zones].flatMap(pointsOf);
   const picker = areaPicker(box, area);
   if (!points.length) {
     box.replaceChildren(picker || "", h("p", { class: "muted", "data-testid": "map-empty", text: t("map.no_coordinates") }));
     return;
   }
-  const xy = projection(points);
+  const groups = new Map();
+  const group = (zoneId) => childOf(zoneId, area);
+  for (const x of speakers) groups.set(group(x.s.zone), [...(groups.get(group(x.s.zone)) || []), ...pointsOf(x)]);
+  for (const x of zones) groups.set(group(x.z.id), [...(groups.get(group(x.z.id)) || []), ...pointsOf(x)]);
+  const far = farChildren(groups);
+  const isFar = (zoneId) => far.has(group(zoneId));
+  const near = [...speakers.filter((x) => !isFar(x.s.zone)), ...zones.filter((x) => !isFar(x.z.id))].flatMap(pointsOf);
+  const main = projection(near);
+  const insetBox = emptiestCorner(near.map(main), W * 0.3, H * 0.36);
+  const inset = far.size ? projection([...speakers.filter((x) => isFar(x.s.zone)), ...zones.filter((x) => isFar(x.z.id))].flatMap(pointsOf), insetBox, 14) : null;
+  const xyOf = (zoneId) => (inset && isFar(zoneId) ? inset : main);
+
   const emergency = emergencyZones();
   const online = speakers.filter((x) => stateOf(x.s) === "online").length;
   const desc = t("map.summary", { n: speakers.length, online, zones: zones.length });
   const outlines = zones.filter((x) => x.ring.length).map(({ z, ring }) => svg("polygon", {
-    class: "zone-boundary", points: ring.map((p) => xy(p).map((v) => v.toFixed(1)).join(",")).join(" "),
+    class: "zone-boundary", points: ring.map((p) => xyOf(z.id)(p).map((v) => v.toFixed(1)).join(",")).join(" "),
   }, svg("title", { text: z.name })));
   const centres = zones.filter((x) => x.loc).map(({ z, loc }) => {
-    const [x, y] = xy(loc);
-    return svg("g", { class: "zone-loc" },
+    const [x, y] = xyOf(z.id)(loc);
+    return svg("g", { class: "zone-loc", "data-zone": z.id, "data-inset": isFar(z.id) ? "true" : undefined },
       svg("rect", { x: (x - 3).toFixed(1), y: (y - 3).toFixed(1), width: 6, height: 6 }),
-      store.parentOf.get(z.id) === area ? svg("text", { x: (x + 6).toFixed(1), y: (y - 6).toFixed(1), text: z.name }) : null,
+      store.parentOf.get(z.id) === area ? svg("text", {
+        // near the right edge the name ends at its square rather than running off the map
+        x: (x > W * 0.75 ? x - 6 : x + 6).toFixed(1), y: (y - 6).toFixed(1),
+        "text-anchor": x > W * 0.75 ? "end" : undefined, text: z.name,
+      }) : null,
       svg("title", { text: z.name }));
   });
   const dots = speakers.map(({ s, p }) => {
-    const [x, y] = xy(p);
+    const [x, y] = xyOf(s.zone)(p);
     return svg("circle", {
       cx: x.toFixed(1), cy: y.toFixed(1), r: 6, class: speakerClass(s, emergency),
       "data-speaker": s.id, "data-testid": `map-speaker-${s.id}`,
     }, svg("title", { text: `${s.name || s.id} (${s.id}): ${t(`presence.${stateOf(s)}`)}` }));
   });
+  const frame = inset ? svg("rect", {
+    class: "map-inset", "data-testid": "map-inset", x: insetBox.x0, y: insetBox.y0, width: insetBox.w, height: insetBox.h,
+  }, svg("title", { text: t("map.inset", { names: [...far].map((id) => store.zoneById.get(id)?.name || id).join(", ") }) })) : null;
   box.replaceChildren(
     picker || "",
     svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "map-desc", class: "map" },
       svg("desc", { id: "map-desc", text: desc }),
       svg("rect", { class: "map-bg", x: 0, y: 0, width: W, height: H }),
-      ...outlines, ...centres, ...dots),
+      frame, ...outlines, ...centres, ...dots),
     h("ul", { class: "legend", "aria-label": t("map.legend") },
       ["online", "offline", "unknown"].map((s) => h("li", {}, h("span", { class: `key spk-${s}`, "aria-hidden": "true" }), t(`presence.${s}`))),
       h("li", {}, h("span", { class: "key spk-on-air", "aria-hidden": "true" }), t("map.on_air")),
       h("li", {}, h("span", { class: "key spk-emergency", "aria-hidden": "true" }), t("map.emergency"))),
-    h("p", { class: "muted small", "data-testid": "map-summary", text: desc }));
+    h("p", { class: "muted small", "data-testid": "map-summary", text: desc }),
+    inset ? h("p", { class: "muted small", "data-testid": "map-inset-note", text: t("map.inset", { names: [...far].map((id) => store.zoneById.get(id)?.name || id).join(", ") }) }) : "");
 }
 
 /** Presence and on-air changed: recolour the dots (a new speaker waits for the next render). */
