@@ -99,6 +99,9 @@ class Fuzz:
     def u32(self) -> int:
         return int.from_bytes(self.take(4).ljust(4, b"\0"), "big")
 
+    def i64(self) -> int:
+        return int.from_bytes(self.take(8).ljust(8, b"\0"), "big", signed=True)
+
     def pick(self, options: Sequence[Any]) -> Any:
         return options[self.below(len(options))]
 
@@ -299,7 +302,11 @@ def control_message(f: Fuzz) -> Message:
         return Message(t, ch, ssrc=f.u32(), keepalive_s=f.below(65536), ptime_ms=f.below(65536))
     if t is MsgType.REJECT:
         return Message(t, ch, reason=f.byte())
+    if t is MsgType.TIMEREPLY:  # times are signed 64-bit ns: any, negative and huge too
+        return Message(t, ch, t1=f.i64(), t2=f.i64(), t3=f.i64())
     cookie = f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0")
+    if t is MsgType.TIME:
+        return Message(t, ch, cookie=cookie, t1=f.i64())
     if t is MsgType.RESEND:
         return Message(t, ch, cookie=cookie, seq=f.below(65536))
     return Message(t, ch, cookie=cookie)
