@@ -19,17 +19,21 @@ reordering and duplicates never count as loss), network latency = kernel arrival
 abs-capture-time the streamer stamped (both on this machine's wall clock), RFC 3550
 interarrival jitter, the first arrival of each broadcast id (time-to-air), the priority.
 
-Playout sync is modelled, not played. Each simulated speaker has a wall clock with an error
-e(t): it boots ``initial_offset_ms`` off (normal, per speaker), drifts at ``drift_ppm``
-(normal, per speaker), and synchronises every ``sync_interval_s`` (at a phase of its own,
-uniform over the first interval), after which its error is a fresh ``residual_ms`` draw
-(normal) plus the drift since. Like ``clients/speaker/playout.py`` it plays a packet when its
-own clock reads capture time + ``playout_delay_ms``, that is at true time
-``capture + delay − e``. A packet that arrives after that instant is late (not played in
-step). Once per second of capture time per channel (the packet whose capture time falls in
-the first ``ptime`` of the second, the same packet in every worker) the workers report the
-earliest and latest true play instant among the speakers that had it on time; the parent
-merges them, and the skew of that packet is latest − earliest across the channel.
+Playout sync is modelled, not played. Each simulated speaker has a clock of its own with an
+error e(t): it boots ``initial_offset_ms`` off (normal, per speaker) and drifts at
+``drift_ppm`` (normal, per speaker). With ``protocol`` (the default) it runs the clock sync as
+``loa speaker`` does: TIME to its relay stamped with its own clock, the answer stamped with its
+own clock at the kernel's receive time, and its estimate s(t) of the streamer's clock minus its
+own, refreshed once a second; it plays a packet when its clock reads capture time +
+``playout_delay_ms`` − s, that is at true time ``capture + delay − e − s``. Without
+``protocol`` it syncs its own clock every ``sync_interval_s`` (at a phase of its own, uniform
+over the first interval), after which its error is a fresh ``residual_ms`` draw (normal) plus
+the drift since, and plays at ``capture + delay − e``. A packet that arrives after its play
+instant is late (not played in step). Once per second of capture time per channel (the packet
+whose capture time falls in the first ``ptime`` of the second, the same packet in every worker)
+the workers report the earliest and latest true play instant among the speakers that had it
+on time; the parent merges them, and the skew of that packet is latest − earliest across the
+channel.
 
 ``python -m loadtest.fleet`` is one worker, driven like ``simspeakers`` by JSON lines: its
 configuration on the first stdin line, then ``start`` (the measurement window opens: counters
@@ -57,9 +61,11 @@ from typing import Any
 import numpy as np
 
 from clients.speaker.playout import MAX_FRAME, RATE_HZ, OpusDecoder
+from device.streamer_time import StreamerTime
 from fanout.mmsg import RecvBatch, timestamp_socket
 from wire.packet import HEADER_LEN, MalformedPacket
 from wire.subscribe import Addr, ClientState, SubscribeClient
+from wire.timesync import Exchange
 
 from .children import ask, quit_child, read_line
 from .header import BROADCAST_AT, SEQ_AT, HeaderFields
@@ -97,6 +103,7 @@ class ClockSpec:
     sync_interval_s: float
     residual_ms: float
     playout_delay_ms: float
+    protocol: bool = True
 
 
 class ClockModel:
@@ -117,10 +124,17 @@ class ClockModel:
             self.drift[row] = rng.normal(0.0, spec.drift_ppm * 1e-6)
             self.phase[row] = rng.uniform(0.0, spec.sync_interval_s)
             self.residual[row] = rng.normal(0.0, spec.residual_ms / 1000, self.epochs)
+        #: the streamer's clock minus each speaker's, as its clock sync estimates it (s; 0
+        #: without the protocol, or before its first answer): kept up to date by the Fleet
+        self.shift = np.zeros(n)
 
     def error(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Clock error (s, positive = ahead) of speaker ``rows[k]`` at true time ``t[k]``."""
+        """Clock error (s, positive = ahead) of speaker ``rows[k]`` at true time ``t[k]``.
+        With the clock sync (``protocol``) a speaker plays by a free-running clock, which
+        nobody steps: its boot offset and its drift, nothing else."""
         elapsed = t - self.origin
+        if self.spec.protocol:
+            return self.offset[rows] + self.drift[rows] * elapsed
         since_first = elapsed - self.phase[rows]
         k = np.clip(np.floor(since_first / self.spec.sync_interval_s), 0, self.epochs - 1)
         last_sync = self.phase[rows] + k * self.spec.sync_interval_s
@@ -128,10 +142,22 @@ class ClockModel:
         booted = self.offset[rows] + self.drift[rows] * elapsed
         return np.where(since_first >= 0, synced, booted)
 
+    def error_one(self, row: int, t: float) -> float:
+        """:meth:`error` of one speaker, without numpy (the clock sync reads it per message)."""
+        elapsed = t - self.origin
+        since_first = elapsed - self.phase[row]
+        if self.spec.protocol or since_first < 0:
+            return float(self.offset[row] + self.drift[row] * elapsed)
+        k = min(int(since_first // self.spec.sync_interval_s), self.epochs - 1)
+        last_sync = self.phase[row] + k * self.spec.sync_interval_s
+        return float(self.residual[row, k] + self.drift[row] * (elapsed - last_sync))
+
     def play_time(self, rows: np.ndarray, capture: np.ndarray) -> np.ndarray:
-        """True time at which each speaker plays the packet captured at ``capture``."""
+        """True time at which each speaker plays the packet captured at ``capture``: when its
+        own clock reads capture + delay − its estimate of the streamer's clock minus its own
+        (``shift``), as ``clients/speaker/playout.py`` places a frame."""
         due = capture + self.spec.playout_delay_ms / 1000
-        return due - self.error(rows, due)
+        return due - self.error(rows, due) - self.shift[rows]
 
 
 @dataclass
@@ -332,7 +358,19 @@ class Fleet:
             s.connect(relay)
             s.setblocking(False)
         clock = ClockModel(cfg.clock, cfg.indices, cfg.seed, cfg.origin, cfg.horizon_s)
+        self.clock = clock
         self.reception = Reception(n, np.array(cfg.channel_index), clock, cfg.ptime_ms)
+        # the clock sync, as a speaker runs it, on each speaker's modelled clock: the answer's
+        # arrival is the kernel's receive time on that clock (``_control``)
+        self.times: list[StreamerTime] = []
+        self._t4 = 0
+        self._shift_at = -math.inf
+        if cfg.clock.protocol:
+            for row, client in enumerate(self.clients):
+                st = StreamerTime(lambda row=row: self._local_ns(row, time.time()))
+                client.on_time = lambda t1, t2, t3, st=st: st.timeline.add(
+                    Exchange(t1, t2, t3, self._t4))
+                self.times.append(st)
         self.batch = RecvBatch(SLOTS, MAX_DATAGRAM)
         self.rows = np.zeros((n, SLOTS, HEADER_LEN), dtype=np.uint8)
         self.lengths = np.zeros((n, SLOTS), dtype=np.int64)
@@ -342,6 +380,10 @@ class Fleet:
         self.payloads: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
         self.recv_errors = 0
         self.started = self.acked = 0
+
+    def _local_ns(self, row: int, t: float) -> int:
+        """Speaker ``row``'s clock at true time ``t``, ns (the clock model's error added)."""
+        return round((t + self.clock.error_one(row, t)) * 1e9)
 
     def subscribed(self) -> int:
         return sum(1 for c in self.clients if c.state is ClientState.SUBSCRIBED)
@@ -375,6 +417,8 @@ class Fleet:
         client, b = self.clients[i], self.batch
         for j in np.nonzero(b.data[:k, 0] == ord("L"))[0].tolist():
             was = client.state
+            if self.times:  # a TIMEREPLY's arrival, on this speaker's clock
+                self._t4 = self._local_ns(i, float(b.times[j]))
             try:
                 out = client.handle(b.data[j, :b.lengths[j]].tobytes(), client.upstream, now)
             except (MalformedPacket, ValueError):
@@ -410,6 +454,15 @@ class Fleet:
             self.started += 1
         for i in range(self.started):
             self._send(i, self.clients[i].tick(now))
+        if not self.times:
+            return
+        for i in range(self.started):
+            c = self.clients[i]
+            if c.state is ClientState.SUBSCRIBED and (t1 := self.times[i].due(now)) is not None:
+                self._send(i, c.ask_time(t1))
+        if now - self._shift_at >= 1.0:  # what each plays by, from its estimate, once a second
+            self._shift_at = now
+            self.clock.shift[:] = [st.shift_s() for st in self.times]
 
     def report(self) -> dict[str, Any]:
         r = self.reception

@@ -57,6 +57,9 @@ class Clock(_Strict):
     sync_interval_s: float = Field(64.0, gt=0, le=86_400)
     residual_ms: float = Field(1.0, ge=0, le=1_000)
     playout_delay_ms: float = Field(300.0, ge=0, le=10_000)
+    #: the speakers play on the streamer's timeline through the clock sync (TIME exchanges
+    #: with their relay, as ``loa speaker`` does); false: on their own clocks, as before it
+    protocol: bool = True
 
 
 class Scenario(_Strict):

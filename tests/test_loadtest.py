@@ -93,19 +93,47 @@ def test_decoded_sample_hears_the_tones(smoke) -> None:
         assert d["level_dbfs"] > -30, d
 
 
-def test_sync_skew_follows_the_clock_model(smoke) -> None:
+def test_sync_skew_follows_the_clock_sync_not_the_clocks(smoke) -> None:
     r, _, _ = smoke
     clock = r["scenario"]["clock"]
-    # Every clock error is within 5 sigma of its boot offset or post-sync residual plus the
-    # drift over one interval; the spread of a channel is at most twice that.
-    bound_ms = 2 * (5 * max(clock["initial_offset_ms"], clock["residual_ms"])
-                    + 5 * clock["drift_ppm"] * 1e-3 * clock["sync_interval_s"])
+    assert clock["protocol"] is True
     skew = r["sync_skew_ms"]
-    # ~17 speakers per channel with 0.5 ms residuals: the spread cannot be near zero
-    assert clock["residual_ms"] / 2 < skew["p50"] <= skew["p99"] < bound_ms, skew
+    # The speakers' own clocks boot 2 ms apart (sigma) and drift 50 ppm: ~17 speakers per
+    # channel on them would spread over about 3.5 sigma, 7 ms. On the streamer's timeline
+    # through the clock sync they are within the relay's answer delays: a relay fanning out
+    # to 500 speakers answers TIME after its queue, and the run measures the first half
+    # minute after the handshakes, the busiest (docs/loadtest.md, "Sync skew").
+    assert 0 <= skew["p50"] < clock["initial_offset_ms"], skew
+    assert skew["p99"] < 3 * clock["initial_offset_ms"], skew
     # late_ratio is not bounded here: 300 ms of playout delay is plenty on loopback, but a
     # shared VM can be paused for longer (CI saw 16 % late in a starved run). Its computation
     # is pinned by test_late_packets_and_skew_samples.
+
+
+def test_without_the_clock_sync_the_skew_is_the_clocks_own() -> None:
+    """The model alone (``protocol = false``, or before a speaker's first answer): a speaker
+    plays when its own clock reads capture + delay; with the clock sync's estimate of the
+    streamer's clock minus its own (``shift``), its error cancels out."""
+    spec = ClockSpec(initial_offset_ms=5, drift_ppm=50, sync_interval_s=10, residual_ms=1,
+                     playout_delay_ms=300, protocol=False)
+    model = ClockModel(spec, [0, 1, 2], seed=4, origin=0.0, horizon_s=100)
+    rows = np.array([0, 1, 2])
+    capture = np.full(3, 40.0)
+    due = capture + 0.3
+    on_own = model.play_time(rows, capture)
+    assert np.allclose(on_own, due - model.error(rows, due)) and np.ptp(on_own) > 1e-4
+    model.shift[:] = -model.error(rows, due)  # a perfect estimate
+    assert np.allclose(model.play_time(rows, capture), due, atol=1e-12)
+    for row in range(3):  # the scalar error the clock sync reads is the vector one
+        for t in (0.5, 12.3, 57.0):
+            assert model.error_one(row, t) == pytest.approx(
+                float(model.error(np.array([row]), np.array([t]))[0]), abs=1e-15)
+    # with the clock sync a speaker's own clock runs free: its boot offset and drift, no resync
+    free = ClockModel(ClockSpec(5, 50, 10, 1, 300), [0, 1, 2], seed=4, origin=0.0,
+                      horizon_s=100)
+    t = np.array([1.0, 25.0, 90.0])
+    assert np.allclose(free.error(rows, t), free.offset + free.drift * t, atol=1e-15)
+    assert free.error_one(2, 90.0) == pytest.approx(free.offset[2] + free.drift[2] * 90.0)
 
 
 def test_processes_and_figures(smoke) -> None:
@@ -222,7 +250,7 @@ def test_jitter_follows_rfc3550() -> None:
 
 def test_clock_model_drifts_and_resyncs() -> None:
     spec = ClockSpec(initial_offset_ms=0, drift_ppm=100, sync_interval_s=10, residual_ms=0,
-                     playout_delay_ms=300)
+                     playout_delay_ms=300, protocol=False)  # the speakers' own clocks: NTP
     model = ClockModel(spec, [0, 1], seed=3, origin=0.0, horizon_s=100)
     rows = np.array([0, 0, 0])
     t = model.phase[0] + np.array([1e-6, 5.0, 9.999])  # just synced, then drifting
