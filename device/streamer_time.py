@@ -2,8 +2,8 @@
 
 Capture times are on the streamer's clock; a device's clock is whatever NTP made of it. A
 device asks its upstream for the time (TIME/TIMEREPLY, ``docs/protocol.md``), often at first
-and then once a second, and ``wire/timesync.py`` turns the answers into the offset and drift
-of the streamer's clock from its own. A relay answers its own subscribers' TIMEs from this
+and then every few seconds, and ``wire/timesync.py`` turns the answers into the offset and
+drift of the streamer's clock from its own. A relay answers its own subscribers' TIMEs from this
 estimate, so time flows down a chain of relays like the media does.
 """
 

@@ -290,6 +290,7 @@ class Playout:
         if pad > 0:
             self.sink.write_silence(pad)
             self.timeline.cursor += pad
+            self._last[0] = 0
         if self.broadcast_id and now - self._bc_end > self.broadcast_gap_s:
             self._end_broadcast()
         return emitted
@@ -343,6 +344,7 @@ class Playout:
         elif zeros:
             self.sink.write_silence(zeros)
             self.timeline.cursor += zeros
+            self._last[0] = 0
         sumsq = self._write(pcm, forced, skip=trim)
         self.late_samples += trim if trim > 1 else 0  # one dropped sample is a clock step
         self.frames += 1
