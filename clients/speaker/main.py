@@ -148,7 +148,8 @@ async def serve(cfg: SpeakerConfig) -> int:
                         "channel": cfg.channel, "speaker": cfg.id})
     tokens = cfg.token_source()
     client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
-                                       failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s,
+                                       failover_s=cfg.failover_s,
+                                       silence_s=cfg.silence_ms / 1000,
                                        token=tokens.token if tokens is not None else b"")
     registry = CollectorRegistry()
     trusted = cfg.trusted_keys()
