@@ -76,6 +76,9 @@ async def hole_when_killed(spk: SpeakerProcess, victim: RelayProcess, what: str)
     print(f"\nfailover: {what}: {hole * 1000:.0f} ms of silence; {lost:.0f} frames lost, "
           f"{after[unproven] - before[unproven]:.0f} of them received but never proven")
     assert lost * 0.02 <= GAP_BOUND_S, f"{lost:.0f} frames lost"
+    # the new upstream's packets continue the same stream: no jitter buffer restart
+    resets = "loa_speaker_jitter_resets_total"
+    assert after[resets] == before[resets]
     return hole
 
 
