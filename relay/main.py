@@ -37,6 +37,7 @@ from device.link import DeviceLink, DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys, TrustedKeys, auth_metrics, keys_metrics
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes, listen_tokens
+from wire import subscribe
 from wire.auth import Keyring
 from wire.packet import ssrc_for
 
@@ -57,7 +58,8 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     ptime_ms: int = 20
     keepalive_s: int = 5
     expire_s: float = 15.0
-    failover_s: float = 3.0
+    failover_s: float = subscribe.FAILOVER_S
+    silence_ms: int = round(subscribe.SILENCE_S * 1000)
     linger_s: float = 3.0
     burst_ms: int = 200
     log_level: str = "INFO"
@@ -73,7 +75,8 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
             raise ConfigError("id", "must be a non-empty string")
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ConfigError("log_level", f"{self.log_level!r} is not a log level")
-        for key in ("ptime_ms", "keepalive_s", "expire_s", "failover_s", "linger_s"):
+        for key in ("ptime_ms", "keepalive_s", "expire_s", "failover_s", "silence_ms",
+                    "linger_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "must be a positive number")
         if not 0 <= self.burst_ms <= 1000:
@@ -104,7 +107,10 @@ def load_config(
                     "plain RTP receiver (unicast or multicast); repeatable")
     ap.add_argument("--public-host", help="this relay's address as receivers see it (SDP o=)")
     ap.add_argument("--ptime-ms", type=int)
-    ap.add_argument("--failover-s", type=float)
+    ap.add_argument("--failover-s", type=float, help="move to the next upstream when a "
+                    "handshake step is unanswered this long (default 0.5)")
+    ap.add_argument("--silence-ms", type=int, help="move to the next upstream when a channel's "
+                    "stream from it stops this long (default 300: 15 frames)")
     ap.add_argument("--linger-s", type=float)
     ap.add_argument("--burst-ms", type=int, help="recent packets sent to a new subscriber at "
                     "once (default 200; keep it below the speakers' playout delay; 0: none)")
@@ -172,6 +178,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         log.warning("verify_media is off: this relay forwards media nobody signed")
     upstream = Upstream(
         fanout, cfg.upstream, identity=cfg.id, registry=registry, failover_s=cfg.failover_s,
+        silence_s=cfg.silence_ms / 1000,
         linger_s=cfg.linger_s, on_unknown=fanout.reject_channel, keys=keys,
         token=tokens.token if tokens is not None else b"", token_source=tokens,
     )

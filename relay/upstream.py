@@ -16,7 +16,10 @@ adds a batch's delay, and its hash is held in the channel's :class:`~wire.auth.M
 ``LOAS`` is forwarded only once it verifies against what arrived: a forged or altered stream
 never becomes playable past this relay. Plain RTP destinations and listen-in cannot verify, so
 they get each packet only once its LOAS has proven it. Only proven media counts as media for
-failover: an upstream sending forged or altered packets is left like a silent one.
+failover: an upstream sending forged or altered packets is left after ``media_timeout_s``.
+Any RTP or RTCP datagram of the channel from its upstream shows that upstream alive
+(``SubscribeClient.heard``); one silent for ``silence_s`` is left at the next tick, as a
+speaker leaves a silent relay (``docs/protocol.md``, "Failover").
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.2
+TICK_S = 0.1  # a dead upstream is noticed within silence_s + TICK_S
 #: a packet no LOAS has proven after this long never will be (a batch lasts 240 ms)
 HOLD_S = 1.0
 
@@ -70,8 +73,9 @@ class Upstream(asyncio.DatagramProtocol):
         process: str = "relay",
         token: bytes = b"",
         linger_s: float = 3.0,
-        failover_s: float = 3.0,
-        media_timeout_s: float = 3.0,
+        failover_s: float = subscribe.FAILOVER_S,
+        silence_s: float = subscribe.SILENCE_S,
+        media_timeout_s: float = subscribe.MEDIA_TIMEOUT_S,
         unknown_ttl_s: float = 60.0,
         on_unknown: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -89,6 +93,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.token = token
         self.linger_s = linger_s
         self.failover_s = failover_s
+        self.silence_s = silence_s
         self.media_timeout_s = media_timeout_s
         self.unknown_ttl_s = unknown_ttl_s
         self.on_unknown = on_unknown
@@ -204,8 +209,10 @@ class Upstream(asyncio.DatagramProtocol):
                     return
                 self._m_packets.inc()
                 self._m_octets.inc(len(data))
+                now = self._clock()
+                sub.client.heard(now)  # alive, whatever the packet proves
                 if sub.gate is None:
-                    sub.client.on_media(self._clock())
+                    sub.client.on_media(now)
                     self.fanout.publish(sub.client.channel, data)
                 elif off == 8:
                     self._media(sub, sub.gate, data)
@@ -302,8 +309,8 @@ class Upstream(asyncio.DatagramProtocol):
     def _subscribe(self, channel: str, now: float) -> None:
         client = SubscribeClient(
             identity=self.identity, channel=channel, upstreams=self.upstreams, token=self.token,
-            failover_s=self.failover_s, media_timeout_s=self.media_timeout_s,
-            on_time=self.time.answered,
+            failover_s=self.failover_s, silence_s=self.silence_s,
+            media_timeout_s=self.media_timeout_s, on_time=self.time.answered,
         )
         gate = None if self.keys is None else MediaGate[bytes](
             channel, self.keys, dropped=self.auth_dropped, loas=self.auth_loas)

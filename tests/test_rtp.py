@@ -248,6 +248,113 @@ def test_client_fails_over_on_silence_and_on_dead_upstream():
     assert [sub.parse(d).type for d, _ in out] == [sub.MsgType.BYE, sub.MsgType.HELLO]
 
 
+OTHER = ("127.0.0.2", 5000)
+
+
+def stream(cl, start, end, every=0.02, tick_every=0.1):
+    """The upstream's packets every ``every`` s and the edge's ticks every ``tick_every`` s from
+    ``start`` to ``end`` (exclusive), in time order; what the ticks sent."""
+    events = sorted([(start + i * every, "heard") for i in range(round((end - start) / every))]
+                    + [(start + i * tick_every, "tick")
+                       for i in range(1, round((end - start) / tick_every))])
+    out = []
+    for t, what in events:
+        if what == "heard":
+            cl.heard(t)
+        else:
+            out += cl.tick(t)
+    return out
+
+
+def types(out):
+    return [sub.parse(d).type for d, _ in out]
+
+
+def test_client_leaves_an_upstream_silent_for_silence_s_at_the_next_tick():
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, OTHER], silence_s=0.3)
+    handshake(server(), cl, now=0)
+    cl.on_media(0)
+    assert stream(cl, 0, 1.0) == [] and cl.upstream == UP  # the live stream: keepalives only
+    # the last packet came at 0.98: 0.3 s later is 1.28, so the tick at 1.3 leaves
+    for t in (1.0, 1.1, 1.2):
+        assert cl.tick(t) == [] and cl.upstream == UP
+    out = cl.tick(1.3)
+    assert cl.upstream == OTHER and cl.failovers == 1
+    assert types(out) == [sub.MsgType.BYE, sub.MsgType.HELLO]
+    assert out[0][1] == UP and out[1][1] == OTHER
+
+
+def test_one_late_packet_is_not_a_dead_upstream_and_the_new_one_is_kept():
+    """No flapping: a packet 250 ms late (the 12 frames before it held up on the path) does
+    not move the subscriber; a dead primary does, once, and the next upstream keeps it even
+    when the old one talks again."""
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, OTHER], silence_s=0.3)
+    handshake(server(), cl, now=0)
+    stream(cl, 0, 1.0)
+    for t in (1.05, 1.15):  # nothing arrives from 0.98 to 1.23
+        assert cl.tick(t) == []
+    cl.heard(1.23)
+    assert stream(cl, 1.25, 3.0) == [] and cl.failovers == 0
+    for t in (3.1, 3.2, 3.3):  # dead from 2.98 on
+        cl.tick(t)
+    assert cl.upstream == OTHER and cl.failovers == 1
+    srv = server()
+    handshake(srv, cl, addr=ME, now=3.31)
+    assert cl.state is sub.ClientState.SUBSCRIBED and cl.upstream == OTHER
+    # the old primary comes back: its answers are not ours to take (the edge drops its media)
+    cookie = sub.Message(sub.MsgType.COOKIE, "ch", cookie=bytes(sub.COOKIE_LEN)).build()
+    assert cl.handle(cookie, UP, 3.32) == []
+    stream(cl, 3.32, 6.0)
+    assert cl.upstream == OTHER and cl.failovers == 1
+
+
+def test_a_tick_late_by_silence_s_is_our_own_stall_not_the_upstreams():
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, OTHER], silence_s=0.3)
+    handshake(server(), cl, now=0)
+    stream(cl, 0, 1.0)
+    assert cl.tick(2.0) == [] and cl.upstream == UP  # stalled a second: measure afresh
+    assert cl.tick(2.1) == [] and cl.tick(2.3) == []
+    cl.tick(2.4)  # but silence after the stall is silence
+    assert cl.upstream == OTHER
+
+
+def test_an_upstream_sending_only_unproven_media_is_left_after_media_timeout_s():
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, OTHER], media_timeout_s=3.0)
+    handshake(server(), cl, now=0)
+    stream(cl, 0, 2.95)  # heard, but nothing proven
+    assert cl.upstream == UP
+    stream(cl, 2.95, 3.2)
+    assert cl.upstream == OTHER
+
+
+def test_handshake_gives_up_in_failover_s_then_backs_off_round_by_round():
+    # times in 1/16 s, exact in binary: no tick falls on a boundary by rounding
+    cl = sub.SubscribeClient("spk-1", "ch", [UP, OTHER], retry_s=0.125, failover_s=0.5)
+    sent = cl.start(0)
+    moves = []
+
+    def run(ticks):
+        for t in ticks:
+            before = cl.index
+            out = cl.tick(t)
+            if cl.index != before:
+                moves.append(t)
+            else:
+                sent.extend(out)
+
+    run(i / 16 for i in range(1, 321))  # 20 s of dead upstreams
+    # a round at 0.5 s an upstream, then 1 s, 2 s, then 4 s (MAX_HANDSHAKE_S) from then on
+    assert moves == [0.5625, 1.125, 2.1875, 3.25, 5.3125, 7.375, 11.4375, 15.5, 19.5625]
+    # HELLOs at 0, 0.125, 0.25, 0.375 and 0.5, then the next upstream's (every 0.125 s)
+    assert [a for _, a in sent[:6]] == [UP] * 5 + [OTHER]
+    assert set(types(sent)) == {sub.MsgType.HELLO}
+    # a SUBACK ends the back-off: the next dead upstream is given up after 0.5 s again
+    handshake(server(), cl, now=30.0)
+    moves.clear()
+    run([30.0, *(30 + i / 16 for i in range(1, 17))])
+    assert moves == [30.3125, 30.875]  # silent for > 0.3 s, then 0.5 s without a COOKIE
+
+
 def test_unknown_channel_rejected_and_garbage_is_malformed():
     srv = server()
     reply, _ = srv.handle(sub.Message(sub.MsgType.HELLO, "nope").build(), ME, 0)

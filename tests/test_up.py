@@ -100,7 +100,7 @@ def test_a_killed_streamer_comes_back_on_its_ports_and_the_speakers_play_again(u
     assert (state["streamer_url"], state["streamer_media"]) == (
         old["streamer_url"], old["streamer_media"])
     restarted = time.time()
-    # long enough for relay and speakers to find it again (media timeout 3 s, handshakes)
+    # long enough for relay and speakers to find it again (handshakes back off to 4 s a step)
     b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 1100, "seconds": 7})
     spks = up.speakers()
     wait_for(lambda: all(plays_tone(s, b["id"], 1100, after=restarted) for s in spks),

@@ -426,6 +426,14 @@ class SubscribeServer:
 # --------------------------------------------------------------------------- subscriber side
 
 
+#: the subscriber's failover timing (``SubscribeClient`` says why these values)
+SILENCE_S = 0.3  # no datagram of the stream for this long: the upstream is dead (15 frames)
+RETRY_S = 0.15  # HELLO and SUBSCRIBE are sent again after this long without an answer
+FAILOVER_S = 0.5  # a handshake step unanswered this long: the next upstream
+MAX_HANDSHAKE_S = 4.0  # the longest a handshake step is given after rounds without a SUBACK
+MEDIA_TIMEOUT_S = 3.0  # no proven media for this long: the upstream sends only forgeries
+
+
 class ClientState(IntEnum):
     HELLO = 1
     SUBSCRIBING = 2
@@ -436,17 +444,41 @@ class ClientState(IntEnum):
 class SubscribeClient:
     """Subscriber half: handshake, keepalives, and failover along an ordered upstream list.
 
-    It moves to the next upstream when a handshake makes no progress for ``failover_s`` or
-    media stops for ``media_timeout_s``; after the last upstream it starts again at the first.
+    It moves to the next upstream (after the last, back to the first) when:
+
+    - the stream stops: no datagram of it (RTP or RTCP, :meth:`heard`) from the upstream for
+      ``silence_s``. The stream is continuous (a quiet channel is Opus silence every frame), so
+      15 missing frames mean a dead upstream, not jitter; a single late packet never does;
+    - a handshake makes no progress (no COOKIE, then no SUBACK) for ``failover_s``; each time
+      the list wraps around without a SUBACK that time (and ``retry_s``) doubles, up to
+      ``MAX_HANDSHAKE_S``, so that a slow link still completes a handshake and dead
+      upstreams are knocked at less often;
+    - no *proven* media (:meth:`on_media`: what the signature gate let through) for
+      ``media_timeout_s``: an upstream that sends only forged or altered packets;
+    - a REJECT other than 2 and 4.
+
+    Call :meth:`tick` more often than ``silence_s``: a tick that comes ``silence_s`` late
+    means this process was stalled (or the whole machine was), so the silence it measured is
+    its own and its clock starts again instead.
+
+    Why these defaults: with a 300 ms playout delay and a 200 ms join burst, a primary that
+    dies is heard as ``silence_s`` (0.3 s) + up to one tick (0.1 s at the speaker and relay)
+    + two round trips of handshake − the 200 ms the new upstream's join burst replays, about
+    0.2 s on a LAN; a signed stream may lose the LOAS batch (240 ms) the dead upstream never
+    finished. If the next upstream is dead too, ``failover_s`` (0.5 s: a HELLO at 0, 150,
+    300 and 450 ms) adds its time, still under 1 s of audio lost. 0.5 s is a round trip of
+    HELLO→COOKIE (or SUBSCRIBE→SUBACK) with room for a poor 4G link; a worse link gets
+    the doubled time of the next round.
     """
 
     identity: str
     channel: str
     upstreams: list[Addr]
     token: bytes = b""
-    retry_s: float = 0.5
-    failover_s: float = 3.0
-    media_timeout_s: float = 3.0
+    retry_s: float = RETRY_S
+    failover_s: float = FAILOVER_S
+    silence_s: float = SILENCE_S
+    media_timeout_s: float = MEDIA_TIMEOUT_S
     state: ClientState = ClientState.HELLO
     index: int = 0
     ssrc: int | None = None
@@ -464,6 +496,9 @@ class SubscribeClient:
     _phase_since: float = 0.0
     _last_sent: float = float("-inf")
     _last_media: float = 0.0
+    _last_heard: float = 0.0  # the last datagram of the stream from the current upstream
+    _last_tick: float | None = None
+    _rounds: int = 0  # whole rounds of the upstream list without a SUBACK
     _times_asked: list[int] = field(default_factory=list)  # t1 of the last TIMEs, newest last
 
     @property
@@ -497,7 +532,8 @@ class SubscribeClient:
             self.keepalive_s = float(msg.keepalive_s or self.keepalive_s)
             self._keepalive_due = self.keepalive_s * self.rng.uniform(0.75, 1.0)
             self._phase_since = now
-            self._last_media = now
+            self._last_media = self._last_heard = now
+            self._rounds = 0
             return []
         if msg.type is MsgType.TIMEREPLY:
             # only an answer to a TIME we sent counts: t1 is our clock in ns, which nobody
@@ -512,8 +548,15 @@ class SubscribeClient:
             return self._failover(now)
         return []
 
+    def heard(self, now: float) -> None:
+        """A datagram of the stream (RTP or RTCP) came from the current upstream: it is alive,
+        whether or not what it sent proves genuine. Cheap: call it for every packet."""
+        self._last_heard = now
+
     def on_media(self, now: float) -> None:
-        self._last_media = now
+        """Media that may play came from the current upstream (proven by its signature, or
+        verification is off); it was heard too."""
+        self._last_media = self._last_heard = now
 
     def set_token(self, token: bytes, now: float) -> list[tuple[bytes, Addr]]:
         """A new token (refreshed before the old one runs out): the handshake again, so the
@@ -524,9 +567,15 @@ class SubscribeClient:
         return self.start(now) if self.state is not ClientState.HELLO else []
 
     def tick(self, now: float) -> list[tuple[bytes, Addr]]:
-        """Call every few hundred ms: retries, keepalives, failover."""
+        """Call every 100 ms or so (the silence is noticed at the first tick after
+        ``silence_s``): retries, keepalives, failover."""
+        stalled = self._last_tick is not None and now - self._last_tick > self.silence_s
+        self._last_tick = now
         if self.state is ClientState.SUBSCRIBED:
-            if now - self._last_media > self.media_timeout_s:
+            if stalled:  # our own stall, not the upstream's silence: measure again from now
+                self._last_heard = now
+            if (now - self._last_heard > self.silence_s
+                    or now - self._last_media > self.media_timeout_s):
                 return self._failover(now)
             if now - self._last_sent >= self._keepalive_due:
                 self._last_sent = now
@@ -534,9 +583,10 @@ class SubscribeClient:
                 msg = Message(MsgType.KEEPALIVE, self.channel, cookie=self._cookie)
                 return [(msg.build(), self.upstream)]
             return []
-        if now - self._phase_since > self.failover_s:
+        backoff = self._backoff()
+        if now - self._phase_since > self.failover_s * backoff:
             return self._failover(now)
-        if now - self._last_sent >= self.retry_s:
+        if now - self._last_sent >= self.retry_s * backoff:
             if self.state is ClientState.HELLO:
                 return self._send_hello(now)
             return self._send_subscribe(now)
@@ -568,9 +618,17 @@ class SubscribeClient:
         msg = Message(MsgType.BYE, self.channel, cookie=self._cookie)
         return [(msg.build(), self.upstream)]
 
+    def _backoff(self) -> float:
+        """How many times ``failover_s`` (and ``retry_s``) a handshake step is given now: 1,
+        doubled each time the list wrapped around without a SUBACK, up to
+        ``MAX_HANDSHAKE_S``."""
+        return float(min(1 << min(self._rounds, 16), max(1.0, MAX_HANDSHAKE_S / self.failover_s)))
+
     def _failover(self, now: float) -> list[tuple[bytes, Addr]]:
         out = self.close() if self.state is ClientState.SUBSCRIBED else []
         self.index = (self.index + 1) % len(self.upstreams)
+        if self.index == 0 and self.state is not ClientState.SUBSCRIBED:
+            self._rounds += 1  # a whole round of handshakes that came to nothing
         self.failovers += 1
         self.ssrc = None
         return out + self.start(now)

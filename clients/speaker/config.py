@@ -18,6 +18,7 @@ from common.config import Addr, ConfigError, check_range, load
 from common.tls import check_pair
 from device.link import DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys
+from wire import subscribe
 from wire.ids import valid_zone_id
 
 
@@ -33,7 +34,8 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     volume: float = 100.0
     mute: bool = False
     http: Addr | None = None
-    failover_s: float = 3.0
+    failover_s: float = subscribe.FAILOVER_S
+    silence_ms: int = round(subscribe.SILENCE_S * 1000)
     zone: str = ""
     var_dir: str = "var"
     cache_dir: str = ""
@@ -56,6 +58,7 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         check_range("delay_ms", self.delay_ms, 0, 10_000)
         check_range("volume", self.volume, 0, 100)
         check_range("failover_s", self.failover_s, 0.2, 3600)
+        check_range("silence_ms", self.silence_ms, 60, 60_000)
         check_range("emergency_volume", self.emergency_volume, 0, 100)
         check_range("offline_after_s", self.offline_after_s, 0.2, 3600)
         check_range("clock_offset_ms", self.clock_offset_ms, -86_400_000, 86_400_000)
@@ -92,7 +95,11 @@ def _arg_parser() -> argparse.ArgumentParser:
                    help="start muted (keeps receiving and logging, plays silence)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here")
     p.add_argument("--failover-s", type=float,
-                   help="move to the next upstream after this long without progress (default 3)")
+                   help="move to the next upstream when a handshake step is unanswered this "
+                        "long (default 0.5)")
+    p.add_argument("--silence-ms", type=int,
+                   help="move to the next upstream when it sends nothing for this long "
+                        "(default 300: 15 frames; the stream never pauses)")
     p.add_argument("--mqtt-url", metavar="URL",
                    help="join the control plane: mqtt://host:port (or mqtts://)")
     p.add_argument("--mqtt-user", help="MQTT user name (default: the speaker id)")

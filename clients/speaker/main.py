@@ -157,7 +157,8 @@ async def serve(cfg: SpeakerConfig) -> int:
                         "clock_drift_ppm": cfg.clock_drift_ppm})
     tokens = cfg.token_source()
     client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
-                                       failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s,
+                                       failover_s=cfg.failover_s,
+                                       silence_s=cfg.silence_ms / 1000,
                                        token=tokens.token if tokens is not None else b"")
     registry = CollectorRegistry()
     trusted = cfg.trusted_keys()

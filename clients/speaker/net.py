@@ -9,7 +9,8 @@ Nothing plays unless the streamer signed it (``wire/auth.py``): each RTP packet 
 the playout; the wait counts against the playout delay. Media that no LOAS proves is counted
 by reason (``loa_media_auth_dropped_total``) and never heard, and it does not count as media
 for failover either: an upstream that sends only forged or altered packets is left after
-``failover_s`` like a silent one.
+``media_timeout_s`` (3 s). Any RTP or RTCP datagram from the current upstream shows it is alive
+(``SubscribeClient.heard``): one that sends nothing for ``silence_ms`` is left at the next tick.
 
 This edge must never let a datagram, however malformed, stop the process: each one is counted
 under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
@@ -41,7 +42,8 @@ from .playout import Playout
 
 log = logging.getLogger("loa.speaker")
 
-TICK_S = 0.2
+TICK_S = 0.1  # the handshake's tick: a dead upstream is noticed within silence_ms + TICK_S
+EMERGENCY_TICK_S = 0.2
 BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time", "error")
 # A capture time further than this from our wall clock cannot be placed on the timeline: the
 # sender is broken or hostile (clocks are NTP-disciplined to well under a second).
@@ -130,13 +132,15 @@ class Speaker(asyncio.DatagramProtocol):
             if client.index != before:
                 log.warning("upstream %s refused us; trying %s", addr, client.upstream)
             return
+        mono = time.monotonic()
+        client.heard(mono)  # the upstream is alive, whatever its packets prove
         if packet.is_rtcp(data):
             self.rtcp += 1
             if self.gate is not None and auth.is_loas(data):
                 if packet.peek_rtcp_ssrc(data) != self.ssrc:
                     self.bad["foreign_ssrc"] += 1
                     return
-                for proven, at in self.gate.vouch(data, time.monotonic()):
+                for proven, at in self.gate.vouch(data, mono):
                     self._play(proven, at)
             else:
                 rtcp.parse_compound(data)  # sender reports are not needed: capture times are
@@ -158,7 +162,6 @@ class Speaker(asyncio.DatagramProtocol):
         if self.gate is None:
             self._play(pkt, capture_time)
         else:
-            mono = time.monotonic()
             self.gate.hold(pkt.seq, data, (pkt, capture_time), mono)
             if self.gate.late:  # its batch's LOAS came first
                 for proven, at in self.gate.take_late()[0]:
@@ -200,7 +203,7 @@ class Speaker(asyncio.DatagramProtocol):
 
 
 async def tick_forever(speaker: Speaker) -> None:
-    """Handshake retries, keepalives, failover and asking the time, every 200 ms."""
+    """Handshake retries, keepalives, failover and asking the time, every ``TICK_S``."""
     client = speaker.client
     while True:
         before = client.index
@@ -219,8 +222,8 @@ async def tick_forever(speaker: Speaker) -> None:
 
 async def emergency_forever(emergency: EmergencyPath, speaker: Speaker,
                             cfg: SpeakerConfig) -> None:
-    """Offline replay decisions every 200 ms. A failure is logged (once a minute at most) and
-    the loop goes on: this task must outlive any bug in it."""
+    """Offline replay decisions every ``EMERGENCY_TICK_S``. A failure is logged (once a minute
+    at most) and the loop goes on: this task must outlive any bug in it."""
     logged = float("-inf")
     while True:
         try:
@@ -232,7 +235,7 @@ async def emergency_forever(emergency: EmergencyPath, speaker: Speaker,
             if time.monotonic() - logged > 60:
                 logged = time.monotonic()
                 log.exception("emergency tick failed")
-        await asyncio.sleep(TICK_S)
+        await asyncio.sleep(EMERGENCY_TICK_S)
 
 
 async def resolve(addr: Addr, family: int) -> Addr:

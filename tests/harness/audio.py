@@ -1,5 +1,6 @@
-"""How the tests judge audio: its pitch (the strongest FFT bin), its level, and where one
-recording matches another (normalised cross-correlation)."""
+"""How the tests judge audio: its pitch (the strongest FFT bin), its level, where one
+recording matches another (normalised cross-correlation), and the longest hole in a steady
+tone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from scipy.signal import correlate
 
 from loadtest.fleet import dominant_hz as peak_hz  # one FFT peak for the tests and the load test
 
-__all__ = ["correlation", "peak_hz", "rms_dbfs"]
+__all__ = ["correlation", "longest_gap_s", "peak_hz", "rms_dbfs"]
 
 
 def rms_dbfs(x: np.ndarray) -> float:
@@ -22,3 +23,18 @@ def correlation(reference: np.ndarray, search: np.ndarray) -> float:
     running = np.concatenate([[0.0], np.cumsum(search * search)])
     energy = running[len(reference):] - running[: len(running) - len(reference)]
     return float(np.max(c / np.sqrt(energy * np.dot(reference, reference) + 1e-18)))
+
+
+def longest_gap_s(x: np.ndarray, level: float, rate_hz: int = 48_000,
+                  block_s: float = 0.005) -> float:
+    """The longest stretch of ``x`` (full scale = 1) whose RMS, over blocks of ``block_s``,
+    stays below ``level``, in seconds: the hole a listener hears in a steady tone. Concealment
+    that still sounds like the tone is not counted; a fade below ``level`` is."""
+    n = round(rate_hz * block_s)
+    blocks = np.asarray(x, dtype=np.float64)[: len(x) // n * n].reshape(-1, n)
+    quiet = np.sqrt(np.mean(blocks * blocks, axis=1)) < level
+    longest = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        longest = max(longest, run)
+    return longest * block_s
