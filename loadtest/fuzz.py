@@ -51,6 +51,7 @@ from streamer.zones import ZoneTree
 from wire import auth, keyset, messages, packet, rtcp, sdp, subscribe, token
 from wire.auth import Keyring, SigningKey, packet_hash, sign_batch
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
+from wire.retransmit import LossTracker
 from wire.subscribe import MAGIC, Message, MsgType
 
 Check = Callable[[Any], None]
@@ -771,7 +772,7 @@ class _Edges:
         playout = Playout(NullSink(), OpusDecoder(), time.time())
         # verifying, as every speaker does: media waits in the gate for a LOAS
         self.speaker = Speaker(client, playout, latency_histogram(CollectorRegistry()),
-                               auth.MediaGate("ch", FUZZ_KEYS))
+                               auth.MediaGate("ch", FUZZ_KEYS), LossTracker(deadline_s=0.26))
 
     def counted(self) -> float:
         """Datagrams dropped as bad plus control messages by outcome, so far."""

@@ -17,6 +17,10 @@ adds a batch's delay, and its hash is held in the channel's :class:`~wire.auth.M
 never becomes playable past this relay. Plain RTP destinations and listen-in cannot verify, so
 they get each packet only once its LOAS has proven it. Only proven media counts as media for
 failover: an upstream sending forged or altered packets is left like a silent one.
+
+Lost packets are asked for again (``RESEND`` kind 2, ``wire/retransmit.py``) unless
+``retransmit`` is off: a packet the relay lost is lost for every subscriber, so one request
+here saves one from each of them; the packet that comes back goes on like any other.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
 from wire.auth import DROP_REASONS, LOAS_OUTCOMES, Keyring, MediaGate, is_loas
 from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
+from wire.retransmit import LossTracker
 from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.2
 #: a packet no LOAS has proven after this long never will be (a batch lasts 240 ms)
 HOLD_S = 1.0
+#: how long a lost packet is worth asking for: the speakers' default playout delay
+RECOVER_S = 0.3
 
 
 @dataclass
@@ -53,6 +60,7 @@ class _Subscription:
     gate: MediaGate[bytes] | None = None
     unwanted_since: float | None = None
     unknown_rejects: int = 0
+    recovery: LossTracker | None = None
 
 
 class Upstream(asyncio.DatagramProtocol):
@@ -76,10 +84,12 @@ class Upstream(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.monotonic,
         keys: Keyring | None = None,
         token_source: TokenFile | None = None,
+        retransmit: bool = True,
     ) -> None:
         """``keys``: the streamer keys media must be signed with (None: forward everything
         unverified, ``verify_media = false``). ``token_source``: the file the relay's token
-        is read from again when it changes."""
+        is read from again when it changes. ``retransmit``: ask the upstream again for lost
+        packets."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.fanout = fanout
@@ -94,6 +104,7 @@ class Upstream(asyncio.DatagramProtocol):
         self._clock = clock
         self.keys = keys
         self.token_source = token_source
+        self.retransmit = retransmit
         #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
         self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
         self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)
@@ -112,6 +123,9 @@ class Upstream(asyncio.DatagramProtocol):
                                     ("process",), registry=registry).labels(*p)
         self._m_subscribed = Gauge("loa_upstream_channels", "Channels subscribed upstream, "
                                    "by handshake state", ("process", "state"), registry=registry)
+        self._m_nacks = Counter("loa_upstream_retransmit_requests", "Requests for lost packets "
+                                "sent upstream (RESEND kind 2)", ("process",),
+                                registry=registry).labels(*p)
         self._process = process
         self._bad = fanout.metrics.bad.labels(process)
 
@@ -200,6 +214,8 @@ class Upstream(asyncio.DatagramProtocol):
                     return
                 self._m_packets.inc()
                 self._m_octets.inc(len(data))
+                if off == 8 and sub.recovery is not None:
+                    self._recover(sub, data)
                 if sub.gate is None:
                     sub.client.on_media(self._clock())
                     self.fanout.publish(sub.client.channel, data)
@@ -242,6 +258,15 @@ class Upstream(asyncio.DatagramProtocol):
             if gate.late:
                 self._proven(sub, *gate.take_late())
         self._ask_overdue(sub, gate, now)
+
+    def _recover(self, sub: _Subscription, data: bytes) -> None:
+        """Note an RTP packet's arrival; ask for those missing before it."""
+        assert sub.recovery is not None
+        now = self._clock()
+        sub.recovery.arrived(data[2] << 8 | data[3], len(data), now)
+        for seq, mask, size in sub.recovery.due(now):
+            self._m_nacks.inc()
+            self._send_all(sub.client.nack(seq, mask, size))
 
     def _ask_overdue(self, sub: _Subscription, gate: MediaGate[bytes], now: float) -> None:
         """A lost LOAS would lose its batch here and at every subscriber: ask again."""
@@ -302,7 +327,8 @@ class Upstream(asyncio.DatagramProtocol):
         )
         gate = None if self.keys is None else MediaGate[bytes](
             channel, self.keys, dropped=self.auth_dropped, loas=self.auth_loas)
-        sub = _Subscription(client, ssrc_for(channel), gate)
+        sub = _Subscription(client, ssrc_for(channel), gate,
+                            recovery=LossTracker(RECOVER_S) if self.retransmit else None)
         self._subs[channel] = sub
         self._by_ssrc[sub.ssrc] = sub
         self._send_all(client.start(now))

@@ -11,6 +11,11 @@ by reason (``loa_media_auth_dropped_total``) and never heard, and it does not co
 for failover either: an upstream that sends only forged or altered packets is left after
 ``failover_s`` like a silent one.
 
+A packet that does not arrive is asked for again (``RESEND`` kind 2): a
+:class:`~wire.retransmit.LossTracker` sees every packet of the channel as it comes and says
+which sequence numbers are missing; the upstream sends back the original datagrams, which the
+gate proves like any other.
+
 This edge must never let a datagram, however malformed, stop the process: each one is counted
 under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
 """
@@ -31,6 +36,7 @@ from device.trust import TokenFile
 from fanout import udp
 from wire import auth, packet, rtcp, subscribe
 from wire.packet import MalformedPacket, RtpPacket
+from wire.retransmit import LossTracker
 
 from .config import SpeakerConfig
 from .emergency import EmergencyPath, stream_lost
@@ -53,13 +59,15 @@ class Speaker(asyncio.DatagramProtocol):
     """Demultiplexes the speaker's socket into the handshake and the playout."""
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
-                 latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None
-                 ) -> None:
+                 latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
+                 recovery: LossTracker | None = None) -> None:
         self.client = client
         self.playout = playout
         self.latency = latency
         #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
         self.gate = gate
+        #: what to ask the upstream for again; None asks for nothing (retransmit = false)
+        self.recovery = recovery
         #: the token file, read again when it changes (None: no token)
         self.tokens: TokenFile | None = None
         self.ssrc = packet.ssrc_for(client.channel)
@@ -142,6 +150,10 @@ class Speaker(asyncio.DatagramProtocol):
         if pkt.ssrc != self.ssrc:
             self.bad["foreign_ssrc"] += 1
             return
+        if self.recovery is not None:
+            mono = time.monotonic()
+            self.recovery.arrived(pkt.seq, len(data), mono)
+            self._ask_lost(mono)
         capture_time = pkt.capture_time
         now = time.time()
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
@@ -182,6 +194,15 @@ class Speaker(asyncio.DatagramProtocol):
             now = time.monotonic()
             self.gate.expire(now - self.playout.delay_s - HOLD_SLACK_S)
             self._ask_overdue(now)
+        if self.recovery is not None:
+            self._ask_lost(time.monotonic())
+
+    def _ask_lost(self, now: float) -> None:
+        """Packets that did not arrive: ask the upstream for them again, while they can
+        still play."""
+        assert self.recovery is not None
+        for seq, mask, size in self.recovery.due(now):
+            self.send(self.client.nack(seq, mask, size))
 
     def _ask_overdue(self, now: float) -> None:
         """A lost LOAS would lose its whole batch: ask the upstream for it again."""
