@@ -599,8 +599,12 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             m.labels(self.process, "off" if not self.retransmit else "unknown").inc(len(seqs))
             return
         packets, unknown, too_big = retransmit.answer(seqs, asked_with, ring.packet)
+        chan = self._chan_metrics.get(event.channel)
         for packet in packets:
             self._send(packet, event.addr)
+            if chan is not None:  # bytes sent downstream, like the stream's own
+                chan.packets.inc()
+                chan.octets.inc(len(packet))
         for outcome, n in (("sent", len(packets)), ("unknown", unknown), ("too_big", too_big)):
             if n:
                 m.labels(self.process, outcome).inc(n)

@@ -6,7 +6,8 @@ loss, 32 kb/s VBR) crosses a simulated 4G last hop, 5 ms at a time: a relay's ``
 and the streamer's ``ChannelSigner`` on one side, the speaker's own sans-IO parts on the
 other (``MediaGate`` with its ``RESEND`` of lost signatures, ``LossTracker`` for lost
 packets). Every datagram each way (packets, ``LOAS``, requests, answers) crosses the lossy
-link and arrives ``RTT_S / 2`` later. A frame is decoded one frame before its play time
+link and arrives ``RTT_S / 2`` later; what only recovery sends crosses loss chains of its own
+with the same statistics, so that the stream loses the same datagrams in both runs. A frame is decoded one frame before its play time
 (capture + playout delay): from its own packet if the gate has proven it by then, else from
 the next packet's in-band FEC if that one is proven (``FEC``), else it is **concealed** (PLC).
 The baseline, FEC and PLC alone, is measured in the same run on the same loss pattern (the
@@ -68,9 +69,11 @@ class Run:
 
 def simulate(payloads: list[bytes], key: SigningKey, p: float, burst: float, delay_s: float,
              recover: bool, both_ways: bool, seed: int) -> Run:
-    rng = random.Random(seed)
-    down = gilbert(p, burst, rng)
-    up = gilbert(p, burst, random.Random(seed + 1)) if both_ways else (lambda: False)
+    # the stream (packets and LOAS) loses the same datagrams with and without recovery; what
+    # only recovery sends (answers; requests) crosses loss chains of its own, alike
+    stream = gilbert(p, burst, random.Random(seed))
+    extra = gilbert(p, burst, random.Random(seed + 1))
+    up = gilbert(p, burst, random.Random(seed + 2)) if both_ways else (lambda: False)
     ssrc = ssrc_for(CH)
     signer = ChannelSigner(key, CH, ssrc, BATCH_MS // 20)
     ring = PacketRing(0.0, PTIME_S)
@@ -82,10 +85,10 @@ def simulate(payloads: list[bytes], key: SigningKey, p: float, burst: float, del
     queue: list[tuple[float, int, str, bytes]] = []  # (arrival, order, where, datagram)
     order = 0
 
-    def send_down(data: bytes, now: float) -> None:
+    def send_down(data: bytes, now: float, reply: bool = False) -> None:
         nonlocal order
         run.down_bytes += len(data) + IP_UDP
-        if not down():
+        if not (extra() if reply else stream()):
             order += 1
             heapq.heappush(queue, (now + RTT_S / 2, order, "speaker", data))
 
@@ -121,12 +124,12 @@ def simulate(payloads: list[bytes], key: SigningKey, p: float, burst: float, del
                 if msg.kind == sub.RESEND_LOAS:
                     loas = ring.loas_for(msg.seq)
                     if loas is not None:
-                        send_down(loas, now)
+                        send_down(loas, now, reply=True)
                 else:
                     seqs = sub.Resend(("", 0), CH, msg.seq, msg.kind, msg.mask).seqs
                     for packet in answer(seqs, len(data), ring.packet)[0]:
                         run.retransmitted += 1
-                        send_down(packet, now)
+                        send_down(packet, now, reply=True)
             elif data[1] == 204:  # a LOAS
                 prove(gate.vouch(data, now), now)
             else:
@@ -215,7 +218,8 @@ code: its `MediaGate` (which asks again for a lost `LOAS`) and, with recovery, i
 `LossTracker` (RESEND kind 2, `wire/retransmit.py`) answered from a relay's `PacketRing`.
 "Concealed": frames neither proven in time nor rebuilt from the next packet's FEC (PLC);
 "FEC": frames rebuilt from the next packet. Loss on the relay→speaker direction only, or on
-both (then requests are lost too). kb/s are IP bytes (28 bytes of IPv4+UDP per datagram) per
+both (then requests are lost too); answers and requests cross loss chains of their own with
+the same statistics, so the stream itself loses the same datagrams with recovery and without. kb/s are IP bytes (28 bytes of IPv4+UDP per datagram) per
 second of audio, offered to the link: down = relay→speaker (media, `LOAS`, answers), up =
 speaker→relay (requests; keepalives, about 0.1 kb/s, left out). "FEC only" is today's
 speaker (`retransmit = false`), measured in the same run on the same loss pattern.
