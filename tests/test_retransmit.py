@@ -165,3 +165,26 @@ def test_a_retransmitted_packet_is_proven_by_its_batch() -> None:
         gate.hold(int.from_bytes(p[2:4], "big"), p, int.from_bytes(p[2:4], "big"), 0.1)
     played, _ = gate.take_late()
     assert sorted(played) == list(range(12)) and gate.loas["verified"] == 1
+
+
+def test_a_lost_loas_is_asked_for_as_soon_as_a_later_batch_comes() -> None:
+    """A batch's LOAS goes out right after its last packet: once packets a whole batch (and
+    one) past a held packet have come, its LOAS is lost, before ``OVERDUE_S`` has passed, and
+    every round trip saved is one more try within the playout delay."""
+    key = auth.SigningKey.generate()
+    signer = auth.ChannelSigner(key, "ch", ssrc_for("ch"))
+    gate: auth.MediaGate[int] = auth.MediaGate("ch", auth.Keyring([key.public]))
+    for k in range(12):  # a first batch, proven: the gate learns a batch is 12 packets
+        p = rtp(k)
+        gate.hold(k, p, k, 0.0)
+        for sig in signer.add(p, k, 0):
+            assert gate.vouch(sig, 0.0) == list(range(12))
+    for k in range(12, 26):  # the second batch, its LOAS lost, then the third's first two
+        p = rtp(k)
+        signer.add(p, k, 0)
+        now = 1.0 + 0.02 * (k - 12)
+        gate.hold(k, p, k, now)
+        if k == 24:
+            assert gate.overdue(now) is None  # the LOAS may still be just behind this one
+    assert now - 1.0 < auth.OVERDUE_S
+    assert gate.overdue(now) == 12
