@@ -302,6 +302,9 @@ def control_message(f: Fuzz) -> Message:
         return Message(t, ch, reason=f.byte())
     cookie = f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0")
     if t is MsgType.RESEND:
+        if f.below(2):  # lost packets (a NACK): a first seq and a mask of the next 16
+            return Message(t, ch, cookie=cookie, seq=f.below(65536),
+                           kind=subscribe.RESEND_PACKETS, mask=f.below(65536))
         return Message(t, ch, cookie=cookie, seq=f.below(65536))
     return Message(t, ch, cookie=cookie)
 

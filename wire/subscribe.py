@@ -90,7 +90,8 @@ class Message:
     reason: int = 0
     seq: int = 0  # RESEND: a sequence number of the batch whose LOAS is asked for
     # RESEND kind 2: the packets ``seq`` and seq + 1 + i for each bit i of ``mask`` (RFC 4585's
-    # generic NACK), the message padded to ``size`` bytes: at least the answer's
+    # generic NACK); ``build`` pads it to ``size`` bytes, at least the answer's (parsing leaves
+    # size 0: what counts is the datagram's length)
     kind: int = RESEND_LOAS
     mask: int = 0
     size: int = 0
@@ -159,8 +160,7 @@ def parse(data: bytes) -> Message:
         what, seq = struct.unpack("!BH", r.take(3))
         if what == RESEND_PACKETS:
             (mask,) = struct.unpack("!H", r.take(2))
-            return Message(t, channel, cookie=cookie, seq=seq, kind=what, mask=mask,
-                           size=len(data))
+            return Message(t, channel, cookie=cookie, seq=seq, kind=what, mask=mask)
         if what != RESEND_LOAS:
             raise MalformedPacket(f"RESEND of unknown kind {what}")
         return Message(t, channel, cookie=cookie, seq=seq)
