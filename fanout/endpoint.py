@@ -613,7 +613,11 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         """A subscriber asks for the time: our timeline when the request was handled, as
         both receive and send time (microseconds apart here; time a request waited in the
         socket lengthens its round trip, and the asker trusts the shortest ones)."""
-        now = self._timeline()
+        try:
+            now = self._timeline()
+        except Exception:  # never let the time take the endpoint down; say why
+            log.exception("the timeline failed to answer a TIME")
+            now = None
         if now is None:  # a relay not yet in step with its upstream: better silent than wrong
             self.metrics.handshakes.labels(self.process, "time_unsynced").inc()
             return

@@ -100,6 +100,9 @@ class Fuzz:
     def u32(self) -> int:
         return int.from_bytes(self.take(4).ljust(4, b"\0"), "big")
 
+    def i64(self) -> int:
+        return int.from_bytes(self.take(8).ljust(8, b"\0"), "big", signed=True)
+
     def pick(self, options: Sequence[Any]) -> Any:
         return options[self.below(len(options))]
 
@@ -300,7 +303,11 @@ def control_message(f: Fuzz) -> Message:
         return Message(t, ch, ssrc=f.u32(), keepalive_s=f.below(65536), ptime_ms=f.below(65536))
     if t is MsgType.REJECT:
         return Message(t, ch, reason=f.byte())
+    if t is MsgType.TIMEREPLY:  # times are signed 64-bit ns: any, negative and huge too
+        return Message(t, ch, t1=f.i64(), t2=f.i64(), t3=f.i64())
     cookie = f.take(subscribe.COOKIE_LEN).ljust(subscribe.COOKIE_LEN, b"\0")
+    if t is MsgType.TIME:
+        return Message(t, ch, cookie=cookie, t1=f.i64())
     if t is MsgType.RESEND:
         if f.below(2):  # lost packets (a NACK): a first seq and a mask of the next 16
             return Message(t, ch, cookie=cookie, seq=f.below(65536),
@@ -775,7 +782,8 @@ class _Edges:
         playout = Playout(NullSink(), OpusDecoder(), time.time())
         # verifying, as every speaker does: media waits in the gate for a LOAS
         self.speaker = Speaker(client, playout, latency_histogram(CollectorRegistry()),
-                               auth.MediaGate("ch", FUZZ_KEYS), LossTracker(deadline_s=0.26))
+                               auth.MediaGate("ch", FUZZ_KEYS),
+                               recovery=LossTracker(deadline_s=0.26))
 
     def counted(self) -> float:
         """Datagrams dropped as bad plus control messages by outcome, so far."""

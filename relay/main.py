@@ -163,12 +163,15 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         if upstream is not None:
             upstream.want(channel, n_consumers)
 
+    def timeline() -> int | None:  # TIME from our subscribers: the streamer's time, as we know it
+        return upstream.timeline_ns() if upstream is not None else None
+
     # one keyring for the gates, listen-in and tokens: a key set pushed over MQTT changes it
     trusted = cfg.trusted_keys()
     fanout = FanoutEndpoint(
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
-        burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg, trusted),
+        burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg, trusted), timeline=timeline,
         retransmit=cfg.retransmit,
     )
     keys = trusted.keyring if trusted is not None and cfg.verify_media else None

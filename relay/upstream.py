@@ -36,6 +36,7 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from device.streamer_time import StreamerTime
 from device.trust import TokenFile
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
@@ -105,6 +106,9 @@ class Upstream(asyncio.DatagramProtocol):
         self.keys = keys
         self.token_source = token_source
         self.retransmit = retransmit
+        #: the streamer's timeline, from TIME exchanges on whichever subscription is up; the
+        #: relay's own subscribers' TIMEs are answered from it (``fanout_timeline``)
+        self.time = StreamerTime(time.time_ns)
         #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
         self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
         self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)
@@ -324,6 +328,7 @@ class Upstream(asyncio.DatagramProtocol):
         client = SubscribeClient(
             identity=self.identity, channel=channel, upstreams=self.upstreams, token=self.token,
             failover_s=self.failover_s, media_timeout_s=self.media_timeout_s,
+            on_time=self.time.answered,
         )
         gate = None if self.keys is None else MediaGate[bytes](
             channel, self.keys, dropped=self.auth_dropped, loas=self.auth_loas)
@@ -351,8 +356,14 @@ class Upstream(asyncio.DatagramProtocol):
             except (OSError, RuntimeError) as e:
                 log.debug("send to upstream %s failed: %s", addr, e)
 
+    def timeline_ns(self) -> int | None:
+        """The streamer's time now, ns, for this relay's subscribers' TIMEs; None until the
+        first answer from upstream (the relay's estimate survives its subscriptions: it keeps
+        offset and drift while no channel is wanted)."""
+        return self.time.now_ns()
+
     def tick(self) -> None:
-        """Retries, keepalives, failover, lingering BYEs; called every ``TICK_S``."""
+        """Retries, keepalives, failover, lingering BYEs, the time; called every ``TICK_S``."""
         now = self._clock()
         if self.token_source is not None and (new := self.token_source.poll()) is not None:
             self._use_token(new)
@@ -368,6 +379,11 @@ class Upstream(asyncio.DatagramProtocol):
             if sub.client.failovers != before:
                 self._m_failovers.inc(sub.client.failovers - before)
                 log.info("channel %s: failing over to upstream %s:%d", ch, *sub.client.upstream)
+        # The time, asked on one subscription that is up (each answers for the same streamer)
+        up = next((s.client for s in self._subs.values()
+                   if s.client.state is ClientState.SUBSCRIBED), None)
+        if up is not None and (t1 := self.time.due()) is not None:
+            self._send_all(up.ask_time(t1))
         # Wanted channels whose "unknown" mark has run out: try again.
         for ch in self._wanted:
             if ch not in self._subs and not self.is_unknown(ch, now):

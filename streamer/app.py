@@ -208,6 +208,7 @@ class Streamer:
             channel_ssrc=lambda c: ssrc_for(c) if c in known else None,
             registry=self.registry, process="streamer", ptime_ms=cfg.ptime_ms,
             tokens=self.token_keys,
+            timeline=self._timeline_ns,
         )
         self.playout = Playout()
         self.playout.start()
@@ -347,6 +348,12 @@ class Streamer:
                       self.next_key_path, e)
         if changed:
             self.key_set.publish_soon()
+
+    def _timeline_ns(self) -> int | None:
+        """What TIME answers (on the playout thread): the capture times' timeline, i.e. the
+        frame clock's; None in the moment before the frame clock exists."""
+        clock: FrameClock | None = getattr(self, "clock", None)
+        return None if clock is None else clock.timeline_ns(time.monotonic())
 
     def _next_key(self) -> SigningKey | None:
         """The key in ``next_signing_key`` (None: not configured, or no file there now);

@@ -8,28 +8,28 @@ Screenshots of each page in Vietnamese and English go to ``tests/harness/console
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
-import wave
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import numpy as np
 import pytest
 
-from clients.ctl import call as call_ctl
 from tests.conftest import NIGHT
 from tests.harness.api import call, make_user
-from tests.harness.audio import correlation
 from tests.harness.browser import by_testid
 from tests.harness.console import (
+    COMMUNE,
+    NEIGHBOUR,
+    PASSWORD,
     admin_credentials,
+    assert_heard,
     click_until,
     console_page,
     focus_is_visible,
     go,
+    loa_up_stack,
     low_contrast,
     open_console,
     screenshot,
@@ -37,16 +37,13 @@ from tests.harness.console import (
     switch_lang,
     tab_to,
     tree_zones,
+    tts_reference,
 )
-from tests.harness.loaup import RATE, LoaUp
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
 STATIC = Path(__file__).resolve().parent.parent / "streamer" / "console" / "static"
-COMMUNE = "brvt.vung-tau.thang-tam"
-NEIGHBOUR = "brvt.vung-tau.long-son"
-PASSWORD = "correct horse battery"
 #: every route of the console (CONSOLE.md)
 ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/speakers", "/audit",
           "/reports", "/users", "/listen", "/approvals"]
@@ -419,11 +416,7 @@ async def test_the_dashboard_follows_the_event_stream(streamer, tmp_path: Path) 
 @pytest.mark.realtime
 async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speaker_of_the_commune(
         tmp_path: Path) -> None:
-    (tmp_path / "up").mkdir()
-    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
-    try:
-        await asyncio.to_thread(up.lift_quiet_hours)
-        creds = json.loads(Path(up.state()["admin_credentials"]).read_text())
+    async with loa_up_stack(tmp_path) as (up, creds):
         ours = up.speakers(COMMUNE)
         assert len(ours) == 3
         text = "Thông báo: chiều nay lúc 17 giờ, phường Thắng Tam ra quân dọn vệ sinh."
@@ -449,19 +442,7 @@ async def test_on_loa_up_a_bulletin_composed_in_the_console_reaches_every_speake
         # the effect: the API's reach, and what each speaker played is the speech
         reach = await asyncio.to_thread(up.api, "GET", f"/api/v1/broadcasts/{bid}/reach")
         assert sorted(s["id"] for s in reach["confirmed"]) == sorted(s.id for s in ours)
-        wav = await asyncio.to_thread(
-            call_ctl, up.url, "POST", "/api/v1/tts/preview", {"text": text}, token=up.token)
-        with wave.open(io.BytesIO(wav)) as w:
-            speech = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
-        speech /= 32768
-        for spk in ours:
-            (play,) = [p for p in spk.plays(bid) if p["end"] - p["start"] > 1]
-            heard = await asyncio.to_thread(spk.window, play["start"], play["end"])
-            probes = [speech[int(t * RATE): int((t + 1) * RATE)] for t in (0.5, 1.5, 2.5)]
-            corr = [correlation(p, heard) for p in probes]
-            assert min(corr) >= 0.8, f"{spk.id}: speech correlation per second {corr}"
-    finally:
-        await asyncio.to_thread(up.kill)
+        await assert_heard(ours, bid, await tts_reference(up, text))
 
 
 async def test_where_a_zone_needs_approval_the_composer_submits_for_approval(streamer) -> None:

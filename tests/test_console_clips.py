@@ -8,7 +8,6 @@ commune operator's speakers)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -21,14 +20,18 @@ import numpy as np
 import pytest
 
 from tests.harness.api import call, make_user
-from tests.harness.audio import correlation
 from tests.harness.browser import by_testid
 from tests.harness.console import (
+    COMMUNE,
+    NEIGHBOUR,
+    PASSWORD,
     admin_credentials,
+    assert_heard,
     click_until,
     console_page,
     focus_is_visible,
     go,
+    loa_up_stack,
     low_contrast,
     screenshot,
     sign_in,
@@ -40,9 +43,6 @@ from tests.harness.loaup import RATE, LoaUp
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-COMMUNE = "brvt.vung-tau.thang-tam"
-NEIGHBOUR = "brvt.vung-tau.long-son"
-PASSWORD = "correct horse battery"
 
 
 def chirp_wav(path: Path, seconds: float = 5.0) -> np.ndarray:
@@ -94,13 +94,9 @@ async def submit(page: Page, state: str = "") -> int:
 @pytest.mark.realtime
 async def test_on_loa_up_a_clip_uploaded_with_its_progress_shown_airs_to_the_commune(
         tmp_path: Path) -> None:
-    (tmp_path / "up").mkdir()
     audio = chirp_wav(tmp_path / "chirp.wav")
     size = (tmp_path / "chirp.wav").stat().st_size
-    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
-    try:
-        await asyncio.to_thread(up.lift_quiet_hours)
-        creds = json.loads(Path(up.state()["admin_credentials"]).read_text())
+    async with loa_up_stack(tmp_path) as (up, creds):
         ours = up.speakers(COMMUNE)
         assert len(ours) == 3
         async with console_page() as page:
@@ -165,14 +161,8 @@ async def test_on_loa_up_a_clip_uploaded_with_its_progress_shown_airs_to_the_com
         assert (b["source"]["kind"], b["source"]["clip"], b["zones"]) == ("clip", cid, [COMMUNE])
         reach = await asyncio.to_thread(up.api, "GET", f"/api/v1/broadcasts/{bid}/reach")
         assert sorted(s["id"] for s in reach["confirmed"]) == sorted(s.id for s in ours)
-        for spk in ours:  # what each speaker played is the uploaded audio
-            (play,) = [p for p in spk.plays(bid) if p["end"] - p["start"] > 1]
-            heard = await asyncio.to_thread(spk.window, play["start"], play["end"])
-            probes = [audio[int(t * RATE): int((t + 1) * RATE)] for t in (0.5, 2.0, 3.5)]
-            corr = [correlation(p, heard) for p in probes]
-            assert min(corr) >= 0.8, f"{spk.id}: correlation per second {corr}"
-    finally:
-        await asyncio.to_thread(up.kill)
+        # what each speaker played is the uploaded audio
+        await assert_heard(ours, bid, audio, at_s=(0.5, 2.0, 3.5))
 
 
 async def telemetry_of(up: LoaUp, sid: str, key: str, want: object, timeout_s: float) -> None:
@@ -189,10 +179,7 @@ async def telemetry_of(up: LoaUp, sid: str, key: str, want: object, timeout_s: f
 @pytest.mark.realtime
 async def test_on_loa_up_the_speakers_page_sets_volume_and_mutes_with_their_acks(
         tmp_path: Path) -> None:
-    (tmp_path / "up").mkdir()
-    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
-    try:
-        creds = json.loads(Path(up.state()["admin_credentials"]).read_text())
+    async with loa_up_stack(tmp_path, lift_quiet_hours=False) as (up, creds):
         ours = sorted(s.id for s in up.speakers(COMMUNE))
         total = len(up.state()["speakers"])
         sid = ours[0]
@@ -272,8 +259,6 @@ async def test_on_loa_up_the_speakers_page_sets_volume_and_mutes_with_their_acks
             assert await low_contrast(page) == []
             await screenshot(page, "speakers-390-vi")
         await telemetry_of(up, sid, "muted", False, 25)
-    finally:
-        await asyncio.to_thread(up.kill)
 
 
 # ---- against the in-process streamer -------------------------------------------------------

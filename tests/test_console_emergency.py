@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 import wave
 from pathlib import Path
@@ -21,33 +20,34 @@ import aiohttp
 import numpy as np
 import pytest
 
-from clients.ctl import call as call_ctl
 from tests.harness.api import call, make_user
 from tests.harness.audio import correlation, peak_hz
 from tests.harness.browser import by_testid
 from tests.harness.console import (
+    COMMUNE,
+    NEIGHBOUR,
+    PASSWORD,
     admin_credentials,
     click_until,
     console_page,
     focus_is_visible,
     focused_testid,
     go,
+    loa_up_stack,
     low_contrast,
     screenshot,
     sign_in,
     switch_lang,
     tab_to,
+    tts_reference,
 )
-from tests.harness.loaup import RATE, LoaUp
+from tests.harness.loaup import RATE
 from tests.harness.wait import until
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-COMMUNE = "brvt.vung-tau.thang-tam"
-NEIGHBOUR = "brvt.vung-tau.long-son"
 HAMLETS = [f"{COMMUNE}.kp-{i}" for i in (1, 2, 3)]
-PASSWORD = "correct horse battery"
 WARNING = "Cảnh báo lũ quét: người dân khu phố ven suối di chuyển lên vùng cao ngay."
 IN_FORCE = ("on_air", "waiting")
 
@@ -379,11 +379,7 @@ async def test_at_390_px_an_emergency_airs_and_stops_by_keyboard(streamer, tmp_p
 @pytest.mark.realtime
 async def test_on_loa_up_a_confirmed_emergency_preempts_a_bulletin_and_stop_everything_ends_it(
         tmp_path: Path) -> None:
-    (tmp_path / "up").mkdir()
-    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
-    try:
-        await asyncio.to_thread(up.lift_quiet_hours)
-        creds = json.loads(Path(up.state()["admin_credentials"]).read_text())
+    async with loa_up_stack(tmp_path) as (up, creds):
         ours = up.speakers(COMMUNE)
         assert len(ours) == 3
         async with console_page() as page:
@@ -443,11 +439,7 @@ async def test_on_loa_up_a_confirmed_emergency_preempts_a_bulletin_and_stop_ever
             assert rec["state"] == "stopped", rec
 
         # what the speakers played: the 440 Hz bulletin, then the spoken warning in its place
-        wav = await asyncio.to_thread(
-            call_ctl, up.url, "POST", "/api/v1/tts/preview", {"text": WARNING}, token=up.token)
-        with wave.open(io.BytesIO(wav)) as w:
-            speech = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
-        speech /= 32768
+        speech = await tts_reference(up, WARNING)
         probes = [speech[int(t * RATE): int((t + 1) * RATE)] for t in (0.5, 1.5, 2.5)]
         for spk in ours:
             (play,) = [p for p in spk.plays(bid) if p["end"] - p["start"] > 1]
@@ -459,5 +451,3 @@ async def test_on_loa_up_a_confirmed_emergency_preempts_a_bulletin_and_stop_ever
             spoken = heard[int(2.0 * RATE):]  # past the chime
             assert share_near(spoken, 440) < 0.05, f"{spk.id}: the tone went on under it"
             assert share_near(before, 440) > 0.8, f"{spk.id}: the bulletin was a pure tone"
-    finally:
-        await asyncio.to_thread(up.kill)

@@ -15,6 +15,9 @@ from zoneinfo import ZoneInfo
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid
 from tests.harness.console import (
+    COMMUNE,
+    NEIGHBOUR,
+    PASSWORD,
     admin_credentials,
     console_page,
     go,
@@ -24,9 +27,6 @@ from tests.harness.console import (
     switch_lang,
 )
 
-COMMUNE = "brvt.vung-tau.thang-tam"
-NEIGHBOUR = "brvt.vung-tau.long-son"
-PASSWORD = "correct horse battery"
 TONE = {"kind": "tone", "hz": 1000, "seconds": 60}
 
 

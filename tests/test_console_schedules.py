@@ -20,6 +20,9 @@ import numpy as np
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid
 from tests.harness.console import (
+    COMMUNE,
+    NEIGHBOUR,
+    PASSWORD,
     admin_credentials,
     console_page,
     go,
@@ -36,9 +39,6 @@ if TYPE_CHECKING:
 
     from playwright.async_api import Page
 
-COMMUNE = "brvt.vung-tau.thang-tam"
-NEIGHBOUR = "brvt.vung-tau.long-son"
-PASSWORD = "correct horse battery"
 MORNING_EVENING = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6,17;BYMINUTE=0;BYSECOND=0"
 TONE = {"kind": "tone", "hz": 700, "seconds": 2}
 

@@ -186,8 +186,48 @@ def test_timeline_anchor_and_placement() -> None:
     assert tl.index(tl.t0 + 1.0) == 48_000
     assert tl.place(tl.t0 + 0.01, 960) == (480, 0)  # hole before the frame: zeros
     tl.cursor = 480
-    assert tl.place(tl.t0 + 0.01 + 20 / 48_000, 960) == (0, 0)  # within slack: contiguous
+    assert tl.place(tl.t0 + 0.01, 960) == (0, 0)  # where it belongs: contiguous
+    # within slack: contiguous, and one sample nearer (repeated or dropped) per frame
+    assert tl.place(tl.t0 + 0.01 + 20 / 48_000, 960) == (1, 0)
+    assert tl.place(tl.t0 + 0.01 - 20 / 48_000, 960) == (0, 1)
     assert tl.place(tl.t0 + 0.005, 960) == (0, 240)  # too late for its place: trimmed
+
+
+@pytest.mark.parametrize("drift_ppm", [80.0, -60.0, 500.0])
+def test_a_drifting_clock_stays_within_a_sample_of_the_streamers_timeline(
+        drift_ppm: float) -> None:
+    """Frames captured every 20 ms on the streamer's clock, played by a speaker whose clock
+    runs ``drift_ppm`` fast (and 0.4 s off) but knows the shift: over a minute every frame
+    begins within a sample of where the streamer's timeline puts it, with no gap or jump
+    (the difference is taken up a sample at a time)."""
+    r = drift_ppm * 1e-6
+    off = 0.4
+    c0 = T0 + 1.0
+
+    def local(t: float) -> float:  # streamer time -> this speaker's clock
+        return T0 + off + (t - T0) * (1 + r)
+
+    p, sink, _, _ = make_playout(delay_ms=300)
+    p.timeline = type(p.timeline)(local(T0), slack=24)
+    frames = 3000
+    starts = []
+    for k in range(frames):
+        capture = c0 + k * 0.02
+        p.receive(rtp(k, payload=bytes([k % 200 + 1])), capture)
+        now_streamer = capture + 0.29
+        before = p.timeline.cursor
+        p.tick(local(now_streamer), shift_s=now_streamer - local(now_streamer))
+        starts.append(before)
+    pcm = sink.pcm.astype(np.int64)
+    assert np.count_nonzero(pcm[starts[1]:]) == len(pcm) - starts[1]  # no hole after the first
+    edges = np.flatnonzero(np.diff(pcm)) + 1  # where one frame's value gives way to the next
+    ideal = [round((local(c0 + k * 0.02 + 0.3) - p.timeline.t0) * 48_000)
+             for k in range(1, frames - 1)]
+    got = [int(edges[np.searchsorted(edges, i - 3)]) for i in ideal]
+    errors = np.abs(np.array(got) - np.array(ideal))
+    assert errors.max() <= 1, (errors.max(), int(np.argmax(errors)))
+    if drift_ppm == 500.0:  # a drift the one-sample steps can only just follow
+        assert p.late_samples == 0
 
 
 def test_frame_plays_at_capture_time_plus_delay() -> None:

@@ -86,6 +86,22 @@ def test_a_median_alone_lags_a_drifting_clock_which_is_why_a_line_is_fitted() ->
     assert max(tracking[60:]) < 1.0
 
 
+def test_quick_first_exchanges_do_not_pin_the_line_to_the_first_seconds() -> None:
+    """As a device asks: five a second at first, then one a second, on a link whose round
+    trips are all alike. Trusting "the shortest" over the whole window would keep the first
+    seconds' points and lose the drift: 40 s on, the estimate must still be exact."""
+    link = Link(400, 80, base_ms=0.03, jitter_ms=0.001, seed=2)
+    flt = ClockFilter()
+    times = [i * 0.2 for i in range(16)] + [3.2 + i for i in range(1, 38)]  # 40 s in
+    for n, t in enumerate(times):
+        link.base = (0.03 if n < 16 else 0.05) * MS  # an idle box answers a little faster
+        flt.add(link.exchange(round(t * NS)))
+    now = round(times[-1] * NS) + NS // 2
+    est = flt.offset_at(now)
+    assert est is not None and abs(est - link.true_offset(now)) < 0.05 * MS, (
+        (est - link.true_offset(now)) / MS)
+
+
 def test_asymmetric_legs_bias_the_offset_by_half_their_difference() -> None:
     """The one error no time protocol can see (RFC 5905): 10 ms out, 2 ms back."""
     up = Link(0, 0, base_ms=0, jitter_ms=0)

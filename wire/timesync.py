@@ -10,11 +10,12 @@ carries the upstream's clock when the request arrived (``t2``) and when the answ
   exact when both legs took as long, and wrong by half the difference otherwise.
 
 :class:`ClockFilter` keeps the last exchanges and trusts those with the shortest round trips
-(queueing on a 4G link only ever adds delay, so the fastest exchanges are the least skewed),
-and fits a line through them: offset and drift, so that between exchanges, and with a crystal
-80 ppm off, the estimate does not lag. Snapcast's ``client/time_provider.cpp`` takes the
-median of its last 200 offsets instead; a median lags a drifting clock by half its window
-(80 ppm over 100 s is 4 ms), which is why a line is fitted here.
+in each part of its window (queueing on a 4G link only ever adds delay, so the fastest
+exchanges are the least skewed), and fits a line through them: offset and drift, so that
+between exchanges, and with a crystal 80 ppm off, the estimate does not lag. Snapcast's
+``client/time_provider.cpp`` takes the median of its last 200 offsets instead; a median
+lags a drifting clock by half its window (80 ppm over 100 s is 4 ms), which is why a line
+is fitted here.
 
 :class:`Slew` is what playout reads: it follows the filter's estimate at most ``max_ppm`` per
 second, so the timeline a speaker plays on never jumps by more than a sample while it plays;
@@ -69,6 +70,7 @@ class ClockFilter:
         self.max_rtt_ns = int(max_rtt_s * NS)
         self._samples: deque[Exchange] = deque(maxlen=window)
         self._fit: tuple[float, float, int] | None = None  # offset at t_ref, drift, t_ref
+        self.taken = 0
         self.rejected = 0
 
     def add(self, ex: Exchange) -> bool:
@@ -79,6 +81,7 @@ class ClockFilter:
             return False
         self._samples.append(ex)
         self._fit = None
+        self.taken += 1
         return True
 
     @property
@@ -86,10 +89,18 @@ class ClockFilter:
         return len(self._samples)
 
     def best(self) -> list[Exchange]:
-        """The exchanges trusted: the ``keep`` share with the shortest round trips, and at
-        least the eight shortest (a line needs a few points to stand on)."""
-        ranked = sorted(self._samples, key=lambda e: e.rtt)
-        return ranked[: max(8, round(len(ranked) * self.keep))]
+        """The exchanges trusted: in each eighth of the window (by time), the ``keep`` share
+        with the shortest round trips. Per eighth, so that the line stands on points spread
+        over the window: on a quiet link every round trip is alike, and "the shortest"
+        overall could all be the first few seconds' quick exchanges."""
+        samples = list(self._samples)  # in the order they came
+        chunks = min(8, len(samples))
+        out: list[Exchange] = []
+        for i in range(chunks):
+            chunk = samples[i * len(samples) // chunks: (i + 1) * len(samples) // chunks]
+            chunk.sort(key=lambda e: e.rtt)
+            out += chunk[: max(1, round(len(chunk) * self.keep))]
+        return out
 
     def drift_ppm(self) -> float:
         fit = self._solve()
@@ -159,16 +170,25 @@ class Timeline:
     ``local(upstream_ns)`` the inverse (when to play a sample stamped on the upstream's
     timeline); both None until the first exchange."""
 
-    def __init__(self, flt: ClockFilter | None = None, slew: Slew | None = None) -> None:
+    def __init__(self, flt: ClockFilter | None = None, slew: Slew | None = None,
+                 settle: int = 16) -> None:
         self.filter = flt or ClockFilter()
         self.slew = slew or Slew()
+        #: exchanges during which the estimate is taken as it is, not slewed to: the first
+        #: answers may come while the device is busy starting, and slewing away a first
+        #: estimate a few ms off would take seconds during which it plays off the beat
+        self.settle = settle
 
     def add(self, ex: Exchange) -> bool:
         return self.filter.add(ex)
 
     def offset(self, local_ns: int) -> float | None:
         target = self.filter.offset_at(local_ns)
-        return None if target is None else self.slew.update(target, local_ns)
+        if target is None:
+            return None
+        if self.filter.taken < self.settle:
+            self.slew.offset = None  # step to it
+        return self.slew.update(target, local_ns)
 
     def upstream(self, local_ns: int) -> int | None:
         off = self.offset(local_ns)

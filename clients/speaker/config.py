@@ -46,6 +46,9 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     #: ``http`` over TLS: PEM certificate chain and its key, both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: a clock this far off and this fast or slow (tests and demos: ``clock.py``)
+    clock_offset_ms: float = 0.0
+    clock_drift_ppm: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.channel:
@@ -58,6 +61,8 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         check_range("failover_s", self.failover_s, 0.2, 3600)
         check_range("emergency_volume", self.emergency_volume, 0, 100)
         check_range("offline_after_s", self.offline_after_s, 0.2, 3600)
+        check_range("clock_offset_ms", self.clock_offset_ms, -86_400_000, 86_400_000)
+        check_range("clock_drift_ppm", self.clock_drift_ppm, -1000, 1000)
         if self.emergency_repeat_s is not None:
             check_range("emergency_repeat_s", self.emergency_repeat_s, 1, 86_400)
         # one directory per speaker id: several simulated speakers may share a var dir
@@ -133,6 +138,11 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-cert", metavar="PATH",
                    help="mqtts://: PEM client certificate (with --mqtt-key)")
     p.add_argument("--mqtt-key", metavar="PATH", help="mqtts://: PEM private key of --mqtt-cert")
+    p.add_argument("--clock-offset-ms", type=float,
+                   help="run on a clock this far off the system's (tests and demos: the "
+                        "speaker plays on the streamer's time whatever its own clock says)")
+    p.add_argument("--clock-drift-ppm", type=float,
+                   help="and this many parts per million fast (negative: slow)")
     return p
 
 

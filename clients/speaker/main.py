@@ -32,12 +32,14 @@ from common.config import Addr, ConfigError
 from common.procmetrics import watch_process
 from common.tls import server_context
 from device.link import DeviceLink, fmt_addr
+from device.streamer_time import StreamerTime
 from device.trust import TrustedKeys
 from wire import subscribe
 from wire.auth import MediaGate
 from wire.packet import RtpPacket
 from wire.retransmit import LossTracker
 
+from .clock import LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
 from .metrics import SpeakerCollector, latency_histogram, start_http
@@ -120,7 +122,11 @@ async def serve(cfg: SpeakerConfig) -> int:
     mqtt_tls = cfg.mqtt.tls_context() if cfg.mqtt is not None else None
     https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
 
-    t0 = time.time()
+    clock = LocalClock(cfg.clock_offset_ms, cfg.clock_drift_ppm)
+    if cfg.clock_offset_ms or cfg.clock_drift_ppm:
+        log.warning("running on a clock %+g ms off and %+g ppm fast (a test setting)",
+                    cfg.clock_offset_ms, cfg.clock_drift_ppm)
+    t0 = clock.now()
     sink = open_sink(cfg, t0)
     overlay = None
     if cfg.mqtt is not None:  # the test tone and the telemetry level meter
@@ -146,7 +152,10 @@ async def serve(cfg: SpeakerConfig) -> int:
     emergency, writer = await open_emergency(cfg, playout)
     if play_log:
         play_log.write({"event": "start", "t0": playout.timeline.t0, "rate_hz": RATE_HZ,
-                        "channel": cfg.channel, "speaker": cfg.id})
+                        "channel": cfg.channel, "speaker": cfg.id,
+                        # this clock against the system's (they differ only in tests)
+                        "wall_t0": clock.wall(playout.timeline.t0),
+                        "clock_drift_ppm": cfg.clock_drift_ppm})
     tokens = cfg.token_source()
     client = subscribe.SubscribeClient(identity=cfg.id, channel=cfg.channel, upstreams=upstreams,
                                        failover_s=cfg.failover_s, media_timeout_s=cfg.failover_s,
@@ -161,7 +170,8 @@ async def serve(cfg: SpeakerConfig) -> int:
     # before its play time; it was found missing when the next one came, a frame after it
     recovery = (LossTracker(deadline_s=max(0.05, cfg.delay_ms / 1000 - 0.04))
                 if cfg.retransmit else None)
-    speaker = Speaker(client, playout, latency_histogram(registry), gate, recovery)
+    speaker = Speaker(client, playout, latency_histogram(registry), gate,
+                      StreamerTime(clock.now_ns), recovery)
     speaker.tokens = tokens
     registry.register(SpeakerCollector(speaker, emergency, trusted))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
@@ -172,7 +182,8 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(play_forever(playout, receive=speaker.drain)),
+    tasks = [asyncio.create_task(play_forever(playout, clock=clock.now, receive=speaker.drain,
+                                              shift=speaker.time.shift_s)),
              asyncio.create_task(tick_forever(speaker)),
              asyncio.create_task(emergency_forever(emergency, speaker, cfg)),
              watch_process(registry)]
@@ -192,7 +203,7 @@ async def serve(cfg: SpeakerConfig) -> int:
                 await task
         if client.state is subscribe.ClientState.SUBSCRIBED:
             speaker.send(client.close())  # BYE: the upstream stops sending at once
-        playout.close(time.time())
+        playout.close(clock.now())
         writer.shutdown(wait=True)  # an emergency that was playing is in the cache first
         sink.close()
         if play_log:

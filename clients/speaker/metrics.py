@@ -60,6 +60,17 @@ class SpeakerCollector(Collector):
         yield counter("control_messages", "Handshake messages from the upstream", s.control)
         yield counter("rtcp_packets", "RTCP datagrams received (ignored)", s.rtcp)
         yield counter("failovers", "Moves to another upstream", s.client.failovers)
+        t = s.time
+        yield counter("time_exchanges", "TIME answers taken from the upstream (clock sync)",
+                      t.timeline.filter.taken)
+        yield counter("time_rejected", "TIME answers refused as impossible (clock sync)",
+                      t.timeline.filter.rejected)
+        yield GaugeMetricFamily("loa_speaker_clock_offset_seconds", "The streamer's clock minus "
+                                "this speaker's, as the clock sync estimates it (0 before)",
+                                value=t.shift_s())
+        yield GaugeMetricFamily("loa_speaker_clock_drift_ppm", "How much faster the streamer's "
+                                "clock runs than this speaker's, ppm",
+                                value=t.timeline.filter.drift_ppm())
         bad = CounterMetricFamily("loa_speaker_bad_datagrams", "Datagrams dropped, by reason",
                                   labels=["reason"])
         for reason, n in s.bad.items():

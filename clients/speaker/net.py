@@ -32,12 +32,14 @@ from typing import Any, cast
 from prometheus_client import Histogram
 
 from common.config import Addr, ConfigError
+from device.streamer_time import StreamerTime
 from device.trust import TokenFile
 from fanout import udp
 from wire import auth, packet, rtcp, subscribe
 from wire.packet import MalformedPacket, RtpPacket
 from wire.retransmit import LossTracker
 
+from .clock import LocalClock
 from .config import SpeakerConfig
 from .emergency import EmergencyPath, stream_lost
 from .jitter import Arrival
@@ -60,8 +62,12 @@ class Speaker(asyncio.DatagramProtocol):
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
                  latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
+                 streamer_time: StreamerTime | None = None,
                  recovery: LossTracker | None = None) -> None:
         self.client = client
+        #: the streamer's timeline, from TIME exchanges with the upstream (``clock.py``)
+        self.time = streamer_time or StreamerTime(LocalClock().now_ns)
+        client.on_time = self.time.answered
         self.playout = playout
         self.latency = latency
         #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
@@ -154,8 +160,8 @@ class Speaker(asyncio.DatagramProtocol):
             mono = time.monotonic()
             self.recovery.arrived(pkt.seq, len(data), mono)
             self._ask_lost(mono)
-        capture_time = pkt.capture_time
-        now = time.time()
+        capture_time = pkt.capture_time  # on the streamer's timeline
+        now = self.time.now()
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1
             if capture_time is not None and self.gate is not None:
@@ -216,7 +222,7 @@ class Speaker(asyncio.DatagramProtocol):
 
 
 async def tick_forever(speaker: Speaker) -> None:
-    """Handshake retries, keepalives and failover, every 200 ms."""
+    """Handshake retries, keepalives, failover and asking the time, every 200 ms."""
     client = speaker.client
     while True:
         before = client.index
@@ -227,6 +233,8 @@ async def tick_forever(speaker: Speaker) -> None:
         speaker.send(client.tick(time.monotonic()))
         if client.index != before:
             log.warning("failing over to upstream %s:%d", *client.upstream)
+        if client.state is subscribe.ClientState.SUBSCRIBED and (t1 := speaker.time.due()):
+            speaker.send(client.ask_time(t1))
         await asyncio.sleep(TICK_S)
 
 

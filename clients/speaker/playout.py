@@ -124,10 +124,16 @@ class Timeline:
         return self.t0 + index / self.rate_hz
 
     def place(self, t: float, n: int) -> tuple[int, int]:
-        """For ``n`` samples due at wall time ``t``: (zeros to write first, samples to trim)."""
+        """For ``n`` samples due at wall time ``t``: (samples to write first, samples to
+        trim). Within ``slack`` of the cursor a frame stays contiguous, and the difference is
+        taken up one sample per frame (one sample repeated or dropped: inaudible, unlike a
+        gap), which is how two clocks a few ppm apart stay within a sample of each other
+        without a click; further off, the hole is silence or the late part is trimmed."""
         d = self.index(t) - self.cursor
-        if abs(d) <= self.slack:
+        if d == 0:
             return 0, 0
+        if abs(d) <= self.slack:
+            return (1, 0) if d > 0 else (0, 1)
         if d > 0:
             return d, 0
         return 0, min(-d, n)
@@ -190,6 +196,7 @@ class Playout:
         self._concealed = 0  # consecutive concealed frames
         self._work = np.zeros(MAX_FRAME, dtype=np.float64)
         self._out = np.zeros(MAX_FRAME, dtype=np.int16)
+        self._last = np.zeros(1, dtype=np.int16)  # the last sample written
         # the broadcast on air and its running level
         self.broadcast_id = 0
         self._bc_priority = 0
@@ -250,9 +257,11 @@ class Playout:
 
     # ------------------------------------------------------------------ output
 
-    def tick(self, now: float) -> int:
+    def tick(self, now: float, shift_s: float = 0.0) -> int:
         """Emit every frame whose play time is within one packet time of ``now``; returns the
-        number of frames emitted. Then pads the output with silence up to ``now``."""
+        number of frames emitted. Then pads the output with silence up to ``now``.
+        ``shift_s``: the streamer's clock minus ours (capture times are the streamer's; a
+        frame plays at capture + delay - shift on ours)."""
         horizon = now + self.ptime_s  # written one period ahead so the sink never starves
         emitted = 0
         jb = self.jitter
@@ -270,7 +279,7 @@ class Playout:
                 if gap and self._next_play is None:
                     jb.skip()  # nothing played yet: start at the first packet
                     continue
-                play_time = capture_time + self.delay_s - gap * self.ptime_s
+                play_time = capture_time - shift_s + self.delay_s - gap * self.ptime_s
                 if play_time > horizon:
                     break
                 # A hole is concealed a frame at a time, each when it is due, so that packets
@@ -334,11 +343,14 @@ class Playout:
         pcm = np.frombuffer(raw, dtype="<i2")[:MAX_FRAME]
         n = len(pcm)
         zeros, trim = self.timeline.place(play_time, n)
-        if zeros:
+        if zeros == 1:  # a sample short of the timeline: the last one written, again
+            self.sink.write(self._last)
+            self.timeline.cursor += 1
+        elif zeros:
             self.sink.write_silence(zeros)
             self.timeline.cursor += zeros
         sumsq = self._write(pcm, forced, skip=trim)
-        self.late_samples += trim
+        self.late_samples += trim if trim > 1 else 0  # one dropped sample is a clock step
         self.frames += 1
         self._next_play = play_time + n / self.rate_hz
         self._track(frame.broadcast_id, frame.priority, play_time, n, sumsq)
@@ -379,6 +391,7 @@ class Playout:
         np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
         if skip < n:
             self.sink.write(out[skip:])
+            self._last[0] = out[-1]
         self.timeline.cursor += n - skip
         return float(np.dot(work, work))
 
@@ -427,17 +440,19 @@ def level_dbfs(sumsq: float, samples: int) -> float:
 
 
 async def play_forever(playout: Playout, clock: Callable[[], float] = time.time,
-                       receive: Callable[[], object] = lambda: None) -> None:
+                       receive: Callable[[], object] = lambda: None,
+                       shift: Callable[[], float] = lambda: 0.0) -> None:
     """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop.
 
     ``receive`` runs first at each wake-up: it hands the playout what has arrived. After a
     pause of the process, the event loop may run this task before it reads the socket, and
-    the playout would end a broadcast whose next second is waiting there."""
+    the playout would end a broadcast whose next second is waiting there. ``shift``: the
+    streamer's clock minus ``clock`` (``clock.py``)."""
     loop = asyncio.get_running_loop()
     wake = loop.time()
     while True:
         receive()
-        playout.tick(clock())
+        playout.tick(clock(), shift())
         wake += playout.ptime_s
         delay = wake - loop.time()
         if delay < 0:  # the loop stalled: resume the rhythm from now instead of bursting

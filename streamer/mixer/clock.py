@@ -47,6 +47,12 @@ class FrameClock:
         """Wall-clock (Unix) time of the first sample of frame ``k``."""
         return self.start_wall + k * self.ptime_s
 
+    def timeline_ns(self, now_mono: float) -> int:
+        """The streamer's time at ``now_mono``, ns: the timeline capture times are on (the
+        wall clock at start, run on since by the monotonic clock, as the frames are), which a
+        subscriber's TIME asks for (``wire/timesync.py``)."""
+        return round((self.start_wall + (now_mono - self.start_mono)) * 1e9)
+
     def due(self, now_mono: float, lead_s: float = 0.0) -> list[int]:
         """Frames to produce now, in order: those due within ``lead_s`` from ``now_mono``;
         advances the clock past them."""

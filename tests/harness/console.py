@@ -4,20 +4,30 @@ through its data-testid handles, and where its screenshots go."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import time
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from tests.harness.audio import correlation
 from tests.harness.browser import by_testid, chromium_page
+from tests.harness.loaup import RATE, LoaUp, Speaker
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the sample tree's commune the console tests work in, the one next door, a test password
+COMMUNE = "brvt.vung-tau.thang-tam"
+NEIGHBOUR = "brvt.vung-tau.long-son"
+PASSWORD = "correct horse battery"
 #: screenshots of every page in both languages (gitignored; CI keeps the directory as an
 #: artifact); LOA_TEST_ARTIFACTS moves it
 ARTIFACTS = Path(os.environ.get("LOA_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "console"
@@ -173,3 +183,40 @@ async def click_until(page: Page, button: str, done: str, timeout_s: float, what
         if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
             await page.click(by_testid(button))
         await asyncio.sleep(1.0)
+
+
+@asynccontextmanager
+async def loa_up_stack(tmp_path: Path, lift_quiet_hours: bool = True
+                       ) -> AsyncIterator[tuple[LoaUp, dict[str, str]]]:
+    """A whole ``loa up`` stack (streamer, relay, speakers) for the block, quiet hours lifted
+    (the test runs at any hour), with the first admin's credentials."""
+    (tmp_path / "up").mkdir()
+    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
+    try:
+        if lift_quiet_hours:
+            await asyncio.to_thread(up.lift_quiet_hours)
+        yield up, json.loads(Path(up.state()["admin_credentials"]).read_text())
+    finally:
+        await asyncio.to_thread(up.kill)
+
+
+async def assert_heard(speakers: list[Speaker], bid: int, reference: np.ndarray,
+                       at_s: tuple[float, ...] = (0.5, 1.5, 2.5)) -> None:
+    """Each speaker's one play of ``bid`` holds ``reference`` (float, full scale 1): a
+    second of it from each of ``at_s`` correlates at 0.8 or more with what it played."""
+    probes = [reference[int(t * RATE): int((t + 1) * RATE)] for t in at_s]
+    for spk in speakers:
+        (play,) = [p for p in spk.plays(bid) if p["end"] - p["start"] > 1]
+        heard = await asyncio.to_thread(spk.window, play["start"], play["end"])
+        corr = [correlation(p, heard) for p in probes]
+        assert min(corr) >= 0.8, f"{spk.id}: correlation per second {corr}"
+
+
+async def tts_reference(up: LoaUp, text: str) -> np.ndarray:
+    """What the streamer's TTS makes of ``text`` (its preview), float, full scale 1."""
+    from clients.ctl import call as call_ctl
+
+    wav = await asyncio.to_thread(
+        call_ctl, up.url, "POST", "/api/v1/tts/preview", {"text": text}, token=up.token)
+    with wave.open(io.BytesIO(wav)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768

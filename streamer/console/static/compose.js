@@ -13,6 +13,7 @@ import { ADMIN, OPERATE, allowed, anywhere } from "./grants.js";
 import { formatNumber, t } from "./i18n.js";
 import { needsApproval, store, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
+import { chosenZones, drawZonePicker } from "./zonepick.js";
 import { fold, formatDuration, uploader } from "./upload.js";
 
 const PRIORITIES = ["normal", "priority", "background"];
@@ -124,36 +125,11 @@ export function leave() {
 function renderZones() {
   const box = $("compose-zones");
   if (!box) return;
-  const ticked = new Set([...box.querySelectorAll("input:checked:enabled")].map((i) => i.value));
-  const item = (z) => {
-    const may = allowed(store.user, OPERATE, z.id);
-    const id = `compose-zone-${z.id}`;
-    const line = may
-      ? [h("input", { type: "checkbox", id, value: z.id, "data-testid": `compose-zone-${z.id}`, checked: ticked.has(z.id),
-        on: { change: syncTicks } }), h("label", { for: id, text: z.name })]
-      : [h("span", { class: "zname", text: z.name }), h("span", { class: "muted small", text: ` ${t("compose.zone_not_yours")}` })];
-    return h("li", {}, line, z.children.length ? h("ul", {}, z.children.map(item)) : null);
-  };
-  box.replaceChildren(h("ul", { class: "tree pick" }, store.zones.map(item)));
-  syncTicks();
+  drawZonePicker(box, { prefix: "compose-zone", roles: OPERATE, why: "compose.zone_not_yours", onChange: zonesChanged });
 }
 
-/** A ticked zone covers everything below it: its descendants show ticked and locked. */
-function syncTicks() {
-  const boxes = [...document.querySelectorAll("#compose-zones input[type=checkbox]")];
-  const chosen = chosenZones(boxes);
-  for (const b of boxes) {
-    const covered = chosen.some((z) => b.value !== z && b.value.startsWith(`${z}.`));
-    if (covered) {
-      b.dataset.own = b.dataset.own || String(b.checked);
-      b.checked = true;
-      b.disabled = true;
-    } else if (b.disabled) {
-      b.disabled = false;
-      b.checked = b.dataset.own === "true";
-      delete b.dataset.own;
-    }
-  }
+/** The override (an admin of every chosen zone) and the approval notice follow the zones. */
+function zonesChanged(chosen) {
   const override = $("compose-override");
   if (override) {
     const may = chosen.every((z) => allowed(store.user, ADMIN, z));
@@ -164,11 +140,6 @@ function syncTicks() {
   const approval = chosen.some(needsApproval);
   $("compose-approval").hidden = !approval;
   $("compose-submit").textContent = t(approval ? "compose.submit_for_approval" : "compose.air_now");
-}
-
-function chosenZones(boxes) {
-  const ticked = boxes.filter((b) => b.checked && !b.disabled).map((b) => b.value);
-  return ticked.filter((z) => !ticked.some((o) => o !== z && z.startsWith(`${o}.`)));
 }
 
 /** The user is correcting a field: its error goes (the API judges again on submit). */
@@ -329,7 +300,7 @@ async function submit(event) {
   fieldErrors(form, null);
   showError(null);
   const { source, missing = {} } = chosenSource();
-  const zones = chosenZones([...form.querySelectorAll("#compose-zones input[type=checkbox]")]);
+  const zones = chosenZones($("compose-zones"));
   if (!zones.length) missing.zones = t("compose.need_zones");
   if (Object.keys(missing).length) {
     fieldErrors(form, missing);

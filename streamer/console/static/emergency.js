@@ -14,6 +14,7 @@ import { EMERGENCY, OPERATE, allowed, covers } from "./grants.js";
 import { formatNumber, formatTime, t } from "./i18n.js";
 import { emergenciesOnAir, refresh, store, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
+import { chosenZones, drawZonePicker } from "./zonepick.js";
 
 const KINDS = ["tts", "clip", "live"];
 const CADENCES_S = [0, 900, 1800, 3600, 7200]; // 0: once
@@ -234,47 +235,10 @@ function showKind() {
 function renderZones() {
   const box = $("emergency-zones");
   if (!box) return;
-  const ticked = new Set([...box.querySelectorAll("input:checked:enabled")].map((i) => i.value));
-  const item = (z) => {
-    const may = allowed(store.user, EMERGENCY, z.id);
-    const id = `emergency-zone-${z.id}`;
-    const n = speakersUnder([z.id]).length;
-    const count = h("span", { class: "muted small", text: ` ${t("emergency.n_speakers", { n: formatNumber(n) })}` });
-    const line = may
-      ? [h("input", { type: "checkbox", id, value: z.id, "data-testid": id, checked: ticked.has(z.id), on: { change: syncTicks } }),
-        h("label", { for: id, text: z.name }), count]
-      : [h("span", { class: "zname", text: z.name }), h("span", { class: "muted small", text: ` ${t("emergency.zone_not_yours")}` })];
-    return h("li", {}, line, z.children.length ? h("ul", {}, z.children.map(item)) : null);
-  };
-  box.replaceChildren(h("ul", { class: "tree pick" }, store.zones.map(item)));
-  syncTicks();
-}
-
-/** A ticked zone covers everything below it: its descendants show ticked and locked. */
-function syncTicks() {
-  const boxes = zoneBoxes();
-  const chosen = chosenZones(boxes);
-  for (const b of boxes) {
-    const covered = chosen.some((z) => b.value !== z && covers(z, b.value));
-    if (covered) {
-      b.dataset.own = b.dataset.own || String(b.checked);
-      b.checked = true;
-      b.disabled = true;
-    } else if (b.disabled) {
-      b.disabled = false;
-      b.checked = b.dataset.own === "true";
-      delete b.dataset.own;
-    }
-  }
-}
-
-function zoneBoxes() {
-  return [...document.querySelectorAll("#emergency-zones input[type=checkbox]")];
-}
-
-function chosenZones(boxes) {
-  const ticked = boxes.filter((b) => b.checked && !b.disabled).map((b) => b.value);
-  return ticked.filter((z) => !ticked.some((o) => o !== z && covers(o, z)));
+  drawZonePicker(box, {
+    prefix: "emergency-zone", roles: EMERGENCY, why: "emergency.zone_not_yours",
+    extra: (z) => h("span", { class: "muted small", text: ` ${t("emergency.n_speakers", { n: formatNumber(speakersUnder([z.id]).length) })}` }),
+  });
 }
 
 async function loadPickers() {
@@ -308,7 +272,7 @@ function fillPicker(select, items, emptyKey, entry) {
 
 /** The body of POST /emergency from the form, or the fields still to fill. */
 function readForm() {
-  const zones = chosenZones(zoneBoxes());
+  const zones = chosenZones($("emergency-zones"));
   const missing = {};
   if (!zones.length) missing.zones = t("emergency.need_zones");
   const k = kind();

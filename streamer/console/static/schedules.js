@@ -13,6 +13,7 @@ import { EMERGENCY, OPERATE, allowed, anywhere } from "./grants.js";
 import { currentLang, t } from "./i18n.js";
 import { store, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
+import { chosenZones, drawZonePicker } from "./zonepick.js";
 
 const TZ = "Asia/Ho_Chi_Minh";
 const LOCALES = { vi: "vi-VN", en: "en-GB" };
@@ -400,21 +401,9 @@ function renderClipOptions() {
 }
 
 function renderZonePicks(chosen) {
-  const box = $("sf-zones");
-  const item = (z) => {
-    const may = allowed(store.user, OPERATE, z.id) || allowed(store.user, EMERGENCY, z.id);
-    const id = `sf-zone-${z.id}`;
-    const line = may
-      ? [h("input", { type: "checkbox", id, value: z.id, "data-testid": id, checked: chosen.includes(z.id) }), h("label", { for: id, text: z.name })]
-      : [h("span", { class: "zname", text: z.name }), h("span", { class: "muted small", text: ` ${t("compose.zone_not_yours")}` })];
-    return h("li", {}, line, z.children.length ? h("ul", {}, z.children.map(item)) : null);
-  };
-  box.replaceChildren(h("ul", { class: "tree pick" }, store.zones.map(item)));
-}
-
-function chosenZones() {
-  const ticked = [...document.querySelectorAll("#sf-zones input:checked")].map((b) => b.value);
-  return ticked.filter((z) => !ticked.some((o) => o !== z && z.startsWith(`${o}.`)));
+  drawZonePicker($("sf-zones"), {
+    prefix: "sf-zone", roles: [...OPERATE, ...EMERGENCY], why: "compose.zone_not_yours", ticked: chosen,
+  });
 }
 
 function times() {
@@ -554,7 +543,7 @@ function body() {
   } else {
     source = { kind, hz: Number($("sf-hz").value), seconds: Number($("sf-seconds").value) };
   }
-  const zones = chosenZones();
+  const zones = chosenZones($("sf-zones"));
   if (!zones.length) errors.zones = t("compose.need_zones");
   const date = $("sf-date").value;
   if (!date) errors.date = t("sched.need_date");
