@@ -434,6 +434,7 @@ class MediaGate(Generic[T]):
         self.late = False  # something proven by a late arrival waits in ``take_late``
         self._asked = (-1, float("-inf"))  # the last seq ``overdue`` gave, and when
         self._newest = -1  # the highest seq held so far (-1: none)
+        self._jump = -1  # a seq far from it, believed when the next one confirms it
         self._batch = 0  # the most packets a verified LOAS covered: the batch length
         self.dropped = dict.fromkeys(DROP_REASONS, 0) if dropped is None else dropped
         self.loas = dict.fromkeys(LOAS_OUTCOMES, 0) if loas is None else loas
@@ -447,8 +448,7 @@ class MediaGate(Generic[T]):
         now: a replay of a packet already played, one candidate too many for its seq, or not
         the packet a verified batch signed at its seq."""
         h = packet_hash(datagram)
-        if self._newest < 0 or 0 < (seq - self._newest) % SEQ_MOD < SEQ_MOD // 2:
-            self._newest = seq
+        self._note_newest(seq)
         if h in self._seen_set:
             self.dropped["replayed"] += 1
             return False
@@ -522,6 +522,18 @@ class MediaGate(Generic[T]):
             self.loas[REQUESTED] = self.loas.get(REQUESTED, 0) + 1
             return seq
         return None
+
+    def _note_newest(self, seq: int) -> None:
+        """Follow the highest seq held, a little at a time: a packet more than 64 ahead or
+        any behind (a restart, a failover, or a forgery, which must not make every held
+        packet look overdue) moves it only once the next packet confirms the jump."""
+        if self._newest < 0 or 0 < (seq - self._newest) % SEQ_MOD < 64:
+            self._newest, self._jump = seq, -1
+        elif seq != self._newest:
+            if self._jump >= 0 and (seq - self._jump) % SEQ_MOD == 1:
+                self._newest, self._jump = seq, -1
+            else:
+                self._jump = seq
 
     def take_late(self) -> tuple[list[T], list[bytes]]:
         """What late arrivals proved since the last call: packets, in the order they were
