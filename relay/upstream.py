@@ -36,7 +36,7 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from device.streamer_time import StreamerTime
+from device.streamer_time import RELAY_EVERY_S, StreamerTime
 from device.trust import TokenFile
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
@@ -108,7 +108,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.retransmit = retransmit
         #: the streamer's timeline, from TIME exchanges on whichever subscription is up; the
         #: relay's own subscribers' TIMEs are answered from it (``fanout_timeline``)
-        self.time = StreamerTime(time.time_ns)
+        self.time = StreamerTime(time.time_ns, every_s=RELAY_EVERY_S)
         #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
         self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
         self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)
@@ -382,7 +382,7 @@ class Upstream(asyncio.DatagramProtocol):
         # The time, asked on one subscription that is up (each answers for the same streamer)
         up = next((s.client for s in self._subs.values()
                    if s.client.state is ClientState.SUBSCRIBED), None)
-        if up is not None and (t1 := self.time.due()) is not None:
+        if up is not None and (t1 := self.time.due(now)) is not None:
             self._send_all(up.ask_time(t1))
         # Wanted channels whose "unknown" mark has run out: try again.
         for ch in self._wanted:

@@ -148,3 +148,16 @@ def test_the_timeline_maps_our_clock_to_the_upstreams_and_back() -> None:
     assert up is not None and abs(up - link.upstream(now)) < 0.05 * MS
     back = line.local(up, now)
     assert back is not None and abs(back - now) <= 1
+
+
+def test_a_device_asks_five_times_a_second_at_first_then_every_few_seconds() -> None:
+    from device.streamer_time import FAST_EXCHANGES, SETTLE_EXCHANGES, StreamerTime
+
+    clock = iter(range(10**6))
+    st = StreamerTime(lambda: next(clock), every_s=5.0)
+    asked = [t for t in (i * 0.1 for i in range(1000)) if st.due(t) is not None]
+    gaps = [round(b - a, 6) for a, b in zip(asked, asked[1:], strict=False)]
+    assert gaps[:FAST_EXCHANGES - 1] == [0.2] * (FAST_EXCHANGES - 1)
+    assert gaps[FAST_EXCHANGES - 1:SETTLE_EXCHANGES - 1] == [1.0] * (
+        SETTLE_EXCHANGES - FAST_EXCHANGES)
+    assert set(gaps[SETTLE_EXCHANGES - 1:]) == {5.0} and len(gaps) > SETTLE_EXCHANGES

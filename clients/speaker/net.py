@@ -233,7 +233,8 @@ async def tick_forever(speaker: Speaker) -> None:
         speaker.send(client.tick(time.monotonic()))
         if client.index != before:
             log.warning("failing over to upstream %s:%d", *client.upstream)
-        if client.state is subscribe.ClientState.SUBSCRIBED and (t1 := speaker.time.due()):
+        if client.state is subscribe.ClientState.SUBSCRIBED and (
+                t1 := speaker.time.due(time.monotonic())):
             speaker.send(client.ask_time(t1))
         await asyncio.sleep(TICK_S)
 
