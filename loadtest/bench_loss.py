@@ -204,6 +204,12 @@ def render(rows: list[tuple[str, int, bool, Run, Run]], frames: int, cmd: str) -
             _kbps(base.down_bytes, base), _kbps(rec.down_bytes, rec),
             _kbps(base.up_bytes, base), _kbps(rec.up_bytes, rec),
             f"{(rec.down_bytes + rec.up_bytes) / (base.down_bytes + base.up_bytes) - 1:+.1%}"])
+    goal = next((r for r in rows if r[0] == SHAPES[0][0] and r[1] == 500 and not r[2]), None)
+    verdict = "" if goal is None else (
+        f"**Goal** (issue 13: at most 0.1 % of frames concealed at 10 % random loss on the "
+        f"relay→speaker link): {goal[4].concealed / goal[4].frames:.3%} with recovery at "
+        f"500 ms, against {goal[3].concealed / goal[3].frames:.2%} with FEC and PLC alone; "
+        f"{'met' if goal[4].concealed <= goal[4].frames / 1000 else 'not met'}.")
     return f"""## Loss recovery on the last hop (`loadtest/bench_loss.py`)
 
 {today()}, {machine()}.
@@ -230,6 +236,8 @@ speaker (`retransmit = false`), measured in the same run on the same loss patter
         "FEC, FEC only", "FEC, recovery", "down kb/s, FEC only", "down kb/s, recovery",
         "up kb/s, FEC only", "up kb/s, recovery", "bytes both ways, recovery ÷ FEC only"),
        body)}
+
+{verdict}
 
 Retransmission costs bytes only where packets are lost: nothing on a clean link, about twice
 the loss rate (the request, padded to the size of its answer so that a relay never sends more
