@@ -1,9 +1,10 @@
 """A lossy last hop, in process: a UDP forwarder between a relay and a speaker that drops
 datagrams with a seeded loss model, for the loss-recovery test and benchmark (issue 13).
 
-``tc netem`` in a network namespace would be the real thing, but creating a namespace needs
-privileges this project's CI does not have; the forwarder drops the same way for every process
-that talks through it and counts what crosses each way, which is what the measurement needs.
+``tc netem`` in a network namespace would be the real thing, but the build machine's kernel has
+no netem (a namespace can be made, ``tc qdisc add dev lo root netem`` answers "Specified qdisc
+kind is unknown"); the forwarder drops the same way for every process that talks through it
+and counts what crosses each way, which is what the measurement needs.
 The speaker subscribes to the forwarder's address as if it were the relay.
 
 Loss model (:func:`gilbert`): each datagram is lost with probability ``p`` on average, in runs

@@ -1,8 +1,8 @@
 """Loss recovery for 4G (issue 13 item 4), against real processes: a relay and three speakers
 of one channel, one straight on the relay (the clean reference), two behind lossy last hops
-with the same seeded loss (``loadtest/lossy.py``; ``tc netem`` would need a network namespace,
-which CI cannot create): one asks for its lost packets again (the default), one does not
-(``--retransmit off``, what Opus FEC and PLC alone give).
+with the same seeded loss (``loadtest/lossy.py``: this kernel has no ``tc netem``, though it
+lets a test make a network namespace): one asks for its lost packets again (the default),
+one does not (``--retransmit off``, what Opus FEC and PLC alone give).
 
 What counts is what each speaker played: the share of frames concealed (its own counters:
 frames missing at play time less those rebuilt from the next packet's FEC) and the share of
