@@ -9,7 +9,9 @@ packet × per destination: it must never allocate per destination, parse the pac
 JSON, log, or look anything up but the channel. Each channel's destinations are a prebuilt
 ``sendmmsg`` batch (``fanout/mmsg.py``), rebuilt at the first packet after subscribers change,
 so one packet to 5,000 speakers is five system calls. A short ring of each channel's recent packets
-(``fanout/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once.
+(``fanout/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once;
+the same ring answers a subscriber that asks again for packets it lost (``RESEND`` kind 2,
+``wire/retransmit.py``) with the very datagrams, never more bytes than the request.
 
 A subscriber is dropped (and counted, by reason) when its keepalives stop (``expired``) or
 when the kernel reports ICMP errors for its address for ``UNREACHABLE_S`` (``unreachable``:
@@ -38,7 +40,7 @@ from typing import cast
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from wire import subscribe, token
+from wire import retransmit, subscribe, token
 from wire.auth import Keyring
 from wire.packet import MalformedPacket
 from wire.subscribe import (
@@ -191,6 +193,7 @@ class _Metrics:
     control_dropped: Counter = field(init=False)
     batches: Counter = field(init=False)
     burst: Counter = field(init=False)
+    retransmits: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r, p = self.registry, ("process",)
@@ -210,6 +213,10 @@ class _Metrics:
         self.batches = Counter("loa_fanout_batches", "sendmmsg system calls", p, registry=r)
         self.burst = Counter("loa_fanout_burst_packets", "Packets replayed from a channel's "
                              "ring to new subscribers", p, registry=r)
+        self.retransmits = Counter(
+            "loa_fanout_retransmits", "Packets subscribers asked for again (RESEND kind 2), "
+            "by outcome: sent, unknown (no longer kept), too_big (more than the request), off",
+            (*p, "outcome"), registry=r)
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
         self.control_dropped = Counter(
@@ -244,17 +251,20 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         tokens: Keyring | None = None,
         wall: Callable[[], float] = time.time,
         timeline: Callable[[], int | None] = time.time_ns,
+        retransmit: bool = True,
     ) -> None:
         """``tokens``: subscribers must present a token signed by one of these keys
         (``wire/token.py``); None lets anyone subscribe. ``wall``: the clock tokens are
         checked on. ``timeline``: the streamer's time now, ns (the streamer's own clock; a
-        relay's estimate of it, None until it has one), which TIME asks for."""
+        relay's estimate of it, None until it has one), which TIME asks for. ``retransmit``: answer
+        subscribers that ask for lost packets again (``docs/operations.md``, "Loss recovery")."""
         self.process = process
         self.registry = registry
         self.ptime_ms = ptime_ms
         self.on_change = on_change
         self.multicast_ttl = multicast_ttl
         self.burst_s = burst_s
+        self.retransmit = retransmit
         self._clock = clock
         self._timeline = timeline
         # The cookie secret is random per process: cookies need no sharing, only to survive
@@ -569,14 +579,35 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
 
     def _resend(self, event: Resend, asked_with: int) -> None:
         """A subscriber lost a LOAS: send it again if it is still kept (never more bytes than
-        the request, which RESEND's padding ensures)."""
+        the request, which RESEND's padding ensures); or lost packets (kind 2): those kept,
+        as long as they fit in the request's bytes."""
         ring = self._rings.get(event.channel)
+        if event.kind == subscribe.RESEND_PACKETS:
+            self._retransmit(event, ring, asked_with)
+            return
         loas = ring.loas_for(event.seq) if ring is not None else None
         if loas is None or len(loas) > asked_with:
             self.metrics.handshakes.labels(self.process, "resend_unknown").inc()
             return
         self.metrics.handshakes.labels(self.process, "resend").inc()
         self._send(loas, event.addr)
+
+    def _retransmit(self, event: Resend, ring: PacketRing | None, asked_with: int) -> None:
+        self.metrics.handshakes.labels(self.process, "nack").inc()
+        m, seqs = self.metrics.retransmits, event.seqs
+        if not self.retransmit or ring is None:
+            m.labels(self.process, "off" if not self.retransmit else "unknown").inc(len(seqs))
+            return
+        packets, unknown, too_big = retransmit.answer(seqs, asked_with, ring.packet)
+        chan = self._chan_metrics.get(event.channel)
+        for packet in packets:
+            self._send(packet, event.addr)
+            if chan is not None:  # bytes sent downstream, like the stream's own
+                chan.packets.inc()
+                chan.octets.inc(len(packet))
+        for outcome, n in (("sent", len(packets)), ("unknown", unknown), ("too_big", too_big)):
+            if n:
+                m.labels(self.process, outcome).inc(n)
 
     def _time(self, event: TimeAsked) -> None:
         """A subscriber asks for the time: our timeline when the request was handled, as

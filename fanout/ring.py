@@ -10,8 +10,10 @@ must stay shorter than the playout delay, or its first packets arrive already to
 RTP media is kept, and the ``LOAS`` signatures that prove it (``wire/auth.py``); sender reports
 are not (they are periodic and speakers do not need an old one). The last ``KEEP_LOAS``
 signatures are also kept apart, whatever the burst, for a subscriber that lost one and asks
-again (``RESEND``, ``wire/subscribe.py``).
-Per packet: one tuple appended to a bounded deque, no copy of the packet.
+again (``RESEND``, ``wire/subscribe.py``), and so are the last ``KEEP_PACKETS`` RTP packets,
+by sequence number, for a subscriber that lost some (``RESEND`` kind 2, ``wire/retransmit.py``).
+Per packet: one tuple appended to a bounded deque and one slot of a list set, no copy of the
+packet.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from wire.auth import LOAS_LEN, SEQ_MOD, is_loas
 from wire.packet import is_rtcp
 
 KEEP_LOAS = 8  # about 2 s of a channel's signatures at 240 ms batches
+KEEP_PACKETS = 64  # 1.28 s of packets at 20 ms: longer than any playout delay leaves to ask
 
 
 class PacketRing:
-    __slots__ = ("burst_s", "_packets", "_loas")
+    __slots__ = ("burst_s", "_packets", "_loas", "_recent")
 
     def __init__(self, burst_s: float, ptime_s: float) -> None:
         self.burst_s = burst_s
@@ -35,6 +38,7 @@ class PacketRing:
         self._packets: deque[tuple[float, bytes]] = deque(
             maxlen=max(1, int(burst_s / ptime_s * 1.25) + 6) if burst_s > 0 else 1)
         self._loas: deque[bytes] = deque(maxlen=KEEP_LOAS)
+        self._recent: list[bytes | None] = [None] * KEEP_PACKETS  # by seq modulo its length
 
     def add(self, packet: bytes, now: float) -> None:
         if is_rtcp(packet):
@@ -42,6 +46,8 @@ class PacketRing:
                 return
             if len(packet) == LOAS_LEN:
                 self._loas.append(packet)
+        elif len(packet) >= 12:
+            self._recent[(packet[2] << 8 | packet[3]) % KEEP_PACKETS] = packet
         if self.burst_s > 0:
             self._packets.append((now, packet))
 
@@ -52,6 +58,13 @@ class PacketRing:
             if (seq - int.from_bytes(loas[16:18], "big")) % SEQ_MOD < loas[18]:
                 return loas
         return None
+
+    def packet(self, seq: int) -> bytes | None:
+        """The RTP packet ``seq`` as it was sent, if it is among the last ``KEEP_PACKETS``."""
+        packet = self._recent[seq % KEEP_PACKETS]
+        if packet is None or (packet[2] << 8 | packet[3]) != seq:
+            return None
+        return packet
 
     def burst(self, now: float) -> Iterator[bytes]:
         """The packets that arrived within ``burst_s`` before ``now``, oldest first."""

@@ -42,6 +42,7 @@ from wire.packet import HEADER_LEN, RtpPacket, ssrc_for
 from wire.priority import Priority
 
 from ._report import machine, median, table, today, write_section
+from .lossy import gilbert
 
 IP_UDP = 28
 SPEECH = ("Ủy ban nhân dân xã thông báo: do ảnh hưởng của cơn bão số chín, từ chiều nay đến "
@@ -96,20 +97,6 @@ LOSS_SHAPES = (("1 % random", 0.01, 1), ("5 % random", 0.05, 1), ("10 % random",
                ("5 % in bursts of 3", 0.05, 3))
 
 
-def lossy_link(p: float, burst: int, rng: np.random.Generator) -> Callable[[], bool]:
-    """A loss model: each datagram lost with probability ``p`` on average, in runs of
-    ``burst`` (a two-state Gilbert chain whose mean run of losses is ``burst``)."""
-    leave = 1.0 / burst  # P(bad → good)
-    enter = p * leave / (1.0 - p)  # P(good → bad), so that the bad state's share is p
-    bad = False
-
-    def lost() -> bool:
-        nonlocal bad
-        bad = rng.random() < (1.0 - leave if bad else enter)
-        return bad
-    return lost
-
-
 RTT_S = 0.06  # a 4G round trip for a RESEND and the LOAS sent back
 LOSS_RUNS = (("signed, no RESEND, 300 ms delay", False, 0.3),
              ("signed + RESEND, 300 ms delay", True, 0.3),
@@ -123,7 +110,7 @@ def lossy_run(batches: int, p: float, burst: int, key: SigningKey, resend: bool,
     overdue LOAS again as a speaker does (``MediaGate.overdue``); the request and the answer
     cross the same lossy link and come back after ``RTT_S``."""
     rng = np.random.default_rng(seed)
-    lost = lossy_link(p, burst, rng)
+    lost = gilbert(p, burst, rng)
     signer = ChannelSigner(key, "bench", ssrc_for("bench"), BATCH_MS // 20)
     gate: MediaGate[int] = MediaGate("bench", Keyring([key.public]))
     kept: dict[int, bytes] = {}  # the sender's LOAS by first seq, as a relay's ring keeps them

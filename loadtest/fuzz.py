@@ -51,6 +51,7 @@ from streamer.zones import ZoneTree
 from wire import auth, keyset, messages, packet, rtcp, sdp, subscribe, token
 from wire.auth import Keyring, SigningKey, packet_hash, sign_batch
 from wire.packet import MalformedPacket, RtpPacket, ssrc_for
+from wire.retransmit import LossTracker
 from wire.subscribe import MAGIC, Message, MsgType
 
 Check = Callable[[Any], None]
@@ -308,6 +309,9 @@ def control_message(f: Fuzz) -> Message:
     if t is MsgType.TIME:
         return Message(t, ch, cookie=cookie, t1=f.i64())
     if t is MsgType.RESEND:
+        if f.below(2):  # lost packets (a NACK): a first seq and a mask of the next 16
+            return Message(t, ch, cookie=cookie, seq=f.below(65536),
+                           kind=subscribe.RESEND_PACKETS, mask=f.below(65536))
         return Message(t, ch, cookie=cookie, seq=f.below(65536))
     return Message(t, ch, cookie=cookie)
 
@@ -778,7 +782,8 @@ class _Edges:
         playout = Playout(NullSink(), OpusDecoder(), time.time())
         # verifying, as every speaker does: media waits in the gate for a LOAS
         self.speaker = Speaker(client, playout, latency_histogram(CollectorRegistry()),
-                               auth.MediaGate("ch", FUZZ_KEYS))
+                               auth.MediaGate("ch", FUZZ_KEYS),
+                               recovery=LossTracker(deadline_s=0.26))
 
     def counted(self) -> float:
         """Datagrams dropped as bad plus control messages by outcome, so far."""

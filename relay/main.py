@@ -62,6 +62,10 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     silence_ms: int = round(subscribe.SILENCE_S * 1000)
     linger_s: float = 3.0
     burst_ms: int = 200
+    #: send subscribers the packets they ask for again and ask upstream for those this relay
+    #: lost (RESEND kind 2; ``docs/operations.md``, "Loss recovery"): bytes only where
+    #: packets are lost
+    retransmit: bool = True
     log_level: str = "INFO"
     #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``);
     #: on by default, off only on a test bench (``docs/operations.md``, "Subscription tokens")
@@ -114,6 +118,9 @@ def load_config(
     ap.add_argument("--linger-s", type=float)
     ap.add_argument("--burst-ms", type=int, help="recent packets sent to a new subscriber at "
                     "once (default 200; keep it below the speakers' playout delay; 0: none)")
+    ap.add_argument("--retransmit", help="on (default) or off: send subscribers the packets "
+                    "they ask for again, and ask upstream for those this relay lost "
+                    "(docs/operations.md, \"Loss recovery\")")
     ap.add_argument("--log-level")
     ap.add_argument("--mqtt-url", help="join the control plane: mqtt://host:port (or mqtts://)")
     ap.add_argument("--mqtt-user", help="MQTT user name (default: the relay id)")
@@ -171,6 +178,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
         burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg, trusted), timeline=timeline,
+        retransmit=cfg.retransmit,
     )
     keys = trusted.keyring if trusted is not None and cfg.verify_media else None
     tokens = cfg.token_source()
@@ -181,6 +189,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         silence_s=cfg.silence_ms / 1000,
         linger_s=cfg.linger_s, on_unknown=fanout.reject_channel, keys=keys,
         token=tokens.token if tokens is not None else b"", token_source=tokens,
+        retransmit=cfg.retransmit,
     )
     registry.register(AuthCollector(upstream, trusted))
     media = await fanout.start(*cfg.media)

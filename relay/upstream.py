@@ -20,6 +20,10 @@ failover: an upstream sending forged or altered packets is left after ``media_ti
 Any RTP or RTCP datagram of the channel from its upstream shows that upstream alive
 (``SubscribeClient.heard``); one silent for ``silence_s`` is left at the next tick, as a
 speaker leaves a silent relay (``docs/protocol.md``, "Failover").
+
+Lost packets are asked for again (``RESEND`` kind 2, ``wire/retransmit.py``) unless
+``retransmit`` is off: a packet the relay lost is lost for every subscriber, so one request
+here saves one from each of them; the packet that comes back goes on like any other.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
 from wire.auth import DROP_REASONS, LOAS_OUTCOMES, Keyring, MediaGate, is_loas
 from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
+from wire.retransmit import LossTracker
 from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1  # a dead upstream is noticed within silence_s + TICK_S
 #: a packet no LOAS has proven after this long never will be (a batch lasts 240 ms)
 HOLD_S = 1.0
+#: how long a lost packet is worth asking for: the speakers' default playout delay
+RECOVER_S = 0.3
 
 
 @dataclass
@@ -57,6 +64,7 @@ class _Subscription:
     gate: MediaGate[bytes] | None = None
     unwanted_since: float | None = None
     unknown_rejects: int = 0
+    recovery: LossTracker | None = None
 
 
 class Upstream(asyncio.DatagramProtocol):
@@ -81,10 +89,12 @@ class Upstream(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.monotonic,
         keys: Keyring | None = None,
         token_source: TokenFile | None = None,
+        retransmit: bool = True,
     ) -> None:
         """``keys``: the streamer keys media must be signed with (None: forward everything
         unverified, ``verify_media = false``). ``token_source``: the file the relay's token
-        is read from again when it changes."""
+        is read from again when it changes. ``retransmit``: ask the upstream again for lost
+        packets."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.fanout = fanout
@@ -100,6 +110,7 @@ class Upstream(asyncio.DatagramProtocol):
         self._clock = clock
         self.keys = keys
         self.token_source = token_source
+        self.retransmit = retransmit
         #: the streamer's timeline, from TIME exchanges on whichever subscription is up; the
         #: relay's own subscribers' TIMEs are answered from it (``fanout_timeline``)
         self.time = StreamerTime(time.time_ns, every_s=RELAY_EVERY_S)
@@ -121,6 +132,9 @@ class Upstream(asyncio.DatagramProtocol):
                                     ("process",), registry=registry).labels(*p)
         self._m_subscribed = Gauge("loa_upstream_channels", "Channels subscribed upstream, "
                                    "by handshake state", ("process", "state"), registry=registry)
+        self._m_nacks = Counter("loa_upstream_retransmit_requests", "Requests for lost packets "
+                                "sent upstream (RESEND kind 2)", ("process",),
+                                registry=registry).labels(*p)
         self._process = process
         self._bad = fanout.metrics.bad.labels(process)
 
@@ -211,6 +225,8 @@ class Upstream(asyncio.DatagramProtocol):
                 self._m_octets.inc(len(data))
                 now = self._clock()
                 sub.client.heard(now)  # alive, whatever the packet proves
+                if off == 8 and sub.recovery is not None:
+                    self._recover(sub, data)
                 if sub.gate is None:
                     sub.client.on_media(now)
                     self.fanout.publish(sub.client.channel, data)
@@ -253,6 +269,15 @@ class Upstream(asyncio.DatagramProtocol):
             if gate.late:
                 self._proven(sub, *gate.take_late())
         self._ask_overdue(sub, gate, now)
+
+    def _recover(self, sub: _Subscription, data: bytes) -> None:
+        """Note an RTP packet's arrival; ask for those missing before it."""
+        assert sub.recovery is not None
+        now = self._clock()
+        sub.recovery.arrived(data[2] << 8 | data[3], len(data), now)
+        for seq, mask, size in sub.recovery.due(now):
+            self._m_nacks.inc()
+            self._send_all(sub.client.nack(seq, mask, size))
 
     def _ask_overdue(self, sub: _Subscription, gate: MediaGate[bytes], now: float) -> None:
         """A lost LOAS would lose its batch here and at every subscriber: ask again."""
@@ -314,7 +339,8 @@ class Upstream(asyncio.DatagramProtocol):
         )
         gate = None if self.keys is None else MediaGate[bytes](
             channel, self.keys, dropped=self.auth_dropped, loas=self.auth_loas)
-        sub = _Subscription(client, ssrc_for(channel), gate)
+        sub = _Subscription(client, ssrc_for(channel), gate,
+                            recovery=LossTracker(RECOVER_S) if self.retransmit else None)
         self._subs[channel] = sub
         self._by_ssrc[sub.ssrc] = sub
         self._send_all(client.start(now))

@@ -7,12 +7,14 @@ import socket
 import time
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from fanout.endpoint import UNREACHABLE_S, FanoutEndpoint
 from fanout.mmsg import MAX_BATCH, RecvBatch, SendBatch, timestamp_socket
 from fanout.ring import PacketRing
 from tests.harness.subscriber import Subscriber
+from tests.harness.wait import until
 from wire.packet import RtpPacket, ssrc_for
 from wire.rtcp import SenderReport
 from wire.subscribe import MAGIC, Message, MsgType
@@ -212,4 +214,39 @@ async def test_a_forged_bye_or_keepalive_leaves_the_subscriber_playing() -> None
         attacker.close()
         victim.close()
         other.close()
+        fanout.close()
+
+
+@pytest.mark.parametrize("retransmit", [True, False], ids=["on", "off"])
+async def test_a_subscriber_that_lost_packets_gets_the_originals_and_never_more_bytes(
+        retransmit: bool) -> None:
+    """RESEND kind 2 (a NACK): the fan-out sends back, from its ring, the very datagrams it
+    sent, as many as fit in the request's bytes; a relay with ``retransmit`` off sends none."""
+    fanout = FanoutEndpoint(channel_ssrc=ssrc_for, registry=CollectorRegistry(), process="nack",
+                            burst_s=0.0, retransmit=retransmit)
+    sub = Subscriber(CH, [])
+    addr = await fanout.start("127.0.0.1", 0)
+    sub.client.upstreams = [addr]
+    try:
+        await sub.start()
+        await _subscribed(fanout, CH, 1)
+        sent = [_packet(k) for k in range(10)]
+        for p in sent:
+            fanout.publish(CH, p)
+        await sub.wait_packets(10)
+        # ask for 3, 4 and 6, padded for two packets only: the third does not fit
+        (nack, to), = sub.client.nack(3, 0b101, 2 * len(sent[3]))
+        assert sub.transport is not None
+        sub.transport.sendto(nack, to)
+        if retransmit:
+            await sub.wait_packets(12)
+            assert _seqs(sub)[10:] == [3, 4]
+            assert _metric(fanout, "loa_fanout_retransmits_total", outcome="sent") == 2
+            assert _metric(fanout, "loa_fanout_retransmits_total", outcome="too_big") == 1
+        else:
+            await until(lambda: _metric(fanout, "loa_fanout_retransmits_total",
+                                        outcome="off") == 3, 5, "the NACK handled")
+            assert len(sub.payloads) == 10
+    finally:
+        sub.close()
         fanout.close()

@@ -441,6 +441,6 @@ def test_a_resend_carries_the_cookie_and_is_padded_against_amplification():
     assert srv.handle(data, ("10.7.7.7", 1), 1) == (None, None)
     # a RESEND of an unknown kind is malformed
     bad = bytearray(data)
-    bad[9 + 24] = 2
+    bad[9 + 24] = 3
     with pytest.raises(MalformedPacket):
         sub.parse(bytes(bad))

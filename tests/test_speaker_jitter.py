@@ -271,13 +271,29 @@ def test_stream_stop_conceals_briefly_then_falls_silent() -> None:
     assert len(sink.pcm) == 3 * 48_000
 
 
-def test_long_hole_is_skipped_not_concealed() -> None:
+def test_long_hole_is_concealed_briefly_then_skipped() -> None:
     p, _, _, _ = make_playout(max_conceal=5)
     p.receive(rtp(1), T0 + 1.0)
     p.receive(rtp(50), T0 + 1.0 + 49 * 0.02)
     p.tick(T0 + 3.0)
     assert p.jitter.lost == 48 + 5  # the hole, then the PLC tail after seq 50
-    assert p.plc == 5 and p.fec == 0
+    assert p.plc == 5 + 5 and p.fec == 0  # five frames of the hole concealed, the rest silent
+
+
+def test_a_hole_is_concealed_only_as_it_falls_due_so_late_packets_still_play() -> None:
+    """A batch proven late (its signature was asked for again) or a packet sent again: the
+    frames of the hole that are not yet due still play when their packets come, although a
+    later packet was already waiting."""
+    p, _, _, _ = make_playout(delay_ms=300, max_conceal=5)
+    capture = T0 + 1.0
+    p.receive(rtp(1), capture)
+    p.receive(rtp(14), capture + 13 * 0.02)  # 2..13 not here yet (a late batch)
+    p.tick(capture + 0.31)  # frame 1 and frame 2 (concealed) are due, not frame 3
+    assert p.plc == 1
+    for seq in range(3, 14):  # the rest of the batch, proven now
+        p.receive(rtp(seq), capture + (seq - 1) * 0.02)
+    p.tick(capture + 0.55)  # up to frame 14, at capture + 0.56
+    assert p.plc == 1 and p.jitter.lost == 1 and p.frames == 14
 
 
 def test_corrupt_payload_is_concealed_and_counted() -> None:

@@ -2,7 +2,8 @@
 
 HELLO → COOKIE → SUBSCRIBE (echoing the cookie) → SUBACK, then media; KEEPALIVE refreshes,
 BYE leaves, REJECT says why not; RESEND asks again for a ``LOAS`` that did not arrive (a
-subscriber holding packets its signature has not proven: ``wire/auth.py``). The cookie is
+subscriber holding packets its signature has not proven: ``wire/auth.py``), or for lost media
+packets themselves (kind 2, a NACK: ``wire/retransmit.py`` decides what to ask for). The cookie is
 stateless: an HMAC over the source address, channel, identity and issue time, so the upstream
 keeps no state for a HELLO and a spoofed source address never receives media. The upstream
 never answers with more bytes than it received (no amplification). ``docs/protocol.md`` has
@@ -34,6 +35,8 @@ MAGIC = b"LOA1"
 HELLO_MIN_LEN = 96  # HELLOs are padded so that no reply is larger than its request
 RESEND_MIN_LEN = 128  # and RESENDs, so that the LOAS sent back (116 bytes) is not either
 RESEND_LOAS = 1  # what a RESEND asks for: the LOAS whose batch holds ``seq``
+RESEND_PACKETS = 2  # or the RTP packets ``seq`` and those its ``mask`` adds (a NACK)
+RESEND_KINDS = (RESEND_LOAS, RESEND_PACKETS)
 COOKIE_LEN = 24  # 4-byte issue time + 20-byte truncated HMAC-SHA256
 COOKIE_TTL_S = 30
 MAX_NAME = 128
@@ -86,6 +89,12 @@ class Message:
     ptime_ms: int = 0
     reason: int = 0
     seq: int = 0  # RESEND: a sequence number of the batch whose LOAS is asked for
+    # RESEND kind 2: the packets ``seq`` and seq + 1 + i for each bit i of ``mask`` (RFC 4585's
+    # generic NACK); ``build`` pads it to ``size`` bytes, at least the answer's (parsing leaves
+    # size 0: what counts is the datagram's length)
+    kind: int = RESEND_LOAS
+    mask: int = 0
+    size: int = 0
     # TIME, TIMEREPLY (ns since the Unix epoch, ``wire/timesync.py``): t1 the asker's clock
     # when it asked; t2, t3 the upstream's timeline when the request came and the answer left
     t1: int = 0
@@ -111,8 +120,11 @@ class Message:
         if t is MsgType.REJECT:
             return head + ch + bytes((self.reason,))
         if t is MsgType.RESEND:
-            body = head + ch + _fixed(self.cookie, COOKIE_LEN) + struct.pack("!BH", RESEND_LOAS,
-                                                                             self.seq)
+            body = head + ch + _fixed(self.cookie, COOKIE_LEN)
+            if self.kind == RESEND_PACKETS:
+                body += struct.pack("!BHH", RESEND_PACKETS, self.seq, self.mask)
+                return body + bytes(max(0, self.size - len(body)))
+            body += struct.pack("!BH", RESEND_LOAS, self.seq)
             return body + bytes(max(0, RESEND_MIN_LEN - len(body)))
         if t is MsgType.TIME:  # 8 bytes longer than the answer: no amplification
             return head + ch + _fixed(self.cookie, COOKIE_LEN) + struct.pack("!q", self.t1)
@@ -146,6 +158,9 @@ def parse(data: bytes) -> Message:
     if t is MsgType.RESEND:
         cookie = r.take(COOKIE_LEN)
         what, seq = struct.unpack("!BH", r.take(3))
+        if what == RESEND_PACKETS:
+            (mask,) = struct.unpack("!H", r.take(2))
+            return Message(t, channel, cookie=cookie, seq=seq, kind=what, mask=mask)
         if what != RESEND_LOAS:
             raise MalformedPacket(f"RESEND of unknown kind {what}")
         return Message(t, channel, cookie=cookie, seq=seq)
@@ -255,12 +270,21 @@ class Dropped:
 
 @dataclass(slots=True, frozen=True)
 class Resend:
-    """A subscriber asks for the LOAS of the batch holding ``seq`` again; the caller sends it
-    from what it keeps (``fanout/ring.py``), at most the request's size."""
+    """A subscriber asks for the LOAS of the batch holding ``seq`` again (``kind`` 1), or for
+    the RTP packets ``seqs`` (kind 2); the caller sends them from what it keeps
+    (``fanout/ring.py``), never more bytes than the request's own."""
 
     addr: Addr
     channel: str
     seq: int
+    kind: int = RESEND_LOAS
+    mask: int = 0
+
+    @property
+    def seqs(self) -> list[int]:
+        """Kind 2: the sequence numbers asked for, in order."""
+        return [self.seq] + [(self.seq + 1 + i) & 0xFFFF for i in range(16)
+                             if self.mask >> i & 1]
 
 
 @dataclass(slots=True, frozen=True)
@@ -347,7 +371,7 @@ class SubscribeServer:
             elif not hmac.compare_digest(sub.cookie, msg.cookie):
                 event = Dropped(addr, ch, "resend", "bad_cookie")
             else:
-                event = Resend(addr, ch, msg.seq)
+                event = Resend(addr, ch, msg.seq, msg.kind, msg.mask)
         elif msg.type is MsgType.TIME:
             sub = self.subscribers.get(ch, {}).get(addr)
             if sub is None:
@@ -598,6 +622,16 @@ class SubscribeClient:
         if self.state is not ClientState.SUBSCRIBED:
             return []
         msg = Message(MsgType.RESEND, self.channel, cookie=self._cookie, seq=seq)
+        return [(msg.build(), self.upstream)]
+
+    def nack(self, seq: int, mask: int, size: int) -> list[tuple[bytes, Addr]]:
+        """Ask the upstream to send the packets ``seq`` and ``seq + 1 + i`` for each bit ``i``
+        of ``mask`` again (RESEND kind 2), padded to ``size`` bytes: at least what they take,
+        or the upstream sends only those that fit. Nothing unless subscribed."""
+        if self.state is not ClientState.SUBSCRIBED:
+            return []
+        msg = Message(MsgType.RESEND, self.channel, cookie=self._cookie, seq=seq,
+                      kind=RESEND_PACKETS, mask=mask, size=size)
         return [(msg.build(), self.upstream)]
 
     def ask_time(self, t1: int) -> list[tuple[bytes, Addr]]:

@@ -42,6 +42,9 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     emergency_volume: float = 100.0
     offline_after_s: float = 10.0
     emergency_repeat_s: float | None = None
+    #: ask the upstream again for lost packets (RESEND kind 2, ``docs/operations.md``, "Loss
+    #: recovery"): bytes only where packets are lost
+    retransmit: bool = True
     #: ``http`` over TLS: PEM certificate chain and its key, both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -121,6 +124,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--emergency-repeat-s", type=float,
                    help="replay cadence used instead of each emergency's repeat_s (tests, "
                         "demos; default: the emergency's own)")
+    p.add_argument("--retransmit", help="on (default) or off: ask the upstream again for "
+                   "lost packets (docs/operations.md, \"Loss recovery\")")
     p.add_argument("--stream-key", action="append", dest="stream_keys", metavar="BASE64",
                    help="the streamer's public key (repeat during a key rotation); only media "
                         "it signed plays")

@@ -37,6 +37,7 @@ from device.trust import TrustedKeys
 from wire import subscribe
 from wire.auth import MediaGate
 from wire.packet import RtpPacket
+from wire.retransmit import LossTracker
 
 from .clock import LocalClock
 from .config import SpeakerConfig, load_config
@@ -166,8 +167,12 @@ async def serve(cfg: SpeakerConfig) -> int:
     if keys is None:
         log.warning("verify_media is off: this speaker plays media nobody signed")
     gate = None if keys is None else MediaGate[tuple[RtpPacket, float]](cfg.channel, keys)
+    # a packet asked for again is still worth having until its frame is decoded, one frame
+    # before its play time; it was found missing when the next one came, a frame after it
+    recovery = (LossTracker(deadline_s=max(0.05, cfg.delay_ms / 1000 - 0.04))
+                if cfg.retransmit else None)
     speaker = Speaker(client, playout, latency_histogram(registry), gate,
-                      StreamerTime(clock.now_ns))
+                      StreamerTime(clock.now_ns), recovery)
     speaker.tokens = tokens
     registry.register(SpeakerCollector(speaker, emergency, trusted))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,

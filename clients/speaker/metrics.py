@@ -93,6 +93,19 @@ class SpeakerCollector(Collector):
         for outcome in OUTCOMES:
             states.add_metric([outcome], e.messages[outcome])
         yield states
+        if s.recovery is not None:
+            r = s.recovery
+            nack = CounterMetricFamily(
+                "loa_speaker_retransmit_packets", "Packets asked for again (RESEND kind 2), by "
+                "outcome: asked (every try), recovered (came after being asked for), abandoned "
+                "(given up: played by FEC or PLC)", labels=["outcome"])
+            for outcome, n in (("asked", r.asked), ("recovered", r.recovered),
+                               ("abandoned", r.abandoned)):
+                nack.add_metric([outcome], n)
+            yield nack
+            yield counter("retransmit_requests", "RESEND kind 2 requests sent", r.requests)
+            yield counter("retransmit_request_bytes", "Bytes of those requests (padded to the "
+                          "size of their answer)", r.request_bytes)
         yield from gate_metrics(s.gate)
         yield from keys_metrics(self.trusted)
 

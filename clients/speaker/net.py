@@ -12,6 +12,11 @@ for failover either: an upstream that sends only forged or altered packets is le
 ``media_timeout_s`` (3 s). Any RTP or RTCP datagram from the current upstream shows it is alive
 (``SubscribeClient.heard``): one that sends nothing for ``silence_ms`` is left at the next tick.
 
+A packet that does not arrive is asked for again (``RESEND`` kind 2): a
+:class:`~wire.retransmit.LossTracker` sees every packet of the channel as it comes and says
+which sequence numbers are missing; the upstream sends back the original datagrams, which the
+gate proves like any other.
+
 This edge must never let a datagram, however malformed, stop the process: each one is counted
 under ``loa_speaker_bad_datagrams_total{reason}`` and dropped.
 """
@@ -33,6 +38,7 @@ from device.trust import TokenFile
 from fanout import udp
 from wire import auth, packet, rtcp, subscribe
 from wire.packet import MalformedPacket, RtpPacket
+from wire.retransmit import LossTracker
 
 from .clock import LocalClock
 from .config import SpeakerConfig
@@ -58,7 +64,8 @@ class Speaker(asyncio.DatagramProtocol):
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
                  latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
-                 streamer_time: StreamerTime | None = None) -> None:
+                 streamer_time: StreamerTime | None = None,
+                 recovery: LossTracker | None = None) -> None:
         self.client = client
         #: the streamer's timeline, from TIME exchanges with the upstream (``clock.py``)
         self.time = streamer_time or StreamerTime(LocalClock().now_ns)
@@ -67,6 +74,8 @@ class Speaker(asyncio.DatagramProtocol):
         self.latency = latency
         #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
         self.gate = gate
+        #: what to ask the upstream for again; None asks for nothing (retransmit = false)
+        self.recovery = recovery
         #: the token file, read again when it changes (None: no token)
         self.tokens: TokenFile | None = None
         self.ssrc = packet.ssrc_for(client.channel)
@@ -151,6 +160,10 @@ class Speaker(asyncio.DatagramProtocol):
         if pkt.ssrc != self.ssrc:
             self.bad["foreign_ssrc"] += 1
             return
+        if self.recovery is not None:
+            mono = time.monotonic()
+            self.recovery.arrived(pkt.seq, len(data), mono)
+            self._ask_lost(mono)
         capture_time = pkt.capture_time  # on the streamer's timeline
         now = self.time.now()
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
@@ -190,6 +203,15 @@ class Speaker(asyncio.DatagramProtocol):
             now = time.monotonic()
             self.gate.expire(now - self.playout.delay_s - HOLD_SLACK_S)
             self._ask_overdue(now)
+        if self.recovery is not None:
+            self._ask_lost(time.monotonic())
+
+    def _ask_lost(self, now: float) -> None:
+        """Packets that did not arrive: ask the upstream for them again, while they can
+        still play."""
+        assert self.recovery is not None
+        for seq, mask, size in self.recovery.due(now):
+            self.send(self.client.nack(seq, mask, size))
 
     def _ask_overdue(self, now: float) -> None:
         """A lost LOAS would lose its whole batch: ask the upstream for it again."""

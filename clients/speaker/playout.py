@@ -276,12 +276,18 @@ class Playout:
                 self._play(jb.pop(), self._next_play)
             else:
                 gap, capture_time = head
-                if gap and (self._next_play is None or gap + self._concealed > self.max_conceal):
-                    jb.skip()  # a long hole is silence, not minutes of PLC
+                if gap and self._next_play is None:
+                    jb.skip()  # nothing played yet: start at the first packet
                     continue
                 play_time = capture_time - shift_s + self.delay_s - gap * self.ptime_s
                 if play_time > horizon:
                     break
+                # A hole is concealed a frame at a time, each when it is due, so that packets
+                # still to come for it (a batch whose signature is late, a packet sent again)
+                # play if they make it; past max_conceal frames it is silence, not PLC.
+                if gap and self._concealed >= self.max_conceal:
+                    jb.skip()
+                    continue
                 self._play(jb.pop(), play_time)
             emitted += 1
         if self._local is not None:

@@ -9,7 +9,7 @@ from scipy.signal import correlate
 
 from loadtest.fleet import dominant_hz as peak_hz  # one FFT peak for the tests and the load test
 
-__all__ = ["correlation", "longest_gap_s", "peak_hz", "rms_dbfs"]
+__all__ = ["correlation", "frame_snr_db", "longest_gap_s", "peak_hz", "rms_dbfs"]
 
 
 def rms_dbfs(x: np.ndarray) -> float:
@@ -38,3 +38,20 @@ def longest_gap_s(x: np.ndarray, level: float, rate_hz: int = 48_000,
         run = run + 1 if q else 0
         longest = max(longest, run)
     return longest * block_s
+
+
+def frame_snr_db(played: np.ndarray, clean: np.ndarray, frame: int, max_lag: int = 240,
+                 ceiling_db: float = 60.0) -> np.ndarray:
+    """The SNR of each ``frame``-sample block of ``played`` against ``clean`` (what a speaker
+    that lost nothing played over the same wall-clock window), in dB up to ``ceiling_db``,
+    once the two are aligned within ``max_lag`` samples by cross-correlation."""
+    n = min(len(played), len(clean)) - 2 * max_lag
+    ref = clean[max_lag:max_lag + n]
+    c = correlate(played[: n + 2 * max_lag], ref, mode="valid", method="fft")
+    lag = int(np.argmax(c))
+    x = played[lag:lag + n]
+    k = n // frame
+    sig = (ref[: k * frame].reshape(k, frame) ** 2).sum(axis=1)
+    err = ((x[: k * frame] - ref[: k * frame]).reshape(k, frame) ** 2).sum(axis=1)
+    snr = 10 * np.log10((sig + 1e-18) / (err + 1e-18))
+    return np.asarray(np.minimum(snr, ceiling_db))

@@ -21,7 +21,7 @@ import opuslib.api.encoder
 from fanout.ring import PacketRing
 from wire.auth import ChannelSigner, SigningKey
 from wire.packet import RtpPacket, ssrc_for, unix_to_ntp64
-from wire.subscribe import Event, Resend, SubscribeServer, is_control
+from wire.subscribe import RESEND_LOAS, Event, Resend, SubscribeServer, is_control
 
 from .keys import TEST_KEY
 
@@ -72,7 +72,8 @@ class RtpUpstream(asyncio.DatagramProtocol):
         reply, event = self.server.handle(data, addr, time.monotonic())
         if reply and self.transport:
             self.transport.sendto(reply, addr)
-        if isinstance(event, Resend):  # a lost LOAS, asked for again (as the streamer answers)
+        if isinstance(event, Resend) and event.kind == RESEND_LOAS:
+            # a lost LOAS, asked for again (as the streamer answers); lost packets are not
             ring = self.kept.get(event.channel)
             loas = ring.loas_for(event.seq) if ring is not None else None
             if loas is not None and self.transport:
@@ -152,8 +153,9 @@ class ToneUpstream(RtpUpstream):
     """A minimal streamer: the subscribe handshake for any channel, then a steady 1 kHz tone
     (broadcast ``broadcast_id``) in Loa RTP/Opus every 20 ms to every subscriber."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, fec_loss_perc: int = 0, bitrate: int = 64_000) -> None:
+        super().__init__(fec_loss_perc=fec_loss_perc)
+        self.encoder.bitrate = bitrate
         self.broadcast_id = 7
         # 20 ms of 1 kHz is 20 whole cycles: every frame is the same and the phase continuous
         self._tone = (TONE_PEAK * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
