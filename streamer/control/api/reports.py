@@ -57,6 +57,19 @@ Day = Annotated[date, BeforeValidator(_day), WithJsonSchema(
     {"type": "string", "format": "date", "pattern": _DAY_RE.pattern})]
 
 
+def day_span(to: date | None, info: ValidationInfo, max_days: int, what: str) -> date | None:
+    """``to`` checked against the ``from`` already validated: not before it, and less than
+    ``max_days`` after it (a query model's ``field_validator("to")``)."""
+    first = info.data.get("from_")
+    if to is None or first is None:
+        return to
+    if to < first:
+        raise ValueError("must not be before 'from'")
+    if (to - first).days >= max_days:
+        raise ValueError(f"{what} spans at most {max_days} days")
+    return to
+
+
 class ReportQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,14 +83,7 @@ class ReportQuery(BaseModel):
     @field_validator("to")
     @classmethod
     def _span(cls, to: date | None, info: ValidationInfo) -> date | None:
-        first = info.data.get("from_")
-        if to is None or first is None:
-            return to
-        if to < first:
-            raise ValueError("must not be before 'from'")
-        if (to - first).days >= MAX_DAYS:
-            raise ValueError(f"a report spans at most {MAX_DAYS} days")
-        return to
+        return day_span(to, info, MAX_DAYS, "a report")
 
     @property
     def days(self) -> list[date]:

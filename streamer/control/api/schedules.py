@@ -34,7 +34,7 @@ from wire.priority import PriorityName
 
 from .broadcasts import _check_zones
 from .core import API, ApiError, Ctx, NotFound
-from .reports import Day
+from .reports import Day, day_span
 
 #: the longest range of days one occurrences query covers (a month view and its edges)
 MAX_RANGE_DAYS = 42
@@ -94,14 +94,7 @@ class OccurrenceQuery(BaseModel):
     @field_validator("to")
     @classmethod
     def _span(cls, to: date | None, info: ValidationInfo) -> date | None:
-        first = info.data.get("from_")
-        if to is None or first is None:
-            return to
-        if to < first:
-            raise ValueError("must not be before 'from'")
-        if (to - first).days >= MAX_RANGE_DAYS:
-            raise ValueError(f"a range spans at most {MAX_RANGE_DAYS} days")
-        return to
+        return day_span(to, info, MAX_RANGE_DAYS, "a range")
 
 
 class Occurrence(BaseModel):
