@@ -9,6 +9,7 @@ estimate, so time flows down a chain of relays like the media does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from wire.timesync import Exchange, Timeline
@@ -25,6 +26,26 @@ SETTLE_EXCHANGES = 40
 SETTLE_S = 1.0
 RELAY_EVERY_S = 1.0
 SPEAKER_EVERY_S = 5.0
+
+
+def raw_ns() -> int:
+    """The machine's crystal, ns, as it ticks: CLOCK_MONOTONIC_RAW, which NTP neither steps nor
+    slews (on Linux; elsewhere the monotonic clock)."""
+    raw = getattr(time, "CLOCK_MONOTONIC_RAW", None)
+    return time.clock_gettime_ns(raw) if raw is not None else time.monotonic_ns()
+
+
+class FreeClock:
+    """The clock a device plays by: the wall time at its start, run on by the raw crystal.
+    The clock sync fits an offset and a drift, which a free-running crystal has; a clock NTP
+    steps or slews now and then would hand it a moving target."""
+
+    def __init__(self) -> None:
+        self._raw0 = raw_ns()
+        self._wall0 = time.time_ns()
+
+    def now_ns(self) -> int:
+        return self._wall0 + (raw_ns() - self._raw0)
 
 
 class StreamerTime:

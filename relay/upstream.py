@@ -39,7 +39,7 @@ from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from device.streamer_time import RELAY_EVERY_S, StreamerTime
+from device.streamer_time import RELAY_EVERY_S, FreeClock, StreamerTime
 from device.trust import TokenFile
 from fanout.endpoint import FanoutEndpoint, set_receive_buffer
 from wire import subscribe
@@ -113,7 +113,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.retransmit = retransmit
         #: the streamer's timeline, from TIME exchanges on whichever subscription is up; the
         #: relay's own subscribers' TIMEs are answered from it (``fanout_timeline``)
-        self.time = StreamerTime(time.time_ns, every_s=RELAY_EVERY_S)
+        self.time = StreamerTime(FreeClock().now_ns, every_s=RELAY_EVERY_S)
         #: what every channel's gate counted (``loa_media_auth_*``, relay/main.py)
         self.auth_dropped = dict.fromkeys(DROP_REASONS, 0)
         self.auth_loas = dict.fromkeys(LOAS_OUTCOMES, 0)

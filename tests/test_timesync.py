@@ -161,3 +161,21 @@ def test_a_device_asks_five_times_a_second_at_first_then_every_few_seconds() -> 
     assert gaps[FAST_EXCHANGES - 1:SETTLE_EXCHANGES - 1] == [1.0] * (
         SETTLE_EXCHANGES - FAST_EXCHANGES)
     assert set(gaps[SETTLE_EXCHANGES - 1:]) == {5.0} and len(gaps) > SETTLE_EXCHANGES
+
+
+def test_a_test_clock_runs_off_and_fast_from_the_free_running_crystal() -> None:
+    """``--clock-offset-ms 400 --clock-drift-ppm 1000``: 400 ms ahead of the wall time at
+    start, and 1 ms a second faster than the crystal since."""
+    import time as _time
+
+    from clients.speaker.clock import LocalClock
+    from device.streamer_time import FreeClock, raw_ns
+
+    free, skewed = FreeClock(), LocalClock(400, 1000)
+    assert abs(free.now_ns() - _time.time_ns()) < 5 * MS  # the wall time, at start
+    r0, s0 = raw_ns(), skewed.now_ns()
+    _time.sleep(0.2)
+    r1, s1 = raw_ns(), skewed.now_ns()
+    assert abs((s0 - _time.time_ns()) - 400 * MS) < 5 * MS
+    ratio = (s1 - s0) / (r1 - r0)
+    assert abs(ratio - 1.001) < 1e-4, ratio  # raw read beside it: only timing noise

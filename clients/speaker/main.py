@@ -142,7 +142,10 @@ async def serve(cfg: SpeakerConfig) -> int:
         except Exception:  # called from inside the playout: never let it stop playing
             log.exception("emergency cache failed on %s", event.get("event"))
         if link is not None and event.get("event") == "play":
-            link.report_played(event)
+            # the log is on this speaker's clock; upstream, times are the streamer's
+            shift = speaker.time.shift_s()
+            link.report_played({**event, "start": event["start"] + shift,
+                                "end": event["end"] + shift})
 
     playout = Playout(
         sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
