@@ -557,12 +557,17 @@ async def test_malformed_commands_are_refused_and_the_speaker_keeps_playing(
 
 async def test_played_event_names_the_broadcast_and_the_level_it_played_at(
         streamer: Any, mosquitto: Any, tmp_path: Path) -> None:
+    """What a speaker reports is what it played, on the streamer's timeline: this speaker's
+    own clock is 400 ms fast (its play log and WAV are on it), and the times it reports are
+    the streamer's (``docs/protocol.md``, "Playout")."""
     pw = start_broker(mosquitto, {"spk-a": KP1})
     async with fleet_on(mosquitto, pw) as (fleet, rec), \
-            speakers(tmp_path, mosquitto, pw, streamer.media_addr, ("spk-a", KP1)) as (a,), \
+            speakers(tmp_path, mosquitto, pw, streamer.media_addr, ("spk-a", KP1),
+                     extra=("--clock-offset-ms", "400")) as (a,), \
             aiohttp.ClientSession() as http:
         await until(a.subscribed, 10)
         await until(lambda: rec.state("spk-a") == "online", 10)
+        await asyncio.sleep(1.0)  # a few TIME answers: the speaker knows the streamer's clock
         async with http.post(f"{streamer.http_url}/api/v1/broadcasts", headers=streamer.admin,
                              json={"zones": [KP1], "source": {"kind": "tone", "hz": 1000,
                                                               "seconds": 1.5}}) as r:
@@ -573,14 +578,21 @@ async def test_played_event_names_the_broadcast_and_the_level_it_played_at(
         plays = [ev for s, ev in rec.plays if s == "spk-a" and ev.broadcast == bid]
         assert len(plays) == 1, rec.plays
         (ev,) = plays
-        x = await a.wait_window(ev.start, ev.end)
         (logged,) = [e for e in a.events() if e["event"] == "play"]
+        x = await a.wait_window(logged["start"], logged["end"])
+        async with http.get(f"{streamer.http_url}/api/v1/broadcasts/{bid}",
+                            headers=streamer.admin) as r:
+            aired = await r.json()
     assert 1.45 < ev.end - ev.start < 1.6
     assert abs(peak_hz(x[2400:-2400]) - 1000) < 5
     assert abs(ev.level_dbfs - level(x)) < 0.5, (ev.level_dbfs, level(x))
     assert -40 < ev.level_dbfs < -10
-    assert (logged["broadcast"], logged["start"], logged["end"], logged["level_dbfs"]) == \
-        (ev.broadcast, ev.start, ev.end, ev.level_dbfs)
+    assert (logged["broadcast"], logged["level_dbfs"]) == (ev.broadcast, ev.level_dbfs)
+    # the log is on the speaker's clock, the report on the streamer's: 400 ms apart
+    assert abs((logged["start"] - ev.start) - 0.4) < 0.005, (logged["start"], ev.start)
+    assert abs((logged["end"] - logged["start"]) - (ev.end - ev.start)) < 0.001
+    # and on the streamer's clock it played when the streamer aired it, plus the delay
+    assert abs(ev.start - (aired["started"] + 0.3)) < 0.1, (ev.start, aired["started"])
 
 
 async def test_speaker_paused_mid_bulletin_logs_one_play_not_two(
