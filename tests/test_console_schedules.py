@@ -9,15 +9,13 @@ through the API. The streamer's clock is pinned to a Monday computed from today
 
 from __future__ import annotations
 
-import io
-import wave
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import numpy as np
 
 from tests.harness.api import call, make_user
+from tests.harness.audio import tone_wav
 from tests.harness.browser import by_testid
 from tests.harness.console import (
     COMMUNE,
@@ -334,22 +332,12 @@ async def test_at_390_px_the_week_is_a_day_list_usable_by_keyboard(
         await screenshot(page, "schedules-390-vi")
 
 
-def chime_wav() -> bytes:
-    """Half a second of 440 Hz, 48 kHz mono: a clip to pick."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        t = np.arange(24_000) / 48_000
-        w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 async def test_a_clip_weekly_on_chosen_days_and_an_experts_rrule(streamer) -> None:
     week = pin_monday(streamer)
     form = aiohttp.FormData()
-    form.add_field("file", chime_wav(), filename="chuong.wav")
+    form.add_field("file", tone_wav(), filename="chuong.wav")
     status, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
     assert status == 201, clip
     await make_user(streamer, "op-thang-tam", ("operator", COMMUNE), password=PASSWORD)

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.conftest import DAYTIME
 from tests.harness.api import audit, call, make_user
+from tests.harness.audio import tone_wav
 from tests.harness.zones import OP, OTHER
 
 TONE = {"kind": "tone", "hz": 600, "seconds": 30}
@@ -190,7 +191,7 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
     _, sched = await call(streamer, "POST", "/api/v1/schedules", json={
         "zones": [OP], "source": TONE, "at": at})
     form = aiohttp.FormData()
-    form.add_field("file", _wav_bytes(), filename="chuong.wav")
+    form.add_field("file", tone_wav(), filename="chuong.wav")
     _, clip = await call(streamer, "POST", "/api/v1/clips", data=form)
     n_audit = len(await audit(streamer))
     await streamer.close()
@@ -216,20 +217,6 @@ async def test_restart_of_streamer_and_redis_loses_nothing(streamer, redis_serve
         await again.close()
 
 
-def _wav_bytes() -> bytes:
-    import io
-    import wave
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        t = np.arange(24_000) / 48_000
-        w.writeframes((np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 async def test_openapi_document_lists_every_route(streamer):

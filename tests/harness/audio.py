@@ -4,12 +4,15 @@ tone."""
 
 from __future__ import annotations
 
+import io
+import wave
+
 import numpy as np
 from scipy.signal import correlate
 
 from loadtest.fleet import dominant_hz as peak_hz  # one FFT peak for the tests and the load test
 
-__all__ = ["correlation", "frame_snr_db", "longest_gap_s", "peak_hz", "rms_dbfs"]
+__all__ = ["correlation", "frame_snr_db", "longest_gap_s", "peak_hz", "rms_dbfs", "tone_wav"]
 
 
 def rms_dbfs(x: np.ndarray) -> float:
@@ -55,3 +58,15 @@ def frame_snr_db(played: np.ndarray, clean: np.ndarray, frame: int, max_lag: int
     err = ((x[: k * frame] - ref[: k * frame]).reshape(k, frame) ** 2).sum(axis=1)
     snr = 10 * np.log10((sig + 1e-18) / (err + 1e-18))
     return np.asarray(np.minimum(snr, ceiling_db))
+
+
+def tone_wav(hz: float = 440.0, seconds: float = 0.5, amplitude: int = 8000) -> bytes:
+    """A sine of ``hz`` as a 48 kHz mono 16-bit WAV file's bytes: a clip to upload."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        t = np.arange(round(seconds * 48_000)) / 48_000
+        w.writeframes((np.sin(2 * np.pi * hz * t) * amplitude).astype("<i2").tobytes())
+    return buf.getvalue()
