@@ -19,7 +19,6 @@ import getpass
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -29,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
-from common.secretfile import write_private
+from common.secretfile import new_secret, write_private
 from streamer.control.broker import (
     MAX_PACKET_BYTES,
     Account,
@@ -206,7 +205,7 @@ def read_or_make_password(path: Path) -> str:
     try:
         password = path.read_text().strip()
     except FileNotFoundError:
-        password = secrets.token_urlsafe(24)
+        password = new_secret(24)
         write_private(path, password + "\n")
         return password
     if not PASSWORD_CHARS.fullmatch(password):

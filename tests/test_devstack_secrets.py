@@ -1,7 +1,8 @@
 """The private redis-server that ``loa up`` and the tests run (``devstack/services.py``) asks
 for a password kept 0600 beside its data, reused by a restart on the same directory and never
 on a command line; what it writes (config, log, dump, append-only files) is its user's alone;
-``loa-up.json`` shows its URL without the password (``devstack/spawn.py``)."""
+``loa-up.json`` shows its URL without the password (``devstack/spawn.py``). Every secret Loa
+makes can be given after an option on a command line (``common/secretfile.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.secretfile import new_secret
 from devstack.services import RedisServer
 from devstack.spawn import tighten, without_password
 
@@ -86,3 +88,12 @@ def test_tighten_makes_an_old_var_private_without_following_links(tmp_path):
 def test_a_redis_url_is_shown_without_its_password(url, shown):
     assert without_password(url) == shown
 
+
+
+def test_no_secret_starts_with_a_dash_that_argparse_would_take_for_an_option():
+    """``loa loadtest --token -Xy…`` is refused by argparse ("expected one argument"); with
+    ``secrets.token_urlsafe`` one token in 64 began so. 4,000 draws would hold about 60."""
+    drawn = [new_secret(32) for _ in range(4000)]
+    assert not [s for s in drawn if s.startswith("-")]
+    assert len(set(drawn)) == len(drawn) and {len(s) for s in drawn} == {43}
+    assert {c for s in drawn for c in s[1:]} >= {"-", "_"}  # still the whole URL-safe alphabet

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from collections.abc import Iterable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from common.secretfile import new_secret
 
 from .models import USER_RE, Role, User, covers
 
@@ -53,7 +54,7 @@ def verify_password(argon2_hash: str | None, password: str) -> bool:
 
 def new_token() -> tuple[str, str]:
     """A fresh bearer token and the digest under which it is stored."""
-    token = secrets.token_urlsafe(32)
+    token = new_secret(32)
     return token, token_digest(token)
 
 

@@ -16,13 +16,12 @@ import base64
 import hashlib
 import hmac
 import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.secretfile import write_private
+from common.secretfile import new_secret, write_private
 from wire.ids import valid_device_id, valid_zone_id
 from wire.messages import (
     DEVICE_TOPICS,
@@ -75,7 +74,7 @@ class Account:
 
 def new_password() -> str:
     """A random device password (192 bits, URL-safe text)."""
-    return secrets.token_urlsafe(24)
+    return new_secret(24)
 
 
 def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS,

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from common.secretfile import write_private
+from common.secretfile import new_secret, write_private
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources import TtsProvider
 from streamer.zones import ZoneTree
@@ -249,7 +248,7 @@ class Plane:
         its password to ``credentials_path`` (mode 0600). Never logs the password."""
         if await self.state.users.count():
             return False
-        password = secrets.token_urlsafe(18)
+        password = new_secret(18)
         user = User(name=name, full_name="First administrator", created=self.now(),
                     grants=[Grant(role=Role.ADMIN, zone=r) for r in self.tree.roots])
         if not await self.state.create_user(user, await self.hasher.hash(password)):
