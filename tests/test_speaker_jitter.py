@@ -106,6 +106,24 @@ def test_big_jump_resets_only_when_the_next_packet_confirms_it() -> None:
     assert [s for _, s in pop_all(jb)] == [40_000, 40_001]
 
 
+def test_a_restarted_sender_a_little_behind_is_a_new_stream_not_late_packets() -> None:
+    """A quiet channel sends few packets: a streamer restarted from seq 0 lands within the
+    buffer's reach behind the old numbering. Captured seconds later, it is a new stream."""
+    jb = JitterBuffer()
+    for s in range(300):
+        push(jb, s)
+    pop_all(jb)
+    restart = 1000.0 + 300 * 0.02 + 2.0  # two seconds after the old stream's last packet
+    assert jb.push(SSRC, 0, 0, restart, b"\x00", 7) is Arrival.HELD
+    assert jb.push(SSRC, 1, 960, restart + 0.02, b"\x01", 7) is Arrival.RESET
+    assert [s for _, s in pop_all(jb)] == [0, 1] and jb.late == 0
+    # one of the old stream's, arriving late, is still late
+    for s in range(2, 300):
+        jb.push(SSRC, s, s * 960, restart + s * 0.02, bytes([s & 0xFF]), 7)
+    pop_all(jb)
+    assert push(jb, 250) is Arrival.LATE and jb.late == 1
+
+
 def test_ssrc_change_resets_the_buffer() -> None:
     jb = JitterBuffer()
     for s in (1, 2, 3):

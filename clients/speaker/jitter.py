@@ -9,7 +9,11 @@ priority of the last packet handed out, so that a lost packet in an emergency is
 the emergency volume rather than dropping to the operator's volume for 20 ms. Late and
 duplicate packets are dropped and counted. A jump in sequence or a new SSRC (upstream restart or
 failover to a relay with its own numbering) is believed only when the next packet confirms it
-(RFC 3550 appendix A.1 probation), so that one stray packet cannot flush the buffer.
+(RFC 3550 appendix A.1 probation), so that one stray packet cannot flush the buffer. A packet
+numbered a little behind the last one played is late only if it was captured no more than
+``RESTART_GAP_S`` after the newest one held: one captured later still is a restarted sender
+numbering from 0 again (a quiet channel sends few packets, so a new stream can land within
+the buffer's reach of the old), and goes on probation like any jump.
 
 Sans-IO: no sockets, no clock reads; times are whatever the caller stores (capture times).
 """
@@ -22,6 +26,9 @@ from enum import IntEnum
 SEQ_MOD = 1 << 16
 _HALF = 1 << 15
 _EMPTY = -1
+#: a packet "behind" captured this long after the newest held is a new stream, not a late one
+#: (a late packet worth anything is at most a playout delay behind; a sender restarts in more)
+RESTART_GAP_S = 1.0
 
 
 class Arrival(IntEnum):
@@ -79,6 +86,7 @@ class JitterBuffer:
         self.started = False  # a frame has been handed out since the last reset
         self.last_broadcast_id = 0
         self.last_priority = 0
+        self._newest_capture = float("-inf")  # capture time of the newest packet stored
         self._held: _Held | None = None
         # counters (exported as metrics by the edge)
         self.received = 0
@@ -105,7 +113,8 @@ class JitterBuffer:
         if ext < self.next_seq:
             if not self.started and self.highest - ext < self.capacity:
                 self.next_seq = ext  # reordered before the first frame played: start earlier
-            elif self.next_seq - ext <= self.capacity:
+            elif (self.next_seq - ext <= self.capacity
+                  and capture_time <= self._newest_capture + RESTART_GAP_S):
                 self.late += 1
                 return Arrival.LATE
             else:
@@ -138,6 +147,8 @@ class JitterBuffer:
         self.depth += 1
         if ext > self.highest:
             self.highest = ext
+        if capture_time > self._newest_capture:
+            self._newest_capture = capture_time
 
     def _probation(
         self, ssrc: int, seq: int, ts: int, capture_time: float, payload: bytes, bid: int,
