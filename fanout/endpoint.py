@@ -380,6 +380,10 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
             else:
                 self._sent(channel, len(packet), len(batch), *batch.send(self._fd, packet))
 
+    def pause(self, channels: Sequence[str]) -> None:
+        """The mixer's channels that fell quiet: nothing to do here (their heartbeats are
+        sender reports, which go out like any datagram)."""
+
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
         """Row i of ``block`` (uint8, C-contiguous, shape ``(len(channels), packet_len)``) is
         the datagram of ``channels[i]``: the streamer's one program packetised for all its

@@ -5,7 +5,9 @@ do the subscribe handshake, so it can only play a channel that this process push
 static destination (``--static CHANNEL=host:port`` on a relay). Without ``?addr=&port=`` the
 SDP names the channel's first static destination; with them it names that address (which
 must then be configured as a static destination for media to arrive). ``GET
-/listen/{channel}.ogg`` streams the channel's Opus packets as Ogg/Opus, unchanged. Listen-in
+/listen/{channel}.ogg`` streams the channel's Opus packets as Ogg/Opus, unchanged; a quiet
+channel's pause (``docs/protocol.md``, "Quiet channels") is filled with Opus silence as its
+heartbeats come, so a browser keeps playing in real time instead of waiting. Listen-in
 runs off the fan-out path: the listener only enqueues, and a client that cannot keep up is
 dropped rather than buffered without bound. Who may listen is the process's to say
 (``may_listen``): a relay serves holders of a listen token the streamer signed
@@ -32,6 +34,7 @@ from wire.auth import Keyring
 from wire.ogg import OggOpusWriter
 from wire.packet import MalformedPacket, is_rtcp, opus_samples
 from wire.packet import parse as parse_rtp
+from wire.rtcp import report_ts
 from wire.sdp import channel_sdp
 
 from .endpoint import FanoutEndpoint
@@ -41,6 +44,20 @@ log = logging.getLogger(__name__)
 LISTEN_QUEUE_PACKETS = 250  # 5 s of 20 ms packets: past that the client is too slow
 LISTEN_IDLE_CHECK_S = 5.0
 MAX_LISTENERS = 200
+#: a 20 ms Opus frame of digital silence (CELT fullband, its silence flag set: what libopus
+#: makes of zeros), written for each frame of a pause
+SILENT_FRAME = b"\xf8\xff\xfe"
+SILENT_SAMPLES = 960
+MAX_FILL_SAMPLES = 10 * 48_000  # a longer jump is a new stream, not a pause: not filled
+TS_MOD = 1 << 32
+
+
+def pause_frames(next_ts: int, ts: int) -> int:
+    """Silent frames that fill a listener's stream from ``next_ts`` (where its last packet
+    ended) up to ``ts`` (a packet's or a heartbeat's RTP timestamp); 0 for a timestamp that
+    is not ahead, or too far ahead to be a pause."""
+    gap = (ts - next_ts) % TS_MOD
+    return gap // SILENT_SAMPLES if gap <= MAX_FILL_SAMPLES else 0
 
 
 def _error(status: int, message: str, field: str) -> web.Response:
@@ -194,6 +211,7 @@ class MediaRoutes:
         q = _ListenQueue(LISTEN_QUEUE_PACKETS)
         self.listeners += 1
         fanout.add_listener(channel, q)
+        next_ts: int | None = None  # where the last packet written ends, in RTP samples
         try:
             while not q.overflowed:
                 try:
@@ -206,13 +224,24 @@ class MediaRoutes:
                         break
                     continue
                 if is_rtcp(packet):
+                    ts = report_ts(packet)
+                    if ts is not None and next_ts is not None and (
+                            n := pause_frames(next_ts, ts)):
+                        await resp.write(b"".join(writer.packet(SILENT_FRAME, SILENT_SAMPLES)
+                                                  for _ in range(n)))
+                        next_ts = (next_ts + n * SILENT_SAMPLES) % TS_MOD
                     continue
                 try:
-                    payload = parse_rtp(packet).payload
-                    samples = opus_samples(payload)
+                    rtp = parse_rtp(packet)
+                    samples = opus_samples(rtp.payload)
                 except MalformedPacket:
                     continue
-                await resp.write(writer.packet(payload, samples))
+                out = [writer.packet(SILENT_FRAME, SILENT_SAMPLES)
+                       for _ in range(pause_frames(next_ts, rtp.ts) if next_ts is not None
+                                      else 0)]
+                out.append(writer.packet(rtp.payload, samples))
+                await resp.write(b"".join(out))
+                next_ts = (rtp.ts + samples) % TS_MOD
             if q.overflowed:
                 log.info("listen-in client %s on %s too slow: dropped", request.remote, channel)
         except ConnectionError:

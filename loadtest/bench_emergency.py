@@ -60,6 +60,7 @@ from wire import subscribe
 from wire.auth import Keyring, MediaGate, is_loas
 from wire.packet import RtpPacket, is_rtcp, is_rtp, parse, ssrc_for
 from wire.priority import Priority
+from wire.rtcp import report_ts
 from wire.subscribe import SubscribeClient
 
 from ._report import machine, table, today, write_section
@@ -127,8 +128,11 @@ class ProofProbe(asyncio.DatagramProtocol):
         elif is_rtcp(data):
             if is_loas(data):
                 self._proven(self.gate.vouch(data, now), now)
+            elif (ts := report_ts(data)) is not None:  # a quiet channel's heartbeat
+                self.client.heard_report(time.monotonic(), ts)
         elif is_rtp(data):
             pkt = parse(data)
+            self.client.heard_packet(time.monotonic(), pkt.ts)
             self.client.on_media(time.monotonic())
             if pkt.priority == Priority.EMERGENCY and pkt.broadcast_id not in self.first:
                 self.first[pkt.broadcast_id] = (pkt.seq, now)

@@ -344,7 +344,8 @@ class Fleet:
         names = [f"loadtest-speaker-{i}" for i in cfg.indices]
         tokens = issue_all(load_key(cfg.signing_key), names, cfg.channels)
         self.clients = [SubscribeClient(name, ch, [relay], token=tok,
-                                        media_timeout_s=math.inf, silence_s=math.inf)  # one relay
+                                        media_timeout_s=math.inf, silence_s=math.inf,
+                                        quiet_silence_s=math.inf)  # one relay
                         for name, ch, relay, tok in zip(names, cfg.channels, cfg.relays, tokens,
                                                         strict=True)]
         for relay in cfg.relays:

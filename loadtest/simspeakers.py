@@ -184,7 +184,8 @@ class SimSpeakers:
         names = [f"sim-speaker-{i}" for i in range(n)]
         self.clients = [SubscribeClient(name, ch, [relays[i % len(relays)]], token=tok,
                                         # it reads no media: never silent, never fails over
-                                        media_timeout_s=math.inf, silence_s=math.inf)
+                                        media_timeout_s=math.inf, silence_s=math.inf,
+                                        quiet_silence_s=math.inf)
                         for i, (name, ch, tok) in enumerate(
                             zip(names, channels, issue_all(key, names, channels), strict=True))]
         self.socks: list[socket.socket] = []

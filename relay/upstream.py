@@ -19,7 +19,9 @@ they get each packet only once its LOAS has proven it. Only proven media counts 
 failover: an upstream sending forged or altered packets is left after ``media_timeout_s``.
 Any RTP or RTCP datagram of the channel from its upstream shows that upstream alive
 (``SubscribeClient.heard``); one silent for ``silence_s`` is left at the next tick, as a
-speaker leaves a silent relay (``docs/protocol.md``, "Failover").
+speaker leaves a silent relay (``docs/protocol.md``, "Failover"). A quiet channel's heartbeat
+(a sender report whose timestamp has moved on) is forwarded like any report and tells the
+subscription to allow 1.5 s between heartbeats instead (``SubscribeClient.heard_report``).
 
 Lost packets are asked for again (``RESEND`` kind 2, ``wire/retransmit.py``) unless
 ``retransmit`` is off: a packet the relay lost is lost for every subscriber, so one request
@@ -46,6 +48,7 @@ from wire import subscribe
 from wire.auth import DROP_REASONS, LOAS_OUTCOMES, Keyring, MediaGate, is_loas
 from wire.packet import MalformedPacket, is_rtcp, is_rtp, ssrc_for
 from wire.retransmit import LossTracker
+from wire.rtcp import report_ts
 from wire.subscribe import Addr, ClientState, SubscribeClient
 
 log = logging.getLogger(__name__)
@@ -224,7 +227,12 @@ class Upstream(asyncio.DatagramProtocol):
                 self._m_packets.inc()
                 self._m_octets.inc(len(data))
                 now = self._clock()
-                sub.client.heard(now)  # alive, whatever the packet proves
+                if off == 8:  # alive, whatever the packet proves
+                    sub.client.heard_packet(now, int.from_bytes(data[4:8], "big"))
+                elif (ts := report_ts(data)) is not None:
+                    sub.client.heard_report(now, ts)
+                else:
+                    sub.client.heard(now)
                 if off == 8 and sub.recovery is not None:
                     self._recover(sub, data)
                 if sub.gate is None:

@@ -85,6 +85,11 @@ class StreamerConfig:
     opus_complexity: int = _OPUS.complexity
     opus_fec: bool = _OPUS.fec
     opus_loss_perc: int = _OPUS.loss_perc
+    #: a channel with nothing on air sends a sender report this often and no media (0: it
+    #: streams Opus silence every frame, for plain RTP receivers that cannot take DTX);
+    #: subscribers tell such a quiet channel from a dead upstream after 1.5 s without a
+    #: heartbeat, so at most 500 ms leaves room for two lost ones (``docs/protocol.md``)
+    idle_heartbeat_ms: int = 500
     var_dir: str = "var"
     #: Redis holding all control-plane state (required; ``loa up`` starts a private one)
     redis_url: str = ""
@@ -151,6 +156,7 @@ class StreamerConfig:
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         check_range("mixer_workers", self.mixer_workers, 0, 256)
         check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
+        check_range("idle_heartbeat_ms", self.idle_heartbeat_ms, 0, 500)
         check_range("token_lifetime_h", self.token_lifetime_h, 0.01, 24 * 30)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
@@ -221,7 +227,8 @@ class Streamer:
         log.info("media signed with key %08x, public key %s", self.signing.key.id,
                  self.signing.key.public_text)
         self.mixer = Mixer(channels, self.clock, self.signing, wall=time.time, opus=cfg.opus,
-                           registry=self.registry, workers=cfg.mixer_workers or None)
+                           registry=self.registry, workers=cfg.mixer_workers or None,
+                           idle_heartbeat_ms=cfg.idle_heartbeat_ms or None)
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)

@@ -7,7 +7,9 @@ channel's packet is hashed into that channel's batch, and a batch that closes se
 ``LOAS`` on the channel. So signing never holds a frame's media back, and the emergency's
 packets, sent first, are hashed first. Channels start their batches
 on different frames (the phase is their SSRC modulo the batch length), so that a thousand
-channels sign a few at a time, never all on one frame. It runs on the playout thread, like
+channels sign a few at a time, never all on one frame. A channel that falls quiet
+(``Mixer`` with ``idle_heartbeat_ms``) has its open batch signed at once: its last packets
+are proven now, not when the next broadcast fills the batch. It runs on the playout thread, like
 the mixer: per channel per frame one SHA-256 of ~100 bytes, per batch one Ed25519 signature
 (``docs/BENCHMARKS.md``, "Signed media").
 
@@ -65,6 +67,7 @@ class SigningSink:
         self._signers: dict[str, ChannelSigner] = {}
         self._next: SigningKey | None = None
         self._pending: list[tuple[Sequence[str], np.ndarray]] = []
+        self._pausing: list[str] = []
         self.signatures = Counter("loa_media_signatures_total",
                                   "LOAS packets signed (one per channel per batch)",
                                   registry=registry)
@@ -81,22 +84,32 @@ class SigningSink:
         if block.shape[0] and block[0, 1] != PT_SR:  # sender reports are not media
             self._pending.append((channels, block))  # the mixer made it for this call
 
+    def pause(self, channels: Sequence[str]) -> None:
+        self.fanout.pause(channels)
+        self._pausing.extend(channels)
+
     def sign_pending(self) -> None:
         """Hash and sign what the frame sent (call once its media is out)."""
         if self._next is not None:
             self._switch()
         signers, publish = self._signers, self.fanout.publish
         for channels, block in self._pending:
-            seq = int.from_bytes(block[0, 2:4].tobytes(), "big")
             level = int(block[0, _PRIORITY_AT])
+            seqs = block[:, 2:4].view(">u2")[:, 0].tolist()  # each channel numbers its own
             for i, channel in enumerate(channels):
                 signer = signers.get(channel)
                 if signer is None:
                     signer = signers[channel] = self._signer(channel)
-                for loas in signer.add(block[i], seq, level):
+                for loas in signer.add(block[i], seqs[i], level):
                     publish(channel, loas)
                     self.signatures.inc()
         self._pending.clear()
+        for channel in self._pausing:
+            if (signer := signers.get(channel)) is not None:
+                for loas in signer.flush():
+                    publish(channel, loas)
+                    self.signatures.inc()
+        self._pausing.clear()
 
     def _signer(self, channel: str) -> ChannelSigner:
         ssrc = ssrc_for(channel)

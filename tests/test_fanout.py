@@ -66,13 +66,19 @@ def test_one_packet_reaches_thousands_of_sockets_in_a_few_calls() -> None:
             s.close()
 
 
-def test_ring_keeps_only_recent_media() -> None:
+def test_ring_keeps_only_recent_media_and_the_heartbeat_of_a_quiet_channel() -> None:
     ring = PacketRing(burst_s=0.2, ptime_s=0.02)
     for k in range(40):
         ring.add(_packet(k), k * 0.02)
-    ring.add(SenderReport(1, 0, 0, 0, 0).build(), 0.79)  # not media: never replayed
+        if k == 35:  # a report with media after it: not replayed
+            ring.add(SenderReport(1, 0, 0, 0, 0).build(), k * 0.02)
     assert [int.from_bytes(p[-4:], "big") for p in ring.burst(0.79)] == list(range(30, 40))
     assert list(ring.burst(5.0)) == []  # nothing that old is worth sending
+    heartbeat = SenderReport(1, 0, 40 * 960, 40, 0).build()  # the channel fell quiet
+    ring.add(heartbeat, 0.8)
+    assert list(ring.burst(5.0)) == [heartbeat]  # a joiner learns the silence is a pause
+    ring.add(_packet(41), 5.0)
+    assert [int.from_bytes(p[-4:], "big") for p in ring.burst(5.0)] == [41]
     assert list(PacketRing(burst_s=0, ptime_s=0.02).burst(0.0)) == []
 
 

@@ -216,7 +216,8 @@ async def test_a_streamer_and_a_relay_require_tokens_without_being_told(streamer
                                                                         tmp_path: Path):
     """The ``streamer`` fixture and the relay are started with no ``require_tokens`` setting:
     at each, a subscriber without a token gets a REJECT and no media, one with a good token
-    its channel (the relay's own subscription upstream presents its token too)."""
+    its channel, quiet: its heartbeats (the relay's own subscription upstream presents its
+    token too)."""
     assert streamer.cfg.require_tokens and streamer.token_keys is not None
     async with relay_process(tmp_path, "relay", "--upstream", streamer.media_addr) as relay:
         where = {"streamer": _addr(streamer.media_addr), "relay": relay.media}
@@ -224,8 +225,9 @@ async def test_a_streamer_and_a_relay_require_tokens_without_being_told(streamer
         good = {k: await subscriber(a, token_for(f"spk-{k}", [KP1]), identity=f"spk-{k}")
                 for k, a in where.items()}
         try:
-            for sub in good.values():
-                await sub.wait_packets(25, timeout=10)
+            await until(lambda: all(s.rtcp >= 3 for s in good.values()), 10,
+                        "the quiet channel's heartbeats")
+            assert all(s.client.quiet and s.client.failovers == 0 for s in good.values())
             await until(lambda: all(s.rejects for s in without.values()), 5, "REJECTs")
             await asyncio.sleep(0.5)
             for k, sub in without.items():

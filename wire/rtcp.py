@@ -1,7 +1,8 @@
 """RTCP (RFC 3550): sender reports for wall-clock mapping, BYE, and APP packets.
 
 Loa multiplexes RTCP on the media port (RFC 5761). Sender reports map each channel's RTP
-timestamps to the streamer's wall clock. APP packets (PT 204) are the seam for stream
+timestamps to the streamer's wall clock; on a quiet channel they are its heartbeat
+(``docs/protocol.md``, "Quiet channels"). APP packets (PT 204) are the seam for stream
 authentication: signatures over batches of packet hashes ride there so that plain RTP receivers
 ignore them. Pure code: no sockets, no clock reads.
 """
@@ -20,6 +21,15 @@ PT_BYE = 203
 PT_APP = 204
 
 _SR = struct.Struct("!BBHIIIIII")
+SR_LEN = _SR.size  # 28: a sender report without report blocks
+
+
+def report_ts(data: bytes) -> int | None:
+    """The RTP timestamp of a sender report (alone or first in a compound packet), read in
+    place; None for any other RTCP. Cheap enough for every datagram of a relay."""
+    if len(data) < SR_LEN or data[1] != PT_SR:
+        return None
+    return int.from_bytes(data[16:20], "big")
 
 
 @dataclass(slots=True, frozen=True)

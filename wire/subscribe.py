@@ -452,6 +452,10 @@ class SubscribeServer:
 
 #: the subscriber's failover timing (``SubscribeClient`` says why these values)
 SILENCE_S = 0.3  # no datagram of the stream for this long: the upstream is dead (15 frames)
+#: the same for a quiet channel, which sends a heartbeat every 500 ms at most: two may be lost
+QUIET_SILENCE_S = 1.5
+TS_MOD = 1 << 32  # RTP timestamps wrap
+REORDER_TS = 10 * 48_000  # a packet at most this far behind the newest is an old one, late
 RETRY_S = 0.15  # HELLO and SUBSCRIBE are sent again after this long without an answer
 FAILOVER_S = 0.5  # a handshake step unanswered this long: the next upstream
 MAX_HANDSHAKE_S = 4.0  # the longest a handshake step is given after rounds without a SUBACK
@@ -471,8 +475,12 @@ class SubscribeClient:
     It moves to the next upstream (after the last, back to the first) when:
 
     - the stream stops: no datagram of it (RTP or RTCP, :meth:`heard`) from the upstream for
-      ``silence_s``. The stream is continuous (a quiet channel is Opus silence every frame), so
-      15 missing frames mean a dead upstream, not jitter; a single late packet never does;
+      ``silence_s``. A stream with something on air is continuous, so 15 missing frames mean
+      a dead upstream, not jitter; a single late packet never does. A quiet channel sends no
+      media, only a sender report every 500 ms at most (its heartbeat, :meth:`heard_report`,
+      ``docs/protocol.md`` "Quiet channels"): while the channel is ``quiet``, and from the
+      SUBACK until the first RTP packet, the bound is ``quiet_silence_s`` (1.5 s) instead, so
+      a dead upstream is still told from a quiet channel within 2 s;
     - a handshake makes no progress (no COOKIE, then no SUBACK) for ``failover_s``; each time
       the list wraps around without a SUBACK that time (and ``retry_s``) doubles, up to
       ``MAX_HANDSHAKE_S``, so that a slow link still completes a handshake and dead
@@ -502,6 +510,7 @@ class SubscribeClient:
     retry_s: float = RETRY_S
     failover_s: float = FAILOVER_S
     silence_s: float = SILENCE_S
+    quiet_silence_s: float = QUIET_SILENCE_S
     media_timeout_s: float = MEDIA_TIMEOUT_S
     state: ClientState = ClientState.HELLO
     index: int = 0
@@ -509,6 +518,9 @@ class SubscribeClient:
     ptime_ms: int = 20
     keepalive_s: float = 5.0
     failovers: int = 0
+    #: the upstream's last sender report said the channel has nothing on air: its timestamp
+    #: is not the newest packet's (the sender's clock moved on without packets)
+    quiet: bool = False
     #: told of each TIMEREPLY that answers one of our last TIMEs: (t1, t2, t3), the caller
     #: adds its own receive time t4 (``wire/timesync.py``)
     on_time: Callable[[int, int, int], None] | None = None
@@ -521,6 +533,7 @@ class SubscribeClient:
     _last_sent: float = float("-inf")
     _last_media: float = 0.0
     _last_heard: float = 0.0  # the last datagram of the stream from the current upstream
+    _newest_ts: int | None = None  # RTP timestamp of the newest packet of this subscription
     _last_tick: float | None = None
     _rounds: int = 0  # whole rounds of the upstream list without a SUBACK
     _times_asked: list[int] = field(default_factory=list)  # t1 of the last TIMEs, newest last
@@ -558,6 +571,7 @@ class SubscribeClient:
             self._phase_since = now
             self._last_media = self._last_heard = now
             self._rounds = 0
+            self.quiet, self._newest_ts = False, None
             return []
         if msg.type is MsgType.TIMEREPLY:
             # only an answer to a TIME we sent counts: t1 is our clock in ns, which nobody
@@ -576,6 +590,30 @@ class SubscribeClient:
         """A datagram of the stream (RTP or RTCP) came from the current upstream: it is alive,
         whether or not what it sent proves genuine. Cheap: call it for every packet."""
         self._last_heard = now
+
+    def heard_packet(self, now: float, ts: int) -> None:
+        """An RTP packet of the stream, with RTP timestamp ``ts``, whatever it proves: the
+        upstream is alive and, if it is the newest, the channel is not quiet."""
+        self._last_heard = now
+        newest = self._newest_ts
+        if newest is not None:
+            behind = (newest - ts) % TS_MOD
+            if behind < REORDER_TS:  # the newest again, or an older one sent again
+                return
+        # newer, or so far from it that the stream started again (its sender restarted)
+        self._newest_ts = ts
+        self.quiet = False
+
+    def heard_report(self, now: float, ts: int) -> None:
+        """A sender report of the stream, stamped ``ts``: with any other timestamp than the
+        newest packet's, the sender's clock has moved on without sending media (a heartbeat
+        of a quiet channel; a report whose frame was lost says so for the 20 ms until the
+        next packet). A quiet channel is alive and has nothing to prove, so it counts as
+        media for ``media_timeout_s`` too."""
+        self._last_heard = now
+        if ts != self._newest_ts:
+            self.quiet = True
+            self._last_media = now
 
     def on_media(self, now: float) -> None:
         """Media that may play came from the current upstream (proven by its signature, or
@@ -598,7 +636,11 @@ class SubscribeClient:
         if self.state is ClientState.SUBSCRIBED:
             if stalled:  # our own stall, not the upstream's silence: measure again from now
                 self._last_heard = now
-            if (now - self._last_heard > self.silence_s
+            # a quiet channel, or a new subscription before its first packet (the upstream's
+            # next heartbeat may be 500 ms away): the longer bound
+            quiet = self.quiet or self._newest_ts is None
+            silence_s = self.quiet_silence_s if quiet else self.silence_s
+            if (now - self._last_heard > silence_s
                     or now - self._last_media > self.media_timeout_s):
                 return self._failover(now)
             if now - self._last_sent >= self._keepalive_due:

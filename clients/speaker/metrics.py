@@ -60,6 +60,12 @@ class SpeakerCollector(Collector):
         yield counter("control_messages", "Handshake messages from the upstream", s.control)
         yield counter("rtcp_packets", "RTCP datagrams received (ignored)", s.rtcp)
         yield counter("failovers", "Moves to another upstream", s.client.failovers)
+        yield counter("received_bytes", "UDP payload bytes from the current upstream, media, "
+                      "RTCP and control (add 28 per datagram for IPv4 and UDP)", s.octets)
+        yield counter("received_datagrams", "Datagrams from the current upstream", s.datagrams)
+        yield GaugeMetricFamily("loa_speaker_quiet", "1 while the channel has nothing on air "
+                                "(its upstream sends a heartbeat, not a stream)",
+                                value=int(s.client.quiet))
         t = s.time
         yield counter("time_exchanges", "TIME answers taken from the upstream (clock sync)",
                       t.timeline.filter.taken)
@@ -128,6 +134,7 @@ def health(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath) -> di
         "state": c.state.name.lower(),
         "upstream": f"{c.upstream[0]}:{c.upstream[1]}",
         "failovers": c.failovers,
+        "quiet": c.quiet,
         "buffer_depth": p.jitter.depth,
         "broadcast": p.broadcast_id,
         "t0": p.timeline.t0,

@@ -11,6 +11,10 @@ by reason (``loa_media_auth_dropped_total``) and never heard, and it does not co
 for failover either: an upstream that sends only forged or altered packets is left after
 ``media_timeout_s`` (3 s). Any RTP or RTCP datagram from the current upstream shows it is alive
 (``SubscribeClient.heard``): one that sends nothing for ``silence_ms`` is left at the next tick.
+A quiet channel sends no media, only a heartbeat (a sender report whose timestamp has moved
+on, ``SubscribeClient.heard_report``): the speaker then waits 1.5 s for one before it
+leaves, the playout plays out what it holds and is silent without concealing, and the
+emergency path counts the stream as alive (``last_media``).
 
 A packet that does not arrive is asked for again (``RESEND`` kind 2): a
 :class:`~wire.retransmit.LossTracker` sees every packet of the channel as it comes and says
@@ -80,10 +84,13 @@ class Speaker(asyncio.DatagramProtocol):
         self.tokens: TokenFile | None = None
         self.ssrc = packet.ssrc_for(client.channel)
         self.transport: asyncio.DatagramTransport | None = None
-        self.last_media = time.monotonic()  # of the last packet played; the start until then
+        #: of the last packet played or heartbeat of a quiet channel; the start until then
+        self.last_media = time.monotonic()
         self.bad = dict.fromkeys(BAD_REASONS, 0)
         self.control = 0
         self.rtcp = 0
+        self.octets = 0  # UDP payload bytes from the current upstream
+        self.datagrams = 0
         self._error_logged = float("-inf")
         self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
 
@@ -134,6 +141,8 @@ class Speaker(asyncio.DatagramProtocol):
         if addr != client.upstream:  # cheapest filter first: only the current upstream talks
             self.bad["foreign_source"] += 1
             return
+        self.octets += len(data)
+        self.datagrams += 1
         if subscribe.is_control(data):
             self.control += 1
             before = client.index
@@ -151,8 +160,16 @@ class Speaker(asyncio.DatagramProtocol):
                     return
                 for proven, at in self.gate.vouch(data, mono):
                     self._play(proven, at)
+            elif (ts := rtcp.report_ts(data)) is not None:
+                if packet.peek_rtcp_ssrc(data) != self.ssrc:
+                    self.bad["foreign_ssrc"] += 1
+                    return
+                client.heard_report(mono, ts)
+                if client.quiet:
+                    self.last_media = mono
+                    self.playout.quiet = True
             else:
-                rtcp.parse_compound(data)  # sender reports are not needed: capture times are
+                rtcp.parse_compound(data)
             return
         if not packet.is_rtp(data):
             raise MalformedPacket("neither control, RTCP nor RTP")
@@ -160,6 +177,7 @@ class Speaker(asyncio.DatagramProtocol):
         if pkt.ssrc != self.ssrc:
             self.bad["foreign_ssrc"] += 1
             return
+        client.heard_packet(mono, pkt.ts)
         if self.recovery is not None:
             mono = time.monotonic()
             self.recovery.arrived(pkt.seq, len(data), mono)

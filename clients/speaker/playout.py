@@ -193,6 +193,9 @@ class Playout:
         self.local_broadcast_id = 0
         self.frame_samples = rate_hz // 50  # 20 ms until a packet says otherwise
         self._next_play: float | None = None  # nominal play time after the last frame
+        #: the channel fell quiet (its upstream's heartbeat said so, ``net.py``) and no packet
+        #: has come since: once what is buffered has played there is nothing to conceal
+        self.quiet = False
         self._concealed = 0  # consecutive concealed frames
         self._work = np.zeros(MAX_FRAME, dtype=np.float64)
         self._out = np.zeros(MAX_FRAME, dtype=np.int16)
@@ -238,6 +241,7 @@ class Playout:
     def receive(self, pkt: RtpPacket, capture_time: float) -> Arrival:
         if self._local is not None:
             self.stop_local()  # the network stream wins over the speaker's own replay
+        self.quiet = False
         return self.jitter.push(pkt.ssrc, pkt.seq, pkt.ts, capture_time, pkt.payload,
                                 pkt.broadcast_id, pkt.priority)
 
@@ -268,6 +272,9 @@ class Playout:
         while True:
             head = jb.next_present()
             if head is None:
+                if self.quiet:  # a pause, not a loss: silence, and the next packet starts anew
+                    self._next_play = None
+                    break
                 # Nothing buffered: conceal a few frames (the stream may only have hiccuped),
                 # then fall silent; a stopped stream must not be "concealed" for ever.
                 if (self._next_play is None or self._concealed >= self.max_conceal

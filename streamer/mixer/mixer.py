@@ -11,8 +11,21 @@ here may loop in Python per channel per frame: each channel's RTP state (timesta
 SSRC, octet count) is a row of mixer-wide numpy arrays, and a program's packets are built as
 one block (the packet copied to every row, then the timestamp and SSRC columns written at
 once) handed to the sink in one call; the sender reports every ``SR_INTERVAL_FRAMES`` frames
-are built the same way. Every channel sends exactly one packet per frame, whichever program
-it is in, so the sequence number and packet count are one counter for all of them.
+are built the same way. Each channel's sequence number and packet count are columns too.
+
+Idle costs nothing (``idle_heartbeat_ms``, the streamer's default): a channel with nothing on
+air sends ``QUIET_TAIL_FRAMES`` frames of silence after its last item (the fade and the
+decoder's tail), then no media at all, only a sender report now and then, the heartbeat
+(the first at once, then every ``idle_heartbeat_ms``, phased by channel so that a thousand
+quiet channels do not beat on one frame). This is RFC 7587's discontinuous transmission
+decided by the mixer, which knows that nothing is on air, rather than by Opus's voice
+detector: sequence numbers stay contiguous, the timestamp jumps over the pause, and the first
+packet after it carries the RTP marker bit (RFC 3551 4.1); its report's timestamp later
+than the last packet's tells a receiver "quiet, not lost" (``docs/protocol.md``, "Quiet
+channels"). A programme none of whose channels sends is neither rendered nor encoded. The
+first frame of a broadcast goes out on the frame it starts, as before. Without
+``idle_heartbeat_ms`` every channel sends every frame (plain RTP receivers that do not
+expect DTX; most tests of the mix).
 Sans-IO: the caller owns the clock and the sockets (``streamer/app.py``). The caller may also
 tick from a thread of its own (``streamer/playout.py``): ``tick`` and every command hold
 ``lock`` while they run, so a command lands between two frames, never inside one.
@@ -53,6 +66,9 @@ from .pool import EncoderPool
 from .program import Item, Program
 
 SR_INTERVAL_FRAMES = 50
+#: frames of silence a channel still sends after its last item: the 10 ms fade-out, then the
+#: decoder's lookahead and the limiter's release come out, so the horn ends cleanly
+QUIET_TAIL_FRAMES = 5
 _U32 = 0xFFFF_FFFF
 ENCODE_BUCKETS_S = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2e-3, 3e-3,
                     5e-3, 10e-3, 20e-3)
@@ -72,6 +88,10 @@ class PacketSink(Protocol):
         """Row i of ``block`` (uint8, C-contiguous) is the datagram of ``channels[i]``; read
         synchronously, no reference kept."""
 
+    def pause(self, channels: Sequence[str]) -> None:
+        """These channels fell quiet: they send no media from this frame on until a packet
+        with the marker bit (only with ``idle_heartbeat_ms``)."""
+
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -87,16 +107,18 @@ def _locked(method: F) -> F:
 
 @functools.cache
 def _rtp_columns(packet_len: int) -> np.dtype:
-    """Timestamp and SSRC (bytes 4-11 of an RTP header), big-endian, in a row ``packet_len``
-    bytes long."""
-    return np.dtype({"names": ["ts", "ssrc"], "formats": [">u4", ">u4"], "offsets": [4, 8],
-                     "itemsize": packet_len})
+    """Sequence number, timestamp and SSRC (bytes 2-11 of an RTP header), big-endian, in a
+    row ``packet_len`` bytes long."""
+    return np.dtype({"names": ["seq", "ts", "ssrc"], "formats": [">u2", ">u4", ">u4"],
+                     "offsets": [2, 4, 8], "itemsize": packet_len})
 
 
 # An RTCP sender report (RFC 3550 6.4.1, no report blocks): SSRC, then after the NTP time
-# the RTP timestamp and, after the packet count, the octet count.
-_SR_COLUMNS = np.dtype({"names": ["ssrc", "ts", "octets"], "formats": [">u4", ">u4", ">u4"],
-                        "offsets": [4, 16, 24], "itemsize": 28})
+# the RTP timestamp, the packet count and the octet count.
+_SR_COLUMNS = np.dtype({"names": ["ssrc", "ts", "packets", "octets"],
+                        "formats": [">u4", ">u4", ">u4", ">u4"],
+                        "offsets": [4, 16, 20, 24], "itemsize": 28})
+_MARKER = 0x80  # the marker bit, in byte 1 of an RTP header
 
 
 @dataclass(eq=False, slots=True)
@@ -125,6 +147,8 @@ class _Rows:
     ids: list[str]
     #: a slice when the rows are contiguous (a view, no gather), else their indices
     at: slice | np.ndarray
+    #: rows whose packet this frame ends a pause (the marker bit), by position in ``ids``
+    resumed: np.ndarray | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -159,6 +183,8 @@ class _Job:
 
     program: Program
     out: _Output
+    #: the channels it goes to this frame (the programme's, less those that are quiet)
+    rows: _Rows
     pcm: np.ndarray
     payload: bytes = b""
     encode_s: float = 0.0
@@ -179,7 +205,7 @@ class _Job:
 class _Frame:
     """What every programme's packets of one frame share, and what the guard is told."""
 
-    seq: int
+    k: int
     capture_ntp: int
     ts_offset: np.uint32
     send_sr: bool
@@ -248,12 +274,14 @@ class Mixer:
         on_finished: Callable[[int], None] = lambda item_id: None,
         workers: int | None = None,
         guard: DeadlineGuard | None = None,
+        idle_heartbeat_ms: int | None = None,
     ) -> None:
         """``wall``: the wall clock (Unix seconds) that time to air is measured on; the caller
         owns it (the app passes ``time.time``, a test may pass a fake). ``workers``: threads
         that encode, the ticking one included (None: one per core; 1: everything on the
         ticking thread). ``guard``: the deadline guard (default: its thresholds at this
-        clock's frame time)."""
+        clock's frame time). ``idle_heartbeat_ms``: quiet channels send a sender report this
+        often and no media (None: every channel sends every frame)."""
         workers = (os.cpu_count() or 1) if workers is None else workers
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -281,8 +309,13 @@ class Mixer:
         self._ssrc = np.array([c.ssrc for c in self.channels.values()], dtype=np.uint32)
         self._ts0 = self._ssrc * np.uint32(7919)  # a fixed random-looking origin per channel
         self._octets = np.zeros(len(self._ids), dtype=np.uint32)
-        #: packets each channel has sent: one per frame produced
-        self._packets_sent = 0
+        self._seq = np.zeros(len(self._ids), dtype=np.uint16)  # of each channel's next packet
+        self._count = np.zeros(len(self._ids), dtype=np.uint32)  # packets each channel sent
+        #: frames each channel has had nothing on air (past QUIET_TAIL_FRAMES: quiet)
+        self._idle = np.zeros(len(self._ids), dtype=np.int64)
+        self._row_numbers = np.arange(len(self._ids))
+        self._heartbeat: int | None = None
+        self.set_idle_heartbeat(idle_heartbeat_ms)
         self.items: dict[int, Item] = {}
         #: the frame the next ``tick`` produces (one past the last one produced)
         self.next_frame = 0
@@ -296,6 +329,13 @@ class Mixer:
         #: started items that have not aired yet -> wall time their time-to-air counts from
         self._unaired: dict[int, float] = {}
         self.codec_delay_s = OpusEncoder(clock.frame_samples, self.opus).lookahead_samples / 48_000
+
+    @_locked
+    def set_idle_heartbeat(self, ms: int | None) -> None:
+        """Quiet channels beat every ``ms`` from the next frame on (None or 0: every channel
+        sends every frame); a channel quiet now falls quiet again after its tail."""
+        self._heartbeat = max(1, round(ms / self.clock.ptime_ms)) if ms else None
+        self._idle[:] = 0
 
     def close(self) -> None:
         """Stop the encoder threads (a mixer that ticks again starts them again)."""
@@ -420,14 +460,13 @@ class Mixer:
         # the lookahead, so its first sample was captured that much earlier. Speakers (and any
         # abs-capture-time receiver) then place audio exactly, with no codec knowledge.
         capture_ntp = unix_to_ntp64(self.clock.capture_wall(k) - self.codec_delay_s)
-        frame = _Frame(self._packets_sent & 0xFFFF, capture_ntp, np.uint32(k * n & _U32),
-                       k % SR_INTERVAL_FRAMES == 0)
-        self._packets_sent += 1
+        frame = _Frame(k, capture_ntp, np.uint32(k * n & _U32), k % SR_INTERVAL_FRAMES == 0)
         degraded = self.guard.degraded
         pool = self._pool if len(self.programs) > 1 else None
         if self._pool is not None:  # a frame that failed may have left jobs in the pool
             self._pool.settle()
         jobs: list[_Job] = []
+        encoded = 0
         sent = 0  # jobs[:sent] have gone out
         for level, program in self._by_level():
             out = self._outputs.get(program)
@@ -435,10 +474,16 @@ class Mixer:
                 out = self._outputs[program] = _Output(Limiter(), OpusEncoder(n, self.opus))
             if out.rows is None:
                 out.rows = self._rows_of(program)
+            rows: _Rows | None = out.rows
+            if self._heartbeat is not None:
+                rows = self._sending(program, out.rows, frame)
+                if rows is None:
+                    continue  # every channel of it is quiet: nothing to render or encode
             cheap = degraded and level < Priority.PRIORITY
             if cheap != out.cheap:
                 out.set_cheap(cheap)
-            job = _Job(program, out, out.limiter.process(program.render(n, finished)))
+            job = _Job(program, out, rows, out.limiter.process(program.render(n, finished)))
+            encoded += 1
             if pool is None:
                 job.encode()
                 self._send(job, frame)
@@ -454,8 +499,8 @@ class Mixer:
         if pool is not None:
             self._send_rest(pool, jobs, sent, frame)
         self.metrics.frames.inc()
-        self.metrics.encodes.inc(len(self.programs))
-        self.metrics.encodes_per_frame.set(len(self.programs))
+        self.metrics.encodes.inc(encoded)
+        self.metrics.encodes_per_frame.set(encoded)
         self._merge()
         self.metrics.programs.set(len(self.programs))
         self.metrics.items.set(len(self.items))
@@ -497,11 +542,10 @@ class Mixer:
         else:
             frame.full_s += job.encode_s
             frame.full_n += 1
-        rows = out.rows
-        assert rows is not None
+        rows = job.rows
         cur = program.current
         packet = bytearray(HEADER_LEN + len(payload))
-        write_header(packet, 0, frame.seq, 0, frame.capture_ntp, cur or 0,
+        write_header(packet, 0, 0, 0, frame.capture_ntp, cur or 0,
                      priority=program.items[cur].priority if cur in program.items else 0)
         packet[HEADER_LEN:] = payload
         self.sink.publish_block(rows.ids, self._packets_of(rows, packet, frame.ts_offset))
@@ -510,6 +554,39 @@ class Mixer:
         if frame.send_sr:
             self.sink.publish_block(rows.ids,
                                     self._reports_of(rows, frame.capture_ntp, frame.ts_offset))
+
+    def _sending(self, program: Program, rows: _Rows, frame: _Frame) -> _Rows | None:
+        """The channels of ``program`` that send media this frame (None: none of them), with
+        those that end a pause marked; quiet ones get their heartbeat when it is due, and
+        those that fall quiet now are paused at the sink. Numpy over the rows: a province
+        falls quiet together."""
+        at = rows.at
+        if not program.idle:
+            idle = self._idle[at]  # a view when ``at`` is a slice: read it before zeroing it
+            if not idle.any():
+                return rows
+            resumed = np.flatnonzero(idle > QUIET_TAIL_FRAMES)
+            self._idle[at] = 0
+            return _Rows(rows.ids, at, resumed) if len(resumed) else rows
+        run = self._idle[at] + 1
+        self._idle[at] = run
+        sending = run <= QUIET_TAIL_FRAMES
+        if sending.all():
+            return rows
+        assert self._heartbeat is not None
+        falling = run == QUIET_TAIL_FRAMES + 1
+        beat = falling | (~sending & ((frame.k + self._row_numbers[at]) % self._heartbeat == 0))
+        if beat.any():
+            beating = self._subset(rows, beat)
+            self.sink.publish_block(beating.ids, self._reports_of(
+                beating, frame.capture_ntp, frame.ts_offset))
+        if falling.any():
+            self.sink.pause(self._subset(rows, falling).ids)
+        return self._subset(rows, sending) if sending.any() else None
+
+    def _subset(self, rows: _Rows, mask: np.ndarray) -> _Rows:
+        picked = np.flatnonzero(mask)
+        return _Rows([rows.ids[i] for i in picked], self._row_numbers[rows.at][picked])
 
     def _guard(self, tick_s: float, frame: _Frame, degraded: bool) -> None:
         m = self.metrics
@@ -536,21 +613,26 @@ class Mixer:
         block[:] = np.frombuffer(packet, dtype=np.uint8)
         columns = block.view(_rtp_columns(len(packet)))[:, 0]
         at = rows.at
+        columns["seq"] = self._seq[at]
         columns["ts"] = self._ts0[at] + ts_offset
         columns["ssrc"] = self._ssrc[at]
+        self._seq[at] += np.uint16(1)  # wraps at 2^16, as RTP's does
+        self._count[at] += np.uint32(1)
         self._octets[at] += np.uint32(len(packet) - HEADER_LEN)
+        if rows.resumed is not None:
+            block[rows.resumed, 1] |= _MARKER
         return block
 
     def _reports_of(self, rows: _Rows, capture_ntp: int, ts_offset: np.uint32) -> np.ndarray:
         """One RTCP sender report per channel, for the frame just sent."""
-        report = np.frombuffer(SenderReport(0, capture_ntp, 0, self._packets_sent, 0).build(),
-                               dtype=np.uint8)
+        report = np.frombuffer(SenderReport(0, capture_ntp, 0, 0, 0).build(), dtype=np.uint8)
         block = np.empty((len(rows.ids), len(report)), dtype=np.uint8)
         block[:] = report
         columns = block.view(_SR_COLUMNS)[:, 0]
         at = rows.at
         columns["ssrc"] = self._ssrc[at]
         columns["ts"] = self._ts0[at] + ts_offset
+        columns["packets"] = self._count[at]
         columns["octets"] = self._octets[at]
         return block
 

@@ -48,6 +48,11 @@ class Program:
     #: item id -> the cursor from which it keeps time while not playing (live items, rule 8)
     live_from: dict[int, int] = field(default_factory=dict)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to play: no item, nothing fading out (it renders silence)."""
+        return not self.items and self.tail is None
+
     def fork(self) -> Program:
         return Program(
             fade_samples=self.fade_samples, cursors=dict(self.cursors), items=dict(self.items),

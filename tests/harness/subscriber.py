@@ -11,6 +11,7 @@ from typing import cast
 from tests.harness.keys import token_for
 from wire import subscribe
 from wire.packet import is_rtcp, is_rtp, parse
+from wire.rtcp import report_ts
 from wire.subscribe import SubscribeClient
 
 
@@ -44,9 +45,12 @@ class Subscriber(asyncio.DatagramProtocol):
             self._send(self.client.handle(data, addr, time.monotonic()))
         elif is_rtcp(data):
             self.rtcp += 1
+            if (ts := report_ts(data)) is not None:  # a quiet channel's heartbeat, perhaps
+                self.client.heard_report(time.monotonic(), ts)
         elif is_rtp(data):
             pkt = parse(data)
             if pkt.ssrc == self.client.ssrc:
+                self.client.heard_packet(time.monotonic(), pkt.ts)
                 self.client.on_media(time.monotonic())
                 self.payloads.append(pkt.payload)
 
