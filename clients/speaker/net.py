@@ -30,8 +30,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, cast
 
-from prometheus_client import Histogram
-
 from common.config import Addr, ConfigError
 from device.streamer_time import StreamerTime
 from device.trust import TokenFile
@@ -44,6 +42,7 @@ from .clock import LocalClock
 from .config import SpeakerConfig
 from .emergency import EmergencyPath, stream_lost
 from .jitter import Arrival
+from .latency import Latency
 from .playout import Playout
 
 log = logging.getLogger("loa.speaker")
@@ -63,7 +62,7 @@ class Speaker(asyncio.DatagramProtocol):
     """Demultiplexes the speaker's socket into the handshake and the playout."""
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
-                 latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
+                 latency: Latency, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
                  streamer_time: StreamerTime | None = None,
                  recovery: LossTracker | None = None) -> None:
         self.client = client
