@@ -44,9 +44,10 @@ from .clock import LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
 from .latency import Latency
-from .net import Speaker, emergency_forever, resolve, tick_forever
+from .net import EMERGENCY_TICK_S, TICK_S, Speaker, emergency_tick, resolve, tick
 from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
-from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
+from .playout import RATE_HZ, OpusDecoder, Playout
+from .rhythm import Rhythm
 
 if TYPE_CHECKING:  # imported where used, only when configured (see above)
     from aiohttp import web
@@ -126,6 +127,24 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
                       on_token=speaker.renew_token, password_file=m.password_file,
                       tls_context=tls_context,
                       on_keys=None if trusted is None else trusted.offer_now)
+
+
+def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: EmergencyPath,
+           cfg: SpeakerConfig) -> Rhythm:
+    """The speaker's one source of wake-ups (``rhythm.py``): the playout every packet time or
+    at each packet, the handshake and the emergency decisions riding on it."""
+
+    def play() -> None:
+        # what has queued first: after a pause, the event loop may beat before it reads the
+        # socket, and the playout would end a broadcast whose next second is waiting there
+        speaker.drain()
+        playout.tick(clock.now(), speaker.time.shift_s())
+
+    r = Rhythm(play, lambda: playout.ptime_s)
+    r.every("handshake", TICK_S, lambda: tick(speaker))
+    r.every("emergency", EMERGENCY_TICK_S, lambda: emergency_tick(emergency, speaker, cfg))
+    speaker.nudge = r.nudge
+    return r
 
 
 async def serve(cfg: SpeakerConfig) -> int:
@@ -208,10 +227,7 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(play_forever(playout, clock=clock.now, receive=speaker.drain,
-                                              shift=speaker.time.shift_s)),
-             asyncio.create_task(tick_forever(speaker)),
-             asyncio.create_task(emergency_forever(emergency, speaker, cfg))]
+    tasks = [asyncio.create_task(rhythm(speaker, playout, clock, emergency, cfg).run())]
     if registry is not None:
         from common.procmetrics import watch_process
 

@@ -15,16 +15,14 @@ that the switch never clicks. The playout hands the decoded PCM of those frames 
 stream is gone (:meth:`Playout.play_local`); any stream packet ends a local replay at once.
 
 The core (:class:`Timeline`, :class:`Playout`) is sans-IO: wall times come in as arguments and it
-never reads a clock, blocks, or lets a bad payload stop playback. :func:`play_forever` is the
-thin asyncio edge that wakes it every packet time.
+never reads a clock, blocks, or lets a bad payload stop playback. The asyncio edge that wakes
+it every packet time (or at each packet) is ``rhythm.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import math
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -450,24 +448,3 @@ def level_dbfs(sumsq: float, samples: int) -> float:
         return LEVEL_FLOOR_DBFS
     db = 10.0 * math.log10(sumsq / samples / (32768.0 * 32768.0))
     return round(max(db, LEVEL_FLOOR_DBFS), 2)
-
-
-async def play_forever(playout: Playout, clock: Callable[[], float] = time.time,
-                       receive: Callable[[], object] = lambda: None,
-                       shift: Callable[[], float] = lambda: 0.0) -> None:
-    """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop.
-
-    ``receive`` runs first at each wake-up: it hands the playout what has arrived. After a
-    pause of the process, the event loop may run this task before it reads the socket, and
-    the playout would end a broadcast whose next second is waiting there. ``shift``: the
-    streamer's clock minus ``clock`` (``clock.py``)."""
-    loop = asyncio.get_running_loop()
-    wake = loop.time()
-    while True:
-        receive()
-        playout.tick(clock(), shift())
-        wake += playout.ptime_s
-        delay = wake - loop.time()
-        if delay < 0:  # the loop stalled: resume the rhythm from now instead of bursting
-            wake, delay = loop.time(), 0.0
-        await asyncio.sleep(delay)
