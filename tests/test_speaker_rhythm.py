@@ -82,3 +82,15 @@ async def test_a_nudge_before_run_or_after_it_stopped_is_ignored() -> None:
         pass
     r.nudge()
     assert played == [1]
+
+
+async def test_offbeat_work_runs_once_after_the_beat() -> None:
+    done: list[str] = []
+    r = Rhythm(lambda: None, lambda: 0.02)
+    async with running(r):
+        r.offbeat(lambda: done.append("time"), "time")
+        assert done == []  # not within the beat that asked for it
+        await until(lambda: done == ["time"], 5, "the offbeat job")
+        beats = r.beats
+        await until(lambda: r.beats >= beats + 3, 5, "three more beats")
+        assert done == ["time"]  # once

@@ -141,7 +141,7 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
         playout.tick(clock.now(), speaker.time.shift_s())
 
     r = Rhythm(play, lambda: playout.ptime_s)
-    r.every("handshake", TICK_S, lambda: tick(speaker))
+    r.every("handshake", TICK_S, lambda: tick(speaker, lambda job: r.offbeat(job, "time")))
     r.every("emergency", EMERGENCY_TICK_S, lambda: emergency_tick(emergency, speaker, cfg))
     speaker.nudge = r.nudge
     return r

@@ -227,8 +227,12 @@ class Speaker(asyncio.DatagramProtocol):
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)
 
 
-def tick(speaker: Speaker) -> None:
-    """Handshake retries, keepalives, failover and asking the time; every ``TICK_S``."""
+def tick(speaker: Speaker, offbeat: Callable[[Callable[[], None]], None]) -> None:
+    """Handshake retries, keepalives, failover and asking the time; every ``TICK_S``, from
+    the rhythm's beat. The time is asked ``offbeat``: half a packet time later, between two
+    packets. The beat follows a packet (``rhythm.py``), when the upstream is busy forwarding
+    it to its other subscribers: a TIME sent then waits behind that work on the way up, not
+    on the way down, and the clock sync would take the difference for the clocks' offset."""
     client = speaker.client
     before = client.index
     speaker.expire()
@@ -238,6 +242,14 @@ def tick(speaker: Speaker) -> None:
     speaker.send(client.tick(time.monotonic()))
     if client.index != before:
         log.warning("failing over to upstream %s:%d", *client.upstream)
+    if client.state is subscribe.ClientState.SUBSCRIBED and speaker.time.is_due(
+            time.monotonic()):
+        offbeat(lambda: ask_time(speaker))
+
+
+def ask_time(speaker: Speaker) -> None:
+    """A TIME to the upstream, if subscribed and due (``device/streamer_time.py``)."""
+    client = speaker.client
     if client.state is subscribe.ClientState.SUBSCRIBED and (
             t1 := speaker.time.due(time.monotonic())):
         speaker.send(client.ask_time(t1))

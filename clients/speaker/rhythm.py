@@ -16,6 +16,9 @@ rhythm, and the rhythm wakes as little as it can:
   beat when their period is due, on a grid that does not drift; they never wake the loop
   on their own (a job's period is at most a beat late, never early).
 
+A job may also put work **offbeat** (:meth:`Rhythm.offbeat`), half a packet time after the
+beat, i.e. between two packets: the clock sync asks the time then (``net.py``, ``tick``).
+
 The beat never stops: when no packet comes the timer runs it every packet time, as before.
 Nothing here may stop the playout: a job that raises is logged (once a minute at most) and
 the beat goes on.
@@ -51,6 +54,7 @@ class Rhythm:
         self._beat = _Job("playout", 0.0, beat)
         self._period = period
         self._jobs: list[_Job] = []
+        self._offbeat: dict[str, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0  # loop time of the next timer beat
@@ -62,6 +66,13 @@ class Rhythm:
     def every(self, name: str, period_s: float, job: Callable[[], object]) -> None:
         """Run ``job`` from the beat every ``period_s`` (the first time at the first beat)."""
         self._jobs.append(_Job(name, period_s, job))
+
+    def offbeat(self, job: Callable[[], object], name: str = "offbeat") -> None:
+        """Run ``job`` half a packet time from now, once (one wake-up of its own)."""
+        if self._loop is not None:
+            held = self._offbeat.setdefault(name, _Job(name, 0.0, job))  # its log's pace
+            held.run = job
+            self._loop.call_later(self._period() / 2, _call, held)
 
     async def run(self) -> None:
         """Beat until cancelled."""
