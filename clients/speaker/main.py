@@ -211,13 +211,15 @@ async def serve(cfg: SpeakerConfig) -> int:
                 if cfg.retransmit else None)
     speaker = Speaker(client, playout, Latency(), gate, StreamerTime(clock.now_ns), recovery)
     speaker.tokens = tokens
-    registry = None  # metrics only for someone to read them: HTTP, or the MQTT link's
+    registry = None  # metrics only for someone to read them: HTTP (the MQTT link keeps some)
     if cfg.http or cfg.mqtt is not None:
         from prometheus_client import CollectorRegistry
 
+        registry = CollectorRegistry()
+    if cfg.http:
         from .metrics import SpeakerCollector
 
-        registry = CollectorRegistry()
+        assert registry is not None
         registry.register(SpeakerCollector(speaker, emergency, trusted))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)
@@ -228,9 +230,10 @@ async def serve(cfg: SpeakerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
     tasks = [asyncio.create_task(rhythm(speaker, playout, clock, emergency, cfg).run())]
-    if registry is not None:
+    if cfg.http:  # the lag probe wakes the loop 4 times a second: only for a reader
         from common.procmetrics import watch_process
 
+        assert registry is not None
         tasks.append(watch_process(registry))
     if password is not None and overlay is not None:
         assert registry is not None
