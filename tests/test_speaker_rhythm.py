@@ -29,7 +29,7 @@ async def running(r: Rhythm) -> AsyncIterator[None]:
 
 async def test_a_nudge_beats_at_once_and_a_second_one_within_half_a_period_does_not() -> None:
     played: list[str] = []
-    r = Rhythm(lambda: played.append("beat"), lambda: 60.0)
+    r = Rhythm(lambda _: played.append("beat"), lambda: 60.0)
     async with running(r):
         assert played == ["beat"]  # the timer's first beat, at start
         r.nudge()  # the first nudge after a timer beat always beats
@@ -39,7 +39,7 @@ async def test_a_nudge_beats_at_once_and_a_second_one_within_half_a_period_does_
 
 
 async def test_the_timer_beats_when_no_datagram_comes() -> None:
-    r = Rhythm(lambda: None, lambda: 0.01)
+    r = Rhythm(lambda _: None, lambda: 0.01)
     async with running(r):
         await until(lambda: r.beats >= 5, 5, "five beats of the timer alone")
         assert r.nudged_beats == 0
@@ -47,7 +47,7 @@ async def test_the_timer_beats_when_no_datagram_comes() -> None:
 
 async def test_jobs_ride_on_the_beat_when_due_and_never_wake_the_loop() -> None:
     runs = {"fast": 0, "slow": 0}
-    r = Rhythm(lambda: None, lambda: 60.0)
+    r = Rhythm(lambda _: None, lambda: 60.0)
     r.every("fast", 0.0, lambda: runs.__setitem__("fast", runs["fast"] + 1))
     r.every("slow", 3600.0, lambda: runs.__setitem__("slow", runs["slow"] + 1))
     async with running(r):
@@ -65,7 +65,7 @@ async def test_a_failing_job_is_logged_and_the_beat_goes_on(
     def broken() -> None:
         raise RuntimeError("a bug in a job")
 
-    r = Rhythm(lambda: played.append(1), lambda: 0.01)
+    r = Rhythm(lambda _: played.append(1), lambda: 0.01)
     r.every("broken", 0.0, broken)
     with caplog.at_level(logging.ERROR, logger="loa.speaker"):
         async with running(r):
@@ -74,9 +74,17 @@ async def test_a_failing_job_is_logged_and_the_beat_goes_on(
     assert len(failures) == 1  # once a minute at most
 
 
+async def test_the_beat_is_told_whether_a_nudge_runs_it() -> None:
+    seen: list[bool] = []
+    r = Rhythm(seen.append, lambda: 60.0)
+    async with running(r):
+        r.nudge()
+    assert seen == [False, True]
+
+
 async def test_a_nudge_before_run_or_after_it_stopped_is_ignored() -> None:
     played: list[int] = []
-    r = Rhythm(lambda: played.append(1), lambda: 60.0)
+    r = Rhythm(lambda _: played.append(1), lambda: 60.0)
     r.nudge()
     async with running(r):
         pass
@@ -86,7 +94,7 @@ async def test_a_nudge_before_run_or_after_it_stopped_is_ignored() -> None:
 
 async def test_offbeat_work_runs_once_after_the_beat() -> None:
     done: list[str] = []
-    r = Rhythm(lambda: None, lambda: 0.02)
+    r = Rhythm(lambda _: None, lambda: 0.02)
     async with running(r):
         r.offbeat(lambda: done.append("time"), "time")
         assert done == []  # not within the beat that asked for it

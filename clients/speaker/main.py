@@ -134,10 +134,12 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
     """The speaker's one source of wake-ups (``rhythm.py``): the playout every packet time or
     at each packet, the handshake and the emergency decisions riding on it."""
 
-    def play() -> None:
+    def play(nudged: bool) -> None:
         # what has queued first: after a pause, the event loop may beat before it reads the
         # socket, and the playout would end a broadcast whose next second is waiting there
-        speaker.drain()
+        # (a nudge comes right after the socket was read)
+        if not nudged:
+            speaker.drain()
         playout.tick(clock.now(), speaker.time.shift_s())
 
     r = Rhythm(play, lambda: playout.ptime_s)

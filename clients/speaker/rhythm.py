@@ -48,10 +48,11 @@ class _Job:
 
 class Rhythm:
     """Runs ``beat`` every ``period()`` seconds (or sooner, on :meth:`nudge`), and the jobs
-    added with :meth:`every` when they are due; :meth:`run` until cancelled."""
+    added with :meth:`every` when they are due; :meth:`run` until cancelled. ``beat(nudged)``
+    is told whether a nudge runs it (the socket was just read)."""
 
-    def __init__(self, beat: Callable[[], object], period: Callable[[], float]) -> None:
-        self._beat = _Job("playout", 0.0, beat)
+    def __init__(self, beat: Callable[[bool], object], period: Callable[[], float]) -> None:
+        self._beat = _Job("playout", 0.0, lambda: beat(self._nudged))
         self._period = period
         self._jobs: list[_Job] = []
         self._offbeat: dict[str, _Job] = {}
