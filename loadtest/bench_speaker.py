@@ -49,7 +49,7 @@ from .tokens import load_key
 
 RATE_HZ = 48_000
 TONE_HZ = 1000
-SECTION = "bench-speaker"
+SECTION = "bench_speaker"
 GOALS = "≤ 2× snapclient's CPU playing, ≤ snapclient's CPU idle, RSS ≤ 40 MB"
 
 
