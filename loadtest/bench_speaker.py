@@ -287,12 +287,12 @@ WAV, HTTP or MQTT) behind a real streamer and relay, and Snapcast's `snapclient`
 side in the same {args.window_s:g} s windows after {args.warmup_s:g} s of warm-up, with a fresh
 stack for each packet time (the streamer's `ptime_ms`, snapserver's `chunk_ms`).
 **playing**: a 1 kHz tone on the speaker's channel and in snapserver's pipe; **idle**: nothing
-on air (the streamer sends its silent channel, 50 packets/s) and silence in the pipe
-(snapserver encodes and sends it like any audio). CPU is utime + stime from `/proc/PID/stat`
-over the window, in % of one core; RSS is VmRSS at its end. The ratio is Loa's CPU over
-snapclient's in the same window. "asyncio floor": a Python process on the same machine whose
-asyncio datagram endpoint receives a datagram every packet time and does nothing with it, the
-least any asyncio speaker can cost.
+on air (the streamer still sends its silent channel, a packet each packet time) and silence in
+the pipe (snapserver encodes and sends it like any audio). CPU is utime + stime from
+`/proc/PID/stat` over the window, in % of one core; RSS is VmRSS at its end. The ratio is
+Loa's CPU over snapclient's in the same window. "asyncio floor": a Python process on the same
+machine whose asyncio datagram endpoint receives a datagram every packet time and does
+nothing with it, the least any asyncio speaker can cost.
 
 {table(("packet time", "phase", "loa speaker CPU", "snapclient CPU", "ratio",
         "asyncio floor CPU", "loa speaker RSS", "snapclient RSS"), rows)}
