@@ -17,43 +17,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from common.config import ConfigError
-from common.tls import check_pair, client_context
+from device.mqtt_config import BrokerAddress
 
 log = logging.getLogger("loa.mqtt")
 
 LOG_EVERY_S = 10.0
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_mqtt_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; raises ValueError. Credentials do
-    not belong in the URL (they would end up in logs): use the user and password file."""
-    try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError as e:
-        raise ValueError(f"{url!r}: {e}") from None
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise ValueError(f"{url!r} is not mqtt://host:port or mqtts://host:port")
-    if u.username or u.password:
-        raise ValueError("credentials do not belong in the URL")
-    if u.path not in ("", "/") or u.query:
-        raise ValueError(f"{url!r}: no path or query expected")
-    tls = u.scheme == "mqtts"
-    return BrokerAddress(u.hostname, port or (8883 if tls else 1883), tls)
 
 
 class Backoff:
@@ -108,38 +81,6 @@ class MqttMetrics:
                            "and reason", ("topic_kind", "reason"), registry=r)
         self.connected = Gauge("loa_mqtt_connected", "1 while connected to the broker",
                                registry=r)
-
-
-def check_mqtt_tls(url: str | None, ca: str | None, cert: str | None,
-                   key: str | None) -> None:
-    """The TLS keys of an MQTT connection: ``mqtt_url`` must parse, ``mqtt_cert`` and
-    ``mqtt_key`` come together, and none of the three means anything without ``mqtts://`` (a
-    CA set beside ``mqtt://`` would look like encryption and be none). Reads no file:
-    :func:`mqtt_tls_context` does, at start-up. Each bad key is a ``ConfigError`` naming it."""
-    addr = None
-    if url:
-        try:
-            addr = parse_mqtt_url(url)
-        except ValueError as e:
-            raise ConfigError("mqtt_url", str(e)) from None
-    check_pair("mqtt_cert", cert, "mqtt_key", key)
-    for name, value in (("mqtt_ca", ca), ("mqtt_cert", cert), ("mqtt_key", key)):
-        if value and not (addr and addr.tls):
-            raise ConfigError(name, "only with an mqtts:// mqtt_url")
-
-
-def mqtt_tls_context(ca: str | None = None, cert: str | None = None,
-                     key: str | None = None) -> ssl.SSLContext:
-    """The client side of ``mqtts://``: verifies the broker against ``ca`` (PEM; None: the
-    system's CAs) and presents ``cert``/``key`` if set; ``ConfigError`` names a bad file."""
-    return client_context(ca or None, cert or None, key or None, ca_field="mqtt_ca",
-                          cert_field="mqtt_cert", key_field="mqtt_key")
-
-
-def broker_tls_context(url: str | None, ca: str | None, cert: str | None,
-                       key: str | None) -> ssl.SSLContext | None:
-    """:func:`mqtt_tls_context` for an ``mqtts://`` ``url``, None for ``mqtt://`` or none."""
-    return mqtt_tls_context(ca, cert, key) if url and parse_mqtt_url(url).tls else None
 
 
 def mqtt_client(addr: BrokerAddress, user: str, password: str, client_id: str,

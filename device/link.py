@@ -1,6 +1,6 @@
 """One device's end of the MQTT control plane, used by ``loa speaker`` and ``loa relay``:
-:class:`DeviceLink`, the :class:`Device` protocol a process offers it, and
-:class:`DeviceMqtt`, the MQTT settings every device config embeds.
+:class:`DeviceLink` and the :class:`Device` protocol a process offers it; the MQTT settings
+every device config embeds are ``mqtt_config.py``.
 
 A DeviceLink keeps a device's retained status (last will: offline), publishes telemetry and
 proof of play, and runs the commands it receives; which topics it publishes and reads comes
@@ -21,26 +21,22 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 from prometheus_client import CollectorRegistry
 
-from common.config import ConfigError, check_range
 from device.edge import (
     Backoff,
     MqttMetrics,
     RateLimitedLog,
-    broker_tls_context,
-    check_mqtt_tls,
     connect_forever,
     mqtt_client,
-    parse_mqtt_url,
     payload_bytes,
 )
-from wire.ids import valid_device_id, valid_zone_id
+from device.mqtt_config import parse_mqtt_url, read_password_file
+from wire.ids import valid_zone_id
 from wire.messages import (
     DEVICE_TOPICS,
     KEYS_TOPIC,
@@ -72,10 +68,6 @@ try:
     VERSION = metadata.version("loa")  # what a device reports in its status
 except metadata.PackageNotFoundError:  # running from a checkout that was never installed
     VERSION = "dev"
-
-
-def fmt_addr(addr: tuple[str, int]) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 class CommandFailed(Exception):
@@ -372,97 +364,3 @@ class DeviceLink:
     def _bad(self, kind: str, e: BadPayload, topic: str) -> None:
         self.metrics.bad.labels(kind, e.reason).inc()
         self._log.warning((kind, e.reason), "dropped a message on %s: %s", topic, e.message)
-
-
-@dataclass(frozen=True)
-class DeviceMqtt:
-    """The MQTT settings of a speaker or a relay, checked (:func:`device_mqtt` makes them):
-    the broker, the login (``user`` is the device id unless set) and the two periods."""
-
-    url: str
-    user: str
-    password_file: str
-    keepalive_s: int = 30
-    telemetry_s: float = 10.0
-    #: ``mqtts://`` only: PEM files of the CA that signed the broker's certificate (None: the
-    #: system's CAs) and of a client certificate and its key for a broker that asks for one
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        """The client TLS context of an ``mqtts://`` broker, None for ``mqtt://``; reads the
-        files, so a bad one raises a ``ConfigError`` naming ``mqtt_ca``/``mqtt_cert``/
-        ``mqtt_key`` before any socket opens."""
-        return broker_tls_context(self.url, self.ca, self.cert, self.key)
-
-    def password(self) -> str:
-        """The password, read from its file; raises ``ConfigError("mqtt_password_file")``
-        naming the file, never its content."""
-        try:
-            return read_password_file(self.password_file)
-        except (OSError, ValueError) as e:
-            raise ConfigError("mqtt_password_file", f"{self.password_file}: {e}") from None
-
-
-def device_mqtt(device_id: str, url: str | None, user: str, password_file: str | None,
-                keepalive_s: int, telemetry_s: float, ca: str | None = None,
-                cert: str | None = None, key: str | None = None) -> DeviceMqtt | None:
-    """A device config's flat MQTT keys (``mqtt_url``, ``mqtt_user``, ``mqtt_password_file``,
-    ``mqtt_keepalive_s``, ``telemetry_s``, ``mqtt_ca``, ``mqtt_cert``, ``mqtt_key``, and its
-    ``id``) checked into a :class:`DeviceMqtt`; None without ``mqtt_url`` (no control plane).
-    Each bad one raises a ``ConfigError`` naming it; the periods are checked even with no
-    broker, so that a typo never waits for one."""
-    check_range("mqtt_keepalive_s", keepalive_s, 1, 3600)
-    check_range("telemetry_s", telemetry_s, 0.2, 86_400)
-    check_mqtt_tls(url, ca, cert, key)
-    if not url:
-        return None
-    if not password_file:
-        raise ConfigError("mqtt_password_file", "required with mqtt_url")
-    if not valid_device_id(device_id):
-        raise ConfigError("id", f"{device_id!r} cannot name MQTT topics "
-                                "(letters, digits, '.', '_', '-')")
-    return DeviceMqtt(url=url, user=user or device_id, password_file=password_file,
-                      keepalive_s=keepalive_s, telemetry_s=telemetry_s, ca=ca, cert=cert,
-                      key=key)
-
-
-@dataclass
-class DeviceMqttKeys:
-    """The MQTT keys of a device's config, written once for relays and speakers: their configs
-    (``RelayConfig``, ``SpeakerConfig``) are dataclasses built on this one.
-
-    The keys stay flat (``mqtt_url``, not ``mqtt.url``) so that the flags, ``LOA_RELAY_MQTT_*``
-    and ``LOA_SPEAKER_MQTT_*`` variables and TOML keys the docs name keep working as they are
-    (``common.config.load`` reads flat fields only); :attr:`mqtt` builds the checked
-    :class:`DeviceMqtt` from them, as the streamer's ``opus`` settings are built from its
-    ``opus_*`` keys. A config overrides ``id`` with a default of its own.
-    """
-
-    id: str = ""
-    mqtt_url: str | None = None
-    mqtt_user: str = ""
-    mqtt_password_file: str | None = None
-    mqtt_keepalive_s: int = 30
-    telemetry_s: float = 10.0
-    mqtt_ca: str | None = None
-    mqtt_cert: str | None = None
-    mqtt_key: str | None = None
-
-    @property
-    def mqtt(self) -> DeviceMqtt | None:
-        """The checked MQTT settings (None: no control plane); ``ConfigError`` names a bad key."""
-        return device_mqtt(self.id, self.mqtt_url, self.mqtt_user, self.mqtt_password_file,
-                           self.mqtt_keepalive_s, self.telemetry_s, self.mqtt_ca,
-                           self.mqtt_cert, self.mqtt_key)
-
-
-def read_password_file(path: str) -> str:
-    """The first line of ``path``, stripped; raises OSError or ValueError (empty)."""
-    with open(path, encoding="utf-8") as f:
-        password = f.readline().strip()
-    if not password:
-        raise ValueError("the file is empty")
-    return password
-

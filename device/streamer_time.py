@@ -59,12 +59,16 @@ class StreamerTime:
         self.asked = 0
         self._last = float("-inf")
 
+    def is_due(self, now: float) -> bool:
+        """Whether :meth:`due` would ask now (``now``: any monotonic seconds); changes nothing."""
+        gap = (FAST_S if self.asked < FAST_EXCHANGES
+               else SETTLE_S if self.asked < SETTLE_EXCHANGES else self.every_s)
+        return now - self._last >= gap - 1e-3
+
     def due(self, now: float) -> int | None:
         """Called every tick (``now``: any monotonic seconds): a t1 to ask with now, or None
         (every 200 ms at first, then every second, then every ``every_s``)."""
-        gap = (FAST_S if self.asked < FAST_EXCHANGES
-               else SETTLE_S if self.asked < SETTLE_EXCHANGES else self.every_s)
-        if now - self._last < gap - 1e-3:
+        if not self.is_due(now):
             return None
         self._last = now
         self.asked += 1

@@ -19,13 +19,15 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.secretfile import write_private
 from wire import keyset
 from wire.auth import REQUESTED, BadKey, Keyring, decode_public, key_id
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("loa.trust")
 
@@ -200,6 +202,9 @@ def auth_metrics(enabled: bool, dropped: Mapping[str, int], loas: Mapping[str, i
                  what: str) -> Iterable[Metric]:
     """``loa_media_auth_*`` (``docs/metrics.md``, "Signed media") from a receiver's gate
     counters, at scrape time; ``what`` says what verification guards on this kind of device."""
+    # imported here: a speaker with no HTTP and no MQTT never loads prometheus_client
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     yield GaugeMetricFamily("loa_media_auth_enabled", f"1 when {what} (verify_media)",
                             value=float(enabled))
     if not enabled:
@@ -223,6 +228,8 @@ def auth_metrics(enabled: bool, dropped: Mapping[str, int], loas: Mapping[str, i
 def keys_metrics(trusted: TrustedKeys | None) -> Iterable[Metric]:
     """``loa_stream_keys_*`` (``docs/metrics.md``, "Signed media"): the key sets the streamer
     pushed, by outcome, and the keys trusted now."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # as above
+
     if trusted is None:
         return
     updates = CounterMetricFamily("loa_stream_keys_updates",

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from clients.capdates import move_to_today
-from clients.speaker.metrics import latency_histogram
+from clients.speaker.latency import Latency
 from clients.speaker.net import Speaker
 from clients.speaker.output import NullSink
 from clients.speaker.playout import OpusDecoder, Playout
@@ -781,7 +781,7 @@ class _Edges:
                                            upstreams=list(UPSTREAMS), rng=random.Random(0))
         playout = Playout(NullSink(), OpusDecoder(), time.time())
         # verifying, as every speaker does: media waits in the gate for a LOAS
-        self.speaker = Speaker(client, playout, latency_histogram(CollectorRegistry()),
+        self.speaker = Speaker(client, playout, Latency(),
                                auth.MediaGate("ch", FUZZ_KEYS),
                                recovery=LossTracker(deadline_s=0.26))
 

@@ -33,7 +33,8 @@ from common.config import Addr, ConfigError, Static, load
 from common.httpsec import add_security_headers
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
-from device.link import DeviceLink, DeviceMqttKeys
+from device.link import DeviceLink
+from device.mqtt_config import DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys, TrustedKeys, auth_metrics, keys_metrics
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes, listen_tokens

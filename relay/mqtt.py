@@ -11,8 +11,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from device.link import VERSION, CommandFailed, fmt_addr
+from device.link import VERSION, CommandFailed
 from fanout.endpoint import FanoutEndpoint
+from wire.addr import fmt_addr
 from wire.messages import RELAY_COMMANDS, DeviceConfig, RelayTelemetry, Status, Strict
 from wire.subscribe import ClientState
 

@@ -32,8 +32,7 @@ from common.httpsec import add_security_headers
 from common.opus import OpusSettings
 from common.procmetrics import watch_process
 from common.tls import check_pair, server_context
-from device.edge import broker_tls_context, check_mqtt_tls
-from device.link import read_password_file
+from device.mqtt_config import broker_tls_context, check_mqtt_tls, read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from streamer.console import add_console_routes

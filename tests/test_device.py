@@ -14,7 +14,7 @@ import pytest
 
 from clients.speaker.main import load_config as speaker_config
 from common.config import ConfigError
-from device.link import DeviceMqtt, device_mqtt
+from device.mqtt_config import DeviceMqtt, device_mqtt
 from relay.main import load_config as relay_config
 from streamer.control.broker import Account, acl_rules, hash_password
 from streamer.control.fleet import FLEET_TOPICS

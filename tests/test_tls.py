@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from common.config import ConfigError
-from device.edge import mqtt_tls_context, parse_mqtt_url
+from device.mqtt_config import mqtt_tls_context, parse_mqtt_url
 from loadtest.children import stop_process
 from tests.harness.broker import TlsMosquitto, fleet_on, start_broker
 from tests.harness.keys import STREAM_KEY_ARGS, listen_query, with_trust

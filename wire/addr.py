@@ -1,6 +1,6 @@
 """``host:port`` addresses, as configuration and device payloads (``upstream``) spell them.
 
-Pure code: it parses text and never resolves a name.
+Pure code: it parses and formats text and never resolves a name.
 """
 
 from __future__ import annotations
@@ -23,3 +23,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not 0 <= port < 65536:
         raise ValueError(f"port {port} out of range")
     return (host, port)
+
+
+def fmt_addr(addr: tuple[str, int]) -> str:
+    """``host:port``, or ``[v6]:port`` for an IPv6 host: what :func:`parse_hostport` reads."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.config import Addr, ConfigError, check_range, load
 from common.tls import check_pair
-from device.link import DeviceMqttKeys
+from device.mqtt_config import DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys
 from wire import subscribe
 from wire.ids import valid_zone_id

@@ -16,19 +16,23 @@ ignored, and the playout only hands over PCM it decoded anyway.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 import wave
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from common.secretfile import write_private
-from wire.messages import EmergencyState
 from wire.priority import Priority
+
+if TYPE_CHECKING:  # the schemas (pydantic) load with the first state: MQTT, or states.json
+    from wire.messages import EmergencyState
 
 from .output import wav_header
 from .playout import RATE_HZ, Playout
@@ -61,20 +65,53 @@ class CachedEmergency:
 # --------------------------------------------------------------------------- on disk
 
 
-class _Meta(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+_WAV_NAME = re.compile(r"emergency-[0-9]+\.wav")
 
-    id: Annotated[int, Field(ge=1, le=0xFFFF_FFFF)]
+
+@dataclass(frozen=True)
+class _Meta:
+    """``emergency.json``. Checked by hand rather than by a pydantic model: every speaker
+    reads it at start-up, and most never load pydantic (``main.py``)."""
+
+    id: int
     started: float
-    duration_s: Annotated[float, Field(ge=0)]
+    duration_s: float
     last_played: float
-    wav: Annotated[str, Field(pattern=r"^emergency-[0-9]+\.wav$")]
+    wav: str
+
+    @classmethod
+    def parse(cls, data: bytes) -> _Meta:
+        """Raises ValueError unless ``data`` is exactly these fields, of these types
+        (an integer id of 32 bits, numbers, a WAV name of the cache's own)."""
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
+            raise ValueError("not the fields of an emergency description")
+        if type(raw["id"]) is not int or not 1 <= raw["id"] <= 0xFFFF_FFFF:
+            raise ValueError(f"bad id {raw['id']!r}")
+        for key in ("started", "duration_s", "last_played"):
+            if type(raw[key]) not in (int, float):
+                raise ValueError(f"{key} is not a number")
+        if raw["duration_s"] < 0:
+            raise ValueError("negative duration_s")
+        if not isinstance(raw["wav"], str) or not _WAV_NAME.fullmatch(raw["wav"]):
+            raise ValueError(f"bad wav {raw['wav']!r}")
+        return cls(raw["id"], float(raw["started"]), float(raw["duration_s"]),
+                   float(raw["last_played"]), raw["wav"])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
 
 
-class _States(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+@functools.cache
+def _states_schema() -> Any:
+    """``states.json``: ``{"states": [EmergencyState, ...]}`` (a pydantic model, made when
+    first needed)."""
+    from pydantic import ConfigDict, create_model
 
-    states: list[EmergencyState]
+    from wire.messages import EmergencyState
+
+    return create_model("_States", __config__=ConfigDict(strict=True, extra="forbid"),
+                        states=(list[EmergencyState], ...))
 
 
 class EmergencyCache:
@@ -92,7 +129,7 @@ class EmergencyCache:
         if not path.exists():
             return None
         try:
-            meta = _Meta.model_validate_json(path.read_bytes())
+            meta = _Meta.parse(path.read_bytes())
             pcm = _read_wav(self.directory / meta.wav)
         except (OSError, ValueError, EOFError, wave.Error) as e:
             log.warning("emergency cache %s unreadable, ignored: %s", path, e)
@@ -104,7 +141,7 @@ class EmergencyCache:
         if not path.exists():
             return []
         try:
-            return _States.model_validate_json(path.read_bytes()).states
+            return list(_states_schema().model_validate_json(path.read_bytes()).states)
         except (OSError, ValueError) as e:
             log.warning("emergency states %s unreadable, ignored: %s", path, e)
             return []
@@ -122,10 +159,11 @@ class EmergencyCache:
     def store_meta(self, cached: CachedEmergency) -> None:
         meta = _Meta(id=cached.id, started=cached.started, duration_s=cached.duration_s,
                      last_played=cached.last_played, wav=f"emergency-{cached.id}.wav")
-        write_private(self.directory / META_FILE, meta.model_dump_json())
+        write_private(self.directory / META_FILE, meta.to_json())
 
     def store_states(self, states: list[EmergencyState]) -> None:
-        write_private(self.directory / STATES_FILE, _States(states=states).model_dump_json())
+        write_private(self.directory / STATES_FILE,
+                      _states_schema()(states=states).model_dump_json())
 
 
 def _read_wav(path: Path) -> np.ndarray:

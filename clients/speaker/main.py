@@ -7,6 +7,11 @@ the emergency states of its zones. The broker being away never affects playout.
 
 Emergency audio is cached under ``cache_dir`` and replayed from there while the network is gone
 (``emergency.py``); the cache is read once at start-up and written by one worker thread.
+
+What a small board does not use it does not load: the HTTP server (aiohttp), the metrics
+(prometheus_client) and the MQTT side (aiomqtt, the pydantic message schemas) are imported
+only when ``http`` or ``mqtt_url`` is set: a plain speaker holds about 50 MB instead of 80
+(``docs/operations.md``, "A small speaker").
 """
 
 from __future__ import annotations
@@ -23,18 +28,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from common.config import Addr, ConfigError
-from common.procmetrics import watch_process
 from common.tls import server_context
-from device.link import DeviceLink, fmt_addr
 from device.streamer_time import StreamerTime
 from device.trust import TrustedKeys
 from wire import subscribe
+from wire.addr import fmt_addr
 from wire.auth import MediaGate
 from wire.packet import RtpPacket
 from wire.retransmit import LossTracker
@@ -42,11 +43,19 @@ from wire.retransmit import LossTracker
 from .clock import LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
-from .metrics import SpeakerCollector, latency_histogram, start_http
-from .mqtt import SpeakerDevice, ToneOverlay
-from .net import Speaker, emergency_forever, resolve, tick_forever
+from .latency import Latency
+from .net import EMERGENCY_TICK_S, TICK_S, Speaker, emergency_tick, resolve, tick
 from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
-from .playout import RATE_HZ, OpusDecoder, Playout, play_forever
+from .playout import RATE_HZ, OpusDecoder, Playout
+from .rhythm import Rhythm
+
+if TYPE_CHECKING:  # imported where used, only when configured (see above)
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from device.link import DeviceLink
+
+    from .mqtt import ToneOverlay
 
 __all__ = ["ConfigError", "load_config", "open_sink", "run", "serve"]
 
@@ -75,7 +84,7 @@ async def open_emergency(cfg: SpeakerConfig,
 
 
 async def announce(cfg: SpeakerConfig, transport: asyncio.DatagramTransport, speaker: Speaker,
-                   emergency: EmergencyPath, registry: CollectorRegistry,
+                   emergency: EmergencyPath, registry: CollectorRegistry | None,
                    upstreams: list[Addr], https: ssl.SSLContext | None = None
                    ) -> web.AppRunner | None:
     """Start HTTP (HTTPS with ``https``) if configured and print the bound ports, one JSON
@@ -86,6 +95,9 @@ async def announce(cfg: SpeakerConfig, transport: asyncio.DatagramTransport, spe
                                  "udp": f"{bound[0]}:{bound[1]}"}
     runner = None
     if cfg.http:
+        from .metrics import start_http
+
+        assert registry is not None
         runner, http_bound = await start_http(cfg, speaker, emergency, registry, https)
         listening["http"] = f"{http_bound[0]}:{http_bound[1]}"
         listening["http_url"] = f"{'https' if https else 'http'}://{fmt_addr(http_bound)}"
@@ -99,6 +111,10 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
               emergency: EmergencyPath, registry: CollectorRegistry,
               family: int, tls_context: ssl.SSLContext | None = None,
               trusted: TrustedKeys | None = None) -> DeviceLink:
+    from device.link import DeviceLink
+
+    from .mqtt import SpeakerDevice
+
     assert cfg.mqtt is not None
     m = cfg.mqtt
     device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=speaker.playout,
@@ -111,6 +127,26 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
                       on_token=speaker.renew_token, password_file=m.password_file,
                       tls_context=tls_context,
                       on_keys=None if trusted is None else trusted.offer_now)
+
+
+def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: EmergencyPath,
+           cfg: SpeakerConfig) -> Rhythm:
+    """The speaker's one source of wake-ups (``rhythm.py``): the playout every packet time or
+    at each packet, the handshake and the emergency decisions riding on it."""
+
+    def play(nudged: bool) -> None:
+        # what has queued first: after a pause, the event loop may beat before it reads the
+        # socket, and the playout would end a broadcast whose next second is waiting there
+        # (a nudge comes right after the socket was read)
+        if not nudged:
+            speaker.drain()
+        playout.tick(clock.now(), speaker.time.shift_s())
+
+    r = Rhythm(play, lambda: playout.ptime_s)
+    r.every("handshake", TICK_S, lambda: tick(speaker, lambda job: r.offbeat(job, "time")))
+    r.every("emergency", EMERGENCY_TICK_S, lambda: emergency_tick(emergency, speaker, cfg))
+    speaker.nudge = r.nudge
+    return r
 
 
 async def serve(cfg: SpeakerConfig) -> int:
@@ -128,8 +164,10 @@ async def serve(cfg: SpeakerConfig) -> int:
                     cfg.clock_offset_ms, cfg.clock_drift_ppm)
     t0 = clock.now()
     sink = open_sink(cfg, t0)
-    overlay = None
+    overlay: ToneOverlay | None = None
     if cfg.mqtt is not None:  # the test tone and the telemetry level meter
+        from .mqtt import ToneOverlay
+
         sink = overlay = ToneOverlay(sink)
     play_log = PlayLog(cfg.log) if cfg.log else None
     link: DeviceLink | None = None
@@ -164,7 +202,6 @@ async def serve(cfg: SpeakerConfig) -> int:
                                        failover_s=cfg.failover_s,
                                        silence_s=cfg.silence_ms / 1000,
                                        token=tokens.token if tokens is not None else b"")
-    registry = CollectorRegistry()
     trusted = cfg.trusted_keys()
     keys = trusted.keyring if trusted is not None and cfg.verify_media else None
     if keys is None:
@@ -174,10 +211,18 @@ async def serve(cfg: SpeakerConfig) -> int:
     # before its play time; it was found missing when the next one came, a frame after it
     recovery = (LossTracker(deadline_s=max(0.05, cfg.delay_ms / 1000 - 0.04))
                 if cfg.retransmit else None)
-    speaker = Speaker(client, playout, latency_histogram(registry), gate,
-                      StreamerTime(clock.now_ns), recovery)
+    speaker = Speaker(client, playout, Latency(), gate, StreamerTime(clock.now_ns), recovery)
     speaker.tokens = tokens
-    registry.register(SpeakerCollector(speaker, emergency, trusted))
+    registry = None  # metrics only for someone to read them: HTTP (the MQTT link keeps some)
+    if cfg.http or cfg.mqtt is not None:
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+    if cfg.http:
+        from .metrics import SpeakerCollector
+
+        assert registry is not None
+        registry.register(SpeakerCollector(speaker, emergency, trusted))
     transport, _ = await loop.create_datagram_endpoint(lambda: speaker, local_addr=cfg.bind,
                                                        family=family)
     runner = await announce(cfg, transport, speaker, emergency, registry, upstreams, https)
@@ -186,12 +231,14 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(play_forever(playout, clock=clock.now, receive=speaker.drain,
-                                              shift=speaker.time.shift_s)),
-             asyncio.create_task(tick_forever(speaker)),
-             asyncio.create_task(emergency_forever(emergency, speaker, cfg)),
-             watch_process(registry)]
+    tasks = [asyncio.create_task(rhythm(speaker, playout, clock, emergency, cfg).run())]
+    if cfg.http:  # the lag probe wakes the loop 4 times a second: only for a reader
+        from common.procmetrics import watch_process
+
+        assert registry is not None
+        tasks.append(watch_process(registry))
     if password is not None and overlay is not None:
+        assert registry is not None
         link = open_link(cfg, password, speaker, overlay, emergency, registry, family,
                          mqtt_tls, trusted)
         link.start()

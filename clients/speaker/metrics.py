@@ -9,8 +9,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from common.config import Addr
@@ -22,12 +27,6 @@ from wire.auth import MediaGate
 from .config import SpeakerConfig
 from .emergency import OUTCOMES, EmergencyPath
 from .net import Speaker
-
-
-def latency_histogram(registry: CollectorRegistry) -> Histogram:
-    return Histogram("loa_speaker_latency_seconds", "Capture to arrival time of RTP packets",
-                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
-                     registry=registry)
 
 
 class SpeakerCollector(Collector):
@@ -46,6 +45,10 @@ class SpeakerCollector(Collector):
         def counter(name: str, doc: str, value: float) -> Metric:
             return CounterMetricFamily(f"loa_speaker_{name}", doc, value=value)
 
+        latency = HistogramMetricFamily("loa_speaker_latency_seconds",
+                                        "Capture to arrival time of RTP packets")
+        latency.add_metric([], s.latency.cumulative(), sum_value=s.latency.sum_s)
+        yield latency
         yield counter("packets_received", "RTP packets of our channel received", jb.received)
         yield counter("packets_lost", "Frames missing at play time (FEC, PLC or skipped)",
                       jb.lost)

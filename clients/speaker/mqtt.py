@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from common.config import Addr, ConfigError, parse_hostport
-from device.link import VERSION, CommandFailed, fmt_addr
+from device.link import VERSION, CommandFailed
+from wire.addr import fmt_addr
 from wire.messages import (
     SPEAKER_COMMANDS,
     DeviceConfig,

@@ -1,8 +1,8 @@
 """The speaker's UDP edge: one socket carries the subscribe handshake and the media from the
 current upstream; :class:`Speaker` demultiplexes every datagram (control, RTCP, RTP) and hands
 it to the sans-IO parts (:class:`~wire.subscribe.SubscribeClient`,
-:class:`~clients.speaker.playout.Playout`); :func:`tick_forever` and
-:func:`emergency_forever` are the periodic tasks that go with it.
+:class:`~clients.speaker.playout.Playout`); :func:`tick` and :func:`emergency_tick` are the
+periodic jobs that go with it (run from the speaker's one rhythm, ``rhythm.py``).
 
 Nothing plays unless the streamer signed it (``wire/auth.py``): each RTP packet waits in a
 :class:`~wire.auth.MediaGate` until the ``LOAS`` of its batch proves it, and only then reaches
@@ -31,10 +31,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
-
-from prometheus_client import Histogram
 
 from common.config import Addr, ConfigError
 from device.streamer_time import StreamerTime
@@ -48,6 +46,7 @@ from .clock import LocalClock
 from .config import SpeakerConfig
 from .emergency import EmergencyPath, stream_lost
 from .jitter import Arrival
+from .latency import Latency
 from .playout import Playout
 
 log = logging.getLogger("loa.speaker")
@@ -67,7 +66,7 @@ class Speaker(asyncio.DatagramProtocol):
     """Demultiplexes the speaker's socket into the handshake and the playout."""
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
-                 latency: Histogram, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
+                 latency: Latency, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
                  streamer_time: StreamerTime | None = None,
                  recovery: LossTracker | None = None) -> None:
         self.client = client
@@ -93,6 +92,9 @@ class Speaker(asyncio.DatagramProtocol):
         self.datagrams = 0
         self._error_logged = float("-inf")
         self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
+        #: called after each datagram asyncio hands over (and the backlog behind it) is
+        #: handled: the rhythm's nudge, which plays what is due in the same wake-up
+        self.nudge: Callable[[], None] = lambda: None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
@@ -113,6 +115,7 @@ class Speaker(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._datagram(data, addr)
         self.drain()
+        self.nudge()
 
     def drain(self) -> None:
         """Read what has queued on the socket. After a pause (this CPU taken for a second),
@@ -242,40 +245,41 @@ class Speaker(asyncio.DatagramProtocol):
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)
 
 
-async def tick_forever(speaker: Speaker) -> None:
-    """Handshake retries, keepalives, failover and asking the time, every ``TICK_S``."""
+def tick(speaker: Speaker, offbeat: Callable[[Callable[[], None]], None]) -> None:
+    """Handshake retries, keepalives, failover and asking the time; every ``TICK_S``, from
+    the rhythm's beat. The time is asked ``offbeat``: half a packet time later, between two
+    packets. The beat follows a packet (``rhythm.py``), when the upstream is busy forwarding
+    it to its other subscribers: a TIME sent then waits behind that work on the way up, not
+    on the way down, and the clock sync would take the difference for the clocks' offset."""
     client = speaker.client
-    while True:
-        before = client.index
-        speaker.expire()
-        if speaker.tokens is not None and (token := speaker.tokens.poll()) is not None:
-            log.info("a new subscription token: renewing the subscription")
-            speaker.send(client.set_token(token, time.monotonic()))
-        speaker.send(client.tick(time.monotonic()))
-        if client.index != before:
-            log.warning("failing over to upstream %s:%d", *client.upstream)
-        if client.state is subscribe.ClientState.SUBSCRIBED and (
-                t1 := speaker.time.due(time.monotonic())):
-            speaker.send(client.ask_time(t1))
-        await asyncio.sleep(TICK_S)
+    before = client.index
+    speaker.expire()
+    if speaker.tokens is not None and (token := speaker.tokens.poll()) is not None:
+        log.info("a new subscription token: renewing the subscription")
+        speaker.send(client.set_token(token, time.monotonic()))
+    speaker.send(client.tick(time.monotonic()))
+    if client.index != before:
+        log.warning("failing over to upstream %s:%d", *client.upstream)
+    if client.state is subscribe.ClientState.SUBSCRIBED and speaker.time.is_due(
+            time.monotonic()):
+        offbeat(lambda: ask_time(speaker))
 
 
-async def emergency_forever(emergency: EmergencyPath, speaker: Speaker,
-                            cfg: SpeakerConfig) -> None:
-    """Offline replay decisions every ``EMERGENCY_TICK_S``. A failure is logged (once a minute
-    at most) and the loop goes on: this task must outlive any bug in it."""
-    logged = float("-inf")
-    while True:
-        try:
-            silent_s = time.monotonic() - speaker.last_media
-            subscribed = speaker.client.state is subscribe.ClientState.SUBSCRIBED
-            emergency.tick(time.time(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
-                                                    cfg.failover_s))
-        except Exception:
-            if time.monotonic() - logged > 60:
-                logged = time.monotonic()
-                log.exception("emergency tick failed")
-        await asyncio.sleep(EMERGENCY_TICK_S)
+def ask_time(speaker: Speaker) -> None:
+    """A TIME to the upstream, if subscribed and due (``device/streamer_time.py``)."""
+    client = speaker.client
+    if client.state is subscribe.ClientState.SUBSCRIBED and (
+            t1 := speaker.time.due(time.monotonic())):
+        speaker.send(client.ask_time(t1))
+
+
+def emergency_tick(emergency: EmergencyPath, speaker: Speaker, cfg: SpeakerConfig) -> None:
+    """Offline replay decisions; every ``EMERGENCY_TICK_S``. The rhythm logs a failure (once
+    a minute at most) and goes on: a bug here must never stop the rest."""
+    silent_s = time.monotonic() - speaker.last_media
+    subscribed = speaker.client.state is subscribe.ClientState.SUBSCRIBED
+    emergency.tick(time.time(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
+                                            cfg.failover_s))
 
 
 async def resolve(addr: Addr, family: int) -> Addr:

@@ -15,15 +15,14 @@ that the switch never clicks. The playout hands the decoded PCM of those frames 
 stream is gone (:meth:`Playout.play_local`); any stream packet ends a local replay at once.
 
 The core (:class:`Timeline`, :class:`Playout`) is sans-IO: wall times come in as arguments and it
-never reads a clock, blocks, or lets a bad payload stop playback. :func:`play_forever` is the
-thin asyncio edge that wakes it every packet time.
+never reads a clock, blocks, or lets a bad payload stop playback. The asyncio edge that wakes
+it every packet time (or at each packet) is ``rhythm.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
 import math
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,19 +48,29 @@ class Decoder(Protocol):
 
 
 class OpusDecoder:
-    """libopus (via opuslib), mono 48 kHz, with its errors turned into MalformedPacket."""
+    """libopus (loaded by opuslib), mono 48 kHz, with its errors turned into MalformedPacket.
+
+    ``opus_decode`` is called directly into one buffer kept for the decoder's life:
+    ``opuslib.Decoder.decode`` allocates a new buffer per frame and turns the samples into a
+    list of Python ints and back (a few thousand objects per frame, 50 times a second), the
+    largest share of a speaker's CPU after the event loop itself."""
 
     def __init__(self, rate_hz: int = RATE_HZ) -> None:
         import opuslib
+        import opuslib.api.decoder
 
         self._error = opuslib.OpusError
-        self._dec = opuslib.Decoder(rate_hz, 1)
+        self._dec = opuslib.Decoder(rate_hz, 1)  # owns the libopus state, freed with it
+        self._opus_decode = opuslib.api.decoder.libopus_decode
+        self._pcm = (ctypes.c_int16 * MAX_FRAME)()
+        self._out = ctypes.cast(self._pcm, ctypes.POINTER(ctypes.c_int16))
 
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
-        try:
-            return bytes(self._dec.decode(payload, frame_size, decode_fec=fec))
-        except self._error as e:
-            raise MalformedPacket(f"opus: {e}") from None
+        n = self._opus_decode(self._dec.decoder_state, payload, len(payload), self._out,
+                              min(frame_size, MAX_FRAME), int(fec))
+        if n < 0:
+            raise MalformedPacket(f"opus: {self._error(n)}")
+        return ctypes.string_at(self._pcm, 2 * n)
 
 
 def volume_gain(volume_pct: float) -> float:
@@ -446,24 +455,3 @@ def level_dbfs(sumsq: float, samples: int) -> float:
         return LEVEL_FLOOR_DBFS
     db = 10.0 * math.log10(sumsq / samples / (32768.0 * 32768.0))
     return round(max(db, LEVEL_FLOOR_DBFS), 2)
-
-
-async def play_forever(playout: Playout, clock: Callable[[], float] = time.time,
-                       receive: Callable[[], object] = lambda: None,
-                       shift: Callable[[], float] = lambda: 0.0) -> None:
-    """Wake every packet time (learnt from the stream) and emit what is due; cancel to stop.
-
-    ``receive`` runs first at each wake-up: it hands the playout what has arrived. After a
-    pause of the process, the event loop may run this task before it reads the socket, and
-    the playout would end a broadcast whose next second is waiting there. ``shift``: the
-    streamer's clock minus ``clock`` (``clock.py``)."""
-    loop = asyncio.get_running_loop()
-    wake = loop.time()
-    while True:
-        receive()
-        playout.tick(clock(), shift())
-        wake += playout.ptime_s
-        delay = wake - loop.time()
-        if delay < 0:  # the loop stalled: resume the rhythm from now instead of bursting
-            wake, delay = loop.time(), 0.0
-        await asyncio.sleep(delay)

@@ -30,9 +30,9 @@ from device.edge import (
     RateLimitedLog,
     connect_forever,
     mqtt_client,
-    parse_mqtt_url,
     payload_bytes,
 )
+from device.mqtt_config import parse_mqtt_url
 from wire.messages import (
     DEVICE_TOPICS,
     KEYS_TOPIC,

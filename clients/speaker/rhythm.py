@@ -1,0 +1,135 @@
+"""The speaker's one source of wake-ups: the playout's beat, and the periodic jobs riding on it.
+
+On a small board the cost of a Python speaker is mostly waking up: each turn of the event
+loop costs about as much as decoding a frame, and a task that sleeps a packet time costs two
+turns (its timer, then its step). So the speaker wakes for nothing but its socket and this
+rhythm, and the rhythm wakes as little as it can:
+
+- **the beat** runs the playout (``Playout.tick``) every packet time (learnt from the
+  stream), from a timer callback (one loop turn, no task, no future);
+- while media flows, **a datagram nudges the beat**: the beat runs right after the datagram
+  was handled and the timer moves a packet time on, so that the process wakes once per
+  packet instead of twice (once for the packet, once for the playout). A second nudge within
+  half a packet time (a ``LOAS`` sent with a packet) does not beat again; the first nudge
+  after a timer beat always does, so the beat locks onto the packets again after a gap;
+- **jobs** (``every``: the handshake tick, the emergency replay decisions) run from the
+  beat when their period is due, on a grid that does not drift; they never wake the loop
+  on their own (a job's period is at most a beat late, never early).
+
+A job may also put work **offbeat** (:meth:`Rhythm.offbeat`), half a packet time after the
+beat, i.e. between two packets: the clock sync asks the time then (``net.py``, ``tick``).
+
+The beat never stops: when no packet comes the timer runs it every packet time, as before.
+Nothing here may stop the playout: a job that raises is logged (once a minute at most) and
+the beat goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("loa.speaker")
+
+LOG_EVERY_S = 60.0
+
+
+@dataclass
+class _Job:
+    name: str
+    period_s: float
+    run: Callable[[], object]
+    due: float = 0.0
+    logged: float = float("-inf")
+
+
+class Rhythm:
+    """Runs ``beat`` every ``period()`` seconds (or sooner, on :meth:`nudge`), and the jobs
+    added with :meth:`every` when they are due; :meth:`run` until cancelled. ``beat(nudged)``
+    is told whether a nudge runs it (the socket was just read)."""
+
+    def __init__(self, beat: Callable[[bool], object], period: Callable[[], float]) -> None:
+        self._beat = _Job("playout", 0.0, lambda: beat(self._nudged))
+        self._period = period
+        self._jobs: list[_Job] = []
+        self._offbeat: dict[str, _Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._next = 0.0  # loop time of the next timer beat
+        self._last = float("-inf")  # loop time of the last beat
+        self._nudged = False  # the last beat came from a nudge
+        self.beats = 0
+        self.nudged_beats = 0
+
+    def every(self, name: str, period_s: float, job: Callable[[], object]) -> None:
+        """Run ``job`` from the beat every ``period_s`` (the first time at the first beat)."""
+        self._jobs.append(_Job(name, period_s, job))
+
+    def offbeat(self, job: Callable[[], object], name: str = "offbeat") -> None:
+        """Run ``job`` half a packet time from now, once (one wake-up of its own)."""
+        if self._loop is not None:
+            held = self._offbeat.setdefault(name, _Job(name, 0.0, job))  # its log's pace
+            held.run = job
+            self._loop.call_later(self._period() / 2, _call, held)
+
+    async def run(self) -> None:
+        """Beat until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.time()
+        self._on_timer()
+        try:
+            await self._loop.create_future()  # never set: the timer does the work
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop = None
+
+    def nudge(self) -> None:
+        """A datagram was handled: beat now unless a nudge already did within half a
+        packet time."""
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        if self._nudged and now - self._last < self._period() / 2:
+            return
+        self._nudged = True
+        self.nudged_beats += 1
+        self._next = now
+        self._run(now)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._nudged = False
+        self._run(self._loop.time())
+
+    def _run(self, now: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._last = now
+        self.beats += 1
+        _call(self._beat)
+        for job in self._jobs:
+            if now >= job.due:
+                job.due += job.period_s  # on its grid, which does not drift
+                if job.due <= now:  # the first run, or after a stall: a grid from now
+                    job.due = now + job.period_s
+                _call(job)
+        self._next += self._period()
+        if self._next < self._loop.time():  # the loop stalled: resume from now, no burst
+            self._next = self._loop.time()
+        self._timer = self._loop.call_at(self._next, self._on_timer)
+
+
+def _call(job: _Job) -> None:
+    try:
+        job.run()
+    except Exception:
+        now = time.monotonic()
+        if now - job.logged >= LOG_EVERY_S:
+            job.logged = now
+            log.exception("the %s job failed (the speaker goes on)", job.name)

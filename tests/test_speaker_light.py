@@ -1,0 +1,56 @@
+"""A plain speaker (no HTTP, no MQTT: what a small board runs) stays light (issue 13 item 5):
+while it plays, its process has loaded none of the libraries only HTTP and MQTT need, and its
+resident memory stays well under what it was (78 MB) when it loaded them all.
+
+The memory bound has room for other Python and numpy builds; ``docs/BENCHMARKS.md`` ("A
+speaker against snapclient") has the figures, against Snapcast's client, and the CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.harness.keys import with_trust
+from tests.harness.upstream import ToneUpstream, serving
+from tests.harness.wait import until
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_RSS_MB = 60
+#: a compiled part of each library a plain speaker must not load (pure-Python ones, such as
+#: prometheus_client, leave no trace in the process's memory map)
+HEAVY = ("_pydantic_core", "aiohttp/_http_parser", "multidict/_multidict", "yarl/_quoting_c")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_a_plain_speaker_plays_without_http_or_mqtt_libraries_in_under_60_mb(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
+    log = tmp_path / "light.jsonl"
+    async with serving(ToneUpstream) as up:
+        args = with_trust(["--id", "light", "--channel", "ch", "--upstream", up.addr,
+                           "--log", str(log), "--var-dir", str(tmp_path / "var")],
+                          tmp_path, "light")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert proc.stdout is not None
+            assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))[
+                "event"] == "listening"
+            await until(lambda: log.exists() and '"play_start"' in log.read_text(), 15,
+                        "the speaker playing the tone")
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            assert [lib for lib in HEAVY if lib in maps] == []
+            assert rss_mb(proc.pid) < MAX_RSS_MB
+        finally:
+            proc.kill()
+            await proc.wait()
