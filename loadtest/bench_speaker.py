@@ -11,7 +11,8 @@ clients run side by side through the same windows:
 
 - **playing**: the streamer airs a 1 kHz tone on the channel (``POST /api/v1/broadcasts``),
   and the same tone (at -12 dBFS) is written into snapserver's pipe in real time;
-- **idle**: nothing on air (the streamer still sends its channel: silence), and silence
+- **idle**: nothing on air (the channel is quiet: the streamer sends its heartbeat, a
+  sender report every 500 ms, `docs/protocol.md` "Quiet channels"), and silence
   written into the pipe.
 
 CPU is ``/proc/PID/stat`` utime + stime over each window (after ``--warmup-s``), RSS
@@ -287,8 +288,9 @@ WAV, HTTP or MQTT) behind a real streamer and relay, and Snapcast's `snapclient`
 side in the same {args.window_s:g} s windows after {args.warmup_s:g} s of warm-up, with a fresh
 stack for each packet time (the streamer's `ptime_ms`, snapserver's `chunk_ms`).
 **playing**: a 1 kHz tone on the speaker's channel and in snapserver's pipe; **idle**: nothing
-on air (the streamer still sends its silent channel, a packet each packet time) and silence in
-the pipe (snapserver encodes and sends it like any audio). CPU is utime + stime from
+on air (a quiet channel: the streamer sends its heartbeat, a sender report every 500 ms, and
+the speaker beats every 100 ms) and silence in the pipe (snapserver encodes and sends it like
+any audio). CPU is utime + stime from
 `/proc/PID/stat` over the window, in % of one core; RSS is VmRSS at its end. The ratio is
 Loa's CPU over snapclient's in the same window. "asyncio floor": a Python process on the same
 machine whose asyncio datagram endpoint receives a datagram every packet time and does

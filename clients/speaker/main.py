@@ -142,7 +142,9 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
             speaker.drain()
         playout.tick(clock.now(), speaker.time.shift_s())
 
-    r = Rhythm(play, lambda: playout.ptime_s)
+    # A quiet channel's playout only pads silence: beat as often as the handshake ticks, and
+    # let the first packet of the next broadcast nudge it back to every packet time.
+    r = Rhythm(play, lambda: max(TICK_S, playout.ptime_s) if playout.idle else playout.ptime_s)
     r.every("handshake", TICK_S, lambda: tick(speaker, lambda job: r.offbeat(job, "time")))
     r.every("emergency", EMERGENCY_TICK_S, lambda: emergency_tick(emergency, speaker, cfg))
     speaker.nudge = r.nudge

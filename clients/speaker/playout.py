@@ -245,6 +245,12 @@ class Playout:
     def local_playing(self) -> bool:
         return self._local is not None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to play until a packet comes: the channel is quiet, what it sent has
+        played, and no local replay runs (the speaker may then beat less often)."""
+        return self.quiet and not self.jitter.depth and self._local is None
+
     # ------------------------------------------------------------------ input
 
     def receive(self, pkt: RtpPacket, capture_time: float) -> Arrival:

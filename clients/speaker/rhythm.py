@@ -19,7 +19,9 @@ rhythm, and the rhythm wakes as little as it can:
 A job may also put work **offbeat** (:meth:`Rhythm.offbeat`), half a packet time after the
 beat, i.e. between two packets: the clock sync asks the time then (``net.py``, ``tick``).
 
-The beat never stops: when no packet comes the timer runs it every packet time, as before.
+The beat never stops: when no packet comes the timer runs it every packet time, or every
+``TICK_S`` (100 ms) while the channel is quiet and nothing is left to play (``main.py``: a
+quiet speaker wakes 10 times a second, not 50; the next broadcast's first packet nudges it).
 Nothing here may stop the playout: a job that raises is logged (once a minute at most) and
 the beat goes on.
 """
