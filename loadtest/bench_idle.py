@@ -51,14 +51,13 @@ from wire.rtcp import PT_SR, report_ts
 from wire.subscribe import MAGIC, ClientState, SubscribeClient
 
 from ._report import machine, process_cpu_s, table, today, write_section
-from .bench_relay import Child, relay_counter
+from .bench_relay import Child, relay_counter, start_handshakes
 from .simspeakers import raise_fd_limit
 from .tokens import issue_all, load_key
 
 CHANNEL = "bench-idle-01"
 IP_UDP = 28  # bytes of IPv4 + UDP header per datagram
 WARMUP_S = 3.0
-HANDSHAKE_BATCH = 100
 HANDSHAKE_TIMEOUT_S = 60.0
 CHILD_LIFETIME_S = 900.0
 TICK_S = 0.1  # the receivers' handshake ticks: keepalives, liveness
@@ -174,10 +173,7 @@ def run_receiver(n: int, signing_key: str) -> int:
         now = time.monotonic()
         rx.read_all(now)
         if handshaking:
-            done = sum(1 for c in rx.clients[:rx.started] if c.state is ClientState.SUBSCRIBED)
-            while rx.started < n and rx.started - done < HANDSHAKE_BATCH:
-                rx.send(rx.started, rx.clients[rx.started].start(now))
-                rx.started += 1
+            done = start_handshakes(rx, n, now)
             if done == n or now - since > HANDSHAKE_TIMEOUT_S:
                 handshaking = False
                 out({"subscribed": done, "seconds": round(now - since, 2)})

@@ -159,6 +159,17 @@ class Receivers:
                 "silent": self.received.count(0), "with_loss": sum(1 for g in self.gaps if g)}
 
 
+def start_handshakes(rx: Any, n: int, now: float) -> int:
+    """Start the next handshakes of ``rx`` (``clients``, ``started``, ``send``), at most
+    ``HANDSHAKE_BATCH`` in flight so that the relay's socket buffer keeps up; how many are
+    done."""
+    done = sum(1 for c in rx.clients[:rx.started] if c.state is ClientState.SUBSCRIBED)
+    while rx.started < n and rx.started - done < HANDSHAKE_BATCH:
+        rx.send(rx.started, rx.clients[rx.started].start(now))
+        rx.started += 1
+    return done
+
+
 def run_receiver(n: int, signing_key: str) -> int:
     rx = Receivers(n)
     # the relay requires subscription tokens (its default): each receiver's, signed once here
@@ -199,10 +210,7 @@ def run_receiver(n: int, signing_key: str) -> int:
         now = time.monotonic()
         rx.read_all(now)
         if handshaking:
-            done = sum(1 for c in rx.clients[:rx.started] if c.state is ClientState.SUBSCRIBED)
-            while rx.started < n and rx.started - done < HANDSHAKE_BATCH:
-                rx.send(rx.started, rx.clients[rx.started].start(now))
-                rx.started += 1
+            done = start_handshakes(rx, n, now)
             if done == n or now - handshake_since > HANDSHAKE_TIMEOUT_S:
                 handshaking = False
                 out({"subscribed": done, "seconds": round(now - handshake_since, 2)})
