@@ -288,10 +288,14 @@ async def test_an_idle_speaker_costs_a_heartbeat_and_a_broadcast_after_a_pause_p
             await until(spk.subscribed, 10, "the speaker subscribed")
             await until(lambda: link.client.state is ClientState.SUBSCRIBED, 10, "subscribed")
             await asyncio.sleep(1.0)
+            before = await spk.metrics()
             idle = await link.rate(6.0)
+            after = await spk.metrics()
             health = await spk.health()
             assert health["quiet"] and health["failovers"] == 0, health
-            before = await spk.metrics()
+            # the pause is neither concealed nor counted as loss
+            for name in ("loa_speaker_plc_frames_total", "loa_speaker_packets_lost_total"):
+                assert after[name] == before[name], name
             status, body = await call(streamer, "POST", "/api/v1/broadcasts", json={
                 "zones": [KP1], "source": {"kind": "tone", "hz": 1000, "seconds": 3}})
             assert status == 201, body
@@ -299,26 +303,28 @@ async def test_an_idle_speaker_costs_a_heartbeat_and_a_broadcast_after_a_pause_p
             talking = await link.rate(2.0)
             await asyncio.sleep(3.0)
             played = await spk.wait_window(aired, aired + 3.5)
-            after = await spk.metrics()
             assert abs(peak_hz(played) - 1000) < 5 and rms_dbfs(played) > -30
             # the tone came out within the playout delay and some, as from a live channel
+            # (waiting for a handshake or a heartbeat would add half a second or more)
             on = np.flatnonzero(np.abs(played) > np.abs(played).max() / 2)
-            assert on[0] / 48_000 < 0.3 + 0.25, on[0] / 48_000
-            assert after["loa_speaker_plc_frames_total"] == before["loa_speaker_plc_frames_total"]
-            assert after["loa_speaker_packets_lost_total"] == \
-                before["loa_speaker_packets_lost_total"]
+            assert on[0] / 48_000 < 0.3 + 0.4, on[0] / 48_000
             assert (await spk.health())["quiet"]  # quiet again after the tone
             # a dead relay is told from a quiet channel within 2 s
             relay.proc.kill()
             killed = time.monotonic()
-            await until(lambda: _on(spk, standby.media_addr), 4, "the speaker failed over")
-            moved_s = time.monotonic() - killed
+            await until(lambda: _failed_over(spk), 4, "the speaker left the dead relay")
+            noticed_s = time.monotonic() - killed
+            await until(lambda: _on(spk, standby.media_addr), 6, "the speaker on the standby")
         link.close()
     print(f"\nquiet channel: {idle:.0f} B/s idle, {talking:.0f} B/s during a tone; "
-          f"dead relay left after {moved_s:.2f} s")
+          f"dead relay left after {noticed_s:.2f} s")
     assert idle <= IDLE_BOUND, idle
     assert talking > 20 * idle
-    assert moved_s < 2.0
+    assert noticed_s < 2.0
+
+
+async def _failed_over(spk) -> bool:
+    return bool((await spk.health())["failovers"] >= 1)
 
 
 async def _on(spk, addr: str) -> bool:

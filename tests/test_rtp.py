@@ -260,7 +260,7 @@ def stream(cl, start, end, every=0.02, tick_every=0.1):
     out = []
     for t, what in events:
         if what == "heard":
-            cl.heard(t)
+            cl.heard_packet(t, round(t / every) * 960)  # an RTP packet of the stream
         else:
             out += cl.tick(t)
     return out
@@ -350,6 +350,7 @@ def test_handshake_gives_up_in_failover_s_then_backs_off_round_by_round():
     assert set(types(sent)) == {sub.MsgType.HELLO}
     # a SUBACK ends the back-off: the next dead upstream is given up after 0.5 s again
     handshake(server(), cl, now=30.0)
+    cl.heard_packet(30.0, 0)  # its stream starts (before the first packet the bound is longer)
     moves.clear()
     run([30.0, *(30 + i / 16 for i in range(1, 17))])
     assert moves == [30.3125, 30.875]  # silent for > 0.3 s, then 0.5 s without a COOKIE
