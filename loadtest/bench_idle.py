@@ -18,6 +18,10 @@ in cores, and per 5,000 subscribers. Ratios are against window 1 of the same run
 machine is shared and noisy.
 
     python -m loadtest.bench_idle [--subscribers 5000] [--seconds 20] [--write]
+
+``--mixer`` measures the streamer's side instead: the median time of one ``Mixer.tick`` of
+1,000 channels, quiet channels against streaming silence, with nothing on air and with one
+broadcast on half of them (in process, no sockets; ``--write`` puts it in its own section).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import select
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -378,11 +383,58 @@ def render(windows: list[Window], n: int, seconds: float, cmd: str) -> str:
     ])
 
 
+class _Discard:
+    def publish_block(self, channels: object, block: object) -> None:
+        pass
+
+    def pause(self, channels: object) -> None:
+        pass
+
+
+def tick_us(heartbeat_ms: int | None, on_air: bool, channels: int = 1000,
+            frames: int = 1000) -> float:
+    """Median µs of one ``Mixer.tick`` of ``channels`` channels (one encoder thread)."""
+    chans = [f"p.d{i // 20}.c{i}" for i in range(channels)]
+    m = Mixer(chans, FrameClock(20, start_mono=0.0, start_wall=0.0), _Discard(),
+              wall=time.time, workers=1, idle_heartbeat_ms=heartbeat_ms)
+    if on_air:
+        m.start(Item(1, Priority.NORMAL, Tone(1000, None), 1), chans[:channels // 2])
+    for k in range(50):  # past the tail: the quiet ones are quiet
+        m.tick(k)
+    spent = []
+    for k in range(50, 50 + frames):
+        t0 = time.perf_counter()
+        m.tick(k)
+        spent.append(time.perf_counter() - t0)
+    m.close()
+    return statistics.median(spent) * 1e6
+
+
+def render_mixer(cmd: str) -> str:
+    rows = []
+    for on_air in (False, True):
+        streamed, quiet = tick_us(None, on_air), tick_us(500, on_air)
+        rows.append(("half on air" if on_air else "nothing on air", f"{streamed:.0f}",
+                     f"{quiet:.0f}", f"{quiet / streamed:.2f}"))
+    return "\n".join([
+        "### The mixer's side of quiet channels",
+        "",
+        f"{today()}, {machine()}. `{cmd}`: the median time of one `Mixer.tick` of 1,000 "
+        "channels (1,000 frames, one encoder thread), streaming silence against quiet channels "
+        "(heartbeats, no encode for a programme whose channels are all quiet).",
+        "",
+        table(("on air", "streamed silence (µs)", "quiet channels (µs)", "quiet ÷ streamed"),
+              rows),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=20.0, help="each window")
     ap.add_argument("--write", action="store_true", help="rewrite its docs/BENCHMARKS.md section")
+    ap.add_argument("--mixer", action="store_true",
+                    help="the mixer's tick with and without quiet channels, in process")
     ap.add_argument("--role", choices=("main", "receiver"), default="main",
                     help=argparse.SUPPRESS)
     ap.add_argument("--signing-key", default="", help=argparse.SUPPRESS)
@@ -393,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--subscribers must be 1..10000 and --seconds 5..300")
     cmd = ".venv/bin/python -m loadtest.bench_idle " + " ".join(
         sys.argv[1:] if argv is None else argv)
+    if args.mixer:
+        text = render_mixer(cmd.strip())
+        print(text)
+        if args.write:
+            write_section("bench_idle_mixer", text)
+        return 0
     windows, _ = asyncio.run(bench(args.subscribers, args.seconds))
     text = render(windows, args.subscribers, args.seconds, cmd.strip())
     print(text)
