@@ -218,6 +218,30 @@ def test_a_subscriber_waits_for_heartbeats_while_quiet_and_not_longer() -> None:
     assert not c.quiet
 
 
+def test_heartbeats_between_forged_packets_do_not_keep_a_tampering_upstream() -> None:
+    """Heartbeats are not signed: they stand for proven media only while no packet comes.
+    An upstream that sends packets no LOAS proves (never ``on_media``) with a heartbeat now
+    and then is still left after ``media_timeout_s``; one that sends only heartbeats is a
+    quiet channel and is kept."""
+    c = subscribed_client(0.0)
+    t, ts, left = 0.0, 1000, None
+    while t < 5.0 and left is None:
+        c.heard_packet(t, ts)  # a forgery: heard, never proven
+        if round(t / 0.02) % 25 == 0:
+            c.heard_report(t, ts + N)
+        if round(t / 0.02) % 5 == 0 and c.tick(t) and c.failovers:
+            left = t
+        t, ts = round(t + 0.02, 2), ts + N
+    assert left is not None and 3.0 < left <= 3.2, left
+    c = subscribed_client(0.0)
+    c.heard_packet(0.0, 1000)
+    for i in range(1, 20):  # 10 s of heartbeats only
+        c.heard_report(i * 0.5, 1000 + i * 25 * N)
+        c.tick(i * 0.5 - 0.25)
+        c.tick(i * 0.5)
+    assert c.quiet and c.failovers == 0
+
+
 def test_the_playout_does_not_conceal_a_pause_and_plays_what_follows_on_time() -> None:
     enc = opuslib.Encoder(48_000, 1, opuslib.APPLICATION_AUDIO)
     tone = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(N) / 48_000)).astype("<i2")

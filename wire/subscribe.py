@@ -534,6 +534,7 @@ class SubscribeClient:
     _last_media: float = 0.0
     _last_heard: float = 0.0  # the last datagram of the stream from the current upstream
     _newest_ts: int | None = None  # RTP timestamp of the newest packet of this subscription
+    _last_packet: float = float("-inf")  # when the last RTP packet of the stream came
     _last_tick: float | None = None
     _rounds: int = 0  # whole rounds of the upstream list without a SUBACK
     _times_asked: list[int] = field(default_factory=list)  # t1 of the last TIMEs, newest last
@@ -594,7 +595,7 @@ class SubscribeClient:
     def heard_packet(self, now: float, ts: int) -> None:
         """An RTP packet of the stream, with RTP timestamp ``ts``, whatever it proves: the
         upstream is alive and, if it is the newest, the channel is not quiet."""
-        self._last_heard = now
+        self._last_heard = self._last_packet = now
         newest = self._newest_ts
         if newest is not None:
             behind = (newest - ts) % TS_MOD
@@ -609,11 +610,13 @@ class SubscribeClient:
         newest packet's, the sender's clock has moved on without sending media (a heartbeat
         of a quiet channel; a report whose frame was lost says so for the 20 ms until the
         next packet). A quiet channel is alive and has nothing to prove, so it counts as
-        media for ``media_timeout_s`` too."""
+        media for ``media_timeout_s`` too, but only while no packet comes: heartbeats are not
+        signed, and an upstream sending forged packets between them must still be left."""
         self._last_heard = now
         if ts != self._newest_ts:
             self.quiet = True
-            self._last_media = now
+            if now - self._last_packet > self.silence_s:
+                self._last_media = now
 
     def on_media(self, now: float) -> None:
         """Media that may play came from the current upstream (proven by its signature, or
