@@ -19,14 +19,16 @@ def packets(n: int, first_seq: int = 100, priority: int = 0, tag: bytes = b"") -
             for i in range(n)]
 
 
-def signed(key: auth.SigningKey, pkts: list[bytes], level: int = 0,
+def signed(key: auth.SigningKey, pkts: list[bytes],
            frames: int = auth.DEFAULT_BATCH_FRAMES) -> list[bytes]:
-    """The LOAS datagrams a signer sends for ``pkts`` (then flushes)."""
-    signer = auth.ChannelSigner(key, CH, SSRC, frames)
-    out: list[bytes] = []
-    for p in pkts:
-        out += signer.add(p, int.from_bytes(p[2:4], "big"), level)
-    return out + signer.flush()
+    """The LOAS datagrams that sign ``pkts`` in batches of ``frames``, as the streamer signs a
+    channel on air (its signer starts with a packet alone and a ramp: see the signer's tests)."""
+    out = []
+    for i in range(0, len(pkts), frames):
+        batch = pkts[i:i + frames]
+        out.append(auth.sign_batch(key, CH, SSRC, int.from_bytes(batch[0][2:4], "big"),
+                                   [auth.packet_hash(p) for p in batch]).build())
+    return out
 
 
 def gate_for(*keys: auth.SigningKey) -> auth.MediaGate[bytes]:
@@ -124,7 +126,7 @@ def test_an_altered_batch_with_no_genuine_packet_plays_nothing(key):
 def test_the_emergency_level_cannot_be_added_or_stripped(key):
     for real, fake in ((0, 3), (3, 0)):
         pkts = packets(12, priority=real)
-        [*loases] = signed(key, pkts, level=real)
+        [*loases] = signed(key, pkts)
         gate = gate_for(key)
         hold_all(gate, packets(12, priority=fake))
         assert all(gate.vouch(loas, 0.0) == [] for loas in loases)
@@ -132,8 +134,8 @@ def test_the_emergency_level_cannot_be_added_or_stripped(key):
 
 def test_another_channel_or_an_unknown_key_is_refused(key):
     pkts = packets(12)
-    signer = auth.ChannelSigner(key, "vn.79.760.26735/main", SSRC, 12)
-    loas = [x for p in pkts for x in signer.add(p, int.from_bytes(p[2:4], "big"), 0)][0]
+    loas = auth.sign_batch(key, "vn.79.760.26735/main", SSRC, 100,
+                           [auth.packet_hash(p) for p in pkts]).build()
     gate = gate_for(key)
     hold_all(gate, pkts)
     assert gate.vouch(loas, 0.0) == [] and gate.last == "bad_signature"
@@ -215,7 +217,7 @@ def test_a_kept_loas_sorts_out_an_impostor_once_enough_has_come(key):
 def test_a_single_packet_batch_verifies_from_its_loas_alone(key):
     """The first packet of an emergency is signed alone: a LOAS overtaking it proves it."""
     [pkt] = packets(1, priority=3)
-    [loas] = signed(key, [pkt], level=3)
+    [loas] = signed(key, [pkt])
     gate = gate_for(key)
     assert gate.vouch(loas, 0.0) == [] and gate.last == "verified"
     assert gate.hold(100, pkt, pkt, 0.0) and gate.take_late() == ([pkt], [])
@@ -282,21 +284,56 @@ def test_rotation_both_pinned_keys_verify(key):
     assert gate.vouch(old_loas, 0.0) == first and gate.vouch(new_loas, 0.0) == second
 
 
+def _closes(signer: auth.ChannelSigner, seq_levels, flush_before=()) -> list[tuple]:
+    """(seq that closed it or "flush", first seq, count) for each LOAS the signer sends."""
+    closes: list[tuple] = []
+    for seq, level in seq_levels:
+        out = signer.flush() if seq in flush_before else []
+        closes += [("flush", auth.parse_loas(x).first_seq, auth.parse_loas(x).count) for x in out]
+        out = signer.add(packets(1, seq, priority=level)[0], seq, level)
+        closes += [(seq, auth.parse_loas(x).first_seq, auth.parse_loas(x).count) for x in out]
+    return closes
+
+
 def test_batches_close_at_size_gap_and_level_change(key):
     signer = auth.ChannelSigner(key, CH, SSRC, frames=4, phase=1)
-    closes = []
-    for seq, level in [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (7, 0), (8, 1), (9, 3),
-                       (10, 3), (11, 0)]:
-        out = signer.add(packets(1, seq)[0], seq, level)
-        closes += [(seq, auth.parse_loas(x).first_seq, auth.parse_loas(x).count) for x in out]
-    assert closes == [
-        (2, 0, 3),  # phase 1: the first batch is one frame shorter
+    assert _closes(signer, [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (7, 0), (8, 1),
+                            (9, 3), (10, 3), (11, 0), (12, 0)]) == [
+        (0, 0, 1),  # the channel's first packet is signed alone
+        (2, 1, 2),  # then the ramp: 2 packets, then 4 (cut short here)
         (7, 3, 3),  # the gap at 6 closes 3..5 when 7 arrives
         (8, 7, 1),  # level 0 → 1 closes 7; a rise signs 8 alone
         (8, 8, 1),
         (9, 9, 1),  # 1 → 3 is a rise too
-        (11, 10, 1),  # falling back closes 10 and starts a new batch
+        (11, 10, 1),  # falling back closes 10 and starts a new batch (the ramp's 2)
+        (12, 11, 2),
     ]
+
+
+def test_after_a_pause_the_next_broadcast_starts_with_a_packet_alone(key):
+    """A quiet channel's next broadcast is often at the level of the last one: its first
+    packet is still signed alone, and the batches ramp up again, so the start of the broadcast
+    does not wait a whole batch for its signature."""
+    signer = auth.ChannelSigner(key, CH, SSRC, frames=4, phase=1)
+    assert _closes(signer, [(i, 1) for i in range(17)], flush_before={13}) == [
+        (0, 0, 1), (2, 1, 2), (6, 3, 4),
+        (9, 7, 3),  # phase 1: one frame short, back on the channel's own frame
+        ("flush", 10, 3),  # the channel pauses with 10..12 unsigned: signed now
+        (13, 13, 1), (15, 14, 2),  # same level, still alone, then the ramp again
+    ]
+
+
+def test_channels_that_start_together_sign_on_different_frames(key):
+    """At 06:00 every commune starts on the same frame; after the ramp each channel's batches
+    close on its own frame (its phase), so a thousand channels do not all sign at once."""
+    frames = auth.DEFAULT_BATCH_FRAMES
+    closing: list[set[int]] = []
+    for phase in range(frames):
+        signer = auth.ChannelSigner(key, CH, SSRC, frames=frames, phase=phase)
+        closes = _closes(signer, [(i, 1) for i in range(10 * frames)])
+        closing.append({seq % frames for seq, _, _ in closes if seq >= 4 * frames})
+    assert all(len(c) == 1 for c in closing), closing  # one frame each, batch after batch
+    assert len(set.union(*closing)) == frames  # and a different one for each phase
 
 
 def test_keys_read_and_write():

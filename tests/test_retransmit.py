@@ -148,9 +148,9 @@ def test_a_retransmitted_packet_is_proven_by_its_batch() -> None:
     parity) and is kept; the copies sent again are the original datagrams, so the batch
     verifies and all twelve play."""
     key = auth.SigningKey.generate()
-    signer = auth.ChannelSigner(key, "ch", ssrc_for("ch"))
     batch = [rtp(k, 90 + k) for k in range(12)]
-    (loas,) = [sig for k, p in enumerate(batch) for sig in signer.add(p, k, 0)]
+    loas = auth.sign_batch(key, "ch", ssrc_for("ch"), 0,
+                           [auth.packet_hash(p) for p in batch]).build()
     gate: auth.MediaGate[int] = auth.MediaGate("ch", auth.Keyring([key.public]))
     lost = {3, 4, 5}
     for k, p in enumerate(batch):
@@ -172,16 +172,14 @@ def test_a_lost_loas_is_asked_for_as_soon_as_a_later_batch_comes() -> None:
     one) past a held packet have come, its LOAS is lost, before ``OVERDUE_S`` has passed, and
     every round trip saved is one more try within the playout delay."""
     key = auth.SigningKey.generate()
-    signer = auth.ChannelSigner(key, "ch", ssrc_for("ch"))
     gate: auth.MediaGate[int] = auth.MediaGate("ch", auth.Keyring([key.public]))
-    for k in range(12):  # a first batch, proven: the gate learns a batch is 12 packets
-        p = rtp(k)
+    first = [rtp(k) for k in range(12)]
+    for k, p in enumerate(first):
         gate.hold(k, p, k, 0.0)
-        for sig in signer.add(p, k, 0):
-            assert gate.vouch(sig, 0.0) == list(range(12))
+    loas = auth.sign_batch(key, "ch", ssrc_for("ch"), 0, [auth.packet_hash(p) for p in first])
+    assert gate.vouch(loas.build(), 0.0) == list(range(12))  # the gate learns: 12 a batch
     for k in range(12, 26):  # the second batch, its LOAS lost, then the third's first two
         p = rtp(k)
-        signer.add(p, k, 0)
         now = 1.0 + 0.02 * (k - 12)
         gate.hold(k, p, k, now)
         if k == 24:

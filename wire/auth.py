@@ -647,13 +647,20 @@ class ChannelSigner:
     """Batches one channel's packets and signs each batch as it closes.
 
     A batch closes after ``frames`` packets, at a gap in the sequence numbers, and at a change
-    of priority level: the packets before the change are signed at once, and the first packet
-    of a higher level is signed alone, so that an emergency's first frame is playable one
-    packet later, not one batch later. ``phase`` shortens the first batch, so that channels
-    created together do not all sign on the same frame.
+    of priority level: the packets before the change are signed at once. The first packet of a
+    higher level, and the first after a ``flush`` (a quiet channel's next broadcast), is signed
+    alone, so that it is playable one packet later, not one batch later; the batches after it
+    ramp up (``RAMP``: 2, then 4 packets) so the start of a broadcast does not spend its
+    playout delay waiting for a signature when it is likeliest to be late (the streamer is
+    busy starting it), then one batch shortened by ``phase`` puts the channel back on its own
+    frame, so that channels which start together do not go on signing on the same frame.
     """
 
-    __slots__ = ("key", "channel", "ssrc", "frames", "_hashes", "_first", "_level", "_room")
+    __slots__ = ("key", "channel", "ssrc", "frames", "phase", "_hashes", "_first", "_level",
+                 "_room", "_plan", "_fresh")
+
+    #: the batch lengths after a packet signed alone, before the phased one
+    RAMP = (2, 4)
 
     def __init__(self, key: SigningKey, channel: str, ssrc: int,
                  frames: int = DEFAULT_BATCH_FRAMES, phase: int = 0) -> None:
@@ -663,15 +670,19 @@ class ChannelSigner:
         self.channel = channel
         self.ssrc = ssrc
         self.frames = frames
+        self.phase = phase % frames
         self._hashes: list[bytes] = []
         self._first = 0
         self._level = 0
-        self._room = frames - phase % frames
+        self._room = frames
+        self._plan: list[int] = []  # the next batch lengths, last first
+        self._fresh = True  # the next packet starts the channel (or ends a pause)
 
     def add(self, datagram: bytes | bytearray | memoryview, seq: int, level: int) -> list[bytes]:
         """Record one packet just sent; the LOAS datagrams to send after it (0, 1 or 2)."""
         out: list[bytes] = []
-        rose = level > self._level
+        alone = self._fresh or level > self._level
+        self._fresh = False
         if self._hashes and (level != self._level
                              or (self._first + len(self._hashes)) % SEQ_MOD != seq % SEQ_MOD):
             out.append(self._close())
@@ -679,16 +690,23 @@ class ChannelSigner:
             self._first = seq % SEQ_MOD
         self._level = level
         self._hashes.append(packet_hash(datagram))
-        if rose or len(self._hashes) >= self._room:
+        if alone:
             out.append(self._close())
+            phased = self.frames - self.phase
+            self._plan = [phased] + [min(n, self.frames) for n in reversed(self.RAMP)]
+            self._room = self._plan.pop()
+        elif len(self._hashes) >= self._room:
+            out.append(self._close())
+            self._room = self._plan.pop() if self._plan else self.frames
         return out
 
     def flush(self) -> list[bytes]:
-        """Sign what is batched now (the channel stops, or the key changes)."""
+        """Sign what is batched now (the channel pauses or stops, or the key changes); the next
+        packet is signed alone."""
+        self._fresh = True
         return [self._close()] if self._hashes else []
 
     def _close(self) -> bytes:
         loas = sign_batch(self.key, self.channel, self.ssrc, self._first, self._hashes)
         self._hashes = []
-        self._room = self.frames
         return loas.build()
