@@ -33,7 +33,7 @@ from tests.harness.subscriber import Subscriber
 from tests.harness.wait import until
 from tests.harness.zones import KP1
 from wire import packet, rtcp
-from wire.auth import Keyring, MediaGate
+from wire.auth import DEFAULT_BATCH_FRAMES, Keyring, MediaGate
 from wire.packet import RtpPacket
 from wire.priority import Priority
 from wire.subscribe import ClientState, SubscribeClient
@@ -155,6 +155,37 @@ def test_the_last_packets_before_a_pause_are_proven_at_once() -> None:
         fanout.sent.clear()
     sent_seqs = 15 + QUIET_TAIL_FRAMES  # the tone, then the tail of silence
     assert sorted(proven) == list(range(sent_seqs)) and len(gate) == 0
+
+
+def test_the_next_broadcast_after_a_pause_is_proven_from_its_first_packet() -> None:
+    """A bulletin after a quiet spell, at the level of the last one: its first packet is
+    signed alone and the next ones in short batches, so the start of the broadcast does not
+    spend the speaker's playout delay (300 ms) waiting for a 240 ms batch to fill."""
+    fanout = Fanout()
+    sink = SigningSink(fanout, TEST_KEY, registry=None)  # type: ignore[arg-type]
+    m = quiet_mixer(["a"], sink)
+    gate: MediaGate[int] = MediaGate("a", Keyring([TEST_KEY.public]))
+    sent_at: dict[int, int] = {}
+    proven_at: dict[int, int] = {}
+    for k in range(120):
+        if k in (0, 60):  # the second starts long after the first has fallen quiet
+            m.start(Item(3 + k, Priority.NORMAL, Tone(1000, 0.3), 1), ["a"])
+        m.tick(k)
+        sink.sign_pending()
+        for ch, d in fanout.sent:
+            if packet.is_rtp(d) and not packet.is_rtcp(d):
+                p = packet.parse(d)
+                gate.hold(p.seq, d, p.seq, k * 0.02)
+                sent_at[p.seq] = k
+            elif ch == "a" and packet.is_rtcp(d) and d[1] == rtcp.PT_APP:
+                proven_at.update((seq, k) for seq in gate.vouch(d, k * 0.02))
+        fanout.sent.clear()
+    second = sorted(seq for seq, k in sent_at.items() if k >= 60)
+    assert len(second) == 15 + QUIET_TAIL_FRAMES and set(second) <= set(proven_at)
+    waits = [proven_at[seq] - sent_at[seq] for seq in second]
+    assert waits[0] == 0  # proven on the frame it was sent
+    assert max(waits[:7]) <= 3, waits  # then batches of 2 and 4
+    assert max(waits) < DEFAULT_BATCH_FRAMES, waits
 
 
 # --------------------------------------------------------------------------- subscribers
