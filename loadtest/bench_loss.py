@@ -302,7 +302,51 @@ original (0: right after it). `loas_repeats` = 1, 2 and 3 are the first three ro
 
 {table(("loss", "copies after packets", "concealed", "down kb/s"), spaced)}
 
-SPACING_PROSE
+Why these spacings. At 300 ms and a 60 ms round trip a batch's first frame is decoded 280 ms
+after its packet left, and the batch's `LOAS` leaves 220 ms after it: a copy is in time for
+that frame only if it leaves within 30 ms of the original, beside it or right after the next
+packet, and each packet later costs one more of the batch's first frames (the "2" row). One
+copy goes after the next packet: as good as beside the original under random loss, better in
+bursts, which take neighbours together. Two go beside the original and after the next packet:
+the first frame is then lost only with all three (p³), where "1, 2" leaves it p² (10 %² of the
+batches, a frame in twelve: 0.08 % on its own); no three datagrams in a row hold the original
+and both copies (`LOAS`, copy, next packet, copy), so a burst of three leaves one. A third
+copy, after the second packet, helps bursts a little more.
+
+What is left at 300 ms is of two kinds, about half each, at 10 % random loss with two copies
+as in bursts of 3: batches whose original and copies were all lost (p³ at random; in bursts,
+one of four datagrams or more, a third of the bursts), and batches with three or more packets
+still missing when their `LOAS` came (their last packets lost, asked for again, back a round
+trip later), which it cannot prove until one of them is back, too late for the first frame:
+copies cannot mend that. In bursts that leaves 1.4 %, isolated frames that PLC covers, so
+speech stays intelligible, but a link that loses in bursts still wants 500 ms. Asking sooner
+for a lost `LOAS` cannot pay: it is noticed at best when the next batch's first packet comes,
+240 ms after the batch's first plus the way down, and the answer is a round trip later, past
+280 ms; nor can a relay send a signature sooner, only the streamer
+signs, once the batch is complete. Each copy is 144 bytes on the wire (116 and IPv4+UDP) every
+240 ms: 4.8 kb/s per speaker, 4.5–4.7 kb/s net of the re-asked signatures it saves. It costs
+the speaker no signature check: a copy of a `LOAS` it has is counted `duplicate` on its
+signature alone (`tests/test_loas_repeats.py`).
+
+Retransmission costs bytes only where packets are lost: nothing on a clean link, about twice
+the loss rate (the request, padded to the size of its answer so that a relay never sends more
+than it is sent, and the packet again) on a lossy one. Redundancy pays on every packet
+whether it is lost or not: a delayed duplicate of each datagram is +100 % of the stream and
+still leaves p² of the packets lost (1 % at 10 % random loss, before FEC); RFC 2198 RED at
+depth 2 adds some +120 % of Opus bytes (`bench_codec`, "RED instead of in-band FEC") for p³
+(0.1 %), and a RED block is not the signed datagram: a speaker would have to rebuild each
+original packet, header included, to check it against its `LOAS`. Copies of the `LOAS` are
+redundancy too, but of 116 bytes per 240 ms, not of every packet.
+
+What recovery needs is time. Lost packets come back within a round trip or two; without copies
+what is left is the first packets of a batch whose `LOAS` was lost: they wait for it to be
+asked for again (once a packet a batch and one past the first has come, 260 ms after it at
+20 ms frames; 280 ms at the latest) and for the answer, too late at 300 ms (the "300 ms, 0"
+rows); at 500 ms a lost signature has two or three tries. With the requests lost too ("both
+ways"), lost requests for packets leave about 0.16 % at 500 ms, and as much at 300 ms with two
+copies. Random loss is independent here (a lost datagram is followed by another 10 % of the
+time); earlier runs modelled it as runs of exactly one lost datagram, which gave 0.018 % at
+500 ms and would flatter a copy sent beside the original.
 """
 
 
