@@ -1,13 +1,16 @@
 """Loss recovery on the last hop (issue 13 item 4): frames a speaker conceals, and the bytes
-each way, with and without asking for lost packets again (``RESEND`` kind 2).
+each way, with and without asking for lost packets again (``RESEND`` kind 2), and with the
+relay sending 0, 1 or 2 copies of each ``LOAS`` (``loas_repeats``).
 
 One channel of speech (``espeak-ng``, the streamer's default Opus settings: FEC on for 10 %
 loss, 32 kb/s VBR) crosses a simulated 4G last hop, 5 ms at a time: a relay's ``PacketRing``
-and the streamer's ``ChannelSigner`` on one side, the speaker's own sans-IO parts on the
+and ``LoasRepeats`` and the streamer's ``ChannelSigner`` on one side, the speaker's own
+sans-IO parts on the
 other (``MediaGate`` with its ``RESEND`` of lost signatures, ``LossTracker`` for lost
 packets). Every datagram each way (packets, ``LOAS``, requests, answers) crosses the lossy
 link and arrives ``RTT_S / 2`` later; what only recovery sends crosses loss chains of its own
-with the same statistics, so that the stream loses the same datagrams in both runs. A frame
+with the same statistics, so that the stream loses the same datagrams in both runs (copies of
+a ``LOAS`` are part of the stream, as on a real link, and cross its chain). A frame
 is decoded one frame before its play time (capture + playout delay): from its own packet if
 the gate has proven it by then, else from the next packet's in-band FEC if that one is proven
 (``FEC``), else it is **concealed** (PLC).

@@ -26,8 +26,8 @@ simulates). Both random-loss cases use the loss model of runs of exactly one los
 (``gilbert(p, 1)``, ``loadtest/lossy.py``), under which an original and the copy right beside
 it are never both lost: the expected count with copies is near 0 and 0.1 % (1 frame in 30 s)
 is a safe bound, while the relay without copies conceals about 4 %. Under independent loss
-(a copy beside the original lost with it 1 % of the time) ``bench_loss`` gives 0.09 % at
-300 ms with two copies, about 1.4 frames in such a window: a bound a 30 s test could not
+(a copy beside the original lost with it 10 % of the time) ``bench_loss`` gives 0.08 % at
+300 ms with two copies, about 1.2 frames in such a window: a bound a 30 s test could not
 hold without flaking, so it is the benchmark's figure, not this test's.
 """
 
