@@ -1,4 +1,4 @@
-"""A channel's ``LOAS`` signatures sent again on the last hop, a few packets after each.
+"""A channel's ``LOAS`` signatures sent again on the last hop: beside each, and a packet or two on.
 
 A speaker holds every packet of a 240 ms batch until the batch's ``LOAS`` proves it
 (``wire/auth.py``). When that one datagram is lost, the first packets of the batch can only be
