@@ -11,7 +11,9 @@ JSON, log, or look anything up but the channel. Each channel's destinations are 
 so one packet to 5,000 speakers is five system calls. A short ring of each channel's recent packets
 (``fanout/ring.py``) is replayed to a subscriber when it joins, so it starts playing at once;
 the same ring answers a subscriber that asks again for packets it lost (``RESEND`` kind 2,
-``wire/retransmit.py``) with the very datagrams, never more bytes than the request.
+``wire/retransmit.py``) with the very datagrams, never more bytes than the request. With
+``loas_repeats`` set (a relay whose speakers are on a lossy last hop), each ``LOAS`` goes to
+the subscribers again, once or more, within the next few packets (``fanout/repeat.py``).
 
 A subscriber is dropped (and counted, by reason) when its keepalives stop (``expired``) or
 when the kernel reports ICMP errors for its address for ``UNREACHABLE_S`` (``unreachable``:
@@ -41,8 +43,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from wire import retransmit, subscribe, token
-from wire.auth import Keyring
-from wire.packet import MalformedPacket
+from wire.auth import LOAS_LEN, Keyring, is_loas
+from wire.packet import MalformedPacket, is_rtcp
 from wire.subscribe import (
     Addr,
     Dropped,
@@ -57,6 +59,7 @@ from wire.subscribe import (
 
 from . import udp
 from .mmsg import SendBatch, sockaddr
+from .repeat import LoasRepeats
 from .ring import PacketRing
 
 log = logging.getLogger(__name__)
@@ -194,6 +197,7 @@ class _Metrics:
     batches: Counter = field(init=False)
     burst: Counter = field(init=False)
     retransmits: Counter = field(init=False)
+    loas_copies: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r, p = self.registry, ("process",)
@@ -217,6 +221,9 @@ class _Metrics:
             "loa_fanout_retransmits", "Packets subscribers asked for again (RESEND kind 2), "
             "by outcome: sent, unknown (no longer kept), too_big (more than the request), off",
             (*p, "outcome"), registry=r)
+        self.loas_copies = Counter(
+            "loa_fanout_loas_copies", "LOAS datagrams sent to subscribers again "
+            "(loas_repeats), once per subscriber set", p, registry=r)
         self.handshakes = Counter("loa_fanout_handshakes", "Control messages by outcome",
                                   (*p, "outcome"), registry=r)
         self.control_dropped = Counter(
@@ -252,12 +259,16 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         wall: Callable[[], float] = time.time,
         timeline: Callable[[], int | None] = time.time_ns,
         retransmit: bool = True,
+        loas_repeats: int = 0,
     ) -> None:
         """``tokens``: subscribers must present a token signed by one of these keys
         (``wire/token.py``); None lets anyone subscribe. ``wall``: the clock tokens are
         checked on. ``timeline``: the streamer's time now, ns (the streamer's own clock; a
         relay's estimate of it, None until it has one), which TIME asks for. ``retransmit``: answer
-        subscribers that ask for lost packets again (``docs/operations.md``, "Loss recovery")."""
+        subscribers that ask for lost packets again (``docs/operations.md``, "Loss recovery").
+        ``loas_repeats``: send subscribers each LOAS this many times more (0-3,
+        ``fanout/repeat.py``)."""
+        LoasRepeats.copies(loas_repeats)  # 0 to MAX_REPEATS, or ValueError now
         self.process = process
         self.registry = registry
         self.ptime_ms = ptime_ms
@@ -265,6 +276,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self.multicast_ttl = multicast_ttl
         self.burst_s = burst_s
         self.retransmit = retransmit
+        self.loas_repeats = loas_repeats
         self._clock = clock
         self._timeline = timeline
         # The cookie secret is random per process: cookies need no sharing, only to survive
@@ -278,6 +290,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self._listeners: dict[str, tuple[Listener, ...]] = {}
         self._chan_metrics: dict[str, _ChannelMetrics] = {}
         self._rings: dict[str, PacketRing] = {}
+        self._repeats: dict[str, LoasRepeats] = {}  # only with loas_repeats
         self._unreachable: dict[Addr, float] = {}  # address → first ICMP error of this spell
         self.metrics = _Metrics(process, registry)
         m = self.metrics
@@ -285,6 +298,7 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         self._backlog = m.send_errors.labels(process, "backlog")
         self._refused = m.send_errors.labels(process, "refused")
         self._batches = m.batches.labels(process)
+        self._copies = m.loas_copies.labels(process)
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
         self._fd = -1
@@ -351,6 +365,8 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         if ring is not None:
             ring.add(packet, self._clock())
         self._send_batch(channel, packet, self.table.get(channel))
+        if self._repeats:
+            self._repeat(channel, packet)
         listeners = self._listeners.get(channel)
         if listeners:
             self._tell(channel, listeners, packet)
@@ -363,6 +379,8 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         if ring is not None:
             ring.add(packet, self._clock())
         self._send_batch(channel, packet, self.table.get_subscribers(channel))
+        if self._repeats:
+            self._repeat(channel, packet)
 
     def publish_plain(self, channel: str, packet: bytes) -> None:
         """Send ``packet`` to the static destinations and listeners of ``channel`` only: plain
@@ -372,6 +390,25 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
         listeners = self._listeners.get(channel)
         if listeners:
             self._tell(channel, listeners, packet)
+
+    def _repeat(self, channel: str, packet: bytes) -> None:
+        """A LOAS just sent is kept to send again; an RTP packet may make copies due. Copies
+        go to the subscribers only: plain RTP destinations cannot use a LOAS."""
+        repeats = self._repeats.get(channel)
+        if repeats is None:
+            return
+        if is_rtcp(packet):
+            if not (len(packet) == LOAS_LEN and is_loas(packet)):
+                return
+            copies = repeats.loas(packet)
+        else:
+            copies = repeats.packet()
+        if copies:
+            batch = self.table.get_subscribers(channel)
+            for copy in copies:
+                self._send_batch(channel, copy, batch)
+            if batch:
+                self._copies.inc(len(copies))
 
     def _send_batch(self, channel: str, packet: bytes, batch: SendBatch) -> None:
         if batch:
@@ -658,12 +695,15 @@ class FanoutEndpoint(asyncio.DatagramProtocol):
                 )
             if channel not in self._rings:
                 self._rings[channel] = PacketRing(self.burst_s, self.ptime_ms / 1000)
+            if self.loas_repeats and channel not in self._repeats:
+                self._repeats[channel] = LoasRepeats.copies(self.loas_repeats)
         else:
             # Forget the series of a channel nobody consumes: channel names come from the
             # network (a relay accepts any name upstream has not refused), so label sets
             # must not grow without bound.
             self._chan_metrics.pop(channel, None)
             self._rings.pop(channel, None)
+            self._repeats.pop(channel, None)
             for metric in (m.subscribers, m.packets, m.octets):
                 try:
                     metric.remove(self.process, channel)

@@ -8,7 +8,11 @@ and counts what crosses each way, which is what the measurement needs.
 The speaker subscribes to the forwarder's address as if it were the relay.
 
 Loss model (:func:`gilbert`): each datagram is lost with probability ``p`` on average, in runs
-of ``burst`` on average (a two-state Gilbert chain; ``burst=1`` is independent random loss).
+of ``burst`` on average (a two-state Gilbert chain). Independent random loss is
+``burst = 1 / (1 - p)`` (each datagram lost with probability ``p`` whatever became of the one
+before); ``burst=1`` is not, it makes every run exactly
+one datagram long, so that a lost datagram is never followed by another, which flatters
+anything sent twice in a row.
 """
 
 from __future__ import annotations
@@ -67,11 +71,13 @@ class Direction:
 class LossyLink:
     """Forwards speaker ⇄ relay. While ``lossy`` is set, a datagram relay→speaker is dropped
     when ``down()`` says so and one speaker→relay when ``up()`` says so; ``down_stats`` and
-    ``up_stats`` count what was offered while ``counting`` is set."""
+    ``up_stats`` count what was offered while ``counting`` is set. ``delay_s``: each way, what
+    is not dropped is sent on that much later (half a 4G round trip), in order."""
 
     def __init__(self, relay: Addr, down: Callable[[], bool] = never,
-                 up: Callable[[], bool] = never) -> None:
+                 up: Callable[[], bool] = never, delay_s: float = 0.0) -> None:
         self.relay, self.down_loss, self.up_loss = relay, down, up
+        self.delay_s = delay_s
         self.lossy = False
         self.counting = False
         self.down_stats, self.up_stats = Direction(), Direction()
@@ -103,7 +109,7 @@ class LossyLink:
             self.up_stats.dropped += 1
             return
         assert self._up is not None
-        self._up.sendto(data, self.relay)
+        self._send(self._up, data, self.relay)
 
     def _from_relay(self, data: bytes, addr: Any) -> None:
         if self.speaker is None:
@@ -118,9 +124,20 @@ class LossyLink:
             self.down_stats.dropped += 1
             return
         assert self._down is not None
-        self._down.sendto(data, self.speaker)
+        self._send(self._down, data, self.speaker)
+
+    def _send(self, transport: asyncio.DatagramTransport, data: bytes, to: Any) -> None:
+        if self.delay_s > 0:
+            asyncio.get_running_loop().call_later(self.delay_s, _send_open, transport, data, to)
+        else:
+            transport.sendto(data, to)
 
     def close(self) -> None:
         for t in (self._down, self._up):
             if t is not None:
                 t.close()
+
+
+def _send_open(transport: asyncio.DatagramTransport, data: bytes, to: Any) -> None:
+    if not transport.is_closing():  # the link closed while the datagram was on its way
+        transport.sendto(data, to)

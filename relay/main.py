@@ -38,6 +38,7 @@ from device.mqtt_config import DeviceMqttKeys
 from device.trust import StreamTrustKeys, TokenKeys, TrustedKeys, auth_metrics, keys_metrics
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes, listen_tokens
+from fanout.repeat import MAX_REPEATS
 from wire import subscribe
 from wire.auth import Keyring
 from wire.packet import ssrc_for
@@ -67,6 +68,10 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     #: lost (RESEND kind 2; ``docs/operations.md``, "Loss recovery"): bytes only where
     #: packets are lost
     retransmit: bool = True
+    #: send subscribers each LOAS signature this many times more (0-3), within the next
+    #: packets (``fanout/repeat.py``): for speakers on a lossy last hop (4G) at the default
+    #: 300 ms playout delay, +4.8 kb/s per copy and subscriber (``docs/operations.md``)
+    loas_repeats: int = 0
     log_level: str = "INFO"
     #: subscribers must present a token signed by a pinned streamer key (``wire/token.py``);
     #: on by default, off only on a test bench (``docs/operations.md``, "Subscription tokens")
@@ -87,6 +92,8 @@ class RelayConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         if not 0 <= self.burst_ms <= 1000:
             raise ConfigError("burst_ms", "must be 0 (no burst) to 1000 ms, and below the "
                               "speakers' playout delay")
+        if not 0 <= self.loas_repeats <= MAX_REPEATS:
+            raise ConfigError("loas_repeats", f"must be 0 (none) to {MAX_REPEATS} copies")
         if not self.upstream:
             raise ConfigError("upstream", "at least one upstream host:port is required")
         if any(port == 0 for _, port in self.upstream):
@@ -122,6 +129,9 @@ def load_config(
     ap.add_argument("--retransmit", help="on (default) or off: send subscribers the packets "
                     "they ask for again, and ask upstream for those this relay lost "
                     "(docs/operations.md, \"Loss recovery\")")
+    ap.add_argument("--loas-repeats", type=int, help="send subscribers each LOAS again this "
+                    "many times (0-3, default 0; 2 for 4G speakers at a 300 ms playout delay: "
+                    "docs/operations.md, \"Loss recovery\")")
     ap.add_argument("--log-level")
     ap.add_argument("--mqtt-url", help="join the control plane: mqtt://host:port (or mqtts://)")
     ap.add_argument("--mqtt-user", help="MQTT user name (default: the relay id)")
@@ -179,7 +189,7 @@ async def run(cfg: RelayConfig, stop: asyncio.Event | None = None) -> None:
         channel_ssrc=channel_ssrc, registry=registry, process="relay", ptime_ms=cfg.ptime_ms,
         keepalive_s=cfg.keepalive_s, expire_s=cfg.expire_s, on_change=on_change,
         burst_s=cfg.burst_ms / 1000, tokens=_token_keys(cfg, trusted), timeline=timeline,
-        retransmit=cfg.retransmit,
+        retransmit=cfg.retransmit, loas_repeats=cfg.loas_repeats,
     )
     keys = trusted.keyring if trusted is not None and cfg.verify_media else None
     tokens = cfg.token_source()

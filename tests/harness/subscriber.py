@@ -25,6 +25,7 @@ class Subscriber(asyncio.DatagramProtocol):
         self.payloads: list[bytes] = []
         self.rejects: list[int] = []  # the reason of every REJECT received
         self.rtcp = 0
+        self.media: list[bytes] = []  # every RTP and RTCP datagram, in order of arrival
         self.transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -45,10 +46,12 @@ class Subscriber(asyncio.DatagramProtocol):
             self._send(self.client.handle(data, addr, time.monotonic()))
         elif is_rtcp(data):
             self.rtcp += 1
+            self.media.append(data)
             if (ts := report_ts(data)) is not None:  # a quiet channel's heartbeat, perhaps
                 self.client.heard_report(time.monotonic(), ts)
         elif is_rtp(data):
             pkt = parse(data)
+            self.media.append(data)
             if pkt.ssrc == self.client.ssrc:
                 self.client.heard_packet(time.monotonic(), pkt.ts)
                 self.client.on_media(time.monotonic())
