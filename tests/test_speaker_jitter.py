@@ -154,6 +154,9 @@ class FakeDecoder:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, int, bool]] = []
 
+    def set_gain(self, gain: float) -> bool:
+        return False  # the playout applies the volume
+
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
         self.calls.append((payload, frame_size, fec))
         if payload == b"\xff":
@@ -167,7 +170,7 @@ class RecordingSink:
         self.chunks: list[np.ndarray] = []
 
     def write(self, pcm: np.ndarray) -> None:
-        self.chunks.append(pcm.copy())
+        self.chunks.append(np.array(pcm, dtype=np.int16))
 
     def write_silence(self, n: int) -> None:
         self.chunks.append(np.zeros(n, dtype=np.int16))

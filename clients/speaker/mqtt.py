@@ -37,7 +37,7 @@ from wire.messages import (
 )
 from wire.subscribe import ClientState, SubscribeClient
 
-from .output import Sink
+from .output import Samples, Sink
 from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, volume_gain
 
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
@@ -69,11 +69,11 @@ class ToneOverlay:
     def tone_playing(self) -> bool:
         return self._tone_left > 0
 
-    def write(self, pcm: np.ndarray) -> None:
+    def write(self, pcm: Samples) -> None:
         for i in range(0, len(pcm), MAX_FRAME):
             self._write_chunk(pcm[i : i + MAX_FRAME])
 
-    def _write_chunk(self, pcm: np.ndarray) -> None:
+    def _write_chunk(self, pcm: Samples | np.ndarray) -> None:
         n = len(pcm)
         work = self._work[:n]
         np.copyto(work, pcm, casting="unsafe")
