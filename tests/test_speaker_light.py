@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +54,37 @@ async def test_a_plain_speaker_plays_without_http_or_mqtt_libraries_in_under_45_
             maps = Path(f"/proc/{proc.pid}/maps").read_text()
             assert [lib for lib in HEAVY if lib in maps] == []
             assert rss_mb(proc.pid) < MAX_RSS_MB
+        finally:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_speaker_paused_mid_broadcast_reads_its_backlog_and_plays_on(
+        tmp_path: Path) -> None:
+    """The speaker reads the socket once per datagram, not again to find it empty; a datagram
+    after a stall (the process was paused) has a backlog behind it, which must reach the
+    playout before its next beat, or the playout would take a second of stream as missing and
+    log the broadcast as two."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
+    log = tmp_path / "paused.jsonl"
+    async with serving(ToneUpstream) as up:
+        args = with_trust(["--id", "paused", "--channel", "ch", "--upstream", up.addr,
+                           "--log", str(log), "--var-dir", str(tmp_path / "var")],
+                          tmp_path, "paused")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert proc.stdout is not None
+            await asyncio.wait_for(proc.stdout.readline(), 15)
+            await until(lambda: log.exists() and '"play_start"' in log.read_text(), 15,
+                        "the speaker playing the tone")
+            os.kill(proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(1.5)  # longer than the playout's broadcast gap (1 s)
+            os.kill(proc.pid, signal.SIGCONT)
+            await asyncio.sleep(1.0)
+            events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+            assert events == ["start", "play_start"], events
         finally:
             proc.kill()
             await proc.wait()

@@ -75,6 +75,7 @@ class OpusDecoder:
         self._pcm = (ctypes.c_int16 * MAX_FRAME)()
         self._out = ctypes.cast(self._pcm, ctypes.POINTER(ctypes.c_int16))
         self._ctl = opuslib.api.decoder.libopus_ctl
+        self._gain = 1.0
         self._gain_q8 = 0
 
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
@@ -85,6 +86,9 @@ class OpusDecoder:
         return ctypes.string_at(self._pcm, 2 * n)
 
     def set_gain(self, gain: float) -> bool:
+        if gain == self._gain:
+            return True
+        self._gain = gain
         q8 = max(-32768, min(32767, round(20.0 * math.log10(gain) * 256.0)))
         if q8 != self._gain_q8:
             err = self._ctl(self._dec.decoder_state, self.SET_GAIN, ctypes.c_int32(q8))
