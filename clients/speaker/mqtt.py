@@ -73,7 +73,7 @@ class ToneOverlay:
         for i in range(0, len(pcm), MAX_FRAME):
             self._write_chunk(pcm[i : i + MAX_FRAME])
 
-    def _write_chunk(self, pcm: Samples | np.ndarray) -> None:
+    def _write_chunk(self, pcm: Samples) -> None:
         n = len(pcm)
         work = self._work[:n]
         np.copyto(work, pcm, casting="unsafe")
@@ -86,7 +86,7 @@ class ToneOverlay:
             np.clip(work, -32768, 32767, out=work)
             out = self._mixed[:n]
             np.copyto(out, work, casting="unsafe")
-            pcm = out
+            pcm = out.data  # a memoryview of the int16 samples
         self._sumsq += float(np.dot(work, work))
         self._samples += n
         self.sink.write(pcm)
@@ -94,7 +94,7 @@ class ToneOverlay:
     def write_silence(self, n: int) -> None:
         while self._tone_left and n > 0:
             k = min(n, self._tone_left, MAX_FRAME)
-            self._write_chunk(np.zeros(k, dtype=np.int16))
+            self._write_chunk(memoryview(bytes(2 * k)).cast("h"))
             n -= k
         if n > 0:
             self._samples += n
