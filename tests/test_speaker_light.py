@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
+from array import array
 from pathlib import Path
 
+import pytest
+
+from clients.speaker.mqtt import TEST_TONE_PEAK, ToneOverlay
+from clients.speaker.output import Samples
 from tests.harness.keys import with_trust
 from tests.harness.upstream import ToneUpstream, serving
 from tests.harness.wait import until
@@ -88,3 +94,40 @@ async def test_a_speaker_paused_mid_broadcast_reads_its_backlog_and_plays_on(
         finally:
             proc.kill()
             await proc.wait()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.pcm: list[int] = []
+
+    def write(self, pcm: Samples) -> None:
+        self.pcm.extend(pcm)
+
+    def write_silence(self, n: int) -> None:
+        self.pcm.extend([0] * n)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_test_tone_is_mixed_in_without_numpy_clipped_and_metered() -> None:
+    """The MQTT side's test tone and level meter (``ToneOverlay``) work on int16 buffers in
+    Python, as the playout does: the tone over silence, over loud audio (clipped at full
+    scale, never wrapped), then the audio alone once the tone is over."""
+    sink = Collect()
+    overlay = ToneOverlay(sink)
+    overlay.start_tone(1000, 0.02, 1.0)  # 960 samples
+    overlay.write_silence(480)
+    overlay.write(array("h", [32_000] * 960))
+    tone = [TEST_TONE_PEAK * 32767 * math.sin(2 * math.pi * 1000 * i / 48_000)
+            for i in range(960)]
+    assert len(sink.pcm) == 1440
+    assert all(abs(sink.pcm[i] - tone[i]) <= 1 for i in range(480))
+    assert all(abs(sink.pcm[480 + i] - min(32767, 32_000 + tone[480 + i])) <= 1
+               for i in range(480))
+    assert max(sink.pcm) == 32767 and sink.pcm[960:] == [32_000] * 480
+    expected = 10 * math.log10(sum(x * x for x in sink.pcm) / 1440 / 32768**2)
+    assert overlay.take_level_dbfs() == pytest.approx(expected, abs=0.01)
