@@ -61,7 +61,8 @@ class Sample:
 
 
 #: the least any asyncio process receiving the same packets costs: a datagram endpoint that
-#: counts them and nothing else (the "asyncio floor" column)
+#: counts them and nothing else, on the event loop the speaker runs (uvloop when installed,
+#: ``clients/speaker/main.py``; the "event-loop floor" column)
 FLOOR = """
 import asyncio
 class Count(asyncio.DatagramProtocol):
@@ -72,7 +73,11 @@ async def main():
     t, _ = await loop.create_datagram_endpoint(Count, local_addr=("127.0.0.1", 0))
     print(t.get_extra_info("sockname")[1], flush=True)
     await loop.create_future()
-asyncio.run(main())
+try:
+    from uvloop import run
+except ImportError:
+    run = asyncio.run
+run(main())
 """
 
 
@@ -101,7 +106,7 @@ class Datagrams:
 
 
 async def start_floor(exits: AsyncExitStack, ptime_ms: int) -> int:
-    """The asyncio floor process, fed a datagram every packet time; returns its pid."""
+    """The event-loop floor process, fed a datagram every packet time; returns its pid."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOR,
                                                 stdout=asyncio.subprocess.PIPE)
     exits.push_async_callback(stop_process, proc)
@@ -267,6 +272,11 @@ def render(results: dict[int, dict[str, dict[str, Sample]]], args: argparse.Name
                          f"**{loa.cpu_pct / snap.cpu_pct:.1f}×**" if snap.cpu_pct else "n/a",
                          f"{floor.cpu_pct:.2f} %", f"{loa.rss_mb:.1f} MB",
                          f"{snap.rss_mb:.1f} MB"])
+    try:
+        import uvloop
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio's own: uvloop is not installed"
     first = next(iter(results.values()))
     p, i = first["playing"], first["idle"]
     met = [p["loa"].cpu_pct <= 2 * p["snapclient"].cpu_pct,
@@ -293,12 +303,12 @@ on air (a quiet channel: the streamer sends its heartbeat, a sender report every
 the speaker beats every 100 ms) and silence in the pipe (snapserver encodes and sends it like
 any audio). CPU is utime + stime from
 `/proc/PID/stat` over the window, in % of one core; RSS is VmRSS at its end. The ratio is
-Loa's CPU over snapclient's in the same window. "asyncio floor": a Python process on the same
-machine whose asyncio datagram endpoint receives a datagram every packet time and does
-nothing with it, the least any asyncio speaker can cost.
+Loa's CPU over snapclient's in the same window. "event-loop floor": a Python process on the
+same machine whose asyncio datagram endpoint, on the speaker's event loop ({loop}), receives
+a datagram every packet time and does nothing with it, the least any such speaker can cost.
 
 {table(("packet time", "phase", "loa speaker CPU", "snapclient CPU", "ratio",
-        "asyncio floor CPU", "loa speaker RSS", "snapclient RSS"), rows)}
+        "event-loop floor CPU", "loa speaker RSS", "snapclient RSS"), rows)}
 
 Goal (issue 13, at {next(iter(results))} ms): {GOALS}: {verdict}.
 """
