@@ -37,7 +37,7 @@ from wire.messages import (
 from wire.subscribe import ClientState, SubscribeClient
 
 from .output import Samples, Sink
-from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, sumsq, volume_gain
+from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, sum_of_squares, volume_gain
 
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
 #: to check a horn and far from clipping whatever is playing under it
@@ -81,7 +81,7 @@ class ToneOverlay:
             self._phase = (phase + step * k) % (2 * math.pi)
             self._tone_left -= k
             pcm = mixed
-        self._sumsq += sumsq(pcm)
+        self._sumsq += sum_of_squares(pcm)
         self._samples += n
         self.sink.write(pcm)
 

@@ -142,12 +142,12 @@ class GainFade:
         if not k:
             self.gain = target
             if target == applied:
-                return src, sumsq(src)
+                return src, sum_of_squares(src)
             if target == 0.0:
                 return array("h", bytes(2 * len(src))), 0.0
             r = target / applied
             out = array("h", [int(x * r) for x in src])
-            return out, sumsq(out)
+            return out, sum_of_squares(out)
         done = self.fade_samples - self._left
         step = (target - self._from) / self.fade_samples
         base = self._from + step * done
@@ -157,10 +157,10 @@ class GainFade:
         out.extend([int(x * r) for x in src[k:]])
         self._left -= k
         self.gain = base + step * k if k == len(src) else target
-        return out, sumsq(out)
+        return out, sum_of_squares(out)
 
 
-def sumsq(pcm: Samples) -> float:
+def sum_of_squares(pcm: Samples) -> float:
     """The sum of the squares of int16 samples (``math.hypot`` loops in C)."""
     return math.hypot(*pcm) ** 2
 
