@@ -22,7 +22,11 @@ Needs ``snapserver`` and ``snapclient`` (Debian: ``apt-get install snapserver sn
 the run fails with that hint without them) and what ``loa streamer`` needs (redis-server).
 
     python -m loadtest.bench_speaker [--window-s 60] [--warmup-s 10] [--codec opus]
-        [--ptime-ms 20,60] [--write]
+        [--ptime-ms 20,60] [--baseline TREE] [--write]
+
+``--baseline TREE`` runs a second speaker from another source tree of Loa (``git worktree
+add /tmp/old COMMIT``) beside the first, on the same relay, for a before/after measured in
+the same windows.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class Sample:
 
 
 #: the least any asyncio process receiving the same packets costs: a datagram endpoint that
-#: counts them and nothing else (the "asyncio floor" column)
+#: counts them and nothing else, on the event loop the speaker runs (uvloop when installed,
+#: ``clients/speaker/main.py``; the "event-loop floor" column)
 FLOOR = """
 import asyncio
 class Count(asyncio.DatagramProtocol):
@@ -72,7 +77,11 @@ async def main():
     t, _ = await loop.create_datagram_endpoint(Count, local_addr=("127.0.0.1", 0))
     print(t.get_extra_info("sockname")[1], flush=True)
     await loop.create_future()
-asyncio.run(main())
+try:
+    from uvloop import run
+except ImportError:
+    run = asyncio.run
+run(main())
 """
 
 
@@ -101,7 +110,7 @@ class Datagrams:
 
 
 async def start_floor(exits: AsyncExitStack, ptime_ms: int) -> int:
-    """The asyncio floor process, fed a datagram every packet time; returns its pid."""
+    """The event-loop floor process, fed a datagram every packet time; returns its pid."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOR,
                                                 stdout=asyncio.subprocess.PIPE)
     exits.push_async_callback(stop_process, proc)
@@ -198,27 +207,41 @@ async def start_snapcast(exits: AsyncExitStack, tmp: Path, codec: str, chunk_ms:
     return server.pid, client.pid, pipe
 
 
-async def start_loa(stack: Stack, tmp: Path, ptime_ms: int, log: object) -> tuple[int, str]:
-    """Streamer, relay and one speaker on the first channel; returns (speaker pid, channel)."""
+async def start_loa(stack: Stack, tmp: Path, ptime_ms: int, log: object,
+                    baseline: Path | None = None) -> tuple[dict[str, int], str]:
+    """Streamer, relay and one speaker on the first channel, and one more from the source
+    tree ``baseline`` if given; returns ({"loa": pid, "baseline": pid}, channel)."""
     await stack.start_streamer_process(ptime_ms)
     relay = await stack.start_relay(0, ptime_ms)
     channel = (await stack.channels())[0]
+    pids = {"loa": await start_speaker(stack, tmp, channel, relay, "bench-speaker", ROOT, log)}
+    if baseline is not None:
+        pids["baseline"] = await start_speaker(stack, tmp, channel, relay, "bench-baseline",
+                                               baseline, log)
+    return pids, channel
+
+
+async def start_speaker(stack: Stack, tmp: Path, channel: str, relay: str, name: str,
+                        tree: Path, log: object) -> int:
+    """``python -m clients.speaker.main`` of the source tree ``tree``, subscribed to
+    ``channel`` through ``relay``; returns its pid."""
     key = load_key(stack.signing_key)
     assert key is not None
     from wire import token
-    token_file = tmp / "speaker.token"
+    token_file = tmp / f"{name}.token"
     token_file.write_text(base64.b64encode(token.issue(
-        key, "bench-speaker", [channel], time.time(), 86_400)).decode() + "\n")
+        key, name, [channel], time.time(), 86_400)).decode() + "\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.speaker.main", "--id", "bench-speaker",
+        sys.executable, "-m", "clients.speaker.main", "--id", name,
         "--channel", channel, "--upstream", relay, "--stream-key", stack.stream_key,
-        "--token-file", str(token_file), "--var-dir", str(tmp / "speaker-var"), cwd=ROOT,
+        "--token-file", str(token_file), "--var-dir", str(tmp / f"{name}-var"), cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
         stdout=asyncio.subprocess.PIPE, stderr=log)  # type: ignore[arg-type]
     stack.exits.push_async_callback(stop_process, proc)
     assert proc.stdout is not None
     if not await asyncio.wait_for(proc.stdout.readline(), 15):
-        raise RuntimeError(f"the speaker exited ({await proc.wait()})")
-    return proc.pid, channel
+        raise RuntimeError(f"the speaker from {tree} exited ({await proc.wait()})")
+    return proc.pid
 
 
 async def window(pids: dict[str, int], seconds: float) -> dict[str, Sample]:
@@ -230,22 +253,22 @@ async def window(pids: dict[str, int], seconds: float) -> dict[str, Sample]:
                          rss_bytes(pid) / 1e6) for name, pid in pids.items()}
 
 
-async def measure(window_s: float, warmup_s: float, codec: str,
-                  ptime_ms: int) -> dict[str, dict[str, Sample]]:
+async def measure(window_s: float, warmup_s: float, codec: str, ptime_ms: int,
+                  baseline: Path | None = None) -> dict[str, dict[str, Sample]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-speaker-"))
     with open(tmp / "bench.log", "wb") as log:
         async with AsyncExitStack() as exits:
             stack = Stack(exits, tmp, log)
-            speaker, channel = await start_loa(stack, tmp, ptime_ms, log)
-            _, snapclient, pipe = await start_snapcast(exits, tmp, codec, ptime_ms, log)
-            floor = await start_floor(exits, ptime_ms)
-            pids = {"loa": speaker, "snapclient": snapclient, "floor": floor}
+            pids, channel = await start_loa(stack, tmp, ptime_ms, log, baseline)
+            _, pids["snapclient"], pipe = await start_snapcast(exits, tmp, codec, ptime_ms, log)
+            pids["floor"] = await start_floor(exits, ptime_ms)
             print(f"ptime {ptime_ms} ms, channel {channel}; idle for {warmup_s + window_s:g} s",
                   file=sys.stderr)
             await asyncio.sleep(warmup_s)
             out = {"idle": await window(pids, window_s)}
             await stack.api("POST", "/api/v1/broadcasts", {
-                "zones": [channel], "source": {"kind": "tone", "hz": TONE_HZ, "seconds": 3600}})
+                "zones": [channel], "source": {"kind": "tone", "hz": TONE_HZ, "seconds": 3600},
+                "override_quiet_hours": True})  # a benchmark runs at any hour
             pipe.playing.set()
             print(f"playing for {warmup_s + window_s:g} s", file=sys.stderr)
             await asyncio.sleep(warmup_s)
@@ -266,6 +289,18 @@ def render(results: dict[int, dict[str, dict[str, Sample]]], args: argparse.Name
                          f"**{loa.cpu_pct / snap.cpu_pct:.1f}×**" if snap.cpu_pct else "n/a",
                          f"{floor.cpu_pct:.2f} %", f"{loa.rss_mb:.1f} MB",
                          f"{snap.rss_mb:.1f} MB"])
+            if args.baseline:
+                base = res[phase]["baseline"]
+                rows[-1] += [f"{base.cpu_pct:.2f} %", f"{base.rss_mb:.1f} MB"]
+    baseline_columns = ("baseline CPU", "baseline RSS") if args.baseline else ()
+    baseline_text = (f"\n**baseline**: a second speaker from the source tree `{args.baseline}`, "
+                     "subscribed to the same relay and channel, in the same windows.\n"
+                     if args.baseline else "")
+    try:
+        import uvloop
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio's own: uvloop is not installed"
     first = next(iter(results.values()))
     p, i = first["playing"], first["idle"]
     met = [p["loa"].cpu_pct <= 2 * p["snapclient"].cpu_pct,
@@ -292,12 +327,14 @@ on air (a quiet channel: the streamer sends its heartbeat, a sender report every
 the speaker beats every 100 ms) and silence in the pipe (snapserver encodes and sends it like
 any audio). CPU is utime + stime from
 `/proc/PID/stat` over the window, in % of one core; RSS is VmRSS at its end. The ratio is
-Loa's CPU over snapclient's in the same window. "asyncio floor": a Python process on the same
-machine whose asyncio datagram endpoint receives a datagram every packet time and does
-nothing with it, the least any asyncio speaker can cost.
-
+Loa's CPU over snapclient's in the same window. "event-loop floor": a Python process on the
+same machine whose asyncio datagram endpoint, on the speaker's event loop
+({loop}), receives a datagram every packet time and does nothing with it, the least any
+such speaker can cost.
+{baseline_text}
 {table(("packet time", "phase", "loa speaker CPU", "snapclient CPU", "ratio",
-        "asyncio floor CPU", "loa speaker RSS", "snapclient RSS"), rows)}
+        "event-loop floor CPU", "loa speaker RSS", "snapclient RSS", *baseline_columns),
+       rows)}
 
 Goal (issue 13, at {next(iter(results))} ms): {GOALS}: {verdict}.
 """
@@ -311,12 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ptime-ms", default="20",
                     help="packet times to measure, comma-separated (20, 40, 60); the goal is "
                          "judged on the first")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a Loa source tree (e.g. a git worktree of an older commit) whose "
+                         "speaker runs beside this one, for a before/after in one window")
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     ptimes = [int(x) for x in args.ptime_ms.split(",")]
     if any(p not in (20, 40, 60) for p in ptimes):
         ap.error("--ptime-ms: 20, 40 or 60")
-    res = {p: asyncio.run(measure(args.window_s, args.warmup_s, args.codec, p)) for p in ptimes}
+    res = {p: asyncio.run(measure(args.window_s, args.warmup_s, args.codec, p, args.baseline))
+           for p in ptimes}
     cmd = ".venv/bin/python -m loadtest.bench_speaker " + " ".join(
         argv if argv is not None else sys.argv[1:])
     text = render(res, args, cmd.strip())

@@ -154,6 +154,9 @@ class FakeDecoder:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, int, bool]] = []
 
+    def set_gain(self, gain: float) -> bool:
+        return False  # the playout applies the volume
+
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
         self.calls.append((payload, frame_size, fec))
         if payload == b"\xff":
@@ -167,7 +170,7 @@ class RecordingSink:
         self.chunks: list[np.ndarray] = []
 
     def write(self, pcm: np.ndarray) -> None:
-        self.chunks.append(pcm.copy())
+        self.chunks.append(np.array(pcm, dtype=np.int16))
 
     def write_silence(self, n: int) -> None:
         self.chunks.append(np.zeros(n, dtype=np.int16))
@@ -334,6 +337,31 @@ def test_volume_is_db_law_and_mute_silences() -> None:
     p.receive(rtp(100), T0 + 1.02)
     p.tick(T0 + 1.4)
     assert sink.pcm[-960:].max() == 0
+
+
+def test_libopus_applies_the_volume_and_the_level_logged_is_what_played() -> None:
+    """With the real decoder the volume is applied inside libopus (``OPUS_SET_GAIN``): the
+    same tone played at 50 % is 25 dB below 100 %, in the samples and in the play log."""
+    import opuslib
+
+    from clients.speaker.playout import OpusDecoder
+
+    enc = opuslib.Encoder(48_000, 1, opuslib.APPLICATION_AUDIO)
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(960 * 30) / 48_000)).astype("<i2")
+    payloads = [enc.encode(tone[i : i + 960].tobytes(), 960) for i in range(0, len(tone), 960)]
+    played = {}
+    for volume in (100, 50):
+        sink, events = RecordingSink(), []
+        p = Playout(sink, OpusDecoder(), T0, on_event=events.append, volume_pct=volume)
+        for seq, payload in enumerate(payloads, 1):
+            p.receive(rtp(seq, payload=payload), T0 + 1.0 + seq * 0.02)
+        p.tick(T0 + 2.0)
+        p.close(T0 + 2.0)
+        pcm = sink.pcm[np.flatnonzero(sink.pcm)[0]:].astype(np.float64)[960 * 5 : 960 * 25]
+        played[volume] = (10 * math.log10(np.mean(pcm**2) / 32768**2), events[-1]["level_dbfs"])
+    assert played[100][0] == pytest.approx(-9.0, abs=0.5)  # a -6 dBFS sine: -9 dB re square
+    assert played[50][0] - played[100][0] == pytest.approx(-25.0, abs=0.05)
+    assert played[50][1] - played[100][1] == pytest.approx(-25.0, abs=0.05)
 
 
 def test_play_log_events_per_broadcast() -> None:

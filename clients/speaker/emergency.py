@@ -26,15 +26,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from common.secretfile import write_private
 from wire.priority import Priority
 
 if TYPE_CHECKING:  # the schemas (pydantic) load with the first state: MQTT, or states.json
     from wire.messages import EmergencyState
 
-from .output import wav_header
+from .output import Samples, wav_header
 from .playout import RATE_HZ, Playout
 
 log = logging.getLogger("loa.speaker.emergency")
@@ -54,7 +52,7 @@ class CachedEmergency:
 
     id: int
     started: float  # wall time its first sample played
-    pcm: np.ndarray
+    pcm: Samples
     last_played: float  # wall time its latest play began, streamed or local
 
     @property
@@ -149,7 +147,7 @@ class EmergencyCache:
     def store(self, cached: CachedEmergency) -> None:
         """The audio and its description; the previous emergency's audio goes."""
         name = f"emergency-{cached.id}.wav"
-        data = np.ascontiguousarray(cached.pcm, dtype="<i2").tobytes()
+        data = memoryview(cached.pcm).cast("B").tobytes()
         write_private(self.directory / name, wav_header(len(data)) + data)
         self.store_meta(cached)
         for old in self.directory.glob("emergency-*.wav"):
@@ -166,13 +164,13 @@ class EmergencyCache:
                       _states_schema()(states=states).model_dump_json())
 
 
-def _read_wav(path: Path) -> np.ndarray:
+def _read_wav(path: Path) -> Samples:
     with wave.open(str(path), "rb") as w:
         if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, RATE_HZ):
             raise ValueError(f"{path.name} is not 16-bit mono {RATE_HZ} Hz")
         if w.getnframes() > MAX_RECORDING_S * RATE_HZ:
             raise ValueError(f"{path.name} is longer than {MAX_RECORDING_S:g} s")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        return memoryview(w.readframes(w.getnframes())).cast("h")
 
 
 # --------------------------------------------------------------------------- sans-IO parts
@@ -361,7 +359,7 @@ class EmergencyPath:
             return
         if not samples:
             return
-        pcm = np.frombuffer(chunks[0], dtype="<i2")  # the recorder's buffer: no copy
+        pcm = memoryview(chunks[0]).cast("h")  # the recorder's buffer: no copy
         self.cached = fresh = CachedEmergency(broadcast_id, started, pcm, started)
         self._write(lambda: self.cache.store(fresh))
         log.info("emergency %d cached (%.1f s)", broadcast_id, fresh.duration_s)

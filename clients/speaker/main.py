@@ -10,8 +10,8 @@ Emergency audio is cached under ``cache_dir`` and replayed from there while the 
 
 What a small board does not use it does not load: the HTTP server (aiohttp), the metrics
 (prometheus_client) and the MQTT side (aiomqtt, the pydantic message schemas) are imported
-only when ``http`` or ``mqtt_url`` is set: a plain speaker holds about 50 MB instead of 80
-(``docs/operations.md``, "A small speaker").
+only when ``http`` or ``mqtt_url`` is set, and numpy never: a plain speaker holds about
+39 MB, where it held 80 (``docs/operations.md``, "A small speaker").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,12 +268,24 @@ async def serve(cfg: SpeakerConfig) -> int:
     return 0
 
 
+def event_loop() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``uvloop.run`` when uvloop is installed (a project dependency), else ``asyncio.run``.
+    The speaker's event loop wakes at least once per packet: in C (libuv) a wake-up costs
+    half what asyncio's Python loop costs, about 0.35 % of a core at 50 packets a second
+    (``docs/BENCHMARKS.md``, "A lighter speaker")."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``loa speaker``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg = load_config(argv)
-        return asyncio.run(serve(cfg))
+        return event_loop()(serve(cfg))
     except ConfigError as e:
         print(f"loa speaker: {e}", file=sys.stderr)
         return 2

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import numpy as np
 
 from common.config import Addr, ConfigError, parse_hostport
 from device.link import VERSION, CommandFailed
@@ -37,8 +36,8 @@ from wire.messages import (
 )
 from wire.subscribe import ClientState, SubscribeClient
 
-from .output import Sink
-from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, volume_gain
+from .output import Samples, Sink
+from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, sum_of_squares, volume_gain
 
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
 #: to check a horn and far from clipping whatever is playing under it
@@ -57,8 +56,6 @@ class ToneOverlay:
         self._amp = 0.0
         self._sumsq = 0.0
         self._samples = 0
-        self._work = np.zeros(MAX_FRAME, dtype=np.float64)
-        self._mixed = np.zeros(MAX_FRAME, dtype=np.int16)
 
     def start_tone(self, hz: float, seconds: float, gain: float) -> None:
         self._step = 2 * math.pi * hz / self.rate_hz
@@ -69,32 +66,29 @@ class ToneOverlay:
     def tone_playing(self) -> bool:
         return self._tone_left > 0
 
-    def write(self, pcm: np.ndarray) -> None:
+    def write(self, pcm: Samples) -> None:
         for i in range(0, len(pcm), MAX_FRAME):
             self._write_chunk(pcm[i : i + MAX_FRAME])
 
-    def _write_chunk(self, pcm: np.ndarray) -> None:
+    def _write_chunk(self, pcm: Samples) -> None:
         n = len(pcm)
-        work = self._work[:n]
-        np.copyto(work, pcm, casting="unsafe")
-        if self._tone_left:
+        if self._tone_left:  # in Python, sample by sample: only while an installer listens
             k = min(n, self._tone_left)
-            t = self._phase + self._step * np.arange(k)
-            work[:k] += self._amp * np.sin(t)
-            self._phase = float((self._phase + self._step * k) % (2 * math.pi))
+            amp, step, phase = self._amp, self._step, self._phase
+            mixed = array("h", [int(max(-32768.0, min(32767.0, x + amp * math.sin(
+                phase + step * i)))) for i, x in enumerate(pcm[:k])])
+            mixed.extend(pcm[k:])
+            self._phase = (phase + step * k) % (2 * math.pi)
             self._tone_left -= k
-            np.clip(work, -32768, 32767, out=work)
-            out = self._mixed[:n]
-            np.copyto(out, work, casting="unsafe")
-            pcm = out
-        self._sumsq += float(np.dot(work, work))
+            pcm = mixed
+        self._sumsq += sum_of_squares(pcm)
         self._samples += n
         self.sink.write(pcm)
 
     def write_silence(self, n: int) -> None:
         while self._tone_left and n > 0:
             k = min(n, self._tone_left, MAX_FRAME)
-            self._write_chunk(np.zeros(k, dtype=np.int16))
+            self._write_chunk(memoryview(bytes(2 * k)).cast("h"))
             n -= k
         if n > 0:
             self._samples += n

@@ -59,6 +59,10 @@ BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time"
 CAPTURE_WINDOW_S = 10.0
 HOLD_SLACK_S = 0.2  # a held packet is kept this much beyond the playout delay
 DRAIN = 128  # queued datagrams read per wake-up beyond asyncio's one (2.5 s at 20 ms)
+#: a datagram this long after the one before may have a backlog behind it (the process was
+#: paused); closer ones come as the stream sends them, and reading the socket once more for
+#: each (to find it empty) was a tenth of a playing speaker's Python time
+STALL_S = 0.1
 MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
 
 
@@ -92,6 +96,7 @@ class Speaker(asyncio.DatagramProtocol):
         self.datagrams = 0
         self._error_logged = float("-inf")
         self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
+        self._received = float("-inf")  # monotonic time of the last datagram_received
         #: called after each datagram asyncio hands over (and the backlog behind it) is
         #: handled: the rhythm's nudge, which plays what is due in the same wake-up
         self.nudge: Callable[[], None] = lambda: None
@@ -113,8 +118,12 @@ class Speaker(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.monotonic()
+        stalled = now - self._received > STALL_S
+        self._received = now
         self._datagram(data, addr)
-        self.drain()
+        if stalled:
+            self.drain()
         self.nudge()
 
     def drain(self) -> None:

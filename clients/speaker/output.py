@@ -3,6 +3,10 @@
 Every sink takes 16-bit mono samples at 48 kHz, appended at its end: the playout has already
 placed them on the wall-clock timeline (zeros for silence). A sink must never block the event
 loop for long and must never raise on a full disk mid-broadcast without saying so in the log.
+Samples come as Python buffers of int16 in the machine's order (a ``memoryview`` cast to ``h``
+or an ``array("h")``), written as they are: WAV and the sound card take little-endian, as
+every board Loa runs on is. No numpy here or in the playout: it would be a quarter of a small
+speaker's memory (``docs/operations.md``, "A small speaker").
 """
 
 from __future__ import annotations
@@ -10,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import sys
 import threading
-from typing import IO, Any, Protocol
-
-import numpy as np
+from array import array
+from typing import IO, Any, Protocol, TypeAlias
 
 RATE_HZ = 48_000
 _WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
@@ -23,6 +27,12 @@ _ZEROS = bytes(2 * RATE_HZ)  # one second of silence, written in slices
 
 log = logging.getLogger("loa.speaker.output")
 
+#: int16 samples: a ``memoryview`` cast to ``h`` or an ``array("h")``
+Samples: TypeAlias = "memoryview | array[int]"
+
+if sys.byteorder != "little":  # WAV and the card's S16_LE would need a byte swap
+    raise ImportError("the speaker's sinks write int16 samples in little-endian order only")
+
 
 def wav_header(data_bytes: int, rate_hz: int = RATE_HZ) -> bytes:
     """The 44-byte header of a 16-bit mono PCM WAV holding ``data_bytes`` of samples."""
@@ -31,7 +41,7 @@ def wav_header(data_bytes: int, rate_hz: int = RATE_HZ) -> bytes:
 
 
 class Sink(Protocol):
-    def write(self, pcm: np.ndarray) -> None:
+    def write(self, pcm: Samples) -> None:
         """Append int16 samples."""
 
     def write_silence(self, n: int) -> None:
@@ -48,7 +58,7 @@ class NullSink:
     def __init__(self) -> None:
         self.samples = 0
 
-    def write(self, pcm: np.ndarray) -> None:
+    def write(self, pcm: Samples) -> None:
         self.samples += len(pcm)
 
     def write_silence(self, n: int) -> None:
@@ -99,8 +109,8 @@ class WavSink:
             if self._unflushed >= 2 * self.rate_hz:
                 self.flush()
 
-    def write(self, pcm: np.ndarray) -> None:
-        self._append(np.ascontiguousarray(pcm, dtype="<i2").data.cast("B"))
+    def write(self, pcm: Samples) -> None:
+        self._append(memoryview(pcm).cast("B"))
 
     def write_silence(self, n: int) -> None:
         while n > 0:
@@ -171,8 +181,8 @@ class SoundcardSink:
             if len(self._fifo) > self._max:  # the card stalled: drop the oldest audio
                 del self._fifo[: len(self._fifo) - self._max]
 
-    def write(self, pcm: np.ndarray) -> None:
-        self._push(np.ascontiguousarray(pcm, dtype="<i2").data.cast("B"))
+    def write(self, pcm: Samples) -> None:
+        self._push(memoryview(pcm).cast("B"))
 
     def write_silence(self, n: int) -> None:
         self._push(bytes(2 * n))

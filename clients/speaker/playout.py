@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import ctypes
 import math
+from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
-
-import numpy as np
 
 from wire.packet import MalformedPacket, RtpPacket
 from wire.priority import Priority
 
 from .jitter import Arrival, Frame, FrameKind, JitterBuffer
-from .output import Sink
+from .output import Samples, Sink
 
 RATE_HZ = 48_000
 MAX_FRAME = 5_760  # 120 ms, the longest Opus packet
@@ -46,6 +45,11 @@ class Decoder(Protocol):
         """int16 PCM; an empty payload asks for concealment; raises MalformedPacket."""
         ...
 
+    def set_gain(self, gain: float) -> bool:
+        """Apply the linear ``gain`` (0 < gain <= 1) to what is decoded from now on; False if
+        this decoder cannot (the playout then applies it)."""
+        ...
+
 
 class OpusDecoder:
     """libopus (loaded by opuslib), mono 48 kHz, with its errors turned into MalformedPacket.
@@ -53,7 +57,13 @@ class OpusDecoder:
     ``opus_decode`` is called directly into one buffer kept for the decoder's life:
     ``opuslib.Decoder.decode`` allocates a new buffer per frame and turns the samples into a
     list of Python ints and back (a few thousand objects per frame, 50 times a second), the
-    largest share of a speaker's CPU after the event loop itself."""
+    largest share of a speaker's CPU after the event loop itself.
+
+    The volume is applied by libopus too (``OPUS_SET_GAIN``, in Q8 dB, i.e. to 1/256 dB): it
+    scales the samples it makes anyway, where the playout would go over each sample again in
+    Python (no numpy in a small speaker, ``docs/operations.md``)."""
+
+    SET_GAIN = 4034  # OPUS_SET_GAIN_REQUEST (opus_defines.h)
 
     def __init__(self, rate_hz: int = RATE_HZ) -> None:
         import opuslib
@@ -64,6 +74,9 @@ class OpusDecoder:
         self._opus_decode = opuslib.api.decoder.libopus_decode
         self._pcm = (ctypes.c_int16 * MAX_FRAME)()
         self._out = ctypes.cast(self._pcm, ctypes.POINTER(ctypes.c_int16))
+        self._ctl = opuslib.api.decoder.libopus_ctl
+        self._gain = 1.0
+        self._gain_q8 = 0
 
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
         n = self._opus_decode(self._dec.decoder_state, payload, len(payload), self._out,
@@ -71,6 +84,18 @@ class OpusDecoder:
         if n < 0:
             raise MalformedPacket(f"opus: {self._error(n)}")
         return ctypes.string_at(self._pcm, 2 * n)
+
+    def set_gain(self, gain: float) -> bool:
+        if gain == self._gain:
+            return True
+        self._gain = gain
+        q8 = max(-32768, min(32767, round(20.0 * math.log10(gain) * 256.0)))
+        if q8 != self._gain_q8:
+            err = self._ctl(self._dec.decoder_state, self.SET_GAIN, ctypes.c_int32(q8))
+            if err < 0:
+                raise ValueError(f"opus: {self._error(err)}")
+            self._gain_q8 = q8
+        return True
 
 
 def volume_gain(volume_pct: float) -> float:
@@ -87,34 +112,57 @@ class GainFade:
     """The gain applied to the output. A change announced with :meth:`glide` moves linearly
     over ``fade_samples`` instead of jumping: a muted or 20 % horn going to full volume within
     one sample clicks as loud as the alarm itself. Other changes (the operator's volume and
-    mute) apply from the next frame, as they always have."""
+    mute) apply from the next frame, as they always have.
+
+    Samples are int16 in Python sequences (a ``memoryview`` cast to ``h``, an ``array``): no
+    numpy in the playout. The steady state does no per-sample Python work: at the gain the
+    decoder already applied the samples pass through, muted they are zeros; only a glide or a
+    gain the decoder could not apply goes over each sample (one multiply, truncated to int16
+    as before)."""
 
     def __init__(self, gain: float, fade_samples: int) -> None:
         self.gain = gain  # the gain of the last sample written
         self.fade_samples = max(1, fade_samples)
         self._from = gain
         self._left = 0  # samples of the glide still to go
-        self._ramp = np.arange(1, self.fade_samples + 1, dtype=np.float64) / self.fade_samples
+
+    @property
+    def gliding(self) -> bool:
+        return self._left > 0
 
     def glide(self) -> None:
         """Reach the next target gradually, starting from the gain of the last sample."""
         self._from = self.gain
         self._left = self.fade_samples
 
-    def apply(self, src: np.ndarray, work: np.ndarray, target: float) -> None:
-        """``work`` = ``src`` times the gain, gliding towards ``target`` if asked to (one
-        pass: the steady state is a single multiply into the work buffer)."""
-        k = min(self._left, len(work))
+    def apply(self, src: Samples, target: float, applied: float = 1.0) -> tuple[Samples, float]:
+        """``src`` times the gain, gliding towards ``target`` if asked to, and the sum of
+        squares of the result. ``src`` already carries the gain ``applied`` (the decoder's)."""
+        k = min(self._left, len(src))
         if not k:
-            np.multiply(src, target, out=work)
             self.gain = target
-            return
+            if target == applied:
+                return src, sum_of_squares(src)
+            if target == 0.0:
+                return array("h", bytes(2 * len(src))), 0.0
+            r = target / applied
+            out = array("h", [int(x * r) for x in src])
+            return out, sum_of_squares(out)
         done = self.fade_samples - self._left
-        ramp = self._from + (target - self._from) * self._ramp[done : done + k]
-        np.multiply(src[:k], ramp, out=work[:k])
-        np.multiply(src[k:], target, out=work[k:])
+        step = (target - self._from) / self.fade_samples
+        base = self._from + step * done
+        inv = 1.0 / applied
+        out = array("h", [int(x * (base + step * (i + 1)) * inv) for i, x in enumerate(src[:k])])
+        r = target * inv
+        out.extend([int(x * r) for x in src[k:]])
         self._left -= k
-        self.gain = float(ramp[-1]) if k == len(work) else target
+        self.gain = base + step * k if k == len(src) else target
+        return out, sum_of_squares(out)
+
+
+def sum_of_squares(pcm: Samples) -> float:
+    """The sum of the squares of int16 samples (``math.hypot`` loops in C)."""
+    return math.hypot(*pcm) ** 2
 
 
 class Timeline:
@@ -197,7 +245,7 @@ class Playout:
         self._forced = False  # the last samples went out at the emergency volume
         self.capture = capture or (lambda broadcast_id, pcm: None)
         # cached emergency audio the speaker replays on its own (see play_local)
-        self._local: np.ndarray | None = None
+        self._local: Samples | None = None
         self._local_pos = 0
         self.local_broadcast_id = 0
         self.frame_samples = rate_hz // 50  # 20 ms until a packet says otherwise
@@ -206,9 +254,8 @@ class Playout:
         #: has come since: once what is buffered has played there is nothing to conceal
         self.quiet = False
         self._concealed = 0  # consecutive concealed frames
-        self._work = np.zeros(MAX_FRAME, dtype=np.float64)
-        self._out = np.zeros(MAX_FRAME, dtype=np.int16)
-        self._last = np.zeros(1, dtype=np.int16)  # the last sample written
+        self._applied = 1.0  # the gain the decoder applied to the frame being played
+        self._last = 0  # the last sample written
         # the broadcast on air and its running level
         self.broadcast_id = 0
         self._bc_priority = 0
@@ -260,7 +307,7 @@ class Playout:
         return self.jitter.push(pkt.ssrc, pkt.seq, pkt.ts, capture_time, pkt.payload,
                                 pkt.broadcast_id, pkt.priority)
 
-    def play_local(self, pcm: np.ndarray, broadcast_id: int) -> None:
+    def play_local(self, pcm: Samples, broadcast_id: int) -> None:
         """Replay ``pcm`` (int16, cached emergency audio) from the next tick on, at the
         emergency volume and unmuted, logged as ``broadcast_id`` with ``local: true``. It ends
         by itself, with :meth:`stop_local`, or at the first stream packet."""
@@ -318,7 +365,7 @@ class Playout:
         if pad > 0:
             self.sink.write_silence(pad)
             self.timeline.cursor += pad
-            self._last[0] = 0
+            self._last = 0
         if self.broadcast_id and now - self._bc_end > self.broadcast_gap_s:
             self._end_broadcast()
         return emitted
@@ -361,18 +408,24 @@ class Playout:
             return bytes(2 * n)
 
     def _play(self, frame: Frame, play_time: float) -> None:
-        raw = self._decode(frame)
         forced = frame.priority == Priority.EMERGENCY
-        pcm = np.frombuffer(raw, dtype="<i2")[:MAX_FRAME]
+        # the volume in the decoder when it can, except where the playout needs the PCM as
+        # decoded: an emergency's (captured before volume), a glide, a mute
+        target = self._target(forced)
+        gain = (target if target and not forced and forced == self._forced
+                and not self._fade.gliding else 1.0)
+        self._applied = gain if self.decoder.set_gain(gain) else 1.0
+        raw = self._decode(frame)
+        pcm = memoryview(raw).cast("h")[:MAX_FRAME]
         n = len(pcm)
         zeros, trim = self.timeline.place(play_time, n)
         if zeros == 1:  # a sample short of the timeline: the last one written, again
-            self.sink.write(self._last)
+            self.sink.write(array("h", [self._last]))
             self.timeline.cursor += 1
         elif zeros:
             self.sink.write_silence(zeros)
             self.timeline.cursor += zeros
-            self._last[0] = 0
+            self._last = 0
         sumsq = self._write(pcm, forced, skip=trim)
         self.late_samples += trim if trim > 1 else 0  # one dropped sample is a clock step
         self.frames += 1
@@ -397,27 +450,28 @@ class Playout:
             start = self.timeline.time(self.timeline.cursor)
             chunk = local[self._local_pos : self._local_pos + n]
             self._local_pos += n
+            self._applied = 1.0
             sumsq = self._write(chunk, forced=True)
             self._track(self.local_broadcast_id, Priority.EMERGENCY, start, n, sumsq, local=True)
 
-    def _write(self, pcm: np.ndarray, forced: bool, skip: int = 0) -> float:
-        """Apply the gain to int16 ``pcm`` and write all but its first ``skip`` samples at the
-        cursor; returns the sum of squares after gain. ``forced`` (an emergency) means the
-        emergency volume, unmuted, glided into and out of."""
+    def _target(self, forced: bool) -> float:
+        return self._emergency_gain if forced else 0.0 if self.muted else self._gain
+
+    def _write(self, pcm: Samples, forced: bool, skip: int = 0) -> float:
+        """Apply the gain to int16 ``pcm`` (which carries the decoder's gain ``_applied``
+        already) and write all but its first ``skip`` samples at the cursor; returns the sum
+        of squares after gain. ``forced`` (an emergency) means the emergency volume, unmuted,
+        glided into and out of."""
         n = len(pcm)
-        work = self._work[:n]
         if forced != self._forced:
             self._forced = forced
             self._fade.glide()
-        self._fade.apply(pcm, work, self._emergency_gain if forced else
-                         0.0 if self.muted else self._gain)
-        out = self._out[:n]
-        np.copyto(out, work, casting="unsafe")  # gain <= 1: no clipping needed
-        if skip < n:
+        out, sumsq_out = self._fade.apply(pcm, self._target(forced), self._applied)
+        if skip < n:  # gain <= 1: no clipping needed
             self.sink.write(out[skip:])
-            self._last[0] = out[-1]
+            self._last = out[-1]
         self.timeline.cursor += n - skip
-        return float(np.dot(work, work))
+        return sumsq_out
 
     # ------------------------------------------------------------------ play log
 
