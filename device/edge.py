@@ -31,9 +31,10 @@ LOG_EVERY_S = 10.0
 
 class Backoff:
     """Exponential, jittered: after a broker restart thousands of devices must not all come
-    back in the same second."""
+    back in the same second. ``max_s`` bounds how long after the broker's return a device is
+    back (and its presence right): a device's is 8 s (``DeviceLink``)."""
 
-    def __init__(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
+    def __init__(self, first_s: float = 0.5, max_s: float = 8.0) -> None:
         self.first_s, self.max_s = first_s, max_s
         self._next = first_s
 

@@ -114,7 +114,7 @@ class DeviceLink:
     def __init__(self, device: Device, *, url: str, device_id: str, password: str,
                  registry: CollectorRegistry, user: str | None = None,
                  zone: str | None = None, telemetry_s: float = 10.0, keepalive_s: int = 30,
-                 max_backoff_s: float = 30.0,
+                 max_backoff_s: float = 8.0,
                  on_emergency: Callable[[EmergencyState], None] | None = None,
                  tls_context: ssl.SSLContext | None = None,
                  on_token: Callable[[bytes], None] | None = None,

@@ -45,7 +45,7 @@ from streamer.control.grants import TokenIssuer
 from streamer.control.keys import KeyAnnouncer
 from streamer.control.live import studio_input
 from streamer.control.plane import Plane
-from streamer.control.presence import FleetRecorder
+from streamer.control.presence import STALE_AFTER_S, FleetRecorder
 from streamer.control.scheduler import Scheduler
 from streamer.control.state import State
 from streamer.control.throttle import LoginThrottle
@@ -101,6 +101,9 @@ class StreamerConfig:
     #: directory where the broker reads ``passwd``/``acl`` and writes ``mosquitto.pid``:
     #: the streamer keeps them in step with the device registry ("" = managed elsewhere)
     mqtt_broker_dir: str = ""
+    #: a device not heard from over MQTT for this long reads ``unknown``, not ``online``
+    #: (``docs/api.md``): more than 3 times the devices' ``telemetry_s``
+    presence_stale_s: float = STALE_AFTER_S
     #: RTP/SRTP ingest for encoders and ``loa studio`` (``docs/ingest.md``); -1 = off
     ingest_host: str = "0.0.0.0"
     ingest_port: int = 5006
@@ -157,6 +160,7 @@ class StreamerConfig:
         check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
         check_range("idle_heartbeat_ms", self.idle_heartbeat_ms, 0, 500)
         check_range("token_lifetime_h", self.token_lifetime_h, 0.01, 24 * 30)
+        check_range("presence_stale_s", self.presence_stale_s, 1, 86_400)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
@@ -241,7 +245,7 @@ class Streamer:
         password = read_password_file(cfg.mqtt_password_file) if cfg.mqtt_password_file else ""
         devices = Devices(self.state, broker_dir=cfg.mqtt_broker_dir,
                           service_user=cfg.mqtt_user, service_password=password)
-        recorder = FleetRecorder(self.state, self.registry)
+        recorder = FleetRecorder(self.state, self.registry, cfg.presence_stale_s)
         self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
                            self.mixer, self.registry, devices, recorder)
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,

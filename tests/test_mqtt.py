@@ -9,7 +9,6 @@ The media comes from an in-test upstream built from the streamer's wire code (a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from streamer.control.broker import (
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.broker import client, fleet_on, start_broker
 from tests.harness.keys import STREAM_KEY_ARGS
-from tests.harness.speaker import SpeakerProcess, start_speaker
+from tests.harness.speaker import mqtt_speakers
 from tests.harness.upstream import TONE_DBFS, ToneUpstream, serving
 from tests.harness.wait import until
 from tests.harness.zones import AP_TAY, KP1, KP2
@@ -75,34 +74,6 @@ async def tone() -> AsyncIterator[ToneUpstream]:
 
 
 # --------------------------------------------------------------------------- speaker process
-
-
-@contextlib.asynccontextmanager
-async def speakers(tmp_path: Path, broker: Any, passwords: dict[str, str], upstream: str,
-                   *specs: tuple[str, str], extra: tuple[str, ...] = ()
-                   ) -> AsyncIterator[list[SpeakerProcess]]:
-    """Speaker processes (id, channel = leaf zone), started at once; killed at the end."""
-    started = await asyncio.gather(*(spawn_speaker(tmp_path, sid, zone, upstream, broker,
-                                                   passwords[sid], *extra)
-                                     for sid, zone in specs), return_exceptions=True)
-    try:
-        for s in started:
-            if isinstance(s, BaseException):
-                raise s
-        yield cast(list[SpeakerProcess], started)
-    finally:
-        for s in started:
-            if isinstance(s, SpeakerProcess):
-                await s.close()
-
-
-async def spawn_speaker(tmp_path: Path, sid: str, channel: str, upstream: str, broker: Any,
-                        password: str, *extra: str) -> SpeakerProcess:
-    pw_file = tmp_path / f"{sid}.password"
-    pw_file.write_text(password + "\n")
-    return await start_speaker(tmp_path, sid, "--channel", channel, "--upstream", upstream,
-                               "--mqtt-url", broker.url, "--mqtt-password-file", str(pw_file),
-                               "--telemetry-s", "0.5", *extra)
 
 
 def level(x: np.ndarray) -> float:
@@ -272,7 +243,7 @@ async def test_last_will_marks_a_dead_speaker_offline_and_it_comes_back_online(
     pw = start_broker(mosquitto, {"spk-a": KP1})
     keepalive_s = 2
     async with fleet_on(mosquitto, pw) as (fleet, rec):
-        async with speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1),
+        async with mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1),
                             extra=("--mqtt-keepalive-s", str(keepalive_s))) as (a,):
             await until(lambda: rec.state("spk-a") == "online", 10, "online")
             st = rec.status("spk-a")
@@ -297,7 +268,7 @@ async def test_last_will_marks_a_dead_speaker_offline_and_it_comes_back_online(
             await c.subscribe("loa/v1/speakers/spk-a/status", qos=1)
             m = await asyncio.wait_for(anext(aiter(c.messages)), 5)
             assert m.retain and parse(Status, cast(bytes, m.payload)).state == "offline"
-        async with speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
+        async with mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
             await until(lambda: rec.state("spk-a") == "online", 10, "online after restart")
             # the broker restarts: fleet and speaker both reconnect; the speaker says online
             # again, newer than anything the broker kept
@@ -324,7 +295,7 @@ async def test_set_volume_round_trip_lowers_the_recorded_level_by_the_volume_law
     pw = start_broker(mosquitto, {"spk-a": KP1, "spk-b": KP1})
     async with fleet_on(mosquitto, pw) as (fleet, rec), \
             client(mosquitto, STREAMER_USER, pw[STREAMER_USER]) as sniffer, \
-            speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1), ("spk-b", KP1)) as sp:
+            mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1), ("spk-b", KP1)) as sp:
         a, b = sp
         await sniffer.subscribe("loa/v1/speakers/spk-a/cmd", qos=1)
         await until(lambda: rec.state("spk-a") == rec.state("spk-b") == "online", 10)
@@ -361,7 +332,7 @@ async def test_zone_command_reaches_only_the_speakers_of_that_subtree(
         mosquitto: Any, tone: ToneUpstream, tmp_path: Path) -> None:
     pw = start_broker(mosquitto, {"spk-a": KP1, "spk-b": KP2, "spk-c": AP_TAY})
     async with fleet_on(mosquitto, pw) as (fleet, rec), \
-            speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1), ("spk-b", KP2),
+            mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1), ("spk-b", KP2),
                      ("spk-c", AP_TAY)) as (a, b, c):
         await until(lambda: all(rec.state(s) == "online" for s in ("spk-a", "spk-b", "spk-c")),
                     10, "all online")
@@ -392,7 +363,7 @@ async def test_test_tone_plays_on_the_horn_and_set_upstream_moves_the_speaker(
                                                   local_addr=("127.0.0.1", 0))
     dead_addr = f"127.0.0.1:{dead.get_extra_info('sockname')[1]}"
     async with fleet_on(mosquitto, pw) as (fleet, rec), \
-            speakers(tmp_path, mosquitto, pw, dead_addr, ("spk-a", KP1),
+            mqtt_speakers(tmp_path, mosquitto, pw, dead_addr, ("spk-a", KP1),
                      extra=("--volume", "80")) as (a,):
         await until(lambda: rec.state("spk-a") == "online", 10)
         ack = await fleet.command("speaker", "spk-a", "test_tone", {"hz": 440, "seconds": 1})
@@ -506,7 +477,7 @@ async def test_malformed_commands_are_refused_and_the_speaker_keeps_playing(
         "c8": ({"id": "c8", "cmd": "set_volume", "args": []}, "args"),
     }
     async with client(mosquitto, STREAMER_USER, pw[STREAMER_USER]) as ctl, \
-            speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
+            mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
         await ctl.subscribe("loa/v1/speakers/spk-a/#", qos=1)
         await until(a.subscribed, 10)
 
@@ -562,7 +533,7 @@ async def test_played_event_names_the_broadcast_and_the_level_it_played_at(
     the streamer's (``docs/protocol.md``, "Playout")."""
     pw = start_broker(mosquitto, {"spk-a": KP1})
     async with fleet_on(mosquitto, pw) as (fleet, rec), \
-            speakers(tmp_path, mosquitto, pw, streamer.media_addr, ("spk-a", KP1),
+            mqtt_speakers(tmp_path, mosquitto, pw, streamer.media_addr, ("spk-a", KP1),
                      extra=("--clock-offset-ms", "400")) as (a,), \
             aiohttp.ClientSession() as http:
         await until(a.subscribed, 10)
@@ -602,8 +573,8 @@ async def test_speaker_paused_mid_bulletin_logs_one_play_not_two(
     the bulletin; left for later, the playout would find a second missing, end the play and
     start a second one: the operator's log would show the horn going quiet."""
     pw = start_broker(mosquitto, {"spk-a": KP1})
-    async with speakers(tmp_path, mosquitto, pw, streamer.media_addr, ("spk-a", KP1)) as (a,), \
-            aiohttp.ClientSession() as http:
+    async with mqtt_speakers(tmp_path, mosquitto, pw, streamer.media_addr,
+                             ("spk-a", KP1)) as (a,), aiohttp.ClientSession() as http:
         await until(a.subscribed, 10)
         async with http.post(f"{streamer.http_url}/api/v1/broadcasts", headers=streamer.admin,
                              json={"zones": [KP1], "source": {"kind": "tone", "hz": 1000,
@@ -650,7 +621,7 @@ async def test_relay_reports_status_and_telemetry_and_obeys_commands(
         assert relay.stdout is not None
         info = json.loads(await asyncio.wait_for(relay.stdout.readline(), 15))
         async with fleet_on(mosquitto, pw) as (fleet, rec), \
-                speakers(tmp_path, mosquitto, pw, info["media"], ("spk-a", KP1)) as (a,):
+                mqtt_speakers(tmp_path, mosquitto, pw, info["media"], ("spk-a", KP1)) as (a,):
             await until(lambda: rec.state("relay-1") == "online", 10, "relay online")
             assert cast(Status, rec.status("relay-1")).upstream == tone.addr
             await until(a.subscribed, 10)
@@ -687,7 +658,7 @@ async def test_a_device_password_changes_with_no_restart_and_no_gap(
     session goes on, the next one (the broker restarts) logs in with the new password, the
     old one is refused, and the speaker plays throughout."""
     pw = start_broker(mosquitto, {"spk-a": KP1})
-    async with speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
+    async with mqtt_speakers(tmp_path, mosquitto, pw, tone.addr, ("spk-a", KP1)) as (a,):
         async with fleet_on(mosquitto, pw) as (_, rec):
             await until(lambda: rec.state("spk-a") == "online", 10, "online")
         await until(lambda: len(a.samples()) > 4800 and level(a.samples()[-4800:]) > -30, 10,

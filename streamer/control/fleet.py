@@ -7,6 +7,15 @@ desired configs. It reconnects with jittered backoff for as long as it runs (the
 shares with the devices' ``DeviceLink`` is ``device/edge.py``). It may never crash or stall
 on a malformed payload or a dead broker: a bad payload is dropped with a (rate-limited) log
 line and counted in ``loa_mqtt_bad_payloads_total{topic_kind,reason}``.
+
+A frozen broker (a stopped process, a wedged host) keeps its TCP connections open, so the
+socket alone would say "connected" for as long as MQTT's keepalive takes to notice. The Fleet
+probes instead: every ``PROBE_EVERY_S`` it publishes to ``PROBE_TOPIC`` at QoS 1, and a broker
+that has not acknowledged within ``PROBE_TIMEOUT_S`` is taken for dead: ``connected`` turns
+false (``/readyz``) and the session is dropped and made again. A retained message (an
+emergency's state, a config, a token, the key set) that could not be published is kept, the
+latest per topic, and published again as soon as a session is up, so an outage delays it but
+never loses it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from device.edge import (
     Backoff,
@@ -60,6 +69,16 @@ from wire.messages import (
 
 log = logging.getLogger("loa.mqtt")
 
+#: the broker must acknowledge a QoS 1 publish this often, within PROBE_TIMEOUT_S
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 3.0
+#: what the probe publishes to: nobody subscribes, the broker only acknowledges it
+PROBE_TOPIC = f"{PREFIX}/streamer/probe"
+
+
+class BrokerStalled(aiomqtt.MqttError):
+    """The broker did not acknowledge a probe in time: the session is dropped."""
+
 #: everything the streamer listens to: what each kind of device publishes
 FLEET_TOPICS = [f"{PREFIX}/{KINDS[kind]}/+/{leaf}" for kind, topics in DEVICE_TOPICS.items()
                 for leaf in topics.publishes]
@@ -87,7 +106,7 @@ class Fleet:
 
     def __init__(self, url: str, user: str, password: str, sink: FleetSink,
                  registry: CollectorRegistry, *, client_id: str | None = None,
-                 keepalive_s: int = 30, max_backoff_s: float = 10.0,
+                 keepalive_s: int = 30, max_backoff_s: float = 4.0,
                  tls_context: ssl.SSLContext | None = None) -> None:
         self.addr = parse_mqtt_url(url)
         self.tls_context = tls_context  # mqtts:// (None: the system's CAs)
@@ -103,6 +122,18 @@ class Fleet:
         self._waiters: dict[str, Callable[[str, Ack], None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._log = RateLimitedLog()
+        #: retained messages not yet acknowledged by the broker, the latest per topic
+        self._unsent: dict[str, bytes] = {}
+        self.probe_seconds = Gauge("loa_mqtt_probe_seconds", "How long the broker took to "
+                                   "acknowledge the last probe", registry=registry)
+        self.stalls = Counter("loa_mqtt_broker_stalls_total", "Sessions dropped because the "
+                              "broker stopped acknowledging (frozen or wedged)",
+                              registry=registry)
+        self.republished = Counter("loa_mqtt_republished_total", "Retained messages published "
+                                   "again after the broker missed them", registry=registry)
+        self.unsent = Gauge("loa_mqtt_unsent_retained", "Retained messages waiting for the "
+                            "broker", registry=registry)
+        self.unsent.set_function(lambda: len(self._unsent))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(connect_forever(
@@ -206,6 +237,10 @@ class Fleet:
                                timeout_s)
 
     async def _publish(self, topic: str, message: Strict, retain: bool = False) -> None:
+        payload = encode(message)
+        if retain:  # kept until the broker has it, even if our caller stops waiting
+            self._unsent.pop(topic, None)  # the latest goes last
+            self._unsent[topic] = payload
         while True:
             await self._ready.wait()
             client = self._client
@@ -213,11 +248,14 @@ class Fleet:
                 await asyncio.sleep(0.05)
                 continue
             try:
-                await client.publish(topic, encode(message), qos=1, retain=retain)
-                return
+                await client.publish(topic, payload, qos=1, retain=retain)
             except aiomqtt.MqttError as e:  # lost the connection meanwhile: retry (the
                 log.info("publish to %s failed: %s", topic, e)  # caller bounds the time)
                 await asyncio.sleep(0.2)
+                continue
+            if retain and self._unsent.get(topic) is payload:
+                del self._unsent[topic]
+            return
 
     # ------------------------------------------------------------------ reception
 
@@ -225,12 +263,53 @@ class Fleet:
         await client.subscribe([(t, 1) for t in FLEET_TOPICS])
         self._client = client
         self._ready.set()
+        tasks = [asyncio.create_task(self._receive(client)),
+                 asyncio.create_task(self._probe(client))]
+        if self._unsent:
+            tasks.append(asyncio.create_task(self._republish(client)))
         try:
-            async for message in client.messages:
-                await self.handle(str(message.topic), payload_bytes(message))
+            done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # BrokerStalled, or the connection's own error
         finally:
             self._ready.clear()
             self._client = None
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self.handle(str(message.topic), payload_bytes(message))
+
+    async def _probe(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sent = loop.time()
+            try:
+                await client.publish(PROBE_TOPIC, b"", qos=1, timeout=PROBE_TIMEOUT_S)
+            except aiomqtt.MqttError as e:
+                self.stalls.inc()
+                log.error("the broker did not acknowledge within %g s (%s): taken for dead; "
+                          "presence will read unknown until it answers again",
+                          PROBE_TIMEOUT_S, e)
+                raise BrokerStalled(f"no acknowledgement within {PROBE_TIMEOUT_S:g} s") from e
+            self.probe_seconds.set(loop.time() - sent)
+            await asyncio.sleep(PROBE_EVERY_S)
+
+    async def _republish(self, client: aiomqtt.Client) -> None:
+        """Publish again what the broker missed (oldest first); a newer message for the same
+        topic, published meanwhile, replaces the one kept and is not overwritten."""
+        n = 0
+        for topic, payload in list(self._unsent.items()):
+            if self._unsent.get(topic) is not payload:
+                continue
+            await client.publish(topic, payload, qos=1, retain=True)
+            if self._unsent.get(topic) is payload:
+                del self._unsent[topic]
+            self.republished.inc()
+            n += 1
+        log.warning("published again %d retained messages the broker had missed", n)
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """One received message: validate, then route to the sink or a waiting command."""

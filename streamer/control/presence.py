@@ -6,6 +6,12 @@ ops watch: speakers registered and online per zone (the offline-ratio alert divi
 other) and confirmed plays per broadcast. A device's zone comes from the registry, never from
 what the device says about itself.
 
+Presence is what each device last said, and a device that has said nothing for a while may
+be gone without its last will ever reaching us (the broker frozen, our link to it down, a
+network split): :meth:`FleetRecorder.view` shows a device ``online`` only while the streamer
+has heard from it (status, telemetry or proof of play) within ``stale_after_s``, and
+``unknown`` after that, until it is heard again.
+
 It also tells the event stream (``events.py``) what changed: a speaker going online or
 offline (``presence``), a leaf zone left with no speaker online and a relay gone offline
 (``alert``, ``alerts.py``), and each confirmed play (``reach``, through ``on_played``).
@@ -32,6 +38,9 @@ from .state import State
 
 log = logging.getLogger("loa.presence")
 REACH_BROADCASTS = 20  # broadcasts whose reach stays exported as a metric
+#: a device heard from less recently than this reads ``unknown``: three times the devices'
+#: default telemetry period (``telemetry_s``, 10 s), and a little more
+STALE_AFTER_S = 35.0
 
 
 @contextlib.contextmanager
@@ -45,8 +54,15 @@ def redis_away(what: str, device_id: str) -> Iterator[None]:
 
 
 class FleetRecorder:
-    def __init__(self, state: State, registry: CollectorRegistry) -> None:
+    def __init__(self, state: State, registry: CollectorRegistry,
+                 stale_after_s: float = STALE_AFTER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self._started = clock()
+        #: when each device was last heard from (``clock``); before that, the recorder's start
+        self.heard: dict[str, float] = {}
         self.zone_of: dict[str, str] = {}  # speaker id → leaf zone, from the registry
         self.online: dict[str, bool] = {}
         self.speakers_online = Gauge("loa_speakers_online", "Speakers online (MQTT presence)",
@@ -83,6 +99,7 @@ class FleetRecorder:
 
     def forget(self, speaker_id: str) -> None:
         self._move(speaker_id, None, False)
+        self.heard.pop(speaker_id, None)
 
     def _move(self, speaker_id: str, zone: str | None, online: bool) -> None:
         """Take the speaker out of its zone's counts and put it into ``zone``'s (None: gone).
@@ -116,9 +133,23 @@ class FleetRecorder:
             with contextlib.suppress(KeyError):
                 gauge.remove(zone)
 
+    def view(self, device_id: str, p: Presence | None) -> Presence:
+        """``p`` as the API shows it: ``online`` turns ``unknown`` once the device has not been
+        heard from for ``stale_after_s`` (``detail.silent_s`` says how long)."""
+        if p is None:
+            return Presence()
+        if p.state != "online":
+            return p
+        silent = self.clock() - self.heard.get(device_id, self._started)
+        if silent <= self.stale_after_s:
+            return p
+        return p.model_copy(update={"state": "unknown",
+                                    "detail": {**p.detail, "silent_s": round(silent, 1)}})
+
     # -- FleetSink ----------------------------------------------------------------------------
 
     async def presence(self, kind: str, device_id: str, status: Status) -> None:
+        self.heard[device_id] = self.clock()
         detail = status.model_dump(exclude={"state", "ts"}, exclude_none=True)
         with redis_away("presence", device_id):
             await self.state.set_presence(device_id, Presence(
@@ -148,10 +179,12 @@ class FleetRecorder:
 
     async def telemetry(self, kind: str, device_id: str,
                         t: SpeakerTelemetry | RelayTelemetry) -> None:
+        self.heard[device_id] = self.clock()
         with redis_away("telemetry", device_id):
             await self.state.set_telemetry(device_id, t.model_dump(mode="json"))
 
     async def played(self, speaker_id: str, ev: Played) -> None:
+        self.heard[speaker_id] = self.clock()
         with redis_away("proof of play", speaker_id):
             await self.state.record_played(ev.broadcast, speaker_id, ev.model_dump(mode="json"))
         self.played_total.inc()

@@ -15,7 +15,7 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
@@ -160,3 +160,32 @@ async def speaker_process(tmp_path: Path, name: str, *args: str, speaker_id: str
         yield sp
     finally:
         await sp.close()
+
+
+@contextlib.asynccontextmanager
+async def mqtt_speakers(tmp_path: Path, broker: Any, passwords: dict[str, str], upstream: str,
+                        *specs: tuple[str, str], extra: tuple[str, ...] = ()
+                        ) -> AsyncIterator[list[SpeakerProcess]]:
+    """Speaker processes (id, channel = leaf zone) on ``broker`` (telemetry every 0.5 s),
+    started at once; killed at the end."""
+    started = await asyncio.gather(*(spawn_mqtt_speaker(tmp_path, sid, zone, upstream, broker,
+                                                        passwords[sid], *extra)
+                                     for sid, zone in specs), return_exceptions=True)
+    try:
+        for s in started:
+            if isinstance(s, BaseException):
+                raise s
+        yield cast(list[SpeakerProcess], started)
+    finally:
+        for s in started:
+            if isinstance(s, SpeakerProcess):
+                await s.close()
+
+
+async def spawn_mqtt_speaker(tmp_path: Path, sid: str, channel: str, upstream: str,
+                             broker: Any, password: str, *extra: str) -> SpeakerProcess:
+    pw_file = tmp_path / f"{sid}.password"
+    pw_file.write_text(password + "\n")
+    return await start_speaker(tmp_path, sid, "--channel", channel, "--upstream", upstream,
+                               "--mqtt-url", broker.url, "--mqtt-password-file", str(pw_file),
+                               "--telemetry-s", "0.5", *extra)

@@ -182,13 +182,14 @@ async def reach(ctx: Ctx) -> ReachOut:
     out = ReachOut(broadcast=rec.id, expected=len(speakers), confirmed=[], not_confirmed=[],
                    offline=[], ratio=0.0)
     for s, p in zip(speakers, presence, strict=True):
+        p = plane.recorder.view(s.id, p)
         ev = played.get(s.id)
         row = ReachSpeaker(id=s.id, zone=s.zone, **({k: ev.get(k) for k in
                                                      ("start", "end", "level_dbfs")}
                                                     if ev else {}))
         if ev:
             out.confirmed.append(row)
-        elif p is None or p.state != "online":
+        elif p.state != "online":  # offline, or not heard from lately
             out.offline.append(row)
         else:
             out.not_confirmed.append(row)

@@ -36,7 +36,8 @@ async def list_relays(ctx: Ctx) -> RelayList:
     state = ctx.services.state
     relays = sorted(await state.relays.all(), key=lambda r: r.id)
     presence = await state.presence.many([r.id for r in relays])
-    return RelayList(relays=[RelayOut(**r.model_dump(), presence=p or Presence())
+    view = ctx.services.recorder.view
+    return RelayList(relays=[RelayOut(**r.model_dump(), presence=view(r.id, p))
                              for r, p in zip(relays, presence, strict=True)])
 
 

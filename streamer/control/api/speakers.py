@@ -127,8 +127,9 @@ async def list_speakers(ctx: Ctx) -> SpeakerList:
     ids = [s.id for s in speakers]
     presence = await state.presence.many(ids)
     telemetry = await state.telemetry(ids)
+    view = ctx.services.recorder.view
     return SpeakerList(speakers=[
-        SpeakerOut(**s.model_dump(), presence=p or Presence(), telemetry=t)
+        SpeakerOut(**s.model_dump(), presence=view(s.id, p), telemetry=t)
         for s, p, t in zip(speakers, presence, telemetry, strict=True)])
 
 
@@ -159,7 +160,8 @@ async def create_speaker(ctx: Ctx) -> Provisioned:
 async def get_speaker(ctx: Ctx) -> SpeakerOut:
     s = await _speaker(ctx)
     state = ctx.services.state
-    return SpeakerOut(**s.model_dump(), presence=await state.presence.get(s.id) or Presence(),
+    presence = ctx.services.recorder.view(s.id, await state.presence.get(s.id))
+    return SpeakerOut(**s.model_dump(), presence=presence,
                       telemetry=(await state.telemetry([s.id]))[0])
 
 
