@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBS := libopus0 espeak-ng ffmpeg sox gstreamer1.0-tools gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good redis-server mosquitto mosquitto-clients chromium prometheus \
-        faketime gcc python3-dev
+        faketime gcc python3-dev systemd
 MISSING = $(shell for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
             | grep -q 'install ok installed' || echo $$p; done)
 
