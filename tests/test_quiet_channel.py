@@ -134,42 +134,21 @@ class Fanout:
         self.sent.pause(channels)
 
 
-def test_the_last_packets_before_a_pause_are_proven_at_once() -> None:
-    """Without the pause the batch would close only when the next broadcast filled it, and
-    the gate would hold the tone's end (and drop it) until then."""
-    fanout = Fanout()
-    sink = SigningSink(fanout, TEST_KEY, registry=None)  # type: ignore[arg-type]
-    m = quiet_mixer(["a"], sink)
-    m.start(Item(3, Priority.NORMAL, Tone(1000, 0.3), 1), ["a"])
-    gate: MediaGate[int] = MediaGate("a", Keyring([TEST_KEY.public]))
-    proven: list[int] = []
-    for k in range(60):
-        m.tick(k)
-        sink.sign_pending()
-        for ch, d in fanout.sent:
-            if packet.is_rtp(d) and not packet.is_rtcp(d):
-                p = packet.parse(d)
-                gate.hold(p.seq, d, p.seq, k * 0.02)
-            elif ch == "a" and packet.is_rtcp(d) and d[1] == rtcp.PT_APP:
-                proven += gate.vouch(d, k * 0.02)
-        fanout.sent.clear()
-    sent_seqs = 15 + QUIET_TAIL_FRAMES  # the tone, then the tail of silence
-    assert sorted(proven) == list(range(sent_seqs)) and len(gate) == 0
-
-
-def test_the_next_broadcast_after_a_pause_is_proven_from_its_first_packet() -> None:
-    """A bulletin after a quiet spell, at the level of the last one: its first packet is
-    signed alone and the next ones in short batches, so the start of the broadcast does not
-    spend the speaker's playout delay (300 ms) waiting for a 240 ms batch to fill."""
+def signed_run(frames: int, starts: dict[int, Item]
+               ) -> tuple[dict[int, int], dict[int, int], MediaGate[int]]:
+    """Channel "a" of a quiet mixer behind the streamer's ``SigningSink`` for ``frames``
+    frames, each item started on its frame, every datagram through a receiver's gate: the
+    frame each packet was sent on and the frame it was proven on, by sequence number, and the
+    gate."""
     fanout = Fanout()
     sink = SigningSink(fanout, TEST_KEY, registry=None)  # type: ignore[arg-type]
     m = quiet_mixer(["a"], sink)
     gate: MediaGate[int] = MediaGate("a", Keyring([TEST_KEY.public]))
     sent_at: dict[int, int] = {}
     proven_at: dict[int, int] = {}
-    for k in range(120):
-        if k in (0, 60):  # the second starts long after the first has fallen quiet
-            m.start(Item(3 + k, Priority.NORMAL, Tone(1000, 0.3), 1), ["a"])
+    for k in range(frames):
+        if k in starts:
+            m.start(starts[k], ["a"])
         m.tick(k)
         sink.sign_pending()
         for ch, d in fanout.sent:
@@ -180,6 +159,23 @@ def test_the_next_broadcast_after_a_pause_is_proven_from_its_first_packet() -> N
             elif ch == "a" and packet.is_rtcp(d) and d[1] == rtcp.PT_APP:
                 proven_at.update((seq, k) for seq in gate.vouch(d, k * 0.02))
         fanout.sent.clear()
+    return sent_at, proven_at, gate
+
+
+def test_the_last_packets_before_a_pause_are_proven_at_once() -> None:
+    """Without the pause the batch would close only when the next broadcast filled it, and
+    the gate would hold the tone's end (and drop it) until then."""
+    _, proven_at, gate = signed_run(60, {0: Item(3, Priority.NORMAL, Tone(1000, 0.3), 1)})
+    sent_seqs = 15 + QUIET_TAIL_FRAMES  # the tone, then the tail of silence
+    assert sorted(proven_at) == list(range(sent_seqs)) and len(gate) == 0
+
+
+def test_the_next_broadcast_after_a_pause_is_proven_from_its_first_packet() -> None:
+    """A bulletin after a quiet spell, at the level of the last one: its first packet is
+    signed alone and the next ones in short batches, so the start of the broadcast does not
+    spend the speaker's playout delay (300 ms) waiting for a 240 ms batch to fill."""
+    sent_at, proven_at, _ = signed_run(120, {  # the second long after the first fell quiet
+        k: Item(3 + k, Priority.NORMAL, Tone(1000, 0.3), 1) for k in (0, 60)})
     second = sorted(seq for seq, k in sent_at.items() if k >= 60)
     assert len(second) == 15 + QUIET_TAIL_FRAMES and set(second) <= set(proven_at)
     waits = [proven_at[seq] - sent_at[seq] for seq in second]
