@@ -9,12 +9,15 @@ speaker against snapclient") has the figures, against Snapcast's client, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
 from array import array
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,14 +43,16 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-async def test_a_plain_speaker_plays_without_http_or_mqtt_libraries_in_under_45_mb(
-        tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def plain_speaker(tmp_path: Path, name: str) -> AsyncIterator[tuple[Process, Path]]:
+    """A plain speaker (``clients.speaker.main``, no HTTP, no MQTT) on a tone, playing it: its
+    process and its play log."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    log = tmp_path / "light.jsonl"
+    log = tmp_path / f"{name}.jsonl"
     async with serving(ToneUpstream) as up:
-        args = with_trust(["--id", "light", "--channel", "ch", "--upstream", up.addr,
+        args = with_trust(["--id", name, "--channel", "ch", "--upstream", up.addr,
                            "--log", str(log), "--var-dir", str(tmp_path / "var")],
-                          tmp_path, "light")
+                          tmp_path, name)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -57,12 +62,18 @@ async def test_a_plain_speaker_plays_without_http_or_mqtt_libraries_in_under_45_
                 "event"] == "listening"
             await until(lambda: log.exists() and '"play_start"' in log.read_text(), 15,
                         "the speaker playing the tone")
-            maps = Path(f"/proc/{proc.pid}/maps").read_text()
-            assert [lib for lib in HEAVY if lib in maps] == []
-            assert rss_mb(proc.pid) < MAX_RSS_MB
+            yield proc, log
         finally:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_plain_speaker_plays_without_http_or_mqtt_libraries_in_under_45_mb(
+        tmp_path: Path) -> None:
+    async with plain_speaker(tmp_path, "light") as (proc, _):
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert [lib for lib in HEAVY if lib in maps] == []
+        assert rss_mb(proc.pid) < MAX_RSS_MB
 
 
 async def test_a_speaker_paused_mid_broadcast_reads_its_backlog_and_plays_on(
@@ -71,29 +82,13 @@ async def test_a_speaker_paused_mid_broadcast_reads_its_backlog_and_plays_on(
     after a stall (the process was paused) has a backlog behind it, which must reach the
     playout before its next beat, or the playout would take a second of stream as missing and
     log the broadcast as two."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
-    log = tmp_path / "paused.jsonl"
-    async with serving(ToneUpstream) as up:
-        args = with_trust(["--id", "paused", "--channel", "ch", "--upstream", up.addr,
-                           "--log", str(log), "--var-dir", str(tmp_path / "var")],
-                          tmp_path, "paused")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.speaker.main", *args, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        try:
-            assert proc.stdout is not None
-            await asyncio.wait_for(proc.stdout.readline(), 15)
-            await until(lambda: log.exists() and '"play_start"' in log.read_text(), 15,
-                        "the speaker playing the tone")
-            os.kill(proc.pid, signal.SIGSTOP)
-            await asyncio.sleep(1.5)  # longer than the playout's broadcast gap (1 s)
-            os.kill(proc.pid, signal.SIGCONT)
-            await asyncio.sleep(1.0)
-            events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-            assert events == ["start", "play_start"], events
-        finally:
-            proc.kill()
-            await proc.wait()
+    async with plain_speaker(tmp_path, "paused") as (proc, log):
+        os.kill(proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(1.5)  # longer than the playout's broadcast gap (1 s)
+        os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.sleep(1.0)
+        events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+        assert events == ["start", "play_start"], events
 
 
 class Collect:

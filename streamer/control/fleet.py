@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
+from aiomqtt.exceptions import MqttCodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from device.edge import (
@@ -288,7 +289,9 @@ class Fleet:
             sent = loop.time()
             try:
                 await client.publish(PROBE_TOPIC, b"", qos=1, timeout=PROBE_TIMEOUT_S)
-            except aiomqtt.MqttError as e:
+            except MqttCodeError:
+                raise  # the connection is gone, and says so: not a stall
+            except aiomqtt.MqttError as e:  # no acknowledgement in time
                 self.stalls.inc()
                 log.error("the broker did not acknowledge within %g s (%s): taken for dead; "
                           "presence will read unknown until it answers again",
