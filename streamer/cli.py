@@ -31,6 +31,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--mqtt-user")
     p.add_argument("--mqtt-password-file")
     p.add_argument("--mqtt-broker-dir", help="keep this broker's passwd/acl in step")
+    p.add_argument("--presence-stale-s", type=float,
+                   help="a device not heard from over MQTT this long reads unknown (default "
+                        "35: more than 3 of its telemetry periods)")
     p.add_argument("--ingest-host")
     p.add_argument("--ingest-port", type=int,
                    help="UDP port of the SRTP ingest (default 5006; 0 = any; -1 = off)")
