@@ -33,12 +33,9 @@ def _packets(n: int, first: int = 0) -> list[bytes]:
 
 
 def _signed(key: auth.SigningKey, pkts: list[bytes]) -> bytes:
-    signer = auth.ChannelSigner(key, CH, SSRC, len(pkts))
-    out: list[bytes] = []
-    for p in pkts:
-        out += signer.add(p, int.from_bytes(p[2:4], "big"), 0)
-    [loas] = out + signer.flush()
-    return loas
+    """One LOAS over ``pkts``, as the streamer signs a batch mid-broadcast."""
+    return auth.sign_batch(key, CH, SSRC, int.from_bytes(pkts[0][2:4], "big"),
+                           [auth.packet_hash(p) for p in pkts]).build()
 
 
 def _label(data: bytes) -> str:
