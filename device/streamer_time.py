@@ -28,11 +28,13 @@ RELAY_EVERY_S = 1.0
 SPEAKER_EVERY_S = 5.0
 
 
+_RAW = getattr(time, "CLOCK_MONOTONIC_RAW", None)
+
+
 def raw_ns() -> int:
     """The machine's crystal, ns, as it ticks: CLOCK_MONOTONIC_RAW, which NTP neither steps nor
     slews (on Linux; elsewhere the monotonic clock)."""
-    raw = getattr(time, "CLOCK_MONOTONIC_RAW", None)
-    return time.clock_gettime_ns(raw) if raw is not None else time.monotonic_ns()
+    return time.clock_gettime_ns(_RAW) if _RAW is not None else time.monotonic_ns()
 
 
 class FreeClock:

@@ -191,6 +191,8 @@ async def serve(cfg: SpeakerConfig) -> int:
         sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
         capacity=max(512, cfg.delay_ms // 5), on_event=on_event,
         emergency_volume_pct=cfg.emergency_volume,
+        # the level of what played is for the play log and the MQTT link's proof of play
+        measure_level=bool(cfg.log) or cfg.mqtt is not None,
     )
     emergency, writer = await open_emergency(cfg, playout)
     if play_log:
