@@ -79,9 +79,10 @@ class StreamerTime:
     def answered(self, t1: int, t2: int, t3: int) -> None:
         self.timeline.add(Exchange(t1, t2, t3, self.clock_ns()))
 
-    def shift_s(self) -> float:
-        """Streamer time minus ours, seconds (0 until the first answer: NTP is all we have)."""
-        off = self.timeline.offset(self.clock_ns())
+    def shift_s(self, local_ns: int | None = None) -> float:
+        """Streamer time minus ours, seconds (0 until the first answer: NTP is all we have),
+        at our clock's ``local_ns`` (now if None)."""
+        off = self.timeline.offset(self.clock_ns() if local_ns is None else local_ns)
         return 0.0 if off is None else off / NS
 
     def now(self) -> float:

@@ -40,7 +40,7 @@ from wire.auth import MediaGate
 from wire.packet import RtpPacket
 from wire.retransmit import LossTracker
 
-from .clock import LocalClock
+from .clock import NS, LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
 from .latency import Latency
@@ -140,7 +140,8 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
         # (a nudge comes right after the socket was read)
         if not nudged:
             speaker.drain()
-        playout.tick(clock.now(), speaker.time.shift_s())
+        now_ns = clock.now_ns()  # one clock read for both
+        playout.tick(now_ns / NS, speaker.time.shift_s(now_ns))
 
     # A quiet channel's playout only pads silence: beat as often as the handshake ticks, and
     # let the first packet of the next broadcast nudge it back to every packet time.

@@ -73,7 +73,10 @@ class OpusDecoder:
 
         self._error = opuslib.OpusError
         self._dec = opuslib.Decoder(rate_hz, 1)  # owns the libopus state, freed with it
-        self._opus_decode = opuslib.api.decoder.libopus_decode
+        # the bare symbol, not opuslib's binding of it: that converts each argument through
+        # its argtypes, and these are ints and pointers ctypes passes as they are
+        self._opus_decode = opuslib.api.libopus["opus_decode"]
+        self._opus_decode.restype = ctypes.c_int
         self._pcm = (ctypes.c_int16 * MAX_FRAME)()
         self._out = ctypes.cast(self._pcm, ctypes.POINTER(ctypes.c_int16))
         self._ctl = opuslib.api.decoder.libopus_ctl
