@@ -146,11 +146,11 @@ def parse(data: bytes) -> RtpPacket:
     if n >= HEADER_LEN:
         # Loa's own layout (every packet a speaker plays) in one unpack, a third of the time
         # the general walk below takes
-        (b0, b1, seq, ts, ssrc, profile, words, id1, capture_ntp, id2, broadcast_id, id3,
+        (b0, b1, seq, ts, ssrc, profile, words, id1, ntp, id2, broadcast_id, id3,
          priority) = _LOA_HEADER.unpack_from(data)
         if (b0, profile, words, id1, id2, id3) == _LOA_MARKS:
             return RtpPacket(ssrc, seq, ts, bytes(data[HEADER_LEN:]), b1 & 0x7F, b1 >= 0x80,
-                             capture_ntp, broadcast_id, priority)
+                             ntp, broadcast_id, priority)
     if n < 12:
         raise MalformedPacket(f"{n} bytes is shorter than an RTP header")
     b0, b1, seq, ts, ssrc = _FIXED.unpack_from(data, 0)
