@@ -28,11 +28,13 @@ RELAY_EVERY_S = 1.0
 SPEAKER_EVERY_S = 5.0
 
 
+_RAW = getattr(time, "CLOCK_MONOTONIC_RAW", None)
+
+
 def raw_ns() -> int:
     """The machine's crystal, ns, as it ticks: CLOCK_MONOTONIC_RAW, which NTP neither steps nor
     slews (on Linux; elsewhere the monotonic clock)."""
-    raw = getattr(time, "CLOCK_MONOTONIC_RAW", None)
-    return time.clock_gettime_ns(raw) if raw is not None else time.monotonic_ns()
+    return time.clock_gettime_ns(_RAW) if _RAW is not None else time.monotonic_ns()
 
 
 class FreeClock:
@@ -77,9 +79,10 @@ class StreamerTime:
     def answered(self, t1: int, t2: int, t3: int) -> None:
         self.timeline.add(Exchange(t1, t2, t3, self.clock_ns()))
 
-    def shift_s(self) -> float:
-        """Streamer time minus ours, seconds (0 until the first answer: NTP is all we have)."""
-        off = self.timeline.offset(self.clock_ns())
+    def shift_s(self, local_ns: int | None = None) -> float:
+        """Streamer time minus ours, seconds (0 until the first answer: NTP is all we have),
+        at our clock's ``local_ns`` (now if None)."""
+        off = self.timeline.offset(self.clock_ns() if local_ns is None else local_ns)
         return 0.0 if off is None else off / NS
 
     def now(self) -> float:

@@ -25,6 +25,22 @@ def test_rtp_roundtrip_with_extensions():
     assert packet.peek_ssrc(data) == 0xDEADBEEF
 
 
+def test_loa_layout_and_the_general_walk_read_the_same_packet():
+    p = packet.RtpPacket(ssrc=7, seq=3, ts=960, payload=b"\xfc\x01", pt=100, marker=True,
+                         capture_ntp=packet.unix_to_ntp64(1_790_000_000.5), broadcast_id=9,
+                         priority=2)
+    data = p.build()  # Loa's layout: read in one unpack
+    ext = data[16:32]
+    # the same elements in another order: read element by element
+    walked = data[:16] + ext[14:16] + ext[9:14] + ext[0:9] + data[32:]
+    assert packet.parse(data) == packet.parse(walked) == p
+    # Loa's layout but for an element it does not know (ID 4 where the priority goes): the
+    # unknown element is skipped, not read as the priority
+    foreign = data[:30] + b"\x40" + data[31:]
+    q = packet.parse(foreign)
+    assert (q.priority, q.broadcast_id, q.payload) == (0, 9, b"\xfc\x01")
+
+
 def test_parse_foreign_rtp_without_extension_and_with_csrc_and_padding():
     # V=2, P=1, X=0, CC=1; PT 96; one CSRC; payload 'ab'; 2 bytes of padding
     data = bytes([0xA1, 96, 0, 7, 0, 0, 0, 9, 0, 0, 0, 5, 0, 0, 0, 1]) + b"ab" + b"\x00\x02"

@@ -380,6 +380,21 @@ def test_play_log_events_per_broadcast() -> None:
     assert events[-1]["event"] == "play" and events[-1]["broadcast"] == 6
 
 
+def test_without_a_reader_for_the_level_the_play_records_leave_it_out() -> None:
+    runs = []
+    for measure in (True, False):
+        p, sink, _, events = make_playout(measure_level=measure)
+        for seq in range(1, 4):
+            p.receive(rtp(seq), T0 + 1.0 + seq * 0.02)
+        p.tick(T0 + 5.0)
+        runs.append((sink.pcm, events))
+    (measured_pcm, measured), (pcm, events) = runs
+    assert "level_dbfs" in measured[1] and "level_dbfs" not in events[1]
+    del measured[1]["level_dbfs"]
+    assert events == measured  # the same records, but for the level
+    assert np.array_equal(pcm, measured_pcm) and pcm.any()  # and the same sound
+
+
 def test_level_dbfs() -> None:
     assert level_dbfs(0.0, 0) == -120.0
     assert level_dbfs(32768.0**2 * 10, 10) == 0.0

@@ -74,7 +74,7 @@ TOKEN_REJECTS = {"bad_token": RejectReason.BAD_TOKEN, "expired_token": RejectRea
 
 
 def is_control(data: bytes) -> bool:
-    return data[:4] == MAGIC
+    return data.startswith(MAGIC)
 
 
 @dataclass(slots=True, frozen=True)

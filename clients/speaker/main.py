@@ -40,7 +40,7 @@ from wire.auth import MediaGate
 from wire.packet import RtpPacket
 from wire.retransmit import LossTracker
 
-from .clock import LocalClock
+from .clock import NS, LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
 from .latency import Latency
@@ -140,7 +140,8 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
         # (a nudge comes right after the socket was read)
         if not nudged:
             speaker.drain()
-        playout.tick(clock.now(), speaker.time.shift_s())
+        now_ns = clock.now_ns()  # one clock read for both
+        playout.tick(now_ns / NS, speaker.time.shift_s(now_ns))
 
     # A quiet channel's playout only pads silence: beat as often as the handshake ticks, and
     # let the first packet of the next broadcast nudge it back to every packet time.
@@ -191,6 +192,8 @@ async def serve(cfg: SpeakerConfig) -> int:
         sink, OpusDecoder(), t0, delay_ms=cfg.delay_ms, volume_pct=cfg.volume, muted=cfg.mute,
         capacity=max(512, cfg.delay_ms // 5), on_event=on_event,
         emergency_volume_pct=cfg.emergency_volume,
+        # the level of what played is for the play log and the MQTT link's proof of play
+        measure_level=bool(cfg.log) or cfg.mqtt is not None,
     )
     emergency, writer = await open_emergency(cfg, playout)
     if play_log:

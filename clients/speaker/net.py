@@ -171,7 +171,7 @@ class Speaker(asyncio.DatagramProtocol):
                     self.bad["foreign_ssrc"] += 1
                     return
                 for proven, at in self.gate.vouch(data, mono):
-                    self._play(proven, at)
+                    self._play(proven, at, mono)
             elif (ts := rtcp.report_ts(data)) is not None:
                 if packet.peek_rtcp_ssrc(data) != self.ssrc:
                     self.bad["foreign_ssrc"] += 1
@@ -191,31 +191,31 @@ class Speaker(asyncio.DatagramProtocol):
             return
         client.heard_packet(mono, pkt.ts)
         if self.recovery is not None:
-            mono = time.monotonic()
             self.recovery.arrived(pkt.seq, len(data), mono)
             self._ask_lost(mono)
         capture_time = pkt.capture_time  # on the streamer's timeline
         now = self.time.now()
+        gate = self.gate
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1
-            if capture_time is not None and self.gate is not None:
-                self.gate.dropped["stale"] += 1
+            if capture_time is not None and gate is not None:
+                gate.dropped["stale"] += 1
             return
         self.latency.observe(max(0.0, now - capture_time))
-        if self.gate is None:
-            self._play(pkt, capture_time)
+        if gate is None:
+            self._play(pkt, capture_time, mono)
         else:
-            self.gate.hold(pkt.seq, data, (pkt, capture_time), mono)
-            if self.gate.late:  # its batch's LOAS came first
-                for proven, at in self.gate.take_late()[0]:
-                    self._play(proven, at)
+            gate.hold(pkt.seq, data, (pkt, capture_time), mono)
+            if gate.late:  # its batch's LOAS came first
+                for proven, at in gate.take_late()[0]:
+                    self._play(proven, at, mono)
             self._ask_overdue(mono)
 
-    def _play(self, pkt: RtpPacket, capture_time: float) -> None:
-        """Media that may play (proven, or verification is off): it reaches the playout and
-        shows the upstream is alive."""
-        self.last_media = time.monotonic()
-        self.client.on_media(self.last_media)
+    def _play(self, pkt: RtpPacket, capture_time: float, now: float) -> None:
+        """Media that may play (proven, or verification is off), which came at ``now``
+        (monotonic): it reaches the playout and shows the upstream is alive."""
+        self.last_media = now
+        self.client.on_media(now)
         if self.playout.receive(pkt, capture_time) is Arrival.LATE and self.gate is not None:
             self.gate.dropped["reordered"] += 1
 

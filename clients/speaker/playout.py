@@ -22,7 +22,9 @@ it every packet time (or at each packet) is ``rhythm.py``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
+import struct
 from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -71,7 +73,10 @@ class OpusDecoder:
 
         self._error = opuslib.OpusError
         self._dec = opuslib.Decoder(rate_hz, 1)  # owns the libopus state, freed with it
-        self._opus_decode = opuslib.api.decoder.libopus_decode
+        # the bare symbol, not opuslib's binding of it: that converts each argument through
+        # its argtypes, and these are ints and pointers ctypes passes as they are
+        self._opus_decode = opuslib.api.libopus["opus_decode"]
+        self._opus_decode.restype = ctypes.c_int
         self._pcm = (ctypes.c_int16 * MAX_FRAME)()
         self._out = ctypes.cast(self._pcm, ctypes.POINTER(ctypes.c_int16))
         self._ctl = opuslib.api.decoder.libopus_ctl
@@ -135,19 +140,18 @@ class GainFade:
         self._from = self.gain
         self._left = self.fade_samples
 
-    def apply(self, src: Samples, target: float, applied: float = 1.0) -> tuple[Samples, float]:
-        """``src`` times the gain, gliding towards ``target`` if asked to, and the sum of
-        squares of the result. ``src`` already carries the gain ``applied`` (the decoder's)."""
+    def apply(self, src: Samples, target: float, applied: float = 1.0) -> Samples:
+        """``src`` times the gain, gliding towards ``target`` if asked to. ``src`` already
+        carries the gain ``applied`` (the decoder's)."""
         k = min(self._left, len(src))
         if not k:
             self.gain = target
             if target == applied:
-                return src, sum_of_squares(src)
+                return src
             if target == 0.0:
-                return array("h", bytes(2 * len(src))), 0.0
+                return array("h", bytes(2 * len(src)))
             r = target / applied
-            out = array("h", [int(x * r) for x in src])
-            return out, sum_of_squares(out)
+            return array("h", [int(x * r) for x in src])
         done = self.fade_samples - self._left
         step = (target - self._from) / self.fade_samples
         base = self._from + step * done
@@ -157,12 +161,18 @@ class GainFade:
         out.extend([int(x * r) for x in src[k:]])
         self._left -= k
         self.gain = base + step * k if k == len(src) else target
-        return out, sum_of_squares(out)
+        return out
 
 
 def sum_of_squares(pcm: Samples) -> float:
-    """The sum of the squares of int16 samples (``math.hypot`` loops in C)."""
-    return math.hypot(*pcm) ** 2
+    """The sum of the squares of int16 samples (``math.hypot`` loops in C; a compiled
+    ``struct`` makes the samples' ints faster than iterating a memoryview does)."""
+    return math.hypot(*_int16s(len(pcm)).unpack(pcm)) ** 2
+
+
+@functools.lru_cache(maxsize=16)
+def _int16s(n: int) -> struct.Struct:
+    return struct.Struct(f"{n}h")
 
 
 class Timeline:
@@ -208,6 +218,10 @@ class Playout:
 
     ``capture(broadcast_id, pcm)`` receives the decoded int16 PCM (before volume) of every
     level-3 frame, for the emergency cache.
+
+    ``measure_level=False`` leaves the level out of the ``play`` records, for a speaker where
+    nobody reads it (no play log, no MQTT link): the sum of squares of every frame is a good
+    part of a playing speaker's CPU.
     """
 
     def __init__(
@@ -226,6 +240,7 @@ class Playout:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         emergency_volume_pct: float = 100.0,
         capture: Callable[[int, bytes], None] | None = None,
+        measure_level: bool = True,
     ) -> None:
         self.sink = sink
         self.decoder = decoder
@@ -244,6 +259,7 @@ class Playout:
         self._fade = GainFade(0.0 if muted else self._gain, round(FADE_MS * rate_hz / 1000))
         self._forced = False  # the last samples went out at the emergency volume
         self.capture = capture or (lambda broadcast_id, pcm: None)
+        self.measure_level = measure_level
         # cached emergency audio the speaker replays on its own (see play_local)
         self._local: Samples | None = None
         self._local_pos = 0
@@ -460,18 +476,18 @@ class Playout:
     def _write(self, pcm: Samples, forced: bool, skip: int = 0) -> float:
         """Apply the gain to int16 ``pcm`` (which carries the decoder's gain ``_applied``
         already) and write all but its first ``skip`` samples at the cursor; returns the sum
-        of squares after gain. ``forced`` (an emergency) means the emergency volume, unmuted,
-        glided into and out of."""
+        of squares after gain (0 unless ``measure_level``). ``forced`` (an emergency) means
+        the emergency volume, unmuted, glided into and out of."""
         n = len(pcm)
         if forced != self._forced:
             self._forced = forced
             self._fade.glide()
-        out, sumsq_out = self._fade.apply(pcm, self._target(forced), self._applied)
+        out = self._fade.apply(pcm, self._target(forced), self._applied)
         if skip < n:  # gain <= 1: no clipping needed
             self.sink.write(out[skip:])
             self._last = out[-1]
         self.timeline.cursor += n - skip
-        return sumsq_out
+        return sum_of_squares(out) if self.measure_level else 0.0
 
     # ------------------------------------------------------------------ play log
 
@@ -495,9 +511,9 @@ class Playout:
     def _end_broadcast(self) -> None:
         if not self.broadcast_id:
             return
-        self.on_event(self._record(
-            "play", start=self._bc_start, end=self._bc_end,
-            level_dbfs=level_dbfs(self._bc_sumsq, self._bc_samples)))
+        level = ({"level_dbfs": level_dbfs(self._bc_sumsq, self._bc_samples)}
+                 if self.measure_level else {})
+        self.on_event(self._record("play", start=self._bc_start, end=self._bc_end, **level))
         self.broadcast_id = self._bc_priority = 0
         self._bc_local = False
 
