@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,23 @@ async def connect_forever(name: str, make_client: Callable[[], aiomqtt.Client],
         finally:
             metrics.connected.set(0)
         await asyncio.sleep(backoff.next())
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and return once every one has ended, cancelling again until it has.
+    Once is not always enough: on Python 3.11, ``asyncio.wait_for`` (which aiomqtt awaits each
+    acknowledgement with) drops a cancellation that arrives as its inner future completes, and
+    a session's loop (the fleet's probe, a device's telemetry) that lost its cancellation that
+    way would run on, keeping the session open and whoever closes it waiting for ever."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for t in tasks:  # what they raised is the session's end, said elsewhere: not "never
+        if not t.cancelled():  # retrieved" at exit
+            t.exception()
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

@@ -31,6 +31,7 @@ from device.edge import (
     Backoff,
     MqttMetrics,
     RateLimitedLog,
+    cancel_and_wait,
     connect_forever,
     mqtt_client,
     payload_bytes,
@@ -224,11 +225,7 @@ class DeviceLink:
                 await self.handle(client, str(message.topic), payload_bytes(message))
         finally:
             self._client = None
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await t
+            await cancel_and_wait(tasks)
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
         status = self.device.status()

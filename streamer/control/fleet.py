@@ -38,6 +38,7 @@ from device.edge import (
     Backoff,
     MqttMetrics,
     RateLimitedLog,
+    cancel_and_wait,
     connect_forever,
     mqtt_client,
     payload_bytes,
@@ -275,9 +276,7 @@ class Fleet:
         finally:
             self._ready.clear()
             self._client = None
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
