@@ -183,9 +183,7 @@ class DeviceLink:
                 await asyncio.wait_for(client.publish(
                     self._topic["status"], encode(status), qos=1, retain=True), timeout_s)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])  # a cancellation lost in a connect: again
             self._task = None
 
     def report_played(self, event: Mapping[str, Any]) -> None:

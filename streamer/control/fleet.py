@@ -21,7 +21,6 @@ never loses it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import socket
@@ -145,9 +144,7 @@ class Fleet:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])  # a cancellation lost in a connect: again
             self._task = None
 
     async def __aenter__(self) -> Fleet:
