@@ -339,12 +339,14 @@ class Playout:
 
     # ------------------------------------------------------------------ output
 
-    def tick(self, now: float, shift_s: float = 0.0) -> int:
-        """Emit every frame whose play time is within one packet time of ``now``; returns the
-        number of frames emitted. Then pads the output with silence up to ``now``.
-        ``shift_s``: the streamer's clock minus ours (capture times are the streamer's; a
-        frame plays at capture + delay - shift on ours)."""
-        horizon = now + self.ptime_s  # written one period ahead so the sink never starves
+    def tick(self, now: float, shift_s: float = 0.0, ahead_s: float = 0.0) -> int:
+        """Emit every frame whose play time is within one packet time (or ``ahead_s``, if
+        longer: the time to the next tick) of ``now``; returns the number of frames emitted.
+        Then pads the output with silence up to ``now``. ``shift_s``: the streamer's clock
+        minus ours (capture times are the streamer's; a frame plays at capture + delay -
+        shift on ours)."""
+        # written one tick ahead so the sink never starves
+        horizon = now + (ahead_s if ahead_s > self.ptime_s else self.ptime_s)
         emitted = 0
         jb = self.jitter
         while True:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,23 @@ from dataclasses import dataclass
 log = logging.getLogger("loa.speaker")
 
 LOG_EVERY_S = 60.0
+#: A playing speaker reads its socket only at the beat, every few packets (``beat_s``). What
+#: bounds the beat: a frame is written a beat before its play time (``Playout.tick``'s
+#: ``ahead_s``: the sink must not starve until the next beat), so a packet must have arrived
+#: a beat before its play time; with the beat at most a quarter of the playout delay, three
+#: quarters are left to the network (225 ms of the default 300). The signature that proves a
+#: batch comes last, 220 ms after the batch's first packet (``wire/auth.py``, ``BATCH_MS``),
+#: so the beat follows the newest LOAS by half a packet time (``align``): it reads each LOAS
+#: right after it came, and the batch's first frame has as much time as before (delay -
+#: 220 ms - half a packet for the network, 70 ms at 300 ms).
+MAX_BEAT_S = 0.06
+
+
+def beat_s(ptime_s: float, delay_s: float) -> float:
+    """The playing beat: a whole number of packet times, at most ``MAX_BEAT_S`` and a quarter
+    of the playout delay, at least one packet time (3 packets at 20 ms and 300 ms)."""
+    packets = min(MAX_BEAT_S, delay_s / 4) / ptime_s + 1e-9
+    return ptime_s * max(1, int(packets))
 
 
 @dataclass
@@ -61,6 +79,7 @@ class Rhythm:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0  # loop time of the next timer beat
+        self._anchor: float | None = None  # the next timer beat follows it (align)
         self._last = float("-inf")  # loop time of the last beat
         self._nudged = False  # the last beat came from a nudge
         self.beats = 0
@@ -76,6 +95,11 @@ class Rhythm:
             held = self._offbeat.setdefault(name, _Job(name, 0.0, job))  # its log's pace
             held.run = job
             self._loop.call_later(self._period() / 2, _call, held)
+
+    def align(self, at: float) -> None:
+        """Put the next timer beats a whole number of periods after ``at`` (loop time, i.e.
+        monotonic), the first at least half a period from now: called from the beat."""
+        self._anchor = at
 
     async def run(self) -> None:
         """Beat until cancelled."""
@@ -121,7 +145,12 @@ class Rhythm:
                 if job.due <= now:  # the first run, or after a stall: a grid from now
                     job.due = now + job.period_s
                 _call(job)
-        self._next += self._period()
+        period = self._period()
+        if (at := self._anchor) is not None:
+            self._anchor = None
+            self._next = at + period * max(1, math.ceil((now + period / 2 - at) / period))
+        else:
+            self._next += period
         if self._next < self._loop.time():  # the loop stalled: resume from now, no burst
             self._next = self._loop.time()
         self._timer = self._loop.call_at(self._next, self._on_timer)
