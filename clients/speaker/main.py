@@ -146,11 +146,15 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
         if not nudged:  # a nudge comes right after the socket was read
             speaker.drain()
         now_ns = clock.now_ns()  # one clock read for both
-        playout.tick(now_ns / NS, speaker.time.shift_s(now_ns), period())
-        if speaker.anchor is not None:  # the next beats half a packet after the newest LOAS
+        now = now_ns / NS
+        playout.tick(now, speaker.time.shift_s(now_ns), r.reach())
+        if playout.wake_at is not None:  # a missing frame to conceal, unless it comes
+            r.within(playout.wake_at - now)
+        if speaker.anchor is not None:  # the beats half a packet after the newest LOAS
             r.align(speaker.anchor + playout.ptime_s / 2)
             speaker.anchor = None
-        speaker.listen(playout.idle)
+        # listen when nothing plays, or for an answer to a request (``net.py``)
+        speaker.listen(playout.idle or speaker.awaiting(time.monotonic()))
 
     def ask(job: Callable[[], None]) -> None:
         # The time is asked between two packets (``net.py``, ``tick``): a beat that follows

@@ -61,6 +61,9 @@ HOLD_SLACK_S = 0.2  # a held packet is kept this much beyond the playout delay
 DRAIN = 128  # datagrams read per wake-up at most (2.5 s of stream at 20 ms)
 MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
 NS = 1_000_000_000
+#: after asking for a packet or a LOAS again, listen this long for the answer (a 4G round
+#: trip and a retry: ``wire/retransmit.py``, ``RETRY_S``)
+ANSWER_S = 0.2
 
 
 class Speaker:
@@ -106,6 +109,8 @@ class Speaker:
         self.listening = False
         #: the kernel stamps arrivals (``fanout/udp.py``); else a datagram came when read
         self.stamped = False
+        #: when a packet or a LOAS was last asked for again (monotonic)
+        self.asked_at = float("-inf")
         #: arrival (monotonic) of the newest LOAS read (of the newest packet, unsigned media):
         #: the rhythm's beat is set to follow it (``main.py``); None once taken
         self.anchor: float | None = None
@@ -306,6 +311,7 @@ class Speaker:
         still play."""
         assert self.recovery is not None
         for seq, mask, size in self.recovery.due(now):
+            self.asked_at = now
             self.send(self.client.nack(seq, mask, size))
 
     def _ask_overdue(self, now: float) -> None:
@@ -313,7 +319,14 @@ class Speaker:
         assert self.gate is not None
         seq = self.gate.overdue(now)
         if seq is not None:
+            self.asked_at = now
             self.send(self.client.resend(seq))
+
+    def awaiting(self, now: float) -> bool:
+        """Whether an answer to a request (a packet or a LOAS asked for again) may be on its
+        way: the speaker then listens, so that what comes back is read at once and each
+        try has the time it had when every datagram woke the process."""
+        return now - self.asked_at < ANSWER_S
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)

@@ -270,6 +270,8 @@ class Playout:
         #: has come since: once what is buffered has played there is nothing to conceal
         self.quiet = False
         self._concealed = 0  # consecutive concealed frames
+        #: set by :meth:`tick`: when to tick again for a missing frame it waits for
+        self.wake_at: float | None = None
         self._applied = 1.0  # the gain the decoder applied to the frame being played
         self._last = 0  # the last sample written
         # the broadcast on air and its running level
@@ -344,9 +346,15 @@ class Playout:
         longer: the time to the next tick) of ``now``; returns the number of frames emitted.
         Then pads the output with silence up to ``now``. ``shift_s``: the streamer's clock
         minus ours (capture times are the streamer's; a frame plays at capture + delay -
-        shift on ours)."""
-        # written one tick ahead so the sink never starves
-        horizon = now + (ahead_s if ahead_s > self.ptime_s else self.ptime_s)
+        shift on ours).
+
+        A missing frame is concealed only once it is within one packet time of ``now``, as
+        if ticks came every packet time: the frames before it are written ``ahead_s`` ahead,
+        and :attr:`wake_at` says when to tick again to conceal it (or play it, if its packet
+        came meanwhile: one held for its batch's LOAS, or asked for again)."""
+        must = now + self.ptime_s  # written one packet time ahead so the sink never starves
+        horizon = now + ahead_s if ahead_s > self.ptime_s else must
+        self.wake_at = None
         emitted = 0
         jb = self.jitter
         while True:
@@ -359,6 +367,9 @@ class Playout:
                 # then fall silent; a stopped stream must not be "concealed" for ever.
                 if (self._next_play is None or self._concealed >= self.max_conceal
                         or self._next_play > horizon):
+                    break
+                if self._next_play > must:  # its packet may still come: wait for it
+                    self.wake_at = self._next_play - self.ptime_s
                     break
                 self._play(jb.pop(), self._next_play)
             else:
@@ -375,6 +386,9 @@ class Playout:
                 if gap and self._concealed >= self.max_conceal:
                     jb.skip()
                     continue
+                if gap and play_time > must:
+                    self.wake_at = play_time - self.ptime_s
+                    break
                 self._play(jb.pop(), play_time)
             emitted += 1
         if self._local is not None:

@@ -48,6 +48,7 @@ LOG_EVERY_S = 60.0
 #: right after it came, and the batch's first frame has as much time as before (delay -
 #: 220 ms - half a packet for the network, 70 ms at 300 ms).
 MAX_BEAT_S = 0.06
+MIN_STEP = 0.25  # of a period: a beat on the grid comes at least this long after another
 
 
 def beat_s(ptime_s: float, delay_s: float) -> float:
@@ -79,7 +80,8 @@ class Rhythm:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0  # loop time of the next timer beat
-        self._anchor: float | None = None  # the next timer beat follows it (align)
+        self._anchor: float | None = None  # the timer beats follow it (align)
+        self._within: float | None = None  # the next timer beat at most this late (loop time)
         self._last = float("-inf")  # loop time of the last beat
         self._nudged = False  # the last beat came from a nudge
         self.beats = 0
@@ -97,9 +99,21 @@ class Rhythm:
             self._loop.call_later(self._period() / 2, _call, held)
 
     def align(self, at: float) -> None:
-        """Put the next timer beats a whole number of periods after ``at`` (loop time, i.e.
-        monotonic), the first at least half a period from now: called from the beat."""
+        """Put the timer beats a whole number of periods after ``at`` (loop time, i.e.
+        monotonic), the next at least a quarter of a period from now (so at most
+        :meth:`reach` away): called from the beat."""
         self._anchor = at
+
+    def within(self, delay_s: float) -> None:
+        """Beat again within ``delay_s`` at the latest (an extra beat, off the grid): called
+        from the beat."""
+        if self._loop is not None:
+            self._within = self._loop.time() + max(0.0, delay_s)
+
+    def reach(self) -> float:
+        """How far ahead the beat must write: the time to the next beat at most (a period,
+        and a quarter when the grid moved: ``align``)."""
+        return self._period() * (1 + MIN_STEP)
 
     async def run(self) -> None:
         """Beat until cancelled."""
@@ -147,10 +161,13 @@ class Rhythm:
                 _call(job)
         period = self._period()
         if (at := self._anchor) is not None:
-            self._anchor = None
-            self._next = at + period * max(1, math.ceil((now + period / 2 - at) / period))
+            self._next = at + period * max(0, math.ceil((now + MIN_STEP * period - at) / period))
         else:
             self._next += period
+        if (within := self._within) is not None:
+            self._within = None
+            if within < self._next:
+                self._next = within
         if self._next < self._loop.time():  # the loop stalled: resume from now, no burst
             self._next = self._loop.time()
         self._timer = self._loop.call_at(self._next, self._on_timer)
