@@ -261,9 +261,9 @@ class Speaker:
             self._ask_lost(mono)
         capture_time = pkt.capture_time  # on the streamer's timeline
         # the streamer's time when it came (the streamer's clock read once per read)
-        if (at := self._streamer_at) is None:
-            at = self._streamer_at = (time.monotonic(), self.time.now())
-        now = at[1] - (at[0] - mono)
+        if (read := self._streamer_at) is None:
+            read = self._streamer_at = (time.monotonic(), self.time.now())
+        now = read[1] - (read[0] - mono)
         gate = self.gate
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1

@@ -260,6 +260,8 @@ class Playout:
         self._forced = False  # the last samples went out at the emergency volume
         self.capture = capture or (lambda broadcast_id, pcm: None)
         self.measure_level = measure_level
+        # a sink that meters what it is given takes our measurement (``mqtt.ToneOverlay``)
+        self._tell_sink = measure_level and hasattr(sink, "measured")
         # cached emergency audio the speaker replays on its own (see play_local)
         self._local: Samples | None = None
         self._local_pos = 0
@@ -499,11 +501,14 @@ class Playout:
             self._forced = forced
             self._fade.glide()
         out = self._fade.apply(pcm, self._target(forced), self._applied)
+        sumsq = sum_of_squares(out) if self.measure_level else 0.0
         if skip < n:  # gain <= 1: no clipping needed
+            if self._tell_sink and not skip:  # a level meter (``mqtt.py``) need not sum it
+                self.sink.measured = sumsq  # type: ignore[attr-defined]
             self.sink.write(out[skip:])
             self._last = out[-1]
         self.timeline.cursor += n - skip
-        return sum_of_squares(out) if self.measure_level else 0.0
+        return sumsq
 
     # ------------------------------------------------------------------ play log
 

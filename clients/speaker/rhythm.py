@@ -110,6 +110,11 @@ class Rhythm:
         if self._loop is not None:
             self._within = self._loop.time() + max(0.0, delay_s)
 
+    @property
+    def next_at(self) -> float:
+        """Loop time of the next timer beat."""
+        return self._next
+
     def reach(self) -> float:
         """How far ahead the beat must write: the time to the next beat at most (a period,
         and a quarter when the grid moved: ``align``)."""
