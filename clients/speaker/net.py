@@ -2,7 +2,10 @@
 current upstream; :class:`Speaker` demultiplexes every datagram (control, RTCP, RTP) and hands
 it to the sans-IO parts (:class:`~wire.subscribe.SubscribeClient`,
 :class:`~clients.speaker.playout.Playout`); :func:`tick` and :func:`emergency_tick` are the
-periodic jobs that go with it (run from the speaker's one rhythm, ``rhythm.py``).
+periodic jobs that go with it (run from the speaker's one rhythm, ``rhythm.py``). The socket
+is read when the rhythm says (at each playing beat, every few packets, or as a datagram comes
+while the speaker listens), each datagram dated by the kernel's receive timestamp: everything
+below sees when a datagram came, never when it was read.
 
 Nothing plays unless the streamer signed it (``wire/auth.py``): each RTP packet waits in a
 :class:`~wire.auth.MediaGate` until the ``LOAS`` of its batch proves it, and only then reaches
@@ -334,10 +337,12 @@ class Speaker:
 
 def tick(speaker: Speaker, offbeat: Callable[[Callable[[], None]], None]) -> None:
     """Handshake retries, keepalives, failover and asking the time; every ``TICK_S``, from
-    the rhythm's beat. The time is asked ``offbeat``: half a packet time later, between two
-    packets. The beat follows a packet (``rhythm.py``), when the upstream is busy forwarding
-    it to its other subscribers: a TIME sent then waits behind that work on the way up, not
-    on the way down, and the clock sync would take the difference for the clocks' offset."""
+    the rhythm's beat. The time is asked ``offbeat``, between two packets (``main.py``: at a
+    playing beat, which follows the newest LOAS by half a packet time; half a period after
+    a nudged beat, which follows a datagram). Right after a packet the upstream is busy
+    forwarding it to its other subscribers: a TIME sent then waits behind that work on the way
+    up, not on the way down, and the clock sync would take the difference for the clocks'
+    offset."""
     client = speaker.client
     before = client.index
     speaker.expire()

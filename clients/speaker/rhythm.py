@@ -1,25 +1,30 @@
 """The speaker's one source of wake-ups: the playout's beat, and the periodic jobs riding on it.
 
-On a small board the cost of a Python speaker is mostly waking up: each turn of the event
-loop costs about as much as decoding a frame, and a task that sleeps a packet time costs two
-turns (its timer, then its step). So the speaker wakes for nothing but its socket and this
-rhythm, and the rhythm wakes as little as it can:
+On a small board the cost of a Python speaker is mostly waking up: paced as a stream comes, a
+packet costs five times what it costs back to back, because each wake-up finds the code and
+data out of the caches (``docs/BENCHMARKS.md``, "A lighter speaker"). So the speaker wakes for
+nothing but this rhythm and, when it has nothing to play, its socket, and the rhythm wakes as
+little as it can:
 
-- **the beat** runs the playout (``Playout.tick``) every packet time (learnt from the
-  stream), from a timer callback (one loop turn, no task, no future);
-- while media flows, **a datagram nudges the beat**: the beat runs right after the datagram
-  was handled and the timer moves a packet time on, so that the process wakes once per
-  packet instead of twice (once for the packet, once for the playout). A second nudge within
-  half a packet time (a ``LOAS`` sent with a packet) does not beat again; the first nudge
-  after a timer beat always does, so the beat locks onto the packets again after a gap;
+- **the beat** runs the playout (``Playout.tick``) from a timer callback (one loop turn, no
+  task, no future). While the speaker plays, it comes every few packet times (``beat_s``:
+  60 ms at 20 ms packets), reads everything queued on the socket (``net.py``) and writes
+  that far ahead (:meth:`Rhythm.reach`): one wake-up per three packets instead of one per
+  packet. Its timer beats stay on a grid that follows the newest ``LOAS`` by half a packet
+  time (:meth:`Rhythm.align`), so a batch's signature is read as soon as it has come; a frame
+  the playout waits for gets a beat of its own a packet time before it plays
+  (:meth:`Rhythm.within`, ``Playout.wake_at``);
+- while the speaker **listens** (nothing to play: a quiet channel; or an answer to a request
+  on its way), **a datagram nudges the beat**: it runs right after the socket was read. A
+  second nudge within half a period does not beat again;
 - **jobs** (``every``: the handshake tick, the emergency replay decisions) run from the
   beat when their period is due, on a grid that does not drift; they never wake the loop
   on their own (a job's period is at most a beat late, never early).
 
-A job may also put work **offbeat** (:meth:`Rhythm.offbeat`), half a packet time after the
-beat, i.e. between two packets: the clock sync asks the time then (``net.py``, ``tick``).
+A job may also put work **offbeat** (:meth:`Rhythm.offbeat`), half a period after the
+beat: the clock sync asks the time then when the beat followed a datagram's nudge (``main.py``).
 
-The beat never stops: when no packet comes the timer runs it every packet time, or every
+The beat never stops: when no packet comes the timer runs it every period, or every
 ``TICK_S`` (100 ms) while the channel is quiet and nothing is left to play (``main.py``: a
 quiet speaker wakes 10 times a second, not 50; the next broadcast's first packet nudges it).
 Nothing here may stop the playout: a job that raises is logged (once a minute at most) and
