@@ -135,12 +135,17 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
     while it plays (and the socket read then), at each datagram while it listens (nothing to
     play), the handshake and the emergency decisions riding on it."""
 
+    beats: dict[float, float] = {}  # the playing beat by packet time (learnt from the stream)
+
     def period() -> float:
         # A quiet channel's playout only pads silence: beat as often as the handshake ticks,
         # and let the first packet of the next broadcast wake it.
+        ptime_s = playout.ptime_s
         if playout.idle:
-            return max(TICK_S, playout.ptime_s)
-        return beat_s(playout.ptime_s, playout.delay_s)
+            return max(TICK_S, ptime_s)
+        if (beat := beats.get(ptime_s)) is None:
+            beat = beats[ptime_s] = beat_s(ptime_s, playout.delay_s)
+        return beat
 
     def play(nudged: bool) -> None:
         if not nudged:  # a nudge comes right after the socket was read
@@ -150,11 +155,16 @@ def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: Eme
         playout.tick(now, speaker.time.shift_s(now_ns), r.reach())
         if playout.wake_at is not None:  # a missing frame to conceal, unless it comes
             r.within(playout.wake_at - now)
-        if speaker.anchor is not None:  # the beats half a packet after the newest LOAS
-            r.align(speaker.anchor + playout.ptime_s / 2)
-            speaker.anchor = None
         # listen when nothing plays, or for an answer to a request (``net.py``)
-        speaker.listen(playout.idle or speaker.awaiting(time.monotonic()))
+        listen = playout.idle or speaker.awaiting(time.monotonic())
+        if listen is not speaker.listening:
+            speaker.listen(listen)
+            if listen:  # the datagrams nudge the beat: no grid between them
+                r.align(None)
+        if speaker.anchor is not None:
+            if not listen:  # the beats half a packet after the newest LOAS
+                r.align(speaker.anchor + playout.ptime_s / 2)
+            speaker.anchor = None
 
     def ask(job: Callable[[], None]) -> None:
         # The time is asked between two packets (``net.py``, ``tick``): a beat that follows

@@ -173,7 +173,10 @@ class Speaker:
         playout before its next turn, not at one datagram per wake-up (the playout would
         find a second of stream missing, end the broadcast and start it again)."""
         if self._sock is not None:
-            self._reading(time.monotonic())
+            mono = time.monotonic()
+            self._max_age_ns = int((mono - self._read_mono) * NS)
+            self._read_mono = mono
+            self._streamer_at = None
             self._read_real_ns = time.time_ns()
             udp.drain_stamped(self._sock, self._datagram, DRAIN, MAX_DATAGRAM,
                               self.error_received)

@@ -103,10 +103,10 @@ class Rhythm:
             held.run = job
             self._loop.call_later(self._period() / 2, _call, held)
 
-    def align(self, at: float) -> None:
+    def align(self, at: float | None) -> None:
         """Put the timer beats a whole number of periods after ``at`` (loop time, i.e.
         monotonic), the next at least a quarter of a period from now (so at most
-        :meth:`reach` away): called from the beat."""
+        :meth:`reach` away): called from the beat. None: a period after the last beat."""
         self._anchor = at
 
     def within(self, delay_s: float) -> None:
