@@ -61,6 +61,10 @@ def run(argv: list[str]) -> int:
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
     p.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
     p.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
+    p.add_argument("--ha-lease-ms", type=int,
+                   help="one of a pair of streamers on one Redis: the lease's time to live "
+                        "(default 0: the only streamer; docs/operations.md, A standby streamer)")
+    p.add_argument("--ha-id", help="this streamer's name in the lease (default host:pid)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

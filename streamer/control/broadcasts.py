@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
-from streamer.mixer.sources.base import Source
-from streamer.mixer.sources.chime import Sequence, chime
+from streamer.mixer.sources.base import From, Source
+from streamer.mixer.sources.chime import CHIME_S, Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
 from wire.priority import Priority
 
@@ -164,35 +164,92 @@ class Broadcasts:
         self.onair = OnAir()
         mixer.on_finished = self._finished
 
-    async def recover(self) -> int:
+    async def recover(self, takeover: bool = False) -> int:
         """After a restart: broadcasts that were on air when the streamer stopped are over,
         except emergencies that repeat until cancelled: those air again at once (a warning
-        must not be lost to a crash), unless they expired or were live."""
+        must not be lost to a crash), unless they expired or were live.
+
+        After a ``takeover`` (a standby streamer taking over from an active one that died a
+        moment ago, ``lease.py``) everything goes on as it would have: an emergency that was
+        on air airs again from its start (a warning cut in the middle is not a warning), one
+        waiting between airings keeps its cadence, and any other broadcast that was on air
+        goes on from where it was by the clock. A live input cannot (its sender reconnects,
+        or its operator starts it again): it is interrupted, as after a restart. Returns how
+        many broadcasts were interrupted."""
+        from .schemas import source_from_record
+
         n = 0
+        now = time.time()
         for rec in await self.state.recent_broadcasts(limit=1000):
             if rec.state != BroadcastState.QUEUED:
                 continue
             plan = rec.emergency
-            if plan is not None and plan.repeat_s and not self._expired(rec) and \
-                    rec.source.get("kind") in ("tone", "tts", "clip"):
-                from .schemas import source_from_record
-
+            repeats = plan is not None and bool(plan.repeat_s) and not self._expired(rec)
+            rebuildable = rec.source.get("kind") in ("tone", "tts", "clip")
+            if rebuildable and (repeats or takeover):
                 try:
                     built, _ = await self.build(source_from_record(rec.source))
                 except BadRequest as e:
-                    log.error("emergency %d cannot be rebuilt after a restart: %s", rec.id, e)
+                    log.error("broadcast %d cannot be rebuilt after a %s: %s", rec.id,
+                              "takeover" if takeover else "restart", e)
                 else:
-                    log.warning("emergency %d was active when the streamer stopped: airing "
-                                "it again", rec.id)
-                    self._start(rec, built, None)
-                    await self.state.put_broadcast(rec)
-                    continue
-            rec.state, rec.ended = BroadcastState.INTERRUPTED, time.time()
+                    if self._back_on_air(rec, built, now, takeover, repeats):
+                        await self.state.put_broadcast(rec)
+                        continue
+            rec.state, rec.ended = BroadcastState.INTERRUPTED, now
             await self.state.put_broadcast(rec)
             n += 1
         if n:
             log.warning("%d broadcasts were on air when the streamer stopped: interrupted", n)
         return n
+
+    def _back_on_air(self, rec: BroadcastRecord, source: Source, now: float, takeover: bool,
+                     repeats: bool) -> bool:
+        """Put a recovered broadcast back on the air (``recover``); False if it is over."""
+        plan = rec.emergency
+        played_s = now - (rec.started or now)
+        if plan is not None and plan.expires is not None:
+            self._timer(rec.id, plan.expires - now, self._expire)
+        if takeover and repeats and not self._on_air(rec, played_s) \
+                and rec.next_airing is not None:
+            # between two airings: waits (QUEUED, as _finished leaves it) for the next one
+            self.live[rec.id] = rec
+            self.items[rec.id] = Item(rec.id, Priority[rec.priority.upper()], source, 0)
+            self._timer(rec.id, rec.next_airing - now, self._repeat)
+            log.warning("emergency %d: taken over between airings; the next in %.0f s",
+                        rec.id, rec.next_airing - now)
+            return True
+        if plan is not None:
+            if not (repeats or self._on_air(rec, played_s)):
+                return False
+            log.warning("emergency %d was active when the streamer %s: airing it again",
+                        rec.id, "was taken over" if takeover else "stopped")
+            self._start(rec, source, None)
+            return True
+        if not self._on_air(rec, played_s):
+            return False
+        # goes on where it was: its record keeps its start, it is one broadcast
+        log.warning("broadcast %d: taken over %.1f s into it; going on from there", rec.id,
+                    played_s)
+        item = Item(rec.id, Priority[rec.priority.upper()], From(source, round(played_s * 48_000)),
+                    0)
+        self.live[rec.id] = rec
+        self.items[rec.id] = item
+        channels = self.channels_of(rec.zones)
+        self.mixer.start(item, channels)
+        self.onair.playing(rec, channels)
+        return True
+
+    @staticmethod
+    def _on_air(rec: BroadcastRecord, played_s: float) -> bool:
+        """Whether ``rec``'s latest airing, ``played_s`` in, was still playing (its length
+        from its record, the chime included)."""
+        seconds = rec.source.get("seconds")
+        if rec.started is None or not isinstance(seconds, (int, float)):
+            return rec.started is not None  # no known end: it was
+        if rec.emergency is not None and rec.emergency.chime:
+            seconds += CHIME_S
+        return played_s < seconds
 
     def channels_of(self, zones: list[str]) -> list[str]:
         return sorted({c for z in zones for c in self.leaves(z)})

@@ -31,7 +31,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from .journal import Entry, Journal, new_entry
@@ -67,6 +69,67 @@ APPLIED_TTL_S = 7 * 86400  # how long Redis remembers that a journaled write was
 #: ConnectionError); anything else is a bug and is not retried forever
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
 M = TypeVar("M", bound=BaseModel)
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (it asks the Sentinels where the master is, and follows a
+    failover), waiting for a free connection as ``BlockingConnectionPool`` does instead of
+    failing past ``max_connections`` (see ``State``)."""
+
+
+def redis_client(url: str, max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
+    """A client for ``url``: ``redis://``, ``rediss://`` or ``unix://`` as redis-py reads them,
+    or ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]`` for a master that
+    Redis Sentinel manages (``docs/operations.md``, "A standby streamer"); the password is the
+    master's, and the Sentinels' too unless ``?sentinel_password=`` says otherwise.
+
+    One retry, at once: enough for a pooled connection that a Redis restart closed;
+    redis-py's default (ten, with back-off) would hold a request for seconds while Redis is
+    down, and the journal is the retry here. A blocking pool: past ``max_connections`` a call
+    waits for a connection instead of failing (redis-py's default pool raises
+    MaxConnectionsError past 100, which lost bulletins when 300 communes' schedules were
+    prepared on one frame)."""
+    options: dict[str, Any] = dict(
+        max_connections=max_connections, timeout=POOL_WAIT_S, decode_responses=True,
+        socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
+    if not url.startswith(SENTINEL_SCHEME):
+        pool = BlockingConnectionPool.from_url(url, **options)
+        return aioredis.Redis.from_pool(pool)
+    sentinels, service, db, password, sentinel_password = parse_sentinel_url(url)
+    sentinel = Sentinel(sentinels, socket_timeout=1, socket_connect_timeout=1,
+                        sentinel_kwargs={"password": sentinel_password or None,
+                                         "socket_timeout": 1, "socket_connect_timeout": 1})
+    client: aioredis.Redis = sentinel.master_for(
+        service, connection_pool_class=_BlockingSentinelPool, db=db, password=password or None,
+        **options)
+    return client
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str, str]:
+    """``redis+sentinel://`` → (Sentinels, service, db, password, Sentinels' password);
+    ValueError naming what is wrong."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    rest = url[len(SENTINEL_SCHEME):]
+    # urlsplit reads one host:port; the Sentinels are a comma-separated list
+    userinfo, _, hostpart = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "",
+                                                                                       rest)
+    hosts, _, tail = hostpart.partition("/")
+    parts = urlsplit("redis://x/" + tail)
+    password = unquote(userinfo.partition(":")[2])
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a Sentinel must be host:port, not {h!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("the path must be /service or /service/db")
+    query = parse_qs(parts.query)
+    return (sentinels, path[0], int(path[1]) if len(path) == 2 else 0, password,
+            query.get("sentinel_password", [password])[0])
 
 
 class Unreadable:
@@ -175,16 +238,7 @@ class State:
     def __init__(self, url: str, journal: Path | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.url = url
-        # One retry, at once: enough for a pooled connection that a Redis restart closed;
-        # redis-py's default (ten, with back-off) would hold a request for seconds while
-        # Redis is down, and the journal is the retry here.
-        # A blocking pool: past MAX_CONNECTIONS a call waits for a connection instead of
-        # failing (redis-py's default pool raises MaxConnectionsError past 100, which lost
-        # bulletins when 300 communes' schedules were prepared on one frame).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=True,
-            socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
-        self.r: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closed by close()
+        self.r: aioredis.Redis = redis_client(url)  # closed by close()
         #: False from the first failed call until the probe finds Redis back and the journal
         #: is replayed: writes go to the journal, auth to the cache, without asking Redis
         self.available = True
