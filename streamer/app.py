@@ -45,6 +45,7 @@ from streamer.control.grants import TokenIssuer
 from streamer.control.keys import KeyAnnouncer
 from streamer.control.lease import Lease, default_holder
 from streamer.control.live import studio_input
+from streamer.control.peer import ClipMirror, add_peer_routes
 from streamer.control.plane import Plane
 from streamer.control.presence import STALE_AFTER_S, FleetRecorder
 from streamer.control.scheduler import Scheduler
@@ -151,6 +152,9 @@ class StreamerConfig:
     ha_lease_ms: int = 0
     #: this streamer's name in the lease ("" = host:pid:random)
     ha_id: str = ""
+    #: where the other streamer of the pair reaches this one's HTTP, to copy its clips
+    #: ("" = the URL it serves: ``public_host`` and ``http_port``)
+    ha_peer_url: str = ""
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -250,7 +254,7 @@ class Streamer:
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)
-        clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
+        self.clips = clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
         self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
                                      registry=self.registry)
         # The mixer reports from the playout thread; the broadcasts (which set on_finished)
@@ -289,6 +293,7 @@ class Streamer:
         add_api_routes(app, self.plane, self.registry)
         add_studio_routes(app)
         add_console_routes(app)
+        add_peer_routes(app, clips, self.listen_keys)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
@@ -308,6 +313,11 @@ class Streamer:
         self.media_addr = f"{cfg.public_host}:{media[1]}"
         if self.lease is not None:
             self.holding = asyncio.create_task(self._hold_lease())
+            self.mirroring: asyncio.Task[None] | None = None
+            if not self.active:
+                self.mirroring = asyncio.create_task(ClipMirror(
+                    clips, self.state, self.lease, lambda: self.signing.key,
+                    self.registry).run())
         log.info("streamer (%s): %d channels, media %s, http %s", self.role, len(channels),
                  self.media_addr, self.http_url)
 
@@ -355,10 +365,13 @@ class Streamer:
                 await self.lease.acquire()
                 began = time.monotonic()
                 self.fanout.server.standby = False  # relays may subscribe while it starts
+                if self.mirroring is not None:
+                    self.mirroring.cancel()
                 log.warning("taking over (lease epoch %d)", self.lease.epoch)
                 await self._take_control(takeover=True)
                 log.warning("active: took over in %.0f ms after the lease",
                             (time.monotonic() - began) * 1000)
+            await self.lease.advertise(self.cfg.ha_peer_url or self.http_url)
             await self.lease.keep()
         except asyncio.CancelledError:
             raise
@@ -482,11 +495,11 @@ class Streamer:
         self.fanout.close()
 
     async def close(self) -> None:
-        holding: asyncio.Task[None] | None = getattr(self, "holding", None)
-        if holding is not None:
-            holding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holding
+        for task in (getattr(self, "holding", None), getattr(self, "mirroring", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # a standby (or one stopped while taking over) has run none or part of the control
         # plane: each part is closed if it was started
         for task in (getattr(self, "scheduling", None), getattr(self, "watching", None)):

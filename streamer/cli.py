@@ -65,6 +65,8 @@ def run(argv: list[str]) -> int:
                    help="one of a pair of streamers on one Redis: the lease's time to live "
                         "(default 0: the only streamer; docs/operations.md, A standby streamer)")
     p.add_argument("--ha-id", help="this streamer's name in the lease (default host:pid)")
+    p.add_argument("--ha-peer-url", help="where the other streamer reaches this one's HTTP, "
+                   "to copy its clips (default: the URL it serves)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

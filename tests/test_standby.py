@@ -19,11 +19,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import numpy as np
 import pytest
 
 from devstack.services import RedisSentinel
-from tests.harness.audio import longest_gap_s, peak_hz, rms_dbfs
+from tests.harness.audio import longest_gap_s, peak_hz, rms_dbfs, tone_wav
 from tests.harness.relay import RelayProcess, relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.streamer import StreamerProcess, streamer_process
@@ -167,6 +168,13 @@ async def test_cadence_schedules_and_approvals_go_on_without_repeat_or_skip(
             "at": at.strftime("%Y-%m-%dT%H:%M:%S")})
         assert status == 201, sched
         due = at.replace(microsecond=0).timestamp()
+        # a clip uploaded to A: the standby copies it while it waits
+        form = aiohttp.FormData()
+        form.add_field("file", tone_wav(440, 2.0), filename="chuong.wav")
+        status, clip = await a.call("POST", "/api/v1/clips", admin, data=form)
+        assert status == 201, clip
+        mirrored = b.var / "clips" / clip["id"]
+        await until(mirrored.is_file, 15, "the standby copied the clip")
         await until(lambda: _airings(a, admin, em["id"], 1), 10, "the emergency aired")
         await asyncio.sleep(max(0.0, due - 0.3 - time.time()))
         killed = await kill(a)
@@ -190,6 +198,14 @@ async def test_cadence_schedules_and_approvals_go_on_without_repeat_or_skip(
         status, done = await b.call("POST", f"/api/v1/approvals/broadcasts/{pending['id']}",
                                     admin, json={"decision": "approve"})
         assert status == 200 and done["state"] in ("on_air", "waiting"), done
+        # the clip plays from the new active streamer's copy
+        status, aired = await b.call("POST", "/api/v1/broadcasts", admin, json={
+            "zones": [OP], "priority": "priority", "source": {"kind": "clip", "clip": clip["id"]}})
+        assert status == 201, aired
+        await until(lambda: p.speaker.plays(aired["id"]), 10, "the speaker played the clip")
+        play, = p.speaker.plays(aired["id"])
+        assert on_tone(await p.speaker.wait_window(play["start"] + 0.5, play["start"] + 1.5),
+                       440, -40), "the clip is not what the speaker played"
         # and the emergency is stopped there
         status, stopped = await b.call("DELETE", f"/api/v1/emergency/{em['id']}", admin)
         assert status == 200 and stopped["state"] == "stopped", stopped

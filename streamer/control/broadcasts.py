@@ -97,8 +97,12 @@ class ClipLibrary:
         finally:
             upload.unlink(missing_ok=True)
 
+    @staticmethod
+    def valid_id(cid: str) -> bool:
+        return _CLIP_ID.fullmatch(cid) is not None
+
     def get(self, cid: str) -> Clip | None:
-        if not _CLIP_ID.fullmatch(cid):
+        if not self.valid_id(cid):
             return None
         clip = self._open(cid)
         if clip is None and (self.directory / cid).is_file():

@@ -39,6 +39,7 @@ log = logging.getLogger("loa.lease")
 
 KEY = "loa:lease:streamer"
 EPOCH_KEY = "loa:lease:epoch"
+URL_KEY = "loa:lease:url"  # where the holder's HTTP is, for its standby (``peer.py``)
 
 # Set the key if nobody holds it; a new holder gets the next epoch.
 _ACQUIRE = """
@@ -56,6 +57,13 @@ if holder == ARGV[1] then
 elseif not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 2
+end
+return 0
+"""
+_ADVERTISE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
 end
 return 0
 """
@@ -87,6 +95,7 @@ class Lease:
         self._acquire = r.register_script(_ACQUIRE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self._advertise = r.register_script(_ADVERTISE)
         self.m_active = Gauge("loa_streamer_active", "1 while this streamer holds the lease "
                               "(or runs without one), 0 while it is the standby",
                               registry=registry)
@@ -108,6 +117,23 @@ class Lease:
         except (*UNAVAILABLE, TimeoutError):
             return None
         return str(value) if value is not None else None
+
+    async def url_now(self) -> str | None:
+        """Where the holder's HTTP is, as it advertised it (None: not said, or no answer)."""
+        try:
+            value = await asyncio.wait_for(self.r.get(URL_KEY), self.deadline_s)
+        except (*UNAVAILABLE, TimeoutError):
+            return None
+        return str(value) if value else None
+
+    async def advertise(self, url: str) -> bool:
+        """Say where this holder's HTTP is (``url_now``), if it holds the lease."""
+        try:
+            return bool(await asyncio.wait_for(
+                self._advertise(keys=[KEY, URL_KEY], args=[self.holder, url]),
+                self.deadline_s))
+        except (*UNAVAILABLE, TimeoutError):
+            return False
 
     async def try_acquire(self) -> bool:
         """One try; True if this streamer holds the lease now."""
