@@ -170,3 +170,16 @@ async def _fired(server: RedisServer) -> bool:
         return bool(await r.hget("loa:schedule-last-fired", "s1") == "1234.5")
     finally:
         await r.aclose()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("redis_url", "redis+sentinel://h/loa"), ("redis_url", "sentinel://h:1/loa"),
+    ("ha_lease_ms", 100), ("ha_lease_ms", 120_000)])
+def test_a_bad_pair_setting_is_refused_by_name(field, value) -> None:
+    from common.config import ConfigError
+    from streamer.app import StreamerConfig
+
+    kw = {"redis_url": "redis://127.0.0.1:6379/0", field: value}
+    with pytest.raises(ConfigError) as e:
+        StreamerConfig(**kw)
+    assert e.value.field == field

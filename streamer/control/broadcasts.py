@@ -41,6 +41,7 @@ from .events import Publish, nothing
 from .feeds import OFF_AIR, RelayFeed
 from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan
 from .onair import OnAir
+from .scheduler import frame_for
 from .schedules import RelaySource, Schedule
 from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
@@ -189,17 +190,23 @@ class Broadcasts:
                 continue
             plan = rec.emergency
             repeats = plan is not None and bool(plan.repeat_s) and not self._expired(rec)
-            rebuildable = rec.source.get("kind") in ("tone", "tts", "clip")
+            kind = rec.source.get("kind")
+            rebuildable = kind in ("tone", "tts", "clip") or (takeover and kind == "relay")
             if rebuildable and (repeats or takeover):
                 try:
-                    built, _ = await self.build(source_from_record(rec.source))
-                except BadRequest as e:
+                    built, _ = await self.build(
+                        RelaySource(kind="relay", url=rec.source["url"]) if kind == "relay"
+                        else source_from_record(rec.source))
+                except (BadRequest, KeyError, ValueError) as e:
                     log.error("broadcast %d cannot be rebuilt after a %s: %s", rec.id,
                               "takeover" if takeover else "restart", e)
                 else:
-                    if self._back_on_air(rec, built, now, takeover, repeats):
+                    self._adopt_feed(rec, built)
+                    if self._back_on_air(rec, built, now, takeover, repeats,
+                                         await self._window_end(rec)):
                         await self.state.put_broadcast(rec)
                         continue
+                    self._release(rec.id)
             rec.state, rec.ended = BroadcastState.INTERRUPTED, now
             await self.state.put_broadcast(rec)
             n += 1
@@ -207,8 +214,16 @@ class Broadcasts:
             log.warning("%d broadcasts were on air when the streamer stopped: interrupted", n)
         return n
 
+    async def _window_end(self, rec: BroadcastRecord) -> float | None:
+        """When a scheduled broadcast's window ends (its schedule's ``duration_s`` from its
+        start), or None: it has none."""
+        if rec.schedule is None or rec.started is None:
+            return None
+        s = await self.state.schedules.get(rec.schedule)
+        return None if s is None or s.duration_s is None else rec.started + s.duration_s
+
     def _back_on_air(self, rec: BroadcastRecord, source: Source, now: float, takeover: bool,
-                     repeats: bool) -> bool:
+                     repeats: bool, window_end: float | None = None) -> bool:
         """Put a recovered broadcast back on the air (``recover``); False if it is over."""
         plan = rec.emergency
         played_s = now - (rec.started or now)
@@ -230,17 +245,20 @@ class Broadcasts:
                         rec.id, "was taken over" if takeover else "stopped")
             self._start(rec, source, None)
             return True
-        if not self._on_air(rec, played_s):
+        if not self._on_air(rec, played_s) or (window_end is not None and window_end <= now):
             return False
-        # goes on where it was: its record keeps its start, it is one broadcast
+        # goes on where it was: its record keeps its start, it is one broadcast (a pulled
+        # stream goes on where the stream is)
         log.warning("broadcast %d: taken over %.1f s into it; going on from there", rec.id,
                     played_s)
-        item = Item(rec.id, Priority[rec.priority.upper()], From(source, round(played_s * 48_000)),
-                    0)
+        if source.length is not None:
+            source = From(source, round(played_s * 48_000))
+        item = Item(rec.id, Priority[rec.priority.upper()], source, 0)
         self.live[rec.id] = rec
         self.items[rec.id] = item
         channels = self.channels_of(rec.zones)
-        self.mixer.start(item, channels)
+        self.mixer.start(item, channels, **({} if window_end is None else {
+            "end_frame": frame_for(self.mixer.clock, window_end)}))
         self.onair.playing(rec, channels)
         return True
 
