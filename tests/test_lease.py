@@ -24,6 +24,7 @@ async def held(lease: Lease) -> str | None:
     return await lease.holder_now()
 
 
+@pytest.mark.realtime  # leases against the wall clock: see conftest.py
 async def test_one_holder_at_a_time_and_the_other_takes_over_when_it_lapses(redis_url) -> None:
     ra, rb = redis_client(redis_url, 2), redis_client(redis_url, 2)
     a, b = Lease(ra, "a", TTL_S), Lease(rb, "b", TTL_S)
@@ -38,7 +39,7 @@ async def test_one_holder_at_a_time_and_the_other_takes_over_when_it_lapses(redi
         epoch = await asyncio.wait_for(b.acquire(), TTL_S * 3)
         lapsed_s = time.monotonic() - died
         assert epoch == a.epoch + 1 and await held(a) == "b"
-        assert lapsed_s <= TTL_S + TTL_S / 6 + 0.2, lapsed_s
+        assert lapsed_s <= 2 * TTL_S + 0.5, lapsed_s  # its time to live and a try, with room
         # a comes back and renews: the lease is b's, so a learns it lost and steps down
         await asyncio.wait_for(a.keep(), TTL_S * 2)
         assert not a.held and a.m_lost._value.get() == 1
@@ -52,6 +53,7 @@ async def test_one_holder_at_a_time_and_the_other_takes_over_when_it_lapses(redi
         await rb.aclose()
 
 
+@pytest.mark.realtime
 async def test_a_holder_that_cannot_reach_redis_stays_active(redis_server) -> None:
     r = redis_client(redis_server.url, 2)
     lease = Lease(r, "a", TTL_S)
@@ -101,6 +103,7 @@ def replicated(tmp_path):
         s.stop()
 
 
+@pytest.mark.realtime
 async def test_state_and_lease_follow_sentinel_to_the_promoted_replica(replicated,
                                                                         tmp_path) -> None:
     master, replica, sentinel = replicated
