@@ -445,6 +445,27 @@ class State:
                 p.hdel(P + key, device_id)
             await p.execute()
 
+    async def device_ids(self) -> set[str]:
+        """Every registered speaker's and relay's id."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.hkeys(self.speakers.key)
+            p.hkeys(self.relays.key)
+            speakers, relays = await p.execute()
+        return {*speakers, *relays}
+
+    async def add_devices(self, speakers: list[Speaker], relays: list[Relay],
+                          secrets: dict[str, str]) -> None:
+        """Register many devices with their broker password hashes in one transaction: all
+        of them or, if Redis fails, none (a bulk import, ``provision.py``)."""
+        async with self.r.pipeline(transaction=True) as p:
+            if speakers:
+                p.hset(self.speakers.key, mapping={d.id: d.model_dump_json() for d in speakers})
+            if relays:
+                p.hset(self.relays.key, mapping={d.id: d.model_dump_json() for d in relays})
+            if secrets:
+                p.hset(P + "device-secrets", mapping=secrets)
+            await p.execute()
+
     async def set_telemetry(self, device_id: str, data: dict[str, Any]) -> None:
         await self.r.hset(P + "telemetry", device_id, json.dumps(data))
 

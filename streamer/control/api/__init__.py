@@ -16,6 +16,7 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     events,
     inputs,
     listen,
+    provision,
     relays,
     reports,
     schedules,

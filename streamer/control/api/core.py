@@ -35,10 +35,14 @@ M = TypeVar("M", bound=BaseModel)
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        """``extra``: more of the error body beside ``error`` and ``field`` (e.g. every bad
+        row of a bulk import)."""
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
         self.headers = headers
+        self.extra = extra
 
 
 class NotFound(ApiError):
@@ -140,9 +144,10 @@ class ApiMetrics:
 
 
 def _error(status: int, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(ErrorBody(error=message, field=field).model_dump(), status=status,
-                             headers=headers)
+           headers: dict[str, str] | None = None,
+           extra: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response({**ErrorBody(error=message, field=field).model_dump(),
+                              **(extra or {})}, status=status, headers=headers)
 
 
 def _field_of(e: ValidationError) -> tuple[str, str]:
@@ -235,7 +240,7 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
     except BadRequest as e:
         return _refuse(request, metrics, 400, e.message, e.field)
     except ApiError as e:
-        return _refuse(request, metrics, e.status, e.message, e.field, e.headers)
+        return _refuse(request, metrics, e.status, e.message, e.field, e.headers, e.extra)
     except Forbidden as e:
         metrics.denied.labels("403").inc()
         log.warning("%s %s: forbidden: %s", request.method, request.path, e.message)
@@ -256,10 +261,11 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
 
 
 def _refuse(request: web.Request, metrics: ApiMetrics, status: int, message: str,
-            field_name: str | None, headers: dict[str, str] | None = None) -> web.Response:
+            field_name: str | None, headers: dict[str, str] | None = None,
+            extra: dict[str, Any] | None = None) -> web.Response:
     metrics.bad.labels(field=field_name or "-").inc()
     log.warning("%s %s: %d %s: %s", request.method, request.path, status, field_name, message)
-    return _error(status, message, field_name, headers)
+    return _error(status, message, field_name, headers, extra)
 
 
 #: every operation of the API, declared by the resource modules in this package
