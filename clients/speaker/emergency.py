@@ -317,7 +317,7 @@ class EmergencyPath:
 
     def tick(self, now: float, lost: bool) -> None:
         """Start a local replay when one is due; stop one whose emergency is over."""
-        if self._stop_if_over(now) or self.playout.local_playing:
+        if self._stop_if_over(now) or self._replaying:
             return
         current, cached = self.emergencies.current(now), self.cached
         if current is None or cached is None:
@@ -338,10 +338,16 @@ class EmergencyPath:
 
     # ------------------------------------------------------------------ internals
 
+    @property
+    def _replaying(self) -> bool:
+        """A local replay of an emergency is on (a stored scheduled clip playing locally is
+        not one: an emergency replay that falls due replaces it, ``store.py``)."""
+        return self.playout.local_playing and self.playout.local_priority == Priority.EMERGENCY
+
     def _stop_if_over(self, now: float) -> bool:
         p = self.playout
         current = self.emergencies.current(now)
-        if not p.local_playing or (current is not None and current.id == p.local_broadcast_id):
+        if not self._replaying or (current is not None and current.id == p.local_broadcast_id):
             return False
         log.info("local replay of emergency %d stopped: cancelled or expired",
                  p.local_broadcast_id)
