@@ -297,31 +297,32 @@ class ForwardPath:
                          len(pcm) / 48_000, now - start)
 
     def _prepare(self, e: PlanEntry) -> None:
+        """Have the entry's clip decoded on the worker thread; ready once it is done."""
         bid = e.broadcast
         if bid in self.ready:
             return
-        job = self._decoding.get(bid)
-        if job is not None:
-            if hasattr(job, "done") and not job.done():
+        if bid not in self._decoding:
+            if not self.store.has(e.clip):
                 return
-            del self._decoding[bid]
+            store, new_decoder = self.store, self.new_decoder
+
+            def decode() -> Samples | None:
+                data = store.read(e.clip)
+                return None if data is None else decode_clip(data, new_decoder())
+
+            self._decoding[bid] = self._submit(decode)
+        job = self._decoding[bid]
+        if isinstance(job, Future):
+            if not job.done():
+                return
             try:
-                pcm = job.result() if hasattr(job, "result") else job
+                job = job.result()
             except Exception as err:
+                job = None
                 log.warning("clip %s of broadcast %d not decoded: %s", e.clip[:12], bid, err)
-                return
-            if pcm is not None:
-                self.ready[bid] = pcm
-            return
-        if not self.store.has(e.clip):
-            return
-        store, new_decoder = self.store, self.new_decoder
-
-        def decode() -> Samples | None:
-            data = store.read(e.clip)
-            return None if data is None else decode_clip(data, new_decoder())
-
-        self._decoding[bid] = self._submit(decode)
+        del self._decoding[bid]  # tried again at the next tick if it failed
+        if job is not None:
+            self.ready[bid] = job
 
     def _mark_done(self, bid: int) -> None:
         self.done[bid] = None

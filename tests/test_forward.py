@@ -1,0 +1,222 @@
+"""Store and forward: signed plans, stored clips, and the speaker's local plays.
+
+Unit tests drive the sans-IO parts (plan signing and checking, the clip store, the speaker's
+:class:`ForwardPath` on a real :class:`Playout`) with a fake wall clock, so that nothing here
+depends on the hour or on timing. The end-to-end test runs a real ``loa up`` stack
+(streamer, relay, speakers, Redis, Mosquitto) and cuts one speaker off its stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clients.speaker.playout import OpusDecoder, Playout
+from clients.speaker.store import ClipStore, ForwardPath, decode_clip, entry_due
+from streamer.control.forward import render
+from streamer.mixer.sources import Tone
+from tests.harness.audio import peak_hz
+from wire.auth import Keyring, SigningKey
+from wire.plan import (
+    Plan,
+    PlanEntry,
+    PlanRefused,
+    SignedPlan,
+    sha256_hex,
+    sign_plan,
+    verify_plan,
+)
+from wire.priority import Priority
+
+RATE = 48_000
+T0 = 1_795_402_800.0  # the fake clock: a fixed instant, never today
+ZONE = "brvt.vung-tau.p1"
+KEY, OTHER = SigningKey.generate(), SigningKey.generate()
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.cursor = 0
+        self.writes: list[tuple[int, np.ndarray]] = []
+
+    def write(self, pcm: Any) -> None:
+        self.writes.append((self.cursor, np.array(pcm, dtype=np.int16)))
+        self.cursor += len(pcm)
+
+    def write_silence(self, n: int) -> None:
+        self.cursor += n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def clip_bytes(hz: float = 1000.0, seconds: float = 1.0) -> bytes:
+    return render(Tone(hz, seconds), None).data
+
+
+def plan(*entries: PlanEntry, made: float = T0, zone: str = ZONE) -> Plan:
+    return Plan(zone=zone, made=made, valid_until=made + 25 * 3600, entries=list(entries))
+
+
+def entry(at: float, clip: bytes, bid: int = 7, priority: int = Priority.NORMAL) -> PlanEntry:
+    return PlanEntry(schedule="s1", at=at, clip=sha256_hex(clip), bytes=len(clip),
+                     duration_s=1.0, priority=priority, broadcast=bid)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def test_a_signed_plan_verifies_and_forged_or_altered_ones_are_refused() -> None:
+    data = clip_bytes()
+    p = plan(entry(T0 + 60, data))
+    keys = Keyring([KEY.public])
+    assert verify_plan(keys, sign_plan(KEY, p), ZONE, T0) == p
+    # signed by a key the speaker does not trust
+    with pytest.raises(PlanRefused) as e:
+        verify_plan(keys, sign_plan(OTHER, p), ZONE, T0)
+    assert e.value.outcome == "unknown_key"
+    # a body altered after signing (another clip hash), the signature kept
+    signed = SignedPlan.model_validate_json(sign_plan(KEY, p))
+    body = base64.b64decode(signed.body).replace(sha256_hex(data).encode(), b"0" * 64)
+    forged = signed.model_copy(update={"body": base64.b64encode(body).decode()})
+    with pytest.raises(PlanRefused) as e:
+        verify_plan(keys, forged.model_dump_json().encode(), ZONE, T0)
+    assert e.value.outcome == "bad_signature"
+    # a forged key id: the other key's signature under our key's id
+    other = SignedPlan.model_validate_json(sign_plan(OTHER, p))
+    with pytest.raises(PlanRefused) as e:
+        verify_plan(keys, other.model_copy(update={"kid": KEY.id}).model_dump_json().encode(),
+                    ZONE, T0)
+    assert e.value.outcome == "bad_signature"
+    for payload, zone, now, outcome in [
+        (b"{}", ZONE, T0, "malformed"),
+        (b"not json", ZONE, T0, "malformed"),
+        (sign_plan(KEY, p), "brvt.other", T0, "wrong_zone"),
+        (sign_plan(KEY, p), ZONE, T0 + 26 * 3600, "expired"),
+    ]:
+        with pytest.raises(PlanRefused) as e:
+            verify_plan(keys, payload, zone, now)
+        assert e.value.outcome == outcome
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def test_a_rendered_clip_decodes_on_the_speaker_to_the_same_tone() -> None:
+    data = clip_bytes(700.0, 2.0)
+    pcm = np.frombuffer(decode_clip(data, OpusDecoder()), dtype=np.int16) / 32768
+    assert len(pcm) == pytest.approx(2.0 * RATE, abs=2 * 960)
+    assert peak_hz(pcm[RATE // 2:RATE * 3 // 2]) == pytest.approx(700, abs=5)
+    assert len(data) < 2.2 * 3_400  # ~24 kb/s: about 3 kB a second
+
+
+def test_the_clip_store_evicts_the_oldest_first_and_drops_what_no_plan_needs(
+        tmp_path: Path) -> None:
+    store = ClipStore(tmp_path, max_bytes=2500)
+    blobs = [bytes([i]) * 1000 for i in range(3)]
+    shas = [sha256_hex(b) for b in blobs]
+    assert store.put(shas[0], blobs[0]) == []
+    assert store.put(shas[1], blobs[1]) == []
+    import os
+    os.utime(store.path(shas[0]), (T0, T0))  # the oldest, whatever the file system's clock
+    os.utime(store.path(shas[1]), (T0 + 1, T0 + 1))
+    assert store.put(shas[2], blobs[2]) == [shas[0]]
+    assert not store.has(shas[0]) and store.read(shas[2]) == blobs[2]
+    store.path(shas[1]).write_bytes(b"damaged")  # a damaged file is no clip
+    assert store.read(shas[1]) is None and not store.has(shas[1])
+    assert store.keep_only({shas[1]}) == [shas[2]]
+    assert store.clips() == []
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@pytest.mark.parametrize(("now", "lost", "done", "emergency", "due"), [
+    (T0 + 0.3, True, False, False, True),  # at its time plus the playout delay
+    (T0 + 0.2, True, False, False, False),  # early
+    (T0 + 30.2, True, False, False, True),  # late within the grace
+    (T0 + 30.4, True, False, False, False),  # stale
+    (T0 + 0.3, False, False, False, False),  # the stream is there: it plays it
+    (T0 + 0.3, True, True, False, False),  # already played
+    (T0 + 0.3, True, False, True, False),  # an emergency wins
+])
+def test_entry_selection(now: float, lost: bool, done: bool, emergency: bool,
+                         due: bool) -> None:
+    e = entry(T0, clip_bytes(seconds=0.1))
+    assert entry_due(e, now, 0.3, lost, done, emergency) is due
+
+
+def forward_path(tmp_path: Path, emergency: list[bool] | None = None
+                 ) -> tuple[ForwardPath, Playout, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    playout = Playout(CountingSink(), OpusDecoder(), T0 - 10, on_event=events.append,
+                      volume_pct=100)
+    flag = emergency if emergency is not None else [False]
+    fp = ForwardPath(playout, ClipStore(tmp_path, 10_000_000), ZONE, Keyring([KEY.public]),
+                     new_decoder=OpusDecoder, delay_s=0.3, emergency_on=lambda now: flag[0])
+    return fp, playout, events
+
+
+def test_a_stored_clip_plays_once_at_its_time_when_the_stream_is_lost(tmp_path: Path) -> None:
+    data = clip_bytes(1000.0, 0.5)
+    p = plan(entry(T0 + 100, data, bid=41))
+    fp, playout, events = forward_path(tmp_path)
+    assert fp.on_plan(sign_plan(KEY, p), T0) == "accepted"
+    assert fp.missing() == {sha256_hex(data)}
+    altered = data[:-1] + bytes([data[-1] ^ 1])
+    assert fp.on_clip(sha256_hex(data), altered) == "bad_hash"
+    assert fp.on_clip(sha256_hex(clip_bytes(500.0)), clip_bytes(500.0)) == "unexpected"
+    assert fp.on_clip(sha256_hex(data), data) == "stored" and fp.missing() == set()
+    fp.tick(T0 + 50, lost=True)  # decoded ahead, nothing plays yet
+    assert not playout.local_playing and 41 in fp.ready
+    fp.tick(T0 + 100.29, lost=True)
+    assert not playout.local_playing
+    fp.tick(T0 + 100.31, lost=True)
+    assert playout.local_playing and playout.local_broadcast_id == 41
+    assert playout.local_priority == Priority.NORMAL and not playout.emergency_playing
+    playout.tick(T0 + 2)  # plays it out
+    fp.tick(T0 + 100.5, lost=True)  # never twice
+    assert fp.local_plays == 1
+    plays = [e for e in events if e["event"] == "play"]
+    assert [(e["broadcast"], e.get("local"), e["priority"]) for e in plays] == [
+        (41, True, Priority.NORMAL)]
+    # kept on disk: a restarted speaker with no network knows the plan and what it played
+    fp.store.save_done(list(fp.done))
+    again, _, _ = forward_path(tmp_path)
+    again.load(T0 + 100.4)
+    assert again.plan == p and 41 in again.done
+
+
+def test_no_local_play_when_streamed_stale_or_during_an_emergency(tmp_path: Path) -> None:
+    data = clip_bytes(1000.0, 0.5)
+    p = plan(entry(T0 + 100, data, bid=41), entry(T0 + 200, data, bid=42),
+             entry(T0 + 300, data, bid=43))
+    emergency = [False]
+    fp, playout, _ = forward_path(tmp_path, emergency)
+    fp.on_plan(sign_plan(KEY, p), T0)
+    fp.on_clip(sha256_hex(data), data)
+    # 41: the stream played its broadcast
+    fp.on_event({"event": "play_start", "broadcast": 41, "start": T0 + 100.3})
+    fp.tick(T0 + 60, lost=True)
+    fp.tick(T0 + 100.4, lost=True)
+    assert not playout.local_playing
+    # 42: the speaker was off (no tick) until past the grace: stale, never played late
+    fp.tick(T0 + 200 + 31, lost=True)
+    assert not playout.local_playing and 42 not in fp.ready
+    # 43: an emergency is active
+    emergency[0] = True
+    fp.tick(T0 + 250, lost=True)
+    fp.tick(T0 + 300.4, lost=True)
+    assert not playout.local_playing and fp.local_plays == 0
+    # an older plan is a rollback; a plan of another zone is refused
+    assert fp.on_plan(sign_plan(KEY, plan(made=T0 - 1)), T0) == "rollback"
+    assert fp.on_plan(sign_plan(KEY, plan(zone="brvt.x")), T0) == "wrong_zone"
+    assert json.loads((tmp_path / "plan.json").read_bytes())["kid"] == KEY.id
