@@ -165,6 +165,13 @@ def forward_path(tmp_path: Path, emergency: list[bool] | None = None
     return fp, playout, events
 
 
+def step(fp: ForwardPath, playout: Playout, now: float, lost: bool = True) -> None:
+    """One beat of the speaker's rhythm: the playout pads its output up to ``now`` (in
+    frames of 20 ms), then the store decides."""
+    playout.tick(now)
+    fp.tick(now, lost)
+
+
 def test_a_stored_clip_plays_once_at_its_time_when_the_stream_is_lost(tmp_path: Path) -> None:
     data = clip_bytes(1000.0, 0.5)
     p = plan(entry(T0 + 100, data, bid=41))
@@ -175,15 +182,19 @@ def test_a_stored_clip_plays_once_at_its_time_when_the_stream_is_lost(tmp_path: 
     assert fp.on_clip(sha256_hex(data), altered) == "bad_hash"
     assert fp.on_clip(sha256_hex(clip_bytes(500.0)), clip_bytes(500.0)) == "unexpected"
     assert fp.on_clip(sha256_hex(data), data) == "stored" and fp.missing() == set()
-    fp.tick(T0 + 50, lost=True)  # decoded ahead, nothing plays yet
+    step(fp, playout, T0 + 50)  # decoded ahead, nothing plays yet
     assert not playout.local_playing and 41 in fp.ready
-    fp.tick(T0 + 100.29, lost=True)
+    step(fp, playout, T0 + 100.29)
     assert not playout.local_playing
-    fp.tick(T0 + 100.31, lost=True)
+    step(fp, playout, T0 + 100.345)  # the output is there: due, 45 ms late
     assert playout.local_playing and playout.local_broadcast_id == 41
     assert playout.local_priority == Priority.NORMAL and not playout.emergency_playing
-    playout.tick(T0 + 2)  # plays it out
-    fp.tick(T0 + 100.5, lost=True)  # never twice
+    # what is late of it is skipped: its samples play when the stream would have played them
+    assert playout.timeline.time(playout.timeline.cursor) == pytest.approx(T0 + 100.345)
+    assert fp.skipped_ms == pytest.approx(45, abs=0.1)
+    assert len(playout._local or ()) == pytest.approx(0.5 * RATE + 960 - 0.045 * RATE, abs=1)
+    playout.tick(T0 + 102)  # plays it out
+    step(fp, playout, T0 + 102.5)  # never twice
     assert fp.local_plays == 1
     plays = [e for e in events if e["event"] == "play"]
     assert [(e["broadcast"], e.get("local"), e["priority"]) for e in plays] == [
@@ -205,18 +216,113 @@ def test_no_local_play_when_streamed_stale_or_during_an_emergency(tmp_path: Path
     fp.on_clip(sha256_hex(data), data)
     # 41: the stream played its broadcast
     fp.on_event({"event": "play_start", "broadcast": 41, "start": T0 + 100.3})
-    fp.tick(T0 + 60, lost=True)
-    fp.tick(T0 + 100.4, lost=True)
+    step(fp, playout, T0 + 60)
+    step(fp, playout, T0 + 100.4)
     assert not playout.local_playing
     # 42: the speaker was off (no tick) until past the grace: stale, never played late
-    fp.tick(T0 + 200 + 31, lost=True)
+    step(fp, playout, T0 + 200 + 31)
     assert not playout.local_playing and 42 not in fp.ready
     # 43: an emergency is active
     emergency[0] = True
-    fp.tick(T0 + 250, lost=True)
-    fp.tick(T0 + 300.4, lost=True)
+    step(fp, playout, T0 + 250)
+    step(fp, playout, T0 + 300.4)
     assert not playout.local_playing and fp.local_plays == 0
     # an older plan is a rollback; a plan of another zone is refused
     assert fp.on_plan(sign_plan(KEY, plan(made=T0 - 1)), T0) == "rollback"
     assert fp.on_plan(sign_plan(KEY, plan(zone="brvt.x")), T0) == "wrong_zone"
     assert json.loads((tmp_path / "plan.json").read_bytes())["kid"] == KEY.id
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "loa-forward-test"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}\"\r\nContent-Type: audio/wav\r\n\r\n").encode() + data + (
+        f"\r\n--{boundary}--\r\n").encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def onset_time(spk: Any, after: float) -> float:
+    """Wall time of the first sample above -26 dBFS after ``after`` in the speaker's WAV."""
+    x = spk.window(after, after + 2.0)
+    return after + int(np.argmax(np.abs(x) > 0.05)) / RATE
+
+
+@pytest.mark.realtime
+def test_a_cut_off_speaker_plays_the_stored_clip_at_its_time_and_reports_it_local(
+        tmp_path: Path) -> None:
+    """Real streamer, relay, speakers, Redis and Mosquitto (``loa up``): a clip scheduled a
+    minute ahead reaches one speaker's store; the speaker is then pointed at a dead upstream,
+    plays the clip from its store at its time, and the streamer records the play as local."""
+    import time
+    from datetime import UTC, datetime
+
+    from clients.ctl import call
+    from streamer.control.api.clips import wav_bytes
+    from tests.harness.loaup import LoaUp
+    from tests.harness.wait import wait_for
+
+    up = LoaUp(tmp_path)
+    try:
+        up.lift_quiet_hours()
+        state = up.state()
+        spk = up.speakers("brvt.con-dao")[0]
+        # half a second of silence, then the tone: its onset times the play to the sample
+        tone = 0.3 * np.sin(2 * np.pi * 880 * np.arange(3 * RATE) / RATE)
+        tone[:RATE // 2] = 0.0
+        body, ctype = multipart("tone-880.wav", wav_bytes(tone))
+        clip = call(up.url, "POST", "/api/v1/clips", raw=body, content_type=ctype,
+                    token=up.token)
+        occ = int(time.time()) + 45
+        at = datetime.fromtimestamp(occ, UTC).replace(tzinfo=None).isoformat()
+        sched = up.api("POST", "/api/v1/schedules", {
+            "zones": [spk.zone], "source": {"kind": "clip", "clip": clip["id"]},
+            "at": at, "tz": "UTC", "label": "store and forward"})
+        assert sched["approved"], sched
+        cache = up.var / "cache" / spk.id
+        wait_for(lambda: list(cache.glob("clip-*.loac")), timeout=20)
+        stored = next(cache.glob("clip-*.loac"))
+        print(f"stored clip: {stored.stat().st_size} bytes for 3.0 s "
+              f"({stored.stat().st_size / 3:.0f} B/s)")
+        # cut the speaker off its stream: a dead upstream (the MQTT link stays)
+        dead = call(up.url, "POST", f"/api/v1/speakers/{spk.id}/commands",
+                    {"cmd": "set_upstream", "args": {"upstream": ["127.0.0.1:9"]}},
+                    token=up.token)
+        assert dead["ok"], dead
+        assert time.time() < occ - 12, "too slow to cut the speaker off before the occurrence"
+        wait_for(lambda: [e for e in spk.events() if e["event"] == "play"
+                          and e.get("local")], timeout=occ - time.time() + 20)
+        local = [e for e in spk.events() if e["event"] == "play" and e.get("local")][0]
+        offset = local["start"] - (occ + 0.3)  # the stream would play it a delay later
+        print(f"local play started {offset * 1000:+.0f} ms from its time")
+        assert abs(offset) < 0.25
+        assert local["end"] - local["start"] == pytest.approx(3.0, abs=0.1)
+        heard = spk.window(local["start"] + 0.7, local["start"] + 2.5)
+        assert peak_hz(heard) == pytest.approx(880, abs=5)
+        # in step with the stream: the tone starts half a second after the play's time,
+        # as on a speaker of the same zone that kept its stream
+        onset = onset_time(spk, occ + 0.3)
+        print(f"tone onset {1000 * (onset - occ - 0.8):+.1f} ms from where it belongs")
+        assert abs(onset - (occ + 0.8)) < 0.02  # measured: +6.4 ms, the encoder lookahead
+        for other in up.speakers(spk.zone):
+            if other.id != spk.id:
+                print(f"  streamed on {other.id}: "
+                      f"{1000 * (onset_time(other, occ + 0.3) - occ - 0.8):+.1f} ms")
+        # the network back: the streamer has the play, local, under its own broadcast
+        back = call(up.url, "POST", f"/api/v1/speakers/{spk.id}/commands",
+                    {"cmd": "set_upstream", "args": {"upstream": [
+                        state["relays"][0]["media"], state["streamer_media"]]}},
+                    token=up.token)
+        assert back["ok"], back
+        bid = local["broadcast"]
+        rec = up.api("GET", f"/api/v1/broadcasts/{bid}")
+        assert rec["schedule"] == sched["id"]
+        reach = up.api("GET", f"/api/v1/broadcasts/{bid}/reach")
+        mine = [r for r in reach["confirmed"] if r["id"] == spk.id]
+        assert mine and mine[0]["local"] is True, reach
+        others = [r for r in reach["confirmed"] if r["id"] != spk.id]
+        assert all(not r["local"] for r in others)
+    finally:
+        up.kill()

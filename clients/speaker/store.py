@@ -39,7 +39,7 @@ from common.secretfile import write_private
 from wire.auth import Keyring
 
 from .output import Samples
-from .playout import Playout
+from .playout import RATE_HZ, Playout
 
 if TYPE_CHECKING:
     from wire.plan import Plan, PlanEntry
@@ -179,6 +179,7 @@ class ForwardPath:
         self.plans: dict[str, int] = {}
         self.clips: dict[str, int] = dict.fromkeys(CLIP_OUTCOMES, 0)
         self.local_plays = 0
+        self.skipped_ms = 0.0  # of the latest local play (the tick's lateness)
         self._stored: set[str] = set()  # accepted, on their way to the disk
         self.on_change: Callable[[], None] = lambda: None  # what clips we lack changed
 
@@ -266,8 +267,15 @@ class ForwardPath:
 
     # ------------------------------------------------------------------ ticks
 
-    def tick(self, now: float, lost: bool) -> None:
-        """``now``: the streamer's clock. Decode what is near, start what is due."""
+    def tick(self, now: float, lost: bool, shift_s: float = 0.0) -> None:
+        """``now``: the streamer's clock; ``shift_s``: the streamer's clock minus ours. Decode
+        what is near, start what is due.
+
+        A local play starts where the playout's output is (its cursor, on the streamer's
+        clock), not at this tick's ``now``: it is due once the cursor reaches the entry's
+        time, and the part of the clip that falls before the cursor is skipped, so that its
+        samples come out when the stream would have played them (in step with the speakers
+        that still have the stream), whatever the ticks' timing."""
         plan = self.plan
         if plan is None:
             return
@@ -276,25 +284,28 @@ class ForwardPath:
             self.plan = None
             return
         emergency = self.emergency_on(now)
+        timeline = self.playout.timeline
+        out = timeline.time(timeline.cursor) + shift_s
         for e in plan.entries:
             start = e.at + self.delay_s
-            if e.broadcast in self.done or now >= start + self.grace_s:
+            if e.broadcast in self.done or min(now, out) >= start + self.grace_s:
                 self.ready.pop(e.broadcast, None)
                 continue
             if now < start - LEAD_S:
                 break  # entries are in time order
             self._prepare(e)
-            if e.broadcast not in self.ready:
+            if e.broadcast not in self.ready or self.playout.local_playing:
                 continue
-            if entry_due(e, now, self.delay_s, lost, False, emergency, self.grace_s) and not (
-                    self.playout.local_playing):
+            if entry_due(e, out, self.delay_s, lost, False, emergency, self.grace_s):
                 pcm = self.ready.pop(e.broadcast)
-                self.playout.play_local(pcm, e.broadcast, e.priority)
+                skip = max(0, round((out - start) * RATE_HZ))
+                self.playout.play_local(pcm[skip:], e.broadcast, e.priority)
                 self.local_plays += 1
+                self.skipped_ms = skip * 1000 / RATE_HZ
                 self._mark_done(e.broadcast)
                 log.info("no stream: playing schedule %s (broadcast %d, %.1f s) from the "
-                         "store, %.3f s after its time", e.schedule, e.broadcast,
-                         len(pcm) / 48_000, now - start)
+                         "store, its first %.1f ms skipped to stay in step", e.schedule,
+                         e.broadcast, len(pcm) / RATE_HZ, self.skipped_ms)
 
     def _prepare(self, e: PlanEntry) -> None:
         """Have the entry's clip decoded on the worker thread; ready once it is done."""
@@ -360,7 +371,7 @@ def forward_tick(forward: ForwardPath, speaker: Any, cfg: Any) -> None:
     silent_s = time.monotonic() - speaker.last_media
     subscribed = speaker.client.state is ClientState.SUBSCRIBED
     forward.tick(speaker.time.now(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
-                                                 cfg.failover_s))
+                                                 cfg.failover_s), speaker.time.shift_s())
 
 
 __all__ = ["ClipStore", "ForwardPath", "decode_clip", "entry_due", "forward_tick"]
