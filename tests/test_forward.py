@@ -326,3 +326,23 @@ def test_a_cut_off_speaker_plays_the_stored_clip_at_its_time_and_reports_it_loca
         assert all(not r["local"] for r in others)
     finally:
         up.kill()
+
+
+def test_refusals_are_counted_in_the_speakers_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from clients.speaker.store import ForwardCollector
+
+    data = clip_bytes(1000.0, 0.2)
+    fp, _, _ = forward_path(tmp_path)
+    registry = CollectorRegistry()
+    registry.register(ForwardCollector(fp))
+    fp.on_plan(sign_plan(OTHER, plan(entry(T0 + 100, data))), T0)
+    fp.on_plan(sign_plan(KEY, plan(entry(T0 + 100, data))), T0)
+    fp.on_clip(sha256_hex(data), data + b"x")
+    value = registry.get_sample_value
+    assert value("loa_speaker_plans_total", {"outcome": "unknown_key"}) == 1
+    assert value("loa_speaker_plans_total", {"outcome": "accepted"}) == 1
+    assert value("loa_speaker_clips_total", {"outcome": "bad_hash"}) == 1
+    assert value("loa_speaker_store_missing_clips") == 1
+    assert value("loa_speaker_plan_entries") == 1

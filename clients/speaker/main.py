@@ -258,6 +258,10 @@ async def serve(cfg: SpeakerConfig) -> int:
     beat = rhythm(speaker, playout, clock, emergency, cfg)
     if cfg.mqtt is not None and cfg.zone and trusted is not None and cfg.store_mb > 0:
         forward = store = open_forward(cfg, playout, emergency, trusted, writer)
+        if registry is not None:
+            from .store import ForwardCollector
+
+            registry.register(ForwardCollector(store))
         beat.every("forward", FORWARD_TICK_S, lambda: forward_tick(store, speaker, cfg))
     tasks = [asyncio.create_task(beat.run())]
     if cfg.http:  # the lag probe wakes the loop 4 times a second: only for a reader

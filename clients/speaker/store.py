@@ -359,6 +359,38 @@ class ForwardPath:
                 "local_plays": self.local_plays}
 
 
+class ForwardCollector:
+    """Prometheus metrics of a :class:`ForwardPath` (registered by ``main.py``)."""
+
+    def __init__(self, forward: ForwardPath) -> None:
+        self.forward = forward
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from wire.plan import OUTCOMES
+
+        f = self.forward
+        plans = CounterMetricFamily("loa_speaker_plans", "Store-and-forward plans received, "
+                                    "by outcome (refused: malformed, unknown_key, "
+                                    "bad_signature, expired, wrong_zone, rollback)",
+                                    labels=["outcome"])
+        for outcome in OUTCOMES:
+            plans.add_metric([outcome], f.plans.get(outcome, 0))
+        yield plans
+        clips = CounterMetricFamily("loa_speaker_clips", "Clip files received, by outcome "
+                                    "(refused: unexpected, bad_hash)", labels=["outcome"])
+        for outcome in CLIP_OUTCOMES:
+            clips.add_metric([outcome], f.clips[outcome])
+        yield clips
+        yield CounterMetricFamily("loa_speaker_local_plays", "Stored clips played by the "
+                                  "speaker itself, with no stream", value=f.local_plays)
+        yield GaugeMetricFamily("loa_speaker_plan_entries", "Entries of the plan kept",
+                                value=len(f.plan.entries) if f.plan else 0)
+        yield GaugeMetricFamily("loa_speaker_store_missing_clips", "Clips the plan names "
+                                "that are not stored yet", value=len(f.missing()))
+
+
 def forward_tick(forward: ForwardPath, speaker: Any, cfg: Any) -> None:
     """Local play decisions on the streamer's clock (``speaker.time``), every
     :data:`FORWARD_TICK_S`; "lost" as the emergency path judges it (``emergency_tick``)."""
@@ -374,4 +406,5 @@ def forward_tick(forward: ForwardPath, speaker: Any, cfg: Any) -> None:
                                                  cfg.failover_s), speaker.time.shift_s())
 
 
-__all__ = ["ClipStore", "ForwardPath", "decode_clip", "entry_due", "forward_tick"]
+__all__ = ["ClipStore", "ForwardCollector", "ForwardPath", "decode_clip", "entry_due",
+           "forward_tick"]
