@@ -56,6 +56,12 @@ FRAME_SAMPLES = 960  # 20 ms
 CLIP_OPUS = OpusSettings(application="audio", complexity=8, fec=False, loss_perc=0,
                          bitrate=24_000)
 PUBLISH_TIMEOUT_S = 10.0
+#: Redis hash: "{schedule}@{occurrence Unix time}" → the broadcast id a plan promised
+IDS_KEY = "loa:forward-ids"
+
+
+def _field(key: tuple[str, float]) -> str:
+    return f"{key[0]}@{key[1]!r}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Forward:
         self._published: dict[str, tuple[str, float]] = {}  # zone → (canonical, made)
         self._clips: set[str] = set()  # clips retained on the broker
         self._seen: object = None
+        self._ids_loaded = False
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
 
@@ -151,6 +158,8 @@ class Forward:
         the plans by zone."""
         p = self.plane
         now = self.now()
+        await self._load_ids()
+        fresh: dict[str, int] = {}
         lo, hi = datetime.fromtimestamp(now, UTC), datetime.fromtimestamp(now + HORIZON_S, UTC)
         entries: dict[str, list[PlanEntry]] = {}
         needed: dict[str, RenderedClip] = {}
@@ -169,7 +178,7 @@ class Forward:
             for occ in occs:
                 key = (s.id, occ.timestamp())
                 if key not in self.ids:
-                    self.ids[key] = await p.state.next_broadcast_id()
+                    self.ids[key] = fresh[_field(key)] = await p.state.next_broadcast_id()
                 entry = PlanEntry(schedule=s.id, at=occ.timestamp(), clip=clip.sha256,
                                   bytes=len(clip.data), duration_s=clip.duration_s,
                                   priority=int(Priority[s.priority.upper()]),
@@ -198,7 +207,10 @@ class Forward:
         for sha in self._clips - set(needed):  # no plan names it: off the broker
             await self._retain(clip_topic(sha), b"")
             self._clips.discard(sha)
-        self.ids = {k: v for k, v in self.ids.items() if k[1] > now - 3600}
+        gone = [k for k in self.ids if k[1] <= now - 3600]
+        for k in gone:
+            del self.ids[k]
+        await self._save_ids(fresh, [_field(k) for k in gone])
         self._rendered = {k: c for k, c in self._rendered.items() if c.sha256 in needed}
         self.passes += 1
         log.info("store and forward: %d zone plans, %d entries, %d clips (%d bytes)",
@@ -206,6 +218,32 @@ class Forward:
                  sum(len(pl.entries) for pl in plans.values()), len(needed),
                  sum(len(c.data) for c in needed.values()))
         return plans
+
+    async def _load_ids(self) -> None:
+        """The ids promised before a restart: a speaker offline since then still holds the
+        plan that named them, and its local play must confirm the broadcast that airs."""
+        if self._ids_loaded:
+            return
+        try:
+            raw = await asyncio.wait_for(self.plane.state.r.hgetall(IDS_KEY), 2.0)
+        except Exception as e:  # Redis away: new ids, and the next pass tries again
+            log.warning("store and forward: promised broadcast ids not read: %s", e)
+            return
+        for name, bid in raw.items():
+            sid, _, ts = str(name).rpartition("@")
+            with contextlib.suppress(ValueError):
+                self.ids.setdefault((sid, float(ts)), int(bid))
+        self._ids_loaded = True
+
+    async def _save_ids(self, fresh: dict[str, int], gone: list[str]) -> None:
+        r = self.plane.state.r
+        try:
+            if fresh:
+                await asyncio.wait_for(r.hset(IDS_KEY, mapping=fresh), 2.0)
+            if gone:
+                await asyncio.wait_for(r.hdel(IDS_KEY, *gone), 2.0)
+        except Exception as e:
+            log.warning("store and forward: promised broadcast ids not kept: %s", e)
 
     async def _clip(self, s: Schedule) -> RenderedClip | None:
         what = f"{s.source.model_dump_json()}|{s.duration_s}"
