@@ -346,3 +346,27 @@ def test_refusals_are_counted_in_the_speakers_metrics(tmp_path: Path) -> None:
     assert value("loa_speaker_clips_total", {"outcome": "bad_hash"}) == 1
     assert value("loa_speaker_store_missing_clips") == 1
     assert value("loa_speaker_plan_entries") == 1
+
+
+@pytest.mark.parametrize("priority", [Priority.NORMAL, Priority.EMERGENCY])
+def test_the_emergency_path_leaves_a_scheduled_local_play_alone_until_its_replay_is_due(
+        tmp_path: Path, priority: int) -> None:
+    from clients.speaker.emergency import CachedEmergency, EmergencyCache, EmergencyPath
+    from wire.messages import EmergencyState
+
+    data = clip_bytes(1000.0, 2.0)
+    fp, playout, _ = forward_path(tmp_path)
+    fp.on_plan(sign_plan(KEY, plan(entry(T0 + 100, data, bid=41, priority=priority))), T0)
+    fp.on_clip(sha256_hex(data), data)
+    step(fp, playout, T0 + 60)
+    step(fp, playout, T0 + 100.3)
+    assert playout.local_broadcast_id == 41
+    pcm = np.full(RATE, 1000, dtype=np.int16)
+    ep = EmergencyPath(playout, EmergencyCache(tmp_path / "em"),
+                       cached=CachedEmergency(99, T0 - 500, memoryview(pcm), T0 - 500))
+    ep.tick(T0 + 100.4, lost=True)  # no emergency: not its replay to stop
+    assert playout.local_broadcast_id == 41
+    ep.on_state(EmergencyState(id=99, active=True, repeat_s=60, started=T0 - 500), T0 + 100.5)
+    step(fp, playout, T0 + 100.5)
+    ep.tick(T0 + 100.6, lost=True)  # its replay is due: the emergency wins
+    assert playout.local_broadcast_id == 99 and ep.replays == 1

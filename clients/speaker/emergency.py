@@ -284,6 +284,7 @@ class EmergencyPath:
         self.repeat_override_s = repeat_override_s
         self._submit = submit
         self.replays = 0
+        self._replay_id = 0  # the emergency of our latest local replay
         self.messages = dict.fromkeys(OUTCOMES, 0)
         self._apply_volume()
 
@@ -325,6 +326,7 @@ class EmergencyPath:
         if replay_due(current, cached, self.repeat_override_s, now, lost):
             self.cached = replay = replace(cached, last_played=now)
             self.playout.play_local(replay.pcm, replay.id)
+            self._replay_id = replay.id
             self.replays += 1
             self._write(lambda: self.cache.store_meta(replay))
             log.info("no stream: replaying emergency %d (%.1f s) on our own", replay.id,
@@ -340,9 +342,10 @@ class EmergencyPath:
 
     @property
     def _replaying(self) -> bool:
-        """A local replay of an emergency is on (a stored scheduled clip playing locally is
-        not one: an emergency replay that falls due replaces it, ``store.py``)."""
-        return self.playout.local_playing and self.playout.local_priority == Priority.EMERGENCY
+        """One of our replays is on (a stored scheduled clip playing locally is not one, even
+        at the emergency level: an emergency replay that falls due replaces it, ``store.py``)."""
+        p = self.playout
+        return p.local_playing and p.local_broadcast_id == self._replay_id
 
     def _stop_if_over(self, now: float) -> bool:
         p = self.playout
