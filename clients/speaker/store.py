@@ -48,7 +48,8 @@ log = logging.getLogger("loa.speaker.store")
 
 FORWARD_TICK_S = 0.05  # a local play starts within this of its time
 GRACE_S = 30.0  # an entry not started within this of its time is stale
-LEAD_S = 60.0  # decoded this long ahead of its time
+LEAD_S = 60.0  # decoded this long ahead of its time while the stream is lost
+ONLINE_LEAD_S = 5.0  # and this long ahead while it is there (it may go at the last moment)
 MAX_DONE = 2048
 PLAN_FILE = "plan.json"
 DONE_FILE = "plan-done.json"
@@ -293,6 +294,8 @@ class ForwardPath:
                 continue
             if now < start - LEAD_S:
                 break  # entries are in time order
+            if not lost and now < start - ONLINE_LEAD_S:
+                continue  # with a stream, most likely never needed: no memory spent on it
             self._prepare(e)
             if e.broadcast not in self.ready or self.playout.local_playing:
                 continue
