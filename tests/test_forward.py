@@ -9,6 +9,7 @@ depends on the hour or on timing. The end-to-end test runs a real ``loa up`` sta
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,96 @@ def test_the_emergency_path_leaves_a_scheduled_local_play_alone_until_its_replay
     step(fp, playout, T0 + 100.5)
     ep.tick(T0 + 100.6, lost=True)  # its replay is due: the emergency wins
     assert playout.local_broadcast_id == 99 and ep.replays == 1
+
+
+# --------------------------------------------------------------------------- the streamer
+
+
+async def test_the_streamer_plans_what_can_be_stored_signs_it_and_retains_it(
+        streamer: Any, mosquitto: Any) -> None:
+    """An in-process streamer (real Redis) with a real Fleet on a real Mosquitto: what goes in
+    a zone's plan, what a speaker reads of it through its ACL, and what is cleared."""
+    import asyncio
+
+    from tests.conftest import DAYTIME
+    from tests.harness.api import call
+    from tests.harness.broker import client, fleet_on, start_broker
+    from tests.harness.keys import TEST_KEY
+    from tests.harness.zones import KP1, OP, OTHER
+    from wire.plan import clip_topic, plan_topic
+
+    forward = streamer.plane.forward
+    await forward.close()  # passes are run by hand here
+    forward.now = lambda: DAYTIME  # Monday 2026-11-23 10:00 local
+    passwords = start_broker(mosquitto, {"spk-1": KP1})
+    tone = {"kind": "tone", "hz": 660, "seconds": 2}
+    made = {}
+    for name, body in {
+        "tone": {"zones": [OP], "source": tone, "at": "2026-11-23T11:00:00"},
+        "daily": {"zones": [OP], "source": tone, "rrule": "FREQ=DAILY;BYHOUR=12;BYMINUTE=0;"
+                  "BYSECOND=0", "dtstart": "2026-11-01T00:00:00"},
+        "relay": {"zones": [OP], "source": {"kind": "relay", "url": "http://127.0.0.1:9/x"},
+                  "at": "2026-11-23T13:00:00", "duration_s": 60},
+        "tomorrow": {"zones": [OP], "source": tone, "at": "2026-11-24T11:00:00"},
+        "elsewhere": {"zones": [OTHER], "source": {**tone, "hz": 440},
+                      "at": "2026-11-23T11:00:00"},
+        "disabled": {"zones": [OP], "source": tone, "at": "2026-11-23T14:00:00",
+                     "enabled": False},
+    }.items():
+        status, made[name] = await call(streamer, "POST", "/api/v1/schedules", json=body)
+        assert status == 201, made[name]
+    async with fleet_on(mosquitto, passwords) as (fleet, _):
+        streamer.plane.fleet = fleet
+        plans = await forward.refresh()
+        mine = plans[KP1]
+        # the one-off and the daily one within 24 h; no relay, nothing disabled, nothing
+        # past the horizon (the daily one's next day is), nothing of another zone
+        assert [(e.schedule, e.at) for e in mine.entries] == [
+            (made["tone"]["id"], DAYTIME + 3600), (made["daily"]["id"], DAYTIME + 7200)]
+        assert mine.entries[0].clip == mine.entries[1].clip  # one source, one clip
+        assert mine.entries[0].duration_s == pytest.approx(2.0)
+        assert OP not in plans and OTHER not in plans  # plans are per leaf zone
+        other = next(z for z in plans if z.startswith(OTHER + "."))
+        # the scheduled broadcast will take the promised id
+        from datetime import UTC, datetime
+        occ = datetime.fromtimestamp(DAYTIME + 3600, UTC)
+        assert streamer.broadcasts.planned_id(made["tone"]["id"], occ) == mine.entries[0].broadcast
+        # what the speaker reads: its zone's plan, verified with the streamer's key, and the clip
+        got: dict[str, bytes] = {}
+        async with client(mosquitto, "spk-1", passwords["spk-1"]) as c:
+            await c.subscribe([(plan_topic(KP1), 1), (plan_topic(other), 1),
+                               (clip_topic(mine.entries[0].clip), 1)])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    async for m in c.messages:
+                        got[str(m.topic)] = bytes(m.payload)  # type: ignore[arg-type]
+        assert plan_topic(other) not in got  # the ACL: another zone's plan is not for it
+        assert verify_plan(Keyring([TEST_KEY.public]), got[plan_topic(KP1)], KP1, DAYTIME) == mine
+        data = got[clip_topic(mine.entries[0].clip)]
+        assert sha256_hex(data) == mine.entries[0].clip and len(data) == mine.entries[0].bytes
+        pcm = np.frombuffer(decode_clip(data, OpusDecoder()), dtype=np.int16) / 32768
+        assert peak_hz(pcm[RATE // 2:RATE * 3 // 2]) == pytest.approx(660, abs=5)
+        # quiet hours set since: the occurrence they block is not planned (nor aired)
+        status, z = await call(streamer, "PATCH", f"/api/v1/zones/{OP}",
+                               json={"quiet_hours": "10:30-11:30"})
+        assert status == 200, z
+        plans = await forward.refresh()
+        assert [e.schedule for e in plans[KP1].entries] == [made["daily"]["id"]]
+        # its schedules deleted: an empty plan, and its clip off the broker (not the other)
+        for name in ("tone", "daily"):
+            status, _ = await call(streamer, "DELETE", f"/api/v1/schedules/{made[name]['id']}")
+            assert status == 200
+        plans = await forward.refresh()
+        assert plans[KP1].entries == []
+        got.clear()
+        async with client(mosquitto, "spk-1", passwords["spk-1"]) as c:
+            await c.subscribe([(plan_topic(KP1), 1), (clip_topic(mine.entries[0].clip), 1)])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    async for m in c.messages:
+                        got[str(m.topic)] = bytes(m.payload)  # type: ignore[arg-type]
+        assert list(got) == [plan_topic(KP1)]
+        assert plans[other].entries and plans[other].entries[0].clip != mine.entries[0].clip
+        assert verify_plan(Keyring([TEST_KEY.public]), got[plan_topic(KP1)], KP1,
+                           DAYTIME).entries == []
+        streamer.plane.fleet = None
