@@ -99,6 +99,8 @@ def test_acl_and_streamer_subscriptions_come_from_the_one_table() -> None:
         "topic read loa/v1/speakers/spk-a/token", "topic read loa/v1/zones/brvt/cmd",
         "topic read loa/v1/zones/brvt.kp-1/cmd",
         "topic read loa/v1/zones/brvt/emergency", "topic read loa/v1/zones/brvt.kp-1/emergency",
+        # store and forward: its leaf zone's plan only, and clip files by their hash
+        "topic read loa/v1/zones/brvt.kp-1/plan", "topic read loa/v1/clips/+",
         "topic read loa/v1/keys"]
     with pytest.raises(ValueError, match="zone"):  # only a kind that reads zones has one
         Account("relay-1", h, "relay", "brvt").check()

@@ -167,6 +167,9 @@ class Broadcasts:
         #: each channel plays (``onair`` events)
         self.publish: Publish = nothing
         self.onair = OnAir()
+        #: set by the plane: the broadcast id a store-and-forward plan promised for a
+        #: scheduled occurrence (``forward.py``), so local plays confirm the same broadcast
+        self.planned_id: Callable[[str, datetime], int | None] = lambda sid, occ: None
         mixer.on_finished = self._finished
 
     async def recover(self, takeover: bool = False) -> int:
@@ -569,8 +572,9 @@ class Broadcasts:
     async def prepare_scheduled(self, s: Schedule, occ: datetime) -> Item:
         """Build the occurrence's source ahead of time; its record is written when it airs."""
         built, desc = await self.build(s.source)
+        bid = self.planned_id(s.id, occ) or await self.state.next_broadcast_id()
         rec = BroadcastRecord(
-            id=await self.state.next_broadcast_id(), zones=list(s.zones), priority=s.priority,
+            id=bid, zones=list(s.zones), priority=s.priority,
             source=desc, label=s.label, created=time.time(), created_by=s.created_by,
             channels=len(self.channels_of(list(s.zones))), schedule=s.id,
             override_quiet_hours=s.override_quiet_hours,

@@ -31,6 +31,7 @@ from wire.messages import (
     zone_cmd_topics,
     zone_emergency_topics,
 )
+from wire.plan import CLIPS_TOPIC, plan_topic
 
 STREAMER_USER = "streamer"
 #: mosquitto_passwd's own default. Device and service passwords are random 192-bit secrets
@@ -134,6 +135,9 @@ def acl_rules(account: Account) -> list[str]:
     if account.zone and topics.zones:
         rules += [f"topic read {t}" for t in zone_cmd_topics(account.zone)]
         rules += [f"topic read {t}" for t in zone_emergency_topics(account.zone)]
+        # store and forward: its leaf zone's plan, and clip files by hash (any clip: a
+        # clip is no secret, and its topic cannot be known without a plan that names it)
+        rules += [f"topic read {plan_topic(account.zone)}", f"topic read {CLIPS_TOPIC}"]
     rules += [f"topic read {t}" for t in topics.fleet]
     return rules
 

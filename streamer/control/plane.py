@@ -8,6 +8,7 @@ The plane is the API handlers' only dependency (``Ctx.services``), which keeps t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .events import EventHub
 from .fleet import Fleet
+from .forward import Forward
 from .grants import TokenIssuer
 from .hashing import Hasher
 from .live import LiveInputs
@@ -102,6 +104,8 @@ class Plane:
     events: EventHub = field(init=False)
     alerts: Alerts = field(init=False)
     reach: ReachFeed = field(init=False)
+    #: store and forward: zone plans and clips for speakers to play offline (``forward.py``)
+    forward: Forward = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -120,6 +124,11 @@ class Plane:
         self.recorder.alerts, self.recorder.publish = self.alerts, publish
         self.reach = ReachFeed(self.broadcasts, self.recorder, publish)
         self.recorder.on_played = self.reach.played
+        self.forward = Forward(self)
+        self.broadcasts.planned_id = self.forward.planned_id
+        with contextlib.suppress(RuntimeError):  # no loop: a plane made for a unit test
+            # waits for the fleet and scheduler; cancelled with the reach feed's tasks
+            self.reach.adopt(self.forward.start())
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}

@@ -185,7 +185,8 @@ async def reach(ctx: Ctx) -> ReachOut:
         p = plane.recorder.view(s.id, p)
         ev = played.get(s.id)
         row = ReachSpeaker(id=s.id, zone=s.zone, **({k: ev.get(k) for k in
-                                                     ("start", "end", "level_dbfs")}
+                                                     ("start", "end", "level_dbfs",
+                                                      "local") if k in ev}
                                                     if ev else {}))
         if ev:
             out.confirmed.append(row)
