@@ -351,6 +351,7 @@ class Streamer:
         await self.broadcasts.recover(takeover=takeover)
         self.plane.scheduler = await self._scheduler(lapsed_since)
         self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
+        self.plane.forward.start()  # zone plans for speakers to play offline (forward.py)
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
@@ -507,6 +508,7 @@ class Streamer:
                 task.cancel()
         self.plane.events.close()  # event streams end first: the HTTP server waits for them
         await self.plane.reach.close()
+        await self.plane.forward.close()
         if self.plane.scheduler is not None:
             await self.plane.scheduler.close()
         if self.plane.tokens is not None:

@@ -8,7 +8,6 @@ The plane is the API handlers' only dependency (``Ctx.services``), which keeps t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -124,11 +123,8 @@ class Plane:
         self.recorder.alerts, self.recorder.publish = self.alerts, publish
         self.reach = ReachFeed(self.broadcasts, self.recorder, publish)
         self.recorder.on_played = self.reach.played
-        self.forward = Forward(self)
+        self.forward = Forward(self)  # started with the control plane (``app.py``)
         self.broadcasts.planned_id = self.forward.planned_id
-        with contextlib.suppress(RuntimeError):  # no loop: a plane made for a unit test
-            # waits for the fleet and scheduler; cancelled with the reach feed's tasks
-            self.reach.adopt(self.forward.start())
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}

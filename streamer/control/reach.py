@@ -81,11 +81,6 @@ class ReachFeed:
                 self._zones.popitem(last=False)
         return zones
 
-    def adopt(self, task: asyncio.Task[None]) -> None:
-        """A task of the plane's to cancel with these (the streamer closes the feed)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
