@@ -52,6 +52,7 @@ bench: deps
 	$(BIN)/python -m loadtest.bench_emergency
 	$(BIN)/python -m loadtest.bench_flood
 	$(BIN)/python -m loadtest.bench_codec
+	$(BIN)/python -m loadtest.bench_import
 
 deps: debs $(BIN)/.installed
 
