@@ -150,6 +150,9 @@ class StreamerConfig:
     #: active, in ms; 0 = this streamer is the only one, always active
     #: (``docs/operations.md``, "A standby streamer")
     ha_lease_ms: int = 0
+    #: a priority bulletin from above airs by itself after this long unless an operator
+    #: decided (``docs/api.md``, "Bulletins from above"); a request may say otherwise
+    inbound_decide_s: float = 600.0
     #: this streamer's name in the lease ("" = host:pid:random)
     ha_id: str = ""
     #: where the other streamer of the pair reaches this one's HTTP, to copy its clips
@@ -172,6 +175,7 @@ class StreamerConfig:
         check_range("idle_heartbeat_ms", self.idle_heartbeat_ms, 0, 500)
         check_range("token_lifetime_h", self.token_lifetime_h, 0.01, 24 * 30)
         check_range("presence_stale_s", self.presence_stale_s, 1, 86_400)
+        check_range("inbound_decide_s", self.inbound_decide_s, 1, 86_400)
         if self.ha_lease_ms:
             check_range("ha_lease_ms", self.ha_lease_ms, 300, 60_000)
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
@@ -268,6 +272,7 @@ class Streamer:
         self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
                            self.mixer, self.registry, devices, recorder)
         self._broker_login = password, mqtt_tls  # read now: a bad file fails the start
+        self.plane.inbound_decide_s = cfg.inbound_decide_s
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
@@ -352,6 +357,7 @@ class Streamer:
         self.plane.scheduler = await self._scheduler(lapsed_since)
         self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
         self.plane.forward.start()  # zone plans for speakers to play offline (forward.py)
+        await self.plane.inbox.start()  # bulletins from above still pending (inbound.py)
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
@@ -509,6 +515,7 @@ class Streamer:
         self.plane.events.close()  # event streams end first: the HTTP server waits for them
         await self.plane.reach.close()
         await self.plane.forward.close()
+        self.plane.inbox.close()
         if self.plane.scheduler is not None:
             await self.plane.scheduler.close()
         if self.plane.tokens is not None:

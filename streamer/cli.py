@@ -61,6 +61,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
     p.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
     p.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
+    p.add_argument("--inbound-decide-s", type=float,
+                   help="a priority bulletin from above airs by itself after this long unless "
+                        "an operator decided (default 600)")
     p.add_argument("--ha-lease-ms", type=int,
                    help="one of a pair of streamers on one Redis: the lease's time to live "
                         "(default 0: the only streamer; docs/operations.md, A standby streamer)")

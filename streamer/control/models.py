@@ -189,6 +189,48 @@ class CapRecord(Record):
     user: str = ""
 
 
+class Sender(Record):
+    """A system above that may send bulletins in (the central or another source system,
+    ``inbound.py``): its Ed25519 public key, and the zones it may address."""
+
+    id: DeviceId
+    name: str = Field("", max_length=200)
+    zones: list[ZoneId] = Field(min_length=1, max_length=1000)
+    public_key: str = Field(description="Ed25519 public key, base64 (32 bytes)")
+    created: float = 0.0
+    created_by: str = ""
+
+
+class InboundState(StrEnum):
+    PENDING = "pending"  # waiting for an operator (a priority bulletin airs by itself later)
+    AIRED = "aired"
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # nobody aired it before valid_until
+
+
+class InboundBulletin(Record):
+    """A bulletin received from a system above (``inbound.py``)."""
+
+    id: str  # ours: "in-<n>"
+    sender: str
+    ref: str  # the sender's own id for it: a second request with it is the same bulletin
+    digest: str  # SHA-256 of the request body: the same ref with another body is refused
+    level: str  # normal | priority | emergency
+    zones: list[str]
+    title: str = ""
+    text: str = ""
+    clip: str | None = None  # the audio it came with, in the clip library
+    received: float
+    valid_until: float | None = None
+    state: InboundState = InboundState.PENDING
+    #: a priority bulletin airs by itself at this time unless an operator decided before
+    auto_air_at: float | None = None
+    decided_by: str = ""
+    decided_at: float | None = None
+    note: str = ""
+    broadcast: int | None = None
+
+
 class AuditEntry(Record):
     id: str = ""
     ts: float

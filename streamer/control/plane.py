@@ -36,6 +36,7 @@ from .fleet import Fleet
 from .forward import Forward
 from .grants import TokenIssuer
 from .hashing import Hasher
+from .inbound import Inbox
 from .live import LiveInputs
 from .models import (
     DEFAULT_QUIET_HOURS,
@@ -105,6 +106,10 @@ class Plane:
     reach: ReachFeed = field(init=False)
     #: store and forward: zone plans and clips for speakers to play offline (``forward.py``)
     forward: Forward = field(init=False)
+    #: bulletins from above (``inbound.py``), and how long a priority one waits for an
+    #: operator before it airs by itself
+    inbox: Inbox = field(init=False)
+    inbound_decide_s: float = 600.0
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -125,6 +130,7 @@ class Plane:
         self.recorder.on_played = self.reach.played
         self.forward = Forward(self)  # started with the control plane (``app.py``)
         self.broadcasts.planned_id = self.forward.planned_id
+        self.inbox = Inbox(self, self.registry)  # started with the control plane (app.py)
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}

@@ -42,9 +42,11 @@ from .models import (
     BroadcastRecord,
     CapRecord,
     ClipMeta,
+    InboundBulletin,
     LiveInput,
     Presence,
     Relay,
+    Sender,
     Speaker,
     User,
     Zone,
@@ -269,13 +271,16 @@ class State:
         self.schedules = Collection(self.r, "schedules", Schedule, u)
         self.inputs = Collection(self.r, "inputs", LiveInput, u)
         self.cap = Collection(self.r, "cap", CapRecord, u)
+        self.senders = Collection(self.r, "senders", Sender, u)
+        self.inbound = Collection(self.r, "inbound", InboundBulletin, u)
         self._ids: deque[int] = deque()
         self._move = self.r.register_script(_MOVE)
 
     @property
     def collections(self) -> list[Collection[Any]]:
         return [self.zones, self.users, self.speakers, self.relays, self.presence, self.clips,
-                self.broadcasts, self.schedules, self.inputs, self.cap]
+                self.broadcasts, self.schedules, self.inputs, self.cap, self.senders,
+                self.inbound]
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -464,6 +469,23 @@ class State:
                 p.hset(self.relays.key, mapping={d.id: d.model_dump_json() for d in relays})
             if secrets:
                 p.hset(P + "device-secrets", mapping=secrets)
+            await p.execute()
+
+    # -- bulletins from above (inbound.py) ----------------------------------------------------
+
+    async def next_inbound_id(self) -> str:
+        return f"in-{await self.r.incr(P + 'inbound-seq')}"
+
+    async def inbound_by_ref(self, sender: str, ref: str) -> InboundBulletin | None:
+        """The bulletin ``sender`` sent under its own id ``ref``, if any."""
+        rid = await self.r.hget(P + "inbound-ref", f"{sender}\n{ref}")
+        return None if rid is None else await self.inbound.get(rid)
+
+    async def put_inbound(self, rec: InboundBulletin) -> None:
+        """Store a bulletin and its sender's reference to it, in one transaction."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.inbound.key, rec.id, rec.model_dump_json())
+            p.hset(P + "inbound-ref", f"{rec.sender}\n{rec.ref}", rec.id)
             await p.execute()
 
     async def set_telemetry(self, device_id: str, data: dict[str, Any]) -> None:

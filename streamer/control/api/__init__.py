@@ -14,6 +14,7 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     cap,
     clips,
     events,
+    inbound,
     inputs,
     listen,
     provision,

@@ -173,8 +173,12 @@ async def stop_all(ctx: Ctx) -> StopOut:
            "it, which did not, which are offline", tag="broadcasts", response=ReachOut,
            path_types={"id": int})
 async def reach(ctx: Ctx) -> ReachOut:
-    rec = await _broadcast(ctx)
-    plane = ctx.services
+    return await reach_of(ctx.services, await _broadcast(ctx))
+
+
+async def reach_of(plane: Any, rec: BroadcastRecord) -> ReachOut:
+    """Which speakers of ``rec``'s zones confirmed playing it, which did not, which are
+    offline."""
     chans = set(plane.broadcasts.channels_of(rec.zones))
     speakers = [s for s in await plane.state.speakers.all() if s.zone in chans]
     played = await plane.state.played(rec.id)

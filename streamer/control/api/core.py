@@ -143,6 +143,19 @@ class ApiMetrics:
                                 ["operation", "status"], registry=registry)
 
 
+async def read_limited(request: web.Request, max_bytes: int, field: str) -> bytes:
+    """The whole request body, or ``413`` naming ``field`` past ``max_bytes`` (checked on the
+    declared length first, then as it arrives)."""
+    if (request.content_length or 0) > max_bytes:
+        raise ApiError(413, f"the request is over {max_bytes >> 20} MiB", field)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, f"the request is over {max_bytes >> 20} MiB", field)
+    return bytes(body)
+
+
 def _error(status: int, message: str, field: str | None = None,
            headers: dict[str, str] | None = None,
            extra: dict[str, Any] | None = None) -> web.Response:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from streamer.control import auth, broker, provision
 from streamer.control.models import Speaker
 
-from .core import API, ApiError, Ctx
+from .core import API, ApiError, Ctx, read_limited
 from .speakers import Credentials
 
 MAX_BODY = 16 * 1024 * 1024  # 100,000 rows of ~150 bytes
@@ -53,11 +53,7 @@ async def import_devices(ctx: Ctx) -> ImportOut | web.Response:
     content_type = ctx.request.content_type
     if content_type not in ("text/csv", "application/json"):
         raise ApiError(415, "send the file as text/csv or application/json", "Content-Type")
-    if (ctx.request.content_length or 0) > MAX_BODY:
-        raise ApiError(413, f"the file is over {MAX_BODY >> 20} MiB: split it", "file")
-    body = await ctx.request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise ApiError(413, f"the file is over {MAX_BODY >> 20} MiB: split it", "file")
+    body = await read_limited(ctx.request, MAX_BODY, "file")
     try:
         rows = provision.read(body, content_type)
     except provision.BadFile as e:
