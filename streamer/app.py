@@ -35,6 +35,7 @@ from common.tls import check_pair, server_context
 from device.mqtt_config import broker_tls_context, check_mqtt_tls, read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
+from streamer.board import add_board_routes
 from streamer.console import add_console_routes
 from streamer.control.api import add_api_routes
 from streamer.control.api.listen import streamer_may_listen
@@ -299,6 +300,7 @@ class Streamer:
         add_studio_routes(app)
         add_console_routes(app)
         add_peer_routes(app, clips, self.listen_keys)
+        add_board_routes(app, self.plane, self.listen_keys)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
@@ -358,6 +360,7 @@ class Streamer:
         self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
         self.plane.forward.start()  # zone plans for speakers to play offline (forward.py)
         await self.plane.inbox.start()  # bulletins from above still pending (inbound.py)
+        await self.plane.board.start()  # e-boards' items (board.py)
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
@@ -516,6 +519,7 @@ class Streamer:
         await self.plane.reach.close()
         await self.plane.forward.close()
         self.plane.inbox.close()
+        self.plane.board.close()
         if self.plane.scheduler is not None:
             await self.plane.scheduler.close()
         if self.plane.tokens is not None:

@@ -90,8 +90,12 @@ def test_acl_and_streamer_subscriptions_come_from_the_one_table() -> None:
     assert DOWN_LEAVES == ("cmd", "config", "token")
     assert FLEET_TOPICS == [f"loa/v1/speakers/+/{leaf}" for leaf in
                             ("status", "telemetry", "ack", "played")] + [
-        f"loa/v1/relays/+/{leaf}" for leaf in ("status", "telemetry", "ack")]
+        f"loa/v1/relays/+/{leaf}" for leaf in ("status", "telemetry", "ack")] + [
+        "loa/v1/boards/+/status"]
     h = hash_password("x")
+    # an e-board: its presence, and its zone's board, nothing else
+    assert acl_rules(Account("board-a", h, "board", "brvt.vung-tau")) == [
+        "topic write loa/v1/boards/board-a/status", "topic read loa/v1/zones/brvt.vung-tau/board"]
     assert acl_rules(Account("spk-a", h, "speaker", "brvt.kp-1")) == [
         "topic write loa/v1/speakers/spk-a/status", "topic write loa/v1/speakers/spk-a/telemetry",
         "topic write loa/v1/speakers/spk-a/ack", "topic write loa/v1/speakers/spk-a/played",

@@ -163,6 +163,10 @@ class Broadcasts:
         self._writes: set[asyncio.Task[None]] = set()
         #: set by the plane: publishes an emergency's state to the fleet
         self.announce: Announce | None = None
+        #: set by the plane: a broadcast airs for the first time, or an emergency is over
+        #: (e-boards show the one's text and take the other's down, ``board.py``)
+        self.on_first_airing: Callable[[BroadcastRecord], None] = lambda rec: None
+        self.on_emergency_over: Callable[[BroadcastRecord], None] = lambda rec: None
         #: set by the plane: the event stream's publisher (approvals, emergencies) and what
         #: each channel plays (``onair`` events)
         self.publish: Publish = nothing
@@ -413,6 +417,8 @@ class Broadcasts:
         self.mixer.start(item, channels, **(
             {"at_frame": at_frame} if at_frame is not None else {}))
         self.onair.playing(rec, channels)
+        if rec.airings == 1:
+            self.on_first_airing(rec)
         if plan is not None:
             if rec.airings == 1:
                 self._announce(rec)
@@ -537,6 +543,8 @@ class Broadcasts:
             timer.cancel()
 
     def _announce(self, rec: BroadcastRecord) -> None:
+        if rec.state != BroadcastState.QUEUED:
+            self.on_emergency_over(rec)
         self.publish("emergency", self.emergency_event(rec), list(rec.zones))
         if self.announce is not None:
             self.spawn(self.announce(rec.model_copy(deep=True)),
@@ -595,6 +603,7 @@ class Broadcasts:
         feed = self.feeds.get(rec.id)
         if feed is not None and feed.state in OFF_AIR:  # dead before its window opened
             self._pause(rec, feed)
+        self.on_first_airing(rec)
         log.info("schedule %s: broadcast %d airs at %s", s.id, rec.id, occ.isoformat())
         self.spawn(self.state.put_broadcast(rec), f"broadcast {rec.id}")
         self.spawn(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")

@@ -189,6 +189,18 @@ class CapRecord(Record):
     user: str = ""
 
 
+class Board(Record):
+    """An e-board (bản tin điện tử: an LED or LCD screen at a commune office or square): a
+    device like a speaker, showing what its zone's board items say (``board.py``)."""
+
+    id: DeviceId
+    zone: ZoneId = Field(description="the zone whose items it shows (any level)")
+    name: str = Field("", max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    created: float = 0.0
+
+
 class Sender(Record):
     """A system above that may send bulletins in (the central or another source system,
     ``inbound.py``): its Ed25519 public key, and the zones it may address."""

@@ -29,6 +29,7 @@ from wire.ids import ancestors
 from wire.messages import EmergencyState
 
 from .alerts import Alerts
+from .board import BoardFeed
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .events import EventHub
@@ -110,6 +111,8 @@ class Plane:
     #: operator before it airs by itself
     inbox: Inbox = field(init=False)
     inbound_decide_s: float = 600.0
+    #: e-boards' items (``board.py``)
+    board: BoardFeed = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -131,6 +134,9 @@ class Plane:
         self.forward = Forward(self)  # started with the control plane (``app.py``)
         self.broadcasts.planned_id = self.forward.planned_id
         self.inbox = Inbox(self, self.registry)  # started with the control plane (app.py)
+        self.board = BoardFeed(self, self.registry)  # started with the control plane too
+        self.broadcasts.on_first_airing = self.board.broadcast_aired
+        self.broadcasts.on_emergency_over = self.board.emergency_over
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}

@@ -1,4 +1,4 @@
-"""Provisioning at scale: speakers and relays from one CSV or JSON file, all or nothing
+"""Provisioning at scale: speakers, relays and e-boards from one CSV or JSON file, all or nothing
 (``docs/api.md``, "Bulk import").
 
 A province registers thousands of devices at a time (a district's new speakers, the whole fleet
@@ -22,11 +22,11 @@ from pydantic import ValidationError
 
 from common.config import ConfigError, parse_hostport
 
-from .models import Relay, Speaker
+from .models import Board, Relay, Speaker
 
 #: the CSV header (any order; unknown columns are an error, missing ones are empty)
 COLUMNS = ("kind", "id", "zone", "name", "lat", "lon", "relays", "media", "http")
-KINDS = ("speaker", "relay")
+KINDS = ("speaker", "relay", "board")
 MAX_ROWS = 100_000
 MAX_ERRORS = 1000  # listed in the answer; the count says how many in all
 
@@ -47,12 +47,14 @@ class RowError:
 class Checked:
     speakers: list[Speaker] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
+    boards: list[Board] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
 
     @property
     def zones(self) -> list[str]:
         """Every zone the file touches (for the caller's grants)."""
-        return sorted({s.zone for s in self.speakers} | {r.zone for r in self.relays if r.zone})
+        return sorted({s.zone for s in self.speakers} | {r.zone for r in self.relays if r.zone}
+                      | {b.zone for b in self.boards})
 
 
 def read_csv(text: str) -> list[tuple[int, dict[str, str]]]:
@@ -148,6 +150,11 @@ def check(rows: Iterable[tuple[int, Mapping[str, Any]]], *, is_leaf: Callable[[s
                 bad("zone", f"{device.zone!r} is not a leaf zone (channel)")
                 continue
             out.speakers.append(device)
+        elif isinstance(device, Board):
+            if not is_zone(device.zone):
+                bad("zone", f"unknown zone {device.zone!r}")
+                continue
+            out.boards.append(device)
         else:
             if device.zone and not is_zone(device.zone):
                 bad("zone", f"unknown zone {device.zone!r}")
@@ -162,7 +169,7 @@ class _BadField(ValueError):
         self.field, self.message = field, message
 
 
-def _device(kind: str, row: Mapping[str, Any], now: float) -> Speaker | Relay:
+def _device(kind: str, row: Mapping[str, Any], now: float) -> Speaker | Relay | Board:
     def text(name: str) -> str | None:
         value = row.get(name)
         return None if value in (None, "") else str(value) if not isinstance(value, str) \
@@ -177,7 +184,13 @@ def _device(kind: str, row: Mapping[str, Any], now: float) -> Speaker | Relay:
                                      "created": now})
     for name in ("media", "http"):
         if text(name) is not None:
-            raise _BadField(name, "a speaker has no " + name + " (that is a relay's)")
+            raise _BadField(name, f"a {kind} has no {name} (that is a relay's)")
+    if kind == "board":
+        if text("relays") is not None or row.get("relays"):
+            raise _BadField("relays", "a board has no relays")
+        return Board.model_validate({"id": row.get("id"), "zone": row.get("zone"),
+                                     "name": text("name") or "", "lat": text("lat"),
+                                     "lon": text("lon"), "created": now})
     relays = row.get("relays") or []
     if isinstance(relays, str):  # CSV: "host:port host:port" (spaces or semicolons)
         relays = relays.replace(";", " ").split()

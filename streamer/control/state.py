@@ -36,9 +36,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from wire.messages import BoardItem
+
 from .journal import Entry, Journal, new_entry
 from .models import (
     AuditEntry,
+    Board,
     BroadcastRecord,
     CapRecord,
     ClipMeta,
@@ -272,6 +275,8 @@ class State:
         self.inputs = Collection(self.r, "inputs", LiveInput, u)
         self.cap = Collection(self.r, "cap", CapRecord, u)
         self.senders = Collection(self.r, "senders", Sender, u)
+        self.boards = Collection(self.r, "boards", Board, u)
+        self.board_items = Collection(self.r, "board-items", BoardItem, u)
         self.inbound = Collection(self.r, "inbound", InboundBulletin, u)
         self._ids: deque[int] = deque()
         self._move = self.r.register_script(_MOVE)
@@ -280,7 +285,7 @@ class State:
     def collections(self) -> list[Collection[Any]]:
         return [self.zones, self.users, self.speakers, self.relays, self.presence, self.clips,
                 self.broadcasts, self.schedules, self.inputs, self.cap, self.senders,
-                self.inbound]
+                self.inbound, self.boards, self.board_items]
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -445,28 +450,28 @@ class State:
     async def delete_device(self, kind: str, device_id: str) -> None:
         """Remove a speaker or relay with its credentials, presence and telemetry."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hdel(P + ("speakers" if kind == "speaker" else "relays"), device_id)
+            p.hdel(P + {"speaker": "speakers", "relay": "relays"}.get(kind, "boards"), device_id)
             for key in ("device-secrets", "presence", "telemetry"):
                 p.hdel(P + key, device_id)
             await p.execute()
 
     async def device_ids(self) -> set[str]:
-        """Every registered speaker's and relay's id."""
+        """Every registered speaker's, relay's and board's id."""
         async with self.r.pipeline(transaction=False) as p:
-            p.hkeys(self.speakers.key)
-            p.hkeys(self.relays.key)
-            speakers, relays = await p.execute()
-        return {*speakers, *relays}
+            for c in (self.speakers, self.relays, self.boards):
+                p.hkeys(c.key)
+            found = await p.execute()
+        return {i for ids in found for i in ids}
 
     async def add_devices(self, speakers: list[Speaker], relays: list[Relay],
-                          secrets: dict[str, str]) -> None:
+                          secrets: dict[str, str], boards: list[Board] | None = None) -> None:
         """Register many devices with their broker password hashes in one transaction: all
         of them or, if Redis fails, none (a bulk import, ``provision.py``)."""
         async with self.r.pipeline(transaction=True) as p:
-            if speakers:
-                p.hset(self.speakers.key, mapping={d.id: d.model_dump_json() for d in speakers})
-            if relays:
-                p.hset(self.relays.key, mapping={d.id: d.model_dump_json() for d in relays})
+            for c, devices in ((self.speakers, speakers), (self.relays, relays),
+                               (self.boards, boards or [])):
+                if devices:
+                    p.hset(c.key, mapping={d.id: d.model_dump_json() for d in devices})
             if secrets:
                 p.hset(P + "device-secrets", mapping=secrets)
             await p.execute()

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from . import (  # noqa: F401 (each module declares its routes on API)
     approvals,
     audit,
+    boards,
     broadcasts,
     cap,
     clips,

@@ -14,11 +14,12 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from streamer.control import auth, broker, provision
-from streamer.control.models import Speaker
+from streamer.control.models import Board, Relay, Speaker
 
 from .core import API, ApiError, Ctx, read_limited
 from .speakers import Credentials
 
+_KIND = {Speaker: "speaker", Relay: "relay", Board: "board"}
 MAX_BODY = 16 * 1024 * 1024  # 100,000 rows of ~150 bytes
 _FILE = {"text/csv": {"schema": {"type": "string"}},
          "application/json": {"schema": {"type": "object", "properties": {
@@ -36,6 +37,7 @@ class DeviceCredentials(Credentials):
 class ImportOut(BaseModel):
     speakers: int
     relays: int
+    boards: int = 0
     dry_run: bool
     credentials: list[DeviceCredentials] = Field(
         default_factory=list, description="every device's MQTT login, shown once")
@@ -70,28 +72,30 @@ async def import_devices(ctx: Ctx) -> ImportOut | web.Response:
         raise ApiError(400, f"{n} bad row{'s' if n > 1 else ''}: nothing was imported", "rows",
                        extra={"rows": [vars(e) for e in checked.errors[:provision.MAX_ERRORS]],
                               "bad_rows": n})
-    if not checked.speakers and not checked.relays:
+    if not checked.speakers and not checked.relays and not checked.boards:
         raise ApiError(400, "the file has no devices", "file")
     out = ImportOut(speakers=len(checked.speakers), relays=len(checked.relays),
-                    dry_run=q.dry_run, stream_keys=plane.stream_keys())
+                    boards=len(checked.boards), dry_run=q.dry_run,
+                    stream_keys=plane.stream_keys())
     if q.dry_run:
         return out
-    devices = [*checked.speakers, *checked.relays]
+    devices = [*checked.speakers, *checked.relays, *checked.boards]
     # hashing 5,000 passwords takes a fraction of a second, off the event loop
     passwords = {d.id: broker.new_password() for d in devices}
     secrets = await asyncio.to_thread(
         lambda: {i: broker.hash_password(p) for i, p in passwords.items()})
-    await plane.state.add_devices(checked.speakers, checked.relays, secrets)
+    await plane.state.add_devices(checked.speakers, checked.relays, secrets, checked.boards)
     await plane.devices.sync_broker()  # once for the whole file
     for s in checked.speakers:
         plane.recorder.place(s.id, s.zone)
     if plane.tokens is not None:
-        for d in devices:
+        for d in [*checked.speakers, *checked.relays]:  # a board subscribes to no stream
             plane.tokens.soon(d)
     await ctx.audit("import_devices", f"{len(devices)} devices", checked.zones,
                     speakers=[s.id for s in checked.speakers],
-                    relays=[r.id for r in checked.relays])
-    out.credentials = [DeviceCredentials(kind="speaker" if isinstance(d, Speaker) else "relay",
+                    relays=[r.id for r in checked.relays],
+                    boards=[b.id for b in checked.boards])
+    out.credentials = [DeviceCredentials(kind=_KIND[type(d)],
                                          user=d.id, password=passwords[d.id])
                        for d in devices]
     if "text/csv" in ctx.request.headers.get("Accept", ""):
