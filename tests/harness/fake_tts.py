@@ -68,7 +68,7 @@ class FakeTts:
                 pass
 
             def do_GET(self) -> None:
-                fake.requests.append(Received("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+                fake.requests.append(Received("GET", self.path, self._headers(), b""))
                 if self.path.startswith("/audio/"):
                     if fake.calls(self.path) <= fake.not_ready:
                         self._answer(404, b"not yet", "text/plain")
@@ -79,7 +79,7 @@ class FakeTts:
 
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
-                got = Received("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(n))
+                got = Received("POST", self.path, self._headers(), self.rfile.read(n))
                 fake.requests.append(got)
                 failing = sum(1 for r in fake.requests if r.method == "POST") <= fake.failures
                 if failing and fake.mode in ("500", "503", "400"):
@@ -100,6 +100,9 @@ class FakeTts:
                     self._answer(200, json.dumps(doc).encode(), "application/json")
                 else:
                     self._answer(404, b"", "text/plain")
+
+            def _headers(self) -> dict[str, str]:
+                return {k.lower(): v for k, v in self.headers.items()}
 
             def _answer(self, status: int, body: bytes, ctype: str) -> None:
                 try:
