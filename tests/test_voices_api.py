@@ -107,7 +107,8 @@ async def test_zone_voice_fallback_and_cache(voiced, fake) -> None:
         "http:lannhi: the service answered 500 Internal Server Error (after 2 attempts)")
     assert b2["source"]["seconds"] > 1.5
     assert fake.calls("/speak") == 3
-    assert fake.requests[-1].json()["text"] == "Bản tin của tỉnh Bà Rịa – Vũng Tàu lúc sáu giờ sáng."
+    assert fake.requests[-1].json()["text"] == (
+        "Bản tin của tỉnh Bà Rịa – Vũng Tàu lúc sáu giờ sáng.")  # the province's term
     _, got = await call(s, "GET", f"/api/v1/broadcasts/{b2['id']}")
     assert got["source"]["tts_fallback"] == b2["source"]["tts_fallback"]
     assert await metric(s, 'loa_tts_fallback_total{reason="http_error"}') == \
