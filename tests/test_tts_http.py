@@ -258,3 +258,19 @@ def test_a_missing_credentials_file_fails_at_start(tmp_path, fake) -> None:
     with pytest.raises(ConfigError) as e:
         HttpTtsProvider(cfg, var_dir=tmp_path)
     assert e.value.field == "http.credentials_file"
+
+
+def test_the_documented_voice_files_load(tmp_path) -> None:
+    """docs/operations.md, "Voices": the full example and the two vendor-style ones."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text("utf-8")
+    section = doc.split("## Voices", 1)[1].split("### The bulletin lexicon", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"voice{i}.toml"
+        path.write_text(block, "utf-8")
+        cfg = load_voice_file(path)
+        assert cfg.voices and cfg.default_voice in cfg.voices
