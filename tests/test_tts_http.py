@@ -274,3 +274,46 @@ def test_the_documented_voice_files_load(tmp_path) -> None:
         path.write_text(block, "utf-8")
         cfg = load_voice_file(path)
         assert cfg.voices and cfg.default_voice in cfg.voices
+
+
+def test_a_down_service_is_not_asked_again_for_a_while(fake, tmp_path) -> None:
+    """After a failure that may pass, espeak-ng speaks at once for cooldown_s: an outage
+    delays one bulletin (the first), not each one."""
+    fake.mode = "503"
+    p = provider(viettel_like(fake, attempts=2, cooldown_s=60), tmp_path)
+    now = [1000.0]
+    p.clock = lambda: now[0]
+    p.speak("Bản tin một", "north")
+    assert fake.calls("/speak") == 2
+    now[0] += 20
+    speech = p.speak("Bản tin hai", "north")
+    assert fake.calls("/speak") == 2  # not asked
+    assert speech.fallback == ("http:banmai: not asked: it failed 20 s ago (the service "
+                               "answered 503 Service Unavailable (after 2 attempts))")
+    assert fallbacks(p, "down") == 1
+    fake.mode = "ok"
+    now[0] += 41
+    assert p.speak("Bản tin ba", "north").fallback == ""
+    assert fake.calls("/speak") == 3
+
+
+def test_a_refusal_does_not_stop_asking(fake, tmp_path) -> None:
+    fake.mode, fake.failures = "400", 1
+    p = provider(viettel_like(fake), tmp_path)
+    assert p.speak("Bản tin một", "north").fallback
+    assert p.speak("Bản tin hai", "north").fallback == ""
+    assert fake.calls("/speak") == 2
+
+
+def test_async_audio_never_ready_falls_back(fake, tmp_path) -> None:
+    fake.not_ready = 10**6
+    cfg = HttpVoiceConfig(url=f"{fake.url}/async", body="text", response="json",
+                          audio_url="async", voices=VOICES, audio_wait_s=5)
+    p = provider(cfg, tmp_path)
+    now = [0.0]
+    p.clock = lambda: now[0]
+    p.sleep = lambda s: now.__setitem__(0, now[0] + s)
+    speech = p.speak("Xin chào", "north")
+    assert speech.fallback == "http:banmai: the audio was not ready within 5 s"
+    assert fake.calls("/async") == 1
+    assert 5 <= len(fake.requests) - 1 <= 7  # about one fetch a second

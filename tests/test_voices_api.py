@@ -44,6 +44,7 @@ headers = {{ token = "{{token}}" }}
 credentials_file = "{tmp_path / 'tts-key'}"
 attempts = 2
 backoff_s = 0
+cooldown_s = 0
 [voices]
 north = {{ http = "banmai", espeak = "vi" }}
 south = {{ http = "lannhi", espeak = "vi-vn-x-south" }}

@@ -35,6 +35,7 @@ from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsErr
 from streamer.mixer.sources.base import From, Source
 from streamer.mixer.sources.chime import CHIME_S, Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
+from streamer.mixer.sources.tts import in_speech_thread
 from wire.priority import Priority
 
 from .events import Publish, nothing
@@ -288,6 +289,8 @@ class Broadcasts:
             reader = feed.reader()
             self._new_feeds[id(reader)] = feed
             return reader, {"kind": "relay", "url": source.url}
+        if isinstance(source, TtsSource):  # a voice may wait on its service: not a control worker
+            return await in_speech_thread(self._build_source, source, zones or [])
         return await asyncio.to_thread(self._build_source, source, zones or [])
 
     def _adopt_feed(self, rec: BroadcastRecord, source: Source) -> None:

@@ -26,6 +26,7 @@ from streamer.control.broadcasts import ClipLibrary
 from streamer.control.models import ClipMeta
 from streamer.control.schemas import BadRequest, SpeechText
 from streamer.mixer.sources import ClipError, ClipTooLong, TtsError
+from streamer.mixer.sources.tts import in_speech_thread
 
 from .core import API, ApiError, Ctx, NotFound
 
@@ -169,7 +170,7 @@ def wav_bytes(samples: np.ndarray, rate_hz: int = 48_000) -> bytes:
 async def tts_preview(ctx: Ctx) -> web.Response:
     body: TtsPreviewIn = ctx.body
     try:
-        speech = await asyncio.to_thread(ctx.services.tts.speak, body.text, body.voice)
+        speech = await in_speech_thread(ctx.services.tts.speak, body.text, body.voice)
     except TtsError as e:
         raise BadRequest("text", str(e)) from None
     clip = speech.clip

@@ -13,10 +13,12 @@ can become an option), it is never waited on without a timeout, and every failur
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -136,6 +138,18 @@ class EspeakProvider:
             raise TtsError("the text has nothing to pronounce")
         # espeak-ng's peaks are too high to reach the target by gain alone; limit them.
         return Clip(normalize_limited(samples, self.target_lufs))
+
+
+#: Speech is made in threads of its own: an HTTP voice may wait seconds on its service, and
+#: must not hold the streamer's few control workers (``app.py``, ``CONTROL_WORKERS``) that
+#: everything else queues on. Two: a third bulletin waits for one of them.
+_SPEECH_THREADS = ThreadPoolExecutor(2, thread_name_prefix="loa-tts")
+_T = TypeVar("_T")
+
+
+async def in_speech_thread(fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)`` in a speech thread, awaited from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_SPEECH_THREADS, fn, *args)
 
 
 _default_provider: TtsProvider | None = None

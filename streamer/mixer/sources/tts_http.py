@@ -14,7 +14,10 @@ service prepares it) or base64 audio, found by a dotted path. Rules:
   text), written atomically, the oldest dropped beyond ``cache_mb``; a cached bulletin is
   never requested again;
 - when the service fails, espeak-ng speaks instead: the ``Speech`` says why (the broadcast
-  record shows it), the log warns and ``loa_tts_fallback_total{reason}`` counts it.
+  record shows it), the log warns and ``loa_tts_fallback_total{reason}`` counts it;
+- once it failed in a way that may pass (down, slow, 5xx), it is not asked again for
+  ``cooldown_s``: espeak-ng speaks at once, so an outage delays one bulletin, not every one
+  (an emergency's among them).
 
 It is synchronous and blocks its thread for as long as the retries take (bounded by
 ``attempts × timeout_s`` + backoff + ``audio_wait_s``): call it from a worker thread, never
@@ -98,6 +101,8 @@ class HttpVoiceConfig:
     backoff_s: float = 0.5
     #: how long an audio URL may answer 404 while the service prepares it
     audio_wait_s: float = 30.0
+    #: after a failure that may pass, espeak-ng speaks without asking the service for this long
+    cooldown_s: float = 60.0
     #: "" = ``<var_dir>/tts-cache``
     cache_dir: str = ""
     cache_mb: float = 200.0
@@ -123,7 +128,8 @@ class HttpVoiceConfig:
             raise ConfigError("http.request", "a form body takes flat values only")
         for name, lo, hi in (("speed", -10.0, 10.0), ("timeout_s", 0.1, 300.0),
                              ("attempts", 1, 5), ("backoff_s", 0.0, 10.0),
-                             ("audio_wait_s", 0.0, 300.0), ("cache_mb", 0.0, 100_000.0)):
+                             ("audio_wait_s", 0.0, 300.0), ("cache_mb", 0.0, 100_000.0),
+                             ("cooldown_s", 0.0, 3600.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not lo <= value <= hi:
@@ -277,6 +283,10 @@ class HttpTtsProvider:
                                   "Texts spoken from the TTS cache, without asking the service",
                                   registry=registry)
         self.sleep = time.sleep  # tests may count the backoff instead of waiting it
+        self.clock = time.monotonic
+        #: the service failed in a way that may pass: not asked until then, and why
+        self._down_at = self._down_until = float("-inf")
+        self._down_why = ""
 
     def synthesize(self, text: str) -> Clip:
         return self.speak(text).clip
@@ -301,9 +311,17 @@ class HttpTtsProvider:
                 self.cache_hits.inc()
                 return Speech(clip, label)
         try:
+            now = self.clock()
+            if now < self._down_until:
+                raise VoiceFailed("down", f"not asked: it failed {now - self._down_at:.0f} s "
+                                  f"ago ({self._down_why})")
             audio = self._request(spoken, service_voice)
             clip = self._clip(audio)
         except VoiceFailed as e:
+            if e.transient:
+                self._down_at = self.clock()
+                self._down_until = self._down_at + cfg.cooldown_s
+                self._down_why = e.detail
             self.fallbacks.labels(e.reason).inc()
             log.warning("TTS voice %s failed (%s): espeak-ng speaks instead", label, e.detail)
             espeak = self.fallback.voices.get(name, self.fallback.voice)
@@ -361,15 +379,17 @@ class HttpTtsProvider:
 
     def _wait_for_audio(self, url: str) -> bytes:
         """An asynchronous service's audio URL answers 404 until the audio is ready."""
-        deadline = time.monotonic() + self.config.audio_wait_s
+        deadline = self.clock() + self.config.audio_wait_s
         while True:
             try:
                 return self._with_retries(lambda: self._fetch(urllib.request.Request(url)))
             except VoiceFailed as e:
-                if e.reason != "not_ready" or time.monotonic() >= deadline:
-                    raise VoiceFailed("timeout" if e.reason == "not_ready" else e.reason,
-                                      e.detail) from None
-                self.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                if e.reason != "not_ready":
+                    raise
+                if self.clock() >= deadline:
+                    raise VoiceFailed("timeout", f"the audio was not ready within "
+                                      f"{self.config.audio_wait_s:g} s", transient=True) from None
+                self.sleep(min(1.0, max(0.0, deadline - self.clock())))
 
     def _with_retries(self, call: Callable[[], bytes]) -> bytes:
         cfg = self.config
