@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.mixer.vi_lexicon import Lexicon, LexiconError
 from streamer.mixer.vi_text import normalize_vi
@@ -151,3 +153,16 @@ def test_bad_files_are_refused_clearly(tmp_path) -> None:
     with pytest.raises(LexiconError) as e:
         Lexicon.load(wrong)
     assert e.value.field == "terms['VT']"
+
+
+PIECES = ["QL", "ĐT", "UBND", "TP.", "tháng ", "quý ", "IX", "IV", "°", "N", "E", "VB", "km/h",
+          "mm", "m", "h", "–", "-", "/", ".", ",", " ", "0", "1", "5", "17", "2026", "İ", "ß",
+          "xã đảo", "Xã Đảo", "br-vt", "%", ":"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
+def test_normalize_vi_never_raises(text: str) -> None:
+    lexicon = Lexicon({"xã đảo": "xã đảo Long Sơn", "BR-VT": "Bà Rịa – Vũng Tàu",
+                       "i̇": "i chấm"})
+    assert isinstance(normalize_vi(text, lexicon), str)

@@ -13,9 +13,9 @@ in place ("QL51" -> "quốc lộ 51") for the number rules to read. The rules, i
 4. Roman numerals after ``tháng`` and ``quý`` ("tháng IX" -> "tháng chín");
 5. hour ranges ("17h–19h", "17-19h") -> "17h đến 19h" and dashes between numbers -> "-"
    (read "đến" by the number rules);
-6. coordinates written with a degree sign ("17,5°N", "110.2°E") -> "17,5 độ vĩ Bắc";
-7. phone numbers typed in groups ("0254 3868 115", "0912.345.678") are joined, to be read
+6. phone numbers typed in groups ("0254 3868 115", "0912.345.678") are joined, to be read
    digit by digit, and ``ĐT`` before one is "điện thoại";
+7. coordinates written with a degree sign ("17,5°N", "110.2°E") -> "17,5 độ vĩ Bắc";
 8. units after a number ("133 km/h", "250mm", "28°C") -> "133 ki-lô-mét trên giờ"; a unit
    that follows no number is left alone (an "m" in a name is not a metre).
 
@@ -191,7 +191,8 @@ class Lexicon:
             text = self._exact_re.sub(lambda m: _glue(m, exact[m.group(0)]), text)
         if self._folded_re is not None:
             folded = self._folded
-            text = self._folded_re.sub(lambda m: _glue(m, folded[m.group(0).lower()]), text)
+            text = self._folded_re.sub(
+                lambda m: _glue(m, folded.get(m.group(0).lower(), m.group(0))), text)
         return text
 
 
