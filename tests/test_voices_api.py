@@ -136,3 +136,21 @@ async def test_zone_voice_fallback_and_cache(voiced, fake) -> None:
     fake.mode = "ok"
     b4 = await bulletin(s, "Bản tin chiều.")
     assert b4["source"]["voice"] == "http:banmai"
+
+
+async def test_espeak_only_zone_voices(streamer) -> None:
+    """Without a voice file the zone voices are espeak-ng's three Vietnamese dialects."""
+    s = streamer
+    assert await call(s, "GET", "/api/v1/tts/voices") == (
+        200, {"voices": ["north", "central", "south"]})
+    status, err = await call(s, "PATCH", f"/api/v1/zones/{DISTRICT}", json={"voice": "khmer"})
+    assert (status, err["field"]) == (400, "voice")
+    status, _ = await call(s, "PATCH", f"/api/v1/zones/{DISTRICT}", json={"voice": "central"})
+    assert status == 200
+    b = await bulletin(s, "Bão số 3 đổ bộ vào TP. Vũng Tàu, gió 90 km/h.")
+    assert b["source"]["voice"] == "espeak-ng:vi-vn-x-central"
+    assert "tts_fallback" not in b["source"] and b["source"]["seconds"] > 2
+    # a zone elsewhere: the default voice
+    status, other = await call(s, "POST", "/api/v1/broadcasts", json={
+        "zones": ["brvt.chau-duc.kim-long"], "source": {"kind": "tts", "text": "Xin chào"}})
+    assert (status, other["source"]["voice"]) == (201, "espeak-ng:vi")

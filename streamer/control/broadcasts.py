@@ -289,9 +289,10 @@ class Broadcasts:
             reader = feed.reader()
             self._new_feeds[id(reader)] = feed
             return reader, {"kind": "relay", "url": source.url}
+        voice = self.voice_of(zones) if zones else None
         if isinstance(source, TtsSource):  # a voice may wait on its service: not a control worker
-            return await in_speech_thread(self._build_source, source, zones or [])
-        return await asyncio.to_thread(self._build_source, source, zones or [])
+            return await in_speech_thread(self._build_source, source, voice)
+        return await asyncio.to_thread(self._build_source, source, voice)
 
     def _adopt_feed(self, rec: BroadcastRecord, source: Source) -> None:
         feed = self._new_feeds.pop(id(source), None)
@@ -428,14 +429,14 @@ class Broadcasts:
             if plan.repeat_s:
                 rec.next_airing = rec.started + plan.repeat_s
 
-    def _build_source(self, s: SourceIn, zones: list[str]) -> tuple[Source, dict[str, Any]]:
+    def _build_source(self, s: SourceIn, voice: str | None) -> tuple[Source, dict[str, Any]]:
         """In a worker thread: a TTS voice may take seconds (an HTTP voice, its retries)."""
         assert not isinstance(s, RelaySource), "built on the loop by build()"
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
             try:
-                speech = self.tts.speak(s.text, self.voice_of(zones) if zones else None)
+                speech = self.tts.speak(s.text, voice)
             except TtsError as e:
                 raise BadRequest("source.text", str(e)) from None
             desc = {"kind": "tts", "text": s.text, "seconds": (speech.clip.length or 0) / 48_000,

@@ -49,7 +49,7 @@ class TtsPreviewIn(BaseModel):
 
 class VoicesOut(BaseModel):
     voices: list[str] = Field(description="the voice names a zone may choose (PATCH "
-                              "/api/v1/zones/{id} voice); empty: espeak-ng's default only")
+                              "/api/v1/zones/{id} voice)")
 
 
 _PATH = re.compile(r"'?/[^\s']+'?")

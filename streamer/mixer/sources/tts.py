@@ -71,6 +71,10 @@ def check_text(text: str) -> str:
 MAX_SPEECH_S = 600.0
 
 
+#: espeak-ng's Vietnamese voices, by the names zones choose (``Zone.voice``)
+ESPEAK_VOICES = {"north": "vi", "central": "vi-vn-x-central", "south": "vi-vn-x-south"}
+
+
 class EspeakProvider:
     """Offline Vietnamese voice from ``espeak-ng``: robotic but always available."""
 
@@ -84,7 +88,8 @@ class EspeakProvider:
         voices: Mapping[str, str] | None = None,
         lexicon: Lexicon | None = None,
     ) -> None:
-        """``voices``: voice name -> espeak-ng voice ("south" -> "vi-vn-x-south")."""
+        """``voices``: voice name -> espeak-ng voice; default: espeak-ng's three Vietnamese
+        dialects (``ESPEAK_VOICES``)."""
         if not 80 <= rate_wpm <= 450:
             raise ValueError(f"rate_wpm must be between 80 and 450, got {rate_wpm}")
         self.voice = voice
@@ -92,7 +97,7 @@ class EspeakProvider:
         self.timeout_s = timeout_s
         self.binary = binary
         self.target_lufs = target_lufs
-        self.voices = dict(voices or {})
+        self.voices = dict(ESPEAK_VOICES if voices is None else voices)
         self.voice_names = tuple(self.voices)
         self.lexicon = lexicon
 

@@ -262,7 +262,7 @@ class HttpTtsProvider:
         self.voice_names = tuple(config.voices)
         self.fallback = fallback or EspeakProvider(
             voices={n: v["espeak"] for n, v in config.voices.items() if v.get("espeak")},
-            lexicon=lexicon)
+            lexicon=lexicon)  # a voice without an espeak-ng one falls back to "vi"
         self.token = ""
         if config.credentials_file:
             p = Path(config.credentials_file).expanduser()
