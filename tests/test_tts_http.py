@@ -317,3 +317,15 @@ def test_async_audio_never_ready_falls_back(fake, tmp_path) -> None:
     assert speech.fallback == "http:banmai: the audio was not ready within 5 s"
     assert fake.calls("/async") == 1
     assert 5 <= len(fake.requests) - 1 <= 7  # about one fetch a second
+
+
+def test_both_voices_failing_says_both_whys(fake, tmp_path) -> None:
+    fake.mode = "400"
+    cfg = viettel_like(fake)
+    cfg.credentials_file = ""
+    p = HttpTtsProvider(cfg, var_dir=tmp_path,
+                        fallback=EspeakProvider(binary=str(tmp_path / "no-espeak")))
+    with pytest.raises(TtsError) as e:
+        p.speak("Bản tin", "north")
+    assert str(e.value) == (f"http:banmai failed (the service answered 400 Bad Request), and "
+                            f"espeak-ng too: {tmp_path / 'no-espeak'} is not installed")

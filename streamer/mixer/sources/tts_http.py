@@ -325,8 +325,12 @@ class HttpTtsProvider:
             self.fallbacks.labels(e.reason).inc()
             log.warning("TTS voice %s failed (%s): espeak-ng speaks instead", label, e.detail)
             espeak = self.fallback.voices.get(name, self.fallback.voice)
-            return Speech(self.fallback.say(spoken, espeak), f"espeak-ng:{espeak}",
-                          fallback=f"{label}: {e.detail}")
+            try:
+                clip = self.fallback.say(spoken, espeak)
+            except TtsError as again:
+                raise TtsError(f"{label} failed ({e.detail}), and espeak-ng too: {again}") \
+                    from None
+            return Speech(clip, f"espeak-ng:{espeak}", fallback=f"{label}: {e.detail}")
         self.cache.put(key, audio)
         return Speech(clip, label)
 
