@@ -58,6 +58,7 @@ from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
+from streamer.mixer.sources.tts_http import voice_from_config
 from streamer.playout import FrameLoop, Playout
 from streamer.signing import SigningSink, key_path, load_or_create_key
 from streamer.zones import ZoneTree
@@ -159,6 +160,13 @@ class StreamerConfig:
     #: where the other streamer of the pair reaches this one's HTTP, to copy its clips
     #: ("" = the URL it serves: ``public_host`` and ``http_port``)
     ha_peer_url: str = ""
+    #: a commercial voice over HTTP: its voice file (TOML: endpoint, credentials file, voices
+    #: per zone, request and response shapes); "" = espeak-ng only (``docs/operations.md``,
+    #: "Voices")
+    tts_voice_file: str = ""
+    #: the province's own bulletin terms (TOML or JSON ``terms`` table: term -> spoken form),
+    #: read on top of the built-in lexicon; "" = the built-in one only
+    tts_lexicon: str = ""
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -260,7 +268,8 @@ class Streamer:
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)
         self.clips = clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
-        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
+        tts = voice_from_config(cfg.tts_voice_file, cfg.tts_lexicon, cfg.var_dir, self.registry)
+        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state, tts=tts,
                                      registry=self.registry)
         # The mixer reports from the playout thread; the broadcasts (which set on_finished)
         # live on this loop.

@@ -56,6 +56,12 @@ def run(argv: list[str]) -> int:
     p.add_argument("--next-signing-key",
                    help="PEM file of the key to sign with after the next rotation: announced "
                         "to the devices over MQTT beforehand (docs/operations.md)")
+    p.add_argument("--tts-voice-file",
+                   help="TOML file of a commercial HTTP voice: endpoint, credentials file, "
+                        "voices per zone (default: espeak-ng only; docs/operations.md, Voices)")
+    p.add_argument("--tts-lexicon",
+                   help="TOML or JSON file of the province's bulletin terms (term -> spoken "
+                        "form), on top of the built-in lexicon")
     p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")

@@ -35,6 +35,7 @@ from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsErr
 from streamer.mixer.sources.base import From, Source
 from streamer.mixer.sources.chime import CHIME_S, Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
+from streamer.mixer.sources.tts import in_speech_thread
 from wire.priority import Priority
 
 from .events import Publish, nothing
@@ -174,6 +175,9 @@ class Broadcasts:
         #: set by the plane: the broadcast id a store-and-forward plan promised for a
         #: scheduled occurrence (``forward.py``), so local plays confirm the same broadcast
         self.planned_id: Callable[[str, datetime], int | None] = lambda sid, occ: None
+        #: set by the plane: the voice name a TTS broadcast to these zones is read in
+        #: (``Plane.voice_for``); None = the provider's default
+        self.voice_of: Callable[[list[str]], str | None] = lambda zones: None
         mixer.on_finished = self._finished
 
     async def recover(self, takeover: bool = False) -> int:
@@ -203,7 +207,7 @@ class Broadcasts:
                 try:
                     built, _ = await self.build(
                         RelaySource(kind="relay", url=rec.source["url"]) if kind == "relay"
-                        else source_from_record(rec.source))
+                        else source_from_record(rec.source), rec.zones)
                 except (BadRequest, KeyError, ValueError) as e:
                     log.error("broadcast %d cannot be rebuilt after a %s: %s", rec.id,
                               "takeover" if takeover else "restart", e)
@@ -283,13 +287,19 @@ class Broadcasts:
     def channels_of(self, zones: list[str]) -> list[str]:
         return sorted({c for z in zones for c in self.leaves(z)})
 
-    async def build(self, source: SourceIn) -> tuple[Source, dict[str, Any]]:
+    async def build(self, source: SourceIn,
+                    zones: list[str] | None = None) -> tuple[Source, dict[str, Any]]:
+        """The mixer source of ``source`` and its record description; a TTS text is read in
+        the voice of ``zones`` (``voice_of``)."""
         if isinstance(source, RelaySource):  # starts a puller thread: done on the loop
             feed = RelayFeed(source.url, self._feed_state, self.registry)
             reader = feed.reader()
             self._new_feeds[id(reader)] = feed
             return reader, {"kind": "relay", "url": source.url}
-        return await asyncio.to_thread(self._build_source, source)
+        voice = self.voice_of(zones) if zones else None
+        if isinstance(source, TtsSource):  # a voice may wait on its service: not a control worker
+            return await in_speech_thread(self._build_source, source, voice)
+        return await asyncio.to_thread(self._build_source, source, voice)
 
     def _adopt_feed(self, rec: BroadcastRecord, source: Source) -> None:
         feed = self._new_feeds.pop(id(source), None)
@@ -360,7 +370,7 @@ class Broadcasts:
         with its ``desc``. ``requested_at``: when the request arrived (its time to air counts
         from it; None: from its start in the mixer)."""
         if desc is None:
-            built, desc = await self.build(source)  # type: ignore[arg-type]
+            built, desc = await self.build(source, zones)  # type: ignore[arg-type]
         else:
             built = source  # type: ignore[assignment]
         rec = BroadcastRecord(
@@ -384,7 +394,7 @@ class Broadcasts:
                       requested_at: float | None = None) -> BroadcastRecord:
         from .schemas import source_from_record
 
-        built, _ = await self.build(source_from_record(rec.source))
+        built, _ = await self.build(source_from_record(rec.source), rec.zones)
         rec.approved_by, rec.state = approver, BroadcastState.QUEUED
         self._start(rec, built, None, requested_at)
         await self.state.put_broadcast(rec)
@@ -428,16 +438,21 @@ class Broadcasts:
             if plan.repeat_s:
                 rec.next_airing = rec.started + plan.repeat_s
 
-    def _build_source(self, s: SourceIn) -> tuple[Source, dict[str, Any]]:
+    def _build_source(self, s: SourceIn, voice: str | None) -> tuple[Source, dict[str, Any]]:
+        """In a worker thread: a TTS voice may take seconds (an HTTP voice, its retries)."""
         assert not isinstance(s, RelaySource), "built on the loop by build()"
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
             try:
-                clip = self.tts.synthesize(s.text)
+                speech = self.tts.speak(s.text, voice)
             except TtsError as e:
                 raise BadRequest("source.text", str(e)) from None
-            return clip, {"kind": "tts", "text": s.text, "seconds": clip.length / 48_000}
+            desc = {"kind": "tts", "text": s.text, "seconds": (speech.clip.length or 0) / 48_000,
+                    "voice": speech.voice}
+            if speech.fallback:
+                desc["tts_fallback"] = speech.fallback
+            return speech.clip, desc
         try:
             found = self.clips.get(s.clip)
         except ClipError as e:
@@ -579,7 +594,7 @@ class Broadcasts:
 
     async def prepare_scheduled(self, s: Schedule, occ: datetime) -> Item:
         """Build the occurrence's source ahead of time; its record is written when it airs."""
-        built, desc = await self.build(s.source)
+        built, desc = await self.build(s.source, list(s.zones))
         bid = self.planned_id(s.id, occ) or await self.state.next_broadcast_id()
         rec = BroadcastRecord(
             id=bid, zones=list(s.zones), priority=s.priority,

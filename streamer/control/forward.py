@@ -251,7 +251,7 @@ class Forward:
         if clip is not None:
             return clip
         try:
-            source, _ = await self.plane.broadcasts.build(s.source)
+            source, _ = await self.plane.broadcasts.build(s.source, list(s.zones))
             clip = await asyncio.to_thread(render, source, s.duration_s)
         except Exception as e:
             log.warning("schedule %s: not stored for offline play: %s", s.id, e)

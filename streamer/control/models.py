@@ -18,6 +18,7 @@ from wire.ids import DEVICE_ID_RE, ZONE_ID_RE
 USER_RE = r"^[a-z0-9][a-z0-9_.-]{1,31}$"
 ZONE_CODE_RE = r"^[0-9]{1,10}$"
 QUIET_RE = r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+VOICE_RE = r"^[a-z][a-z0-9_-]{0,31}$"
 DEFAULT_QUIET_HOURS = "22:00-05:00"
 
 ZoneId = Annotated[str, StringConstraints(pattern=ZONE_ID_RE, max_length=400)]
@@ -69,6 +70,9 @@ class Zone(Record):
     public_listen: bool = False
     #: a zone that may receive test and exercise alerts (CAP status Test/Exercise)
     test: bool = False
+    #: the voice TTS broadcasts here are read in ("north", "central", "south", or another name
+    #: of the streamer's voice file); None = inherit from the parent zone, else the default
+    voice: Annotated[str, StringConstraints(pattern=VOICE_RE)] | None = None
     #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
     code: Annotated[str, StringConstraints(pattern=ZONE_CODE_RE)] | None = None
     #: a point inside the zone, from the zone file (docs/zones.md); None = unknown

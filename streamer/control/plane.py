@@ -122,6 +122,7 @@ class Plane:
             "or busy", ["by"], registry=self.registry)
         self.state.unreadable.register(self.registry)
         self.broadcasts.announce = self.announce_emergency
+        self.broadcasts.voice_of = self.voice_for
         self.events = EventHub(self.registry)
         publish = self.events.publish
         self.broadcasts.publish = publish
@@ -239,6 +240,11 @@ class Plane:
         ancestor's, else the default 22:00-05:00."""
         q = self._inherited(zone_id, "quiet_hours")
         return DEFAULT_QUIET_HOURS if q is None else str(q)
+
+    def voice_for(self, zones: list[str]) -> str | None:
+        """The voice a TTS broadcast to ``zones`` is read in: the first zone's own or
+        inherited ``voice`` (one broadcast is one recording, docs/api.md); None: default."""
+        return self._inherited(zones[0], "voice") if zones else None
 
     def listen_public(self, channel: str) -> bool:
         """Anyone may listen in to ``channel``: its zone or an ancestor is ``public_listen``."""
