@@ -233,6 +233,14 @@ async def test_a_wrong_secret_is_rejected_counted_logged_and_not_remembered(
         assert sample(s, "loa_report_push_total", outcome="delivered") == 0
         assert await s.state.upward_delivered() == {}
         assert any("rejected (HTTP 401)" in r.getMessage() for r in caplog.records)
+        # three days owed: the first refusal ends the check, the others wait behind it
+        today = local_day(time.time())
+        await s.state.set_upward_since(today - timedelta(days=2))
+        s.upward.clock = lambda: midnight_after(today) + 600
+        assert await s.upward.catch_up() == []
+        assert len(central.pushes) == 2
+        assert central.pushes[-1].report_id == report_id("brvt", today - timedelta(days=2),
+                                                         today - timedelta(days=2))
     finally:
         await central.stop()
 

@@ -334,7 +334,8 @@ class Upward:
             await asyncio.sleep(self.tick_s)
 
     async def catch_up(self) -> list[str]:
-        """Push every due period not delivered yet (oldest first); the ids delivered."""
+        """Push every due period not delivered yet, oldest first, until one fails; the ids
+        delivered."""
         now = self.clock()
         state = self.plane.state
         since = await state.upward_since()
@@ -346,8 +347,11 @@ class Upward:
         out = []
         for first, last in due_periods(now, self.period, since):
             rid = report_id(province, first, last)
-            if rid not in delivered and await self.deliver(first, last):
-                out.append(rid)
+            if rid in delivered:
+                continue
+            if not await self.deliver(first, last):
+                break  # the receiver is away or refusing: the rest wait for the next check
+            out.append(rid)
         return out
 
     def deliver_soon(self, first: date, last: date) -> None:
