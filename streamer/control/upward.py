@@ -366,7 +366,8 @@ class Upward:
         async with self._lock:
             report = await build_report(self.plane, first, last, self.clock())
             body = report.model_dump_json().encode()
-            where = urlsplit(self.url).netloc
+            parts = urlsplit(self.url)  # logged and audited: the host, never a userinfo
+            where = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
             timeout = aiohttp.ClientTimeout(total=self.timeout_s)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 for attempt in range(1, self.attempts + 1):
