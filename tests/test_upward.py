@@ -30,7 +30,7 @@ from streamer.control.upward import (
     verify,
 )
 from tests.conftest import DAYTIME
-from tests.harness.api import call
+from tests.harness.api import call, make_user
 from tests.harness.central import Central
 from tests.harness.wait import until
 from tests.harness.zones import KP1, KP2, OP
@@ -251,6 +251,11 @@ async def test_the_push_needs_an_admin_and_a_configured_webhook(streamer):
     assert status == 409 and body["field"] == "report_webhook_url"
     status, body = await call(streamer, "GET", UPWARD, params={"from": day, "to": "2000-01-01"})
     assert status == 400 and body["field"] == "to"
+    # a commune's operator sees neither the province's report nor may push it
+    op = await make_user(streamer, "op-upward", ("operator", OP))
+    for method, path in (("GET", UPWARD), ("POST", f"{UPWARD}/push")):
+        status, body = await call(streamer, method, path, headers=op, params={"from": day})
+        assert status == 403, (method, body)
 
 
 def test_periods_signature_and_config():
