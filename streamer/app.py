@@ -52,6 +52,7 @@ from streamer.control.presence import STALE_AFTER_S, FleetRecorder
 from streamer.control.scheduler import Scheduler
 from streamer.control.state import SENTINEL_SCHEME, State, parse_sentinel_url, redis_client
 from streamer.control.throttle import LoginThrottle
+from streamer.control.upward import UPWARD, Upward
 from streamer.live.ingest import IngestServer
 from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
@@ -167,6 +168,12 @@ class StreamerConfig:
     #: the province's own bulletin terms (TOML or JSON ``terms`` table: term -> spoken form),
     #: read on top of the built-in lexicon; "" = the built-in one only
     tts_lexicon: str = ""
+    #: reports upward (``docs/reports-upward.md``): the central system's webhook ("" = no
+    #: push), the file holding the HMAC-SHA256 key that signs each push, and the period each
+    #: report covers (daily: yesterday's local day; weekly: last ISO week)
+    report_webhook_url: str = ""
+    report_webhook_secret_file: str = ""
+    report_period: str = "daily"
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -196,6 +203,14 @@ class StreamerConfig:
             except ValueError as e:
                 raise ConfigError("redis_url", str(e)) from None
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
+        if self.report_period not in ("daily", "weekly"):
+            raise ConfigError("report_period", "must be daily or weekly")
+        if self.report_webhook_url:
+            if not self.report_webhook_url.startswith(("http://", "https://")):
+                raise ConfigError("report_webhook_url", "must be an http:// or https:// URL")
+            if not self.report_webhook_secret_file:
+                raise ConfigError("report_webhook_secret_file",
+                                  "is required with report_webhook_url (the HMAC key)")
         check_mqtt_tls(self.mqtt_url, self.mqtt_ca, self.mqtt_cert, self.mqtt_key)
 
     @property
@@ -220,6 +235,7 @@ class Streamer:
         # the TLS files are read before any socket opens: a bad one is a ConfigError naming it
         https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         mqtt_tls = broker_tls_context(cfg.mqtt_url, cfg.mqtt_ca, cfg.mqtt_cert, cfg.mqtt_key)
+        report_secret = self._report_secret()
         loop = asyncio.get_running_loop()
         # Few control workers: each thread that wants the GIL is one more the playout thread
         # may queue behind (docs/playout.md); control work can wait, frames cannot.
@@ -287,6 +303,9 @@ class Streamer:
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
         self.plane.signing_key = lambda: self.signing.key
+        #: reports upward: built here, pushing only while this streamer is active
+        self.upward = Upward(self.plane, cfg.report_webhook_url, report_secret,
+                             cfg.report_period, self.registry)  # type: ignore[arg-type]
         #: whether the control plane runs here: always for a lone streamer, while it holds the
         #: lease for one of a pair (``control/lease.py``)
         self.active = False
@@ -306,6 +325,7 @@ class Streamer:
                                                    middlewares=[self._standby_guard]),
                                    hsts=https is not None)
         add_api_routes(app, self.plane, self.registry)
+        app[UPWARD] = self.upward
         add_studio_routes(app)
         add_console_routes(app)
         add_peer_routes(app, clips, self.listen_keys)
@@ -336,6 +356,19 @@ class Streamer:
                     self.registry).run())
         log.info("streamer (%s): %d channels, media %s, http %s", self.role, len(channels),
                  self.media_addr, self.http_url)
+
+    def _report_secret(self) -> bytes:
+        """The webhook's HMAC key, read at the start (a missing file fails it, named)."""
+        path = self.cfg.report_webhook_secret_file
+        if not self.cfg.report_webhook_url:
+            return b""
+        try:
+            secret = Path(os.path.expanduser(path)).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError("report_webhook_secret_file", f"{path}: {e.strerror}") from None
+        if len(secret) < 16:
+            raise ConfigError("report_webhook_secret_file", f"{path}: shorter than 16 bytes")
+        return secret
 
     @property
     def role(self) -> str:
@@ -373,6 +406,7 @@ class Streamer:
         await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
                                               Path(cfg.var_dir) / "admin-credentials.json"))
         await self._live_inputs()
+        self.upward.start()
         self.active = True
 
     async def _hold_lease(self) -> None:
@@ -529,6 +563,7 @@ class Streamer:
         await self.plane.forward.close()
         self.plane.inbox.close()
         self.plane.board.close()
+        await self.upward.close()
         if self.plane.scheduler is not None:
             await self.plane.scheduler.close()
         if self.plane.tokens is not None:

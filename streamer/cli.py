@@ -76,6 +76,12 @@ def run(argv: list[str]) -> int:
     p.add_argument("--ha-id", help="this streamer's name in the lease (default host:pid)")
     p.add_argument("--ha-peer-url", help="where the other streamer reaches this one's HTTP, "
                    "to copy its clips (default: the URL it serves)")
+    p.add_argument("--report-webhook-url", help="push each period's report to this URL "
+                   "(docs/reports-upward.md; default: no push)")
+    p.add_argument("--report-webhook-secret-file",
+                   help="file holding the HMAC-SHA256 key that signs the pushes")
+    p.add_argument("--report-period", choices=("daily", "weekly"),
+                   help="what one pushed report covers (default daily: yesterday)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

@@ -421,6 +421,8 @@ class Broadcasts:
         rec.started = time.time()
         rec.airings += 1
         rec.next_airing = None
+        if rec.airings == 1:
+            rec.requested_at = requested_at or rec.started
         self.live[rec.id] = rec
         self.items[rec.id] = item
         channels = self.channels_of(rec.zones)
@@ -466,6 +468,7 @@ class Broadcasts:
         """Take it off the air everywhere (a live input that ended is ``DONE``)."""
         if rec.state in (BroadcastState.QUEUED, BroadcastState.PENDING_APPROVAL):
             pending = rec.state == BroadcastState.PENDING_APPROVAL
+            self._note_aired(rec)
             self.mixer.stop(rec.id)
             self._release(rec.id)
             rec.state, rec.ended, rec.next_airing = state, time.time(), None
@@ -505,8 +508,16 @@ class Broadcasts:
                 if (priority is None or r.priority == priority)
                 and chans.intersection(self.channels_of(r.zones))]
 
+    def _note_aired(self, rec: BroadcastRecord) -> None:
+        """Copy the mixer's first-frame time of ``rec``'s item into the record (once)."""
+        item = self.items.get(rec.id)
+        if rec.aired_at is None and item is not None and item.aired_at is not None:
+            rec.aired_at = item.aired_at
+
     def _finished(self, bid: int) -> None:
         rec = self.live.get(bid)
+        if rec is not None:
+            self._note_aired(rec)
         if rec is None or rec.state != BroadcastState.QUEUED:
             self._release(bid)
             return

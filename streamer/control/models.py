@@ -167,6 +167,11 @@ class BroadcastRecord(Record):
     #: a live or relayed source's input: "" (not live), connecting, playing, silent, down
     health: str = ""
     health_detail: str = ""
+    #: when it was asked for (the API request's arrival; else its first start) and when its
+    #: first frame went out: its time to air is the difference (None: not known, e.g. a
+    #: record stored before these fields, or one still waiting for its first frame)
+    requested_at: float | None = None
+    aired_at: float | None = None
 
 
 class LiveInput(Record):

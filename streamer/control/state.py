@@ -24,6 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -718,6 +719,26 @@ class State:
                 break
             end = "(" + batch[-1][0]
         return out
+
+    # -- reports upward (``upward.py``) ------------------------------------------------------
+
+    async def upward_since(self) -> date | None:
+        """The first local day the webhook pusher is responsible for (set on its first run)."""
+        raw = await self.r.get(P + "upward-since")
+        return date.fromisoformat(raw) if raw else None
+
+    async def set_upward_since(self, day: date) -> None:
+        await self.r.set(P + "upward-since", day.isoformat(), nx=True)
+
+    async def upward_delivered(self) -> dict[str, dict[str, Any]]:
+        """Report id -> {from, to, delivered}: the reports the central system took."""
+        raw = await self.r.hgetall(P + "upward-delivered")
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    async def mark_upward_delivered(self, report_id: str, first: date, last: date,
+                                    ts: float) -> None:
+        await self.r.hset(P + "upward-delivered", report_id, json.dumps(
+            {"from": first.isoformat(), "to": last.isoformat(), "delivered": ts}))
 
     # -- audit -----------------------------------------------------------------------------
 
