@@ -87,7 +87,7 @@ class InboundIn(BaseModel):
         return self
 
 
-class Reach(BaseModel):
+class ReceiptReach(BaseModel):
     expected: int
     confirmed: int
     ratio: float
@@ -108,7 +108,7 @@ class Receipt(BaseModel):
     decided_at: float | None = None
     broadcast: int | None = None
     broadcast_state: str | None = None
-    reach: Reach | None = None
+    reach: ReceiptReach | None = None
 
 
 def message(method: str, path: str, timestamp: str, body: bytes) -> bytes:
@@ -235,7 +235,7 @@ class Inbox:
             if br is not None:
                 out.broadcast_state = b.out(br).state
                 r = await reach(br)
-                out.reach = Reach(expected=r.expected, confirmed=len(r.confirmed),
+                out.reach = ReceiptReach(expected=r.expected, confirmed=len(r.confirmed),
                                   ratio=r.ratio)
         return out
 
