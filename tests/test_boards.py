@@ -21,9 +21,9 @@ from tests.harness.api import audit, call, make_user
 from tests.harness.broker import client
 from tests.harness.browser import chromium_page
 from tests.harness.console import screenshot
+from tests.harness.senders import Sender, register, send
 from tests.harness.wait import until
 from tests.harness.zones import KP1, OP, OTHER
-from tests.test_inbound import Sender, register, send
 from wire.messages import BoardState, zone_board_topic
 
 

@@ -9,8 +9,8 @@ import aiohttp
 from tests.harness.api import call, make_user
 from tests.harness.browser import by_testid
 from tests.harness.console import console_page, go, screenshot, sign_in
+from tests.harness.senders import Sender, register, send
 from tests.harness.zones import OP
-from tests.test_inbound import Sender, register, send
 
 PASSWORD = "correct horse battery"
 

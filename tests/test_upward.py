@@ -122,7 +122,11 @@ def check_content(report: dict, tone: dict, emergency: dict, first: date, last: 
     assert report["id"] == report_id("brvt", first, last)
     assert report["period"] == {"from": first.isoformat(), "to": last.isoformat(),
                                 "tz": "Asia/Ho_Chi_Minh"}
-    assert report["board_items"] == []
+    # the emergency went up on its zone's boards and came down when it was over
+    item, = report["board_items"]
+    assert (item["id"], item["level"], item["title"], item["broadcast"]) == (
+        f"b-{emergency['id']}", "emergency", "Bão số 9", emergency["id"])
+    assert item["shown_until"] is not None
     by_id = {b["id"]: b for b in report["broadcasts"]}
     t = by_id[tone["id"]]
     assert (t["zones"], t["priority"], t["kind"], t["label"]) == (

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -88,7 +89,7 @@ class BoardFeed:
         now = self.now()
         for item in await self.plane.state.board_items.all():
             if item.expires is not None and item.expires <= now:
-                await self.plane.state.board_items.delete(item.id)
+                await self.plane.state.end_board_item(item, item.expires)
             else:
                 self.items[item.id] = item
                 self._arm(item)
@@ -120,7 +121,7 @@ class BoardFeed:
             timer.cancel()
         if item is None:
             return None
-        await self.plane.state.board_items.delete(item_id)
+        await self.plane.state.end_board_item(item, min(self.now(), item.expires or math.inf))
         self.m_items.set(len(self.items))
         self._publish(self._affected(item))
         return item

@@ -477,6 +477,27 @@ class State:
                 p.hset(P + "device-secrets", mapping=secrets)
             await p.execute()
 
+    # -- e-boards (board.py) ---------------------------------------------------------------
+
+    async def end_board_item(self, item: BoardItem, until: float) -> None:
+        """An item came down: out of the items showing, into the log reports read."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.board_items.key, item.id)
+            p.hset(P + "board-log", item.id, json.dumps(
+                {"item": item.model_dump(mode="json"), "until": until}))
+            await p.execute()
+
+    async def board_log(self) -> list[tuple[BoardItem, float]]:
+        """Every item that came down, with when."""
+        out = []
+        for rid, raw in (await self.r.hgetall(P + "board-log")).items():
+            try:
+                d = json.loads(raw)
+                out.append((BoardItem.model_validate(d["item"]), float(d["until"])))
+            except (ValueError, KeyError, TypeError, ValidationError):
+                self.unreadable.skip("board-log", rid, "does not parse")
+        return out
+
     # -- bulletins from above (inbound.py) ----------------------------------------------------
 
     async def next_inbound_id(self) -> str:

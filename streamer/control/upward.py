@@ -103,6 +103,17 @@ class EmergencyEntry(_Doc):
     reach: Reach
 
 
+class BoardEntry(_Doc):
+    id: str = Field(description="b-<broadcast> for a broadcast's item, p-… for a posted one")
+    zones: list[str]
+    level: str = Field(description="normal, priority or emergency")
+    title: str
+    shown_from: datetime = Field(description="when it went up on the boards, local time")
+    shown_until: datetime | None = Field(description="when it came down (taken down or "
+                                         "expired); null while it still shows")
+    broadcast: int | None = Field(description="the broadcast it came with, if any")
+
+
 class UpwardReport(_Doc):
     """One period's report to the central source system (``docs/reports-upward.md``)."""
 
@@ -119,8 +130,8 @@ class UpwardReport(_Doc):
     broadcasts: list[BroadcastEntry] = Field(description="every broadcast on air during the "
                                              "period, emergencies included")
     emergencies: list[EmergencyEntry]
-    board_items: list[dict[str, Any]] = Field(
-        default_factory=list, description="always empty: electronic boards are not built yet")
+    board_items: list[BoardEntry] = Field(
+        default_factory=list, description="every item the e-boards showed during the period")
 
 
 def schema_document() -> dict[str, Any]:
@@ -225,10 +236,19 @@ async def build_report(plane: Any, first: date, last: date, now: float) -> Upwar
                 id=rec.id, zones=list(rec.zones), label=rec.label, started=_local(rec.started),
                 ended=ended, time_to_air_s=_time_to_air(plane, rec), airings=rec.airings,
                 reach=reach))
+    shown = [(i, None) for i in plane.board.items.values()] + await plane.state.board_log()
+    board_items = [
+        BoardEntry(id=i.id, zones=list(i.zones), level=i.level, title=i.title,
+                   shown_from=_local(i.start), broadcast=i.broadcast,
+                   shown_until=None if until is None else _local(until))
+        for i, until in sorted(shown, key=lambda x: (x[0].start, x[0].id))
+        if i.start < t1 and (until if until is not None else now) > t0
+        and any(covers(r, z) for r in scope for z in i.zones)]
     return UpwardReport(
         schema_=SCHEMA, id=report_id(province, first, last), province=province,
         period=ReportPeriod(from_=first, to=last, tz=LOCAL_TZ), generated=_local(now),
-        stations=stations, broadcasts=broadcasts, emergencies=emergencies)
+        stations=stations, broadcasts=broadcasts, emergencies=emergencies,
+        board_items=board_items)
 
 
 # -- signing --------------------------------------------------------------------------------
