@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from wire.messages import BoardItem, BoardState, zone_board_topic
 
+from .background import Background
 from .models import BroadcastRecord, covers
 
 log = logging.getLogger("loa.board")
@@ -76,7 +77,7 @@ class BoardFeed:
         self.items: dict[str, BoardItem] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[str, set[asyncio.Queue[BoardState]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background(log, "board update")
         self.m_items = Gauge("loa_board_items", "Board items showing now", registry=registry)
         self.m_published = Counter("loa_board_states_total", "Zone board states published "
                                    "(MQTT and SSE)", registry=registry)
@@ -100,8 +101,7 @@ class BoardFeed:
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
-        for task in self._tasks:
-            task.cancel()
+        self._background.cancel()
 
     # -- what changes it ----------------------------------------------------------------------
 
@@ -130,11 +130,11 @@ class BoardFeed:
         """``Broadcasts.on_first_airing``: its text (or its emergency) on the boards."""
         item = item_of(rec)
         if item is not None:
-            self._spawn(self.post(item))
+            self._background.spawn(self.post(item))
 
     def emergency_over(self, rec: BroadcastRecord) -> None:
         """``Broadcasts.on_emergency_over``: its item comes down."""
-        self._spawn(self.take_down(f"b-{rec.id}"))
+        self._background.spawn(self.take_down(f"b-{rec.id}"))
 
     @staticmethod
     def new_id() -> str:
@@ -179,7 +179,7 @@ class BoardFeed:
                 except asyncio.QueueFull:  # a page that does not read: it reconnects
                     self.unwatch(zone, q)
             if fleet is not None:
-                self._spawn(self._retain(fleet, zone, state))
+                self._background.spawn(self._retain(fleet, zone, state))
 
     @staticmethod
     async def _retain(fleet: Any, zone: str, state: BoardState) -> None:
@@ -195,14 +195,5 @@ class BoardFeed:
         if item.expires is None:
             return
         self._timers[item.id] = asyncio.get_running_loop().call_later(
-            max(0.0, item.expires - self.now()), lambda: self._spawn(self.take_down(item.id)))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("board update failed", exc_info=task.exception())
+            max(0.0, item.expires - self.now()),
+            lambda: self._background.spawn(self.take_down(item.id)))

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from streamer.mixer.sources.clip import ClipError
 
+from .background import Background
 from .models import (
     AuditEntry,
     BroadcastRecord,
@@ -161,7 +162,7 @@ class Inbox:
         self.plane = plane
         self.now = now
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background(log, "inbound bulletin step")
         self.m = Counter("loa_inbound_bulletins_total", "Bulletins from above, by level and "
                          "what became of them", ["level", "outcome"], registry=registry)
 
@@ -177,8 +178,7 @@ class Inbox:
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
-        for task in self._tasks:
-            task.cancel()
+        self._background.cancel()
 
     # -- the sender's side ----------------------------------------------------------------
 
@@ -270,22 +270,12 @@ class Inbox:
         else:
             return
         self._timers[rec.id] = asyncio.get_running_loop().call_later(
-            max(0.0, at - now), lambda: self._spawn(then(rec.id)))
+            max(0.0, at - now), lambda: self._background.spawn(then(rec.id)))
 
     def _cancel(self, rid: str) -> None:
         timer = self._timers.pop(rid, None)
         if timer is not None:
             timer.cancel()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("inbound bulletin step failed", exc_info=task.exception())
 
     async def _auto_air(self, rid: str) -> None:
         rec = await self.plane.state.inbound.get(rid)
