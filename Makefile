@@ -30,7 +30,7 @@ test: deps
 # libfaketime cannot shift (tests/test_loadtest.py pins its night case instead).
 SHIFTED_TESTS := tests/test_shifted_clock.py tests/test_schedules.py tests/test_schedule_api.py \
                  tests/test_control_api.py tests/test_ctl.py tests/test_reports.py \
-                 tests/test_emergency_api.py tests/test_cap_examples.py
+                 tests/test_emergency_api.py tests/test_cap_examples.py tests/test_forward.py
 #: the OpenAPI fuzzing takes 80 s and reads no clock (the fixture pins it)
 SHIFTED_SKIP := not schemathesis
 FAKETIME_LIB = $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1))
@@ -52,6 +52,7 @@ bench: deps
 	$(BIN)/python -m loadtest.bench_emergency
 	$(BIN)/python -m loadtest.bench_flood
 	$(BIN)/python -m loadtest.bench_codec
+	$(BIN)/python -m loadtest.bench_import
 
 deps: debs $(BIN)/.installed
 

@@ -152,13 +152,16 @@ class Service:
 class RedisServer(Service):
     """``redis-server`` with append-only persistence (fsync every second) under ``directory``,
     which asks for the password kept in ``directory/password`` (made on first use, 0600; the
-    same directory keeps its password across restarts)."""
+    same directory keeps its password across restarts). With ``replica_of`` it is a replica
+    of that server, with its password (what Redis Sentinel promotes when the master dies)."""
 
     binary = "redis-server"
 
-    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1",
+                 replica_of: RedisServer | None = None) -> None:
         super().__init__(directory, port, host)
         self._password = ""
+        self.replica_of = replica_of
 
     @property
     def password_path(self) -> Path:
@@ -166,6 +169,8 @@ class RedisServer(Service):
 
     @property
     def password(self) -> str:
+        if self.replica_of is not None:
+            return self.replica_of.password
         if not self._password:
             self._password = read_or_make_password(self.password_path)
         return self._password
@@ -193,6 +198,58 @@ class RedisServer(Service):
             "protected-mode yes",
             "daemonize no",
             "loglevel notice",
+            # a master that comes back as a replica after a failover needs it too
+            f"masterauth {self.password}",
+            *([f"replicaof {self.replica_of.host} {self.replica_of.port}"]
+              if self.replica_of is not None else []),
+            "",
+        ])
+
+
+class RedisSentinel(Service):
+    """A ``redis-server --sentinel`` watching ``master`` as service ``service``: for a pair of
+    streamers on a Sentinel-managed Redis (``docs/operations.md``, "A standby streamer").
+    It asks for the master's password, and uses it with the master and its replicas. A
+    master is down after ``down_after_ms`` without an answer (Redis's default is 30 s; an
+    alarm system wants it short)."""
+
+    binary = "redis-server"
+
+    def __init__(self, directory: Path, master: RedisServer, service: str = "loa",
+                 port: int = 0, host: str = "127.0.0.1", down_after_ms: int = 1000) -> None:
+        super().__init__(directory, port, host)
+        self.master = master
+        self.service = service
+        self.down_after_ms = down_after_ms
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "sentinel.log"
+
+    def argv(self, conf: Path) -> list[str]:
+        return [self.binary, str(conf), "--sentinel"]
+
+    def url(self, *others: RedisSentinel) -> str:
+        """The streamers' ``redis_url`` for this Sentinel (and ``others``), the password
+        included: give it in an environment or a file, never on a command line."""
+        hosts = ",".join(f"{s.host}:{s.port}" for s in (self, *others))
+        return (f"redis+sentinel://:{quote(self.master.password, safe='')}@{hosts}/"
+                f"{self.service}/0")
+
+    def config(self) -> str:
+        # Sentinel rewrites its file (what it learnt of replicas and other Sentinels): it
+        # is ours, 0600, in its own directory
+        return "\n".join([
+            f"bind {self.host}",
+            f"port {self.port}",
+            f"dir {self.directory}",
+            f"requirepass {self.master.password}",
+            f"sentinel monitor {self.service} {self.master.host} {self.master.port} 1",
+            f"sentinel auth-pass {self.service} {self.master.password}",
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.service} 10000",
+            "protected-mode yes",
+            "daemonize no",
             "",
         ])
 

@@ -35,6 +35,7 @@ from common.tls import check_pair, server_context
 from device.mqtt_config import broker_tls_context, check_mqtt_tls, read_password_file
 from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
+from streamer.board import add_board_routes
 from streamer.console import add_console_routes
 from streamer.control.api import add_api_routes
 from streamer.control.api.listen import streamer_may_listen
@@ -43,18 +44,22 @@ from streamer.control.devices import Devices
 from streamer.control.fleet import Fleet
 from streamer.control.grants import TokenIssuer
 from streamer.control.keys import KeyAnnouncer
+from streamer.control.lease import Lease, default_holder
 from streamer.control.live import studio_input
+from streamer.control.peer import ClipMirror, add_peer_routes
 from streamer.control.plane import Plane
 from streamer.control.presence import STALE_AFTER_S, FleetRecorder
 from streamer.control.scheduler import Scheduler
-from streamer.control.state import State
+from streamer.control.state import SENTINEL_SCHEME, State, parse_sentinel_url, redis_client
 from streamer.control.throttle import LoginThrottle
+from streamer.control.upward import UPWARD, Upward
 from streamer.live.ingest import IngestServer
 from streamer.live.page import add_studio_routes
 from streamer.live.webrtc import StudioSession, StudioSessions
 from streamer.mixer.clock import FrameClock
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.sources.clip import MAX_SECONDS as CLIP_MAX_S
+from streamer.mixer.sources.tts_http import voice_from_config
 from streamer.playout import FrameLoop, Playout
 from streamer.signing import SigningSink, key_path, load_or_create_key
 from streamer.zones import ZoneTree
@@ -144,6 +149,31 @@ class StreamerConfig:
     mqtt_ca: str = ""
     mqtt_cert: str = ""
     mqtt_key: str = ""
+    #: a pair of streamers on one Redis: the time to live of the lease that makes one of them
+    #: active, in ms; 0 = this streamer is the only one, always active
+    #: (``docs/operations.md``, "A standby streamer")
+    ha_lease_ms: int = 0
+    #: a priority bulletin from above airs by itself after this long unless an operator
+    #: decided (``docs/api.md``, "Bulletins from above"); a request may say otherwise
+    inbound_decide_s: float = 600.0
+    #: this streamer's name in the lease ("" = host:pid:random)
+    ha_id: str = ""
+    #: where the other streamer of the pair reaches this one's HTTP, to copy its clips
+    #: ("" = the URL it serves: ``public_host`` and ``http_port``)
+    ha_peer_url: str = ""
+    #: a commercial voice over HTTP: its voice file (TOML: endpoint, credentials file, voices
+    #: per zone, request and response shapes); "" = espeak-ng only (``docs/operations.md``,
+    #: "Voices")
+    tts_voice_file: str = ""
+    #: the province's own bulletin terms (TOML or JSON ``terms`` table: term -> spoken form),
+    #: read on top of the built-in lexicon; "" = the built-in one only
+    tts_lexicon: str = ""
+    #: reports upward (``docs/reports-upward.md``): the central system's webhook ("" = no
+    #: push), the file holding the HMAC-SHA256 key that signs each push, and the period each
+    #: report covers (daily: yesterday's local day; weekly: last ISO week)
+    report_webhook_url: str = ""
+    report_webhook_secret_file: str = ""
+    report_period: str = "daily"
 
     def __post_init__(self) -> None:
         if self.ptime_ms not in (20, 40, 60):
@@ -161,9 +191,26 @@ class StreamerConfig:
         check_range("idle_heartbeat_ms", self.idle_heartbeat_ms, 0, 500)
         check_range("token_lifetime_h", self.token_lifetime_h, 0.01, 24 * 30)
         check_range("presence_stale_s", self.presence_stale_s, 1, 86_400)
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis_url", "must be a redis:// URL (set LOA_REDIS_URL)")
+        check_range("inbound_decide_s", self.inbound_decide_s, 1, 86_400)
+        if self.ha_lease_ms:
+            check_range("ha_lease_ms", self.ha_lease_ms, 300, 60_000)
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+            raise ConfigError("redis_url", "must be a redis:// or redis+sentinel:// URL (set "
+                              "LOA_REDIS_URL)")
+        if self.redis_url.startswith(SENTINEL_SCHEME):
+            try:
+                parse_sentinel_url(self.redis_url)
+            except ValueError as e:
+                raise ConfigError("redis_url", str(e)) from None
         check_pair("tls_cert", self.tls_cert, "tls_key", self.tls_key)
+        if self.report_period not in ("daily", "weekly"):
+            raise ConfigError("report_period", "must be daily or weekly")
+        if self.report_webhook_url:
+            if not self.report_webhook_url.startswith(("http://", "https://")):
+                raise ConfigError("report_webhook_url", "must be an http:// or https:// URL")
+            if not self.report_webhook_secret_file:
+                raise ConfigError("report_webhook_secret_file",
+                                  "is required with report_webhook_url (the HMAC key)")
         check_mqtt_tls(self.mqtt_url, self.mqtt_ca, self.mqtt_cert, self.mqtt_key)
 
     @property
@@ -188,6 +235,7 @@ class Streamer:
         # the TLS files are read before any socket opens: a bad one is a ConfigError naming it
         https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         mqtt_tls = broker_tls_context(cfg.mqtt_url, cfg.mqtt_ca, cfg.mqtt_cert, cfg.mqtt_key)
+        report_secret = self._report_secret()
         loop = asyncio.get_running_loop()
         # Few control workers: each thread that wants the GIL is one more the playout thread
         # may queue behind (docs/playout.md); control work can wait, frames cannot.
@@ -235,8 +283,9 @@ class Streamer:
         log.info("Opus encoder: %s", cfg.opus.label())
         self.state = State(cfg.redis_url, Path(cfg.var_dir) / "state-journal.jsonl",
                            self.registry)
-        clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
-        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state,
+        self.clips = clips = ClipLibrary(Path(cfg.var_dir) / "clips", max_seconds=cfg.clip_max_s)
+        tts = voice_from_config(cfg.tts_voice_file, cfg.tts_lexicon, cfg.var_dir, self.registry)
+        self.broadcasts = Broadcasts(self.mixer, self.zones.leaves, clips, self.state, tts=tts,
                                      registry=self.registry)
         # The mixer reports from the playout thread; the broadcasts (which set on_finished)
         # live on this loop.
@@ -248,35 +297,44 @@ class Streamer:
         recorder = FleetRecorder(self.state, self.registry, cfg.presence_stale_s)
         self.plane = Plane(self.state, self.zones, self.broadcasts, clips, self.broadcasts.tts,
                            self.mixer, self.registry, devices, recorder)
+        self._broker_login = password, mqtt_tls  # read now: a bad file fails the start
+        self.plane.inbound_decide_s = cfg.inbound_decide_s
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
         self.plane.signing_key = lambda: self.signing.key
-        await self.plane.load()
-        if cfg.mqtt_url:
-            self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password, recorder,
-                                     self.registry, tls_context=mqtt_tls)
-            await self.plane.fleet.start()
-            self.plane.tokens = TokenIssuer(
-                self.state, self.plane.fleet, lambda: self.signing.key, self.registry,
-                lifetime_s=cfg.token_lifetime_h * 3600)
-            self.granting = asyncio.create_task(self.plane.tokens.run())
-            self.key_set.start(self.plane.fleet)
-        await self.broadcasts.recover()
-        self.plane.scheduler = await self._scheduler()
-        self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
-        await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
-                                              Path(cfg.var_dir) / "admin-credentials.json"))
-        await self._live_inputs()
-        app = add_security_headers(web.Application(client_max_size=80 * 1024 * 1024),
+        #: reports upward: built here, pushing only while this streamer is active
+        self.upward = Upward(self.plane, cfg.report_webhook_url, report_secret,
+                             cfg.report_period, self.registry)  # type: ignore[arg-type]
+        #: whether the control plane runs here: always for a lone streamer, while it holds the
+        #: lease for one of a pair (``control/lease.py``)
+        self.active = False
+        self.lease: Lease | None = None
+        self.lost_lease = asyncio.Event()  # the lease went to the other streamer: step down
+        if cfg.ha_lease_ms:
+            self.lease = Lease(redis_client(cfg.redis_url, max_connections=2),
+                               cfg.ha_id or default_holder(), cfg.ha_lease_ms / 1000,
+                               self.registry)
+            if not await self.lease.try_acquire():
+                self.fanout.server.standby = True
+                log.warning("standby: %s holds the lease; taking over when it lapses",
+                            await self.lease.holder_now())
+        if not self.fanout.server.standby:
+            await self._take_control(takeover=False)
+        app = add_security_headers(web.Application(client_max_size=80 * 1024 * 1024,
+                                                   middlewares=[self._standby_guard]),
                                    hsts=https is not None)
         add_api_routes(app, self.plane, self.registry)
+        app[UPWARD] = self.upward
         add_studio_routes(app)
         add_console_routes(app)
+        add_peer_routes(app, clips, self.listen_keys)
+        add_board_routes(app, self.plane, self.listen_keys)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
                          health=lambda: {"process": "streamer", "channels": len(channels),
                                          "frame": self.clock.frame,
-                                         "programs": len(self.mixer.programs)},
+                                         "programs": len(self.mixer.programs),
+                                         "role": self.role},
                          ready=self._ready,
                          may_listen=streamer_may_listen(self.plane, self.listen_keys))
         self.runner = web.AppRunner(app, access_log=None)
@@ -289,8 +347,103 @@ class Streamer:
                       after_frame=self.signing.sign_pending).run())
         self.http_url = f"{'https' if https else 'http'}://{cfg.public_host}:{http_port}"
         self.media_addr = f"{cfg.public_host}:{media[1]}"
-        log.info("streamer: %d channels, media %s, http %s", len(channels), self.media_addr,
-                 self.http_url)
+        if self.lease is not None:
+            self.holding = asyncio.create_task(self._hold_lease())
+            self.mirroring: asyncio.Task[None] | None = None
+            if not self.active:
+                self.mirroring = asyncio.create_task(ClipMirror(
+                    clips, self.state, self.lease, lambda: self.signing.key,
+                    self.registry).run())
+        log.info("streamer (%s): %d channels, media %s, http %s", self.role, len(channels),
+                 self.media_addr, self.http_url)
+
+    def _report_secret(self) -> bytes:
+        """The webhook's HMAC key, read at the start (a missing file fails it, named)."""
+        path = self.cfg.report_webhook_secret_file
+        if not self.cfg.report_webhook_url:
+            return b""
+        try:
+            secret = Path(os.path.expanduser(path)).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError("report_webhook_secret_file", f"{path}: {e.strerror}") from None
+        if len(secret) < 16:
+            raise ConfigError("report_webhook_secret_file", f"{path}: shorter than 16 bytes")
+        return secret
+
+    @property
+    def role(self) -> str:
+        """"active", "standby", or "taking over" (between the lease and a running control
+        plane)."""
+        if self.active:
+            return "active"
+        return "standby" if self.fanout.server.standby else "taking over"
+
+    async def _take_control(self, takeover: bool) -> None:
+        """Everything a streamer does beside playing: the state, the fleet, broadcasts on air
+        when the last holder stopped, the scheduler, the live inputs. ``takeover``: another
+        streamer was active a moment ago (``Broadcasts.recover``)."""
+        cfg = self.cfg
+        # the last active streamer was alive when it last renewed the lease: a time to live
+        # (and a renewal's deadline) before it lapsed, at most
+        lapsed_since = (time.time() - cfg.ha_lease_ms / 1000 - 1.0) if takeover else None
+        await self.plane.load()
+        if cfg.mqtt_url:
+            password, tls_context = self._broker_login
+            self.plane.fleet = Fleet(cfg.mqtt_url, cfg.mqtt_user, password,
+                                     self.plane.recorder, self.registry, tls_context=tls_context)
+            await self.plane.fleet.start()
+            self.plane.tokens = TokenIssuer(
+                self.state, self.plane.fleet, lambda: self.signing.key, self.registry,
+                lifetime_s=cfg.token_lifetime_h * 3600)
+            self.granting = asyncio.create_task(self.plane.tokens.run())
+            self.key_set.start(self.plane.fleet)
+        await self.broadcasts.recover(takeover=takeover)
+        self.plane.scheduler = await self._scheduler(lapsed_since)
+        self.watching = asyncio.create_task(self.plane.alerts.watch(self.mixer, self.state))
+        self.plane.forward.start()  # zone plans for speakers to play offline (forward.py)
+        await self.plane.inbox.start()  # bulletins from above still pending (inbound.py)
+        await self.plane.board.start()  # e-boards' items (board.py)
+        await self.plane.bootstrap_admin(Path(cfg.admin_credentials or
+                                              Path(cfg.var_dir) / "admin-credentials.json"))
+        await self._live_inputs()
+        self.upward.start()
+        self.active = True
+
+    async def _hold_lease(self) -> None:
+        """A standby's wait for the lease, the takeover, then the active streamer's renewals
+        until another streamer holds the lease (``lost_lease``: the process steps down)."""
+        assert self.lease is not None
+        try:
+            if not self.active:
+                await self.lease.acquire()
+                began = time.monotonic()
+                self.fanout.server.standby = False  # relays may subscribe while it starts
+                if self.mirroring is not None:
+                    self.mirroring.cancel()
+                log.warning("taking over (lease epoch %d)", self.lease.epoch)
+                await self._take_control(takeover=True)
+                log.warning("active: took over in %.0f ms after the lease",
+                            (time.monotonic() - began) * 1000)
+            await self.lease.advertise(self.cfg.ha_peer_url or self.http_url)
+            await self.lease.keep()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the standby could not take over: stepping down")
+        self.lost_lease.set()
+
+    @web.middleware
+    async def _standby_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Until its control plane runs, a streamer answers only health, readiness and
+        metrics; the rest is the active streamer's (503, JSON naming it)."""
+        if self.active or request.path in ("/healthz", "/readyz", "/metrics"):
+            response: web.StreamResponse = await handler(request)
+            return response
+        holder = await self.lease.holder_now() if self.lease is not None else None
+        return web.json_response(
+            {"error": "standby", "message": f"this streamer is {self.role}: ask the active "
+             f"one ({holder or 'unknown'})", "field": None}, status=503,
+            headers={"Retry-After": "1"})
 
     async def _live_inputs(self) -> None:
         """The browser studio (WebRTC) and the RTP ingest port, feeding ``plane.inputs``."""
@@ -319,18 +472,25 @@ class Streamer:
         checks = {"redis": redis_ok}
         if self.plane.fleet is not None:
             checks["mqtt"] = self.plane.fleet.connected
+        more: dict[str, Any] = {}
+        if self.lease is not None:  # a standby is alive but not ready: route to the active
+            checks["active"] = self.active
+            more = {"role": self.role, "lease_epoch": self.lease.epoch,
+                    "lease_holder": await self.lease.holder_now()}
         return {"checks": checks, "degraded": self.state.degraded(),
-                "pending_writes": len(self.state.journal)}
+                "pending_writes": len(self.state.journal), **more}
 
-    async def _scheduler(self) -> Scheduler:
-        """The schedules in Redis, fired on their frames by the mixer (``scheduler.py``)."""
+    async def _scheduler(self, taken_up_from: float | None) -> Scheduler:
+        """The schedules in Redis, fired on their frames by the mixer (``scheduler.py``);
+        those that never fired from ``taken_up_from`` (a takeover) or from now."""
         b = self.broadcasts
         scheduler = Scheduler(
             self.mixer, b.prepare_scheduled, b.channels_of, self.plane.quiet_for,
             on_fired=b.fired, on_skipped=b.skipped, on_cancelled=b.cancelled)
         last = {k: datetime.fromtimestamp(v, UTC) for k, v in
                 (await self.state.last_fired()).items()}
-        scheduler.load(await self.state.schedules.all(), last_fired=last)
+        scheduler.load(await self.state.schedules.all(), last_fired=last,
+                       taken_up_from=taken_up_from)
         self.scheduling = asyncio.create_task(scheduler.run())
         return scheduler
 
@@ -388,11 +548,24 @@ class Streamer:
         self.fanout.close()
 
     async def close(self) -> None:
-        self.scheduling.cancel()
-        self.watching.cancel()
+        for task in (getattr(self, "holding", None), getattr(self, "mirroring", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # a standby (or one stopped while taking over) has run none or part of the control
+        # plane: each part is closed if it was started
+        for task in (getattr(self, "scheduling", None), getattr(self, "watching", None)):
+            if task is not None:
+                task.cancel()
         self.plane.events.close()  # event streams end first: the HTTP server waits for them
         await self.plane.reach.close()
-        await self.plane.scheduler.close()
+        await self.plane.forward.close()
+        self.plane.inbox.close()
+        self.plane.board.close()
+        await self.upward.close()
+        if self.plane.scheduler is not None:
+            await self.plane.scheduler.close()
         if self.plane.tokens is not None:
             self.granting.cancel()
             await self.plane.tokens.close()
@@ -401,41 +574,55 @@ class Streamer:
             await self.plane.fleet.close()
         self.process_watch.cancel()
         self.plane.hasher.close()
-        await self.plane.studio.close_all()
+        if self.plane.studio is not None:
+            await self.plane.studio.close_all()
         await self.broadcasts.close()
         if self.plane.ingest is not None:
             self.plane.ingest.close()
         if self.playout.running:
             await self.playout.run(self._close_media())
             self.playout.close()
+        if self.lease is not None:  # after the media: never two streamers playing at once
+            await self.lease.release()
+            await self.lease.r.aclose()
         await self.runner.cleanup()
         await self.state.close()
 
 
-async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(cfg: StreamerConfig, stop: asyncio.Event | None = None) -> bool:
+    """Run until ``stop``; False if it ended because the lease went to another streamer."""
     stop = stop or asyncio.Event()
     streamer = Streamer(cfg)
     await streamer.start()
     host, port = streamer.plane.ingest_addr
     print(json.dumps({"process": "streamer", "media": streamer.media_addr,
                       "http": streamer.http_url, "ingest": f"{host}:{port}" if port else "",
-                      "stream_key": streamer.signing.key.public_text}),
+                      "stream_key": streamer.signing.key.public_text, "role": streamer.role}),
           flush=True)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, streamer.reload_key)
     try:
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        stepping_down = asyncio.create_task(streamer.lost_lease.wait())
+        await asyncio.wait([stopping, stepping_down], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        stepping_down.cancel()
     finally:
         await streamer.close()
+    return not streamer.lost_lease.is_set()
+
+
+#: the exit status of a streamer that lost its lease to the other of its pair (systemd
+#: starts it again, as the standby: ``Restart=always``)
+STEPPED_DOWN = 75  # EX_TEMPFAIL
 
 
 def run(cfg: StreamerConfig) -> int:
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, stop)
+        return await serve(cfg, stop)
 
-    asyncio.run(main())
-    return 0
+    return 0 if asyncio.run(main()) else STEPPED_DOWN

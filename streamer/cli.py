@@ -56,11 +56,32 @@ def run(argv: list[str]) -> int:
     p.add_argument("--next-signing-key",
                    help="PEM file of the key to sign with after the next rotation: announced "
                         "to the devices over MQTT beforehand (docs/operations.md)")
+    p.add_argument("--tts-voice-file",
+                   help="TOML file of a commercial HTTP voice: endpoint, credentials file, "
+                        "voices per zone (default: espeak-ng only; docs/operations.md, Voices)")
+    p.add_argument("--tts-lexicon",
+                   help="TOML or JSON file of the province's bulletin terms (term -> spoken "
+                        "form), on top of the built-in lexicon")
     p.add_argument("--tls-cert", help="serve HTTPS: PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--mqtt-ca", help="mqtts://: PEM CA certificates (default: the system's)")
     p.add_argument("--mqtt-cert", help="mqtts://: PEM client certificate (with --mqtt-key)")
     p.add_argument("--mqtt-key", help="mqtts://: PEM private key of --mqtt-cert")
+    p.add_argument("--inbound-decide-s", type=float,
+                   help="a priority bulletin from above airs by itself after this long unless "
+                        "an operator decided (default 600)")
+    p.add_argument("--ha-lease-ms", type=int,
+                   help="one of a pair of streamers on one Redis: the lease's time to live "
+                        "(default 0: the only streamer; docs/operations.md, A standby streamer)")
+    p.add_argument("--ha-id", help="this streamer's name in the lease (default host:pid)")
+    p.add_argument("--ha-peer-url", help="where the other streamer reaches this one's HTTP, "
+                   "to copy its clips (default: the URL it serves)")
+    p.add_argument("--report-webhook-url", help="push each period's report to this URL "
+                   "(docs/reports-upward.md; default: no push)")
+    p.add_argument("--report-webhook-secret-file",
+                   help="file holding the HMAC-SHA256 key that signs the pushes")
+    p.add_argument("--report-period", choices=("daily", "weekly"),
+                   help="what one pushed report covers (default daily: yesterday)")
     a = p.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config"}
     cfg = load(app.StreamerConfig, flags, env_prefix="LOA_STREAMER_", path=a.config,

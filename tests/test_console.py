@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).resolve().parent.parent / "streamer" / "console" / "static"
 #: every route of the console (CONSOLE.md)
-ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/speakers", "/audit",
-          "/reports", "/users", "/listen", "/approvals"]
+ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/board", "/speakers",
+          "/audit", "/reports", "/users", "/listen", "/approvals"]
 
 
 # ---- serving -----------------------------------------------------------------------------

@@ -90,8 +90,12 @@ def test_acl_and_streamer_subscriptions_come_from_the_one_table() -> None:
     assert DOWN_LEAVES == ("cmd", "config", "token")
     assert FLEET_TOPICS == [f"loa/v1/speakers/+/{leaf}" for leaf in
                             ("status", "telemetry", "ack", "played")] + [
-        f"loa/v1/relays/+/{leaf}" for leaf in ("status", "telemetry", "ack")]
+        f"loa/v1/relays/+/{leaf}" for leaf in ("status", "telemetry", "ack")] + [
+        "loa/v1/boards/+/status"]
     h = hash_password("x")
+    # an e-board: its presence, and its zone's board, nothing else
+    assert acl_rules(Account("board-a", h, "board", "brvt.vung-tau")) == [
+        "topic write loa/v1/boards/board-a/status", "topic read loa/v1/zones/brvt.vung-tau/board"]
     assert acl_rules(Account("spk-a", h, "speaker", "brvt.kp-1")) == [
         "topic write loa/v1/speakers/spk-a/status", "topic write loa/v1/speakers/spk-a/telemetry",
         "topic write loa/v1/speakers/spk-a/ack", "topic write loa/v1/speakers/spk-a/played",
@@ -99,6 +103,8 @@ def test_acl_and_streamer_subscriptions_come_from_the_one_table() -> None:
         "topic read loa/v1/speakers/spk-a/token", "topic read loa/v1/zones/brvt/cmd",
         "topic read loa/v1/zones/brvt.kp-1/cmd",
         "topic read loa/v1/zones/brvt/emergency", "topic read loa/v1/zones/brvt.kp-1/emergency",
+        # store and forward: its leaf zone's plan only, and clip files by their hash
+        "topic read loa/v1/zones/brvt.kp-1/plan", "topic read loa/v1/clips/+",
         "topic read loa/v1/keys"]
     with pytest.raises(ValueError, match="zone"):  # only a kind that reads zones has one
         Account("relay-1", h, "relay", "brvt").check()

@@ -372,6 +372,34 @@ def test_handshake_gives_up_in_failover_s_then_backs_off_round_by_round():
     assert moves == [30.3125, 30.875]  # silent for > 0.3 s, then 0.5 s without a COOKIE
 
 
+def test_a_standby_streamer_rejects_and_its_pair_is_asked_again_without_back_off():
+    """A standby (REJECT 8) moves the subscriber on at once, and the round it answered in
+    does not double the handshake's times: the dead active streamer is given up after
+    ``failover_s`` every time, and the standby is subscribed to once it has taken over."""
+    standby = server(standby=True)
+    cl = sub.SubscribeClient("relay-1", "ch", [UP, OTHER], retry_s=0.125, failover_s=0.5)
+    cl.start(0)
+    asked = []  # when the standby was asked: each time UP was given up
+    for i in range(1, 97):  # 6 s: UP is dead, OTHER (the standby) answers every HELLO
+        t = i / 16
+        for data, addr in cl.tick(t):
+            if addr == OTHER:
+                asked.append(t)
+                reply, event = standby.handle(data, ME, t)
+                assert event is None and sub.parse(reply).reason == sub.RejectReason.STANDBY
+                assert [a for _, a in cl.handle(reply, OTHER, t)] == [UP]  # back to UP at once
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    # UP's 0.5 s (and one tick) each time, the standby's answer at once: no doubling
+    assert len(asked) >= 10 and max(gaps) <= 0.5625 + 1e-9, asked
+    assert cl.state is not sub.ClientState.SUBSCRIBED
+    # it takes over: the next HELLO it gets is answered, and the handshake completes
+    standby.standby = False
+    while cl.upstream != OTHER:
+        cl.tick(t := t + 1 / 16)
+    assert handshake(standby, cl, now=t + 0.1) == sub.Subscribed(ME, "ch", "relay-1")
+    assert cl.state is sub.ClientState.SUBSCRIBED
+
+
 def test_unknown_channel_rejected_and_garbage_is_malformed():
     srv = server()
     reply, _ = srv.handle(sub.Message(sub.MsgType.HELLO, "nope").build(), ME, 0)

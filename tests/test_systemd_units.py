@@ -63,9 +63,13 @@ def test_each_unit_verifies_and_is_hardened(name: str, tmp_path: Path) -> None:
     assert s["ExecStart"] == f"{INSTALLED} {name} --config /etc/loa/{name}.toml"
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+#: example config → the unit it is for
+EXAMPLES = {**{name: name for name in CONFIGS}, "streamer-pair": "streamer"}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_each_example_config_loads(name: str, tmp_path: Path) -> None:
-    module, cls_name, prefix, section = CONFIGS[name]
+    module, cls_name, prefix, section = CONFIGS[EXAMPLES[name]]
     text = (UNITS / f"{name}.toml").read_text()
     text = (text.replace("/etc/loa", str(tmp_path / "etc"))
             .replace("/var/lib/loa", str(tmp_path / "var"))
@@ -75,6 +79,8 @@ def test_each_example_config_loads(name: str, tmp_path: Path) -> None:
     cls = getattr(importlib.import_module(module), cls_name)
     cfg = load(cls, {}, env_prefix=prefix, path=str(path), env={}, section=section)
     assert str(tmp_path / "var") in repr(cfg)  # the state directory is the unit's
+    if name == "streamer-pair":
+        assert cfg.ha_lease_ms > 0 and cfg.redis_url.startswith("redis+sentinel://")
 
 
 def test_a_broken_unit_is_caught(tmp_path: Path) -> None:

@@ -99,9 +99,10 @@ TEXTS = [
     ("từ 10-12 người", "từ mười đến mười hai người"),
     ("năm 2026", "năm hai nghìn không trăm hai mươi sáu"),
     ("gọi 0912345678", "gọi không chín một hai ba bốn năm sáu bảy tám"),
-    # units are left alone, but not glued to the words
-    ("60km/h", "sáu mươi km/h"),
-    ("5 kg", "năm kg"),
+    # units are read by the bulletin lexicon (tests/test_vi_lexicon.py), spaced from the words
+    ("60km/h", "sáu mươi ki-lô-mét trên giờ"),
+    ("5 kg", "năm ki-lô-gam"),
+    ("5 gói", "năm gói"),
     # text without numbers is unchanged
     ("Xin chào bà con", "Xin chào bà con"),
     ("", ""),

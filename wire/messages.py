@@ -33,8 +33,8 @@ from .subscribe import MAX_TOKEN
 PREFIX = "loa/v1"
 MAX_PAYLOAD = 64 * 1024
 #: a device kind as the code names it → the topic level that holds its devices
-KINDS: dict[str, str] = {"speaker": "speakers", "relay": "relays"}
-DeviceKind = Literal["speaker", "relay"]
+KINDS: dict[str, str] = {"speaker": "speakers", "relay": "relays", "board": "boards"}
+DeviceKind = Literal["speaker", "relay", "board"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ DEVICE_TOPICS: dict[str, DeviceTopics] = {
                             fleet=(KEYS_TOPIC,)),
     "relay": DeviceTopics(publishes=("status", "telemetry", "ack"), reads=("cmd", "token"),
                           fleet=(KEYS_TOPIC,)),
+    # an e-board (LED/LCD screen): its presence, and its zone's board (``zone_board_topic``)
+    "board": DeviceTopics(publishes=("status",), reads=()),
 }
 #: topic leaves some device publishes (``up``) and receives (``down``)
 UP_LEAVES = tuple(dict.fromkeys(leaf for t in DEVICE_TOPICS.values() for leaf in t.publishes))
@@ -122,6 +124,13 @@ def zone_emergency_topic(zone: str) -> str:
 
 def zone_emergency_topics(leaf_zone: str) -> list[str]:
     return [zone_emergency_topic(z) for z in ancestors(leaf_zone)]
+
+
+def zone_board_topic(zone: str) -> str:
+    """Retained :class:`BoardState` of a zone: what its e-boards show now."""
+    if not valid_zone_id(zone):
+        raise ValueError(f"zone id {zone!r} does not match {ZONE_ID_RE}")
+    return f"{PREFIX}/zones/{zone}/board"
 
 
 def split_device_topic(topic: str) -> tuple[str, str, str]:
@@ -286,6 +295,29 @@ class EmergencyState(Strict):
     started: UnixTime
     expires: UnixTime | None = None
     label: Short = ""
+
+
+class BoardItem(Strict):
+    """One item an e-board shows (``docs/mqtt.md``, "E-boards"): a bulletin's text, a CAP
+    alert's headline and instructions, an emergency, or a text an operator posted."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,40}$")]
+    zones: list[Short] = Field(min_length=1, max_length=1000)
+    title: Annotated[str, StringConstraints(max_length=200)] = ""
+    body: Annotated[str, StringConstraints(max_length=5000)] = ""
+    level: Literal["normal", "priority", "emergency"] = "normal"
+    start: UnixTime
+    expires: UnixTime | None = None  # None: until it is taken down
+    broadcast: Annotated[int, Field(ge=1)] | None = None  # the broadcast it comes with
+
+
+class BoardState(Strict):
+    """Retained on ``loa/v1/zones/{zone}/board``: every item the zone's boards show now,
+    emergencies first, then newest first."""
+
+    zone: Short
+    items: list[BoardItem] = Field(max_length=200)
+    ts: UnixTime
 
 
 class NoArgs(Strict):

@@ -66,6 +66,9 @@ class RejectReason(IntEnum):
     FULL = 5
     EXPIRED_TOKEN = 6  # signed, but not valid now
     FORBIDDEN = 7  # signed and valid, for another identity or other channels
+    #: a streamer that is the standby of another (``docs/operations.md``, "A standby
+    #: streamer"): alive, and about to take over if the active one dies; try the next upstream
+    STANDBY = 8
 
 
 #: ``check_token``'s refusals → the REJECT reason (``wire/token.py`` names them)
@@ -328,6 +331,8 @@ class SubscribeServer:
     check_token: Callable[[str, str, bytes], float | str] | None = None
     subscribers: dict[str, dict[Addr, _Sub]] = field(default_factory=dict)
     count: int = 0
+    #: a standby streamer's: every HELLO and SUBSCRIBE is answered REJECT ``STANDBY``
+    standby: bool = False
 
     def handle(self, data: bytes, addr: Addr, now: float) -> tuple[bytes | None, Event | None]:
         """One control datagram in; the reply to send back (or None) and what changed."""
@@ -335,7 +340,9 @@ class SubscribeServer:
         reply: bytes | None = None
         event: Event | None = None
         ch = msg.channel
-        if msg.type is MsgType.HELLO:
+        if self.standby and msg.type in (MsgType.HELLO, MsgType.SUBSCRIBE):
+            reply = Message(MsgType.REJECT, ch, reason=RejectReason.STANDBY).build()
+        elif msg.type is MsgType.HELLO:
             if self.channel_ssrc(ch) is None:
                 reply = Message(MsgType.REJECT, ch, reason=RejectReason.UNKNOWN_CHANNEL).build()
             else:
@@ -487,7 +494,10 @@ class SubscribeClient:
       upstreams are knocked at less often;
     - no *proven* media (:meth:`on_media`: what the signature gate let through) for
       ``media_timeout_s``: an upstream that sends only forged or altered packets;
-    - a REJECT other than 2 and 4.
+    - a REJECT other than 2 and 4. A REJECT 8 (``STANDBY``: a standby streamer, which takes
+      over when the active one dies) moves on too, but shows the list alive: the handshake
+      time goes back to ``failover_s``, so that the active streamer, dead or not, is asked
+      again within ``failover_s`` and the standby as soon as that runs out.
 
     Call :meth:`tick` more often than ``silence_s``: a tick that comes ``silence_s`` late
     means this process was stalled (or the whole machine was), so the silence it measured is
@@ -584,6 +594,11 @@ class SubscribeClient:
         if msg.type is MsgType.REJECT:
             if msg.reason in (RejectReason.NOT_SUBSCRIBED, RejectReason.BAD_COOKIE):
                 return self.start(now)  # upstream restarted or cookie aged: handshake again
+            if msg.reason == RejectReason.STANDBY:
+                # a standby streamer: alive, and the active one (the next upstream) is dead
+                # or about to be replaced; its answer is no reason to knock less often
+                self._rounds = 0
+                return self._failover(now, count_round=False)
             return self._failover(now)
         return []
 
@@ -703,10 +718,10 @@ class SubscribeClient:
         ``MAX_HANDSHAKE_S``."""
         return float(min(1 << min(self._rounds, 16), max(1.0, MAX_HANDSHAKE_S / self.failover_s)))
 
-    def _failover(self, now: float) -> list[tuple[bytes, Addr]]:
+    def _failover(self, now: float, count_round: bool = True) -> list[tuple[bytes, Addr]]:
         out = self.close() if self.state is ClientState.SUBSCRIBED else []
         self.index = (self.index + 1) % len(self.upstreams)
-        if self.index == 0 and self.state is not ClientState.SUBSCRIBED:
+        if count_round and self.index == 0 and self.state is not ClientState.SUBSCRIBED:
             self._rounds += 1  # a whole round of handshakes that came to nothing
         self.failovers += 1
         self.ssrc = None

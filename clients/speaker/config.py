@@ -42,6 +42,8 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
     emergency_volume: float = 100.0
     offline_after_s: float = 10.0
     emergency_repeat_s: float | None = None
+    #: store and forward: disk for the zone's stored clips, MiB (0: none, no offline plays)
+    store_mb: int = 64
     #: ask the upstream again for lost packets (RESEND kind 2, ``docs/operations.md``, "Loss
     #: recovery"): bytes only where packets are lost
     retransmit: bool = True
@@ -66,6 +68,7 @@ class SpeakerConfig(DeviceMqttKeys, StreamTrustKeys, TokenKeys):
         check_range("offline_after_s", self.offline_after_s, 0.2, 3600)
         check_range("clock_offset_ms", self.clock_offset_ms, -86_400_000, 86_400_000)
         check_range("clock_drift_ppm", self.clock_drift_ppm, -1000, 1000)
+        check_range("store_mb", self.store_mb, 0, 100_000)
         if self.emergency_repeat_s is not None:
             check_range("emergency_repeat_s", self.emergency_repeat_s, 1, 86_400)
         # one directory per speaker id: several simulated speakers may share a var dir
@@ -124,6 +127,9 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--emergency-repeat-s", type=float,
                    help="replay cadence used instead of each emergency's repeat_s (tests, "
                         "demos; default: the emergency's own)")
+    p.add_argument("--store-mb", type=int,
+                   help="disk for stored scheduled clips, played when the stream is lost "
+                        "(default 64; 0: store nothing)")
     p.add_argument("--retransmit", help="on (default) or off: ask the upstream again for "
                    "lost packets (docs/operations.md, \"Loss recovery\")")
     p.add_argument("--stream-key", action="append", dest="stream_keys", metavar="BASE64",

@@ -284,6 +284,7 @@ class EmergencyPath:
         self.repeat_override_s = repeat_override_s
         self._submit = submit
         self.replays = 0
+        self._replay_id = 0  # the emergency of our latest local replay
         self.messages = dict.fromkeys(OUTCOMES, 0)
         self._apply_volume()
 
@@ -317,7 +318,7 @@ class EmergencyPath:
 
     def tick(self, now: float, lost: bool) -> None:
         """Start a local replay when one is due; stop one whose emergency is over."""
-        if self._stop_if_over(now) or self.playout.local_playing:
+        if self._stop_if_over(now) or self._replaying:
             return
         current, cached = self.emergencies.current(now), self.cached
         if current is None or cached is None:
@@ -325,6 +326,7 @@ class EmergencyPath:
         if replay_due(current, cached, self.repeat_override_s, now, lost):
             self.cached = replay = replace(cached, last_played=now)
             self.playout.play_local(replay.pcm, replay.id)
+            self._replay_id = replay.id
             self.replays += 1
             self._write(lambda: self.cache.store_meta(replay))
             log.info("no stream: replaying emergency %d (%.1f s) on our own", replay.id,
@@ -338,10 +340,17 @@ class EmergencyPath:
 
     # ------------------------------------------------------------------ internals
 
+    @property
+    def _replaying(self) -> bool:
+        """One of our replays is on (a stored scheduled clip playing locally is not one, even
+        at the emergency level: an emergency replay that falls due replaces it, ``store.py``)."""
+        p = self.playout
+        return p.local_playing and p.local_broadcast_id == self._replay_id
+
     def _stop_if_over(self, now: float) -> bool:
         p = self.playout
         current = self.emergencies.current(now)
-        if not p.local_playing or (current is not None and current.id == p.local_broadcast_id):
+        if not self._replaying or (current is not None and current.id == p.local_broadcast_id):
             return False
         log.info("local replay of emergency %d stopped: cancelled or expired",
                  p.local_broadcast_id)

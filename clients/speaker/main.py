@@ -48,6 +48,7 @@ from .net import EMERGENCY_TICK_S, TICK_S, Speaker, emergency_tick, resolve, tic
 from .output import NullSink, PlayLog, Sink, SoundcardSink, WavSink
 from .playout import RATE_HZ, OpusDecoder, Playout
 from .rhythm import Rhythm, beat_s
+from .store import FORWARD_TICK_S, forward_tick
 
 if TYPE_CHECKING:  # imported where used, only when configured (see above)
     from aiohttp import web
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # imported where used, only when configured (see above)
     from device.link import DeviceLink
 
     from .mqtt import ToneOverlay
+    from .store import ForwardPath
 
 __all__ = ["ConfigError", "load_config", "open_sink", "run", "serve"]
 
@@ -81,6 +83,21 @@ async def open_emergency(cfg: SpeakerConfig,
         submit=writer.submit)
     playout.capture = emergency.recorder.add
     return emergency, writer
+
+
+def open_forward(cfg: SpeakerConfig, playout: Playout, emergency: EmergencyPath,
+                 trusted: TrustedKeys, writer: ThreadPoolExecutor) -> ForwardPath:
+    """Store and forward (``store.py``): its plan and clips beside the emergency cache,
+    written and decoded by the same worker thread."""
+    from .store import ClipStore, ForwardPath
+
+    forward = ForwardPath(
+        playout, ClipStore(Path(cfg.cache_dir), cfg.store_mb * 1024 * 1024), cfg.zone,
+        trusted.keyring, new_decoder=OpusDecoder, delay_s=cfg.delay_ms / 1000,
+        emergency_on=lambda now: emergency.emergencies.current(time.time()) is not None,
+        submit=writer.submit)
+    forward.load(time.time())
+    return forward
 
 
 async def announce(cfg: SpeakerConfig, sock: socket.socket, speaker: Speaker,
@@ -110,23 +127,22 @@ async def announce(cfg: SpeakerConfig, sock: socket.socket, speaker: Speaker,
 def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: ToneOverlay,
               emergency: EmergencyPath, registry: CollectorRegistry,
               family: int, tls_context: ssl.SSLContext | None = None,
-              trusted: TrustedKeys | None = None) -> DeviceLink:
-    from device.link import DeviceLink
-
-    from .mqtt import SpeakerDevice
+              trusted: TrustedKeys | None = None,
+              forward: ForwardPath | None = None) -> DeviceLink:
+    from .mqtt import SpeakerDevice, SpeakerLink
 
     assert cfg.mqtt is not None
     m = cfg.mqtt
     device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=speaker.playout,
                            client=speaker.client, send=speaker.send, overlay=overlay,
                            resolve=lambda addr: resolve(addr, family))
-    return DeviceLink(device, url=m.url, device_id=cfg.id, user=m.user, password=password,
-                      registry=registry, zone=cfg.zone or None, telemetry_s=m.telemetry_s,
-                      keepalive_s=m.keepalive_s,
-                      on_emergency=lambda state: emergency.on_state(state, time.time()),
-                      on_token=speaker.renew_token, password_file=m.password_file,
-                      tls_context=tls_context,
-                      on_keys=None if trusted is None else trusted.offer_now)
+    return SpeakerLink(device, forward=forward, url=m.url, device_id=cfg.id, user=m.user,
+                       password=password, registry=registry, zone=cfg.zone or None,
+                       telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s,
+                       on_emergency=lambda state: emergency.on_state(state, time.time()),
+                       on_token=speaker.renew_token, password_file=m.password_file,
+                       tls_context=tls_context,
+                       on_keys=None if trusted is None else trusted.offer_now)
 
 
 def rhythm(speaker: Speaker, playout: Playout, clock: LocalClock, emergency: EmergencyPath,
@@ -215,6 +231,7 @@ async def serve(cfg: SpeakerConfig) -> int:
         sink = overlay = ToneOverlay(sink)
     play_log = PlayLog(cfg.log) if cfg.log else None
     link: DeviceLink | None = None
+    forward: ForwardPath | None = None
 
     def on_event(event: dict[str, Any]) -> None:
         if play_log:
@@ -223,6 +240,8 @@ async def serve(cfg: SpeakerConfig) -> int:
             emergency.on_event(event)
         except Exception:  # called from inside the playout: never let it stop playing
             log.exception("emergency cache failed on %s", event.get("event"))
+        if forward is not None:
+            forward.on_event(event)
         if link is not None and event.get("event") == "play":
             # the log is on this speaker's clock; upstream, times are the streamer's
             shift = speaker.time.shift_s()
@@ -277,7 +296,15 @@ async def serve(cfg: SpeakerConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     speaker.send(client.start(time.monotonic()))
-    tasks = [asyncio.create_task(rhythm(speaker, playout, clock, emergency, cfg).run())]
+    beat = rhythm(speaker, playout, clock, emergency, cfg)
+    if cfg.mqtt is not None and cfg.zone and trusted is not None and cfg.store_mb > 0:
+        forward = store = open_forward(cfg, playout, emergency, trusted, writer)
+        if registry is not None:
+            from .store import ForwardCollector
+
+            registry.register(ForwardCollector(store))
+        beat.every("forward", FORWARD_TICK_S, lambda: forward_tick(store, speaker, cfg))
+    tasks = [asyncio.create_task(beat.run())]
     if cfg.http:  # the lag probe wakes the loop 4 times a second: only for a reader
         from common.procmetrics import watch_process
 
@@ -286,7 +313,7 @@ async def serve(cfg: SpeakerConfig) -> int:
     if password is not None and overlay is not None:
         assert registry is not None
         link = open_link(cfg, password, speaker, overlay, emergency, registry, family,
-                         mqtt_tls, trusted)
+                         mqtt_tls, trusted, forward)
         link.start()
     try:
         await stop.wait()

@@ -19,8 +19,10 @@ from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiomqtt
+
 from common.config import Addr, ConfigError, parse_hostport
-from device.link import VERSION, CommandFailed
+from device.link import VERSION, CommandFailed, DeviceLink
 from wire.addr import fmt_addr
 from wire.messages import (
     SPEAKER_COMMANDS,
@@ -34,10 +36,12 @@ from wire.messages import (
     TestTone,
     finite,
 )
+from wire.plan import clip_of_topic, clip_topic, plan_topic
 from wire.subscribe import ClientState, SubscribeClient
 
 from .output import Samples, Sink
 from .playout import LEVEL_FLOOR_DBFS, MAX_FRAME, RATE_HZ, Playout, sum_of_squares, volume_gain
+from .store import ForwardPath
 
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
 #: to check a horn and far from clipping whatever is playing under it
@@ -224,3 +228,48 @@ class SpeakerDevice:
         c.upstreams = list(upstreams)
         c.index = 0
         self.send(c.start(time.monotonic()))
+
+
+class SpeakerLink(DeviceLink):
+    """A speaker's DeviceLink that also keeps store and forward's plan and clips
+    (``store.py``): it reads its zone's retained plan, and subscribes to the retained clip
+    topics the plan names only while the clip is missing from the disk, so that a reconnect
+    downloads no clip twice."""
+
+    def __init__(self, device: SpeakerDevice, *, forward: ForwardPath | None,
+                 now: Callable[[], float] = time.time, **kw: Any) -> None:
+        super().__init__(device, **kw)
+        self.forward = forward
+        self.now = now
+        self._plan_topic = plan_topic(self.zone) if forward and self.zone else None
+        if self._plan_topic:
+            self.subscriptions.append(self._plan_topic)
+        self._clip_subs: set[str] = set()
+        self._subs_client: aiomqtt.Client | None = None
+
+    async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        forward = self.forward
+        sha = clip_of_topic(topic)
+        if forward is None or (topic != self._plan_topic and sha is None):
+            await super().handle(client, topic, payload)
+            return
+        self.metrics.messages.labels("plan" if sha is None else "clip").inc()
+        if sha is None:
+            forward.on_plan(payload, self.now())
+        else:
+            forward.on_clip(sha, payload)
+        try:
+            await self._sync_clips(client, forward)
+        except aiomqtt.MqttError as e:
+            self._log.warning(("clips", "mqtt"), "clip subscriptions not changed: %s", e)
+
+    async def _sync_clips(self, client: aiomqtt.Client, forward: ForwardPath) -> None:
+        if client is not self._subs_client:  # a new session starts with none
+            self._subs_client, self._clip_subs = client, set()
+        want = {clip_topic(sha) for sha in forward.missing()}
+        drop, add = self._clip_subs - want, want - self._clip_subs
+        if drop:
+            await client.unsubscribe(sorted(drop))
+        if add:
+            await client.subscribe([(t, 1) for t in sorted(add)])
+        self._clip_subs = want

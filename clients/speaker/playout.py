@@ -266,6 +266,7 @@ class Playout:
         self._local: Samples | None = None
         self._local_pos = 0
         self.local_broadcast_id = 0
+        self.local_priority = 0
         self.frame_samples = rate_hz // 50  # 20 ms until a packet says otherwise
         self._next_play: float | None = None  # nominal play time after the last frame
         #: the channel fell quiet (its upstream's heartbeat said so, ``net.py``) and no packet
@@ -327,17 +328,20 @@ class Playout:
         return self.jitter.push(pkt.ssrc, pkt.seq, pkt.ts, capture_time, pkt.payload,
                                 pkt.broadcast_id, pkt.priority)
 
-    def play_local(self, pcm: Samples, broadcast_id: int) -> None:
-        """Replay ``pcm`` (int16, cached emergency audio) from the next tick on, at the
-        emergency volume and unmuted, logged as ``broadcast_id`` with ``local: true``. It ends
+    def play_local(self, pcm: Samples, broadcast_id: int,
+                   priority: int = Priority.EMERGENCY) -> None:
+        """Replay ``pcm`` (int16, cached emergency audio or a stored clip) from the next tick
+        on, logged as ``broadcast_id`` at ``priority`` with ``local: true``; an emergency at
+        the emergency volume and unmuted, anything else as the stream would play it. It ends
         by itself, with :meth:`stop_local`, or at the first stream packet."""
         self.stop_local()
         self._local, self._local_pos, self.local_broadcast_id = pcm, 0, broadcast_id
+        self.local_priority = priority
 
     def stop_local(self) -> None:
         if self._local is None:
             return
-        self._local, self.local_broadcast_id = None, 0
+        self._local, self.local_broadcast_id, self.local_priority = None, 0, 0
         if self._bc_local:
             self._end_broadcast()
 
@@ -485,8 +489,9 @@ class Playout:
             chunk = local[self._local_pos : self._local_pos + n]
             self._local_pos += n
             self._applied = 1.0
-            sumsq = self._write(chunk, forced=True)
-            self._track(self.local_broadcast_id, Priority.EMERGENCY, start, n, sumsq, local=True)
+            priority = self.local_priority
+            sumsq = self._write(chunk, forced=priority == Priority.EMERGENCY)
+            self._track(self.local_broadcast_id, priority, start, n, sumsq, local=True)
 
     def _target(self, forced: bool) -> float:
         return self._emergency_gain if forced else 0.0 if self.muted else self._gain

@@ -32,15 +32,17 @@ from prometheus_client import CollectorRegistry
 from streamer.mixer.mixer import Mixer
 from streamer.mixer.program import Item
 from streamer.mixer.sources import Clip, ClipError, EspeakProvider, Tone, TtsError, TtsProvider
-from streamer.mixer.sources.base import Source
-from streamer.mixer.sources.chime import Sequence, chime
+from streamer.mixer.sources.base import From, Source
+from streamer.mixer.sources.chime import CHIME_S, Sequence, chime
 from streamer.mixer.sources.clip import MAX_SECONDS, ClipLevels, ingest
+from streamer.mixer.sources.tts import in_speech_thread
 from wire.priority import Priority
 
 from .events import Publish, nothing
 from .feeds import OFF_AIR, RelayFeed
 from .models import AuditEntry, BroadcastRecord, BroadcastState, EmergencyPlan
 from .onair import OnAir
+from .scheduler import frame_for
 from .schedules import RelaySource, Schedule
 from .schemas import BadRequest, BroadcastOut, ClipSource, ToneSource, TtsSource
 from .state import State
@@ -97,8 +99,12 @@ class ClipLibrary:
         finally:
             upload.unlink(missing_ok=True)
 
+    @staticmethod
+    def valid_id(cid: str) -> bool:
+        return _CLIP_ID.fullmatch(cid) is not None
+
     def get(self, cid: str) -> Clip | None:
-        if not _CLIP_ID.fullmatch(cid):
+        if not self.valid_id(cid):
             return None
         clip = self._open(cid)
         if clip is None and (self.directory / cid).is_file():
@@ -158,52 +164,142 @@ class Broadcasts:
         self._writes: set[asyncio.Task[None]] = set()
         #: set by the plane: publishes an emergency's state to the fleet
         self.announce: Announce | None = None
+        #: set by the plane: a broadcast airs for the first time, or an emergency is over
+        #: (e-boards show the one's text and take the other's down, ``board.py``)
+        self.on_first_airing: Callable[[BroadcastRecord], None] = lambda rec: None
+        self.on_emergency_over: Callable[[BroadcastRecord], None] = lambda rec: None
         #: set by the plane: the event stream's publisher (approvals, emergencies) and what
         #: each channel plays (``onair`` events)
         self.publish: Publish = nothing
         self.onair = OnAir()
+        #: set by the plane: the broadcast id a store-and-forward plan promised for a
+        #: scheduled occurrence (``forward.py``), so local plays confirm the same broadcast
+        self.planned_id: Callable[[str, datetime], int | None] = lambda sid, occ: None
+        #: set by the plane: the voice name a TTS broadcast to these zones is read in
+        #: (``Plane.voice_for``); None = the provider's default
+        self.voice_of: Callable[[list[str]], str | None] = lambda zones: None
         mixer.on_finished = self._finished
 
-    async def recover(self) -> int:
+    async def recover(self, takeover: bool = False) -> int:
         """After a restart: broadcasts that were on air when the streamer stopped are over,
         except emergencies that repeat until cancelled: those air again at once (a warning
-        must not be lost to a crash), unless they expired or were live."""
+        must not be lost to a crash), unless they expired or were live.
+
+        After a ``takeover`` (a standby streamer taking over from an active one that died a
+        moment ago, ``lease.py``) everything goes on as it would have: an emergency that was
+        on air airs again from its start (a warning cut in the middle is not a warning), one
+        waiting between airings keeps its cadence, and any other broadcast that was on air
+        goes on from where it was by the clock. A live input cannot (its sender reconnects,
+        or its operator starts it again): it is interrupted, as after a restart. Returns how
+        many broadcasts were interrupted."""
+        from .schemas import source_from_record
+
         n = 0
+        now = time.time()
         for rec in await self.state.recent_broadcasts(limit=1000):
             if rec.state != BroadcastState.QUEUED:
                 continue
             plan = rec.emergency
-            if plan is not None and plan.repeat_s and not self._expired(rec) and \
-                    rec.source.get("kind") in ("tone", "tts", "clip"):
-                from .schemas import source_from_record
-
+            repeats = plan is not None and bool(plan.repeat_s) and not self._expired(rec)
+            kind = rec.source.get("kind")
+            rebuildable = kind in ("tone", "tts", "clip") or (takeover and kind == "relay")
+            if rebuildable and (repeats or takeover):
                 try:
-                    built, _ = await self.build(source_from_record(rec.source))
-                except BadRequest as e:
-                    log.error("emergency %d cannot be rebuilt after a restart: %s", rec.id, e)
+                    built, _ = await self.build(
+                        RelaySource(kind="relay", url=rec.source["url"]) if kind == "relay"
+                        else source_from_record(rec.source), rec.zones)
+                except (BadRequest, KeyError, ValueError) as e:
+                    log.error("broadcast %d cannot be rebuilt after a %s: %s", rec.id,
+                              "takeover" if takeover else "restart", e)
                 else:
-                    log.warning("emergency %d was active when the streamer stopped: airing "
-                                "it again", rec.id)
-                    self._start(rec, built, None)
-                    await self.state.put_broadcast(rec)
-                    continue
-            rec.state, rec.ended = BroadcastState.INTERRUPTED, time.time()
+                    self._adopt_feed(rec, built)
+                    if self._back_on_air(rec, built, now, takeover, repeats,
+                                         await self._window_end(rec)):
+                        await self.state.put_broadcast(rec)
+                        continue
+                    self._release(rec.id)
+            rec.state, rec.ended = BroadcastState.INTERRUPTED, now
             await self.state.put_broadcast(rec)
             n += 1
         if n:
             log.warning("%d broadcasts were on air when the streamer stopped: interrupted", n)
         return n
 
+    async def _window_end(self, rec: BroadcastRecord) -> float | None:
+        """When a scheduled broadcast's window ends (its schedule's ``duration_s`` from its
+        start), or None: it has none."""
+        if rec.schedule is None or rec.started is None:
+            return None
+        s = await self.state.schedules.get(rec.schedule)
+        return None if s is None or s.duration_s is None else rec.started + s.duration_s
+
+    def _back_on_air(self, rec: BroadcastRecord, source: Source, now: float, takeover: bool,
+                     repeats: bool, window_end: float | None = None) -> bool:
+        """Put a recovered broadcast back on the air (``recover``); False if it is over."""
+        plan = rec.emergency
+        played_s = now - (rec.started or now)
+        if plan is not None and plan.expires is not None:
+            self._timer(rec.id, plan.expires - now, self._expire)
+        if takeover and repeats and not self._on_air(rec, played_s) \
+                and rec.next_airing is not None:
+            # between two airings: waits (QUEUED, as _finished leaves it) for the next one
+            self.live[rec.id] = rec
+            self.items[rec.id] = Item(rec.id, Priority[rec.priority.upper()], source, 0)
+            self._timer(rec.id, rec.next_airing - now, self._repeat)
+            log.warning("emergency %d: taken over between airings; the next in %.0f s",
+                        rec.id, rec.next_airing - now)
+            return True
+        if plan is not None:
+            if not (repeats or self._on_air(rec, played_s)):
+                return False
+            log.warning("emergency %d was active when the streamer %s: airing it again",
+                        rec.id, "was taken over" if takeover else "stopped")
+            self._start(rec, source, None)
+            return True
+        if not self._on_air(rec, played_s) or (window_end is not None and window_end <= now):
+            return False
+        # goes on where it was: its record keeps its start, it is one broadcast (a pulled
+        # stream goes on where the stream is)
+        log.warning("broadcast %d: taken over %.1f s into it; going on from there", rec.id,
+                    played_s)
+        if source.length is not None:
+            source = From(source, round(played_s * 48_000))
+        item = Item(rec.id, Priority[rec.priority.upper()], source, 0)
+        self.live[rec.id] = rec
+        self.items[rec.id] = item
+        channels = self.channels_of(rec.zones)
+        self.mixer.start(item, channels, **({} if window_end is None else {
+            "end_frame": frame_for(self.mixer.clock, window_end)}))
+        self.onair.playing(rec, channels)
+        return True
+
+    @staticmethod
+    def _on_air(rec: BroadcastRecord, played_s: float) -> bool:
+        """Whether ``rec``'s latest airing, ``played_s`` in, was still playing (its length
+        from its record, the chime included)."""
+        seconds = rec.source.get("seconds")
+        if rec.started is None or not isinstance(seconds, (int, float)):
+            return rec.started is not None  # no known end: it was
+        if rec.emergency is not None and rec.emergency.chime:
+            seconds += CHIME_S
+        return played_s < seconds
+
     def channels_of(self, zones: list[str]) -> list[str]:
         return sorted({c for z in zones for c in self.leaves(z)})
 
-    async def build(self, source: SourceIn) -> tuple[Source, dict[str, Any]]:
+    async def build(self, source: SourceIn,
+                    zones: list[str] | None = None) -> tuple[Source, dict[str, Any]]:
+        """The mixer source of ``source`` and its record description; a TTS text is read in
+        the voice of ``zones`` (``voice_of``)."""
         if isinstance(source, RelaySource):  # starts a puller thread: done on the loop
             feed = RelayFeed(source.url, self._feed_state, self.registry)
             reader = feed.reader()
             self._new_feeds[id(reader)] = feed
             return reader, {"kind": "relay", "url": source.url}
-        return await asyncio.to_thread(self._build_source, source)
+        voice = self.voice_of(zones) if zones else None
+        if isinstance(source, TtsSource):  # a voice may wait on its service: not a control worker
+            return await in_speech_thread(self._build_source, source, voice)
+        return await asyncio.to_thread(self._build_source, source, voice)
 
     def _adopt_feed(self, rec: BroadcastRecord, source: Source) -> None:
         feed = self._new_feeds.pop(id(source), None)
@@ -274,7 +370,7 @@ class Broadcasts:
         with its ``desc``. ``requested_at``: when the request arrived (its time to air counts
         from it; None: from its start in the mixer)."""
         if desc is None:
-            built, desc = await self.build(source)  # type: ignore[arg-type]
+            built, desc = await self.build(source, zones)  # type: ignore[arg-type]
         else:
             built = source  # type: ignore[assignment]
         rec = BroadcastRecord(
@@ -298,7 +394,7 @@ class Broadcasts:
                       requested_at: float | None = None) -> BroadcastRecord:
         from .schemas import source_from_record
 
-        built, _ = await self.build(source_from_record(rec.source))
+        built, _ = await self.build(source_from_record(rec.source), rec.zones)
         rec.approved_by, rec.state = approver, BroadcastState.QUEUED
         self._start(rec, built, None, requested_at)
         await self.state.put_broadcast(rec)
@@ -325,12 +421,16 @@ class Broadcasts:
         rec.started = time.time()
         rec.airings += 1
         rec.next_airing = None
+        if rec.airings == 1:
+            rec.requested_at = requested_at or rec.started
         self.live[rec.id] = rec
         self.items[rec.id] = item
         channels = self.channels_of(rec.zones)
         self.mixer.start(item, channels, **(
             {"at_frame": at_frame} if at_frame is not None else {}))
         self.onair.playing(rec, channels)
+        if rec.airings == 1:
+            self.on_first_airing(rec)
         if plan is not None:
             if rec.airings == 1:
                 self._announce(rec)
@@ -340,16 +440,21 @@ class Broadcasts:
             if plan.repeat_s:
                 rec.next_airing = rec.started + plan.repeat_s
 
-    def _build_source(self, s: SourceIn) -> tuple[Source, dict[str, Any]]:
+    def _build_source(self, s: SourceIn, voice: str | None) -> tuple[Source, dict[str, Any]]:
+        """In a worker thread: a TTS voice may take seconds (an HTTP voice, its retries)."""
         assert not isinstance(s, RelaySource), "built on the loop by build()"
         if isinstance(s, ToneSource):
             return Tone(s.hz, s.seconds), {"kind": "tone", "hz": s.hz, "seconds": s.seconds}
         if isinstance(s, TtsSource):
             try:
-                clip = self.tts.synthesize(s.text)
+                speech = self.tts.speak(s.text, voice)
             except TtsError as e:
                 raise BadRequest("source.text", str(e)) from None
-            return clip, {"kind": "tts", "text": s.text, "seconds": clip.length / 48_000}
+            desc = {"kind": "tts", "text": s.text, "seconds": (speech.clip.length or 0) / 48_000,
+                    "voice": speech.voice}
+            if speech.fallback:
+                desc["tts_fallback"] = speech.fallback
+            return speech.clip, desc
         try:
             found = self.clips.get(s.clip)
         except ClipError as e:
@@ -363,6 +468,7 @@ class Broadcasts:
         """Take it off the air everywhere (a live input that ended is ``DONE``)."""
         if rec.state in (BroadcastState.QUEUED, BroadcastState.PENDING_APPROVAL):
             pending = rec.state == BroadcastState.PENDING_APPROVAL
+            self._note_aired(rec)
             self.mixer.stop(rec.id)
             self._release(rec.id)
             rec.state, rec.ended, rec.next_airing = state, time.time(), None
@@ -402,8 +508,16 @@ class Broadcasts:
                 if (priority is None or r.priority == priority)
                 and chans.intersection(self.channels_of(r.zones))]
 
+    def _note_aired(self, rec: BroadcastRecord) -> None:
+        """Copy the mixer's first-frame time of ``rec``'s item into the record (once)."""
+        item = self.items.get(rec.id)
+        if rec.aired_at is None and item is not None and item.aired_at is not None:
+            rec.aired_at = item.aired_at
+
     def _finished(self, bid: int) -> None:
         rec = self.live.get(bid)
+        if rec is not None:
+            self._note_aired(rec)
         if rec is None or rec.state != BroadcastState.QUEUED:
             self._release(bid)
             return
@@ -455,6 +569,8 @@ class Broadcasts:
             timer.cancel()
 
     def _announce(self, rec: BroadcastRecord) -> None:
+        if rec.state != BroadcastState.QUEUED:
+            self.on_emergency_over(rec)
         self.publish("emergency", self.emergency_event(rec), list(rec.zones))
         if self.announce is not None:
             self.spawn(self.announce(rec.model_copy(deep=True)),
@@ -489,9 +605,10 @@ class Broadcasts:
 
     async def prepare_scheduled(self, s: Schedule, occ: datetime) -> Item:
         """Build the occurrence's source ahead of time; its record is written when it airs."""
-        built, desc = await self.build(s.source)
+        built, desc = await self.build(s.source, list(s.zones))
+        bid = self.planned_id(s.id, occ) or await self.state.next_broadcast_id()
         rec = BroadcastRecord(
-            id=await self.state.next_broadcast_id(), zones=list(s.zones), priority=s.priority,
+            id=bid, zones=list(s.zones), priority=s.priority,
             source=desc, label=s.label, created=time.time(), created_by=s.created_by,
             channels=len(self.channels_of(list(s.zones))), schedule=s.id,
             override_quiet_hours=s.override_quiet_hours,
@@ -512,6 +629,7 @@ class Broadcasts:
         feed = self.feeds.get(rec.id)
         if feed is not None and feed.state in OFF_AIR:  # dead before its window opened
             self._pause(rec, feed)
+        self.on_first_airing(rec)
         log.info("schedule %s: broadcast %d airs at %s", s.id, rec.id, occ.isoformat())
         self.spawn(self.state.put_broadcast(rec), f"broadcast {rec.id}")
         self.spawn(self.state.set_last_fired(s.id, occ.timestamp()), f"schedule {s.id}")

@@ -28,9 +28,11 @@ from wire.messages import (
     KINDS,
     PREFIX,
     device_topic,
+    zone_board_topic,
     zone_cmd_topics,
     zone_emergency_topics,
 )
+from wire.plan import CLIPS_TOPIC, plan_topic
 
 STREAMER_USER = "streamer"
 #: mosquitto_passwd's own default. Device and service passwords are random 192-bit secrets
@@ -43,7 +45,7 @@ SALT_BYTES = 12  # as mosquitto_passwd
 #: so an oversized message between the two limits shows in a metric instead of vanishing.
 MAX_PACKET_BYTES = 2 * 1024 * 1024
 
-AccountKind = Literal["speaker", "relay", "service"]
+AccountKind = Literal["speaker", "relay", "board", "service"]
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,14 @@ class Account:
 
     def check(self) -> None:
         if self.kind not in (*KINDS, "service"):
-            raise ValueError(f"{self.user}: kind {self.kind!r} is not speaker, relay or service")
+            raise ValueError(f"{self.user}: kind {self.kind!r} is not a device kind or service")
         if not valid_device_id(self.user):
             raise ValueError(f"user {self.user!r} is not a valid device or service id")
         if self.zone is not None and not valid_zone_id(self.zone):
             raise ValueError(f"{self.user}: zone {self.zone!r} is not a zone id")
-        if self.zone is not None and (self.kind == "service"
-                                      or not DEVICE_TOPICS[self.kind].zones):
-            raise ValueError(f"{self.user}: only speakers listen to zone commands")
+        if self.zone is not None and (self.kind == "service" or not (
+                DEVICE_TOPICS[self.kind].zones or self.kind == "board")):
+            raise ValueError(f"{self.user}: only speakers and boards have a zone")
         if not self.password_hash.startswith("$7$") or any(c in self.password_hash
                                                            for c in ":\n\r "):
             raise ValueError(f"{self.user}: password_hash is not a mosquitto $7$ hash")
@@ -134,6 +136,11 @@ def acl_rules(account: Account) -> list[str]:
     if account.zone and topics.zones:
         rules += [f"topic read {t}" for t in zone_cmd_topics(account.zone)]
         rules += [f"topic read {t}" for t in zone_emergency_topics(account.zone)]
+        # store and forward: its leaf zone's plan, and clip files by hash (any clip: a
+        # clip is no secret, and its topic cannot be known without a plan that names it)
+        rules += [f"topic read {plan_topic(account.zone)}", f"topic read {CLIPS_TOPIC}"]
+    if account.kind == "board" and account.zone:
+        rules.append(f"topic read {zone_board_topic(account.zone)}")
     rules += [f"topic read {t}" for t in topics.fleet]
     return rules
 

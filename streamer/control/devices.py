@@ -51,6 +51,8 @@ class Devices:
         out += [broker.Account(s.id, secrets[s.id], "speaker", s.zone)
                 for s in speakers if s.id in secrets]
         out += [broker.Account(r.id, secrets[r.id], "relay") for r in relays if r.id in secrets]
+        out += [broker.Account(b.id, secrets[b.id], "board", b.zone)
+                for b in await self.state.boards.all() if b.id in secrets]
         return out
 
     async def sync_broker(self) -> int:

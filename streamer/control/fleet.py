@@ -235,8 +235,13 @@ class Fleet:
         await asyncio.wait_for(self._publish(zone_emergency_topic(zone), state, retain=True),
                                timeout_s)
 
-    async def _publish(self, topic: str, message: Strict, retain: bool = False) -> None:
-        payload = encode(message)
+    async def retain(self, topic: str, payload: bytes, timeout_s: float = 5.0) -> None:
+        """Retain raw ``payload`` on ``topic`` (empty: clear it); store and forward's signed
+        plans and clip files (``control/forward.py``)."""
+        await asyncio.wait_for(self._publish(topic, payload, retain=True), timeout_s)
+
+    async def _publish(self, topic: str, message: Strict | bytes, retain: bool = False) -> None:
+        payload = message if isinstance(message, bytes) else encode(message)
         if retain:  # kept until the broker has it, even if our caller stops waiting
             self._unsent.pop(topic, None)  # the latest goes last
             self._unsent[topic] = payload

@@ -18,6 +18,7 @@ from wire.ids import DEVICE_ID_RE, ZONE_ID_RE
 USER_RE = r"^[a-z0-9][a-z0-9_.-]{1,31}$"
 ZONE_CODE_RE = r"^[0-9]{1,10}$"
 QUIET_RE = r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+VOICE_RE = r"^[a-z][a-z0-9_-]{0,31}$"
 DEFAULT_QUIET_HOURS = "22:00-05:00"
 
 ZoneId = Annotated[str, StringConstraints(pattern=ZONE_ID_RE, max_length=400)]
@@ -69,6 +70,9 @@ class Zone(Record):
     public_listen: bool = False
     #: a zone that may receive test and exercise alerts (CAP status Test/Exercise)
     test: bool = False
+    #: the voice TTS broadcasts here are read in ("north", "central", "south", or another name
+    #: of the streamer's voice file); None = inherit from the parent zone, else the default
+    voice: Annotated[str, StringConstraints(pattern=VOICE_RE)] | None = None
     #: Vietnamese administrative unit code ("mã đơn vị hành chính"), matched by CAP geocodes
     code: Annotated[str, StringConstraints(pattern=ZONE_CODE_RE)] | None = None
     #: a point inside the zone, from the zone file (docs/zones.md); None = unknown
@@ -163,6 +167,11 @@ class BroadcastRecord(Record):
     #: a live or relayed source's input: "" (not live), connecting, playing, silent, down
     health: str = ""
     health_detail: str = ""
+    #: when it was asked for (the API request's arrival; else its first start) and when its
+    #: first frame went out: its time to air is the difference (None: not known, e.g. a
+    #: record stored before these fields, or one still waiting for its first frame)
+    requested_at: float | None = None
+    aired_at: float | None = None
 
 
 class LiveInput(Record):
@@ -187,6 +196,60 @@ class CapRecord(Record):
     zones: list[str] = Field(default_factory=list)
     received: float
     user: str = ""
+
+
+class Board(Record):
+    """An e-board (bản tin điện tử: an LED or LCD screen at a commune office or square): a
+    device like a speaker, showing what its zone's board items say (``board.py``)."""
+
+    id: DeviceId
+    zone: ZoneId = Field(description="the zone whose items it shows (any level)")
+    name: str = Field("", max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    created: float = 0.0
+
+
+class Sender(Record):
+    """A system above that may send bulletins in (the central or another source system,
+    ``inbound.py``): its Ed25519 public key, and the zones it may address."""
+
+    id: DeviceId
+    name: str = Field("", max_length=200)
+    zones: list[ZoneId] = Field(min_length=1, max_length=1000)
+    public_key: str = Field(description="Ed25519 public key, base64 (32 bytes)")
+    created: float = 0.0
+    created_by: str = ""
+
+
+class InboundState(StrEnum):
+    PENDING = "pending"  # waiting for an operator (a priority bulletin airs by itself later)
+    AIRED = "aired"
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # nobody aired it before valid_until
+
+
+class InboundBulletin(Record):
+    """A bulletin received from a system above (``inbound.py``)."""
+
+    id: str  # ours: "in-<n>"
+    sender: str
+    ref: str  # the sender's own id for it: a second request with it is the same bulletin
+    digest: str  # SHA-256 of the request body: the same ref with another body is refused
+    level: str  # normal | priority | emergency
+    zones: list[str]
+    title: str = ""
+    text: str = ""
+    clip: str | None = None  # the audio it came with, in the clip library
+    received: float
+    valid_until: float | None = None
+    state: InboundState = InboundState.PENDING
+    #: a priority bulletin airs by itself at this time unless an operator decided before
+    auto_air_at: float | None = None
+    decided_by: str = ""
+    decided_at: float | None = None
+    note: str = ""
+    broadcast: int | None = None
 
 
 class AuditEntry(Record):

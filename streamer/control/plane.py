@@ -29,12 +29,15 @@ from wire.ids import ancestors
 from wire.messages import EmergencyState
 
 from .alerts import Alerts
+from .board import BoardFeed
 from .broadcasts import Broadcasts, ClipLibrary
 from .devices import Devices
 from .events import EventHub
 from .fleet import Fleet
+from .forward import Forward
 from .grants import TokenIssuer
 from .hashing import Hasher
+from .inbound import Inbox
 from .live import LiveInputs
 from .models import (
     DEFAULT_QUIET_HOURS,
@@ -102,6 +105,14 @@ class Plane:
     events: EventHub = field(init=False)
     alerts: Alerts = field(init=False)
     reach: ReachFeed = field(init=False)
+    #: store and forward: zone plans and clips for speakers to play offline (``forward.py``)
+    forward: Forward = field(init=False)
+    #: bulletins from above (``inbound.py``), and how long a priority one waits for an
+    #: operator before it airs by itself
+    inbox: Inbox = field(init=False)
+    inbound_decide_s: float = 600.0
+    #: e-boards' items (``board.py``)
+    board: BoardFeed = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -111,6 +122,7 @@ class Plane:
             "or busy", ["by"], registry=self.registry)
         self.state.unreadable.register(self.registry)
         self.broadcasts.announce = self.announce_emergency
+        self.broadcasts.voice_of = self.voice_for
         self.events = EventHub(self.registry)
         publish = self.events.publish
         self.broadcasts.publish = publish
@@ -120,6 +132,12 @@ class Plane:
         self.recorder.alerts, self.recorder.publish = self.alerts, publish
         self.reach = ReachFeed(self.broadcasts, self.recorder, publish)
         self.recorder.on_played = self.reach.played
+        self.forward = Forward(self)  # started with the control plane (``app.py``)
+        self.broadcasts.planned_id = self.forward.planned_id
+        self.inbox = Inbox(self, self.registry)  # started with the control plane (app.py)
+        self.board = BoardFeed(self, self.registry)  # started with the control plane too
+        self.broadcasts.on_first_airing = self.board.broadcast_aired
+        self.broadcasts.on_emergency_over = self.board.emergency_over
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}
@@ -222,6 +240,11 @@ class Plane:
         ancestor's, else the default 22:00-05:00."""
         q = self._inherited(zone_id, "quiet_hours")
         return DEFAULT_QUIET_HOURS if q is None else str(q)
+
+    def voice_for(self, zones: list[str]) -> str | None:
+        """The voice a TTS broadcast to ``zones`` is read in: the first zone's own or
+        inherited ``voice`` (one broadcast is one recording, docs/api.md); None: default."""
+        return self._inherited(zones[0], "voice") if zones else None
 
     def listen_public(self, channel: str) -> bool:
         """Anyone may listen in to ``channel``: its zone or an ancestor is ``public_listen``."""

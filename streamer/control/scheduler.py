@@ -90,6 +90,8 @@ class Scheduler:
         #: schedule id -> the last occurrence that aired or was skipped: persist it
         self.last_fired: dict[str, datetime] = {}
         self._next: dict[str, datetime | None] = {}  # next occurrence not yet taken up
+        #: schedule id -> from when its occurrences are taken up if it never fired (``load``)
+        self._taken_up_from: dict[str, float] = {}
         self._firings: dict[str, list[_Firing]] = {}
         self._wake = asyncio.Event()
 
@@ -102,12 +104,19 @@ class Scheduler:
     # ------------------------------------------------------------------ schedules
 
     def load(self, schedules: Iterable[Schedule],
-             last_fired: Mapping[str, datetime] | None = None) -> None:
-        """Replace the whole set (at start-up, or after re-reading the store)."""
+             last_fired: Mapping[str, datetime] | None = None,
+             taken_up_from: float | None = None) -> None:
+        """Replace the whole set (at start-up, or after re-reading the store). A schedule
+        that never fired takes up its occurrences from now on, or from ``taken_up_from``
+        (wall time) if given: a standby streamer taking over gives the moment the last active
+        streamer may have stopped, so that an occurrence due while nobody held the lease
+        airs, late by the takeover, instead of being lost (``lease.py``)."""
         if last_fired:
             for sid, t in last_fired.items():
                 self._mark(sid, t)
         new = {s.id: s for s in schedules}
+        if taken_up_from is not None:
+            self._taken_up_from = dict.fromkeys(new, taken_up_from)
         for sid in list(self.schedules):
             if sid not in new:
                 self.remove(sid)
@@ -214,8 +223,9 @@ class Scheduler:
         and those after it as missed while they are more than the grace ago), or, for a
         schedule that never fired, the first from now on."""
         last = self.last_fired.get(s.id)
+        since = min(now, self._taken_up_from.pop(s.id, now))
         if last is None:
-            return next(iter_occurrences(s, datetime.fromtimestamp(now, UTC)), None)
+            return next(iter_occurrences(s, datetime.fromtimestamp(since, UTC)), None)
         return next_occurrence(s, last)
 
     async def _prepare(self, f: _Firing, channels: list[str]) -> None:

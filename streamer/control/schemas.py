@@ -145,6 +145,8 @@ class ReachSpeaker(BaseModel):
     start: float | None = None
     end: float | None = None
     level_dbfs: float | None = None
+    #: played by the speaker on its own, from its store, with no stream (``docs/mqtt.md``)
+    local: bool = False
 
 
 class ReachOut(BaseModel):

@@ -24,6 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -31,18 +32,25 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+
+from wire.messages import BoardItem
 
 from .journal import Entry, Journal, new_entry
 from .models import (
     AuditEntry,
+    Board,
     BroadcastRecord,
     CapRecord,
     ClipMeta,
+    InboundBulletin,
     LiveInput,
     Presence,
     Relay,
+    Sender,
     Speaker,
     User,
     Zone,
@@ -67,6 +75,67 @@ APPLIED_TTL_S = 7 * 86400  # how long Redis remembers that a journaled write was
 #: ConnectionError); anything else is a bug and is not retried forever
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
 M = TypeVar("M", bound=BaseModel)
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (it asks the Sentinels where the master is, and follows a
+    failover), waiting for a free connection as ``BlockingConnectionPool`` does instead of
+    failing past ``max_connections`` (see ``State``)."""
+
+
+def redis_client(url: str, max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
+    """A client for ``url``: ``redis://``, ``rediss://`` or ``unix://`` as redis-py reads them,
+    or ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]`` for a master that
+    Redis Sentinel manages (``docs/operations.md``, "A standby streamer"); the password is the
+    master's, and the Sentinels' too unless ``?sentinel_password=`` says otherwise.
+
+    One retry, at once: enough for a pooled connection that a Redis restart closed;
+    redis-py's default (ten, with back-off) would hold a request for seconds while Redis is
+    down, and the journal is the retry here. A blocking pool: past ``max_connections`` a call
+    waits for a connection instead of failing (redis-py's default pool raises
+    MaxConnectionsError past 100, which lost bulletins when 300 communes' schedules were
+    prepared on one frame)."""
+    options: dict[str, Any] = dict(
+        max_connections=max_connections, timeout=POOL_WAIT_S, decode_responses=True,
+        socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
+    if not url.startswith(SENTINEL_SCHEME):
+        pool = BlockingConnectionPool.from_url(url, **options)
+        return aioredis.Redis.from_pool(pool)
+    sentinels, service, db, password, sentinel_password = parse_sentinel_url(url)
+    sentinel = Sentinel(sentinels, socket_timeout=1, socket_connect_timeout=1,
+                        sentinel_kwargs={"password": sentinel_password or None,
+                                         "socket_timeout": 1, "socket_connect_timeout": 1})
+    client: aioredis.Redis = sentinel.master_for(
+        service, connection_pool_class=_BlockingSentinelPool, db=db, password=password or None,
+        **options)
+    return client
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str, str]:
+    """``redis+sentinel://`` → (Sentinels, service, db, password, Sentinels' password);
+    ValueError naming what is wrong."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    rest = url[len(SENTINEL_SCHEME):]
+    # urlsplit reads one host:port; the Sentinels are a comma-separated list
+    userinfo, _, hostpart = rest.partition("@") if "@" in rest.split("/", 1)[0] else ("", "",
+                                                                                       rest)
+    hosts, _, tail = hostpart.partition("/")
+    parts = urlsplit("redis://x/" + tail)
+    password = unquote(userinfo.partition(":")[2])
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a Sentinel must be host:port, not {h!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("the path must be /service or /service/db")
+    query = parse_qs(parts.query)
+    return (sentinels, path[0], int(path[1]) if len(path) == 2 else 0, password,
+            query.get("sentinel_password", [password])[0])
 
 
 class Unreadable:
@@ -175,16 +244,7 @@ class State:
     def __init__(self, url: str, journal: Path | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.url = url
-        # One retry, at once: enough for a pooled connection that a Redis restart closed;
-        # redis-py's default (ten, with back-off) would hold a request for seconds while
-        # Redis is down, and the journal is the retry here.
-        # A blocking pool: past MAX_CONNECTIONS a call waits for a connection instead of
-        # failing (redis-py's default pool raises MaxConnectionsError past 100, which lost
-        # bulletins when 300 communes' schedules were prepared on one frame).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=True,
-            socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
-        self.r: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closed by close()
+        self.r: aioredis.Redis = redis_client(url)  # closed by close()
         #: False from the first failed call until the probe finds Redis back and the journal
         #: is replayed: writes go to the journal, auth to the cache, without asking Redis
         self.available = True
@@ -215,13 +275,18 @@ class State:
         self.schedules = Collection(self.r, "schedules", Schedule, u)
         self.inputs = Collection(self.r, "inputs", LiveInput, u)
         self.cap = Collection(self.r, "cap", CapRecord, u)
+        self.senders = Collection(self.r, "senders", Sender, u)
+        self.boards = Collection(self.r, "boards", Board, u)
+        self.board_items = Collection(self.r, "board-items", BoardItem, u)
+        self.inbound = Collection(self.r, "inbound", InboundBulletin, u)
         self._ids: deque[int] = deque()
         self._move = self.r.register_script(_MOVE)
 
     @property
     def collections(self) -> list[Collection[Any]]:
         return [self.zones, self.users, self.speakers, self.relays, self.presence, self.clips,
-                self.broadcasts, self.schedules, self.inputs, self.cap]
+                self.broadcasts, self.schedules, self.inputs, self.cap, self.senders,
+                self.inbound, self.boards, self.board_items]
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -386,9 +451,68 @@ class State:
     async def delete_device(self, kind: str, device_id: str) -> None:
         """Remove a speaker or relay with its credentials, presence and telemetry."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hdel(P + ("speakers" if kind == "speaker" else "relays"), device_id)
+            p.hdel(P + {"speaker": "speakers", "relay": "relays"}.get(kind, "boards"), device_id)
             for key in ("device-secrets", "presence", "telemetry"):
                 p.hdel(P + key, device_id)
+            await p.execute()
+
+    async def device_ids(self) -> set[str]:
+        """Every registered speaker's, relay's and board's id."""
+        async with self.r.pipeline(transaction=False) as p:
+            for c in (self.speakers, self.relays, self.boards):
+                p.hkeys(c.key)
+            found = await p.execute()
+        return {i for ids in found for i in ids}
+
+    async def add_devices(self, speakers: list[Speaker], relays: list[Relay],
+                          secrets: dict[str, str], boards: list[Board] | None = None) -> None:
+        """Register many devices with their broker password hashes in one transaction: all
+        of them or, if Redis fails, none (a bulk import, ``provision.py``)."""
+        async with self.r.pipeline(transaction=True) as p:
+            for c, devices in ((self.speakers, speakers), (self.relays, relays),
+                               (self.boards, boards or [])):
+                if devices:
+                    p.hset(c.key, mapping={d.id: d.model_dump_json() for d in devices})
+            if secrets:
+                p.hset(P + "device-secrets", mapping=secrets)
+            await p.execute()
+
+    # -- e-boards (board.py) ---------------------------------------------------------------
+
+    async def end_board_item(self, item: BoardItem, until: float) -> None:
+        """An item came down: out of the items showing, into the log reports read."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.board_items.key, item.id)
+            p.hset(P + "board-log", item.id, json.dumps(
+                {"item": item.model_dump(mode="json"), "until": until}))
+            await p.execute()
+
+    async def board_log(self) -> list[tuple[BoardItem, float]]:
+        """Every item that came down, with when."""
+        out = []
+        for rid, raw in (await self.r.hgetall(P + "board-log")).items():
+            try:
+                d = json.loads(raw)
+                out.append((BoardItem.model_validate(d["item"]), float(d["until"])))
+            except (ValueError, KeyError, TypeError, ValidationError):
+                self.unreadable.skip("board-log", rid, "does not parse")
+        return out
+
+    # -- bulletins from above (inbound.py) ----------------------------------------------------
+
+    async def next_inbound_id(self) -> str:
+        return f"in-{await self.r.incr(P + 'inbound-seq')}"
+
+    async def inbound_by_ref(self, sender: str, ref: str) -> InboundBulletin | None:
+        """The bulletin ``sender`` sent under its own id ``ref``, if any."""
+        rid = await self.r.hget(P + "inbound-ref", f"{sender}\n{ref}")
+        return None if rid is None else await self.inbound.get(rid)
+
+    async def put_inbound(self, rec: InboundBulletin) -> None:
+        """Store a bulletin and its sender's reference to it, in one transaction."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.inbound.key, rec.id, rec.model_dump_json())
+            p.hset(P + "inbound-ref", f"{rec.sender}\n{rec.ref}", rec.id)
             await p.execute()
 
     async def set_telemetry(self, device_id: str, data: dict[str, Any]) -> None:
@@ -616,6 +740,26 @@ class State:
                 break
             end = "(" + batch[-1][0]
         return out
+
+    # -- reports upward (``upward.py``) ------------------------------------------------------
+
+    async def upward_since(self) -> date | None:
+        """The first local day the webhook pusher is responsible for (set on its first run)."""
+        raw = await self.r.get(P + "upward-since")
+        return date.fromisoformat(raw) if raw else None
+
+    async def set_upward_since(self, day: date) -> None:
+        await self.r.set(P + "upward-since", day.isoformat(), nx=True)
+
+    async def upward_delivered(self) -> dict[str, dict[str, Any]]:
+        """Report id -> {from, to, delivered}: the reports the central system took."""
+        raw = await self.r.hgetall(P + "upward-delivered")
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    async def mark_upward_delivered(self, report_id: str, first: date, last: date,
+                                    ts: float) -> None:
+        await self.r.hset(P + "upward-delivered", report_id, json.dumps(
+            {"from": first.isoformat(), "to": last.isoformat(), "delivered": ts}))
 
     # -- audit -----------------------------------------------------------------------------
 

@@ -3,13 +3,16 @@
 A bulletin typed by a commune officer ("Họp lúc 17h30 ngày 22/11/2026, giảm 50%") must be read
 the way a presenter would read it, whatever voice synthesises it, so the spelling is done here
 and not left to each engine. Pure text in, text out: it never touches audio or the network,
-never raises on any input string, and leaves alone what it does not recognise (units such as
-"km/h" included).
+never raises on any input string, and leaves alone what it does not recognise. Units,
+abbreviations, coordinates and hour ranges are the bulletin lexicon's (``vi_lexicon.py``),
+applied first.
 """
 
 from __future__ import annotations
 
 import re
+
+from streamer.mixer.vi_lexicon import Lexicon, expand
 
 _DIGITS = ("không", "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín")
 _GROUPS = ("", "nghìn", "triệu")
@@ -173,8 +176,10 @@ def _number(m: re.Match[str]) -> str:
     return before + words + after
 
 
-def normalize_vi(text: str) -> str:
-    """``text`` with numbers, dates, times and percentages spelled as Vietnamese words."""
+def normalize_vi(text: str, lexicon: Lexicon | None = None) -> str:
+    """``text`` with the bulletin lexicon (and the province's ``lexicon``) expanded, and
+    numbers, dates, times and percentages spelled as Vietnamese words."""
+    text = expand(text, lexicon)
     # Most specific first: once a date is words, the time and number rules cannot misread it.
     text = _DATE_DMY.sub(_date_dmy, text)
     text = _DATE_MY.sub(_date_my, text)

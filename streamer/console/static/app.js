@@ -6,6 +6,7 @@
 import { api, session } from "./api.js";
 import * as approvals from "./approvals.js";
 import * as audit from "./audit.js";
+import * as board from "./board.js";
 import * as clips from "./clips.js";
 import * as compose from "./compose.js";
 import * as dashboard from "./dashboard.js";
@@ -30,6 +31,7 @@ const ROUTES = [
   { path: "/approvals", key: "approvals", page: approvals, needs: APPROVE, why: "nav.why_approver", hide: true },
   { path: "/schedules", key: "schedules", page: schedules },
   { path: "/clips", key: "clips", page: clips },
+  { path: "/board", key: "board", page: board },
   { path: "/speakers", key: "speakers", page: speakers },
   { path: "/audit", key: "audit", page: audit },
   { path: "/reports", key: "reports", page: reports },

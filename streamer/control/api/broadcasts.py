@@ -173,8 +173,12 @@ async def stop_all(ctx: Ctx) -> StopOut:
            "it, which did not, which are offline", tag="broadcasts", response=ReachOut,
            path_types={"id": int})
 async def reach(ctx: Ctx) -> ReachOut:
-    rec = await _broadcast(ctx)
-    plane = ctx.services
+    return await reach_of(ctx.services, await _broadcast(ctx))
+
+
+async def reach_of(plane: Any, rec: BroadcastRecord) -> ReachOut:
+    """Which speakers of ``rec``'s zones confirmed playing it, which did not, which are
+    offline."""
     chans = set(plane.broadcasts.channels_of(rec.zones))
     speakers = [s for s in await plane.state.speakers.all() if s.zone in chans]
     played = await plane.state.played(rec.id)
@@ -185,7 +189,8 @@ async def reach(ctx: Ctx) -> ReachOut:
         p = plane.recorder.view(s.id, p)
         ev = played.get(s.id)
         row = ReachSpeaker(id=s.id, zone=s.zone, **({k: ev.get(k) for k in
-                                                     ("start", "end", "level_dbfs")}
+                                                     ("start", "end", "level_dbfs",
+                                                      "local") if k in ev}
                                                     if ev else {}))
         if ev:
             out.confirmed.append(row)

@@ -112,7 +112,7 @@ async def receive_cap(ctx: Ctx) -> CapOut:
         ctx.require(auth.EMERGENCY if level == "emergency" else auth.OPERATE, zones,
                     f"air a CAP {level} alert")
         text = cap.speech_text(alert)
-        built = await plane.broadcasts.build(TtsSource(kind="tts", text=text))
+        built = await plane.broadcasts.build(TtsSource(kind="tts", text=text), zones)
         out.stopped = await _stop_referenced(ctx, alert)
         label = f"CAP {alert.identifier}: {alert.info.headline if alert.info else ''}"[:200]
         body: EmergencyIn | BroadcastIn

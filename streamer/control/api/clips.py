@@ -19,13 +19,14 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from streamer.control import auth
 from streamer.control.broadcasts import ClipLibrary
 from streamer.control.models import ClipMeta
 from streamer.control.schemas import BadRequest, SpeechText
 from streamer.mixer.sources import ClipError, ClipTooLong, TtsError
+from streamer.mixer.sources.tts import in_speech_thread
 
 from .core import API, ApiError, Ctx, NotFound
 
@@ -42,6 +43,13 @@ class ClipList(BaseModel):
 
 class TtsPreviewIn(BaseModel):
     text: SpeechText
+    voice: str | None = Field(None, max_length=32, description="a voice name (GET "
+                              "/api/v1/tts/voices); null: the default voice")
+
+
+class VoicesOut(BaseModel):
+    voices: list[str] = Field(description="the voice names a zone may choose (PATCH "
+                              "/api/v1/zones/{id} voice)")
 
 
 _PATH = re.compile(r"'?/[^\s']+'?")
@@ -162,8 +170,23 @@ def wav_bytes(samples: np.ndarray, rate_hz: int = 48_000) -> bytes:
 async def tts_preview(ctx: Ctx) -> web.Response:
     body: TtsPreviewIn = ctx.body
     try:
-        clip = await asyncio.to_thread(ctx.services.tts.synthesize, body.text)
+        speech = await in_speech_thread(ctx.services.tts.speak, body.text, body.voice)
     except TtsError as e:
         raise BadRequest("text", str(e)) from None
+    clip = speech.clip
     assert clip.length is not None
-    return web.Response(body=wav_bytes(clip.read(0, clip.length)), content_type="audio/wav")
+    headers = {"X-Loa-Voice": _ascii(speech.voice)}
+    if speech.fallback:
+        headers["X-Loa-Tts-Fallback"] = _ascii(speech.fallback)
+    return web.Response(body=wav_bytes(clip.read(0, clip.length)), content_type="audio/wav",
+                        headers=headers)
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode()[:300]
+
+
+@API.route("GET", "/api/v1/tts/voices", summary="The voice names a zone may choose",
+           tag="clips", response=VoicesOut)
+async def tts_voices(ctx: Ctx) -> VoicesOut:
+    return VoicesOut(voices=list(ctx.services.tts.voice_names))

@@ -35,10 +35,14 @@ M = TypeVar("M", bound=BaseModel)
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        """``extra``: more of the error body beside ``error`` and ``field`` (e.g. every bad
+        row of a bulk import)."""
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
         self.headers = headers
+        self.extra = extra
 
 
 class NotFound(ApiError):
@@ -139,10 +143,24 @@ class ApiMetrics:
                                 ["operation", "status"], registry=registry)
 
 
+async def read_limited(request: web.Request, max_bytes: int, field: str) -> bytes:
+    """The whole request body, or ``413`` naming ``field`` past ``max_bytes`` (checked on the
+    declared length first, then as it arrives)."""
+    if (request.content_length or 0) > max_bytes:
+        raise ApiError(413, f"the request is over {max_bytes >> 20} MiB", field)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, f"the request is over {max_bytes >> 20} MiB", field)
+    return bytes(body)
+
+
 def _error(status: int, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(ErrorBody(error=message, field=field).model_dump(), status=status,
-                             headers=headers)
+           headers: dict[str, str] | None = None,
+           extra: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response({**ErrorBody(error=message, field=field).model_dump(),
+                              **(extra or {})}, status=status, headers=headers)
 
 
 def _field_of(e: ValidationError) -> tuple[str, str]:
@@ -235,7 +253,7 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
     except BadRequest as e:
         return _refuse(request, metrics, 400, e.message, e.field)
     except ApiError as e:
-        return _refuse(request, metrics, e.status, e.message, e.field, e.headers)
+        return _refuse(request, metrics, e.status, e.message, e.field, e.headers, e.extra)
     except Forbidden as e:
         metrics.denied.labels("403").inc()
         log.warning("%s %s: forbidden: %s", request.method, request.path, e.message)
@@ -256,10 +274,11 @@ async def _run(op: Operation, services: Any, metrics: ApiMetrics,
 
 
 def _refuse(request: web.Request, metrics: ApiMetrics, status: int, message: str,
-            field_name: str | None, headers: dict[str, str] | None = None) -> web.Response:
+            field_name: str | None, headers: dict[str, str] | None = None,
+            extra: dict[str, Any] | None = None) -> web.Response:
     metrics.bad.labels(field=field_name or "-").inc()
     log.warning("%s %s: %d %s: %s", request.method, request.path, status, field_name, message)
-    return _error(status, message, field_name, headers)
+    return _error(status, message, field_name, headers, extra)
 
 
 #: every operation of the API, declared by the resource modules in this package

@@ -18,6 +18,7 @@ REF = "#/components/schemas/{model}"
 _DESCRIPTIONS = {400: "Bad input: the field is named", 401: "No valid bearer token",
                  403: "Not allowed in these zones (audited)", 404: "Not found",
                  409: "Conflicts with the current state", 413: "Body too large",
+                 415: "Send a content type the operation takes",
                  429: "Too many attempts: wait for Retry-After seconds",
                  503: "State store or broker unavailable"}
 

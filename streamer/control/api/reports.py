@@ -1,13 +1,15 @@
-"""Reports over HTTP: ``/api/v1/reports/broadcast-minutes`` and ``…/availability``, JSON or CSV.
+"""Reports over HTTP: ``/api/v1/reports/broadcast-minutes`` and ``…/availability``, JSON or CSV,
+and the report upward (``…/upward``) with its manual push.
 
 The handlers read the query, pick the zones the caller may see, fetch broadcast records or
 the presence log, and answer; the arithmetic is ``streamer/control/reports.py``. A caller
-sees only zones they hold a role on; nothing here writes state.
+sees only zones they hold a role on; nothing here writes state but the push's audit entry.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -33,9 +35,18 @@ from streamer.control.reports import (
     broadcast_minutes,
     to_csv,
 )
+from streamer.control.schedules import DEFAULT_TZ as LOCAL_TZ
 from streamer.control.schemas import BadRequest
+from streamer.control.upward import (
+    UPWARD,
+    ReportPeriod,
+    UpwardReport,
+    build_report,
+    province_of,
+    report_id,
+)
 
-from .core import API, Ctx
+from .core import API, Conflict, Ctx
 
 MAX_DAYS = 366
 _DAY_RE = re.compile(r"^2[0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
@@ -173,3 +184,57 @@ async def availability_report(ctx: Ctx) -> AvailabilityReport | web.Response:
     return _answer(q, "availability", AvailabilityReport(
         first_day=days.days[0], last_day=days.days[-1], zones=scope, group=q.group,
         rows=rows), AvailabilityRow)
+
+
+# -- reports upward (``streamer/control/upward.py``, ``docs/reports-upward.md``) -------------
+
+class UpwardQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_: Day = Field(alias="from", description="first local day (Asia/Ho_Chi_Minh)")
+    to: Day | None = Field(None, description="last local day, included; default: from")
+
+    @field_validator("to")
+    @classmethod
+    def _span(cls, to: date | None, info: ValidationInfo) -> date | None:
+        return day_span(to, info, MAX_DAYS, "a report")
+
+    @property
+    def last(self) -> date:
+        return self.to or self.from_
+
+
+class PushOut(BaseModel):
+    id: str = Field(description="the report id the receiver will see (X-Loa-Report-Id)")
+    period: ReportPeriod
+    status: Literal["pushing"] = Field(description="delivery goes on in the background, with "
+                                       "its retries; the audit log and metrics tell its end")
+
+
+@API.route("GET", "/api/v1/reports/upward", summary="The report for the central source system "
+           "over local days from..to (loa.report/1, the document the webhook pushes)",
+           tag="reports", query=UpwardQuery, response=UpwardReport, errors=(400, 401, 403, 503))
+async def upward_report(ctx: Ctx) -> UpwardReport:
+    q: UpwardQuery = ctx.query
+    plane = ctx.services
+    ctx.require(auth.VIEW, list(plane.tree.roots), "see the province's report")
+    return await build_report(plane, q.from_, q.last, time.time())
+
+
+@API.route("POST", "/api/v1/reports/upward/push", summary="Push the report of local days "
+           "from..to to the configured webhook now (admins; audited)", tag="reports",
+           query=UpwardQuery, response=PushOut, status=202, errors=(400, 401, 403, 409))
+async def push_upward_report(ctx: Ctx) -> PushOut:
+    q: UpwardQuery = ctx.query
+    plane = ctx.services
+    roots = list(plane.tree.roots)
+    ctx.require(auth.ADMIN, roots, "push reports upward")
+    upward = ctx.request.app[UPWARD]
+    if not upward.enabled:
+        raise Conflict("no report webhook configured (report_webhook_url)", "report_webhook_url")
+    rid = report_id(province_of(plane), q.from_, q.last)
+    await ctx.audit("push_upward_report", rid, roots, **{"from": q.from_.isoformat(),
+                                                          "to": q.last.isoformat()})
+    upward.deliver_soon(q.from_, q.last)
+    return PushOut(id=rid, period=ReportPeriod(from_=q.from_, to=q.last, tz=LOCAL_TZ),
+                   status="pushing")

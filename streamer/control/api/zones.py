@@ -7,9 +7,9 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 
 from streamer.control import auth
-from streamer.control.models import QUIET_RE, Zone, valid_zone_id
+from streamer.control.models import QUIET_RE, VOICE_RE, Zone, valid_zone_id
 from streamer.control.schedules import QuietHours
-from streamer.control.schemas import Patch, left_out
+from streamer.control.schemas import BadRequest, Patch, left_out
 
 from .core import API, Ctx, NotFound
 
@@ -33,6 +33,10 @@ class ZonePatch(Patch):
     test: bool = left_out()
     public_listen: bool = left_out(description="anyone may listen in to the channels here "
                                    "(or below), without signing in")
+    voice: Annotated[str, StringConstraints(pattern=VOICE_RE)] = left_out(
+        description="the voice TTS broadcasts here (and below) are read in: a name from the "
+                    "streamer's voice file (GET /api/v1/tts/voices)")
+    inherit_voice: bool = Field(False, description="drop this zone's own voice")
 
 
 class Channel(BaseModel):
@@ -84,13 +88,20 @@ async def patch_zone(ctx: Ctx) -> ZoneNode:
     if body.quiet_hours:
         QuietHours.parse(body.quiet_hours)  # refuses e.g. 10:00-10:00, naming the field
     plane = ctx.services
+    if body.voice is not None and body.voice not in plane.tts.voice_names:
+        raise BadRequest("voice", f"no voice {body.voice!r}: the voices are "
+                         f"{', '.join(plane.tts.voice_names) or 'none (espeak-ng only)'}")
     z = plane.zones[zid].model_copy()
-    changes = body.model_dump(exclude_none=True, exclude={"inherit_quiet_hours"})
+    changes = body.model_dump(exclude_none=True, exclude={"inherit_quiet_hours",
+                                                          "inherit_voice"})
     for k, v in changes.items():
         setattr(z, k, v)
     if body.inherit_quiet_hours:
         z.quiet_hours = None
         changes["quiet_hours"] = None
+    if body.inherit_voice:
+        z.voice = None
+        changes["voice"] = None
     await plane.state.zones.put(zid, z)
     plane.zones[zid] = z
     await ctx.audit("patch_zone", zid, [zid], **changes)

@@ -3,7 +3,7 @@
 from streamer.mixer.sources.base import RATE_HZ, Source
 from streamer.mixer.sources.clip import Clip, ClipError, ClipTooLong
 from streamer.mixer.sources.tone import Tone
-from streamer.mixer.sources.tts import EspeakProvider, TtsError, TtsProvider
+from streamer.mixer.sources.tts import EspeakProvider, Speech, TtsError, TtsProvider
 
 __all__ = [
     "RATE_HZ",
@@ -12,6 +12,7 @@ __all__ = [
     "ClipTooLong",
     "EspeakProvider",
     "Source",
+    "Speech",
     "Tone",
     "TtsError",
     "TtsProvider",

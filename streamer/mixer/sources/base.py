@@ -24,3 +24,16 @@ class Source(Protocol):
     def read(self, pos: int, n: int) -> np.ndarray:
         """``n`` float32 samples starting at ``pos``; zeros past the end."""
         ...
+
+
+class From:
+    """``source`` from sample ``start`` on: a broadcast going on where it was (a standby
+    streamer taking over, ``streamer/control/broadcasts.py``)."""
+
+    def __init__(self, source: Source, start: int) -> None:
+        self.source = source
+        self.start = start
+        self.length = None if source.length is None else max(0, source.length - start)
+
+    def read(self, pos: int, n: int) -> np.ndarray:
+        return self.source.read(pos + self.start, n)

@@ -22,6 +22,7 @@ NOTES_HZ = (783.99, 1046.50, 1318.51)
 NOTE_S = 0.4
 PAUSE_S = 0.4
 CEILING_DBFS = 20 * math.log10(0.9)
+CHIME_S = NOTE_S * len(NOTES_HZ) + PAUSE_S  # its length, the pause after it included
 
 
 @functools.cache

@@ -1,22 +1,30 @@
 """Text to speech: Vietnamese bulletins turned into clips by a pluggable voice provider.
 
-A provider takes text and returns a normalised ``Clip``; ``EspeakProvider`` is the offline
-default (``espeak-ng``), and HTTP voices for production can be added behind the same
-``TtsProvider`` protocol. Text is spelled out by ``normalize_vi`` first so that every voice
-reads numbers and dates the same way. The synthesiser is never run through a shell and never
-gets the text on its command line (it arrives on stdin, so no text can become an option), it
-is never waited on without a timeout, and every failure surfaces as ``TtsError``.
+A provider takes text and a voice name (a zone's ``voice`` setting: "north", "central",
+"south", ...) and returns ``Speech``: a normalised ``Clip``, which voice spoke it and, when the
+production voice failed, why it fell back. ``EspeakProvider`` is the offline default
+(``espeak-ng``); ``HttpTtsProvider`` (``tts_http.py``) is a commercial voice with espeak-ng
+behind it. Text is spelled out by ``normalize_vi`` (with the province's lexicon) first so that
+every voice reads numbers, units and abbreviations the same way. The synthesiser is never run
+through a shell and never gets the text on its command line (it arrives on stdin, so no text
+can become an option), it is never waited on without a timeout, and every failure surfaces as
+``TtsError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from streamer.mixer.loudness import TARGET_LUFS, normalize_limited
 from streamer.mixer.sources.clip import Clip, ClipError, decode_bytes
+from streamer.mixer.vi_lexicon import Lexicon
 from streamer.mixer.vi_text import normalize_vi
 
 MAX_TEXT_CHARS = 5000
@@ -26,9 +34,26 @@ class TtsError(RuntimeError):
     """The text could not be synthesised (empty, too long, or the voice failed)."""
 
 
+@dataclass(frozen=True)
+class Speech:
+    clip: Clip
+    #: what spoke: "espeak-ng:vi", "http:banmai"
+    voice: str
+    #: why the production voice did not speak ("" = it did), e.g. "timeout after 3 attempts"
+    fallback: str = ""
+
+
 class TtsProvider(Protocol):
+    #: the voice names a zone may choose (``Zone.voice``); empty: only the default voice
+    voice_names: tuple[str, ...]
+
+    def speak(self, text: str, voice: str | None = None) -> Speech:
+        """Speech for ``text`` in the named voice (None or unknown: the default voice), as a
+        clip normalised to the system loudness target."""
+        ...
+
     def synthesize(self, text: str) -> Clip:
-        """Speech for ``text`` as a clip normalised to the system loudness target."""
+        """``speak(text).clip``: the default voice."""
         ...
 
 
@@ -46,6 +71,10 @@ def check_text(text: str) -> str:
 MAX_SPEECH_S = 600.0
 
 
+#: espeak-ng's Vietnamese voices, by the names zones choose (``Zone.voice``)
+ESPEAK_VOICES = {"north": "vi", "central": "vi-vn-x-central", "south": "vi-vn-x-south"}
+
+
 class EspeakProvider:
     """Offline Vietnamese voice from ``espeak-ng``: robotic but always available."""
 
@@ -56,7 +85,11 @@ class EspeakProvider:
         timeout_s: float = 60.0,
         binary: str = "espeak-ng",
         target_lufs: float = TARGET_LUFS,
+        voices: Mapping[str, str] | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
+        """``voices``: voice name -> espeak-ng voice; default: espeak-ng's three Vietnamese
+        dialects (``ESPEAK_VOICES``)."""
         if not 80 <= rate_wpm <= 450:
             raise ValueError(f"rate_wpm must be between 80 and 450, got {rate_wpm}")
         self.voice = voice
@@ -64,11 +97,23 @@ class EspeakProvider:
         self.timeout_s = timeout_s
         self.binary = binary
         self.target_lufs = target_lufs
+        self.voices = dict(ESPEAK_VOICES if voices is None else voices)
+        self.voice_names = tuple(self.voices)
+        self.lexicon = lexicon
 
     def synthesize(self, text: str) -> Clip:
-        spoken = normalize_vi(check_text(text))
+        return self.speak(text).clip
+
+    def speak(self, text: str, voice: str | None = None) -> Speech:
+        espeak_voice = self.voices.get(voice or "", self.voice)
+        spoken = normalize_vi(check_text(text), self.lexicon)
+        return Speech(self.say(spoken, espeak_voice), f"espeak-ng:{espeak_voice}")
+
+    def say(self, spoken: str, espeak_voice: str) -> Clip:
+        """Normalised ``spoken`` text read by ``espeak_voice``."""
         # -b 1: the input is UTF-8 whatever the locale of the service; --stdout: one WAV.
-        argv = [self.binary, "-v", self.voice, "-s", str(self.rate_wpm), "-b", "1", "--stdout"]
+        argv = [self.binary, "-v", espeak_voice, "-s", str(self.rate_wpm), "-b", "1",
+                "--stdout"]
         try:
             done = subprocess.run(
                 argv,
@@ -98,6 +143,18 @@ class EspeakProvider:
             raise TtsError("the text has nothing to pronounce")
         # espeak-ng's peaks are too high to reach the target by gain alone; limit them.
         return Clip(normalize_limited(samples, self.target_lufs))
+
+
+#: Speech is made in threads of its own: an HTTP voice may wait seconds on its service, and
+#: must not hold the streamer's few control workers (``app.py``, ``CONTROL_WORKERS``) that
+#: everything else queues on. Two: a third bulletin waits for one of them.
+_SPEECH_THREADS = ThreadPoolExecutor(2, thread_name_prefix="loa-tts")
+_T = TypeVar("_T")
+
+
+async def in_speech_thread(fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)`` in a speech thread, awaited from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_SPEECH_THREADS, fn, *args)
 
 
 _default_provider: TtsProvider | None = None

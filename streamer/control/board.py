@@ -1,0 +1,199 @@
+"""E-boards (bản tin điện tử): what the LED and LCD screens of each zone show (``docs/mqtt.md``,
+"E-boards"; ``docs/api.md``, "boards").
+
+Every broadcast with text becomes a **board item** for its zones when it first airs: a spoken
+bulletin (its text), a CAP alert (spoken from its headline and instructions), and every
+emergency, with or without text (its label, shown as an emergency). Operators also post
+text-only items (``POST /board/items``). An item shows from its start until it expires: a
+bulletin ``LINGER_S`` after its end, an emergency until it is stopped or expires, a posted
+item when its poster said. Items live in Redis (``loa:board-items``).
+
+A zone's board shows every item addressed to the zone, to any zone above it (a province-wide
+warning) or below it (a hamlet's bulletin on its commune's board). Whenever that changes, the
+zone's whole :class:`~wire.messages.BoardState` is retained on ``loa/v1/zones/{zone}/board``
+for boards that speak MQTT, and pushed to the kiosk pages watching the zone over SSE
+(``/board/{zone}``, ``streamer/board``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from wire.messages import BoardItem, BoardState, zone_board_topic
+
+from .background import Background
+from .models import BroadcastRecord, covers
+
+log = logging.getLogger("loa.board")
+
+LINGER_S = 3600.0  # a bulletin stays on the boards this long after it ended
+MAX_ITEMS = 200  # per zone, emergencies first then newest
+QUEUE = 16  # state snapshots a slow page may fall behind before it is dropped
+
+_LEVEL_ORDER = {"emergency": 0, "priority": 1, "normal": 2}
+
+
+def relevant(zone: str, item: BoardItem) -> bool:
+    """Whether ``zone``'s boards show ``item``: addressed to it, above it or below it."""
+    return any(covers(z, zone) or covers(zone, z) for z in item.zones)
+
+
+def item_of(rec: BroadcastRecord) -> BoardItem | None:
+    """The board item a broadcast makes when it first airs, or None (no text, no emergency)."""
+    text = str(rec.source.get("text") or "") if rec.source.get("kind") == "tts" else ""
+    emergency = rec.priority == "emergency"
+    if not text and not emergency:
+        return None
+    start = rec.started or time.time()
+    if emergency:
+        expires = rec.emergency.expires if rec.emergency is not None else None
+    else:
+        seconds = rec.source.get("seconds")
+        expires = start + (float(seconds) if isinstance(seconds, (int, float)) else 0) \
+            + LINGER_S
+    return BoardItem(id=f"b-{rec.id}", zones=list(rec.zones)[:1000],
+                     title=rec.label[:200] or ("Cảnh báo khẩn cấp" if emergency else ""),
+                     body=text[:5000], level=rec.priority if rec.priority in _LEVEL_ORDER
+                     else "normal", start=float(start),
+                     expires=None if expires is None else float(expires), broadcast=rec.id)
+
+
+class BoardFeed:
+    """The board items of every zone: kept, published, and watched (one per streamer, started
+    with the control plane)."""
+
+    def __init__(self, plane: Any, registry: CollectorRegistry | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        self.plane = plane
+        self.now = now
+        self.items: dict[str, BoardItem] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._watchers: dict[str, set[asyncio.Queue[BoardState]]] = {}
+        self._background = Background(log, "board update")
+        self.m_items = Gauge("loa_board_items", "Board items showing now", registry=registry)
+        self.m_published = Counter("loa_board_states_total", "Zone board states published "
+                                   "(MQTT and SSE)", registry=registry)
+
+    # -- life ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the items still showing, and publish every zone's board (a restart or a
+        takeover may have missed changes)."""
+        now = self.now()
+        for item in await self.plane.state.board_items.all():
+            if item.expires is not None and item.expires <= now:
+                await self.plane.state.end_board_item(item, item.expires)
+            else:
+                self.items[item.id] = item
+                self._arm(item)
+        self.m_items.set(len(self.items))
+        self._publish(self.plane.tree.zones)
+
+    def close(self) -> None:
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        self._background.cancel()
+
+    # -- what changes it ----------------------------------------------------------------------
+
+    async def post(self, item: BoardItem) -> BoardItem:
+        await self.plane.state.board_items.put(item.id, item)
+        self.items[item.id] = item
+        self.m_items.set(len(self.items))
+        self._arm(item)
+        self._publish(self._affected(item))
+        log.info("board item %s (%s) for %s", item.id, item.level, ", ".join(item.zones[:5]))
+        return item
+
+    async def take_down(self, item_id: str) -> BoardItem | None:
+        item = self.items.pop(item_id, None)
+        timer = self._timers.pop(item_id, None)
+        if timer is not None:
+            timer.cancel()
+        if item is None:
+            return None
+        await self.plane.state.end_board_item(item, min(self.now(), item.expires or math.inf))
+        self.m_items.set(len(self.items))
+        self._publish(self._affected(item))
+        return item
+
+    def broadcast_aired(self, rec: BroadcastRecord) -> None:
+        """``Broadcasts.on_first_airing``: its text (or its emergency) on the boards."""
+        item = item_of(rec)
+        if item is not None:
+            self._background.spawn(self.post(item))
+
+    def emergency_over(self, rec: BroadcastRecord) -> None:
+        """``Broadcasts.on_emergency_over``: its item comes down."""
+        self._background.spawn(self.take_down(f"b-{rec.id}"))
+
+    @staticmethod
+    def new_id() -> str:
+        return "p-" + secrets.token_hex(6)
+
+    # -- what shows -------------------------------------------------------------------------
+
+    def state(self, zone: str) -> BoardState:
+        now = self.now()
+        items = [i for i in self.items.values()
+                 if relevant(zone, i) and i.start <= now + 1 and (i.expires is None
+                                                                 or i.expires > now)]
+        items.sort(key=lambda i: (_LEVEL_ORDER[i.level], -i.start))
+        return BoardState(zone=zone, items=items[:MAX_ITEMS], ts=now)
+
+    def watch(self, zone: str) -> asyncio.Queue[BoardState]:
+        """A queue of ``zone``'s board states, from now on (:meth:`unwatch` it)."""
+        q: asyncio.Queue[BoardState] = asyncio.Queue(QUEUE)
+        self._watchers.setdefault(zone, set()).add(q)
+        return q
+
+    def unwatch(self, zone: str, q: asyncio.Queue[BoardState]) -> None:
+        watchers = self._watchers.get(zone)
+        if watchers is not None:
+            watchers.discard(q)
+            if not watchers:
+                del self._watchers[zone]
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _affected(self, item: BoardItem) -> list[str]:
+        return [z for z in self.plane.tree.zones if relevant(z, item)]
+
+    def _publish(self, zones: Iterable[str]) -> None:
+        fleet = self.plane.fleet
+        for zone in zones:
+            state = self.state(zone)
+            self.m_published.inc()
+            for q in list(self._watchers.get(zone, ())):
+                try:
+                    q.put_nowait(state)
+                except asyncio.QueueFull:  # a page that does not read: it reconnects
+                    self.unwatch(zone, q)
+            if fleet is not None:
+                self._background.spawn(self._retain(fleet, zone, state))
+
+    @staticmethod
+    async def _retain(fleet: Any, zone: str, state: BoardState) -> None:
+        try:
+            await fleet.retain(zone_board_topic(zone), state.model_dump_json().encode())
+        except TimeoutError:  # the broker is away: the fleet publishes it when it is back
+            log.info("board of %s not retained yet (broker away)", zone)
+
+    def _arm(self, item: BoardItem) -> None:
+        old = self._timers.pop(item.id, None)
+        if old is not None:
+            old.cancel()
+        if item.expires is None:
+            return
+        self._timers[item.id] = asyncio.get_running_loop().call_later(
+            max(0.0, item.expires - self.now()),
+            lambda: self._background.spawn(self.take_down(item.id)))

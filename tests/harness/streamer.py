@@ -1,0 +1,98 @@
+"""A real ``loa streamer`` process on free loopback ports, signing with the session's stream key
+(``keys.py``) and requiring tokens signed with it, as relays and speakers of the harness
+present; its Redis URL (password included) goes in its environment, never on its command line.
+Stopped (SIGTERM, then SIGKILL) at the end of the block unless the test killed it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.harness.keys import write_test_key
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class StreamerProcess:
+    proc: asyncio.subprocess.Process
+    info: dict[str, Any]
+    log: Path
+    var: Path
+
+    @property
+    def http(self) -> str:
+        return str(self.info["http"])
+
+    @property
+    def media_addr(self) -> str:
+        return str(self.info["media"])
+
+    async def get(self, path: str, headers: dict[str, str] | None = None
+                  ) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http, http.get(
+                self.http + path, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=5)) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def call(self, method: str, path: str, headers: dict[str, str] | None = None,
+                   **kw: Any) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http, http.request(
+                method, self.http + path, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10), **kw) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def role(self) -> str | None:
+        """What its ``/readyz`` says it is (None: it does not answer)."""
+        try:
+            return str((await self.get("/readyz"))[1].get("role"))
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def sign_in(self, credentials: Path) -> dict[str, str]:
+        creds = json.loads(credentials.read_text())
+        status, body = await self.call("POST", "/api/v1/login", json={
+            "user": creds["user"], "password": creds["password"]})
+        assert status == 200, body
+        return {"Authorization": f"Bearer {body['token']}"}
+
+
+@contextlib.asynccontextmanager
+async def streamer_process(tmp_path: Path, name: str, redis_url: str, *args: str,
+                           startup_s: float = 30.0) -> AsyncIterator[StreamerProcess]:
+    var = tmp_path / name
+    var.mkdir(exist_ok=True)
+    log = tmp_path / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
+    env["LOA_STREAMER_REDIS_URL"] = redis_url
+    argv = ["streamer", "--http-host", "127.0.0.1", "--http-port", "0", "--media-host",
+            "127.0.0.1", "--media-port", "0", "--public-host", "127.0.0.1", "--ingest-port", "-1",
+            "--var-dir", str(var), "--admin-credentials", str(tmp_path / "admin.json"),
+            "--signing-key", write_test_key(tmp_path / "signing-key.pem"), *args]
+    with open(log, "ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loa", *argv, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=err)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), startup_s)
+        assert line, log.read_text()
+        yield StreamerProcess(proc, json.loads(line), log, var)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
