@@ -76,8 +76,10 @@ class StreamerTime:
         self.asked += 1
         return self.clock_ns()
 
-    def answered(self, t1: int, t2: int, t3: int) -> None:
-        self.timeline.add(Exchange(t1, t2, t3, self.clock_ns()))
+    def answered(self, t1: int, t2: int, t3: int, age_ns: int = 0) -> None:
+        """A TIMEREPLY to our ``t1``; it arrived ``age_ns`` ago (a speaker reads its socket
+        at its own pace: the kernel's receive time says when, ``clients/speaker/net.py``)."""
+        self.timeline.add(Exchange(t1, t2, t3, self.clock_ns() - age_ns))
 
     def shift_s(self, local_ns: int | None = None) -> float:
         """Streamer time minus ours, seconds (0 until the first answer: NTP is all we have),

@@ -317,6 +317,45 @@ def test_a_hole_is_concealed_only_as_it_falls_due_so_late_packets_still_play() -
     assert p.plc == 1 and p.jitter.lost == 1 and p.frames == 14
 
 
+def test_a_tick_ahead_conceals_a_missing_frame_only_a_packet_time_before_it_plays() -> None:
+    """A playing speaker ticks every few packets and writes that far ahead (``ahead_s``);
+    a missing frame (its batch's LOAS not read yet, a packet asked for again) waits until a
+    packet time before its play time, as with a tick every packet, and ``wake_at`` says
+    when to tick for it."""
+    p, _, _, _ = make_playout(delay_ms=300, max_conceal=5)
+    capture = T0 + 1.0  # frames 1, 2, 3, 4 play at capture + 0.30, 0.32, 0.34, 0.36
+    for seq in (1, 2, 4):
+        p.receive(rtp(seq), capture + (seq - 1) * 0.02)
+    p.tick(capture + 0.28, ahead_s=0.1)
+    assert (p.frames, p.plc) == (2, 0)  # frames 1 and 2; frame 3 not yet
+    assert p.wake_at == pytest.approx(capture + 0.32)
+    p.receive(rtp(3), capture + 0.04)  # it came meanwhile
+    p.tick(capture + 0.32, ahead_s=0.1)
+    assert (p.frames, p.plc, p.jitter.lost) == (4, 0, 0)
+    assert p.wake_at == pytest.approx(capture + 0.36)  # the stream may go on: frame 5
+    p.tick(capture + 0.36, ahead_s=0.1)
+    assert p.plc == 1 and p.wake_at == pytest.approx(capture + 0.38)  # it did not
+
+
+def test_the_level_meter_of_the_mqtt_side_takes_the_playouts_measurement() -> None:
+    """With MQTT the playout measures each frame for proof of play and the sink's level
+    meter (``ToneOverlay``) takes that measurement instead of summing the frame again: the
+    level is still that of what was written."""
+    from clients.speaker.mqtt import ToneOverlay
+
+    inner = RecordingSink()
+    overlay = ToneOverlay(inner)
+    p = Playout(overlay, FakeDecoder(), T0, volume_pct=50, measure_level=True)
+    capture = T0 + 1.0
+    for seq in range(1, 4):
+        p.receive(rtp(seq), capture + (seq - 1) * 0.02)
+    p.tick(capture + 0.3 + 0.06)
+    assert p.frames >= 3 and overlay.measured is None
+    pcm = inner.pcm.astype(np.float64)
+    expected = 10 * math.log10(float(np.sum(pcm * pcm)) / len(pcm) / 32768**2)
+    assert overlay.take_level_dbfs() == pytest.approx(expected, abs=0.01)
+
+
 def test_corrupt_payload_is_concealed_and_counted() -> None:
     p, sink, _, _ = make_playout()
     p.receive(rtp(1, payload=b"\xff"), T0 + 1.0)

@@ -102,3 +102,37 @@ async def test_offbeat_work_runs_once_after_the_beat() -> None:
         beats = r.beats
         await until(lambda: r.beats >= beats + 3, 5, "three more beats")
         assert done == ["time"]  # once
+
+
+async def test_align_puts_the_timer_beats_whole_periods_after_the_anchor() -> None:
+    """A playing speaker's beats follow the newest LOAS (``main.py``): on a 60 s period, an
+    anchor 100 s ago puts the next beat 120 s after it, the first grid point at least a
+    quarter of a period from now."""
+    anchors: list[tuple[float, float]] = []  # (anchor, now)
+
+    def beat(_: bool) -> None:
+        if not anchors:
+            now = asyncio.get_running_loop().time()
+            anchors.append((now - 100.0, now))
+            r.align(now - 100.0)
+
+    r = Rhythm(beat, lambda: 60.0)
+    async with running(r):
+        (anchor, now), = anchors
+        assert r.next_at == pytest.approx(anchor + 120.0, abs=1e-6)
+        r.nudge()  # a beat off the grid (a datagram's nudge) leaves the grid where it was
+        assert r.next_at == pytest.approx(anchor + 120.0, abs=1e-6)
+
+
+async def test_within_brings_the_next_beat_forward_once() -> None:
+    """A missing frame the playout waits for (``Playout.wake_at``): one extra beat."""
+    r: Rhythm
+
+    def beat(_: bool) -> None:
+        if r.beats == 1:
+            r.within(0.01)
+
+    r = Rhythm(beat, lambda: 60.0)
+    async with running(r):
+        await until(lambda: r.beats >= 2, 5, "the early beat")  # not in 60 s
+        assert r.reach() == 75.0  # a beat writes a period and a quarter ahead

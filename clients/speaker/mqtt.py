@@ -60,6 +60,9 @@ class ToneOverlay:
         self._amp = 0.0
         self._sumsq = 0.0
         self._samples = 0
+        #: the sum of squares of the next ``write``, if its writer measured it already (the
+        #: playout does for its play log, ``Playout(measure_level=True)``): not summed twice
+        self.measured: float | None = None
 
     def start_tone(self, hz: float, seconds: float, gain: float) -> None:
         self._step = 2 * math.pi * hz / self.rate_hz
@@ -71,6 +74,12 @@ class ToneOverlay:
         return self._tone_left > 0
 
     def write(self, pcm: Samples) -> None:
+        measured, self.measured = self.measured, None
+        if measured is not None and not self._tone_left and len(pcm) <= MAX_FRAME:
+            self._sumsq += measured
+            self._samples += len(pcm)
+            self.sink.write(pcm)
+            return
         for i in range(0, len(pcm), MAX_FRAME):
             self._write_chunk(pcm[i : i + MAX_FRAME])
 

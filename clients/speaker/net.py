@@ -2,7 +2,10 @@
 current upstream; :class:`Speaker` demultiplexes every datagram (control, RTCP, RTP) and hands
 it to the sans-IO parts (:class:`~wire.subscribe.SubscribeClient`,
 :class:`~clients.speaker.playout.Playout`); :func:`tick` and :func:`emergency_tick` are the
-periodic jobs that go with it (run from the speaker's one rhythm, ``rhythm.py``).
+periodic jobs that go with it (run from the speaker's one rhythm, ``rhythm.py``). The socket
+is read when the rhythm says (at each playing beat, every few packets, or as a datagram comes
+while the speaker listens), each datagram dated by the kernel's receive timestamp: everything
+below sees when a datagram came, never when it was read.
 
 Nothing plays unless the streamer signed it (``wire/auth.py``): each RTP packet waits in a
 :class:`~wire.auth.MediaGate` until the ``LOAS`` of its batch proves it, and only then reaches
@@ -32,7 +35,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 from common.config import Addr, ConfigError
 from device.streamer_time import StreamerTime
@@ -58,16 +61,25 @@ BAD_REASONS = ("malformed", "foreign_source", "foreign_ssrc", "bad_capture_time"
 # sender is broken or hostile (clocks are NTP-disciplined to well under a second).
 CAPTURE_WINDOW_S = 10.0
 HOLD_SLACK_S = 0.2  # a held packet is kept this much beyond the playout delay
-DRAIN = 128  # queued datagrams read per wake-up beyond asyncio's one (2.5 s at 20 ms)
-#: a datagram this long after the one before may have a backlog behind it (the process was
-#: paused); closer ones come as the stream sends them, and reading the socket once more for
-#: each (to find it empty) was a tenth of a playing speaker's Python time
-STALL_S = 0.1
+DRAIN = 128  # datagrams read per wake-up at most (2.5 s of stream at 20 ms)
 MAX_DATAGRAM = 65535  # never truncate: a cut packet would be read as a malformed one
+NS = 1_000_000_000
+#: after asking for a packet or a LOAS again, listen this long for the answer (a 4G round
+#: trip and a retry: ``wire/retransmit.py``, ``RETRY_S``)
+ANSWER_S = 0.2
 
 
-class Speaker(asyncio.DatagramProtocol):
-    """Demultiplexes the speaker's socket into the handshake and the playout."""
+class Speaker:
+    """Demultiplexes the speaker's socket into the handshake and the playout.
+
+    The socket is read in two ways (``rhythm.py``): while the speaker **listens**
+    (:meth:`listen`: nothing to play, a quiet channel), a datagram wakes the process and is
+    read at once, and the rhythm's beat follows it (``nudge``); while it plays, nothing wakes
+    it but the beat, which reads everything queued (:meth:`drain`) a few packets at a time.
+    Either way each datagram carries its arrival time from the kernel (``SO_TIMESTAMPNS``,
+    ``fanout/udp.py``), turned into this process's monotonic clock: what the failover, the
+    loss tracker, the latency and the clock sync see is when a datagram came, not when it was
+    read (a TIMEREPLY read 40 ms late still gives the clock sync its true t4)."""
 
     def __init__(self, client: subscribe.SubscribeClient, playout: Playout,
                  latency: Latency, gate: auth.MediaGate[tuple[RtpPacket, float]] | None,
@@ -76,7 +88,7 @@ class Speaker(asyncio.DatagramProtocol):
         self.client = client
         #: the streamer's timeline, from TIME exchanges with the upstream (``clock.py``)
         self.time = streamer_time or StreamerTime(LocalClock().now_ns)
-        client.on_time = self.time.answered
+        client.on_time = self._answered
         self.playout = playout
         self.latency = latency
         #: holds packets until their LOAS; None plays unsigned media (verify_media = false)
@@ -86,7 +98,6 @@ class Speaker(asyncio.DatagramProtocol):
         #: the token file, read again when it changes (None: no token)
         self.tokens: TokenFile | None = None
         self.ssrc = packet.ssrc_for(client.channel)
-        self.transport: asyncio.DatagramTransport | None = None
         #: of the last packet played or heartbeat of a quiet channel; the start until then
         self.last_media = time.monotonic()
         self.bad = dict.fromkeys(BAD_REASONS, 0)
@@ -95,60 +106,121 @@ class Speaker(asyncio.DatagramProtocol):
         self.octets = 0  # UDP payload bytes from the current upstream
         self.datagrams = 0
         self._error_logged = float("-inf")
-        self._sock: socket.socket | None = None  # reads the backlog (fanout/udp.py)
-        self._received = float("-inf")  # monotonic time of the last datagram_received
-        #: called after each datagram asyncio hands over (and the backlog behind it) is
-        #: handled: the rhythm's nudge, which plays what is due in the same wake-up
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: a datagram wakes the process (:meth:`listen`)
+        self.listening = False
+        #: the kernel stamps arrivals (``fanout/udp.py``); else a datagram came when read
+        self.stamped = False
+        #: when a packet or a LOAS was last asked for again (monotonic)
+        self.asked_at = float("-inf")
+        #: arrival (monotonic) of the newest LOAS read (of the newest packet, unsigned media):
+        #: the rhythm's beat is set to follow it (``main.py``); None once taken
+        self.anchor: float | None = None
+        # the clocks when the socket was last read, to date each datagram read then
+        self._read_mono = 0.0
+        self._read_real_ns = 0
+        self._max_age_ns = 0  # since the read before: nothing read now is older
+        self._streamer_at: tuple[float, float] | None = None  # (monotonic, streamer time)
+        self._stamp_ns = 0  # the kernel's stamp of the datagram being handled (0: none)
+        #: called after the socket was read on a wake-up of its own: the rhythm's nudge,
+        #: which plays what is due in the same wake-up
         self.nudge: Callable[[], None] = lambda: None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # the selector loop's UDP transport does not subclass DatagramTransport (3.11)
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        self._sock = udp.duplicate(transport)
+    def attach(self, sock: socket.socket) -> None:
+        """Read and send through ``sock`` (bound, non-blocking; the caller closes it), and
+        listen to it (from the running event loop)."""
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self.stamped = udp.stamp_arrivals(sock)
+        if not self.stamped:
+            log.warning("no kernel receive timestamps: arrivals are dated when read")
+        self.listen(True)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+    def detach(self) -> None:
+        self.listen(False)
+        self._sock = None
 
-    def send(self, out: Iterable[tuple[bytes, Addr]]) -> None:
-        if self.transport is None or self.transport.is_closing():
+    def listen(self, on: bool) -> None:
+        """Whether a datagram wakes the process (else only the beat reads the socket)."""
+        if on is self.listening or self._sock is None or self._loop is None:
             return
-        for data, addr in out:
-            self.transport.sendto(data, addr)
+        if on:
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self.listening = on
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        now = time.monotonic()
-        stalled = now - self._received > STALL_S
-        self._received = now
-        self._datagram(data, addr)
-        if stalled:
-            self.drain()
+    def _readable(self) -> None:
+        self.drain()
         self.nudge()
 
-    def drain(self) -> None:
-        """Read what has queued on the socket. After a pause (this CPU taken for a second),
-        the backlog must reach the playout before its next turn: at asyncio's one datagram
-        per wake-up it would find a second of stream missing and end the broadcast, then
-        start it again."""
-        if self._sock is not None:
-            udp.drain(self._sock, self._datagram, DRAIN, MAX_DATAGRAM, self.error_received)
+    def send(self, out: Iterable[tuple[bytes, Addr]]) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for data, addr in out:
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # the send buffer is full: dropped, as the network may drop it
+            except OSError as e:  # unreachable (an ICMP error report), no route
+                self.error_received(e)
 
-    def _datagram(self, data: bytes, addr: Any) -> None:
+    def drain(self) -> None:
+        """Read what has queued on the socket: every beat while playing, each wake-up while
+        listening. After a pause (this CPU taken for a second) the backlog reaches the
+        playout before its next turn, not at one datagram per wake-up (the playout would
+        find a second of stream missing, end the broadcast and start it again)."""
+        if self._sock is not None:
+            mono = time.monotonic()
+            self._max_age_ns = int((mono - self._read_mono) * NS)
+            self._read_mono = mono
+            self._streamer_at = None
+            self._read_real_ns = time.time_ns()
+            udp.drain_stamped(self._sock, self._datagram, DRAIN, MAX_DATAGRAM,
+                              self.error_received)
+            self._stamp_ns = 0
+
+    def _reading(self, mono: float) -> None:
+        self._max_age_ns = int((mono - self._read_mono) * NS)
+        self._read_mono = mono
+        self._streamer_at = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """One datagram that arrives now (a caller without a socket: tests, the fuzzer)."""
+        self._reading(time.monotonic())
+        self._datagram(data, addr)
+
+    def _datagram(self, data: bytes, addr: Any, real_ns: int = 0) -> None:
         try:
-            self._receive(data, (addr[0], addr[1]))
+            # When it came: the kernel's stamp on the monotonic clock, between the read before
+            # and this one (a wall clock stepped meanwhile cannot date it elsewhere).
+            self._stamp_ns = real_ns
+            age_ns = self._read_real_ns - real_ns if real_ns else 0
+            age_ns = 0 if age_ns < 0 else min(age_ns, self._max_age_ns)
+            self._receive(data, (addr[0], addr[1]), self._read_mono - age_ns / NS)
         except MalformedPacket:
             self.bad["malformed"] += 1
         except Exception:
-            # A bug, not bad input: an exception escaping here would make asyncio close the
-            # socket, i.e. silence the speaker. Count it and log at most once a minute.
+            # A bug, not bad input: an exception escaping here must not stop the speaker's
+            # reading. Count it and log at most once a minute.
             self.bad["error"] += 1
             now = time.monotonic()
             if now - self._error_logged > 60:
                 self._error_logged = now
                 log.exception("datagram from %s failed", addr)
 
-    def _receive(self, data: bytes, addr: Addr) -> None:
+    def _answered(self, t1: int, t2: int, t3: int) -> None:
+        """A TIMEREPLY: the clock sync's t4 is when it came, not when it was read."""
+        since_read_ns = int((time.monotonic() - self._read_mono) * NS)
+        stamp = self._stamp_ns
+        age_ns = time.time_ns() - stamp if stamp else since_read_ns
+        self.time.answered(t1, t2, t3,
+                           min(max(age_ns, 0), self._max_age_ns + since_read_ns))
+
+    def _receive(self, data: bytes, addr: Addr, mono: float) -> None:
+        """A datagram that arrived at ``mono`` (monotonic)."""
         client = self.client
         if addr != client.upstream:  # cheapest filter first: only the current upstream talks
             self.bad["foreign_source"] += 1
@@ -158,18 +230,18 @@ class Speaker(asyncio.DatagramProtocol):
         if subscribe.is_control(data):
             self.control += 1
             before = client.index
-            self.send(client.handle(data, addr, time.monotonic()))
+            self.send(client.handle(data, addr, mono))
             if client.index != before:
                 log.warning("upstream %s refused us; trying %s", addr, client.upstream)
             return
-        mono = time.monotonic()
-        client.heard(mono)  # the upstream is alive, whatever its packets prove
         if packet.is_rtcp(data):
+            client.heard(mono)  # the upstream is alive, whatever its packets prove
             self.rtcp += 1
             if self.gate is not None and auth.is_loas(data):
                 if packet.peek_rtcp_ssrc(data) != self.ssrc:
                     self.bad["foreign_ssrc"] += 1
                     return
+                self.anchor = mono
                 for proven, at in self.gate.vouch(data, mono):
                     self._play(proven, at, mono)
             elif (ts := rtcp.report_ts(data)) is not None:
@@ -194,7 +266,10 @@ class Speaker(asyncio.DatagramProtocol):
             self.recovery.arrived(pkt.seq, len(data), mono)
             self._ask_lost(mono)
         capture_time = pkt.capture_time  # on the streamer's timeline
-        now = self.time.now()
+        # the streamer's time when it came (the streamer's clock read once per read)
+        if (read := self._streamer_at) is None:
+            read = self._streamer_at = (time.monotonic(), self.time.now())
+        now = read[1] - (read[0] - mono)
         gate = self.gate
         if capture_time is None or abs(now - capture_time) > CAPTURE_WINDOW_S:
             self.bad["bad_capture_time"] += 1
@@ -203,6 +278,7 @@ class Speaker(asyncio.DatagramProtocol):
             return
         self.latency.observe(max(0.0, now - capture_time))
         if gate is None:
+            self.anchor = mono
             self._play(pkt, capture_time, mono)
         else:
             gate.hold(pkt.seq, data, (pkt, capture_time), mono)
@@ -241,6 +317,7 @@ class Speaker(asyncio.DatagramProtocol):
         still play."""
         assert self.recovery is not None
         for seq, mask, size in self.recovery.due(now):
+            self.asked_at = now
             self.send(self.client.nack(seq, mask, size))
 
     def _ask_overdue(self, now: float) -> None:
@@ -248,7 +325,14 @@ class Speaker(asyncio.DatagramProtocol):
         assert self.gate is not None
         seq = self.gate.overdue(now)
         if seq is not None:
+            self.asked_at = now
             self.send(self.client.resend(seq))
+
+    def awaiting(self, now: float) -> bool:
+        """Whether an answer to a request (a packet or a LOAS asked for again) may be on its
+        way: the speaker then listens, so that what comes back is read at once and each
+        try has the time it had when every datagram woke the process."""
+        return now - self.asked_at < ANSWER_S
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error (ICMP from a dead upstream?): %s", exc)
@@ -256,10 +340,12 @@ class Speaker(asyncio.DatagramProtocol):
 
 def tick(speaker: Speaker, offbeat: Callable[[Callable[[], None]], None]) -> None:
     """Handshake retries, keepalives, failover and asking the time; every ``TICK_S``, from
-    the rhythm's beat. The time is asked ``offbeat``: half a packet time later, between two
-    packets. The beat follows a packet (``rhythm.py``), when the upstream is busy forwarding
-    it to its other subscribers: a TIME sent then waits behind that work on the way up, not
-    on the way down, and the clock sync would take the difference for the clocks' offset."""
+    the rhythm's beat. The time is asked ``offbeat``, between two packets (``main.py``: at a
+    playing beat, which follows the newest LOAS by half a packet time; half a period after
+    a nudged beat, which follows a datagram). Right after a packet the upstream is busy
+    forwarding it to its other subscribers: a TIME sent then waits behind that work on the way
+    up, not on the way down, and the clock sync would take the difference for the clocks'
+    offset."""
     client = speaker.client
     before = client.index
     speaker.expire()

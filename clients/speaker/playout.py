@@ -260,6 +260,8 @@ class Playout:
         self._forced = False  # the last samples went out at the emergency volume
         self.capture = capture or (lambda broadcast_id, pcm: None)
         self.measure_level = measure_level
+        # a sink that meters what it is given takes our measurement (``mqtt.ToneOverlay``)
+        self._tell_sink = measure_level and hasattr(sink, "measured")
         # cached emergency audio the speaker replays on its own (see play_local)
         self._local: Samples | None = None
         self._local_pos = 0
@@ -271,6 +273,8 @@ class Playout:
         #: has come since: once what is buffered has played there is nothing to conceal
         self.quiet = False
         self._concealed = 0  # consecutive concealed frames
+        #: set by :meth:`tick`: when to tick again for a missing frame it waits for
+        self.wake_at: float | None = None
         self._applied = 1.0  # the gain the decoder applied to the frame being played
         self._last = 0  # the last sample written
         # the broadcast on air and its running level
@@ -343,12 +347,20 @@ class Playout:
 
     # ------------------------------------------------------------------ output
 
-    def tick(self, now: float, shift_s: float = 0.0) -> int:
-        """Emit every frame whose play time is within one packet time of ``now``; returns the
-        number of frames emitted. Then pads the output with silence up to ``now``.
-        ``shift_s``: the streamer's clock minus ours (capture times are the streamer's; a
-        frame plays at capture + delay - shift on ours)."""
-        horizon = now + self.ptime_s  # written one period ahead so the sink never starves
+    def tick(self, now: float, shift_s: float = 0.0, ahead_s: float = 0.0) -> int:
+        """Emit every frame whose play time is within one packet time (or ``ahead_s``, if
+        longer: the time to the next tick) of ``now``; returns the number of frames emitted.
+        Then pads the output with silence up to ``now``. ``shift_s``: the streamer's clock
+        minus ours (capture times are the streamer's; a frame plays at capture + delay -
+        shift on ours).
+
+        A missing frame is concealed only once it is within one packet time of ``now``, as
+        if ticks came every packet time: the frames before it are written ``ahead_s`` ahead,
+        and :attr:`wake_at` says when to tick again to conceal it (or play it, if its packet
+        came meanwhile: one held for its batch's LOAS, or asked for again)."""
+        must = now + self.ptime_s  # written one packet time ahead so the sink never starves
+        horizon = now + ahead_s if ahead_s > self.ptime_s else must
+        self.wake_at = None
         emitted = 0
         jb = self.jitter
         while True:
@@ -361,6 +373,9 @@ class Playout:
                 # then fall silent; a stopped stream must not be "concealed" for ever.
                 if (self._next_play is None or self._concealed >= self.max_conceal
                         or self._next_play > horizon):
+                    break
+                if self._next_play > must:  # its packet may still come: wait for it
+                    self.wake_at = self._next_play - self.ptime_s
                     break
                 self._play(jb.pop(), self._next_play)
             else:
@@ -377,6 +392,9 @@ class Playout:
                 if gap and self._concealed >= self.max_conceal:
                     jb.skip()
                     continue
+                if gap and play_time > must:
+                    self.wake_at = play_time - self.ptime_s
+                    break
                 self._play(jb.pop(), play_time)
             emitted += 1
         if self._local is not None:
@@ -488,11 +506,14 @@ class Playout:
             self._forced = forced
             self._fade.glide()
         out = self._fade.apply(pcm, self._target(forced), self._applied)
+        sumsq = sum_of_squares(out) if self.measure_level else 0.0
         if skip < n:  # gain <= 1: no clipping needed
+            if self._tell_sink and not skip:  # a level meter (``mqtt.py``) need not sum it
+                self.sink.measured = sumsq  # type: ignore[attr-defined]
             self.sink.write(out[skip:])
             self._last = out[-1]
         self.timeline.cursor += n - skip
-        return sum_of_squares(out) if self.measure_level else 0.0
+        return sumsq
 
     # ------------------------------------------------------------------ play log
 
