@@ -153,14 +153,14 @@ class StreamerConfig:
     #: active, in ms; 0 = this streamer is the only one, always active
     #: (``docs/operations.md``, "A standby streamer")
     ha_lease_ms: int = 0
-    #: a priority bulletin from above airs by itself after this long unless an operator
-    #: decided (``docs/api.md``, "Bulletins from above"); a request may say otherwise
-    inbound_decide_s: float = 600.0
     #: this streamer's name in the lease ("" = host:pid:random)
     ha_id: str = ""
     #: where the other streamer of the pair reaches this one's HTTP, to copy its clips
     #: ("" = the URL it serves: ``public_host`` and ``http_port``)
     ha_peer_url: str = ""
+    #: a priority bulletin from above airs by itself after this long unless an operator
+    #: decided (``docs/api.md``, "Bulletins from above"); a request may say otherwise
+    inbound_decide_s: float = 600.0
     #: a commercial voice over HTTP: its voice file (TOML: endpoint, credentials file, voices
     #: per zone, request and response shapes); "" = espeak-ng only (``docs/operations.md``,
     #: "Voices")
