@@ -526,7 +526,8 @@ def check_sdp(args: tuple[Any, ...]) -> None:
 # --------------------------------------------------------------------------- MQTT
 
 #: every model a payload is parsed into, by the topic leaf it arrives on (``DEVICE_TOPICS``,
-#: and the zones' ``emergency`` topic); tests/test_fuzz.py checks that no leaf is missing
+#: and the zones' ``emergency`` and ``board`` topics); tests/test_fuzz.py checks that no leaf
+#: is missing
 MQTT_MODELS: dict[str, type[messages.Payload]] = {
     "status": messages.Status,
     "telemetry/speaker": messages.SpeakerTelemetry,
@@ -538,6 +539,7 @@ MQTT_MODELS: dict[str, type[messages.Payload]] = {
     "emergency": messages.EmergencyState,
     "token": messages.TokenGrant,
     "keys": messages.StreamKeys,
+    "board": messages.BoardState,
 }
 #: a valid payload of each model, to mutate
 MQTT_SAMPLES: dict[str, dict[str, Any]] = {
@@ -555,6 +557,9 @@ MQTT_SAMPLES: dict[str, dict[str, Any]] = {
                   "expires": 2.0, "label": "x"},
     "token": {"token": "AQAAAAA=", "expires": 1},
     "keys": {"keyset": "AQAAAAA="},
+    "board": {"zone": "a.b", "ts": 1.0, "items": [
+        {"id": "p-1", "zones": ["a.b"], "title": "x", "body": "y", "level": "emergency",
+         "start": 1.0, "expires": 2.0, "broadcast": 7}]},
 }
 JSON_ATOMS: tuple[Any, ...] = (
     None, True, False, 0, 1, -1, 50, 2**32, 2**64, -(2**63), 10**400, 0.5, -0.0, 1e308, 1e-320,

@@ -25,10 +25,11 @@ def test_parser_takes_fuzzed_input_without_crashing(name: str) -> None:
 def test_every_mqtt_payload_model_is_fuzzed() -> None:
     """A topic leaf added to the table without a model in the fuzz target fails here."""
     leaves = {leaf for topics in DEVICE_TOPICS.values() for leaf in
-              (*topics.publishes, *topics.reads)} | {"emergency", "keys"}
+              (*topics.publishes, *topics.reads)} | {"emergency", "keys", "board"}
     fuzzed = {key.split("/")[0] for key in MQTT_MODELS}
     assert leaves == fuzzed
-    assert {f"telemetry/{kind}" for kind in DEVICE_TOPICS} <= set(MQTT_MODELS)
+    assert {f"telemetry/{kind}" for kind, topics in DEVICE_TOPICS.items()
+            if "telemetry" in topics.publishes} <= set(MQTT_MODELS)
 
 
 def test_a_failing_check_fails_the_run() -> None:
