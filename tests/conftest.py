@@ -52,26 +52,9 @@ NIGHT = 1795453200.0
 async def streamer(tmp_path, redis_url):
     """An in-process streamer on a real redis-server; ``streamer.admin`` holds the
     Authorization headers of the first admin (signed in through the API)."""
-    import json
+    from tests.harness.streamer import in_process
 
-    import aiohttp
-
-    from streamer.app import Streamer, StreamerConfig
-    from tests.harness.keys import write_test_key
-
-    cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
-                         ingest_host="127.0.0.1", ingest_port=0,
-                         signing_key=write_test_key(tmp_path / "signing-key.pem"))
-    s = Streamer(cfg)
-    await s.start()
-    s.plane.now = lambda: DAYTIME  # quiet hours (22:00-05:00) must not depend on when CI runs
-    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{s.http_url}/api/v1/login",
-            json={"user": creds["user"], "password": creds["password"]}) as r:
-        assert r.status == 200, await r.text()
-        s.admin = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    s = await in_process(tmp_path, redis_url, DAYTIME)
     yield s
     await s.close()
 

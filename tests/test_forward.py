@@ -22,6 +22,7 @@ from clients.speaker.store import ClipStore, ForwardPath, decode_clip, entry_due
 from streamer.control.forward import render
 from streamer.mixer.sources import Tone
 from tests.harness.audio import peak_hz
+from tests.harness.sink import SparseSink
 from wire.auth import Keyring, SigningKey
 from wire.plan import (
     Plan,
@@ -38,25 +39,6 @@ RATE = 48_000
 T0 = 1_795_402_800.0  # the fake clock: a fixed instant, never today
 ZONE = "brvt.vung-tau.p1"
 KEY, OTHER = SigningKey.generate(), SigningKey.generate()
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.cursor = 0
-        self.writes: list[tuple[int, np.ndarray]] = []
-
-    def write(self, pcm: Any) -> None:
-        self.writes.append((self.cursor, np.array(pcm, dtype=np.int16)))
-        self.cursor += len(pcm)
-
-    def write_silence(self, n: int) -> None:
-        self.cursor += n
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def clip_bytes(hz: float = 1000.0, seconds: float = 1.0) -> bytes:
@@ -158,7 +140,7 @@ def test_entry_selection(now: float, lost: bool, done: bool, emergency: bool,
 def forward_path(tmp_path: Path, emergency: list[bool] | None = None
                  ) -> tuple[ForwardPath, Playout, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    playout = Playout(CountingSink(), OpusDecoder(), T0 - 10, on_event=events.append,
+    playout = Playout(SparseSink(), OpusDecoder(), T0 - 10, on_event=events.append,
                       volume_pct=100)
     flag = emergency if emergency is not None else [False]
     fp = ForwardPath(playout, ClipStore(tmp_path, 10_000_000), ZONE, Keyring([KEY.public]),

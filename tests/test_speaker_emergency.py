@@ -38,6 +38,7 @@ from streamer.control.broker import STREAMER_USER
 from tests.harness.audio import correlation, peak_hz, rms_dbfs
 from tests.harness.broker import client, fleet_on, start_broker
 from tests.harness.keys import STREAM_KEY_ARGS
+from tests.harness.sink import SparseSink
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.upstream import TONE_DBFS, TONE_PEAK, ToneUpstream, serving
 from tests.harness.wait import until
@@ -68,36 +69,6 @@ class ValueDecoder:
     def decode(self, payload: bytes, frame_size: int, fec: bool = False) -> bytes:
         value = 100 * payload[0] if payload and not fec else 1000
         return np.full(FRAME, value, dtype="<i2").tobytes()
-
-
-class SparseSink:
-    """Keeps what was written, by output index, and only counts silence (hours of it are
-    cheap)."""
-
-    def __init__(self) -> None:
-        self.cursor = 0
-        self.writes: list[tuple[int, np.ndarray]] = []
-
-    def write(self, pcm: np.ndarray) -> None:
-        self.writes.append((self.cursor, np.array(pcm, dtype=np.int16)))
-        self.cursor += len(pcm)
-
-    def write_silence(self, n: int) -> None:
-        self.cursor += n
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def span(self, a: int, b: int) -> np.ndarray:
-        out = np.zeros(b - a, dtype=np.int16)
-        for at, pcm in self.writes:
-            lo, hi = max(a, at), min(b, at + len(pcm))
-            if lo < hi:
-                out[lo - a : hi - a] = pcm[lo - at : hi - at]
-        return out
 
 
 def packet(seq: int, bid: int, priority: int, value: int = 100) -> RtpPacket:

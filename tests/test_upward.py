@@ -13,7 +13,6 @@ from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from common.config import ConfigError
@@ -32,6 +31,7 @@ from streamer.control.upward import (
 from tests.conftest import DAYTIME
 from tests.harness.api import call, make_user
 from tests.harness.central import Central
+from tests.harness.streamer import in_process
 from tests.harness.wait import until
 from tests.harness.zones import KP1, KP2, OP
 
@@ -57,31 +57,15 @@ async def central():
 async def make_streamer(tmp_path, redis_url):
     """``await make_streamer(url, secret)``: an in-process streamer whose reports go to ``url``,
     signed with ``secret`` (written to a file as an operator would); retries after 50 ms."""
-    from streamer.app import Streamer, StreamerConfig
-    from tests.harness.keys import write_test_key
-
     started = []
 
     async def make(url: str, secret: bytes = SECRET):
         secret_file = tmp_path / "report-webhook.key"
         secret_file.write_bytes(secret + b"\n")
-        cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                             http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
-                             ingest_host="127.0.0.1", ingest_port=0,
-                             signing_key=write_test_key(tmp_path / "signing-key.pem"),
-                             report_webhook_url=url,
+        s = await in_process(tmp_path, redis_url, DAYTIME, report_webhook_url=url,
                              report_webhook_secret_file=str(secret_file))
-        s = Streamer(cfg)
-        await s.start()
         started.append(s)
-        s.plane.now = lambda: DAYTIME  # quiet hours must not depend on when the test runs
         s.upward.retry_base_s = 0.05
-        creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{s.http_url}/api/v1/login",
-                json={"user": creds["user"], "password": creds["password"]}) as r:
-            assert r.status == 200, await r.text()
-            s.admin = {"Authorization": f"Bearer {(await r.json())['token']}"}
         return s
 
     yield make

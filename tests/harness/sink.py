@@ -1,4 +1,5 @@
-"""A packet sink for a mixer under test, in place of the fan-out."""
+"""Sinks for tests: a packet sink for a mixer in place of the fan-out (:class:`Sent`), and an
+audio sink for a speaker's playout in place of its output (:class:`SparseSink`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,33 @@ class Sent(list[tuple[str, bytes]]):
 
     def pause(self, channels: Sequence[str]) -> None:
         self.paused.extend(channels)
+
+
+class SparseSink:
+    """Keeps what was written, by output index, and only counts silence (hours of it are
+    cheap)."""
+
+    def __init__(self) -> None:
+        self.cursor = 0
+        self.writes: list[tuple[int, np.ndarray]] = []
+
+    def write(self, pcm: np.ndarray) -> None:
+        self.writes.append((self.cursor, np.array(pcm, dtype=np.int16)))
+        self.cursor += len(pcm)
+
+    def write_silence(self, n: int) -> None:
+        self.cursor += n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        out = np.zeros(b - a, dtype=np.int16)
+        for at, pcm in self.writes:
+            lo, hi = max(a, at), min(b, at + len(pcm))
+            if lo < hi:
+                out[lo - a : hi - a] = pcm[lo - at : hi - at]
+        return out

@@ -1,7 +1,9 @@
-"""A real ``loa streamer`` process on free loopback ports, signing with the session's stream key
-(``keys.py``) and requiring tokens signed with it, as relays and speakers of the harness
-present; its Redis URL (password included) goes in its environment, never on its command line.
-Stopped (SIGTERM, then SIGKILL) at the end of the block unless the test killed it."""
+"""An in-process streamer signed in as its first admin (``in_process``: the ``streamer``
+fixture's), and a real ``loa streamer`` process on free loopback ports, signing with the
+session's stream key (``keys.py``) and requiring tokens signed with it, as relays and speakers
+of the harness present; its Redis URL (password included) goes in its environment, never on its
+command line. Stopped (SIGTERM, then SIGKILL) at the end of the block unless the test killed
+it."""
 
 from __future__ import annotations
 
@@ -65,6 +67,29 @@ class StreamerProcess:
             "user": creds["user"], "password": creds["password"]})
         assert status == 200, body
         return {"Authorization": f"Bearer {body['token']}"}
+
+
+async def in_process(tmp_path: Path, redis_url: str, now: float, **settings: Any) -> Any:
+    """A started in-process :class:`~streamer.app.Streamer` on free loopback ports, signing with
+    the session's key, its quiet hours judged at ``now`` (they must not depend on when the test
+    runs), with ``admin``: the Authorization headers of its first admin, signed in through the
+    API. ``settings``: more of its config. The caller closes it."""
+    from streamer.app import Streamer, StreamerConfig
+
+    cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
+                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
+                         ingest_host="127.0.0.1", ingest_port=0,
+                         signing_key=write_test_key(tmp_path / "signing-key.pem"), **settings)
+    s = Streamer(cfg)
+    await s.start()
+    s.plane.now = lambda: now
+    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{s.http_url}/api/v1/login",
+            json={"user": creds["user"], "password": creds["password"]}) as r:
+        assert r.status == 200, await r.text()
+        s.admin = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    return s
 
 
 @contextlib.asynccontextmanager
