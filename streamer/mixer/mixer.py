@@ -12,6 +12,10 @@ SSRC, octet count) is a row of mixer-wide numpy arrays, and a program's packets 
 one block (the packet copied to every row, then the timestamp and SSRC columns written at
 once) handed to the sink in one call; the sender reports every ``SR_INTERVAL_FRAMES`` frames
 are built the same way. Each channel's sequence number and packet count are columns too.
+Channels come and go at run time (``add_channels``, ``remove_channels``: a zone edit) between
+two frames: a new channel's row is appended, a removed one's dropped and the rows after it
+move up, and no channel that stays sees a change in its RTP stream. Only a channel with
+nothing on air, waiting or booked may go.
 
 Idle costs nothing (``idle_heartbeat_ms``, the streamer's default): a channel with nothing on
 air sends ``QUIET_TAIL_FRAMES`` frames of silence after its last item (the fade and the
@@ -48,7 +52,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -138,6 +142,46 @@ class Channel:
     program: Program
     #: this channel's row in the mixer's RTP state arrays
     row: int
+
+
+@dataclass(eq=False, slots=True)
+class _RtpRows:
+    """Every channel's RTP state, one row per channel in the mixer's row order; uint32 wraps
+    as RTP's fields do. Rows are made by ``fresh`` only, and appended or dropped whole, so a
+    channel's state is never split between two rows."""
+
+    ssrc: np.ndarray
+    #: a fixed random-looking timestamp origin per channel
+    ts0: np.ndarray
+    #: payload octets each channel sent
+    octets: np.ndarray
+    #: the sequence number of each channel's next packet
+    seq: np.ndarray
+    #: packets each channel sent
+    count: np.ndarray
+    #: frames each channel has had nothing on air (past QUIET_TAIL_FRAMES: quiet)
+    idle: np.ndarray
+    #: the frame offset of each channel's heartbeat, so that a thousand quiet channels do not
+    #: beat on one frame; kept when rows move, so no channel's beat jumps
+    phase: np.ndarray
+
+    @classmethod
+    def fresh(cls, ids: Sequence[str], first_row: int) -> _RtpRows:
+        """The state of new channels that take rows ``first_row`` on: nothing sent yet."""
+        n = len(ids)
+        ssrc = np.fromiter(map(ssrc_for, ids), np.uint32, n)
+        return cls(ssrc=ssrc, ts0=ssrc * np.uint32(7919), octets=np.zeros(n, np.uint32),
+                   seq=np.zeros(n, np.uint16), count=np.zeros(n, np.uint32),
+                   idle=np.zeros(n, np.int64), phase=np.arange(first_row, first_row + n))
+
+    def joined(self, more: _RtpRows) -> _RtpRows:
+        """These rows, then ``more``."""
+        return _RtpRows(*(np.concatenate((getattr(self, f.name), getattr(more, f.name)))
+                          for f in fields(self)))
+
+    def kept(self, keep: np.ndarray) -> _RtpRows:
+        """The rows where ``keep`` (a mask, one per row) is true, in order."""
+        return _RtpRows(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 @dataclass(eq=False, slots=True)
@@ -296,24 +340,13 @@ class Mixer:
         self.on_finished = on_finished
         self.metrics = MixerMetrics(registry or CollectorRegistry())
         self.metrics.encoder_threads.set(workers)
-        silence = Program(fade_samples=48 * fade_ms)
-        self.programs: list[Program] = [silence]
+        self._fade_samples = 48 * fade_ms
+        self.programs: list[Program] = []
         self._outputs: dict[Program, _Output] = {}
         self.channels: dict[str, Channel] = {}
-        for cid in channels:
-            if cid not in self.channels:
-                self.channels[cid] = Channel(cid, ssrc_for(cid), silence, len(self.channels))
-                silence.channels.add(cid)
-        self._ids = list(self.channels)  # row -> channel id
-        # Per channel RTP state, one row each; uint32 wraps as RTP's fields do.
-        self._ssrc = np.array([c.ssrc for c in self.channels.values()], dtype=np.uint32)
-        self._ts0 = self._ssrc * np.uint32(7919)  # a fixed random-looking origin per channel
-        self._octets = np.zeros(len(self._ids), dtype=np.uint32)
-        self._seq = np.zeros(len(self._ids), dtype=np.uint16)  # of each channel's next packet
-        self._count = np.zeros(len(self._ids), dtype=np.uint32)  # packets each channel sent
-        #: frames each channel has had nothing on air (past QUIET_TAIL_FRAMES: quiet)
-        self._idle = np.zeros(len(self._ids), dtype=np.int64)
-        self._row_numbers = np.arange(len(self._ids))
+        self._ids: list[str] = []  # row -> channel id
+        self._rtp = _RtpRows.fresh([], 0)
+        self._row_numbers = np.arange(0)
         self._heartbeat: int | None = None
         self.set_idle_heartbeat(idle_heartbeat_ms)
         self.items: dict[int, Item] = {}
@@ -329,18 +362,95 @@ class Mixer:
         #: started items that have not aired yet -> wall time their time-to-air counts from
         self._unaired: dict[int, float] = {}
         self.codec_delay_s = OpusEncoder(clock.frame_samples, self.opus).lookahead_samples / 48_000
+        self.add_channels(channels)
 
     @_locked
     def set_idle_heartbeat(self, ms: int | None) -> None:
         """Quiet channels beat every ``ms`` from the next frame on (None or 0: every channel
         sends every frame); a channel quiet now falls quiet again after its tail."""
         self._heartbeat = max(1, round(ms / self.clock.ptime_ms)) if ms else None
-        self._idle[:] = 0
+        self._rtp.idle[:] = 0
 
     def close(self) -> None:
         """Stop the encoder threads (a mixer that ticks again starts them again)."""
         if self._pool is not None:
             self._pool.close()
+
+    # ------------------------------------------------------------------ channels
+
+    @_locked
+    def add_channels(self, ids: Iterable[str]) -> list[str]:
+        """Add the channels not here yet; returns them, in order. Each takes a new row at the
+        end, so no other channel's row moves, with the state a new mixer gives it (nothing
+        sent yet, its timestamp origin from its SSRC, the heartbeat phase of its row), and
+        joins the silent programme: it sends from the next frame on, as a new mixer's would."""
+        new = [cid for cid in dict.fromkeys(ids) if cid not in self.channels]
+        if not new:
+            return []
+        silence = Program(fade_samples=self._fade_samples)
+        into = next((p for p in self.programs if p.signature() == silence.signature()), None)
+        if into is None:
+            into = silence
+            self.programs.append(silence)
+        first = len(self._ids)
+        rows = _RtpRows.fresh(new, first)
+        for i, cid in enumerate(new):
+            self.channels[cid] = Channel(cid, int(rows.ssrc[i]), into, first + i)
+        into.channels.update(new)
+        self._ids += new
+        self._rtp = self._rtp.joined(rows)
+        self._row_numbers = np.arange(len(self._ids))
+        self._find_rows([into])
+        return new
+
+    @_locked
+    def remove_channels(self, ids: Iterable[str]) -> list[str]:
+        """Remove these channels; returns those that were here (the others are ignored). All
+        or nothing: a channel that an item is playing, waiting, fading out or booked to start
+        on is not removed, and neither is any other (:class:`ValueError` names the channel
+        and the item). The rows after a removed one move up; every channel that stays keeps
+        its RTP state and its heartbeat phase, and a removed one sends nothing more."""
+        gone = [cid for cid in dict.fromkeys(ids) if cid in self.channels]
+        booked = {cid: b for b in self._booked.values() for cid in b.channel_ids}
+        for cid in gone:
+            if (why := self._holding(cid, booked.get(cid))) is not None:
+                raise ValueError(f"channel {cid} cannot be removed: {why}")
+        if not gone:
+            return []
+        keep = np.ones(len(self._ids), dtype=bool)
+        for cid in gone:
+            ch = self.channels.pop(cid)
+            keep[ch.row] = False
+            ch.program.channels.discard(cid)
+        self._ids = [cid for cid in self._ids if cid in self.channels]
+        for row, cid in enumerate(self._ids):
+            self.channels[cid].row = row
+        self._rtp = self._rtp.kept(keep)
+        self._row_numbers = np.arange(len(self._ids))
+        for emptied in [p for p in self.programs if not p.channels]:
+            self.programs.remove(emptied)
+            self._outputs.pop(emptied, None)
+        self._find_rows(self.programs)
+        return gone
+
+    def _holding(self, cid: str, booking: _Booking | None) -> str | None:
+        """What keeps a channel from being removed (None: nothing)."""
+        program = self.channels[cid].program
+        if program.tail is not None:
+            return f"item {program.tail[0].id} is fading out on it"
+        if (top := program.top()) is not None:
+            return f"item {top.id} is {'on air' if top.id == program.current else 'waiting'} on it"
+        if booking is not None:
+            return f"item {booking.item.id} is booked to start on it at frame {booking.at_frame}"
+        return None
+
+    def _find_rows(self, programs: Iterable[Program]) -> None:
+        """These programmes' channels changed rows: find them now, between frames, rather than
+        in the next one."""
+        for program in programs:
+            out = self._outputs.get(program)
+            if out is not None:
+                out.rows = self._rows_of(program)
 
     # ------------------------------------------------------------------ commands
 
@@ -560,22 +670,22 @@ class Mixer:
         those that end a pause marked; quiet ones get their heartbeat when it is due, and
         those that fall quiet now are paused at the sink. Numpy over the rows: a province
         falls quiet together."""
-        at = rows.at
+        at, rtp = rows.at, self._rtp
         if not program.idle:
-            idle = self._idle[at]  # a view when ``at`` is a slice: read it before zeroing it
+            idle = rtp.idle[at]  # a view when ``at`` is a slice: read it before zeroing it
             if not idle.any():
                 return rows
             resumed = np.flatnonzero(idle > QUIET_TAIL_FRAMES)
-            self._idle[at] = 0
+            rtp.idle[at] = 0
             return _Rows(rows.ids, at, resumed) if len(resumed) else rows
-        run = self._idle[at] + 1
-        self._idle[at] = run
+        run = rtp.idle[at] + 1
+        rtp.idle[at] = run
         sending = run <= QUIET_TAIL_FRAMES
         if sending.all():
             return rows
         assert self._heartbeat is not None
         falling = run == QUIET_TAIL_FRAMES + 1
-        beat = falling | (~sending & ((frame.k + self._row_numbers[at]) % self._heartbeat == 0))
+        beat = falling | (~sending & ((frame.k + rtp.phase[at]) % self._heartbeat == 0))
         if beat.any():
             beating = self._subset(rows, beat)
             self.sink.publish_block(beating.ids, self._reports_of(
@@ -612,13 +722,13 @@ class Mixer:
         block = np.empty((len(rows.ids), len(packet)), dtype=np.uint8)
         block[:] = np.frombuffer(packet, dtype=np.uint8)
         columns = block.view(_rtp_columns(len(packet)))[:, 0]
-        at = rows.at
-        columns["seq"] = self._seq[at]
-        columns["ts"] = self._ts0[at] + ts_offset
-        columns["ssrc"] = self._ssrc[at]
-        self._seq[at] += np.uint16(1)  # wraps at 2^16, as RTP's does
-        self._count[at] += np.uint32(1)
-        self._octets[at] += np.uint32(len(packet) - HEADER_LEN)
+        at, rtp = rows.at, self._rtp
+        columns["seq"] = rtp.seq[at]
+        columns["ts"] = rtp.ts0[at] + ts_offset
+        columns["ssrc"] = rtp.ssrc[at]
+        rtp.seq[at] += np.uint16(1)  # wraps at 2^16, as RTP's does
+        rtp.count[at] += np.uint32(1)
+        rtp.octets[at] += np.uint32(len(packet) - HEADER_LEN)
         if rows.resumed is not None:
             block[rows.resumed, 1] |= _MARKER
         return block
@@ -629,11 +739,11 @@ class Mixer:
         block = np.empty((len(rows.ids), len(report)), dtype=np.uint8)
         block[:] = report
         columns = block.view(_SR_COLUMNS)[:, 0]
-        at = rows.at
-        columns["ssrc"] = self._ssrc[at]
-        columns["ts"] = self._ts0[at] + ts_offset
-        columns["packets"] = self._count[at]
-        columns["octets"] = self._octets[at]
+        at, rtp = rows.at, self._rtp
+        columns["ssrc"] = rtp.ssrc[at]
+        columns["ts"] = rtp.ts0[at] + ts_offset
+        columns["packets"] = rtp.count[at]
+        columns["octets"] = rtp.octets[at]
         return block
 
     def _aired(self, item: Item) -> None:
