@@ -242,7 +242,8 @@ class Streamer:
         loop.set_default_executor(ThreadPoolExecutor(CONTROL_WORKERS, "loa-work"))
         self.process_watch = watch_process(self.registry)
         channels = self.zones.channels()
-        known = frozenset(channels)
+        #: the channels the media endpoint answers for; zone edits change it (``_rechannel``)
+        self.known = known = set(channels)
         self.key_path = key_path(cfg.signing_key, cfg.var_dir)
         try:
             key = load_or_create_key(self.key_path)
@@ -303,6 +304,7 @@ class Streamer:
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)
         self.plane.signing_key = lambda: self.signing.key
+        self.plane.editor.channels_changed = self._rechannel
         #: reports upward: built here, pushing only while this streamer is active
         self.upward = Upward(self.plane, cfg.report_webhook_url, report_secret,
                              cfg.report_period, self.registry)  # type: ignore[arg-type]
@@ -331,7 +333,7 @@ class Streamer:
         add_peer_routes(app, clips, self.listen_keys)
         add_board_routes(app, self.plane, self.listen_keys)
         add_media_routes(app, self.fanout, ptime_ms=cfg.ptime_ms, public_host=cfg.public_host,
-                         health=lambda: {"process": "streamer", "channels": len(channels),
+                         health=lambda: {"process": "streamer", "channels": len(self.known),
                                          "frame": self.clock.frame,
                                          "programs": len(self.mixer.programs),
                                          "role": self.role},
@@ -377,6 +379,18 @@ class Streamer:
         if self.active:
             return "active"
         return "standby" if self.fanout.server.standby else "taking over"
+
+    def _rechannel(self, added: list[str], removed: list[str]) -> None:
+        """A zone edit added or removed channels: the media endpoint answers for the new ones
+        and refuses the old ones' subscribers (REJECT unknown channel), on the playout loop."""
+        self.known.update(added)
+        self.known.difference_update(removed)
+        for channel in removed:
+            self.playout.submit(self._reject(channel))
+
+    async def _reject(self, channel: str) -> None:
+        self.signing.forget(channel)
+        self.fanout.reject_channel(channel)
 
     async def _take_control(self, takeover: bool) -> None:
         """Everything a streamer does beside playing: the state, the fleet, broadcasts on air

@@ -111,6 +111,12 @@ class SigningSink:
                     self.signatures.inc()
         self._pausing.clear()
 
+    def forget(self, channel: str) -> None:
+        """``channel`` left the mixer (a zone edit): its signer goes, so that a channel of that
+        name added again starts its batches afresh, with its sequence numbers. Call on the
+        playout thread, as :meth:`sign_pending` is."""
+        self._signers.pop(channel, None)
+
     def _signer(self, channel: str) -> ChannelSigner:
         ssrc = ssrc_for(channel)
         return ChannelSigner(self.key, channel, ssrc, self.frames, phase=ssrc % self.frames)

@@ -9,9 +9,11 @@ nothing) stops the load with the zone and the field named. ``docs/zones.md`` has
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.geo import Point, closed, inside_ring, ring_area
+from wire.ids import valid_zone_id
 from wire.packet import ssrc_for
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -106,10 +109,57 @@ def _check_location_inside(zone: Zone) -> None:
                         "(are latitude and longitude swapped?)")
 
 
+def _check_key(field: str, key: str) -> None:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ZoneError(f"{field}: {key!r} must be 1 to 32 of a-z, 0-9 and '-', starting with "
+                        "a letter or digit")
+
+
+def _copy(z: Zone) -> Zone:
+    return Zone(z.id, z.name, z.parent, list(z.children), z.code, z.location, z.boundary)
+
+
+def _ordered(zones: dict[str, Zone]) -> dict[str, Zone]:
+    """``zones`` with every parent before its children (depth first in children order), as
+    the stored form needs."""
+    out: dict[str, Zone] = {}
+
+    def walk(zid: str) -> None:
+        out[zid] = zones[zid]
+        for child in zones[zid].children:
+            walk(child)
+
+    for z in zones.values():
+        if z.parent is None:
+            walk(z.id)
+    return out
+
+
 class ZoneTree:
-    def __init__(self, zones: dict[str, Zone]) -> None:
+    """The zones by id, in file order (a zone's ``children`` in order too), and ``aliases``:
+    the ids that runtime edits retired (renamed, moved or merged away, ``zonedit.py``), each
+    to the zone that took its place, so that history stored under an old id still resolves."""
+
+    def __init__(self, zones: dict[str, Zone], aliases: dict[str, str] | None = None) -> None:
         self.zones = zones
         self.roots = [z.id for z in zones.values() if z.parent is None]
+        self.aliases = dict(aliases or {})
+
+    def adopt(self, other: ZoneTree) -> None:
+        """Become ``other`` in place: whoever holds this tree (or its bound methods) sees the
+        edited one."""
+        self.zones, self.roots, self.aliases = other.zones, other.roots, other.aliases
+
+    def resolve(self, zone_id: str) -> str | None:
+        """The zone ``zone_id`` is now: itself, the zone an edit moved it to, else None."""
+        if zone_id in self.zones:
+            return zone_id
+        now = self.aliases.get(zone_id)
+        return now if now in self.zones else None
+
+    def resolve_all(self, zone_ids: Iterable[str]) -> list[str]:
+        """``resolve`` each, dropping the unknown, without duplicates."""
+        return list(dict.fromkeys(z for z in map(self.resolve, zone_ids) if z is not None))
 
     @classmethod
     def from_toml(cls, text: str) -> ZoneTree:
@@ -146,11 +196,17 @@ class ZoneTree:
             walk(value, key, None)
         if not zones:
             raise ZoneError("zone file defines no zone")
+        return cls.checked(zones)
+
+    @classmethod
+    def checked(cls, zones: dict[str, Zone], aliases: dict[str, str] | None = None) -> ZoneTree:
+        """A tree of ``zones`` once the rules that span zones hold: codes unique, channels'
+        SSRCs distinct."""
         codes: dict[str, str] = {}
         for zone in zones.values():
             if zone.code is not None and codes.setdefault(zone.code, zone.id) != zone.id:
                 raise ZoneError(f"zones {codes[zone.code]} and {zone.id} share code {zone.code}")
-        tree = cls(zones)
+        tree = cls(zones, aliases)
         # Relays demultiplex channels by SSRC, a 32-bit hash of the channel id: refuse a tree
         # in which two channels would share one (rename a zone key to fix it).
         seen: dict[int, str] = {}
@@ -159,6 +215,156 @@ class ZoneTree:
             if other != leaf:
                 raise ZoneError(f"channels {other} and {leaf} hash to the same SSRC")
         return tree
+
+    # -- stored form: the tree as runtime edits left it (``zonedit.py``) ------------------
+
+    def to_json(self, rev: int) -> str:
+        return json.dumps({"rev": rev, "aliases": self.aliases, "zones": [
+            {"id": z.id, "name": z.name, "parent": z.parent, "code": z.code,
+             "location": z.location, "boundary": z.boundary} for z in self.zones.values()]},
+            ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[ZoneTree, int]:
+        """A stored tree and its revision; every field is checked as the zone file's are."""
+        try:
+            doc = json.loads(text)
+            rev, rows, aliases = int(doc["rev"]), list(doc["zones"]), dict(doc["aliases"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ZoneError(f"stored zone tree is damaged: {e}") from None
+        zones: dict[str, Zone] = {}
+        for row in rows:
+            zid, parent = row.get("id"), row.get("parent")
+            if not isinstance(zid, str) or not valid_zone_id(zid) or zid in zones:
+                raise ZoneError(f"stored zone tree: bad or repeated zone id {zid!r}"[:200])
+            if parent != (zid.rsplit(".", 1)[0] if "." in zid else None) or (
+                    parent is not None and parent not in zones):
+                raise ZoneError(f"stored zone tree: zone {zid} comes before its parent")
+            name = row.get("name")
+            if not isinstance(name, str):
+                raise ZoneError(f"zone {zid}: name must be a string")
+            loc = row.get("location")
+            zones[zid] = zone = Zone(
+                zid, name, parent, code=_code(zid, row.get("code")),
+                location=None if loc is None else _location(zid, {"lat": loc[0], "lon": loc[1]}),
+                boundary=_boundary(zid, [list(p) for p in row["boundary"]]
+                                   if row.get("boundary") else None))
+            _check_location_inside(zone)
+            if parent is not None:
+                zones[parent].children.append(zid)
+        if not zones or len(zones) > MAX_ZONES:
+            raise ZoneError(f"stored zone tree has {len(zones)} zones")
+        return cls.checked(zones, {str(k): str(v) for k, v in aliases.items()}), rev
+
+    # -- edits: each returns the edited tree (this one unchanged) and which ids moved where --
+
+    def added(self, parent: str, key: str, name: str, code: str | None = None) -> ZoneTree:
+        """A tree with a new zone ``parent.key``; a leaf ``parent`` stops being a channel."""
+        if parent not in self.zones:
+            raise ZoneError(f"parent: no zone {parent!r}")
+        _check_key("key", key)
+        zid = f"{parent}.{key}"
+        self._check_free("key", zid)
+        zones = {i: _copy(z) for i, z in self.zones.items()}
+        zones[zid] = Zone(zid, name, parent, code=_code(zid, code))
+        zones[parent].children.append(zid)
+        return ZoneTree.checked(zones, self.aliases)
+
+    def moved(self, zone_id: str, parent: str, key: str) -> tuple[ZoneTree, dict[str, str]]:
+        """``zone_id`` and its subtree under ``parent`` as ``key`` (a rename when ``parent`` is
+        its own parent); returns the tree and ``{old id: new id}`` for the whole subtree."""
+        self._check_editable(zone_id)
+        if parent not in self.zones:
+            raise ZoneError(f"parent: no zone {parent!r}")
+        if self.contains(zone_id, parent):
+            raise ZoneError(f"parent: {parent} is inside {zone_id}")
+        _check_key("key", key)
+        new_id = f"{parent}.{key}"
+        if new_id == zone_id:
+            raise ZoneError(f"key: {zone_id} is already there by that name")
+        self._check_free("key", new_id, moving=zone_id)
+        mapping = {old: new_id + old[len(zone_id):] for old in self._subtree(zone_id)}
+        return self._remapped(mapping), mapping
+
+    def merged(self, zone_id: str, into: str,
+               keys: dict[str, str] | None = None) -> tuple[ZoneTree, dict[str, str]]:
+        """``zone_id`` merged into ``into``: its children move under ``into`` (a child whose
+        key ``into`` already has needs a new one in ``keys``), and ``zone_id`` itself becomes
+        ``into``. Two channels merge into one; a channel cannot merge with a zone above
+        channels (move it instead)."""
+        self._check_editable(zone_id)
+        if into not in self.zones:
+            raise ZoneError(f"into: no zone {into!r}")
+        if self.contains(zone_id, into) or self.contains(into, zone_id):
+            raise ZoneError(f"into: {into} and {zone_id} are one inside the other")
+        src, dst = self.zones[zone_id], self.zones[into]
+        if src.is_leaf != dst.is_leaf:
+            raise ZoneError(f"into: {zone_id} and {into} must both be channels (leaf zones) or "
+                            "both zones with zones under them; move the one instead")
+        keys = dict(keys or {})
+        for child_key in keys:
+            if f"{zone_id}.{child_key}" not in src.children:
+                raise ZoneError(f"keys: {zone_id} has no zone {child_key!r}")
+        mapping = {zone_id: into}
+        taken = {c.rsplit(".", 1)[1] for c in dst.children}
+        for child in src.children:
+            old_key = child.rsplit(".", 1)[1]
+            key = keys.get(old_key, old_key)
+            _check_key(f"keys.{old_key}", key)
+            if key in taken:
+                raise ZoneError(f"keys: {into} already has a zone {key!r}: give {child} "
+                                f"another key, e.g. keys = {{\"{old_key}\": \"{key}-2\"}}")
+            taken.add(key)
+            new_child = f"{into}.{key}"
+            self._check_free(f"keys.{old_key}", new_child, moving=child)
+            mapping.update({old: new_child + old[len(child):] for old in self._subtree(child)})
+        return self._remapped(mapping), mapping
+
+    def _check_editable(self, zone_id: str) -> None:
+        if zone_id not in self.zones:
+            raise ZoneError(f"no zone {zone_id!r}")
+        if self.zones[zone_id].parent is None:
+            raise ZoneError(f"{zone_id} is a top-level zone: it cannot be moved or merged")
+
+    def _check_free(self, field: str, zone_id: str, moving: str | None = None) -> None:
+        """``zone_id`` may be created: no zone has it, and no retired id that history still
+        resolves elsewhere (renaming back what ``moving`` was called is allowed)."""
+        if not valid_zone_id(zone_id):
+            raise ZoneError(f"{field}: {zone_id!r} is not a zone id")
+        if zone_id in self.zones:
+            raise ZoneError(f"{field}: zone {zone_id} exists")
+        now = self.aliases.get(zone_id)
+        if now is not None and not (moving is not None and self.contains(moving, now)):
+            raise ZoneError(f"{field}: {zone_id} was a zone, now part of {now}; its history is "
+                            "kept under that name: choose another key")
+
+    def _subtree(self, zone_id: str) -> list[str]:
+        out = [zone_id]
+        for child in self.zones[zone_id].children:
+            out.extend(self._subtree(child))
+        return out
+
+    def _remapped(self, mapping: dict[str, str]) -> ZoneTree:
+        """The tree with every id in ``mapping`` replaced (zones mapped onto an existing zone
+        are merged into it), in the same order; aliases follow, an id that comes back drops
+        its alias."""
+        zones: dict[str, Zone] = {}
+        for zid, z in self.zones.items():
+            new = mapping.get(zid, zid)
+            if new in zones or (new != zid and new in self.zones):
+                continue  # merged into a zone that is (or will be) there
+            zones[new] = Zone(new, z.name, new.rsplit(".", 1)[0] if "." in new else None,
+                              code=z.code, location=z.location, boundary=z.boundary)
+        # a merge target's own children first, then those it takes in
+        for zid in sorted(self.zones, key=lambda i: i in mapping):
+            new = mapping.get(zid, zid)
+            parent = zones[new].parent
+            if parent is not None and new not in zones[parent].children:
+                zones[parent].children.append(new)
+        aliases = {old: mapping.get(now, now) for old, now in self.aliases.items()}
+        aliases.update((old, new) for old, new in mapping.items() if old != new)
+        aliases = {old: now for old, now in aliases.items() if old != now and old not in zones}
+        return ZoneTree.checked(_ordered(zones), aliases)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ZoneTree:
@@ -169,10 +375,12 @@ class ZoneTree:
         return cls.from_toml(text)
 
     def leaves(self, zone_id: str | None = None) -> list[str]:
-        """Leaf zones (channels) under ``zone_id`` (itself if it is a leaf); all when None."""
+        """Leaf zones (channels) under ``zone_id`` (itself if it is a leaf); all when None. A
+        retired id (history) answers for the zone that took its place."""
         if zone_id is None:
             return [z.id for z in self.zones.values() if z.is_leaf]
-        zone = self.zones[zone_id]
+        zone = self.zones[self.aliases.get(zone_id, zone_id)]
+        zone_id = zone.id
         if zone.is_leaf:
             return [zone_id]
         out: list[str] = []

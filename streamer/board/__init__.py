@@ -29,11 +29,14 @@ PREFIX = "board:"
 
 
 def add_board_routes(app: web.Application, plane: Any, keys: Keyring) -> None:
-    async def allowed(request: web.Request, zone: str) -> web.Response | None:
-        """None if the request carries a board token for ``zone``; else a 401/404 answer."""
-        if zone not in plane.tree.zones:
-            return web.json_response({"error": f"no zone {zone!r}", "field": "zone"},
-                                     status=404)
+    async def allowed(request: web.Request, link_zone: str) -> tuple[web.Response | None, str]:
+        """``(None, zone)`` if the request carries a board token for ``link_zone``, the zone
+        of the page's link; else a 401/404 answer. ``zone`` is the zone now: a zone edit
+        that renamed or merged the link's keeps the board on its wall working."""
+        zone = plane.tree.resolve(link_zone)
+        if zone is None:
+            return web.json_response({"error": f"no zone {link_zone!r}", "field": "zone"},
+                                     status=404), link_zone
         data = token.from_url(request.query.get("token", ""))
         try:
             identity = token.parse(data).identity
@@ -41,15 +44,15 @@ def add_board_routes(app: web.Application, plane: Any, keys: Keyring) -> None:
             identity = ""
         verdict: object = token.BAD
         if identity.startswith(PREFIX):
-            verdict = token.check(keys, data, identity, zone, time.time())
+            verdict = token.check(keys, data, identity, link_zone, time.time())
         if not isinstance(verdict, str):
             board = await plane.state.boards.get(identity[len(PREFIX):])
             if board is not None and verdict.issued >= int(board.created) \
                     and board.zone == zone:
-                return None
+                return None, zone
             verdict = token.FORBIDDEN
         return web.json_response({"error": f"a board's page link is needed ({verdict})",
-                                  "field": "token"}, status=401)
+                                  "field": "token"}, status=401), zone
 
     async def page(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={
@@ -63,15 +66,13 @@ def add_board_routes(app: web.Application, plane: Any, keys: Keyring) -> None:
                                                         "Cache-Control": "no-cache"})
 
     async def state(request: web.Request) -> web.StreamResponse:
-        zone = request.match_info["zone"]
-        refused = await allowed(request, zone)
+        refused, zone = await allowed(request, request.match_info["zone"])
         if refused is not None:
             return refused
         return web.json_response(plane.board.state(zone).model_dump(mode="json"))
 
     async def events(request: web.Request) -> web.StreamResponse:
-        zone = request.match_info["zone"]
-        refused = await allowed(request, zone)
+        refused, zone = await allowed(request, request.match_info["zone"])
         if refused is not None:
             return refused
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -87,6 +88,8 @@ def add_board_routes(app: web.Application, plane: Any, keys: Keyring) -> None:
                 except TimeoutError:
                     await resp.write(b": alive\n\n")
                     continue
+                if state is None:  # the zone was edited away: the page reconnects
+                    break
                 await _send(resp, state.model_dump_json())
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -18,6 +18,7 @@ for boards that speak MQTT, and pushed to the kiosk pages watching the zone over
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -76,7 +77,8 @@ class BoardFeed:
         self.now = now
         self.items: dict[str, BoardItem] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._watchers: dict[str, set[asyncio.Queue[BoardState]]] = {}
+        #: each kiosk page's queue of its zone's states (None: its zone was edited away)
+        self._watchers: dict[str, set[asyncio.Queue[BoardState | None]]] = {}
         self._background = Background(log, "board update")
         self.m_items = Gauge("loa_board_items", "Board items showing now", registry=registry)
         self.m_published = Counter("loa_board_states_total", "Zone board states published "
@@ -96,6 +98,21 @@ class BoardFeed:
                 self._arm(item)
         self.m_items.set(len(self.items))
         self._publish(self.plane.tree.zones)
+
+    async def reload(self, gone: Iterable[str]) -> None:
+        """After a zone edit: the items as stored now (their zones renamed), every zone's
+        board published again, and the retained boards of zones that are gone cleared."""
+        for item in await self.plane.state.board_items.all():
+            if item.id in self.items:
+                self.items[item.id] = item
+        self._publish(self.plane.tree.zones)
+        fleet = self.plane.fleet
+        for zone in gone:
+            for q in list(self._watchers.pop(zone, ())):  # a page on a gone zone: it reconnects
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait(None)
+            if fleet is not None:
+                self._background.spawn(self._clear(fleet, zone))
 
     def close(self) -> None:
         for t in self._timers.values():
@@ -150,13 +167,14 @@ class BoardFeed:
         items.sort(key=lambda i: (_LEVEL_ORDER[i.level], -i.start))
         return BoardState(zone=zone, items=items[:MAX_ITEMS], ts=now)
 
-    def watch(self, zone: str) -> asyncio.Queue[BoardState]:
-        """A queue of ``zone``'s board states, from now on (:meth:`unwatch` it)."""
-        q: asyncio.Queue[BoardState] = asyncio.Queue(QUEUE)
+    def watch(self, zone: str) -> asyncio.Queue[BoardState | None]:
+        """A queue of ``zone``'s board states, from now on (:meth:`unwatch` it); None in it:
+        the zone is gone (renamed, moved or merged), the page must ask again."""
+        q: asyncio.Queue[BoardState | None] = asyncio.Queue(QUEUE)
         self._watchers.setdefault(zone, set()).add(q)
         return q
 
-    def unwatch(self, zone: str, q: asyncio.Queue[BoardState]) -> None:
+    def unwatch(self, zone: str, q: asyncio.Queue[BoardState | None]) -> None:
         watchers = self._watchers.get(zone)
         if watchers is not None:
             watchers.discard(q)
@@ -187,6 +205,13 @@ class BoardFeed:
             await fleet.retain(zone_board_topic(zone), state.model_dump_json().encode())
         except TimeoutError:  # the broker is away: the fleet publishes it when it is back
             log.info("board of %s not retained yet (broker away)", zone)
+
+    @staticmethod
+    async def _clear(fleet: Any, zone: str) -> None:
+        try:
+            await fleet.retain(zone_board_topic(zone), b"")
+        except TimeoutError:
+            log.info("board of %s not cleared yet (broker away)", zone)
 
     def _arm(self, item: BoardItem) -> None:
         old = self._timers.pop(item.id, None)

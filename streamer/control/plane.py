@@ -57,6 +57,7 @@ from .reach import ReachFeed
 from .schedules import QuietHours, in_quiet_hours
 from .state import State
 from .throttle import Gate, LoginThrottle
+from .zonedit import ZoneEditor
 
 log = logging.getLogger("loa.control")
 _parse_quiet = functools.lru_cache(maxsize=256)(QuietHours.parse)  # a few distinct settings
@@ -113,6 +114,8 @@ class Plane:
     inbound_decide_s: float = 600.0
     #: e-boards' items (``board.py``)
     board: BoardFeed = field(init=False)
+    #: runtime zone edits (``zonedit.py``)
+    editor: ZoneEditor = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -138,6 +141,7 @@ class Plane:
         self.board = BoardFeed(self, self.registry)  # started with the control plane too
         self.broadcasts.on_first_airing = self.board.broadcast_aired
         self.broadcasts.on_emergency_over = self.board.emergency_over
+        self.editor = ZoneEditor(self, self.registry)
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}
@@ -206,25 +210,36 @@ class Plane:
             log.error("moved %d stored records that no longer parse to quarantine (%s); see "
                       "docs/state.md", sum(moved.values()),
                       ", ".join(f"{k}: {n}" for k, n in sorted(moved.items())))
+        await self.editor.load()  # the tree as runtime edits left it, if they did
         added = await self.state.import_zones([
             Zone(id=z.id, name=z.name, parent=z.parent, **self._from_zone_file(z.id))
             for z in self.tree.zones.values()])
         if added:
             log.info("imported %d zones", added)
-        # codes and geography come from the data file, also for zones stored before it had them
-        self.zones = {z.id: z.model_copy(update=self._from_zone_file(z.id))
-                      for z in await self.state.zones.all() if z.id in self.tree.zones}
+        await self.reload_zones()
         await self.recorder.load()
         await self.devices.sync_broker()
         await self.state.reserve_broadcast_ids()
         await self.reload_inputs()
 
+    async def reload_zones(self) -> None:
+        """Every zone's settings, read again (at start, and after a zone edit)."""
+        # codes and geography come from the tree (the data file's, or as runtime edits left
+        # it), also for zones stored before it had them
+        self.zones = {z.id: z.model_copy(update=self._from_zone_file(z.id))
+                      for z in await self.state.zones.all() if z.id in self.tree.zones}
+
     def _from_zone_file(self, zone_id: str) -> dict[str, Any]:
-        """What the zone file says of a zone and the API cannot change: its code and place."""
+        """What the zone tree says of a zone and the API cannot change: its code and place."""
         z = self.tree.zones[zone_id]
         return {"code": z.code, "boundary": z.boundary,
                 "location": None if z.location is None else GeoPoint(lat=z.location[0],
                                                                      lon=z.location[1])}
+
+    def zones_then_and_now(self, zones: list[str]) -> list[str]:
+        """A stored record's ``zones`` and the zones they are now (a zone edit may have
+        renamed, moved or merged them): who may see and filter history asks for both."""
+        return list(dict.fromkeys([*zones, *self.tree.resolve_all(zones)]))
 
     # -- inherited zone settings ----------------------------------------------------------
 

@@ -27,10 +27,11 @@ class AuditList(BaseModel):
                              "at the oldest")
 
 
-def _matches(q: AuditQuery, e: AuditEntry) -> bool:
+def _matches(q: AuditQuery, e: AuditEntry, zones: list[str]) -> bool:
+    """``zones``: the entry's, then and now (``Plane.zones_then_and_now``)."""
     return ((not q.user or e.user == q.user) and (not q.action or e.action == q.action)
             and (not q.outcome or e.outcome == q.outcome)
-            and (not q.zone or any(covers(q.zone, z) for z in e.zones)))
+            and (not q.zone or any(covers(q.zone, z) for z in zones)))
 
 
 @API.route("GET", "/api/v1/audit", summary="Who did what, when, where (newest first)",
@@ -46,9 +47,10 @@ async def audit_log(ctx: Ctx) -> AuditList:
     while before is not None and len(out) <= q.limit:
         page, before = await ctx.services.state.audit_page(before)
         for e in page:
-            if not _matches(q, e):
+            zones = ctx.services.zones_then_and_now(e.zones)
+            if not _matches(q, e, zones):
                 continue
-            if (any(auth.allowed(me, auth.VIEW, z) for z in e.zones) if e.zones
+            if (any(auth.allowed(me, auth.VIEW, z) for z in zones) if e.zones
                     else root_admin or e.user == me.name):
                 out.append(e)
     more = len(out) > q.limit

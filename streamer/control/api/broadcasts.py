@@ -90,7 +90,8 @@ async def air(ctx: Ctx, zones: list[str], priority: str, body: Any, override: bo
 async def _broadcast(ctx: Ctx, emergency: bool = False) -> BroadcastRecord:
     bid = int(ctx.path("id"))
     rec = await ctx.services.broadcasts.get(bid)
-    if rec is None or not any(auth.visible(ctx.me, z) for z in rec.zones) or (
+    if rec is None or not any(auth.visible(ctx.me, z)
+                              for z in ctx.services.zones_then_and_now(rec.zones)) or (
             emergency and rec.priority != "emergency"):
         raise NotFound(f"{'emergency' if emergency else 'broadcast'} {bid}")
     return rec
@@ -111,7 +112,7 @@ async def list_broadcasts(ctx: Ctx) -> BroadcastList:
     recs = await plane.state.recent_broadcasts(q.limit, q.offset)
     return BroadcastList(broadcasts=[
         plane.broadcasts.out(plane.broadcasts.live.get(r.id, r)) for r in recs
-        if any(auth.visible(ctx.me, z) for z in r.zones)])
+        if any(auth.visible(ctx.me, z) for z in plane.zones_then_and_now(r.zones))])
 
 
 @API.route("GET", "/api/v1/broadcasts/{id}", summary="One broadcast", tag="broadcasts",

@@ -1,17 +1,21 @@
-"""The zone tree with its settings (quiet hours, approval, test zones), and channels."""
+"""The zone tree with its settings (quiet hours, approval, test zones), and channels; and
+runtime zone edits (add, rename, move, merge: ``control/zonedit.py``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
 from streamer.control import auth
-from streamer.control.models import QUIET_RE, VOICE_RE, Zone, valid_zone_id
+from streamer.control.models import QUIET_RE, VOICE_RE, ZONE_CODE_RE, Zone, ZoneId, valid_zone_id
 from streamer.control.schedules import QuietHours
 from streamer.control.schemas import BadRequest, Patch, left_out
+from streamer.control.zonedit import EditRefused, EditResult
 
-from .core import API, Ctx, NotFound
+from .core import API, ApiError, Ctx, NotFound
+
+ZoneKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 
 
 class ZoneNode(Zone):
@@ -116,3 +120,99 @@ async def list_channels(ctx: Ctx) -> ChannelList:
         Channel(id=c.id, name=plane.tree.zones[c.id].name, ssrc=c.ssrc,
                 on_air=c.program.current or 0)
         for c in plane.mixer.channels.values() if auth.visible(ctx.me, c.id)])
+
+
+# -- runtime edits ----------------------------------------------------------------------------
+
+class ZoneAdd(BaseModel):
+    parent: ZoneId = Field(description="the zone it goes under; a channel (leaf) parent stops "
+                           "being one: its speakers move into the new zone")
+    key: ZoneKey = Field(description="its id's last part: the new zone is parent.key")
+    name: str = Field(min_length=1, max_length=200)
+    code: Annotated[str, StringConstraints(pattern=ZONE_CODE_RE)] | None = Field(
+        None, description="administrative unit code (mã đơn vị hành chính), for CAP geocodes")
+
+
+class ZoneMove(BaseModel):
+    parent: ZoneId | None = Field(None, description="the zone it goes under (default: where "
+                                  "it is: a rename)")
+    key: ZoneKey | None = Field(None, description="its new id's last part (default: as now)")
+
+
+class ZoneMerge(BaseModel):
+    into: ZoneId = Field(description="the zone that takes it in and stays")
+    keys: dict[ZoneKey, ZoneKey] = Field(
+        default_factory=dict, max_length=1000,
+        description="new keys for its zones whose keys the other already has: "
+                    '{"ap-1": "ap-1-kim-long"}')
+
+
+class ZoneEditOut(BaseModel):
+    action: str
+    mapping: dict[str, str] = Field(description="old zone id → new zone id, for every zone "
+                                    "whose id changed (history under an old id resolves to "
+                                    "the new one)")
+    channels_added: list[str]
+    channels_removed: list[str]
+    rewritten: dict[str, int] = Field(description="stored records changed, by kind")
+    rev: int = Field(description="the zone tree's revision now")
+
+
+async def _edited(ctx: Ctx, edit: Any) -> ZoneEditOut:
+    try:
+        result: EditResult = await edit
+    except EditRefused as e:
+        raise ApiError(e.status, e.message, e.field) from None
+    await ctx.audit(result.action, str(result.detail.get("zone", "")),
+                    sorted({*result.mapping.values(), *result.channels_added}
+                           | {str(result.detail.get("zone", ""))} - {""}),
+                    **result.detail, mapping=result.mapping,
+                    channels_added=result.channels_added,
+                    channels_removed=result.channels_removed, rewritten=result.rewritten,
+                    rev=result.rev)
+    return ZoneEditOut(action=result.action, mapping=result.mapping,
+                       channels_added=result.channels_added,
+                       channels_removed=result.channels_removed, rewritten=result.rewritten,
+                       rev=result.rev)
+
+
+def _existing(ctx: Ctx, zid: str, field: str) -> str:
+    if zid not in ctx.services.zones or not auth.visible(ctx.me, zid):
+        raise BadRequest(field, f"no zone {zid[:64]!r}")
+    return zid
+
+
+@API.route("POST", "/api/v1/zones", summary="Add a zone (admin of its parent)", tag="zones",
+           body=ZoneAdd, response=ZoneEditOut, status=201)
+async def add_zone(ctx: Ctx) -> ZoneEditOut:
+    b: ZoneAdd = ctx.body
+    parent = _existing(ctx, b.parent, "parent")
+    ctx.require(auth.ADMIN, [parent], "add zones")
+    return await _edited(ctx, ctx.services.editor.add(parent, b.key, b.name, b.code,
+                                                      ctx.me.name))
+
+
+@API.route("POST", "/api/v1/zones/{id}/move", summary="Rename or move a zone with everything "
+           "in it (admin of it and of where it goes)", tag="zones", body=ZoneMove,
+           response=ZoneEditOut)
+async def move_zone(ctx: Ctx) -> ZoneEditOut:
+    zid = _zone_id(ctx)
+    b: ZoneMove = ctx.body
+    here = ctx.services.tree.zones[zid]
+    parent = _existing(ctx, b.parent, "parent") if b.parent else here.parent
+    if parent is None:
+        raise BadRequest("id", f"{zid} is a top-level zone: it cannot be moved")
+    ctx.require(auth.ADMIN, [zid, parent], "move zones")
+    key = b.key or zid.rsplit(".", 1)[-1]
+    return await _edited(ctx, ctx.services.editor.move(zid, parent, key, ctx.me.name))
+
+
+@API.route("POST", "/api/v1/zones/{id}/merge", summary="Merge a zone into another: its zones, "
+           "devices, schedules, grants and history go to the other (admin of both)",
+           tag="zones", body=ZoneMerge, response=ZoneEditOut)
+async def merge_zone(ctx: Ctx) -> ZoneEditOut:
+    zid = _zone_id(ctx)
+    b: ZoneMerge = ctx.body
+    into = _existing(ctx, b.into, "into")
+    ctx.require(auth.ADMIN, [zid, into], "merge zones")
+    return await _edited(ctx, ctx.services.editor.merge(zid, into, dict(b.keys), ctx.me.name))
