@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from streamer.control.upward import (
     due_periods,
     local_day,
     report_id,
+    retry_after,
     schema_document,
     signature,
     verify,
@@ -155,6 +157,8 @@ async def test_a_manual_push_is_signed_refused_once_retried_with_one_id_and_reme
     await until(lambda: len(central.of(rid)) == 2, 10, "the retry after the 503")
     refused, taken = central.of(rid)
     assert (refused.status, taken.status) == (503, 200)
+    # the backoff alone would retry in 0.05 s: the receiver's Retry-After (1 s) wins
+    assert taken.at - refused.at >= central.retry_after_s - 0.05
     assert refused.verified and taken.verified
     assert verify(SECRET, taken.timestamp, taken.body, taken.signature)
     assert refused.report["id"] == taken.report["id"] == rid  # the same report, re-sent
@@ -244,6 +248,16 @@ async def test_the_push_needs_an_admin_and_a_configured_webhook(streamer):
     for method, path in (("GET", UPWARD), ("POST", f"{UPWARD}/push")):
         status, body = await call(streamer, method, path, headers=op, params={"from": day})
         assert status == 403, (method, body)
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    now = 1_800_000_000.0
+    assert retry_after("120", now) == 120
+    assert retry_after(format_datetime(datetime.fromtimestamp(now + 30, UTC), usegmt=True),
+                       now) == pytest.approx(30)
+    assert retry_after(format_datetime(datetime.fromtimestamp(now - 30, UTC), usegmt=True),
+                       now) == 0
+    assert retry_after("soon", now) is None and retry_after(None, now) is None
 
 
 def test_periods_signature_and_config():

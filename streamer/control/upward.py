@@ -22,7 +22,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -291,6 +292,23 @@ def due_periods(now: float, period: Period, since: date,
 
 # -- the push -------------------------------------------------------------------------------
 
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (RFC 9110: a number of seconds or an
+    HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
 def _retryable(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
@@ -398,8 +416,9 @@ class Upward:
                     try:
                         async with http.post(self.url, data=body, headers=headers) as r:
                             status, reason = r.status, f"HTTP {r.status}"
+                            asked = retry_after(r.headers.get("Retry-After"), time.time())
                     except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                        status, reason = 0, f"{type(e).__name__}: {e}"
+                        status, reason, asked = 0, f"{type(e).__name__}: {e}", None
                     if 200 <= status < 300:
                         await self._delivered(report, attempt, where)
                         return True
@@ -416,6 +435,8 @@ class Upward:
                         return False
                     wait = min(self.retry_max_s, self.retry_base_s * 2 ** (attempt - 1))
                     wait *= random.uniform(0.5, 1.0)
+                    if asked is not None:  # the receiver said when (a 429 or 503): not sooner
+                        wait = min(self.retry_max_s, max(wait, asked))
                     log.warning("report %s (%s..%s) to %s: %s; attempt %d, retry in %.1f s",
                                 report.id[:12], first, last, where, reason, attempt, wait)
                     await asyncio.sleep(wait)

@@ -1,13 +1,14 @@
 """A stand-in for the central source system's report webhook: a real aiohttp server on a free
 port that checks each push's signature the way ``docs/operations.md`` tells a receiver to,
-refuses the first delivery of every report id with 503 (so the streamer must retry), and keeps
-every request it got."""
+refuses the first delivery of every report id with 503 and a ``Retry-After`` (so the streamer
+must retry, not sooner than asked), and keeps every request it got, with when it came."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ class Push:
     body: bytes
     verified: bool
     status: int  # what the receiver answered
+    at: float  # when it came (time.monotonic())
 
     @property
     def report(self) -> dict[str, Any]:
@@ -33,6 +35,8 @@ class Central:
     secret: bytes
     pushes: list[Push] = field(default_factory=list)
     url: str = ""
+    #: the Retry-After of its 503 answers, in seconds
+    retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -64,5 +68,6 @@ class Central:
         verified = hmac.compare_digest(want, sig)
         seen = any(p.report_id == rid and p.verified for p in self.pushes)
         status = 401 if not verified else 200 if seen else 503
-        self.pushes.append(Push(rid, ts, sig, body, verified, status))
-        return web.json_response({"ok": status == 200}, status=status)
+        self.pushes.append(Push(rid, ts, sig, body, verified, status, time.monotonic()))
+        return web.json_response({"ok": status == 200}, status=status, headers={
+            "Retry-After": str(self.retry_after_s)} if status == 503 else None)
