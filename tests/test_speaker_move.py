@@ -21,6 +21,8 @@ import pytest
 
 from clients.speaker.net import token_allows
 from streamer.control.broker import STREAMER_USER
+from streamer.control.fleet import CONFIG_CONCURRENCY
+from streamer.control.moves import move_speakers
 from tests.conftest import DAYTIME
 from tests.harness.api import call
 from tests.harness.audio import peak_hz
@@ -159,5 +161,64 @@ async def test_a_moved_speaker_plays_reports_and_obeys_its_new_zone(
             await asyncio.sleep(1.0)
             assert abs(peak_hz(last_second(spk)) - 880.0) < 10
             assert spk.stderr.read_text().count("config: moving from channel") == 1
+    finally:
+        await streamer.close()
+
+
+async def retained_configs(broker: Any, password: str, ids: list[str]) -> dict[str, DeviceConfig]:
+    """The retained config of each of ``ids``, read as the speaker would."""
+    out: dict[str, DeviceConfig] = {}
+    async with client(broker, STREAMER_USER, password) as c:
+        await c.subscribe([(device_topic("speaker", i, "config"), 1) for i in ids])
+        async with asyncio.timeout(5):
+            async for m in c.messages:
+                assert isinstance(m.payload, bytes)
+                out[str(m.topic).split("/")[3]] = parse(DeviceConfig, m.payload)
+                if len(out) == len(ids):
+                    break
+    return out
+
+
+async def test_many_speakers_move_at_once_and_keep_their_relays(
+        mosquitto: Any, redis_url: str, tmp_path: Path) -> None:
+    """``move_speakers`` (what a zone edit calls): records, one ACL write, and each retained
+    config naming the new channel beside the relays it had, a bounded number in flight."""
+    pw = start_broker(mosquitto, {})
+    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
+    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=mosquitto.url,
+                                mqtt_password_file=str(tmp_path / "streamer.password"),
+                                mqtt_broker_dir=str(mosquitto.directory))
+    try:
+        fleet = streamer.plane.fleet
+        assert fleet is not None
+        await fleet.wait_connected(10)
+        ids = [f"spk-{i}" for i in range(12)]
+        for sid in ids:
+            status, body = await call(streamer, "POST", "/api/v1/speakers", json={
+                "id": sid, "zone": KP1, "relays": ["127.0.0.1:7000"] if sid == "spk-0" else []})
+            assert status == 201, body
+        in_flight, most = 0, 0
+        push = fleet.push_config
+
+        async def counted(*args: Any, **kw: Any) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                await push(*args, **kw)
+            finally:
+                in_flight -= 1
+
+        fleet.push_config = counted
+        moved = await move_speakers(streamer.plane, {sid: KP2 for sid in ids} | {"nobody": KP2})
+        fleet.push_config = push
+        assert sorted(s.id for s in moved) == sorted(ids) and {s.zone for s in moved} == {KP2}
+        assert {s.zone for s in await streamer.plane.state.speakers.all()} == {KP2}
+        assert 1 < most <= CONFIG_CONCURRENCY
+        configs = await retained_configs(mosquitto, pw[STREAMER_USER], ids)
+        assert configs["spk-0"] == DeviceConfig(channel=KP2, upstream=["127.0.0.1:7000"])
+        assert {configs[sid] for sid in ids[1:]} == {DeviceConfig(channel=KP2)}
+        acl = mosquitto.acl_path.read_text()
+        assert f"zones/{KP2}/cmd" in acl and f"zones/{KP1}/cmd" not in acl
     finally:
         await streamer.close()
