@@ -176,20 +176,20 @@ class DeviceLink:
     def _set_zone(self, zone: str | None) -> None:
         self.zone = zone
         zoned = self.zone_topics(zone)
-        self._emergency_topics = {t for t in zoned if t.endswith("/emergency")}
+        self._emergency_topics = set(zone_emergency_topics(zone)) & set(zoned) if zone else set()
         self.subscriptions = self._own_topics + zoned
 
-    async def move(self, client: aiomqtt.Client | None, zone: str) -> None:
+    async def move(self, zone: str) -> None:
         """The device now belongs to leaf zone ``zone``: read that zone's topics instead of
-        the old one's, now if connected (``client``) and in every later session. The new
-        zone's topics are all subscribed again, those it shares with the old one included, so
-        that the broker sends their retained emergency states again (the device forgot the
-        old zone's)."""
+        the old one's, now if connected and in every later session. The new zone's topics are
+        all subscribed again, those it shares with the old one included, so that the broker
+        sends their retained emergency states again (the device forgot the old zone's)."""
         if not valid_zone_id(zone):
             raise ValueError(f"zone {zone!r} is not a zone id")
         old = set(self.zone_topics(self.zone))
         self._set_zone(zone)
-        if client is None:
+        client = self._client
+        if client is None:  # between sessions: the next one subscribes them
             return
         new = self.zone_topics(zone)
         if drop := old - set(new):

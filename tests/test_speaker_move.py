@@ -20,23 +20,32 @@ import numpy as np
 import pytest
 
 from clients.speaker.net import token_allows
+from clients.speaker.playout import OpusDecoder, Playout
+from clients.speaker.store import ClipStore, ForwardPath
 from streamer.control.broker import STREAMER_USER
 from streamer.control.fleet import CONFIG_CONCURRENCY
+from streamer.control.forward import render
 from streamer.control.moves import move_speakers
+from streamer.mixer.sources import Tone
 from tests.conftest import DAYTIME
 from tests.harness.api import call
 from tests.harness.audio import peak_hz
 from tests.harness.broker import client, start_broker
 from tests.harness.keys import token_args, token_for
+from tests.harness.sink import SparseSink
 from tests.harness.speaker import SpeakerProcess, mqtt_speakers
 from tests.harness.streamer import in_process
 from tests.harness.wait import until
 from tests.harness.zones import KP1, KP2
 from wire import subscribe
+from wire.auth import Keyring, SigningKey
 from wire.messages import BadPayload, DeviceConfig, Status, device_topic, parse
+from wire.plan import Plan, PlanEntry, sha256_hex, sign_plan
+from wire.priority import Priority
 from wire.subscribe import MsgType, SubscribeClient
 
 RATE = 48_000
+T0 = 1_795_402_800.0  # a fixed instant, never today
 UP = ("127.0.0.1", 5004)
 
 
@@ -86,6 +95,35 @@ def test_a_token_for_the_new_channel_only_is_kept_for_the_move() -> None:
     assert not token_allows(token_for("spk-a", [KP2]), KP1)
     assert token_allows(token_for("spk-a", ["brvt"]), KP1)
     assert token_allows(b"not a token", KP1)  # the upstream judges what we cannot read
+
+
+def test_the_old_zones_plan_stops_and_is_dropped_and_its_clips_stay(tmp_path: Path) -> None:
+    """Store and forward after a move: a local play of the old zone's plan stops, the plan
+    goes (from memory and disk), the old zone's plans are refused, the new zone's taken."""
+    key = SigningKey.generate()
+    clip = render(Tone(1000.0, 2.0), None).data
+    sha = sha256_hex(clip)
+
+    def plan_for(zone: str, bid: int) -> bytes:
+        e = PlanEntry(schedule="s1", at=T0 + 1, clip=sha, bytes=len(clip), duration_s=2.0,
+                      priority=Priority.NORMAL, broadcast=bid)
+        return sign_plan(key, Plan(zone=zone, made=T0, valid_until=T0 + 3600, entries=[e]))
+
+    playout = Playout(SparseSink(), OpusDecoder(), T0 - 10, volume_pct=100)
+    store = ClipStore(tmp_path, 10_000_000)
+    fp = ForwardPath(playout, store, KP1, Keyring([key.public]), new_decoder=OpusDecoder,
+                     delay_s=0.3)
+    assert fp.on_plan(plan_for(KP1, 41), T0) == "accepted"
+    assert fp.on_clip(sha, clip) == "stored"
+    for now in (T0, T0 + 1.35):  # decoded, then due with no stream: it plays on its own
+        playout.tick(now)
+        fp.tick(now, lost=True)
+    assert playout.local_playing and playout.local_broadcast_id == 41
+    fp.move(KP2)
+    assert not playout.local_playing and fp.plan is None and store.load_plan() is None
+    assert store.has(sha)  # named by its content: the new zone's plan may want it
+    assert fp.on_plan(plan_for(KP1, 41), T0) == "wrong_zone"
+    assert fp.on_plan(plan_for(KP2, 42), T0) == "accepted" and fp.missing() == set()
 
 
 # --------------------------------------------------------------------------- end to end

@@ -137,7 +137,7 @@ class SpeakerDevice:
 
     def __init__(self, *, zone: str | None, playout: Playout, client: SubscribeClient,
                  send: Send, overlay: ToneOverlay, resolve: Resolve,
-                 move: Callable[[str], None] = lambda channel: None) -> None:
+                 move: Callable[[str], None]) -> None:
         self.zone = zone
         self.playout = playout
         self.client = client
@@ -291,7 +291,7 @@ class SpeakerLink(DeviceLink):
 
     async def _follow(self, client: aiomqtt.Client, zone: str) -> None:
         log.info("zone topics: from %s to %s", self.zone, zone)
-        await self.move(client, zone)
+        await self.move(zone)
         await self._publish_status(client)  # names the new channel and zone at once
         if self.forward is not None:  # the old plan's clips are no longer wanted
             await self._sync_clips(client, self.forward)
