@@ -137,7 +137,6 @@ class DeviceLink:
         self.user = user or device_id
         self._password = password
         self._password_file = password_file
-        self.zone = zone
         self.telemetry_s = telemetry_s
         self.keepalive_s = keepalive_s
         self.metrics = MqttMetrics(registry)
@@ -145,19 +144,16 @@ class DeviceLink:
         topics = DEVICE_TOPICS[device.kind]
         self._topic = {leaf: device_topic(device.kind, device_id, leaf)
                        for leaf in topics.publishes + topics.reads}
-        subs = [self._topic[leaf] for leaf in topics.reads]
         self.on_emergency = on_emergency
         self.on_token = on_token
         self.on_keys = on_keys
+        self._own_topics = [self._topic[leaf] for leaf in topics.reads]
         if on_keys is not None:
-            subs += list(topics.fleet)
+            self._own_topics += list(topics.fleet)
         self._emergency_topics: set[str] = set()
-        if topics.zones:
-            subs += zone_cmd_topics(zone) if zone else []
-            if zone and on_emergency is not None:
-                self._emergency_topics = set(zone_emergency_topics(zone))
-                subs += zone_emergency_topics(zone)
-        self.subscriptions = subs
+        self.zone: str | None = None
+        self.subscriptions: list[str] = []
+        self._set_zone(zone)
         self._client: aiomqtt.Client | None = None
         self._played: collections.deque[Played] = collections.deque(maxlen=self.MAX_PLAYED_QUEUE)
         self._played_ready = asyncio.Event()
@@ -165,6 +161,41 @@ class DeviceLink:
         self._last_status: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._log = RateLimitedLog()
+
+    def zone_topics(self, zone: str | None) -> list[str]:
+        """The zone-scoped topics this device reads as a member of leaf zone ``zone``: the
+        group commands and (with ``on_emergency``) the emergency states of the zone and of
+        each ancestor."""
+        if zone is None or not DEVICE_TOPICS[self.device.kind].zones:
+            return []
+        topics = zone_cmd_topics(zone)
+        if self.on_emergency is not None:
+            topics += zone_emergency_topics(zone)
+        return topics
+
+    def _set_zone(self, zone: str | None) -> None:
+        self.zone = zone
+        zoned = self.zone_topics(zone)
+        self._emergency_topics = set(zone_emergency_topics(zone)) & set(zoned) if zone else set()
+        self.subscriptions = self._own_topics + zoned
+
+    async def move(self, zone: str) -> None:
+        """The device now belongs to leaf zone ``zone``: read that zone's topics instead of
+        the old one's, now if connected and in every later session. The new zone's topics are
+        all subscribed again, those it shares with the old one included, so that the broker
+        sends their retained emergency states again (the device forgot the old zone's)."""
+        if not valid_zone_id(zone):
+            raise ValueError(f"zone {zone!r} is not a zone id")
+        old = set(self.zone_topics(self.zone))
+        self._set_zone(zone)
+        client = self._client
+        if client is None:  # between sessions: the next one subscribes them
+            return
+        new = self.zone_topics(zone)
+        if drop := old - set(new):
+            await client.unsubscribe(sorted(drop))
+        if new:
+            await client.subscribe([(t, 1) for t in new])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run())

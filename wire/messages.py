@@ -164,6 +164,8 @@ UnixTime = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Level = Annotated[float, Field(ge=-200, le=20, allow_inf_nan=False)]
 Volume = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
+#: a dotted zone id (``wire/ids.py``); a leaf zone's id is its channel's
+ZoneId = Annotated[str, StringConstraints(pattern=ZONE_ID_RE, max_length=400)]
 
 
 class Payload(BaseModel):
@@ -260,6 +262,9 @@ class DeviceConfig(Strict):
     volume: Volume | None = None
     muted: bool | None = None
     upstream: Annotated[list[HostPort], Field(min_length=1, max_length=16)] | None = None
+    #: the leaf zone the speaker belongs to, and so the channel it plays: moved by an admin
+    #: (or a zone edit), it follows without anyone on the pole (``docs/mqtt.md``, "Config")
+    channel: ZoneId | None = None
 
 
 class TokenGrant(Strict):

@@ -646,6 +646,19 @@ class SubscribeClient:
         self.token = token
         return self.start(now) if self.state is not ClientState.HELLO else []
 
+    def move(self, channel: str, now: float) -> list[tuple[bytes, Addr]]:
+        """Leave the current channel (BYE, if subscribed) and handshake for ``channel`` with
+        the same upstream and token: the speaker was moved to another zone. A new channel is
+        a new subscription: the rounds without a SUBACK start again from the first."""
+        if channel == self.channel:
+            return []
+        out = self.close()
+        self.channel = channel
+        self.ssrc = None
+        self._rounds = 0
+        self._times_asked = []
+        return out + self.start(now)
+
     def tick(self, now: float) -> list[tuple[bytes, Addr]]:
         """Call every 100 ms or so (the silence is noticed at the first tick after
         ``silence_s``): retries, keepalives, failover."""

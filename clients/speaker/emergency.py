@@ -316,6 +316,16 @@ class EmergencyPath:
         self._apply_volume()
         self._stop_if_over(now)
 
+    def forget_states(self, now: float) -> None:
+        """The speaker moved to another zone: the states it heard were its old zones'. The
+        broker sends the new zones' retained states again; until then no emergency is
+        current, and a local replay of an old zone's stops. The cached audio stays: it
+        replays only for a state of the same emergency."""
+        self.emergencies = Emergencies()
+        self._write(lambda: self.cache.store_states([]))
+        self._apply_volume()
+        self._stop_if_over(now)
+
     def tick(self, now: float, lost: bool) -> None:
         """Start a local replay when one is due; stop one whose emergency is over."""
         if self._stop_if_over(now) or self._replaying:

@@ -133,9 +133,16 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
 
     assert cfg.mqtt is not None
     m = cfg.mqtt
-    device = SpeakerDevice(channel=cfg.channel, zone=cfg.zone or None, playout=speaker.playout,
+
+    def move(channel: str) -> None:  # a config moved it: the leaf zone id is the channel's
+        speaker.move(channel)
+        emergency.forget_states(time.time())
+        if forward is not None:
+            forward.move(channel)
+
+    device = SpeakerDevice(zone=cfg.zone or None, playout=speaker.playout,
                            client=speaker.client, send=speaker.send, overlay=overlay,
-                           resolve=lambda addr: resolve(addr, family))
+                           resolve=lambda addr: resolve(addr, family), move=move)
     return SpeakerLink(device, forward=forward, url=m.url, device_id=cfg.id, user=m.user,
                        password=password, registry=registry, zone=cfg.zone or None,
                        telemetry_s=m.telemetry_s, keepalive_s=m.keepalive_s,

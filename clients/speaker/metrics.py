@@ -133,7 +133,7 @@ def health(cfg: SpeakerConfig, speaker: Speaker, emergency: EmergencyPath) -> di
     c, p = speaker.client, speaker.playout
     return {
         "speaker": cfg.id,
-        "channel": cfg.channel,
+        "channel": c.channel,  # the one it plays now (a move changes it)
         "state": c.state.name.lower(),
         "upstream": f"{c.upstream[0]}:{c.upstream[1]}",
         "failovers": c.failovers,

@@ -13,6 +13,7 @@ carried out is answered ``ok: false`` naming the field, never raised.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from array import array
@@ -46,6 +47,8 @@ from .store import ForwardPath
 #: test tone peak, before the volume: a quarter of full scale (-15 dBFS RMS) is loud enough
 #: to check a horn and far from clipping whatever is playing under it
 TEST_TONE_PEAK = 0.25
+
+log = logging.getLogger("loa.speaker")
 
 class ToneOverlay:
     """A :class:`Sink` wrapper: adds the test tone to what passes through (silence included)
@@ -132,19 +135,26 @@ class SpeakerDevice:
     kind = "speaker"
     commands = SPEAKER_COMMANDS
 
-    def __init__(self, *, channel: str, zone: str | None, playout: Playout,
-                 client: SubscribeClient, send: Send, overlay: ToneOverlay,
-                 resolve: Resolve) -> None:
-        self.channel = channel
+    def __init__(self, *, zone: str | None, playout: Playout, client: SubscribeClient,
+                 send: Send, overlay: ToneOverlay, resolve: Resolve,
+                 move: Callable[[str], None]) -> None:
         self.zone = zone
         self.playout = playout
         self.client = client
         self.send = send
         self.overlay = overlay
         self.resolve = resolve
+        #: moves everything but the MQTT subscriptions (those are :class:`SpeakerLink`'s) to
+        #: another channel: the media subscription, emergency states, store and forward
+        self.move = move
         self.started = time.monotonic()
         self._received = 0
         self._lost = 0
+
+    @property
+    def channel(self) -> str:
+        """The channel it plays now: its config's at start, then the last one it moved to."""
+        return self.client.channel
 
     # ------------------------------------------------------------------ reports
 
@@ -201,6 +211,12 @@ class SpeakerDevice:
             raise CommandFailed(f"cmd: {cmd} is not implemented by this speaker")
 
     async def configure(self, cfg: DeviceConfig) -> None:
+        if cfg.channel is not None and cfg.channel != self.channel:
+            # The leaf zone it was moved to, whose id is its channel's: first, so that an
+            # upstream list in the same config handshakes for the new channel.
+            log.info("config: moving from channel %s to %s", self.channel, cfg.channel)
+            self.move(cfg.channel)
+            self.zone = cfg.channel
         if cfg.volume is not None:
             self.playout.set_volume(cfg.volume)
         if cfg.muted is not None:
@@ -234,24 +250,34 @@ class SpeakerLink(DeviceLink):
     """A speaker's DeviceLink that also keeps store and forward's plan and clips
     (``store.py``): it reads its zone's retained plan, and subscribes to the retained clip
     topics the plan names only while the clip is missing from the disk, so that a reconnect
-    downloads no clip twice."""
+    downloads no clip twice. A config that moves the speaker to another zone moves its zone
+    topics (group commands, emergency states, the plan) with it."""
 
     def __init__(self, device: SpeakerDevice, *, forward: ForwardPath | None,
                  now: Callable[[], float] = time.time, **kw: Any) -> None:
+        self.forward = forward  # before the zone topics are made (``zone_topics``)
         super().__init__(device, **kw)
-        self.forward = forward
+        self.speaker = device
         self.now = now
-        self._plan_topic = plan_topic(self.zone) if forward and self.zone else None
-        if self._plan_topic:
-            self.subscriptions.append(self._plan_topic)
         self._clip_subs: set[str] = set()
         self._subs_client: aiomqtt.Client | None = None
+
+    @property
+    def _plan_topic(self) -> str | None:
+        return plan_topic(self.zone) if self.forward and self.zone else None
+
+    def zone_topics(self, zone: str | None) -> list[str]:
+        topics = super().zone_topics(zone)
+        return topics + [plan_topic(zone)] if self.forward and zone else topics
 
     async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         forward = self.forward
         sha = clip_of_topic(topic)
         if forward is None or (topic != self._plan_topic and sha is None):
             await super().handle(client, topic, payload)
+            zone = self.speaker.zone
+            if zone is not None and zone != self.zone:  # a config moved the speaker
+                await self._follow(client, zone)
             return
         self.metrics.messages.labels("plan" if sha is None else "clip").inc()
         if sha is None:
@@ -262,6 +288,13 @@ class SpeakerLink(DeviceLink):
             await self._sync_clips(client, forward)
         except aiomqtt.MqttError as e:
             self._log.warning(("clips", "mqtt"), "clip subscriptions not changed: %s", e)
+
+    async def _follow(self, client: aiomqtt.Client, zone: str) -> None:
+        log.info("zone topics: from %s to %s", self.zone, zone)
+        await self.move(zone)
+        await self._publish_status(client)  # names the new channel and zone at once
+        if self.forward is not None:  # the old plan's clips are no longer wanted
+            await self._sync_clips(client, self.forward)
 
     async def _sync_clips(self, client: aiomqtt.Client, forward: ForwardPath) -> None:
         if client is not self._subs_client:  # a new session starts with none

@@ -42,6 +42,7 @@ from device.streamer_time import StreamerTime
 from device.trust import TokenFile
 from fanout import udp
 from wire import auth, packet, rtcp, subscribe
+from wire import token as wire_token
 from wire.packet import MalformedPacket, RtpPacket
 from wire.retransmit import LossTracker
 
@@ -300,7 +301,37 @@ class Speaker:
         and presented upstream now."""
         if self.tokens is not None:
             self.tokens.write(token)
-        self.send(self.client.set_token(token, time.monotonic()))
+        self.present_token(token)
+
+    def present_token(self, token: bytes) -> None:
+        """Renew the subscription with ``token``, unless it is for other channels only: the
+        streamer issues a moved speaker its new channel's token, which may come before the
+        config that moves it, and the channel it still plays would refuse it. Such a token
+        is kept for the handshake of the move (:meth:`move`)."""
+        client = self.client
+        if not token_allows(token, client.channel):
+            log.info("a token for other channels than %s: kept for a move", client.channel)
+            client.token = token
+            return
+        self.send(client.set_token(token, time.monotonic()))
+
+    def move(self, channel: str) -> None:
+        """Play ``channel`` from now on (the speaker was moved to another zone): BYE the old
+        one, handshake for the new one on the same upstreams with the token held, and let
+        only the new channel's media through (its SSRC, its signatures). The playout keeps
+        playing what it holds of the old channel and takes the new SSRC as a new stream."""
+        client = self.client
+        if channel == client.channel:
+            return
+        log.info("moving from channel %s to %s", client.channel, channel)
+        out = client.move(channel, time.monotonic())
+        self.ssrc = packet.ssrc_for(channel)
+        if (gate := self.gate) is not None:  # its counters go on
+            self.gate = auth.MediaGate[tuple[RtpPacket, float]](
+                channel, gate.keys, dropped=gate.dropped, loas=gate.loas)
+        if self.recovery is not None:  # the new channel's sequence numbers are its own
+            self.recovery = LossTracker(deadline_s=self.recovery.deadline_s)
+        self.send(out)
 
     def expire(self) -> None:
         """Forget held packets whose play time has passed with no LOAS proving them; ask
@@ -351,7 +382,7 @@ def tick(speaker: Speaker, offbeat: Callable[[Callable[[], None]], None]) -> Non
     speaker.expire()
     if speaker.tokens is not None and (token := speaker.tokens.poll()) is not None:
         log.info("a new subscription token: renewing the subscription")
-        speaker.send(client.set_token(token, time.monotonic()))
+        speaker.present_token(token)
     speaker.send(client.tick(time.monotonic()))
     if client.index != before:
         log.warning("failing over to upstream %s:%d", *client.upstream)
@@ -375,6 +406,15 @@ def emergency_tick(emergency: EmergencyPath, speaker: Speaker, cfg: SpeakerConfi
     subscribed = speaker.client.state is subscribe.ClientState.SUBSCRIBED
     emergency.tick(time.time(), stream_lost(silent_s, subscribed, cfg.offline_after_s,
                                             cfg.failover_s))
+
+
+def token_allows(token: bytes, channel: str) -> bool:
+    """Whether ``token`` names ``channel`` (read, not verified: the upstream verifies it);
+    one we cannot read is for the upstream to judge."""
+    try:
+        return wire_token.parse(token).allows(channel)
+    except MalformedPacket:
+        return True
 
 
 async def resolve(addr: Addr, family: int) -> Addr:

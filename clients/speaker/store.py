@@ -125,6 +125,9 @@ class ClipStore:
     def save_plan(self, payload: bytes) -> None:
         write_private(self.directory / PLAN_FILE, payload)
 
+    def drop_plan(self) -> None:
+        (self.directory / PLAN_FILE).unlink(missing_ok=True)
+
     def load_plan(self) -> bytes | None:
         try:
             return (self.directory / PLAN_FILE).read_bytes()
@@ -225,6 +228,23 @@ class ForwardPath:
             self._write(write)
         self.on_change()
         return outcome
+
+    def move(self, zone: str) -> None:
+        """The speaker moved to leaf zone ``zone``: the old zone's plan is dropped, here and
+        on disk, so that none of its entries plays on the new channel; the new zone's plan
+        comes on its topic. Stored clips stay (a clip is named by its content: the new plan
+        may need it) until a plan that does not name them is kept."""
+        if zone == self.zone:
+            return
+        log.info("moved from zone %s to %s: its plan dropped", self.zone, zone)
+        p, plan = self.playout, self.plan
+        if plan is not None and p.local_playing and any(
+                e.broadcast == p.local_broadcast_id for e in plan.entries):
+            p.stop_local()
+        self.zone, self.plan = zone, None
+        self.ready.clear()
+        self._write(self.store.drop_plan)
+        self.on_change()
 
     def missing(self) -> set[str]:
         """Clips the plan names that are not on disk (what to subscribe to)."""

@@ -75,6 +75,8 @@ PROBE_EVERY_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 #: what the probe publishes to: nobody subscribes, the broker only acknowledges it
 PROBE_TOPIC = f"{PREFIX}/streamer/probe"
+#: retained configs in flight at once (``Fleet.push_configs``)
+CONFIG_CONCURRENCY = 64
 
 
 class BrokerStalled(aiomqtt.MqttError):
@@ -218,6 +220,27 @@ class Fleet:
         each reconnect)."""
         topic = device_topic("speaker", speaker_id, "config")
         await asyncio.wait_for(self._publish(topic, cfg, retain=True), timeout_s)
+
+    async def push_configs(self, configs: Mapping[str, DeviceConfig], *,
+                           concurrency: int = CONFIG_CONCURRENCY,
+                           timeout_s: float = 5.0) -> list[str]:
+        """Retain each speaker's config (speaker id → config), ``concurrency`` at a time: a
+        zone edit may move thousands of speakers, and the broker takes them faster together
+        than one after another, but not all at once. Returns the ids the broker did not
+        acknowledge within ``timeout_s`` each; those are kept and published again when a
+        session is up, like any retained message."""
+        gate = asyncio.Semaphore(concurrency)
+        late: list[str] = []
+
+        async def push(speaker_id: str, cfg: DeviceConfig) -> None:
+            async with gate:
+                try:
+                    await self.push_config(speaker_id, cfg, timeout_s)
+                except TimeoutError:
+                    late.append(speaker_id)
+
+        await asyncio.gather(*(push(sid, cfg) for sid, cfg in configs.items()))
+        return sorted(late)
 
     async def push_token(self, kind: str, device_id: str, grant: TokenGrant,
                          timeout_s: float = 5.0) -> None:

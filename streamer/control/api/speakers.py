@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 
 from streamer.control import auth
 from streamer.control.models import DeviceId, Presence, Relay, Speaker, ZoneId
+from streamer.control.moves import follow, speaker_config
 from streamer.control.schemas import BadRequest, Body, Patch, left_out
-from wire.messages import DeviceConfig
 
 from .core import API, ApiError, Conflict, Ctx, NotFound
 
@@ -180,11 +180,10 @@ async def patch_speaker(ctx: Ctx) -> Speaker:
     await plane.state.speakers.put(s.id, s)
     if b.zone:
         plane.recorder.place(s.id, s.zone)
-        await plane.devices.sync_broker()  # its zone commands follow it
-        if plane.tokens is not None:
-            plane.tokens.soon(s)  # and its token, for its new zone's channel
-    if b.relays and plane.fleet is not None:
-        await plane.fleet.push_config(s.id, DeviceConfig(upstream=b.relays))
+        # its ACL, its token for its new zone's channel, and the config that moves it
+        await follow(plane, [s])
+    elif b.relays and plane.fleet is not None:
+        await plane.fleet.push_config(s.id, speaker_config(s))
     await ctx.audit("patch_speaker", s.id, zones, **changes)
     return s
 
