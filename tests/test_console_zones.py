@@ -93,6 +93,7 @@ async def test_an_admin_merges_communes_on_the_zones_page(streamer, tmp_path: Pa
         new_key = page.locator(by_testid("zf-newkey-ap-tay"))
         await new_key.wait_for()
         assert "ap-tay" in await page.inner_text(by_testid("zf-keys-error"))
+        assert await page.evaluate("document.activeElement.dataset.testid") == "zf-newkey-ap-tay"
         assert await page.locator(by_testid("zf-keys") + " input").count() == 1
         assert await page.locator(by_testid(f"zones-node-{HOA_LONG}.ap-tay")).count() == 1
         assert (await call(streamer, "GET", f"/api/v1/zones/{HOA_LONG}"))[0] == 200

@@ -186,11 +186,13 @@ function mergeForm(z) {
 
 /** New keys for the children of `z` whose keys the zone it merges into has (after a 409). */
 function keysBox(z) {
+  const into = $("zf-into") ? chosenZone($("zf-into")) : "";
   return h("fieldset", { id: "zf-keys", "data-testid": "zf-keys", hidden: !page.clash.length },
     h("legend", { text: t("zones.new_keys") }),
+    h("p", { class: "hint", text: t("zones.clash_hint", { into: zoneName(into) }) }),
     h("p", { id: "zf-keys-err", class: "field-error", "data-testid": "zf-keys-error", "data-error-for": "keys" }),
     page.clash.map((k) => field(`zf-newkey-${k}`, t("zones.new_key_for", { name: zoneName(`${z.id}.${k}`), key: k }),
-      KEY_ATTRS, `keys.${k}`)));
+      { ...KEY_ATTRS, "aria-describedby": `zf-newkey-${k}-err zf-keys-err` }, `keys.${k}`)));
 }
 
 function addForm(z) {
