@@ -22,6 +22,7 @@ import * as speakers from "./speakers.js";
 import { apply, clear, emergenciesOnAir, refresh, store, subscribe, zoneName } from "./store.js";
 import { fieldErrors, showError } from "./ui.js";
 import * as users from "./users.js";
+import * as zones from "./zones.js";
 
 // `needs`: roles needed somewhere, else the entry is disabled with its reason (`hide`: left out)
 const ROUTES = [
@@ -36,6 +37,7 @@ const ROUTES = [
   { path: "/audit", key: "audit", page: audit },
   { path: "/reports", key: "reports", page: reports },
   { path: "/users", key: "users", page: users, needs: ADMIN, why: "nav.why_admin", hide: true },
+  { path: "/zones", key: "zones", page: zones, needs: ADMIN, why: "nav.why_admin", hide: true },
   { path: "/listen", key: "listen", page: listen },
 ];
 

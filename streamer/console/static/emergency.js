@@ -13,7 +13,7 @@ import { $, h } from "./dom.js";
 import { EMERGENCY, OPERATE, allowed, covers } from "./grants.js";
 import { formatNumber, formatTime, t } from "./i18n.js";
 import { emergenciesOnAir, refresh, store, zoneName } from "./store.js";
-import { fieldErrors, showError } from "./ui.js";
+import { confirmStep, fieldErrors, showError } from "./ui.js";
 import { chosenZones, drawZonePicker } from "./zonepick.js";
 
 const KINDS = ["tts", "clip", "live"];
@@ -316,6 +316,8 @@ async function submit(event) {
   const online = reached.filter((s) => s.presence && s.presence.state === "online").length;
   const line = (testid, text, value) => h("p", { "data-testid": testid, "data-value": value, text });
   const yes = await confirmStep({
+    dialog: $("emergency-dialog"),
+    back: t("emergency.back"),
     title: t("emergency.confirm_title"),
     yes: t("emergency.confirm_air"),
     opener: $("emergency-submit"),
@@ -361,32 +363,6 @@ async function settle(id) {
     if (!page.active.has(id)) return;
     await reloadOne(id).catch(() => {});
   }
-}
-
-// ---- the confirmation step -----------------------------------------------------------------
-
-/** Ask before acting: a modal dialog that sums up what will happen. Resolves true only on its
- * confirm button; "Back" or Escape resolve false. The focus starts on "Back" (a stray Enter
- * sends nothing) and returns to `opener`. */
-function confirmStep({ title, lines, yes, opener }) {
-  const dialog = $("emergency-dialog");
-  return new Promise((resolve) => {
-    let answer = false;
-    const back = h("button", { type: "button", "data-testid": "confirm-no", text: t("emergency.back"),
-      on: { click: () => dialog.close() } });
-    const go = h("button", { type: "button", class: "danger big", "data-testid": "confirm-yes", text: yes,
-      on: { click: () => { answer = true; dialog.close(); } } });
-    dialog.replaceChildren(
-      h("h2", { id: "emergency-dialog-title", text: title }),
-      h("div", { id: "emergency-dialog-body" }, lines),
-      h("div", { class: "actions" }, go, back));
-    dialog.addEventListener("close", () => {
-      if (opener && opener.isConnected) opener.focus();
-      resolve(answer);
-    }, { once: true });
-    dialog.showModal();
-    back.focus();
-  });
 }
 
 // ---- emergencies in force ------------------------------------------------------------------
@@ -569,6 +545,8 @@ async function cancel(id, opener) {
   if (!e) return;
   showError(null);
   const yes = await confirmStep({
+    dialog: $("emergency-dialog"),
+    back: t("emergency.back"),
     title: t("emergency.cancel_title", { id }),
     yes: t("emergency.confirm_cancel"),
     opener,
@@ -594,6 +572,8 @@ async function stopAll() {
   const area = myArea();
   const channels = [...store.onAir].filter(([zone, b]) => b && area.zones.some((z) => covers(z, zone))).length;
   const yes = await confirmStep({
+    dialog: $("emergency-dialog"),
+    back: t("emergency.back"),
     title: t("emergency.stop_all_confirm_title"),
     yes: t("emergency.confirm_stop_all"),
     opener: $("stop-all"),
