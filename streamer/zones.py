@@ -307,13 +307,18 @@ class ZoneTree:
                 raise ZoneError(f"keys: {zone_id} has no zone {child_key!r}")
         mapping = {zone_id: into}
         taken = {c.rsplit(".", 1)[1] for c in dst.children}
+        new_keys = {c: keys.get(c.rsplit(".", 1)[1], c.rsplit(".", 1)[1]) for c in src.children}
+        clashes = [c.rsplit(".", 1)[1] for c, k in new_keys.items()
+                   if k in taken or list(new_keys.values()).count(k) > 1]
+        if clashes:
+            raise ZoneError(f"keys.{clashes[0]}: {into} already has zones named "
+                            f"{', '.join(repr(new_keys[f'{zone_id}.{k}']) for k in clashes)}:"
+                            f" give {zone_id}'s another key in keys, e.g. "
+                            f"{{\"{clashes[0]}\": \"{clashes[0]}-2\"}}")
         for child in src.children:
             old_key = child.rsplit(".", 1)[1]
-            key = keys.get(old_key, old_key)
+            key = new_keys[child]
             _check_key(f"keys.{old_key}", key)
-            if key in taken:
-                raise ZoneError(f"keys: {into} already has a zone {key!r}: give {child} "
-                                f"another key, e.g. keys = {{\"{old_key}\": \"{key}-2\"}}")
             taken.add(key)
             new_child = f"{into}.{key}"
             self._check_free(f"keys.{old_key}", new_child, moving=child)

@@ -50,7 +50,8 @@ def test_a_key_clash_is_refused_naming_it_until_a_new_key_is_given():
                  & {c.rsplit(".", 1)[1] for c in tree.zones[HOA_LONG].children})
     clash = sorted({c.rsplit(".", 1)[1] for c in other.children}
                    & {c.rsplit(".", 1)[1] for c in tree.zones[HOA_LONG].children})[0]
-    with pytest.raises(ZoneError, match=f"keys: {HOA_LONG} already has a zone '{clash}'"):
+    with pytest.raises(ZoneError, match=f"keys.{clash}: {HOA_LONG} already has zones "
+                       f"named '{clash}'"):
         tree.merged(other.id, HOA_LONG)
     merged, mapping = tree.merged(other.id, HOA_LONG, {clash: f"{clash}-2"})
     assert mapping[f"{other.id}.{clash}"] == f"{HOA_LONG}.{clash}-2"
@@ -205,9 +206,13 @@ async def test_an_edit_never_takes_a_channel_from_under_a_broadcast(streamer):
     assert A in streamer.plane.tree.zones and f"{A}.kp-3" in streamer.mixer.channels
     await call(streamer, "DELETE", f"/api/v1/broadcasts/{b['id']}")
     status, edit = await call(streamer, "POST", f"/api/v1/zones/{A}/move",
-                              json={"key": "thang-tam-2"})
+                              json={"key": "thang-tam-2", "name": "Phường Thắng Tam mới"})
     assert status == 200, edit
     assert streamer.plane.tree.resolve(A) == "brvt.vung-tau.thang-tam-2"
+    status, z = await call(streamer, "GET", "/api/v1/zones/brvt.vung-tau.thang-tam-2")
+    assert z["name"] == "Phường Thắng Tam mới" and z["quiet_hours_in_force"]
+    channels = (await call(streamer, "GET", "/api/v1/channels"))[1]["channels"]
+    assert "brvt.vung-tau.thang-tam-2.kp-3" in {c["id"] for c in channels}
 
 
 async def test_bad_edits_name_the_field_and_change_nothing(streamer):

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from wire.messages import DeviceConfig
 
 from .models import Speaker
-from .plane import Plane
+
+if TYPE_CHECKING:  # the plane builds the zone editor, which moves speakers with this
+    from .plane import Plane
 
 log = logging.getLogger("loa.control")
 

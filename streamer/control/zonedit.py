@@ -32,6 +32,7 @@ from streamer.zones import ZoneError, ZoneTree
 from wire.plan import plan_topic
 
 from .models import BroadcastState, InboundState, Zone
+from .moves import follow
 from .state import P, State
 
 log = logging.getLogger("loa.zonedit")
@@ -126,11 +127,19 @@ class ZoneEditor:
             return await self._apply("zone_add", new_tree, {}, user, speakers=speakers,
                                      new_zone=zone, detail={"zone": new_id, "name": name})
 
-    async def move(self, zone_id: str, parent: str, key: str, user: str) -> EditResult:
+    async def move(self, zone_id: str, parent: str, key: str, user: str,
+                   name: str | None = None) -> EditResult:
+        """``zone_id`` under ``parent`` as ``key`` (a rename when the parent is its own), and
+        named ``name`` in the same edit when given."""
         async with self._lock:
             new_tree, mapping = self._edit(lambda: self.plane.tree.moved(zone_id, parent, key))
+            new_id = mapping[zone_id]
+            if name is not None:
+                new_tree.zones[new_id].name = name
             return await self._apply("zone_move", new_tree, mapping, user,
-                                     detail={"zone": zone_id, "to": mapping[zone_id]})
+                                     names={new_id: name} if name is not None else None,
+                                     detail={"zone": zone_id, "to": new_id,
+                                             **({"name": name} if name is not None else {})})
 
     async def merge(self, zone_id: str, into: str, keys: dict[str, str],
                     user: str) -> EditResult:
@@ -147,6 +156,8 @@ class ZoneEditor:
             where, _, _ = message.partition(":")
             field_name = where if where in ("parent", "key", "into", "name", "code") or \
                 where.startswith("keys") else "id"
+            if field_name != "id":  # the field is the answer's "field", not the message's
+                message = message[len(where) + 1:].strip()
             raise EditRefused(409 if "exists" in message or "was a zone" in message
                               or "already has" in message else 400, field_name,
                               message) from None
@@ -155,7 +166,8 @@ class ZoneEditor:
 
     async def _apply(self, action: str, new_tree: ZoneTree, mapping: dict[str, str],
                      user: str, *, speakers: dict[str, str] | None = None,
-                     new_zone: Zone | None = None, detail: dict[str, Any]) -> EditResult:
+                     new_zone: Zone | None = None, names: dict[str, str] | None = None,
+                     detail: dict[str, Any]) -> EditResult:
         plane = self.plane
         state: State = plane.state
         if not state.available:
@@ -167,6 +179,10 @@ class ZoneEditor:
         self._check_idle(removed, action)
         speaker_map = {**mapping, **(speakers or {})}
         writes = await self._rewrites(mapping, speaker_map, new_zone)
+        for zid, name in (names or {}).items():
+            rec = writes.get("zones", {}).get(zid)
+            if rec is not None:
+                writes["zones"][zid] = rec.model_copy(update={"name": name})
         rev = self.rev + 1
         async with state.r.pipeline(transaction=True) as p:
             p.set(TREE_KEY, new_tree.to_json(rev))
@@ -185,6 +201,10 @@ class ZoneEditor:
                             {k: len(v) for k, v in writes.items()}, rev)
         await self._follow(new_tree, result, writes)
         self.m_edits.labels(action, "ok").inc()
+        plane.events.publish("zones", {  # open consoles load the tree again
+            "action": action, "mapping": mapping, "channels_added": added,
+            "channels_removed": removed, "rev": rev},
+            sorted({*mapping, *mapping.values(), *added, *removed, *(speakers or {}).values()}))
         log.info("%s by %s: %s (%d channels added, %d removed)", action, user,
                  ", ".join(f"{a} → {b}" for a, b in list(mapping.items())[:5]) or detail,
                  len(added), len(removed))
@@ -279,12 +299,14 @@ class ZoneEditor:
         await plane.reload_inputs()
         await plane.board.reload(old_zones - set(new_tree.zones))
         self._retire(result.channels_removed)
-        moved = writes.get("speakers", {})
-        for s in moved.values():
+        moved = list(writes.get("speakers", {}).values())
+        for s in moved:
             plane.recorder.place(s.id, s.zone)
-        if writes.get("speakers") or writes.get("boards"):
+        if moved:  # broker rules, tokens, and the config that moves each speaker
+            await follow(plane, moved)
+        elif writes.get("boards"):
             await plane.devices.sync_broker()
-        await self._tell_fleet(moved, writes.get("relays", {}), result.channels_removed)
+        await self._tell_fleet(writes.get("relays", {}), result.channels_removed)
 
     def _retire(self, channels: list[str]) -> None:
         """Remove channels no longer in the tree from the mixer and the media endpoint. One
@@ -304,16 +326,11 @@ class ZoneEditor:
         if self.channels_changed is not None:
             self.channels_changed([], channels)
 
-    async def _tell_fleet(self, speakers: dict[str, Any], relays: dict[str, Any],
-                          removed: list[str]) -> None:
+    async def _tell_fleet(self, relays: dict[str, Any], removed: list[str]) -> None:
         plane = self.plane
         if plane.fleet is None:
             return
-        if speakers:
-            await plane.fleet.move_speakers({s.id: s.zone for s in speakers.values()})
-        if plane.tokens is not None:
-            for s in speakers.values():
-                plane.tokens.soon(s)
+        if plane.tokens is not None:  # a relay's token names its zone
             for r in relays.values():
                 plane.tokens.soon(r)
         for leaf in removed:  # a channel that is gone: its retained plan is cleared

@@ -140,6 +140,9 @@ export function apply(name, data) {
       break;
     case "emergency": // what plays comes in "onair" events; this one only wakes the pages
       break;
+    case "zones": // an admin edited the tree: zone ids, channels, speakers and schedules moved
+      refresh().catch(() => {}); // a refresh that fails shows in its sections' errors
+      return;
     case "alert": {
       const key = `${data.name}|${data.subject || (data.zones || []).join(",")}`;
       if (data.state === "firing") store.alerts.set(key, data);

@@ -1,6 +1,6 @@
 // Zones (#/zones, admins only): the zone tree this admin can see, and for a zone they
-// administer the runtime edits of docs/zones.md: rename it (a new name: PATCH; a new key:
-// move), move it under another zone, merge it into another, add a zone under it. Each edit
+// administer the runtime edits of docs/zones.md: rename it (a new name alone: PATCH; a new key,
+// with or without a new name: one move), move it under another zone, merge it into another, add a zone under it. Each edit
 // first says in plain words what will happen (a modal dialog), then makes its API call; the
 // page shows nothing changed before the API answers ok, then the answer (the mapping of old
 // ids to new ones, the channels added and removed, the records rewritten) and the new tree.
@@ -278,22 +278,12 @@ async function rename(z) {
   await edit({
     title: t("zones.confirm_rename_title", { zone: z.name }), yes: t("zones.action_rename"), lines,
     call: async () => {
-      const results = [];
-      let id = z.id;
-      if (keyChanged) {
-        const out = await api("POST", `/zones/${encodeURIComponent(z.id)}/move`, { key });
-        results.push(out);
-        id = out.mapping[z.id] || newId;
+      if (keyChanged) { // one edit: the new key, and the new name with it
+        const out = await api("POST", `/zones/${encodeURIComponent(z.id)}/move`, nameChanged ? { key, name } : { key });
+        return { results: nameChanged ? [out, { action: "zone_rename", name: { from: z.name, to: name } }] : [out] };
       }
-      if (!nameChanged) return { results };
-      try {
-        await api("PATCH", `/zones/${encodeURIComponent(id)}`, { name });
-      } catch (error) {
-        if (!results.length) throw error;
-        return { results, error }; // the key changed: show that, and why the name did not
-      }
-      results.push({ action: "zone_rename", name: { from: z.name, to: name } });
-      return { results };
+      await api("PATCH", `/zones/${encodeURIComponent(z.id)}`, { name });
+      return { results: [{ action: "zone_rename", name: { from: z.name, to: name } }] };
     },
   });
 }

@@ -117,7 +117,7 @@ async def patch_zone(ctx: Ctx) -> ZoneNode:
 async def list_channels(ctx: Ctx) -> ChannelList:
     plane = ctx.services
     return ChannelList(channels=[
-        Channel(id=c.id, name=plane.tree.zones[c.id].name, ssrc=c.ssrc,
+        Channel(id=c.id, name=plane.zones[c.id].name, ssrc=c.ssrc,
                 on_air=c.program.current or 0)
         for c in plane.mixer.channels.values() if auth.visible(ctx.me, c.id)])
 
@@ -137,6 +137,8 @@ class ZoneMove(BaseModel):
     parent: ZoneId | None = Field(None, description="the zone it goes under (default: where "
                                   "it is: a rename)")
     key: ZoneKey | None = Field(None, description="its new id's last part (default: as now)")
+    name: str | None = Field(None, min_length=1, max_length=200,
+                             description="its new name, in the same edit (default: as now)")
 
 
 class ZoneMerge(BaseModel):
@@ -204,7 +206,7 @@ async def move_zone(ctx: Ctx) -> ZoneEditOut:
         raise BadRequest("id", f"{zid} is a top-level zone: it cannot be moved")
     ctx.require(auth.ADMIN, [zid, parent], "move zones")
     key = b.key or zid.rsplit(".", 1)[-1]
-    return await _edited(ctx, ctx.services.editor.move(zid, parent, key, ctx.me.name))
+    return await _edited(ctx, ctx.services.editor.move(zid, parent, key, ctx.me.name, b.name))
 
 
 @API.route("POST", "/api/v1/zones/{id}/merge", summary="Merge a zone into another: its zones, "
