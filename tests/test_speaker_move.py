@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from clients.speaker.net import token_allows
@@ -33,13 +32,12 @@ from tests.harness.audio import peak_hz
 from tests.harness.broker import client, start_broker
 from tests.harness.keys import token_args, token_for
 from tests.harness.sink import SparseSink
-from tests.harness.speaker import SpeakerProcess, mqtt_speakers
+from tests.harness.speaker import last_second, mqtt_speakers, retained_status, tone_on
 from tests.harness.streamer import in_process
-from tests.harness.wait import until
 from tests.harness.zones import KP1, KP2
 from wire import subscribe
 from wire.auth import Keyring, SigningKey
-from wire.messages import BadPayload, DeviceConfig, Status, device_topic, parse
+from wire.messages import BadPayload, DeviceConfig, device_topic, parse
 from wire.plan import Plan, PlanEntry, sha256_hex, sign_plan
 from wire.priority import Priority
 from wire.subscribe import MsgType, SubscribeClient
@@ -127,29 +125,6 @@ def test_the_old_zones_plan_stops_and_is_dropped_and_its_clips_stay(tmp_path: Pa
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-async def retained_status(broker: Any, password: str, speaker_id: str) -> Status:
-    topic = device_topic("speaker", speaker_id, "status")
-    async with client(broker, STREAMER_USER, password) as c:
-        await c.subscribe(topic, qos=1)
-        async for m in c.messages:
-            assert isinstance(m.payload, bytes)
-            return parse(Status, m.payload)
-    raise AssertionError("no status")
-
-
-def last_second(spk: SpeakerProcess) -> np.ndarray:
-    pcm = spk.samples()
-    assert len(pcm) >= RATE
-    return pcm[-RATE:]
-
-
-async def tone_on(spk: SpeakerProcess, hz: float, timeout_s: float) -> None:
-    async def playing() -> bool:
-        pcm = spk.samples()
-        return len(pcm) >= RATE and abs(peak_hz(pcm[-RATE:]) - hz) < 10
-    await until(playing, timeout_s, f"{spk.id} playing {hz:g} Hz")
 
 
 @pytest.mark.realtime

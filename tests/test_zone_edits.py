@@ -10,9 +10,15 @@ from datetime import datetime, timedelta
 import pytest
 from dateutil import tz
 
+from streamer.control.broker import STREAMER_USER
 from streamer.zones import ZoneError, ZoneTree
+from tests.conftest import DAYTIME
 from tests.harness.api import audit, call, make_user
 from tests.harness.audio import peak_hz
+from tests.harness.broker import start_broker
+from tests.harness.keys import token_args
+from tests.harness.speaker import mqtt_speakers, retained_status, tone_on
+from tests.harness.streamer import in_process
 from tests.harness.tap import Tap
 from tests.harness.wait import until
 
@@ -253,3 +259,45 @@ async def test_a_new_hamlet_under_a_single_channel_commune_takes_its_speakers(st
     assert status == 201, b
     await until(lambda: len(tap.pcm(b["id"])) >= 48_000 * 0.6, 5, "audio on the new channel")
     assert abs(peak_hz(tap.pcm(b["id"])[4800:]) - 660) < 5
+
+
+@pytest.mark.realtime
+async def test_a_speaker_on_a_merged_communes_hamlet_follows_it(mosquitto, redis_url, tmp_path):
+    """A real speaker on Thắng Tam's Khu phố 1 (Mosquitto with the streamer's ACL): after the
+    merge it plays Long Sơn's Khu phố 1 channel, reports it, and obeys Long Sơn's commands."""
+    pw = start_broker(mosquitto, {})
+    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
+    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=mosquitto.url,
+                                mqtt_password_file=str(tmp_path / "streamer.password"),
+                                mqtt_broker_dir=str(mosquitto.directory))
+    old, new = f"{A}.kp-1", f"{B}.kp-1"
+    try:
+        fleet = streamer.plane.fleet
+        await fleet.wait_connected(10)
+        status, body = await call(streamer, "POST", "/api/v1/speakers",
+                                  json={"id": "spk-kp1", "zone": old})
+        assert status == 201, body
+        pw["spk-kp1"] = body["mqtt"]["password"]
+        token = token_args(tmp_path, "spk-kp1", [old])
+        async with mqtt_speakers(tmp_path, mosquitto, pw, streamer.media_addr,
+                                 ("spk-kp1", old), extra=tuple(token)) as (spk,):
+            status, b = await call(streamer, "POST", "/api/v1/broadcasts", json={
+                "zones": [old], "source": {"kind": "tone", "hz": 440, "seconds": 60}})
+            assert status == 201, b
+            await tone_on(spk, 440.0, 15)
+            await call(streamer, "DELETE", f"/api/v1/broadcasts/{b['id']}")
+            await until(lambda: b["id"] not in streamer.plane.broadcasts.live, 5, "its end")
+
+            status, edit = await call(streamer, "POST", f"/api/v1/zones/{A}/merge",
+                                      json={"into": B})
+            assert status == 200 and edit["mapping"][old] == new, edit
+            status, b = await call(streamer, "POST", "/api/v1/broadcasts", json={
+                "zones": [B], "source": {"kind": "tone", "hz": 880, "seconds": 60}})
+            assert status == 201, b
+            await tone_on(spk, 880.0, 10)
+            assert (await spk.health())["channel"] == new
+            s = await retained_status(mosquitto, pw[STREAMER_USER], "spk-kp1")
+            assert (s.channel, s.zone) == (new, new)
+            assert "spk-kp1" in (await fleet.zone_command(B, "ping", timeout_s=1.5)).acks
+    finally:
+        await streamer.close()

@@ -21,8 +21,12 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.control.broker import STREAMER_USER
+from tests.harness.audio import peak_hz
+from tests.harness.broker import client
 from tests.harness.keys import with_trust
 from tests.harness.wait import until
+from wire.messages import Status, device_topic, parse
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 48_000
@@ -189,3 +193,28 @@ async def spawn_mqtt_speaker(tmp_path: Path, sid: str, channel: str, upstream: s
     return await start_speaker(tmp_path, sid, "--channel", channel, "--upstream", upstream,
                                "--mqtt-url", broker.url, "--mqtt-password-file", str(pw_file),
                                "--telemetry-s", "0.5", *extra)
+
+
+# -- what a speaker plays and says, for tests that move it --------------------------------------
+
+async def retained_status(broker: Any, password: str, speaker_id: str) -> Status:
+    topic = device_topic("speaker", speaker_id, "status")
+    async with client(broker, STREAMER_USER, password) as c:
+        await c.subscribe(topic, qos=1)
+        async for m in c.messages:
+            assert isinstance(m.payload, bytes)
+            return parse(Status, m.payload)
+    raise AssertionError("no status")
+
+
+def last_second(spk: SpeakerProcess) -> np.ndarray:
+    pcm = spk.samples()
+    assert len(pcm) >= RATE
+    return pcm[-RATE:]
+
+
+async def tone_on(spk: SpeakerProcess, hz: float, timeout_s: float) -> None:
+    async def playing() -> bool:
+        pcm = spk.samples()
+        return len(pcm) >= RATE and abs(peak_hz(pcm[-RATE:]) - hz) < 10
+    await until(playing, timeout_s, f"{spk.id} playing {hz:g} Hz")

@@ -119,7 +119,8 @@ async def list_channels(ctx: Ctx) -> ChannelList:
     return ChannelList(channels=[
         Channel(id=c.id, name=plane.zones[c.id].name, ssrc=c.ssrc,
                 on_air=c.program.current or 0)
-        for c in plane.mixer.channels.values() if auth.visible(ctx.me, c.id)])
+        for c in plane.mixer.channels.values()
+        if c.id in plane.zones and auth.visible(ctx.me, c.id)])  # not one a zone edit retires
 
 
 # -- runtime edits ----------------------------------------------------------------------------
