@@ -283,7 +283,7 @@ class ZoneTree:
         if new_id == zone_id:
             raise ZoneError(f"key: {zone_id} is already there by that name")
         self._check_free("key", new_id, moving=zone_id)
-        mapping = {old: new_id + old[len(zone_id):] for old in self._subtree(zone_id)}
+        mapping = {old: new_id + old[len(zone_id):] for old in self.subtree(zone_id)}
         return self._remapped(mapping), mapping
 
     def merged(self, zone_id: str, into: str,
@@ -322,7 +322,7 @@ class ZoneTree:
             taken.add(key)
             new_child = f"{into}.{key}"
             self._check_free(f"keys.{old_key}", new_child, moving=child)
-            mapping.update({old: new_child + old[len(child):] for old in self._subtree(child)})
+            mapping.update({old: new_child + old[len(child):] for old in self.subtree(child)})
         return self._remapped(mapping), mapping
 
     def _check_editable(self, zone_id: str) -> None:
@@ -343,10 +343,11 @@ class ZoneTree:
             raise ZoneError(f"{field}: {zone_id} was a zone, now part of {now}; its history is "
                             "kept under that name: choose another key")
 
-    def _subtree(self, zone_id: str) -> list[str]:
+    def subtree(self, zone_id: str) -> list[str]:
+        """``zone_id`` and every zone below it."""
         out = [zone_id]
         for child in self.zones[zone_id].children:
-            out.extend(self._subtree(child))
+            out.extend(self.subtree(child))
         return out
 
     def _remapped(self, mapping: dict[str, str]) -> ZoneTree:

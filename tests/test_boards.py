@@ -6,17 +6,21 @@ an emergency from the inbound door fills the page in red."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import random
 import time
+from types import SimpleNamespace
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from streamer.control.board import item_of
+from streamer.control.board import BoardFeed, item_of, relevant
 from streamer.control.broker import STREAMER_USER, Account, hash_password, new_password
 from streamer.control.fleet import Fleet
 from streamer.control.models import BroadcastRecord, EmergencyPlan
+from streamer.zones import ZoneTree
 from tests.harness.api import audit, call, make_user
 from tests.harness.broker import client
 from tests.harness.browser import chromium_page
@@ -24,7 +28,7 @@ from tests.harness.console import screenshot
 from tests.harness.senders import Sender, register, send
 from tests.harness.wait import until
 from tests.harness.zones import KP1, OP, OTHER
-from wire.messages import BoardState, zone_board_topic
+from wire.messages import BoardItem, BoardState, zone_board_topic
 
 
 async def fleet_for(streamer, mosquitto) -> Fleet:
@@ -161,3 +165,37 @@ async def test_the_kiosk_page_shows_items_and_an_emergency_from_above_fills_it(
         status, _ = await call(streamer, "DELETE", f"/api/v1/emergency/{got['broadcast']}")
         assert status == 200
         await page.wait_for_function("!document.body.classList.contains('emergency')")
+
+
+def test_each_zones_board_is_read_from_its_own_items_as_relevant_says():
+    """The index by zone (kept as items come and go) shows every zone exactly the items
+    ``relevant`` picks from all of them: addressed to it, above it or below it."""
+    tree = ZoneTree.load()
+    feed = BoardFeed(SimpleNamespace(tree=tree, fleet=None), now=lambda: 1000.0)
+    rng = random.Random(17)
+    ids = list(tree.zones)
+    items = [BoardItem(id=f"i-{n}", zones=rng.sample(ids, rng.randint(1, 3)), start=900.0,
+                       title=str(n)) for n in range(60)]
+    for item in items:
+        feed._keep(item)
+    for gone in rng.sample(items, 20):
+        feed._drop(gone.id)
+    left = [i for i in items if i.id in feed.items]
+    assert len(left) == 40
+    for zone in tree.zones:
+        want = {i.id for i in left if relevant(zone, i)}
+        assert {i.id for i in feed.state(zone).items} == want, zone
+        assert {i.id for i in left if zone in feed.shown_on(i)} == want, zone
+
+
+def test_the_board_benchmark_runs_and_both_ways_agree():
+    """``loadtest/bench_board.py`` at a small size: it checks the index against every item
+    for every zone before timing, so a run that prints its table found them equal."""
+    from loadtest import bench_board
+
+    args = ["--districts", "2", "--communes", "3", "--hamlets", "2", "--items", "40",
+            "--province-wide", "2", "--rounds", "1"]
+    r = bench_board.run(argparse.Namespace(districts=2, communes=3, hamlets=2, items=40,
+                                           province_wide=2, rounds=1))
+    assert r["zones"] == 1 + 2 + 6 + 12 and r["index_all"] > 0 and r["brute_all"] > 0
+    assert bench_board.main(args) == 0

@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from wire.ids import ancestors
 from wire.messages import BoardItem, BoardState, zone_board_topic
 
 from .background import Background
@@ -76,6 +77,10 @@ class BoardFeed:
         self.plane = plane
         self.now = now
         self.items: dict[str, BoardItem] = {}
+        #: which items each zone's boards show, and the zones each item shows on: kept as
+        #: items come and go, so a zone's board is read from its own items, not every item
+        self._by_zone: dict[str, set[str]] = {}
+        self._reach: dict[str, set[str]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: each kiosk page's queue of its zone's states (None: its zone was edited away)
         self._watchers: dict[str, set[asyncio.Queue[BoardState | None]]] = {}
@@ -94,7 +99,7 @@ class BoardFeed:
             if item.expires is not None and item.expires <= now:
                 await self.plane.state.end_board_item(item, item.expires)
             else:
-                self.items[item.id] = item
+                self._keep(item)
                 self._arm(item)
         self.m_items.set(len(self.items))
         self._publish(self.plane.tree.zones)
@@ -105,6 +110,10 @@ class BoardFeed:
         for item in await self.plane.state.board_items.all():
             if item.id in self.items:
                 self.items[item.id] = item
+        self._by_zone.clear()
+        self._reach.clear()
+        for item in list(self.items.values()):
+            self._keep(item)
         self._publish(self.plane.tree.zones)
         fleet = self.plane.fleet
         for zone in gone:
@@ -124,23 +133,25 @@ class BoardFeed:
 
     async def post(self, item: BoardItem) -> BoardItem:
         await self.plane.state.board_items.put(item.id, item)
-        self.items[item.id] = item
+        before = self._drop(item.id)  # the same id again: it replaces the item
+        self._keep(item)
         self.m_items.set(len(self.items))
         self._arm(item)
-        self._publish(self._affected(item))
+        self._publish(sorted(before | self._reach[item.id]))
         log.info("board item %s (%s) for %s", item.id, item.level, ", ".join(item.zones[:5]))
         return item
 
     async def take_down(self, item_id: str) -> BoardItem | None:
-        item = self.items.pop(item_id, None)
+        item = self.items.get(item_id)
         timer = self._timers.pop(item_id, None)
         if timer is not None:
             timer.cancel()
         if item is None:
             return None
+        zones = self._drop(item_id)
         await self.plane.state.end_board_item(item, min(self.now(), item.expires or math.inf))
         self.m_items.set(len(self.items))
-        self._publish(self._affected(item))
+        self._publish(sorted(zones))
         return item
 
     def broadcast_aired(self, rec: BroadcastRecord) -> None:
@@ -161,10 +172,9 @@ class BoardFeed:
 
     def state(self, zone: str) -> BoardState:
         now = self.now()
-        items = [i for i in self.items.values()
-                 if relevant(zone, i) and i.start <= now + 1 and (i.expires is None
-                                                                 or i.expires > now)]
-        items.sort(key=lambda i: (_LEVEL_ORDER[i.level], -i.start))
+        items = [i for i in map(self.items.__getitem__, self._by_zone.get(zone, ()))
+                 if i.start <= now + 1 and (i.expires is None or i.expires > now)]
+        items.sort(key=lambda i: (_LEVEL_ORDER[i.level], -i.start, i.id))  # ties: by id
         return BoardState(zone=zone, items=items[:MAX_ITEMS], ts=now)
 
     def watch(self, zone: str) -> asyncio.Queue[BoardState | None]:
@@ -183,8 +193,34 @@ class BoardFeed:
 
     # -- inside -------------------------------------------------------------------------------
 
-    def _affected(self, item: BoardItem) -> list[str]:
-        return [z for z in self.plane.tree.zones if relevant(z, item)]
+    def shown_on(self, item: BoardItem) -> set[str]:
+        """The zones whose boards show ``item`` (``relevant``): the zones it is addressed to,
+        those above them and those below them."""
+        tree = self.plane.tree
+        out: set[str] = set()
+        for z in item.zones:
+            out.update(a for a in ancestors(z) if a in tree.zones)
+            if z in tree.zones:
+                out.update(tree.subtree(z))
+        return out
+
+    def _keep(self, item: BoardItem) -> None:
+        self.items[item.id] = item
+        self._reach[item.id] = zones = self.shown_on(item)
+        for z in zones:
+            self._by_zone.setdefault(z, set()).add(item.id)
+
+    def _drop(self, item_id: str) -> set[str]:
+        """Forget ``item_id``; returns the zones that showed it."""
+        self.items.pop(item_id, None)
+        zones = self._reach.pop(item_id, set())
+        for z in zones:
+            shown = self._by_zone.get(z)
+            if shown is not None:
+                shown.discard(item_id)
+                if not shown:
+                    del self._by_zone[z]
+        return zones
 
     def _publish(self, zones: Iterable[str]) -> None:
         fleet = self.plane.fleet

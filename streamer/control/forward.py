@@ -149,6 +149,11 @@ class Forward:
                 continue
             self._seen, last = seen, time.monotonic()
 
+    def stale(self) -> None:
+        """Plan again at the next poll, whatever the schedules: a zone edit renamed leaves
+        (a schedule for a district names none of them and is unchanged)."""
+        self._seen = None
+
     @staticmethod
     def _fingerprint(schedules: dict[str, Schedule]) -> object:
         return tuple(sorted((sid, s.model_dump_json()) for sid, s in schedules.items()))

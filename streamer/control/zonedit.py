@@ -297,6 +297,7 @@ class ZoneEditor:
             if plane.scheduler is not None:
                 plane.scheduler.upsert(s)
         await plane.reload_inputs()
+        plane.forward.stale()  # store and forward's plans are per leaf
         await plane.board.reload(old_zones - set(new_tree.zones))
         self._retire(result.channels_removed)
         moved = list(writes.get("speakers", {}).values())
