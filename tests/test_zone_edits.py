@@ -301,3 +301,14 @@ async def test_a_speaker_on_a_merged_communes_hamlet_follows_it(mosquitto, redis
             assert "spk-kp1" in (await fleet.zone_command(B, "ping", timeout_s=1.5)).acks
     finally:
         await streamer.close()
+
+
+async def test_with_redis_away_an_edit_is_refused_and_nothing_changes(streamer, redis_server):
+    before = streamer.plane.tree.to_json(0)
+    channels = set(streamer.mixer.channels)
+    redis_server.kill()
+    status, err = await call(streamer, "POST", f"/api/v1/zones/{A}/merge", json={"into": B})
+    assert status == 503 and "unchanged" in err["error"], err
+    assert streamer.plane.tree.to_json(0) == before and set(streamer.mixer.channels) == channels
+    assert streamer.registry.get_sample_value(
+        "loa_zone_edits_total", {"action": "zone_merge", "outcome": "unavailable"}) == 1

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter
 
 from streamer.zones import ZoneError, ZoneTree
@@ -43,6 +44,8 @@ TREE_KEY = P + "zone-tree"
 PENDING_SCAN = 1000
 #: a removed channel that still carries a broadcast is retired when it ends: checked this often
 RETIRE_RETRY_S = 1.0
+#: the edit's Redis transaction must be done within this (a province's records: a few MB)
+EDIT_DEADLINE_S = 10.0
 
 
 class EditRefused(Exception):
@@ -153,6 +156,10 @@ class ZoneEditor:
             return make()
         except ZoneError as e:
             message = str(e)
+            if "share code" in message:
+                raise EditRefused(409, "code", message) from None
+            if "same SSRC" in message:  # 1 in ~4 billion: another key avoids it
+                raise EditRefused(409, "key", message + ": choose another key") from None
             where, _, _ = message.partition(":")
             field_name = where if where in ("parent", "key", "into", "name", "code") or \
                 where.startswith("keys") else "id"
@@ -172,28 +179,39 @@ class ZoneEditor:
         state: State = plane.state
         if not state.available:
             self.m_edits.labels(action, "unavailable").inc()
-            raise EditRefused(503, "id", "zone edits need Redis, which is away; nothing changed")
+            raise EditRefused(503, "id", "zone edits need Redis, which is away; the running "
+                              "zones are unchanged")
         old_leaves, new_leaves = set(plane.tree.leaves()), set(new_tree.leaves())
         removed = sorted(old_leaves - new_leaves)
         added = sorted(new_leaves - old_leaves)
         self._check_idle(removed, action)
         speaker_map = {**mapping, **(speakers or {})}
-        writes = await self._rewrites(mapping, speaker_map, new_zone)
-        for zid, name in (names or {}).items():
-            rec = writes.get("zones", {}).get(zid)
-            if rec is not None:
-                writes["zones"][zid] = rec.model_copy(update={"name": name})
         rev = self.rev + 1
-        async with state.r.pipeline(transaction=True) as p:
-            p.set(TREE_KEY, new_tree.to_json(rev))
-            for kind, recs in writes.items():
-                if kind == "zones-gone":
-                    for zid in recs:
-                        p.hdel(P + "zones", zid)
-                    continue
-                for rid, rec in recs.items():
-                    p.hset(P + kind, rid, rec.model_dump_json())
-            await p.execute()
+        try:
+            writes = await asyncio.wait_for(self._rewrites(mapping, speaker_map, new_zone),
+                                            EDIT_DEADLINE_S)
+            for zid, name in (names or {}).items():
+                rec = writes.get("zones", {}).get(zid)
+                if rec is not None:
+                    writes["zones"][zid] = rec.model_copy(update={"name": name})
+            async with state.r.pipeline(transaction=True) as p:
+                p.set(TREE_KEY, new_tree.to_json(rev))
+                for kind, recs in writes.items():
+                    if kind == "zones-gone":
+                        for zid in recs:
+                            p.hdel(P + "zones", zid)
+                        continue
+                    for rid, rec in recs.items():
+                        p.hset(P + kind, rid, rec.model_dump_json())
+                await asyncio.wait_for(p.execute(), EDIT_DEADLINE_S)
+        except (redis.exceptions.RedisError, TimeoutError, OSError) as e:
+            # MULTI/EXEC: all of it or none of it; an answer lost on the way is the one case
+            # in which Redis may hold the edit: the next start takes the stored tree up
+            self.m_edits.labels(action, "unavailable").inc()
+            log.error("%s by %s: Redis failed the edit (%s); the running tree is unchanged",
+                      action, user, e)
+            raise EditRefused(503, "id", "Redis did not take the edit; the running zones are "
+                              "unchanged: try again") from None
         if state.users.cache is not None:  # sign-ins read users from it while Redis is away
             state.users.cache.update(writes.get("users", {}))
         self.rev = rev
@@ -251,9 +269,7 @@ class ZoneEditor:
         for u in await state.users.all():
             grants = [g.model_copy(update={"zone": mapping.get(g.zone, g.zone)})
                       for g in u.grants]
-            seen: set[tuple[str, str]] = set()
-            unique = [g for g in grants if (g.role, g.zone) not in seen
-                      and not seen.add((g.role, g.zone))]  # type: ignore[func-returns-value]
+            unique = list({(g.role, g.zone): g for g in grants}.values())  # merged: one grant
             if unique != u.grants:
                 put("users", u.name, u.model_copy(update={"grants": unique}))
         for s in await state.speakers.all():
