@@ -126,6 +126,8 @@ async def test_restart_keeps_schedules_and_books_the_next_occurrence_on_its_fram
         status, b = await call(again, "GET", f"/api/v1/broadcasts/{bid}")
         assert status == 200 and b["schedule"] == s["id"] and b["state"] == "on_air"
         assert b["started"] == occ
+        rec = await again.state.broadcasts.get(bid)  # its time to air counts from its time
+        assert rec is not None and rec.requested_at == occ
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{again.http_url}/api/v1/schedules/{s['id']}",
                                 headers=again.admin) as r:

@@ -285,3 +285,35 @@ def test_periods_signature_and_config():
 def test_the_schema_in_docs_is_the_one_the_code_makes():
     on_disk = json.loads((ROOT / "docs" / "report-upward.schema.json").read_text())
     assert on_disk == schema_document()
+
+
+async def test_a_repeated_emergency_counts_from_its_first_airing_and_a_scheduled_one_has_a_time_to_air(  # noqa: E501
+        make_streamer, central):
+    """Records as the streamer keeps them: an emergency aired three times on its cadence
+    (``started`` is its latest airing, ``aired_at`` its first frame), and a scheduled
+    emergency whose first frame went out 40 ms after its occurrence."""
+    from streamer.control.models import BroadcastRecord, BroadcastState, EmergencyPlan
+    from streamer.control.upward import build_report
+
+    s = await make_streamer(central.url)
+    now = time.time()
+    repeated = BroadcastRecord(
+        id=9001, zones=[KP1], priority="emergency", source={"kind": "tone"}, label="Lũ",
+        created=now - 400, state=BroadcastState.DONE, started=now - 100, ended=now - 30,
+        airings=3, requested_at=now - 400.2, aired_at=now - 400,
+        emergency=EmergencyPlan(repeat_s=150))
+    scheduled = BroadcastRecord(
+        id=9002, zones=[KP2], priority="emergency", source={"kind": "tone"}, label="Diễn tập",
+        created=now - 60, state=BroadcastState.DONE, started=now - 50, ended=now - 40,
+        airings=1, requested_at=now - 50, aired_at=now - 49.96, schedule="s-1",
+        emergency=EmergencyPlan())
+    for rec in (repeated, scheduled):
+        await s.state.put_broadcast(rec)
+    report = await build_report(s.plane, local_day(now - 400), local_day(now), now)
+    by_id = {e["id"]: e for e in report.model_dump(mode="json")["emergencies"]}
+    r = by_id[9001]
+    assert datetime.fromisoformat(r["started"]).timestamp() == pytest.approx(now - 400)
+    assert r["airings"] == 3 and r["time_to_air_s"] == pytest.approx(0.2, abs=1e-3)
+    b = {e["id"]: e for e in report.model_dump(mode="json")["broadcasts"]}[9001]
+    assert b["airtime_s"] == pytest.approx(370, abs=0.01)  # first airing to its end
+    assert by_id[9002]["time_to_air_s"] == pytest.approx(0.04, abs=1e-3)

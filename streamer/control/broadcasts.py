@@ -621,7 +621,7 @@ class Broadcasts:
         rec = self.booked.pop(item.id, None)
         if rec is None:
             return
-        rec.started = occ.timestamp()
+        rec.started = rec.requested_at = occ.timestamp()  # its time to air: from its time
         rec.airings = 1
         self.live[rec.id] = rec
         self.items[rec.id] = item

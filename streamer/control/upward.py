@@ -85,9 +85,10 @@ class BroadcastEntry(_Doc):
     priority: str = Field(description="emergency, priority, normal or background")
     kind: str = Field(description="its source: tone, tts, clip, relay or live")
     label: str
-    started: datetime = Field(description="when it (last) went on air, local time with offset")
+    started: datetime = Field(description="when it first went on air, local time with offset")
     ended: datetime | None = Field(description="when it ended; null while still on air")
-    airtime_s: float = Field(description="seconds on air inside the period")
+    airtime_s: float = Field(description="seconds on air inside the period (an emergency "
+                             "aired again on its cadence: from its first airing to its end)")
     reach: Reach
 
 
@@ -98,8 +99,9 @@ class EmergencyEntry(_Doc):
     started: datetime
     ended: datetime | None
     time_to_air_s: float | None = Field(
-        description="from the request's arrival to its first frame on the air; null if not "
-                    "known (scheduled, or recorded before time to air was stored)")
+        description="from the request's arrival (a scheduled one: its occurrence) to its "
+                    "first frame on the air; null if not known (recorded before time to air "
+                    "was stored)")
     airings: int = Field(description="how many times it aired (a cadence repeats it)")
     reach: Reach
 
@@ -219,10 +221,13 @@ async def build_report(plane: Any, first: date, last: date, now: float) -> Upwar
     for rec in sorted(recs.values(), key=lambda r: (r.started or 0, r.id)):
         if rec.started is None:
             continue  # never aired (pending, rejected)
+        # ``started`` is its latest airing's start (an emergency's cadence airs it again);
+        # ``aired_at``, its first frame, is earlier then: it counts from its first airing
+        begun = rec.started if rec.aired_at is None else min(rec.started, rec.aired_at)
         stop = rec.ended if rec.ended is not None else now
-        if not (t0 <= rec.started < t1 or rec.started < t0 < stop):
+        if not (t0 <= begun < t1 or begun < t0 < stop):
             continue  # not on the air during the period
-        airtime = min(stop, t1) - max(rec.started, t0)
+        airtime = min(stop, t1) - max(begun, t0)
         if not any(covers(r, z) for r in scope for z in rec.zones):
             continue
         reach = await _reach(plane, rec, registered)
@@ -230,11 +235,11 @@ async def build_report(plane: Any, first: date, last: date, now: float) -> Upwar
         broadcasts.append(BroadcastEntry(
             id=rec.id, zones=list(rec.zones), priority=rec.priority,
             kind=str(rec.source.get("kind", "")), label=rec.label,
-            started=_local(rec.started), ended=ended, airtime_s=round(max(airtime, 0.0), 3),
+            started=_local(begun), ended=ended, airtime_s=round(max(airtime, 0.0), 3),
             reach=reach))
         if rec.priority == "emergency":
             emergencies.append(EmergencyEntry(
-                id=rec.id, zones=list(rec.zones), label=rec.label, started=_local(rec.started),
+                id=rec.id, zones=list(rec.zones), label=rec.label, started=_local(begun),
                 ended=ended, time_to_air_s=_time_to_air(plane, rec), airings=rec.airings,
                 reach=reach))
     shown = [(i, None) for i in plane.board.items.values()] + await plane.state.board_log()
