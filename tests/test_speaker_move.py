@@ -26,14 +26,13 @@ from streamer.control.fleet import CONFIG_CONCURRENCY
 from streamer.control.forward import render
 from streamer.control.moves import move_speakers
 from streamer.mixer.sources import Tone
-from tests.conftest import DAYTIME
 from tests.harness.api import call
 from tests.harness.audio import peak_hz
-from tests.harness.broker import client, start_broker
+from tests.harness.broker import client
 from tests.harness.keys import token_args, token_for
 from tests.harness.sink import SparseSink
 from tests.harness.speaker import last_second, mqtt_speakers, retained_status, tone_on
-from tests.harness.streamer import in_process
+from tests.harness.streamer import with_fleet
 from tests.harness.zones import KP1, KP2
 from wire import subscribe
 from wire.auth import Keyring, SigningKey
@@ -130,15 +129,9 @@ def test_the_old_zones_plan_stops_and_is_dropped_and_its_clips_stay(tmp_path: Pa
 @pytest.mark.realtime
 async def test_a_moved_speaker_plays_reports_and_obeys_its_new_zone(
         mosquitto: Any, redis_url: str, tmp_path: Path) -> None:
-    pw = start_broker(mosquitto, {})  # the streamer's login; it writes the speaker's itself
-    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
-    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=mosquitto.url,
-                                mqtt_password_file=str(tmp_path / "streamer.password"),
-                                mqtt_broker_dir=str(mosquitto.directory))
+    streamer, pw = await with_fleet(tmp_path, redis_url, mosquitto)
     try:
         fleet = streamer.plane.fleet
-        assert fleet is not None
-        await fleet.wait_connected(10)
         status, body = await call(streamer, "POST", "/api/v1/speakers",
                                   json={"id": "spk-a", "zone": KP1})
         assert status == 201, body
@@ -196,15 +189,9 @@ async def test_many_speakers_move_at_once_and_keep_their_relays(
         mosquitto: Any, redis_url: str, tmp_path: Path) -> None:
     """``move_speakers`` (what a zone edit calls): records, one ACL write, and each retained
     config naming the new channel beside the relays it had, a bounded number in flight."""
-    pw = start_broker(mosquitto, {})
-    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
-    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=mosquitto.url,
-                                mqtt_password_file=str(tmp_path / "streamer.password"),
-                                mqtt_broker_dir=str(mosquitto.directory))
+    streamer, pw = await with_fleet(tmp_path, redis_url, mosquitto)
     try:
         fleet = streamer.plane.fleet
-        assert fleet is not None
-        await fleet.wait_connected(10)
         ids = [f"spk-{i}" for i in range(12)]
         for sid in ids:
             status, body = await call(streamer, "POST", "/api/v1/speakers", json={

@@ -12,13 +12,11 @@ from dateutil import tz
 
 from streamer.control.broker import STREAMER_USER
 from streamer.zones import ZoneError, ZoneTree
-from tests.conftest import DAYTIME
 from tests.harness.api import audit, call, make_user
 from tests.harness.audio import peak_hz
-from tests.harness.broker import start_broker
 from tests.harness.keys import token_args
 from tests.harness.speaker import mqtt_speakers, retained_status, tone_on
-from tests.harness.streamer import in_process
+from tests.harness.streamer import with_fleet
 from tests.harness.tap import Tap
 from tests.harness.wait import until
 
@@ -265,15 +263,10 @@ async def test_a_new_hamlet_under_a_single_channel_commune_takes_its_speakers(st
 async def test_a_speaker_on_a_merged_communes_hamlet_follows_it(mosquitto, redis_url, tmp_path):
     """A real speaker on Thắng Tam's Khu phố 1 (Mosquitto with the streamer's ACL): after the
     merge it plays Long Sơn's Khu phố 1 channel, reports it, and obeys Long Sơn's commands."""
-    pw = start_broker(mosquitto, {})
-    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
-    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=mosquitto.url,
-                                mqtt_password_file=str(tmp_path / "streamer.password"),
-                                mqtt_broker_dir=str(mosquitto.directory))
+    streamer, pw = await with_fleet(tmp_path, redis_url, mosquitto)
     old, new = f"{A}.kp-1", f"{B}.kp-1"
     try:
         fleet = streamer.plane.fleet
-        await fleet.wait_connected(10)
         status, body = await call(streamer, "POST", "/api/v1/speakers",
                                   json={"id": "spk-kp1", "zone": old})
         assert status == 201, body

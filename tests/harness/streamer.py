@@ -121,3 +121,25 @@ async def streamer_process(tmp_path: Path, name: str, redis_url: str, *args: str
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def with_fleet(tmp_path: Path, redis_url: str, broker: Any) -> tuple[Any, dict[str, str]]:
+    """An in-process streamer (``in_process``) with its fleet on ``broker`` (a real Mosquitto
+    from the ``mosquitto`` fixture) whose logins and ACL it writes itself, connected; and the
+    broker's passwords by login (the streamer's; add the devices' as they are registered).
+    The caller closes it."""
+    from streamer.control.broker import STREAMER_USER
+    from tests.conftest import DAYTIME
+    from tests.harness.broker import start_broker
+
+    pw = start_broker(broker, {})
+    (tmp_path / "streamer.password").write_text(pw[STREAMER_USER] + "\n")
+    streamer = await in_process(tmp_path, redis_url, DAYTIME, mqtt_url=broker.url,
+                                mqtt_password_file=str(tmp_path / "streamer.password"),
+                                mqtt_broker_dir=str(broker.directory))
+    try:
+        await streamer.plane.fleet.wait_connected(10)
+    except BaseException:
+        await streamer.close()
+        raise
+    return streamer, pw
