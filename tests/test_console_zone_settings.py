@@ -14,7 +14,15 @@ import pytest
 
 from tests.harness.api import call
 from tests.harness.browser import by_testid
-from tests.harness.console import COMMUNE, admin_credentials, console_page, go, sign_in
+from tests.harness.console import (
+    COMMUNE,
+    admin_credentials,
+    console_page,
+    go,
+    low_contrast,
+    screenshot,
+    sign_in,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -111,7 +119,8 @@ async def test_an_admin_sets_a_communes_quiet_hours_approval_and_voice(
         assert await in_force.get_attribute("data-value") == "21:00-05:30"
         assert await page.input_value(by_testid("zs-quiet")) == "21:00-05:30"
         assert await page.is_checked(by_testid("zs-requires_approval"))
-        await page.screenshot(path=str(tmp_path / "zone-settings-vi.png"), full_page=True)
+        assert await low_contrast(page) == []
+        await screenshot(page, "zones-settings-vi")
 
         # a voice of the voice file
         await voice.select_option("north")
