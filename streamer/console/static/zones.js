@@ -5,7 +5,8 @@
 // page shows nothing changed before the API answers ok, then the answer (the mapping of old
 // ids to new ones, the channels added and removed, the records rewritten) and the new tree.
 // A merge the API refuses for a child key the other zone already has asks for new keys for
-// the clashing children and is sent again with them.
+// the clashing children and is sent again with them. Beside the edits, the zone's settings
+// (zonesettings.js).
 
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
@@ -14,6 +15,7 @@ import { currentLang, formatNumber, has, t } from "./i18n.js";
 import { refresh, store, zoneName } from "./store.js";
 import { confirmStep, fieldErrors, showError } from "./ui.js";
 import { chosenZone, drawZonePicker } from "./zonepick.js";
+import { drawSettings, forgetVoices, unsaved } from "./zonesettings.js";
 
 const ACTIONS = ["rename", "move", "merge", "add"];
 const MAPPING_SHOWN = 12; // a province-wide move maps hundreds of ids: the rest are counted
@@ -27,6 +29,7 @@ const page = {
 export function render(view) {
   if (!store.zoneById.has(page.selected)) page.selected = "";
   page.clash = [];
+  forgetVoices();
   view.replaceChildren(
     h("div", { class: "page-head" },
       h("h1", { text: t("nav.zones") }),
@@ -39,11 +42,14 @@ export function render(view) {
       h("section", { class: "card", "aria-labelledby": "zones-tree-title" },
         h("h2", { id: "zones-tree-title", text: t("zones.tree") }),
         h("div", { id: "zones-tree", "data-testid": "zones-tree" })),
-      h("section", { id: "zones-edit", class: "card", "data-testid": "zones-edit", "aria-labelledby": "zones-edit-title" })),
+      h("div", {},
+        h("section", { id: "zones-edit", class: "card", "data-testid": "zones-edit", "aria-labelledby": "zones-edit-title" }),
+        h("section", { id: "zones-settings", class: "card", "data-testid": "zones-settings", "aria-labelledby": "zs-title",
+          hidden: true }))),
     h("dialog", { id: "zones-dialog", class: "confirm", "data-testid": "confirm-dialog",
       "aria-labelledby": "zones-dialog-title", "aria-describedby": "zones-dialog-body" }));
   drawTree();
-  drawEdit();
+  drawZone();
 }
 
 export function update(what) {
@@ -51,10 +57,17 @@ export function update(what) {
   drawTree();
   if (!store.zoneById.has(page.selected)) {
     page.selected = "";
-    drawEdit();
+    drawZone();
   } else {
     drawPickers();
+    if (!unsaved()) drawSettings($("zones-settings"), store.zoneById.get(page.selected));
   }
+}
+
+/** The selected zone: its edits and its settings. */
+function drawZone() {
+  drawEdit();
+  drawSettings($("zones-settings"), store.zoneById.get(page.selected)).catch(showError);
 }
 
 // ---- the tree ------------------------------------------------------------------------------
@@ -81,7 +94,7 @@ function select(id) {
   for (const b of $("zones-tree").querySelectorAll("button.zpick")) {
     b.setAttribute("aria-pressed", String(b.dataset.testid === `zones-pick-${id}`));
   }
-  drawEdit();
+  drawZone();
   $("zones-edit-title").focus();
 }
 
@@ -250,7 +263,7 @@ async function edit({ title, lines, yes, call, refused = () => false }) {
   await refresh().catch(showError);
   if (!$("zones-tree")) return;
   drawTree();
-  drawEdit();
+  drawZone();
   showResult(out.results);
   if (out.error && !fieldErrors($("zones-form"), out.error)) showError(out.error);
 }
