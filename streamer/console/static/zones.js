@@ -60,8 +60,21 @@ export function update(what) {
     drawZone();
   } else {
     drawPickers();
-    if (!unsaved()) drawSettings($("zones-settings"), store.zoneById.get(page.selected));
+    if (!unsaved()) redrawSettings();
   }
+}
+
+/** The settings panel drawn again from the store (a snapshot came: another console, or this
+ * one's own save, changed the tree), keeping what its status line says ("saved"). */
+function redrawSettings() {
+  const was = $("zs-status");
+  const keep = was && was.textContent ? { text: was.textContent, ok: was.classList.contains("ok") } : null;
+  drawSettings($("zones-settings"), store.zoneById.get(page.selected)).then(() => {
+    const status = $("zs-status");
+    if (!keep || !status || status.textContent) return;
+    status.textContent = keep.text;
+    status.classList.toggle("ok", keep.ok);
+  }).catch(showError);
 }
 
 /** The selected zone: its edits and its settings. */

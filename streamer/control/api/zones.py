@@ -20,6 +20,8 @@ ZoneKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 class ZoneNode(Zone):
     quiet_hours_in_force: str = Field(description="own or inherited; '' = none")
+    voice_in_force: str = Field("", description="the voice TTS broadcasts here are read in, "
+                                "own or inherited; '' = the streamer's default")
     channel: bool = Field(description="a leaf zone: one channel")
     children: list[ZoneNode] = Field(default_factory=list)
 
@@ -60,6 +62,7 @@ def _node(ctx: Ctx, zid: str) -> ZoneNode:
     kids = [_node(ctx, c) for c in plane.tree.zones[zid].children
             if auth.visible(ctx.me, c)]
     return ZoneNode(**z.model_dump(), quiet_hours_in_force=plane.quiet_hours(zid),
+                    voice_in_force=plane.voice_for([zid]) or "",
                     channel=plane.tree.zones[zid].is_leaf, children=kids)
 
 
@@ -109,6 +112,9 @@ async def patch_zone(ctx: Ctx) -> ZoneNode:
     await plane.state.zones.put(zid, z)
     plane.zones[zid] = z
     await ctx.audit("patch_zone", zid, [zid], **changes)
+    # open consoles load the tree again: what this zone and those below it inherit changed
+    plane.events.publish("zones", {"action": "patch_zone", "zone": zid, "changes": changes},
+                         [zid])
     return _node(ctx, zid)
 
 
