@@ -9,7 +9,9 @@ in place ("QL51" -> "quốc lộ 51") for the number rules to read. The rules, i
 2. numbered roads: ``QL51``, ``QL 1A``, ``QL.55`` -> "quốc lộ ...", likewise ``TL`` (tỉnh lộ),
    ``ĐT`` (đường tỉnh), ``ĐH`` (đường huyện), ``HL`` (hương lộ), only before a number that
    does not start with 0 ("ĐT 0912..." is a phone number);
-3. abbreviations (``UBND``, ``HĐND``, ``TP.``, ...), whole words, exactly as written;
+3. abbreviations (``UBND``, ``HĐND``, ``TP.``, ...), whole words, exactly as written; a
+   reading that opens a sentence gets a capital ("TP. Vũng Tàu" -> "Thành phố Vũng Tàu"), as
+   do roads' and the province's;
 4. Roman numerals after ``tháng`` and ``quý`` ("tháng IX" -> "tháng chín");
 5. hour ranges ("17h–19h", "17-19h") -> "17h đến 19h" and dashes between numbers -> "-"
    (read "đến" by the number rules);
@@ -108,9 +110,24 @@ def _alternation(terms: list[str]) -> str:
     return "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
 
 
+_SENTENCE_END = ".!?…"
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether ``start`` opens a sentence: the text's start, a new line, or after a full stop
+    (or ! ? …) and a space; "UBND TP." or "(TP." do not."""
+    j = start
+    while j > 0 and text[j - 1].isspace():
+        j -= 1
+    return j == 0 or "\n" in text[j:start] or (j < start and text[j - 1] in _SENTENCE_END)
+
+
 def _glue(m: re.Match[str], spoken: str) -> str:
-    """``spoken`` in place of the match, spaced from letters or digits glued to it."""
+    """``spoken`` in place of the match, spaced from letters or digits glued to it, and with
+    a capital when it opens a sentence ("TP. Vũng Tàu có mưa" -> "Thành phố Vũng Tàu ...")."""
     text, start, end = m.string, m.start(), m.end()
+    if _starts_sentence(text, start):
+        spoken = spoken[:1].upper() + spoken[1:]
     before = " " if start > 0 and text[start - 1].isalnum() else ""
     after = " " if end < len(text) and text[end].isalnum() else ""
     return before + spoken + after
