@@ -154,3 +154,23 @@ async def test_espeak_only_zone_voices(streamer) -> None:
     status, other = await call(s, "POST", "/api/v1/broadcasts", json={
         "zones": ["brvt.chau-duc.kim-long"], "source": {"kind": "tts", "text": "Xin chào"}})
     assert (status, other["source"]["voice"]) == (201, "espeak-ng:vi")
+
+
+async def test_an_approved_bulletin_records_the_voice_that_read_it(voiced, fake) -> None:
+    """Approval rebuilds the source: its record says which voice read it then (here the
+    service is back), not what the fallback did when it was asked for."""
+    s = voiced
+    status, _ = await call(s, "PATCH", f"/api/v1/zones/{DISTRICT}",
+                           json={"requires_approval": True})
+    assert status == 200
+    fake.mode = "500"
+    b = await bulletin(s, "Thông báo cắt điện chiều nay.")
+    assert b["state"] == "pending_approval"
+    assert b["source"]["voice"] == "espeak-ng:vi" and "tts_fallback" in b["source"]
+    fake.mode = "ok"
+    status, done = await call(s, "POST", f"/api/v1/approvals/broadcasts/{b['id']}",
+                              json={"decision": "approve"})
+    assert status == 200, done
+    assert done["source"]["voice"] == "http:banmai" and "tts_fallback" not in done["source"]
+    _, got = await call(s, "GET", f"/api/v1/broadcasts/{b['id']}")
+    assert got["source"]["voice"] == "http:banmai" and "tts_fallback" not in got["source"]
