@@ -174,3 +174,15 @@ async def test_an_approved_bulletin_records_the_voice_that_read_it(voiced, fake)
     assert done["source"]["voice"] == "http:banmai" and "tts_fallback" not in done["source"]
     _, got = await call(s, "GET", f"/api/v1/broadcasts/{b['id']}")
     assert got["source"]["voice"] == "http:banmai" and "tts_fallback" not in got["source"]
+
+
+async def test_the_voice_is_given_an_admins_term_on_top_of_the_file(voiced, fake) -> None:
+    s = voiced
+    status, _ = await call(s, "PUT", "/api/v1/tts/lexicon/LH", json={"reading": "Long Hải"})
+    assert status == 200
+    await bulletin(s, "UBND xã LH, tỉnh BR-VT thông báo.")
+    assert fake.requests[-1].json()["text"] == (
+        "Ủy ban nhân dân xã Long Hải, tỉnh Bà Rịa – Vũng Tàu thông báo.")
+    _, listed = await call(s, "GET", "/api/v1/tts/lexicon")
+    assert [(r["term"], r["source"]) for r in listed["entries"]
+            if r["source"] != "built-in"] == [("BR-VT", "file"), ("LH", "admin")]

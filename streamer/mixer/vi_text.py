@@ -11,6 +11,7 @@ applied first.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from streamer.mixer.vi_lexicon import Lexicon, expand
 
@@ -180,8 +181,9 @@ def _number(m: re.Match[str]) -> str:
 
 def normalize_vi(text: str, lexicon: Lexicon | None = None) -> str:
     """``text`` with the bulletin lexicon (and the province's ``lexicon``) expanded, and
-    numbers, dates, times and percentages spelled as Vietnamese words."""
-    text = expand(text, lexicon)
+    numbers, dates, times and percentages spelled as Vietnamese words. The text is composed
+    (NFC) first: a bulletin pasted with decomposed accents still matches the lexicon's terms."""
+    text = expand(unicodedata.normalize("NFC", text), lexicon)
     # Most specific first: once a date is words, the time and number rules cannot misread it.
     text = _DATE_DMY.sub(_date_dmy, text)
     text = _DATE_MY.sub(_date_my, text)
