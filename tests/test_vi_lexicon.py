@@ -5,6 +5,7 @@ as a presenter would; and a province's own terms from a file, validated by name.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -68,7 +69,7 @@ FORMS = [
     ("QL51", "Quốc lộ năm mươi mốt"),
     ("QL.55 và TL 44", "Quốc lộ năm mươi lăm và tỉnh lộ bốn mươi tư"),
     ("ĐT741", "Đường tỉnh bảy trăm bốn mươi mốt"),
-    ("ĐT: 0912.345.678", "điện thoại: không chín một hai ba bốn năm sáu bảy tám"),
+    ("ĐT: 0912.345.678", "Điện thoại: không chín một hai ba bốn năm sáu bảy tám"),
     ("QL", "QL"),
     # abbreviations: whole words, as written
     ("về TP.Vũng Tàu", "về thành phố Vũng Tàu"),
@@ -142,6 +143,8 @@ def test_province_terms_from_a_json_file(tmp_path) -> None:
     ({"VT": ""}, "terms['VT']", "spoken form"),
     ({"VT": 5}, "terms['VT']", "spoken form"),
     ({"VT": "x" * 201}, "terms['VT']", "over 200"),
+    ({"BCH  PCTT": "x"}, "terms['BCH  PCTT']", "one space apart"),
+    ({"BCH\nPCTT": "x"}, "terms['BCH\\nPCTT']", "one line"),
 ])
 def test_bad_entries_are_refused_by_name(terms, field, says) -> None:
     with pytest.raises(LexiconError) as e:
@@ -166,6 +169,16 @@ def test_bad_files_are_refused_clearly(tmp_path) -> None:
     with pytest.raises(LexiconError) as e:
         Lexicon.load(wrong)
     assert e.value.field == "terms['VT']"
+
+
+def test_terms_and_text_are_compared_composed() -> None:
+    """A term typed with decomposed accents (NFD) matches a bulletin typed composed (NFC),
+    and the other way round."""
+    nfc, nfd = "Long Hải", unicodedata.normalize("NFD", "Long Hải")
+    assert nfc != nfd
+    assert normalize_vi(f"xã {nfc}", Lexicon({"Hải": "Hải X"})) == "xã Long Hải X"
+    assert normalize_vi(f"xã {nfc}", Lexicon({nfd: "Long Hải Y"})) == "xã Long Hải Y"
+    assert normalize_vi(f"xã {nfd}", Lexicon({nfc: "Long Hải Z"})) == "xã Long Hải Z"
 
 
 PIECES = ["QL", "ĐT", "UBND", "TP.", "tháng ", "quý ", "IX", "IV", "°", "N", "E", "VB", "km/h",

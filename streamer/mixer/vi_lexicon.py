@@ -123,12 +123,16 @@ def _starts_sentence(text: str, start: int) -> bool:
     return j == 0 or "\n" in text[j:start] or (j < start and text[j - 1] in _SENTENCE_END)
 
 
+def _capital(m: re.Match[str], spoken: str) -> str:
+    """``spoken`` with a capital if the match opens a sentence."""
+    return spoken[:1].upper() + spoken[1:] if _starts_sentence(m.string, m.start()) else spoken
+
+
 def _glue(m: re.Match[str], spoken: str) -> str:
     """``spoken`` in place of the match, spaced from letters or digits glued to it, and with
     a capital when it opens a sentence ("TP. Vũng Tàu có mưa" -> "Thành phố Vũng Tàu ...")."""
     text, start, end = m.string, m.start(), m.end()
-    if _starts_sentence(text, start):
-        spoken = spoken[:1].upper() + spoken[1:]
+    spoken = _capital(m, spoken)
     before = " " if start > 0 and text[start - 1].isalnum() else ""
     after = " " if end < len(text) and text[end].isalnum() else ""
     return before + spoken + after
@@ -285,7 +289,7 @@ def expand(text: str, lexicon: Lexicon | None = None) -> str:
     text = _HOUR_RANGE.sub(r"\1 đến \2", text)
     text = _HOUR_RANGE_BARE.sub(r"\1h đến \2h", text)
     text = _DASH.sub("-", text)
-    text = _PHONE_LABEL.sub(r"điện thoại\1", text)
+    text = _PHONE_LABEL.sub(lambda m: _capital(m, "điện thoại") + m.group(1), text)
     text = _PHONE.sub(lambda m: re.sub(r"[ .]", "", m.group(0)), text)
     text = _COORD.sub(_coord, text)
     text = _VB_KD.sub(lambda m: " độ " + ("vĩ Bắc" if m.group(1) == "VB" else "kinh Đông"),
