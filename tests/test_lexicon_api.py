@@ -114,3 +114,16 @@ async def test_only_admins_of_the_province_change_it(streamer) -> None:
     assert [a["outcome"] for a in await audit(s, action="put_lexicon")] == ["denied"]
     assert "BCH PCTT" not in [r["term"] for r in (await call(
         s, "GET", "/api/v1/tts/lexicon"))[1]["entries"] if r["source"] == "admin"]
+
+
+async def test_a_takeover_reads_the_terms_the_last_active_streamer_left(streamer) -> None:
+    """A standby's takeover runs ``Plane.load`` (``Streamer._take_control``): the admins' terms
+    in Redis, written while it stood by, are read from then on."""
+    from streamer.control.models import LexiconEntry
+
+    s = streamer
+    await s.state.lexicon.put("LH", LexiconEntry(term="LH", reading="Long Hải",
+                                                 added_by="admin", added=1.0))
+    assert await spoken(s, "xã LH") == "xã LH"
+    await s.plane.load()
+    assert await spoken(s, "xã LH") == "xã Long Hải"
