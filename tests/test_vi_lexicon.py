@@ -5,6 +5,7 @@ as a presenter would; and a province's own terms from a file, validated by name.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -30,7 +31,7 @@ BULLETINS = [
      "với tổng lượng mưa phổ biến 150–250 mm, có nơi trên 400mm. Cảnh báo nguy cơ lũ quét, sạt "
      "lở đất ở vùng núi. UBND tỉnh yêu cầu tạm dừng lưu thông qua QL1A đoạn đèo Ngang và QL 12A "
      "từ 17h–19h.",
-     "Từ đêm ngày năm tháng chín đến hết ngày bảy tháng chín, khu vực từ Thanh Hóa đến Quảng "
+     "Từ đêm năm tháng chín đến hết ngày bảy tháng chín, khu vực từ Thanh Hóa đến Quảng "
      "Trị có mưa to đến rất to với tổng lượng mưa phổ biến một trăm năm mươi đến hai trăm năm "
      "mươi mi-li-mét, có nơi trên bốn trăm mi-li-mét. Cảnh báo nguy cơ lũ quét, sạt lở đất ở "
      "vùng núi. Ủy ban nhân dân tỉnh yêu cầu tạm dừng lưu thông qua quốc lộ một A đoạn đèo "
@@ -64,17 +65,30 @@ def test_bulletin_is_read_as_a_presenter_would(text: str, spoken: str) -> None:
 
 
 FORMS = [
-    # roads: only before a number, never a phone number
-    ("QL51", "quốc lộ năm mươi mốt"),
-    ("QL.55 và TL 44", "quốc lộ năm mươi lăm và tỉnh lộ bốn mươi tư"),
-    ("ĐT741", "đường tỉnh bảy trăm bốn mươi mốt"),
-    ("ĐT: 0912.345.678", "điện thoại: không chín một hai ba bốn năm sáu bảy tám"),
+    # roads: only before a number, never a phone number (the text's start is a sentence's)
+    ("QL51", "Quốc lộ năm mươi mốt"),
+    ("QL.55 và TL 44", "Quốc lộ năm mươi lăm và tỉnh lộ bốn mươi tư"),
+    ("ĐT741", "Đường tỉnh bảy trăm bốn mươi mốt"),
+    ("ĐT: 0912.345.678", "Điện thoại: không chín một hai ba bốn năm sáu bảy tám"),
     ("QL", "QL"),
     # abbreviations: whole words, as written
-    ("TP.Vũng Tàu", "thành phố Vũng Tàu"),
+    ("về TP.Vũng Tàu", "về thành phố Vũng Tàu"),
     ("TP.HCM", "Thành phố Hồ Chí Minh"),
     ("UBND", "Ủy ban nhân dân"),
     ("ubnd", "ubnd"),
+    # a reading that opens a sentence (the text's start, after a full stop, a new line) gets
+    # a capital; in mid-sentence it does not
+    ("TP. Vũng Tàu có mưa", "Thành phố Vũng Tàu có mưa"),
+    ("Trời mưa. TP. Vũng Tàu ngập", "Trời mưa. Thành phố Vũng Tàu ngập"),
+    ("Cảnh báo!\nQL51 ngập", "Cảnh báo!\nQuốc lộ năm mươi mốt ngập"),
+    ("UBND TP. Vũng Tàu", "Ủy ban nhân dân thành phố Vũng Tàu"),
+    ("(TP. Bà Rịa)", "(thành phố Bà Rịa)"),
+    # a date after a time of day reads as after "ngày"
+    ("đêm 05/9", "đêm năm tháng chín"),
+    ("Sáng 22/11/2026", "Sáng hai mươi hai tháng mười một năm hai nghìn không trăm hai mươi sáu"),
+    ("trưa 1/4, chiều 2/4 và tối 30/4", "trưa một tháng tư, chiều hai tháng tư và tối ba mươi "
+     "tháng tư"),
+    ("ngày 05/9", "ngày năm tháng chín"),
     ("UBNDX", "UBNDX"),
     # Roman numerals after tháng and quý; a quarter beyond IV is left alone
     ("tháng IV", "tháng tư"),
@@ -113,7 +127,7 @@ def test_province_terms_from_a_toml_file(tmp_path) -> None:
     # term wins over the built-in one
     assert normalize_vi("Tỉnh BR-VT, br-vt, KCN Phú Mỹ 3, Xã Đảo", lexicon) == (
         "Tỉnh Bà Rịa – Vũng Tàu, br-vt, cụm công nghiệp Phú Mỹ ba, xã đảo Long Sơn")
-    assert normalize_vi("KCN", None) == "khu công nghiệp"
+    assert normalize_vi("KCN", None) == "Khu công nghiệp"
 
 
 def test_province_terms_from_a_json_file(tmp_path) -> None:
@@ -129,6 +143,8 @@ def test_province_terms_from_a_json_file(tmp_path) -> None:
     ({"VT": ""}, "terms['VT']", "spoken form"),
     ({"VT": 5}, "terms['VT']", "spoken form"),
     ({"VT": "x" * 201}, "terms['VT']", "over 200"),
+    ({"BCH  PCTT": "x"}, "terms['BCH  PCTT']", "one space apart"),
+    ({"BCH\nPCTT": "x"}, "terms['BCH\\nPCTT']", "one line"),
 ])
 def test_bad_entries_are_refused_by_name(terms, field, says) -> None:
     with pytest.raises(LexiconError) as e:
@@ -153,6 +169,16 @@ def test_bad_files_are_refused_clearly(tmp_path) -> None:
     with pytest.raises(LexiconError) as e:
         Lexicon.load(wrong)
     assert e.value.field == "terms['VT']"
+
+
+def test_terms_and_text_are_compared_composed() -> None:
+    """A term typed with decomposed accents (NFD) matches a bulletin typed composed (NFC),
+    and the other way round."""
+    nfc, nfd = "Long Hải", unicodedata.normalize("NFD", "Long Hải")
+    assert nfc != nfd
+    assert normalize_vi(f"xã {nfc}", Lexicon({"Hải": "Hải X"})) == "xã Long Hải X"
+    assert normalize_vi(f"xã {nfc}", Lexicon({nfd: "Long Hải Y"})) == "xã Long Hải Y"
+    assert normalize_vi(f"xã {nfd}", Lexicon({nfc: "Long Hải Z"})) == "xã Long Hải Z"
 
 
 PIECES = ["QL", "ĐT", "UBND", "TP.", "tháng ", "quý ", "IX", "IV", "°", "N", "E", "VB", "km/h",

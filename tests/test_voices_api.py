@@ -154,3 +154,35 @@ async def test_espeak_only_zone_voices(streamer) -> None:
     status, other = await call(s, "POST", "/api/v1/broadcasts", json={
         "zones": ["brvt.chau-duc.kim-long"], "source": {"kind": "tts", "text": "Xin chào"}})
     assert (status, other["source"]["voice"]) == (201, "espeak-ng:vi")
+
+
+async def test_an_approved_bulletin_records_the_voice_that_read_it(voiced, fake) -> None:
+    """Approval rebuilds the source: its record says which voice read it then (here the
+    service is back), not what the fallback did when it was asked for."""
+    s = voiced
+    status, _ = await call(s, "PATCH", f"/api/v1/zones/{DISTRICT}",
+                           json={"requires_approval": True})
+    assert status == 200
+    fake.mode = "500"
+    b = await bulletin(s, "Thông báo cắt điện chiều nay.")
+    assert b["state"] == "pending_approval"
+    assert b["source"]["voice"] == "espeak-ng:vi" and "tts_fallback" in b["source"]
+    fake.mode = "ok"
+    status, done = await call(s, "POST", f"/api/v1/approvals/broadcasts/{b['id']}",
+                              json={"decision": "approve"})
+    assert status == 200, done
+    assert done["source"]["voice"] == "http:banmai" and "tts_fallback" not in done["source"]
+    _, got = await call(s, "GET", f"/api/v1/broadcasts/{b['id']}")
+    assert got["source"]["voice"] == "http:banmai" and "tts_fallback" not in got["source"]
+
+
+async def test_the_voice_is_given_an_admins_term_on_top_of_the_file(voiced, fake) -> None:
+    s = voiced
+    status, _ = await call(s, "PUT", "/api/v1/tts/lexicon/LH", json={"reading": "Long Hải"})
+    assert status == 200
+    await bulletin(s, "UBND xã LH, tỉnh BR-VT thông báo.")
+    assert fake.requests[-1].json()["text"] == (
+        "Ủy ban nhân dân xã Long Hải, tỉnh Bà Rịa – Vũng Tàu thông báo.")
+    _, listed = await call(s, "GET", "/api/v1/tts/lexicon")
+    assert [(r["term"], r["source"]) for r in listed["entries"]
+            if r["source"] != "built-in"] == [("BR-VT", "file"), ("LH", "admin")]

@@ -394,7 +394,9 @@ class Broadcasts:
                       requested_at: float | None = None) -> BroadcastRecord:
         from .schemas import source_from_record
 
-        built, _ = await self.build(source_from_record(rec.source), rec.zones)
+        # recorded as built now, as ``create`` does: the voice (or its fallback) that reads
+        # an approved bulletin may not be the one that read it when it was asked for
+        built, rec.source = await self.build(source_from_record(rec.source), rec.zones)
         rec.approved_by, rec.state = approver, BroadcastState.QUEUED
         self._start(rec, built, None, requested_at)
         await self.state.put_broadcast(rec)

@@ -229,6 +229,15 @@ class InboundState(StrEnum):
     EXPIRED = "expired"  # nobody aired it before valid_until
 
 
+class LexiconEntry(Record):
+    """A term of the bulletin lexicon added by a province admin (``control/lexicon.py``)."""
+
+    term: str = Field(description="as written in bulletins, e.g. \"BCH PCTT\"")
+    reading: str = Field(description="what a presenter says for it")
+    added_by: str
+    added: float
+
+
 class InboundBulletin(Record):
     """A bulletin received from a system above (``inbound.py``)."""
 

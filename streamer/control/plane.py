@@ -38,6 +38,7 @@ from .forward import Forward
 from .grants import TokenIssuer
 from .hashing import Hasher
 from .inbound import Inbox
+from .lexicon import ProvinceLexicon
 from .live import LiveInputs
 from .models import (
     DEFAULT_QUIET_HOURS,
@@ -116,6 +117,8 @@ class Plane:
     board: BoardFeed = field(init=False)
     #: runtime zone edits (``zonedit.py``)
     editor: ZoneEditor = field(init=False)
+    #: the bulletin lexicon as admins extend it (``lexicon.py``)
+    lexicon: ProvinceLexicon = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs = LiveInputs(self.broadcasts)
@@ -142,6 +145,7 @@ class Plane:
         self.broadcasts.on_first_airing = self.board.broadcast_aired
         self.broadcasts.on_emergency_over = self.board.emergency_over
         self.editor = ZoneEditor(self, self.registry)
+        self.lexicon = ProvinceLexicon(self.state, self.tts)
 
     async def reload_inputs(self) -> None:
         self.input_defs = {r.id: r for r in await self.state.inputs.all()}
@@ -201,7 +205,7 @@ class Plane:
     async def load(self) -> None:
         """Apply what the journal kept while Redis was away (before anything reads the
         records it holds), set aside stored records that no longer parse, import the zone tree
-        into an empty store, then read every zone's settings."""
+        into an empty store, then read every zone's settings and the admins' lexicon."""
         replayed = await self.state.replay()
         if replayed:
             log.warning("applied %d state writes journaled while Redis was away", replayed)
@@ -221,6 +225,7 @@ class Plane:
         await self.devices.sync_broker()
         await self.state.reserve_broadcast_ids()
         await self.reload_inputs()
+        await self.lexicon.load()  # admins' terms, read by the voice from now on
 
     async def reload_zones(self) -> None:
         """Every zone's settings, read again (at start, and after a zone edit)."""

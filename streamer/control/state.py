@@ -47,6 +47,7 @@ from .models import (
     CapRecord,
     ClipMeta,
     InboundBulletin,
+    LexiconEntry,
     LiveInput,
     Presence,
     Relay,
@@ -279,6 +280,7 @@ class State:
         self.boards = Collection(self.r, "boards", Board, u)
         self.board_items = Collection(self.r, "board-items", BoardItem, u)
         self.inbound = Collection(self.r, "inbound", InboundBulletin, u)
+        self.lexicon = Collection(self.r, "lexicon", LexiconEntry, u)  # term -> entry
         self._ids: deque[int] = deque()
         self._move = self.r.register_script(_MOVE)
 
@@ -286,7 +288,7 @@ class State:
     def collections(self) -> list[Collection[Any]]:
         return [self.zones, self.users, self.speakers, self.relays, self.presence, self.clips,
                 self.broadcasts, self.schedules, self.inputs, self.cap, self.senders,
-                self.inbound, self.boards, self.board_items]
+                self.inbound, self.boards, self.board_items, self.lexicon]
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())

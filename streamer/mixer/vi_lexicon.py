@@ -9,7 +9,9 @@ in place ("QL51" -> "quốc lộ 51") for the number rules to read. The rules, i
 2. numbered roads: ``QL51``, ``QL 1A``, ``QL.55`` -> "quốc lộ ...", likewise ``TL`` (tỉnh lộ),
    ``ĐT`` (đường tỉnh), ``ĐH`` (đường huyện), ``HL`` (hương lộ), only before a number that
    does not start with 0 ("ĐT 0912..." is a phone number);
-3. abbreviations (``UBND``, ``HĐND``, ``TP.``, ...), whole words, exactly as written;
+3. abbreviations (``UBND``, ``HĐND``, ``TP.``, ...), whole words, exactly as written; a
+   reading that opens a sentence gets a capital ("TP. Vũng Tàu" -> "Thành phố Vũng Tàu"), as
+   do roads' and the province's;
 4. Roman numerals after ``tháng`` and ``quý`` ("tháng IX" -> "tháng chín");
 5. hour ranges ("17h–19h", "17-19h") -> "17h đến 19h" and dashes between numbers -> "-"
    (read "đến" by the number rules);
@@ -27,10 +29,11 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
-_ROADS = {"QL": "quốc lộ", "TL": "tỉnh lộ", "ĐT": "đường tỉnh", "ĐH": "đường huyện",
+ROADS = {"QL": "quốc lộ", "TL": "tỉnh lộ", "ĐT": "đường tỉnh", "ĐH": "đường huyện",
           "HL": "hương lộ"}
 
 #: Abbreviations matched as written (case-sensitive), whole words.
@@ -88,7 +91,7 @@ _ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "VII": 7, "VIII":
           "X": 10, "XI": 11, "XII": 12}
 
 _W = r"[^\W_]"  # a letter or digit
-_ROAD = re.compile(r"(?<![^\W\d_])(" + "|".join(_ROADS) + r")[.\s]?(?=[1-9])")
+_ROAD = re.compile(r"(?<![^\W\d_])(" + "|".join(ROADS) + r")[.\s]?(?=[1-9])")
 _ROMAN_AFTER = re.compile(r"\b(tháng|quý|Tháng|Quý)\s+(" + "|".join(
     sorted(_ROMAN, key=len, reverse=True)) + r")(?![\w])")
 _HOUR = r"(?:[01]?\d|2[0-4])"
@@ -108,9 +111,28 @@ def _alternation(terms: list[str]) -> str:
     return "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
 
 
+_SENTENCE_END = ".!?…"
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether ``start`` opens a sentence: the text's start, a new line, or after a full stop
+    (or ! ? …) and a space; "UBND TP." or "(TP." do not."""
+    j = start
+    while j > 0 and text[j - 1].isspace():
+        j -= 1
+    return j == 0 or "\n" in text[j:start] or (j < start and text[j - 1] in _SENTENCE_END)
+
+
+def _capital(m: re.Match[str], spoken: str) -> str:
+    """``spoken`` with a capital if the match opens a sentence."""
+    return spoken[:1].upper() + spoken[1:] if _starts_sentence(m.string, m.start()) else spoken
+
+
 def _glue(m: re.Match[str], spoken: str) -> str:
-    """``spoken`` in place of the match, spaced from letters or digits glued to it."""
+    """``spoken`` in place of the match, spaced from letters or digits glued to it, and with
+    a capital when it opens a sentence ("TP. Vũng Tàu có mưa" -> "Thành phố Vũng Tàu ...")."""
     text, start, end = m.string, m.start(), m.end()
+    spoken = _capital(m, spoken)
     before = " " if start > 0 and text[start - 1].isalnum() else ""
     after = " " if end < len(text) and text[end].isalnum() else ""
     return before + spoken + after
@@ -138,6 +160,7 @@ class LexiconError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
 
 
 MAX_TERMS = 2000
@@ -150,13 +173,16 @@ class Lexicon:
 
     A term written all in lower case matches in any case ("xã đảo" matches "Xã Đảo"); a term
     with a capital letter matches only as written ("VT" is not "vt"). Longer terms win over
-    shorter ones they contain.
+    shorter ones they contain. Terms are kept composed (NFC), as ``normalize_vi`` reads text.
+    Never changed once built: the streamer swaps a whole new one in when admins edit theirs,
+    while speech threads may be reading this one.
     """
 
     def __init__(self, terms: Mapping[str, str] | None = None) -> None:
         self.terms: dict[str, str] = {}
         for term, spoken in (terms or {}).items():
-            self.terms[term] = check_entry(term, spoken)
+            spoken = check_entry(term, spoken)
+            self.terms[unicodedata.normalize("NFC", term)] = spoken
         if len(self.terms) > MAX_TERMS:
             raise LexiconError("terms", f"{len(self.terms)} terms, over the {MAX_TERMS} limit")
         exact = {t: s for t, s in self.terms.items() if t != t.lower()}
@@ -185,6 +211,15 @@ class Lexicon:
             raise LexiconError("terms", f"{p} needs a 'terms' table of \"term\" = \"spoken form\"")
         return cls(terms)
 
+    def find(self, text: str) -> str | None:
+        """The first of this lexicon's terms that ``text`` contains (as ``expand`` would
+        match it), or None."""
+        for pattern in (self._exact_re, self._folded_re):
+            m = None if pattern is None else pattern.search(text)
+            if m is not None:
+                return m.group(0)
+        return None
+
     def expand(self, text: str) -> str:
         if self._exact_re is not None:
             exact = self._exact
@@ -199,6 +234,12 @@ class Lexicon:
 def check_entry(term: object, spoken: object) -> str:
     """``spoken`` if ``term -> spoken`` is a usable entry, else ``LexiconError`` naming it."""
     field = f"terms[{str(term)[:MAX_TERM_CHARS]!r}]"
+    check_term(term, field)
+    return check_spoken(spoken, field)
+
+
+def check_term(term: object, field: str = "term") -> None:
+    """``LexiconError`` naming ``field`` unless ``term`` can be a term."""
     if not isinstance(term, str) or not term.strip():
         raise LexiconError(field, "the term is empty")
     if term != term.strip() or len(term) > MAX_TERM_CHARS:
@@ -207,6 +248,16 @@ def check_entry(term: object, spoken: object) -> str:
     if not any(c.isalpha() for c in term):
         raise LexiconError(field, "the term must contain a letter (numbers are read by the "
                            "number rules)")
+    if not term.isprintable() or "  " in term:
+        raise LexiconError(field, "the term must be one line of printable characters, words "
+                           "one space apart (as a bulletin is typed)")
+    composed = unicodedata.normalize("NFC", term)
+    if not _whole_words({composed: ""}, composed != composed.lower()).search(f"x {composed} x"):
+        raise LexiconError(field, "the term cannot be matched as a word in a text")
+
+
+def check_spoken(spoken: object, field: str = "reading") -> str:
+    """``spoken`` stripped, or ``LexiconError`` naming ``field`` unless it can be read."""
     if not isinstance(spoken, str) or not spoken.strip():
         raise LexiconError(field, "the spoken form must be a non-empty string")
     if len(spoken) > MAX_SPOKEN_CHARS:
@@ -232,13 +283,13 @@ def expand(text: str, lexicon: Lexicon | None = None) -> str:
     """``text`` with the lexicon's forms spelled out; digits are left for the number rules."""
     if lexicon is not None:
         text = lexicon.expand(text)
-    text = _ROAD.sub(lambda m: _glue(m, _ROADS[m.group(1)]), text)
+    text = _ROAD.sub(lambda m: _glue(m, ROADS[m.group(1)]), text)
     text = _ABBREVIATION.sub(lambda m: _glue(m, ABBREVIATIONS[m.group(0)]), text)
     text = _ROMAN_AFTER.sub(_roman, text)
     text = _HOUR_RANGE.sub(r"\1 đến \2", text)
     text = _HOUR_RANGE_BARE.sub(r"\1h đến \2h", text)
     text = _DASH.sub("-", text)
-    text = _PHONE_LABEL.sub(r"điện thoại\1", text)
+    text = _PHONE_LABEL.sub(lambda m: _capital(m, "điện thoại") + m.group(1), text)
     text = _PHONE.sub(lambda m: re.sub(r"[ .]", "", m.group(0)), text)
     text = _COORD.sub(_coord, text)
     text = _VB_KD.sub(lambda m: " độ " + ("vĩ Bắc" if m.group(1) == "VB" else "kinh Đông"),

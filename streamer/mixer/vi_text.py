@@ -11,6 +11,7 @@ applied first.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from streamer.mixer.vi_lexicon import Lexicon, expand
 
@@ -101,11 +102,13 @@ def _decimal_to_vi(integer: str, fraction: str | None) -> str:
 _B = r"(?<![\w.,/:-])"  # not glued to a preceding number, word or separator
 _E = r"(?![\w/:]|[.,-]\d)"  # nor to a following one
 
+#: words a date follows as "ngày" does: "đêm 05/9" is "đêm năm tháng chín", not "đêm ngày ..."
+_DATE_LEAD = r"(?:\b(ngày|đêm|sáng|trưa|chiều|tối)\s+)?"
 _DATE_DMY = re.compile(
-    rf"(?:\b(ngày)\s+)?{_B}(\d{{1,2}})([/-])(\d{{1,2}})\3(\d{{4}}){_E}", re.IGNORECASE
+    rf"{_DATE_LEAD}{_B}(\d{{1,2}})([/-])(\d{{1,2}})\3(\d{{4}}){_E}", re.IGNORECASE
 )
 _DATE_MY = re.compile(rf"\b(tháng)\s+(\d{{1,2}})/(\d{{4}}){_E}", re.IGNORECASE)
-_DATE_DM = re.compile(rf"(?:\b(ngày)\s+)?{_B}(\d{{1,2}})/(\d{{1,2}}){_E}", re.IGNORECASE)
+_DATE_DM = re.compile(rf"{_DATE_LEAD}{_B}(\d{{1,2}})/(\d{{1,2}}){_E}", re.IGNORECASE)
 _MONTH = re.compile(rf"\b(tháng)\s+(\d{{1,2}}){_E}", re.IGNORECASE)
 _TIME = re.compile(
     rf"{_B}([01]?\d|2[0-3])(?::([0-5]\d)(?::([0-5]\d))?|[hH]([0-5]\d)?){_E}"
@@ -178,8 +181,9 @@ def _number(m: re.Match[str]) -> str:
 
 def normalize_vi(text: str, lexicon: Lexicon | None = None) -> str:
     """``text`` with the bulletin lexicon (and the province's ``lexicon``) expanded, and
-    numbers, dates, times and percentages spelled as Vietnamese words."""
-    text = expand(text, lexicon)
+    numbers, dates, times and percentages spelled as Vietnamese words. The text is composed
+    (NFC) first: a bulletin pasted with decomposed accents still matches the lexicon's terms."""
+    text = expand(unicodedata.normalize("NFC", text), lexicon)
     # Most specific first: once a date is words, the time and number rules cannot misread it.
     text = _DATE_DMY.sub(_date_dmy, text)
     text = _DATE_MY.sub(_date_my, text)

@@ -17,6 +17,7 @@ from . import (  # noqa: F401 (each module declares its routes on API)
     events,
     inbound,
     inputs,
+    lexicon,
     listen,
     provision,
     relays,

@@ -46,6 +46,9 @@ class Speech:
 class TtsProvider(Protocol):
     #: the voice names a zone may choose (``Zone.voice``); empty: only the default voice
     voice_names: tuple[str, ...]
+    #: the province's terms (None: the built-in lexicon only), read once per text; replaced
+    #: whole when admins edit theirs (``streamer/control/lexicon.py``), never changed in place
+    lexicon: Lexicon | None
 
     def speak(self, text: str, voice: str | None = None) -> Speech:
         """Speech for ``text`` in the named voice (None or unknown: the default voice), as a
