@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 STATIC = Path(__file__).resolve().parent.parent / "streamer" / "console" / "static"
 #: every route of the console (CONSOLE.md)
 ROUTES = ["/", "/compose", "/emergency", "/schedules", "/clips", "/board", "/speakers",
-          "/audit", "/reports", "/users", "/zones", "/listen", "/approvals"]
+          "/audit", "/reports", "/users", "/zones", "/lexicon", "/listen", "/approvals"]
 
 
 # ---- serving -----------------------------------------------------------------------------

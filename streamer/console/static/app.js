@@ -15,6 +15,7 @@ import { EventStream } from "./events.js";
 import * as emergency from "./emergency.js";
 import { ADMIN, APPROVE, EMERGENCY, OPERATE, anywhere, heldRoles } from "./grants.js";
 import { LANGS, applyI18n, currentLang, savedLang, setLang, t } from "./i18n.js";
+import * as lexicon from "./lexicon.js";
 import * as listen from "./listen.js";
 import * as reports from "./reports.js";
 import * as schedules from "./schedules.js";
@@ -38,6 +39,7 @@ const ROUTES = [
   { path: "/reports", key: "reports", page: reports },
   { path: "/users", key: "users", page: users, needs: ADMIN, why: "nav.why_admin", hide: true },
   { path: "/zones", key: "zones", page: zones, needs: ADMIN, why: "nav.why_admin", hide: true },
+  { path: "/lexicon", key: "lexicon", page: lexicon, needs: ADMIN, why: "nav.why_admin", hide: true },
   { path: "/listen", key: "listen", page: listen },
 ];
 
