@@ -9,7 +9,11 @@ packets, sent first, are hashed first. Channels start their batches
 on different frames (the phase is their SSRC modulo the batch length), so that a thousand
 channels sign a few at a time, never all on one frame. A channel that falls quiet
 (``Mixer`` with ``idle_heartbeat_ms``) has its open batch signed at once: its last packets
-are proven now, not when the next broadcast fills the batch. It runs on the playout thread, like
+are proven now, not when the next broadcast fills the batch. A frame's sender reports go out
+after its LOAS: the heartbeat that tells a channel is quiet must never reach a subscriber
+before the proof of the packets sent before it, or the speaker takes them, proven after the
+heartbeat, for the stream going on, and conceals past them the sequence numbers the next
+broadcast will use (``docs/protocol.md``, "Quiet channels"). It runs on the playout thread, like
 the mixer: per channel per frame one SHA-256 of ~100 bytes, per batch one Ed25519 signature
 (``docs/BENCHMARKS.md``, "Signed media").
 
@@ -67,6 +71,7 @@ class SigningSink:
         self._signers: dict[str, ChannelSigner] = {}
         self._next: SigningKey | None = None
         self._pending: list[tuple[Sequence[str], np.ndarray]] = []
+        self._reports: list[tuple[Sequence[str], np.ndarray]] = []  # sent after the LOAS
         self._pausing: list[str] = []
         self.signatures = Counter("loa_media_signatures_total",
                                   "LOAS packets signed (one per channel per batch)",
@@ -80,16 +85,20 @@ class SigningSink:
         self._next = key
 
     def publish_block(self, channels: Sequence[str], block: np.ndarray) -> None:
+        # the mixer made the block for this call: kept, not copied
+        if block.shape[0] and block[0, 1] == PT_SR:  # not media: after the frame's LOAS
+            self._reports.append((channels, block))
+            return
         self.fanout.publish_block(channels, block)
-        if block.shape[0] and block[0, 1] != PT_SR:  # sender reports are not media
-            self._pending.append((channels, block))  # the mixer made it for this call
+        self._pending.append((channels, block))
 
     def pause(self, channels: Sequence[str]) -> None:
         self.fanout.pause(channels)
         self._pausing.extend(channels)
 
     def sign_pending(self) -> None:
-        """Hash and sign what the frame sent (call once its media is out)."""
+        """Hash and sign what the frame sent (call once its media is out), then send the
+        frame's sender reports."""
         if self._next is not None:
             self._switch()
         signers, publish = self._signers, self.fanout.publish
@@ -110,6 +119,9 @@ class SigningSink:
                     publish(channel, loas)
                     self.signatures.inc()
         self._pausing.clear()
+        for channels, block in self._reports:
+            self.fanout.publish_block(channels, block)
+        self._reports.clear()
 
     def forget(self, channel: str) -> None:
         """``channel`` left the mixer (a zone edit): its signer goes, so that a channel of that

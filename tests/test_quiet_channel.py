@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +135,26 @@ class Fanout:
         self.sent.pause(channels)
 
 
-def signed_run(frames: int, starts: dict[int, Item]
-               ) -> tuple[dict[int, int], dict[int, int], MediaGate[int]]:
+@dataclass
+class SignedRun:
+    """What a receiver saw of channel "a": by sequence number, the frame each packet was sent
+    on and the frame it was proven on; its gate; and, at each heartbeat, how many packets
+    sent before it the gate still held unproven."""
+    sent_at: dict[int, int]
+    proven_at: dict[int, int]
+    gate: MediaGate[int]
+    held_at_heartbeats: list[int]
+
+
+def signed_run(frames: int, starts: dict[int, Item]) -> SignedRun:
     """Channel "a" of a quiet mixer behind the streamer's ``SigningSink`` for ``frames``
-    frames, each item started on its frame, every datagram through a receiver's gate: the
-    frame each packet was sent on and the frame it was proven on, by sequence number, and the
-    gate."""
+    frames, each item started on its frame, every datagram through a receiver's gate in the
+    order it went out."""
     fanout = Fanout()
     sink = SigningSink(fanout, TEST_KEY, registry=None)  # type: ignore[arg-type]
     m = quiet_mixer(["a"], sink)
-    gate: MediaGate[int] = MediaGate("a", Keyring([TEST_KEY.public]))
-    sent_at: dict[int, int] = {}
-    proven_at: dict[int, int] = {}
+    run = SignedRun({}, {}, MediaGate("a", Keyring([TEST_KEY.public])), [])
+    newest_ts = None
     for k in range(frames):
         if k in starts:
             m.start(starts[k], ["a"])
@@ -154,28 +163,44 @@ def signed_run(frames: int, starts: dict[int, Item]
         for ch, d in fanout.sent:
             if packet.is_rtp(d) and not packet.is_rtcp(d):
                 p = packet.parse(d)
-                gate.hold(p.seq, d, p.seq, k * 0.02)
-                sent_at[p.seq] = k
+                run.gate.hold(p.seq, d, p.seq, k * 0.02)
+                run.sent_at[p.seq] = k
+                newest_ts = p.ts
             elif ch == "a" and packet.is_rtcp(d) and d[1] == rtcp.PT_APP:
-                proven_at.update((seq, k) for seq in gate.vouch(d, k * 0.02))
+                run.proven_at.update((seq, k) for seq in run.gate.vouch(d, k * 0.02))
+            elif ch == "a" and (ts := rtcp.report_ts(d)) is not None and ts != newest_ts:
+                run.held_at_heartbeats.append(len(run.gate))  # "quiet", as a speaker reads it
         fanout.sent.clear()
-    return sent_at, proven_at, gate
+    return run
 
 
 def test_the_last_packets_before_a_pause_are_proven_at_once() -> None:
     """Without the pause the batch would close only when the next broadcast filled it, and
     the gate would hold the tone's end (and drop it) until then."""
-    _, proven_at, gate = signed_run(60, {0: Item(3, Priority.NORMAL, Tone(1000, 0.3), 1)})
+    run = signed_run(60, {0: Item(3, Priority.NORMAL, Tone(1000, 0.3), 1)})
     sent_seqs = 15 + QUIET_TAIL_FRAMES  # the tone, then the tail of silence
-    assert sorted(proven_at) == list(range(sent_seqs)) and len(gate) == 0
+    assert sorted(run.proven_at) == list(range(sent_seqs)) and len(run.gate) == 0
+
+
+def test_the_heartbeat_comes_after_the_proof_of_the_last_packets() -> None:
+    """The first heartbeat, sent on the frame the channel falls quiet, follows the LOAS that
+    proves the tail. Before it, a speaker read "quiet", then the proof; the packets proven
+    after the heartbeat ended the pause (``Playout.receive``), so once they had played the
+    speaker concealed the sequence numbers that come next, and the next broadcast, within a
+    second, lost its first frames as late: up to 100 ms of a province-wide tone that followed
+    a bulletin to one commune (tests/test_e2e.py, the reach test)."""
+    run = signed_run(80, {0: Item(3, Priority.NORMAL, Tone(1000, 0.3), 1)})
+    assert len(run.held_at_heartbeats) >= 3
+    assert run.held_at_heartbeats == [0] * len(run.held_at_heartbeats)
 
 
 def test_the_next_broadcast_after_a_pause_is_proven_from_its_first_packet() -> None:
     """A bulletin after a quiet spell, at the level of the last one: its first packet is
     signed alone and the next ones in short batches, so the start of the broadcast does not
     spend the speaker's playout delay (300 ms) waiting for a 240 ms batch to fill."""
-    sent_at, proven_at, _ = signed_run(120, {  # the second long after the first fell quiet
+    run = signed_run(120, {  # the second long after the first fell quiet
         k: Item(3 + k, Priority.NORMAL, Tone(1000, 0.3), 1) for k in (0, 60)})
+    sent_at, proven_at = run.sent_at, run.proven_at
     second = sorted(seq for seq, k in sent_at.items() if k >= 60)
     assert len(second) == 15 + QUIET_TAIL_FRAMES and set(second) <= set(proven_at)
     waits = [proven_at[seq] - sent_at[seq] for seq in second]
