@@ -217,7 +217,11 @@ class ZoneEditor:
         self.rev = rev
         result = EditResult(action, mapping, added, removed,
                             {k: len(v) for k, v in writes.items()}, rev)
-        await self._follow(new_tree, result, writes)
+        try:
+            await self._follow(new_tree, result, writes)
+        except Exception:  # stored: a restart (or a takeover) takes the rest of it up
+            log.exception("%s by %s is stored (revision %d) but the running streamer did not "
+                          "take all of it up: restart it to finish", action, user, rev)
         self.m_edits.labels(action, "ok").inc()
         plane.events.publish("zones", {  # open consoles load the tree again
             "action": action, "mapping": mapping, "channels_added": added,
