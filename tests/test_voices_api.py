@@ -12,6 +12,7 @@ import pytest
 
 from tests.harness.api import call
 from tests.harness.fake_tts import FakeTts
+from tests.harness.streamer import in_process
 
 DISTRICT = "brvt.vung-tau"
 LEAF = "brvt.vung-tau.thang-tam.kp-1"
@@ -29,9 +30,7 @@ def fake():
 @pytest.fixture
 async def voiced(tmp_path, redis_url, fake):
     """The ``streamer`` fixture's streamer, with a voice file and a province lexicon."""
-    from streamer.app import Streamer, StreamerConfig
     from tests.conftest import DAYTIME
-    from tests.harness.keys import write_test_key
 
     (tmp_path / "tts-key").write_text("s3cret\n")
     voice_file = tmp_path / "voice.toml"
@@ -51,19 +50,8 @@ south = {{ http = "lannhi", espeak = "vi-vn-x-south" }}
 ''')
     lexicon = tmp_path / "brvt.json"
     lexicon.write_text(json.dumps({"terms": {"BR-VT": "Bà Rịa – Vũng Tàu"}}))
-    cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
-                         http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
-                         ingest_host="127.0.0.1", ingest_port=0,
-                         signing_key=write_test_key(tmp_path / "signing-key.pem"),
-                         tts_voice_file=str(voice_file), tts_lexicon=str(lexicon))
-    s = Streamer(cfg)
-    await s.start()
-    s.plane.now = lambda: DAYTIME
-    creds = json.loads((tmp_path / "var" / "admin-credentials.json").read_text())
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{s.http_url}/api/v1/login",
-            json={"user": creds["user"], "password": creds["password"]}) as r:
-        s.admin = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    s = await in_process(tmp_path, redis_url, DAYTIME, tts_voice_file=str(voice_file),
+                         tts_lexicon=str(lexicon))
     yield s
     await s.close()
 
