@@ -292,9 +292,15 @@ class Speaker:
         """Media that may play (proven, or verification is off), which came at ``now``
         (monotonic): it reaches the playout and shows the upstream is alive."""
         self.last_media = now
-        self.client.on_media(now)
-        if self.playout.receive(pkt, capture_time) is Arrival.LATE and self.gate is not None:
+        client = self.client
+        client.on_media(now)
+        playout = self.playout
+        if playout.receive(pkt, capture_time) is Arrival.LATE and self.gate is not None:
             self.gate.dropped["reordered"] += 1
+        # Only a packet newer than the newest heard ends a pause (the client's ``quiet``):
+        # one heard before the heartbeat and proven after it (its LOAS resent or reordered)
+        # plays, but the playout must not conceal past it into the next broadcast's numbers.
+        playout.quiet = client.quiet
 
     def renew_token(self, token: bytes) -> None:
         """A token from the control plane: kept in the token file (if any, for the next start)
