@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from clients.speaker import placement
 from clients.speaker.net import token_allows
 from clients.speaker.playout import OpusDecoder, Playout
 from clients.speaker.store import ClipStore, ForwardPath
@@ -30,8 +31,15 @@ from tests.harness.api import call
 from tests.harness.audio import peak_hz
 from tests.harness.broker import client
 from tests.harness.keys import token_args, token_for
+from tests.harness.net import free_port
 from tests.harness.sink import SparseSink
-from tests.harness.speaker import last_second, mqtt_speakers, retained_status, tone_on
+from tests.harness.speaker import (
+    last_second,
+    mqtt_speakers,
+    retained_status,
+    speaker_process,
+    tone_on,
+)
 from tests.harness.streamer import with_fleet
 from tests.harness.zones import KP1, KP2
 from wire import subscribe
@@ -123,6 +131,22 @@ def test_the_old_zones_plan_stops_and_is_dropped_and_its_clips_stay(tmp_path: Pa
     assert fp.on_plan(plan_for(KP2, 42), T0) == "accepted" and fp.missing() == set()
 
 
+def test_a_kept_move_is_taken_only_while_the_config_names_the_channel_moved_from(
+        tmp_path: Path) -> None:
+    assert placement.moved_to(tmp_path, KP1) is None  # never moved
+    placement.remember(tmp_path, KP1, KP2)
+    assert placement.moved_to(tmp_path, KP1) == KP2
+    # an installer wrote another channel into the config: obeyed, and the move forgotten
+    assert placement.moved_to(tmp_path, "long-son.ap-1") is None
+    assert placement.moved_to(tmp_path, KP1) is None
+    placement.remember(tmp_path, KP1, KP2)
+    placement.remember(tmp_path, KP1, KP1)  # moved back to where it was installed
+    assert placement.moved_to(tmp_path, KP1) is None
+    for damaged in (b"{", b"[]", b'{"from": "%s", "to": "../etc"}' % KP1.encode()):
+        (tmp_path / placement.FILE).write_bytes(damaged)
+        assert placement.moved_to(tmp_path, KP1) is None
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -167,6 +191,16 @@ async def test_a_moved_speaker_plays_reports_and_obeys_its_new_zone(
             await asyncio.sleep(1.0)
             assert abs(peak_hz(last_second(spk)) - 880.0) < 10
             assert spk.stderr.read_text().count("config: moving from channel") == 1
+
+        # Started again from the same config file (channel KP1) with no broker to move it:
+        # it plays the channel it was moved to, which it kept.
+        dead_broker = f"mqtt://127.0.0.1:{free_port()}"
+        async with speaker_process(
+                tmp_path, "spk-a-again", "--channel", KP1, "--upstream", streamer.media_addr,
+                "--mqtt-url", dead_broker, "--mqtt-password-file", str(tmp_path / "spk-a.password"),
+                *token, speaker_id="spk-a") as again:
+            await tone_on(again, 880.0, 8)
+            assert (await again.health())["channel"] == KP2
     finally:
         await streamer.close()
 

@@ -40,6 +40,7 @@ from wire.auth import MediaGate
 from wire.packet import RtpPacket
 from wire.retransmit import LossTracker
 
+from . import placement
 from .clock import NS, LocalClock
 from .config import SpeakerConfig, load_config
 from .emergency import EmergencyCache, EmergencyPath
@@ -128,7 +129,8 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
               emergency: EmergencyPath, registry: CollectorRegistry,
               family: int, tls_context: ssl.SSLContext | None = None,
               trusted: TrustedKeys | None = None,
-              forward: ForwardPath | None = None) -> DeviceLink:
+              forward: ForwardPath | None = None,
+              keep_move: Callable[[str], object] = lambda channel: None) -> DeviceLink:
     from .mqtt import SpeakerDevice, SpeakerLink
 
     assert cfg.mqtt is not None
@@ -136,6 +138,7 @@ def open_link(cfg: SpeakerConfig, password: str, speaker: Speaker, overlay: Tone
 
     def move(channel: str) -> None:  # a config moved it: the leaf zone id is the channel's
         speaker.move(channel)
+        keep_move(channel)
         emergency.forget_states(time.time())
         if forward is not None:
             forward.move(channel)
@@ -225,6 +228,11 @@ async def serve(cfg: SpeakerConfig) -> int:
     mqtt_tls = cfg.mqtt.tls_context() if cfg.mqtt is not None else None
     https = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
 
+    configured = cfg.channel
+    if (moved := placement.moved_to(Path(cfg.cache_dir), configured)) is not None:
+        log.info("playing channel %s, where the control plane moved it (config: %s)",
+                 moved, configured)
+        cfg.channel = cfg.zone = moved
     clock = LocalClock(cfg.clock_offset_ms, cfg.clock_drift_ppm)
     if cfg.clock_offset_ms or cfg.clock_drift_ppm:
         log.warning("running on a clock %+g ms off and %+g ppm fast (a test setting)",
@@ -320,7 +328,9 @@ async def serve(cfg: SpeakerConfig) -> int:
     if password is not None and overlay is not None:
         assert registry is not None
         link = open_link(cfg, password, speaker, overlay, emergency, registry, family,
-                         mqtt_tls, trusted, forward)
+                         mqtt_tls, trusted, forward,
+                         keep_move=lambda channel: writer.submit(
+                             placement.remember, Path(cfg.cache_dir), configured, channel))
         link.start()
     try:
         await stop.wait()

@@ -134,11 +134,16 @@ class SpeakerProcess:
 async def start_speaker(tmp_path: Path, name: str, *args: str, speaker_id: str | None = None,
                         startup_s: float = 15.0) -> SpeakerProcess:
     """``loa speaker --id <speaker_id or name> --wav/--log <tmp_path>/<name>.* *args``, its
-    HTTP on a free port; returns once it has said where it listens. The caller ``close()``s it."""
+    HTTP on a free port and its state under ``<tmp_path>/speaker-var`` (unless ``args`` say
+    where); returns once it has said where it listens. The caller ``close()``s it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_SPEAKER_")}
     wav, log, stderr = (tmp_path / f"{name}.{ext}" for ext in ("wav", "jsonl", "stderr"))
     argv = ["--id", speaker_id or name, "--wav", str(wav), "--log", str(log),
             "--http", "127.0.0.1:0", *with_trust(args, tmp_path, speaker_id or name)]
+    if "--var-dir" not in args and "--cache-dir" not in args:
+        # the test's own: a speaker's caches and its kept move must not outlive the test
+        # (the default, ./var, is the repository's and every test's)
+        argv += ["--var-dir", str(tmp_path / "speaker-var")]
     with open(stderr, "ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "clients.speaker.main", *argv, cwd=REPO, env=env,
