@@ -119,6 +119,10 @@ def _copy(z: Zone) -> Zone:
     return Zone(z.id, z.name, z.parent, list(z.children), z.code, z.location, z.boundary)
 
 
+def _unique(ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
 def _ordered(zones: dict[str, Zone]) -> dict[str, Zone]:
     """``zones`` with every parent before its children (depth first in children order), as
     the stored form needs."""
@@ -138,17 +142,23 @@ def _ordered(zones: dict[str, Zone]) -> dict[str, Zone]:
 class ZoneTree:
     """The zones by id, in file order (a zone's ``children`` in order too), and ``aliases``:
     the ids that runtime edits retired (renamed, moved or merged away, ``zonedit.py``), each
-    to the zone that took its place, so that history stored under an old id still resolves."""
+    to the zone that took its place, so that history stored under an old id still resolves.
+    A zone above channels merged into another is only part of it: ``parts`` keeps, for such a
+    retired id, the zones it was made of (their ids now), so that its history counts its own
+    channels (``leaves``), not every channel of the zone it went into."""
 
-    def __init__(self, zones: dict[str, Zone], aliases: dict[str, str] | None = None) -> None:
+    def __init__(self, zones: dict[str, Zone], aliases: dict[str, str] | None = None,
+                 parts: dict[str, list[str]] | None = None) -> None:
         self.zones = zones
         self.roots = [z.id for z in zones.values() if z.parent is None]
         self.aliases = dict(aliases or {})
+        self.parts = {old: ids for old, ids in (parts or {}).items() if old in self.aliases}
 
     def adopt(self, other: ZoneTree) -> None:
         """Become ``other`` in place: whoever holds this tree (or its bound methods) sees the
         edited one."""
-        self.zones, self.roots, self.aliases = other.zones, other.roots, other.aliases
+        self.zones, self.roots = other.zones, other.roots
+        self.aliases, self.parts = other.aliases, other.parts
 
     def resolve(self, zone_id: str) -> str | None:
         """The zone ``zone_id`` is now: itself, the zone an edit moved it to, else None."""
@@ -199,14 +209,15 @@ class ZoneTree:
         return cls.checked(zones)
 
     @classmethod
-    def checked(cls, zones: dict[str, Zone], aliases: dict[str, str] | None = None) -> ZoneTree:
+    def checked(cls, zones: dict[str, Zone], aliases: dict[str, str] | None = None,
+                parts: dict[str, list[str]] | None = None) -> ZoneTree:
         """A tree of ``zones`` once the rules that span zones hold: codes unique, channels'
         SSRCs distinct."""
         codes: dict[str, str] = {}
         for zone in zones.values():
             if zone.code is not None and codes.setdefault(zone.code, zone.id) != zone.id:
                 raise ZoneError(f"zones {codes[zone.code]} and {zone.id} share code {zone.code}")
-        tree = cls(zones, aliases)
+        tree = cls(zones, aliases, parts)
         # Relays demultiplex channels by SSRC, a 32-bit hash of the channel id: refuse a tree
         # in which two channels would share one (rename a zone key to fix it).
         seen: dict[int, str] = {}
@@ -219,7 +230,7 @@ class ZoneTree:
     # -- stored form: the tree as runtime edits left it (``zonedit.py``) ------------------
 
     def to_json(self, rev: int) -> str:
-        return json.dumps({"rev": rev, "aliases": self.aliases, "zones": [
+        return json.dumps({"rev": rev, "aliases": self.aliases, "parts": self.parts, "zones": [
             {"id": z.id, "name": z.name, "parent": z.parent, "code": z.code,
              "location": z.location, "boundary": z.boundary} for z in self.zones.values()]},
             ensure_ascii=False)
@@ -230,6 +241,7 @@ class ZoneTree:
         try:
             doc = json.loads(text)
             rev, rows, aliases = int(doc["rev"]), list(doc["zones"]), dict(doc["aliases"])
+            parts = {str(k): [str(i) for i in v] for k, v in dict(doc.get("parts", {})).items()}
         except (ValueError, KeyError, TypeError) as e:
             raise ZoneError(f"stored zone tree is damaged: {e}") from None
         zones: dict[str, Zone] = {}
@@ -254,7 +266,10 @@ class ZoneTree:
                 zones[parent].children.append(zid)
         if not zones or len(zones) > MAX_ZONES:
             raise ZoneError(f"stored zone tree has {len(zones)} zones")
-        return cls.checked(zones, {str(k): str(v) for k, v in aliases.items()}), rev
+        for old, ids in parts.items():
+            if not ids or any(i not in zones for i in ids):
+                raise ZoneError(f"stored zone tree: {old!r} was made of unknown zones"[:200])
+        return cls.checked(zones, {str(k): str(v) for k, v in aliases.items()}, parts), rev
 
     # -- edits: each returns the edited tree (this one unchanged) and which ids moved where --
 
@@ -268,7 +283,7 @@ class ZoneTree:
         zones = {i: _copy(z) for i, z in self.zones.items()}
         zones[zid] = Zone(zid, name, parent, code=_code(zid, code))
         zones[parent].children.append(zid)
-        return ZoneTree.checked(zones, self.aliases)
+        return ZoneTree.checked(zones, self.aliases, self.parts)
 
     def moved(self, zone_id: str, parent: str, key: str) -> tuple[ZoneTree, dict[str, str]]:
         """``zone_id`` and its subtree under ``parent`` as ``key`` (a rename when ``parent`` is
@@ -370,7 +385,18 @@ class ZoneTree:
         aliases = {old: mapping.get(now, now) for old, now in self.aliases.items()}
         aliases.update((old, new) for old, new in mapping.items() if old != new)
         aliases = {old: now for old, now in aliases.items() if old != now and old not in zones}
-        return ZoneTree.checked(_ordered(zones), aliases)
+        # What each retired zone was made of, its ids now: kept ones follow the mapping; a zone
+        # above channels merged into one that was there gets its children's (and so does each
+        # earlier id of it)
+        parts = {old: _unique(mapping.get(i, i) for i in ids) for old, ids in self.parts.items()}
+        for zid, new in mapping.items():
+            z = self.zones[zid]
+            if new != zid and new in self.zones and not z.is_leaf:
+                parts[zid] = _unique(mapping.get(c, c) for c in z.children)
+        for old, was in self.aliases.items():
+            if was in parts and old not in parts:
+                parts[old] = parts[was]
+        return ZoneTree.checked(_ordered(zones), aliases, parts)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ZoneTree:
@@ -385,6 +411,8 @@ class ZoneTree:
         retired id (history) answers for the zone that took its place."""
         if zone_id is None:
             return [z.id for z in self.zones.values() if z.is_leaf]
+        if (parts := self.parts.get(zone_id)) is not None:
+            return _unique(leaf for part in parts for leaf in self.leaves(part))
         zone = self.zones[self.aliases.get(zone_id, zone_id)]
         zone_id = zone.id
         if zone.is_leaf:

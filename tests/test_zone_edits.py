@@ -5,12 +5,14 @@ schedules, devices, grants and history following."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from dateutil import tz
 
 from streamer.control.broker import STREAMER_USER
+from streamer.control.models import BroadcastRecord, BroadcastState
+from streamer.control.reports import Days, broadcast_minutes
 from streamer.zones import ZoneError, ZoneTree
 from tests.harness.api import audit, call, make_user
 from tests.harness.audio import peak_hz
@@ -38,13 +40,43 @@ def test_merge_moves_the_children_and_leaves_aliases_for_history():
                                         f"{B}.kp-3"]
     assert A not in merged.zones and f"{A}.kp-1" not in merged.zones
     assert merged.resolve(A) == B and merged.resolve(f"{A}.kp-2") == f"{B}.kp-2"
-    assert merged.leaves(A) == merged.leaves(B)  # an old broadcast's zones still have leaves
+    # an old broadcast's zones still have leaves: Thắng Tam's own, not all of Long Sơn's
+    assert merged.leaves(A) == [f"{B}.kp-1", f"{B}.kp-2", f"{B}.kp-3"]
+    assert merged.leaves(f"{A}.kp-1") == [f"{B}.kp-1"]
     assert len(merged.leaves()) == len(tree.leaves())
     assert tree.zones[A].children  # the tree edited is left alone
     again, rev = ZoneTree.from_json(merged.to_json(7))
-    assert rev == 7 and again.aliases == merged.aliases
+    assert rev == 7 and again.aliases == merged.aliases and again.parts == merged.parts
     assert again.zones[B].children == merged.zones[B].children
     assert again.zones[B].location == merged.zones[B].location
+
+
+def test_a_merged_communes_history_counts_its_own_channels_through_later_edits():
+    """Thắng Tam, renamed first, then merged into Long Sơn, which is then renamed and merged
+    into Hòa Long: a broadcast to either old id of Thắng Tam still covers only its three
+    hamlets, wherever they are now, and the broadcast-minutes report counts just those."""
+    tree = ZoneTree.load()
+    renamed, _ = tree.moved(A, "brvt.vung-tau", "thang-tam-moi")
+    merged, _ = renamed.merged("brvt.vung-tau.thang-tam-moi", B)
+    b2 = "brvt.vung-tau.long-son-2"
+    again, _ = merged.moved(B, "brvt.vung-tau", "long-son-2")
+    keys = {k: f"{k}-ls" for k in ("ap-1", "ap-2", "kp-1", "kp-2", "kp-3")
+            if f"{HOA_LONG}.{k}" in tree.zones}
+    last, _ = again.merged(b2, HOA_LONG, keys)
+    own = [f"{HOA_LONG}.{keys.get(k, k)}" for k in ("kp-1", "kp-2", "kp-3")]
+    assert last.leaves(A) == own and last.leaves("brvt.vung-tau.thang-tam-moi") == own
+    assert last.resolve(A) == HOA_LONG
+    assert len(last.leaves(B)) == 5  # Long Sơn as it was at the last merge: its hamlets too
+    stored, _ = ZoneTree.from_json(last.to_json(1))
+    assert stored.leaves(A) == own
+
+    days = Days([date(2026, 11, 20)])
+    t0 = days.t0 + 3600
+    rec = BroadcastRecord(id=1, zones=[A], priority="normal", source={"kind": "tone"},
+                          created=t0, created_by="admin", state=BroadcastState.DONE,
+                          started=t0, ended=t0 + 600)
+    (row,) = broadcast_minutes([rec], days, [HOA_LONG], last.leaves, "zone", t0 + 600)
+    assert (row.zone, row.minutes, row.channel_minutes) == (HOA_LONG, 10.0, 30.0)
 
 
 def test_a_key_clash_is_refused_naming_it_until_a_new_key_is_given():
