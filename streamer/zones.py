@@ -145,20 +145,25 @@ class ZoneTree:
     to the zone that took its place, so that history stored under an old id still resolves.
     A zone above channels merged into another is only part of it: ``parts`` keeps, for such a
     retired id, the zones it was made of (their ids now), so that its history counts its own
-    channels (``leaves``), not every channel of the zone it went into."""
+    channels (``leaves``), not every channel of the zone it went into. Its administrative
+    code, which no zone has any more, is kept in ``old_codes`` (code → the retired id), so that
+    a system above that still sends it reaches what the zone was (:meth:`formerly`)."""
 
     def __init__(self, zones: dict[str, Zone], aliases: dict[str, str] | None = None,
-                 parts: dict[str, list[str]] | None = None) -> None:
+                 parts: dict[str, list[str]] | None = None,
+                 old_codes: dict[str, str] | None = None) -> None:
         self.zones = zones
         self.roots = [z.id for z in zones.values() if z.parent is None]
         self.aliases = dict(aliases or {})
         self.parts = {old: ids for old, ids in (parts or {}).items() if old in self.aliases}
+        codes = {z.code for z in zones.values()}
+        self.old_codes = {c: old for c, old in (old_codes or {}).items() if c not in codes}
 
     def adopt(self, other: ZoneTree) -> None:
         """Become ``other`` in place: whoever holds this tree (or its bound methods) sees the
         edited one."""
         self.zones, self.roots = other.zones, other.roots
-        self.aliases, self.parts = other.aliases, other.parts
+        self.aliases, self.parts, self.old_codes = other.aliases, other.parts, other.old_codes
 
     def resolve(self, zone_id: str) -> str | None:
         """The zone ``zone_id`` is now: itself, the zone an edit moved it to, else None."""
@@ -166,6 +171,24 @@ class ZoneTree:
             return zone_id
         now = self.aliases.get(zone_id)
         return now if now in self.zones else None
+
+    def formerly(self, zone_id: str) -> list[str] | None:
+        """What a retired id covers now: the zones it was made of (merged into a zone that has
+        others too), else the zone that took its place; None for a current or unknown id."""
+        if zone_id in self.zones:
+            return None
+        if (parts := self.parts.get(zone_id)) is not None:
+            return list(parts)
+        now = self.resolve(zone_id)
+        return None if now is None else [now]
+
+    def by_old_code(self, code: str) -> list[str] | None:
+        """The zones now of the zone that had administrative ``code`` before it was merged
+        away; None if no merged zone had it."""
+        old = self.old_codes.get(code)
+        if old is None:
+            return None
+        return [old] if old in self.zones else self.formerly(old)
 
     def resolve_all(self, zone_ids: Iterable[str]) -> list[str]:
         """``resolve`` each, dropping the unknown, without duplicates."""
@@ -210,14 +233,15 @@ class ZoneTree:
 
     @classmethod
     def checked(cls, zones: dict[str, Zone], aliases: dict[str, str] | None = None,
-                parts: dict[str, list[str]] | None = None) -> ZoneTree:
+                parts: dict[str, list[str]] | None = None,
+                old_codes: dict[str, str] | None = None) -> ZoneTree:
         """A tree of ``zones`` once the rules that span zones hold: codes unique, channels'
         SSRCs distinct."""
         codes: dict[str, str] = {}
         for zone in zones.values():
             if zone.code is not None and codes.setdefault(zone.code, zone.id) != zone.id:
                 raise ZoneError(f"zones {codes[zone.code]} and {zone.id} share code {zone.code}")
-        tree = cls(zones, aliases, parts)
+        tree = cls(zones, aliases, parts, old_codes)
         # Relays demultiplex channels by SSRC, a 32-bit hash of the channel id: refuse a tree
         # in which two channels would share one (rename a zone key to fix it).
         seen: dict[int, str] = {}
@@ -230,7 +254,8 @@ class ZoneTree:
     # -- stored form: the tree as runtime edits left it (``zonedit.py``) ------------------
 
     def to_json(self, rev: int) -> str:
-        return json.dumps({"rev": rev, "aliases": self.aliases, "parts": self.parts, "zones": [
+        return json.dumps({"rev": rev, "aliases": self.aliases, "parts": self.parts,
+                           "old_codes": self.old_codes, "zones": [
             {"id": z.id, "name": z.name, "parent": z.parent, "code": z.code,
              "location": z.location, "boundary": z.boundary} for z in self.zones.values()]},
             ensure_ascii=False)
@@ -242,6 +267,8 @@ class ZoneTree:
             doc = json.loads(text)
             rev, rows, aliases = int(doc["rev"]), list(doc["zones"]), dict(doc["aliases"])
             parts = {str(k): [str(i) for i in v] for k, v in dict(doc.get("parts", {})).items()}
+            old_codes = {str(k): str(v) for k, v in dict(doc.get("old_codes", {})).items()
+                         if valid_zone_id(str(v))}
         except (ValueError, KeyError, TypeError) as e:
             raise ZoneError(f"stored zone tree is damaged: {e}") from None
         zones: dict[str, Zone] = {}
@@ -269,7 +296,8 @@ class ZoneTree:
         for old, ids in parts.items():
             if not ids or any(i not in zones for i in ids):
                 raise ZoneError(f"stored zone tree: {old!r} was made of unknown zones"[:200])
-        return cls.checked(zones, {str(k): str(v) for k, v in aliases.items()}, parts), rev
+        return cls.checked(zones, {str(k): str(v) for k, v in aliases.items()}, parts,
+                           old_codes), rev
 
     # -- edits: each returns the edited tree (this one unchanged) and which ids moved where --
 
@@ -283,7 +311,7 @@ class ZoneTree:
         zones = {i: _copy(z) for i, z in self.zones.items()}
         zones[zid] = Zone(zid, name, parent, code=_code(zid, code))
         zones[parent].children.append(zid)
-        return ZoneTree.checked(zones, self.aliases, self.parts)
+        return ZoneTree.checked(zones, self.aliases, self.parts, self.old_codes)
 
     def moved(self, zone_id: str, parent: str, key: str) -> tuple[ZoneTree, dict[str, str]]:
         """``zone_id`` and its subtree under ``parent`` as ``key`` (a rename when ``parent`` is
@@ -389,14 +417,18 @@ class ZoneTree:
         # above channels merged into one that was there gets its children's (and so does each
         # earlier id of it)
         parts = {old: _unique(mapping.get(i, i) for i in ids) for old, ids in self.parts.items()}
+        old_codes = dict(self.old_codes)
         for zid, new in mapping.items():
             z = self.zones[zid]
-            if new != zid and new in self.zones and not z.is_leaf:
-                parts[zid] = _unique(mapping.get(c, c) for c in z.children)
+            if new != zid and new in self.zones:  # merged: its code goes with it
+                if not z.is_leaf:
+                    parts[zid] = _unique(mapping.get(c, c) for c in z.children)
+                if z.code is not None:
+                    old_codes[z.code] = zid
         for old, was in self.aliases.items():
             if was in parts and old not in parts:
                 parts[old] = parts[was]
-        return ZoneTree.checked(_ordered(zones), aliases, parts)
+        return ZoneTree.checked(_ordered(zones), aliases, parts, old_codes)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ZoneTree:

@@ -4,6 +4,7 @@ schedules, devices, grants and history following."""
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import date, datetime, timedelta
 
@@ -11,12 +12,14 @@ import pytest
 from dateutil import tz
 
 from streamer.control.broker import STREAMER_USER
-from streamer.control.models import BroadcastRecord, BroadcastState
+from streamer.control.cap import parse_cap, resolve_areas
+from streamer.control.models import BroadcastRecord, BroadcastState, Zone
 from streamer.control.reports import Days, broadcast_minutes
 from streamer.zones import ZoneError, ZoneTree
 from tests.harness.api import audit, call, make_user
-from tests.harness.audio import peak_hz
+from tests.harness.audio import peak_hz, tone_wav
 from tests.harness.keys import token_args
+from tests.harness.senders import Sender, register, send
 from tests.harness.speaker import mqtt_speakers, retained_status, tone_on
 from tests.harness.streamer import with_fleet
 from tests.harness.tap import Tap
@@ -28,6 +31,15 @@ A = "brvt.vung-tau.thang-tam"
 B = "brvt.vung-tau.long-son"
 # a commune whose hamlets share keys with Hòa Long's (ap-bac …): see the key clash test
 HOA_LONG = "brvt.ba-ria.hoa-long"
+CAP = """<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>T-1</identifier><sender>canhbao@brvt.gov.vn</sender>
+  <sent>2024-11-24T05:30:00+07:00</sent><status>Actual</status><msgType>Alert</msgType>
+  <scope>Public</scope>
+  <info><category>Met</category><event>Bão</event><urgency>Immediate</urgency>
+    <severity>Severe</severity><certainty>Likely</certainty>
+    <area><areaDesc>Phường Thắng Tam</areaDesc>AREA</area></info>
+</alert>"""
 
 
 # -- the tree's edits ---------------------------------------------------------------------------
@@ -77,6 +89,38 @@ def test_a_merged_communes_history_counts_its_own_channels_through_later_edits()
                           started=t0, ended=t0 + 600)
     (row,) = broadcast_minutes([rec], days, [HOA_LONG], last.leaves, "zone", t0 + 600)
     assert (row.zone, row.minutes, row.channel_minutes) == (HOA_LONG, 10.0, 30.0)
+
+
+def test_a_merged_communes_code_and_id_in_a_cap_alert_reach_its_hamlets():
+    """A warning system that still sends Thắng Tam's code (26506) or zone id after the merger
+    reaches Thắng Tam's three hamlets, now Long Sơn's, and says it did so; Long Sơn keeps its
+    own code, and a code given to a zone again is that zone's."""
+    tree = ZoneTree.load()
+    merged, _ = tree.merged(A, B)
+    own = [f"{B}.kp-1", f"{B}.kp-2", f"{B}.kp-3"]
+    assert tree.zones[A].code == "26506" and merged.by_old_code("26506") == own
+    assert merged.formerly(A) == own and merged.formerly(f"{A}.kp-2") == [f"{B}.kp-2"]
+    assert merged.by_old_code(tree.zones[B].code or "") is None and merged.formerly(B) is None
+    assert ZoneTree.from_json(merged.to_json(1))[0].by_old_code("26506") == own
+
+    area = ('<geocode><valueName>MaDVHC</valueName><value>26506</value></geocode>'
+            f'<geocode><valueName>loa:zone</valueName><value>{A}.kp-2</value></geocode>')
+    alert = parse_cap(CAP.replace("AREA", area).encode())
+    match = resolve_areas(alert, records(merged), [], merged)
+    assert match.zones == set(own) and match.unknown_geocodes == []
+    assert match.retired_geocodes == {"MaDVHC=26506": own, f"loa:zone={A}.kp-2": [f"{B}.kp-2"]}
+    assert resolve_areas(alert, records(merged), []).zones == set()  # what it did before
+
+    again = merged.added(B, "kp-moi", "Khu phố Mới", code="26506")
+    assert again.by_old_code("26506") is None
+    assert resolve_areas(alert, records(again), [], again).zones == {f"{B}.kp-moi",
+                                                                      f"{B}.kp-2"}
+
+
+def records(tree: ZoneTree) -> dict[str, Zone]:
+    """The tree's zones as the control plane's records (what ``resolve_areas`` reads)."""
+    return {z.id: Zone(id=z.id, name=z.name, parent=z.parent, code=z.code)
+            for z in tree.zones.values()}
 
 
 def test_a_key_clash_is_refused_naming_it_until_a_new_key_is_given():
@@ -229,6 +273,31 @@ async def test_merging_two_communes_keeps_their_schedules_and_history(streamer):
         assert sum(r["broadcasts"] for r in rep["rows"]) == 3, rep
     finally:
         await again.close()
+
+
+async def test_an_emergency_from_above_naming_a_merged_commune_airs_in_its_hamlets(streamer):
+    """The central system has not caught up with the merger: its emergency for Thắng Tam airs
+    at once on Thắng Tam's three hamlets (now Long Sơn's), not on Long Sơn's own, and the
+    receipt and the audit say which zones it stood for."""
+    central = Sender("central")
+    await register(streamer, central, zones=("brvt",))
+    status, edit = await call(streamer, "POST", f"/api/v1/zones/{A}/merge", json={"into": B})
+    assert status == 200, edit
+    own = [f"{B}.kp-1", f"{B}.kp-2", f"{B}.kp-3"]
+    hamlet, other = Tap(streamer, f"{B}.kp-2"), Tap(streamer, f"{B}.ap-1")
+    status, got = await send(streamer, central, {
+        "ref": "BAO-9", "level": "emergency", "zones": [A], "title": "Bão số 9", "chime": False,
+        "audio": base64.b64encode(tone_wav(880, 2.0)).decode(),
+        "valid_until": time.time() + 3600})
+    assert status == 201 and got["state"] == "aired", got
+    assert got["zones"] == own and got["retired"] == {A: own}, got
+    bid = got["broadcast"]
+    assert sorted(streamer.plane.broadcasts.live[bid].zones) == own
+    await until(lambda: len(hamlet.pcm(bid)) >= 48_000, 8, "the emergency on Khu phố 2")
+    assert abs(peak_hz(hamlet.pcm(bid)[4800:]) - 880) < 5
+    assert len(other.pcm(bid)) == 0  # Long Sơn's own hamlets are not Thắng Tam
+    (entry,) = await audit(streamer, action="inbound_received")
+    assert entry["detail"]["retired"] == {A: own}
 
 
 async def test_an_edit_never_takes_a_channel_from_under_a_broadcast(streamer):

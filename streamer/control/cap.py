@@ -26,6 +26,7 @@ from defusedxml.ElementTree import fromstring
 from streamer.control.models import Speaker, Zone
 from streamer.control.schemas import MAX_TTS_CHARS
 from streamer.geo import Point, inside_ring, ring_within_km, rings_overlap, within_km
+from streamer.zones import ZoneTree
 from wire.ids import ancestors
 
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -144,6 +145,9 @@ class AreaMatch:
     unmatched_areas: list[str]
     #: "valueName=value" of every geocode that names no zone
     unknown_geocodes: list[str]
+    #: "valueName=value" of every geocode that names a zone merged or renamed away, with the
+    #: zones it reached instead (what that zone was made of, ``ZoneTree.formerly``)
+    retired_geocodes: dict[str, list[str]] = field(default_factory=dict)
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -355,15 +359,17 @@ def expires(alert: Alert) -> datetime | None:
     return info.expires if info else None
 
 
-def resolve_areas(alert: Alert, zones: Mapping[str, Zone],
-                  speakers: Iterable[Speaker]) -> AreaMatch:
+def resolve_areas(alert: Alert, zones: Mapping[str, Zone], speakers: Iterable[Speaker],
+                  tree: ZoneTree | None = None) -> AreaMatch:
     """Zones covered by the acted-on info's areas, an ancestor standing for its descendants.
 
     A geocode ``loa:zone`` names a zone id; any other geocode matches the zones whose ``code``
     equals its value. A polygon or circle covers the zones of the speakers placed inside it;
     a leaf zone none of whose speakers has a position is covered by its own place instead (its
     boundary meets the area, or, with no boundary, its location lies in it), or by its nearest
-    ancestor's place when it has none (``docs/cap.md``, "Areas to zones").
+    ancestor's place when it has none (``docs/cap.md``, "Areas to zones"). With the ``tree``
+    of runtime zone edits, a zone id or a code of a zone merged or renamed away reaches what
+    that zone was, and is reported in ``retired_geocodes``.
     """
     info = alert.info
     placed = _Placed(speakers, zones)
@@ -380,6 +386,11 @@ def resolve_areas(alert: Alert, zones: Mapping[str, Zone],
                 found = {value} if value in zones else set()
             else:
                 found = by_code.get(value, set())
+            if not found and tree is not None:
+                was = tree.formerly(value) if name == ZONE_GEOCODE else tree.by_old_code(value)
+                if was:
+                    found = set(was)
+                    match.retired_geocodes[f"{name}={value}"] = sorted(was)
             if not found:
                 match.unknown_geocodes.append(f"{name}={value}")
             hits |= found

@@ -101,6 +101,9 @@ class Receipt(BaseModel):
     ref: str
     level: str
     zones: list[str]
+    retired: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "each zone id the sender named that a runtime zone edit retired (a commune merged or "
+        "renamed), with the zones it reached instead: what that zone was made of"))
     state: str
     received: float
     valid_until: float | None
@@ -192,10 +195,7 @@ class Inbox:
             if known.digest != digest:
                 raise InboundError(409, f"ref {b.ref!r} was used for another bulletin", "ref")
             return known, False
-        zones = list(dict.fromkeys(b.zones))
-        for z in zones:
-            if z not in self.plane.zones:
-                raise BadRequest("zones", f"unknown zone {z!r}")
+        zones, retired = self._zones(b.zones)
         outside = [z for z in zones if not any(covers(s, z) for s in sender.zones)]
         if outside:
             await self._audit(f"sender:{sender.id}", "inbound_refused", b.ref, outside,
@@ -209,14 +209,18 @@ class Inbox:
         clip = await self._clip(sender, b.audio) if b.audio is not None else None
         rec = InboundBulletin(
             id=await state.next_inbound_id(), sender=sender.id, ref=b.ref, digest=digest,
-            level=b.level, zones=zones, title=b.title, text=b.text or "", clip=clip,
+            level=b.level, zones=zones, retired=retired, title=b.title, text=b.text or "",
+            clip=clip,
             received=now, valid_until=b.valid_until or now + DEFAULT_VALID_S,
             auto_air_at=now + (b.decide_within_s or self.plane.inbound_decide_s)
             if b.level == "priority" else None)
         await state.put_inbound(rec)
         self.m.labels(b.level, "received").inc()
         await self._audit(f"sender:{sender.id}", "inbound_received", rec.id, zones,
-                          ref=b.ref, level=b.level, title=b.title)
+                          ref=b.ref, level=b.level, title=b.title, retired=retired)
+        if retired:
+            log.warning("bulletin %s from %s names zones from before a zone edit: %s", rec.id,
+                        sender.id, retired)
         log.info("bulletin %s (%s) from %s for %s", rec.id, b.level, sender.id,
                  ", ".join(zones[:5]))
         if b.level == "emergency":
@@ -224,6 +228,23 @@ class Inbox:
         else:
             self._arm(rec)
         return rec, True
+
+    def _zones(self, named: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The zones a bulletin addresses, and each retired id among those it names with the
+        zones it stands for now: a system above may not have caught up with a merger, and its
+        bulletin (an emergency, say) must still reach the hamlets it meant."""
+        tree = self.plane.tree
+        zones: list[str] = []
+        retired: dict[str, list[str]] = {}
+        for z in dict.fromkeys(named):
+            if z in tree.zones:
+                zones.append(z)
+            elif (was := tree.formerly(z)) is not None:
+                retired[z] = was
+                zones.extend(was)
+            else:
+                raise BadRequest("zones", f"unknown zone {z!r}")
+        return list(dict.fromkeys(zones)), retired
 
     async def receipt(self, rec: InboundBulletin, reach: Callable[[BroadcastRecord], Any]
                       ) -> Receipt:

@@ -247,6 +247,8 @@ class InboundBulletin(Record):
     digest: str  # SHA-256 of the request body: the same ref with another body is refused
     level: str  # normal | priority | emergency
     zones: list[str]
+    #: each zone id the sender named that a runtime edit retired, with the zones it stood for
+    retired: dict[str, list[str]] = Field(default_factory=dict)
     title: str = ""
     text: str = ""
     clip: str | None = None  # the audio it came with, in the clip library

@@ -10,6 +10,7 @@ Errors are recorded and never aired. The same alert sent twice is answered, not 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
@@ -30,6 +31,8 @@ _CAP_CONTENT = {"application/cap+xml": _XML, "application/xml": _XML, "text/xml"
 TEST_STATUSES = frozenset({"Test", "Exercise"})
 AIRED_TYPES = frozenset({"Alert", "Update"})
 
+log = logging.getLogger("loa.api")
+
 
 class CapOut(BaseModel):
     reference: str = Field(description="sender,identifier,sent of this alert")
@@ -38,6 +41,10 @@ class CapOut(BaseModel):
     zones: list[str] = Field(default_factory=list)
     unmatched_areas: list[str] = Field(default_factory=list)
     unknown_geocodes: list[str] = Field(default_factory=list)
+    retired_geocodes: dict[str, list[str]] = Field(
+        default_factory=dict, description="each geocode naming a zone merged or renamed away "
+        "(an id or an administrative code from before a runtime zone edit), with the zones "
+        "it reached instead: what that zone was made of")
     stopped: list[int] = Field(default_factory=list)
     broadcast: BroadcastOut | None = None
 
@@ -95,8 +102,13 @@ async def receive_cap(ctx: Ctx) -> CapOut:
     aired = alert.msg_type in AIRED_TYPES and alert.status in TEST_STATUSES | {"Actual"}
     if aired:
         out.level = level = cap.classify(alert)
-        match = cap.resolve_areas(alert, plane.zones, await plane.state.speakers.all())
+        match = cap.resolve_areas(alert, plane.zones, await plane.state.speakers.all(),
+                                  plane.tree)
         out.unmatched_areas, out.unknown_geocodes = match.unmatched_areas, match.unknown_geocodes
+        out.retired_geocodes = match.retired_geocodes
+        if match.retired_geocodes:
+            log.warning("CAP %s names zones from before a zone edit: %s", ref,
+                        match.retired_geocodes)
         zones = sorted(match.zones)
         if alert.status in TEST_STATUSES:
             zones = _test_leaves(ctx, match.zones)
