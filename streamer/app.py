@@ -37,6 +37,7 @@ from fanout.endpoint import FanoutEndpoint
 from fanout.http import add_media_routes
 from streamer.board import add_board_routes
 from streamer.console import add_console_routes
+from streamer.control import auth
 from streamer.control.api import add_api_routes
 from streamer.control.api.listen import streamer_may_listen
 from streamer.control.broadcasts import Broadcasts, ClipLibrary
@@ -117,6 +118,10 @@ class StreamerConfig:
     login_failures_per_address: int = 20
     login_failures_per_user: int = 5
     login_window_s: float = 300.0
+    #: the argon2id cost of a new password hash (``docs/api.md``, "Sign-in throttling"):
+    #: memory in KiB and passes; the default is argon2-cffi's (64 MiB, 3 passes)
+    password_hash_memory_kib: int = 65_536
+    password_hash_time_cost: int = 3
     #: longest decoded duration of an uploaded clip, in seconds (``docs/api.md``, clips)
     clip_max_s: float = CLIP_MAX_S
     #: threads that encode distinct programmes, the playout thread included; 0 = one per core
@@ -185,6 +190,9 @@ class StreamerConfig:
         check_range("login_failures_per_address", self.login_failures_per_address, 1, 10**9)
         check_range("login_failures_per_user", self.login_failures_per_user, 1, 10**9)
         check_range("login_window_s", self.login_window_s, 1, 86_400)
+        # argon2 needs 8 KiB per lane (4 lanes); above 4 GiB a sign-in would swap a small box
+        check_range("password_hash_memory_kib", self.password_hash_memory_kib, 32, 4 * 2**20)
+        check_range("password_hash_time_cost", self.password_hash_time_cost, 1, 100)
         check_range("clip_max_s", self.clip_max_s, 1, 86_400)
         check_range("mixer_workers", self.mixer_workers, 0, 256)
         check_range("lead_max_ms", self.lead_max_ms, 0, self.ptime_ms)
@@ -300,6 +308,7 @@ class Streamer:
                            self.mixer, self.registry, devices, recorder)
         self._broker_login = password, mqtt_tls  # read now: a bad file fails the start
         self.plane.inbound_decide_s = cfg.inbound_decide_s
+        auth.set_hash_cost(cfg.password_hash_memory_kib, cfg.password_hash_time_cost)
         self.plane.logins = LoginThrottle(per_address=cfg.login_failures_per_address,
                                           per_user=cfg.login_failures_per_user,
                                           window_s=cfg.login_window_s)

@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
+from argon2 import extract_parameters
 
+from common.config import ConfigError
+from streamer.app import StreamerConfig
+from streamer.control import auth
 from streamer.control.throttle import Gate, LoginThrottle
 
 T0 = 1_000.0  # the throttle is sans-IO: any clock will do
@@ -124,3 +129,25 @@ async def test_audit_stream_is_trimmed_by_length_and_by_age(redis_url):
         assert await state.r.xlen("loa:audit") <= 100
     finally:
         await state.close()
+
+
+def test_the_hash_cost_is_the_streamers_setting_and_a_stored_hash_keeps_its_own():
+    """``password_hash_memory_kib`` and ``_time_cost``: new hashes carry them; a hash made at
+    another cost still verifies (argon2 reads the cost from the hash); a cost argon2 cannot
+    take is refused at start, naming the setting."""
+    try:
+        auth.set_hash_cost(65_536, 3)
+        strong = auth.hash_password("mật khẩu")
+        assert (extract_parameters(strong).memory_cost, extract_parameters(strong).time_cost) \
+            == (65_536, 3)
+        auth.set_hash_cost(1024, 1)
+        light = auth.hash_password("mật khẩu")
+        assert (extract_parameters(light).memory_cost, extract_parameters(light).time_cost) \
+            == (1024, 1)
+        assert auth.verify_password(strong, "mật khẩu") and auth.verify_password(light, "mật khẩu")
+        assert not auth.verify_password(strong, "sai") and not auth.verify_password(None, "x")
+    finally:
+        auth.set_hash_cost(1024, 1)  # as the harness's streamers run
+    for field, value in (("password_hash_memory_kib", 8), ("password_hash_time_cost", 0)):
+        with pytest.raises(ConfigError, match=field):
+            StreamerConfig(**{field: value})

@@ -22,6 +22,8 @@ from .models import USER_RE, Role, User, covers
 
 TOKEN_TTL_S = 12 * 3600
 USER_NAME = re.compile(USER_RE)
+#: argon2id at argon2-cffi's default cost (RFC 9106's low-memory profile: 64 MiB, 3 passes)
+#: until :func:`set_hash_cost`
 _hasher = PasswordHasher()
 
 VIEW = frozenset(Role)
@@ -36,6 +38,14 @@ class Forbidden(Exception):
         super().__init__(message)
         self.message = message
         self.zones = list(zones)
+
+
+def set_hash_cost(memory_kib: int, time_cost: int) -> None:
+    """The cost of new password hashes (``password_hash_memory_kib``, ``_time_cost``). A stored
+    hash keeps the cost it was made with: verifying reads it from the hash."""
+    global _hasher
+    if (memory_kib, time_cost) != (_hasher.memory_cost, _hasher.time_cost):
+        _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
 
 
 def hash_password(password: str) -> str:

@@ -73,9 +73,12 @@ async def in_process(tmp_path: Path, redis_url: str, now: float, **settings: Any
     """A started in-process :class:`~streamer.app.Streamer` on free loopback ports, signing with
     the session's key, its quiet hours judged at ``now`` (they must not depend on when the test
     runs), with ``admin``: the Authorization headers of its first admin, signed in through the
-    API. ``settings``: more of its config. The caller closes it."""
+    API. ``settings``: more of its config. The caller closes it. Its passwords are hashed at
+    argon2's least cost (1 MiB, 1 pass: milliseconds, not a fifth of a second for every
+    sign-in of every test); the stack under ``loa up`` keeps the default."""
     from streamer.app import Streamer, StreamerConfig
 
+    settings = {"password_hash_memory_kib": 1024, "password_hash_time_cost": 1, **settings}
     cfg = StreamerConfig(media_host="127.0.0.1", media_port=0, http_host="127.0.0.1",
                          http_port=0, var_dir=str(tmp_path / "var"), redis_url=redis_url,
                          ingest_host="127.0.0.1", ingest_port=0,

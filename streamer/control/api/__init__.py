@@ -4,6 +4,8 @@ declarations."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -32,14 +34,19 @@ from . import (  # noqa: F401 (each module declares its routes on API)
 from .core import API
 from .openapi import build
 
-OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi", dict)
+#: the OpenAPI document, the same for every streamer of the process: built at its first request
+_document: dict[str, object] | None = None
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI_KEY])
+    global _document
+    if _document is None:
+        # On first use and off the control loop, not at every start: it is a quarter of a
+        # second of pydantic schema generation that a standby taking over need not pay.
+        _document = await asyncio.to_thread(build, API.operations)
+    return web.json_response(_document)
 
 
 def add_api_routes(app: web.Application, plane: object, registry: CollectorRegistry) -> None:
     API.install(app, plane, registry)
-    app[OPENAPI_KEY] = build(API.operations)
     app.router.add_get("/api/v1/openapi.json", _openapi)
