@@ -81,7 +81,11 @@ async def test_browser_studio_voice_reaches_only_the_chosen_commune_and_the_bull
         status, bulletin = await call(streamer, "POST", "/api/v1/broadcasts", json={
             "zones": [KIM_LONG], "source": {"kind": "tone", "hz": 440, "seconds": 120}})
         assert status == 201
-        await asyncio.sleep(1.5)
+
+        async def on_air() -> bool:
+            _, got = await call(streamer, "GET", f"/api/v1/broadcasts/{bulletin['id']}")
+            return bool(got["on_air_channels"] == 3)
+        await until(on_air, 5, "the bulletin on the air")  # the voice comes over it
         user = json.loads((Path(streamer.cfg.var_dir) / "admin-credentials.json").read_text())
         async with browser.chromium_page(wav) as page:
             session = await browser.studio_talk(
