@@ -175,23 +175,29 @@ async def low_contrast(page: Page) -> list[str]:
 
 
 async def click_until(page: Page, button: str, done: str, timeout_s: float, what: str) -> None:
-    """Wait for ``done`` (a selector); while the page has no live event stream, press the
-    page's own refresh ``button`` now and then, as an operator would."""
+    """Wait for ``done`` (a selector), looking every 0.2 s; while the page has no live event
+    stream, press the page's own refresh ``button`` once a second, as an operator would."""
     deadline = time.monotonic() + timeout_s
+    clicked = float("-inf")
     while not await page.locator(done).count():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        if await page.get_attribute(by_testid("live-state"), "data-state") != "live":
+        now = time.monotonic()
+        assert now < deadline, f"timed out: {what}"
+        if now - clicked >= 1.0 and await page.get_attribute(
+                by_testid("live-state"), "data-state") != "live":
             await page.click(by_testid(button))
-        await asyncio.sleep(1.0)
+            clicked = now
+        await asyncio.sleep(0.2)
 
 
 @asynccontextmanager
-async def loa_up_stack(tmp_path: Path, lift_quiet_hours: bool = True
+async def loa_up_stack(tmp_path: Path, lift_quiet_hours: bool = True,
+                       env: dict[str, str] | None = None
                        ) -> AsyncIterator[tuple[LoaUp, dict[str, str]]]:
     """A whole ``loa up`` stack (streamer, relay, speakers) for the block, quiet hours lifted
-    (the test runs at any hour), with the first admin's credentials."""
+    (the test runs at any hour), with the first admin's credentials; ``env`` as for
+    :class:`LoaUp`."""
     (tmp_path / "up").mkdir()
-    up = await asyncio.to_thread(LoaUp, tmp_path / "up")
+    up = await asyncio.to_thread(LoaUp, tmp_path / "up", env=env)
     try:
         if lift_quiet_hours:
             await asyncio.to_thread(up.lift_quiet_hours)
