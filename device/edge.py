@@ -126,16 +126,24 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     Once is not always enough: on Python 3.11, ``asyncio.wait_for`` (which aiomqtt awaits each
     acknowledgement with) drops a cancellation that arrives as its inner future completes, and
     a session's loop (the fleet's probe, a device's telemetry) that lost its cancellation that
-    way would run on, keeping the session open and whoever closes it waiting for ever."""
+    way would run on, keeping the session open and whoever closes it waiting for ever.
+
+    What the tasks raise is the session's end, said elsewhere: it is retrieved as each ends,
+    so that nothing says "Task exception was never retrieved" at exit, even when this wait is
+    itself cancelled (a ``close`` cancelling the session again) before they have ended."""
     tasks = list(tasks)
+    for t in tasks:
+        t.add_done_callback(_retrieve)
     pending = {t for t in tasks if not t.done()}
     while pending:
         for t in pending:
             t.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.5)
-    for t in tasks:  # what they raised is the session's end, said elsewhere: not "never
-        if not t.cancelled():  # retrieved" at exit
-            t.exception()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

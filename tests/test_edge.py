@@ -6,6 +6,7 @@ fleet's probe could run on like that, keep its session open and hang ``Fleet.clo
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from device.edge import cancel_and_wait
 
@@ -42,3 +43,36 @@ async def test_a_loop_that_swallows_a_cancellation_is_cancelled_again_until_it_e
     assert not again.done() and cancels == 1
     await cancel_and_wait([again])
     assert again.cancelled()
+
+
+async def test_what_a_task_raises_after_the_wait_was_cancelled_is_still_retrieved() -> None:
+    """A session closed while its close is closing it: the wait for its tasks is cancelled,
+    and the receiver ends afterwards with the connection's error. Nothing may say "Task
+    exception was never retrieved" (a traceback in the log at a clean stop)."""
+    import gc
+
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        async def receive() -> None:  # as the fleet's, disconnected once it is cancelled
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.2)  # cancelled again meanwhile: a cancellation dropped
+                raise ConnectionError("Disconnected during message iteration") from None
+
+        receiver = asyncio.create_task(receive())
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(cancel_and_wait([receiver]))
+        await asyncio.sleep(0.05)
+        closing.cancel()
+        await asyncio.wait([closing, receiver])
+        assert closing.cancelled() and receiver.done() and not receiver.cancelled()
+        del receiver, closing  # its exception not looked at here: only cancel_and_wait may
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
+

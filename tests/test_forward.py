@@ -236,8 +236,8 @@ def onset_time(spk: Any, after: float) -> float:
 @pytest.mark.realtime
 def test_a_cut_off_speaker_plays_the_stored_clip_at_its_time_and_reports_it_local(
         tmp_path: Path) -> None:
-    """Real streamer, relay, speakers, Redis and Mosquitto (``loa up``): a clip scheduled a
-    minute ahead reaches one speaker's store; the speaker is then pointed at a dead upstream,
+    """Real streamer, relay, speakers, Redis and Mosquitto (``loa up``): a clip scheduled
+    36 s ahead reaches one speaker's store; the speaker is then pointed at a dead upstream,
     plays the clip from its store at its time, and the streamer records the play as local."""
     import time
     from datetime import UTC, datetime
@@ -258,7 +258,11 @@ def test_a_cut_off_speaker_plays_the_stored_clip_at_its_time_and_reports_it_loca
         body, ctype = multipart("tone-880.wav", wav_bytes(tone))
         clip = call(up.url, "POST", "/api/v1/clips", raw=body, content_type=ctype,
                     token=up.token)
-        occ = int(time.time()) + 45
+        # the plan promises the occurrence its broadcast id within a pass or two (poll_s 2 s)
+        # of the schedule, and that must come before the scheduler prepares it (30 s ahead,
+        # with an id of its own if no plan has promised one yet: a local play reported under
+        # the plan's id would then match no broadcast)
+        occ = int(time.time()) + 36
         at = datetime.fromtimestamp(occ, UTC).replace(tzinfo=None).isoformat()
         sched = up.api("POST", "/api/v1/schedules", {
             "zones": [spk.zone], "source": {"kind": "clip", "clip": clip["id"]},

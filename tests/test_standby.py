@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -25,6 +26,7 @@ import pytest
 
 from devstack.services import RedisSentinel
 from tests.harness.audio import longest_gap_s, peak_hz, rms_dbfs, tone_wav
+from tests.harness.loaup import port_outside_ephemeral_range
 from tests.harness.relay import RelayProcess, relay_process
 from tests.harness.speaker import SpeakerProcess, speaker_process
 from tests.harness.streamer import StreamerProcess, streamer_process
@@ -58,25 +60,42 @@ def sentinel(tmp_path, redis_server):
 @contextlib.asynccontextmanager
 async def pair(tmp_path: Path, url: str) -> AsyncIterator[Pair]:
     """Streamer A (active, started first), streamer B (standby), a relay listing A then B,
-    and a speaker on ``KP1`` behind it; quiet hours lifted (the test runs at any hour)."""
+    and a speaker on ``KP1`` behind it; quiet hours lifted (the test runs at any hour).
+    B, the relay and the speaker start side by side, on media ports chosen beforehand (a
+    relay or speaker up before its upstream tries again until it answers)."""
     ha = ("--ha-lease-ms", str(LEASE_MS))
-    async with streamer_process(tmp_path, "a", url, *ha, "--ha-id", "a") as a:
+    async with streamer_process(tmp_path, "a", url, *ha, "--ha-id", "a") as a, \
+            contextlib.AsyncExitStack() as stack:
         assert a.info["role"] == "active"
         admin = await a.sign_in(tmp_path / "admin.json")
         status, _ = await a.call("PATCH", "/api/v1/zones/brvt", admin, json={"quiet_hours": ""})
         assert status == 200
-        async with streamer_process(tmp_path, "b", url, *ha, "--ha-id", "b") as b:
-            assert b.info["role"] == "standby"
-            status, body = await b.get("/readyz")
-            assert status == 503 and body["lease_holder"] == "a", body
-            status, body = await b.get("/api/v1/broadcasts", admin)
-            assert status == 503 and body["error"] == "standby" and "(a)" in body["message"]
-            async with relay_process(tmp_path, "relay", "--upstream", a.media_addr,
-                                     "--upstream", b.media_addr) as relay, \
-                    speaker_process(tmp_path, "spk", "--channel", KP1,
-                                    "--upstream", relay.media_addr) as spk:
-                await until(spk.subscribed, 10, "the speaker subscribed")
-                yield Pair(a, b, relay, spk, admin)
+        b_port = relay_port = port_outside_ephemeral_range()
+        while relay_port == b_port:
+            relay_port = port_outside_ephemeral_range()
+        b_media, relay_media = f"127.0.0.1:{b_port}", f"127.0.0.1:{relay_port}"
+        started = await asyncio.gather(
+            stack.enter_async_context(streamer_process(
+                tmp_path, "b", url, *ha, "--ha-id", "b",
+                "--media-port", str(b_port))),
+            stack.enter_async_context(relay_process(
+                tmp_path, "relay", "--media", relay_media, "--upstream", a.media_addr,
+                "--upstream", b_media)),
+            stack.enter_async_context(speaker_process(
+                tmp_path, "spk", "--channel", KP1, "--upstream", relay_media)),
+            return_exceptions=True)
+        for s in started:
+            if isinstance(s, BaseException):
+                raise s
+        b, relay, spk = cast(tuple[StreamerProcess, RelayProcess, SpeakerProcess], started)
+        assert (b.media_addr, relay.media_addr) == (b_media, relay_media)
+        assert b.info["role"] == "standby"
+        status, body = await b.get("/readyz")
+        assert status == 503 and body["lease_holder"] == "a", body
+        status, body = await b.get("/api/v1/broadcasts", admin)
+        assert status == 503 and body["error"] == "standby" and "(a)" in body["message"]
+        await until(spk.subscribed, 10, "the speaker subscribed")
+        yield Pair(a, b, relay, spk, admin)
 
 
 async def kill(streamer: StreamerProcess) -> float:
@@ -102,17 +121,19 @@ def on_tone(x: np.ndarray, hz: float, level: float) -> bool:
 
 async def test_the_standby_takes_over_mid_broadcast_and_it_goes_on_where_it_was(
         tmp_path, sentinel) -> None:
-    seconds = 16
+    # long enough that a second play of it, started at the takeover, would still be on air
+    # 3 s after the first one's end (the last window below)
+    seconds = 12
     async with pair(tmp_path, sentinel.url()) as p:
         status, b = await p.active.call("POST", "/api/v1/broadcasts", p.admin, json={
             "zones": [OP], "priority": "normal",
             "source": {"kind": "tone", "hz": 1000, "seconds": seconds}})
         assert status == 201, b
         await until(lambda: _playing(p.speaker, 1000), 10, "the speaker plays the tone")
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(1.5)  # a second of it before the kill, besides the half checked
         killed = await kill(p.active)
         takeover_s = await took_over(p, killed)
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(max(0.0, killed + 4.5 - time.time()))
         played = await p.speaker.wait_window(killed - 1.0, killed + 4.5)
         level = rms_dbfs(played[:48_000])
         assert on_tone(played[:48_000], 1000, -40), "the tone was not playing before the kill"

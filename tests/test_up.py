@@ -16,12 +16,20 @@ import stat
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from clients.ctl import ApiError
-from tests.harness.audio import peak_hz
-from tests.harness.loaup import LoaUp, Speaker, alive, children_of, port_outside_ephemeral_range
+from tests.harness.audio import peak_hz, rms_dbfs
+from tests.harness.loaup import (
+    RATE,
+    LoaUp,
+    Speaker,
+    alive,
+    children_of,
+    port_outside_ephemeral_range,
+)
 from tests.harness.wait import wait_for
 from wire import keyset, token
 from wire.auth import Keyring, SigningKey
@@ -34,9 +42,10 @@ CHILDREN = 2 + 1 + 1 + 6
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
-    # the relay's port is squatted below: nobody else may take it first
+    # the relay's port is squatted below: nobody else may take it first; the speakers send
+    # telemetry every second (10 s by default), so that one sent after a restart comes soon
     up = LoaUp(tmp_path_factory.mktemp("up"), "--relay-media-port",
-               str(port_outside_ephemeral_range()))
+               str(port_outside_ephemeral_range()), env={"LOA_SPEAKER_TELEMETRY_S": "1"})
     up.lift_quiet_hours()
     yield up
     up.kill()
@@ -50,6 +59,22 @@ def plays_tone(spk: Speaker, bid: int, hz: float, after: float = 0.0) -> bool:
         return False
     p = plays[-1]
     return abs(peak_hz(spk.window(p["start"] + 0.1, p["end"] - 0.1)) - hz) < 5
+
+
+def hears_tone(spk: Speaker, bid: int, hz: float, after: float) -> bool:
+    """``spk`` began to play ``bid`` after ``after`` (wall time), and the half second after
+    its first 0.1 s, once recorded, is the tone throughout (no tenth of a second of it
+    silent): a play under way, not waited for to its end."""
+    starts = [e["start"] for e in spk.events()
+              if e["event"] == "play_start" and e["broadcast"] == bid and e["start"] > after]
+    if not starts:
+        return False
+    a, b = starts[-1] + 0.1, starts[-1] + 0.6
+    if len(spk.samples()) < round((b - spk.t0) * RATE):
+        return False
+    x = spk.window(a, b)
+    return abs(peak_hz(x) - hz) < 5 and min(
+        rms_dbfs(c) for c in np.array_split(x, 5)) > -40
 
 
 def test_a_killed_speaker_is_restarted_and_plays_again(up):
@@ -83,8 +108,9 @@ def test_speakers_play_through_the_streamer_while_the_relay_is_down(up):
         # long enough for the speakers' media timeout (3 s) and their new handshake
         b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 900, "seconds": 7})
         spks = up.speakers()
-        wait_for(lambda: all(plays_tone(s, b["id"], 900, after=killed) for s in spks),
+        wait_for(lambda: all(hears_tone(s, b["id"], 900, after=killed) for s in spks),
                  timeout=15, what="every speaker plays the tone through the streamer")
+        up.api("DELETE", f"/api/v1/broadcasts/{b['id']}")  # heard: the next test starts idle
         assert not alive(relay["pid"]) and up.pid_of("relay-1") == relay["pid"]
         assert re.search(r"relay-1 did not start \(exited with code 1", up.stderr())
     # the port is free again: the next attempt brings the relay back, on the same address
@@ -103,8 +129,9 @@ def test_a_killed_streamer_comes_back_on_its_ports_and_the_speakers_play_again(u
     # long enough for relay and speakers to find it again (handshakes back off to 4 s a step)
     b = up.broadcast(zones=["brvt"], source={"kind": "tone", "hz": 1100, "seconds": 7})
     spks = up.speakers()
-    wait_for(lambda: all(plays_tone(s, b["id"], 1100, after=restarted) for s in spks),
+    wait_for(lambda: all(hears_tone(s, b["id"], 1100, after=restarted) for s in spks),
              timeout=20, what="every speaker plays the tone")
+    up.api("DELETE", f"/api/v1/broadcasts/{b['id']}")  # heard: the next test starts idle
 
 
 def test_a_restarted_broker_and_redis_are_picked_up_again(up):
@@ -122,8 +149,8 @@ def test_a_restarted_broker_and_redis_are_picked_up_again(up):
              what="the streamer and the relay back on the broker")
 
     def speakers_back() -> bool:
-        """Telemetry (every 10 s) sent after the restarts from every speaker, heard by the
-        streamer and stored."""
+        """Telemetry (every second here) sent after the restarts from every speaker, heard
+        by the streamer and stored."""
         try:
             speakers = up.api("GET", "/api/v1/speakers")["speakers"]
         except (ApiError, OSError):  # the streamer's Redis connection comes back first
