@@ -410,7 +410,8 @@ async def test_the_streamer_plans_what_can_be_stored_signs_it_and_retains_it(
         # the scheduled broadcast will take the promised id
         from datetime import UTC, datetime
         occ = datetime.fromtimestamp(DAYTIME + 3600, UTC)
-        assert streamer.broadcasts.planned_id(made["tone"]["id"], occ) == mine.entries[0].broadcast
+        assert await streamer.broadcasts.occurrence_id(made["tone"]["id"], occ) == \
+            mine.entries[0].broadcast
         # what the speaker reads: its zone's plan, verified with the streamer's key, and the clip
         got: dict[str, bytes] = {}
         async with client(mosquitto, "spk-1", passwords["spk-1"]) as c:
@@ -450,3 +451,39 @@ async def test_the_streamer_plans_what_can_be_stored_signs_it_and_retains_it(
         assert verify_plan(Keyring([TEST_KEY.public]), got[plan_topic(KP1)], KP1,
                            DAYTIME).entries == []
         streamer.plane.fleet = None
+
+
+async def test_an_occurrence_prepared_before_any_plan_named_it_is_promised_its_id(
+        streamer: Any, mosquitto: Any) -> None:
+    """A schedule made less than the scheduler's lead (30 s) before its time is prepared
+    before any plan named it: the plan must then promise the id the broadcast took, or a
+    cut-off speaker reports its local play under an id that never airs. Also across a
+    restart, which reads the promised ids from Redis."""
+    from datetime import UTC, datetime
+
+    from streamer.control.forward import Forward
+    from tests.conftest import DAYTIME
+    from tests.harness.api import call
+    from tests.harness.broker import fleet_on, start_broker
+    from tests.harness.zones import KP1, OP
+
+    forward = streamer.plane.forward
+    await forward.close()  # passes are run by hand here
+    forward.now = lambda: DAYTIME
+    passwords = start_broker(mosquitto, {"spk-1": KP1})
+    status, made = await call(streamer, "POST", "/api/v1/schedules", json={
+        "zones": [OP], "source": {"kind": "tone", "hz": 660, "seconds": 2},
+        "at": "2026-11-23T10:00:20"})
+    assert status == 201, made
+    occ = datetime.fromtimestamp(DAYTIME + 20, UTC)
+    schedule = streamer.plane.scheduler.schedules[made["id"]]
+    item = await streamer.broadcasts.prepare_scheduled(schedule, occ)  # as the scheduler does
+    async with fleet_on(mosquitto, passwords) as (fleet, _):
+        streamer.plane.fleet = fleet
+        try:
+            (entry,) = (await forward.refresh())[KP1].entries
+            assert entry.broadcast == item.id
+            again = Forward(streamer.plane)  # a restart: the promise is read from Redis
+            assert await again.occurrence_id(made["id"], occ) == item.id
+        finally:
+            streamer.plane.fleet = None

@@ -174,7 +174,10 @@ class Broadcasts:
         self.onair = OnAir()
         #: set by the plane: the broadcast id a store-and-forward plan promised for a
         #: scheduled occurrence (``forward.py``), so local plays confirm the same broadcast
-        self.planned_id: Callable[[str, datetime], int | None] = lambda sid, occ: None
+        #: set by the plane: the broadcast id of a schedule's occurrence, the one store and
+        #: forward promised the speakers (``forward.py``)
+        self.occurrence_id: Callable[[str, datetime], Awaitable[int]] = (
+            lambda sid, occ: self.state.next_broadcast_id())
         #: set by the plane: the voice name a TTS broadcast to these zones is read in
         #: (``Plane.voice_for``); None = the provider's default
         self.voice_of: Callable[[list[str]], str | None] = lambda zones: None
@@ -608,7 +611,7 @@ class Broadcasts:
     async def prepare_scheduled(self, s: Schedule, occ: datetime) -> Item:
         """Build the occurrence's source ahead of time; its record is written when it airs."""
         built, desc = await self.build(s.source, list(s.zones))
-        bid = self.planned_id(s.id, occ) or await self.state.next_broadcast_id()
+        bid = await self.occurrence_id(s.id, occ)
         rec = BroadcastRecord(
             id=bid, zones=list(s.zones), priority=s.priority,
             source=desc, label=s.label, created=time.time(), created_by=s.created_by,

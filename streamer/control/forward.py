@@ -7,8 +7,10 @@ a clip, a tone, a text to speech (rendered once). A relayed stream cannot be sto
 left out; so is an occurrence the quiet hours of any zone it reaches would block (the
 scheduler would skip it as a whole, ``docs/schedules.md``). Each entry carries the broadcast
 id the streamer reserves for that occurrence now: when the occurrence fires, the scheduled
-broadcast takes that id (``Broadcasts.planned_id``), so a speaker's local play and the
-streamed ones confirm the same broadcast.
+broadcast takes that id (``Broadcasts.occurrence_id``), so a speaker's local play and the
+streamed ones confirm the same broadcast. Whichever asks first, a plan or the scheduler
+preparing the occurrence (30 s ahead: a schedule made minutes before its time may be
+prepared before any plan named it), reserves the id, and the other gets the same one.
 
 Clip audio is rendered to Opus once per distinct source (a worker thread, never the loop) and
 retained on ``loa/v1/clips/{sha256}``; a clip no plan names any more is cleared from the
@@ -114,8 +116,28 @@ class Forward:
     # ------------------------------------------------------------------ the hook
 
     def planned_id(self, schedule_id: str, occurrence: datetime) -> int | None:
-        """The broadcast id a plan promised for this occurrence (None: none did)."""
+        """The broadcast id reserved for this occurrence (None: none yet)."""
         return self.ids.get((schedule_id, occurrence.timestamp()))
+
+    async def occurrence_id(self, schedule_id: str, occurrence: datetime) -> int:
+        """The broadcast id of this occurrence: the one a plan promised, else one reserved now
+        (and kept in Redis like a plan's), which the next plan then promises."""
+        await self._load_ids()
+        key = (schedule_id, occurrence.timestamp())
+        bid, fresh = await self._reserve(key)
+        if fresh:
+            await self._save_ids({_field(key): bid}, [])
+        return bid
+
+    async def _reserve(self, key: tuple[str, float]) -> tuple[int, bool]:
+        """The id reserved for ``key``, and whether it was reserved by this call. Two callers
+        at once (a plan pass and the scheduler) get the same id: the first one set wins."""
+        bid = self.ids.get(key)
+        if bid is not None:
+            return bid, False
+        new = await self.plane.state.next_broadcast_id()
+        bid = self.ids.setdefault(key, new)
+        return bid, bid == new
 
     # ------------------------------------------------------------------ running
 
@@ -182,12 +204,12 @@ class Forward:
             needed[clip.sha256] = clip
             for occ in occs:
                 key = (s.id, occ.timestamp())
-                if key not in self.ids:
-                    self.ids[key] = fresh[_field(key)] = await p.state.next_broadcast_id()
+                bid, new = await self._reserve(key)
+                if new:
+                    fresh[_field(key)] = bid
                 entry = PlanEntry(schedule=s.id, at=occ.timestamp(), clip=clip.sha256,
                                   bytes=len(clip.data), duration_s=clip.duration_s,
-                                  priority=int(Priority[s.priority.upper()]),
-                                  broadcast=self.ids[key])
+                                  priority=int(Priority[s.priority.upper()]), broadcast=bid)
                 for leaf in leaves:
                     entries.setdefault(leaf, []).append(entry)
         key = p.signing_key()

@@ -139,7 +139,7 @@ class Plane:
         self.reach = ReachFeed(self.broadcasts, self.recorder, publish)
         self.recorder.on_played = self.reach.played
         self.forward = Forward(self)  # started with the control plane (``app.py``)
-        self.broadcasts.planned_id = self.forward.planned_id
+        self.broadcasts.occurrence_id = self.forward.occurrence_id
         self.inbox = Inbox(self, self.registry)  # started with the control plane (app.py)
         self.board = BoardFeed(self, self.registry)  # started with the control plane too
         self.broadcasts.on_first_airing = self.board.broadcast_aired
