@@ -69,6 +69,9 @@ from wire.packet import ssrc_for
 
 log = logging.getLogger("loa.streamer")
 CONTROL_WORKERS = 2
+#: long enough for a refusal to reach the client before its connection closes (an unread body
+#: then makes the kernel reset it, which can drop an answer not yet read)
+LINGER_S = 1.0
 
 _OPUS = OpusSettings()  # the defaults, so they are written once
 
@@ -348,7 +351,10 @@ class Streamer:
                                          "role": self.role},
                          ready=self._ready,
                          may_listen=streamer_may_listen(self.plane, self.listen_keys))
-        self.runner = web.AppRunner(app, access_log=None)
+        # a request whose body was refused partway (an upload over the cap) is read and thrown
+        # away for at most LINGER_S after the answer, then its connection closes: aiohttp's
+        # 10 s would read on past the cap, and hold a stopping streamer that long
+        self.runner = web.AppRunner(app, access_log=None, lingering_time=LINGER_S)
         await self.runner.setup()
         await web.TCPSite(self.runner, cfg.http_host, cfg.http_port, ssl_context=https).start()
         http_port = self.runner.addresses[0][1]

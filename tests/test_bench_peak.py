@@ -1,7 +1,7 @@
 """The peak benchmark: the province it generates, the bulletins it writes, and its quick run.
 
 The quick run is the real command (``python -m loadtest.bench_peak --quick``): redis-server,
-Mosquitto and ``loa streamer`` as processes on a generated 20-commune province, 20 bulletins
+Mosquitto and ``loa streamer`` as processes on a generated 10-commune province, 10 bulletins
 synthesised and uploaded through the API, scheduled for one frame beside a relayed stream,
 an emergency in the coastal communes, a short ramp. It asserts that the run happened as
 described (every schedule fired, one programme per commune, the relay playing, the emergency
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.bench_peak import QUICK
 from loadtest.province import CHARS_PER_S, bulletin, province
 from streamer.zones import ZoneTree
 
@@ -64,7 +65,7 @@ def test_quick_run_reports_the_peak(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     r = json.loads(out.read_text())
     prov = province(r["communes"])
-    assert r["tts"]["bulletins"] == r["communes"] == 20
+    assert r["tts"]["bulletins"] == r["communes"] == QUICK["communes"]
     pk = r["peak"]
     assert pk["fired"] == pk["booked"] == r["communes"] + 1  # every bulletin and the relay
     assert pk["relay_health"] == "playing"
@@ -79,4 +80,4 @@ def test_quick_run_reports_the_peak(tmp_path: Path) -> None:
     assert r["ramp"] and all(s["frames"] > 0 for s in r["ramp"])
     for step in r["ramp"]:  # a programme for each channel's own clip, one for the relay
         assert round(step["programmes"]) == step["target"] + 1, step
-    assert "## The 06:00 peak, 20 communes" in proc.stdout
+    assert f"## The 06:00 peak, {QUICK['communes']} communes" in proc.stdout

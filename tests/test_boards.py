@@ -167,6 +167,22 @@ async def test_the_kiosk_page_shows_items_and_an_emergency_from_above_fills_it(
         await page.wait_for_function("!document.body.classList.contains('emergency')")
 
 
+async def test_a_quiet_kiosk_stream_ends_when_the_streamer_stops(streamer) -> None:
+    """The streamer's HTTP server waits for its handlers when it stops: a kiosk page's event
+    stream must end at once then, not at its next heartbeat (15 s) or never."""
+    status, reg = await call(streamer, "POST", "/api/v1/boards", json={
+        "id": "board-quiet", "zone": OP})
+    assert status == 201
+    path, query = reg["page"].split("?")
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{streamer.http_url}{path}/events?{query}") as r:
+        assert r.status == 200
+        assert (await r.content.readuntil(b"\n\n")).startswith(b"event: board")
+        streamer.plane.board.close()  # what Streamer.close does before the server stops
+        rest = await asyncio.wait_for(r.content.read(), 2.0)  # not HEARTBEAT_S
+    assert b": alive" not in rest
+
+
 def test_each_zones_board_is_read_from_its_own_items_as_relevant_says():
     """The index by zone (kept as items come and go) shows every zone exactly the items
     ``relevant`` picks from all of them: addressed to it, above it or below it."""

@@ -4,11 +4,13 @@ memory for a file that decodes to hours, clips played from their files and heard
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import av
@@ -149,6 +151,41 @@ async def test_an_oversized_upload_without_a_length_stops_at_the_cap_and_leaves_
     assert "67108864 bytes" in err["error"]
     assert (memory_kib()["VmHWM"] - before) / 1024 < 50
     assert list((Path(streamer.cfg.var_dir) / "clips").iterdir()) == []
+
+
+async def test_a_refused_upload_is_not_read_on_and_its_connection_closes(streamer):
+    """Past the cap the server stops reading: the connection of an upload refused partway
+    closes a moment after the answer (``streamer.app.LINGER_S``), not after aiohttp's 10 s of
+    reading the rest and throwing it away (which a stopping streamer waited for)."""
+    url = urlsplit(streamer.http_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    writer.write(("POST /api/v1/clips HTTP/1.1\r\nHost: loa\r\n"
+                  f"Authorization: {streamer.admin['Authorization']}\r\n"
+                  "Content-Type: multipart/form-data; boundary=b\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n").encode() + chunk(
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'))
+
+    async def send() -> None:  # and on, as long as the server reads
+        block = chunk(b"\0" * (1 << 20))
+        while True:
+            writer.write(block)
+            await writer.drain()
+
+    sending = asyncio.create_task(send())
+    try:
+        assert b" 413 " in await asyncio.wait_for(reader.readline(), 60)
+        answered = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+            while await asyncio.wait_for(reader.read(1 << 16), 15):
+                pass
+        assert time.monotonic() - answered < 5.0
+    finally:
+        sending.cancel()
+        writer.close()
 
 
 def mapped(path: Path) -> bool:

@@ -18,7 +18,6 @@ for boards that speak MQTT, and pushed to the kiosk pages watching the zone over
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -117,17 +116,22 @@ class BoardFeed:
         self._publish(self.plane.tree.zones)
         fleet = self.plane.fleet
         for zone in gone:
-            for q in list(self._watchers.pop(zone, ())):  # a page on a gone zone: it reconnects
-                with contextlib.suppress(asyncio.QueueFull):
-                    q.put_nowait(None)
+            for q in self._watchers.pop(zone, ()):  # a page on a gone zone: it reconnects
+                _end(q)
             if fleet is not None:
                 self._background.spawn(self._clear(fleet, zone))
 
     def close(self) -> None:
+        """The streamer stops: every kiosk page's stream ends now, as the HTTP server waits
+        for its handlers (a page gone quietly would otherwise hold it until a heartbeat)."""
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
         self._background.cancel()
+        for watchers in self._watchers.values():
+            for q in watchers:
+                _end(q)
+        self._watchers.clear()
 
     # -- what changes it ----------------------------------------------------------------------
 
@@ -258,3 +262,11 @@ class BoardFeed:
         self._timers[item.id] = asyncio.get_running_loop().call_later(
             max(0.0, item.expires - self.now()),
             lambda: self._background.spawn(self.take_down(item.id)))
+
+
+def _end(q: asyncio.Queue[BoardState | None]) -> None:
+    """Tell the page behind ``q`` its stream ends (None), even if it is behind: what it has
+    not read yet is dropped, it asks for the state again when it reconnects."""
+    while q.full():
+        q.get_nowait()
+    q.put_nowait(None)

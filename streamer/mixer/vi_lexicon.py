@@ -103,7 +103,8 @@ _PHONE_LABEL = re.compile(r"(?<!\w)ĐT(:?\s*)(?=0\d)")
 _DASH = re.compile(r"(?<=\d)\s*[–—]\s*(?=\d)")
 _DEGREE_NS = {"N": "vĩ Bắc", "B": "vĩ Bắc", "S": "vĩ Nam"}
 _DEGREE_EW = {"E": "kinh Đông", "Đ": "kinh Đông", "W": "kinh Tây", "T": "kinh Tây"}
-_COORD = re.compile(r"(\d+)(?:[.,](\d+))?\s*°\s*([NBSEĐWT])(?![\w])")
+# from the first digit of a run only: tried from each digit, a long run cost its length squared
+_COORD = re.compile(r"(?<!\d)(\d+)(?:[.,](\d+))?\s*°\s*([NBSEĐWT])(?![\w])")
 _VB_KD = re.compile(r"(?<=\d)\s*(?:độ\s+)?(VB|KĐ)(?![\w])")
 
 
