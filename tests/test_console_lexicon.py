@@ -2,7 +2,8 @@
 Chromium: a province admin tries a sentence, adds a term, sees the sentence read with it (as
 the API reads it) and the entry listed as theirs, gets an empty reading refused next to the
 reading field, and removes the term after a confirmation, the API agreeing at each step; a
-commune admin only reads; an operator gets no such page."""
+commune admin only reads, and sees another admin's changes as they are made; an operator gets
+no such page."""
 
 from __future__ import annotations
 
@@ -69,6 +70,15 @@ async def test_an_admin_tries_adds_and_removes_a_term(streamer: Any, tmp_path: P
         await page.locator(by_testid("lex-read-only")).wait_for()
         assert await page.locator(by_testid("lex-form")).count() == 0
         assert await page.locator(by_testid("lex-delete")).count() == 0
+        # the province's admin changes the lexicon elsewhere: the open page follows, unasked
+        other = by_testid("lex-row") + '[data-term="BQL DA"][data-source="admin"]'
+        status, out = await call(streamer, "PUT", "/api/v1/tts/lexicon/BQL DA",
+                                 json={"reading": "Ban quản lý dự án"})
+        assert status == 200, out
+        await page.locator(other).wait_for(timeout=5000)
+        status, out = await call(streamer, "DELETE", "/api/v1/tts/lexicon/BQL DA")
+        assert status == 200, out
+        await page.locator(other).wait_for(state="detached", timeout=5000)
 
         await sign_in(page, streamer.http_url, user, password)
         await page.click(by_testid("nav-lexicon"))

@@ -5,7 +5,8 @@
 // term is checked before and after it is added. An admin of the province (admin of every
 // top-level zone: the API's rule) adds or changes a term (PUT /tts/lexicon/{term}) and removes
 // one of the admins' (DELETE, after a confirmation); other admins read only. Nothing shows as
-// changed before the API answers; then the list is read again and "try it" runs again.
+// changed before the API answers; then the list is read again and "try it" runs again. A
+// change made elsewhere (another admin's console: the `lexicon` event) reads the list again.
 
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
@@ -45,6 +46,11 @@ export function render(view) {
     h("dialog", { id: "lex-dialog", class: "confirm", "data-testid": "confirm-dialog",
       "aria-labelledby": "lex-dialog-title", "aria-describedby": "lex-dialog-body" }));
   load().catch(showError);
+}
+
+/** Another admin changed the lexicon (a `lexicon` event): the list as it is now. */
+export function update(what) {
+  if (what === "lexicon" && page.rows !== null) load().catch(showError);
 }
 
 async function load() {

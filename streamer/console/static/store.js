@@ -140,6 +140,8 @@ export function apply(name, data) {
       break;
     case "emergency": // what plays comes in "onair" events; this one only wakes the pages
       break;
+    case "lexicon": // an admin changed a reading: the lexicon page reads it again
+      break;
     case "zones": // an admin edited the tree: zone ids, channels, speakers and schedules moved
       refresh().catch(() => {}); // a refresh that fails shows in its sections' errors
       return;

@@ -67,6 +67,7 @@ async def put_lexicon(ctx: Ctx) -> LexiconEntry:
     entry, before = await lexicon.put(_term(ctx), body.reading, ctx.me.name, time.time())
     await ctx.audit("lexicon_put", entry.term, roots, reading=entry.reading,
                     previous=before.reading if before else None)
+    ctx.services.events.publish("lexicon", {"action": "put", "term": entry.term}, roots)
     return entry
 
 
@@ -79,6 +80,7 @@ async def delete_lexicon(ctx: Ctx) -> LexiconEntry:
     if entry is None:
         raise NotFound(f"admin's lexicon entry {_term(ctx)!r}", "term")
     await ctx.audit("lexicon_delete", entry.term, roots, reading=entry.reading)
+    ctx.services.events.publish("lexicon", {"action": "delete", "term": entry.term}, roots)
     return entry
 
 
