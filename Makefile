@@ -17,7 +17,7 @@ run: deps
 test: deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The modules that depend on the date or the hour, again on a clock that reads 03:30 in
 # Asia/Ho_Chi_Minh one year from now (inside the default quiet hours) and runs on from there.
