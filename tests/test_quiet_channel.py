@@ -28,7 +28,7 @@ from tests.harness.api import call
 from tests.harness.audio import peak_hz, rms_dbfs
 from tests.harness.keys import TEST_KEY
 from tests.harness.relay import relay_process
-from tests.harness.sink import Sent
+from tests.harness.sink import Fanout, Sent
 from tests.harness.speaker import speaker_process
 from tests.harness.subscriber import Subscriber
 from tests.harness.wait import until
@@ -119,20 +119,6 @@ def test_a_broadcast_after_a_pause_goes_out_on_its_frame_with_the_marker_bit() -
     assert not [p for p in by_channel(sent, "b")[0] if p.seq >= QUIET_TAIL_FRAMES]
 
 
-class Fanout:
-    """What ``SigningSink`` needs of the fan-out: every datagram, in order, by channel."""
-
-    def __init__(self) -> None:
-        self.sent = Sent()
-
-    def publish_block(self, channels: list[str], block: np.ndarray) -> None:
-        self.sent.publish_block(channels, block)
-
-    def publish(self, channel: str, data: bytes) -> None:
-        self.sent.append((channel, data))
-
-    def pause(self, channels: list[str]) -> None:
-        self.sent.pause(channels)
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from clients.speaker.latency import Latency
 from clients.speaker.net import Speaker
 from clients.speaker.output import NullSink
@@ -22,7 +20,7 @@ from streamer.mixer.program import Item
 from streamer.mixer.sources.tone import Tone
 from streamer.signing import SigningSink
 from tests.harness.keys import TEST_KEY
-from tests.harness.sink import Sent
+from tests.harness.sink import Fanout
 from wire import auth, packet, rtcp
 from wire.auth import Keyring, MediaGate
 from wire.priority import Priority
@@ -31,20 +29,6 @@ from wire.subscribe import ClientState, SubscribeClient
 UPSTREAM = ("127.0.0.1", 1)
 
 
-class Fanout:
-    """What ``SigningSink`` needs of the fan-out: every datagram, in order, by channel."""
-
-    def __init__(self) -> None:
-        self.sent = Sent()
-
-    def publish_block(self, channels: list[str], block: np.ndarray) -> None:
-        self.sent.publish_block(channels, block)
-
-    def publish(self, channel: str, data: bytes) -> None:
-        self.sent.append((channel, data))
-
-    def pause(self, channels: list[str]) -> None:
-        self.sent.pause(channels)
 
 
 def tone_then_quiet(frames: int) -> list[bytes]:

@@ -1,5 +1,6 @@
-"""Sinks for tests: a packet sink for a mixer in place of the fan-out (:class:`Sent`), and an
-audio sink for a speaker's playout in place of its output (:class:`SparseSink`)."""
+"""Sinks for tests: a packet sink for a mixer in place of the fan-out (:class:`Sent`; behind
+the signing sink, :class:`Fanout`), and an audio sink for a speaker's playout in place of its
+output (:class:`SparseSink`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,23 @@ class Sent(list[tuple[str, bytes]]):
 
     def pause(self, channels: Sequence[str]) -> None:
         self.paused.extend(channels)
+
+
+class Fanout:
+    """What the streamer's ``SigningSink`` needs of the fan-out, recording in :class:`Sent`
+    every datagram in order, by channel: the media and the LOAS and reports signing adds."""
+
+    def __init__(self) -> None:
+        self.sent = Sent()
+
+    def publish_block(self, channels: list[str], block: np.ndarray) -> None:
+        self.sent.publish_block(channels, block)
+
+    def publish(self, channel: str, data: bytes) -> None:
+        self.sent.append((channel, data))
+
+    def pause(self, channels: list[str]) -> None:
+        self.sent.pause(channels)
 
 
 class SparseSink:
