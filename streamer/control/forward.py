@@ -115,17 +115,17 @@ class Forward:
 
     # ------------------------------------------------------------------ the hook
 
-    def planned_id(self, schedule_id: str, occurrence: datetime) -> int | None:
-        """The broadcast id reserved for this occurrence (None: none yet)."""
-        return self.ids.get((schedule_id, occurrence.timestamp()))
-
     async def occurrence_id(self, schedule_id: str, occurrence: datetime) -> int:
         """The broadcast id of this occurrence: the one a plan promised, else one reserved now
-        (and kept in Redis like a plan's), which the next plan then promises."""
-        await self._load_ids()
+        (and kept in Redis like a plan's), which the next plan then promises. With Redis known
+        to be away it neither reads nor keeps (as a plan pass's ids are then not kept either):
+        no wait for a dead store on the way to air."""
+        online = self.plane.state.available
+        if online:
+            await self._load_ids()
         key = (schedule_id, occurrence.timestamp())
         bid, fresh = await self._reserve(key)
-        if fresh:
+        if fresh and online:
             await self._save_ids({_field(key): bid}, [])
         return bid
 
