@@ -192,7 +192,7 @@ class ZoneTree:
 
     def resolve_all(self, zone_ids: Iterable[str]) -> list[str]:
         """``resolve`` each, dropping the unknown, without duplicates."""
-        return list(dict.fromkeys(z for z in map(self.resolve, zone_ids) if z is not None))
+        return _unique(z for z in map(self.resolve, zone_ids) if z is not None)
 
     @classmethod
     def from_toml(cls, text: str) -> ZoneTree:
@@ -440,7 +440,8 @@ class ZoneTree:
 
     def leaves(self, zone_id: str | None = None) -> list[str]:
         """Leaf zones (channels) under ``zone_id`` (itself if it is a leaf); all when None. A
-        retired id (history) answers for the zone that took its place."""
+        retired id (history) answers for the zones it was made of (``parts``), else for the
+        zone that took its place."""
         if zone_id is None:
             return [z.id for z in self.zones.values() if z.is_leaf]
         if (parts := self.parts.get(zone_id)) is not None:
